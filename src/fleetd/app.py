@@ -1,0 +1,100 @@
+"""Builds the Litestar app from the Fleet: routes, the auth guard, error mapping, lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, Request, Response, get
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
+from litestar.static_files import create_static_files_router
+
+from . import __version__, openapi, rpc
+from .api import audit as audit_api
+from .api import users as users_api
+from .auth import CSRF_HEADER, SESSION_COOKIE
+from .errors import PermissionDenied, Unavailable
+from .fleet import Fleet
+from .resources import data_dir
+
+log = logging.getLogger(__name__)
+
+SERVICES: list[rpc.Service] = [users_api.service, audit_api.service]
+
+
+async def auth_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """Every route declares ``opt["auth"]``; a route without one is refused (fail closed)."""
+    policy = handler.opt.get("auth")
+    if policy not in rpc.POLICIES:
+        raise PermissionDenied(f"route {connection.url.path} has no auth policy")
+    if policy == "public":
+        connection.state.principal = None
+        return
+    fleet: Fleet = connection.app.state.fleet
+    headers = connection.headers
+    principal = await fleet.authenticator.authenticate(
+        connection.scope.get("method", "GET"), headers.get("authorization"),
+        connection.cookies.get(SESSION_COOKIE), headers.get(CSRF_HEADER))
+    rpc.authorize(policy, principal)
+    connection.state.principal = principal
+
+
+@get("/healthz", opt={"auth": "public"}, include_in_schema=False)
+async def healthz(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    fleet: Fleet = request.app.state.fleet
+    try:
+        await fleet.store.read(lambda c: c.execute("SELECT 1").fetchone())
+    except Exception as e:
+        raise Unavailable(f"database unavailable: {e}") from None
+    return {"status": "ok", "version": __version__}
+
+
+@get("/v1/ca.pem", opt={"auth": "public"}, include_in_schema=False)
+async def ca_pem(request: Request[Any, Any, Any]) -> Response[bytes]:
+    fleet: Fleet = request.app.state.fleet
+    return Response(fleet.keys.ca_pem, media_type="application/x-pem-file",
+                    headers={"X-Fleetd-CA-Fingerprint": fleet.keys.ca_fingerprint})
+
+
+def _openapi_route(doc: dict[str, Any]) -> Any:
+    body = rpc.encode(doc)
+
+    @get("/schema/openapi.json", opt={"auth": "public"}, include_in_schema=False)
+    async def openapi_json() -> Response[bytes]:
+        return Response(body, media_type="application/json")
+
+    return openapi_json
+
+
+PLAIN_PATHS: dict[str, Any] = {
+    "/healthz": {"get": {"summary": "Liveness and database check (no auth)", "responses": {"200": {
+        "description": "OK"}, "503": {"description": "database unavailable"}}}},
+    "/v1/ca.pem": {"get": {"summary": "The fleet CA certificate (no auth)",
+                           "responses": {"200": {"description": "PEM"}}}},
+}
+
+
+def create_app(fleet: Fleet) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        log.info("fleetd %s serving data dir %s", __version__, fleet.data_dir)
+        yield
+
+    doc = openapi.build(SERVICES, PLAIN_PATHS)
+    web = create_static_files_router(path="/", directories=[data_dir("web")], html_mode=True,
+                                     opt={"auth": "public"}, include_in_schema=False, name="web")
+    app = Litestar(
+        route_handlers=[*rpc.routes(SERVICES), healthz, ca_pem, _openapi_route(doc), web],
+        guards=[auth_guard],
+        exception_handlers={Exception: rpc.error_response},
+        lifespan=[lifespan],
+        openapi_config=None,
+        request_max_body_size=fleet.settings.max_request_bytes,
+        debug=False,
+    )
+    app.state.fleet = fleet
+    app.state.rpc_paths = frozenset(m.path for s in SERVICES for m in s.methods.values())
+    return app

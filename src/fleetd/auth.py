@@ -1,0 +1,362 @@
+"""Admin identity: users (scrypt passwords), API keys, browser sessions, roles.
+
+Functions taking a ``sqlite3.Connection`` run inside the caller's transaction,
+so the server (through the writer thread) and the offline CLI (directly on the
+data dir) share one implementation. :class:`Authenticator` turns a request's
+credentials into a :class:`Principal`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from typing import Protocol
+
+import msgspec
+
+from . import audit
+from .audit import Actor
+from .errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from .models import ROLE_RANK, check_name, check_role, new_id, now, to_dt
+
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
+MIN_PASSWORD = 10
+MAX_PASSWORD = 1024
+API_KEY_PREFIX = "fk_"
+SESSION_COOKIE = "fleetd_session"
+CSRF_HEADER = "x-csrf-token"
+_DUMMY_HASH: str | None = None
+
+
+# --- principals ----------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling. ``kind``: user, key, device or anonymous."""
+
+    kind: str
+    id: str | None = None
+    name: str | None = None
+    role: str | None = None
+    via_session: bool = False
+
+    def has_role(self, minimum: str) -> bool:
+        return self.role is not None and ROLE_RANK[self.role] >= ROLE_RANK[minimum]
+
+    def actor(self, remote_addr: str | None = None) -> Actor:
+        return Actor(self.kind, self.id, self.name, remote_addr)
+
+
+ANONYMOUS = Principal("anonymous")
+
+
+# --- passwords ---------------------------------------------------------------
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+def hash_password(password: str) -> str:
+    check_password_strength(password)
+    salt = secrets.token_bytes(16)
+    h = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
+                       maxmem=64 * 1024 * 1024, dklen=32)
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(h)}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        algo, n, r, p, salt, want = stored.split("$")
+        if algo != "scrypt":
+            return False
+        got = hashlib.scrypt(password.encode()[:MAX_PASSWORD * 4], salt=base64.b64decode(salt),
+                             n=int(n), r=int(r), p=int(p), maxmem=64 * 1024 * 1024, dklen=32)
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, base64.b64decode(want))
+
+
+def check_password_strength(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise InvalidArgument(f"password must be at least {MIN_PASSWORD} characters")
+    if len(password) > MAX_PASSWORD:
+        raise InvalidArgument(f"password must be at most {MAX_PASSWORD} characters")
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(15)
+
+
+# --- users -------------------------------------------------------------------
+
+class User(msgspec.Struct, kw_only=True):
+    id: str
+    username: str
+    role: str
+    must_change_password: bool = False
+    disabled: bool = False
+    created_at: dt.datetime | None = None
+
+
+def _user(row: sqlite3.Row) -> User:
+    return User(id=row["id"], username=row["username"], role=row["role"],
+                must_change_password=bool(row["must_change_password"]), disabled=bool(row["disabled"]),
+                created_at=to_dt(row["created_at"]))
+
+
+def create_user(conn: sqlite3.Connection, actor: Actor, username: str, password: str, role: str,
+                *, must_change_password: bool = False) -> User:
+    check_name(username, "username")
+    check_role(role)
+    pw_hash = hash_password(password)
+    uid, t = new_id("usr"), now()
+    try:
+        conn.execute(
+            "INSERT INTO users (id, username, password_hash, role, must_change_password, created_at, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (uid, username, pw_hash, role, int(must_change_password), t, t),
+        )
+    except sqlite3.IntegrityError:
+        raise AlreadyExists(f"a user named {username!r} already exists") from None
+    audit.record(conn, actor, "user.create", uid, username=username, role=role)
+    return get_user(conn, username)
+
+
+def get_user(conn: sqlite3.Connection, username_or_id: str) -> User:
+    row = conn.execute("SELECT * FROM users WHERE username = ? OR id = ?",
+                       (username_or_id, username_or_id)).fetchone()
+    if row is None:
+        raise NotFound(f"no user {username_or_id!r}")
+    return _user(row)
+
+
+def list_users(conn: sqlite3.Connection) -> list[User]:
+    return [_user(r) for r in conn.execute("SELECT * FROM users ORDER BY username")]
+
+
+def count_admins(conn: sqlite3.Connection) -> int:
+    return int(conn.execute(
+        "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0").fetchone()[0])
+
+
+def set_password(conn: sqlite3.Connection, actor: Actor, username: str, password: str,
+                 *, must_change_password: bool = False) -> User:
+    user = get_user(conn, username)
+    conn.execute("UPDATE users SET password_hash = ?, must_change_password = ?, updated_at = ? WHERE id = ?",
+                 (hash_password(password), int(must_change_password), now(), user.id))
+    # A new password ends every session of that user.
+    conn.execute("DELETE FROM sessions WHERE user_id = ?", (user.id,))
+    audit.record(conn, actor, "user.password", user.id, username=user.username)
+    return get_user(conn, user.id)
+
+
+def update_user(conn: sqlite3.Connection, actor: Actor, username: str, *, role: str | None = None,
+                disabled: bool | None = None) -> User:
+    user = get_user(conn, username)
+    if role is not None:
+        check_role(role)
+    demoting = (role is not None and role != "admin") or bool(disabled)
+    if user.role == "admin" and not user.disabled and demoting and count_admins(conn) <= 1:
+        raise InvalidArgument(f"{user.username} is the last admin; make another admin first")
+    if role is not None:
+        conn.execute("UPDATE users SET role = ?, updated_at = ? WHERE id = ?", (role, now(), user.id))
+    if disabled is not None:
+        conn.execute("UPDATE users SET disabled = ?, updated_at = ? WHERE id = ?",
+                     (int(disabled), now(), user.id))
+        if disabled:
+            conn.execute("DELETE FROM sessions WHERE user_id = ?", (user.id,))
+    audit.record(conn, actor, "user.update", user.id, username=user.username, role=role, disabled=disabled)
+    return get_user(conn, user.id)
+
+
+def delete_user(conn: sqlite3.Connection, actor: Actor, username: str) -> None:
+    user = get_user(conn, username)
+    if user.role == "admin" and not user.disabled and count_admins(conn) <= 1:
+        raise InvalidArgument(f"{user.username} is the last admin; make another admin first")
+    conn.execute("DELETE FROM users WHERE id = ?", (user.id,))
+    audit.record(conn, actor, "user.delete", user.id, username=user.username)
+
+
+def check_login(conn: sqlite3.Connection, username: str, password: str) -> User:
+    """The user, if the password is right; Unauthenticated otherwise (same message either way)."""
+    global _DUMMY_HASH
+    row = conn.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
+    if row is None:
+        # Spend the same time as for a real user, so timing does not reveal which names exist.
+        _DUMMY_HASH = _DUMMY_HASH or hash_password("x" * MIN_PASSWORD)
+        verify_password(password, _DUMMY_HASH)
+        raise Unauthenticated("wrong username or password")
+    if not verify_password(password, row["password_hash"]) or row["disabled"]:
+        raise Unauthenticated("wrong username or password")
+    return _user(row)
+
+
+# --- API keys ----------------------------------------------------------------
+
+class ApiKey(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    role: str
+    created_by: str | None = None
+    created_at: dt.datetime | None = None
+    expires_at: dt.datetime | None = None
+    last_used_at: dt.datetime | None = None
+    revoked_at: dt.datetime | None = None
+    # Only in the answer to a create call: the secret, shown once.
+    key: str | None = None
+
+
+def _api_key(row: sqlite3.Row) -> ApiKey:
+    return ApiKey(id=row["id"], name=row["name"], role=row["role"], created_by=row["created_by"],
+                  created_at=to_dt(row["created_at"]), expires_at=to_dt(row["expires_at"]),
+                  last_used_at=to_dt(row["last_used_at"]), revoked_at=to_dt(row["revoked_at"]))
+
+
+def _secret_hash(secret: str) -> bytes:
+    # Keys are 190 random bits: a fast hash is enough and keeps every request cheap.
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def create_api_key(conn: sqlite3.Connection, actor: Actor, name: str, role: str,
+                   *, expires_at: float | None = None) -> ApiKey:
+    check_name(name, "key name")
+    check_role(role)
+    kid = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(24)
+    conn.execute(
+        "INSERT INTO api_keys (id, name, role, secret_hash, created_by, created_at, expires_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (kid, name, role, _secret_hash(secret), actor.name or actor.id, now(), expires_at),
+    )
+    audit.record(conn, actor, "key.create", kid, name=name, role=role)
+    row = conn.execute("SELECT * FROM api_keys WHERE id = ?", (kid,)).fetchone()
+    created = _api_key(row)
+    created.key = f"{API_KEY_PREFIX}{kid}_{secret}"
+    return created
+
+
+def list_api_keys(conn: sqlite3.Connection, include_revoked: bool = False) -> list[ApiKey]:
+    sql = "SELECT * FROM api_keys"
+    if not include_revoked:
+        sql += " WHERE revoked_at IS NULL"
+    return [_api_key(r) for r in conn.execute(sql + " ORDER BY created_at")]
+
+
+def revoke_api_key(conn: sqlite3.Connection, actor: Actor, key_id_or_name: str) -> ApiKey:
+    rows = conn.execute("SELECT * FROM api_keys WHERE (id = ? OR name = ?) AND revoked_at IS NULL",
+                        (key_id_or_name, key_id_or_name)).fetchall()
+    if not rows:
+        raise NotFound(f"no active API key with id or name {key_id_or_name!r}")
+    if len(rows) > 1:
+        raise InvalidArgument(f"{len(rows)} active keys are named {key_id_or_name!r}; revoke by id")
+    kid = rows[0]["id"]
+    conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (now(), kid))
+    audit.record(conn, actor, "key.revoke", kid, name=rows[0]["name"])
+    return _api_key(conn.execute("SELECT * FROM api_keys WHERE id = ?", (kid,)).fetchone())
+
+
+def lookup_api_key(conn: sqlite3.Connection, token: str) -> Principal | None:
+    if not token.startswith(API_KEY_PREFIX):
+        return None
+    kid, _, secret = token[len(API_KEY_PREFIX):].partition("_")
+    if not kid or not secret:
+        return None
+    row = conn.execute("SELECT id, name, role, secret_hash, expires_at, revoked_at FROM api_keys "
+                       "WHERE id = ?", (kid,)).fetchone()
+    if row is None or not hmac.compare_digest(row["secret_hash"], _secret_hash(secret)):
+        return None
+    if row["revoked_at"] is not None or (row["expires_at"] is not None and row["expires_at"] < now()):
+        return None
+    return Principal("key", row["id"], row["name"], row["role"])
+
+
+# --- sessions ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Session:
+    token: str
+    csrf_token: str
+    expires_at: float
+
+
+def create_session(conn: sqlite3.Connection, user: User, hours: int) -> Session:
+    token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
+    expires = now() + hours * 3600
+    conn.execute("DELETE FROM sessions WHERE expires_at < ?", (now(),))
+    conn.execute("INSERT INTO sessions (id_hash, user_id, csrf_token, created_at, expires_at) "
+                 "VALUES (?, ?, ?, ?, ?)", (_secret_hash(token), user.id, csrf, now(), expires))
+    return Session(token, csrf, expires)
+
+
+def lookup_session(conn: sqlite3.Connection, token: str) -> tuple[Principal, str] | None:
+    row = conn.execute(
+        "SELECT u.id, u.username, u.role, u.disabled, s.csrf_token, s.expires_at FROM sessions s "
+        "JOIN users u ON u.id = s.user_id WHERE s.id_hash = ?", (_secret_hash(token),)).fetchone()
+    if row is None or row["expires_at"] < now() or row["disabled"]:
+        return None
+    return Principal("user", row["id"], row["username"], row["role"], via_session=True), row["csrf_token"]
+
+
+def delete_session(conn: sqlite3.Connection, token: str) -> None:
+    conn.execute("DELETE FROM sessions WHERE id_hash = ?", (_secret_hash(token),))
+
+
+# --- request authentication --------------------------------------------------
+
+class DeviceTokenVerifier(Protocol):
+    def verify(self, token: str) -> Principal | None: ...
+
+
+class Reader(Protocol):
+    async def read(self, fn):  # type: ignore[no-untyped-def]
+        ...
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class Authenticator:
+    """Credentials of a request → :class:`Principal`.
+
+    ``Authorization: Bearer fk_…`` is an API key, any other bearer token is
+    offered to the device-token verifier (no database read); a session cookie
+    is a browser, which must echo its CSRF token on every unsafe request.
+    """
+
+    def __init__(self, store: Reader, device_tokens: DeviceTokenVerifier | None = None) -> None:
+        self.store = store
+        self.device_tokens = device_tokens
+
+    async def authenticate(self, method: str, authorization: str | None, session_cookie: str | None,
+                           csrf_header: str | None) -> Principal:
+        if authorization:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("the Authorization header must be 'Bearer <API key or device token>'")
+            token = token.strip()
+            if token.startswith(API_KEY_PREFIX):
+                principal = await self.store.read(lambda c: lookup_api_key(c, token))
+                if principal is None:
+                    raise Unauthenticated("the API key is unknown, revoked or expired; create a new one "
+                                          "with 'fleetd keys create'")
+                return principal  # type: ignore[no-any-return]
+            if self.device_tokens is not None:
+                device = self.device_tokens.verify(token)
+                if device is not None:
+                    return device
+            raise Unauthenticated("the bearer token is invalid or expired")
+        if session_cookie:
+            found = await self.store.read(lambda c: lookup_session(c, session_cookie))
+            if found is None:
+                raise Unauthenticated("your session has expired; log in again")
+            principal, csrf = found
+            if method not in SAFE_METHODS and not (csrf_header and hmac.compare_digest(csrf_header, csrf)):
+                raise PermissionDenied("missing or wrong CSRF token (send the X-CSRF-Token header "
+                                       "that Login returned)")
+            return principal  # type: ignore[no-any-return]
+        return ANONYMOUS

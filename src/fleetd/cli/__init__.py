@@ -1,0 +1,51 @@
+"""The fleetd command line: ``fleetd <noun> <verb>``."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from .. import __version__
+from . import admin
+from .serve import serve
+
+app = typer.Typer(
+    name="fleetd",
+    help="fleetd: a self-hosted fleet manager. Start with 'fleetd serve'.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+app.command("serve")(serve)
+app.add_typer(admin.users_app, name="users")
+app.add_typer(admin.keys_app, name="keys")
+app.command("audit")(admin.audit_command)
+
+
+def commit() -> str:
+    """The git commit this build came from (baked in by the packaging, else read from git)."""
+    try:
+        from .._build import COMMIT  # type: ignore[import-not-found]
+        return str(COMMIT)
+    except ImportError:
+        pass
+    import subprocess
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@app.command("version")
+def version() -> None:
+    """Print the version and the commit it was built from."""
+    typer.echo(f"fleetd {__version__} (commit {commit()})")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,90 @@
+"""Options and helpers shared by CLI commands."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from ..audit import Actor
+from ..db import transaction
+from ..errors import FleetdError
+from ..fleet import open_offline
+from .client import DEFAULT_SERVER, Client, resolve_ca
+from .output import fail
+
+T = TypeVar("T")
+
+ServerOpt = Annotated[str | None, typer.Option(
+    "--server", envvar="FLEETD_SERVER", help="Server URL, e.g. https://fleet.local:8420.", show_default=False)]
+ApiKeyOpt = Annotated[str | None, typer.Option(
+    "--api-key", envvar="FLEETD_API_KEY", help="API key (fk_...).", show_default=False)]
+CaOpt = Annotated[str | None, typer.Option(
+    "--ca", help="Fleet CA to trust [env FLEETD_CA; default: the data dir's ca.pem].", show_default=False)]
+DataDirOpt = Annotated[str | None, typer.Option(
+    "--data-dir", help="Work offline on this data dir instead of through a server.", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON objects.")]
+
+
+def local_actor() -> Actor:
+    try:
+        who = getpass.getuser()
+    except Exception:
+        who = "unknown"
+    return Actor("local", None, f"{who}@cli")
+
+
+def default_data_dir() -> str:
+    return os.environ.get("FLEETD_DATA_DIR") or "./fleetd-data"
+
+
+@contextmanager
+def errors_reported() -> Iterator[None]:
+    """Turn fleetd errors into one red line and exit code 1."""
+    try:
+        yield
+    except FleetdError as e:
+        hint = None
+        code = getattr(e, "code", "")
+        if code == "unauthenticated":
+            hint = "Pass an API key with --api-key or FLEETD_API_KEY (create one: fleetd keys create)."
+        elif code == "permission_denied":
+            hint = "Use a key with a stronger role (viewer < operator < admin)."
+        fail(f"{e.message} [{code}]", hint)
+
+
+def remote(server: str | None, api_key: str | None, ca: str | None, data_dir: str | None = None) -> Client:
+    return Client(server or DEFAULT_SERVER, api_key, resolve_ca(ca, data_dir))
+
+
+def offline(data_dir: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``fn`` in one write transaction on the data dir's store (works beside a running server)."""
+    conn = open_offline(data_dir)
+    try:
+        with transaction(conn):
+            return fn(conn)
+    finally:
+        conn.close()
+
+
+def use_offline(server: str | None, data_dir: str | None) -> str | None:
+    """The data dir to work on offline, or None to go through the server.
+
+    An explicit --data-dir wins; else a --server (or FLEETD_SERVER) means remote;
+    else the default data dir, offline.
+    """
+    if data_dir:
+        return data_dir
+    if server:
+        return None
+    return default_data_dir()
+
+
+def call(client: Client, service: str, method: str, body: dict[str, Any] | None = None) -> Any:
+    with client:
+        return client.call(service, method, body)

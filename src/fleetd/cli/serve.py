@@ -1,0 +1,82 @@
+"""fleetd serve: run the server."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from ..config import load_settings
+from ..errors import FleetdError
+from ..fleet import DataDirLocked, Fleet
+from .output import fail
+
+
+def _banner(username: str, password: str, url: str) -> None:
+    # Straight to the console, never through logging: the password must not land in a log file.
+    out = sys.stdout
+    out.write(
+        "\n"
+        "  ┌──────────────────────────────────────────────────────────────┐\n"
+        "  │  First start: an admin user was created. Shown this once.    │\n"
+        f"  │  user:     {username:<50}│\n"
+        f"  │  password: {password:<50}│\n"
+        f"  │  log in at {url:<50}│\n"
+        "  │  and change it, or: fleetd users passwd admin --data-dir ... │\n"
+        "  └──────────────────────────────────────────────────────────────┘\n\n"
+    )
+    out.flush()
+
+
+def serve(
+    data_dir: Annotated[str | None, typer.Option(help="Where all state lives [env FLEETD_DATA_DIR; "
+                                                  "default ./fleetd-data].", show_default=False)] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on [default 0.0.0.0].",
+                                             show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default 8420].", show_default=False)] = None,
+    no_tls: Annotated[bool, typer.Option("--no-tls", help="Serve plain HTTP (only behind a TLS proxy).")] = False,
+    no_mdns: Annotated[bool, typer.Option("--no-mdns", help="Do not advertise on the LAN.")] = False,
+    public_url: Annotated[str | None, typer.Option(help="URL devices use to reach this server.",
+                                                   show_default=False)] = None,
+    config: Annotated[str | None, typer.Option(help="TOML settings file [env FLEETD_CONFIG; default "
+                                               "DATA_DIR/fleetd.toml].", show_default=False)] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.",
+                                                  show_default=False)] = None,
+) -> None:
+    """Run the fleetd server (HTTPS, the API, the web UI, mDNS)."""
+    import uvicorn
+
+    from ..app import create_app
+
+    flags = {"data_dir": data_dir, "host": host, "port": port, "public_url": public_url, "log_level": log_level,
+             "tls": False if no_tls else None, "mdns": False if no_mdns else None}
+    try:
+        settings = load_settings(flags, config)
+    except FleetdError as e:
+        fail(e.message)
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        fleet = Fleet(settings)
+    except DataDirLocked as e:
+        fail(str(e), "Stop the other server first, or use another --data-dir.")
+    except FleetdError as e:
+        fail(e.message)
+    try:
+        first = fleet.ensure_first_admin()
+        if first:
+            _banner(*first, fleet.public_url)
+        app = create_app(fleet)
+        tls = {}
+        if settings.tls:
+            tls = {"ssl_certfile": str(fleet.keys.server_cert_path), "ssl_keyfile": str(fleet.keys.server_key_path)}
+        print(f"fleetd listening on {settings.scheme}://{settings.host}:{settings.port} "
+              f"(data dir {fleet.data_dir}, CA fingerprint {fleet.keys.ca_fingerprint})", flush=True)
+        server = uvicorn.Server(uvicorn.Config(
+            app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
+            lifespan="on", server_header=False, log_config=None, **tls))
+        server.run()
+    finally:
+        fleet.close()

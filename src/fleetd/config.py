@@ -1,0 +1,108 @@
+"""Settings: defaults < config file (TOML) < environment (FLEETD_*) < command-line flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .errors import InvalidArgument
+
+ENV_PREFIX = "FLEETD_"
+CONFIG_FILE_NAME = "fleetd.toml"
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    data_dir: str = "./fleetd-data"
+    host: str = "0.0.0.0"
+    port: int = 8420
+    tls: bool = True
+    mdns: bool = True
+    # The address devices and install commands use; derived from host/port when empty.
+    public_url: str = ""
+    log_level: str = "info"
+    # Largest JSON body an RPC call may carry.
+    max_request_bytes: int = 1 << 20
+    # Largest artifact upload.
+    max_upload_bytes: int = 1 << 30
+    # Login attempts per client address per minute.
+    login_rate_per_minute: int = 10
+    session_hours: int = 12
+    reader_threads: int = 4
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.port <= 65535):
+            raise InvalidArgument(f"port must be 0..65535, got {self.port}")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise InvalidArgument(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+        for name in ("max_request_bytes", "max_upload_bytes", "login_rate_per_minute", "session_hours",
+                     "reader_threads"):
+            if getattr(self, name) <= 0:
+                raise InvalidArgument(f"{name} must be positive")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+
+def _field_names() -> tuple[str, ...]:
+    return Settings.__struct_fields__
+
+
+def _from_env(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _field_names():
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            out[name] = raw
+    return out
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidArgument(f"config file {path}: {e}") from None
+    unknown = set(data) - set(_field_names())
+    if unknown:
+        raise InvalidArgument(f"config file {path}: unknown settings {sorted(unknown)}; "
+                              f"known: {', '.join(_field_names())}")
+    return data
+
+
+def load_settings(
+    flags: dict[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Merge every source; flags whose value is None are treated as not given."""
+    environ = dict(os.environ) if environ is None else environ
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    env = _from_env(environ)
+    merged: dict[str, Any] = {}
+    data_dir = flags.get("data_dir") or env.get("data_dir") or Settings().data_dir
+    if config_file is None:
+        config_file = environ.get(ENV_PREFIX + "CONFIG")
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise InvalidArgument(f"config file {path} does not exist")
+        merged.update(_from_file(path))
+    else:
+        default_file = Path(data_dir).expanduser() / CONFIG_FILE_NAME
+        if default_file.is_file():
+            merged.update(_from_file(default_file))
+    merged.update(env)
+    merged.update(flags)
+    try:
+        return msgspec.convert(merged, Settings, strict=False)
+    except msgspec.ValidationError as e:
+        raise InvalidArgument(f"invalid setting: {e}") from None

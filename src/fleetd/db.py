@@ -1,0 +1,229 @@
+"""SQLite store: one writer thread, pooled readers, migrations.
+
+The event loop never touches SQLite. Reads run on a small thread pool, one
+connection per thread. Every write runs on the single writer thread inside
+``BEGIN IMMEDIATE`` ... ``COMMIT`` and hands its result back as a future, so
+writers never fight for the lock and a failed write rolls back whole.
+Offline CLI commands use :func:`connect` + :func:`transaction` on the same file;
+WAL lets them run beside a live server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import queue
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import FailedPrecondition, FleetdError
+from .resources import data_dir
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        str(path), isolation_level=None, check_same_thread=False, timeout=30.0
+    )
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA cache_size=-65536")
+    if readonly:
+        conn.execute("PRAGMA query_only=ON")
+    return conn
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+# --- migrations -------------------------------------------------------------
+
+def available_migrations(folder: Path | None = None) -> list[tuple[int, str, Path]]:
+    folder = folder or data_dir("migrations")
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.suffix != ".sql":
+            continue
+        m = MIGRATION_NAME.match(p.name)
+        if not m:
+            raise FleetdError(f"migration file {p.name} is not named NNNN_name.sql")
+        out.append((int(m.group(1)), m.group(2), p))
+    versions = [v for v, _, _ in out]
+    if versions != list(range(1, len(versions) + 1)):
+        raise FleetdError(f"migrations must be numbered 1..N without gaps, found {versions}")
+    return out
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+    )
+    row = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(conn: sqlite3.Connection, folder: Path | None = None) -> list[str]:
+    """Apply pending migrations in order, each once and in its own transaction.
+
+    Refuses a database written by a newer fleetd (a higher schema version).
+    Returns the names of the migrations applied.
+    """
+    migrations = available_migrations(folder)
+    newest_known = migrations[-1][0] if migrations else 0
+    current = schema_version(conn)
+    if current > newest_known:
+        raise FailedPrecondition(
+            f"the database is at schema version {current} but this fleetd knows only up to "
+            f"{newest_known}; it was written by a newer fleetd. Run that version, or restore a backup."
+        )
+    applied = []
+    for version, name, path in migrations:
+        if version <= current:
+            continue
+        sql = path.read_text()
+        with transaction(conn):
+            # executescript would COMMIT on its own; run statement by statement instead.
+            for stmt in _split_sql(sql):
+                conn.execute(stmt)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (version, name, time.time()),
+            )
+        applied.append(f"{version:04d}_{name}")
+        log.info("applied migration %04d_%s", version, name)
+    return applied
+
+
+def _split_sql(sql: str) -> list[str]:
+    stmts, buf = [], ""
+    for line in sql.splitlines(keepends=True):
+        if line.strip().startswith("--"):
+            continue
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                stmts.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        raise FleetdError(f"incomplete SQL statement at end of migration: {buf.strip()[:80]!r}")
+    return stmts
+
+
+# --- the store ---------------------------------------------------------------
+
+_STOP = object()
+
+
+class Store:
+    """Async access to one SQLite file: ``await store.read(fn)`` / ``await store.write(fn)``.
+
+    ``fn`` receives a ``sqlite3.Connection`` and runs on a worker thread.
+    """
+
+    def __init__(self, path: str | Path, reader_threads: int = 4) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._readers = concurrent.futures.ThreadPoolExecutor(
+            max_workers=reader_threads, thread_name_prefix="fleetd-db-read"
+        )
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="fleetd-db-write", daemon=True)
+        self._write_conn = connect(self.path)
+        migrate(self._write_conn)
+        self._writer.start()
+        self._closed = False
+
+    # reads
+    def _reader_conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, readonly=True)
+            self._local.conn = conn
+            with self._reader_lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return fn(self._reader_conn())
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._run_read, fn)
+
+    def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return self._readers.submit(self._run_read, fn).result()
+
+    # writes
+    def _write_loop(self) -> None:
+        conn = self._write_conn
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            fn, fut, transactional = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                if transactional:
+                    with transaction(conn):
+                        result = fn(conn)
+                else:
+                    result = fn(conn)
+            except BaseException as e:  # handed to the caller
+                fut.set_exception(e)
+            else:
+                fut.set_result(result)
+        conn.close()
+
+    def submit_write(
+        self, fn: Callable[[sqlite3.Connection], T], *, transactional: bool = True
+    ) -> concurrent.futures.Future[T]:
+        if self._closed:
+            raise FleetdError("the store is closed")
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put((fn, fut, transactional))
+        return fut
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T], *, transactional: bool = True) -> T:
+        return await asyncio.wrap_future(self.submit_write(fn, transactional=transactional))
+
+    def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return self.submit_write(fn).result()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._writer.join()
+        self._readers.shutdown(wait=True)
+        with self._reader_lock:
+            for c in self._reader_conns:
+                c.close()
+            self._reader_conns.clear()

@@ -1,0 +1,110 @@
+"""The Fleet: the one core object that owns settings, keys, the store and the services."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from pathlib import Path
+
+from . import auth
+from .audit import SYSTEM
+from .auth import Authenticator
+from .config import Settings
+from .db import Store, transaction
+from .pki import FleetKeys, load_or_create
+from .ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "fleetd.db"
+LOCK_NAME = "fleetd.lock"
+
+
+def prepare_data_dir(path: Path) -> Path:
+    """Create the data dir (0700) and its blobs/ folder."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    (path / "blobs").mkdir(exist_ok=True)
+    return path
+
+
+class DataDirLocked(RuntimeError):
+    pass
+
+
+class Fleet:
+    def __init__(self, settings: Settings, *, lock: bool = True) -> None:
+        self.settings = settings
+        self.data_dir = prepare_data_dir(settings.data_path)
+        self._lock_fd: int | None = None
+        if lock:
+            self._take_lock()
+        self.keys: FleetKeys = load_or_create(self.data_dir, self._extra_names())
+        self.store = Store(self.data_dir / DB_NAME, settings.reader_threads)
+        self.authenticator = Authenticator(self.store)
+        self.login_limiter = RateLimiter(settings.login_rate_per_minute, 60.0, "login")
+        self.started_at = time.time()
+
+    def _extra_names(self) -> list[str]:
+        names = []
+        if self.settings.host not in ("0.0.0.0", "::", ""):
+            names.append(self.settings.host)
+        if self.settings.public_url:
+            from urllib.parse import urlparse
+            host = urlparse(self.settings.public_url).hostname
+            if host:
+                names.append(host)
+        return names
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataDirLocked(f"another fleetd server is running on {self.data_dir}") from None
+        self._lock_fd = fd
+
+    @property
+    def public_url(self) -> str:
+        if self.settings.public_url:
+            return self.settings.public_url.rstrip("/")
+        host = self.settings.host
+        if host in ("0.0.0.0", "::", ""):
+            from .pki import local_names_and_addresses
+            _, addrs = local_names_and_addresses()
+            external = [a for a in addrs if ":" not in a and not a.startswith("127.")]
+            host = external[0] if external else "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{self.settings.scheme}://{host}:{self.settings.port}"
+
+    def ensure_first_admin(self) -> tuple[str, str] | None:
+        """On first start, create user ``admin`` with a random password to show once."""
+        def create(conn):  # type: ignore[no-untyped-def]
+            if conn.execute("SELECT 1 FROM users LIMIT 1").fetchone():
+                return None
+            password = auth.generate_password()
+            auth.create_user(conn, SYSTEM, "admin", password, "admin", must_change_password=True)
+            return "admin", password
+        return self.store.write_sync(create)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.store.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def open_offline(data_dir: str | Path):  # type: ignore[no-untyped-def]
+    """A direct SQLite connection to a data dir's store, for offline CLI commands."""
+    from .db import connect, migrate
+    path = prepare_data_dir(Path(data_dir).expanduser().resolve())
+    conn = connect(path / DB_NAME)
+    migrate(conn)
+    return conn
+
+
+__all__ = ["Fleet", "open_offline", "transaction"]

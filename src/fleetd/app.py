@@ -12,7 +12,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from litestar.static_files import create_static_files_router
 
-from . import __version__, openapi, rpc
+from . import __version__, http_blobs, openapi, rpc
 from .api import audit as audit_api
 from .api import users as users_api
 from .auth import CSRF_HEADER, SESSION_COOKIE
@@ -70,6 +70,7 @@ def _openapi_route(doc: dict[str, Any]) -> Any:
 
 
 PLAIN_PATHS: dict[str, Any] = {
+    **http_blobs.OPENAPI_PATHS,
     "/healthz": {"get": {"summary": "Liveness and database check (no auth)", "responses": {"200": {
         "description": "OK"}, "503": {"description": "database unavailable"}}}},
     "/v1/ca.pem": {"get": {"summary": "The fleet CA certificate (no auth)",
@@ -87,7 +88,7 @@ def create_app(fleet: Fleet) -> Litestar:
     web = create_static_files_router(path="/", directories=[data_dir("web")], html_mode=True,
                                      opt={"auth": "public"}, include_in_schema=False, name="web")
     app = Litestar(
-        route_handlers=[*rpc.routes(SERVICES), healthz, ca_pem, _openapi_route(doc), web],
+        route_handlers=[*rpc.routes(SERVICES), healthz, ca_pem, *http_blobs.ROUTES, _openapi_route(doc), web],
         guards=[auth_guard],
         exception_handlers={Exception: rpc.error_response},
         lifespan=[lifespan],

@@ -119,16 +119,16 @@ def migrate(conn: sqlite3.Connection, folder: Path | None = None) -> list[str]:
 
 
 def _split_sql(sql: str) -> list[str]:
+    """Split a script into statements; sqlite3.complete_statement knows about strings and triggers."""
+    lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
     stmts, buf = [], ""
-    for line in sql.splitlines(keepends=True):
-        if line.strip().startswith("--"):
-            continue
-        buf += line
+    for piece in "\n".join(lines).split(";"):
+        buf += piece + ";"
         if sqlite3.complete_statement(buf):
-            if buf.strip():
+            if buf.strip(" \n\t;"):
                 stmts.append(buf.strip())
             buf = ""
-    if buf.strip():
+    if buf.strip(" \n\t;"):
         raise FleetdError(f"incomplete SQL statement at end of migration: {buf.strip()[:80]!r}")
     return stmts
 

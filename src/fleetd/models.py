@@ -21,7 +21,7 @@ def now() -> float:
 def to_dt(ts: float | None) -> dt.datetime | None:
     if ts is None:
         return None
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc)
+    return dt.datetime.fromtimestamp(ts, dt.UTC)
 
 
 def new_id(prefix: str) -> str:

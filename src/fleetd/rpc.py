@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from litestar import Request, Response
+from litestar.datastructures import Cookie
 from litestar.enums import HttpMethod
 from litestar.exceptions import HTTPException
-from litestar.datastructures import Cookie
 from litestar.handlers import HTTPRouteHandler
 
 from .audit import Actor
@@ -48,7 +48,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PACKAGE = "fleetd.v1"
-Policy = Literal["public", "device", "viewer", "operator", "admin"]
+# device_or_viewer: any device (the handler decides which resources it may see) or a viewer and up.
+Policy = Literal["public", "device", "device_or_viewer", "viewer", "operator", "admin"]
 POLICIES: tuple[str, ...] = typing.get_args(Policy)
 JSON = "application/json"
 
@@ -253,6 +254,10 @@ def authorize(policy: str, principal: Principal) -> None:
         if principal.kind != "device":
             raise PermissionDenied("this call is for devices only")
         return
+    if policy == "device_or_viewer":
+        if principal.kind == "device":
+            return
+        policy = "viewer"
     if principal.kind == "device":
         raise PermissionDenied("devices may not call admin methods")
     if not principal.has_role(policy):

@@ -151,7 +151,7 @@ def _since(text: str | None) -> dt.datetime | None:
     if not text:
         return None
     try:
-        return dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=parse_duration(text))
+        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=parse_duration(text))
     except InvalidArgument:
         pass
     try:

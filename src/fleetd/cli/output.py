@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 import msgspec
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -74,7 +75,7 @@ def show(obj: Any, as_json: bool, fields: Sequence[str] | None = None) -> None:
 
 
 def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {message}")
+    err_console.print(f"[red]error:[/red] {escape(message)}")
     if hint:
-        err_console.print(f"[dim]{hint}[/dim]")
+        err_console.print(f"[dim]{escape(hint)}[/dim]")
     raise typer.Exit(code)

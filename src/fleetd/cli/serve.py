@@ -76,7 +76,7 @@ def serve(
               f"(data dir {fleet.data_dir}, CA fingerprint {fleet.keys.ca_fingerprint})", flush=True)
         server = uvicorn.Server(uvicorn.Config(
             app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
-            lifespan="on", server_header=False, log_config=None, **tls))
+            lifespan="on", server_header=False, log_config=None, timeout_graceful_shutdown=10, **tls))
         server.run()
     finally:
         fleet.close()

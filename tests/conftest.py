@@ -1,0 +1,67 @@
+"""Shared fixtures: an in-process Fleet + app, and helpers to call it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+from fleetd import auth
+from fleetd.app import create_app
+from fleetd.audit import SYSTEM
+from fleetd.config import Settings
+from fleetd.fleet import Fleet
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=str(tmp_path / "data"), tls=False, mdns=False, host="127.0.0.1", port=8420)
+
+
+@pytest.fixture
+def fleet(settings: Settings) -> Iterator[Fleet]:
+    f = Fleet(settings)
+    yield f
+    f.close()
+
+
+@pytest.fixture
+def client(fleet: Fleet) -> Iterator[TestClient[Any]]:
+    with TestClient(app=create_app(fleet)) as c:
+        yield c
+
+
+def make_key(fleet: Fleet, role: str, name: str | None = None) -> str:
+    key = fleet.store.write_sync(lambda c: auth.create_api_key(c, SYSTEM, name or f"test-{role}", role))
+    assert key.key
+    return key.key
+
+
+@pytest.fixture
+def admin_key(fleet: Fleet) -> str:
+    return make_key(fleet, "admin")
+
+
+@pytest.fixture
+def viewer_key(fleet: Fleet) -> str:
+    return make_key(fleet, "viewer")
+
+
+@pytest.fixture
+def operator_key(fleet: Fleet) -> str:
+    return make_key(fleet, "operator")
+
+
+def rpc(client: Any, service: str, method: str, body: Any = None, key: str | None = None,
+        headers: dict[str, str] | None = None) -> Any:
+    """POST a Connect call; returns the httpx response."""
+    h = {"Content-Type": "application/json"}
+    if key:
+        h["Authorization"] = f"Bearer {key}"
+    h.update(headers or {})
+    import json
+    content = body if isinstance(body, (bytes, str)) else json.dumps(body if body is not None else {})
+    return client.post(f"/fleetd.v1.{service}/{method}", content=content, headers=h)

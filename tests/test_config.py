@@ -1,0 +1,45 @@
+"""Settings come from defaults, a TOML file, FLEETD_* and flags, in that order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleetd.config import load_settings
+from fleetd.errors import InvalidArgument
+
+
+def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "f.toml"
+    cfg.write_text('port = 1000\nhost = "127.0.0.1"\nmdns = false\n')
+    s = load_settings({"port": None}, cfg, environ={})
+    assert (s.port, s.host, s.mdns) == (1000, "127.0.0.1", False)
+    s = load_settings({}, cfg, environ={"FLEETD_PORT": "2000", "FLEETD_TLS": "false"})
+    assert (s.port, s.tls) == (2000, False)
+    s = load_settings({"port": 3000}, cfg, environ={"FLEETD_PORT": "2000"})
+    assert s.port == 3000
+
+
+def test_config_file_in_data_dir_is_read(tmp_path: Path) -> None:
+    (tmp_path / "fleetd.toml").write_text("max_upload_bytes = 5000\n")
+    s = load_settings({"data_dir": str(tmp_path)}, environ={})
+    assert s.max_upload_bytes == 5000
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("port = 70000\n", "port"),
+    ("prot = 1\n", "unknown settings"),
+    ("port = \n", "config file"),
+    ('log_level = "loud"\n', "log_level"),
+])
+def test_bad_settings_are_explained(tmp_path: Path, content: str, fragment: str) -> None:
+    cfg = tmp_path / "f.toml"
+    cfg.write_text(content)
+    with pytest.raises(InvalidArgument, match=fragment):
+        load_settings({}, cfg, environ={})
+
+
+def test_env_value_of_wrong_type(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="port"):
+        load_settings({"data_dir": str(tmp_path)}, environ={"FLEETD_PORT": "eighty"})

@@ -14,15 +14,22 @@ from litestar.static_files import create_static_files_router
 
 from . import __version__, http_blobs, openapi, rpc
 from .api import audit as audit_api
+from .api import device as device_api
+from .api import devices as devices_api
+from .api import enrollment as enrollment_api
 from .api import users as users_api
 from .auth import CSRF_HEADER, SESSION_COOKIE
+from .discovery import Advertiser
 from .errors import PermissionDenied, Unavailable
 from .fleet import Fleet
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .resources import data_dir
 
 log = logging.getLogger(__name__)
 
-SERVICES: list[rpc.Service] = [users_api.service, audit_api.service]
+SERVICES: list[rpc.Service] = [
+    device_api.service, devices_api.service, enrollment_api.service, users_api.service, audit_api.service,
+]
 
 
 async def auth_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
@@ -59,6 +66,22 @@ async def ca_pem(request: Request[Any, Any, Any]) -> Response[bytes]:
                     headers={"X-Fleetd-CA-Fingerprint": fleet.keys.ca_fingerprint})
 
 
+@get("/metrics", opt={"auth": "viewer"}, include_in_schema=False)
+async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[str]:
+    """Prometheus metrics, text format 0.0.4. Scrape with a viewer API key
+    (``fleetd keys create --name prometheus --role viewer``)::
+
+        scrape_configs:
+          - job_name: fleetd
+            scheme: https
+            tls_config: {ca_file: /etc/prometheus/fleetd-ca.pem}   # from GET /v1/ca.pem
+            authorization: {credentials: fk_...}                    # the viewer key
+            static_configs: [{targets: ["fleet.example.net:8420"]}]
+    """
+    fleet: Fleet = request.app.state.fleet
+    return Response(await fleet.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+
 def _openapi_route(doc: dict[str, Any]) -> Any:
     body = rpc.encode(doc)
 
@@ -75,6 +98,8 @@ PLAIN_PATHS: dict[str, Any] = {
         "description": "OK"}, "503": {"description": "database unavailable"}}}},
     "/v1/ca.pem": {"get": {"summary": "The fleet CA certificate (no auth)",
                            "responses": {"200": {"description": "PEM"}}}},
+    "/metrics": {"get": {"summary": "Prometheus metrics, text format 0.0.4 (viewer role; an API key works)",
+                         "responses": {"200": {"description": "text/plain; version=0.0.4"}}}},
 }
 
 
@@ -82,14 +107,26 @@ def create_app(fleet: Fleet) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         log.info("fleetd %s serving data dir %s", __version__, fleet.data_dir)
-        yield
+        fleet.hub.start()
+        advertiser = Advertiser.for_fleet(fleet) if fleet.settings.mdns else None
+        if advertiser:
+            await advertiser.start()  # registers in the background; never blocks or fails startup
+        try:
+            yield
+        finally:
+            if advertiser:
+                await advertiser.stop()
+            await fleet.hub.stop()
+            await fleet.telemetry.close()
 
     doc = openapi.build(SERVICES, PLAIN_PATHS)
     web = create_static_files_router(path="/", directories=[data_dir("web")], html_mode=True,
                                      opt={"auth": "public"}, include_in_schema=False, name="web")
     app = Litestar(
-        route_handlers=[*rpc.routes(SERVICES), healthz, ca_pem, *http_blobs.ROUTES, _openapi_route(doc), web],
+        route_handlers=[*rpc.routes(SERVICES), healthz, ca_pem, metrics_endpoint, *http_blobs.ROUTES,
+                        _openapi_route(doc), web],
         guards=[auth_guard],
+        middleware=[fleet.metrics.middleware],
         exception_handlers={Exception: rpc.error_response},
         lifespan=[lifespan],
         openapi_config=None,

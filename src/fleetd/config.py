@@ -30,6 +30,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_upload_bytes: int = 1 << 30
     # Login attempts per client address per minute.
     login_rate_per_minute: int = 10
+    # Enrollment and challenge requests per client address per minute (a NAT may hide many devices).
+    enroll_rate_per_minute: int = 600
     session_hours: int = 12
     reader_threads: int = 4
 
@@ -38,7 +40,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise InvalidArgument(f"port must be 0..65535, got {self.port}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise InvalidArgument(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
-        for name in ("max_request_bytes", "max_upload_bytes", "login_rate_per_minute", "session_hours",
+        for name in ("max_request_bytes", "max_upload_bytes", "login_rate_per_minute", "enroll_rate_per_minute", "session_hours",
                      "reader_threads"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"{name} must be positive")

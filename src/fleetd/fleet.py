@@ -11,10 +11,14 @@ from pathlib import Path
 from . import auth
 from .audit import SYSTEM
 from .auth import Authenticator
+from .blobs import BlobStore
 from .config import Settings
 from .db import Store, transaction
+from .hub import DeviceHub
+from .metrics import Metrics
 from .pki import FleetKeys, load_or_create
 from .ratelimit import RateLimiter
+from .telemetry import TelemetryIntake
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +47,14 @@ class Fleet:
             self._take_lock()
         self.keys: FleetKeys = load_or_create(self.data_dir, self._extra_names())
         self.store = Store(self.data_dir / DB_NAME, settings.reader_threads)
-        self.authenticator = Authenticator(self.store)
+        self.blobs = BlobStore(self.data_dir / "blobs", self.store, settings.max_upload_bytes)
+        self.hub = DeviceHub(self.store, self.keys.token_key)
+        self.telemetry = TelemetryIntake(self.store)
+        self.authenticator = Authenticator(self.store, self.hub.tokens)
+        self.enroll_limiter = RateLimiter(settings.enroll_rate_per_minute, 60.0, "enrollment")
         self.login_limiter = RateLimiter(settings.login_rate_per_minute, 60.0, "login")
         self.started_at = time.time()
+        self.metrics = Metrics(self.store)
 
     def _extra_names(self) -> list[str]:
         names = []

@@ -38,6 +38,8 @@ class ListAuditResponse(msgspec.Struct, kw_only=True):
 @service.method(auth="operator", readonly=True)
 async def List(ctx: Context, req: ListAuditRequest) -> ListAuditResponse:
     """Entries newest first, filtered; at most ``limit`` (1..1000)."""
+    if req.limit == 0:
+        req.limit = 100  # proto3: 0 means unset
     if not 1 <= req.limit <= 1000:
         raise InvalidArgument("limit must be between 1 and 1000")
     if req.outcome and req.outcome not in ("ok", "denied", "failed"):

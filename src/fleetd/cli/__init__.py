@@ -8,6 +8,8 @@ import typer
 
 from .. import __version__
 from . import admin
+from .backup import backup as backup_command
+from .backup import restore as restore_command
 from .serve import serve
 
 app = typer.Typer(
@@ -22,6 +24,8 @@ app.command("serve")(serve)
 app.add_typer(admin.users_app, name="users")
 app.add_typer(admin.keys_app, name="keys")
 app.command("audit")(admin.audit_command)
+app.command("backup")(backup_command)
+app.command("restore")(restore_command)
 
 
 def commit() -> str:

@@ -1,0 +1,202 @@
+"""DeviceAdminService: the device registry and direct actions, for admins."""
+
+from __future__ import annotations
+
+import msgspec
+
+from .. import actions, registry
+from ..actions import Action
+from ..errors import InvalidArgument
+from ..models import to_dt
+from ..registry import Device
+from ..rpc import Context, Empty, Service
+
+service = Service("DeviceAdminService", "The device registry and direct actions (deploy, restart, rollback, "
+                  "reboot).")
+
+
+def fresh(ctx: Context, d: Device) -> Device:
+    """Overlay the last check-in the hub has seen but not yet written."""
+    seen = ctx.fleet.hub.last_seen(d.id)
+    if seen is not None and (d.last_seen is None or seen > d.last_seen.timestamp()):
+        d.last_seen = to_dt(seen)
+        d.online = registry.is_online(seen, d.poll_interval)
+    return d
+
+
+class ListDevicesRequest(msgspec.Struct, kw_only=True):
+    status: str = ""
+    device_type: str = ""
+    # Devices with all of these tags.
+    tags: dict[str, str] = {}
+    # Substring of the id, name or hardware id.
+    search: str = ""
+    limit: int = 1000
+    offset: int = 0
+
+
+class ListDevicesResponse(msgspec.Struct, kw_only=True):
+    devices: list[Device]
+    total: int
+
+
+@service.method(auth="viewer", readonly=True)
+async def ListDevices(ctx: Context, req: ListDevicesRequest) -> ListDevicesResponse:
+    """Devices, filtered and paged (limit 1..10000)."""
+    limit = req.limit or 1000
+    if not 1 <= limit <= 10000 or req.offset < 0:
+        raise InvalidArgument("limit must be 1..10000 and offset not negative")
+    devices, total = await ctx.fleet.store.read(lambda c: registry.list_devices(
+        c, status=req.status or None, device_type=req.device_type or None, tags=req.tags,
+        search=req.search or None, limit=limit, offset=req.offset))
+    return ListDevicesResponse(devices=[fresh(ctx, d) for d in devices], total=total)
+
+
+class DeviceRef(msgspec.Struct, kw_only=True):
+    # Device id, hardware id or unique name.
+    id: str
+
+
+@service.method(auth="viewer", readonly=True)
+async def GetDevice(ctx: Context, req: DeviceRef) -> Device:
+    """One device with its inventory and components."""
+    return fresh(ctx, await ctx.fleet.store.read(lambda c: registry.get_device(c, req.id)))
+
+
+class UpdateDeviceRequest(msgspec.Struct, kw_only=True):
+    id: str
+    name: str | None = None
+    set_tags: dict[str, str] = {}
+    remove_tags: list[str] = []
+    poll_interval: int | None = None
+
+
+@service.method(auth="operator")
+async def UpdateDevice(ctx: Context, req: UpdateDeviceRequest) -> Device:
+    """Rename, tag, untag, or change the poll interval."""
+    d = await ctx.fleet.store.write(lambda c: registry.update(
+        c, ctx.actor, req.id, name=req.name, set_tags=req.set_tags, remove_tags=req.remove_tags,
+        poll_interval=req.poll_interval))
+    await ctx.fleet.hub.refresh(d.id)
+    return fresh(ctx, d)
+
+
+@service.method(auth="operator")
+async def RevokeDevice(ctx: Context, req: DeviceRef) -> Device:
+    """Stop a device at once: its token stops working and its open actions are cancelled."""
+    d = await ctx.fleet.store.write(lambda c: registry.revoke(c, ctx.actor, req.id))
+    await ctx.fleet.hub.refresh(d.id)
+    ctx.fleet.hub.set_open_actions(d.id, False)
+    return d
+
+
+@service.method(auth="admin")
+async def DeleteDevice(ctx: Context, req: DeviceRef) -> Empty:
+    """Forget a device and its history; it may enroll again."""
+    did = await ctx.fleet.store.write(lambda c: registry.delete(c, ctx.actor, req.id))
+    await ctx.fleet.hub.refresh(did)
+    return Empty()
+
+
+class TargetedRequest(msgspec.Struct, kw_only=True):
+    # Explicit devices (ids, hardware ids or names) ...
+    device_ids: list[str] = []
+    # ... and/or every active device with all of these tags.
+    tags: dict[str, str] = {}
+
+
+class DeployRequest(TargetedRequest, kw_only=True):
+    # NAME@VERSION or artifact id.
+    artifact: str
+    # Offer the update; the device installs only after it accepts.
+    consent: bool = False
+
+
+class ActionsCreated(msgspec.Struct, kw_only=True):
+    action_ids: list[str]
+
+
+def _targets(conn, req: TargetedRequest, device_type: list[str] | None = None) -> list[str]:  # type: ignore[no-untyped-def]
+    ids = list(req.device_ids)
+    if req.tags:
+        devices, _ = registry.list_devices(conn, status="active", tags=req.tags, limit=1_000_000)
+        ids += [d.id for d in devices if device_type is None or d.device_type in device_type]
+    if not ids:
+        raise InvalidArgument("no device matches: give device ids or tags that match active devices")
+    return ids
+
+
+async def _after_actions(ctx: Context, action_ids: list[str]) -> None:
+    devices = await ctx.fleet.store.read(lambda c: [r[0] for r in c.execute(
+        f"SELECT DISTINCT device_id FROM actions WHERE id IN ({','.join('?' * len(action_ids))})", action_ids)])
+    for did in devices:
+        ctx.fleet.hub.set_open_actions(did, True)
+
+
+@service.method(auth="operator")
+async def Deploy(ctx: Context, req: DeployRequest) -> ActionsCreated:
+    """Install an artifact on devices now (all or none), outside any rollout."""
+    def deploy(conn):  # type: ignore[no-untyped-def]
+        from .. import artifacts
+        art = artifacts.get(conn, req.artifact)
+        return actions.create_install(conn, ctx.actor, _targets(conn, req, art.device_types), art.id,
+                                      consent=req.consent)
+    ids = await ctx.fleet.store.write(deploy)
+    await _after_actions(ctx, ids)
+    return ActionsCreated(action_ids=ids)
+
+
+class CreateActionRequest(TargetedRequest, kw_only=True):
+    # restart, reboot, rollback or config
+    kind: str
+    # The app it concerns (restart, rollback).
+    component: str = ""
+    params: dict[str, str] = {}
+
+
+@service.method(auth="operator")
+async def CreateAction(ctx: Context, req: CreateActionRequest) -> ActionsCreated:
+    """Restart an app, reboot, roll an app back to its previous version, or push config."""
+    def create(conn):  # type: ignore[no-untyped-def]
+        targets = _targets(conn, req)
+        if req.kind == "rollback":
+            if not req.component:
+                raise InvalidArgument("rollback needs the app (component) to roll back")
+            return actions.create_rollback(conn, ctx.actor, targets, req.component)
+        return actions.create_simple(conn, ctx.actor, targets, req.kind, req.component, dict(req.params))
+    ids = await ctx.fleet.store.write(create)
+    await _after_actions(ctx, ids)
+    return ActionsCreated(action_ids=ids)
+
+
+class ListActionsRequest(msgspec.Struct, kw_only=True):
+    device_id: str
+    limit: int = 100
+
+
+class ListActionsResponse(msgspec.Struct, kw_only=True):
+    actions: list[Action]
+
+
+@service.method(auth="viewer", readonly=True)
+async def ListActions(ctx: Context, req: ListActionsRequest) -> ListActionsResponse:
+    """A device's actions, newest first."""
+    limit = req.limit or 100
+    if not 1 <= limit <= 1000:
+        raise InvalidArgument("limit must be 1..1000")
+    return ListActionsResponse(actions=await ctx.fleet.store.read(
+        lambda c: actions.list_for_device(c, req.device_id, limit)))
+
+
+class ActionRef(msgspec.Struct, kw_only=True):
+    id: str
+
+
+@service.method(auth="operator")
+async def CancelAction(ctx: Context, req: ActionRef) -> Action:
+    """Cancel an action that has not ended."""
+    a = await ctx.fleet.store.write(lambda c: actions.cancel(c, ctx.actor, req.id))
+    still = await ctx.fleet.store.read(lambda c: c.execute(
+        "SELECT 1 FROM actions WHERE device_id = ? AND open = 1 LIMIT 1", (a.device_id,)).fetchone() is not None)
+    ctx.fleet.hub.set_open_actions(a.device_id, still)
+    return a

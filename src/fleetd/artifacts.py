@@ -1,0 +1,205 @@
+"""Artifacts: one version of one component, its signed manifest, and references devices download.
+
+The manifest is canonical JSON (keys sorted, no whitespace, UTF-8; only strings,
+integers, booleans, null, lists and objects, so it is also RFC 8785 canonical)
+signed with the fleet's Ed25519 signing key. Devices verify the signature with
+the public key they pinned at enrollment, then the size and sha256 of the file.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import re
+import sqlite3
+from typing import Any
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from . import audit, blobs
+from .audit import Actor
+from .errors import AlreadyExists, InvalidArgument, NotFound
+from .models import new_id, now, to_dt
+from .registry import DEVICE_TYPE
+from .semver import Version
+
+# An artifact keeps its blob from garbage collection.
+blobs.REFERENCES.append(("artifacts", "sha256"))
+
+KINDS = ("app", "agent", "firmware")
+NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+MANIFEST_FORMAT = "fleetd-manifest-v1"
+RESTART_POLICIES = ("always", "on-failure", "never")
+
+
+class HealthCheck(msgspec.Struct, kw_only=True, omit_defaults=True):
+    grace_seconds: int = 30
+    http_url: str | None = None
+    command: list[str] | None = None
+
+
+class InstallSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """How an ``app`` runs. Without one, the file itself is run."""
+
+    command: list[str] | None = None
+    env: dict[str, str] = {}
+    working_dir: str | None = None
+    restart: str = "on-failure"
+    health: HealthCheck | None = None
+
+    def __post_init__(self) -> None:
+        if self.restart not in RESTART_POLICIES:
+            raise InvalidArgument(f"restart must be one of {', '.join(RESTART_POLICIES)}")
+        if self.command is not None and (not self.command or any(not c for c in self.command)):
+            raise InvalidArgument("command must be a non-empty list of non-empty strings")
+        if self.health and not 0 <= self.health.grace_seconds <= 3600:
+            raise InvalidArgument("health grace_seconds must be between 0 and 3600")
+        if self.health and self.health.http_url and not self.health.http_url.startswith(("http://", "https://")):
+            raise InvalidArgument("health http_url must start with http:// or https://")
+
+
+class OfflineSignature(msgspec.Struct, kw_only=True):
+    public_key: str  # base64 raw Ed25519
+    signature: str   # base64 over the manifest bytes
+
+
+class Artifact(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    version: str
+    kind: str
+    device_types: list[str]
+    sha256: str
+    size: int
+    file_name: str
+    md5: str = ""
+    sha1: str = ""
+    install_spec: InstallSpec | None = None
+    manifest: str = ""
+    signature: str = ""
+    offline_signatures: list[OfflineSignature] = []
+    created_by: str | None = None
+    created_at: dt.datetime | None = None
+
+
+def check_metadata(name: str, version: str, kind: str, device_types: list[str], file_name: str) -> None:
+    if not NAME.match(name):
+        raise InvalidArgument(f"artifact name {name!r} must be 1-64 lowercase letters, digits and _.- "
+                              "starting with a letter or digit")
+    Version(version)
+    if kind not in KINDS:
+        raise InvalidArgument(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if not device_types:
+        raise InvalidArgument("give at least one device type (e.g. linux-aarch64, sim)")
+    for t in device_types:
+        if not DEVICE_TYPE.match(t):
+            raise InvalidArgument(f"device type {t!r} must be lowercase letters, digits and _.-")
+    if not file_name or len(file_name) > 255 or "/" in file_name or "\\" in file_name or file_name in (".", ".."):
+        raise InvalidArgument("file name must be 1-255 characters without slashes")
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def build_manifest(*, name: str, version: str, kind: str, sha256: str, size: int, file_name: str,
+                   device_types: list[str], install_spec: InstallSpec | None, created: float) -> bytes:
+    return canonical_json({
+        "format": MANIFEST_FORMAT,
+        "name": name,
+        "version": version,
+        "kind": kind,
+        "sha256": sha256,
+        "size": size,
+        "file_name": file_name,
+        "device_types": sorted(device_types),
+        "install": msgspec.to_builtins(install_spec) if install_spec else None,
+        "created": dt.datetime.fromtimestamp(int(created), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    })
+
+
+def sign(key: Ed25519PrivateKey, manifest: bytes) -> str:
+    return base64.b64encode(key.sign(manifest)).decode()
+
+
+def _artifact(r: sqlite3.Row) -> Artifact:
+    spec = msgspec.json.decode(r["install_spec"], type=InstallSpec) if r["install_spec"] else None
+    keys = r.keys()
+    return Artifact(
+        id=r["id"], name=r["name"], version=r["version"], kind=r["kind"], device_types=json.loads(r["device_types"]),
+        sha256=r["sha256"], size=r["size"], file_name=r["file_name"],
+        md5=r["md5"] if "md5" in keys else "", sha1=r["sha1"] if "sha1" in keys else "",
+        install_spec=spec, manifest=bytes(r["manifest"]).decode(), signature=r["signature"],
+        offline_signatures=msgspec.json.decode(r["offline_signatures"], type=list[OfflineSignature]),
+        created_by=r["created_by"], created_at=to_dt(r["created_at"]))
+
+
+_SELECT = "SELECT a.*, b.md5, b.sha1 FROM artifacts a JOIN blobs b ON b.sha256 = a.sha256"
+
+
+def create(conn: sqlite3.Connection, actor: Actor, signing_key: Ed25519PrivateKey, *, name: str, version: str,
+           kind: str, device_types: list[str], sha256: str, size: int, file_name: str,
+           install_spec: InstallSpec | None) -> Artifact:
+    """Record an artifact whose blob is already stored, with its signed manifest."""
+    check_metadata(name, version, kind, device_types, file_name)
+    if conn.execute("SELECT 1 FROM artifacts WHERE name = ? AND version = ?", (name, version)).fetchone():
+        raise AlreadyExists(f"{name}@{version} already exists; versions are immutable, push a new version")
+    if conn.execute("SELECT 1 FROM blobs WHERE sha256 = ? AND corrupt_at IS NULL", (sha256,)).fetchone() is None:
+        raise NotFound(f"blob {sha256} is not stored")
+    t = now()
+    manifest = build_manifest(name=name, version=version, kind=kind, sha256=sha256, size=size, file_name=file_name,
+                              device_types=device_types, install_spec=install_spec, created=t)
+    aid = new_id("art")
+    conn.execute(
+        "INSERT INTO artifacts (id, name, version, kind, device_types, sha256, size, file_name, install_spec, "
+        "manifest, signature, created_by, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (aid, name, version, kind, json.dumps(sorted(device_types)), sha256, size, file_name,
+         msgspec.json.encode(install_spec).decode() if install_spec else None, manifest,
+         sign(signing_key, manifest), actor.name or actor.id, t))
+    audit.record(conn, actor, "artifact.create", aid, name=name, version=version, sha256=sha256, size=size)
+    return get(conn, aid)
+
+
+def get(conn: sqlite3.Connection, ref: str) -> Artifact:
+    """By id or NAME@VERSION."""
+    if "@" in ref:
+        name, _, version = ref.partition("@")
+        r = conn.execute(f"{_SELECT} WHERE a.name = ? AND a.version = ?", (name, version)).fetchone()
+    else:
+        r = conn.execute(f"{_SELECT} WHERE a.id = ?", (ref,)).fetchone()
+    if r is None:
+        raise NotFound(f"no artifact {ref!r} (refer to one as NAME@VERSION or by id; 'fleetd artifacts list')")
+    return _artifact(r)
+
+
+def list_all(conn: sqlite3.Connection, name: str | None = None) -> list[Artifact]:
+    sql, args = _SELECT, []
+    if name:
+        sql += " WHERE a.name = ?"
+        args.append(name)
+    arts = [_artifact(r) for r in conn.execute(sql, args)]
+    arts.sort(key=lambda a: (a.name, Version(a.version)), reverse=False)
+    return arts
+
+
+class ArtifactRef(msgspec.Struct, kw_only=True):
+    """What a device gets in an install action: where to download and how to verify."""
+
+    name: str
+    version: str
+    kind: str
+    url: str
+    sha256: str
+    size: int
+    file_name: str
+    manifest: str
+    signature: str
+    offline_signatures: list[OfflineSignature] = []
+
+
+def ref_for_device(a: Artifact, base_url: str) -> ArtifactRef:
+    return ArtifactRef(name=a.name, version=a.version, kind=a.kind, url=f"{base_url}/v1/blobs/{a.sha256}",
+                       sha256=a.sha256, size=a.size, file_name=a.file_name, manifest=a.manifest,
+                       signature=a.signature, offline_signatures=a.offline_signatures)

@@ -1,0 +1,89 @@
+"""fleetd backup / fleetd restore: one archive holds a whole data dir."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+from .. import backup as logic
+from .common import JsonOpt, default_data_dir, errors_reported
+from .output import console, err_console, fail, print_json, print_object
+
+_PHASES = {"database": "copying the database", "blobs": "copying blobs", "restore": "reading the archive"}
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[logic.Progress | None]:
+    """A rich progress bar on stderr when it is a terminal, else nothing."""
+    if not enabled or not err_console.is_terminal:
+        yield None
+        return
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                   console=err_console, transient=True)
+    tasks: dict[str, TaskID] = {}
+
+    def update(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(_PHASES.get(phase, phase), total=total)
+        bar.update(tasks[phase], completed=done, total=total)
+
+    with bar:
+        yield update
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    with errors_reported():
+        try:
+            yield
+        except OSError as e:
+            fail(str(e))
+
+
+def backup(
+    out: Annotated[Path, typer.Argument(help="The archive to write: NAME.tar or NAME.tar.gz.", show_default=False)],
+    data_dir: Annotated[str | None, typer.Option(help="The data dir to back up (default: $FLEETD_DATA_DIR, "
+                                                 "else ./fleetd-data).", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Back up a data dir (database, blobs, keys, config) into one archive; safe while the server runs."""
+    with _reported(), _progress(not json) as progress:
+        summary = logic.create_backup(data_dir or default_data_dir(), out, overwrite=force, progress=progress)
+    if json:
+        print_json(summary)
+        return
+    print_object(summary, ["path", "bytes", "blobs", "blob_bytes", "database_bytes", "schema_version",
+                           "ca_fingerprint", "created_at", "seconds"])
+    console.print("[yellow]The archive holds the fleet's private keys: keep it as secret as the data dir.[/yellow]")
+
+
+def restore(
+    archive: Annotated[Path, typer.Argument(help="A backup made by 'fleetd backup'.", show_default=False)],
+    data_dir: Annotated[str | None, typer.Option(help="Where to restore to: a new or empty folder.",
+                                                 show_default=False)] = None,
+    check: Annotated[bool, typer.Option("--check", help="Only check the archive; restore nothing.")] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Restore a backup into a new data dir, checking every file; an older backup is migrated."""
+    if not check and not data_dir:
+        fail("pass --data-dir: the new or empty folder to restore into (or --check to only check the archive)")
+    with _reported(), _progress(not json) as progress:
+        if check:
+            result: logic.ArchiveInfo | logic.RestoreSummary = logic.check_backup(archive, progress=progress)
+        else:
+            assert data_dir is not None
+            result = logic.restore_backup(archive, data_dir, progress=progress)
+    if json:
+        print_json(result)
+        return
+    print_object(result)
+    if check:
+        console.print("[green]The archive is intact.[/green]")
+    else:
+        console.print(f"[green]Restored.[/green] Start it with: fleetd serve --data-dir {data_dir}")

@@ -1,0 +1,169 @@
+"""DeviceHub: the in-memory side of the device protocol, kept lean for the check-in hot path.
+
+It holds what every check-in needs without touching SQLite: each device's
+status, poll interval and auth epoch; which devices have open actions; the hash
+of the inventory each last reported. Writes a check-in causes (last seen,
+changed inventory) are coalesced and flushed by one task about once a second on
+the writer thread. Everything that changes devices or actions goes through the
+services, which tell the hub after their transaction commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import time
+from typing import Any
+
+import msgspec
+
+from . import actions, registry
+from .db import Store
+from .devauth import DeviceTokens
+from .registry import DeviceRuntime
+
+log = logging.getLogger(__name__)
+FLUSH_INTERVAL = 1.0
+
+
+class Component(msgspec.Struct, kw_only=True):
+    name: str
+    version: str
+    state: str = ""
+    health: str = ""
+    restarts: int = 0
+
+
+class Inventory(msgspec.Struct, kw_only=True, omit_defaults=True):
+    hostname: str = ""
+    os: str = ""
+    os_version: str = ""
+    kernel: str = ""
+    arch: str = ""
+    model: str = ""
+    addresses: list[str] = []
+    agent_version: str = ""
+    extra: dict[str, str] = {}
+
+
+class DeviceHub:
+    def __init__(self, store: Store, token_key: bytes) -> None:
+        self.store = store
+        self.tokens = DeviceTokens(token_key)
+        runtime, epochs = store.read_sync(registry.load_runtime)
+        self.runtime: dict[str, DeviceRuntime] = runtime
+        self.tokens.epochs = epochs
+        self.open_actions: set[str] = store.read_sync(actions.devices_with_open_actions)
+        self._seen: dict[str, tuple[float, str | None]] = {}
+        self._last_seen: dict[str, float] = {}
+        self._inventory_hash: dict[str, int] = {}
+        self._inventory: dict[str, tuple[str | None, list[Component] | None]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    # --- keeping the directory in step -------------------------------------
+    def set_device(self, device_id: str, runtime: DeviceRuntime | None, epoch: int | None) -> None:
+        if runtime is None:
+            self.runtime.pop(device_id, None)
+            self.tokens.epochs.pop(device_id, None)
+            self.open_actions.discard(device_id)
+            return
+        self.runtime[device_id] = runtime
+        if runtime.status == "revoked" or epoch is None:
+            self.tokens.epochs.pop(device_id, None)
+        else:
+            self.tokens.epochs[device_id] = epoch
+
+    async def refresh(self, device_id: str) -> None:
+        found = await self.store.read(lambda c: registry.runtime_of(c, device_id))
+        if found is None:
+            self.set_device(device_id, None, None)
+        else:
+            self.set_device(device_id, *found)
+
+    def set_open_actions(self, device_id: str, has_open: bool) -> None:
+        if has_open:
+            self.open_actions.add(device_id)
+        else:
+            self.open_actions.discard(device_id)
+
+    # --- check-in ------------------------------------------------------------
+    def note_checkin(self, device_id: str, addr: str | None, inventory: Inventory | None,
+                     components: list[Component] | None) -> None:
+        t = time.time()
+        self._seen[device_id] = (t, addr)
+        self._last_seen[device_id] = t
+        if inventory is None and components is None:
+            return
+        inv = msgspec.json.encode(inventory).decode() if inventory is not None else None
+        h = hash((inv, msgspec.json.encode(components) if components is not None else None))
+        if self._inventory_hash.get(device_id) != h:
+            self._inventory_hash[device_id] = h
+            self._inventory[device_id] = (inv, components)
+
+    def last_seen(self, device_id: str) -> float | None:
+        return self._last_seen.get(device_id)
+
+    async def flush(self) -> None:
+        seen, self._seen = self._seen, {}
+        inventory, self._inventory = self._inventory, {}
+        if not seen and not inventory:
+            return
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany("UPDATE devices SET last_seen = ?, last_addr = ? WHERE id = ?",
+                             [(t, addr, did) for did, (t, addr) in seen.items()])
+            for did, (inv, components) in inventory.items():
+                if inv is not None:
+                    conn.execute("UPDATE devices SET inventory = ? WHERE id = ?", (inv, did))
+                if components is not None:
+                    _store_components(conn, did, components)
+
+        try:
+            await self.store.write(write)
+        except Exception:
+            log.exception("could not record check-ins; retrying at the next flush")
+            for did, v in seen.items():
+                self._seen.setdefault(did, v)
+            for did, v in inventory.items():
+                self._inventory.setdefault(did, v)
+                self._inventory_hash.pop(did, None)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            await self.flush()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._flush_loop(), name="fleetd-checkin-flush")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+
+def _store_components(conn: sqlite3.Connection, device_id: str, components: list[Component]) -> None:
+    """Upsert what the device runs. A version change keeps the old version as known-good if it was healthy."""
+    t = time.time()
+    current = {r["name"]: r for r in conn.execute("SELECT * FROM device_components WHERE device_id = ?",
+                                                  (device_id,))}
+    for c in components:
+        old = current.get(c.name)
+        previous = old["previous_version"] if old else None
+        if old and old["version"] != c.version and old["health"] != "unhealthy" and old["state"] != "failed":
+            previous = old["version"]
+        conn.execute("INSERT OR REPLACE INTO device_components (device_id, name, version, previous_version, state, "
+                     "health, restarts, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+                     (device_id, c.name, c.version, previous, c.state, c.health, c.restarts, t))
+    reported = {c.name for c in components}
+    for name in current.keys() - reported:
+        conn.execute("DELETE FROM device_components WHERE device_id = ? AND name = ?", (device_id, name))
+
+
+def inventory_dict(inv: Inventory | None) -> dict[str, Any]:
+    return json.loads(msgspec.json.encode(inv)) if inv else {}

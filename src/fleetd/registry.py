@@ -1,0 +1,401 @@
+"""Devices and how they join: join tokens, enrollment, claim codes, tags, revocation.
+
+Functions taking a ``sqlite3.Connection`` run inside the caller's write
+transaction. :class:`Directory` is the in-memory view the hot path reads
+(status, poll interval, auth epoch of every device), kept in step by the
+service layer after each committed change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from . import audit
+from .audit import Actor
+from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from .models import new_id, now, to_dt
+from .tags import check_tags
+
+JOIN_TOKEN_PREFIX = "fdj1"
+CLAIM_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+DEFAULT_POLL_INTERVAL = 60
+HARDWARE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+DEVICE_TYPE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+DEVICE_NAME = re.compile(r"^[^\x00-\x1f]{1,128}$")
+
+
+# --- join tokens ---------------------------------------------------------------
+
+class JoinToken(msgspec.Struct, kw_only=True):
+    id: str
+    description: str
+    tags: dict[str, str]
+    max_uses: int | None
+    uses: int
+    expires_at: dt.datetime | None
+    created_by: str | None
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+    # Only in the answer to a create call.
+    token: str | None = None
+    install_command: str | None = None
+
+
+def _join_token(r: sqlite3.Row) -> JoinToken:
+    return JoinToken(id=r["id"], description=r["description"], tags=json.loads(r["tags"]), max_uses=r["max_uses"],
+                     uses=r["uses"], expires_at=to_dt(r["expires_at"]), created_by=r["created_by"],
+                     created_at=to_dt(r["created_at"]), revoked_at=to_dt(r["revoked_at"]))  # type: ignore[arg-type]
+
+
+def _hash(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def format_join_token(ca_fingerprint: str, token_id: str, secret: str) -> str:
+    return f"{JOIN_TOKEN_PREFIX}.{ca_fingerprint}.{token_id}.{secret}"
+
+
+@dataclass(frozen=True)
+class ParsedJoinToken:
+    ca_fingerprint: str
+    id: str
+    secret: str
+
+
+def parse_join_token(token: str) -> ParsedJoinToken:
+    parts = token.strip().split(".")
+    if len(parts) != 4 or parts[0] != JOIN_TOKEN_PREFIX:
+        raise InvalidArgument("a join token looks like fdj1.<CA fingerprint>.<id>.<secret>; "
+                              "copy it whole from 'fleetd tokens create'")
+    _, fp, tid, secret = parts
+    if not re.fullmatch(r"[0-9a-f]{64}", fp) or not re.fullmatch(r"[0-9a-f]{12}", tid) \
+            or not re.fullmatch(r"[0-9a-f]{32}", secret):
+        raise InvalidArgument("the join token is malformed; copy it whole from 'fleetd tokens create'")
+    return ParsedJoinToken(fp, tid, secret)
+
+
+def create_token(conn: sqlite3.Connection, actor: Actor, *, description: str = "", tags: dict[str, str] | None = None,
+                 max_uses: int | None = None, expires_at: float | None = None) -> tuple[JoinToken, str]:
+    tags = check_tags(dict(tags or {}))
+    if max_uses is not None and max_uses < 1:
+        raise InvalidArgument("uses must be at least 1 (or unlimited)")
+    if len(description) > 200:
+        raise InvalidArgument("description is at most 200 characters")
+    tid, secret = secrets.token_hex(6), secrets.token_hex(16)
+    conn.execute("INSERT INTO join_tokens (id, secret_hash, description, tags, max_uses, expires_at, created_by, "
+                 "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 (tid, _hash(secret), description, json.dumps(tags), max_uses, expires_at,
+                  actor.name or actor.id, now()))
+    audit.record(conn, actor, "token.create", tid, tags=tags, max_uses=max_uses, expires_at=expires_at)
+    return get_token(conn, tid), secret
+
+
+def get_token(conn: sqlite3.Connection, token_id: str) -> JoinToken:
+    r = conn.execute("SELECT * FROM join_tokens WHERE id = ?", (token_id,)).fetchone()
+    if r is None:
+        raise NotFound(f"no join token {token_id!r}")
+    return _join_token(r)
+
+
+def list_tokens(conn: sqlite3.Connection, include_inactive: bool = False) -> list[JoinToken]:
+    sql = "SELECT * FROM join_tokens"
+    args: list[Any] = []
+    if not include_inactive:
+        sql += " WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?) " \
+               "AND (max_uses IS NULL OR uses < max_uses)"
+        args.append(now())
+    return [_join_token(r) for r in conn.execute(sql + " ORDER BY created_at DESC", args)]
+
+
+def revoke_token(conn: sqlite3.Connection, actor: Actor, token_id: str) -> JoinToken:
+    tok = get_token(conn, token_id)
+    if tok.revoked_at is None:
+        conn.execute("UPDATE join_tokens SET revoked_at = ? WHERE id = ?", (now(), token_id))
+        audit.record(conn, actor, "token.revoke", token_id)
+    return get_token(conn, token_id)
+
+
+def redeem_token(conn: sqlite3.Connection, parsed: ParsedJoinToken, ca_fingerprint: str) -> JoinToken:
+    """Count one use of a join token, refusing it with the reason when it is no good."""
+    if parsed.ca_fingerprint != ca_fingerprint:
+        raise Unauthenticated("this join token belongs to another fleetd server (CA fingerprint differs)")
+    r = conn.execute("SELECT * FROM join_tokens WHERE id = ?", (parsed.id,)).fetchone()
+    if r is None or not hmac.compare_digest(r["secret_hash"], _hash(parsed.secret)):
+        raise Unauthenticated("unknown join token; ask the admin for a new one")
+    if r["revoked_at"] is not None:
+        raise Unauthenticated("this join token was revoked; ask the admin for a new one")
+    if r["expires_at"] is not None and r["expires_at"] < now():
+        raise Unauthenticated("this join token has expired; ask the admin for a new one")
+    if r["max_uses"] is not None and r["uses"] >= r["max_uses"]:
+        raise Unauthenticated("this join token is used up; ask the admin for a new one")
+    conn.execute("UPDATE join_tokens SET uses = uses + 1 WHERE id = ?", (parsed.id,))
+    return _join_token(r)
+
+
+# --- devices -------------------------------------------------------------------
+
+class ComponentState(msgspec.Struct, kw_only=True):
+    name: str
+    version: str
+    previous_version: str | None = None
+    state: str = ""
+    health: str = ""
+    restarts: int = 0
+    updated_at: dt.datetime | None = None
+
+
+class Device(msgspec.Struct, kw_only=True):
+    id: str
+    hardware_id: str
+    name: str
+    device_type: str
+    status: str
+    online: bool = False
+    tags: dict[str, str] = {}
+    claim_code: str | None = None
+    poll_interval: int = DEFAULT_POLL_INTERVAL
+    last_seen: dt.datetime | None = None
+    last_addr: str | None = None
+    created_at: dt.datetime | None = None
+    enrolled_at: dt.datetime | None = None
+    inventory: dict[str, Any] = {}
+    components: list[ComponentState] = []
+
+
+def is_online(last_seen: float | None, poll_interval: int, at: float | None = None) -> bool:
+    """Online while check-ins keep their interval: two intervals plus 30 s of slack."""
+    if last_seen is None:
+        return False
+    return (at or now()) - last_seen <= 2 * poll_interval + 30
+
+
+def device_from_row(r: sqlite3.Row, components: list[ComponentState] | None = None) -> Device:
+    return Device(id=r["id"], hardware_id=r["hardware_id"], name=r["name"], device_type=r["device_type"],
+                  status=r["status"], online=is_online(r["last_seen"], r["poll_interval"]),
+                  tags=json.loads(r["tags"]), claim_code=r["claim_code"], poll_interval=r["poll_interval"],
+                  last_seen=to_dt(r["last_seen"]), last_addr=r["last_addr"], created_at=to_dt(r["created_at"]),
+                  enrolled_at=to_dt(r["enrolled_at"]), inventory=json.loads(r["inventory"]),
+                  components=components or [])
+
+
+def components_of(conn: sqlite3.Connection, device_id: str) -> list[ComponentState]:
+    return [ComponentState(name=r["name"], version=r["version"], previous_version=r["previous_version"],
+                           state=r["state"], health=r["health"], restarts=r["restarts"],
+                           updated_at=to_dt(r["updated_at"]))
+            for r in conn.execute("SELECT * FROM device_components WHERE device_id = ? ORDER BY name", (device_id,))]
+
+
+def find_device_row(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
+    """By id, hardware id or (unique) name."""
+    r = conn.execute("SELECT * FROM devices WHERE id = ? OR hardware_id = ?", (ref, ref)).fetchone()
+    if r is not None:
+        return r
+    rows = conn.execute("SELECT * FROM devices WHERE name = ?", (ref,)).fetchall()
+    if len(rows) > 1:
+        raise InvalidArgument(f"{len(rows)} devices are named {ref!r}; use the device id")
+    if not rows:
+        raise NotFound(f"no device {ref!r} (give its id, hardware id or name; 'fleetd devices list' shows them)")
+    return rows[0]
+
+
+def get_device(conn: sqlite3.Connection, ref: str) -> Device:
+    r = find_device_row(conn, ref)
+    return device_from_row(r, components_of(conn, r["id"]))
+
+
+def new_claim_code(conn: sqlite3.Connection) -> str:
+    while True:
+        raw = "".join(secrets.choice(CLAIM_ALPHABET) for _ in range(8))
+        code = f"{raw[:4]}-{raw[4:]}"
+        if conn.execute("SELECT 1 FROM devices WHERE claim_code = ?", (code,)).fetchone() is None:
+            return code
+
+
+def normalize_claim_code(code: str) -> str:
+    raw = code.strip().upper().replace("-", "").replace(" ", "")
+    if len(raw) != 8 or any(c not in CLAIM_ALPHABET for c in raw):
+        raise InvalidArgument(f"claim code {code!r} should look like ABCD-EFGH (8 letters and digits)")
+    return f"{raw[:4]}-{raw[4:]}"
+
+
+@dataclass
+class EnrollResult:
+    device: Device
+    epoch: int
+    created: bool
+
+
+def check_enroll_fields(hardware_id: str, device_type: str, name: str) -> None:
+    if not HARDWARE_ID.match(hardware_id):
+        raise InvalidArgument("hardware_id must be 1-128 letters, digits and _.:- starting with a letter or digit")
+    if not DEVICE_TYPE.match(device_type):
+        raise InvalidArgument("device_type must be 1-64 lowercase letters, digits and _.- (e.g. linux-aarch64)")
+    if name and not DEVICE_NAME.match(name):
+        raise InvalidArgument("name must be 1-128 printable characters")
+
+
+def enroll(conn: sqlite3.Connection, *, hardware_id: str, device_type: str, public_key: bytes, name: str,
+           token: JoinToken | None, inventory: dict[str, Any], addr: str | None) -> EnrollResult:
+    """Create or re-enroll a device. A token makes it active; without one it is pending with a claim code.
+
+    Re-enrolling an existing hardware id replaces its key only with a valid token;
+    without a token, the same key gets its current state back and another key is refused.
+    """
+    check_enroll_fields(hardware_id, device_type, name)
+    t = now()
+    existing = conn.execute("SELECT * FROM devices WHERE hardware_id = ?", (hardware_id,)).fetchone()
+    actor = Actor("device", existing["id"] if existing else None, hardware_id, addr)
+    if existing is not None:
+        ensure_not_revoked(existing["status"])
+        if token is None:
+            if hmac.compare_digest(existing["public_key"], public_key):
+                return EnrollResult(device_from_row(existing), existing["auth_epoch"], False)
+            raise AlreadyExists(f"hardware id {hardware_id!r} is already enrolled with another key; re-enroll "
+                                "with a join token, or delete the device first")
+        tags = {**json.loads(existing["tags"]), **token.tags}
+        epoch = existing["auth_epoch"] + 1
+        conn.execute("UPDATE devices SET public_key = ?, status = 'active', claim_code = NULL, token_id = ?, "
+                     "tags = ?, device_type = ?, auth_epoch = ?, enrolled_at = ?, last_addr = ? WHERE id = ?",
+                     (public_key, token.id, json.dumps(tags), device_type, epoch, t, addr, existing["id"]))
+        audit.record(conn, actor, "device.reenroll", existing["id"], token=token.id)
+        row = conn.execute("SELECT * FROM devices WHERE id = ?", (existing["id"],)).fetchone()
+        return EnrollResult(device_from_row(row), epoch, False)
+    did = new_id("dev")
+    status = "active" if token else "pending"
+    claim = None if token else new_claim_code(conn)
+    conn.execute(
+        "INSERT INTO devices (id, hardware_id, name, device_type, public_key, status, claim_code, token_id, tags, "
+        "inventory, poll_interval, created_at, enrolled_at, last_addr) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (did, hardware_id, name or hardware_id, device_type, public_key, status, claim,
+         token.id if token else None, json.dumps(token.tags if token else {}), json.dumps(inventory),
+         DEFAULT_POLL_INTERVAL, t, t if token else None, addr))
+    audit.record(conn, Actor("device", did, hardware_id, addr), "device.enroll", did, status=status,
+                 token=token.id if token else None)
+    row = conn.execute("SELECT * FROM devices WHERE id = ?", (did,)).fetchone()
+    return EnrollResult(device_from_row(row), 0, True)
+
+
+def claim(conn: sqlite3.Connection, actor: Actor, code: str, name: str = "", tags: dict[str, str] | None = None
+          ) -> Device:
+    code = normalize_claim_code(code)
+    r = conn.execute("SELECT * FROM devices WHERE claim_code = ? AND status = 'pending'", (code,)).fetchone()
+    if r is None:
+        raise NotFound(f"no pending device has claim code {code}; 'fleetd devices list --status pending' shows them")
+    merged = {**json.loads(r["tags"]), **check_tags(dict(tags or {}))}
+    conn.execute("UPDATE devices SET status = 'active', claim_code = NULL, enrolled_at = ?, name = ?, tags = ? "
+                 "WHERE id = ?", (now(), name or r["name"], json.dumps(merged), r["id"]))
+    audit.record(conn, actor, "device.claim", r["id"], code=code)
+    return get_device(conn, r["id"])
+
+
+def reject(conn: sqlite3.Connection, actor: Actor, ref: str) -> None:
+    """Refuse a pending device: it is deleted and must enroll again."""
+    r = find_device_row(conn, ref)
+    if r["status"] != "pending":
+        raise FailedPrecondition(f"device {r['id']} is {r['status']}, not pending; revoke or delete it instead")
+    conn.execute("DELETE FROM devices WHERE id = ?", (r["id"],))
+    audit.record(conn, actor, "device.reject", r["id"], hardware_id=r["hardware_id"])
+
+
+def revoke(conn: sqlite3.Connection, actor: Actor, ref: str) -> Device:
+    r = find_device_row(conn, ref)
+    conn.execute("UPDATE devices SET status = 'revoked', claim_code = NULL, auth_epoch = auth_epoch + 1 "
+                 "WHERE id = ?", (r["id"],))
+    conn.execute("UPDATE actions SET state = 'cancelled', open = 0, finished_at = ?, updated_at = ?, "
+                 "message = 'device revoked' WHERE device_id = ? AND open = 1", (now(), now(), r["id"]))
+    audit.record(conn, actor, "device.revoke", r["id"])
+    return get_device(conn, r["id"])
+
+
+def delete(conn: sqlite3.Connection, actor: Actor, ref: str) -> str:
+    r = find_device_row(conn, ref)
+    conn.execute("DELETE FROM devices WHERE id = ?", (r["id"],))
+    audit.record(conn, actor, "device.delete", r["id"], hardware_id=r["hardware_id"])
+    return str(r["id"])
+
+
+def update(conn: sqlite3.Connection, actor: Actor, ref: str, *, name: str | None = None,
+           set_tags: dict[str, str] | None = None, remove_tags: list[str] | None = None,
+           poll_interval: int | None = None) -> Device:
+    r = find_device_row(conn, ref)
+    tags = json.loads(r["tags"])
+    if set_tags:
+        tags.update(check_tags(set_tags))
+    for k in remove_tags or []:
+        tags.pop(k, None)
+    check_tags(tags)
+    if name is not None and not DEVICE_NAME.match(name):
+        raise InvalidArgument("name must be 1-128 printable characters")
+    if poll_interval is not None and not 5 <= poll_interval <= 86400:
+        raise InvalidArgument("poll_interval must be between 5 and 86400 seconds")
+    conn.execute("UPDATE devices SET name = ?, tags = ?, poll_interval = ? WHERE id = ?",
+                 (name or r["name"], json.dumps(tags), poll_interval or r["poll_interval"], r["id"]))
+    audit.record(conn, actor, "device.update", r["id"], name=name, set_tags=set_tags, remove_tags=remove_tags,
+                 poll_interval=poll_interval)
+    return get_device(conn, r["id"])
+
+
+def list_devices(conn: sqlite3.Connection, *, status: str | None = None, device_type: str | None = None,
+                 tags: dict[str, str] | None = None, search: str | None = None, limit: int = 1000,
+                 offset: int = 0) -> tuple[list[Device], int]:
+    where, args = [], []
+    if status:
+        if status not in ("pending", "active", "revoked"):
+            raise InvalidArgument("status must be pending, active or revoked")
+        where.append("status = ?")
+        args.append(status)
+    if device_type:
+        where.append("device_type = ?")
+        args.append(device_type)
+    for k, v in (tags or {}).items():
+        where.append("json_extract(tags, ?) = ?")
+        args += [f'$."{k}"', v]
+    if search:
+        where.append("(id LIKE ? OR name LIKE ? OR hardware_id LIKE ?)")
+        args += [f"%{search}%"] * 3
+    clause = (" WHERE " + " AND ".join(where)) if where else ""
+    total = conn.execute(f"SELECT COUNT(*) FROM devices{clause}", args).fetchone()[0]
+    rows = conn.execute(f"SELECT * FROM devices{clause} ORDER BY created_at, id LIMIT ? OFFSET ?",
+                        [*args, limit, offset]).fetchall()
+    return [device_from_row(r) for r in rows], int(total)
+
+
+# --- the in-memory directory -------------------------------------------------
+
+@dataclass
+class DeviceRuntime:
+    status: str
+    poll_interval: int
+    device_type: str
+
+
+def load_runtime(conn: sqlite3.Connection) -> tuple[dict[str, DeviceRuntime], dict[str, int]]:
+    runtime, epochs = {}, {}
+    for r in conn.execute("SELECT id, status, poll_interval, device_type, auth_epoch FROM devices"):
+        runtime[r[0]] = DeviceRuntime(r[1], r[2], r[3])
+        if r[1] != "revoked":
+            epochs[r[0]] = r[4]
+    return runtime, epochs
+
+
+def runtime_of(conn: sqlite3.Connection, device_id: str) -> tuple[DeviceRuntime, int] | None:
+    r = conn.execute("SELECT status, poll_interval, device_type, auth_epoch FROM devices WHERE id = ?",
+                     (device_id,)).fetchone()
+    if r is None:
+        return None
+    return DeviceRuntime(r[0], r[1], r[2]), r[3]
+
+
+def ensure_not_revoked(status: str) -> None:
+    if status == "revoked":
+        raise PermissionDenied("this device was revoked; an admin must delete it before it can enroll again")

@@ -1,0 +1,480 @@
+"""The published .proto files agree with the RPC registry, and the checker notices when they don't."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import importlib.resources
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import pytest
+
+import fleetd
+from fleetd import protocheck, rpc
+from fleetd.api import users as users_api
+from fleetd.app import SERVICES
+from fleetd.protocheck import ProtoSyntaxError, check, parse
+from fleetd.resources import proto_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- the published files -------------------------------------------------------
+
+def test_published_protos_match_the_registry() -> None:
+    assert check(SERVICES, proto_dir()) == []
+
+
+def test_a_new_service_without_a_proto_is_caught() -> None:
+    devices = rpc.Service("DeviceAdminService")
+
+    @devices.method(auth="viewer", readonly=True)
+    async def ListDevices(ctx: rpc.Context, req: rpc.Empty) -> rpc.Empty:
+        raise NotImplementedError
+
+    assert check([*SERVICES, devices], proto_dir()) == [
+        "fleetd.v1.DeviceAdminService: service in code but in no .proto file; write it in "
+        "fleetd/v1/device_admin.proto"]
+
+
+def test_command_line_entry_point_reports_agreement(capsys: pytest.CaptureFixture[str]) -> None:
+    assert protocheck.main() == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_proto_files_ship_inside_the_package() -> None:
+    package = Path(fleetd.__file__).resolve().parent
+    assert proto_dir().resolve().is_relative_to(package)
+    assert {p.name for p in (proto_dir() / "fleetd" / "v1").glob("*.proto")} >= {"user.proto", "audit.proto"}
+    # The wheel ships the whole package folder; nothing may exclude the .proto files from it.
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]
+    wheel = build["targets"]["wheel"]
+    assert "src/fleetd" in wheel["packages"]
+    excluded = [*build.get("exclude", []), *wheel.get("exclude", [])]
+    assert not [e for e in excluded if "proto" in e], excluded
+
+
+def _proto_files() -> list[str]:
+    return [p.relative_to(proto_dir()).as_posix() for p in sorted(proto_dir().rglob("*.proto"))]
+
+
+def test_protoc_compiles_the_files(tmp_path: Path) -> None:
+    protoc = shutil.which("protoc")
+    if protoc is None:
+        pytest.skip("protoc is not installed")
+    out = tmp_path / "set.pb"
+    subprocess.run([protoc, f"-I{proto_dir()}", f"--descriptor_set_out={out}", *_proto_files()],
+                   check=True, capture_output=True)
+    assert out.stat().st_size > 0
+
+
+def test_grpc_tools_compiles_the_files(tmp_path: Path) -> None:
+    grpc_protoc = pytest.importorskip("grpc_tools.protoc")
+    include = importlib.resources.files("grpc_tools") / "_proto"
+    out = tmp_path / "set.pb"
+    rc = grpc_protoc.main(["grpc_tools.protoc", f"-I{proto_dir()}", f"-I{include}",
+                           f"--descriptor_set_out={out}", *_proto_files()])
+    assert rc == 0
+    assert out.stat().st_size > 0
+
+
+# --- the checker catches each kind of drift ----------------------------------------
+
+@pytest.fixture
+def protos(tmp_path: Path) -> Path:
+    root = tmp_path / "proto"
+    shutil.copytree(proto_dir(), root)
+    assert check(SERVICES, root) == []
+    return root
+
+
+def edit(root: Path, name: str, *changes: tuple[str, str]) -> None:
+    path = root / "fleetd" / "v1" / name
+    text = path.read_text()
+    for old, new in changes:
+        assert text.count(old) == 1, f"{old!r} is not in {name} exactly once: update this test"
+        text = text.replace(old, new)
+    path.write_text(text)
+
+
+_READONLY = " {\n    option idempotency_level = NO_SIDE_EFFECTS;\n  }"
+
+DRIFT = {
+    "field removed": ("user.proto", [("  bool disabled = 5;\n", "")], [
+        "User.disabled: field in code (fleetd.auth.User) but not in fleetd/v1/user.proto; "
+        "add `bool disabled = <number>;`"]),
+    "field added": ("user.proto", [("  bool disabled = 5;\n", "  bool disabled = 5;\n  string email = 7;\n")], [
+        "User.email (fleetd/v1/user.proto:66): field in proto but not in code (fleetd.auth.User)"]),
+    "method renamed": ("user.proto", [("rpc ListUsers(", "rpc ListAllUsers(")], [
+        "fleetd.v1.UserService/ListUsers: method in code but no rpc ListUsers in fleetd/v1/user.proto",
+        "fleetd.v1.UserService/ListAllUsers (fleetd/v1/user.proto:30): rpc in proto but no such method in code"]),
+    "str as int64": ("user.proto", [("string csrf_token = 2;", "int64 csrf_token = 2;")], [
+        "LoginResponse.csrf_token (fleetd/v1/user.proto:93): proto has `int64` but code has `str`; "
+        "write `string csrf_token = 2;`"]),
+    "int as string": ("audit.proto", [("int64 before_id = 7;", "string before_id = 7;")], [
+        "ListAuditRequest.before_id (fleetd/v1/audit.proto:51): proto has `string` but code has `int`; "
+        "write `int64 before_id = 7;`"]),
+    "bool as string": ("user.proto", [("bool include_revoked = 1;", "string include_revoked = 1;")], [
+        "ListKeysRequest.include_revoked (fleetd/v1/user.proto:153): proto has `string` but code has `bool`; "
+        "write `bool include_revoked = 1;`"]),
+    "datetime as string": ("user.proto", [("  google.protobuf.Timestamp expires_at = 3;",
+                                           "  string expires_at = 3;")], [
+        "LoginResponse.expires_at (fleetd/v1/user.proto:94): proto has `string` but code has `datetime`; "
+        "write `google.protobuf.Timestamp expires_at = 3;`"]),
+    "Struct as map": ("audit.proto", [("google.protobuf.Struct details", "map<string, string> details")], [
+        "AuditEntry.details (fleetd/v1/audit.proto:36): proto has `map<string, string>` but code has "
+        "`dict[str, Any]`; write `google.protobuf.Struct details = 10;`"]),
+    "optional dropped": ("user.proto", [("optional string password = 2;", "string password = 2;")], [
+        "CreateUserResponse.password (fleetd/v1/user.proto:130): proto has `string` but code has `str | None`; "
+        "write `optional string password = 2;`"]),
+    "optional added": ("user.proto", [("  bool must_change_password = 4;",
+                                       "  optional bool must_change_password = 4;")], [
+        "User.must_change_password (fleetd/v1/user.proto:64): proto has `optional bool` but code has `bool`; "
+        "write `bool must_change_password = 4;`"]),
+    "repeated dropped": ("user.proto", [("repeated User users = 1;", "User users = 1;")], [
+        "ListUsersResponse.users (fleetd/v1/user.proto:114): proto has `User` but code has `list[User]`; "
+        "write `repeated User users = 1;`"]),
+    "wrong message type": ("user.proto", [("User user = 1;\n  string csrf", "ApiKey user = 1;\n  string csrf")], [
+        "LoginResponse.user (fleetd/v1/user.proto:92): proto has `ApiKey` but code has `User`; "
+        "write `User user = 1;`"]),
+    "nested message drifts": ("audit.proto", [("optional string actor_id = 4;", "string actor_id = 4;")], [
+        "AuditEntry.actor_id (fleetd/v1/audit.proto:27): proto has `string` but code has `str | None`; "
+        "write `optional string actor_id = 4;`"]),
+    "NO_SIDE_EFFECTS missing": ("user.proto", [("rpc ListUsers(google.protobuf.Empty) returns (ListUsersResponse)"
+                                                + _READONLY,
+                                                "rpc ListUsers(google.protobuf.Empty) returns (ListUsersResponse);")], [
+        "fleetd.v1.UserService/ListUsers (fleetd/v1/user.proto:30): readonly in code (answers Connect GET) but "
+        "the rpc lacks `option idempotency_level = NO_SIDE_EFFECTS;`"]),
+    "NO_SIDE_EFFECTS extra": ("user.proto", [("rpc CreateKey(CreateKeyRequest) returns (ApiKey);",
+                                              "rpc CreateKey(CreateKeyRequest) returns (ApiKey)" + _READONLY)], [
+        "fleetd.v1.UserService/CreateKey (fleetd/v1/user.proto:52): marked NO_SIDE_EFFECTS in proto but not "
+        "readonly=True in code"]),
+    "request renamed": ("user.proto", [("rpc Login(LoginRequest)", "rpc Login(SignInRequest)"),
+                                       ("message LoginRequest {", "message SignInRequest {")], [
+        "fleetd.v1.UserService/Login (fleetd/v1/user.proto:16): request message is LoginRequest in code but "
+        "SignInRequest in proto"]),
+    "wrong response": ("user.proto", [("rpc DeleteUser(DeleteUserRequest) returns (google.protobuf.Empty);",
+                                       "rpc DeleteUser(DeleteUserRequest) returns (User);")], [
+        "fleetd.v1.UserService/DeleteUser (fleetd/v1/user.proto:44): response message is Empty in code but "
+        "User in proto"]),
+    "streaming": ("audit.proto", [("returns (ListAuditResponse)", "returns (stream ListAuditResponse)")], [
+        "fleetd.v1.AuditService/List (fleetd/v1/audit.proto:16): streaming rpcs are not supported; "
+        "fleetd methods are unary"]),
+    "comment missing": ("user.proto", [("// Login's credentials.\n", "")], [
+        "fleetd/v1/user.proto:84: message LoginRequest has no comment; add a one-line // comment above it"]),
+    "import missing": ("audit.proto", [('import "google/protobuf/struct.proto";\n', "")], [
+        'fleetd/v1/audit.proto:35: google.protobuf.Struct is declared in google/protobuf/struct.proto; '
+        'add import "google/protobuf/struct.proto";']),
+    "unknown type": ("audit.proto", [("repeated AuditEntry entries", "repeated AuditRecord entries")], [
+        "fleetd/v1/audit.proto:58: unknown type AuditRecord; declare it or import the file that does",
+        "fleetd.v1.AuditEntry (fleetd/v1/audit.proto:22) is used by no rpc; remove it"]),
+    "message left behind": ("audit.proto", [("// One page of entries", "// Old.\nmessage Old {\n  int64 x = 1;\n}\n\n"
+                                                                      "// One page of entries")], [
+        "fleetd.v1.Old (fleetd/v1/audit.proto:57) is used by no rpc; remove it"]),
+    "json_name": ("audit.proto", [("int64 next_before_id = 2;", 'int64 next_before_id = 2 [json_name = "next"];')], [
+        "fleetd/v1/audit.proto:60: json_name on ListAuditResponse.next_before_id: the server writes proto field "
+        "names, so the JSON name cannot be changed"]),
+}
+
+
+@pytest.mark.parametrize("case", list(DRIFT))
+def test_checker_reports_drift(protos: Path, case: str) -> None:
+    name, changes, expected = DRIFT[case]
+    edit(protos, name, *changes)
+    assert check(SERVICES, protos) == expected
+
+
+def test_syntax_error_names_file_and_line(protos: Path) -> None:
+    edit(protos, "user.proto", ("string old_password = 1;", "string old_password = 1"))
+    problems = check(SERVICES, protos)
+    # Like protoc, the error points at the token after the missing ';'.
+    assert problems[0] == "fleetd/v1/user.proto:109: expected ';', got 'string'"
+    assert "fleetd.v1.UserService: service in code but in no .proto file; write it in fleetd/v1/user.proto" in problems
+
+
+def test_missing_file_is_caught(protos: Path) -> None:
+    (protos / "fleetd" / "v1" / "audit.proto").unlink()
+    assert check(SERVICES, protos) == [
+        "fleetd.v1.AuditService: service in code but in no .proto file; write it in fleetd/v1/audit.proto"]
+
+
+def test_service_in_the_wrong_file_is_caught(protos: Path) -> None:
+    v1 = protos / "fleetd" / "v1"
+    (v1 / "audit.proto").rename(v1 / "log.proto")
+    assert check(SERVICES, protos) == [
+        "fleetd.v1.AuditService is declared in fleetd/v1/log.proto; one file per service: "
+        "move it to fleetd/v1/audit.proto"]
+
+
+def test_service_without_code_is_caught(protos: Path) -> None:
+    assert check([users_api.service], protos) == [
+        "fleetd.v1.AuditService (fleetd/v1/audit.proto:14): service in proto but not registered in code"]
+
+
+def test_package_must_match_folder(protos: Path) -> None:
+    edit(protos, "audit.proto", ("package fleetd.v1;", "package fleetd.v2;"))
+    problems = check(SERVICES, protos)
+    assert ("fleetd/v1/audit.proto: package is 'fleetd.v2' but the file is in fleetd/v1/; "
+            "files of package p.q live in p/q/") in problems
+    assert "fleetd.v1.AuditService: service in code but in no .proto file; write it in fleetd/v1/audit.proto" \
+        in problems
+
+
+def test_duplicate_declaration_is_caught(protos: Path) -> None:
+    (protos / "fleetd" / "v1" / "extra.proto").write_text(
+        'syntax = "proto3";\npackage fleetd.v1;\n// Again.\nmessage User {\n  string id = 1;\n}\n')
+    assert check(SERVICES, protos) == [
+        "fleetd.v1.User is declared twice: fleetd/v1/extra.proto:4 and fleetd/v1/user.proto:59"]
+
+
+def test_missing_proto_folder(tmp_path: Path) -> None:
+    problems = check(SERVICES, tmp_path / "nope")
+    assert problems[0] == f"{tmp_path / 'nope'}: no such folder of .proto files"
+    assert len(problems) == 1 + len(SERVICES)
+
+
+# --- every kind of field, on a service of its own ------------------------------------
+
+class Color(enum.Enum):
+    RED = "red"
+    GREEN = "green"
+
+
+class Part(msgspec.Struct, kw_only=True):
+    serial: str
+    weight: float = 0.0
+
+
+class Gadget(msgspec.Struct, kw_only=True):
+    id: str
+    count: int
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
+    ratio: float = 0.0
+    on: bool = False
+    blob: bytes = b""
+    made_at: dt.datetime
+    seen_at: dt.datetime | None = None
+    note: str | None = None
+    tags: list[str] = []
+    parts: list[Part] = []
+    main_part: Part | None = None
+    labels: dict[str, str] = {}
+    by_serial: dict[str, Part] = {}
+    counts: dict[int, int] = {}
+    extra: dict[str, Any] = {}
+    value: Any = None
+    color: Color = Color.RED
+    size: Literal["s", "m", "l"] = "m"
+
+
+class GetGadgetRequest(msgspec.Struct, kw_only=True):
+    id: str
+
+
+gadgets = rpc.Service("GadgetService")
+
+
+@gadgets.method(auth="viewer", readonly=True)
+async def GetGadget(ctx: rpc.Context, req: GetGadgetRequest) -> Gadget:
+    raise NotImplementedError
+
+
+@gadgets.method(auth="operator")
+async def DeleteGadget(ctx: rpc.Context, req: GetGadgetRequest) -> rpc.Empty:
+    raise NotImplementedError
+
+
+GADGET_PROTO = """\
+// A service that uses every kind of field the checker knows.
+syntax = "proto3";
+
+package fleetd.v1;
+
+option go_package = "example.com/fleetd/v1;fleetdv1";
+
+import "google/protobuf/empty.proto";
+import public "google/protobuf/struct.proto";
+import "google/protobuf/timestamp.proto";
+
+/* Gadgets,
+   read and forgotten. */
+service GadgetService {
+  option deprecated = false;
+  // Read one gadget.
+  rpc GetGadget(GetGadgetRequest) returns (Gadget) {
+    option idempotency_level = NO_SIDE_EFFECTS;
+  };
+  // Forget one gadget.
+  rpc DeleteGadget(.fleetd.v1.GetGadgetRequest) returns (google.protobuf.Empty) {}
+}
+
+// Which gadget.
+message GetGadgetRequest { string id = 1; }
+
+// A colour.
+enum Color {
+  option allow_alias = false;
+  red = 0;
+  green = 1 [deprecated = true];
+}
+
+// A part.
+message Part {
+  string serial = 1;
+  float weight = 2;
+}
+
+// A gadget.
+message Gadget {
+  option deprecated = false;
+  reserved 30 to 40, 50;
+  reserved "old_name";
+  string id = 1;
+  int64 count = 2;
+  int32 limit = 3 [deprecated = true, (my.ext).flag = "x"];
+  double ratio = 4;
+  bool on = 5;
+  bytes blob = 6;
+  google.protobuf.Timestamp made_at = 7;
+  optional google.protobuf.Timestamp seen_at = 8;
+  optional string note = 9;  // a trailing comment is nobody's leading comment
+  repeated string tags = 10;
+  repeated Part parts = 11;
+  optional Part main_part = 12;
+  map<string, string> labels = 13;
+  map<string, Part> by_serial = 14;
+  map<int64, int64> counts = 15;
+  google.protobuf.Struct extra = 16;
+  google.protobuf.Value value = 17;
+  Color color = 18;
+  string size = 19;
+}
+"""
+
+
+@pytest.fixture
+def gadget_dir(tmp_path: Path) -> Path:
+    (tmp_path / "fleetd" / "v1").mkdir(parents=True)
+    (tmp_path / "fleetd" / "v1" / "gadget.proto").write_text(GADGET_PROTO)
+    return tmp_path
+
+
+def test_every_field_kind_agrees(gadget_dir: Path) -> None:
+    assert check([gadgets], gadget_dir) == []
+
+
+_COLOR = "// A colour.\nenum Color {\n  option allow_alias = false;\n  red = 0;\n  green = 1 [deprecated = true];\n}\n"
+
+
+@pytest.mark.parametrize("changes", [
+    # A str enum is sent as its value, so a string carries it too.
+    [("Color color", "string color"), (_COLOR, "")],
+    [("double ratio", "float ratio")],
+    [("int64 count", "uint32 count")],
+    [("int32 limit", "int64 limit")],
+    [("map<int64, int64> counts", "map<int32, sint64> counts")],
+])
+def test_equivalent_types_are_accepted(gadget_dir: Path, changes: list[tuple[str, str]]) -> None:
+    edit(gadget_dir, "gadget.proto", *changes)
+    assert check([gadgets], gadget_dir) == []
+
+
+@pytest.mark.parametrize("old, new, code", [
+    ("map<string, string> labels", "google.protobuf.Struct labels", "dict[str, str]"),
+    ("google.protobuf.Struct extra", "map<string, string> extra", "dict[str, Any]"),
+    ("map<int64, int64> counts", "map<string, int64> counts", "dict[int, int]"),
+    ("map<string, Part> by_serial", "map<string, string> by_serial", "dict[str, Part]"),
+    ("bytes blob", "string blob", "bytes"),
+    ("double ratio", "int64 ratio", "float"),
+    ("Color color", "int32 color", "Color"),
+    ("string size", "int64 size", "Literal['l', 'm', 's']"),
+    ("google.protobuf.Value value", "string value", "Any"),
+    ("repeated string tags", "repeated bytes tags", "list[str]"),
+    ("optional Part main_part", "Part main_part", "Part | None"),
+    ("google.protobuf.Timestamp made_at", "google.protobuf.Duration made_at", "datetime"),
+])
+def test_type_mismatches_are_reported(gadget_dir: Path, old: str, new: str, code: str) -> None:
+    edit(gadget_dir, "gadget.proto", (old, new))
+    field = old.split()[-1]
+    # Other problems may follow (an enum left unused, a missing import); one is about this field.
+    [problem] = [p for p in check([gadgets], gadget_dir) if p.startswith(f"Gadget.{field} ")]
+    assert problem.startswith(f"Gadget.{field} (fleetd/v1/gadget.proto:")
+    assert f"proto has `{new.rsplit(' ', 1)[0]}` but code has `{code}`; write `{old} = " in problem
+
+
+def test_nested_struct_is_compared(gadget_dir: Path) -> None:
+    edit(gadget_dir, "gadget.proto", ("float weight = 2;", "string weight = 2;"))
+    assert check([gadgets], gadget_dir) == [
+        "Part.weight (fleetd/v1/gadget.proto:37): proto has `string` but code has `float`; "
+        "write `double weight = 2;`"]
+
+
+def test_enum_missing_a_value_is_reported(gadget_dir: Path) -> None:
+    edit(gadget_dir, "gadget.proto", ("  green = 1 [deprecated = true];\n", ""))
+    assert check([gadgets], gadget_dir) == [
+        "enum fleetd.v1.Color (fleetd/v1/gadget.proto:28) lacks ['green'] that the code sends "
+        "(enum JSON is the value's name)"]
+
+
+class Odd(msgspec.Struct, kw_only=True):
+    either: int | str = 0
+    maybe_list: list[str] | None = None
+    nested: list[list[int]] = []
+
+
+def test_python_types_without_a_proto_equivalent_are_reported(gadget_dir: Path) -> None:
+    odd = rpc.Service("GadgetService")
+
+    @odd.method(auth="viewer")
+    async def GetGadget(ctx: rpc.Context, req: GetGadgetRequest) -> Odd:
+        raise NotImplementedError
+
+    problems = check([odd], gadget_dir)
+    assert any("response message is Odd in code but Gadget in proto" in p for p in problems)
+    edit(gadget_dir, "gadget.proto", ("returns (Gadget)", "returns (Odd)"),
+         ("// A part.", "// Odd.\nmessage Odd {\n  int64 either = 1;\n}\n\n// A part."))
+    problems = "\n".join(check([odd], gadget_dir))
+    assert "`int | str`: only `X | None` unions have a proto3 equivalent" in problems
+    assert "`list[str] | None`: a repeated field cannot be None in proto3" in problems
+    assert "`list[list[int]]`: proto3 has no lists of lists" in problems
+
+
+# --- the reader ---------------------------------------------------------------------
+
+def test_reader_keeps_leading_comments_only() -> None:
+    f = parse('syntax = "proto3";\npackage a.b;\n// Lead\n// two.\nmessage A { string x = 1; } // trail\n'
+              'message B {}\n/* block\n   comment */\nservice S {}\n', "a/b/x.proto")
+    assert [(m.name, m.full_name, m.comment) for m in f.messages] == [("A", "a.b.A", "Lead two."), ("B", "a.b.B", "")]
+    assert f.services[0].comment == "block comment"
+
+
+@pytest.mark.parametrize("text, error", [
+    ('package a;', "1: the file must start with syntax = \"proto3\";"),
+    ('syntax = "proto2";', "only syntax = \"proto3\" is supported"),
+    ('syntax = "proto3";\nmessage A {\n  message B {}\n}', "3: 'message' inside a message is not supported"),
+    ('syntax = "proto3";\nmessage A {\n  oneof c { string x = 1; }\n}', "'oneof' inside a message"),
+    ('syntax = "proto3";\nmessage A {\n  required string x = 1;\n}', "proto3 has no 'required'"),
+    ('syntax = "proto3";\nmessage A { repeated map<string, string> m = 1; }', "a map field cannot be repeated"),
+    ('syntax = "proto3";\nmessage A { map<double, string> m = 1; }', "a map key must be an integer type"),
+    ('syntax = "proto3";\nmessage A { string x = 0; }', "field number 0 of x is out of range"),
+    ('syntax = "proto3";\nmessage A { string x = 19001; }', "field number 19001 of x is out of range"),
+    ('syntax = "proto3";\nmessage A {\n  string x = 1;\n  string y = 1;\n}', "4: field number 1 used twice in A"),
+    ('syntax = "proto3";\nmessage A {\n  string x = 1;\n  int64 x = 2;\n}', "4: field x declared twice in A"),
+    ('syntax = "proto3";\nenum E { A = 1; }', "the first value of enum E must be 0"),
+    ('syntax = "proto3";\nservice S {\n  rpc A(B) returns (C);\n  rpc A(B) returns (C);\n}', "4: rpc A declared twice"),
+    ('syntax = "proto3";\nservice S { string x = 1; }', "expected rpc or option in service S"),
+    ('syntax = "proto3";\noption (x) = { a: 1 };', "aggregate options are not supported"),
+    ('syntax = "proto3";\n/* open', "2: unterminated /* comment"),
+    ('syntax = "proto3";\n\nmessage A @', "3: unexpected character '@'"),
+    ('syntax = "proto3";\nmessage A {', "unexpected end of file"),
+    ('syntax = "proto3";\nmessage A {}\npackage a;\npackage b;', "4: a second package statement"),
+])
+def test_reader_refuses_what_it_cannot_read(text: str, error: str) -> None:
+    with pytest.raises(ProtoSyntaxError, match=r"^x\.proto:") as exc:
+        parse(text, "x.proto")
+    assert error in str(exc.value)

@@ -62,7 +62,7 @@ MAX_MANIFEST_BYTES = 256 << 20
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 BLOB_PATH_RE = re.compile(r"^blobs/([0-9a-f]{2})/([0-9a-f]{64})$")
 
-# (phase, done, total): phase "database" counts pages, "blobs" and "restore" count bytes.
+# (phase, done, total) in bytes; phases: "database", "blobs" (backup), "restore".
 Progress = Callable[[str, int, int], None]
 
 
@@ -228,10 +228,11 @@ def _snapshot_database(db_path: Path, dest: Path, progress: Progress) -> None:
         # One read transaction for the whole copy (see the module docstring).
         src.execute("BEGIN")
         src.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        page = int(src.execute("PRAGMA page_size").fetchone()[0])
         dst = sqlite3.connect(dest, isolation_level=None)
         try:
-            src.backup(dst, pages=PAGES_PER_STEP,
-                       progress=lambda _status, remaining, total: progress("database", total - remaining, total))
+            src.backup(dst, pages=PAGES_PER_STEP, progress=lambda _status, remaining, total: progress(
+                "database", (total - remaining) * page, total * page))
             # A self-contained file: no -wal beside it, and it opens read-write anywhere.
             dst.execute("PRAGMA journal_mode=DELETE")
             problems = [r[0] for r in dst.execute("PRAGMA integrity_check")]
@@ -276,7 +277,6 @@ class _HashingReader:
         if self._on_read:
             self._on_read(len(data))
         return data
-
 
 
 def _tar_writer(raw: BinaryIO, compressed: bool) -> tarfile.TarFile:

@@ -86,11 +86,8 @@ def host_addresses(ipv6: bool) -> list[str]:
     out: list[str] = []
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
-            if ip.is_IPv4:
-                addr = ipaddress.ip_address(ip.ip)
-            elif ipv6:
-                addr = ipaddress.ip_address(ip.ip[0])
-            else:
+            addr = ipaddress.ip_address(ip.ip if isinstance(ip.ip, str) else ip.ip[0])
+            if addr.version == 6 and not ipv6:
                 continue
             if addr.is_loopback or addr.is_unspecified or addr.is_multicast:
                 continue

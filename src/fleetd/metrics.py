@@ -37,7 +37,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from . import __version__
 from .db import Store
@@ -68,6 +68,7 @@ class _Collected:
     help: str
     kind: Kind
     source: Source
+    is_async: bool
 
 
 class _Histogram:
@@ -106,7 +107,7 @@ class Metrics:
             raise ValueError(f"metric {name} is registered twice")
         if not isinstance(source, str) and not callable(source):
             raise TypeError(f"metric {name}: source must be SQL or a callable")
-        self._collected[name] = _Collected(name, help, kind, source)
+        self._collected[name] = _Collected(name, help, kind, source, inspect.iscoroutinefunction(source))
 
     def _register_platform(self) -> None:
         db = self.store.path
@@ -167,13 +168,14 @@ class Metrics:
 
     async def render(self) -> str:
         """The whole scrape in the Prometheus text format 0.0.4."""
-        threaded = {m.name: m for m in self._collected.values() if not inspect.iscoroutinefunction(m.source)}
+        threaded = [m for m in self._collected.values() if not m.is_async]
         values: dict[str, Samples | BaseException] = await self.store.read(
-            lambda conn: {name: _collect_sync(conn, m.source) for name, m in threaded.items()})
+            lambda conn: {m.name: _collect_sync(conn, m.source) for m in threaded})
         for m in self._collected.values():
-            if m.name not in threaded:
+            if m.is_async:
+                fn = cast(Callable[[], Awaitable[Samples]], m.source)
                 try:
-                    values[m.name] = await m.source()  # type: ignore[misc]
+                    values[m.name] = await fn()
                 except Exception as e:  # a broken collector must not take the scrape down
                     values[m.name] = e
         out: list[str] = []
@@ -195,7 +197,7 @@ class Metrics:
         return "\n".join(out)
 
     def _render_http(self, out: list[str]) -> None:
-        # Copies: the loop may not yield here, but keep rendering independent of later increments.
+        # No lock: the middleware and this run on the event loop, and nothing here awaits.
         requests = sorted(self._requests.items())
         durations = sorted(self._durations.items())
         name = "fleetd_http_requests_total"

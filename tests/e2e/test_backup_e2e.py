@@ -118,7 +118,7 @@ def test_backup_under_load_restores_every_acknowledged_write(own_server: ServerP
     before = [a for a in keys.acked if a.returned < backup_started]
     after = [a for a in keys.acked if a.started > backup_ended]
     blobs_before = [a for a in blobs.acked if a.returned < backup_started]
-    print(len(before), len(after), len(keys.acked), len(blobs_before), summary); assert len(before) >= 10 and after and len(blobs_before) >= 3, "the load ran before and after the backup"
+    assert len(before) >= 10 and after and len(blobs_before) >= 3, "the load ran before and after the backup"
 
     restored = tmp_path / "restored"
     r = json.loads(run_cli("restore", str(archive), "--data-dir", str(restored), "--json").stdout)

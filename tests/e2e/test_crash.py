@@ -85,7 +85,7 @@ def test_kill_9_under_write_load_loses_nothing_acknowledged(own_server: ServerPr
         assert len(load.acked) >= 5 and acked_blobs, f"{why}: the load ran"
         key_ids += [a.id for a in load.acked]
         blob_ids += acked_blobs
-        print(why, len(load.acked), len(acked_blobs), load.failures[:2]); _check_data_dir(server.data_dir, key_ids, blob_ids, why)
+        _check_data_dir(server.data_dir, key_ids, blob_ids, why)
 
     # And the server comes back over them, serving every acknowledged key.
     server.start()

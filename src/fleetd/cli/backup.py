@@ -83,7 +83,7 @@ def restore(
         print_json(result)
         return
     print_object(result)
-    if check:
-        console.print("[green]The archive is intact.[/green]")
+    if isinstance(result, logic.RestoreSummary):
+        console.print(f"[green]Restored.[/green] Start it with: fleetd serve --data-dir {result.data_dir}")
     else:
-        console.print(f"[green]Restored.[/green] Start it with: fleetd serve --data-dir {data_dir}")
+        console.print("[green]The archive is intact.[/green]")

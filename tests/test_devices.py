@@ -187,7 +187,7 @@ def test_bad_signature_and_wrong_device_refused(client, admin_key) -> None:  # t
 
 def test_forged_and_expired_bearer_tokens(client, fleet, admin_key) -> None:  # type: ignore[no-untyped-def]
     d = active_device(client, admin_key)
-    payload, mac = d.token[len("fdt."):].split(".")
+    _payload, mac = d.token[len("fdt."):].split(".")
     forged_payload = devauth.b64e(json.dumps({"d": d.device_id, "e": 0, "x": 4102444800}).encode())
     for bad in (f"fdt.{forged_payload}.{mac}", d.token[:-2] + "AA", "fdt.x.y", "nonsense"):
         d.token = bad

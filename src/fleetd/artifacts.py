@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from . import audit, blobs
 from .audit import Actor
-from .errors import AlreadyExists, InvalidArgument, NotFound
+from .devauth import decode_b64_field, verify_signature
+from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from .models import new_id, now, to_dt
 from .registry import DEVICE_TYPE
 from .semver import Version
@@ -32,6 +33,10 @@ KINDS = ("app", "agent", "firmware")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 MANIFEST_FORMAT = "fleetd-manifest-v1"
 RESTART_POLICIES = ("always", "on-failure", "never")
+# ASCII names only: canonical_json sorts keys by code point, RFC 8785 by UTF-16 unit; for ASCII they agree.
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+MAX_OFFLINE_SIGNATURES = 8
+LISTED_DEVICES = 100  # device ids named in a deployment summary; the count covers the rest
 
 
 class HealthCheck(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -58,6 +63,14 @@ class InstallSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
             raise InvalidArgument("health grace_seconds must be between 0 and 3600")
         if self.health and self.health.http_url and not self.health.http_url.startswith(("http://", "https://")):
             raise InvalidArgument("health http_url must start with http:// or https://")
+        if self.health and self.health.command is not None and (
+                not self.health.command or any(not c for c in self.health.command)):
+            raise InvalidArgument("health command must be a non-empty list of non-empty strings")
+        for k, v in self.env.items():
+            if not ENV_NAME.match(k):
+                raise InvalidArgument(f"env name {k!r} must be letters, digits and _ (not starting with a digit)")
+            if "\0" in v:
+                raise InvalidArgument(f"env {k} must not contain NUL characters")
 
 
 class OfflineSignature(msgspec.Struct, kw_only=True):
@@ -98,6 +111,12 @@ def check_metadata(name: str, version: str, kind: str, device_types: list[str], 
             raise InvalidArgument(f"device type {t!r} must be lowercase letters, digits and _.-")
     if not file_name or len(file_name) > 255 or "/" in file_name or "\\" in file_name or file_name in (".", ".."):
         raise InvalidArgument("file name must be 1-255 characters without slashes")
+
+
+def check_install_spec(kind: str, spec: InstallSpec | None) -> None:
+    if spec is not None and kind != "app":
+        raise InvalidArgument(f"an install spec applies to app artifacts only; a {kind} is installed by "
+                              f"{'the device bootloader' if kind == 'firmware' else 'the agent itself'}")
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -203,3 +222,108 @@ def ref_for_device(a: Artifact, base_url: str) -> ArtifactRef:
     return ArtifactRef(name=a.name, version=a.version, kind=a.kind, url=f"{base_url}/v1/blobs/{a.sha256}",
                        sha256=a.sha256, size=a.size, file_name=a.file_name, manifest=a.manifest,
                        signature=a.signature, offline_signatures=a.offline_signatures)
+
+
+# --- where an artifact is used, deleting it, offline signatures ------------------
+
+class Deployment(msgspec.Struct, kw_only=True):
+    """Where an artifact is used."""
+
+    # Actions that install (or roll back to) it, counted by state.
+    actions: dict[str, int] = {}
+    open_actions: int = 0
+    # Devices that report this version of the component as installed.
+    installed_count: int = 0
+    # The first of them (up to 100), by id.
+    installed_on: list[str] = []
+
+
+class ArtifactDetail(Artifact, kw_only=True):
+    """An artifact with where it is deployed (GetArtifact, and the answer to an upload)."""
+
+    deployment: Deployment = msgspec.field(default_factory=Deployment)
+
+
+def label(a: Artifact) -> str:
+    return f"{a.name}@{a.version}"
+
+
+def deployment(conn: sqlite3.Connection, a: Artifact) -> Deployment:
+    counts = {r[0]: r[1] for r in conn.execute(
+        "SELECT state, COUNT(*) FROM actions WHERE artifact_id = ? GROUP BY state ORDER BY state", (a.id,))}
+    open_count = conn.execute("SELECT COUNT(*) FROM actions WHERE artifact_id = ? AND open = 1",
+                              (a.id,)).fetchone()[0]
+    installed = conn.execute("SELECT COUNT(*) FROM device_components WHERE name = ? AND version = ?",
+                             (a.name, a.version)).fetchone()[0]
+    listed = [r[0] for r in conn.execute(
+        "SELECT device_id FROM device_components WHERE name = ? AND version = ? ORDER BY device_id LIMIT ?",
+        (a.name, a.version, LISTED_DEVICES))]
+    return Deployment(actions=counts, open_actions=open_count, installed_count=installed, installed_on=listed)
+
+
+def detail(conn: sqlite3.Connection, ref: str) -> ArtifactDetail:
+    a = get(conn, ref)
+    fields = {f: getattr(a, f) for f in a.__struct_fields__}
+    return ArtifactDetail(**fields, deployment=deployment(conn, a))
+
+
+def _some(items: list[str], total: int) -> str:
+    return ", ".join(items) + (f" and {total - len(items)} more" if total > len(items) else "")
+
+
+def delete(conn: sqlite3.Connection, actor: Actor, ref: str) -> Artifact:
+    """Forget an artifact no device uses or may roll back to. Its blob goes with the next gc."""
+    a = get(conn, ref)
+    name = label(a)
+    busy = conn.execute("SELECT id, device_id, state FROM actions WHERE artifact_id = ? AND open = 1 "
+                        "ORDER BY created_at, rowid", (a.id,)).fetchall()
+    if busy:
+        listed = [f"{r['id']} on {r['device_id']} ({r['state']})" for r in busy[:5]]
+        raise FailedPrecondition(f"{name} has {len(busy)} open action(s): {_some(listed, len(busy))}; "
+                                 "wait for them to end or cancel them, then delete")
+    used = deployment(conn, a)
+    if used.installed_count:
+        raise FailedPrecondition(
+            f"{name} is installed on {used.installed_count} device(s): "
+            f"{_some(used.installed_on[:5], used.installed_count)}; deploy another version to them first")
+    fallback = [r[0] for r in conn.execute(
+        "SELECT device_id FROM device_components WHERE name = ? AND previous_version = ? ORDER BY device_id",
+        (a.name, a.version))]
+    if fallback:
+        raise FailedPrecondition(
+            f"{name} is the known-good version that {len(fallback)} device(s) would roll back to: "
+            f"{_some(fallback[:5], len(fallback))}; delete it after they have updated past it")
+    # Finished actions keep naming what they installed once the row is gone.
+    conn.execute("UPDATE actions SET params = json_set(params, '$.artifact', ?), artifact_id = NULL "
+                 "WHERE artifact_id = ?", (name, a.id))
+    try:
+        conn.execute("DELETE FROM artifacts WHERE id = ?", (a.id,))
+    except sqlite3.IntegrityError:
+        raise FailedPrecondition(f"{name} is still referenced (by a rollout, for example); "
+                                 "remove that first") from None
+    audit.record(conn, actor, "artifact.delete", a.id, name=a.name, version=a.version, sha256=a.sha256)
+    return a
+
+
+def add_offline_signature(conn: sqlite3.Connection, actor: Actor, ref: str, public_key: str,
+                          signature: str) -> Artifact:
+    """Store a signature over the manifest bytes made with a key the server never holds, once it verifies.
+
+    A second signature by the same key replaces the first.
+    """
+    a = get(conn, ref)
+    pk = decode_b64_field(public_key, "public_key", 32)
+    sig = decode_b64_field(signature, "signature", 64)
+    if not verify_signature(pk, sig, a.manifest.encode()):
+        raise InvalidArgument(f"the signature does not verify with that public key over the manifest of "
+                              f"{label(a)}; sign the manifest bytes exactly as GetArtifact returns them "
+                              "(fleetd artifacts sign does)")
+    entry = OfflineSignature(public_key=base64.b64encode(pk).decode(), signature=base64.b64encode(sig).decode())
+    sigs = [s for s in a.offline_signatures if s.public_key != entry.public_key] + [entry]
+    if len(sigs) > MAX_OFFLINE_SIGNATURES:
+        raise FailedPrecondition(f"{label(a)} already has {MAX_OFFLINE_SIGNATURES} offline signatures, the most "
+                                 "an artifact may carry")
+    conn.execute("UPDATE artifacts SET offline_signatures = ? WHERE id = ?",
+                 (msgspec.json.encode(sigs).decode(), a.id))
+    audit.record(conn, actor, "artifact.sign", a.id, name=a.name, version=a.version, public_key=entry.public_key)
+    return get(conn, a.id)

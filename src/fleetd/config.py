@@ -40,8 +40,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise InvalidArgument(f"port must be 0..65535, got {self.port}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise InvalidArgument(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
-        for name in ("max_request_bytes", "max_upload_bytes", "login_rate_per_minute", "enroll_rate_per_minute", "session_hours",
-                     "reader_threads"):
+        for name in ("max_request_bytes", "max_upload_bytes", "login_rate_per_minute", "enroll_rate_per_minute",
+                     "session_hours", "reader_threads"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"{name} must be positive")
 

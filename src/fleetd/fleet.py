@@ -18,6 +18,7 @@ from .hub import DeviceHub
 from .metrics import Metrics
 from .pki import FleetKeys, load_or_create
 from .ratelimit import RateLimiter
+from .registry import is_online
 from .telemetry import TelemetryIntake
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,18 @@ class Fleet:
         self.login_limiter = RateLimiter(settings.login_rate_per_minute, 60.0, "login")
         self.started_at = time.time()
         self.metrics = Metrics(self.store)
+        self._register_device_metrics()
+
+    def _register_device_metrics(self) -> None:
+        m, hub = self.metrics, self.hub
+        m.gauge("fleetd_devices", "Devices by status.", "SELECT status, COUNT(*) FROM devices GROUP BY status")
+        m.gauge("fleetd_devices_online", "Active devices that checked in within their interval.", lambda: sum(
+            1 for did, rt in list(hub.runtime.items())
+            if rt.status == "active" and is_online(hub.last_seen(did), rt.poll_interval)))
+        m.gauge("fleetd_actions_open", "Actions not yet ended, by kind and state.",
+                "SELECT kind, state, COUNT(*) FROM actions WHERE open = 1 GROUP BY kind, state")
+        m.counter("fleetd_telemetry_points_total", "Telemetry points stored since start.",
+                  lambda: self.telemetry.points_total)
 
     def _extra_names(self) -> list[str]:
         names = []

@@ -58,9 +58,10 @@ class DeviceHub:
         self.tokens.epochs = epochs
         self.open_actions: set[str] = store.read_sync(actions.devices_with_open_actions)
         self._seen: dict[str, tuple[float, str | None]] = {}
-        self._last_seen: dict[str, float] = {}
+        self._last_seen: dict[str, float] = dict(store.read_sync(lambda c: c.execute(
+            "SELECT id, last_seen FROM devices WHERE last_seen IS NOT NULL").fetchall()))
         self._inventory_hash: dict[str, int] = {}
-        self._inventory: dict[str, tuple[str | None, list[Component] | None]] = {}
+        self._inventory: dict[str, tuple[str | None, list[Component]]] = {}
         self._task: asyncio.Task[None] | None = None
 
     # --- keeping the directory in step -------------------------------------
@@ -91,14 +92,13 @@ class DeviceHub:
 
     # --- check-in ------------------------------------------------------------
     def note_checkin(self, device_id: str, addr: str | None, inventory: Inventory | None,
-                     components: list[Component] | None) -> None:
+                     components: list[Component]) -> None:
+        """Remember a check-in; the inventory is written only when it changed (and then at the next flush)."""
         t = time.time()
         self._seen[device_id] = (t, addr)
         self._last_seen[device_id] = t
-        if inventory is None and components is None:
-            return
         inv = msgspec.json.encode(inventory).decode() if inventory is not None else None
-        h = hash((inv, msgspec.json.encode(components) if components is not None else None))
+        h = hash((inv, msgspec.json.encode(components)))
         if self._inventory_hash.get(device_id) != h:
             self._inventory_hash[device_id] = h
             self._inventory[device_id] = (inv, components)
@@ -118,8 +118,7 @@ class DeviceHub:
             for did, (inv, components) in inventory.items():
                 if inv is not None:
                     conn.execute("UPDATE devices SET inventory = ? WHERE id = ?", (inv, did))
-                if components is not None:
-                    _store_components(conn, did, components)
+                _store_components(conn, did, components)
 
         try:
             await self.store.write(write)

@@ -120,7 +120,8 @@ async def Authenticate(ctx: Context, req: AuthenticateRequest) -> AuthenticateRe
 
 class CheckInRequest(msgspec.Struct, kw_only=True):
     inventory: Inventory | None = None
-    components: list[Component] | None = None
+    # Everything installed, on every check-in: a component left out is taken as removed.
+    components: list[Component] = []
 
 
 class CheckInResponse(msgspec.Struct, kw_only=True):
@@ -141,7 +142,7 @@ async def CheckIn(ctx: Context, req: CheckInRequest) -> CheckInResponse:
     rt = hub.runtime.get(device_id)
     if rt is None:
         raise Unauthenticated("unknown device; enroll again")
-    if req.components is not None and len(req.components) > MAX_COMPONENTS:
+    if len(req.components) > MAX_COMPONENTS:
         raise InvalidArgument(f"at most {MAX_COMPONENTS} components")
     hub.note_checkin(device_id, ctx.remote_addr, req.inventory, req.components)
     pending = _NO_ACTIONS

@@ -7,7 +7,7 @@ import os
 import typer
 
 from .. import __version__
-from . import admin
+from . import admin, devices, tokens
 from .backup import backup as backup_command
 from .backup import restore as restore_command
 from .serve import serve
@@ -23,6 +23,8 @@ app = typer.Typer(
 app.command("serve")(serve)
 app.add_typer(admin.users_app, name="users")
 app.add_typer(admin.keys_app, name="keys")
+app.add_typer(devices.devices_app, name="devices")
+app.add_typer(tokens.tokens_app, name="tokens")
 app.command("audit")(admin.audit_command)
 app.command("backup")(backup_command)
 app.command("restore")(restore_command)

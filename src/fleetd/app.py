@@ -13,6 +13,7 @@ from litestar.handlers import BaseRouteHandler
 from litestar.static_files import create_static_files_router
 
 from . import __version__, http_blobs, openapi, rpc
+from .api import artifacts as artifacts_api
 from .api import audit as audit_api
 from .api import device as device_api
 from .api import devices as devices_api
@@ -22,6 +23,7 @@ from .auth import CSRF_HEADER, SESSION_COOKIE
 from .discovery import Advertiser
 from .errors import PermissionDenied, Unavailable
 from .fleet import Fleet
+from .maintenance import Maintenance
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .resources import data_dir
 
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SERVICES: list[rpc.Service] = [
     device_api.service, devices_api.service, enrollment_api.service, users_api.service, audit_api.service,
+    artifacts_api.service,
 ]
 
 
@@ -94,6 +97,7 @@ def _openapi_route(doc: dict[str, Any]) -> Any:
 
 PLAIN_PATHS: dict[str, Any] = {
     **http_blobs.OPENAPI_PATHS,
+    **artifacts_api.OPENAPI_PATHS,
     "/healthz": {"get": {"summary": "Liveness and database check (no auth)", "responses": {"200": {
         "description": "OK"}, "503": {"description": "database unavailable"}}}},
     "/v1/ca.pem": {"get": {"summary": "The fleet CA certificate (no auth)",
@@ -108,6 +112,8 @@ def create_app(fleet: Fleet) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         log.info("fleetd %s serving data dir %s", __version__, fleet.data_dir)
         fleet.hub.start()
+        maintenance = Maintenance(fleet)
+        maintenance.start()
         advertiser = Advertiser.for_fleet(fleet) if fleet.settings.mdns else None
         if advertiser:
             await advertiser.start()  # registers in the background; never blocks or fails startup
@@ -116,6 +122,7 @@ def create_app(fleet: Fleet) -> Litestar:
         finally:
             if advertiser:
                 await advertiser.stop()
+            await maintenance.stop()
             await fleet.hub.stop()
             await fleet.telemetry.close()
 
@@ -124,6 +131,7 @@ def create_app(fleet: Fleet) -> Litestar:
                                      opt={"auth": "public"}, include_in_schema=False, name="web")
     app = Litestar(
         route_handlers=[*rpc.routes(SERVICES), healthz, ca_pem, metrics_endpoint, *http_blobs.ROUTES,
+                        *artifacts_api.ROUTES,
                         _openapi_route(doc), web],
         guards=[auth_guard],
         middleware=[fleet.metrics.middleware],

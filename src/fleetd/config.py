@@ -34,6 +34,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     enroll_rate_per_minute: int = 600
     session_hours: int = 12
     reader_threads: int = 4
+    # Housekeeping: delete unreferenced blobs / re-hash every blob to find bit rot.
+    gc_interval_hours: float = 6
+    scrub_interval_hours: float = 168
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -41,7 +44,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise InvalidArgument(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
         for name in ("max_request_bytes", "max_upload_bytes", "login_rate_per_minute", "enroll_rate_per_minute",
-                     "session_hours", "reader_threads"):
+                     "session_hours", "reader_threads", "gc_interval_hours", "scrub_interval_hours"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"{name} must be positive")
 

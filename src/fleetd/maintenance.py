@@ -1,0 +1,70 @@
+"""Periodic housekeeping: blob garbage collection, blob scrub, expired sessions.
+
+Each job runs on its own interval in one background task; a failing job is
+logged and retried at its next turn, never taking the server down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .fleet import Fleet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    name: str
+    every: float
+    run: Callable[[], Awaitable[Any]]
+    next_at: float = field(default=0.0)
+
+
+class Maintenance:
+    def __init__(self, fleet: Fleet) -> None:
+        s = fleet.settings
+        self.jobs = [
+            Job("blob gc", s.gc_interval_hours * 3600, fleet.blobs.gc),
+            Job("blob scrub", s.scrub_interval_hours * 3600, fleet.blobs.scrub),
+            Job("expired sessions", 3600, lambda: fleet.store.write(
+                lambda c: c.execute("DELETE FROM sessions WHERE expires_at < ?", (time.time(),)))),
+        ]
+        # The first scrub waits a full interval: no disk-wide read right at startup.
+        now = time.monotonic()
+        for j in self.jobs:
+            j.next_at = now + (j.every if j.name == "blob scrub" else 60)
+        self._task: asyncio.Task[None] | None = None
+
+    async def run_due(self) -> None:
+        now = time.monotonic()
+        for job in self.jobs:
+            if job.next_at > now:
+                continue
+            job.next_at = now + job.every
+            try:
+                result = await job.run()
+                log.info("%s: %s", job.name, result if not hasattr(result, "rowcount") else "done")
+            except Exception:
+                log.exception("%s failed; retrying in %.0f s", job.name, job.every)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            await self.run_due()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="fleetd-maintenance")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

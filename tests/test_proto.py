@@ -444,6 +444,93 @@ def test_python_types_without_a_proto_equivalent_are_reported(gadget_dir: Path) 
     assert "`list[list[int]]`: proto3 has no lists of lists" in problems
 
 
+# --- defaults other than proto3's zero value ---------------------------------------
+
+class Knob(msgspec.Struct, kw_only=True, omit_defaults=True):
+    level: int = 5
+    mode: str = "auto"
+    note: str = ""
+    color: Color = Color.RED
+
+
+knobs = rpc.Service("KnobService")
+
+
+@knobs.method(auth="viewer")
+async def Turn(ctx: rpc.Context, req: GetGadgetRequest) -> Knob:
+    raise NotImplementedError
+
+
+KNOB_PROTO = """\
+syntax = "proto3";
+package fleetd.v1;
+// Knobs.
+service KnobService {
+  // Turn one.
+  rpc Turn(GetGadgetRequest) returns (Knob);
+}
+// Which.
+message GetGadgetRequest { string id = 1; }
+// A colour.
+enum Color {
+  red = 0;
+  green = 1;
+}
+// A knob.
+message Knob {
+  // Unset = 5.
+  optional int64 level = 1;
+  // Unset = auto.
+  optional string mode = 2;
+  string note = 3;
+  Color color = 4;
+}
+"""
+
+
+@pytest.fixture
+def knob_dir(tmp_path: Path) -> Path:
+    (tmp_path / "fleetd" / "v1").mkdir(parents=True)
+    (tmp_path / "fleetd" / "v1" / "knob.proto").write_text(KNOB_PROTO)
+    return tmp_path
+
+
+def test_omitted_defaults_need_presence(knob_dir: Path) -> None:
+    assert check([knobs], knob_dir) == []
+    # The server leaves level out when it is 5; a proto3 reader would take that for 0.
+    edit(knob_dir, "knob.proto", ("optional int64 level", "int64 level"), ("optional string mode", "string mode"))
+    assert check([knobs], knob_dir) == [
+        f"Knob.{name} (fleetd/v1/knob.proto:{line}): tests.test_proto.Knob leaves this field out when it holds its "
+        f"default {default!r} (omit_defaults) and proto3 readers take a missing field as zero; write "
+        f"`optional {type_} {name} = {number};` and say in its comment what unset means"
+        for name, line, default, type_, number in (("level", 18, 5, "int64", 1), ("mode", 20, "auto", "string", 2))]
+
+
+def test_presence_is_still_refused_where_the_default_is_zero(knob_dir: Path) -> None:
+    # note defaults to "" and color to the enum's zero value: a missing field already means the default.
+    edit(knob_dir, "knob.proto", ("string note", "optional string note"), ("Color color", "optional Color color"))
+    assert check([knobs], knob_dir) == [
+        "Knob.note (fleetd/v1/knob.proto:21): proto has `optional string` but code has `str`; "
+        "write `string note = 3;`",
+        "Knob.color (fleetd/v1/knob.proto:22): proto has `optional Color` but code has `Color`; "
+        "write `Color color = 4;`"]
+
+
+def test_a_type_error_is_reported_beside_the_missing_presence(knob_dir: Path) -> None:
+    edit(knob_dir, "knob.proto", ("optional int64 level", "string level"))
+    problems = check([knobs], knob_dir)
+    assert len(problems) == 2
+    assert "write `optional int64 level = 1;` and say in its comment" in problems[0]
+    assert problems[1] == ("Knob.level (fleetd/v1/knob.proto:18): proto has `string` but code has `int`; "
+                           "write `optional int64 level = 1;`")
+
+
+def test_requests_may_give_presence_to_fields_with_a_default(gadget_dir: Path) -> None:
+    # Gadget is not omit_defaults: both spellings agree, and `optional` lets a proto client send limit = 0.
+    edit(gadget_dir, "gadget.proto", ("  int32 limit = 3", "  optional int32 limit = 3"))
+    assert check([gadgets], gadget_dir) == []
+
+
 # --- the reader ---------------------------------------------------------------------
 
 def test_reader_keeps_leading_comments_only() -> None:

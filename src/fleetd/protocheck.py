@@ -6,11 +6,19 @@ fields, enums, services of unary rpcs), and :func:`check`, which compares what
 it read with the live :class:`rpc.Service` registry. protoc is not needed, so the
 reader also refuses, within that subset, what protoc would refuse.
 
+Defaults: proto3 writers leave out a field holding its zero value (0, "", false,
+empty) and readers take a missing field as that zero value. A Struct field whose
+default is something else may therefore be ``optional`` in proto (presence lets a
+proto client send the zero value, and see that the field was left out); in an
+``omit_defaults`` Struct, which the server writes without its default-valued
+fields, it must be, or proto clients would read the zero value for the default.
+
     python -m fleetd.protocheck        # prints every mismatch; exit status 1 if any
 """
 
 from __future__ import annotations
 
+import enum
 import re
 import sys
 from collections.abc import Iterator
@@ -516,6 +524,23 @@ def _py(t: mi.Type) -> str:
     return names.get(type(t), type(t).__name__.removesuffix("Type"))
 
 
+def _default(f: mi.Field) -> object:
+    return f.default if f.default is not msgspec.NODEFAULT else f.default_factory()
+
+
+def _nonzero_default(f: mi.Field) -> bool:
+    """Whether a field's default is not proto3's zero value for it (messages have presence anyway)."""
+    if f.required:
+        return False
+    value = _default(f)
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, msgspec.Struct):
+        return False
+    return bool(value) if isinstance(value, (str, bytes, bytearray, int, float, list, dict, set, frozenset, tuple)) \
+        else value is not None
+
+
 def _expected(shape: _Shape) -> str:
     if shape.label == "map":
         return f"map<{_canon(shape.key) if shape.key else 'string'}, {_canon(shape.leaf)}>"
@@ -688,25 +713,49 @@ class _Checker:
                 self.problem(f"{cls}.{pyf.name}: JSON name {name!r} is not lower_snake_case like proto fields")
             fld = proto.get(name)
             try:
-                expected = _expected(_shape(pyf.type))
+                shape = _shape(pyf.type)
+                expected = _expected(shape)
             except _Unsupported as e:
                 self.problem(f"{cls}.{pyf.name}: {e}")
                 continue
+            labels = {shape.label}
+            if shape.label == "" and self.nonzero_default(pyf, fld, msg):
+                if info.cls.__struct_config__.omit_defaults:
+                    labels, expected = {"optional"}, f"optional {expected}"
+                    if fld is not None and fld.label == "":
+                        self.problem(f"{msg.name}.{name} ({msg.file}:{fld.line}): {cls} leaves this field out when it "
+                                     f"holds its default {_default(pyf)!r} (omit_defaults) and proto3 readers take a "
+                                     f"missing field as zero; write `{expected} {name} = {fld.number};` and say in "
+                                     f"its comment what unset means")
+                        labels.add("")  # reported; still compare the type
+                else:
+                    labels.add("optional")  # lets proto clients send the zero value instead of getting the default
             if fld is None:
                 self.problem(f"{msg.name}.{name}: field in code ({cls}) but not in {msg.file}; "
                              f"add `{expected} {name} = <number>;`")
             else:
-                self.field(pyf.type, fld, msg, expected)
+                self.field(pyf.type, fld, msg, expected, labels)
         for name, fld in proto.items():
             if name not in py:
                 self.problem(f"{msg.name}.{name} ({msg.file}:{fld.line}): field in proto but not in code ({cls})")
 
-    def field(self, t: mi.Type, fld: Field, msg: Message, expected: str) -> None:
+    def nonzero_default(self, pyf: mi.Field, fld: Field | None, msg: Message) -> bool:
+        """Whether ``pyf`` defaults to something a proto3 reader would not assume for the missing ``fld``."""
+        if isinstance(_unwrap(pyf.type), mi.StructType) or not _nonzero_default(pyf):
+            return False
+        decl = self.resolve(fld.type, self.files[msg.file]) if fld is not None and fld.type not in SCALARS else None
+        if isinstance(decl, Enum):  # a proto enum's zero is its first value, named like the Python value
+            value = _default(pyf)
+            value = value.value if isinstance(value, enum.Enum) else value
+            return (decl.values.get(value) if isinstance(value, str) else value) != 0
+        return True
+
+    def field(self, t: mi.Type, fld: Field, msg: Message, expected: str, labels: set[str]) -> None:
         shape = _shape(t)
         f = self.files[msg.file]
         leaf_ok = self.leaf(shape.leaf, fld.type, f)
         key_ok = shape.key is None or self.leaf(shape.key, fld.key_type, f)
-        if not (leaf_ok and key_ok and shape.label == fld.label):
+        if not (leaf_ok and key_ok and fld.label in labels):
             self.problem(f"{msg.name}.{fld.name} ({msg.file}:{fld.line}): proto has `{fld.decl()}` but code has "
                          f"`{_py(t)}`; write `{expected} {fld.name} = {fld.number};`")
 

@@ -188,11 +188,14 @@ def device_from_row(r: sqlite3.Row, components: list[ComponentState] | None = No
                   components=components or [])
 
 
+def _component(r: sqlite3.Row) -> ComponentState:
+    return ComponentState(name=r["name"], version=r["version"], previous_version=r["previous_version"],
+                          state=r["state"], health=r["health"], restarts=r["restarts"], updated_at=to_dt(r["updated_at"]))
+
+
 def components_of(conn: sqlite3.Connection, device_id: str) -> list[ComponentState]:
-    return [ComponentState(name=r["name"], version=r["version"], previous_version=r["previous_version"],
-                           state=r["state"], health=r["health"], restarts=r["restarts"],
-                           updated_at=to_dt(r["updated_at"]))
-            for r in conn.execute("SELECT * FROM device_components WHERE device_id = ? ORDER BY name", (device_id,))]
+    return [_component(r) for r in conn.execute(
+        "SELECT * FROM device_components WHERE device_id = ? ORDER BY name", (device_id,))]
 
 
 def find_device_row(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
@@ -345,10 +348,10 @@ def update(conn: sqlite3.Connection, actor: Actor, ref: str, *, name: str | None
     return get_device(conn, r["id"])
 
 
-def list_devices(conn: sqlite3.Connection, *, status: str | None = None, device_type: str | None = None,
-                 tags: dict[str, str] | None = None, search: str | None = None, limit: int = 1000,
-                 offset: int = 0) -> tuple[list[Device], int]:
-    where, args = [], []
+def _filters(status: str | None, device_type: str | None, tags: dict[str, str] | None,
+             search: str | None) -> tuple[str, list[Any]]:
+    where: list[str] = []
+    args: list[Any] = []
     if status:
         if status not in ("pending", "active", "revoked"):
             raise InvalidArgument("status must be pending, active or revoked")
@@ -363,11 +366,39 @@ def list_devices(conn: sqlite3.Connection, *, status: str | None = None, device_
     if search:
         where.append("(id LIKE ? OR name LIKE ? OR hardware_id LIKE ?)")
         args += [f"%{search}%"] * 3
-    clause = (" WHERE " + " AND ".join(where)) if where else ""
+    return (" WHERE " + " AND ".join(where)) if where else "", args
+
+
+def select_ids(conn: sqlite3.Connection, *, status: str | None = None, tags: dict[str, str] | None = None,
+               device_types: list[str] | None = None) -> list[str]:
+    """Ids of the devices matching a target (tags ANDed, any of the device types)."""
+    clause, args = _filters(status, None, tags, None)
+    ids = conn.execute(f"SELECT id, device_type FROM devices{clause} ORDER BY created_at, id", args).fetchall()
+    return [r[0] for r in ids if device_types is None or r[1] in device_types]
+
+
+def list_devices(conn: sqlite3.Connection, *, status: str | None = None, device_type: str | None = None,
+                 tags: dict[str, str] | None = None, search: str | None = None, limit: int = 1000,
+                 offset: int = 0) -> tuple[list[Device], int]:
+    clause, args = _filters(status, device_type, tags, search)
     total = conn.execute(f"SELECT COUNT(*) FROM devices{clause}", args).fetchone()[0]
     rows = conn.execute(f"SELECT * FROM devices{clause} ORDER BY created_at, id LIMIT ? OFFSET ?",
                         [*args, limit, offset]).fetchall()
-    return [device_from_row(r) for r in rows], int(total)
+    comps = _components_by_device(conn, [r["id"] for r in rows])
+    return [device_from_row(r, comps.get(r["id"])) for r in rows], int(total)
+
+
+def _components_by_device(conn: sqlite3.Connection, ids: list[str]) -> dict[str, list[ComponentState]]:
+    """Components of many devices in one query (a page of the device list)."""
+    out: dict[str, list[ComponentState]] = {}
+    if not ids:
+        return out
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        for r in conn.execute(f"SELECT * FROM device_components WHERE device_id IN ({','.join('?' * len(chunk))}) "
+                              "ORDER BY device_id, name", chunk):
+            out.setdefault(r["device_id"], []).append(_component(r))
+    return out
 
 
 # --- the in-memory directory -------------------------------------------------

@@ -219,7 +219,8 @@ class SimDevice:
         resp = await self.client.check_in(self.inventory(), self.components())
         self.sim.stats.check_ins += 1
         if resp.status == "active":
-            self.sim.stats.telemetry_points += await self.client.push_telemetry(self.points())
+            accepted = await self.client.push_telemetry(self.points())
+            self.sim.stats.telemetry_points += accepted  # (`+= await` would add to a stale total)
         for action in resp.actions:
             await self.execute(action)
         interval = self.sim.opts.interval or resp.poll_interval or 60
@@ -359,7 +360,7 @@ class Simulator:
 
     def counts(self) -> dict[str, int]:
         statuses = [d.status for d in self.devices]
-        return {"enrolled": sum(1 for s in statuses if s), "active": statuses.count("active"),
+        return {"enrolled": sum(1 for d in self.devices if d.client.device_id), "active": statuses.count("active"),
                 "pending": statuses.count("pending"), "revoked": statuses.count("revoked")}
 
     def summary(self) -> dict[str, Any]:

@@ -233,3 +233,4 @@ def test_deploy_to_devices_and_to_tags(env: dict[str, str], server: ServerProces
         assert states == {("install", first, "queued"), ("install", second, "offered")}
     assert "fleetd artifacts list" in failing(env, "devices", "deploy", d1.device_id, f"app{run}@9.9.9")
     assert "say which devices" in failing(env, "devices", "deploy", first)
+    assert "the last argument is the artifact" in failing(env, "devices", "deploy", d1.device_id)

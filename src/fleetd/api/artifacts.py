@@ -16,7 +16,7 @@ from litestar.params import FromPath
 
 from .. import artifacts, rpc, uploads
 from ..artifacts import Artifact, ArtifactDetail, InstallSpec
-from ..errors import AlreadyExists, Aborted, InvalidArgument
+from ..errors import Aborted, AlreadyExists, InvalidArgument
 from ..rpc import Context, Empty, Service
 
 if TYPE_CHECKING:
@@ -97,14 +97,14 @@ class ArtifactId(msgspec.Struct, kw_only=True):
 @service.method(auth="viewer", readonly=True)
 async def GetArtifact(ctx: Context, req: ArtifactId) -> ArtifactDetail:
     """One artifact with its manifest, signatures and where it is deployed."""
-    return await ctx.fleet.store.read(lambda c: artifacts.detail(c, req.id))  # type: ignore[no-any-return]
+    return await ctx.fleet.store.read(lambda c: artifacts.detail(c, req.id))
 
 
 @service.method(auth="admin")
 async def DeleteArtifact(ctx: Context, req: ArtifactId) -> Artifact:
     """Delete an artifact no device uses; refused while an open action or an installed device refers to it."""
     await ctx.fleet.hub.flush()  # count what devices reported in the last second too
-    return await ctx.fleet.store.write(lambda c: artifacts.delete(c, ctx.actor, req.id))  # type: ignore[no-any-return]
+    return await ctx.fleet.store.write(lambda c: artifacts.delete(c, ctx.actor, req.id))
 
 
 class AddSignatureRequest(msgspec.Struct, kw_only=True):
@@ -122,7 +122,7 @@ async def AddSignature(ctx: Context, req: AddSignatureRequest) -> ArtifactDetail
     def add(conn):  # type: ignore[no-untyped-def]
         a = artifacts.add_offline_signature(conn, ctx.actor, req.id, req.public_key, req.signature)
         return artifacts.detail(conn, a.id)
-    return await ctx.fleet.store.write(add)  # type: ignore[no-any-return]
+    return await ctx.fleet.store.write(add)
 
 
 class SigningKey(msgspec.Struct, kw_only=True):

@@ -119,8 +119,7 @@ class ActionsCreated(msgspec.Struct, kw_only=True):
 def _targets(conn, req: TargetedRequest, device_type: list[str] | None = None) -> list[str]:  # type: ignore[no-untyped-def]
     ids = list(req.device_ids)
     if req.tags:
-        devices, _ = registry.list_devices(conn, status="active", tags=req.tags, limit=1_000_000)
-        ids += [d.id for d in devices if device_type is None or d.device_type in device_type]
+        ids += registry.select_ids(conn, status="active", tags=req.tags, device_types=device_type)
     if not ids:
         raise InvalidArgument("no device matches: give device ids or tags that match active devices")
     return ids

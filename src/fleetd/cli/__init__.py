@@ -8,9 +8,11 @@ import typer
 
 from .. import __version__
 from . import admin, devices, tokens
+from .artifacts import artifacts_app
 from .backup import backup as backup_command
 from .backup import restore as restore_command
 from .serve import serve
+from .simulate import simulate as simulate_command
 
 app = typer.Typer(
     name="fleetd",
@@ -25,9 +27,11 @@ app.add_typer(admin.users_app, name="users")
 app.add_typer(admin.keys_app, name="keys")
 app.add_typer(devices.devices_app, name="devices")
 app.add_typer(tokens.tokens_app, name="tokens")
+app.add_typer(artifacts_app, name="artifacts")
 app.command("audit")(admin.audit_command)
 app.command("backup")(backup_command)
 app.command("restore")(restore_command)
+app.command("simulate")(simulate_command)
 
 
 def commit() -> str:

@@ -25,7 +25,7 @@ ServerOpt = Annotated[str | None, typer.Option(
 ApiKeyOpt = Annotated[str | None, typer.Option(
     "--api-key", envvar="FLEETD_API_KEY", help="API key (fk_...).", show_default=False)]
 CaOpt = Annotated[str | None, typer.Option(
-    "--ca", help="Fleet CA to trust [env FLEETD_CA; default: the data dir's ca.pem].", show_default=False)]
+    "--ca", help="Fleet CA to trust (env FLEETD_CA; default: the data dir's ca.pem).", show_default=False)]
 DataDirOpt = Annotated[str | None, typer.Option(
     "--data-dir", help="Work offline on this data dir instead of through a server.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON objects.")]

@@ -315,6 +315,9 @@ def devices_deploy(
     """
     with errors_reported():
         usage = "fleetd devices deploy dev_1 dev_2 app@1.2.0, or --tag site=home app@1.2.0"
+        if not devices and not tag and "@" not in artifact:
+            raise InvalidArgument(f"the last argument is the artifact (NAME@VERSION), so {artifact!r} is not "
+                                  f"taken as a device; give the devices first, then the artifact: {usage}")
         body = {**targets(devices, tag, usage), "artifact": artifact, "consent": consent}
         created = call(remote(server, api_key, ca), ADMIN, "Deploy", body)
     _queued(created, json, f"{'Offered' if consent else 'Queued'} {artifact}", devices)

@@ -31,17 +31,17 @@ def _banner(username: str, password: str, url: str) -> None:
 
 
 def serve(
-    data_dir: Annotated[str | None, typer.Option(help="Where all state lives [env FLEETD_DATA_DIR; "
-                                                  "default ./fleetd-data].", show_default=False)] = None,
-    host: Annotated[str | None, typer.Option(help="Address to listen on [default 0.0.0.0].",
+    data_dir: Annotated[str | None, typer.Option(help="Where all state lives (env FLEETD_DATA_DIR; "
+                                                  "default ./fleetd-data).", show_default=False)] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 0.0.0.0).",
                                              show_default=False)] = None,
-    port: Annotated[int | None, typer.Option(help="Port [default 8420].", show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8420).", show_default=False)] = None,
     no_tls: Annotated[bool, typer.Option("--no-tls", help="Serve plain HTTP (only behind a TLS proxy).")] = False,
     no_mdns: Annotated[bool, typer.Option("--no-mdns", help="Do not advertise on the LAN.")] = False,
     public_url: Annotated[str | None, typer.Option(help="URL devices use to reach this server.",
                                                    show_default=False)] = None,
-    config: Annotated[str | None, typer.Option(help="TOML settings file [env FLEETD_CONFIG; default "
-                                               "DATA_DIR/fleetd.toml].", show_default=False)] = None,
+    config: Annotated[str | None, typer.Option(help="TOML settings file (env FLEETD_CONFIG; default "
+                                               "DATA_DIR/fleetd.toml).", show_default=False)] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.",
                                                   show_default=False)] = None,
 ) -> None:

@@ -10,9 +10,9 @@ import typer
 from ..errors import InvalidArgument
 from ..models import parse_duration
 from ..tags import parse_tag_args
-from .client import RemoteError
 from .common import ApiKeyOpt, CaOpt, JsonOpt, ServerOpt, call, errors_reported, remote
-from .output import console, fail, print_json, print_table, show
+from .devices import hinted
+from .output import console, print_json, print_table, show
 
 tokens_app = typer.Typer(help="Join tokens: devices that enroll with one are active at once (through --server).",
                          no_args_is_help=True)
@@ -50,12 +50,6 @@ def token_state(tok: dict[str, Any], at: dt.datetime | None = None) -> str:
 def _rows(tokens: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**t, "used": f"{t['uses']}/{t['max_uses'] if t.get('max_uses') is not None else '∞'}",
              "expires_at": t.get("expires_at") or "never", "state": token_state(t)} for t in tokens]
-
-
-def _not_found_hint(e: RemoteError) -> None:
-    if e.code == "not_found":
-        fail(f"{e.message} [not_found]", "'fleetd tokens list --all' shows every join token and its id.")
-    raise e
 
 
 @tokens_app.command("create")
@@ -106,11 +100,8 @@ def tokens_revoke(
     server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None, json: JsonOpt = False,
 ) -> None:
     """Revoke a join token; devices already enrolled with it stay enrolled."""
-    with errors_reported():
-        try:
-            tok = call(remote(server, api_key, ca), "EnrollmentService", "RevokeToken", {"id": token_id})
-        except RemoteError as e:
-            _not_found_hint(e)
+    with errors_reported(), hinted("'fleetd tokens list --all' shows every join token and its id"):
+        tok = call(remote(server, api_key, ca), "EnrollmentService", "RevokeToken", {"id": token_id})
     if json:
         print_json(tok)
         return

@@ -126,7 +126,7 @@ def check_in(device: TestDevice, components: list[dict[str, Any]] | None = None)
     ({"file_name": "../etc/passwd"}, "without slashes"),
     ({"size": -1}, "size must not be negative"),
     ({"install_spec": {"restart": "sometimes"}}, "restart must be one of always, on-failure, never"),
-    ({"install_spec": {"command": []}}, "command must be a non-empty list"),
+    ({"install_spec": {"command": ["./app", ""]}}, "command must be a list of non-empty strings"),
     ({"install_spec": {"env": {"1BAD": "x"}}}, "env name '1BAD'"),
     ({"install_spec": {"health": {"http_url": "ftp://x"}}}, "http_url must start with http"),
     ({"kind": "firmware", "install_spec": {"command": ["x"]}}, "install spec applies to app artifacts only"),
@@ -452,8 +452,8 @@ _text = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\0
 _word = _text.filter(bool)
 health = st.builds(HealthCheck, grace_seconds=st.integers(0, 3600),
                    http_url=st.none() | st.builds(lambda p: "http://127.0.0.1/" + p, _text),
-                   command=st.none() | st.lists(_word, min_size=1, max_size=3))
-specs = st.builds(InstallSpec, command=st.none() | st.lists(_word, min_size=1, max_size=4),
+                   command=st.lists(_word, max_size=3))
+specs = st.builds(InstallSpec, command=st.lists(_word, max_size=4),
                   env=st.dictionaries(st.from_regex(ENV_NAME, fullmatch=True), _text, max_size=4),
                   working_dir=st.none() | _word, restart=st.sampled_from(RESTART_POLICIES),
                   health=st.none() | health)

@@ -42,13 +42,15 @@ LISTED_DEVICES = 100  # device ids named in a deployment summary; the count cove
 class HealthCheck(msgspec.Struct, kw_only=True, omit_defaults=True):
     grace_seconds: int = 30
     http_url: str | None = None
-    command: list[str] | None = None
+    # A probe command; empty = none (proto3 has no unset repeated field).
+    command: list[str] = []
 
 
 class InstallSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
     """How an ``app`` runs. Without one, the file itself is run."""
 
-    command: list[str] | None = None
+    # Empty: run the file itself.
+    command: list[str] = []
     env: dict[str, str] = {}
     working_dir: str | None = None
     restart: str = "on-failure"
@@ -57,15 +59,14 @@ class InstallSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
     def __post_init__(self) -> None:
         if self.restart not in RESTART_POLICIES:
             raise InvalidArgument(f"restart must be one of {', '.join(RESTART_POLICIES)}")
-        if self.command is not None and (not self.command or any(not c for c in self.command)):
-            raise InvalidArgument("command must be a non-empty list of non-empty strings")
+        if any(not c for c in self.command):
+            raise InvalidArgument("command must be a list of non-empty strings")
         if self.health and not 0 <= self.health.grace_seconds <= 3600:
             raise InvalidArgument("health grace_seconds must be between 0 and 3600")
         if self.health and self.health.http_url and not self.health.http_url.startswith(("http://", "https://")):
             raise InvalidArgument("health http_url must start with http:// or https://")
-        if self.health and self.health.command is not None and (
-                not self.health.command or any(not c for c in self.health.command)):
-            raise InvalidArgument("health command must be a non-empty list of non-empty strings")
+        if self.health and any(not c for c in self.health.command):
+            raise InvalidArgument("health command must be a list of non-empty strings")
         for k, v in self.env.items():
             if not ENV_NAME.match(k):
                 raise InvalidArgument(f"env name {k!r} must be letters, digits and _ (not starting with a digit)")

@@ -218,13 +218,14 @@ class DeviceClient:
 
     # --- the device calls ------------------------------------------------------
     async def check_in(self, inventory: Mapping[str, Any] | None = None,
-                       components: Sequence[Mapping[str, Any]] | None = None) -> CheckInResponse:
-        """Heartbeat: report inventory and components; get the poll interval and pending actions."""
-        body: dict[str, Any] = {}
+                       components: Sequence[Mapping[str, Any]] = ()) -> CheckInResponse:
+        """Heartbeat: report inventory and components; get the poll interval and pending actions.
+
+        ``components`` is everything installed: one left out is taken as removed.
+        """
+        body: dict[str, Any] = {"components": [dict(c) for c in components]}
         if inventory is not None:
             body["inventory"] = dict(inventory)
-        if components is not None:
-            body["components"] = [dict(c) for c in components]
         resp = await self._post("CheckIn", body, CheckInResponse)
         self.status, self.poll_interval = resp.status, resp.poll_interval
         return resp

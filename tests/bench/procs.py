@@ -1,18 +1,17 @@
-"""Processes and the machine: required tools, RSS and CPU of a pid, CPU steal, machine facts, servers."""
+"""Processes and the machine: required tools, RSS and CPU of a pid, CPU steal, machine facts."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,19 +30,12 @@ def find_tool(name: str) -> str | None:
     beside = Path(sys.executable).parent / name
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
-    found = shutil.which(name) or (shutil.which(name, path="/usr/sbin:/sbin") if name == "nginx" else None)
-    return found
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
 
 
 def missing_tools(names: list[str]) -> list[str]:
     """One line per missing tool: what it is for and how to install it."""
     return [f"  {n}: needed for {TOOLS[n][0]}; install it with: {TOOLS[n][1]}" for n in names if not find_tool(n)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- one process -----------------------------------------------------------
@@ -136,14 +128,8 @@ def machine_info() -> dict[str, str | int]:
     if model == "?":
         model = platform.processor() or "?"
     mem_kib = 0
-    try:
+    with contextlib.suppress(OSError, ValueError, IndexError):
         mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    import litestar  # noqa: F401  (only for the version)
-    import uvicorn
-    from importlib.metadata import version
-
     info: dict[str, str | int] = {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "nproc": os.cpu_count() or 0,
@@ -152,7 +138,7 @@ def machine_info() -> dict[str, str | int]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "litestar": version("litestar"),
-        "uvicorn": uvicorn.__version__,
+        "uvicorn": version("uvicorn"),
         "msgspec": version("msgspec"),
         "openssl": ssl.OPENSSL_VERSION,
     }
@@ -163,55 +149,3 @@ def machine_info() -> dict[str, str | int]:
     if nginx:
         info["nginx"] = _first_line([nginx, "-v"]).rpartition(":")[2].strip()
     return info
-
-
-# --- servers -----------------------------------------------------------------
-
-def wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
-    """Poll ``url`` (TLS unchecked) until it answers anything."""
-    import httpx
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            httpx.get(url, verify=False, timeout=2)
-            return
-        except (httpx.HTTPError, OSError):
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout}s:\n{log.read_text()[-4000:]}")
-
-
-@dataclass
-class Service:
-    """A server process the benchmark started (and so may stop)."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def start_service(name: str, cmd: list[str], url: str, log: Path, probe: str = "/") -> Service:
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    service = Service(name, proc, url, log)
-    try:
-        wait_until_up(url + probe, proc, log)
-    except BaseException:
-        service.stop()
-        raise
-    return service

@@ -14,7 +14,6 @@ import json
 import os
 import random
 import sqlite3
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -178,7 +177,3 @@ def write_requests(path: Path, tokens: list[str], bodies: list[bytes]) -> Path:
             assert b"\n" not in body and b"\t" not in body
             f.write(token.encode() + b"\t" + body + b"\n")
     return path
-
-
-def now() -> float:
-    return time.time()

@@ -20,7 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.console import Console
 
-from fleetd.cli.artifacts import progress_bar, put_file
+from fleetd.cli.artifacts import load_signing_key, progress_bar, put_file
 from fleetd.cli.client import Client
 from fleetd.db import connect
 
@@ -166,7 +166,9 @@ def test_keygen_and_sign_offline(server: ServerProcess, admin_key: str, tmp_path
     Ed25519PublicKey.from_public_bytes(base64.b64decode(pub)).verify(
         base64.b64decode(sig["signature"]), signed["manifest"].encode())
     # The private key never went to the server.
-    assert key.read_bytes() not in (server.data_dir / "fleetd.db").read_bytes()
+    secret = load_signing_key(key).private_bytes_raw()
+    stored = b"".join(f.read_bytes() for f in server.data_dir.glob("fleetd.db*"))
+    assert len(stored) > 0 and secret not in stored and key.read_bytes() not in stored
 
 
 def test_progress_bar_counts_every_byte(server: ServerProcess, admin_key: str, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from rich.progress import (
 )
 
 from ..artifacts import KINDS, RESTART_POLICIES
-from ..errors import FleetdError, InvalidArgument
+from ..errors import FailedPrecondition, FleetdError, InvalidArgument
 from ..fsutil import atomic_write
 from .client import Client, RemoteError
 from .common import ApiKeyOpt, CaOpt, JsonOpt, ServerOpt, call, errors_reported, remote
@@ -208,8 +208,8 @@ def push(
         return
     show(_readable(artifact), False, SHOW_FIELDS)
     ref = f"{artifact['name']}@{artifact['version']}"
-    console.print(f"\npushed {ref} ({human_size(artifact['size'])})")
-    console.print(f"[dim]deploy it: fleetd devices deploy DEVICE... {ref}[/dim]")
+    console.print(f"\npushed {ref} ({human_size(artifact['size'])})", highlight=False)
+    console.print(f"[dim]deploy it: fleetd devices deploy DEVICE... {ref}[/dim]", highlight=False)
 
 
 # --- list, show, delete ---------------------------------------------------------
@@ -343,9 +343,9 @@ def check_manifest(manifest: bytes, artifact: dict[str, Any], local_file: Path |
     try:
         m = jsonlib.loads(manifest)
     except ValueError:
-        raise FleetdError("the server sent a manifest that is not JSON; refusing to sign it") from None
+        raise FailedPrecondition("the server sent a manifest that is not JSON; refusing to sign it") from None
     if m.get("name") != artifact["name"] or m.get("version") != artifact["version"]:
-        raise FleetdError(f"the manifest is for {m.get('name')}@{m.get('version')}, not "
+        raise FailedPrecondition(f"the manifest is for {m.get('name')}@{m.get('version')}, not "
                           f"{artifact['name']}@{artifact['version']}; refusing to sign it")
     if local_file is not None:
         h, size = hashlib.sha256(), 0
@@ -357,7 +357,7 @@ def check_manifest(manifest: bytes, artifact: dict[str, Any], local_file: Path |
         except OSError as e:
             raise InvalidArgument(f"cannot read {local_file}: {e.strerror}") from None
         if h.hexdigest() != m.get("sha256") or size != m.get("size"):
-            raise FleetdError(f"{local_file} ({size} bytes, sha256 {h.hexdigest()}) is not the file the server "
+            raise FailedPrecondition(f"{local_file} ({size} bytes, sha256 {h.hexdigest()}) is not the file the server "
                               f"holds ({m.get('size')} bytes, sha256 {m.get('sha256')}); refusing to sign")
     return dict(m)
 

@@ -1,0 +1,52 @@
+"""The results as a table for people and as JSON for scripts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .cases import Result
+
+
+def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def fmt(r: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+
+    return [fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
+
+
+def render(machine: dict[str, Any], settings: dict[str, Any], results: list[Result],
+           profile: dict[str, Any] | None) -> str:
+    out = [f"fleetd benchmarks — {machine['date']}, {machine['nproc']} CPUs ({machine['cpu_model']}), "
+           f"Python {machine['python']}, litestar {machine['litestar']}, uvicorn {machine['uvicorn']}",
+           f"medians of {settings['runs']} runs; wrk -t{settings['threads']} -c{settings['connections']} "
+           f"-d{settings['seconds']:g}s after a {settings['warmup']:g} s warm-up; {settings['devices']:,} devices", ""]
+    for r in results:
+        out.append(f"## {r.name}   (baseline: {r.baseline})")
+        out += _table(r.rows, ("metric", "fleetd", "baseline", "ratio"))
+        out.append("")
+    targets = [t for r in results for t in r.targets]
+    if targets:
+        out.append("## targets")
+        rows = [(("met   " if t.met else "MISSED") + " " + t.what, f"{t.value:,.2f}", f"{t.op} {t.limit:g}",
+                 f"{t.value / t.limit:.2f}x") for t in targets]
+        out += _table(rows, ("", "value", "target", "of target"))
+        out.append("")
+    if profile:
+        out.append(f"## check-in profile (py-spy, {profile['samples']} samples over {profile['seconds']:g} s; "
+                   f"% of samples)")
+        out.append("by layer (where the sampled frame's code lives):")
+        out += [f"  {pct:5.1f}  {name}" for name, pct in profile["layers"]]
+        out.append("self time, top functions:")
+        out += [f"  {pct:5.1f}  {name}" for name, pct in profile["self"]]
+        out.append("inclusive time, fleetd functions:")
+        out += [f"  {pct:5.1f}  {name}" for name, pct in profile["inclusive"]]
+        out.append(f"collapsed stacks: {profile['file']}")
+    return "\n".join(out)
+
+
+def as_json(machine: dict[str, Any], settings: dict[str, Any], results: list[Result],
+            profile: dict[str, Any] | None) -> dict[str, Any]:
+    return {"machine": machine, "settings": settings, "results": {r.name: r.to_json() for r in results},
+            "targets": [t.to_json() for r in results for t in r.targets], "profile": profile}

@@ -1,0 +1,172 @@
+"""`make bench` / `python -m tests.bench`: run the benchmark suite and print the results.
+
+Progress goes to stderr; the table (or, with ``--json``, the JSON) to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from . import cases, report, seed
+from .procs import find_tool, machine_info, missing_tools
+from .servers import start_fleetd, start_hello
+
+BENCHES = ("footprint", "checkin", "profile", "telemetry", "download")
+QUICK = cases.Config(devices=10_000, tokens=2_000, telemetry_devices=500, seconds=3, warmup=1, download_seconds=3,
+                     baseline_rows=200_000, profile_seconds=3)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tests.bench", description="fleetd's benchmark suite (see "
+                                "docs/performance.md). A full run takes about 6-8 minutes; --quick about 2.")
+    p.add_argument("--quick", action="store_true",
+                   help="10,000 devices, 3 s runs: a smoke run whose numbers are only indicative")
+    p.add_argument("--only", default=",".join(BENCHES),
+                   help=f"comma-separated subset of {','.join(BENCHES)} (default: all)")
+    p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the check-in path")
+    p.add_argument("--runs", type=int, help="measured runs per benchmark, the median is reported (default 3)")
+    p.add_argument("--seconds", type=float, help="length of one measured wrk run (default 10)")
+    p.add_argument("--devices", type=int, help="enrolled devices in the data dir (default 100,000)")
+    p.add_argument("--connections", type=int, help="wrk connections for check-in and telemetry (default 64)")
+    p.add_argument("--workdir", type=Path,
+                   help="keep the seeded data dir, logs and profile here and reuse them next time "
+                        "(default: a temporary directory, removed afterwards)")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                   help="write the results as JSON to FILE (or to stdout instead of the table)")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when a target is missed")
+    a = p.parse_args(argv)
+    only = [b.strip() for b in a.only.split(",") if b.strip()]
+    unknown = set(only) - set(BENCHES)
+    if unknown:
+        p.error(f"unknown benchmark(s) {', '.join(sorted(unknown))}; choose from {', '.join(BENCHES)}")
+    if a.no_profile and "profile" in only:
+        only.remove("profile")
+    a.only = only
+    for name in ("runs", "devices", "connections"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            p.error(f"--{name} must be at least 1")
+    if a.seconds is not None and a.seconds < 1:
+        p.error("--seconds must be at least 1")
+    return a
+
+
+def config_from(a: argparse.Namespace) -> cases.Config:
+    cfg = cases.Config(**asdict(QUICK)) if a.quick else cases.Config()
+    if a.runs:
+        cfg.runs = a.runs
+    if a.seconds:
+        cfg.seconds = a.seconds
+        cfg.download_seconds = max(2.0, a.seconds * 0.8)
+        cfg.profile_seconds = a.seconds
+    if a.devices:
+        cfg.devices = a.devices
+    if a.connections:
+        cfg.connections = a.connections
+    cfg.tokens = min(cfg.tokens, cfg.devices)
+    cfg.telemetry_devices = min(cfg.telemetry_devices, cfg.devices)
+    return cfg
+
+
+def check_tools(only: list[str]) -> list[str]:
+    """Refuse to start without what the chosen benchmarks need; drop the profile if only py-spy is missing."""
+    needed = []
+    if {"checkin", "telemetry", "download", "profile"} & set(only):
+        needed.append("wrk")
+    if "download" in only:
+        needed.append("nginx")
+    missing = missing_tools(needed)
+    if missing:
+        sys.exit("The benchmarks need tools that are not installed:\n" + "\n".join(missing) +
+                 "\nInstall them, or choose other benchmarks with --only.")
+    if "profile" in only and not find_tool("py-spy"):
+        print("py-spy is not installed, so the check-in profile is skipped:\n" + "\n".join(missing_tools(["py-spy"])),
+              file=sys.stderr)
+        only = [b for b in only if b != "profile"]
+    return only
+
+
+def prepare(cfg: cases.Config, workdir: Path) -> seed.Fixture:
+    fx = seed.load(workdir, cfg.devices, cfg.blob_mib)
+    if fx is not None:
+        cases.log(f"reusing the data dir in {fx.path} ({cfg.devices:,} devices)")
+        return fx
+    data = workdir / "data"
+    if data.exists():
+        shutil.rmtree(data)
+    cases.log(f"seeding {cfg.devices:,} devices and a {cfg.blob_mib} MiB blob into {data}")
+    t = time.monotonic()
+    fx = seed.create(data, cfg.devices, cfg.blob_mib)
+    cases.log(f"seeded in {time.monotonic() - t:.1f} s")
+    return fx
+
+
+def run(cfg: cases.Config, only: list[str], workdir: Path) -> tuple[list[cases.Result], dict[str, Any] | None]:
+    fx = prepare(cfg, workdir)
+    logs = workdir / "logs"
+    logs.mkdir(exist_ok=True)
+    results: list[cases.Result] = []
+    profile: dict[str, Any] | None = None
+    if {"footprint", "checkin", "profile", "telemetry"} & set(only):
+        fleetd = start_fleetd(fx.path, logs)
+        hello = start_hello(fx.path, logs) if {"footprint", "checkin"} & set(only) else None
+        try:
+            if "footprint" in only:
+                results.append(cases.footprint(fleetd, hello))
+            if {"checkin", "profile"} & set(only):
+                requests = cases.checkin_requests(cfg, fx, workdir)
+                if "checkin" in only:
+                    assert hello is not None
+                    results.append(cases.checkin(cfg, fx, fleetd, hello, requests))
+                if "profile" in only:
+                    try:
+                        profile = cases.profile_checkin(cfg, fleetd, requests, workdir)
+                    except RuntimeError as e:
+                        cases.log(f"the profile failed, going on without it: {e}")
+            if hello:
+                hello.stop()
+                hello = None
+            if "telemetry" in only:
+                results.append(cases.telemetry(cfg, fx, fleetd, workdir))
+        finally:
+            fleetd.stop()
+            if hello:
+                hello.stop()
+    if "download" in only:
+        results.append(cases.download(cfg, fx, logs))
+    return results, profile
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    only = check_tools(a.only)
+    cfg = config_from(a)
+    workdir = a.workdir.resolve() if a.workdir else Path(tempfile.mkdtemp(prefix="fleetd-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    settings = {f.name: getattr(cfg, f.name) for f in fields(cfg)} | {"quick": a.quick, "benchmarks": only}
+    started = time.monotonic()
+    try:
+        results, profile = run(cfg, only, workdir)
+    finally:
+        if not a.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    settings["wall_seconds"] = round(time.monotonic() - started)
+    if profile and not a.workdir:
+        profile["file"] = "(removed with the temporary directory; keep it with --workdir)"
+    doc = report.as_json(machine, settings, results, profile)
+    if a.json and a.json != "-":
+        Path(a.json).write_text(json.dumps(doc, indent=2) + "\n")
+    if a.json == "-":
+        print(json.dumps(doc, indent=2))
+    else:
+        print(report.render(machine, settings, results, profile))
+    missed = [t for r in results for t in r.targets if not t.met]
+    return 1 if a.strict and missed else 0

@@ -1,0 +1,115 @@
+"""The benchmark's own parts: its data dir is what fleetd accepts, its requests are valid, its tools work.
+
+Not collected by the default test run (pytest skips tests/bench); run with
+``python -m pytest tests/bench -q``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+
+from fleetd.api.device import CheckInRequest, PushTelemetryRequest
+from fleetd.config import Settings
+from fleetd.fleet import Fleet
+from fleetd.rpc import Codec
+from fleetd.telemetry import validate
+
+from . import profile, seed
+from .loadgen import check_clean, parse_wrk, run_wrk
+from .procs import find_tool
+from .servers import start_hello, start_nginx
+
+
+@pytest.fixture(scope="module")
+def fixture(tmp_path_factory: pytest.TempPathFactory) -> seed.Fixture:
+    return seed.create(tmp_path_factory.mktemp("bench") / "data", devices=40, blob_mib=1)
+
+
+def test_seeded_devices_tokens_blob_and_key_are_what_fleetd_accepts(fixture: seed.Fixture) -> None:
+    fleet = Fleet(Settings(data_dir=str(fixture.path), mdns=False, host="127.0.0.1"), lock=False)
+    try:
+        assert len(fleet.hub.runtime) == 40
+        assert {rt.status for rt in fleet.hub.runtime.values()} == {"active"}
+        devices = seed.sample_devices(fixture, 10)
+        assert len({d[0] for d in devices}) == 10
+        for (device_id, _, _), token in zip(devices, seed.mint_tokens(fixture, devices), strict=True):
+            principal = fleet.hub.tokens.verify(token)
+            assert principal is not None and principal.kind == "device" and principal.id == device_id
+        key = asyncio.run(fleet.authenticator.authenticate("GET", f"Bearer {fixture.api_key}", None, None))
+        assert key.kind == "key" and key.role == "viewer"
+        assert fixture.blob_path.stat().st_size == fixture.blob_size == 1 << 20
+        assert asyncio.run(fleet.blobs.info(fixture.blob_sha256)) is not None
+    finally:
+        fleet.close()
+
+
+def test_a_seeded_dir_is_reused_only_with_the_same_sizes(fixture: seed.Fixture) -> None:
+    workdir = fixture.path.parent
+    assert seed.load(workdir, 40, 1) == fixture
+    assert seed.load(workdir, 41, 1) is None
+    assert seed.load(workdir, 40, 2) is None
+
+
+def test_the_checkin_body_is_a_realistic_valid_checkin() -> None:
+    body = seed.checkin_body(seed.hardware_id(7), 7)
+    assert 300 <= len(body) <= 500
+    req = Codec(CheckInRequest).decode(body)
+    assert req.inventory is not None and req.inventory.hostname == "bench-0000007"
+    assert [c.name for c in req.components] == ["fleet-agent", "sensor-app"]
+
+
+def test_telemetry_rows_are_the_rows_fleetd_stores_for_the_batch() -> None:
+    now = 1_800_000_000.0
+    points = seed.telemetry_points(3, now)
+    assert len(points) == seed.POINTS_PER_BATCH
+    req = Codec(PushTelemetryRequest).decode(msgspec.json.encode({"points": points}))
+    assert [("dev_x", *r) for r in validate(req.points, now)] == seed.telemetry_rows("dev_x", points)
+
+
+def test_profile_summary_counts_self_inclusive_and_layers() -> None:
+    collapsed = "\n".join([
+        "main (/venv/lib/python3.11/site-packages/uvicorn/server.py);CheckIn (/w/src/fleetd/api/device.py);"
+        "verify (/w/src/fleetd/devauth.py) 6",
+        "main (/venv/lib/python3.11/site-packages/uvicorn/server.py);write (/usr/lib/python3.11/ssl.py) 4",
+        "garbage line",
+    ])
+    s = profile.summarize(collapsed)
+    assert s["samples"] == 10
+    assert s["self"] == [["verify (fleetd/devauth.py)", 60.0], ["write (ssl.py)", 40.0]]
+    assert s["inclusive"] == [["CheckIn (fleetd/api/device.py)", 60.0], ["verify (fleetd/devauth.py)", 60.0]]
+    assert s["layers"] == [["fleetd", 60.0], ["ssl module", 40.0]]
+
+
+def test_wrk_output_without_the_results_line_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="BENCH_JSON"):
+        parse_wrk("Running 1s test @ https://127.0.0.1:1/\n  connection refused\n")
+
+
+@pytest.mark.skipif(find_tool("wrk") is None, reason="wrk is not installed")
+def test_wrk_script_rotates_tokens_and_reports(fixture: seed.Fixture, tmp_path: Path) -> None:
+    requests = seed.write_requests(tmp_path / "r", ["t1", "t2"], [b'{"a": 1}', b'{"b": 2}'])
+    hello = start_hello(fixture.path, tmp_path)
+    try:
+        run = run_wrk(hello.url + "/x", seconds=1, threads=1, connections=2, server_pid=hello.pid,
+                      requests_file=requests)
+    finally:
+        hello.stop()
+    check_clean(run, "hello")
+    assert run.requests > 10 and run.non_2xx == 0 and run.p50_ms > 0
+    assert run.server_cpu_pct > 0 and run.server_rss_kib > 10_000
+
+
+@pytest.mark.skipif(find_tool("nginx") is None, reason="nginx is not installed")
+def test_nginx_serves_the_blob_over_https_and_http(fixture: seed.Fixture, tmp_path: Path) -> None:
+    nginx, https_url, http_url = start_nginx(fixture.path, fixture.blob_path, tmp_path)
+    try:
+        want = fixture.blob_path.read_bytes()
+        assert httpx.get(https_url, verify=str(fixture.path / "ca.pem")).content == want
+        assert httpx.get(http_url).content == want
+    finally:
+        nginx.stop()

@@ -336,3 +336,20 @@ def test_telemetry_stored_and_validated(client, fleet, admin_key) -> None:  # ty
     assert r.status_code in (400, 413)
     count = fleet.store.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM telemetry").fetchone()[0])
     assert count == 2
+
+
+def test_enroll_retry_with_a_single_use_token_is_idempotent(client, fleet, admin_key) -> None:  # type: ignore[no-untyped-def]
+    r = rpc(client, "EnrollmentService", "CreateToken", {"uses": 1}, key=admin_key).json()
+    d = TestDevice(client)
+    first = d.enroll(r["token"])
+    again = d.enroll(r["token"])  # the answer to the first was lost; the device retries
+    assert first.status_code == again.status_code == 200
+    assert again.json()["device_id"] == first.json()["device_id"] and again.json()["status"] == "active"
+    uses = fleet.store.read_sync(lambda c: c.execute("SELECT uses FROM join_tokens WHERE id = ?",
+                                                     (r["id"],)).fetchone()[0])
+    assert uses == 1
+    assert d.authenticate().status_code == 200
+    # A pending device that later gets a token is activated by it.
+    p = TestDevice(client)
+    assert p.enroll().json()["status"] == "pending"
+    assert p.enroll(make_token(client, admin_key)).json()["status"] == "active"

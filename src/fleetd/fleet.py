@@ -53,6 +53,7 @@ class Fleet:
         self.telemetry = TelemetryIntake(self.store)
         self.authenticator = Authenticator(self.store, self.hub.tokens)
         self.enroll_limiter = RateLimiter(settings.enroll_rate_per_minute, 60.0, "enrollment")
+        self.challenge_limiter = RateLimiter(settings.enroll_rate_per_minute, 60.0, "authentication")
         self.login_limiter = RateLimiter(settings.login_rate_per_minute, 60.0, "login")
         self.started_at = time.time()
         self.metrics = Metrics(self.store)

@@ -15,6 +15,7 @@ import json
 import re
 import secrets
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -248,23 +249,29 @@ def check_enroll_fields(hardware_id: str, device_type: str, name: str) -> None:
 
 
 def enroll(conn: sqlite3.Connection, *, hardware_id: str, device_type: str, public_key: bytes, name: str,
-           token: JoinToken | None, inventory: dict[str, Any], addr: str | None) -> EnrollResult:
+           redeem: Callable[[], JoinToken] | None, inventory: dict[str, Any], addr: str | None) -> EnrollResult:
     """Create or re-enroll a device. A token makes it active; without one it is pending with a claim code.
 
-    Re-enrolling an existing hardware id replaces its key only with a valid token;
-    without a token, the same key gets its current state back and another key is refused.
+    ``redeem`` counts one use of the join token (if any) and is called only when
+    the token is needed. Enrolling again with the same key is idempotent: an
+    active device gets its state back without using the token again (a device
+    that lost the answer may retry); a pending one is activated by a token.
+    Replacing the key of an existing hardware id needs a valid token.
     """
     check_enroll_fields(hardware_id, device_type, name)
     t = now()
     existing = conn.execute("SELECT * FROM devices WHERE hardware_id = ?", (hardware_id,)).fetchone()
     actor = Actor("device", existing["id"] if existing else None, hardware_id, addr)
+    token: JoinToken | None = None
     if existing is not None:
         ensure_not_revoked(existing["status"])
-        if token is None:
-            if hmac.compare_digest(existing["public_key"], public_key):
-                return EnrollResult(device_from_row(existing), existing["auth_epoch"], False)
+        same_key = hmac.compare_digest(existing["public_key"], public_key)
+        if same_key and (redeem is None or existing["status"] == "active"):
+            return EnrollResult(device_from_row(existing), existing["auth_epoch"], False)
+        if redeem is None:
             raise AlreadyExists(f"hardware id {hardware_id!r} is already enrolled with another key; re-enroll "
                                 "with a join token, or delete the device first")
+        token = redeem()
         tags = {**json.loads(existing["tags"]), **token.tags}
         epoch = existing["auth_epoch"] + 1
         conn.execute("UPDATE devices SET public_key = ?, status = 'active', claim_code = NULL, token_id = ?, "
@@ -273,6 +280,7 @@ def enroll(conn: sqlite3.Connection, *, hardware_id: str, device_type: str, publ
         audit.record(conn, actor, "device.reenroll", existing["id"], token=token.id)
         row = conn.execute("SELECT * FROM devices WHERE id = ?", (existing["id"],)).fetchone()
         return EnrollResult(device_from_row(row), epoch, False)
+    token = redeem() if redeem else None
     did = new_id("dev")
     status = "active" if token else "pending"
     claim = None if token else new_claim_code(conn)

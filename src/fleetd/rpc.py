@@ -172,10 +172,10 @@ class Codec:
             if not isinstance(raw, dict):
                 raise InvalidArgument("the request body must be a JSON object")
             return msgspec.convert(self._rename(raw) if self._rename else raw, self.type, strict=False)
+        except msgspec.ValidationError as e:  # a subclass of DecodeError: catch it first
+            raise InvalidArgument(f"invalid request: {e}") from None
         except msgspec.DecodeError as e:
             raise InvalidArgument(f"malformed JSON in request body: {e}") from None
-        except msgspec.ValidationError as e:
-            raise InvalidArgument(f"invalid request: {e}") from None
 
 
 _encoder = msgspec.json.Encoder()

@@ -54,9 +54,9 @@ async def Enroll(ctx: Context, req: EnrollRequest) -> EnrollResponse:
     fp = fleet.keys.ca_fingerprint
 
     def enroll(conn):  # type: ignore[no-untyped-def]
-        token = registry.redeem_token(conn, parsed, fp) if parsed else None
+        redeem = (lambda: registry.redeem_token(conn, parsed, fp)) if parsed else None
         return registry.enroll(conn, hardware_id=req.hardware_id, device_type=req.device_type,
-                               public_key=public_key, name=req.name, token=token,
+                               public_key=public_key, name=req.name, redeem=redeem,
                                inventory=inventory_dict(req.inventory), addr=ctx.remote_addr)
 
     result = await fleet.store.write(enroll)
@@ -81,7 +81,7 @@ class ChallengeResponse(msgspec.Struct, kw_only=True):
 @service.method(auth="public")
 async def GetChallenge(ctx: Context, req: ChallengeRequest) -> ChallengeResponse:
     """A single-use nonce for Authenticate, valid for a minute."""
-    ctx.fleet.enroll_limiter.hit("challenge:" + (ctx.remote_addr or "?"))
+    ctx.fleet.challenge_limiter.hit(ctx.remote_addr or "?")
     if req.device_id not in ctx.fleet.hub.runtime:
         raise Unauthenticated("unknown device; enroll first")
     return ChallengeResponse(nonce=ctx.fleet.hub.tokens.new_challenge(req.device_id), expires_in=CHALLENGE_TTL)

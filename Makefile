@@ -18,6 +18,7 @@ serve: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy
 
 test: lint
 	$(PY) -m pytest -q

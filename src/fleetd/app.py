@@ -46,7 +46,7 @@ async def auth_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: Ba
     fleet: Fleet = connection.app.state.fleet
     headers = connection.headers
     principal = await fleet.authenticator.authenticate(
-        connection.scope.get("method", "GET"), headers.get("authorization"),
+        str(connection.scope.get("method", "GET")), headers.get("authorization"),
         connection.cookies.get(SESSION_COOKIE), headers.get(CSRF_HEADER))
     rpc.authorize(policy, principal)
     connection.state.principal = principal

@@ -69,7 +69,8 @@ def query(
     limit: int = 100,
 ) -> list[AuditEntry]:
     """Newest first. ``action`` matches a prefix (``user.`` finds every user action)."""
-    where, args = [], []
+    where: list[str] = []
+    args: list[Any] = []
     if action:
         where.append("action LIKE ? ESCAPE '\\'")
         args.append(action.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")

@@ -344,7 +344,7 @@ class Authenticator:
                 if principal is None:
                     raise Unauthenticated("the API key is unknown, revoked or expired; create a new one "
                                           "with 'fleetd keys create'")
-                return principal  # type: ignore[no-any-return]
+                return principal
             if self.device_tokens is not None:
                 device = self.device_tokens.verify(token)
                 if device is not None:
@@ -358,5 +358,5 @@ class Authenticator:
             if method not in SAFE_METHODS and not (csrf_header and hmac.compare_digest(csrf_header, csrf)):
                 raise PermissionDenied("missing or wrong CSRF token (send the X-CSRF-Token header "
                                        "that Login returned)")
-            return principal  # type: ignore[no-any-return]
+            return principal
         return ANONYMOUS

@@ -112,7 +112,7 @@ class Fleet:
             password = auth.generate_password()
             auth.create_user(conn, SYSTEM, "admin", password, "admin", must_change_password=True)
             return "admin", password
-        return self.store.write_sync(create)  # type: ignore[no-any-return]
+        return self.store.write_sync(create)
 
     def close(self) -> None:
         self.store.close()

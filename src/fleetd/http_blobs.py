@@ -34,7 +34,7 @@ async def may_download(fleet: Fleet, principal: Principal, sha256: str) -> bool:
     """
     if principal.kind == "device" and principal.id:
         device_id = principal.id
-        return await fleet.store.read(lambda c: actions.may_download(c, device_id, sha256))  # type: ignore[no-any-return]
+        return await fleet.store.read(lambda c: actions.may_download(c, device_id, sha256))
     return principal.kind in ("user", "key") and principal.has_role("viewer")
 
 

@@ -124,10 +124,10 @@ class DeviceHub:
             await self.store.write(write)
         except Exception:
             log.exception("could not record check-ins; retrying at the next flush")
-            for did, v in seen.items():
-                self._seen.setdefault(did, v)
-            for did, v in inventory.items():
-                self._inventory.setdefault(did, v)
+            for did, when in seen.items():
+                self._seen.setdefault(did, when)
+            for did, inv in inventory.items():
+                self._inventory.setdefault(did, inv)
                 self._inventory_hash.pop(did, None)
 
     async def _flush_loop(self) -> None:

@@ -191,7 +191,8 @@ def device_from_row(r: sqlite3.Row, components: list[ComponentState] | None = No
 
 def _component(r: sqlite3.Row) -> ComponentState:
     return ComponentState(name=r["name"], version=r["version"], previous_version=r["previous_version"],
-                          state=r["state"], health=r["health"], restarts=r["restarts"], updated_at=to_dt(r["updated_at"]))
+                          state=r["state"], health=r["health"], restarts=r["restarts"],
+                          updated_at=to_dt(r["updated_at"]))
 
 
 def components_of(conn: sqlite3.Connection, device_id: str) -> list[ComponentState]:

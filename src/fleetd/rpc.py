@@ -160,7 +160,7 @@ class Codec:
                     camel.add(f'"{c}"'.encode())
         self._camel_keys = tuple(camel)
         self._rename = _renamer(msgspec.inspect.type_info(t))
-        self._decoder = msgspec.json.Decoder(t, strict=False)
+        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(t, strict=False)
 
     def decode(self, body: bytes) -> Any:
         if not body.strip():
@@ -343,7 +343,7 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
                                     f"for the methods this server has")
         elif status == 413:
             handler = request.scope.get("route_handler")
-            limit = handler.resolve_request_max_body_size() if handler else None
+            limit = handler.resolve_request_max_body_size() if isinstance(handler, HTTPRouteHandler) else None
             err = PayloadTooLarge(f"the request body is larger than this endpoint accepts ({limit} bytes)"
                                   if limit else "the request body is too large")
         else:

@@ -50,7 +50,7 @@ async def CreateToken(ctx: Context, req: CreateTokenRequest) -> JoinToken:
         expires_at=now() + req.expires_in if req.expires_in else None))
     tok.token = registry.format_join_token(fleet.keys.ca_fingerprint, tok.id, secret)
     tok.install_command = install_command(ctx, tok.token)
-    return tok  # type: ignore[no-any-return]
+    return tok
 
 
 class ListTokensRequest(msgspec.Struct, kw_only=True):
@@ -76,7 +76,7 @@ class RevokeTokenRequest(msgspec.Struct, kw_only=True):
 @service.method(auth="operator")
 async def RevokeToken(ctx: Context, req: RevokeTokenRequest) -> JoinToken:
     """Revoke a join token; devices already enrolled with it stay enrolled."""
-    return await ctx.fleet.store.write(lambda c: registry.revoke_token(c, ctx.actor, req.id))  # type: ignore[no-any-return]
+    return await ctx.fleet.store.write(lambda c: registry.revoke_token(c, ctx.actor, req.id))
 
 
 class ClaimDeviceRequest(msgspec.Struct, kw_only=True):

@@ -80,8 +80,9 @@ async def WhoAmI(ctx: Context, req: Empty) -> WhoAmIResponse:
     """Who the caller is: a user (session) or an API key, and its role."""
     p = ctx.principal
     must_change = False
-    if p.kind == "user":
-        user = await ctx.fleet.store.read(lambda c: auth.get_user(c, p.id))
+    if p.kind == "user" and p.id:
+        uid = p.id
+        user = await ctx.fleet.store.read(lambda c: auth.get_user(c, uid))
         must_change = user.must_change_password
     return WhoAmIResponse(kind=p.kind, id=p.id, name=p.name, role=p.role, must_change_password=must_change)
 
@@ -102,7 +103,7 @@ async def ChangePassword(ctx: Context, req: ChangePasswordRequest) -> User:
     def change(conn):  # type: ignore[no-untyped-def]
         auth.check_login(conn, p.name, req.old_password)
         return auth.set_password(conn, ctx.actor, p.id, req.new_password)
-    return await ctx.fleet.store.write(change)  # type: ignore[no-any-return]
+    return await ctx.fleet.store.write(change)
 
 
 class ListUsersResponse(msgspec.Struct, kw_only=True):
@@ -148,7 +149,7 @@ class UpdateUserRequest(msgspec.Struct, kw_only=True):
 @service.method(auth="admin")
 async def UpdateUser(ctx: Context, req: UpdateUserRequest) -> User:
     """Change a user's role or disable/enable them."""
-    return await ctx.fleet.store.write(  # type: ignore[no-any-return]
+    return await ctx.fleet.store.write(
         lambda c: auth.update_user(c, ctx.actor, req.username, role=req.role, disabled=req.disabled))
 
 
@@ -160,7 +161,7 @@ class SetPasswordRequest(msgspec.Struct, kw_only=True):
 @service.method(auth="admin")
 async def SetPassword(ctx: Context, req: SetPasswordRequest) -> User:
     """Set another user's password; they must change it at next login."""
-    return await ctx.fleet.store.write(  # type: ignore[no-any-return]
+    return await ctx.fleet.store.write(
         lambda c: auth.set_password(c, ctx.actor, req.username, req.password, must_change_password=True))
 
 
@@ -203,7 +204,7 @@ async def CreateKey(ctx: Context, req: CreateKeyRequest) -> ApiKey:
     if req.expires_in < 0:
         raise InvalidArgument("expires_in must be 0 (never) or a positive number of seconds")
     expires = now() + req.expires_in if req.expires_in else None
-    return await ctx.fleet.store.write(  # type: ignore[no-any-return]
+    return await ctx.fleet.store.write(
         lambda c: auth.create_api_key(c, ctx.actor, req.name, req.role, expires_at=expires))
 
 
@@ -215,5 +216,5 @@ class RevokeKeyRequest(msgspec.Struct, kw_only=True):
 @service.method(auth="admin")
 async def RevokeKey(ctx: Context, req: RevokeKeyRequest) -> ApiKey:
     """Revoke an API key; it stops working at once."""
-    return await ctx.fleet.store.write(  # type: ignore[no-any-return]
+    return await ctx.fleet.store.write(
         lambda c: auth.revoke_api_key(c, ctx.actor, req.id))

@@ -36,9 +36,9 @@ app.command("simulate")(simulate_command)
 
 def commit() -> str:
     """The git commit this build came from (baked in by the packaging, else read from git)."""
+    import importlib
     try:
-        from .._build import COMMIT  # type: ignore[import-not-found]
-        return str(COMMIT)
+        return str(importlib.import_module("fleetd._build").COMMIT)
     except ImportError:
         pass
     import subprocess

@@ -69,14 +69,14 @@ def serve(
         if first:
             _banner(*first, fleet.public_url)
         app = create_app(fleet)
-        tls = {}
-        if settings.tls:
-            tls = {"ssl_certfile": str(fleet.keys.server_cert_path), "ssl_keyfile": str(fleet.keys.server_key_path)}
+        certfile = str(fleet.keys.server_cert_path) if settings.tls else None
+        keyfile = str(fleet.keys.server_key_path) if settings.tls else None
         print(f"fleetd listening on {settings.scheme}://{settings.host}:{settings.port} "
               f"(data dir {fleet.data_dir}, CA fingerprint {fleet.keys.ca_fingerprint})", flush=True)
         server = uvicorn.Server(uvicorn.Config(
             app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
-            lifespan="on", server_header=False, log_config=None, timeout_graceful_shutdown=10, **tls))
+            lifespan="on", server_header=False, log_config=None, timeout_graceful_shutdown=10,
+            ssl_certfile=certfile, ssl_keyfile=keyfile))
         server.run()
     finally:
         fleet.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import time
@@ -90,8 +91,9 @@ class Fleet:
             raise DataDirLocked(f"another fleetd server is running on {self.data_dir}") from None
         self._lock_fd = fd
 
-    @property
+    @functools.cached_property
     def public_url(self) -> str:
+        """The URL devices and install commands use (computed once: it may look up the host's addresses)."""
         if self.settings.public_url:
             return self.settings.public_url.rstrip("/")
         host = self.settings.host

@@ -11,6 +11,7 @@ from ..actions import DeviceAction
 from ..devauth import CHALLENGE_TTL, TOKEN_TTL, challenge_message, decode_b64_field, verify_signature
 from ..errors import InvalidArgument, PermissionDenied, Unauthenticated
 from ..hub import Component, Inventory, inventory_dict
+from ..registry import DeviceRuntime
 from ..rpc import Context, Service
 from ..telemetry import Point
 
@@ -133,15 +134,22 @@ class CheckInResponse(msgspec.Struct, kw_only=True):
 _NO_ACTIONS: list[DeviceAction] = []
 
 
+def _calling_device(ctx: Context, *, active_to: str = "") -> tuple[str, DeviceRuntime]:
+    """The calling device's id and runtime; with ``active_to``, refuse it unless it is active."""
+    device_id = ctx.principal.id
+    rt = ctx.fleet.hub.runtime.get(device_id) if device_id else None
+    if device_id is None or rt is None:
+        raise Unauthenticated("unknown device; enroll again")
+    if active_to and rt.status != "active":
+        raise PermissionDenied(f"only active devices {active_to}; this one is {rt.status}")
+    return device_id, rt
+
+
 @service.method(auth="device")
 async def CheckIn(ctx: Context, req: CheckInRequest) -> CheckInResponse:
     """Heartbeat: report inventory, get the poll interval and pending actions."""
     hub = ctx.fleet.hub
-    device_id = ctx.principal.id
-    assert device_id is not None
-    rt = hub.runtime.get(device_id)
-    if rt is None:
-        raise Unauthenticated("unknown device; enroll again")
+    device_id, rt = _calling_device(ctx)
     if len(req.components) > MAX_COMPONENTS:
         raise InvalidArgument(f"at most {MAX_COMPONENTS} components")
     hub.note_checkin(device_id, ctx.remote_addr, req.inventory, req.components)
@@ -167,15 +175,10 @@ class ReportStatusResponse(msgspec.Struct, kw_only=True):
 @service.method(auth="device")
 async def ReportStatus(ctx: Context, req: ReportStatusRequest) -> ReportStatusResponse:
     """Move one of this device's actions forward (downloading, installing, succeeded, failed, …)."""
-    hub = ctx.fleet.hub
-    device_id = ctx.principal.id
-    assert device_id is not None
-    rt = hub.runtime.get(device_id)
-    if rt is None or rt.status != "active":
-        raise PermissionDenied("only active devices report action status")
+    device_id, _ = _calling_device(ctx, active_to="report action status")
     action, still_open = await ctx.fleet.store.write(
         lambda c: actions.report(c, device_id, req.action_id, req.state, req.message, req.progress))
-    hub.set_open_actions(device_id, still_open)
+    ctx.fleet.hub.set_open_actions(device_id, still_open)
     return ReportStatusResponse(action_id=action.id, state=action.state)
 
 
@@ -190,9 +193,5 @@ class PushTelemetryResponse(msgspec.Struct, kw_only=True):
 @service.method(auth="device")
 async def PushTelemetry(ctx: Context, req: PushTelemetryRequest) -> PushTelemetryResponse:
     """Store a batch of points; returns once they are committed."""
-    device_id = ctx.principal.id
-    assert device_id is not None
-    rt = ctx.fleet.hub.runtime.get(device_id)
-    if rt is None or rt.status != "active":
-        raise PermissionDenied("only active devices send telemetry")
+    device_id, _ = _calling_device(ctx, active_to="send telemetry")
     return PushTelemetryResponse(accepted=await ctx.fleet.telemetry.add(device_id, req.points))

@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= ./fleetd-data
 
-.PHONY: serve test lint bench binary clean
+.PHONY: serve test lint bench binary smoke clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "fleetd needs Python 3.11 or newer")'
@@ -22,6 +22,26 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(PY) -m pytest -q
+	$(MAKE) smoke
+
+$(VENV)/.installed-build: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install --quiet -e '.[build]'
+	@touch $@
+
+# The single binary, dist/fleetd (PyInstaller one-file; see fleetd.spec and packaging/README.md).
+binary: $(VENV)/.installed-build
+	$(VENV)/bin/pyinstaller --noconfirm --log-level WARN fleetd.spec
+	@ls -l dist/fleetd
+
+# The binary's smoke test: no Python on the PATH, HTTPS, a simulated fleet takes an update, numbers.
+smoke: binary
+	FLEETD_BIN=dist/fleetd $(PY) -m pytest -q tests/e2e/test_binary.py
+
+# Benchmarks, each against a baseline measured in the same run (docs/performance.md); needs wrk and nginx
+# (py-spy for the profile) and says how to install what is missing. Not part of `make test`.
+# Options: make bench BENCH_ARGS="--quick"   (python -m tests.bench --help lists them all)
+bench: $(VENV)/.installed
+	$(PY) -m tests.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache .mypy_cache

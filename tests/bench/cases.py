@@ -52,13 +52,13 @@ class Config:
 class Target:
     what: str
     value: float
-    op: str  # ">=" or "<"
+    op: str  # ">=", "<=" or "<"
     limit: float
     unit: str = ""
 
     @property
     def met(self) -> bool:
-        return self.value >= self.limit if self.op == ">=" else self.value < self.limit
+        return {">=": self.value >= self.limit, "<=": self.value <= self.limit, "<": self.value < self.limit}[self.op]
 
     def to_json(self) -> dict[str, Any]:
         return {"what": self.what, "value": round(self.value, 3), "target": f"{self.op} {self.limit:g}{self.unit}",
@@ -97,12 +97,15 @@ def footprint(fleetd: Service, hello: Service | None, settle: float = 3.0) -> Re
     """Idle RSS right after startup (the hub holds every device in memory)."""
     time.sleep(settle)
     rss, hwm = rss_kib(fleetd.pid) / 1024, rss_kib(fleetd.pid, "VmHWM") / 1024
+    anon, file = rss_kib(fleetd.pid, "RssAnon") / 1024, rss_kib(fleetd.pid, "RssFile") / 1024
     base = rss_kib(hello.pid) / 1024 if hello else None
     r = Result("footprint", "Litestar hello world on uvicorn")
     r.rows.append(("idle RSS, MiB", f"{rss:.1f}", f"{base:.1f}" if base else "-", "-"))
+    r.rows.append(("  of which anonymous / file-backed, MiB", f"{anon:.1f} / {file:.1f}", "-", "-"))
     r.rows.append(("startup peak RSS (VmHWM), MiB", f"{hwm:.1f}", "-", "-"))
     r.targets.append(Target("fleetd idle RSS, MiB", rss, "<", 100, " MiB"))
     r.data = {"fleetd_idle_rss_mib": round(rss, 1), "fleetd_startup_peak_mib": round(hwm, 1),
+              "fleetd_rss_anon_mib": round(anon, 1), "fleetd_rss_file_mib": round(file, 1),
               "hello_idle_rss_mib": round(base, 1) if base else None}
     return r
 
@@ -152,10 +155,10 @@ def checkin(cfg: Config, fx: seed.Fixture, fleetd: Service, hello: Service, requ
         ("check-in p99, ms", f"{f['p99_ms']:.1f}", f"{b['p99_ms']:.1f}", f"{p99_ratio:.2f}"),
         ("server CPU, % of a core", f"{f['server_cpu_pct']:.0f}", f"{b['server_cpu_pct']:.0f}", "-"),
         ("wrk CPU, % of a core", f"{f['loadgen_cpu_pct']:.0f}", f"{b['loadgen_cpu_pct']:.0f}", "-"),
-        ("implied fleet at a 60 s poll", f"{f['rps'] * 60:,.0f}", "-", "-"),
+        ("implied fleet at a 60 s poll (server flat out)", f"{f['rps'] * 60:,.0f}", "-", "-"),
     ]
     r.targets += [Target("check-in rps ratio vs hello world", rps_ratio, ">=", 0.4),
-                  Target("check-in p99 ratio vs hello world", p99_ratio, "<", 2.0)]
+                  Target("check-in p99 ratio vs hello world", p99_ratio, "<=", 2.0)]
     r.data = {"fleetd": f, "baseline": b, "rps_ratio": round(rps_ratio, 3), "p99_ratio": round(p99_ratio, 3),
               "implied_fleet_at_60s": round(f["rps"] * 60), "devices_seen": seen,
               "component_rows_written": components, "tokens": cfg.tokens,
@@ -172,10 +175,10 @@ def profile_checkin(cfg: Config, fleetd: Service, requests: Path, work: Path) ->
     load = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(1.0)
-        prof.record(fleetd.pid, cfg.profile_seconds, out)
+        rounds = prof.record(fleetd.pid, cfg.profile_seconds, out)
     finally:
         load.wait(cfg.profile_seconds + 60)
-    summary = prof.summarize(out.read_text())
+    summary = prof.summarize(out.read_text(), rounds)
     summary["file"] = str(out)
     summary["seconds"] = cfg.profile_seconds
     return summary

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .cases import Result
 
 
-def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> list[str]:
+def _table(rows: Sequence[tuple[str, ...]], header: tuple[str, ...]) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def fmt(r: tuple[str, ...]) -> str:
@@ -34,14 +35,18 @@ def render(machine: dict[str, Any], settings: dict[str, Any], results: list[Resu
         out += _table(rows, ("", "value", "target", "of target"))
         out.append("")
     if profile:
-        out.append(f"## check-in profile (py-spy, {profile['samples']} samples over {profile['seconds']:g} s; "
-                   f"% of samples)")
-        out.append("by layer (where the sampled frame's code lives):")
-        out += [f"  {pct:5.1f}  {name}" for name, pct in profile["layers"]]
-        out.append("self time, top functions:")
-        out += [f"  {pct:5.1f}  {name}" for name, pct in profile["self"]]
-        out.append("inclusive time, fleetd functions:")
-        out += [f"  {pct:5.1f}  {name}" for name, pct in profile["inclusive"]]
+        out.append(f"## check-in profile (py-spy, {profile['rounds']} samples over {profile['seconds']:g} s; "
+                   "% of samples, 100 % = one core all the time)")
+        out.append(f"event loop thread busy {profile['loop_busy_pct']:.1f} %, other threads "
+                   f"{profile['threads_busy_pct']:.1f} %")
+        out.append("event loop, self time by layer (where the innermost frame's code lives):")
+        out += [f"  {pct:5.1f}  {name}" for name, pct in profile["loop_layers"]]
+        out.append("event loop, self time, top functions:")
+        out += [f"  {pct:5.1f}  {name}" for name, pct in profile["loop_self"]]
+        out.append("event loop, inclusive time of fleetd's functions:")
+        out += [f"  {pct:5.1f}  {name}" for name, pct in profile["loop_inclusive_fleetd"]]
+        out.append("other threads:")
+        out += [f"  {pct:5.1f}  {name}" for name, pct in profile["threads"]]
         out.append(f"collapsed stacks: {profile['file']}")
     return "\n".join(out)
 

@@ -26,7 +26,7 @@ QUICK = cases.Config(devices=10_000, tokens=2_000, telemetry_devices=500, second
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tests.bench", description="fleetd's benchmark suite (see "
-                                "docs/performance.md). A full run takes about 6-8 minutes; --quick about 2.")
+                                "docs/performance.md). A full run takes about 5 minutes; --quick about 2.")
     p.add_argument("--quick", action="store_true",
                    help="10,000 devices, 3 s runs: a smoke run whose numbers are only indicative")
     p.add_argument("--only", default=",".join(BENCHES),

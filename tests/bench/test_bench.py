@@ -7,6 +7,7 @@ Not collected by the default test run (pytest skips tests/bench); run with
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 
 import httpx
@@ -71,18 +72,24 @@ def test_telemetry_rows_are_the_rows_fleetd_stores_for_the_batch() -> None:
     assert [("dev_x", *r) for r in validate(req.points, now)] == seed.telemetry_rows("dev_x", points)
 
 
-def test_profile_summary_counts_self_inclusive_and_layers() -> None:
+def test_profile_summary_splits_the_event_loop_from_threads_and_drops_idle_waits() -> None:
+    loop = "main (/w/src/fleetd/cli/serve.py);run (/venv/lib/python3.11/site-packages/uvicorn/server.py)"
+    thread = "Thread._bootstrap (/usr/lib/python3.11/threading.py);Thread._bootstrap_inner (threading.py);" \
+             "Thread.run (threading.py);Store._write_loop (/w/src/fleetd/db.py)"
     collapsed = "\n".join([
-        "main (/venv/lib/python3.11/site-packages/uvicorn/server.py);CheckIn (/w/src/fleetd/api/device.py);"
-        "verify (/w/src/fleetd/devauth.py) 6",
-        "main (/venv/lib/python3.11/site-packages/uvicorn/server.py);write (/usr/lib/python3.11/ssl.py) 4",
+        f"{loop};CheckIn (/w/src/fleetd/api/device.py);verify (/w/src/fleetd/devauth.py) 30",
+        f"{loop};write (/usr/lib/python3.11/ssl.py) 20",
+        f"{thread};write (/w/src/fleetd/hub.py) 10",
+        f"{thread} 40",  # blocked on the writer's queue: idle
         "garbage line",
     ])
-    s = profile.summarize(collapsed)
-    assert s["samples"] == 10
-    assert s["self"] == [["verify (fleetd/devauth.py)", 60.0], ["write (ssl.py)", 40.0]]
-    assert s["inclusive"] == [["CheckIn (fleetd/api/device.py)", 60.0], ["verify (fleetd/devauth.py)", 60.0]]
-    assert s["layers"] == [["fleetd", 60.0], ["ssl module", 40.0]]
+    s = profile.summarize(collapsed, rounds=100)
+    assert (s["loop_busy_pct"], s["threads_busy_pct"]) == (50.0, 10.0)
+    assert s["loop_self"] == [["verify (fleetd/devauth.py)", 30.0], ["write (ssl.py)", 20.0]]
+    assert s["loop_inclusive_fleetd"] == [["CheckIn (fleetd/api/device.py)", 30.0],
+                                          ["verify (fleetd/devauth.py)", 30.0]]
+    assert s["loop_layers"] == [["fleetd", 30.0], ["ssl module", 20.0]]
+    assert s["threads"] == [["Store._write_loop (fleetd/db.py) > write (fleetd/hub.py)", 10.0]]
 
 
 def test_wrk_output_without_the_results_line_is_refused() -> None:
@@ -109,7 +116,7 @@ def test_nginx_serves_the_blob_over_https_and_http(fixture: seed.Fixture, tmp_pa
     nginx, https_url, http_url = start_nginx(fixture.path, fixture.blob_path, tmp_path)
     try:
         want = fixture.blob_path.read_bytes()
-        assert httpx.get(https_url, verify=str(fixture.path / "ca.pem")).content == want
+        assert httpx.get(https_url, verify=ssl.create_default_context(cafile=fixture.path / "ca.pem")).content == want
         assert httpx.get(http_url).content == want
     finally:
         nginx.stop()

@@ -64,16 +64,12 @@ def bare_env(binary: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> d
         d.mkdir()
     env = {"PATH": str(bindir), "HOME": str(home), "TMPDIR": str(tmp), "FLEETD_BIN": str(binary)}
     for name in ("python3", "python", "git"):
-        assert _which(name, env["PATH"]) is None, f"{name} is on the bare PATH"
+        assert shutil.which(name, path=env["PATH"]) is None, f"{name} is on the bare PATH"
     for name in list(os.environ):
         monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
-
-
-def _which(name: str, path: str) -> str | None:
-    return shutil.which(name, path=path)
 
 
 # --- processes ------------------------------------------------------------------------------

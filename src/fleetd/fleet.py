@@ -15,6 +15,7 @@ from .auth import Authenticator
 from .blobs import BlobStore
 from .config import Settings
 from .db import Store, transaction
+from .events import EventBus
 from .hub import DeviceHub
 from .metrics import Metrics
 from .pki import FleetKeys, load_or_create
@@ -50,6 +51,7 @@ class Fleet:
         self.keys: FleetKeys = load_or_create(self.data_dir, self._extra_names())
         self.store = Store(self.data_dir / DB_NAME, settings.reader_threads)
         self.blobs = BlobStore(self.data_dir / "blobs", self.store, settings.max_upload_bytes)
+        self.events = EventBus()
         self.hub = DeviceHub(self.store, self.keys.token_key)
         self.telemetry = TelemetryIntake(self.store)
         self.authenticator = Authenticator(self.store, self.hub.tokens)

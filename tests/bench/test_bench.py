@@ -20,7 +20,7 @@ from fleetd.fleet import Fleet
 from fleetd.rpc import Codec
 from fleetd.telemetry import validate
 
-from . import profile, seed
+from . import procs, profile, run, seed
 from .loadgen import check_clean, parse_wrk, run_wrk
 from .procs import find_tool
 from .servers import start_hello, start_nginx
@@ -120,3 +120,16 @@ def test_nginx_serves_the_blob_over_https_and_http(fixture: seed.Fixture, tmp_pa
         assert httpx.get(http_url).content == want
     finally:
         nginx.stop()
+
+
+def test_missing_tools_stop_the_run_with_the_install_command(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(procs, "find_tool", lambda name: None)
+    with pytest.raises(SystemExit) as e:
+        run.check_tools(["checkin", "download"])
+    assert "apt-get install wrk" in str(e.value) and "apt-get install nginx" in str(e.value)
+    # Without py-spy only the profile is dropped, with a note on how to get it.
+    monkeypatch.setattr(procs, "find_tool", lambda name: None if name == "py-spy" else "/bin/true")
+    monkeypatch.setattr(run, "find_tool", procs.find_tool)
+    assert run.check_tools(["checkin", "profile"]) == ["checkin"]
+    assert "pip install py-spy" in capsys.readouterr().err

@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= ./fleetd-data
 
-.PHONY: serve test lint bench binary smoke clean
+.PHONY: serve test lint bench binary smoke clean agent
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "fleetd needs Python 3.11 or newer")'
@@ -13,14 +13,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $@
 
-serve: $(VENV)/.installed
+serve: $(VENV)/.installed agent
 	$(VENV)/bin/fleetd serve --data-dir $(DATA)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint agent
 	$(PY) -m pytest -q
 	$(MAKE) smoke
 
@@ -28,8 +28,13 @@ $(VENV)/.installed-build: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet -e '.[build]'
 	@touch $@
 
+# The device agent: dist/fleet-agent.pyz and dist/fleet-agent-launcher.py, which fleetd serves at /agent/
+# (reproducible: the same source gives the same bytes; see agent/build_zipapp.py).
+agent:
+	$(PYTHON) agent/build_zipapp.py
+
 # The single binary, dist/fleetd (PyInstaller one-file; see fleetd.spec and packaging/README.md).
-binary: $(VENV)/.installed-build
+binary: $(VENV)/.installed-build agent
 	$(VENV)/bin/pyinstaller --noconfirm --log-level WARN fleetd.spec
 	@ls -l dist/fleetd
 

@@ -285,7 +285,7 @@ def _worker_pid(pid: int) -> int:
 
 
 def download(cfg: Config, fx: seed.Fixture, logs: Path) -> Result:
-    fleetd = start_fleetd(fx.path, logs)
+    fleetd = start_fleetd(fx.path, logs, "fleetd-download")
     nginx: Service | None = None
     try:
         nginx, https_url, http_url = start_nginx(fx.path, fx.blob_path, logs)

@@ -54,7 +54,7 @@ def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: 
 
 
 def _start(name: str, cmd: list[str], url: str, log: Path, probe: str = "/", timeout: float = 120) -> Service:
-    with log.open("ab") as out:
+    with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     service = Service(name, proc, url, log)
     try:
@@ -65,12 +65,12 @@ def _start(name: str, cmd: list[str], url: str, log: Path, probe: str = "/", tim
     return service
 
 
-def start_fleetd(data_dir: Path, logs: Path) -> Service:
+def start_fleetd(data_dir: Path, logs: Path, log_name: str = "fleetd") -> Service:
     """`fleetd serve` as a user runs it (HTTPS), without mDNS, logging warnings only."""
     port = free_port()
     cmd = [*fleetd_cmd(), "serve", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port),
            "--no-mdns", "--log-level", "warning"]
-    return _start("fleetd", cmd, f"https://127.0.0.1:{port}", logs / "fleetd.log", "/healthz")
+    return _start("fleetd", cmd, f"https://127.0.0.1:{port}", logs / f"{log_name}.log", "/healthz")
 
 
 def start_hello(data_dir: Path, logs: Path) -> Service:
@@ -108,6 +108,7 @@ http {{
     server {{
         listen 127.0.0.1:{http_port};
         location = /blob {{ alias {file}; }}
+        location = /up {{ return 204; }}
     }}
 }}
 """
@@ -130,5 +131,5 @@ def start_nginx(data_dir: Path, file: Path, logs: Path) -> tuple[Service, str, s
         user="user root;\n" if os.geteuid() == 0 else "", prefix=prefix, https_port=https_port,
         http_port=http_port, cert=data_dir / "server.pem", key=data_dir / "server.key", file=file))
     cmd = [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
-    svc = _start("nginx", cmd, f"http://127.0.0.1:{http_port}", logs / "nginx.log", "/")
+    svc = _start("nginx", cmd, f"http://127.0.0.1:{http_port}", logs / "nginx.log", "/up")
     return svc, f"https://127.0.0.1:{https_port}/blob", f"http://127.0.0.1:{http_port}/blob"

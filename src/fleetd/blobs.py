@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 BATCH_BYTES = 1 << 20
-READ_CHUNK = 64 * 1024
+READ_CHUNK = 128 * 1024
 FILE_MODE = 0o400  # content-addressed files never change
 TMP_DIR = "tmp"
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)

@@ -41,7 +41,8 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
-    conn.execute("PRAGMA cache_size=-65536")
+    # Page cache in KiB (negative); five connections share the process, so keep each modest.
+    conn.execute(f"PRAGMA cache_size=-{8192 if readonly else 16384}")
     if readonly:
         conn.execute("PRAGMA query_only=ON")
     return conn

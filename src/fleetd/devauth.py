@@ -28,6 +28,7 @@ TOKEN_PREFIX = "fdt."
 TOKEN_TTL = 3600
 CHALLENGE_TTL = 60
 MAX_OUTSTANDING_CHALLENGES = 200_000
+MAX_VERIFIED_TOKENS = 200_000
 
 
 def b64e(b: bytes) -> str:
@@ -73,6 +74,9 @@ class DeviceTokens:
         # device id -> auth epoch, for every device that may call (active or pending).
         self.epochs: dict[str, int] = {}
         self._challenges: dict[str, tuple[str, float]] = {}
+        # Tokens whose MAC was already checked → (device, epoch, expiry); epoch and expiry are still
+        # checked on every use, so revocation stays immediate.
+        self._verified: dict[str, tuple[str, int, int]] = {}
 
     # tokens
     def issue(self, device_id: str, epoch: int, ttl: int = TOKEN_TTL) -> str:
@@ -81,6 +85,12 @@ class DeviceTokens:
         return f"{TOKEN_PREFIX}{payload}.{mac}"
 
     def verify(self, token: str) -> Principal | None:
+        hit = self._verified.get(token)
+        if hit is not None:
+            device_id, epoch, expiry = hit
+            if expiry < time.time() or self.epochs.get(device_id) != epoch:
+                return None
+            return Principal("device", device_id, device_id)
         if not token.startswith(TOKEN_PREFIX):
             return None
         payload, _, mac = token[len(TOKEN_PREFIX):].partition(".")
@@ -93,6 +103,9 @@ class DeviceTokens:
             return None
         if p.x < time.time() or self.epochs.get(p.d) != p.e:
             return None
+        if len(self._verified) >= MAX_VERIFIED_TOKENS:
+            self._verified.clear()
+        self._verified[token] = (p.d, p.e, p.x)
         return Principal("device", p.d, p.d)
 
     # challenges

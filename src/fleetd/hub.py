@@ -27,6 +27,8 @@ from .registry import DeviceRuntime
 
 log = logging.getLogger(__name__)
 FLUSH_INTERVAL = 1.0
+# last_seen is written to SQLite only when the stored value is this old; the hub has the exact one.
+PERSIST_SEEN_AFTER = 60.0
 
 
 class Component(msgspec.Struct, kw_only=True):
@@ -58,6 +60,7 @@ class DeviceHub:
         self.tokens.epochs = epochs
         self.open_actions: set[str] = store.read_sync(actions.devices_with_open_actions)
         self._seen: dict[str, tuple[float, str | None]] = {}
+        self._persisted: dict[str, tuple[float, str | None]] = {}
         self._last_seen: dict[str, float] = dict(store.read_sync(lambda c: c.execute(
             "SELECT id, last_seen FROM devices WHERE last_seen IS NOT NULL").fetchall()))
         self._inventory_hash: dict[str, int] = {}
@@ -95,8 +98,10 @@ class DeviceHub:
                      components: list[Component]) -> None:
         """Remember a check-in; the inventory is written only when it changed (and then at the next flush)."""
         t = time.time()
-        self._seen[device_id] = (t, addr)
         self._last_seen[device_id] = t
+        stored = self._persisted.get(device_id)
+        if stored is None or t - stored[0] >= PERSIST_SEEN_AFTER or stored[1] != addr:
+            self._seen[device_id] = self._persisted[device_id] = (t, addr)
         inv = msgspec.json.encode(inventory).decode() if inventory is not None else None
         h = hash((inv, msgspec.json.encode(components)))
         if self._inventory_hash.get(device_id) != h:
@@ -106,7 +111,13 @@ class DeviceHub:
     def last_seen(self, device_id: str) -> float | None:
         return self._last_seen.get(device_id)
 
-    async def flush(self) -> None:
+    async def flush(self, *, everything: bool = False) -> None:
+        """Write coalesced check-ins; ``everything`` also writes last-seen times not yet due (at shutdown)."""
+        if everything:
+            for did, t in self._last_seen.items():
+                stored = self._persisted.get(did)
+                if stored is None or stored[0] < t:
+                    self._seen[did] = (t, stored[1] if stored else None)
         seen, self._seen = self._seen, {}
         inventory, self._inventory = self._inventory, {}
         if not seen and not inventory:
@@ -126,6 +137,7 @@ class DeviceHub:
             log.exception("could not record check-ins; retrying at the next flush")
             for did, when in seen.items():
                 self._seen.setdefault(did, when)
+                self._persisted.pop(did, None)
             for did, inv in inventory.items():
                 self._inventory.setdefault(did, inv)
                 self._inventory_hash.pop(did, None)
@@ -143,7 +155,7 @@ class DeviceHub:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.flush()
+        await self.flush(everything=True)
 
 
 def _store_components(conn: sqlite3.Connection, device_id: str, components: list[Component]) -> None:

@@ -15,6 +15,7 @@ import json
 import re
 import secrets
 import sqlite3
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -412,7 +413,7 @@ def _components_by_device(conn: sqlite3.Connection, ids: list[str]) -> dict[str,
 
 # --- the in-memory directory -------------------------------------------------
 
-@dataclass
+@dataclass(slots=True)
 class DeviceRuntime:
     status: str
     poll_interval: int
@@ -422,7 +423,8 @@ class DeviceRuntime:
 def load_runtime(conn: sqlite3.Connection) -> tuple[dict[str, DeviceRuntime], dict[str, int]]:
     runtime, epochs = {}, {}
     for r in conn.execute("SELECT id, status, poll_interval, device_type, auth_epoch FROM devices"):
-        runtime[r[0]] = DeviceRuntime(r[1], r[2], r[3])
+        # Interned: 100,000 devices share a handful of status and type strings.
+        runtime[r[0]] = DeviceRuntime(sys.intern(r[1]), r[2], sys.intern(r[3]))
         if r[1] != "revoked":
             epochs[r[0]] = r[4]
     return runtime, epochs

@@ -57,13 +57,14 @@ def validate(points: list[Point], received: float) -> list[tuple[str, float, flo
 
 
 class TelemetryIntake:
-    def __init__(self, store: Store, max_batch: int = 20_000, max_delay: float = 0.02) -> None:
+    """Group commit: while one insert runs on the writer thread, new points wait and go in the next one."""
+
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.max_batch = max_batch
-        self.max_delay = max_delay
         self._rows: list[tuple[Any, ...]] = []
         self._waiters: list[asyncio.Future[None]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._scheduled = False
+        self._in_flight = False
         self.points_total = 0
 
     async def add(self, device_id: str, points: list[Point]) -> int:
@@ -74,21 +75,20 @@ class TelemetryIntake:
         fut: asyncio.Future[None] = loop.create_future()
         self._rows.extend((device_id, *r) for r in rows)
         self._waiters.append(fut)
-        if len(self._rows) >= self.max_batch:
-            self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.max_delay, self._flush)
+        if not self._in_flight and not self._scheduled:
+            # Let the other requests of this loop iteration join the batch.
+            self._scheduled = True
+            loop.call_soon(self._flush)
         await fut
         return len(rows)
 
     def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._scheduled = False
         rows, waiters = self._rows, self._waiters
         self._rows, self._waiters = [], []
         if not rows:
             return
+        self._in_flight = True
 
         def insert(conn):  # type: ignore[no-untyped-def]
             conn.executemany("INSERT INTO telemetry (device_id, name, ts, value, tags) VALUES (?,?,?,?,?)", rows)
@@ -96,6 +96,7 @@ class TelemetryIntake:
         done = asyncio.wrap_future(self.store.submit_write(insert))
 
         def settle(f: asyncio.Future[None]) -> None:
+            self._in_flight = False
             exc = f.exception()
             if exc is None:
                 self.points_total += len(rows)
@@ -106,6 +107,8 @@ class TelemetryIntake:
                     w.set_result(None)
                 else:
                     w.set_exception(exc)
+            if self._rows:
+                self._flush()
 
         done.add_done_callback(settle)
 

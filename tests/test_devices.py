@@ -353,3 +353,13 @@ def test_enroll_retry_with_a_single_use_token_is_idempotent(client, fleet, admin
     p = TestDevice(client)
     assert p.enroll().json()["status"] == "pending"
     assert p.enroll(make_token(client, admin_key)).json()["status"] == "active"
+
+
+def test_checkin_without_inventory_keeps_the_pending_one(client, fleet, admin_key) -> None:  # type: ignore[no-untyped-def]
+    d = active_device(client, admin_key)
+    d.call("CheckIn", {"inventory": {"agent_version": "0.2.0"}, "components": []})
+    d.call("CheckIn", {"components": [{"name": "a", "version": "1.0.0"}]})  # before the flush
+    asyncio.run(fleet.hub.flush())
+    dev = rpc(client, "DeviceAdminService", "GetDevice", {"id": d.device_id}, key=admin_key).json()
+    assert dev["inventory"]["agent_version"] == "0.2.0"
+    assert [c["version"] for c in dev["components"]] == ["1.0.0"]

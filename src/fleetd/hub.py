@@ -106,6 +106,9 @@ class DeviceHub:
         h = hash((inv, msgspec.json.encode(components)))
         if self._inventory_hash.get(device_id) != h:
             self._inventory_hash[device_id] = h
+            pending = self._inventory.get(device_id)
+            if inv is None and pending is not None:
+                inv = pending[0]  # a check-in without inventory must not drop one still waiting for the flush
             self._inventory[device_id] = (inv, components)
 
     def last_seen(self, device_id: str) -> float | None:

@@ -26,3 +26,23 @@ def data_dir(name: str) -> Path:
 
 def proto_dir() -> Path:
     return _PACKAGE_DIR / "proto"
+
+
+def agent_file(name: str) -> Path | None:
+    """A file the server hands to devices installing the agent, or None when it is missing.
+
+    ``name`` is ``fleet-agent.pyz``, ``fleet-agent-launcher.py`` or ``install.sh``.
+    A wheel or the binary holds all three in ``data_dir("agent")``; a source
+    checkout has ``agent/install.sh`` as checked in and the other two in
+    ``dist/``, where ``make agent`` builds them.
+    """
+    try:
+        folder = data_dir("agent")
+    except FileNotFoundError:
+        return None
+    source_root = _PACKAGE_DIR.parent.parent
+    folders = [folder, source_root / "dist"] if folder == source_root / "agent" else [folder]
+    for d in folders:
+        if (d / name).is_file():
+            return d / name
+    return None

@@ -1,0 +1,112 @@
+"""Who this device is: its Ed25519 key (made once, 0600), hardware id and device type."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import platform
+import re
+import stat
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from .config import ConfigError, atomic_write
+
+log = logging.getLogger(__name__)
+
+HARDWARE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+DEVICE_TYPE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def load_or_create_key(path: Path) -> Ed25519PrivateKey:
+    """The device key at ``path``; made (and stored readable by the owner only) on first use."""
+    try:
+        pem = path.read_bytes()
+    except FileNotFoundError:
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        atomic_write(path, pem, mode=0o600)
+        log.info("made a new device key in %s", path)
+        return key
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("%s was readable by others (mode %o); making it 0600", path, mode)
+        os.chmod(str(path), 0o600)
+    try:
+        loaded = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{path} is not an unencrypted PEM private key ({e}); move it away to make a new one "
+                          "(the device must then enroll again with a join token)") from None
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise ConfigError(f"{path} holds a {type(loaded).__name__}, not an Ed25519 key; move it away to make a "
+                          "new one")
+    return loaded
+
+
+def public_key_raw(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def public_key_b64(key: Ed25519PrivateKey) -> str:
+    return base64.b64encode(public_key_raw(key)).decode()
+
+
+def challenge_message(device_id: str, nonce: str) -> bytes:
+    """The exact bytes a device signs to authenticate (docs/protocol.md §6)."""
+    return f"fleetd-auth-v1:{device_id}:{nonce}".encode()
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_bytes().replace(b"\x00", b"").decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def pi_serial(root: Path = Path("/")) -> str:
+    """The board serial (Raspberry Pi and other device-tree boards), or ""."""
+    serial = (_read(root / "proc/device-tree/serial-number")
+              or _read(root / "sys/firmware/devicetree/base/serial-number"))
+    if not serial:
+        for line in _read(root / "proc/cpuinfo").splitlines():
+            k, _, v = line.partition(":")
+            if k.strip().lower() == "serial":
+                serial = v.strip()
+                break
+    # Boards without one report all zeros.
+    return serial if serial.strip("0") else ""
+
+
+def detect_hardware_id(root: Path = Path("/")) -> str:
+    """A stable id: the board serial where there is one (it survives re-imaging), else /etc/machine-id."""
+    for candidate in (pi_serial(root), _read(root / "etc/machine-id"), _read(root / "var/lib/dbus/machine-id")):
+        if candidate and HARDWARE_ID.match(candidate):
+            return candidate
+    raise ConfigError("cannot find a hardware id (no board serial, no /etc/machine-id); pass --hardware-id ID")
+
+
+def check_hardware_id(value: str) -> str:
+    if not HARDWARE_ID.match(value):
+        raise ConfigError(f"hardware id {value!r} must be 1-128 characters of A-Z a-z 0-9 _ . : -, starting with "
+                          "a letter or digit")
+    return value
+
+
+def default_device_type() -> str:
+    machine = re.sub(r"[^a-z0-9_.-]", "-", platform.machine().lower()) or "unknown"
+    return f"linux-{machine}"[:64]
+
+
+def check_device_type(value: str) -> str:
+    if not DEVICE_TYPE.match(value):
+        raise ConfigError(f"device type {value!r} must be 1-64 characters of a-z 0-9 _ . -, starting with a "
+                          "letter or digit (for example linux-aarch64)")
+    return value
+
+
+__all__ = ["challenge_message", "check_device_type", "check_hardware_id", "default_device_type",
+           "detect_hardware_id", "load_or_create_key", "pi_serial", "public_key_b64", "public_key_raw"]

@@ -1,0 +1,450 @@
+"""The agent's life after enrolling: check in, hand actions to the executor, deliver reports and telemetry.
+
+One iteration: send queued reports (oldest first), CheckIn with the inventory
+(when it changed) and every component, hand new actions to the executor's
+worker thread (one at a time, in the server's order), sample telemetry into
+its queue (also when the server is away), push queued telemetry. Then sleep
+the server's poll interval ±10 %, or back off exponentially (1 s doubling to
+``max_backoff``, ±20 %) when the server cannot be reached. Reports made while the loop sleeps wake it, and the end of
+an action makes it check in at once.
+
+Nothing here stops the apps: with no server the executor keeps running what it
+ran, and reports and telemetry wait on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import discovery, inventory
+from .client import AgentError, ServerClient, UnknownDevice
+from .config import AgentState, Runtime, Settings
+from .queue import DiskQueue
+from .telemetry import Sampler
+from .worker import TERMINAL, ActionWorker, Report, load_executor
+
+log = logging.getLogger(__name__)
+
+MAX_POINTS_PER_BATCH = 500
+MAX_REPORT_MESSAGE = 2000
+# Look for the server again by mDNS after this many failed iterations (only if it was found that way).
+REDISCOVER_AFTER = 3
+REDISCOVER_EVERY = 60.0
+
+
+class Backoff:
+    """Exponential backoff with jitter: 1 s, 2 s, 4 s, … up to ``cap``, each ±``jitter``."""
+
+    def __init__(self, initial: float = 1.0, cap: float = 300.0, jitter: float = 0.2) -> None:
+        self.initial = initial
+        self.cap = cap
+        self.jitter = jitter
+        self.failures = 0
+
+    def next(self, at_least: float | None = None) -> float:
+        base = min(self.cap, self.initial * (2 ** min(self.failures, 30)))
+        self.failures += 1
+        delay = min(self.cap, base * random.uniform(1 - self.jitter, 1 + self.jitter))
+        return max(delay, at_least or 0.0)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class RunLoop:
+    def __init__(self, settings: Settings, state: AgentState, client: ServerClient, *, executor: Any = None,
+                 token: str = "", sampler: Sampler | None = None,
+                 inventory_fn: Callable[[], dict[str, Any]] = inventory.collect,
+                 reenroll: Callable[[], AgentState] | None = None) -> None:
+        self.settings = settings
+        self.paths = settings.paths
+        self.state = state
+        self.client = client
+        self.token = token
+        self.reports = DiskQueue(self.paths.reports_queue)
+        self.telemetry = DiskQueue(self.paths.telemetry_queue, settings.telemetry_max_bytes)
+        self.runtime = Runtime.load(self.paths)
+        self.executor = executor if executor is not None else load_executor(self.paths.root, client, state)
+        self.sampler = sampler or Sampler(self.paths.root)
+        self.inventory_fn = inventory_fn
+        self.reenroll = reenroll
+        self.backoff = Backoff(1.0, settings.max_backoff)
+        self.worker = ActionWorker(self.executor, self._reporter, self._action_done)
+        self.checkins = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._checkin_now = False
+        self._rt_lock = threading.Lock()
+        self._last_inventory: dict[str, Any] | None = None
+        self._last_components: list[dict[str, Any]] = []
+        self._last_sample = float("-inf")
+        self._last_rediscover = float("-inf")
+        self._online = False
+        self._failures = 0  # iterations in a row that did not reach the server
+        self._trial_confirmed = False
+
+    # --- control ------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to end (a signal handler may call this)."""
+        self._stop.set()
+        self._wake.set()
+
+    @property
+    def poll_interval(self) -> float:
+        return float(self.settings.poll_interval or self.runtime.poll_interval or self.state.poll_interval or 60)
+
+    def run(self, once: bool = False) -> int:
+        """Loop until stop(); with ``once``, one iteration (waiting for the actions it started). Exit status."""
+        self.runtime.pid = os.getpid()
+        try:
+            self.executor.start()
+        except Exception:
+            log.exception("the executor failed to start the installed apps")
+        if self.state.status == "pending":
+            self._show_pending()
+        try:
+            while not self._stop.is_set():
+                try:
+                    ok = self.iteration(once)
+                except Exception as e:  # a bug or a full disk: log it and try again later, never die of it
+                    log.exception("unexpected error in the run loop")
+                    self._online, ok = False, False
+                    self._note_error(f"{type(e).__name__}: {e}")
+                if once:
+                    return 0 if ok else 1
+                if ok:
+                    delay = self.poll_interval * random.uniform(0.9, 1.1)
+                else:
+                    delay = self.backoff.next(self._retry_after)
+                    log.info("next try in %.1f s", delay)
+                self._sleep(delay)
+            return 0
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if not self.worker.idle():
+            log.info("stopping while action %s runs; it is resumed at the next start", self.worker.current)
+        self.reports.settle()  # a report being written is finished, never torn
+        if self._online and len(self.reports):
+            try:
+                self.drain_reports()
+            except AgentError as e:
+                log.info("reports stay queued: %s", e)
+        try:
+            self.executor.stop()
+        except Exception:
+            log.exception("the executor failed to stop cleanly")
+        self.runtime.pid = 0
+        self._save_runtime()
+        self.client.close()
+
+    # --- one iteration ----------------------------------------------------------------
+    _retry_after: float | None = None
+
+    def iteration(self, once: bool = False) -> bool:
+        """True when the server was reached and everything queued that could be sent was sent."""
+        self._retry_after = None
+        self.runtime.last_attempt = time.time()
+        try:
+            try:
+                self.drain_reports()
+                actions = self.check_in()
+                self._dispatch(actions)
+                if once:
+                    self.worker.wait_idle()
+                    self.drain_reports()
+            finally:
+                # Online or not; after the check-in, so that cpu.percent spans some time even with --once.
+                self._sample_if_due()
+            self.push_telemetry()
+        except UnknownDevice as e:
+            self._online = False
+            self._failures += 1
+            self._note_error(str(e))
+            self._enroll_again()
+            return False
+        except AgentError as e:
+            self._online = False
+            self._failures += 1
+            self._retry_after = e.retry_after
+            self._note_error(str(e))
+            if e.code == "permission_denied" and e.http_status == 403:
+                self._set_status("revoked")
+                log.error("the server refuses this device: %s", e.message)
+            elif e.transient:
+                log.warning("server unreachable: %s", e)
+                self._maybe_rediscover()
+            else:
+                log.error("check-in failed: %s", e)
+            self._save_runtime()
+            return False
+        self._online = True
+        self._failures = 0
+        self.backoff.reset()
+        self._confirm_trial()
+        with self._rt_lock:
+            self.runtime.last_checkin = time.time()
+            self.runtime.last_error = ""
+        self._save_runtime()
+        return True
+
+    def check_in(self) -> list[dict[str, Any]]:
+        body: dict[str, Any] = {"components": self._components()}
+        inv = self.inventory_fn()
+        if inv != self._last_inventory:
+            body["inventory"] = inv
+        resp = self.client.call("CheckIn", body)
+        self._last_inventory = inv
+        self.checkins += 1
+        status = str(resp.get("status") or self.state.status)
+        poll = int(resp.get("poll_interval") or 0)
+        with self._rt_lock:
+            self.runtime.status = status
+            self.runtime.server = self.client.base_url
+            if poll:
+                self.runtime.poll_interval = poll
+            self.runtime.components = body["components"]
+        if status != self.state.status or (poll and poll != self.state.poll_interval) \
+                or self.client.base_url != self.state.server:
+            if self.state.status == "pending" and status == "active":
+                log.info("this device was claimed: it is active now")
+            self.state.status, self.state.server = status, self.client.base_url
+            if status != "pending":
+                self.state.claim_code = ""
+            if poll:
+                self.state.poll_interval = poll
+            self.state.save(self.paths)
+        actions = resp.get("actions") or []
+        return [a for a in actions if isinstance(a, dict)]
+
+    def _components(self) -> list[dict[str, Any]]:
+        try:
+            comps = [dict(c) for c in self.executor.components()]
+        except Exception:
+            log.exception("the executor could not list its components; sending the last list again")
+            return self._last_components
+        self._last_components = comps
+        return comps
+
+    def _dispatch(self, actions: list[dict[str, Any]]) -> None:
+        self.worker.drop_missing({str(a.get("id")) for a in actions})
+        busy = self.worker.ids()
+        with self._rt_lock:
+            handled = set(self.runtime.handled_actions)
+        for a in actions:
+            aid = str(a.get("id") or "")
+            if not aid or aid in handled or aid in busy or aid in self.worker.returned:
+                continue
+            self.worker.submit(a)
+            busy.add(aid)
+
+    # --- reports ------------------------------------------------------------------------
+    def _reporter(self, action: dict[str, Any]) -> Report:
+        aid = str(action.get("id"))
+
+        def report(state: str, message: str = "", progress: int = 0) -> None:
+            item = {"action_id": aid, "state": str(state), "message": str(message or "")[:MAX_REPORT_MESSAGE],
+                    "progress": max(0, min(100, int(progress or 0)))}
+            self.reports.put(item)
+            if state in TERMINAL:
+                with self._rt_lock:
+                    self.runtime.mark_handled(aid)
+                self._save_runtime()
+            self._wake.set()
+
+        return report
+
+    def _action_done(self, action_id: str) -> None:
+        self._checkin_now = True
+        self._wake.set()
+
+    def drain_reports(self) -> bool:
+        """Send queued reports in order; True if one of them was a final state. Raises on transient errors."""
+        delivered_final = False
+        while True:
+            items = self.reports.peek(1)
+            if not items:
+                return delivered_final
+            seq, item = items[0]
+            if not isinstance(item, dict) or not item.get("action_id"):
+                log.warning("dropping a malformed queued report: %r", item)
+                self.reports.ack([seq])
+                continue
+            try:
+                self.client.call("ReportStatus", item)
+            except AgentError as e:
+                if e.code == "failed_precondition":
+                    log.info("action %s already ended on the server (%s); report dropped", item["action_id"],
+                             e.message)
+                elif e.code == "not_found":
+                    log.warning("the server no longer knows action %s; dropping its report (%s)",
+                                item["action_id"], item["state"])
+                elif e.code == "invalid_argument":
+                    log.error("the server refused a report for action %s as invalid (%s); dropping it",
+                              item["action_id"], e.message)
+                else:
+                    raise
+            self.reports.ack([seq])
+            if item.get("state") in TERMINAL:
+                delivered_final = True
+
+    # --- telemetry ------------------------------------------------------------------
+    def _sample_if_due(self) -> None:
+        if self.state.status != "active":
+            return
+        now = time.monotonic()
+        if now - self._last_sample < self.poll_interval * 0.9:
+            return
+        self._last_sample = now
+        try:
+            points = self.sampler.sample()
+        except Exception:
+            log.exception("reading telemetry failed")
+            return
+        if points:
+            self.telemetry.put({"points": points[:MAX_POINTS_PER_BATCH]})
+
+    def push_telemetry(self) -> None:
+        """Send queued points in batches of at most 500, oldest first; transient failures leave them queued."""
+        if self.state.status != "active":
+            return
+        while True:
+            items = self.telemetry.peek(64)
+            if not items:
+                return
+            batch: list[Any] = []
+            seqs: list[int] = []
+            for seq, item in items:
+                points = item.get("points") if isinstance(item, dict) else None
+                points = points if isinstance(points, list) else []
+                if batch and len(batch) + len(points) > MAX_POINTS_PER_BATCH:
+                    break
+                batch.extend(points[:MAX_POINTS_PER_BATCH])
+                seqs.append(seq)
+            try:
+                if batch:
+                    self.client.call("PushTelemetry", {"points": batch})
+            except AgentError as e:
+                if e.code == "invalid_argument":
+                    log.error("the server refused %d telemetry points (%s); dropping them", len(batch), e.message)
+                elif e.transient or e.http_status in (401, 403):
+                    log.info("telemetry stays queued: %s", e)
+                    return
+                else:
+                    log.error("telemetry refused (%s); dropping %d points", e, len(batch))
+            self.telemetry.ack(seqs)
+
+    # --- waiting ------------------------------------------------------------------------
+    def _sleep(self, delay: float) -> None:
+        deadline = time.monotonic() + delay
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if not self._wake.wait(left):
+                return
+            self._wake.clear()
+            if self._stop.is_set() or not self._online:
+                continue
+            try:
+                final = self.drain_reports()
+            except AgentError as e:
+                log.info("reports stay queued until the next check-in: %s", e)
+                self._online = False
+                continue
+            except Exception:
+                log.exception("unexpected error while sending reports")
+                self._online = False
+                continue
+            if final or self._checkin_now:
+                self._checkin_now = False
+                return
+
+    # --- trouble --------------------------------------------------------------------------
+    def _note_error(self, message: str) -> None:
+        with self._rt_lock:
+            self.runtime.last_error = message
+
+    def _set_status(self, status: str) -> None:
+        if self.state.status != status:
+            self.state.status = status
+            self.state.save(self.paths)
+        with self._rt_lock:
+            self.runtime.status = status
+
+    def _show_pending(self) -> None:
+        msg = f"waiting to be claimed: claim code {self.state.claim_code or '(unknown)'}"
+        if self.state.trust == "tofu":
+            msg += f"; fleet CA fingerprint {self.state.ca_fingerprint} (compare it with the server's)"
+        log.warning("%s", msg)
+
+    def _enroll_again(self) -> None:
+        if self.reenroll is None:
+            log.error("the server no longer knows this device; run fleet-agent enroll")
+            return
+        log.warning("the server no longer knows device %s (deleted or rejected); enrolling again",
+                    self.state.device_id)
+        try:
+            self.state = self.reenroll()
+        except AgentError as e:
+            log.error("enrolling again failed: %s", e)
+            return
+        self.client.device_id = self.state.device_id
+        self.client.forget_token()
+        self._last_inventory = None
+        if self.state.status == "pending":
+            self._show_pending()
+
+    def _maybe_rediscover(self) -> None:
+        if not self.state.discovered or self._failures < REDISCOVER_AFTER:
+            return
+        now = time.monotonic()
+        if now - self._last_rediscover < REDISCOVER_EVERY:
+            return
+        self._last_rediscover = now
+        candidates = discovery.order(discovery.browse(self.settings.mdns_timeout, self.settings.mdns_interfaces),
+                                     self.state.ca_fingerprint)
+        for c in candidates:
+            if c.url.rstrip("/") == self.client.base_url or not c.url.startswith("https://"):
+                continue
+            old = self.client.base_url
+            self.client.base_url = c.url.rstrip("/")
+            try:
+                self.client.forget_token()
+                self.client.auth_headers()  # TLS to the pinned CA and our key: the same fleet, and it knows us
+            except AgentError as e:
+                log.info("mDNS found %s, but it is not usable: %s", c.url, e)
+                self.client.base_url = old
+                continue
+            log.info("the server moved: %s → %s", old, self.client.base_url)
+            return
+
+    def _confirm_trial(self) -> None:
+        """A new agent on trial (self-update) has checked in: tell the launcher it may stay."""
+        if self._trial_confirmed or not os.environ.get("FLEET_AGENT_TRIAL"):
+            return
+        try:
+            from . import selfupdate  # type: ignore[attr-defined,unused-ignore]
+
+            if selfupdate.confirm(self.paths.root):
+                self._trial_confirmed = True
+                log.info("this agent passed its trial run (it checked in)")
+        except Exception:
+            log.exception("could not confirm this agent's trial run")
+
+    def _save_runtime(self) -> None:
+        with self._rt_lock:
+            try:
+                self.runtime.save(self.paths)
+            except OSError as e:
+                log.warning("cannot write %s: %s", self.paths.runtime, e)
+
+
+__all__ = ["Backoff", "RunLoop"]

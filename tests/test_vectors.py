@@ -1,0 +1,68 @@
+"""The shared artifact vectors (tests/vectors/manifests.json), from the server's side.
+
+The file must be exactly what tests/vectors/generate.py makes with today's
+server code (so the manifest format cannot drift without the agent's tests
+seeing it), and the server's own verification must reach every case's verdict.
+The agent's side is tests/agent/test_apps_verify.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+import msgspec
+import pytest
+
+from fleetd.artifacts import ArtifactRef, canonical_json
+from fleetd.devauth import verify_signature
+from fleetd.devclient import Download, VerificationError, verify_artifact
+from tests.vectors.generate import OUT, generate
+
+VECTORS = json.loads(OUT.read_bytes())
+CASES = {c["name"]: c for c in VECTORS["cases"]}
+
+
+def test_the_vectors_file_is_what_generate_makes() -> None:
+    assert OUT.read_bytes() == generate(), "run: python tests/vectors/generate.py"
+
+
+def test_the_cases_cover_every_check() -> None:
+    checks = {c["check"] for c in VECTORS["cases"]}
+    assert checks == {None, "signature", "offline_signature", "manifest", "device_type", "file"}
+    assert {c["verdict"] for c in VECTORS["cases"]} == {"accept", "reject"}
+
+
+def server_verdict(case: dict[str, Any]) -> str:
+    """Verify as the server's device client does (devclient.verify_artifact), offline signatures as the
+    server checks them when storing one (devauth.verify_signature)."""
+    art = case["artifact"]
+    ref = msgspec.convert(art, ArtifactRef)
+    data = base64.b64decode(case["file"])
+    key = base64.b64decode(VECTORS["signing_public_key"])
+    try:
+        verify_artifact(ref, key, Download(sha256=hashlib.sha256(data).hexdigest(), size=len(data)),
+                        device_type=case["device_type"])
+    except VerificationError:
+        return "reject"
+    required = {base64.b64decode(k) for k in case["required_offline_keys"]}
+    if required and not any(
+            base64.b64decode(s.public_key) in required
+            and verify_signature(base64.b64decode(s.public_key), base64.b64decode(s.signature),
+                                 ref.manifest.encode())
+            for s in ref.offline_signatures):
+        return "reject"
+    return "accept"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_server_reaches_each_verdict(name: str) -> None:
+    assert server_verdict(CASES[name]) == CASES[name]["verdict"], CASES[name]["why"]
+
+
+@pytest.mark.parametrize("name", ["good", "good_install_spec"])
+def test_good_manifests_are_canonical_json(name: str) -> None:
+    text = CASES[name]["artifact"]["manifest"]
+    assert canonical_json(json.loads(text)) == text.encode()

@@ -6,7 +6,6 @@ import datetime as dt
 import enum
 import importlib.resources
 import shutil
-import subprocess
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -63,17 +62,8 @@ def _proto_files() -> list[str]:
 
 
 def test_protoc_compiles_the_files(tmp_path: Path) -> None:
-    protoc = shutil.which("protoc")
-    if protoc is None:
-        pytest.skip("protoc is not installed")
-    out = tmp_path / "set.pb"
-    subprocess.run([protoc, f"-I{proto_dir()}", f"--descriptor_set_out={out}", *_proto_files()],
-                   check=True, capture_output=True)
-    assert out.stat().st_size > 0
-
-
-def test_grpc_tools_compiles_the_files(tmp_path: Path) -> None:
-    grpc_protoc = pytest.importorskip("grpc_tools.protoc")
+    """The real protoc (bundled in grpcio-tools, a test dependency) accepts every published file."""
+    from grpc_tools import protoc as grpc_protoc
     include = importlib.resources.files("grpc_tools") / "_proto"
     out = tmp_path / "set.pb"
     rc = grpc_protoc.main(["grpc_tools.protoc", f"-I{proto_dir()}", f"-I{include}",

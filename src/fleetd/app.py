@@ -12,26 +12,30 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from litestar.static_files import create_static_files_router
 
-from . import __version__, http_blobs, openapi, rpc
+from . import __version__, agent_dist, http_blobs, http_events, openapi, rpc
+from .api import alerts as alerts_api
 from .api import artifacts as artifacts_api
 from .api import audit as audit_api
 from .api import device as device_api
 from .api import devices as devices_api
 from .api import enrollment as enrollment_api
+from .api import rollouts as rollouts_api
+from .api import telemetry as telemetry_api
 from .api import users as users_api
 from .auth import CSRF_HEADER, SESSION_COOKIE
-from .discovery import Advertiser
 from .errors import PermissionDenied, Unavailable
 from .fleet import Fleet
 from .maintenance import Maintenance
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .orchestrator import for_fleet as orchestrator_for
+from .presence import Presence
 from .resources import data_dir
 
 log = logging.getLogger(__name__)
 
 SERVICES: list[rpc.Service] = [
     device_api.service, devices_api.service, enrollment_api.service, users_api.service, audit_api.service,
-    artifacts_api.service,
+    artifacts_api.service, telemetry_api.service, alerts_api.service, rollouts_api.service,
 ]
 
 
@@ -98,6 +102,8 @@ def _openapi_route(doc: dict[str, Any]) -> Any:
 PLAIN_PATHS: dict[str, Any] = {
     **http_blobs.OPENAPI_PATHS,
     **artifacts_api.OPENAPI_PATHS,
+    **agent_dist.OPENAPI_PATHS,
+    **http_events.OPENAPI_PATHS,
     "/healthz": {"get": {"summary": "Liveness and database check (no auth)", "responses": {"200": {
         "description": "OK"}, "503": {"description": "database unavailable"}}}},
     "/v1/ca.pem": {"get": {"summary": "The fleet CA certificate (no auth)",
@@ -114,7 +120,16 @@ def create_app(fleet: Fleet) -> Litestar:
         fleet.hub.start()
         maintenance = Maintenance(fleet)
         maintenance.start()
-        advertiser = Advertiser.for_fleet(fleet) if fleet.settings.mdns else None
+        orchestrator = orchestrator_for(fleet)
+        orchestrator.start()
+        presence = Presence(fleet.hub, fleet.events)
+        for part in (fleet.rollups, fleet.alerts, presence):
+            part.start()
+        advertiser = None
+        if fleet.settings.mdns:
+            from .discovery import Advertiser  # zeroconf costs memory; only load it when advertising
+
+            advertiser = Advertiser.for_fleet(fleet)
         if advertiser:
             await advertiser.start()  # registers in the background; never blocks or fails startup
         try:
@@ -122,7 +137,10 @@ def create_app(fleet: Fleet) -> Litestar:
         finally:
             if advertiser:
                 await advertiser.stop()
+            await orchestrator.stop()
             await maintenance.stop()
+            for part in (presence, fleet.alerts, fleet.rollups):
+                await part.stop()
             await fleet.hub.stop()
             await fleet.telemetry.close()
 
@@ -131,13 +149,14 @@ def create_app(fleet: Fleet) -> Litestar:
                                      opt={"auth": "public"}, include_in_schema=False, name="web")
     app = Litestar(
         route_handlers=[*rpc.routes(SERVICES), healthz, ca_pem, metrics_endpoint, *http_blobs.ROUTES,
-                        *artifacts_api.ROUTES,
+                        *artifacts_api.ROUTES, *agent_dist.ROUTES, *http_events.ROUTES,
                         _openapi_route(doc), web],
         guards=[auth_guard],
         middleware=[fleet.metrics.middleware],
         exception_handlers={Exception: rpc.error_response},
         lifespan=[lifespan],
         openapi_config=None,
+        logging_config=None,  # fleetd configures logging itself (cli/serve.py); no extra listener thread
         request_max_body_size=fleet.settings.max_request_bytes,
         debug=False,
     )

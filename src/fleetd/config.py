@@ -37,6 +37,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Housekeeping: delete unreferenced blobs / re-hash every blob to find bit rot.
     gc_interval_hours: float = 6
     scrub_interval_hours: float = 168
+    # Seconds between rollout orchestrator passes; 0 = no background passes (tests drive them).
+    rollout_pass_seconds: float = 5
+    # Telemetry retention: raw points, then per-minute and per-hour rollups (docs/telemetry.md).
+    telemetry_raw_days: float = 7
+    telemetry_minute_days: float = 30
+    telemetry_hour_days: float = 400
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -44,7 +50,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise InvalidArgument(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
         for name in ("max_request_bytes", "max_upload_bytes", "login_rate_per_minute", "enroll_rate_per_minute",
-                     "session_hours", "reader_threads", "gc_interval_hours", "scrub_interval_hours"):
+                     "session_hours", "reader_threads", "gc_interval_hours", "scrub_interval_hours",
+                     "telemetry_raw_days", "telemetry_minute_days", "telemetry_hour_days"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"{name} must be positive")
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from . import auth
+from .alerts import AlertEngine
 from .audit import SYSTEM
 from .auth import Authenticator
 from .blobs import BlobStore
@@ -21,6 +22,7 @@ from .metrics import Metrics
 from .pki import FleetKeys, load_or_create
 from .ratelimit import RateLimiter
 from .registry import is_online
+from .rollups import Retention, Rollups
 from .telemetry import TelemetryIntake
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,9 @@ class Fleet:
         self.login_limiter = RateLimiter(settings.login_rate_per_minute, 60.0, "login")
         self.started_at = time.time()
         self.metrics = Metrics(self.store)
+        self.rollups = Rollups(self.store, Retention(settings.telemetry_raw_days, settings.telemetry_minute_days,
+                                                     settings.telemetry_hour_days), metrics=self.metrics)
+        self.alerts = AlertEngine(self.store, self.events, self.metrics)
         self._register_device_metrics()
 
     def _register_device_metrics(self) -> None:

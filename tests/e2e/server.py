@@ -40,9 +40,11 @@ def run_cli(*args: str, check: bool = True, env: dict[str, str] | None = None,
 
 class ServerProcess:
     def __init__(self, data_dir: Path, *, tls: bool = True, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, mdns: bool = False, host: str = "127.0.0.1") -> None:
         self.data_dir = data_dir
         self.tls = tls
+        self.mdns = mdns
+        self.host = host
         self.port = free_port()
         self.extra_args = extra_args or []
         self.env = env or {}
@@ -52,15 +54,15 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def ca(self) -> str:
         return str(self.data_dir / "ca.pem")
 
     def start(self, timeout: float = 30) -> ServerProcess:
-        args = [*fleetd_cmd(), "serve", "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
-                "--port", str(self.port), "--no-mdns", *self.extra_args]
+        args = [*fleetd_cmd(), "serve", "--data-dir", str(self.data_dir), "--host", self.host,
+                "--port", str(self.port), *([] if self.mdns else ["--no-mdns"]), *self.extra_args]
         if not self.tls:
             args.append("--no-tls")
         env = dict(os.environ, **self.env)

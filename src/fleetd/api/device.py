@@ -179,6 +179,7 @@ async def ReportStatus(ctx: Context, req: ReportStatusRequest) -> ReportStatusRe
     action, still_open = await ctx.fleet.store.write(
         lambda c: actions.report(c, device_id, req.action_id, req.state, req.message, req.progress))
     ctx.fleet.hub.set_open_actions(device_id, still_open)
+    ctx.fleet.events.publish("action.state", msgspec.to_builtins(action))
     return ReportStatusResponse(action_id=action.id, state=action.state)
 
 
@@ -194,4 +195,6 @@ class PushTelemetryResponse(msgspec.Struct, kw_only=True):
 async def PushTelemetry(ctx: Context, req: PushTelemetryRequest) -> PushTelemetryResponse:
     """Store a batch of points; returns once they are committed."""
     device_id, _ = _calling_device(ctx, active_to="send telemetry")
-    return PushTelemetryResponse(accepted=await ctx.fleet.telemetry.add(device_id, req.points))
+    accepted = await ctx.fleet.telemetry.add(device_id, req.points)
+    ctx.fleet.alerts.note_points(device_id, req.points)  # alert rules on these metrics look again soon
+    return PushTelemetryResponse(accepted=accepted)

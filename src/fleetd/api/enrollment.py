@@ -31,12 +31,14 @@ def install_command(ctx: Context, token: str) -> str:
     """The one-liner that installs the agent on a Linux device, pinned to this server's TLS key."""
     fleet = ctx.fleet
     url = fleet.public_url
-    pin = base64.b64encode(fleet.keys.server_pubkey_sha256()).decode()
-    curl = f"curl -fsSL {shlex.quote(url + '/v1/agent/install.sh')}"
-    if fleet.settings.tls:
-        # -k skips the system CA store (the fleet CA is not in it); the pinned key is checked instead.
-        curl = f"curl -fsSL -k --pinnedpubkey 'sha256//{pin}' {shlex.quote(url + '/v1/agent/install.sh')}"
-    return f"{curl} | sudo sh -s -- --server {shlex.quote(url)} --token {shlex.quote(token)}"
+    script = shlex.quote(url + "/agent/install.sh")
+    if not fleet.settings.tls:
+        return f"curl -fsSL {script} | sudo sh -s -- --server {shlex.quote(url)} --token {shlex.quote(token)}"
+    pin = "sha256//" + base64.b64encode(fleet.keys.server_pubkey_sha256()).decode()
+    # -k skips the system CA store (the fleet CA is not in it); the pinned key is checked instead. The
+    # script gets the same pin for its own downloads (the zipapp and its launcher).
+    return (f"curl -fsSL -k --pinnedpubkey {shlex.quote(pin)} {script} | sudo sh -s -- --server {shlex.quote(url)} "
+            f"--pin {shlex.quote(pin)} --token {shlex.quote(token)}")
 
 
 @service.method(auth="operator")

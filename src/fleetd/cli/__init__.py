@@ -8,11 +8,14 @@ import typer
 
 from .. import __version__
 from . import admin, devices, tokens
+from .alerts import alerts_app
 from .artifacts import artifacts_app
 from .backup import backup as backup_command
 from .backup import restore as restore_command
+from .rollouts import rollouts_app
 from .serve import serve
 from .simulate import simulate as simulate_command
+from .telemetry import telemetry_app
 
 app = typer.Typer(
     name="fleetd",
@@ -28,6 +31,9 @@ app.add_typer(admin.keys_app, name="keys")
 app.add_typer(devices.devices_app, name="devices")
 app.add_typer(tokens.tokens_app, name="tokens")
 app.add_typer(artifacts_app, name="artifacts")
+app.add_typer(rollouts_app, name="rollouts")
+app.add_typer(telemetry_app, name="telemetry")
+app.add_typer(alerts_app, name="alerts")
 app.command("audit")(admin.audit_command)
 app.command("backup")(backup_command)
 app.command("restore")(restore_command)

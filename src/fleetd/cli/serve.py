@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -28,6 +28,21 @@ def _banner(username: str, password: str, url: str) -> None:
         "  └──────────────────────────────────────────────────────────────┘\n\n"
     )
     out.flush()
+
+
+def _make_server(config: Any, app: Any) -> Any:
+    """A uvicorn server that ends open /v1/events streams when shutdown begins (else each one would hold the
+    shutdown for the whole graceful timeout)."""
+    import uvicorn
+
+    from ..http_events import close_streams
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            close_streams(app)
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 def serve(
@@ -73,10 +88,10 @@ def serve(
         keyfile = str(fleet.keys.server_key_path) if settings.tls else None
         print(f"fleetd listening on {settings.scheme}://{settings.host}:{settings.port} "
               f"(data dir {fleet.data_dir}, CA fingerprint {fleet.keys.ca_fingerprint})", flush=True)
-        server = uvicorn.Server(uvicorn.Config(
+        server = _make_server(uvicorn.Config(
             app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
             lifespan="on", server_header=False, log_config=None, timeout_graceful_shutdown=10,
-            ssl_certfile=certfile, ssl_keyfile=keyfile))
+            ssl_certfile=certfile, ssl_keyfile=keyfile), app)
         server.run()
     finally:
         fleet.close()

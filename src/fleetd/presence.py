@@ -1,0 +1,86 @@
+"""Device presence: publishes ``device.online`` and ``device.offline`` when a device starts or stops keeping its
+check-in interval.
+
+The check-in hot path does nothing for this: a sweep every few seconds compares
+what the hub knows (last check-in, poll interval, status) with the devices it
+saw online last time. It walks the directory in slices, yielding to the event
+loop between them, so a fleet of 100,000 devices never stalls requests for more
+than a few milliseconds. The first sweep only learns the state; events are for
+changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from .events import EventBus
+from .hub import DeviceHub
+from .models import to_dt
+from .registry import is_online
+
+log = logging.getLogger(__name__)
+
+SLICE = 10_000
+
+
+class Presence:
+    def __init__(self, hub: DeviceHub, events: EventBus, *, every: float = 3.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.hub = hub
+        self.events = events
+        self.every = every
+        self.clock = clock
+        self.online: set[str] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def sweep(self) -> tuple[list[str], list[str]]:
+        """Compare, publish the changes. → (came online, went offline)."""
+        now = self.clock()
+        items = list(self.hub.runtime.items())
+        online: set[str] = set()
+        for i in range(0, len(items), SLICE):
+            if i:
+                await asyncio.sleep(0)
+            for did, rt in items[i:i + SLICE]:
+                if rt.status == "active" and is_online(self.hub.last_seen(did), rt.poll_interval, now):
+                    online.add(did)
+        before, self.online = self.online, online
+        if before is None:
+            return [], []
+        came, went = sorted(online - before), sorted(before - online)
+        for did in came:
+            self.events.publish("device.online", self._data(did))
+        for did in went:
+            self.events.publish("device.offline", self._data(did))
+        return came, went
+
+    def _data(self, device_id: str) -> dict[str, object]:
+        seen = self.hub.last_seen(device_id)
+        rt = self.hub.runtime.get(device_id)
+        when = to_dt(seen)
+        return {"device_id": device_id, "status": rt.status if rt else "deleted",
+                "last_seen": msgspec.to_builtins(when)}
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("presence sweep failed")
+            await asyncio.sleep(self.every)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="fleetd-presence")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -44,6 +44,7 @@ from .errors import InvalidArgument, NotFound
 from .events import EventBus
 from .models import new_id, to_dt
 from .tags import check_tags
+from .tasks import cancel_and_wait
 from .telemetry import METRIC_NAME
 from .webhooks import Deliverer
 
@@ -520,10 +521,7 @@ class AlertEngine:
 
     async def stop(self) -> None:
         for task in [self._task, *self._tasks]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(task)
         self._task = None
         self._tasks.clear()
         await self.deliverer.stop()

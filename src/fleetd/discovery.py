@@ -29,6 +29,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from . import __version__
 from .errors import Unavailable
+from .tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from .fleet import Fleet
@@ -178,10 +179,7 @@ class Advertiser:
 
     async def stop(self) -> None:
         """Withdraw the advertisement (goodbye packets) and close the sockets."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         await self._close()
 
     async def _close(self) -> None:

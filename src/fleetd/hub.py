@@ -11,7 +11,6 @@ services, which tell the hub after their transaction commits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sqlite3
@@ -24,6 +23,7 @@ from . import actions, registry
 from .db import Store
 from .devauth import DeviceTokens
 from .registry import DeviceRuntime
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 FLUSH_INTERVAL = 1.0
@@ -154,10 +154,7 @@ class DeviceHub:
         self._task = asyncio.get_running_loop().create_task(self._flush_loop(), name="fleetd-checkin-flush")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         await self.flush(everything=True)
 
 

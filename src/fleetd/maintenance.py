@@ -7,12 +7,13 @@ logged and retried at its next turn, never taking the server down.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from .tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from .fleet import Fleet
@@ -64,7 +65,4 @@ class Maintenance:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="fleetd-maintenance")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)

@@ -25,6 +25,7 @@ from . import rollouts
 from .errors import InvalidArgument
 from .rollout_progress import read_snapshot
 from .rollout_steps import Change
+from .tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from .fleet import Fleet
@@ -159,11 +160,8 @@ class Orchestrator:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="fleetd-orchestrator")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self._wake = None
 
 

@@ -12,7 +12,6 @@ changes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from .events import EventBus
 from .hub import DeviceHub
 from .models import to_dt
 from .registry import is_online
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,5 @@ class Presence:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="fleetd-presence")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None

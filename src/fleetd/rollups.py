@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from .db import Store
+from .tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -454,8 +455,5 @@ class Rollups:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="fleetd-telemetry-rollups")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None

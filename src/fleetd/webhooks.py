@@ -39,6 +39,7 @@ from .audit import Actor
 from .db import Store
 from .errors import InvalidArgument, NotFound
 from .models import new_id, to_dt
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -285,11 +286,8 @@ class Deliverer:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="fleetd-webhooks")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._http is not None:
             await self._http.aclose()
             self._http = None

@@ -147,6 +147,11 @@ def test_serve_answers_over_https_with_bundled_data(bare_env: dict[str, str], tm
             assert c.get("/v1/ca.pem").text == (server.data_dir / "ca.pem").read_text()
             page = c.get("/")
             assert page.status_code == 200 and page.text == (REPO / "web" / "index.html").read_text()
+            assert c.get("/app.js").content == (REPO / "web" / "app.js").read_bytes()
+            # The agent and its installer travel inside the binary too.
+            for name in ("fleet-agent.pyz", "fleet-agent-launcher.py"):
+                assert c.get(f"/agent/{name}").content == (REPO / "dist" / name).read_bytes()
+            assert c.get("/agent/install.sh").content == (REPO / "agent" / "install.sh").read_bytes()
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"), \
                 httpx.Client(verify=ssl.create_default_context()) as public:
             public.get(f"{server.url}/healthz")  # the server cert is the fleet CA's, not a public one

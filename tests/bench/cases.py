@@ -7,6 +7,7 @@ steal on this kind of VM hits both rather than one.
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import subprocess
 import sys
@@ -21,8 +22,8 @@ import msgspec
 from fleetd.db import connect, migrate, transaction
 from fleetd.fleet import DB_NAME
 
+from . import agent_footprint, bench_orchestrator, seed
 from . import profile as prof
-from . import seed
 from .loadgen import WrkRun, check_clean, run_wrk, wrk_command
 from .procs import rss_kib
 from .servers import Service, start_fleetd, start_nginx
@@ -46,6 +47,11 @@ class Config:
     baseline_rows: int = 1_000_000
     txn_rows: int = 10_000
     profile_seconds: float = 10.0
+    orchestrator_devices: int = 100_000
+    orchestrator_points: int = 1_000_000  # raw telemetry points under the pass with a health condition
+    agent_minutes: float = 10.0
+    agent_poll_interval: int = 30
+    agent_settle: float = 60.0
 
 
 @dataclass
@@ -340,3 +346,57 @@ def download(cfg: Config, fx: seed.Fixture, logs: Path) -> Result:
         "runs": {k: {"one": [r.to_json() for r in one[k]], "many": [r.to_json() for r in many[k]]} for k in one},
     }
     return res
+
+
+# --- 5. rollout orchestrator -----------------------------------------------------------
+
+def orchestrator(cfg: Config, work: Path) -> Result:
+    """One orchestrator pass over a big rollout (tests/bench/bench_orchestrator.py), on its own data dir."""
+    n = cfg.orchestrator_devices
+    data = work / "orchestrator"
+    if data.exists():  # the benchmark leaves a rollout behind: never reuse it
+        shutil.rmtree(data)
+    log(f"orchestrator: enrolling {n:,} devices into {data}")
+    t = time.monotonic()
+    bench_orchestrator.seed(data, n)
+    log(f"orchestrator: enrolled in {time.monotonic() - t:.1f} s")
+    try:
+        out = bench_orchestrator.bench(data, n, cfg.runs, cfg.orchestrator_points)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    s = out["steady_pass"]
+    r = Result("orchestrator", f"none: an absolute target, < {bench_orchestrator.TARGET_SECONDS:g} s a pass")
+    r.rows.append((f"steady pass over {n:,} devices, s", f"{s['seconds']:.3f}", "-", "-"))
+    r.rows.append(("  of which read / decide, s", f"{s['read_seconds']:.3f} / {s['decide_seconds']:.3f}", "-", "-"))
+    for st in out["stage_starts"]:
+        r.rows.append((f"stage {st['stage']} start: {st['actions']:,} install actions, s", f"{st['seconds']:.2f}",
+                       "-", "-"))
+    if "health_pass" in out:
+        h = out["health_pass"]
+        r.rows.append((f"steady pass, health condition over {h['telemetry_points']:,} points, s",
+                       f"{h['seconds']:.3f}", "-", "-"))
+    r.targets.append(Target(f"orchestrator pass over {n:,} devices, s", s["seconds"], "<",
+                            bench_orchestrator.TARGET_SECONDS, " s"))
+    r.data = out
+    return r
+
+
+# --- 6. agent footprint -----------------------------------------------------------------
+
+def agent(cfg: Config, work: Path, logs: Path) -> Result:
+    """The agent's idle RSS and CPU at its check-in interval, against a bare interpreter with its imports."""
+    if (work / "agent").exists():  # an enrolled state dir and a data dir from a previous run
+        shutil.rmtree(work / "agent")
+    d = agent_footprint.measure(work / "agent", logs, cfg.agent_minutes, cfg.agent_poll_interval, cfg.agent_settle)
+    r = Result("agent", "python3 importing httpx, zeroconf and cryptography, then sleeping")
+    rss, base = d["agent_rss_mib"], d["baseline_rss_mib"]
+    r.rows += [
+        (f"idle RSS (median over {d['minutes']:g} min), MiB", f"{rss:.1f}", f"{base:.1f}", f"{rss / base:.2f}"),
+        ("peak RSS over the window, MiB", f"{d['agent_peak_rss_mib']:.1f}", "-", "-"),
+        ("CPU, % of one core", f"{d['agent_cpu_pct']:.2f}", f"{d['baseline_cpu_pct']:.2f}", "-"),
+        (f"check-ins seen by the server (poll {d['poll_interval']} s)", f"{d['checkins']}",
+         f"~{d['expected_checkins']:g} expected", "-"),
+    ]
+    r.targets.append(Target("agent idle RSS, MiB", rss, "<", agent_footprint.TARGET_RSS_MIB, " MiB"))
+    r.data = d
+    return r

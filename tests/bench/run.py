@@ -19,23 +19,31 @@ from . import cases, report, seed
 from .procs import find_tool, machine_info, missing_tools
 from .servers import start_fleetd, start_hello
 
-BENCHES = ("footprint", "checkin", "profile", "telemetry", "download")
+BENCHES = ("footprint", "checkin", "profile", "telemetry", "download", "orchestrator", "agent")
+# The benchmarks that need the seeded 100,000-device data dir; the others bring their own.
+SEEDED = {"footprint", "checkin", "profile", "telemetry", "download"}
 QUICK = cases.Config(devices=10_000, tokens=2_000, telemetry_devices=500, seconds=3, warmup=1, download_seconds=3,
-                     baseline_rows=200_000, profile_seconds=3)
+                     baseline_rows=200_000, profile_seconds=3, orchestrator_devices=10_000,
+                     orchestrator_points=100_000, agent_minutes=1.0)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tests.bench", description="fleetd's benchmark suite (see "
-                                "docs/performance.md). A full run takes about 5 minutes; --quick about 2.")
+                                "docs/performance.md). A full run takes about 18 minutes (11 of them the agent's "
+                                "footprint); --quick about 5.")
     p.add_argument("--quick", action="store_true",
-                   help="10,000 devices, 3 s runs: a smoke run whose numbers are only indicative")
+                   help="10,000 devices, 3 s runs, 1 agent minute: a smoke run whose numbers are only "
+                        "indicative")
     p.add_argument("--only", default=",".join(BENCHES),
                    help=f"comma-separated subset of {','.join(BENCHES)} (default: all)")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the check-in path")
     p.add_argument("--runs", type=int, help="measured runs per benchmark, the median is reported (default 3)")
     p.add_argument("--seconds", type=float, help="length of one measured wrk run (default 10)")
-    p.add_argument("--devices", type=int, help="enrolled devices in the data dir (default 100,000)")
+    p.add_argument("--devices", type=int, help="enrolled devices in the data dir and in the orchestrator's rollout "
+                        "(default 100,000)")
     p.add_argument("--connections", type=int, help="wrk connections for check-in and telemetry (default 64)")
+    p.add_argument("--agent-minutes", type=float,
+                   help="how long the agent's RSS and CPU are sampled, after a 60 s settle (default 10; --quick 1)")
     p.add_argument("--workdir", type=Path,
                    help="keep the seeded data dir, logs and profile here and reuse them next time "
                         "(default: a temporary directory, removed afterwards)")
@@ -55,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name} must be at least 1")
     if a.seconds is not None and a.seconds < 1:
         p.error("--seconds must be at least 1")
+    if a.agent_minutes is not None and a.agent_minutes <= 0:
+        p.error("--agent-minutes must be more than 0")
     return a
 
 
@@ -68,6 +78,9 @@ def config_from(a: argparse.Namespace) -> cases.Config:
         cfg.profile_seconds = a.seconds
     if a.devices:
         cfg.devices = a.devices
+        cfg.orchestrator_devices = a.devices
+    if a.agent_minutes:
+        cfg.agent_minutes = a.agent_minutes
     if a.connections:
         cfg.connections = a.connections
     cfg.tokens = min(cfg.tokens, cfg.devices)
@@ -109,10 +122,21 @@ def prepare(cfg: cases.Config, workdir: Path) -> seed.Fixture:
 
 
 def run(cfg: cases.Config, only: list[str], workdir: Path) -> tuple[list[cases.Result], dict[str, Any] | None]:
-    fx = prepare(cfg, workdir)
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
     results: list[cases.Result] = []
+    profile = run_seeded(cfg, only, workdir, logs, results) if SEEDED & set(only) else None
+    if "orchestrator" in only:
+        results.append(cases.orchestrator(cfg, workdir))
+    if "agent" in only:
+        results.append(cases.agent(cfg, workdir, logs))
+    return results, profile
+
+
+def run_seeded(cfg: cases.Config, only: list[str], workdir: Path, logs: Path,
+               results: list[cases.Result]) -> dict[str, Any] | None:
+    """The benchmarks on the seeded data dir; their results are appended to ``results``."""
+    fx = prepare(cfg, workdir)
     profile: dict[str, Any] | None = None
     if {"footprint", "checkin", "profile", "telemetry"} & set(only):
         fleetd = start_fleetd(fx.path, logs)
@@ -141,7 +165,7 @@ def run(cfg: cases.Config, only: list[str], workdir: Path) -> tuple[list[cases.R
                 hello.stop()
     if "download" in only:
         results.append(cases.download(cfg, fx, logs))
-    return results, profile
+    return profile
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from fleetd.fleet import Fleet
 from fleetd.rpc import Codec
 from fleetd.telemetry import validate
 
-from . import procs, profile, run, seed
+from . import agent_footprint, bench_orchestrator, cases, procs, profile, report, run, seed
 from .loadgen import check_clean, parse_wrk, run_wrk
 from .procs import find_tool
 from .servers import start_hello, start_nginx
@@ -133,3 +133,71 @@ def test_missing_tools_stop_the_run_with_the_install_command(monkeypatch: pytest
     monkeypatch.setattr(run, "find_tool", procs.find_tool)
     assert run.check_tools(["checkin", "profile"]) == ["checkin"]
     assert "pip install py-spy" in capsys.readouterr().err
+
+
+def test_checkins_are_counted_from_the_servers_request_counter() -> None:
+    metrics = "\n".join([
+        "# TYPE fleetd_http_requests_total counter",
+        'fleetd_http_requests_total{route="/fleetd.v1.DeviceService/CheckIn",method="POST",code="200"} 7',
+        'fleetd_http_requests_total{route="/fleetd.v1.DeviceService/CheckIn",method="POST",code="503"} 2',
+        'fleetd_http_requests_total{route="/fleetd.v1.DeviceService/PushTelemetry",method="POST",code="200"} 5',
+        'fleetd_http_request_duration_seconds_count{route="/fleetd.v1.DeviceService/CheckIn"} 9',
+    ])
+    assert agent_footprint.count_checkins(metrics) == 9
+
+
+def test_orchestrator_and_agent_are_cases_with_their_own_options() -> None:
+    a = run.parse_args(["--only", "orchestrator,agent", "--agent-minutes", "2.5"])
+    assert a.only == ["orchestrator", "agent"]
+    cfg = run.config_from(a)
+    assert (cfg.agent_minutes, cfg.orchestrator_devices, cfg.agent_poll_interval) == (2.5, 100_000, 30)
+    quick = run.config_from(run.parse_args(["--quick", "--only", "agent"]))
+    assert quick.agent_minutes == 1 and quick.orchestrator_devices == 10_000
+    assert run.config_from(run.parse_args(["--devices", "500"])).orchestrator_devices == 500
+    with pytest.raises(SystemExit):
+        run.parse_args(["--agent-minutes", "0"])
+
+
+def test_the_orchestrator_case_times_a_pass_on_its_own_data_dir(tmp_path: Path) -> None:
+    cfg = cases.Config(orchestrator_devices=300, orchestrator_points=3_000, runs=1)
+    results, _ = run.run(cfg, ["orchestrator"], tmp_path)
+    [r] = results
+    assert r.name == "orchestrator" and r.data["steady_pass"]["devices"] == 300
+    actions = [s["actions"] for s in r.data["stage_starts"]]  # stages at 5 %, 25 %, 100 %
+    assert len(actions) == 3 and sum(actions) == 300 and min(actions) > 0
+    assert r.data["health_pass"]["telemetry_points"] == 3_000
+    [t] = r.targets
+    assert t.met and 0 < t.value < 1 and t.limit == 1.0
+    # Neither the seeded fleet (other benchmarks' data dir) nor the orchestrator's own is left behind.
+    assert not (tmp_path / "data").exists() and not (tmp_path / "orchestrator").exists()
+    table = report.render(run.machine_info(), {"runs": 1, "threads": 2, "connections": 64, "seconds": 10,
+                                               "warmup": 3, "devices": 300}, results, None)
+    assert "## orchestrator" in table and "met    orchestrator pass over 300 devices, s" in table
+    assert report.as_json({}, {}, results, None)["results"]["orchestrator"]["targets"][0]["met"] is True
+
+
+def test_the_orchestrator_benchmark_still_runs_on_its_own(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_orchestrator.main(["--devices", "200", "--runs", "1", "--telemetry-points", "0"]) == 0
+    assert "orchestrator pass over a 200-device rollout" in capsys.readouterr().out
+
+
+def test_the_agent_case_samples_a_real_agent_checking_in_with_a_real_server(tmp_path: Path) -> None:
+    cfg = cases.Config(agent_minutes=0.15, agent_poll_interval=5, agent_settle=1)
+    (tmp_path / "logs").mkdir()
+    r = cases.agent(cfg, tmp_path, tmp_path / "logs")
+    d = r.data
+    assert 10 < d["agent_rss_mib"] <= d["agent_peak_rss_mib"] < 200 and 5 < d["baseline_rss_mib"] < 200
+    assert d["agent_cpu_pct"] > 0 and d["samples"] >= 5
+    assert d["checkins"] >= 1 and d["last_seen_advanced"]
+    [t] = r.targets
+    assert t.what == "agent idle RSS, MiB" and t.value == d["agent_rss_mib"] and t.limit == 40
+    # Both processes it started are gone.
+    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).endswith(
+        f"run --state-dir {tmp_path / 'agent' / 'state'}")]
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""

@@ -1,0 +1,219 @@
+"""The agent's footprint: idle RSS and CPU of a real `fleet-agent.pyz run` checking in with a real fleetd.
+
+The baseline is a bare interpreter that imports what the agent cannot do
+without (httpx, zeroconf, cryptography) and sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..e2e.server import fleetd_cmd
+from .procs import REPO, cpu_seconds, rss_kib
+from .servers import Service, start_fleetd
+
+AGENT_PYZ = REPO / "dist" / "fleet-agent.pyz"
+CHECKIN_ROUTE = "/fleetd.v1.DeviceService/CheckIn"
+HARDWARE_ID = "bench-agent"
+BASELINE_CODE = "import httpx, zeroconf, cryptography, time; time.sleep(86400)"
+TARGET_RSS_MIB = 40.0
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def ensure_agent(pyz: Path = AGENT_PYZ) -> Path:
+    """The zipapp `make agent` builds; built here when it is missing."""
+    if not pyz.exists():
+        log(f"building {pyz.relative_to(REPO)} (python agent/build_zipapp.py)")
+        subprocess.run([sys.executable, str(REPO / "agent" / "build_zipapp.py")], cwd=REPO, check=True,
+                       stdout=subprocess.DEVNULL)
+        if not pyz.exists():
+            raise RuntimeError(f"agent/build_zipapp.py ran but {pyz} is still missing")
+    return pyz
+
+
+def _env() -> dict[str, str]:
+    """This interpreter's environment without FLEET_AGENT_* knobs (they would change what is measured)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_AGENT_")}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+class Admin:
+    """Admin RPCs and metrics against the fleetd under test, verifying its CA."""
+
+    def __init__(self, server: Service, data_dir: Path) -> None:
+        p = subprocess.run([*fleetd_cmd(), "keys", "create", "--data-dir", str(data_dir), "--name", "bench-agent",
+                            "--role", "admin", "--json"], capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            raise RuntimeError(f"fleetd keys create exited {p.returncode}: {p.stderr.strip()}")
+        key = json.loads(p.stdout)["key"]
+        self.http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=30,
+                                 verify=ssl.create_default_context(cafile=data_dir / "ca.pem"))
+
+    def call(self, service: str, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        r = self.http.post(f"/fleetd.v1.{service}/{method}", json=body)
+        if r.status_code != 200:
+            raise RuntimeError(f"{service}.{method}: {r.status_code} {r.text}")
+        return dict(r.json())
+
+    def checkins(self) -> int:
+        """CheckIn requests the server has answered so far (any status), from /metrics."""
+        r = self.http.get("/metrics")
+        r.raise_for_status()
+        return count_checkins(r.text)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def count_checkins(metrics: str) -> int:
+    total = 0
+    for line in metrics.splitlines():
+        if line.startswith("fleetd_http_requests_total{") and f'route="{CHECKIN_ROUTE}"' in line:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+class Proc:
+    """A process the benchmark started in its own session, stopped with everything left in that session."""
+
+    def __init__(self, argv: list[str], log_path: Path) -> None:
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO,
+                                     start_new_session=True)
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.proc.args!r} exited with {self.proc.returncode}:\n"
+                               f"{self.log_path.read_text(errors='replace')[-4000:]}")
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self._log.close()
+
+
+@dataclass
+class Window:
+    """What was sampled from one process over the measured window."""
+
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    rss_kib: list[int] = field(default_factory=list)
+
+    @property
+    def cpu_pct(self) -> float:
+        return 100.0 * self.cpu_seconds / self.seconds if self.seconds else 0.0
+
+    @property
+    def rss_mib(self) -> float:
+        return statistics.median(self.rss_kib) / 1024 if self.rss_kib else 0.0
+
+    @property
+    def peak_mib(self) -> float:
+        return max(self.rss_kib) / 1024 if self.rss_kib else 0.0
+
+
+def sample(procs: dict[str, Proc], seconds: float, interval: float) -> dict[str, Window]:
+    """VmRSS every ``interval`` s and utime+stime at both ends, for each process, over ``seconds``."""
+    wins = {name: Window() for name in procs}
+    cpu0 = {name: cpu_seconds(p.pid) for name, p in procs.items()}
+    t0 = time.monotonic()
+    end = t0 + seconds
+    while True:
+        for name, p in procs.items():
+            p.alive()
+            wins[name].rss_kib.append(rss_kib(p.pid))
+        left = end - time.monotonic()
+        if left <= 0:
+            break
+        time.sleep(min(interval, left))
+    elapsed = time.monotonic() - t0
+    for name, p in procs.items():
+        wins[name].seconds = elapsed
+        wins[name].cpu_seconds = cpu_seconds(p.pid) - cpu0[name]
+    return wins
+
+
+def _last_seen(admin: Admin, device_id: str) -> str | None:
+    seen = admin.call("DeviceAdminService", "GetDevice", {"id": device_id}).get("last_seen")
+    return str(seen) if seen else None
+
+
+def measure(work: Path, logs: Path, minutes: float, poll_interval: int = 30, settle: float = 60.0,
+            pyz: Path | None = None) -> dict[str, Any]:
+    """Enroll a real agent with a fresh fleetd, let it settle, then sample it and the baseline for ``minutes``."""
+    pyz = ensure_agent(pyz or AGENT_PYZ)
+    data, state = work / "data", work / "state"
+    for d in (data, state):
+        if d.exists():
+            raise RuntimeError(f"{d} exists; the agent benchmark needs a fresh directory")
+    work.mkdir(parents=True, exist_ok=True)
+    server = start_fleetd(data, logs, "fleetd-agent")
+    agent = baseline = None
+    admin: Admin | None = None
+    try:
+        admin = Admin(server, data)
+        token = admin.call("EnrollmentService", "CreateToken", {"description": "benchmark agent", "uses": 1})["token"]
+        p = subprocess.run([sys.executable, str(pyz), "enroll", "--token", token, "--server", server.url,
+                            "--state-dir", str(state), "--hardware-id", HARDWARE_ID, "--json"],
+                           capture_output=True, text=True, env=_env(), timeout=120)
+        if p.returncode != 0:
+            raise RuntimeError(f"fleet-agent enroll exited {p.returncode}:\n{p.stdout}{p.stderr}")
+        devices = admin.call("DeviceAdminService", "ListDevices", {})["devices"]
+        device_id = next(d["id"] for d in devices if d["hardware_id"] == HARDWARE_ID)
+        admin.call("DeviceAdminService", "UpdateDevice", {"id": device_id, "poll_interval": poll_interval})
+        agent = Proc([sys.executable, str(pyz), "run", "--state-dir", str(state)], logs / "agent.log")
+        baseline = Proc([sys.executable, "-c", BASELINE_CODE], logs / "agent-baseline.log")
+        log(f"agent: enrolled as {device_id}, poll interval {poll_interval} s; settling for {settle:g} s")
+        time.sleep(settle)
+        agent.alive()
+        seen0, count0 = _last_seen(admin, device_id), admin.checkins()
+        log(f"agent: sampling RSS and CPU for {minutes:g} min")
+        wins = sample({"agent": agent, "baseline": baseline}, minutes * 60, min(5.0, max(0.5, minutes * 6)))
+        checkins = admin.checkins() - count0
+        seen1 = _last_seen(admin, device_id)
+    finally:
+        for proc in (agent, baseline):
+            if proc:
+                proc.stop()
+        if admin:
+            admin.close()
+        server.stop()
+    a, b = wins["agent"], wins["baseline"]
+    return {"minutes": minutes, "poll_interval": poll_interval, "settle_seconds": settle, "device_id": device_id,
+            "agent_rss_mib": round(a.rss_mib, 1), "agent_peak_rss_mib": round(a.peak_mib, 1),
+            "agent_cpu_pct": round(a.cpu_pct, 3), "agent_cpu_seconds": round(a.cpu_seconds, 2),
+            "baseline_rss_mib": round(b.rss_mib, 1), "baseline_cpu_pct": round(b.cpu_pct, 3),
+            "checkins": checkins, "expected_checkins": round(a.seconds / poll_interval, 1),
+            "last_seen_before": seen0, "last_seen_after": seen1,
+            "last_seen_advanced": seen1 is not None and seen1 != seen0, "samples": len(a.rss_kib),
+            "target_rss_mib": TARGET_RSS_MIB}

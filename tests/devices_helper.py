@@ -7,6 +7,7 @@ import json
 import secrets
 from typing import Any
 
+import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -33,7 +34,13 @@ class TestDevice:
         headers = {"Content-Type": "application/json"}
         if auth and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        return self.client.post(f"/fleetd.v1.DeviceService/{method}", content=json.dumps(body or {}), headers=headers)
+        url, content = f"/fleetd.v1.DeviceService/{method}", json.dumps(body or {})
+        try:
+            return self.client.post(url, content=content, headers=headers)
+        except httpx.RemoteProtocolError:
+            # The server closed an idle keep-alive connection just as this request went out (uvicorn's
+            # keep-alive timeout is 5 s): the request never reached it, so sending it again is safe.
+            return self.client.post(url, content=content, headers=headers)
 
     def enroll(self, token: str = "", **extra: Any) -> Any:
         r = self.call("Enroll", {"hardware_id": self.hardware_id, "device_type": self.device_type,

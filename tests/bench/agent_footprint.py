@@ -6,10 +6,8 @@ without (httpx, zeroconf, cryptography) and sleeps.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import ssl
 import statistics
 import subprocess
@@ -21,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from ..agent.e2e_helpers import AgentProcess
 from ..e2e.server import fleetd_cmd
 from .procs import REPO, cpu_seconds, rss_kib
 from .servers import Service, start_fleetd
@@ -90,14 +89,11 @@ def count_checkins(metrics: str) -> int:
     return total
 
 
-class Proc:
+class Proc(AgentProcess):
     """A process the benchmark started in its own session, stopped with everything left in that session."""
 
     def __init__(self, argv: list[str], log_path: Path) -> None:
-        self._log = log_path.open("ab")
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO,
-                                     start_new_session=True)
-        self.log_path = log_path
+        super().__init__(argv, log_path, _env())
 
     @property
     def pid(self) -> int:
@@ -105,20 +101,7 @@ class Proc:
 
     def alive(self) -> None:
         if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.proc.args!r} exited with {self.proc.returncode}:\n"
-                               f"{self.log_path.read_text(errors='replace')[-4000:]}")
-
-    def stop(self, timeout: float = 15) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self._log.close()
+            raise RuntimeError(f"{self.proc.args!r} exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
 
 
 @dataclass

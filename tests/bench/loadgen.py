@@ -42,7 +42,7 @@ def parse_wrk(stdout: str) -> dict[str, Any]:
     """The JSON line wrk_bench.lua's done() prints."""
     for line in stdout.splitlines():
         if line.startswith(MARKER):
-            return json.loads(line[len(MARKER):])  # type: ignore[no-any-return]
+            return json.loads(line[len(MARKER):])
     raise RuntimeError(f"wrk printed no {MARKER.strip()} line; its output:\n{stdout[-2000:]}")
 
 

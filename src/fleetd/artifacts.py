@@ -30,6 +30,8 @@ from .semver import Version
 blobs.REFERENCES.append(("artifacts", "sha256"))
 
 KINDS = ("app", "agent", "firmware")
+# raw: the file as uploaded; rtos-image: firmware the server wrapped and signed (docs/rtos-images.md).
+FORMATS = ("raw", "rtos-image")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 MANIFEST_FORMAT = "fleetd-manifest-v1"
 RESTART_POLICIES = ("always", "on-failure", "never")
@@ -96,6 +98,9 @@ class Artifact(msgspec.Struct, kw_only=True):
     offline_signatures: list[OfflineSignature] = []
     created_by: str | None = None
     created_at: dt.datetime | None = None
+    format: str = "raw"
+    # rtos-image only: the image's anti-rollback counter.
+    security_counter: int | None = None
 
 
 def check_metadata(name: str, version: str, kind: str, device_types: list[str], file_name: str) -> None:
@@ -125,8 +130,12 @@ def canonical_json(obj: Any) -> bytes:
 
 
 def build_manifest(*, name: str, version: str, kind: str, sha256: str, size: int, file_name: str,
-                   device_types: list[str], install_spec: InstallSpec | None, created: float) -> bytes:
+                   device_types: list[str], install_spec: InstallSpec | None, created: float,
+                   image_format: str = "raw", security_counter: int | None = None) -> bytes:
+    # Raw artifacts' manifests stay exactly as before (tests/vectors/manifests.json).
+    extra = {} if image_format == "raw" else {"image_format": image_format, "security_counter": security_counter}
     return canonical_json({
+        **extra,
         "format": MANIFEST_FORMAT,
         "name": name,
         "version": version,
@@ -147,13 +156,16 @@ def sign(key: Ed25519PrivateKey, manifest: bytes) -> str:
 def _artifact(r: sqlite3.Row) -> Artifact:
     spec = msgspec.json.decode(r["install_spec"], type=InstallSpec) if r["install_spec"] else None
     keys = r.keys()
+    manifest = bytes(r["manifest"])
+    m = json.loads(manifest) if b'"image_format"' in manifest else {}
     return Artifact(
         id=r["id"], name=r["name"], version=r["version"], kind=r["kind"], device_types=json.loads(r["device_types"]),
         sha256=r["sha256"], size=r["size"], file_name=r["file_name"],
         md5=r["md5"] if "md5" in keys else "", sha1=r["sha1"] if "sha1" in keys else "",
-        install_spec=spec, manifest=bytes(r["manifest"]).decode(), signature=r["signature"],
+        install_spec=spec, manifest=manifest.decode(), signature=r["signature"],
         offline_signatures=msgspec.json.decode(r["offline_signatures"], type=list[OfflineSignature]),
-        created_by=r["created_by"], created_at=to_dt(r["created_at"]))
+        created_by=r["created_by"], created_at=to_dt(r["created_at"]), format=m.get("image_format", "raw"),
+        security_counter=m.get("security_counter"))
 
 
 _SELECT = "SELECT a.*, b.md5, b.sha1 FROM artifacts a JOIN blobs b ON b.sha256 = a.sha256"
@@ -161,7 +173,8 @@ _SELECT = "SELECT a.*, b.md5, b.sha1 FROM artifacts a JOIN blobs b ON b.sha256 =
 
 def create(conn: sqlite3.Connection, actor: Actor, signing_key: Ed25519PrivateKey, *, name: str, version: str,
            kind: str, device_types: list[str], sha256: str, size: int, file_name: str,
-           install_spec: InstallSpec | None) -> Artifact:
+           install_spec: InstallSpec | None, image_format: str = "raw",
+           security_counter: int | None = None) -> Artifact:
     """Record an artifact whose blob is already stored, with its signed manifest."""
     check_metadata(name, version, kind, device_types, file_name)
     if conn.execute("SELECT 1 FROM artifacts WHERE name = ? AND version = ?", (name, version)).fetchone():
@@ -170,7 +183,8 @@ def create(conn: sqlite3.Connection, actor: Actor, signing_key: Ed25519PrivateKe
         raise NotFound(f"blob {sha256} is not stored")
     t = now()
     manifest = build_manifest(name=name, version=version, kind=kind, sha256=sha256, size=size, file_name=file_name,
-                              device_types=device_types, install_spec=install_spec, created=t)
+                              device_types=device_types, install_spec=install_spec, created=t,
+                              image_format=image_format, security_counter=security_counter)
     aid = new_id("art")
     conn.execute(
         "INSERT INTO artifacts (id, name, version, kind, device_types, sha256, size, file_name, install_spec, "

@@ -19,9 +19,10 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import anyio.to_thread
 import msgspec
 
-from . import artifacts
+from . import artifacts, blobs, rtos_image
 from .artifacts import ArtifactDetail, InstallSpec
 from .audit import Actor
 from .auth import Principal
@@ -49,6 +50,9 @@ class PendingArtifact(msgspec.Struct, kw_only=True):
     file_name: str
     size: int | None  # announced; None when the client did not say
     install_spec: InstallSpec | None
+    # rtos-image: the server wraps the uploaded payload in a signed image (docs/rtos-images.md).
+    format: str = "raw"
+    security_counter: int = 0
 
 
 @dataclass
@@ -86,7 +90,28 @@ def check(pending: PendingArtifact, cap: int) -> PendingArtifact:
             raise InvalidArgument("size must not be negative (0 means: not announced)")
         if pending.size > cap:
             raise too_large(pending.size, cap)
+    _check_format(pending, types)
     return msgspec.structs.replace(pending, device_types=types)
+
+
+def _check_format(pending: PendingArtifact, types: list[str]) -> None:
+    if pending.format not in artifacts.FORMATS:
+        raise InvalidArgument(f"format must be one of {', '.join(artifacts.FORMATS)}, got {pending.format[:40]!r}")
+    if pending.format == "raw":
+        if pending.security_counter:
+            raise InvalidArgument("a security counter applies to --format rtos-image only")
+        return
+    if pending.kind != "firmware":
+        raise InvalidArgument(f"--format rtos-image is for firmware; this artifact's kind is {pending.kind!r} "
+                              "(pass --kind firmware)")
+    if len(types) != 1:
+        raise InvalidArgument(f"an RTOS image is built for exactly one device type (its header holds one), got "
+                              f"{len(types)}: push one image per device type")
+    rtos_image.check_device_type(types[0])
+    rtos_image.check_version(pending.version)
+    rtos_image.check_security_counter(pending.security_counter)
+    if pending.size is not None:
+        rtos_image.check_payload_size(pending.size)
 
 
 class UploadSessions:
@@ -153,6 +178,36 @@ async def _counted(chunks: AsyncIterable[bytes], announced: int | None, counter:
                               "in CreateUpload")
 
 
+_IMAGE_OVERHEAD = rtos_image.HEADER_SIZE + rtos_image.TLV_MAX_SIZE
+
+
+def _wrapped(fleet: Fleet, pending: PendingArtifact, payload: AsyncIterable[bytes],
+             size: int | None) -> AsyncIterator[bytes]:
+    """The RTOS image around ``payload`` as it streams: header, the payload hashed in batches on a thread, the
+    trailer signed with the fleet's key. The header holds the payload size, so it must be known up front."""
+    if size is None:
+        raise InvalidArgument("an rtos-image upload must announce its size (CreateUpload size or Content-Length); "
+                              "the image header holds the payload size")
+    builder = rtos_image.ImageBuilder(
+        payload_size=size, version=pending.version, security_counter=pending.security_counter,
+        device_type=pending.device_types[0], signers=[fleet.keys.signing_key])
+
+    async def gen() -> AsyncIterator[bytes]:
+        yield builder.header
+        buf = bytearray()
+        async for chunk in payload:
+            buf += chunk
+            if len(buf) >= blobs.BATCH_BYTES:
+                batch, buf = bytes(buf), bytearray()
+                await anyio.to_thread.run_sync(builder.update, batch)
+                yield batch
+        if buf:
+            await anyio.to_thread.run_sync(builder.update, bytes(buf))
+            yield bytes(buf)
+        yield builder.trailer()
+    return gen()
+
+
 async def receive(fleet: Fleet, session: UploadSession, actor: Actor, chunks: AsyncIterable[bytes],
                   content_length: int | None = None) -> ArtifactDetail:
     """Store the file of an upload and record its artifact. On any failure nothing is recorded.
@@ -169,8 +224,11 @@ async def receive(fleet: Fleet, session: UploadSession, actor: Actor, chunks: As
             raise InvalidArgument(f"Content-Length is {content_length} but CreateUpload announced "
                                   f"{pending.size} bytes")
     counter = [0]
+    body = _counted(chunks, pending.size, counter)
+    if pending.format == "rtos-image":
+        body, cap = _wrapped(fleet, pending, body, pending.size or content_length), cap + _IMAGE_OVERHEAD
     try:
-        info = await fleet.blobs.put_stream(_counted(chunks, pending.size, counter), max_bytes=cap)
+        info = await fleet.blobs.put_stream(body, max_bytes=cap)
     except BaseException as e:
         log.info("upload %s (%s@%s) failed after %d bytes: %s", session.id, pending.name, pending.version,
                  counter[0], getattr(e, "message", None) or type(e).__name__)
@@ -179,7 +237,9 @@ async def receive(fleet: Fleet, session: UploadSession, actor: Actor, chunks: As
     def record(conn):  # type: ignore[no-untyped-def]
         a = artifacts.create(conn, actor, fleet.keys.signing_key, name=pending.name, version=pending.version,
                              kind=pending.kind, device_types=pending.device_types, sha256=info.sha256,
-                             size=info.size, file_name=pending.file_name, install_spec=pending.install_spec)
+                             size=info.size, file_name=pending.file_name, install_spec=pending.install_spec,
+                             image_format=pending.format,
+                             security_counter=pending.security_counter if pending.format != "raw" else None)
         return artifacts.detail(conn, a.id)
 
     detail: ArtifactDetail = await fleet.store.write(record)

@@ -39,6 +39,10 @@ class CreateUploadRequest(msgspec.Struct, kw_only=True):
     size: int = 0
     # app only: how to run it. Without one the file itself is run.
     install_spec: InstallSpec | None = None
+    # raw (the file as sent) or rtos-image (firmware only: the server wraps the file in a signed RTOS image).
+    format: str = "raw"
+    # rtos-image only: the image's anti-rollback counter, 0..4294967295; raise it to revoke older images.
+    security_counter: int = 0
 
 
 class UploadTicket(msgspec.Struct, kw_only=True):
@@ -56,7 +60,8 @@ async def CreateUpload(ctx: Context, req: CreateUploadRequest) -> UploadTicket:
     cap = fleet.settings.max_upload_bytes
     pending = uploads.check(uploads.PendingArtifact(
         name=req.name, version=req.version, kind=req.kind, device_types=req.device_types, file_name=req.file_name,
-        size=req.size or None, install_spec=req.install_spec), cap)
+        size=req.size or None, install_spec=req.install_spec, format=req.format or "raw",
+        security_counter=req.security_counter), cap)
     exists = await fleet.store.read(lambda c: c.execute(
         "SELECT 1 FROM artifacts WHERE name = ? AND version = ?", (pending.name, pending.version)).fetchone())
     if exists:

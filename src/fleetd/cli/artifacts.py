@@ -1,10 +1,11 @@
-"""fleetd artifacts: push, list, show, delete; offline signing keys (keygen, sign)."""
+"""fleetd artifacts: push, list, show, delete; offline signing keys (keygen, sign); inspect an RTOS image."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import json as jsonlib
+import re
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Annotated, Any, BinaryIO
 import httpx
 import typer
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -24,7 +25,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from ..artifacts import KINDS, RESTART_POLICIES
+from .. import rtos_image
+from ..artifacts import FORMATS, KINDS, RESTART_POLICIES
 from ..errors import FailedPrecondition, FleetdError, InvalidArgument
 from ..fsutil import atomic_write
 from .client import Client, RemoteError
@@ -36,8 +38,8 @@ artifacts_app = typer.Typer(help="Artifacts: push files, list, show, delete; sig
 
 CHUNK = 1 << 20
 LIST_COLUMNS = ["id", "name", "version", "kind", "device_types", "size", "created_at"]
-SHOW_FIELDS = ["id", "name", "version", "kind", "device_types", "file_name", "size", "sha256", "sha1", "md5",
-               "install_spec", "signature", "offline_signatures", "created_by", "created_at"]
+SHOW_FIELDS = ["id", "name", "version", "kind", "format", "security_counter", "device_types", "file_name", "size",
+               "sha256", "sha1", "md5", "install_spec", "signature", "offline_signatures", "created_by", "created_at"]
 
 
 def human_size(n: int) -> str:
@@ -180,6 +182,11 @@ def push(
     spec: Annotated[Path | None, typer.Option(
         "--spec", help="Install spec as a JSON file; the options above override its fields.",
         show_default=False)] = None,
+    fmt: Annotated[str, typer.Option(
+        "--format", help=f"{', '.join(FORMATS)}: rtos-image (with --kind firmware) has the server wrap the file "
+                         "in a signed RTOS image.")] = "raw",
+    security_counter: Annotated[int, typer.Option(
+        "--security-counter", help="rtos-image: anti-rollback counter; raise it to revoke older images.")] = 0,
     server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None, json: JsonOpt = False,
 ) -> None:
     """Upload a file as a new artifact version, signed by the server."""
@@ -194,6 +201,8 @@ def push(
                                     "file_name": file.name, "size": size}
             if install_spec is not None:
                 body["install_spec"] = install_spec
+            if fmt != "raw" or security_counter:
+                body.update(format=fmt, security_counter=security_counter)
             with remote(server, api_key, ca) as client:
                 ticket = client.call("ArtifactService", "CreateUpload", body)
                 artifact = put_file(client, f"/v1/uploads/{ticket['upload_id']}", file, size,
@@ -217,6 +226,8 @@ def push(
 def _readable(a: dict[str, Any]) -> dict[str, Any]:
     """An artifact for a human table: sizes and signatures shortened."""
     out = dict(a)
+    if a.get("format", "raw") == "raw":
+        out["format"] = None
     out["size"] = f"{human_size(a['size'])} ({a['size']} bytes)" if a["size"] >= 1024 else f"{a['size']} bytes"
     if a.get("signature"):
         out["signature"] = "ed25519 (fleet key)"
@@ -390,5 +401,93 @@ def sign(
     console.print(f"it now carries {len(a['offline_signatures'])} offline signature(s)")
 
 
-__all__ = ["artifacts_app", "build_install_spec", "check_manifest", "load_signing_key", "progress_bar",
-           "put_file"]
+# --- inspect an RTOS image (offline) -------------------------------------------
+
+def trusted_key(text: str) -> bytes:
+    """An Ed25519 public key from 64 hex characters, base64 of 32 bytes, or a file (PEM, hex or base64)."""
+    path = Path(text).expanduser()
+    if path.is_file():
+        data = path.read_bytes()
+        if b"-----BEGIN" in data:
+            if b"PRIVATE KEY" in data:
+                return rtos_image.raw_public_key(load_signing_key(path))
+            try:
+                pub = serialization.load_pem_public_key(data)
+            except ValueError:
+                raise InvalidArgument(f"{path} is not a PEM public key") from None
+            if not isinstance(pub, Ed25519PublicKey):
+                raise InvalidArgument(f"{path} holds a {type(pub).__name__}, not an Ed25519 key")
+            return rtos_image.raw_public_key(pub)
+        text = data.decode(errors="replace").strip()
+    if re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        return bytes.fromhex(text)
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise InvalidArgument(f"--key {text[:70]!r} is not an Ed25519 public key: give 64 hex characters, base64 of "
+                              "32 bytes (as 'fleetd artifacts show' prints the fleet key), or a PEM file")
+    return raw
+
+
+def inspect_image(path: Path, keys: list[bytes], device_type: str | None, min_counter: int) -> dict[str, Any]:
+    """An RTOS image's header, TLVs and signatures, and the shim's verdict (or "unverified" without keys)."""
+    out: dict[str, Any] = {"file": str(path)}
+    try:
+        info, digest = rtos_image.read_image_file(path)
+    except OSError as e:
+        raise InvalidArgument(f"cannot read {path}: {e.strerror}") from None
+    except rtos_image.ImageError as e:
+        return {**out, "verdict": e.kind, "message": e.message}
+    h = info.header
+    by_hash = {rtos_image.key_hash(k): i for i, k in enumerate(keys)}
+    out.update(size=info.size, format_version=h.format_version, version=h.version,
+               security_counter=h.security_counter, device_type=h.device_type, payload_size=h.payload_size,
+               sha256=info.sha256.hex(), hash_matches=digest == info.sha256,
+               tlvs=[{"type": f"0x{t.type:04x}", "name": t.name, "length": len(t.value)} for t in info.tlvs],
+               signatures=[{"key_hash": s.key_hash.hex(),
+                            "key": f"--key #{by_hash[s.key_hash] + 1}" if s.key_hash in by_hash else None,
+                            "valid": rtos_image.signature_valid(keys[by_hash[s.key_hash]], s.signature, digest)
+                            if s.key_hash in by_hash else None} for s in info.signatures])
+    try:
+        if not keys:
+            if digest != info.sha256:
+                raise rtos_image.ImageError("hash", "the SHA-256 of header and payload does not match")
+            return {**out, "verdict": "unverified", "message": "the hash matches; pass --key to check signatures"}
+        rtos_image.check_image(info, digest, keys, device_type, min_counter)
+    except rtos_image.ImageError as e:
+        return {**out, "verdict": e.kind, "message": e.message}
+    return {**out, "verdict": "ok", "message": "the shim would accept it"}
+
+
+@artifacts_app.command("inspect")
+def inspect(
+    file: Annotated[Path, typer.Argument(help="An RTOS image (.fdim), e.g. downloaded from the server.",
+                                         show_default=False)],
+    key: Annotated[list[str] | None, typer.Option(
+        "--key", help="A trusted public key (hex, base64 or PEM file), repeatable; without one the signatures "
+                      "are listed but not checked.", show_default=False)] = None,
+    device_type: Annotated[str | None, typer.Option(
+        "--device-type", help="Also check the image is for this device type.", show_default=False)] = None,
+    min_counter: Annotated[int, typer.Option(
+        "--min-counter", help="Also check the security counter is at least this.")] = 0,
+    json: JsonOpt = False,
+) -> None:
+    """Show an RTOS image's header, TLVs and signatures, and whether it verifies (offline; exit 1 if refused)."""
+    with errors_reported():
+        report = inspect_image(file, [trusted_key(k) for k in key or []], device_type, min_counter)
+    if json:
+        print_json(report)
+    else:
+        show({k: v for k, v in report.items() if k not in ("tlvs", "signatures")}, False)
+        if "tlvs" in report:
+            print_table(report["tlvs"], ["type", "name", "length"], title="TLVs")
+            print_table(report["signatures"], ["key_hash", "key", "valid"], title="signatures",
+                        empty="no signatures")
+    if report["verdict"] not in ("ok", "unverified"):
+        raise typer.Exit(1)
+
+
+__all__ = ["artifacts_app", "build_install_spec", "check_manifest", "inspect_image", "load_signing_key", "progress_bar",
+           "put_file", "trusted_key"]

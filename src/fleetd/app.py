@@ -9,13 +9,15 @@ from typing import Any
 
 from litestar import Litestar, Request, Response, get
 from litestar.connection import ASGIConnection
+from litestar.exceptions import MethodNotAllowedException, NotFoundException
 from litestar.handlers import BaseRouteHandler
 from litestar.static_files import create_static_files_router
 
-from . import __version__, agent_dist, http_blobs, http_events, openapi, rpc
+from . import __version__, agent_dist, http_blobs, http_ddi, http_events, openapi, rpc
 from .api import alerts as alerts_api
 from .api import artifacts as artifacts_api
 from .api import audit as audit_api
+from .api import ddi as ddi_api
 from .api import device as device_api
 from .api import devices as devices_api
 from .api import enrollment as enrollment_api
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 
 SERVICES: list[rpc.Service] = [
     device_api.service, devices_api.service, enrollment_api.service, users_api.service, audit_api.service,
-    artifacts_api.service, telemetry_api.service, alerts_api.service, rollouts_api.service,
+    artifacts_api.service, telemetry_api.service, alerts_api.service, rollouts_api.service, ddi_api.service,
 ]
 
 
@@ -46,6 +48,9 @@ async def auth_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: Ba
         raise PermissionDenied(f"route {connection.url.path} has no auth policy")
     if policy == "public":
         connection.state.principal = None
+        return
+    if policy == "ddi":
+        connection.state.principal = await http_ddi.authenticate(connection, handler)
         return
     fleet: Fleet = connection.app.state.fleet
     headers = connection.headers
@@ -104,6 +109,7 @@ PLAIN_PATHS: dict[str, Any] = {
     **artifacts_api.OPENAPI_PATHS,
     **agent_dist.OPENAPI_PATHS,
     **http_events.OPENAPI_PATHS,
+    **http_ddi.OPENAPI_PATHS,
     "/healthz": {"get": {"summary": "Liveness and database check (no auth)", "responses": {"200": {
         "description": "OK"}, "503": {"description": "database unavailable"}}}},
     "/v1/ca.pem": {"get": {"summary": "The fleet CA certificate (no auth)",
@@ -146,14 +152,16 @@ def create_app(fleet: Fleet) -> Litestar:
 
     doc = openapi.build(SERVICES, PLAIN_PATHS)
     web = create_static_files_router(path="/", directories=[data_dir("web")], html_mode=True,
-                                     opt={"auth": "public"}, include_in_schema=False, name="web")
+                                     opt={"auth": "public"}, include_in_schema=False, name="web",
+                                     exception_handlers={NotFoundException: http_ddi.outside_routes})
     app = Litestar(
         route_handlers=[*rpc.routes(SERVICES), healthz, ca_pem, metrics_endpoint, *http_blobs.ROUTES,
                         *artifacts_api.ROUTES, *agent_dist.ROUTES, *http_events.ROUTES,
+                        *http_ddi.routes(fleet.settings.ddi_tenant),
                         _openapi_route(doc), web],
         guards=[auth_guard],
         middleware=[fleet.metrics.middleware],
-        exception_handlers={Exception: rpc.error_response},
+        exception_handlers={Exception: rpc.error_response, MethodNotAllowedException: http_ddi.outside_routes},
         lifespan=[lifespan],
         openapi_config=None,
         logging_config=None,  # fleetd configures logging itself (cli/serve.py); no extra listener thread

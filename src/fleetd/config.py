@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from .errors import InvalidArgument
 
 ENV_PREFIX = "FLEETD_"
 CONFIG_FILE_NAME = "fleetd.toml"
+DDI_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -43,6 +45,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     telemetry_raw_days: float = 7
     telemetry_minute_days: float = 30
     telemetry_hour_days: float = 400
+    # hawkBit DDI: the tenant in /{tenant}/controller/v1/... (compared case-insensitively, as hawkBit does).
+    ddi_tenant: str = "DEFAULT"
+    # Let anyone download DDI artifacts without a token (hawkBit's "anonymous download"); off by default.
+    ddi_anonymous_download: bool = False
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -54,6 +60,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                      "telemetry_raw_days", "telemetry_minute_days", "telemetry_hour_days"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"{name} must be positive")
+        if not DDI_TENANT.match(self.ddi_tenant):
+            raise InvalidArgument(f"ddi_tenant must be 1-64 letters, digits and _.- (hawkBit's default is DEFAULT), "
+                                  f"got {self.ddi_tenant!r}")
 
     @property
     def data_path(self) -> Path:

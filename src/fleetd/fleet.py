@@ -16,6 +16,7 @@ from .auth import Authenticator
 from .blobs import BlobStore
 from .config import Settings
 from .db import Store, transaction
+from .ddi import DdiState
 from .events import EventBus
 from .hub import DeviceHub
 from .metrics import Metrics
@@ -55,6 +56,7 @@ class Fleet:
         self.blobs = BlobStore(self.data_dir / "blobs", self.store, settings.max_upload_bytes)
         self.events = EventBus()
         self.hub = DeviceHub(self.store, self.keys.token_key)
+        self.ddi = DdiState(self.store)
         self.telemetry = TelemetryIntake(self.store)
         self.authenticator = Authenticator(self.store, self.hub.tokens)
         self.enroll_limiter = RateLimiter(settings.enroll_rate_per_minute, 60.0, "enrollment")

@@ -49,6 +49,13 @@ async def download_blob(request: Request[Any, Any, Any], sha256: FromPath[str]) 
     sha = check_sha256(sha256)
     if not await may_download(fleet, request.state.principal, sha):
         raise PermissionDenied(f"you may not download blob {sha}")
+    return await blob_response(request, fleet, sha)
+
+
+async def blob_response(request: Request[Any, Any, Any], fleet: Fleet, sha: str,
+                        extra_headers: dict[str, str] | None = None) -> Response[Any]:
+    """Stream one stored blob (GET or HEAD) with ETag, If-None-Match, If-Range and one Range; the caller has
+    already decided that the requester may have it."""
     reader = await fleet.blobs.open(sha)
     if reader is None:
         raise NotFound(f"no blob {sha}")
@@ -56,7 +63,8 @@ async def download_blob(request: Request[Any, Any, Any], sha256: FromPath[str]) 
     try:
         size = reader.info.size
         etag = _etag(sha)
-        headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL, "Accept-Ranges": "bytes"}
+        headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL, "Accept-Ranges": "bytes",
+                   **(extra_headers or {})}
         if ranges.if_none_match(request.headers.get("if-none-match"), etag):
             return Response(b"", status_code=304, headers=headers)
         # Range is defined for GET only (RFC 9110 §14.2); HEAD describes the whole file.
@@ -111,4 +119,4 @@ OPENAPI_PATHS: dict[str, Any] = {
     },
 }
 
-__all__ = ["OPENAPI_PATHS", "ROUTES", "download_blob", "may_download"]
+__all__ = ["OPENAPI_PATHS", "ROUTES", "blob_response", "download_blob", "may_download"]

@@ -97,11 +97,7 @@ class DeviceHub:
     def note_checkin(self, device_id: str, addr: str | None, inventory: Inventory | None,
                      components: list[Component]) -> None:
         """Remember a check-in; the inventory is written only when it changed (and then at the next flush)."""
-        t = time.time()
-        self._last_seen[device_id] = t
-        stored = self._persisted.get(device_id)
-        if stored is None or t - stored[0] >= PERSIST_SEEN_AFTER or stored[1] != addr:
-            self._seen[device_id] = self._persisted[device_id] = (t, addr)
+        self.note_seen(device_id, addr)
         inv = msgspec.json.encode(inventory).decode() if inventory is not None else None
         h = hash((inv, msgspec.json.encode(components)))
         if self._inventory_hash.get(device_id) != h:
@@ -110,6 +106,14 @@ class DeviceHub:
             if inv is None and pending is not None:
                 inv = pending[0]  # a check-in without inventory must not drop one still waiting for the flush
             self._inventory[device_id] = (inv, components)
+
+    def note_seen(self, device_id: str, addr: str | None) -> None:
+        """A contact: last seen (and address) only, e.g. a hawkBit DDI poll, which reports no components."""
+        t = time.time()
+        self._last_seen[device_id] = t
+        stored = self._persisted.get(device_id)
+        if stored is None or t - stored[0] >= PERSIST_SEEN_AFTER or stored[1] != addr:
+            self._seen[device_id] = self._persisted[device_id] = (t, addr)
 
     def last_seen(self, device_id: str) -> float | None:
         return self._last_seen.get(device_id)

@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 PACKAGE = "fleetd.v1"
 # device_or_viewer: any device (the handler decides which resources it may see) or a viewer and up.
-Policy = Literal["public", "device", "device_or_viewer", "viewer", "operator", "admin"]
+# ddi: hawkBit DDI routes (TargetToken / GatewayToken), authenticated by http_ddi; no RPC method uses it.
+Policy = Literal["public", "device", "device_or_viewer", "viewer", "operator", "admin", "ddi"]
 POLICIES: tuple[str, ...] = typing.get_args(Policy)
 JSON = "application/json"
 
@@ -220,8 +221,8 @@ class Service:
     def method(self, *, auth: Policy, readonly: bool = False, name: str | None = None
                ) -> Callable[[Handler], Handler]:
         """Register a handler. ``auth`` is mandatory; ``readonly`` methods also answer Connect GET."""
-        if auth not in POLICIES:
-            raise ValueError(f"auth must be one of {POLICIES}")
+        if auth not in POLICIES or auth == "ddi":
+            raise ValueError(f"auth must be one of {POLICIES} other than ddi")
 
         def register(fn: Handler) -> Handler:
             hints = typing.get_type_hints(fn)
@@ -247,6 +248,8 @@ def authorize(policy: str, principal: Principal) -> None:
     """Raise unless ``principal`` may call something guarded by ``policy``."""
     if policy == "public":
         return
+    if policy == "ddi":
+        raise PermissionDenied("DDI routes take a TargetToken or GatewayToken")
     if principal.kind == "anonymous":
         raise Unauthenticated("this call needs credentials: an API key (Authorization: Bearer fk_...), "
                               "a device token, or a browser session")

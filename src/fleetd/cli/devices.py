@@ -419,3 +419,41 @@ def devices_cancel(
         print_json(a)
         return
     console.print(f"{escape(a['id'])} ({a['kind']} on {escape(a['device_id'])}) is now {_state(a['state'])}")
+
+
+@devices_app.command("ddi-token")
+def devices_ddi_token(
+    device: Annotated[str, typer.Argument(metavar="CONTROLLER_ID_OR_DEVICE_ID", show_default=False,
+                                          help="A DDI device's controller id or device id; an unknown controller "
+                                               "id registers a new active DDI device.")],
+    revoke: Annotated[bool, typer.Option("--revoke", help="Revoke the device's target token instead.")] = False,
+    device_type: Annotated[str, typer.Option("--device-type", help="Device type of a new device (default ddi), "
+                                             "or a new type for this one.", show_default=False)] = "",
+    tag: TagOpt = None,
+    server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None, json: JsonOpt = False,
+) -> None:
+    """Print a new hawkBit DDI target token for a device (its previous one stops working), or revoke it."""
+    client = remote(server, api_key, ca)
+    with errors_reported():
+        if revoke:
+            if device_type or tag:
+                raise InvalidArgument("--revoke takes no --device-type or --tag")
+            done = call(client, "DdiService", "RevokeTargetToken", {"device": device})
+        else:
+            tok = call(client, "DdiService", "CreateTargetToken",
+                       {"device": device, "device_type": device_type, "tags": parse_tag_args(tag or [])})
+    if revoke:
+        if json:
+            print_json(done)
+        else:
+            console.print(f"revoked {done['revoked']} target token(s) of {escape(done['controller_id'])} "
+                          f"({done['device_id']}); its DDI requests are refused until it gets a new one")
+        return
+    if json:
+        print_json(tok)
+        return
+    if tok.get("created"):
+        console.print(f"registered DDI device {escape(tok['controller_id'])} ({tok['device_id']})")
+    console.print(f"[bold]Target token[/bold] for {escape(tok['controller_id'])} (shown once; configure the device "
+                  "with it, sent as 'Authorization: TargetToken <token>'):")
+    console.print(tok["token"], markup=False, highlight=False, soft_wrap=True)

@@ -59,6 +59,12 @@ def serve(
                                                "DATA_DIR/fleetd.toml).", show_default=False)] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.",
                                                   show_default=False)] = None,
+    ddi_tenant: Annotated[str | None, typer.Option(help="hawkBit DDI tenant in /{tenant}/controller/v1/... "
+                                                   "(env FLEETD_DDI_TENANT; default DEFAULT).",
+                                                   show_default=False)] = None,
+    ddi_anonymous_download: Annotated[bool, typer.Option(
+        "--ddi-anonymous-download", help="Let DDI clients download artifacts without a token "
+        "(env FLEETD_DDI_ANONYMOUS_DOWNLOAD=1).")] = False,
 ) -> None:
     """Run the fleetd server (HTTPS, the API, the web UI, mDNS)."""
     import uvicorn
@@ -66,7 +72,8 @@ def serve(
     from ..app import create_app
 
     flags = {"data_dir": data_dir, "host": host, "port": port, "public_url": public_url, "log_level": log_level,
-             "tls": False if no_tls else None, "mdns": False if no_mdns else None}
+             "tls": False if no_tls else None, "mdns": False if no_mdns else None, "ddi_tenant": ddi_tenant,
+             "ddi_anonymous_download": True if ddi_anonymous_download else None}
     try:
         settings = load_settings(flags, config)
     except FleetdError as e:

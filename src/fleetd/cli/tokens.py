@@ -6,7 +6,9 @@ import datetime as dt
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
+from ..ddi_tokens import GATEWAY_ID_PREFIX
 from ..errors import InvalidArgument
 from ..models import parse_duration
 from ..tags import parse_tag_args
@@ -14,8 +16,10 @@ from .common import ApiKeyOpt, CaOpt, JsonOpt, ServerOpt, call, errors_reported,
 from .devices import hinted
 from .output import console, print_json, print_table, show
 
-tokens_app = typer.Typer(help="Join tokens: devices that enroll with one are active at once (through --server).",
-                         no_args_is_help=True)
+tokens_app = typer.Typer(help="Join tokens: devices that enroll with one are active at once (through --server). "
+                         "With --ddi-gateway: hawkBit DDI gateway tokens.", no_args_is_help=True)
+DDI = "DdiService"
+GATEWAY_COLUMNS = ["id", "description", "device_type", "tags", "created_by", "created_at", "revoked_at"]
 
 TOKEN_FIELDS = ["id", "description", "tags", "uses", "max_uses", "expires_at", "created_by", "created_at",
                 "revoked_at"]
@@ -58,10 +62,21 @@ def tokens_create(
     uses: Annotated[int, typer.Option(help="How many devices may enroll with it; 0 = unlimited.", min=0)] = 0,
     tag: TagOpt = None,
     description: Annotated[str, typer.Option(help="What it is for, e.g. 'kitchen Pis'.")] = "",
+    ddi_gateway: Annotated[bool, typer.Option("--ddi-gateway", help="A hawkBit DDI gateway token instead: it acts "
+                                              "for every controller and registers new ones (admin credential; no "
+                                              "expiry or use limit: revoke it with 'fleetd tokens revoke').")
+                           ] = False,
+    device_type: Annotated[str, typer.Option("--device-type", help="With --ddi-gateway: device type of the devices "
+                                             "it registers (default ddi).", show_default=False)] = "",
     server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None, json: JsonOpt = False,
 ) -> None:
     """Create a join token and print it with the one-line agent installer (shown once)."""
+    if ddi_gateway:
+        _create_gateway(tag, description, device_type, server, api_key, ca, json)
+        return
     with errors_reported():
+        if device_type:
+            raise InvalidArgument("--device-type goes with --ddi-gateway; agents report their own device type")
         body = {"expires_in": expires_in(expires), "uses": uses, "tags": parse_tag_args(tag or []),
                 "description": description}
         tok = call(remote(server, api_key, ca), "EnrollmentService", "CreateToken", body)
@@ -77,12 +92,37 @@ def tokens_create(
     console.print("\n[dim]Devices that enroll with it show up in 'fleetd devices list' as active.[/dim]")
 
 
+def _create_gateway(tag: list[str] | None, description: str, device_type: str, server: str | None,
+                    api_key: str | None, ca: str | None, json: bool) -> None:
+    with errors_reported():
+        tok = call(remote(server, api_key, ca), DDI, "CreateGatewayToken",
+                   {"description": description, "device_type": device_type, "tags": parse_tag_args(tag or [])})
+    if json:
+        print_json(tok)
+        return
+    show(tok, False, ["id", "description", "device_type", "tags"])
+    console.print("\n[bold]DDI gateway token[/bold] (shown once; it acts for every controller, keep it secret):")
+    console.print(tok["token"], markup=False, highlight=False, soft_wrap=True)
+    console.print("\n[dim]Devices send it as 'Authorization: GatewayToken <token>'; see docs/ddi.md.[/dim]")
+
+
 @tokens_app.command("list")
 def tokens_list(
     all_: Annotated[bool, typer.Option("--all", help="Also expired, used-up and revoked tokens.")] = False,
+    ddi_gateway: Annotated[bool, typer.Option("--ddi-gateway", help="List hawkBit DDI gateway tokens.")] = False,
     server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None, json: JsonOpt = False,
 ) -> None:
     """List join tokens (never their secrets)."""
+    if ddi_gateway:
+        with errors_reported():
+            gateways = call(remote(server, api_key, ca), DDI, "ListGatewayTokens",
+                            {"include_revoked": all_})["tokens"]
+        if json:
+            print_json(gateways)
+        else:
+            print_table(gateways, GATEWAY_COLUMNS,
+                        empty="no DDI gateway tokens (create one: fleetd tokens create --ddi-gateway)")
+        return
     with errors_reported():
         tokens = call(remote(server, api_key, ca), "EnrollmentService", "ListTokens",
                       {"include_inactive": all_})["tokens"]
@@ -99,7 +139,15 @@ def tokens_revoke(
     token_id: Annotated[str, typer.Argument(help="The token's id (see 'fleetd tokens list').")],
     server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None, json: JsonOpt = False,
 ) -> None:
-    """Revoke a join token; devices already enrolled with it stay enrolled."""
+    """Revoke a join token or a DDI gateway token (ddg_...); devices already enrolled with it stay enrolled."""
+    if token_id.startswith(GATEWAY_ID_PREFIX):
+        with errors_reported(), hinted("'fleetd tokens list --ddi-gateway --all' shows every gateway token"):
+            gw = call(remote(server, api_key, ca), DDI, "RevokeGatewayToken", {"id": token_id})
+        if json:
+            print_json(gw)
+        else:
+            console.print(f"revoked DDI gateway token {escape(gw['id'])}; devices it registered stay registered")
+        return
     with errors_reported(), hinted("'fleetd tokens list --all' shows every join token and its id"):
         tok = call(remote(server, api_key, ca), "EnrollmentService", "RevokeToken", {"id": token_id})
     if json:

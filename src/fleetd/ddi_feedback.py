@@ -1,0 +1,272 @@
+"""hawkBit DDI feedback and config data, mapped onto fleetd's actions and inventory::
+
+    scheduled, resumed, download, downloaded  → downloading    proceeding → installing
+    closed + success (or none)                → succeeded      closed + failure → failed
+    rejected                                  → rejected (offered actions) or failed
+    canceled                                  → cancelled (acknowledges a cancellation)
+
+Progress never goes backwards: a report of an earlier step updates message and progress only.
+A deployment closed with success sets the device's component to the artifact's version, since
+a DDI device reports no components. Config data ``data`` lands in the inventory's ``extra``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+
+from . import actions, audit
+from .actions import PROGRESS, TERMINAL
+from .audit import Actor
+from .ddi import ActionRow, device_action
+from .ddi_tokens import check_device_type
+from .errors import FleetdError, InvalidArgument, NotFound
+from .models import now
+from .registry import DeviceRuntime
+
+MAX_CONFIG_ENTRIES = 100
+MAX_CONFIG_KEY = 128
+MAX_CONFIG_VALUE = 128
+# A config data attribute with this key sets the device type (artifacts are matched on it).
+DEVICE_TYPE_ATTRIBUTE = "device_type"
+
+
+class ActionGone(FleetdError):
+    """Feedback for an action that is no longer active: hawkBit answers 410 Gone."""
+
+    code = "failed_precondition"
+    http_status = 410
+
+
+# --- request bodies ------------------------------------------------------------------
+
+Execution = Literal["closed", "proceeding", "canceled", "scheduled", "rejected", "resumed", "downloaded",
+                    "download", "downloading"]
+
+
+class DdiProgress(msgspec.Struct):
+    cnt: int
+    of: int | None = None
+
+
+class DdiResult(msgspec.Struct):
+    finished: Literal["success", "failure", "none"]
+    progress: DdiProgress | None = None
+
+
+class DdiStatus(msgspec.Struct):
+    execution: Execution
+    result: DdiResult
+    code: int | None = None
+    details: list[str] = []
+
+
+class DdiActionFeedback(msgspec.Struct):
+    status: DdiStatus
+    time: str = ""
+
+
+class DdiConfigData(msgspec.Struct):
+    data: dict[str, str]
+    mode: Literal["merge", "replace", "remove"] = "merge"
+
+
+_BODY_NAMES = {"DdiActionFeedback": "feedback (DdiActionFeedback: {\"status\": {\"execution\": ..., "
+                                     "\"result\": {\"finished\": ...}}})",
+               "DdiConfigData": "config data (DdiConfigData: {\"data\": {\"key\": \"value\"}, \"mode\": ...})"}
+
+
+def decode_body(body: bytes, t: type[Any]) -> Any:
+    try:
+        return msgspec.json.decode(body, type=t)
+    except msgspec.ValidationError as e:
+        raise InvalidArgument(f"invalid {_BODY_NAMES.get(t.__name__, t.__name__)}: {e}") from None
+    except msgspec.DecodeError as e:
+        raise InvalidArgument(f"the body is not valid JSON: {e}") from None
+
+
+# --- feedback --------------------------------------------------------------------------
+
+@dataclass
+class FeedbackOutcome:
+    action: actions.Action
+    still_open: bool
+    # Set when the action closed with success: its number is the device's new installedBase.
+    installed: int | None = None
+
+
+def _message(status: DdiStatus) -> str:
+    parts = [d for d in status.details if d]
+    if status.code is not None:
+        parts.append(f"device reported status code {status.code}")
+    return "; ".join(parts)[:actions.MAX_MESSAGE]
+
+
+def _progress(status: DdiStatus, fallback: int) -> int:
+    p = status.result.progress
+    if p is None:
+        return fallback
+    if p.of:
+        return max(0, min(100, p.cnt * 100 // p.of)) if p.of > 0 else fallback
+    return max(0, min(100, p.cnt))
+
+
+# Progress executions and the fleetd state each one reaches.
+_REACHES = {"scheduled": "downloading", "resumed": "downloading", "download": "downloading",
+            "downloading": "downloading", "downloaded": "downloading", "proceeding": "installing"}
+
+
+def _still_open(conn: sqlite3.Connection, device_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM actions WHERE device_id = ? AND open = 1 LIMIT 1",
+                        (device_id,)).fetchone() is not None
+
+
+def _ack_cancel(conn: sqlite3.Connection, row: ActionRow, device_id: str, message: str) -> None:
+    t = now()
+    conn.execute("INSERT INTO ddi_action_state (action_id, device_id, cancel_acked_at) VALUES (?, ?, ?) "
+                 "ON CONFLICT (action_id) DO UPDATE SET cancel_acked_at = excluded.cancel_acked_at",
+                 (row.id, device_id, t))
+    conn.execute("INSERT INTO action_events (action_id, ts, state, message, progress) VALUES (?, ?, ?, ?, ?)",
+                 (row.id, t, row.state, message[:actions.MAX_MESSAGE], row.progress))
+
+
+def apply_feedback(conn: sqlite3.Connection, device_id: str, controller_id: str, num: int,
+                   fb: DdiActionFeedback) -> FeedbackOutcome:
+    """Deployment feedback → the action's state, message and progress (one transaction)."""
+    row = device_action(conn, device_id, controller_id, num)
+    st = fb.status
+    ex = st.execution
+    message = _message(st)
+    if row.state in TERMINAL:
+        if row.state == "cancelled" and ex == "canceled" and row.fetched and not row.cancel_acked:
+            _ack_cancel(conn, row, device_id, message or "the device confirmed the cancellation")
+            return FeedbackOutcome(actions.get(conn, row.id), _still_open(conn, device_id))
+        raise ActionGone(f"action {num} is no longer active (it ended as {row.state}); send no more feedback "
+                         "for it")
+    progress = _progress(st, row.progress)
+    state = row.state
+
+    def report(new: str, msg: str = message, pct: int = progress) -> None:
+        nonlocal state
+        actions.report(conn, device_id, row.id, new, msg, pct)
+        state = new
+
+    if ex == "canceled":
+        actions.cancel(conn, Actor("device", device_id, controller_id), row.id)
+        _ack_cancel(conn, row, device_id, message or "cancelled by the device")
+        return FeedbackOutcome(actions.get(conn, row.id), _still_open(conn, device_id))
+    if ex == "rejected":
+        if state == "offered":
+            report("rejected", message or "declined on the device")
+        else:
+            report("failed", message or "the device rejected the update")
+    elif ex == "closed":
+        if st.result.finished == "failure":
+            report("failed", message or "the device reported failure", progress)
+        else:
+            if state == "offered":
+                report("accepted")
+            report("succeeded", message, 100)
+    else:
+        if state == "offered":
+            report("accepted")
+        target = _REACHES[ex]
+        if PROGRESS.index(target) > PROGRESS.index(state):
+            report(target)
+        else:
+            report(state)  # the same state again: updates message and progress
+    installed = None
+    if state == "succeeded":
+        _set_component(conn, device_id, row.artifact_id)
+        installed = num
+    return FeedbackOutcome(actions.get(conn, row.id), _still_open(conn, device_id), installed)
+
+
+def _set_component(conn: sqlite3.Connection, device_id: str, artifact_id: str | None) -> None:
+    """A DDI device reports no components: a deployment it closed with success sets the version it runs.
+
+    The version it replaces stays as the known-good one a rollback goes back to (like a check-in report)."""
+    if artifact_id is None:
+        return
+    art = conn.execute("SELECT name, version FROM artifacts WHERE id = ?", (artifact_id,)).fetchone()
+    if art is None:
+        return
+    old = conn.execute("SELECT version, previous_version, state, health FROM device_components "
+                       "WHERE device_id = ? AND name = ?", (device_id, art["name"])).fetchone()
+    previous = old["previous_version"] if old else None
+    if old and old["version"] != art["version"] and old["health"] != "unhealthy" and old["state"] != "failed":
+        previous = old["version"]
+    conn.execute("INSERT OR REPLACE INTO device_components (device_id, name, version, previous_version, state, "
+                 "health, restarts, updated_at) VALUES (?, ?, ?, ?, 'running', '', 0, ?)",
+                 (device_id, art["name"], art["version"], previous, time.time()))
+
+
+def apply_cancel_feedback(conn: sqlite3.Connection, device_id: str, controller_id: str, num: int,
+                          fb: DdiActionFeedback) -> bool:
+    """The device's answer to a cancelAction. Returns whether the cancellation is now answered."""
+    row = device_action(conn, device_id, controller_id, num)
+    if row.state != "cancelled":
+        if row.state in TERMINAL:
+            raise ActionGone(f"action {num} ended as {row.state}; there is no cancellation to answer")
+        raise NotFound(f"action {num} of controller {controller_id} is not being cancelled")
+    if row.cancel_acked:
+        raise ActionGone(f"the cancellation of action {num} was already answered")
+    st = fb.status
+    message = _message(st)
+    if st.execution in ("closed", "canceled"):
+        done = ("the device could not complete the cancellation" if st.result.finished == "failure"
+                else "the device confirmed the cancellation")
+    elif st.execution == "rejected":
+        done = "the device rejected the cancellation"
+    else:
+        return False  # progress on the way to cancelling: keep showing cancelAction
+    _ack_cancel(conn, row, device_id, f"{done}: {message}" if message else done)
+    return True
+
+
+# --- config data -------------------------------------------------------------------------
+
+def apply_config_data(conn: sqlite3.Connection, device_id: str, controller_id: str,
+                      cfg: DdiConfigData) -> DeviceRuntime | None:
+    """Controller attributes → the device's inventory ``extra``. Returns the new runtime if the type changed."""
+    if len(cfg.data) > MAX_CONFIG_ENTRIES:
+        raise InvalidArgument(f"config data has at most {MAX_CONFIG_ENTRIES} attributes, got {len(cfg.data)}")
+    for k, v in cfg.data.items():
+        if not k or len(k) > MAX_CONFIG_KEY:
+            raise InvalidArgument(f"config data keys are 1-{MAX_CONFIG_KEY} characters, got {k[:140]!r}")
+        if len(v) > MAX_CONFIG_VALUE:
+            raise InvalidArgument(f"config data value of {k!r} is longer than {MAX_CONFIG_VALUE} characters")
+    r = conn.execute("SELECT inventory, device_type, status, poll_interval FROM devices WHERE id = ?",
+                     (device_id,)).fetchone()
+    if r is None:
+        raise NotFound(f"no controller {controller_id}")
+    inventory = json.loads(r["inventory"])
+    extra = dict(inventory.get("extra") or {})
+    if cfg.mode == "replace":
+        extra = dict(cfg.data)
+    elif cfg.mode == "remove":
+        for k in cfg.data:
+            extra.pop(k, None)
+    else:
+        extra.update(cfg.data)
+    inventory["extra"] = extra
+    device_type = r["device_type"]
+    if cfg.mode != "remove" and cfg.data.get(DEVICE_TYPE_ATTRIBUTE):
+        device_type = check_device_type(cfg.data[DEVICE_TYPE_ATTRIBUTE])
+    conn.execute("UPDATE devices SET inventory = ?, device_type = ? WHERE id = ?",
+                 (json.dumps(inventory), device_type, device_id))
+    conn.execute("UPDATE ddi_devices SET config_requested = 0 WHERE device_id = ?", (device_id,))
+    if device_type != r["device_type"]:
+        audit.record(conn, Actor("device", device_id, controller_id), "device.update", device_id,
+                     device_type=device_type, via="ddi configData")
+        return DeviceRuntime(r["status"], r["poll_interval"], device_type)
+    return None
+
+
+__all__ = ["ActionGone", "DdiActionFeedback", "DdiConfigData", "FeedbackOutcome", "apply_cancel_feedback",
+           "apply_config_data", "apply_feedback", "decode_body"]

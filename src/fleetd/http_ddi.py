@@ -1,0 +1,451 @@
+"""The hawkBit DDI routes under ``/{tenant}/controller/v1/{controllerId}``, as hawkBit's DdiRootController.
+
+Paths, JSON field names, HAL ``_links`` with absolute hrefs and status codes follow hawkBit, so that
+SWUpdate's suricatta, rauc-hawkbit-updater and Zephyr's hawkBit client work unchanged. Errors carry
+hawkBit's body shape ``{"exceptionClass", "errorCode", "message"}``. The poll answer is built from
+memory for a device with nothing to do (the check-in hot path) and carries an ETag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import sqlite3
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import msgspec
+from litestar import Request, Response, get, post, put, route
+from litestar.connection import ASGIConnection
+from litestar.enums import HttpMethod
+from litestar.exceptions import HTTPException
+from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
+from litestar.params import FromPath
+
+from . import actions, ddi, ddi_feedback, ranges, rpc
+from .actions import TERMINAL
+from .auth import Principal
+from .ddi_tokens import TokenEntry
+from .errors import FleetdError, InvalidArgument, NotFound, Unauthenticated
+from .http_blobs import blob_response
+
+if TYPE_CHECKING:
+    from .fleet import Fleet
+
+log = logging.getLogger(__name__)
+
+HAL_JSON = "application/hal+json"
+MD5SUM_SUFFIX = ".MD5SUM"
+MAX_BODY = 64 * 1024
+PARTS = {"firmware": "os", "app": "bApp", "agent": "bApp"}
+
+
+# --- authentication (called by the app's guard for policy "ddi") -----------------------------
+
+@dataclass(frozen=True, slots=True)
+class DdiCaller:
+    kind: str  # target, gateway or anonymous
+    controller_id: str
+    device_id: str | None  # None: a gateway's controller that is not registered yet, or anonymous
+    token: TokenEntry | None = None
+
+    def device(self) -> str:
+        if self.device_id is None:
+            raise NotFound(f"controller {self.controller_id} is not registered; poll "
+                           f"/{{tenant}}/controller/v1/{self.controller_id} first")
+        return self.device_id
+
+
+async def authenticate(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> Principal:
+    """TargetToken / GatewayToken → the calling controller; no database read."""
+    fleet: Fleet = connection.app.state.fleet
+    # Only the configured tenant has routes (see :func:`routes`): another tenant's paths answer 404.
+    controller_id = str(connection.path_params.get("controller_id", ""))
+    header = connection.headers.get("authorization")
+    state = fleet.ddi
+    if not header:
+        if handler.opt.get("ddi_download") and fleet.settings.ddi_anonymous_download:
+            connection.state.ddi = DdiCaller("anonymous", controller_id, None)
+            return Principal("anonymous")
+        raise Unauthenticated("send 'Authorization: TargetToken <token>' (fleetd devices ddi-token) or "
+                              "'Authorization: GatewayToken <token>' (fleetd tokens create --ddi-gateway)")
+    scheme, _, secret = header.strip().partition(" ")
+    secret = secret.strip()
+    kind = {"targettoken": "target", "gatewaytoken": "gateway"}.get(scheme.lower())
+    if kind is None or not secret:
+        raise Unauthenticated("the Authorization header must be 'TargetToken <token>' or 'GatewayToken <token>'")
+    entry = state.tokens.lookup(kind, secret)
+    if entry is None:
+        raise Unauthenticated(f"unknown or revoked {'target' if kind == 'target' else 'gateway'} token")
+    device_id = state.controllers.get(controller_id)
+    if device_id is not None and device_id not in fleet.hub.runtime:
+        state.forget_device(device_id)  # deleted since
+        device_id = None
+    if kind == "target" and (device_id is None or device_id != entry.device_id):
+        raise Unauthenticated(f"this target token is not valid for controller {controller_id}")
+    if device_id is not None and fleet.hub.runtime[device_id].status == "revoked":
+        raise Unauthenticated(f"controller {controller_id} was revoked")
+    connection.state.ddi = DdiCaller(kind, controller_id, device_id, entry)
+    if device_id is None:
+        return Principal("ddi_gateway", entry.id, controller_id)
+    # Every DDI request is a contact, as in hawkBit (its last poll time moves with each one).
+    fleet.hub.note_seen(device_id, connection.client.host if connection.client else None)
+    return Principal("device", device_id, controller_id)
+
+
+def _caller(request: Request[Any, Any, Any]) -> DdiCaller:
+    caller: DdiCaller = request.state.ddi
+    return caller
+
+
+# --- errors, hawkBit's shape ---------------------------------------------------------------
+
+_HAWKBIT_CODES = {
+    400: ("org.eclipse.hawkbit.rest.exception.MessageNotReadableException",
+          "hawkbit.server.error.rest.body.notReadable"),
+    # hawkBit's own spelling ("entitiy"): some clients compare the string.
+    404: ("org.eclipse.hawkbit.repository.exception.EntityNotFoundException",
+          "hawkbit.server.error.repo.entitiyNotFound"),
+}
+_FLEETD_CODES = {401: "unauthorized", 403: "forbidden", 410: "actionNotActive", 413: "bodyTooLarge",
+                 416: "rangeNotSatisfiable", 500: "internal", 503: "unavailable"}
+
+
+def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    headers: dict[str, str] = {}
+    if isinstance(exc, FleetdError):
+        status, message, cls = exc.http_status, exc.message, f"fleetd.{type(exc).__name__}"
+    elif isinstance(exc, HTTPException):
+        status, message, cls = exc.status_code, str(exc.detail), f"litestar.{type(exc).__name__}"
+        headers.update(exc.headers or {})
+        if status == 413:
+            message = f"the request body is larger than DDI accepts ({MAX_BODY} bytes)"
+    else:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        status, message, cls = 500, "internal error; the server log has the details", "fleetd.FleetdError"
+    known = _HAWKBIT_CODES.get(status)
+    if known:
+        cls, code = known
+    else:
+        code = f"fleetd.ddi.{_FLEETD_CODES.get(status, 'error')}"
+    body = msgspec.json.encode({"exceptionClass": cls, "errorCode": code, "message": message})
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+# --- JSON as hawkBit writes it ---------------------------------------------------------
+
+def _base(request: Request[Any, Any, Any], fleet: Fleet, controller_id: str) -> str:
+    root = fleet.settings.public_url.rstrip("/") if fleet.settings.public_url else str(request.base_url).rstrip("/")
+    tenant = request.url.path.split("/")[1]  # as the client wrote it
+    return f"{root}/{quote(tenant, safe='')}/controller/v1/{quote(controller_id, safe='')}"
+
+
+def _link(href: str) -> dict[str, str]:
+    return {"href": href}
+
+
+def _sleep(seconds: int) -> str:
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _artifact_json(base: str, module: int, a: sqlite3.Row) -> dict[str, Any]:
+    url = f"{base}/softwaremodules/{module}/artifacts/{quote(a['file_name'], safe='')}"
+    return {"filename": a["file_name"], "hashes": {"sha1": a["sha1"], "md5": a["md5"], "sha256": a["sha256"]},
+            "size": a["size"], "_links": {"download": _link(url), "download-http": _link(url),
+                                          "md5sum": _link(url + MD5SUM_SUFFIX),
+                                          "md5sum-http": _link(url + MD5SUM_SUFFIX)}}
+
+
+def _deployment_json(base: str, row: ddi.ActionRow, a: sqlite3.Row, module: int,
+                     hist: list[str] | None) -> dict[str, Any]:
+    handling = "attempt" if row.state == "offered" else "forced"
+    chunk = {"part": PARTS.get(a["kind"], "bApp"), "version": a["version"], "name": a["name"],
+             "artifacts": [_artifact_json(base, module, a)],
+             # fleetd's signed manifest rides along, for clients that can check it.
+             "metadata": [{"key": "fleetd.manifest", "value": bytes(a["manifest"]).decode()},
+                          {"key": "fleetd.signature", "value": a["signature"]}]}
+    out: dict[str, Any] = {"id": str(row.num),
+                           "deployment": {"download": handling, "update": handling, "chunks": [chunk]}}
+    if hist is not None:
+        out["actionHistory"] = {"status": row.state.upper(), "messages": hist}
+    return out
+
+
+def _json(obj: Any) -> Response[bytes]:
+    return Response(msgspec.json.encode(obj), media_type=HAL_JSON)
+
+
+def _count(request: Request[Any, Any, Any]) -> int | None:
+    raw = request.query_params.get("actionHistory")
+    if raw is None:
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        raise InvalidArgument(f"actionHistory must be a number of messages, got {raw!r}") from None
+    return 1000 if n < 0 else min(n, 1000)  # hawkBit: a negative count means all of them
+
+
+async def _body(request: Request[Any, Any, Any]) -> bytes:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise HTTPException(status_code=413, detail="body too large")
+    return body
+
+
+# --- routes -------------------------------------------------------------------------------
+
+async def _register(fleet: Fleet, caller: DdiCaller, addr: str | None) -> str:
+    gateway, controller_id = caller.token, caller.controller_id
+    if gateway is None:
+        raise Unauthenticated("a token is needed to poll")
+    device_id, rt, created = await fleet.store.write(
+        lambda c: ddi.register_by_gateway(c, controller_id, gateway, addr))
+    fleet.hub.set_device(device_id, rt, None)
+    fleet.ddi.controllers[controller_id] = device_id
+    if created:
+        fleet.ddi.config_requested.add(device_id)
+        fleet.events.publish("device.enrolled", {"id": device_id, "hardware_id": controller_id, "via": "ddi"})
+    return device_id
+
+
+async def _fail_undeliverable(fleet: Fleet, device_id: str) -> None:
+    def write(conn: sqlite3.Connection) -> tuple[list[actions.Action], bool]:
+        ended = [actions.get(conn, a) for a in ddi.fail_undeliverable(conn, device_id)]
+        return ended, conn.execute("SELECT 1 FROM actions WHERE device_id = ? AND open = 1 LIMIT 1",
+                                   (device_id,)).fetchone() is not None
+
+    ended, still_open = await fleet.store.write(write)
+    fleet.hub.set_open_actions(device_id, still_open)
+    for a in ended:
+        fleet.events.publish("action.state", msgspec.to_builtins(a))
+
+
+async def poll(request: Request[Any, Any, Any], controller_id: FromPath[str]) -> Response[bytes]:
+    fleet: Fleet = request.app.state.fleet
+    caller, state, hub = _caller(request), fleet.ddi, fleet.hub
+    addr = request.client.host if request.client else None
+    device_id = caller.device_id
+    if device_id is None:
+        device_id = await _register(fleet, caller, addr)
+        hub.note_seen(device_id, addr)
+    rt = hub.runtime[device_id]
+    links: dict[str, Any] = {}
+    base = _base(request, fleet, controller_id)
+    if device_id in hub.open_actions or device_id in state.watch:
+        view = await fleet.store.read(lambda c: ddi.poll_view(c, device_id))
+        if view.undeliverable:
+            await _fail_undeliverable(fleet, device_id)
+        if not view.watch:
+            state.watch.discard(device_id)
+        if view.cancel is not None:
+            links["cancelAction"] = _link(f"{base}/cancelAction/{view.cancel}")
+        elif view.deployment is not None:
+            num, st = view.deployment
+            key = hashlib.sha1(f"{num}:{st == 'offered'}".encode()).hexdigest()[:8]
+            links["deploymentBase"] = _link(f"{base}/deploymentBase/{num}?c={key}")
+    installed = state.installed.get(device_id)
+    if installed is not None:
+        links["installedBase"] = _link(f"{base}/installedBase/{installed}")
+    if device_id in state.config_requested:
+        links["configData"] = _link(f"{base}/configData")
+    doc: dict[str, Any] = {"config": {"polling": {"sleep": _sleep(rt.poll_interval)}}}
+    if links:
+        doc["_links"] = links
+    body = msgspec.json.encode(doc)
+    etag = f'"{hashlib.sha1(body).hexdigest()}"'
+    if ranges.if_none_match(request.headers.get("if-none-match"), etag):
+        return Response(b"", status_code=304, headers={"ETag": etag})
+    return Response(body, media_type=HAL_JSON, headers={"ETag": etag})
+
+
+def _module(conn: sqlite3.Connection, artifact_id: str) -> tuple[sqlite3.Row, int]:
+    a = conn.execute("SELECT a.*, b.md5, b.sha1 FROM artifacts a JOIN blobs b ON b.sha256 = a.sha256 "
+                     "WHERE a.id = ?", (artifact_id,)).fetchone()
+    if a is None:
+        raise NotFound(f"artifact {artifact_id} is gone")
+    return a, ddi.num_of(conn, "artifact", artifact_id)
+
+
+async def deployment_base(request: Request[Any, Any, Any], controller_id: FromPath[str],
+                          action_id: FromPath[int]) -> Response[bytes]:
+    fleet: Fleet = request.app.state.fleet
+    device_id = _caller(request).device()
+    count = _count(request)
+
+    def read(conn: sqlite3.Connection) -> tuple[ddi.ActionRow, sqlite3.Row, int, list[str] | None]:
+        row = ddi.device_action(conn, device_id, controller_id, action_id)
+        if row.state in TERMINAL or row.artifact_id is None:
+            raise NotFound(f"action {action_id} is not an active deployment (it is {row.state})")
+        a, module = _module(conn, row.artifact_id)
+        return row, a, module, ddi.history(conn, row.id, count) if count is not None else None
+
+    row, a, module, hist = await fleet.store.read(read)
+    if not row.fetched:
+        await fleet.store.write(lambda c: ddi.mark_fetched(c, device_id, row.id))
+    fleet.ddi.watch.add(device_id)
+    return _json(_deployment_json(_base(request, fleet, controller_id), row, a, module, hist))
+
+
+async def installed_base(request: Request[Any, Any, Any], controller_id: FromPath[str],
+                         action_id: FromPath[int]) -> Response[bytes]:
+    fleet: Fleet = request.app.state.fleet
+    device_id = _caller(request).device()
+    count = _count(request)
+
+    def read(conn: sqlite3.Connection) -> tuple[ddi.ActionRow, sqlite3.Row, int, list[str] | None]:
+        row = ddi.device_action(conn, device_id, controller_id, action_id)
+        if row.state not in TERMINAL or row.state == "cancelled" or row.artifact_id is None:
+            raise NotFound(f"action {action_id} is not a finished deployment (it is {row.state})")
+        a, module = _module(conn, row.artifact_id)
+        return row, a, module, ddi.history(conn, row.id, count) if count is not None else None
+
+    row, a, module, hist = await fleet.store.read(read)
+    return _json(_deployment_json(_base(request, fleet, controller_id), row, a, module, hist))
+
+
+async def deployment_feedback(request: Request[Any, Any, Any], controller_id: FromPath[str],
+                              action_id: FromPath[int]) -> Response[bytes]:
+    fleet: Fleet = request.app.state.fleet
+    device_id = _caller(request).device()
+    fb = ddi_feedback.decode_body(await _body(request), ddi_feedback.DdiActionFeedback)
+    out = await fleet.store.write(lambda c: ddi_feedback.apply_feedback(c, device_id, controller_id, action_id, fb))
+    fleet.hub.set_open_actions(device_id, out.still_open)
+    if out.installed is not None:
+        fleet.ddi.installed[device_id] = out.installed
+    fleet.events.publish("action.state", msgspec.to_builtins(out.action))
+    return Response(b"", status_code=200)
+
+
+async def cancel_action(request: Request[Any, Any, Any], controller_id: FromPath[str],
+                        action_id: FromPath[int]) -> Response[bytes]:
+    fleet: Fleet = request.app.state.fleet
+    device_id = _caller(request).device()
+    row = await fleet.store.read(lambda c: ddi.device_action(c, device_id, controller_id, action_id))
+    if row.state != "cancelled" or not row.fetched or row.cancel_acked:
+        raise NotFound(f"action {action_id} has no cancellation pending")
+    return _json({"id": str(row.num), "cancelAction": {"stopId": str(row.num)}})
+
+
+async def cancel_feedback(request: Request[Any, Any, Any], controller_id: FromPath[str],
+                          action_id: FromPath[int]) -> Response[bytes]:
+    fleet: Fleet = request.app.state.fleet
+    device_id = _caller(request).device()
+    fb = ddi_feedback.decode_body(await _body(request), ddi_feedback.DdiActionFeedback)
+    await fleet.store.write(lambda c: ddi_feedback.apply_cancel_feedback(c, device_id, controller_id, action_id, fb))
+    return Response(b"", status_code=200)
+
+
+async def config_data(request: Request[Any, Any, Any], controller_id: FromPath[str]) -> Response[bytes]:
+    fleet: Fleet = request.app.state.fleet
+    device_id = _caller(request).device()
+    cfg = ddi_feedback.decode_body(await _body(request), ddi_feedback.DdiConfigData)
+    rt = await fleet.store.write(lambda c: ddi_feedback.apply_config_data(c, device_id, controller_id, cfg))
+    if rt is not None:
+        fleet.hub.set_device(device_id, rt, None)
+    fleet.ddi.config_requested.discard(device_id)
+    return Response(b"", status_code=200)
+
+
+async def module_artifacts(request: Request[Any, Any, Any], controller_id: FromPath[str],
+                           module_id: FromPath[int]) -> Response[bytes]:
+    fleet: Fleet = request.app.state.fleet
+    device_id = _caller(request).device()
+    a = await fleet.store.read(lambda c: ddi.module_artifact(c, module_id, device_id))
+    return _json([_artifact_json(_base(request, fleet, controller_id), module_id, a)])
+
+
+async def download(request: Request[Any, Any, Any], controller_id: FromPath[str], module_id: FromPath[int],
+                   file_name: FromPath[str]) -> Response[Any]:
+    fleet: Fleet = request.app.state.fleet
+    caller = _caller(request)
+    device_id = None if caller.kind == "anonymous" else caller.device()
+    a = await fleet.store.read(lambda c: ddi.module_artifact(c, module_id, device_id))
+    disposition = {"Content-Disposition": f"attachment;filename={quote(file_name, safe='')}"}
+    if file_name == a["file_name"]:
+        return await blob_response(request, fleet, a["sha256"], disposition)
+    if file_name == a["file_name"] + MD5SUM_SUFFIX:
+        body = f"{a['md5']}  {a['file_name']}\n".encode()
+        return Response(b"" if request.method == HttpMethod.HEAD else body, media_type="text/plain",
+                        headers={**disposition, "Content-Length": str(len(body))})
+    raise NotFound(f"software module {module_id} has no artifact {file_name!r}")
+
+
+_DDI_PATH = re.compile(r"^/([^/]+)/controller/v1/")
+
+
+def outside_routes(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """A 404 or 405 outside every route. A DDI path gets a DDI answer (under another tenant: saying so), the
+    rest the usual one. Paths that start with a parameter reach the web UI's files, mounted at ``/``."""
+    m = _DDI_PATH.match(request.url.path)
+    if m is None:
+        return rpc.error_response(request, exc)
+    fleet: Fleet = request.app.state.fleet
+    if m.group(1) not in tenant_spellings(fleet.settings.ddi_tenant):
+        exc = NotFound(f"unknown tenant {m.group(1)!r}: this server answers DDI under "
+                       f"/{fleet.settings.ddi_tenant}/controller/v1/")
+    return error_response(request, exc)
+
+
+def tenant_spellings(tenant: str) -> list[str]:
+    """hawkBit compares tenants case-insensitively; the usual spellings of the configured one get routes."""
+    return list(dict.fromkeys([tenant, tenant.upper(), tenant.lower()]))
+
+
+def routes(tenant: str) -> list[HTTPRouteHandler]:
+    """The DDI routes for one tenant. The tenant is a fixed first path segment, not a parameter: the web UI's
+    static files are mounted at ``/`` and would otherwise take every path that starts with a parameter."""
+    bases = [f"/{t}/controller/v1/{{controller_id:str}}" for t in tenant_spellings(tenant)]
+
+    def paths(suffix: str) -> list[str]:
+        return [b + suffix for b in bases]
+
+    common: dict[str, Any] = {"include_in_schema": False, "exception_handlers": {Exception: error_response}}
+    ddi_opt = {"auth": "ddi"}
+    return [
+        get(paths(""), name="ddi.poll", opt=ddi_opt, **common)(poll),
+        get(paths("/deploymentBase/{action_id:int}"), name="ddi.deployment", opt=ddi_opt, **common)(deployment_base),
+        get(paths("/installedBase/{action_id:int}"), name="ddi.installed", opt=ddi_opt, **common)(installed_base),
+        post(paths("/deploymentBase/{action_id:int}/feedback"), name="ddi.feedback", status_code=200, opt=ddi_opt,
+             **common)(deployment_feedback),
+        get(paths("/cancelAction/{action_id:int}"), name="ddi.cancel", opt=ddi_opt, **common)(cancel_action),
+        post(paths("/cancelAction/{action_id:int}/feedback"), name="ddi.cancel_feedback", status_code=200,
+             opt=ddi_opt, **common)(cancel_feedback),
+        put(paths("/configData"), name="ddi.config_data", status_code=200, opt=ddi_opt, **common)(config_data),
+        get(paths("/softwaremodules/{module_id:int}/artifacts"), name="ddi.artifacts", opt=ddi_opt,
+            **common)(module_artifacts),
+        route(paths("/softwaremodules/{module_id:int}/artifacts/{file_name:str}"),
+              http_method=[HttpMethod.GET, HttpMethod.HEAD], name="ddi.download",
+              opt={"auth": "ddi", "ddi_download": True}, **common)(download),
+    ]
+
+_DDI = "/{tenant}/controller/v1/{controllerId}"
+OPENAPI_PATHS: dict[str, Any] = {
+    _DDI: {"get": {"summary": "hawkBit DDI poll (TargetToken or GatewayToken; docs/ddi.md)",
+                   "x-fleetd-auth": "ddi", "responses": {"200": {"description": "DdiControllerBase"}}}},
+    _DDI + "/deploymentBase/{actionId}": {"get": {"summary": "hawkBit DDI deployment", "x-fleetd-auth": "ddi",
+                                                  "responses": {"200": {"description": "DdiDeploymentBase"}}}},
+    _DDI + "/deploymentBase/{actionId}/feedback": {"post": {"summary": "hawkBit DDI deployment feedback",
+                                                            "x-fleetd-auth": "ddi",
+                                                            "responses": {"200": {"description": "OK"}}}},
+    _DDI + "/configData": {"put": {"summary": "hawkBit DDI config data", "x-fleetd-auth": "ddi",
+                                   "responses": {"200": {"description": "OK"}}}},
+    _DDI + "/cancelAction/{actionId}": {"get": {"summary": "hawkBit DDI cancel action", "x-fleetd-auth": "ddi",
+                                                "responses": {"200": {"description": "DdiCancel"}}}},
+    _DDI + "/cancelAction/{actionId}/feedback": {"post": {"summary": "hawkBit DDI cancel feedback",
+                                                          "x-fleetd-auth": "ddi",
+                                                          "responses": {"200": {"description": "OK"}}}},
+    _DDI + "/installedBase/{actionId}": {"get": {"summary": "hawkBit DDI installed deployment",
+                                                 "x-fleetd-auth": "ddi",
+                                                 "responses": {"200": {"description": "DdiDeploymentBase"}}}},
+    _DDI + "/softwaremodules/{moduleId}/artifacts": {"get": {"summary": "hawkBit DDI artifacts of a module",
+                                                             "x-fleetd-auth": "ddi",
+                                                             "responses": {"200": {"description": "[DdiArtifact]"}}}},
+    _DDI + "/softwaremodules/{moduleId}/artifacts/{fileName}": {
+        "get": {"summary": "hawkBit DDI artifact download (Range; also {fileName}.MD5SUM)", "x-fleetd-auth": "ddi",
+                "responses": {"200": {"description": "the file"}, "206": {"description": "one range"}}}},
+}
+
+__all__ = ["OPENAPI_PATHS", "DdiCaller", "authenticate", "error_response", "outside_routes", "routes"]

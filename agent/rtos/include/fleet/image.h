@@ -51,6 +51,13 @@ int fleet_image_verify(const fleet_port_t *port, const fleet_config_t *cfg, uint
                        uint32_t max_len, uint32_t min_counter, uint8_t *buf, uint32_t buf_len,
                        fleet_image_header_t *hdr);
 
+/* Reads the header at off and the TLV info behind the payload: the whole
+ * image's size (header + payload + trailer), checked against max_len. No
+ * hash or signature check; fleet_image_verify does those. */
+int fleet_image_size(const fleet_port_t *port, uint32_t off, uint32_t max_len, fleet_image_header_t *hdr,
+                     uint32_t *size);
+
+/* <0, 0, >0 like memcmp. */
 int fleet_version_cmp(const fleet_version_t *a, const fleet_version_t *b);
 
 #endif

@@ -57,15 +57,22 @@ int fleet_status_ack(const fleet_port_t *port, const fleet_config_t *cfg);
 /* Starts (or, with the same action_id and size, resumes) a download of size
  * bytes into the secondary slot. After the call, u->offset says where to
  * continue: 0 for a new download, or the resume point (the hash is
- * recomputed from flash at finish, so nothing else is needed). */
+ * recomputed from flash at finish, so nothing else is needed).
+ * FLEET_E_STATE while a trial runs (confirm it first: the secondary slot
+ * holds the image it would revert to); FLEET_E_SPACE when size exceeds the
+ * slot; FLEET_E_INVALID for an empty or too long action_id, size 0, or a
+ * buf_len that is not a nonzero multiple of write_align. */
 int fleet_update_begin(fleet_update_t *u, const fleet_port_t *port, const fleet_config_t *cfg,
                        const char *action_id, uint32_t size, uint8_t *buf, uint32_t buf_len);
 int fleet_update_write(fleet_update_t *u, const uint8_t *data, uint32_t len);
-/* Flushes, verifies the whole image in the secondary slot and, when it is
- * good, marks it PENDING for a trial at the next reset. A bad image is
- * refused (the state records result REJECTED with the reason). */
+/* Flushes, verifies the whole image in the secondary slot (exactly u->size
+ * bytes) and, when it is good, marks it PENDING for a trial at the next
+ * reset. A bad image is refused: the state records result REJECTED with the
+ * reason, which is also returned. FLEET_E_INVALID when fewer than size
+ * bytes were written. */
 int fleet_update_finish(fleet_update_t *u, fleet_image_header_t *hdr);
-/* Abandons a download (state back to IDLE). */
+/* Abandons a download or a pending image (state back to IDLE);
+ * FLEET_E_STATE during a trial. */
 int fleet_update_abort(const fleet_port_t *port, const fleet_config_t *cfg);
 
 /* Confirms the running trial image: it becomes the known-good image and the

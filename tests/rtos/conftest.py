@@ -1,0 +1,18 @@
+"""Fixtures for the RTOS shim tests: the host build (made once per session) and signed test images."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+RTOS_DIR = Path(__file__).resolve().parents[2] / "agent" / "rtos"
+
+
+@pytest.fixture(scope="session")
+def shim_build() -> Path:
+    """Runs `make -C agent/rtos host` once; returns the host build directory."""
+    proc = subprocess.run(["make", "-s", "-C", str(RTOS_DIR), "host"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"make host failed:\n{proc.stdout}\n{proc.stderr}"
+    return RTOS_DIR / "build" / "host"

@@ -63,12 +63,15 @@ typedef struct fleet_http_request {
     const uint8_t *body;
     size_t body_len;
     uint32_t range_start;      /* nonzero: send "Range: bytes=<range_start>-" */
+    uint32_t range_end;        /* nonzero: send "Range: bytes=<range_start>-<range_end>" (inclusive) */
 } fleet_http_request_t;
 
 typedef struct fleet_transport {
     void *ctx;
     /* Sends req; streams the response body to on_body; sets *status to the
-     * HTTP status. Returns FLEET_OK when an answer arrived (any status). */
+     * HTTP status (before the first on_body call, so the callback can tell a
+     * 206 body from an error body). Returns FLEET_OK when an answer arrived
+     * (any status). */
     int (*request)(void *ctx, const fleet_http_request_t *req, int *status, fleet_body_cb on_body,
                    void *user);
 } fleet_transport_t;

@@ -239,6 +239,16 @@ def test_checkin_records_inventory_and_components(client, fleet, admin_key) -> N
     assert dev["components"][0]["previous_version"] == "1.0.0"
 
 
+def test_a_version_seen_only_between_two_flushes_still_becomes_the_previous_version(  # type: ignore[no-untyped-def]
+        client, fleet, admin_key) -> None:
+    d = active_device(client, admin_key)
+    for version in ("1.0.0", "1.1.0"):  # install, reboot and check in again within one flush interval
+        d.call("CheckIn", {"components": [{"name": "fw", "version": version, "state": "running"}]})
+    asyncio.run(fleet.hub.flush())
+    dev = rpc(client, "DeviceAdminService", "GetDevice", {"id": d.device_id}, key=admin_key).json()
+    assert (dev["components"][0]["version"], dev["components"][0]["previous_version"]) == ("1.1.0", "1.0.0")
+
+
 @pytest.mark.parametrize("body, fragment", [
     ({"inventory": {"hostname": 5}}, "hostname"),
     ({"components": [{"name": "x"}]}, "version"),

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 FLUSH_INTERVAL = 1.0
 # last_seen is written to SQLite only when the stored value is this old; the hub has the exact one.
 PERSIST_SEEN_AFTER = 60.0
+# Component lists kept per device between flushes (a device changes versions a few times a second at most).
+MAX_PENDING_COMPONENT_LISTS = 8
 
 
 class Component(msgspec.Struct, kw_only=True):
@@ -64,7 +66,7 @@ class DeviceHub:
         self._last_seen: dict[str, float] = dict(store.read_sync(lambda c: c.execute(
             "SELECT id, last_seen FROM devices WHERE last_seen IS NOT NULL").fetchall()))
         self._inventory_hash: dict[str, int] = {}
-        self._inventory: dict[str, tuple[str | None, list[Component]]] = {}
+        self._inventory: dict[str, tuple[str | None, list[list[Component]]]] = {}
         self._task: asyncio.Task[None] | None = None
 
     # --- keeping the directory in step -------------------------------------
@@ -105,7 +107,12 @@ class DeviceHub:
             pending = self._inventory.get(device_id)
             if inv is None and pending is not None:
                 inv = pending[0]  # a check-in without inventory must not drop one still waiting for the flush
-            self._inventory[device_id] = (inv, components)
+            # Every component list since the last flush is applied in order, so a version that came and went
+            # within one flush (install, reboot, check in again) still becomes the previous known-good version.
+            history = pending[1] if pending is not None else []
+            if not history or history[-1] != components:
+                history = [*history, components][-MAX_PENDING_COMPONENT_LISTS:]
+            self._inventory[device_id] = (inv, history)
 
     def note_seen(self, device_id: str, addr: str | None) -> None:
         """A contact: last seen (and address) only, e.g. a hawkBit DDI poll, which reports no components."""
@@ -133,10 +140,11 @@ class DeviceHub:
         def write(conn: sqlite3.Connection) -> None:
             conn.executemany("UPDATE devices SET last_seen = ?, last_addr = ? WHERE id = ?",
                              [(t, addr, did) for did, (t, addr) in seen.items()])
-            for did, (inv, components) in inventory.items():
+            for did, (inv, history) in inventory.items():
                 if inv is not None:
                     conn.execute("UPDATE devices SET inventory = ? WHERE id = ?", (inv, did))
-                _store_components(conn, did, components)
+                for components in history:
+                    _store_components(conn, did, components)
 
         try:
             await self.store.write(write)

@@ -15,13 +15,13 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from . import cases, report, seed
+from . import cases, ddi_poll, report, seed
 from .procs import find_tool, machine_info, missing_tools
 from .servers import start_fleetd, start_hello
 
-BENCHES = ("footprint", "checkin", "profile", "telemetry", "download", "orchestrator", "agent")
+BENCHES = ("footprint", "checkin", "profile", "telemetry", "download", "ddi", "orchestrator", "agent")
 # The benchmarks that need the seeded 100,000-device data dir; the others bring their own.
-SEEDED = {"footprint", "checkin", "profile", "telemetry", "download"}
+SEEDED = {"footprint", "checkin", "profile", "telemetry", "download", "ddi"}
 QUICK = cases.Config(devices=10_000, tokens=2_000, telemetry_devices=500, seconds=3, warmup=1, download_seconds=3,
                      baseline_rows=200_000, profile_seconds=3, orchestrator_devices=10_000,
                      orchestrator_points=100_000, agent_minutes=1.0)
@@ -29,7 +29,7 @@ QUICK = cases.Config(devices=10_000, tokens=2_000, telemetry_devices=500, second
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tests.bench", description="fleetd's benchmark suite (see "
-                                "docs/performance.md). A full run takes about 18 minutes (11 of them the agent's "
+                                "docs/performance.md). A full run takes about 20 minutes (11 of them the agent's "
                                 "footprint); --quick about 5.")
     p.add_argument("--quick", action="store_true",
                    help="10,000 devices, 3 s runs, 1 agent minute: a smoke run whose numbers are only "
@@ -91,7 +91,7 @@ def config_from(a: argparse.Namespace) -> cases.Config:
 def check_tools(only: list[str]) -> list[str]:
     """Refuse to start without what the chosen benchmarks need; drop the profile if only py-spy is missing."""
     needed = []
-    if {"checkin", "telemetry", "download", "profile"} & set(only):
+    if {"checkin", "telemetry", "download", "profile", "ddi"} & set(only):
         needed.append("wrk")
     if "download" in only:
         needed.append("nginx")
@@ -165,6 +165,8 @@ def run_seeded(cfg: cases.Config, only: list[str], workdir: Path, logs: Path,
                 hello.stop()
     if "download" in only:
         results.append(cases.download(cfg, fx, logs))
+    if "ddi" in only:
+        results.append(ddi_poll.bench(cfg, fx, workdir, logs))
     return profile
 
 

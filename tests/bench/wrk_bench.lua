@@ -4,6 +4,8 @@
 --   URL path with "Authorization: Bearer <token>". Requests are built once per thread in
 --   init() and rotated over, so the load generator spends nothing on formatting.
 -- BENCH_AUTH: without BENCH_REQUESTS, a GET of the URL with this Authorization header.
+-- BENCH_GETS: a file of "authorization<TAB>path" lines; each becomes a GET of that path (on wrk's
+--   host) with that Authorization header, e.g. hawkBit DDI polls with per-device TargetTokens.
 -- done() prints one line "BENCH_JSON {...}" that the runner parses.
 
 local next_id = 0
@@ -18,6 +20,21 @@ local n = 0
 local i = 0
 
 function init(args)
+   local gets = os.getenv("BENCH_GETS")
+   if gets and gets ~= "" then
+      local f = assert(io.open(gets, "r"))
+      for line in f:lines() do
+         local auth, path = line:match("^([^\t]*)\t(.*)$")
+         if auth then
+            n = n + 1
+            reqs[n] = wrk.format("GET", path, {["Authorization"] = auth})
+         end
+      end
+      f:close()
+      assert(n > 0, "no requests in " .. gets)
+      i = ((id or 0) * 7919) % n
+      return
+   end
    local file = os.getenv("BENCH_REQUESTS")
    if not file or file == "" then
       local headers = {}

@@ -26,7 +26,8 @@ from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-SLICE = 10_000
+# Devices looked at between two yields to the event loop (about a millisecond's work).
+SLICE = 2_000
 
 
 class Presence:
@@ -42,18 +43,33 @@ class Presence:
     async def sweep(self) -> tuple[list[str], list[str]]:
         """Compare, publish the changes. → (came online, went offline)."""
         now = self.clock()
-        items = list(self.hub.runtime.items())
-        online: set[str] = set()
-        for i in range(0, len(items), SLICE):
+        runtime, last_seen = self.hub.runtime, self.hub.last_seen
+        learning = self.online is None
+        online = set() if self.online is None else self.online
+        came: list[str] = []
+        went: list[str] = []
+        ids = list(runtime)  # a snapshot: devices come and go while the sweep yields
+        for i in range(0, len(ids), SLICE):
             if i:
                 await asyncio.sleep(0)
-            for did, rt in items[i:i + SLICE]:
-                if rt.status == "active" and is_online(self.hub.last_seen(did), rt.poll_interval, now):
+            for did in ids[i:i + SLICE]:
+                rt = runtime.get(did)
+                is_on = rt is not None and rt.status == "active" and is_online(last_seen(did), rt.poll_interval, now)
+                if is_on and did not in online:
                     online.add(did)
-        before, self.online = self.online, online
-        if before is None:
+                    came.append(did)
+                elif not is_on and did in online:
+                    online.discard(did)
+                    went.append(did)
+        await asyncio.sleep(0)
+        deleted = [did for did in online if did not in runtime]
+        online.difference_update(deleted)
+        went.extend(deleted)
+        self.online = online
+        if learning:
             return [], []
-        came, went = sorted(online - before), sorted(before - online)
+        came.sort()
+        went.sort()
         for did in came:
             self.events.publish("device.online", self._data(did))
         for did in went:

@@ -53,7 +53,7 @@ def agent_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def wait_for(what: str, fn: Callable[[], T | None], timeout: float, interval: float = 0.2,
+def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 20, interval: float = 0.2,
              log: Callable[[], str] | None = None) -> T:
     """Poll ``fn`` until it returns something truthy; fail with ``what`` (and a log) after ``timeout`` s."""
     deadline = time.monotonic() + timeout

@@ -7,32 +7,20 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
+from tests.agent.e2e_helpers import wait_for
 from tests.e2e.server import ServerProcess, run_cli
 
 from .client import DdiClient
 
-T = TypeVar("T")
 # Rollout passes every half second, so that gates and rollbacks happen within a test's patience.
 FAST = {"FLEETD_ROLLOUT_PASS_SECONDS": "0.5"}
 TERMINAL = ("succeeded", "failed", "rolled_back", "cancelled", "rejected")
-
-
-def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 20, interval: float = 0.2) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
 
 
 class Fleetd:

@@ -79,6 +79,7 @@ export const session = {
   me: null, // WhoAmI answer: {kind, id, name, role, must_change_password}
   services: new Set(), // RPC services this server has
   paths: new Set(), // plain HTTP paths this server has (e.g. /v1/events)
+  ddi: null, // {tenant, public_url} for hawkBit DDI clients, when the server says
 };
 
 /** Whether the logged-in user has at least this role (the server checks again). */
@@ -116,6 +117,7 @@ async function discover() {
   try {
     const resp = await fetch('schema/openapi.json', {credentials: 'same-origin'});
     const doc = await resp.json();
+    session.ddi = doc.info?.['x-fleetd-ddi'] || null;
     for (const p of Object.keys(doc.paths || {})) {
       const m = p.match(/^\/fleetd\.v1\.(\w+)\//);
       if (m) session.services.add(m[1]); else session.paths.add(p);

@@ -151,6 +151,9 @@ def create_app(fleet: Fleet) -> Litestar:
             await fleet.telemetry.close()
 
     doc = openapi.build(SERVICES, PLAIN_PATHS)
+    # The web UI shows DDI clients their base URL. Not secret: every DDI URL carries both.
+    doc["info"]["x-fleetd-ddi"] = {"tenant": fleet.settings.ddi_tenant,
+                                   "public_url": fleet.settings.public_url.rstrip("/")}
     web = create_static_files_router(path="/", directories=[data_dir("web")], html_mode=True,
                                      opt={"auth": "public"}, include_in_schema=False, name="web",
                                      exception_handlers={NotFoundException: http_ddi.outside_routes})

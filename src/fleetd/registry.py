@@ -172,6 +172,8 @@ class Device(msgspec.Struct, kw_only=True):
     enrolled_at: dt.datetime | None = None
     inventory: dict[str, Any] = {}
     components: list[ComponentState] = []
+    # Only in GetDevice's answer, for a device that speaks hawkBit DDI: its controller id (docs/ddi.md).
+    ddi_controller_id: str | None = None
 
 
 def is_online(last_seen: float | None, poll_interval: int, at: float | None = None) -> bool:

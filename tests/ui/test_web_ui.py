@@ -154,7 +154,7 @@ def test_upload_artifact_with_progress(admin_page: Page, fleet: Fleet, shot: Any
     page.get_by_label("Device types").fill("sim")
     page.evaluate("""() => { window.__seen = []; const bar = document.querySelector('progress');
         new MutationObserver(() => window.__seen.push(bar.value)).observe(bar, {attributes: true}); }""")
-    page.get_by_role("button", name="Upload").click()
+    page.get_by_role("button", name="Upload", exact=True).click()
     expect(page.locator(".success")).to_contain_text("Stored hello@1.0.0")
     expect(page.locator("progress")).to_have_js_property("value", 100)
     expect(page.locator(".progress-row")).to_contain_text("100 %")

@@ -48,10 +48,16 @@ export default async function artifact(ctx) {
     const d = a.deployment || {};
     const spec = a.install_spec;
     clear(body,
-      h('div', {class: 'page-head'}, h('h1', {tabindex: -1}, `${a.name} `, h('code', {}, a.version)), badge('info', a.kind)),
+      h('div', {class: 'page-head'}, h('h1', {tabindex: -1}, `${a.name} `, h('code', {}, a.version)), badge('info', a.kind),
+        a.format === 'rtos-image' ? badge('info', 'RTOS image') : null),
       h('div', {class: 'grid2'},
         section('Artifact', dl([
-          ['ID', h('code', {}, a.id)], ['Device types', a.device_types.join(', ')], ['File', a.file_name],
+          ['ID', h('code', {}, a.id)], ['Device types', a.device_types.join(', ')],
+          ['Format', a.format === 'rtos-image' ? 'RTOS image (signed by the server, checked by the RTOS shim)' : 'raw'],
+          a.format === 'rtos-image' ? ['Security counter', h('span', {}, String(a.security_counter ?? 0),
+            h('small', {class: 'hint'}, ' a device that confirmed this image refuses images with a lower counter'))]
+            : null,
+          ['File', a.file_name],
           ['Size', `${fmtBytes(a.size)} (${a.size} bytes)`], ['SHA-256', h('code', {}, a.sha256)],
           ['SHA-1', a.sha1 ? h('code', {}, a.sha1) : null], ['MD5', a.md5 ? h('code', {}, a.md5) : null],
           ['Uploaded', timeEl(a.created_at, false)], ['By', a.created_by],

@@ -16,6 +16,17 @@ function uploadForm(onDone) {
   const version = h('input', {name: 'version', required: true, placeholder: 'e.g. 1.0.0', autocomplete: 'off'});
   const kind = select('kind', [['app', 'app'], ['agent', 'agent'], ['firmware', 'firmware']], 'app');
   const types = h('input', {name: 'device_types', required: true, placeholder: 'linux-aarch64, sim'});
+  const format = select('format', [['raw', 'raw (the file as sent)'], ['rtos-image', 'RTOS image (wrapped and signed)']],
+    'raw');
+  const counter = h('input', {name: 'security_counter', type: 'number', min: 0, max: 4294967295, value: '0',
+    inputmode: 'numeric'});
+  const rtosFields = h('div', {hidden: true}, field('Format', format, 'an RTOS image is for microcontrollers running '
+    + 'the fleetd RTOS shim; exactly one device type'),
+  field('Security counter', counter, 'raise it only to stop devices from going back to older images'));
+  kind.addEventListener('change', () => {
+    rtosFields.hidden = kind.value !== 'firmware';
+    if (rtosFields.hidden) format.value = 'raw';
+  });
   const spec = h('textarea', {name: 'install_spec', rows: 4,
     placeholder: '{"command": ["python3", "app.py"], "restart": "on-failure", "health": {"grace_seconds": 30}}'});
   const bar = h('progress', {max: 100, value: 0, 'aria-label': 'Upload progress'});
@@ -46,9 +57,15 @@ function uploadForm(onDone) {
           throw new Error(`the install spec is not valid JSON (${e.message})`);
         }
       }
+      const rtos = kind.value === 'firmware' && format.value === 'rtos-image';
+      const sc = Number(counter.value || 0);
+      if (rtos && (!Number.isInteger(sc) || sc < 0 || sc > 4294967295)) {
+        throw new Error('the security counter must be a whole number from 0 to 4294967295');
+      }
       const ticket = await call('ArtifactService', 'CreateUpload', {
         name: name.value.trim(), version: version.value.trim(), kind: kind.value, file_name: f.name, size: f.size,
         device_types: types.value.split(',').map((t) => t.trim()).filter(Boolean), install_spec: installSpec,
+        ...(rtos ? {format: 'rtos-image', security_counter: sc} : {}),
       });
       progressRow.hidden = false;
       bar.value = 0;
@@ -67,17 +84,25 @@ function uploadForm(onDone) {
       clear(done, h('p', {class: 'success'}, `Stored ${label} (${fmtBytes(detail.size)}, signed). `,
         h('a', {href: href(`artifacts/${encodeURIComponent(detail.id)}`)}, 'Open it')));
       form.reset();
+      rtosFields.hidden = true;
       await onDone();
     }).then(() => { if (err.hidden === false) progressRow.hidden = true; });
   }}},
   h('div', {class: 'grid2'},
     h('div', {}, field('File', file), field('Name', name, 'lowercase letters, digits and _.-'),
       field('Version', version, 'a semantic version: 1.4.0, 2.0.0-rc.1')),
-    h('div', {}, field('Kind', kind), field('Device types', types, 'comma-separated; devices of these types may install it'),
+    h('div', {}, field('Kind', kind), rtosFields,
+      field('Device types', types, 'comma-separated; devices of these types may install it'),
       h('details', {}, h('summary', {}, 'Install spec (optional, apps)'),
         field('Install spec as JSON', spec, 'Without one, the file itself is run.')))),
   h('div', {class: 'actions'}, submit), progressRow, live, err, done);
   return form;
+}
+
+/** "RTOS image, security counter 2" for firmware images; raw files say nothing more than "raw". */
+export function formatCell(a) {
+  if (a.format !== 'rtos-image') return h('span', {class: 'muted'}, 'raw');
+  return h('span', {}, 'RTOS image', h('br'), h('small', {class: 'hint'}, `security counter ${a.security_counter ?? 0}`));
 }
 
 export default async function artifacts(ctx) {
@@ -108,6 +133,8 @@ export default async function artifacts(ctx) {
           {label: 'Name', value: (a) => a.name, cell: (a) => h('a', {href: href(`artifacts/${encodeURIComponent(a.id)}`)}, a.name)},
           {label: 'Version', value: (a) => a.version, cell: (a) => h('code', {}, a.version)},
           {label: 'Kind', value: (a) => a.kind},
+          {label: 'Format', value: (a) => (a.format === 'rtos-image' ? `rtos-image ${a.security_counter ?? 0}` : 'raw'),
+            cell: formatCell},
           {label: 'Device types', value: (a) => a.device_types.join(', ')},
           {label: 'File', value: (a) => a.file_name},
           {label: 'Size', class: 'num', value: (a) => a.size, cell: (a) => fmtBytes(a.size)},

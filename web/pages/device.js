@@ -5,6 +5,7 @@ import {
   badge, busy, clear, confirmDialog, dataTable, dl, errorBox, field, h, notify, parseTags, section, select, showError,
   timeEl,
 } from '../ui.js';
+import { targetTokenSection } from '../ddi.js';
 import { claimDevice } from './devices.js';
 
 const OPEN = new Set(['queued', 'offered', 'accepted', 'downloading', 'verifying', 'installing']);
@@ -128,6 +129,8 @@ export default async function device(ctx) {
       const active = dev.status === 'active';
       for (const el of [deployBtn, restartBtn, rollbackBtn, rebootBtn]) el.disabled = !active;
       revokeBtn.hidden = dev.status === 'revoked';
+      // hawkBit DDI has no restart or reboot: such an action would only fail at the device's next poll.
+      restartBtn.hidden = rebootBtn.hidden = Boolean(dev.ddi_controller_id);
       controls.hidden = false;
     };
     call('ArtifactService', 'ListArtifacts', {device_type: dev.device_type}).then((r) => {
@@ -137,7 +140,8 @@ export default async function device(ctx) {
 
   function paintHead() {
     const status = dev.status === 'active' ? badge(dev.online ? 'online' : 'offline') : badge(dev.status);
-    clear(head, h('div', {class: 'page-head'}, h('h1', {tabindex: -1}, dev.name), status),
+    clear(head, h('div', {class: 'page-head'}, h('h1', {tabindex: -1}, dev.name), status,
+      ddiBox ? badge('info', 'hawkBit DDI') : null),
       dev.status === 'pending' ? h('p', {class: 'notice'}, 'This device is pending: claim code ',
         h('span', {class: 'claim'}, dev.claim_code), '. ', writer
           ? h('button', {type: 'button', class: 'small primary', on: {click: async (ev) => {
@@ -266,7 +270,9 @@ export default async function device(ctx) {
     if (has('TelemetryService') && dev.status === 'active') await loadMetrics().catch((e) => showError(telErr, e));
   }
 
-  root.append(writer ? controls : null, info, comps, actionsBox, telemetryBox);
+  // A DDI device's controller id never changes: its card is built once, so a refresh keeps a token shown in it.
+  const ddiBox = dev.ddi_controller_id ? h('div', {}, targetTokenSection(dev)) : null;
+  root.append(writer ? controls : null, info, ddiBox, comps, actionsBox, telemetryBox);
   controls.hidden = true;
   await refresh();
   return {refresh, events: ['device.', 'action.']};

@@ -1,5 +1,7 @@
-// Enrollment: join tokens (create with the install one-liner, list, revoke) and claiming pending devices.
-import { call, href } from '../app.js';
+// Enrollment: join tokens (create with the install one-liner, list, revoke), claiming pending devices, and
+// hawkBit DDI gateway tokens.
+import { call, has, href } from '../app.js';
+import { gatewayTokensSection } from '../ddi.js';
 import {
   badge, busy, clear, confirmDialog, dataTable, errorBox, field, h, notify, parseTags, section, secretBlock, select,
   showError, tagChips, timeEl,
@@ -91,6 +93,8 @@ export default async function enrollment(ctx) {
     h('section', {class: 'card'}, h('h2', {}, 'Join tokens'),
       h('div', {class: 'actions'}, h('label', {}, showAll, ' Also show expired, used-up and revoked tokens')),
       listErr, tokensBox));
+  const gateway = has('DdiService') ? gatewayTokensSection(ctx) : null;
+  if (gateway) root.append(gateway.el);
 
   async function loadTokens() {
     try {
@@ -143,6 +147,7 @@ export default async function enrollment(ctx) {
     } catch (e) { showError(claimErr, e); }
   }
 
-  await Promise.all([loadTokens(), loadPending()]);
-  return {refresh: () => Promise.all([loadTokens(), loadPending()]), events: ['device.']};
+  const loadAll = () => Promise.all([loadTokens(), loadPending(), gateway?.load()]);
+  await loadAll();
+  return {refresh: loadAll, events: ['device.']};
 }

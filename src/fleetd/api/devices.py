@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import msgspec
 
 from .. import actions, registry
@@ -59,8 +61,14 @@ class DeviceRef(msgspec.Struct, kw_only=True):
 
 @service.method(auth="viewer", readonly=True)
 async def GetDevice(ctx: Context, req: DeviceRef) -> Device:
-    """One device with its inventory and components."""
-    return fresh(ctx, await ctx.fleet.store.read(lambda c: registry.get_device(c, req.id)))
+    """One device with its inventory and components (and its controller id when it speaks hawkBit DDI)."""
+    def read(conn: sqlite3.Connection) -> Device:
+        d = registry.get_device(conn, req.id)
+        r = conn.execute("SELECT controller_id FROM ddi_devices WHERE device_id = ?", (d.id,)).fetchone()
+        d.ddi_controller_id = r[0] if r else None
+        return d
+
+    return fresh(ctx, await ctx.fleet.store.read(read))
 
 
 class UpdateDeviceRequest(msgspec.Struct, kw_only=True):

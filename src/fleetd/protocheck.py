@@ -1,10 +1,12 @@
 """Keeps the published .proto files true to the RPC registry.
 
-Two parts: a reader for the subset of proto3 fleetd publishes (package, imports,
-options, top-level messages with scalar / message / repeated / map / optional
-fields, enums, services of unary rpcs), and :func:`check`, which compares what
-it read with the live :class:`rpc.Service` registry. protoc is not needed, so the
-reader also refuses, within that subset, what protoc would refuse.
+protoc (bundled in grpcio-tools, a test dependency) compiles the files under the
+proto folder into a FileDescriptorSet; :func:`check` reads it and compares it
+with the live :class:`rpc.Service` registry. protoc refuses what is not valid
+proto (syntax, unknown types, missing imports, duplicates, field numbers); this
+module adds what protoc allows but fleetd's JSON mapping does not (nested types,
+oneofs, streaming), the house rules (comments, snake_case, package folders, no
+unused messages), and the comparison with the code. Not imported by the server.
 
 Defaults: proto3 writers leave out a field holding its zero value (0, "", false,
 empty) and readers take a missing field as that zero value. A Struct field whose
@@ -20,422 +22,138 @@ from __future__ import annotations
 
 import enum
 import re
+import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from msgspec import inspect as mi
 
 from . import rpc
 
-# --- the model of a .proto file ----------------------------------------------
-
-
-@dataclass
-class Field:
-    name: str
-    type: str  # as written: "string", "User", "google.protobuf.Timestamp"; the value type of a map
-    number: int
-    label: str  # "", "optional", "repeated" or "map"
-    line: int
-    key_type: str = ""
-    options: dict[str, str] = field(default_factory=dict)
-
-    def decl(self) -> str:
-        if self.label == "map":
-            return f"map<{self.key_type}, {self.type}>"
-        return f"{self.label} {self.type}".strip()
-
-
-@dataclass
-class Message:
-    name: str
-    file: str
-    line: int
-    comment: str
-    fields: list[Field] = field(default_factory=list)
-    full_name: str = ""
-
-
-@dataclass
-class Enum:
-    name: str
-    file: str
-    line: int
-    comment: str
-    values: dict[str, int] = field(default_factory=dict)
-    full_name: str = ""
-
-
-@dataclass
-class Rpc:
-    name: str
-    request: str
-    response: str
-    line: int
-    comment: str
-    streaming: bool = False
-    options: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def readonly(self) -> bool:
-        return self.options.get("idempotency_level") == "NO_SIDE_EFFECTS"
-
-
-@dataclass
-class ServiceDecl:
-    name: str
-    file: str
-    line: int
-    comment: str
-    rpcs: dict[str, Rpc] = field(default_factory=dict)
-    full_name: str = ""
-
-
-@dataclass
-class ProtoFile:
-    path: str  # relative to the proto root, "/"-separated: the name other files import it by
-    package: str = ""
-    imports: list[str] = field(default_factory=list)
-    messages: list[Message] = field(default_factory=list)
-    enums: list[Enum] = field(default_factory=list)
-    services: list[ServiceDecl] = field(default_factory=list)
-
-
-class ProtoSyntaxError(Exception):
-    """A .proto file outside the subset this module reads, or not valid proto3."""
-
-
-# --- the reader ----------------------------------------------------------------
-
-_TOKEN = re.compile(r"""
-    (?P<ws>\s+)
-  | (?P<comment>//[^\n]*|/\*.*?\*/)
-  | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
-  | (?P<number>[-+]?(?:0[xX][0-9a-fA-F]+|\d+(?:\.\d*)?(?:[eE][-+]?\d+)?))
-  | (?P<ident>\.?[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)
-  | (?P<symbol>[{}()\[\];=<>,:])
-""", re.VERBOSE | re.DOTALL)
+try:
+    from google.protobuf import descriptor_pb2 as pb  # type: ignore[import-untyped]
+    from grpc_tools import protoc  # type: ignore[import-untyped]
+except ImportError as e:  # both come with grpcio-tools
+    raise ImportError("fleetd.protocheck runs protoc from grpcio-tools, a test dependency: "
+                      "pip install -e '.[test]'") from e
 
 SCALARS = frozenset({"double", "float", "int32", "int64", "uint32", "uint64", "sint32", "sint64",
                      "fixed32", "fixed64", "sfixed32", "sfixed64", "bool", "string", "bytes"})
 _INTS = frozenset(t for t in SCALARS if "int" in t or "fixed" in t)
-_MAP_KEYS = _INTS | {"bool", "string"}
-_NOT_SUPPORTED = {"oneof", "message", "enum", "extend", "extensions", "group", "required"}
 _SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 
 
+# --- protoc's view of the files --------------------------------------------------
+
+def _compile(proto_dir: Path) -> tuple[list[Any], set[str], list[str]]:
+    """protoc's FileDescriptorProtos for the files under ``proto_dir`` and those they import,
+    the import names of the files under ``proto_dir``, and protoc's errors."""
+    ours = {p.relative_to(proto_dir).as_posix() for p in proto_dir.rglob("*.proto")}
+    if not ours:
+        return [], ours, []
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "set.pb"
+        # A child process: protoc writes its errors to file descriptor 2.
+        run = subprocess.run([sys.executable, "-m", protoc.__name__, "-I.", "--include_imports",
+                              "--include_source_info", f"--descriptor_set_out={out}", *sorted(ours)],
+                             cwd=proto_dir, capture_output=True, text=True, check=False)
+        if run.returncode != 0:
+            errors = [line for line in run.stderr.splitlines() if line.strip() and ": warning:" not in line]
+            return [], ours, errors or [f"protoc failed (exit status {run.returncode}) without saying why"]
+        return list(pb.FileDescriptorSet.FromString(out.read_bytes()).file), ours, []
+
+
+def _type(fd: Any) -> str:
+    """A field's type: a scalar as written ("int64") or a full name ("fleetd.v1.User")."""
+    if fd.type_name:
+        return str(fd.type_name).removeprefix(".")
+    return str(pb.FieldDescriptorProto.Type.Name(fd.type)).removeprefix("TYPE_").lower()
+
+
 @dataclass
-class _Tok:
-    kind: str
-    text: str
+class _Field:
+    name: str
+    number: int
     line: int
-    comment: str = ""  # the // or /* */ comment right above this token, if any
+    label: str  # "", "optional", "repeated" or "map"
+    type: str  # see _type; the value type of a map
+    key: str = ""  # a map's key type
+    json_name: bool = False  # written with [json_name = ...]
 
 
-def _tokens(text: str, path: str) -> Iterator[_Tok]:
-    pos, line, prev_line, pending = 0, 1, 0, []
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if m is None:
-            what = "unterminated /* comment" if text.startswith("/*", pos) else f"unexpected character {text[pos]!r}"
-            raise ProtoSyntaxError(f"{path}:{line}: {what}")
-        kind, value = m.lastgroup or "", m.group()
-        if kind == "comment":
-            if line != prev_line:  # a comment after a token on its line belongs to that token
-                body = value[2:-2] if value.startswith("/*") else value[2:]
-                pending.append(" ".join(body.split()))
-        elif kind != "ws":
-            yield _Tok(kind, value, line, " ".join(p for p in pending if p))
-            pending, prev_line = [], line
-        line += value.count("\n")
-        pos = m.end()
-    yield _Tok("eof", "", line)
+@dataclass
+class _Decl:
+    """A top-level message, enum or service, and where its file says what."""
+
+    kind: str  # "message", "enum" or "service"
+    proto: Any  # its DescriptorProto, EnumDescriptorProto or ServiceDescriptorProto
+    file: str
+    package: str
+    path: tuple[int, ...]  # in the file's SourceCodeInfo
+    locations: dict[tuple[int, ...], Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.proto.name)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.package}.{self.name}" if self.package else self.name
+
+    def line(self, *sub: int) -> int:
+        """The 1-based line of this declaration, or of a part of it (``sub`` continues the path)."""
+        return int(self.locations[(*self.path, *sub)].span[0]) + 1
+
+    def comment(self, *sub: int) -> str:
+        """The comment protoc gives a declaration: right above it, or set apart above it by blank lines."""
+        loc = self.locations[(*self.path, *sub)]
+        return " ".join([loc.leading_comments, *loc.leading_detached_comments]).strip()
+
+    def short(self, full_name: str) -> str:
+        """A type name as this file would write it."""
+        return full_name.removeprefix(f"{self.package}.") if self.package else full_name
+
+    @cached_property
+    def fields(self) -> dict[str, _Field]:
+        entries = {f".{self.full_name}.{n.name}": n for n in self.proto.nested_type if n.options.map_entry}
+        fields = {}
+        for i, fd in enumerate(self.proto.field):
+            sub = (pb.DescriptorProto.FIELD_FIELD_NUMBER, i)
+            json_name = (*self.path, *sub, pb.FieldDescriptorProto.JSON_NAME_FIELD_NUMBER) in self.locations
+            fld = _Field(fd.name, fd.number, self.line(*sub), "", _type(fd), json_name=json_name)
+            if fd.type_name in entries:
+                key, value = entries[fd.type_name].field
+                fld.label, fld.key, fld.type = "map", _type(key), _type(value)
+            elif fd.label == pb.FieldDescriptorProto.LABEL_REPEATED:
+                fld.label = "repeated"
+            elif fd.proto3_optional:
+                fld.label = "optional"
+            fields[fld.name] = fld
+        return fields
+
+    def written(self, fld: _Field) -> str:
+        """How the file declares a field's type."""
+        if fld.label == "map":
+            return f"map<{fld.key}, {self.short(fld.type)}>"
+        return f"{fld.label} {self.short(fld.type)}".strip()
 
 
-class _Parser:
-    def __init__(self, text: str, path: str) -> None:
-        self.path = path
-        self.toks = list(_tokens(text, path))
-        self.i = 0
-
-    def error(self, msg: str, tok: _Tok | None = None) -> ProtoSyntaxError:
-        return ProtoSyntaxError(f"{self.path}:{(tok or self.peek()).line}: {msg}")
-
-    def peek(self, ahead: int = 0) -> _Tok:
-        return self.toks[min(self.i + ahead, len(self.toks) - 1)]
-
-    def next(self) -> _Tok:
-        tok = self.peek()
-        if tok.kind == "eof":
-            raise self.error("unexpected end of file")
-        self.i += 1
-        return tok
-
-    def expect(self, text: str) -> _Tok:
-        if self.peek().text != text:
-            raise self.error(f"expected {text!r}, got {self.peek().text or 'end of file'!r}")
-        return self.next()
-
-    def name(self, dotted: bool = False) -> str:
-        tok = self.next()
-        if tok.kind != "ident" or (not dotted and "." in tok.text):
-            raise self.error(f"expected a {'type ' if dotted else ''}name, got {tok.text!r}", tok)
-        return tok.text
-
-    def constant(self) -> str:
-        tok = self.next()
-        if tok.kind == "string":
-            return tok.text[1:-1]
-        if tok.kind in ("ident", "number"):
-            return tok.text
-        raise self.error(f"expected a constant, got {tok.text!r} (aggregate options are not supported)", tok)
-
-    def option_name(self) -> str:
-        if self.peek().text != "(":
-            return self.name(dotted=True)
-        self.next()
-        ext = self.name(dotted=True)
-        self.expect(")")
-        rest = self.next().text if self.peek().text.startswith(".") else ""
-        return f"({ext}){rest}"
-
-    def option(self) -> tuple[str, str]:
-        self.expect("option")
-        key = self.option_name()
-        self.expect("=")
-        value = self.constant()
-        self.expect(";")
-        return key, value
-
-    def field_options(self) -> dict[str, str]:
-        opts: dict[str, str] = {}
-        if self.peek().text != "[":
-            return opts
-        self.next()
-        while True:
-            key = self.option_name()
-            self.expect("=")
-            opts[key] = self.constant()
-            if self.next().text == "]":
-                return opts
-            if self.toks[self.i - 1].text != ",":
-                raise self.error("expected ',' or ']' in field options", self.toks[self.i - 1])
-
-    def number(self) -> int:
-        tok = self.next()
-        try:
-            return int(tok.text, 0)
-        except ValueError:
-            raise self.error(f"expected an integer, got {tok.text!r}", tok) from None
-
-    def skip_statement(self) -> None:
-        while self.next().text != ";":
-            pass
-
-    def parse(self) -> ProtoFile:
-        f = ProtoFile(self.path)
-        syntax = self.peek()
-        if syntax.text != "syntax":
-            raise self.error('the file must start with syntax = "proto3";', syntax)
-        self.next()
-        self.expect("=")
-        if self.constant() != "proto3":
-            raise self.error('only syntax = "proto3" is supported', syntax)
-        self.expect(";")
-        while (tok := self.peek()).kind != "eof":
-            if tok.text == "package":
-                if f.package:
-                    raise self.error("a second package statement", tok)
-                self.next()
-                f.package = self.name(dotted=True)
-                self.expect(";")
-            elif tok.text == "import":
-                self.next()
-                if self.peek().text in ("public", "weak"):
-                    self.next()
-                if self.peek().kind != "string":
-                    raise self.error("expected the imported file's name in quotes")
-                f.imports.append(self.constant())
-                self.expect(";")
-            elif tok.text == "option":
-                self.option()
-            elif tok.text == "message":
-                f.messages.append(self.message())
-            elif tok.text == "enum":
-                f.enums.append(self.enum())
-            elif tok.text == "service":
-                f.services.append(self.service())
-            elif tok.text == ";":
-                self.next()
-            else:
-                raise self.error(f"expected package, import, option, message, enum or service, got {tok.text!r}")
-        decls: list[Message | Enum | ServiceDecl] = [*f.messages, *f.enums, *f.services]
-        for decl in decls:
-            decl.full_name = f"{f.package}.{decl.name}" if f.package else decl.name
-        return f
-
-    def message(self) -> Message:
-        start = self.expect("message")
-        msg = Message(self.name(), self.path, start.line, start.comment)
-        self.expect("{")
-        numbers: dict[int, str] = {}
-        while (tok := self.peek()).text != "}":
-            if tok.text == ";":
-                self.next()
-            elif tok.text == "option":
-                self.option()
-            elif tok.text == "reserved":
-                self.skip_statement()
-            elif tok.text in _NOT_SUPPORTED and self.peek(1).kind == "ident" and self.peek(2).text != "=":
-                raise self.error(f"{tok.text!r} inside a message is not supported here: declare messages and "
-                                 f"enums at the top level; proto3 has no 'required'")
-            else:
-                fld = self.field()
-                if fld.number in numbers:
-                    raise self.error(f"field number {fld.number} used twice in {msg.name} "
-                                     f"({numbers[fld.number]} and {fld.name})", tok)
-                if any(f.name == fld.name for f in msg.fields):
-                    raise self.error(f"field {fld.name} declared twice in {msg.name}", tok)
-                numbers[fld.number] = fld.name
-                msg.fields.append(fld)
-        self.expect("}")
-        return msg
-
-    def field(self) -> Field:
-        start = self.peek()
-        label, key = "", ""
-        if start.text in ("optional", "repeated"):
-            label = self.next().text
-        if self.peek().text == "map" and self.peek(1).text == "<":
-            if label:
-                raise self.error(f"a map field cannot be {label}")
-            self.next()
-            self.next()
-            label, key = "map", self.name(dotted=True)
-            if key not in _MAP_KEYS:
-                raise self.error(f"a map key must be an integer type, bool or string, not {key}")
-            self.expect(",")
-            type_ = self.name(dotted=True)
-            self.expect(">")
-        else:
-            type_ = self.name(dotted=True)
-        name = self.name()
-        self.expect("=")
-        number = self.number()
-        if not 1 <= number <= 536_870_911 or 19_000 <= number <= 19_999:
-            raise self.error(f"field number {number} of {name} is out of range (1..536870911, not 19000..19999)")
-        fld = Field(name, type_, number, label, start.line, key, self.field_options())
-        self.expect(";")
-        return fld
-
-    def enum(self) -> Enum:
-        start = self.expect("enum")
-        enum = Enum(self.name(), self.path, start.line, start.comment)
-        self.expect("{")
-        while (tok := self.peek()).text != "}":
-            if tok.text == ";":
-                self.next()
-            elif tok.text == "option":
-                self.option()
-            elif tok.text == "reserved":
-                self.skip_statement()
-            else:
-                name = self.name()
-                self.expect("=")
-                value = self.number()
-                if not enum.values and value != 0:
-                    raise self.error(f"the first value of enum {enum.name} must be 0", tok)
-                if name in enum.values:
-                    raise self.error(f"enum value {name} declared twice", tok)
-                enum.values[name] = value
-                self.field_options()
-                self.expect(";")
-        self.expect("}")
-        if not enum.values:
-            raise self.error(f"enum {enum.name} has no values", start)
-        return enum
-
-    def service(self) -> ServiceDecl:
-        start = self.expect("service")
-        svc = ServiceDecl(self.name(), self.path, start.line, start.comment)
-        self.expect("{")
-        while (tok := self.peek()).text != "}":
-            if tok.text == ";":
-                self.next()
-            elif tok.text == "option":
-                self.option()
-            elif tok.text == "rpc":
-                r = self.rpc()
-                if r.name in svc.rpcs:
-                    raise self.error(f"rpc {r.name} declared twice in {svc.name}", tok)
-                svc.rpcs[r.name] = r
-            else:
-                raise self.error(f"expected rpc or option in service {svc.name}, got {tok.text!r}")
-        self.expect("}")
-        return svc
-
-    def rpc(self) -> Rpc:
-        start = self.expect("rpc")
-        name = self.name()
-        types, streaming = [], False
-        for i in range(2):
-            if i:
-                self.expect("returns")
-            self.expect("(")
-            if self.peek().text == "stream" and self.peek(1).text != ")":
-                self.next()
-                streaming = True
-            types.append(self.name(dotted=True))
-            self.expect(")")
-        r = Rpc(name, types[0], types[1], start.line, start.comment, streaming)
-        if self.peek().text == "{":
-            self.next()
-            while self.peek().text != "}":
-                if self.peek().text == ";":
-                    self.next()
-                else:
-                    key, value = self.option()
-                    r.options[key] = value
-            self.next()
-            if self.peek().text == ";":
-                self.next()
-        else:
-            self.expect(";")
-        return r
-
-
-def parse(text: str, path: str) -> ProtoFile:
-    """Read one .proto file; ``path`` is its import name, e.g. ``fleetd/v1/user.proto``."""
-    return _Parser(text, path).parse()
-
-
-def load(proto_dir: Path) -> tuple[list[ProtoFile], list[str]]:
-    """Every .proto file under ``proto_dir``, and the errors of those that could not be read."""
-    files, errors = [], []
-    if not proto_dir.is_dir():
-        return [], [f"{proto_dir}: no such folder of .proto files"]
-    for p in sorted(proto_dir.rglob("*.proto")):
-        try:
-            files.append(parse(p.read_text(encoding="utf-8"), p.relative_to(proto_dir).as_posix()))
-        except (ProtoSyntaxError, UnicodeDecodeError) as e:
-            errors.append(str(e))
-    return files, errors
+def _decls(f: Any) -> list[_Decl]:
+    locations = {tuple(loc.path): loc for loc in f.source_code_info.location}
+    F = pb.FileDescriptorProto
+    return [_Decl(kind, proto, f.name, f.package, (number, i), locations)
+            for kind, number, protos in (("message", F.MESSAGE_TYPE_FIELD_NUMBER, f.message_type),
+                                         ("enum", F.ENUM_TYPE_FIELD_NUMBER, f.enum_type),
+                                         ("service", F.SERVICE_FIELD_NUMBER, f.service))
+            for i, proto in enumerate(protos)]
 
 
 # --- comparing with the registry -----------------------------------------------
-
-_WELL_KNOWN = {
-    "google.protobuf.Timestamp": "google/protobuf/timestamp.proto",
-    "google.protobuf.Duration": "google/protobuf/duration.proto",
-    "google.protobuf.Struct": "google/protobuf/struct.proto",
-    "google.protobuf.Value": "google/protobuf/struct.proto",
-    "google.protobuf.ListValue": "google/protobuf/struct.proto",
-    "google.protobuf.Empty": "google/protobuf/empty.proto",
-}
-
 
 class _Unsupported(Exception):
     """A Python type with no proto3 equivalent that keeps msgspec's JSON."""
@@ -553,106 +271,84 @@ def _service_file(name: str) -> str:
     return f"{rpc.PACKAGE.replace('.', '/')}/{stem}.proto"
 
 
+_METHOD = pb.ServiceDescriptorProto.METHOD_FIELD_NUMBER
+
+
 class _Checker:
-    def __init__(self, files: list[ProtoFile], problems: list[str]) -> None:
+    def __init__(self, files: list[Any], ours: set[str], problems: list[str]) -> None:
         self.problems = problems
-        self.files = {f.path: f for f in files}
-        self.types: dict[str, Message | Enum] = {
-            name: Message(name.rsplit(".", 1)[1], path, 0, "", full_name=name) for name, path in _WELL_KNOWN.items()}
-        self.services: dict[str, ServiceDecl] = {}
+        self.files = [f for f in files if f.name in ours]
+        self.ours = ours
+        self.types: dict[str, _Decl] = {}
+        self.services: dict[str, _Decl] = {}
         self.compared: set[tuple[type, str]] = set()
-        self.duplicated: set[str] = set()
         for f in files:
-            decls: list[Message | Enum | ServiceDecl] = [*f.messages, *f.enums, *f.services]
-            for decl in decls:
-                first = self.types.get(decl.full_name) or self.services.get(decl.full_name)
-                if first:
-                    self.duplicated.add(decl.full_name)
-                    self.problem(f"{decl.full_name} is declared twice: {first.file}:{first.line} and "
-                                 f"{f.path}:{decl.line}")
-                elif isinstance(decl, ServiceDecl):
-                    self.services[decl.full_name] = decl
-                else:
-                    self.types[decl.full_name] = decl
+            for d in _decls(f):
+                (self.services if d.kind == "service" else self.types)[d.full_name] = d
 
     def problem(self, text: str) -> None:
         if text not in self.problems:
             self.problems.append(text)
 
-    def resolve(self, name: str, f: ProtoFile) -> Message | Enum | None:
-        """Protobuf's lookup: the innermost package scope first, then outwards."""
-        if name.startswith("."):
-            return self.types.get(name[1:])
-        scope = f.package.split(".") if f.package else []
-        while True:
-            found = self.types.get(".".join([*scope, name]))
-            if found or not scope:
-                return found
-            scope.pop()
-
-    def reference(self, name: str, f: ProtoFile, line: int, want_message: bool = False
-                  ) -> Message | Enum | None:
-        """Resolve a type used in ``f``, reporting unknown types and missing imports."""
-        decl = self.resolve(name, f)
-        if decl is None:
-            self.problem(f"{f.path}:{line}: unknown type {name}; declare it or import the file that does")
-            return None
-        if want_message and isinstance(decl, Enum):
-            self.problem(f"{f.path}:{line}: {name} is an enum; an rpc takes and returns messages")
-            return None
-        if decl.file != f.path and decl.file not in f.imports and decl.full_name not in self.duplicated:
-            self.problem(f'{f.path}:{line}: {name} is declared in {decl.file}; add import "{decl.file}";')
-        return decl
-
     # --- the files on their own
 
     def lint(self) -> None:
-        for f in self.files.values():
-            folder = f.path.rpartition("/")[0]
+        for f in self.files:
+            folder = f.name.rpartition("/")[0]
+            if f.syntax != "proto3":
+                self.problem(f'{f.name}: syntax is {f.syntax or "proto2"!r}; write syntax = "proto3";')
             if f.package.replace(".", "/") != folder:
-                self.problem(f"{f.path}: package is {f.package or '(none)'!r} but the file is in {folder or '.'}/; "
+                self.problem(f"{f.name}: package is {f.package or '(none)'!r} but the file is in {folder or '.'}/; "
                              f"files of package p.q live in p/q/")
-            for imp in f.imports:
-                if imp not in self.files and imp not in _WELL_KNOWN.values():
-                    self.problem(f'{f.path}: import "{imp}" names no file under the proto folder')
-            decls: list[tuple[str, Message | Enum | ServiceDecl | Rpc]] = [
-                *(("message", m) for m in f.messages), *(("enum", e) for e in f.enums),
-                *(("service", s) for s in f.services),
-                *(("rpc", r) for s in f.services for r in s.rpcs.values())]
-            for kind, decl in decls:
-                if not decl.comment:
-                    self.problem(f"{f.path}:{decl.line}: {kind} {decl.name} has no comment; "
-                                 f"add a one-line // comment above it")
-            for m in f.messages:
-                for fld in m.fields:
-                    if not _SNAKE.match(fld.name):
-                        self.problem(f"{f.path}:{fld.line}: field {m.name}.{fld.name} must be lower_snake_case")
-                    if "json_name" in fld.options:
-                        self.problem(f"{f.path}:{fld.line}: json_name on {m.name}.{fld.name}: the server writes "
-                                     f"proto field names, so the JSON name cannot be changed")
-                    if fld.type not in SCALARS:
-                        self.reference(fld.type, f, fld.line)
-            for s in f.services:
-                for r in s.rpcs.values():
-                    for name in (r.request, r.response):
-                        self.reference(name, f, r.line, want_message=True)
+            if f.extension:
+                self.problem(f"{f.name}: extensions are not supported; fleetd's JSON has no place for them")
+        for d in [*self.types.values(), *self.services.values()]:
+            if d.file not in self.ours:
+                continue
+            self.commented(d)
+            if d.kind == "message":
+                self.flat(d)
+            for i in range(len(d.proto.method) if d.kind == "service" else 0):
+                self.commented(d, _METHOD, i)
+
+    def commented(self, d: _Decl, *sub: int) -> None:
+        """``sub``, if given, is the path from service ``d`` to one of its rpcs."""
+        kind, name = ("rpc", d.proto.method[sub[1]].name) if sub else (d.kind, d.name)
+        if not d.comment(*sub):
+            self.problem(f"{d.file}:{d.line(*sub)}: {kind} {name} has no comment; add a one-line // comment above it")
+
+    def flat(self, m: _Decl) -> None:
+        """A message of plain fields: what a msgspec Struct can be."""
+        where = f"{m.file}:{m.line()}: message {m.name}"
+        if [n for n in m.proto.nested_type if not n.options.map_entry] or m.proto.enum_type:
+            self.problem(f"{where} declares messages or enums inside it; declare them at the top level")
+        if any(fd.HasField("oneof_index") and not fd.proto3_optional for fd in m.proto.field):
+            self.problem(f"{where} has a oneof; fleetd's Structs have no equivalent")
+        if m.proto.extension or m.proto.extension_range:
+            self.problem(f"{where} has extensions; fleetd's JSON has no place for them")
+        for fld in m.fields.values():
+            if not _SNAKE.match(fld.name):
+                self.problem(f"{m.file}:{fld.line}: field {m.name}.{fld.name} must be lower_snake_case")
+            if fld.json_name:
+                self.problem(f"{m.file}:{fld.line}: json_name on {m.name}.{fld.name}: the server writes "
+                             f"proto field names, so the JSON name cannot be changed")
 
     def unused(self) -> None:
         """Messages and enums no rpc reaches: left behind when the code moved on."""
         seen: set[str] = set()
-        todo = [(r_type, self.files[s.file]) for s in self.services.values()
-                for r in s.rpcs.values() for r_type in (r.request, r.response)]
+        todo = [str(name).removeprefix(".") for s in self.services.values() for m in s.proto.method
+                for name in (m.input_type, m.output_type)]
         while todo:
-            name, f = todo.pop()
-            decl = self.resolve(name, f)
-            if decl is None or decl.full_name in seen:
+            name = todo.pop()
+            if name in seen or name not in self.types:
                 continue
-            seen.add(decl.full_name)
-            if isinstance(decl, Message) and decl.file in self.files:
-                todo.extend((fld.type, self.files[decl.file]) for fld in decl.fields if fld.type not in SCALARS)
-        for decl in self.types.values():
-            if decl.full_name not in seen and decl.file in self.files:
-                self.problem(f"{decl.full_name} ({decl.file}:{decl.line}) is used by no rpc; remove it")
+            seen.add(name)
+            d = self.types[name]
+            if d.kind == "message" and d.file in self.ours:
+                todo.extend(fld.type for fld in d.fields.values())
+        for d in self.types.values():
+            if d.full_name not in seen and d.file in self.ours:
+                self.problem(f"{d.full_name} ({d.file}:{d.line()}) is used by no rpc; remove it")
 
     # --- against the code
 
@@ -664,50 +360,52 @@ class _Checker:
             return
         if decl.file != want:
             self.problem(f"{full} is declared in {decl.file}; one file per service: move it to {want}")
+        rpcs = {m.name: (i, m) for i, m in enumerate(decl.proto.method)}
         for name, method in svc.methods.items():
-            r = decl.rpcs.get(name)
-            if r is None:
+            if name not in rpcs:
                 self.problem(f"{full}/{name}: method in code but no rpc {name} in {decl.file}")
             else:
-                self.rpc(method, r, self.files[decl.file], f"{full}/{name} ({decl.file}:{r.line})")
-        for name, r in decl.rpcs.items():
+                i, m = rpcs[name]
+                self.rpc(method, m, decl, f"{full}/{name} ({decl.file}:{decl.line(_METHOD, i)})")
+        for name, (i, _) in rpcs.items():
             if name not in svc.methods:
-                self.problem(f"{full}/{name} ({decl.file}:{r.line}): rpc in proto but no such method in code")
+                self.problem(f"{full}/{name} ({decl.file}:{decl.line(_METHOD, i)}): rpc in proto but no such "
+                             f"method in code")
 
-    def rpc(self, method: rpc.Method, r: Rpc, f: ProtoFile, where: str) -> None:
-        if r.streaming:
+    def rpc(self, method: rpc.Method, m: Any, svc: _Decl, where: str) -> None:
+        if m.client_streaming or m.server_streaming:
             self.problem(f"{where}: streaming rpcs are not supported; fleetd methods are unary")
-        for side, py_type, proto_name in (("request", method.request_type, r.request),
-                                          ("response", method.response_type, r.response)):
-            decl = self.resolve(proto_name, f)
-            if not isinstance(decl, Message):
-                continue  # reported by lint()
+        for side, py_type, proto_name in (("request", method.request_type, m.input_type),
+                                          ("response", method.response_type, m.output_type)):
+            decl = self.types[str(proto_name).removeprefix(".")]
             if not msgspec.inspect.is_struct_type(py_type):
                 self.problem(f"{where}: the {side} type {py_type!r} in code is not a msgspec Struct")
             elif py_type.__name__ != decl.name:
-                self.problem(f"{where}: {side} message is {py_type.__name__} in code but {proto_name} in proto")
+                self.problem(f"{where}: {side} message is {py_type.__name__} in code but "
+                             f"{svc.short(decl.full_name)} in proto")
             else:
                 self.message(mi.type_info(py_type), decl)
-        if method.readonly and not r.readonly:
+        readonly = m.options.idempotency_level == pb.MethodOptions.NO_SIDE_EFFECTS
+        if method.readonly and not readonly:
             self.problem(f"{where}: readonly in code (answers Connect GET) but the rpc lacks "
                          f"`option idempotency_level = NO_SIDE_EFFECTS;`")
-        if r.readonly and not method.readonly:
+        if readonly and not method.readonly:
             self.problem(f"{where}: marked NO_SIDE_EFFECTS in proto but not readonly=True in code")
 
-    def message(self, info: mi.Type, msg: Message) -> None:
+    def message(self, info: mi.Type, msg: _Decl) -> None:
         assert isinstance(info, mi.StructType)
         cls = f"{info.cls.__module__}.{info.cls.__qualname__}"
-        if (info.cls, msg.full_name) in self.compared or msg.full_name in self.duplicated:
-            return  # compared already, or ambiguous until the duplicate is gone
+        if (info.cls, msg.full_name) in self.compared:
+            return
         self.compared.add((info.cls, msg.full_name))
-        if msg.file not in self.files and msg.full_name != "google.protobuf.Empty":
+        if msg.file not in self.ours and msg.full_name != "google.protobuf.Empty":
             self.problem(f"{cls} is a Struct but {msg.full_name} is a well-known type; declare a message")
             return
         if info.array_like or info.tag_field:
             self.problem(f"{cls}: array_like and tagged Structs have no proto3 equivalent")
             return
         py = {f.encode_name: f for f in info.fields}
-        proto = {f.name: f for f in msg.fields}
+        proto = msg.fields
         for name, pyf in py.items():
             if not _SNAKE.match(name):
                 self.problem(f"{cls}.{pyf.name}: JSON name {name!r} is not lower_snake_case like proto fields")
@@ -719,7 +417,7 @@ class _Checker:
                 self.problem(f"{cls}.{pyf.name}: {e}")
                 continue
             labels = {shape.label}
-            if shape.label == "" and self.nonzero_default(pyf, fld, msg):
+            if shape.label == "" and self.nonzero_default(pyf, fld):
                 if info.cls.__struct_config__.omit_defaults:
                     labels, expected = {"optional"}, f"optional {expected}"
                     if fld is not None and fld.label == "":
@@ -739,28 +437,28 @@ class _Checker:
             if name not in py:
                 self.problem(f"{msg.name}.{name} ({msg.file}:{fld.line}): field in proto but not in code ({cls})")
 
-    def nonzero_default(self, pyf: mi.Field, fld: Field | None, msg: Message) -> bool:
+    def nonzero_default(self, pyf: mi.Field, fld: _Field | None) -> bool:
         """Whether ``pyf`` defaults to something a proto3 reader would not assume for the missing ``fld``."""
         if isinstance(_unwrap(pyf.type), mi.StructType) or not _nonzero_default(pyf):
             return False
-        decl = self.resolve(fld.type, self.files[msg.file]) if fld is not None and fld.type not in SCALARS else None
-        if isinstance(decl, Enum):  # a proto enum's zero is its first value, named like the Python value
+        decl = self.types.get(fld.type) if fld is not None else None
+        if decl is not None and decl.kind == "enum":  # its zero is its first value, named like the Python value
             value = _default(pyf)
             value = value.value if isinstance(value, enum.Enum) else value
-            return (decl.values.get(value) if isinstance(value, str) else value) != 0
+            names = {v.name: v.number for v in decl.proto.value}
+            return (names.get(value) if isinstance(value, str) else value) != 0
         return True
 
-    def field(self, t: mi.Type, fld: Field, msg: Message, expected: str, labels: set[str]) -> None:
+    def field(self, t: mi.Type, fld: _Field, msg: _Decl, expected: str, labels: set[str]) -> None:
         shape = _shape(t)
-        f = self.files[msg.file]
-        leaf_ok = self.leaf(shape.leaf, fld.type, f)
-        key_ok = shape.key is None or self.leaf(shape.key, fld.key_type, f)
+        leaf_ok = self.leaf(shape.leaf, fld.type)
+        key_ok = shape.key is None or self.leaf(shape.key, fld.key)
         if not (leaf_ok and key_ok and fld.label in labels):
-            self.problem(f"{msg.name}.{fld.name} ({msg.file}:{fld.line}): proto has `{fld.decl()}` but code has "
+            self.problem(f"{msg.name}.{fld.name} ({msg.file}:{fld.line}): proto has `{msg.written(fld)}` but code has "
                          f"`{_py(t)}`; write `{expected} {fld.name} = {fld.number};`")
 
-    def leaf(self, t: mi.Type, proto_type: str, f: ProtoFile) -> bool:
-        """Whether proto type ``proto_type`` (used in ``f``) carries Python type ``t`` with the same JSON."""
+    def leaf(self, t: mi.Type, proto_type: str) -> bool:
+        """Whether proto type ``proto_type`` (a scalar or a full name) carries Python type ``t`` with the same JSON."""
         t = _unwrap(t)
         scalars = {mi.StrType: {"string"}, mi.UUIDType: {"string"}, mi.IntType: _INTS, mi.BoolType: {"bool"},
                    mi.FloatType: {"double", "float"}, mi.BytesType: {"bytes"}, mi.ByteArrayType: {"bytes"}}
@@ -771,42 +469,51 @@ class _Checker:
         if values is not None and proto_type in SCALARS:
             return proto_type == "string" if all(isinstance(v, str) for v in values) else (
                 proto_type in _INTS and all(isinstance(v, int) for v in values))
-        if proto_type in SCALARS:
-            return False
-        decl = self.resolve(proto_type, f)
+        decl = self.types.get(proto_type)
         if decl is None:
-            return True  # reported by lint()
-        if values is not None and isinstance(decl, Enum):
+            return False
+        if values is not None and decl.kind == "enum":
             if isinstance(t, mi.EnumType) and decl.name != t.cls.__name__:
                 return False
-            names, numbers = set(decl.values), set(decl.values.values())
+            names, numbers = {v.name for v in decl.proto.value}, {v.number for v in decl.proto.value}
             missing = [v for v in values if v not in (names if isinstance(v, str) else numbers)]
             if missing:
-                self.problem(f"enum {decl.full_name} ({decl.file}:{decl.line}) lacks {missing} "
+                self.problem(f"enum {decl.full_name} ({decl.file}:{decl.line()}) lacks {missing} "
                              f"that the code sends (enum JSON is the value's name)")
             return True
         if isinstance(t, mi.StructType):
-            if not isinstance(decl, Message) or decl.name != t.cls.__name__:
+            if decl.kind != "message" or decl.name != t.cls.__name__:
                 return False
             self.message(t, decl)
             return True
         wanted = ("google.protobuf.Timestamp" if isinstance(t, mi.DateTimeType)
                   else "google.protobuf.Struct" if _is_json_object(t)
                   else "google.protobuf.Value" if isinstance(t, mi.AnyType) else None)
-        return wanted is not None and decl.full_name == wanted
+        return decl.full_name == wanted
 
 
 def check(services: list[rpc.Service], proto_dir: Path) -> list[str]:
-    """Every way the .proto files under ``proto_dir`` differ from ``services``; empty when they agree."""
-    files, problems = load(proto_dir)
-    checker = _Checker(files, problems)
+    """Every way the .proto files under ``proto_dir`` differ from ``services``; empty when they agree.
+
+    When protoc refuses the files, that is all it says: nothing else can be read until they compile.
+    """
+    problems: list[str] = []
+    files: list[Any] = []
+    ours: set[str] = set()
+    if not proto_dir.is_dir():
+        problems.append(f"{proto_dir}: no such folder of .proto files")
+    else:
+        files, ours, errors = _compile(proto_dir)
+        if errors:
+            return errors
+    checker = _Checker(files, ours, problems)
     checker.lint()
     for svc in services:
         checker.service(svc)
     names = {f"{rpc.PACKAGE}.{s.name}" for s in services}
     for full, decl in checker.services.items():
         if full not in names:
-            checker.problem(f"{full} ({decl.file}:{decl.line}): service in proto but not registered in code")
+            checker.problem(f"{full} ({decl.file}:{decl.line()}): service in proto but not registered in code")
     checker.unused()
     return problems
 

@@ -71,7 +71,8 @@ class Update(Structure):
 class SimFlash(Structure):
     _fields_ = [("mem", POINTER(c_uint8)), ("size", c_uint32), ("sector_size", c_uint32), ("write_align", c_uint32),
                 ("erased_value", c_uint8), ("mapped", c_int), ("ops", c_uint64), ("cut_at", c_uint64),
-                ("tear_permille", c_uint32), ("dead", c_int), ("violations", c_uint32), ("sector_erases", c_uint32)]
+                ("tear_permille", c_uint32), ("dead", c_int), ("violations", c_uint32), ("sector_erases", c_uint32),
+                ("ecc", c_int), ("ntorn", c_uint32), ("torn_off", c_uint32 * 16), ("torn_len", c_uint32 * 16)]
 
 
 class Layout(Structure):
@@ -126,7 +127,8 @@ class Device:
     """A simulated device: primary and secondary slots of slot_sectors sectors, scratch, two state sectors."""
 
     def __init__(self, lib: ctypes.CDLL, *, sector: int = 512, align: int = 8, slot_sectors: int = 8,
-                 buf_len: int = 128, device_type: str = DEVICE_TYPE, keys: tuple[bytes, ...] = (TRUSTED_KEY,)):
+                 buf_len: int = 128, device_type: str = DEVICE_TYPE, keys: tuple[bytes, ...] = (TRUSTED_KEY,),
+                 ecc: bool = False):
         self.lib = lib
         self.d = lib.shim_new(sector, align, slot_sectors, buf_len, device_type.encode(), b"".join(keys), len(keys))
         assert self.d, "shim_new refused the geometry"
@@ -134,6 +136,7 @@ class Device:
         self.cfg = lib.shim_cfg(self.d)
         self.cfgp = ctypes.cast(self.cfg, c_void_p)
         self.flash = lib.shim_flash(self.d)
+        self.flash.contents.ecc = int(ecc)  # reads of units a cut left torn fail, as on flash with ECC
         self.buf = lib.shim_buf(self.d)
         self.buf_len = buf_len
         self.layout = self.cfg.contents.layout

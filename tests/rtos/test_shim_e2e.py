@@ -343,6 +343,35 @@ def test_download_resumes_with_range_after_the_device_is_killed(fleet: Fleet) ->
     assert fleet.component(device_id, "2.0.0")["version"] == "2.0.0"
 
 
+def test_an_action_cancelled_mid_download_is_abandoned_and_never_installed(fleet: Fleet) -> None:
+    dev = Device(fleet, "cancel")
+    device_id = dev.enroll()
+    action_id = fleet.deploy(device_id, "2.0.0")
+    p = subprocess.Popen([*dev.args, "--exit-when-idle", "--max-recv-speed", "150000", "--progress-step", "65536"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        seen = []
+        for line in p.stdout:
+            seen.append(line)
+            if f"progress action={action_id}" in line:
+                r = fleet.server.rpc("DeviceAdminService", "CancelAction", {"id": action_id},
+                                     api_key=fleet.admin_key)
+                assert r.status_code == 200, r.text
+                break
+        out, _ = p.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    out = "".join(seen) + out
+    assert p.returncode == 0, out
+    assert f"verified action={action_id}" not in out and "reboot" not in out, out
+    assert fleet.action(device_id, action_id)["state"] == "cancelled"
+    out = dev.run()  # and after a reset nothing resumes: the download was abandoned
+    assert "fleet-sim: boot version=1.0.0 trial=0" in out and "download action=" not in out, out
+
+
 def test_a_different_signing_key_from_the_server_is_refused(fleet: Fleet) -> None:
     dev = Device(fleet, "pinned")
     dev.enroll()

@@ -1,7 +1,9 @@
 /* Little-endian field access and the flash calls with errors mapped. */
 #include "internal.h"
 
-uint16_t fleet_rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+/* The casts keep the shifts unsigned: a uint8_t promotes to int, and on a
+ * 16-bit-int target 0x80 << 8 overflows it (undefined behaviour). */
+uint16_t fleet_rd16(const uint8_t *p) { return (uint16_t)((unsigned)p[0] | ((unsigned)p[1] << 8)); }
 
 uint32_t fleet_rd32(const uint8_t *p) {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);

@@ -298,8 +298,9 @@ static int take_action(fleet_client_t *c, const fleet_json_t *v, fleet_action_t 
     fleet_json_t art;
     int rb = 0;
     memset(a, 0, sizeof *a);
+    if (fleet_json_str(v, "component", comp, sizeof comp) != FLEET_OK)
+        comp[0] = '\0'; /* absent or too long: not ours */
     if (fleet_json_str(v, "kind", a->kind, sizeof a->kind) != FLEET_OK ||
-        fleet_json_str(v, "component", comp, sizeof comp) < 0 ||
         fleet_json_str(v, "id", a->id, sizeof a->id) != FLEET_OK)
         return 0;
     if (strcmp(a->kind, "reboot") != 0 &&
@@ -310,11 +311,15 @@ static int take_action(fleet_client_t *c, const fleet_json_t *v, fleet_action_t 
     a->rollback = (uint8_t)rb;
     a->offered = fleet_json_str(v, "state", state, sizeof state) == FLEET_OK && strcmp(state, "offered") == 0;
     if (fleet_json_get(v, "artifact", &art) == FLEET_OK) {
+        a->has_artifact = 1;
+        /* One the client cannot read or hold is reported failed (size 0):
+         * skipped, the action would stay open forever. */
         if (fleet_json_str(&art, "version", a->version, sizeof a->version) != FLEET_OK ||
             fleet_json_str(&art, "sha256", a->sha256, sizeof a->sha256) != FLEET_OK ||
-            fleet_json_u32(&art, "size", &a->size) != FLEET_OK)
-            return 0;
-        a->has_artifact = 1;
+            fleet_json_u32(&art, "size", &a->size) != FLEET_OK) {
+            a->size = 0;
+            a->version[0] = a->sha256[0] = '\0';
+        }
     }
     return 1;
 }
@@ -533,13 +538,13 @@ int fleet_client_install(fleet_client_t *c, const fleet_action_t *a)
     int rc;
 
     msg[0] = '\0';
-    if (!a->has_artifact) {
+    if (!a->has_artifact && strcmp(a->kind, "rollback") == 0) {
         /* A rollback with no version to go back to: firmware keeps what runs. */
         cat(msg, sizeof msg, "no previous version to go back to; keeping the running firmware");
         rc = fleet_client_report(c, a->id, "succeeded", msg, 100);
         return report_settled(c, rc) ? FLEET_POLL_BUSY : rc;
     }
-    if (a->size == 0 || !is_hex64(a->sha256)) {
+    if (!a->has_artifact || a->size == 0 || !is_hex64(a->sha256)) {
         rc = fleet_client_report(c, a->id, "failed", "the action has no usable artifact", 0);
         return report_settled(c, rc) ? FLEET_POLL_BUSY : rc;
     }
@@ -617,7 +622,12 @@ int fleet_client_poll(fleet_client_t *c)
             return rc;
         busy = FLEET_POLL_BUSY;
     }
-    if ((rc = fleet_client_checkin(c, &st, &a)) != FLEET_OK)
+    rc = fleet_client_checkin(c, &st, &a);
+    /* A 200 too large for resp still shows the trial image reached the
+     * server; not confirming it would revert a good image at the next reset. */
+    if (rc == FLEET_E_SPACE && c->http_status == 200 && st.state == FLEET_STATE_TRIAL)
+        rc = FLEET_OK;
+    if (rc != FLEET_OK)
         return rc;
     if (c->pending)
         return FLEET_POLL_IDLE;
@@ -641,7 +651,12 @@ int fleet_client_poll(fleet_client_t *c)
     if (!a.id[0])
         return busy;
     if (strcmp(a.kind, "reboot") == 0) {
-        fleet_client_report(c, a.id, "succeeded", "rebooting", 100);
+        /* Reported before the reset or not at all: the action stays in the
+         * check-in until its report arrives, so rebooting without it would
+         * reboot again at every poll. */
+        rc = fleet_client_report(c, a.id, "succeeded", "rebooting", 100);
+        if (!report_settled(c, rc))
+            return rc;
         emit(c, FLEET_EV_REBOOT, a.id, 0);
         c->port->reboot(c->port->sys_ctx);
         return FLEET_POLL_REBOOT;

@@ -66,14 +66,22 @@ static void encode(const fleet_state_t *st, uint8_t *r) {
 
 int fleet_state_load(const fleet_port_t *port, const fleet_config_t *cfg, fleet_state_t *st) {
     uint8_t rec[REC];
-    uint32_t slots = port->flash.sector_size / REC, last_used[2];
-    int rc, used, found = 0;
+    uint32_t slots = port->flash.sector_size / REC, last_used[2], off;
+    int used, found = 0, readable = 0;
     memset(st, 0, sizeof *st);
     if (slots < 2 || port->flash.write_align > REC) return FLEET_E_INVALID;
     for (uint8_t s = 0; s < 2; s++) {
         last_used[s] = NO_SLOT;
         for (uint32_t i = 0; i < slots; i++) {
-            if ((rc = fleet_flash_read(port, sector_off(port, cfg, s) + i * REC, rec, REC)) != FLEET_OK) return rc;
+            off = sector_off(port, cfg, s) + i * REC;
+            /* Flash with ECC fails reads of a unit a cut left half programmed
+             * or half erased: such a slot is a torn record (used, invalid). */
+            if (fleet_flash_read(port, off, rec, REC) != FLEET_OK &&
+                fleet_flash_read(port, off, rec, REC) != FLEET_OK) { /* once more: not a passing glitch */
+                last_used[s] = i;
+                continue;
+            }
+            readable = 1;
             /* Any programmed byte makes the slot used: a record, a torn record
              * or garbage, never written again before its sector is erased. */
             used = 0;
@@ -87,6 +95,8 @@ int fleet_state_load(const fleet_port_t *port, const fleet_config_t *cfg, fleet_
             }
         }
     }
+    /* Nothing readable at all is a port failure, not torn records. */
+    if (!readable) return FLEET_E_IO;
     /* Next record: after the last used slot of the active sector. */
     if (last_used[st->active] == NO_SLOT)
         st->next_off = sector_off(port, cfg, st->active);

@@ -224,6 +224,7 @@ static void powercut(const uint8_t *old, uint32_t old_len, const uint8_t *img, u
                 uint64_t cuts[2] = {k, j ? second[j - 1] : 0};
                 if (j && t != 1) break; /* second cuts with one tear ratio only */
                 d = shim_new(SECTOR, ALIGN, slot_sectors, BUF_LEN, dtype, key, 1);
+                d->flash.ecc = (int)(k & 1u); /* every other run on flash with ECC: torn units do not read */
                 sim_flash_raw_write(&d->flash, 0, old, old_len);
                 if (shim_drive(d, old, old_len, img, len, "act-1", 100, goal, cuts, j ? 2 : 1, tears[t]) != 0) {
                     fprintf(stderr, "FAIL %s cut at op %llu (then %llu, tear %u): %s\n", name,

@@ -86,12 +86,34 @@ void sim_flash_power_on(sim_flash_t *f) {
     f->dead = 0;
 }
 
+static void mark_torn(sim_flash_t *f, uint32_t off, uint32_t len) {
+    uint32_t k;
+    if (!f->ecc || !len) return;
+    k = f->ntorn++ % SIM_FLASH_MAX_TORN;
+    f->torn_off[k] = off;
+    f->torn_len[k] = len;
+}
+
+/* A successful erase makes the torn units in it consistent again. */
+static void clear_torn(sim_flash_t *f, uint32_t off, uint32_t len) {
+    for (uint32_t k = 0; k < SIM_FLASH_MAX_TORN; k++)
+        if (f->torn_len[k] && f->torn_off[k] >= off && f->torn_off[k] - off < len) f->torn_len[k] = 0;
+}
+
+static int reads_torn(const sim_flash_t *f, uint32_t off, uint32_t len) {
+    for (uint32_t k = 0; k < SIM_FLASH_MAX_TORN; k++)
+        if (f->torn_len[k] && f->torn_off[k] < off + len && off < f->torn_off[k] + f->torn_len[k]) return 1;
+    return 0;
+}
+
 void sim_flash_raw_write(sim_flash_t *f, uint32_t off, const void *data, uint32_t len) {
     if (off <= f->size && len <= f->size - off) memcpy(f->mem + off, data, len);
 }
 
 void sim_flash_raw_erase(sim_flash_t *f, uint32_t off, uint32_t len) {
-    if (off <= f->size && len <= f->size - off) memset(f->mem + off, f->erased_value, len);
+    if (off > f->size || len > f->size - off) return;
+    memset(f->mem + off, f->erased_value, len);
+    clear_torn(f, off, len);
 }
 
 static int in_range(const sim_flash_t *f, uint32_t off, uint32_t len) {
@@ -110,7 +132,7 @@ static int op_is_cut(sim_flash_t *f) {
 
 int sim_flash_read(void *ctx, uint32_t off, void *buf, uint32_t len) {
     sim_flash_t *f = ctx;
-    if (f->dead || !in_range(f, off, len)) return -1;
+    if (f->dead || !in_range(f, off, len) || reads_torn(f, off, len)) return -1;
     memcpy(buf, f->mem + off, len);
     return 0;
 }
@@ -137,6 +159,7 @@ int sim_flash_write(void *ctx, uint32_t off, const void *buf, uint32_t len) {
         memcpy(f->mem + off, src, done);
         for (i = done; i < done + f->write_align && i < len; i++)
             f->mem[off + i] = f->erased_value == 0xFF ? (uint8_t)(src[i] | 0xA5u) : f->erased_value;
+        if (done < len) mark_torn(f, off + done, f->write_align);
         return -1;
     }
     memcpy(f->mem + off, src, len);
@@ -152,9 +175,13 @@ int sim_flash_erase(void *ctx, uint32_t off, uint32_t len) {
     }
     if (op_is_cut(f)) {
         /* A torn erase: the first part is erased, the rest keeps its old bytes. */
-        memset(f->mem + off, f->erased_value, (uint32_t)((uint64_t)len * f->tear_permille / 1000u));
+        uint32_t done = (uint32_t)((uint64_t)len * f->tear_permille / 1000u);
+        memset(f->mem + off, f->erased_value, done);
+        clear_torn(f, off, len);
+        mark_torn(f, off + done / f->write_align * f->write_align, len - done / f->write_align * f->write_align);
         return -1;
     }
+    clear_torn(f, off, len);
     f->sector_erases += len / f->sector_size;
     memset(f->mem + off, f->erased_value, len);
     return 0;

@@ -7,13 +7,20 @@
  * Power cuts: every write and every erase is one operation (reads are not
  * counted). Arming a cut at operation k makes operation k do part of its job
  * (a torn write or erase) and fail, and every later operation, reads
- * included, fail until sim_flash_power_on(). */
+ * included, fail until sim_flash_power_on().
+ *
+ * ECC mode (ecc = 1): like parts whose flash has ECC (STM32H7/L4/G4/U5 and
+ * others), a read touching a unit left inconsistent by a cut (the unit a torn
+ * write was programming, the not-yet-erased part of a torn erase) fails
+ * until that sector is erased again. */
 #ifndef FLEET_SIM_FLASH_H
 #define FLEET_SIM_FLASH_H
 
 #include <stdint.h>
 
 #include "fleet/port.h"
+
+#define SIM_FLASH_MAX_TORN 16u
 
 typedef struct sim_flash {
     uint8_t *mem;
@@ -28,6 +35,10 @@ typedef struct sim_flash {
     int dead;                /* power is off: every call fails */
     uint32_t violations;     /* misaligned writes, writes to unerased bytes, bad erases */
     uint32_t sector_erases;  /* total erases, for wear figures */
+    int ecc;                 /* reads of torn units fail (see above) */
+    uint32_t ntorn;          /* torn ranges recorded (a ring of SIM_FLASH_MAX_TORN) */
+    uint32_t torn_off[SIM_FLASH_MAX_TORN];
+    uint32_t torn_len[SIM_FLASH_MAX_TORN];
 } sim_flash_t;
 
 /* In memory, all erased. Returns 0, or -1 on a bad geometry or no memory. */

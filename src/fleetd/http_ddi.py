@@ -39,7 +39,10 @@ log = logging.getLogger(__name__)
 HAL_JSON = "application/hal+json"
 MD5SUM_SUFFIX = ".MD5SUM"
 MAX_BODY = 64 * 1024
-PARTS = {"firmware": "os", "app": "bApp", "agent": "bApp"}
+# Every chunk is part "bApp" (hawkBit's key for an application module), whatever the artifact's kind: Zephyr's
+# client refuses any other part ("Only part 'bApp' is supported", subsys/mgmt/hawkbit/hawkbit.c), and
+# SWUpdate and rauc-hawkbit-updater do not act on it.
+CHUNK_PART = "bApp"
 
 
 # --- authentication (called by the app's guard for policy "ddi") -----------------------------
@@ -153,9 +156,10 @@ def _root(request: Request[Any, Any, Any], fleet: Fleet) -> str:
 
 
 def _base(request: Request[Any, Any, Any], fleet: Fleet, controller_id: str) -> str:
-    root = _root(request, fleet)
-    tenant = request.url.path.split("/")[1]  # as the client wrote it
-    return f"{root}/{quote(tenant, safe='')}/controller/v1/{quote(controller_id, safe='')}"
+    # The tenant in capitals, as hawkBit writes it in links whatever spelling the request used: older Zephyr
+    # releases poll /default/controller/v1/... and then require "/DEFAULT/controller/v1" in download-http.
+    tenant = fleet.settings.ddi_tenant.upper()
+    return f"{_root(request, fleet)}/{quote(tenant, safe='')}/controller/v1/{quote(controller_id, safe='')}"
 
 
 def _link(href: str) -> dict[str, str]:
@@ -177,7 +181,7 @@ def _artifact_json(base: str, module: int, a: sqlite3.Row) -> dict[str, Any]:
 def _deployment_json(base: str, row: ddi.ActionRow, a: sqlite3.Row, module: int,
                      hist: list[str] | None) -> dict[str, Any]:
     handling = "attempt" if row.state == "offered" else "forced"
-    chunk = {"part": PARTS.get(a["kind"], "bApp"), "version": a["version"], "name": a["name"],
+    chunk = {"part": CHUNK_PART, "version": a["version"], "name": a["name"],
              "artifacts": [_artifact_json(base, module, a)],
              # fleetd's signed manifest rides along, for clients that can check it.
              "metadata": [{"key": "fleetd.manifest", "value": bytes(a["manifest"]).decode()},

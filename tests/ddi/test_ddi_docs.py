@@ -67,5 +67,5 @@ def test_every_command_in_the_doc_works(fleetd: Fleetd, tmp_path: Path) -> None:
         poll = c.poll()
         assert poll.status == 200 and "deploymentBase" in poll.links  # the doc's deploy
         dep = c.deployment(poll.links["deploymentBase"])
-        assert [(ch.part, ch.name, ch.version) for ch in dep.chunks] == [("os", "rootfs", "2.1.0")]
+        assert [(ch.part, ch.name, ch.version) for ch in dep.chunks] == [("bApp", "rootfs", "2.1.0")]
     assert any("rootfs@2.1.0" in json.dumps(r) for r in fleetd.cli_json("rollouts", "list"))  # the doc's rollout

@@ -72,7 +72,8 @@ def test_deploy_download_resumed_verify_and_feedback(fleetd: Fleetd) -> None:
         assert isinstance(dep.raw["id"], str) and dep.raw["id"].isdigit()  # hawkBit writes it as a string
         assert (dep.download, dep.update, dep.maintenance_window) == ("forced", "forced", None)
         [chunk] = dep.chunks
-        assert (chunk.part, chunk.name, chunk.version) == ("os", "flowfw", "1.1.0")
+        # "bApp" for firmware too: Zephyr's client accepts no other part (tests/ddi/test_ddi_real_clients.py).
+        assert (chunk.part, chunk.name, chunk.version) == ("bApp", "flowfw", "1.1.0")
         [art] = chunk.artifacts
         assert art.filename == "flowfw-1.1.0.swu" and art.size == len(payload)
         assert art.hashes == hashes_of(payload)

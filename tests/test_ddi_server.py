@@ -350,6 +350,27 @@ def test_cancelled_deployment_becomes_cancel_action_until_answered(client, fleet
     assert events[-1] == "the device confirmed the cancellation"
 
 
+def test_a_cancellation_the_device_rejected_and_installed_anyway_records_the_version(  # type: ignore[no-untyped-def]
+        client, fleet, admin_key, dev) -> None:
+    # rauc-hawkbit-updater, once installing, answers a cancellation with "rejected", finishes, and posts closed.
+    did = device_row(fleet, "ctl-1")["id"]
+    aid = deploy(client, admin_key, did, "app@2.0.0")
+    href = dev.links()["deploymentBase"]
+    n = num(href)
+    assert dev.get(href).status_code == 200 and dev.feedback(n, "proceeding").status_code == 200
+    call(client, admin_key, "DeviceAdminService", "CancelAction", id=aid)
+    assert dev.feedback(n, "rejected", resource="cancelAction").status_code == 200
+    assert dev.feedback(n, "closed", "success").status_code == 200
+    assert action(fleet, aid)["state"] == "cancelled"
+    comp = call(client, admin_key, "DeviceAdminService", "GetDevice", id=did)["components"]
+    assert [(c["name"], c["version"]) for c in comp] == [("app", "2.0.0")]
+    assert "cancelAction" not in dev.links()
+    assert dev.feedback(n, "closed", "success").status_code == 200  # a retry changes nothing
+    again = call(client, admin_key, "DeviceAdminService", "GetDevice", id=did)["components"]
+    assert [(c["version"], c["previous_version"]) for c in again] == [("2.0.0", None)]
+    assert dev.feedback(n, "closed", "failure").status_code == 410
+
+
 def test_device_cancels_on_its_own(client, fleet, admin_key, dev) -> None:  # type: ignore[no-untyped-def]
     did = device_row(fleet, "ctl-1")["id"]
     aid = deploy(client, admin_key, did, "app@1.0.0")

@@ -146,6 +146,13 @@ def apply_feedback(conn: sqlite3.Connection, device_id: str, controller_id: str,
         if row.state == "cancelled" and ex == "canceled" and row.fetched and not row.cancel_acked:
             _ack_cancel(conn, row, device_id, message or "the device confirmed the cancellation")
             return FeedbackOutcome(actions.get(conn, row.id), _still_open(conn, device_id))
+        if row.state == "cancelled" and row.fetched and ex == "closed" and st.result.finished != "failure":
+            # A client past the point of no return rejects the cancellation and finishes (rauc-hawkbit-updater
+            # does). The action stays cancelled, but the version the device now runs is a fact worth keeping.
+            _set_component(conn, device_id, row.artifact_id)
+            _ack_cancel(conn, row, device_id, message or "installed after all: the device finished the update "
+                        "it was asked to cancel")
+            return FeedbackOutcome(actions.get(conn, row.id), _still_open(conn, device_id), num)
         raise ActionGone(f"action {num} is no longer active (it ended as {row.state}); send no more feedback "
                          "for it")
     progress = _progress(st, row.progress)

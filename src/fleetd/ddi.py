@@ -233,6 +233,7 @@ class ActionRow:
     artifact_id: str | None
     fetched: bool
     cancel_acked: bool
+    cancel_stopped: bool  # the device confirmed it stopped (not rejected, not failed)
     message: str
     progress: int
 
@@ -240,14 +241,14 @@ class ActionRow:
 def device_action(conn: sqlite3.Connection, device_id: str, controller_id: str, num: int) -> ActionRow:
     """One of this device's install/rollback actions by its DDI number; 404 for any other."""
     r = conn.execute(
-        "SELECT a.*, s.fetched_at, s.cancel_acked_at FROM ddi_ids n JOIN actions a ON a.id = n.ref "
+        "SELECT a.*, s.fetched_at, s.cancel_acked_at, s.cancel_stopped FROM ddi_ids n JOIN actions a ON a.id = n.ref "
         "LEFT JOIN ddi_action_state s ON s.action_id = a.id WHERE n.kind = 'action' AND n.num = ?",
         (num,)).fetchone()
     if r is None or r["device_id"] != device_id or r["kind"] not in DEPLOYABLE:
         # The same answer for another device's action as for none: ids of others are not revealed.
         raise NotFound(f"controller {controller_id} has no action {num}")
     return ActionRow(num, r["id"], r["kind"], r["state"], r["artifact_id"], r["fetched_at"] is not None,
-                     r["cancel_acked_at"] is not None, r["message"], r["progress"])
+                     r["cancel_acked_at"] is not None, bool(r["cancel_stopped"]), r["message"], r["progress"])
 
 
 def mark_fetched(conn: sqlite3.Connection, device_id: str, action_id: str) -> None:

@@ -126,11 +126,12 @@ def _still_open(conn: sqlite3.Connection, device_id: str) -> bool:
                         (device_id,)).fetchone() is not None
 
 
-def _ack_cancel(conn: sqlite3.Connection, row: ActionRow, device_id: str, message: str) -> None:
+def _ack_cancel(conn: sqlite3.Connection, row: ActionRow, device_id: str, message: str, *, stopped: bool) -> None:
     t = now()
-    conn.execute("INSERT INTO ddi_action_state (action_id, device_id, cancel_acked_at) VALUES (?, ?, ?) "
-                 "ON CONFLICT (action_id) DO UPDATE SET cancel_acked_at = excluded.cancel_acked_at",
-                 (row.id, device_id, t))
+    conn.execute("INSERT INTO ddi_action_state (action_id, device_id, cancel_acked_at, cancel_stopped) "
+                 "VALUES (?, ?, ?, ?) ON CONFLICT (action_id) DO UPDATE SET cancel_acked_at = "
+                 "excluded.cancel_acked_at, cancel_stopped = excluded.cancel_stopped",
+                 (row.id, device_id, t, int(stopped)))
     conn.execute("INSERT INTO action_events (action_id, ts, state, message, progress) VALUES (?, ?, ?, ?, ?)",
                  (row.id, t, row.state, message[:actions.MAX_MESSAGE], row.progress))
 
@@ -144,14 +145,15 @@ def apply_feedback(conn: sqlite3.Connection, device_id: str, controller_id: str,
     message = _message(st)
     if row.state in TERMINAL:
         if row.state == "cancelled" and ex == "canceled" and row.fetched and not row.cancel_acked:
-            _ack_cancel(conn, row, device_id, message or "the device confirmed the cancellation")
+            _ack_cancel(conn, row, device_id, message or "the device confirmed the cancellation", stopped=True)
             return FeedbackOutcome(actions.get(conn, row.id), _still_open(conn, device_id))
-        if row.state == "cancelled" and row.fetched and ex == "closed" and st.result.finished != "failure":
+        if (row.state == "cancelled" and row.fetched and not row.cancel_stopped and ex == "closed"
+                and st.result.finished != "failure"):
             # A client past the point of no return rejects the cancellation and finishes (rauc-hawkbit-updater
             # does). The action stays cancelled, but the version the device now runs is a fact worth keeping.
             _set_component(conn, device_id, row.artifact_id)
             _ack_cancel(conn, row, device_id, message or "installed after all: the device finished the update "
-                        "it was asked to cancel")
+                        "it was asked to cancel", stopped=False)
             return FeedbackOutcome(actions.get(conn, row.id), _still_open(conn, device_id), num)
         raise ActionGone(f"action {num} is no longer active (it ended as {row.state}); send no more feedback "
                          "for it")
@@ -165,7 +167,7 @@ def apply_feedback(conn: sqlite3.Connection, device_id: str, controller_id: str,
 
     if ex == "canceled":
         actions.cancel(conn, Actor("device", device_id, controller_id), row.id)
-        _ack_cancel(conn, row, device_id, message or "cancelled by the device")
+        _ack_cancel(conn, row, device_id, message or "cancelled by the device", stopped=True)
         return FeedbackOutcome(actions.get(conn, row.id), _still_open(conn, device_id))
     if ex == "rejected":
         if state == "offered":
@@ -225,14 +227,16 @@ def apply_cancel_feedback(conn: sqlite3.Connection, device_id: str, controller_i
         raise ActionGone(f"the cancellation of action {num} was already answered")
     st = fb.status
     message = _message(st)
-    if st.execution in ("closed", "canceled"):
-        done = ("the device could not complete the cancellation" if st.result.finished == "failure"
-                else "the device confirmed the cancellation")
+    stopped = st.execution in ("closed", "canceled") and st.result.finished != "failure"
+    if stopped:
+        done = "the device confirmed the cancellation"
+    elif st.execution in ("closed", "canceled"):
+        done = "the device could not complete the cancellation"
     elif st.execution == "rejected":
         done = "the device rejected the cancellation"
     else:
         return False  # progress on the way to cancelling: keep showing cancelAction
-    _ack_cancel(conn, row, device_id, f"{done}: {message}" if message else done)
+    _ack_cancel(conn, row, device_id, f"{done}: {message}" if message else done, stopped=stopped)
     return True
 
 

@@ -1,0 +1,164 @@
+"""Telemetry group commit on a real SQLite store: acknowledged only once committed, nothing acknowledged lost."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fleetd import telemetry
+from fleetd.db import Store
+from fleetd.errors import FleetdError, InvalidArgument
+from fleetd.telemetry import Point, TelemetryIntake, rows_for
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "fleetd.db")
+    yield s
+    s.close()
+
+
+def stored(store: Store) -> list[tuple[str, str, float]]:
+    """What another connection sees committed."""
+    conn = sqlite3.connect(store.path)
+    try:
+        return sorted(conn.execute("SELECT device_id, name, value FROM telemetry").fetchall())
+    finally:
+        conn.close()
+
+
+def hold_writer(store: Store) -> threading.Event:
+    """Occupy the writer thread until the returned event is set."""
+    release = threading.Event()
+    store.submit_write(lambda conn: release.wait(10))
+    return release
+
+
+def points(name: str, *values: float) -> list[Point]:
+    return [Point(name=name, value=v) for v in values]
+
+
+def test_a_batch_arriving_during_a_commit_goes_in_the_next_one_and_is_acked_only_when_stored(store: Store) -> None:
+    intake = TelemetryIntake(store)
+
+    async def main() -> None:
+        release = hold_writer(store)
+        a = asyncio.create_task(intake.add("dev-a", points("cpu", 1, 2)))
+        await asyncio.sleep(0.05)  # a's insert is queued behind the held writer: in flight
+        b = asyncio.create_task(intake.add("dev-b", points("cpu", 3)))
+        c = asyncio.create_task(intake.add("dev-c", points("mem", 4)))
+        await asyncio.sleep(0.05)
+        assert not (a.done() or b.done() or c.done())
+        assert stored(store) == []
+        release.set()
+        assert await asyncio.wait_for(a, 5) == 2
+        assert ("dev-a", "cpu", 1.0) in stored(store)
+        # b and c were waiting while a's insert ran: committed together by the next insert, at once.
+        assert await asyncio.wait_for(b, 5) == 1 and await asyncio.wait_for(c, 5) == 1
+        assert stored(store) == [("dev-a", "cpu", 1.0), ("dev-a", "cpu", 2.0), ("dev-b", "cpu", 3.0),
+                                 ("dev-c", "mem", 4.0)]
+        assert intake.commits == 2 and intake.points_total == 4
+
+    asyncio.run(main())
+
+
+def test_concurrent_pushes_share_commits_and_every_acked_point_is_stored(store: Store) -> None:
+    intake = TelemetryIntake(store)
+
+    async def main() -> int:
+        counts = await asyncio.gather(*(intake.add(f"dev-{i}", points("t", *range(i % 7 + 1))) for i in range(200)))
+        return sum(counts)
+
+    acked = asyncio.run(main())
+    assert acked == len(stored(store)) == intake.points_total == sum(i % 7 + 1 for i in range(200))
+    assert intake.commits < 200  # grouped, not one transaction per call
+
+
+def test_a_failed_insert_fails_every_caller_in_its_group_and_the_next_group_commits(store: Store) -> None:
+    store.write_sync(lambda c: c.execute(
+        "CREATE TRIGGER boom BEFORE INSERT ON telemetry WHEN NEW.name = 'boom' BEGIN SELECT RAISE(ABORT, 'boom'); END"))
+    intake = TelemetryIntake(store)
+
+    async def main() -> None:
+        release = hold_writer(store)
+        first = asyncio.create_task(intake.add("dev-a", points("ok", 1)))
+        await asyncio.sleep(0.05)
+        # Both join the second group; its insert fails as a whole.
+        good = asyncio.create_task(intake.add("dev-b", points("ok", 2)))
+        bad = asyncio.create_task(intake.add("dev-c", points("boom", 3)))
+        await asyncio.sleep(0.05)
+        release.set()
+        assert await asyncio.wait_for(first, 5) == 1
+        for t in (good, bad):
+            with pytest.raises(sqlite3.IntegrityError, match="boom"):
+                await asyncio.wait_for(t, 5)
+        assert await intake.add("dev-d", points("ok", 4)) == 1
+
+    asyncio.run(main())
+    # Nothing of the failed group is half-stored: callers told of the failure may resend safely.
+    assert stored(store) == [("dev-a", "ok", 1.0), ("dev-d", "ok", 4.0)]
+    assert intake.points_total == 2
+
+
+def test_close_waits_for_the_commit_in_flight(store: Store) -> None:
+    intake = TelemetryIntake(store)
+
+    async def main() -> None:
+        release = hold_writer(store)
+        task = asyncio.create_task(intake.add("dev-a", points("cpu", 1)))
+        await asyncio.sleep(0.05)
+        threading.Timer(0.1, release.set).start()
+        await asyncio.wait_for(intake.close(), 5)
+        assert stored(store) == [("dev-a", "cpu", 1.0)]
+        await task
+
+    asyncio.run(main())
+
+
+def test_a_push_after_the_store_closed_fails_instead_of_hanging(store: Store) -> None:
+    intake = TelemetryIntake(store)
+    store.close()
+    with pytest.raises(FleetdError, match="closed"):
+        asyncio.run(asyncio.wait_for(intake.add("dev-a", points("cpu", 1)), 5))
+
+
+@pytest.mark.parametrize(("point", "fragment"), [
+    ({"name": "1bad", "value": 1}, "point 1: metric name '1bad'"),
+    ({"name": "a" * 129, "value": 1}, "metric name"),
+    ({"name": "x", "value": float("inf")}, "point 1: value must be a finite number"),
+    ({"name": "x", "value": float("nan"), "ts": 5}, "value must be a finite number"),  # the first problem
+    ({"name": "x", "value": 1, "ts": 5}, "point 1: ts 5"),
+    ({"name": "x", "value": 1, "ts": time.time() + 2 * 86400}, "plausible Unix time"),
+    ({"name": "x", "value": 1, "tags": {f"k{i}": "v" for i in range(17)}}, "at most 16 tags"),
+    ({"name": "x", "value": 1, "tags": {"k": "v" * 129}}, "values ≤ 128"),
+])
+def test_bad_points_are_refused_naming_the_point_and_the_problem(point: dict[str, object], fragment: str) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        rows_for("dev", [Point(name="ok", value=1), Point(**point)], time.time())  # type: ignore[arg-type]
+    assert fragment in str(e.value)
+
+
+def test_rows_fill_in_the_receive_time_and_encode_tags() -> None:
+    now = time.time()
+    rows = rows_for("dev", [Point(name="a", value=1.5), Point(name="b", value=2, ts=now - 5, tags={"k": "v"})], now)
+    assert rows == [("dev", "a", now, 1.5, None), ("dev", "b", now - 5, 2.0, '{"k":"v"}')]
+
+
+def test_the_cache_of_checked_names_is_bounded_and_never_holds_a_bad_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(telemetry, "_known_names", set())
+    monkeypatch.setattr(telemetry, "_KNOWN_NAMES_MAX", 10)
+    now = time.time()
+    for i in range(25):
+        rows_for("dev", [Point(name=f"m{i}", value=1)], now)
+        assert len(telemetry._known_names) <= 10
+    with pytest.raises(InvalidArgument):
+        rows_for("dev", [Point(name="bad name", value=1)], now)
+    assert "bad name" not in telemetry._known_names
+    with pytest.raises(InvalidArgument):  # checked again, still refused
+        rows_for("dev", [Point(name="bad name", value=1)], now)

@@ -41,8 +41,10 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
-    # Page cache in KiB (negative); five connections share the process, so keep each modest.
-    conn.execute(f"PRAGMA cache_size=-{8192 if readonly else 16384}")
+    # Page cache in KiB (negative). Each connection has its own, and the pooled readers keep theirs for
+    # the process's life, so readers get SQLite's default 2 MiB (the OS page cache has the file anyway);
+    # the writer, which updates indexes, gets more.
+    conn.execute(f"PRAGMA cache_size=-{2048 if readonly else 16384}")
     if readonly:
         conn.execute("PRAGMA query_only=ON")
     return conn

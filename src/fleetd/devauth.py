@@ -3,9 +3,9 @@
 A device proves it holds its Ed25519 key by signing a server nonce; it needs no
 clock. The bearer token it gets is ``fdt.<payload>.<mac>`` (base64url), with
 payload ``{"d": device_id, "e": auth_epoch, "x": expiry}``. Checking it is an
-HMAC and a dict lookup: no database read on the hot path. The epoch map holds
-the current epoch of every device allowed to call; revoking or deleting a
-device removes or bumps its entry, so its tokens stop working at once.
+HMAC and a dict lookup: no database read on the hot path. The hub's directory
+holds the current epoch of every device allowed to call; revoking or deleting a
+device clears or bumps it, so its tokens stop working at once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
 
 import msgspec
 from cryptography.exceptions import InvalidSignature
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .auth import Principal
 from .errors import InvalidArgument, Unauthenticated
+from .registry import DeviceRuntime
 
 TOKEN_PREFIX = "fdt."
 TOKEN_TTL = 3600
@@ -65,14 +65,12 @@ class _TokenPayload(msgspec.Struct):
 _payload_decoder = msgspec.json.Decoder(_TokenPayload)
 
 
-@dataclass
 class DeviceTokens:
-    key: bytes
-
-    def __post_init__(self) -> None:
-        self._mac_key = hashlib.sha256(b"fleetd device tokens\0" + self.key).digest()
-        # device id -> auth epoch, for every device that may call (active or pending).
-        self.epochs: dict[str, int] = {}
+    def __init__(self, key: bytes, devices: dict[str, DeviceRuntime] | None = None) -> None:
+        self.key = key
+        self._mac_key = hashlib.sha256(b"fleetd device tokens\0" + key).digest()
+        # The hub's directory (shared, not copied): a device may call while its record has an epoch.
+        self.devices: dict[str, DeviceRuntime] = {} if devices is None else devices
         self._challenges: dict[str, tuple[str, float]] = {}
         # Tokens whose MAC was already checked → (device, epoch, expiry); epoch and expiry are still
         # checked on every use, so revocation stays immediate.
@@ -88,7 +86,8 @@ class DeviceTokens:
         hit = self._verified.get(token)
         if hit is not None:
             device_id, epoch, expiry = hit
-            if expiry < time.time() or self.epochs.get(device_id) != epoch:
+            rt = self.devices.get(device_id)
+            if expiry < time.time() or rt is None or rt.epoch != epoch:
                 return None
             return Principal("device", device_id, device_id)
         if not token.startswith(TOKEN_PREFIX):
@@ -101,7 +100,8 @@ class DeviceTokens:
             p = _payload_decoder.decode(b64d(payload))
         except (msgspec.DecodeError, ValueError):
             return None
-        if p.x < time.time() or self.epochs.get(p.d) != p.e:
+        rt = self.devices.get(p.d)
+        if p.x < time.time() or rt is None or rt.epoch != p.e:
             return None
         if len(self._verified) >= MAX_VERIFIED_TOKENS:
             self._verified.clear()

@@ -1,7 +1,8 @@
 """DeviceHub: the in-memory side of the device protocol, kept lean for the check-in hot path.
 
 It holds what every check-in needs without touching SQLite: each device's
-status, poll interval and auth epoch; which devices have open actions; the hash
+status, poll interval, auth epoch and last contact (one DeviceRuntime record per
+device, shared with the token checker); which devices have open actions; the hash
 of the inventory each last reported. Writes a check-in causes (last seen,
 changed inventory) are coalesced and flushed by one task about once a second on
 the writer thread. Everything that changes devices or actions goes through the
@@ -56,31 +57,27 @@ class Inventory(msgspec.Struct, kw_only=True, omit_defaults=True):
 class DeviceHub:
     def __init__(self, store: Store, token_key: bytes) -> None:
         self.store = store
-        self.tokens = DeviceTokens(token_key)
-        runtime, epochs = store.read_sync(registry.load_runtime)
-        self.runtime: dict[str, DeviceRuntime] = runtime
-        self.tokens.epochs = epochs
+        self.runtime: dict[str, DeviceRuntime] = store.read_sync(registry.load_runtime)
+        self.tokens = DeviceTokens(token_key, self.runtime)
         self.open_actions: set[str] = store.read_sync(actions.devices_with_open_actions)
         self._seen: dict[str, tuple[float, str | None]] = {}
         self._persisted: dict[str, tuple[float, str | None]] = {}
-        self._last_seen: dict[str, float] = dict(store.read_sync(lambda c: c.execute(
-            "SELECT id, last_seen FROM devices WHERE last_seen IS NOT NULL").fetchall()))
         self._inventory_hash: dict[str, int] = {}
         self._inventory: dict[str, tuple[str | None, list[list[Component]]]] = {}
         self._task: asyncio.Task[None] | None = None
 
     # --- keeping the directory in step -------------------------------------
     def set_device(self, device_id: str, runtime: DeviceRuntime | None, epoch: int | None) -> None:
+        """Replace a device's record (``None``: it is gone); ``epoch`` None or a revoked status stops its tokens."""
         if runtime is None:
             self.runtime.pop(device_id, None)
-            self.tokens.epochs.pop(device_id, None)
             self.open_actions.discard(device_id)
             return
+        old = self.runtime.get(device_id)
+        if old is not None:
+            runtime.last_seen = old.last_seen
+        runtime.epoch = None if runtime.status == "revoked" else epoch
         self.runtime[device_id] = runtime
-        if runtime.status == "revoked" or epoch is None:
-            self.tokens.epochs.pop(device_id, None)
-        else:
-            self.tokens.epochs[device_id] = epoch
 
     async def refresh(self, device_id: str) -> None:
         found = await self.store.read(lambda c: registry.runtime_of(c, device_id))
@@ -117,18 +114,24 @@ class DeviceHub:
     def note_seen(self, device_id: str, addr: str | None) -> None:
         """A contact: last seen (and address) only, e.g. a hawkBit DDI poll, which reports no components."""
         t = time.time()
-        self._last_seen[device_id] = t
+        rt = self.runtime.get(device_id)
+        if rt is not None:
+            rt.last_seen = t
         stored = self._persisted.get(device_id)
         if stored is None or t - stored[0] >= PERSIST_SEEN_AFTER or stored[1] != addr:
             self._seen[device_id] = self._persisted[device_id] = (t, addr)
 
     def last_seen(self, device_id: str) -> float | None:
-        return self._last_seen.get(device_id)
+        rt = self.runtime.get(device_id)
+        return None if rt is None else rt.last_seen
 
     async def flush(self, *, everything: bool = False) -> None:
         """Write coalesced check-ins; ``everything`` also writes last-seen times not yet due (at shutdown)."""
         if everything:
-            for did, t in self._last_seen.items():
+            for did, rt in self.runtime.items():
+                t = rt.last_seen
+                if t is None:
+                    continue
                 stored = self._persisted.get(did)
                 if stored is None or stored[0] < t:
                     self._seen[did] = (t, stored[1] if stored else None)

@@ -417,19 +417,24 @@ def _components_by_device(conn: sqlite3.Connection, ids: list[str]) -> dict[str,
 
 @dataclass(slots=True)
 class DeviceRuntime:
+    """One device in the hub's directory: everything the hot paths need, one small record per device
+    (100,000 of them stay resident, so no dict per device and no per-device copies of shared strings)."""
     status: str
     poll_interval: int
     device_type: str
+    # The auth epoch a bearer token must carry; None when the device may not use one (revoked, DDI).
+    epoch: int | None = None
+    # The exact last contact; SQLite's copy lags by up to a minute (hub.PERSIST_SEEN_AFTER).
+    last_seen: float | None = None
 
 
-def load_runtime(conn: sqlite3.Connection) -> tuple[dict[str, DeviceRuntime], dict[str, int]]:
-    runtime, epochs = {}, {}
-    for r in conn.execute("SELECT id, status, poll_interval, device_type, auth_epoch FROM devices"):
+def load_runtime(conn: sqlite3.Connection) -> dict[str, DeviceRuntime]:
+    runtime = {}
+    for r in conn.execute("SELECT id, status, poll_interval, device_type, auth_epoch, last_seen FROM devices"):
         # Interned: 100,000 devices share a handful of status and type strings.
-        runtime[r[0]] = DeviceRuntime(sys.intern(r[1]), r[2], sys.intern(r[3]))
-        if r[1] != "revoked":
-            epochs[r[0]] = r[4]
-    return runtime, epochs
+        status = sys.intern(r[1])
+        runtime[r[0]] = DeviceRuntime(status, r[2], sys.intern(r[3]), None if status == "revoked" else r[4], r[5])
+    return runtime
 
 
 def runtime_of(conn: sqlite3.Connection, device_id: str) -> tuple[DeviceRuntime, int] | None:

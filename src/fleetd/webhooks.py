@@ -28,10 +28,9 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import httpx
 import msgspec
 
 from . import __version__, audit
@@ -40,6 +39,9 @@ from .db import Store
 from .errors import InvalidArgument, NotFound
 from .models import new_id, to_dt
 from .tasks import cancel_and_wait
+
+if TYPE_CHECKING:  # httpx is loaded on the first delivery: a server without webhooks never needs it
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +221,8 @@ class Deliverer:
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(row["secret"], body),
                    "X-Fleetd-Event": row["event"], "X-Fleetd-Delivery": str(row["id"]),
                    "User-Agent": f"fleetd/{__version__}"}
+        import httpx
+
         try:
             r = await http.post(row["url"], content=body, headers=headers)
         except httpx.HTTPError as e:
@@ -263,6 +267,8 @@ class Deliverer:
         if not heads:
             return 0
         if self._http is None:
+            import httpx
+
             self._http = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
         counts = await asyncio.gather(*(self._webhook_queue(self._http, h) for h in heads))
         return sum(counts)

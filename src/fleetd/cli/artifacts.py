@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
-import httpx
 import typer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -122,6 +121,8 @@ def progress_bar(console: Console = err_console) -> Progress:
 
 def put_file(client: Client, upload_path: str, path: Path, size: int, progress: Progress | None = None) -> Any:
     """Stream ``path`` as the body of PUT ``upload_path``, a chunk at a time (flat memory)."""
+    import httpx  # not at the top: `fleetd serve` loads this module too
+
     headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
     # The answer comes once the server has fsynced the file and recorded it: allow for slow disks.
     timeout = httpx.Timeout(60.0, read=600.0)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import msgspec
 
 from ..errors import FleetdError
+
+if TYPE_CHECKING:
+    import httpx  # imported where used: `fleetd serve` loads this module but never makes a request
 
 DEFAULT_SERVER = "https://127.0.0.1:8420"
 
@@ -45,11 +47,15 @@ class Client:
     def __init__(self, server: str, api_key: str | None = None, ca_file: str | Path | None = None,
                  timeout: float = 30.0) -> None:
         self.server = server.rstrip("/")
+        import httpx
+
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout,
+        self.http: httpx.Client = httpx.Client(base_url=self.server, headers=headers, timeout=timeout,
                                  verify=ssl_context(ca_file) if self.server.startswith("https") else True)
 
     def call(self, service: str, method: str, body: dict[str, Any] | None = None) -> Any:
+        import httpx
+
         try:
             r = self.http.post(f"/fleetd.v1.{service}/{method}", content=msgspec.json.encode(body or {}),
                                headers={"Content-Type": "application/json"})

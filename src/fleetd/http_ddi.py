@@ -289,20 +289,33 @@ def _module(conn: sqlite3.Connection, artifact_id: str) -> tuple[sqlite3.Row, in
     return a, ddi.num_of(conn, "artifact", artifact_id)
 
 
+Deployment = tuple[ddi.ActionRow, sqlite3.Row, int, list[str] | None]
+
+
+async def _read_deployment(request: Request[Any, Any, Any], device_id: str, controller_id: str, action_id: int,
+                           *, finished: bool) -> Deployment:
+    """An open (``finished`` False) or successfully ended deployment of this device, with its artifact."""
+    count = _count(request)
+
+    def read(conn: sqlite3.Connection) -> Deployment:
+        row = ddi.device_action(conn, device_id, controller_id, action_id)
+        if finished and (row.state not in TERMINAL or row.state == "cancelled" or row.artifact_id is None):
+            raise NotFound(f"action {action_id} is not a finished deployment (it is {row.state})")
+        if not finished and (row.state in TERMINAL or row.artifact_id is None):
+            raise NotFound(f"action {action_id} is not an active deployment (it is {row.state})")
+        assert row.artifact_id is not None
+        a, module = _module(conn, row.artifact_id)
+        return row, a, module, ddi.history(conn, row.id, count) if count is not None else None
+
+    fleet: Fleet = request.app.state.fleet
+    return await fleet.store.read(read)
+
+
 async def deployment_base(request: Request[Any, Any, Any], controller_id: FromPath[str],
                           action_id: FromPath[int]) -> Response[bytes]:
     fleet: Fleet = request.app.state.fleet
     device_id = _caller(request).device()
-    count = _count(request)
-
-    def read(conn: sqlite3.Connection) -> tuple[ddi.ActionRow, sqlite3.Row, int, list[str] | None]:
-        row = ddi.device_action(conn, device_id, controller_id, action_id)
-        if row.state in TERMINAL or row.artifact_id is None:
-            raise NotFound(f"action {action_id} is not an active deployment (it is {row.state})")
-        a, module = _module(conn, row.artifact_id)
-        return row, a, module, ddi.history(conn, row.id, count) if count is not None else None
-
-    row, a, module, hist = await fleet.store.read(read)
+    row, a, module, hist = await _read_deployment(request, device_id, controller_id, action_id, finished=False)
     if not row.fetched:
         await fleet.store.write(lambda c: ddi.mark_fetched(c, device_id, row.id))
     fleet.ddi.watch.add(device_id)
@@ -313,16 +326,7 @@ async def installed_base(request: Request[Any, Any, Any], controller_id: FromPat
                          action_id: FromPath[int]) -> Response[bytes]:
     fleet: Fleet = request.app.state.fleet
     device_id = _caller(request).device()
-    count = _count(request)
-
-    def read(conn: sqlite3.Connection) -> tuple[ddi.ActionRow, sqlite3.Row, int, list[str] | None]:
-        row = ddi.device_action(conn, device_id, controller_id, action_id)
-        if row.state not in TERMINAL or row.state == "cancelled" or row.artifact_id is None:
-            raise NotFound(f"action {action_id} is not a finished deployment (it is {row.state})")
-        a, module = _module(conn, row.artifact_id)
-        return row, a, module, ddi.history(conn, row.id, count) if count is not None else None
-
-    row, a, module, hist = await fleet.store.read(read)
+    row, a, module, hist = await _read_deployment(request, device_id, controller_id, action_id, finished=True)
     return _json(_deployment_json(_base(request, fleet, controller_id), row, a, module, hist))
 
 

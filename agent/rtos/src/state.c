@@ -67,7 +67,7 @@ static void encode(const fleet_state_t *st, uint8_t *r) {
 int fleet_state_load(const fleet_port_t *port, const fleet_config_t *cfg, fleet_state_t *st) {
     uint8_t rec[REC];
     uint32_t slots = port->flash.sector_size / REC, last_used[2], off;
-    int used, found = 0, readable = 0;
+    int used, found = 0;
     memset(st, 0, sizeof *st);
     if (slots < 2 || port->flash.write_align > REC) return FLEET_E_INVALID;
     for (uint8_t s = 0; s < 2; s++) {
@@ -81,7 +81,6 @@ int fleet_state_load(const fleet_port_t *port, const fleet_config_t *cfg, fleet_
                 last_used[s] = i;
                 continue;
             }
-            readable = 1;
             /* Any programmed byte makes the slot used: a record, a torn record
              * or garbage, never written again before its sector is erased. */
             used = 0;
@@ -95,8 +94,12 @@ int fleet_state_load(const fleet_port_t *port, const fleet_config_t *cfg, fleet_
             }
         }
     }
-    /* Nothing readable at all is a port failure, not torn records. */
-    if (!readable) return FLEET_E_IO;
+    /* Not one slot readable is either a dead flash driver or a device whose every state write so
+     * far was torn (cuts during its first records and the erase of the other sector). Neither may
+     * stop the boot: no valid record means the initial state, the next save erases a sector and
+     * starts over, and a dead driver shows as soon as the boot reads the image (FLEET_E_IO there).
+     * A record once valid is never torn later: a sector is erased only while the newest valid
+     * record sits in the other one. */
     /* Next record: after the last used slot of the active sector. */
     if (last_used[st->active] == NO_SLOT)
         st->next_off = sector_off(port, cfg, st->active);

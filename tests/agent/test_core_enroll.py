@@ -77,8 +77,9 @@ def test_enroll_with_a_token_pins_the_ca_and_the_signing_key(server: ServerProce
     d = device(server, admin, "core-tok-1")
     assert d is not None and d["last_seen"] and d["online"]
     names = telemetry_names(server, first["device_id"])
-    assert {"cpu.percent", "cpu.load1", "mem.used", "mem.total", "mem.available", "disk.used_percent",
-            "uptime"} <= set(names)
+    # cpu.percent needs a clock tick (10 ms) between two readings, which one quick `run --once` may not
+    # span (seen once in CI); test_core_readers checks it with a real interval.
+    assert {"cpu.load1", "mem.used", "mem.total", "mem.available", "disk.used_percent", "uptime"} <= set(names)
 
     status = json.loads(ok(run_agent(sd, "status", "--json")).stdout)
     assert status["enrolled"] and status["device_id"] == first["device_id"] and status["status"] == "active"
@@ -143,7 +144,7 @@ def test_without_a_token_the_device_waits_to_be_claimed(server: ServerProcess, a
     ok(run_agent(sd, "run", "--once"))
     st = state(sd)
     assert st["status"] == "active" and st["claim_code"] == ""
-    assert "cpu.percent" in telemetry_names(server, st["device_id"])
+    assert "mem.total" in telemetry_names(server, st["device_id"])
     # Enrolling again keeps the TOFU pin and says active.
     again = json.loads(ok(run_agent(sd, "enroll", "--json")).stdout)
     assert again["status"] == "active" and again["device_id"] == st["device_id"] and again["trust"] == "tofu"

@@ -70,11 +70,6 @@ def rows_for(device_id: str, points: list[Point], received: float) -> list[Row]:
     return rows
 
 
-def validate(points: list[Point], received: float) -> list[tuple[str, float, float, str | None]]:
-    """→ rows of (name, ts, value, tags json), or InvalidArgument naming the first bad point."""
-    return [r[1:] for r in rows_for("", points, received)]
-
-
 def _check_name(i: int, name: str) -> None:
     if not METRIC_NAME.match(name):
         raise InvalidArgument(f"point {i}: metric name {name!r} must be letters, digits and _.:- "

@@ -165,7 +165,7 @@ def telemetry_points(n: int, now: float) -> list[dict[str, object]]:
 
 
 def telemetry_rows(device_id: str, points: list[dict[str, object]]) -> list[tuple[object, ...]]:
-    """The rows fleetd stores for ``points`` (as telemetry.validate makes them)."""
+    """The rows fleetd stores for ``points`` (as telemetry.rows_for makes them)."""
     return [(device_id, p["name"], p["ts"], p["value"],
              msgspec.json.encode(p["tags"]).decode() if p.get("tags") else None) for p in points]
 

@@ -18,7 +18,7 @@ from fleetd.api.device import CheckInRequest, PushTelemetryRequest
 from fleetd.config import Settings
 from fleetd.fleet import Fleet
 from fleetd.rpc import Codec
-from fleetd.telemetry import validate
+from fleetd.telemetry import rows_for
 
 from . import agent_footprint, bench_orchestrator, cases, procs, profile, report, run, seed
 from .loadgen import check_clean, parse_wrk, run_wrk
@@ -69,7 +69,7 @@ def test_telemetry_rows_are_the_rows_fleetd_stores_for_the_batch() -> None:
     points = seed.telemetry_points(3, now)
     assert len(points) == seed.POINTS_PER_BATCH
     req = Codec(PushTelemetryRequest).decode(msgspec.json.encode({"points": points}))
-    assert [("dev_x", *r) for r in validate(req.points, now)] == seed.telemetry_rows("dev_x", points)
+    assert rows_for("dev_x", req.points, now) == seed.telemetry_rows("dev_x", points)
 
 
 def test_profile_summary_splits_the_event_loop_from_threads_and_drops_idle_waits() -> None:

@@ -43,7 +43,7 @@ def make_device(fleet: Any, tags: dict[str, str] | None = None, active_since: fl
         parsed = registry.ParsedJoinToken(fp, tok.id, secret)
         res = registry.enroll(conn, hardware_id=f"hw-{secrets.token_hex(4)}", device_type="sim",
                               public_key=os.urandom(32), name="", inventory={}, addr=None,
-                              redeem=lambda: registry.redeem_token(conn, parsed, fp))
+                              token=lambda: registry.check_token(conn, parsed, fp))
         conn.execute("UPDATE devices SET enrolled_at = ? WHERE id = ?", (active_since, res.device.id))
         return res.device.id
 

@@ -62,7 +62,7 @@ def enroll(fleet: Fleet, n: int, tags: dict[str, str] | None = None, device_type
         ids = []
         for _ in range(n):
             r = registry.enroll(conn, hardware_id=f"hw-{os.urandom(6).hex()}", device_type=device_type,
-                                public_key=os.urandom(32), name="", redeem=lambda: token, inventory={}, addr=None)
+                                public_key=os.urandom(32), name="", token=lambda: token, inventory={}, addr=None)
             ids.append(r.device.id)
             if version:
                 conn.execute("INSERT INTO device_components (device_id, name, version, state, health, updated_at) "

@@ -49,6 +49,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ddi_tenant: str = "DEFAULT"
     # Let anyone download DDI artifacts without a token (hawkBit's "anonymous download"); off by default.
     ddi_anonymous_download: bool = False
+    # Devices that enrolled without a token and wait to be claimed; more are refused (0 = no cap).
+    max_pending_devices: int = 10000
+    # Such a device not heard from for this many days is deleted (0 = never).
+    pending_expiry_days: float = 30
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -63,6 +67,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if not DDI_TENANT.match(self.ddi_tenant):
             raise InvalidArgument(f"ddi_tenant must be 1-64 letters, digits and _.- (hawkBit's default is DEFAULT), "
                                   f"got {self.ddi_tenant!r}")
+        for name in ("max_pending_devices", "pending_expiry_days"):
+            if getattr(self, name) < 0:
+                raise InvalidArgument(f"{name} must be 0 (no limit) or positive")
 
     @property
     def data_path(self) -> Path:

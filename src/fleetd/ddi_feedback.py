@@ -26,6 +26,7 @@ from .audit import Actor
 from .ddi import ActionRow, device_action
 from .ddi_tokens import check_device_type
 from .errors import FleetdError, InvalidArgument, NotFound
+from .hub import MAX_EXTRA, check_inventory_size
 from .models import now
 from .registry import DeviceRuntime
 
@@ -265,12 +266,17 @@ def apply_config_data(conn: sqlite3.Connection, device_id: str, controller_id: s
             extra.pop(k, None)
     else:
         extra.update(cfg.data)
+    if len(extra) > MAX_EXTRA:
+        raise InvalidArgument(f"a device keeps at most {MAX_EXTRA} config data attributes; this would make "
+                              f"{len(extra)} (send mode \"replace\", or \"remove\" some first)")
     inventory["extra"] = extra
+    encoded = json.dumps(inventory)
+    check_inventory_size(encoded)
     device_type = r["device_type"]
     if cfg.mode != "remove" and cfg.data.get(DEVICE_TYPE_ATTRIBUTE):
         device_type = check_device_type(cfg.data[DEVICE_TYPE_ATTRIBUTE])
     conn.execute("UPDATE devices SET inventory = ?, device_type = ? WHERE id = ?",
-                 (json.dumps(inventory), device_type, device_id))
+                 (encoded, device_type, device_id))
     conn.execute("UPDATE ddi_devices SET config_requested = 0 WHERE device_id = ?", (device_id,))
     if device_type != r["device_type"]:
         audit.record(conn, Actor("device", device_id, controller_id), "device.update", device_id,

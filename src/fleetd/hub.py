@@ -16,13 +16,14 @@ import json
 import logging
 import sqlite3
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from . import actions, registry
 from .db import Store
 from .devauth import DeviceTokens
+from .errors import InvalidArgument
 from .registry import DeviceRuntime
 from .tasks import cancel_and_wait
 
@@ -42,16 +43,37 @@ class Component(msgspec.Struct, kw_only=True):
     restarts: int = 0
 
 
+# Inventory limits (docs/protocol.md §13): it is stored per device, and Enroll takes it before any credential.
+MAX_INVENTORY_BYTES = 32 * 1024
+MAX_INVENTORY_TEXT = 256
+MAX_ADDRESSES = 128
+MAX_ADDRESS = 64
+MAX_EXTRA = 100
+MAX_EXTRA_KEY = 128
+MAX_EXTRA_VALUE = 1024
+_Text = Annotated[str, msgspec.Meta(max_length=MAX_INVENTORY_TEXT)]
+
+
 class Inventory(msgspec.Struct, kw_only=True, omit_defaults=True):
-    hostname: str = ""
-    os: str = ""
-    os_version: str = ""
-    kernel: str = ""
-    arch: str = ""
-    model: str = ""
-    addresses: list[str] = []
-    agent_version: str = ""
-    extra: dict[str, str] = {}
+    hostname: _Text = ""
+    os: _Text = ""
+    os_version: _Text = ""
+    kernel: _Text = ""
+    arch: _Text = ""
+    model: _Text = ""
+    addresses: Annotated[list[Annotated[str, msgspec.Meta(max_length=MAX_ADDRESS)]],
+                         msgspec.Meta(max_length=MAX_ADDRESSES)] = []
+    agent_version: _Text = ""
+    extra: Annotated[dict[Annotated[str, msgspec.Meta(max_length=MAX_EXTRA_KEY)],
+                          Annotated[str, msgspec.Meta(max_length=MAX_EXTRA_VALUE)]],
+                     msgspec.Meta(max_length=MAX_EXTRA)] = {}
+
+
+def check_inventory_size(encoded: bytes | str) -> None:
+    """The whole inventory, as stored, within MAX_INVENTORY_BYTES (the per-field limits are on Inventory)."""
+    if len(encoded) > MAX_INVENTORY_BYTES:
+        raise InvalidArgument(f"the inventory is {len(encoded)} bytes encoded; at most {MAX_INVENTORY_BYTES} are "
+                              "stored per device (fewer or shorter extra entries)")
 
 
 class DeviceHub:
@@ -96,8 +118,10 @@ class DeviceHub:
     def note_checkin(self, device_id: str, addr: str | None, inventory: Inventory | None,
                      components: list[Component]) -> None:
         """Remember a check-in; the inventory is written only when it changed (and then at the next flush)."""
-        self.note_seen(device_id, addr)
         inv = msgspec.json.encode(inventory).decode() if inventory is not None else None
+        if inv is not None:
+            check_inventory_size(inv)
+        self.note_seen(device_id, addr)
         h = hash((inv, msgspec.json.encode(components)))
         if self._inventory_hash.get(device_id) != h:
             self._inventory_hash[device_id] = h
@@ -192,4 +216,8 @@ def _store_components(conn: sqlite3.Connection, device_id: str, components: list
 
 
 def inventory_dict(inv: Inventory | None) -> dict[str, Any]:
-    return json.loads(msgspec.json.encode(inv)) if inv else {}
+    if not inv:
+        return {}
+    encoded = msgspec.json.encode(inv)
+    check_inventory_size(encoded)
+    return json.loads(encoded)

@@ -1,4 +1,4 @@
-"""Periodic housekeeping: blob garbage collection, blob scrub, expired sessions.
+"""Periodic housekeeping: blob garbage collection, blob scrub, expired sessions, abandoned pending devices.
 
 Each job runs on its own interval in one background task; a failing job is
 logged and retried at its next turn, never taking the server down.
@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import registry
 from .tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -29,6 +30,15 @@ class Job:
     next_at: float = field(default=0.0)
 
 
+async def expire_pending(fleet: Fleet) -> str:
+    """Delete the token-less pending devices silent for pending_expiry_days, and forget them in the hub."""
+    silent_for = fleet.settings.pending_expiry_days * 86400
+    gone = await fleet.store.write(lambda c: registry.expire_pending(c, silent_for))
+    for did in gone:
+        fleet.hub.set_device(did, None, None)
+    return f"{len(gone)} deleted"
+
+
 class Maintenance:
     def __init__(self, fleet: Fleet) -> None:
         s = fleet.settings
@@ -38,6 +48,8 @@ class Maintenance:
             Job("expired sessions", 3600, lambda: fleet.store.write(
                 lambda c: c.execute("DELETE FROM sessions WHERE expires_at < ?", (time.time(),)))),
         ]
+        if s.pending_expiry_days:
+            self.jobs.append(Job("expired pending devices", 3600, lambda: expire_pending(fleet)))
         # The first scrub waits a full interval: no disk-wide read right at startup.
         now = time.monotonic()
         for j in self.jobs:

@@ -24,7 +24,15 @@ import msgspec
 
 from . import audit
 from .audit import Actor
-from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from .errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from .models import new_id, now, to_dt
 from .tags import check_tags
 
@@ -34,6 +42,7 @@ DEFAULT_POLL_INTERVAL = 60
 HARDWARE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 DEVICE_TYPE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 DEVICE_NAME = re.compile(r"^[^\x00-\x1f]{1,128}$")
+REKEY_TOKEN_TTL = 86400
 
 
 # --- join tokens ---------------------------------------------------------------
@@ -48,6 +57,8 @@ class JoinToken(msgspec.Struct, kw_only=True):
     created_by: str | None
     created_at: dt.datetime
     revoked_at: dt.datetime | None
+    # A re-key token ('fleetd devices rekey'): it replaces this one device's key, nothing else.
+    device_id: str | None = None
     # Only in the answer to a create call.
     token: str | None = None
     install_command: str | None = None
@@ -56,7 +67,8 @@ class JoinToken(msgspec.Struct, kw_only=True):
 def _join_token(r: sqlite3.Row) -> JoinToken:
     return JoinToken(id=r["id"], description=r["description"], tags=json.loads(r["tags"]), max_uses=r["max_uses"],
                      uses=r["uses"], expires_at=to_dt(r["expires_at"]), created_by=r["created_by"],
-                     created_at=to_dt(r["created_at"]), revoked_at=to_dt(r["revoked_at"]))  # type: ignore[arg-type]
+                     created_at=to_dt(r["created_at"]), revoked_at=to_dt(r["revoked_at"]),  # type: ignore[arg-type]
+                     device_id=r["device_id"])
 
 
 def _hash(secret: str) -> bytes:
@@ -93,13 +105,32 @@ def create_token(conn: sqlite3.Connection, actor: Actor, *, description: str = "
         raise InvalidArgument("uses must be at least 1 (or unlimited)")
     if len(description) > 200:
         raise InvalidArgument("description is at most 200 characters")
-    tid, secret = secrets.token_hex(6), secrets.token_hex(16)
-    conn.execute("INSERT INTO join_tokens (id, secret_hash, description, tags, max_uses, expires_at, created_by, "
-                 "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                 (tid, _hash(secret), description, json.dumps(tags), max_uses, expires_at,
-                  actor.name or actor.id, now()))
+    tid, secret = _insert_token(conn, actor, description, tags, max_uses, expires_at, None)
     audit.record(conn, actor, "token.create", tid, tags=tags, max_uses=max_uses, expires_at=expires_at)
     return get_token(conn, tid), secret
+
+
+def create_rekey_token(conn: sqlite3.Connection, actor: Actor, ref: str, expires_at: float
+                       ) -> tuple[JoinToken, str, Device]:
+    """A single-use token that replaces the key of one existing device (one that lost its key) and nothing else."""
+    r = find_device_row(conn, ref)
+    if r["status"] == "revoked":
+        raise FailedPrecondition(f"device {r['id']} is revoked; a revoked device is not re-keyed: delete it "
+                                 f"('fleetd devices delete {r['id']}') and enroll it again")
+    tid, secret = _insert_token(conn, actor, f"re-key {r['hardware_id']}", {}, 1, expires_at, r["id"])
+    audit.record(conn, actor, "device.rekey_token", r["id"], token=tid, hardware_id=r["hardware_id"],
+                 expires_at=expires_at)
+    return get_token(conn, tid), secret, device_from_row(r)
+
+
+def _insert_token(conn: sqlite3.Connection, actor: Actor, description: str, tags: dict[str, str],
+                  max_uses: int | None, expires_at: float | None, device_id: str | None) -> tuple[str, str]:
+    tid, secret = secrets.token_hex(6), secrets.token_hex(16)
+    conn.execute("INSERT INTO join_tokens (id, secret_hash, description, tags, max_uses, expires_at, created_by, "
+                 "created_at, device_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (tid, _hash(secret), description, json.dumps(tags), max_uses, expires_at,
+                  actor.name or actor.id, now(), device_id))
+    return tid, secret
 
 
 def get_token(conn: sqlite3.Connection, token_id: str) -> JoinToken:
@@ -127,8 +158,8 @@ def revoke_token(conn: sqlite3.Connection, actor: Actor, token_id: str) -> JoinT
     return get_token(conn, token_id)
 
 
-def redeem_token(conn: sqlite3.Connection, parsed: ParsedJoinToken, ca_fingerprint: str) -> JoinToken:
-    """Count one use of a join token, refusing it with the reason when it is no good."""
+def check_token(conn: sqlite3.Connection, parsed: ParsedJoinToken, ca_fingerprint: str) -> JoinToken:
+    """The join token, refused with the reason when it is no good; no use is counted (see :func:`use_token`)."""
     if parsed.ca_fingerprint != ca_fingerprint:
         raise Unauthenticated("this join token belongs to another fleetd server (CA fingerprint differs)")
     r = conn.execute("SELECT * FROM join_tokens WHERE id = ?", (parsed.id,)).fetchone()
@@ -140,8 +171,11 @@ def redeem_token(conn: sqlite3.Connection, parsed: ParsedJoinToken, ca_fingerpri
         raise Unauthenticated("this join token has expired; ask the admin for a new one")
     if r["max_uses"] is not None and r["uses"] >= r["max_uses"]:
         raise Unauthenticated("this join token is used up; ask the admin for a new one")
-    conn.execute("UPDATE join_tokens SET uses = uses + 1 WHERE id = ?", (parsed.id,))
     return _join_token(r)
+
+
+def use_token(conn: sqlite3.Connection, token: JoinToken) -> None:
+    conn.execute("UPDATE join_tokens SET uses = uses + 1 WHERE id = ?", (token.id,))
 
 
 # --- devices -------------------------------------------------------------------
@@ -252,52 +286,107 @@ def check_enroll_fields(hardware_id: str, device_type: str, name: str) -> None:
         raise InvalidArgument("name must be 1-128 printable characters")
 
 
+def another_key_message(hardware_id: str) -> str:
+    return (f"hardware id {hardware_id} is already enrolled with another key (did this device lose its key?). "
+            f"An admin runs 'fleetd devices rekey {hardware_id}' and gives the device the token it prints, or "
+            "deletes the device.")
+
+
+class RekeyRefused(AlreadyExists):
+    """An ordinary join token offered with a new key for an active device. The refusal rolls the transaction
+    back, so the caller records ``device.rekey_refused`` (:func:`record_rekey_refused`) in one of its own."""
+
+    def __init__(self, device_id: str, hardware_id: str, token_id: str) -> None:
+        super().__init__(another_key_message(hardware_id))
+        self.device_id, self.hardware_id, self.token_id = device_id, hardware_id, token_id
+
+
+def record_rekey_refused(conn: sqlite3.Connection, e: RekeyRefused, addr: str | None) -> None:
+    audit.record(conn, Actor("device", e.device_id, e.hardware_id, addr), "device.rekey_refused", e.device_id,
+                 outcome="denied", token=e.token_id)
+
+
 def enroll(conn: sqlite3.Connection, *, hardware_id: str, device_type: str, public_key: bytes, name: str,
-           redeem: Callable[[], JoinToken] | None, inventory: dict[str, Any], addr: str | None) -> EnrollResult:
+           token: Callable[[], JoinToken] | None, inventory: dict[str, Any], addr: str | None,
+           max_pending: int = 0) -> EnrollResult:
     """Create or re-enroll a device. A token makes it active; without one it is pending with a claim code.
 
-    ``redeem`` counts one use of the join token (if any) and is called only when
-    the token is needed. Enrolling again with the same key is idempotent: an
-    active device gets its state back without using the token again (a device
-    that lost the answer may retry); a pending one is activated by a token.
-    Replacing the key of an existing hardware id needs a valid token.
+    ``token`` checks the join token (if any) without counting a use; it is called
+    only when the token matters, and a use is counted only when the token is used.
+    The rules for a hardware id that is already enrolled are docs/protocol.md §5,
+    "Enrolling again": the same key is idempotent; another key takes a re-key
+    token bound to the device, or an ordinary token while the device is pending
+    (it never proved anything). ``max_pending`` (0 = no cap) bounds the devices
+    waiting to be claimed.
     """
     check_enroll_fields(hardware_id, device_type, name)
-    t = now()
     existing = conn.execute("SELECT * FROM devices WHERE hardware_id = ?", (hardware_id,)).fetchone()
-    actor = Actor("device", existing["id"] if existing else None, hardware_id, addr)
-    token: JoinToken | None = None
-    if existing is not None:
-        ensure_not_revoked(existing["status"])
-        same_key = hmac.compare_digest(existing["public_key"], public_key)
-        if same_key and (redeem is None or existing["status"] == "active"):
-            return EnrollResult(device_from_row(existing), existing["auth_epoch"], False)
-        if redeem is None:
-            raise AlreadyExists(f"hardware id {hardware_id!r} is already enrolled with another key; re-enroll "
-                                "with a join token, or delete the device first")
-        token = redeem()
-        tags = {**json.loads(existing["tags"]), **token.tags}
-        epoch = existing["auth_epoch"] + 1
-        conn.execute("UPDATE devices SET public_key = ?, status = 'active', claim_code = NULL, token_id = ?, "
-                     "tags = ?, device_type = ?, auth_epoch = ?, enrolled_at = ?, last_addr = ? WHERE id = ?",
-                     (public_key, token.id, json.dumps(tags), device_type, epoch, t, addr, existing["id"]))
-        audit.record(conn, actor, "device.reenroll", existing["id"], token=token.id)
-        row = conn.execute("SELECT * FROM devices WHERE id = ?", (existing["id"],)).fetchone()
-        return EnrollResult(device_from_row(row), epoch, False)
-    token = redeem() if redeem else None
+    if existing is None:
+        return _enroll_new(conn, hardware_id, device_type, public_key, name, token() if token else None,
+                           inventory, addr, max_pending)
+    ensure_not_revoked(existing["status"])
+    same_key = hmac.compare_digest(existing["public_key"], public_key)
+    if same_key and (token is None or existing["status"] == "active"):
+        return EnrollResult(device_from_row(existing), existing["auth_epoch"], False)
+    if token is None:
+        raise AlreadyExists(another_key_message(hardware_id))
+    tok = token()
+    if tok.device_id is not None and tok.device_id != existing["id"]:
+        raise PermissionDenied(f"this token re-keys device {tok.device_id} only")
+    rekey = tok.device_id is not None and not same_key
+    if not same_key and not rekey and existing["status"] == "active":
+        raise RekeyRefused(existing["id"], hardware_id, tok.id)
+    use_token(conn, tok)
+    tags = {**json.loads(existing["tags"]), **tok.tags}
+    epoch = existing["auth_epoch"] + 1
+    conn.execute("UPDATE devices SET public_key = ?, status = 'active', claim_code = NULL, token_id = ?, "
+                 "tags = ?, device_type = ?, auth_epoch = ?, enrolled_at = ?, last_addr = ? WHERE id = ?",
+                 (public_key, tok.id, json.dumps(tags), device_type, epoch, now(), addr, existing["id"]))
+    audit.record(conn, Actor("device", existing["id"], hardware_id, addr), "device.rekey" if rekey else
+                 "device.reenroll", existing["id"], token=tok.id, key_replaced=not same_key,
+                 was=existing["status"])
+    row = conn.execute("SELECT * FROM devices WHERE id = ?", (existing["id"],)).fetchone()
+    return EnrollResult(device_from_row(row), epoch, False)
+
+
+def _enroll_new(conn: sqlite3.Connection, hardware_id: str, device_type: str, public_key: bytes, name: str,
+                tok: JoinToken | None, inventory: dict[str, Any], addr: str | None, max_pending: int
+                ) -> EnrollResult:
+    if tok is not None and tok.device_id is not None:
+        raise PermissionDenied(f"this token re-keys device {tok.device_id} only")
+    if tok is None and max_pending:
+        waiting = conn.execute("SELECT COUNT(*) FROM devices WHERE status = 'pending'").fetchone()[0]
+        if waiting >= max_pending:
+            raise ResourceExhausted(f"{waiting} devices are waiting to be claimed; claim or reject some ('fleetd "
+                                    "devices list --status pending') or raise max_pending_devices", retry_after=600)
+    if tok is not None:
+        use_token(conn, tok)
+    t = now()
     did = new_id("dev")
-    status = "active" if token else "pending"
-    claim = None if token else new_claim_code(conn)
+    status = "active" if tok else "pending"
     conn.execute(
         "INSERT INTO devices (id, hardware_id, name, device_type, public_key, status, claim_code, token_id, tags, "
         "inventory, poll_interval, created_at, enrolled_at, last_addr) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (did, hardware_id, name or hardware_id, device_type, public_key, status, claim,
-         token.id if token else None, json.dumps(token.tags if token else {}), json.dumps(inventory),
-         DEFAULT_POLL_INTERVAL, t, t if token else None, addr))
+        (did, hardware_id, name or hardware_id, device_type, public_key, status, None if tok else new_claim_code(conn),
+         tok.id if tok else None, json.dumps(tok.tags if tok else {}), json.dumps(inventory),
+         DEFAULT_POLL_INTERVAL, t, t if tok else None, addr))
     audit.record(conn, Actor("device", did, hardware_id, addr), "device.enroll", did, status=status,
-                 token=token.id if token else None)
+                 token=tok.id if tok else None)
     row = conn.execute("SELECT * FROM devices WHERE id = ?", (did,)).fetchone()
     return EnrollResult(device_from_row(row), 0, True)
+
+
+def expire_pending(conn: sqlite3.Connection, silent_for: float) -> list[str]:
+    """Delete the devices that enrolled without a token, were never claimed and have not been heard from for
+    ``silent_for`` seconds; their ids. A device that got a token or was claimed is active, never pending."""
+    cutoff = now() - silent_for
+    rows = conn.execute("SELECT id, hardware_id FROM devices WHERE status = 'pending' AND token_id IS NULL "
+                        "AND COALESCE(last_seen, created_at) < ?", (cutoff,)).fetchall()
+    for r in rows:
+        conn.execute("DELETE FROM devices WHERE id = ?", (r["id"],))
+        audit.record(conn, audit.SYSTEM, "device.expire", r["id"], hardware_id=r["hardware_id"],
+                     days=round(silent_for / 86400, 2))
+    return [r["id"] for r in rows]
 
 
 def claim(conn: sqlite3.Connection, actor: Actor, code: str, name: str = "", tags: dict[str, str] | None = None

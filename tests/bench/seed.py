@@ -71,9 +71,7 @@ def enroll_devices(conn: sqlite3.Connection, count: int, batch: int = 10_000) ->
                 hid = hardware_id(i)
                 # The key is never used: tokens are minted directly, so random bytes do.
                 registry.enroll(conn, hardware_id=hid, device_type=DEVICE_TYPE, public_key=os.urandom(32),
-                                name="", redeem=lambda: token, inventory={"hostname": hid}, addr="127.0.0.1")
-            conn.execute("UPDATE join_tokens SET uses = uses + ? WHERE id = ?",
-                         (min(count, start + batch) - start, token.id))
+                                name="", token=lambda: token, inventory={"hostname": hid}, addr="127.0.0.1")
 
 
 def _blob_chunks(size: int, chunk: int = 1 << 20) -> Iterator[bytes]:

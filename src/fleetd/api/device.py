@@ -53,14 +53,20 @@ async def Enroll(ctx: Context, req: EnrollRequest) -> EnrollResponse:
     registry.check_enroll_fields(req.hardware_id, req.device_type, req.name)
     parsed = registry.parse_join_token(req.token) if req.token else None
     fp = fleet.keys.ca_fingerprint
+    inventory = inventory_dict(req.inventory)
 
     def enroll(conn):  # type: ignore[no-untyped-def]
-        redeem = (lambda: registry.redeem_token(conn, parsed, fp)) if parsed else None
+        token = (lambda: registry.check_token(conn, parsed, fp)) if parsed else None
         return registry.enroll(conn, hardware_id=req.hardware_id, device_type=req.device_type,
-                               public_key=public_key, name=req.name, redeem=redeem,
-                               inventory=inventory_dict(req.inventory), addr=ctx.remote_addr)
+                               public_key=public_key, name=req.name, token=token, inventory=inventory,
+                               addr=ctx.remote_addr, max_pending=fleet.settings.max_pending_devices)
 
-    result = await fleet.store.write(enroll)
+    try:
+        result = await fleet.store.write(enroll)
+    except registry.RekeyRefused as e:
+        refused = e
+        await fleet.store.write(lambda c: registry.record_rekey_refused(c, refused, ctx.remote_addr))
+        raise
     d = result.device
     fleet.hub.set_device(d.id, registry.DeviceRuntime(d.status, d.poll_interval, d.device_type), result.epoch)
     return EnrollResponse(device_id=d.id, status=d.status, claim_code=d.claim_code or "",

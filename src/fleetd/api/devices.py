@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sqlite3
 
 import msgspec
@@ -9,8 +10,8 @@ import msgspec
 from .. import actions, registry
 from ..actions import Action
 from ..errors import InvalidArgument
-from ..models import to_dt
-from ..registry import Device
+from ..models import now, to_dt
+from ..registry import Device, JoinToken
 from ..rpc import Context, Empty, Service
 
 service = Service("DeviceAdminService", "The device registry and direct actions (deploy, restart, rollback, "
@@ -104,6 +105,38 @@ async def DeleteDevice(ctx: Context, req: DeviceRef) -> Empty:
     did = await ctx.fleet.store.write(lambda c: registry.delete(c, ctx.actor, req.id))
     await ctx.fleet.hub.refresh(did)
     return Empty()
+
+
+class RekeyDeviceRequest(msgspec.Struct, kw_only=True):
+    # Device id, hardware id or unique name.
+    id: str
+    # Seconds until the token expires (1 s to 30 days).
+    expires_in: int = registry.REKEY_TOKEN_TTL
+
+
+class RekeyDeviceResponse(msgspec.Struct, kw_only=True):
+    # The single-use re-key token; its secret (token.token) is shown only here.
+    token: JoinToken
+    # Run on the device when its agent is installed: stops it, enrolls with the new key, starts it.
+    agent_command: str
+    # The device as it is now: one that is online still has its key and needs no re-key.
+    device: Device
+
+
+@service.method(auth="admin")
+async def RekeyDevice(ctx: Context, req: RekeyDeviceRequest) -> RekeyDeviceResponse:
+    """A single-use token that lets this one device enroll with a new key (it lost its old one); audited."""
+    from .enrollment import install_command
+    if not 1 <= req.expires_in <= 30 * 86400:
+        raise InvalidArgument("expires_in must be 1 s to 30 days")
+    fleet = ctx.fleet
+    tok, secret, d = await fleet.store.write(lambda c: registry.create_rekey_token(
+        c, ctx.actor, req.id, now() + req.expires_in))
+    tok.token = registry.format_join_token(fleet.keys.ca_fingerprint, tok.id, secret)
+    tok.install_command = install_command(ctx, tok.token)
+    agent = (f"sudo systemctl stop fleet-agent; sudo FLEET_AGENT_TOKEN={shlex.quote(tok.token)} fleet-agent enroll "
+             f"--server {shlex.quote(fleet.public_url)} && sudo systemctl start fleet-agent")
+    return RekeyDeviceResponse(token=tok, agent_command=agent, device=fresh(ctx, d))
 
 
 class TargetedRequest(msgspec.Struct, kw_only=True):

@@ -121,16 +121,20 @@ def cmd_enroll(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _enroll_until_done(settings: Settings, opts: EnrollOptions, stop: threading.Event, once: bool) -> Enrolled:
-    """First start: enroll, retrying with backoff while the server cannot be reached."""
+    """First start: enroll, retrying with backoff while the server cannot be reached, or while the hardware id
+    has another key (409) until an admin re-keys or deletes the device (a service that exited would be
+    restarted every few seconds instead)."""
     backoff = Backoff(1.0, settings.max_backoff)
     while True:
         try:
             return enroll(settings, opts)
         except AgentError as e:
-            if not e.transient or once:
+            waits_for_admin = e.code == "already_exists"
+            if not (e.transient or waits_for_admin) or once:
                 raise
             delay = backoff.next(e.retry_after)
-            log.warning("cannot enroll yet: %s; next try in %.1f s", e, delay)
+            level = logging.ERROR if waits_for_admin else logging.WARNING
+            log.log(level, "cannot enroll yet: %s; next try in %.1f s", e, delay)
             if stop.wait(delay):
                 raise AgentError("cancelled", "stopped before enrolling") from None
 

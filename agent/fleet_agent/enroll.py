@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from . import discovery, identity, inventory
 from .client import (
     AgentError,
+    JoinToken,
     ServerClient,
     ca_fingerprint,
     check_base_url,
@@ -131,9 +132,7 @@ def enroll(settings: Settings, opts: EnrollOptions) -> Enrolled:
             last = e
             continue
         try:
-            resp = client.enroll(hardware_id=hardware_id, device_type=device_type,
-                                 public_key=identity.public_key_b64(key), token=token.token if token else "",
-                                 name=name, inventory=inventory.collect())
+            resp = _enroll_call(client, hardware_id, device_type, key, token, name)
             state = _accept(resp, url, pem, existing, hardware_id, device_type, name, token is not None,
                             discovered)
         except AgentError as e:
@@ -153,6 +152,24 @@ def enroll(settings: Settings, opts: EnrollOptions) -> Enrolled:
         return Enrolled(state=state, ca_pem=pem, key=key, client=client, tofu=want_fp is None)
     assert last is not None
     raise last
+
+
+def lost_key_message(hardware_id: str) -> str:
+    return (f"hardware id {hardware_id} is already enrolled with another key (did this device lose its key?). An "
+            f"admin runs 'fleetd devices rekey {hardware_id}' and gives the device the token it prints (then run "
+            "fleet-agent enroll --token TOKEN here), or deletes the device.")
+
+
+def _enroll_call(client: ServerClient, hardware_id: str, device_type: str, key: Ed25519PrivateKey,
+                 token: JoinToken | None, name: str) -> dict[str, Any]:
+    try:
+        return client.enroll(hardware_id=hardware_id, device_type=device_type,
+                             public_key=identity.public_key_b64(key), token=token.token if token else "",
+                             name=name, inventory=inventory.collect())
+    except AgentError as e:
+        if e.code == "already_exists":  # 409: the hardware id has another key (docs/protocol.md §5)
+            raise AgentError(e.code, lost_key_message(hardware_id), http_status=e.http_status) from None
+        raise
 
 
 def _accept(resp: dict[str, Any], url: str, pem: str, existing: AgentState | None, hardware_id: str,
@@ -183,4 +200,4 @@ def _accept(resp: dict[str, Any], url: str, pem: str, existing: AgentState | Non
         trust="token" if with_token else (existing.trust if existing else "tofu"), discovered=discovered)
 
 
-__all__ = ["EnrollOptions", "Enrolled", "enroll"]
+__all__ = ["EnrollOptions", "Enrolled", "enroll", "lost_key_message"]

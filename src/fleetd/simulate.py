@@ -197,7 +197,16 @@ class SimDevice:
     async def enroll(self) -> None:
         opts = self.sim.opts
         await self.sim.wait_gate()
-        resp = await self.client.enroll(opts.token, inventory=self.inventory())
+        try:
+            resp = await self.client.enroll(opts.token, inventory=self.inventory())
+        except DeviceError as e:
+            if e.code != "already_exists":
+                raise
+            hw = self.hardware_id  # another key has it (docs/protocol.md §5): this run lost its --state file
+            raise DeviceError(e.code, f"hardware id {hw} is already enrolled with another key (did the simulator "
+                              f"lose its --state file?). An admin runs 'fleetd devices rekey {hw}' and gives the "
+                              "device the token it prints, or deletes the device; or simulate with another "
+                              "--prefix.", e.http_status) from None
         self.ident.device_id = resp.device_id
         self.ident.signing_public_key = self.client.signing_public_key
         self.sim.state.dirty = True

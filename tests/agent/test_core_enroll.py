@@ -187,6 +187,25 @@ def test_a_deleted_device_enrolls_again(server: ServerProcess, admin: str, tmp_p
     assert d is not None and d["id"] == new and d["last_seen"]
 
 
+def test_a_device_that_lost_its_key_is_told_what_to_do(server: ServerProcess, admin: str, tmp_path: Path) -> None:
+    old_card = tmp_path / "old"
+    ok(run_agent(old_card, "enroll", "--server", server.url, "--token", make_token(server, admin),
+                 "--hardware-id", "core-lost-1"))
+    # A new SD card: a new key for the same hardware id. A valid join token is not enough to take the device over.
+    new_card = tmp_path / "new"
+    args = ["enroll", "--server", server.url, "--hardware-id", "core-lost-1"]
+    p = run_agent(new_card, *args, "--token", make_token(server, admin))
+    assert p.returncode == 1
+    assert ("hardware id core-lost-1 is already enrolled with another key (did this device lose its key?). An admin "
+            "runs 'fleetd devices rekey core-lost-1' and gives the device the token it prints") in p.stderr, p.stderr
+    # The token the admin's re-key prints brings it back as the same device; the old key stops working.
+    rekey = call(server, admin, "DeviceAdminService", "RekeyDevice", {"id": "core-lost-1"})["token"]["token"]
+    again = json.loads(ok(run_agent(new_card, *args, "--token", rekey, "--json")).stdout)
+    assert again["device_id"] == state(old_card)["device_id"] and again["status"] == "active"
+    ok(run_agent(new_card, "run", "--once"))
+    assert run_agent(old_card, "run", "--once").returncode == 1
+
+
 # --- mDNS ------------------------------------------------------------------------------
 
 def _advertise(zc: Zeroconf, name: str, port: int, ca: str) -> None:

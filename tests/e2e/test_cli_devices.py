@@ -158,6 +158,25 @@ def test_revoke_refuses_the_device_token_at_once(env: dict[str, str], http: http
     assert "active" in failing(env, "devices", "reboot", d.device_id)  # no actions for a revoked device
 
 
+def test_rekey_prints_a_token_for_that_device_alone(env: dict[str, str], http: httpx.Client) -> None:
+    d = device(http, "rekey", new_token(env)["token"])
+    assert d.authenticate().status_code == 200 and d.call("CheckIn", {}).status_code == 200
+    out = cli(env, "devices", "rekey", d.hardware_id, "--expires", "2h").stdout
+    # Still online: said plainly, but the admin's explicit request goes ahead.
+    assert "does not need re-keying" in out and "checked in" in out
+    token = next(line for line in out.splitlines() if line.startswith("fdj1."))
+    assert any("fleet-agent enroll" in line and token in line for line in out.splitlines()), out
+    listed = {t["id"]: t for t in cli_json(env, "tokens", "list")}
+    tok = listed[token.split(".")[2]]
+    assert tok["device_id"] == d.device_id and tok["max_uses"] == 1
+    assert f"re-key {d.device_id}" in cli(env, "tokens", "list").stdout
+
+    lost = TestDevice(http, hardware_id=d.hardware_id)
+    assert lost.enroll(token).json()["device_id"] == d.device_id
+    assert lost.authenticate().status_code == 200 and d.call("CheckIn", {}).status_code == 401
+    assert "at most 30d" in failing(env, "devices", "rekey", d.device_id, "--expires", "never")
+
+
 def test_delete_asks_unless_yes(env: dict[str, str], http: httpx.Client) -> None:
     d = device(http, "del", new_token(env)["token"])
     failing(env, "devices", "delete", d.device_id, input="n\n")

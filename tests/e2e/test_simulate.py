@@ -247,6 +247,19 @@ def test_survives_a_server_restart_and_resumes_from_state(own_server: ServerProc
 
 
 @pytest.mark.e2e
+def test_a_run_that_lost_its_state_is_told_what_to_do(sim_server: ServerProcess, token: str) -> None:
+    args = ["simulate", "--server", sim_server.url, "--token", token, "--devices", "1", "--prefix", "lost",
+            "--duration", "1", "--interval", "1", "--json"]
+    first = json.loads(run_cli(*args, timeout=30).stdout)
+    assert first["enrolled"] == 1, first
+    # No --state: new keys for the same hardware ids, and the token does not let them take the devices over.
+    p = run_cli(*args, timeout=30, check=False)
+    assert p.returncode != 0
+    assert ("hardware id lost-1 is already enrolled with another key (did the simulator lose its --state file?). "
+            "An admin runs 'fleetd devices rekey lost-1'") in " ".join(p.stderr.split()), p.stderr
+
+
+@pytest.mark.e2e
 def test_enrollment_rate_limit_is_respected(own_server: ServerProcess, tmp_path: Path) -> None:
     own_server.env = {"FLEETD_ENROLL_RATE_PER_MINUTE": "20"}
     own_server.start()

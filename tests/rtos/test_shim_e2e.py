@@ -372,6 +372,24 @@ def test_an_action_cancelled_mid_download_is_abandoned_and_never_installed(fleet
     assert "fleet-sim: boot version=1.0.0 trial=0" in out and "download action=" not in out, out
 
 
+def test_a_device_that_lost_its_key_is_told_what_to_do(fleet: Fleet) -> None:
+    device_id = Device(fleet, "lost-key").enroll()
+    # A new flash, so a new key, for the same hardware id: the join token does not take the device over.
+    new_flash = Device(fleet, "lost-key-new")
+    new_flash.args[new_flash.args.index("--hardware-id") + 1] = "e2e-lost-key"
+    out = new_flash.run("--max-cycles", "1", expect=3)  # the sim's factory enrollment gives up at once
+    assert ('fleet-sim: error what="Enroll: this hardware id is already enrolled with another key (did this device '
+            "lose its key?). An admin runs 'fleetd devices rekey HARDWARE_ID'") in out, out
+    assert out.rstrip().endswith("code=-13"), out  # FLEET_E_CONFLICT
+    assert "fleet-sim: enrolled" not in out
+    # The admin's re-key token, as its join token, brings it back as the same device.
+    r = fleet.server.rpc("DeviceAdminService", "RekeyDevice", {"id": "e2e-lost-key"}, api_key=fleet.admin_key)
+    assert r.status_code == 200, r.text
+    new_flash.args[new_flash.args.index("--token") + 1] = r.json()["token"]["token"]
+    out = new_flash.run()
+    assert f"fleet-sim: enrolled device_id={device_id} active=1" in out, out
+
+
 def test_a_different_signing_key_from_the_server_is_refused(fleet: Fleet) -> None:
     dev = Device(fleet, "pinned")
     dev.enroll()

@@ -155,6 +155,13 @@ int fleet_client_enroll(fleet_client_t *c)
     char id[FLEET_DEVICE_ID_MAX + 1], b64[64], status[16], claim[16];
     uint8_t key[33];
     int rc = rpc_once(c, "Enroll", build_enroll, NULL, 0, &root);
+    if (rc == FLEET_E_HTTP && c->http_status == 409) {
+        /* Another key holds this hardware id (docs/protocol.md section 5): only an admin can help. */
+        emit(c, FLEET_EV_ERROR, "Enroll: this hardware id is already enrolled with another key (did this device "
+             "lose its key?). An admin runs 'fleetd devices rekey HARDWARE_ID' and gives the device the token it "
+             "prints as its join token, or deletes the device", FLEET_E_CONFLICT);
+        return FLEET_E_CONFLICT;
+    }
     if (rc != FLEET_OK) {
         emit(c, FLEET_EV_ERROR, "Enroll", rc == FLEET_E_HTTP ? c->http_status : rc);
         return rc;

@@ -257,6 +257,38 @@ def devices_delete(
     console.print(f"deleted {escape(d['name'])} ({d['id']})")
 
 
+@devices_app.command("rekey")
+def devices_rekey(
+    device: DeviceArg,
+    expires: Annotated[str, typer.Option(help="Lifetime of the token (90m, 24h, 7d; at most 30d).")] = "24h",
+    server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None, json: JsonOpt = False,
+) -> None:
+    """Let a device that lost its key enroll again with a new one: prints a single-use token for it alone."""
+    from .tokens import expires_in
+    with errors_reported():
+        seconds = expires_in(expires)
+        if not seconds:
+            raise InvalidArgument("a re-key token always expires; give --expires like 24h (at most 30d)")
+        answer = call(remote(server, api_key, ca), ADMIN, "RekeyDevice", {"id": device, "expires_in": seconds})
+    if json:
+        print_json(answer)
+        return
+    d, tok = answer["device"], answer["token"]
+    if d.get("online"):
+        console.print(f"[yellow]note:[/yellow] {escape(d['name'])} checked in {ago(d.get('last_seen'))}; a device "
+                      "that still has its key does not need re-keying (made anyway: it works once, for this "
+                      "device only)")
+    console.print(f"[bold]Re-key token[/bold] for {escape(d['name'])} ({d['id']}, hardware id "
+                  f"{escape(d['hardware_id'])}): single use, expires {tok['expires_at']}, shown once:")
+    console.print(tok["token"], markup=False, highlight=False, soft_wrap=True)
+    console.print("\n[bold]On the device[/bold], with the agent installed:")
+    console.print(answer["agent_command"], markup=False, highlight=False, soft_wrap=True, style="green")
+    console.print("\n[bold]Or install the agent afresh[/bold] (a new SD card):")
+    console.print(tok["install_command"], markup=False, highlight=False, soft_wrap=True, style="green")
+    console.print("\n[dim]It keeps its id, tags, apps and pending actions; bearer tokens issued before stop "
+                  "working.[/dim]")
+
+
 @devices_app.command("claim")
 def devices_claim(
     code: Annotated[str, typer.Argument(help="The claim code the device shows, e.g. ABCD-EFGH.", show_default=False)],

@@ -23,7 +23,7 @@ GATEWAY_COLUMNS = ["id", "description", "device_type", "tags", "created_by", "cr
 
 TOKEN_FIELDS = ["id", "description", "tags", "uses", "max_uses", "expires_at", "created_by", "created_at",
                 "revoked_at"]
-TOKEN_COLUMNS = ["id", "description", "tags", "used", "expires_at", "state", "created_by", "created_at"]
+TOKEN_COLUMNS = ["id", "description", "for", "tags", "used", "expires_at", "state", "created_by", "created_at"]
 TagOpt = Annotated[list[str] | None, typer.Option(
     "--tag", help="key=value; repeat for more.", show_default=False)]
 
@@ -53,7 +53,8 @@ def token_state(tok: dict[str, Any], at: dt.datetime | None = None) -> str:
 
 def _rows(tokens: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**t, "used": f"{t['uses']}/{t['max_uses'] if t.get('max_uses') is not None else '∞'}",
-             "expires_at": t.get("expires_at") or "never", "state": token_state(t)} for t in tokens]
+             "expires_at": t.get("expires_at") or "never", "state": token_state(t),
+             "for": f"re-key {t['device_id']}" if t.get("device_id") else "new devices"} for t in tokens]
 
 
 @tokens_app.command("create")

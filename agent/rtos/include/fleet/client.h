@@ -100,7 +100,9 @@ enum {
  * in, confirm a trial image once the server was reached, work on the first
  * open action for the component. Returns FLEET_POLL_* or a FLEET_E_* code
  * (FLEET_E_HTTP: c->http_status says which; FLEET_E_SIGNATURE: the server's
- * signing key differs from the pinned one). */
+ * signing key differs from the pinned one; FLEET_E_CONFLICT: Enroll found the
+ * hardware id enrolled with another key, and keeps finding it until an admin
+ * re-keys the device, whose token then goes in join_token, or deletes it). */
 int fleet_client_poll(fleet_client_t *c);
 
 /* The steps fleet_client_poll is made of, for integrators that drive them. */

@@ -23,7 +23,9 @@ enum {
     FLEET_E_STATE = -9,      /* operation not allowed in the current state */
     FLEET_E_SPACE = -10,     /* does not fit (slot, buffer) */
     FLEET_E_HTTP = -11,      /* unexpected HTTP status from the server */
-    FLEET_E_PROTOCOL = -12   /* server answer not understood */
+    FLEET_E_PROTOCOL = -12,  /* server answer not understood */
+    FLEET_E_CONFLICT = -13   /* Enroll: the hardware id is enrolled with another key (409); an admin
+                                re-keys the device ('fleetd devices rekey') or deletes it */
 };
 
 /* Flash: one device holding both slots, the scratch sector and the state area.

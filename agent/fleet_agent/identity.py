@@ -40,7 +40,8 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
         loaded = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{path} is not an unencrypted PEM private key ({e}); move it away to make a new one "
-                          "(the device must then enroll again with a join token)") from None
+                          "(the device then enrolls again with a re-key token: an admin runs 'fleetd devices rekey "
+                          "DEVICE')") from None
     if not isinstance(loaded, Ed25519PrivateKey):
         raise ConfigError(f"{path} holds a {type(loaded).__name__}, not an Ed25519 key; move it away to make a "
                           "new one")

@@ -203,6 +203,24 @@ def test_deploy_from_device_page_and_watch_it_live(admin_page: Page, fleet: Flee
     assert page_errors == []
 
 
+def test_rekey_from_device_page_shows_the_token_once(admin_page: Page, fleet: Fleet, page_errors: list[str]) -> None:
+    did = device_id(fleet, "sim-2")
+    page = admin_page
+    page.goto(f"{fleet.server.url}/#/devices/{did}")
+    expect(page.get_by_role("heading", name="sim-2")).to_be_visible()
+    page.get_by_role("button", name="Re-key", exact=True).click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("does not need re-keying")  # the simulated device is online
+    dialog.get_by_role("button", name="Make re-key token").click()
+    command = page.get_by_label("On the device, with the agent installed")
+    expect(command).to_contain_text("fleet-agent enroll")
+    token = page.get_by_label("Re-key token").inner_text().strip()
+    assert token.startswith("fdj1.") and token in command.inner_text()
+    listed = fleet.rpc("EnrollmentService", "ListTokens", {})["tokens"]
+    assert [t["device_id"] for t in listed if t["id"] == token.split(".")[2]] == [did]
+    assert page_errors == []
+
+
 def test_overview_versions_chart(admin_page: Page, fleet: Fleet, shot: Any, page_errors: list[str]) -> None:
     upload(fleet, "sensor", "1.1.0", b"sensor one one\n" * 500)
     upload(fleet, "sensor", "1.2.0", b"sensor one two\n" * 500)

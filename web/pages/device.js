@@ -2,8 +2,8 @@
 import { call, can, has, href, navigate } from '../app.js';
 import { lineChart } from '../charts.js';
 import {
-  badge, busy, clear, confirmDialog, dataTable, dl, errorBox, field, h, notify, parseTags, section, select, showError,
-  timeEl,
+  badge, busy, clear, confirmDialog, dataTable, dl, errorBox, field, h, notify, parseTags, secretBlock, section, select,
+  showError, timeEl,
 } from '../ui.js';
 import { targetTokenSection } from '../ddi.js';
 import { claimDevice } from './devices.js';
@@ -62,6 +62,8 @@ export default async function device(ctx) {
     const rebootBtn = h('button', {type: 'button'}, 'Reboot device');
     const revokeBtn = h('button', {type: 'button', class: 'danger'}, 'Revoke device');
     const deleteBtn = can('admin') ? h('button', {type: 'button', class: 'danger'}, 'Delete device') : null;
+    const rekeyBtn = can('admin') ? h('button', {type: 'button'}, 'Re-key') : null;
+    const rekeyed = h('div');
     const ctlErr = errorBox();
 
     const deployForm = h('form', {class: 'inline', 'aria-label': 'Deploy an artifact', on: {submit: async (ev) => {
@@ -109,6 +111,22 @@ export default async function device(ctx) {
         await refresh();
       });
     });
+    rekeyBtn?.addEventListener('click', async () => {
+      const online = dev.online ? ` It checked in ${Math.max(0, Math.round((Date.now() - Date.parse(dev.last_seen)) / 1000))} s `
+        + 'ago: a device that still has its key does not need re-keying.' : '';
+      const ok = await confirmDialog({title: `Re-key ${dev.name}?`, confirm: 'Make re-key token',
+        message: `For a device that lost its key: a token, valid once and for a day, lets ${dev.hardware_id} enroll `
+          + `with a new key and stay this device (its tags, apps and actions).${online}`});
+      if (ok) await busy(rekeyBtn, ctlErr, async () => {
+        const r = await call('DeviceAdminService', 'RekeyDevice', {id});
+        clear(rekeyed, h('div', {class: 'success'},
+          h('p', {}, 'Re-key token created. It is shown only now.'),
+          secretBlock('On the device, with the agent installed', r.agent_command),
+          secretBlock('Or install the agent afresh', r.token.install_command),
+          secretBlock('Re-key token', r.token.token)));
+        notify(`Re-key token made for ${dev.name}`);
+      });
+    });
     deleteBtn?.addEventListener('click', async () => {
       const ok = await confirmDialog({title: `Delete ${dev.name}?`, danger: true, confirm: 'Delete',
         message: 'The device and its history are forgotten; it may enroll again.'});
@@ -120,7 +138,7 @@ export default async function device(ctx) {
     });
     controls.append(section('Actions', deployForm, deployErr,
       h('div', {class: 'inline toolbar'}, field('App', compSel), restartBtn, rollbackBtn),
-      h('div', {class: 'actions'}, rebootBtn, revokeBtn, deleteBtn), ctlErr));
+      h('div', {class: 'actions'}, rebootBtn, rekeyBtn, revokeBtn, deleteBtn), ctlErr, rekeyed));
     controls.paint = () => {
       const names = (dev.components || []).map((c) => c.name);
       const keep = compSel.value;
@@ -129,6 +147,7 @@ export default async function device(ctx) {
       const active = dev.status === 'active';
       for (const el of [deployBtn, restartBtn, rollbackBtn, rebootBtn]) el.disabled = !active;
       revokeBtn.hidden = dev.status === 'revoked';
+      if (rekeyBtn) rekeyBtn.hidden = dev.status === 'revoked' || Boolean(dev.ddi_controller_id);
       // hawkBit DDI has no restart or reboot: such an action would only fail at the device's next poll.
       restartBtn.hidden = rebootBtn.hidden = Boolean(dev.ddi_controller_id);
       controls.hidden = false;

@@ -8,12 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from litestar.testing import TestClient
 
+from fleet_agent import inventory as agent_inventory
 from fleetd.app import create_app
 from fleetd.config import Settings
 from fleetd.fleet import Fleet
+from fleetd.hub import Inventory, inventory_dict
 from fleetd.maintenance import expire_pending
 
 from .conftest import make_key, rpc
@@ -159,6 +162,16 @@ def test_inventory_is_capped_at_enroll_and_check_in(client, fleet, admin_key, in
     assert admin(client, admin_key, "GetDevice", {"id": d.device_id})["inventory"] == {}
 
 
+def test_the_agent_keeps_its_inventory_within_the_limits(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # A host with a container per veth has hundreds of link-local addresses; the server would refuse them all.
+    many = [f"fe80::{i:x}" for i in range(300)]
+    monkeypatch.setattr(agent_inventory, "addresses", lambda: many)
+    monkeypatch.setattr(agent_inventory, "read_model", lambda root: "m" * 1000)
+    inv = agent_inventory.collect()
+    assert inv["addresses"] == many[:agent_inventory.MAX_ADDRESSES] and len(inv["model"]) == 256
+    inventory_dict(msgspec.convert(inv, Inventory))  # within every limit
+
+
 def test_ddi_config_data_cannot_grow_the_inventory_without_bound(client, fleet, admin_key) -> None:  # type: ignore[no-untyped-def]
     tok = target(client, admin_key, "ctl-grow", device_type="sim")
     dev = Ddi(client, "ctl-grow", tok["token"])
@@ -185,7 +198,7 @@ def test_pending_devices_are_capped(capped) -> None:  # type: ignore[no-untyped-
     for _ in range(2):
         assert TestDevice(client).enroll().json()["status"] == "pending"
     r = TestDevice(client).enroll()
-    assert r.status_code == 429 and r.json()["code"] == "resource_exhausted"
+    assert r.status_code == 429 and r.json()["code"] == "resource_exhausted" and r.headers["retry-after"] == "600"
     assert r.json()["message"] == ("2 devices are waiting to be claimed; claim or reject some ('fleetd devices list "
                                    "--status pending') or raise max_pending_devices")
     # A device with a token is not waiting for anyone: it still enrolls.

@@ -114,6 +114,12 @@ def addresses() -> list[str]:
     return found if found is not None else _addresses_from_sockets()
 
 
+# Within the server's limits (docs/protocol.md §13: 128 addresses, 256 characters a field), which refuse the
+# whole check-in: a host with a container per veth has hundreds of link-local addresses; the first are its own.
+MAX_ADDRESSES = 64
+MAX_TEXT = 256
+
+
 def collect(root: Path = ROOT) -> dict[str, Any]:
     """The whole inventory; fields that cannot be read are left out."""
     osr = read_os_release(root)
@@ -125,10 +131,10 @@ def collect(root: Path = ROOT) -> dict[str, Any]:
         "kernel": uname.release,
         "arch": uname.machine,
         "model": read_model(root),
-        "addresses": addresses(),
+        "addresses": [a for a in addresses() if len(a) <= MAX_TEXT][:MAX_ADDRESSES],
         "agent_version": __version__,
     }
-    return {k: v for k, v in inv.items() if v}
+    return {k: v[:MAX_TEXT] if isinstance(v, str) else v for k, v in inv.items() if v}
 
 
 __all__ = ["addresses", "collect", "parse_ip_json", "read_model", "read_os_release"]

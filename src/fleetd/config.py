@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from .egress import parse_networks
 from .errors import InvalidArgument
 
 ENV_PREFIX = "FLEETD_"
@@ -49,6 +50,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ddi_tenant: str = "DEFAULT"
     # Let anyone download DDI artifacts without a token (hawkBit's "anonymous download"); off by default.
     ddi_anonymous_download: bool = False
+    # Webhooks may go to private (LAN) addresses: 10/8, 172.16/12, 192.168/16, fc00::/7, 100.64/10.
+    webhook_allow_private: bool = False
+    # CIDRs, comma-separated, that webhooks may reach although refused otherwise (e.g. 127.0.0.1/32 for a
+    # receiver on this host); never the cloud metadata addresses.
+    webhook_allowed_networks: str = ""
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -63,6 +69,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if not DDI_TENANT.match(self.ddi_tenant):
             raise InvalidArgument(f"ddi_tenant must be 1-64 letters, digits and _.- (hawkBit's default is DEFAULT), "
                                   f"got {self.ddi_tenant!r}")
+        parse_networks(self.webhook_allowed_networks)
 
     @property
     def data_path(self) -> Path:

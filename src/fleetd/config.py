@@ -48,7 +48,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     telemetry_hour_days: float = 400
     # hawkBit DDI: the tenant in /{tenant}/controller/v1/... (compared case-insensitively, as hawkBit does).
     ddi_tenant: str = "DEFAULT"
-    # Let anyone download DDI artifacts without a token (hawkBit's "anonymous download"); off by default.
+    # Let anyone download, without a token, the artifacts of the open deployments of the controller named in the
+    # URL (hawkBit's "anonymous download"); off by default.
     ddi_anonymous_download: bool = False
     # Webhooks may go to private (LAN) addresses: 10/8, 172.16/12, 192.168/16, fc00::/7, 100.64/10.
     webhook_allow_private: bool = False

@@ -63,7 +63,7 @@ def serve(
                                                    "(env FLEETD_DDI_TENANT; default DEFAULT).",
                                                    show_default=False)] = None,
     ddi_anonymous_download: Annotated[bool, typer.Option(
-        "--ddi-anonymous-download", help="Let DDI clients download artifacts without a token "
+        "--ddi-anonymous-download", help="Let DDI clients download their assigned artifacts without a token "
         "(env FLEETD_DDI_ANONYMOUS_DOWNLOAD=1).")] = False,
     webhook_allow_private: Annotated[bool, typer.Option(
         "--webhook-allow-private", help="Let webhooks reach private (LAN) addresses "

@@ -44,6 +44,8 @@ def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
     ("127.8.9.10", DEFAULT, "loopback"),
     ("::1", DEFAULT, "loopback"),
     ("::ffff:127.0.0.1", DEFAULT, "loopback"),
+    ("64:ff9b::a9fe:a9fe", DEFAULT, "cloud metadata address"),  # NAT64 of 169.254.169.254
+    ("64:ff9b::808:808", DEFAULT, None),
     ("169.254.169.254", DEFAULT, "cloud metadata address"),
     ("169.254.10.1", DEFAULT, "link-local"),
     ("fe80::1", DEFAULT, "link-local"),

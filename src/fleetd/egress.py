@@ -38,6 +38,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 METADATA = tuple(ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200"))
 PRIVATE = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7",
                                                    "100.64.0.0/10"))
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
 ALLOW_PRIVATE_HINT = "set webhook_allow_private = true (env FLEETD_WEBHOOK_ALLOW_PRIVATE=1) to allow LAN receivers"
 ALLOW_NETWORK_HINT = ("list it in webhook_allowed_networks (env FLEETD_WEBHOOK_ALLOWED_NETWORKS, CIDRs separated "
                       "by commas, e.g. 127.0.0.1/32) if the receiver really is there")
@@ -92,8 +93,11 @@ class Policy:
 
     def refusal(self, ip: Address) -> str | None:
         """Why ``ip`` may not be a webhook's destination, or None."""
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        if isinstance(ip, ipaddress.IPv6Address):  # an IPv4 address in IPv6 clothes is judged as itself
+            if ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            elif ip in NAT64:
+                ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if ip in METADATA:
             return f"{ip} is a cloud metadata address, never a webhook receiver"
         kind = _kind(ip)

@@ -16,6 +16,7 @@ from fleetd import alerts, registry, rollups, webhooks
 from fleetd.alerts import AlertEngine, AlertRule, Transition
 from fleetd.audit import SYSTEM
 from fleetd.cli.alerts import parse_condition, rule_body
+from fleetd.egress import Policy
 from fleetd.events import Event, EventBus
 from fleetd.rollups import Agg
 from fleetd.telemetry import Point
@@ -259,6 +260,8 @@ def test_rules_are_validated_with_clear_errors(fleet) -> None:  # type: ignore[n
 
 # --- webhooks: a real receiver on loopback -----------------------------------------------------
 
+LOOPBACK = Policy.of(False, "127.0.0.1/32")  # the receiver is on this host: allowed by name, as an admin would
+
 def test_deliveries_are_signed_retried_with_backoff_in_order_and_logged(fleet) -> None:  # type: ignore[no-untyped-def]
     clock = Clock(T0)
     with Receiver(statuses=[500]) as rx:
@@ -269,7 +272,7 @@ def test_deliveries_are_signed_retried_with_backoff_in_order_and_logged(fleet) -
         for n in (1, 2):
             fleet.store.write_sync(lambda c, n=n: webhooks.enqueue(c, "alert.fired", {"incident": {"id": f"inc{n}"}},
                                                                    clock()))
-        d = Deliverer(fleet.store, clock=clock, backoff_base=10, max_attempts=3)
+        d = Deliverer(fleet.store, clock=clock, backoff_base=10, max_attempts=3, policy=LOOPBACK)
 
         async def scenario() -> None:
             assert await d.run_once() == 2  # good: 500 on the first, so the second waits; dead: refused

@@ -457,6 +457,31 @@ def test_downloads_need_a_token_unless_anonymous_download_is_on(tmp_path, client
     assert client.get(path.rsplit("/", 2)[0] + "/artifacts").status_code == 401  # only downloads are anonymous
 
 
+def test_anonymous_download_serves_only_what_is_assigned_to_the_controller_in_the_path(  # type: ignore[no-untyped-def]
+        client, fleet, admin_key, dev) -> None:
+    fleet.settings.ddi_anonymous_download = True
+    did = device_row(fleet, "ctl-1")["id"]
+    aid = deploy(client, admin_key, did, "app@1.0.0")
+    art = dev.get(dev.links()["deploymentBase"]).json()["deployment"]["chunks"][0]["artifacts"][0]
+    path = art["_links"]["download"]["href"].split("testserver.local", 1)[1]
+    assert client.get(path).content == b"version one"
+    target(client, admin_key, "ctl-2", device_type="sim")
+    assert client.get(path.replace("/ctl-1/", "/ctl-2/")).status_code == 404  # registered, nothing assigned
+    assert client.get(path.replace("/ctl-1/", "/nobody/")).status_code == 404  # not a controller
+    # Another artifact on the server (say an agent app), under the controller that has a deployment: refused.
+    other = fleet.store.read_sync(lambda c: ddi.num_of(c, "artifact", c.execute(
+        "SELECT id FROM artifacts WHERE version = '2.0.0'").fetchone()[0]))
+    module = path.split("/softwaremodules/", 1)[1].split("/", 1)[0]
+    r = client.get(path.replace(f"/softwaremodules/{module}/", f"/softwaremodules/{other}/"))
+    assert r.status_code == 404 and "not assigned to this controller" in r.text
+    # Once the deployment is over, its artifact is no longer served to anyone without a token either.
+    assert dev.feedback(num(dev.links()["deploymentBase"]), "closed", "success").status_code == 200
+    assert action(fleet, aid)["open"] == 0
+    assert client.get(path).status_code == 404
+    call(client, admin_key, "DeviceAdminService", "RevokeDevice", id=did)
+    assert client.get(path).status_code == 401  # a revoked controller's path is refused outright
+
+
 # --- restarts, ids ---------------------------------------------------------------------------
 
 def test_state_survives_a_restart(settings, client, fleet, admin_key, dev) -> None:  # type: ignore[no-untyped-def]

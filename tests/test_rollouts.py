@@ -387,6 +387,33 @@ def test_one_failure_and_the_threshold(client, fleet, admin_key, lab, max_failur
     assert got["stages"][0]["failed"] == 1 and got["stages"][0]["succeeded"] == 39
 
 
+def test_failures_of_devices_enrolled_after_the_start_are_shown_but_do_not_halt(client, fleet, admin_key, lab) -> None:  # type: ignore[no-untyped-def]
+    # A leaked join token must not let its holder enroll devices that report failures and roll the fleet back.
+    t0 = time.time()
+    rid = create(client, admin_key, artifact="app@2.0.0", tags={"site": "lab"}, stages=[100],
+                 max_failure_percent=0, soak_seconds=0)["id"]
+    run_pass(fleet, t0)
+    late = enroll(fleet, 5, {"site": "lab"}, version="1.0.0")
+    run_pass(fleet, t0 + 1)
+    assert set(late) <= set(rollout_actions(fleet, rid))  # they still get the update
+    for d in late:
+        report(fleet, d, rollout_actions(fleet, rid)[d]["id"], "failed", message="bricked, honest")
+    run_pass(fleet, t0 + 2)
+    got = at_time(fleet, rid, t0 + 2)
+    assert got["state"] == "running" and got["stages"][0]["failed"] == 5
+    shown = {d["device_id"]: d for d in call(client, admin_key, "ListRolloutDevices", id=rid).json()["devices"]}
+    assert shown[late[0]]["status"] == "failed" and "not counted toward its failure threshold" in shown[late[0]][
+        "detail"]
+    # The same failure from a device enrolled before the start halts at once (0 % allowed).
+    one = lab[0]
+    report(fleet, one, rollout_actions(fleet, rid)[one]["id"], "failed", message="bricked, honest")
+    run_pass(fleet, t0 + 3)
+    got = at_time(fleet, rid, t0 + 3)
+    assert got["state"] == "rolled_back", got
+    assert "1 of 40 attempted" in got["reason"] and "5 more failed but enrolled after the rollout started" in got[
+        "reason"]
+
+
 def test_faults_while_soaking_fail_a_device_for_good(client, fleet, admin_key, lab) -> None:  # type: ignore[no-untyped-def]
     t0 = time.time()
     rid = create(client, admin_key, artifact="app@2.0.0", tags={"site": "lab"}, stages=[100], max_failure_percent=100,

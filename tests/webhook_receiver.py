@@ -28,9 +28,10 @@ class Received:
 
 
 class Receiver:
-    """``statuses`` are the answers to the first requests, in order; 200 after them."""
+    """``statuses`` are the answers to the first requests, in order; 200 after them. Every answer's body is
+    ``reply``; a 3xx points at the cloud metadata address."""
 
-    def __init__(self, statuses: list[int] | None = None) -> None:
+    def __init__(self, statuses: list[int] | None = None, reply: bytes = b"ok") -> None:
         self.statuses = list(statuses or [])
         self.received: list[Received] = []
         self._lock = threading.Lock()
@@ -44,9 +45,11 @@ class Receiver:
                                                       body))
                     status = receiver.statuses.pop(0) if receiver.statuses else 200
                 self.send_response(status)
-                self.send_header("Content-Length", "2")
+                self.send_header("Content-Length", str(len(reply)))
+                if 300 <= status < 400:
+                    self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
                 self.end_headers()
-                self.wfile.write(b"ok")
+                self.wfile.write(reply)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -2,8 +2,11 @@
 
 Everything is written into a temp folder, synced, and renamed into place, so a
 version folder either is complete or does not exist. Archives may not write
-outside their folder: no absolute names, no ``..``, no members inside a
-symlink the archive made, no links that resolve outside, no device files.
+outside their folder: no absolute names, no ``..``, no members inside or over a
+symlink the archive made, no symlink that resolves outside (followed through the
+archive's other symlinks), hard links only to files the archive wrote before, no
+device files, no setuid/setgid bits. The tar check models the whole archive
+before writing anything, so it holds on Pythons without ``tarfile.data_filter``.
 """
 
 from __future__ import annotations
@@ -45,27 +48,105 @@ def _check_name(name: str) -> PurePosixPath:
     return p
 
 
+class _Tree:
+    """What the archive makes, member by member, so every link is resolved before anything is written.
+
+    Keys are case-folded so that a case-insensitive file system cannot make two names the same path
+    behind the check's back. A name that was ever a symlink stays one: nothing may be written over it or
+    through it, which keeps the final tree's links the ones every member saw.
+    """
+
+    MAX_HOPS = 40  # as the kernel's ELOOP limit
+
+    def __init__(self) -> None:
+        self.links: dict[str, str] = {}  # symlink path → its target as written
+        self.files: set[str] = set()     # regular files (and hard links to them)
+        self.dirs: set[str] = {"."}    # folders, given or implied by a member's path
+
+    @staticmethod
+    def key(p: PurePosixPath) -> str:
+        return str(p).casefold()
+
+    def add(self, m: Any, p: PurePosixPath) -> None:
+        for parent in list(p.parents)[:-1]:
+            if self.key(parent) in self.links:
+                raise UnpackError(f"the archive writes {m.name!r} through a symlink it made")
+            self.dirs.add(self.key(parent))
+        k = self.key(p)
+        if k in self.links:
+            raise UnpackError(f"the archive writes {m.name!r} over a symlink it made")
+        if m.issym():
+            if k in self.files or k in self.dirs:
+                raise UnpackError(f"the archive turns {m.name!r} into a symlink after writing it as a file or folder")
+            if m.linkname.startswith("/") or "\\" in m.linkname:
+                raise UnpackError(f"the archive's symlink {m.name!r} points to an absolute or non-POSIX path")
+            self.links[k] = m.linkname
+        elif m.islnk():
+            target = _check_name(m.linkname)
+            if self.key(target) not in self.files:
+                raise UnpackError(f"the archive's hard link {m.name!r} must point to a regular file the archive "
+                                  f"wrote before it, not {m.linkname!r}")
+            self.files.add(k)
+        elif m.isdir():
+            self.dirs.add(k)
+        else:
+            self.files.add(k)
+
+    def check_links(self) -> None:
+        """Every symlink, followed to the end through the others, stays inside the folder."""
+        for k, target in self.links.items():
+            if self.resolve(list(PurePosixPath(k).parent.parts), target, 0) is None:
+                raise UnpackError(f"the archive's symlink {k!r} resolves outside its folder")
+
+    def resolve(self, at: list[str], target: str, hops: int) -> list[str] | None:
+        """The parts of ``target`` read from folder ``at``, following the archive's symlinks; None if outside."""
+        if hops > self.MAX_HOPS:
+            raise UnpackError("the archive's symlinks form a loop or a chain too long to follow")
+        path = [part for part in at if part != "."]
+        for part in PurePosixPath(target).parts:
+            if part == ".":
+                continue
+            if part == "..":
+                if not path:
+                    return None
+                path.pop()
+                continue
+            path.append(part.casefold())
+            link = self.links.get("/".join(path))
+            if link is not None:
+                resolved = self.resolve(path[:-1], link, hops + 1)
+                if resolved is None:
+                    return None
+                path = resolved
+        return path
+
+
+_SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID
+
+
+def _check_tar_members(members: list[Any]) -> None:
+    """Refuse, before writing a byte, any member that could land or point outside the folder."""
+    tree = _Tree()
+    for m in members:
+        p = _check_name(m.name)
+        if not (m.isreg() or m.isdir() or m.issym() or m.islnk()):
+            raise UnpackError(f"the archive holds a device, FIFO or other special file: {m.name!r}")
+        if m.mode & _SPECIAL_BITS and not m.issym():
+            raise UnpackError(f"the archive's {m.name!r} has the setuid or setgid bit; apps may not carry it")
+        tree.add(m, p)
+    tree.check_links()
+
+
 def _extract_tar(path: Path, dest: Path) -> None:
     import tarfile
 
     with tarfile.open(path, "r:*") as tar:
         members = tar.getmembers()
-        links: set[PurePosixPath] = set()
-        for m in members:
-            p = _check_name(m.name)
-            if any(parent in links for parent in p.parents):
-                raise UnpackError(f"the archive writes {m.name!r} through a symlink it made")
-            if m.isdev() or m.isfifo():
-                raise UnpackError(f"the archive holds a device or FIFO: {m.name!r}")
-            if m.issym():
-                if m.linkname.startswith("/"):
-                    raise UnpackError(f"the archive's symlink {m.name!r} points to an absolute path")
-                target = os.path.normpath(os.path.join(str(p.parent), m.linkname))
-                if target == ".." or target.startswith("../"):
-                    raise UnpackError(f"the archive's symlink {m.name!r} points outside its folder")
-                links.add(p)
-            elif m.islnk():
-                _check_name(m.linkname)
+        _check_tar_members(members)
+        for m in members:  # files belong to the agent's user, never to the ids the archive names
+            m.uid, m.gid, m.uname, m.gname = os.getuid(), os.getgid(), "", ""
+            m.mode &= 0o755
+        # The filter is a second guard where Python has it; the check above is complete without it.
         kwargs: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
         try:
             tar.extractall(dest, members=members, **kwargs)

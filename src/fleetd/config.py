@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from .egress import parse_networks
 from .errors import InvalidArgument
 
 ENV_PREFIX = "FLEETD_"
@@ -47,12 +48,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     telemetry_hour_days: float = 400
     # hawkBit DDI: the tenant in /{tenant}/controller/v1/... (compared case-insensitively, as hawkBit does).
     ddi_tenant: str = "DEFAULT"
-    # Let anyone download DDI artifacts without a token (hawkBit's "anonymous download"); off by default.
+    # Let anyone download, without a token, the artifacts of the open deployments of the controller named in the
+    # URL (hawkBit's "anonymous download"); off by default.
     ddi_anonymous_download: bool = False
     # Devices that enrolled without a token and wait to be claimed; more are refused (0 = no cap).
     max_pending_devices: int = 10000
     # Such a device not heard from for this many days is deleted (0 = never).
     pending_expiry_days: float = 30
+    # Webhooks may go to private (LAN) addresses: 10/8, 172.16/12, 192.168/16, fc00::/7, 100.64/10.
+    webhook_allow_private: bool = False
+    # CIDRs, comma-separated, that webhooks may reach although refused otherwise (e.g. 127.0.0.1/32 for a
+    # receiver on this host); never the cloud metadata addresses.
+    webhook_allowed_networks: str = ""
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -70,6 +77,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for name in ("max_pending_devices", "pending_expiry_days"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"{name} must be 0 (no limit) or positive")
+        parse_networks(self.webhook_allowed_networks)
 
     @property
     def data_path(self) -> Path:

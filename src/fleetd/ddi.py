@@ -265,15 +265,15 @@ def history(conn: sqlite3.Connection, action_id: str, count: int) -> list[str]:
 
 # --- software modules ----------------------------------------------------------------------
 
-def module_artifact(conn: sqlite3.Connection, module_num: int, device_id: str | None) -> sqlite3.Row:
-    """The artifact behind a software module id. With ``device_id``, only one of the device's open deployments
-    (or, for listings, any of its deployments) — the same 404 otherwise."""
+def module_artifact(conn: sqlite3.Connection, module_num: int, device_id: str) -> sqlite3.Row:
+    """The artifact behind a software module id, only if one of ``device_id``'s open deployments names it (the
+    same 404 otherwise); anonymous downloads too pass the device of the controller in their path."""
     r = conn.execute(
         "SELECT a.*, b.md5, b.sha1 FROM ddi_ids n JOIN artifacts a ON a.id = n.ref "
         "JOIN blobs b ON b.sha256 = a.sha256 WHERE n.kind = 'artifact' AND n.num = ?", (module_num,)).fetchone()
     if r is None:
         raise NotFound(f"no software module {module_num}")
-    if device_id is not None and conn.execute(
+    if conn.execute(
             "SELECT 1 FROM actions WHERE device_id = ? AND artifact_id = ? AND open = 1 LIMIT 1",
             (device_id, r["id"])).fetchone() is None:
         raise NotFound(f"software module {module_num} is not assigned to this controller")

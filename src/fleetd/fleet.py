@@ -17,6 +17,7 @@ from .blobs import BlobStore
 from .config import Settings
 from .db import Store, transaction
 from .ddi import DdiState
+from .egress import Policy
 from .events import EventBus
 from .hub import DeviceHub
 from .metrics import Metrics
@@ -25,6 +26,7 @@ from .ratelimit import RateLimiter
 from .registry import is_online
 from .rollups import Retention, Rollups
 from .telemetry import TelemetryIntake
+from .webhooks import Deliverer
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,9 @@ class Fleet:
         self.metrics = Metrics(self.store)
         self.rollups = Rollups(self.store, Retention(settings.telemetry_raw_days, settings.telemetry_minute_days,
                                                      settings.telemetry_hour_days), metrics=self.metrics)
-        self.alerts = AlertEngine(self.store, self.events, self.metrics)
+        self.egress = Policy.of(settings.webhook_allow_private, settings.webhook_allowed_networks)
+        self.alerts = AlertEngine(self.store, self.events, self.metrics,
+                                  deliverer=Deliverer(self.store, policy=self.egress))
         self._register_device_metrics()
 
     def _register_device_metrics(self) -> None:

@@ -51,7 +51,7 @@ CHUNK_PART = "bApp"
 class DdiCaller:
     kind: str  # target, gateway or anonymous
     controller_id: str
-    device_id: str | None  # None: a gateway's controller that is not registered yet, or anonymous
+    device_id: str | None  # None: a controller that is not registered (yet)
     token: TokenEntry | None = None
 
     def device(self) -> str:
@@ -70,7 +70,8 @@ async def authenticate(connection: ASGIConnection[Any, Any, Any, Any], handler: 
     state = fleet.ddi
     if not header:
         if handler.opt.get("ddi_download") and fleet.settings.ddi_anonymous_download:
-            connection.state.ddi = DdiCaller("anonymous", controller_id, None)
+            # As hawkBit: the artifacts assigned to the controller named in the path, nothing else.
+            connection.state.ddi = DdiCaller("anonymous", controller_id, _registered(fleet, controller_id))
             return Principal("anonymous")
         raise Unauthenticated("send 'Authorization: TargetToken <token>' (fleetd devices ddi-token) or "
                               "'Authorization: GatewayToken <token>' (fleetd tokens create --ddi-gateway)")
@@ -82,20 +83,27 @@ async def authenticate(connection: ASGIConnection[Any, Any, Any, Any], handler: 
     entry = state.tokens.lookup(kind, secret)
     if entry is None:
         raise Unauthenticated(f"unknown or revoked {'target' if kind == 'target' else 'gateway'} token")
-    device_id = state.controllers.get(controller_id)
-    if device_id is not None and device_id not in fleet.hub.runtime:
-        state.forget_device(device_id)  # deleted since
-        device_id = None
+    device_id = _registered(fleet, controller_id)
     if kind == "target" and (device_id is None or device_id != entry.device_id):
         raise Unauthenticated(f"this target token is not valid for controller {controller_id}")
-    if device_id is not None and fleet.hub.runtime[device_id].status == "revoked":
-        raise Unauthenticated(f"controller {controller_id} was revoked")
     connection.state.ddi = DdiCaller(kind, controller_id, device_id, entry)
     if device_id is None:
         return Principal("ddi_gateway", entry.id, controller_id)
     # Every DDI request is a contact, as in hawkBit (its last poll time moves with each one).
     fleet.hub.note_seen(device_id, connection.client.host if connection.client else None)
     return Principal("device", device_id, controller_id)
+
+
+def _registered(fleet: Fleet, controller_id: str) -> str | None:
+    """The device of a registered controller (None if there is none); a revoked one is refused."""
+    state = fleet.ddi
+    device_id = state.controllers.get(controller_id)
+    if device_id is not None and device_id not in fleet.hub.runtime:
+        state.forget_device(device_id)  # deleted since
+        device_id = None
+    if device_id is not None and fleet.hub.runtime[device_id].status == "revoked":
+        raise Unauthenticated(f"controller {controller_id} was revoked")
+    return device_id
 
 
 def _caller(request: Request[Any, Any, Any]) -> DdiCaller:
@@ -384,8 +392,7 @@ async def module_artifacts(request: Request[Any, Any, Any], controller_id: FromP
 async def download(request: Request[Any, Any, Any], controller_id: FromPath[str], module_id: FromPath[int],
                    file_name: FromPath[str]) -> Response[Any]:
     fleet: Fleet = request.app.state.fleet
-    caller = _caller(request)
-    device_id = None if caller.kind == "anonymous" else caller.device()
+    device_id = _caller(request).device()
     a = await fleet.store.read(lambda c: ddi.module_artifact(c, module_id, device_id))
     disposition = {"Content-Disposition": f"attachment;filename={quote(file_name, safe='')}"}
     if file_name == a["file_name"]:

@@ -283,8 +283,11 @@ class DeviceProgress:
 class Evaluation:
     counts: list[list[int]]  # per stage: targeted, then one count per status (pending..skipped)
     members: int = 0  # devices in the started stages
-    attempted: int = 0  # members with an action, not skipped
-    failed: int = 0
+    # The halt threshold is judged on devices enrolled before the rollout started: one who enrolled later (with
+    # a leaked join token, say) cannot halt it with failures nor dilute real ones with successes.
+    attempted: int = 0  # members with an action, not skipped, enrolled before the start
+    failed: int = 0  # of those, failed
+    late_failed: int = 0  # failed members that enrolled after the start: shown, not counted
     done: int = 0  # members that succeeded, failed or were skipped
     missing: list[str] = field(default_factory=list)  # members without an action that may get one now
     new_faults: list[tuple[str, str]] = field(default_factory=list)
@@ -301,6 +304,9 @@ class Evaluation:
         return self.failed >= 1 and self.failed > max_failure * self.attempted
 
 
+LATE_NOTE = " (enrolled after the rollout started: not counted toward its failure threshold)"
+
+
 def stage_of(stages: list[float], b: float) -> int:
     """The first stage whose cumulative percentage is above the bucket."""
     return bisect.bisect_right(stages, b)
@@ -315,6 +321,7 @@ def evaluate(snap: Snapshot, *, details: bool = False, for_stage: int | None = N
     current = r.stage if for_stage is None else for_stage
     ev = Evaluation(counts=[[0] * (len(STATUSES) + 1) for _ in r.stages])
     stages, counts, installs, busy = r.stages, ev.counts, snap.installs, snap.busy
+    since = r.started_at if r.started_at is not None else snap.now
     for did, b, last_seen, stored, joined in zip(snap.device_ids, snap.buckets, snap.last_seen, snap.stored_seen,
                                                  snap.joined, strict=True):
         k = bisect.bisect_right(stages, b)
@@ -329,19 +336,24 @@ def evaluate(snap: Snapshot, *, details: bool = False, for_stage: int | None = N
         status, why, fault = _classify(snap, did, action, k, last_seen, stored, joined, details)
         row[1 + status] += 1
         ev.members += 1
+        late = joined >= since
         if action is None:
             if did not in busy:
                 ev.missing.append(did)
-        elif status != SKIPPED:
+        elif status != SKIPPED and not late:
             ev.attempted += 1
         if status >= SUCCEEDED:
             ev.done += 1
             if status == FAILED:
-                ev.failed += 1
                 if fault:
                     ev.new_faults.append((did, why))
-                if len(ev.failures) < 5:
-                    ev.failures.append((did, why))
+                if late:
+                    ev.late_failed += 1
+                    why += LATE_NOTE
+                else:
+                    ev.failed += 1
+                    if len(ev.failures) < 5:
+                        ev.failures.append((did, why))
         if details:
             ev.devices.append(DeviceProgress(did, k, STATUSES[status], why))
     for state in snap.rollbacks.values():

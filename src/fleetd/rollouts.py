@@ -457,8 +457,10 @@ def decide(snap: Snapshot) -> Plan:
 def halt_reason(r: RolloutRow, ev: Evaluation) -> str:
     share = 100 * ev.failed / max(ev.attempted, 1)
     examples = "; ".join(f"{d}: {why}" for d, why in ev.failures[:3])
+    late = (f"; {ev.late_failed} more failed but enrolled after the rollout started, so do not count"
+            if ev.late_failed else "")
     return (f"stage {r.stage + 1} ({r.stages[r.stage]:g}%): {ev.failed} of {ev.attempted} attempted device(s) "
-            f"failed ({share:.1f}%, more than the {r.max_failure * 100:g}% allowed); e.g. {examples}")
+            f"failed ({share:.1f}%, more than the {r.max_failure * 100:g}% allowed); e.g. {examples}{late}")
 
 
 def apply(conn: sqlite3.Connection, rollout_id: str, rev: int, plan: Plan, now: float) -> steps.Change | None:

@@ -12,6 +12,10 @@ Each webhook gets its deliveries in order: the oldest pending one is retried
 with exponential backoff (2 s, 4 s, 8 s, ... at most 10 minutes apart) until it
 succeeds (any 2xx) or has been tried ``max_attempts`` times (then it is
 ``failed``), and only then does the next one go.
+
+Where a webhook may point is :mod:`fleetd.egress`'s policy, checked when it is
+saved and again at each delivery; redirects are not followed, and the log keeps
+the status code and its standard reason, never the receiver's body.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -36,6 +41,7 @@ import msgspec
 from . import __version__, audit
 from .audit import Actor
 from .db import Store
+from .egress import Policy, Refused, pinned_transport
 from .errors import InvalidArgument, NotFound
 from .models import new_id, to_dt
 from .tasks import cancel_and_wait
@@ -97,6 +103,13 @@ def check_url(url: str) -> str:
         raise InvalidArgument(f"webhook url must be an http:// or https:// URL with a host (at most {MAX_URL} "
                               f"characters), got {url!r}")
     return url.strip()
+
+
+async def check_destination(url: str, policy: Policy) -> None:
+    """Before saving: refuse a URL whose host is (or resolves to) an address the policy does not allow."""
+    u = urlparse(check_url(url))
+    assert u.hostname is not None
+    await policy.check_url_host(u.hostname, u.port or (443 if u.scheme == "https" else 80))
 
 
 def create(conn: sqlite3.Connection, actor: Actor, *, name: str, url: str, events: list[str] | None = None,
@@ -196,8 +209,9 @@ class Deliverer:
 
     def __init__(self, store: Store, *, backoff_base: float = 2.0, backoff_max: float = 600.0,
                  max_attempts: int = 12, timeout: float = 10.0, idle: float = 30.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, policy: Policy | None = None) -> None:
         self.store = store
+        self.policy = policy or Policy()
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.max_attempts = max_attempts
@@ -216,7 +230,7 @@ class Deliverer:
         if self._wake is not None:
             self._wake.set()
 
-    async def _send(self, http: httpx.AsyncClient, row: sqlite3.Row) -> tuple[int | None, str]:
+    async def _send(self, client: httpx.AsyncClient, row: sqlite3.Row) -> tuple[int | None, str]:
         body = bytes(row["body"])
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(row["secret"], body),
                    "X-Fleetd-Event": row["event"], "X-Fleetd-Delivery": str(row["id"]),
@@ -224,12 +238,22 @@ class Deliverer:
         import httpx
 
         try:
-            r = await http.post(row["url"], content=body, headers=headers)
+            # The body is never read: it is the receiver's to write and not the operators' to see.
+            async with client.stream("POST", row["url"], content=body, headers=headers) as r:
+                status = r.status_code
+        except Refused as e:
+            return None, str(e)
         except httpx.HTTPError as e:
             return None, f"{type(e).__name__}: {e}"[:500] or type(e).__name__
-        if 200 <= r.status_code < 300:
-            return r.status_code, ""
-        return r.status_code, f"HTTP {r.status_code}: {r.text[:200]}"
+        if 200 <= status < 300:
+            return status, ""
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "non-standard status"
+        if 300 <= status < 400:
+            reason += " (redirects are not followed)"
+        return status, f"HTTP {status} {reason}"
 
     def _record(self, conn: sqlite3.Connection, row: sqlite3.Row, status: int | None, error: str) -> None:
         now = self.clock()
@@ -245,11 +269,11 @@ class Deliverer:
                          "next_attempt_at = ? WHERE id = ?",
                          (attempts, status, error, now + self.backoff(attempts), row["id"]))
 
-    async def _webhook_queue(self, http: httpx.AsyncClient, row: sqlite3.Row | None) -> int:
+    async def _webhook_queue(self, client: httpx.AsyncClient, row: sqlite3.Row | None) -> int:
         """Send this webhook's due head, and the ones after it while they succeed. → attempts made."""
         sent = 0
         while row is not None and sent < 100:
-            status, error = await self._send(http, row)
+            status, error = await self._send(client, row)
             await self.store.write(functools.partial(self._record, row=row, status=status, error=error))
             sent += 1
             if error:
@@ -269,7 +293,8 @@ class Deliverer:
         if self._http is None:
             import httpx
 
-            self._http = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+            self._http = httpx.AsyncClient(transport=pinned_transport(self.policy, self.timeout),
+                                           timeout=self.timeout, follow_redirects=False)
         counts = await asyncio.gather(*(self._webhook_queue(self._http, h) for h in heads))
         return sum(counts)
 

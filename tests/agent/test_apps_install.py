@@ -205,8 +205,8 @@ def test_an_archive_is_unpacked_and_run_with_its_install_spec(dev: Device) -> No
     ([("../evil.sh", b"#!/bin/sh\n", "")], "climbs out of its folder"),
     ([("ok/../../evil.sh", b"#!/bin/sh\n", "")], "climbs out of its folder"),
     ([("/tmp/evil.sh", b"#!/bin/sh\n", "")], "absolute"),
-    ([("escape", None, "../../..")], "points outside its folder"),
-    ([("escape", None, "/etc")], "absolute path"),
+    ([("escape", None, "../../..")], "resolves outside its folder"),
+    ([("escape", None, "/etc")], "points to an absolute"),
     # Lexically inside ("here/../x" is "x"), really outside: "here" is the folder itself.
     ([("here", None, "."), ("there", None, "here/../x")], "outside"),
     ([("dir", None, "."), ("dir/x.sh", b"x", "")], "through a symlink it made"),
@@ -313,18 +313,6 @@ def test_a_crash_looping_app_counts_restarts(dev: Device) -> None:
     assert r.final[0] == "succeeded"
     wait_until(lambda: dev.ex.components()[0]["restarts"] >= 1, timeout=5, what="a restart")
     assert read_heartbeat(dev.app() / "1.0.0") == 0.0
-
-
-def test_without_tarfile_filters_a_link_leading_outside_is_still_refused(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    # Python before 3.11.4/3.9.17 has no extraction filters; the agent's own check must hold alone.
-    from fleet_agent.unpack import UnpackError, _extract_tar
-
-    monkeypatch.delattr(tarfile, "data_filter")
-    (tmp_path / "a.tgz").write_bytes(tar_gz([("here", None, "."), ("there", None, "here/../x")]))
-    (tmp_path / "out").mkdir()
-    with pytest.raises(UnpackError, match="'there' resolves outside its folder"):
-        _extract_tar(tmp_path / "a.tgz", tmp_path / "out")
 
 
 def test_required_offline_signatures_are_enforced(dev: Device, monkeypatch: pytest.MonkeyPatch) -> None:

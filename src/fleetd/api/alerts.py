@@ -121,7 +121,11 @@ class CreateWebhookRequest(msgspec.Struct, kw_only=True):
 
 @service.method(auth="admin")
 async def CreateWebhook(ctx: Context, req: CreateWebhookRequest) -> Webhook:
-    """Register a webhook; the answer holds its signing secret (shown once)."""
+    """Register a webhook; the answer holds its signing secret (shown once).
+
+    Its host may not be, or resolve to, a loopback, link-local, metadata or (unless the server allows it) private
+    address: docs/telemetry.md, "Webhooks"."""
+    await webhooks.check_destination(req.url, ctx.fleet.egress)
     return await ctx.fleet.store.write(lambda c: webhooks.create(c, ctx.actor, name=req.name, url=req.url,
                                                                  events=req.events, secret=req.secret))
 

@@ -63,8 +63,14 @@ def serve(
                                                    "(env FLEETD_DDI_TENANT; default DEFAULT).",
                                                    show_default=False)] = None,
     ddi_anonymous_download: Annotated[bool, typer.Option(
-        "--ddi-anonymous-download", help="Let DDI clients download artifacts without a token "
+        "--ddi-anonymous-download", help="Let DDI clients download their assigned artifacts without a token "
         "(env FLEETD_DDI_ANONYMOUS_DOWNLOAD=1).")] = False,
+    webhook_allow_private: Annotated[bool, typer.Option(
+        "--webhook-allow-private", help="Let webhooks reach private (LAN) addresses "
+        "(env FLEETD_WEBHOOK_ALLOW_PRIVATE=1).")] = False,
+    webhook_allowed_networks: Annotated[str | None, typer.Option(
+        help="CIDRs webhooks may reach although refused otherwise, comma-separated, e.g. 127.0.0.1/32 for a "
+        "receiver on this host (env FLEETD_WEBHOOK_ALLOWED_NETWORKS).", show_default=False)] = None,
 ) -> None:
     """Run the fleetd server (HTTPS, the API, the web UI, mDNS)."""
     import uvicorn
@@ -73,7 +79,9 @@ def serve(
 
     flags = {"data_dir": data_dir, "host": host, "port": port, "public_url": public_url, "log_level": log_level,
              "tls": False if no_tls else None, "mdns": False if no_mdns else None, "ddi_tenant": ddi_tenant,
-             "ddi_anonymous_download": True if ddi_anonymous_download else None}
+             "ddi_anonymous_download": True if ddi_anonymous_download else None,
+             "webhook_allow_private": True if webhook_allow_private else None,
+             "webhook_allowed_networks": webhook_allowed_networks}
     try:
         settings = load_settings(flags, config)
     except FleetdError as e:

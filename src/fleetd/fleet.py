@@ -20,6 +20,7 @@ from .ddi import DdiState
 from .events import EventBus
 from .hub import DeviceHub
 from .metrics import Metrics
+from .passwords import PasswordHasher
 from .pki import FleetKeys, load_or_create
 from .ratelimit import RateLimiter
 from .registry import is_online
@@ -62,6 +63,7 @@ class Fleet:
         self.enroll_limiter = RateLimiter(settings.enroll_rate_per_minute, 60.0, "enrollment")
         self.challenge_limiter = RateLimiter(settings.enroll_rate_per_minute, 60.0, "authentication")
         self.login_limiter = RateLimiter(settings.login_rate_per_minute, 60.0, "login")
+        self.passwords = PasswordHasher(settings.password_hash_workers, settings.password_hash_queue)
         self.started_at = time.time()
         self.metrics = Metrics(self.store)
         self.rollups = Rollups(self.store, Retention(settings.telemetry_raw_days, settings.telemetry_minute_days,
@@ -120,12 +122,13 @@ class Fleet:
         def create(conn):  # type: ignore[no-untyped-def]
             if conn.execute("SELECT 1 FROM users LIMIT 1").fetchone():
                 return None
-            password = auth.generate_password()
+            password = auth.generate_password("admin")
             auth.create_user(conn, SYSTEM, "admin", password, "admin", must_change_password=True)
             return "admin", password
         return self.store.write_sync(create)
 
     def close(self) -> None:
+        self.passwords.close()
         self.store.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)

@@ -57,7 +57,7 @@ def users_create(
 ) -> None:
     """Create a user."""
     if generate:
-        password = auth.generate_password()
+        password = auth.generate_password(username)
     elif password is None:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     with errors_reported():

@@ -78,6 +78,8 @@ def test_a_full_pool_answers_resource_exhausted_with_retry_after(small_pool) -> 
     for job in jobs:
         job.result()
     assert fleet.passwords.pending == 0
+    metrics = client.get("/metrics", headers={"Authorization": f"Bearer {make_key(fleet, 'viewer')}"}).text
+    assert "fleetd_password_checks_refused_total 1" in metrics and "fleetd_password_checks_pending 0" in metrics
     r = rpc(client, "UserService", "Login", {"username": "rae", "password": "a-long-password"})
     assert r.status_code == 200, r.text
 

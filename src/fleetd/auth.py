@@ -97,7 +97,7 @@ def check_password_strength(password: str, username: str) -> None:
     name, pw = username.casefold(), password.casefold()
     # Containment only for names of 3+ characters: a 1-letter name would forbid that letter everywhere.
     if name and (pw == name or (len(name) >= 3 and name in pw)):
-        raise InvalidArgument("password must not contain the username; choose another one")
+        raise InvalidArgument("password must not be or contain the username; choose another one")
 
 
 @dataclass(frozen=True, slots=True)

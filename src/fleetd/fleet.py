@@ -81,6 +81,10 @@ class Fleet:
                 "SELECT kind, state, COUNT(*) FROM actions WHERE open = 1 GROUP BY kind, state")
         m.counter("fleetd_telemetry_points_total", "Telemetry points stored since start.",
                   lambda: self.telemetry.points_total)
+        m.gauge("fleetd_password_checks_pending", "Password hashes running or waiting on the hashing pool.",
+                lambda: self.passwords.pending)
+        m.counter("fleetd_password_checks_refused_total", "Logins and password changes refused because the "
+                  "hashing pool was full (answered 429).", lambda: self.passwords.refused)
 
     def _extra_names(self) -> list[str]:
         names = []

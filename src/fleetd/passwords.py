@@ -44,6 +44,7 @@ class PasswordHasher:
             max_workers=workers, thread_name_prefix=THREAD_PREFIX, initializer=_lower_priority)
         self._lock = threading.Lock()
         self._pending = 0
+        self.refused = 0
 
     @property
     def pending(self) -> int:
@@ -67,6 +68,7 @@ class PasswordHasher:
     def submit(self, fn: Callable[..., T], *args: object) -> concurrent.futures.Future[T]:
         with self._lock:
             if self._pending >= self.capacity:
+                self.refused += 1
                 raise ResourceExhausted(
                     f"the server is busy checking passwords ({self.capacity} checks running or waiting); "
                     f"try again in {RETRY_AFTER:g} s", retry_after=RETRY_AFTER)

@@ -242,3 +242,34 @@ def test_api_keys_do_not_carry_the_password_change(client, fleet) -> None:  # ty
     key = _key_of(client, "oz")
     fleet.store.write_sync(lambda c: auth.set_password(c, SYSTEM, "oz", "set-by-an-admin", must_change_password=True))
     assert rpc(client, "UserService", "ListUsers", key=key).status_code == 200
+
+
+def test_migration_gives_existing_keys_their_owner_from_the_audit_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+    import time
+
+    from fleetd.db import available_migrations, connect, migrate
+
+    before = tmp_path / "before"
+    before.mkdir()
+    for version, _, path in available_migrations():
+        if version < 8:
+            shutil.copy(path, before)
+    conn = connect(tmp_path / "fleetd.db")
+    migrate(conn, before)
+    t = time.time()
+    conn.execute("INSERT INTO users (id, username, password_hash, role, created_at, updated_at) "
+                 "VALUES ('usr_a', 'ann', 'x', 'admin', ?, ?)", (t, t))
+    made = {"k_user": ("user", "usr_a"), "k_child": ("key", "k_user"), "k_grandchild": ("key", "k_child"),
+            "k_gone": ("user", "usr_deleted"), "k_offline": ("local", None)}
+    for kid, (kind, actor) in made.items():
+        conn.execute("INSERT INTO api_keys (id, name, role, secret_hash, created_at) VALUES (?, ?, 'admin', x'00', ?)",
+                     (kid, kid, t))
+        conn.execute("INSERT INTO audit_log (ts, actor_kind, actor_id, action, target) VALUES (?, ?, ?, "
+                     "'key.create', ?)", (t, kind, actor, kid))
+    migrate(conn)
+    rows = {r["id"]: (r["owner_user_id"], r["revoked_at"] is not None)
+            for r in conn.execute("SELECT id, owner_user_id, revoked_at FROM api_keys")}
+    conn.close()
+    assert rows == {"k_user": ("usr_a", False), "k_child": ("usr_a", False), "k_grandchild": ("usr_a", False),
+                    "k_gone": ("usr_deleted", True), "k_offline": (None, False)}

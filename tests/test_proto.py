@@ -98,33 +98,33 @@ DRIFT = {
         "fleetd.v1.UserService/ListUsers: method in code but no rpc ListUsers in fleetd/v1/user.proto",
         "fleetd.v1.UserService/ListAllUsers (fleetd/v1/user.proto:30): rpc in proto but no such method in code"]),
     "str as int64": ("user.proto", [("string csrf_token = 2;", "int64 csrf_token = 2;")], [
-        "LoginResponse.csrf_token (fleetd/v1/user.proto:93): proto has `int64` but code has `str`; "
+        "LoginResponse.csrf_token (fleetd/v1/user.proto:99): proto has `int64` but code has `str`; "
         "write `string csrf_token = 2;`"]),
     "int as string": ("audit.proto", [("int64 before_id = 7;", "string before_id = 7;")], [
         "ListAuditRequest.before_id (fleetd/v1/audit.proto:51): proto has `string` but code has `int`; "
         "write `int64 before_id = 7;`"]),
     "bool as string": ("user.proto", [("bool include_revoked = 1;", "string include_revoked = 1;")], [
-        "ListKeysRequest.include_revoked (fleetd/v1/user.proto:153): proto has `string` but code has `bool`; "
+        "ListKeysRequest.include_revoked (fleetd/v1/user.proto:159): proto has `string` but code has `bool`; "
         "write `bool include_revoked = 1;`"]),
     "datetime as string": ("user.proto", [("  google.protobuf.Timestamp expires_at = 3;",
                                            "  string expires_at = 3;")], [
-        "LoginResponse.expires_at (fleetd/v1/user.proto:94): proto has `string` but code has `datetime`; "
+        "LoginResponse.expires_at (fleetd/v1/user.proto:100): proto has `string` but code has `datetime`; "
         "write `google.protobuf.Timestamp expires_at = 3;`"]),
     "Struct as map": ("audit.proto", [("google.protobuf.Struct details", "map<string, string> details")], [
         "AuditEntry.details (fleetd/v1/audit.proto:36): proto has `map<string, string>` but code has "
         "`dict[str, Any]`; write `google.protobuf.Struct details = 10;`"]),
     "optional dropped": ("user.proto", [("optional string password = 2;", "string password = 2;")], [
-        "CreateUserResponse.password (fleetd/v1/user.proto:130): proto has `string` but code has `str | None`; "
+        "CreateUserResponse.password (fleetd/v1/user.proto:136): proto has `string` but code has `str | None`; "
         "write `optional string password = 2;`"]),
     "optional added": ("user.proto", [("  bool must_change_password = 4;",
                                        "  optional bool must_change_password = 4;")], [
         "User.must_change_password (fleetd/v1/user.proto:64): proto has `optional bool` but code has `bool`; "
         "write `bool must_change_password = 4;`"]),
     "repeated dropped": ("user.proto", [("repeated User users = 1;", "User users = 1;")], [
-        "ListUsersResponse.users (fleetd/v1/user.proto:114): proto has `User` but code has `list[User]`; "
+        "ListUsersResponse.users (fleetd/v1/user.proto:120): proto has `User` but code has `list[User]`; "
         "write `repeated User users = 1;`"]),
     "wrong message type": ("user.proto", [("User user = 1;\n  string csrf", "ApiKey user = 1;\n  string csrf")], [
-        "LoginResponse.user (fleetd/v1/user.proto:92): proto has `ApiKey` but code has `User`; "
+        "LoginResponse.user (fleetd/v1/user.proto:98): proto has `ApiKey` but code has `User`; "
         "write `User user = 1;`"]),
     "nested message drifts": ("audit.proto", [("optional string actor_id = 4;", "string actor_id = 4;")], [
         "AuditEntry.actor_id (fleetd/v1/audit.proto:27): proto has `string` but code has `str | None`; "
@@ -150,7 +150,7 @@ DRIFT = {
         "fleetd.v1.AuditService/List (fleetd/v1/audit.proto:16): streaming rpcs are not supported; "
         "fleetd methods are unary"]),
     "comment missing": ("user.proto", [("// Login's credentials.\n", "")], [
-        "fleetd/v1/user.proto:84: message LoginRequest has no comment; add a one-line // comment above it"]),
+        "fleetd/v1/user.proto:90: message LoginRequest has no comment; add a one-line // comment above it"]),
     # protoc's own errors, as it words them.
     "import missing": ("audit.proto", [('import "google/protobuf/struct.proto";\n', "")], [
         'fleetd/v1/audit.proto:35:3: "google.protobuf.Struct" seems to be defined in "google/protobuf/struct.proto", '
@@ -184,7 +184,7 @@ def test_checker_reports_drift(protos: Path, case: str) -> None:
 def test_syntax_error_names_file_and_line(protos: Path) -> None:
     edit(protos, "user.proto", ("string old_password = 1;", "string old_password = 1"))
     # protoc points at the token after the missing ';'. Until the files compile, nothing else is compared.
-    assert check(SERVICES, protos) == ['fleetd/v1/user.proto:109:3: Expected ";".']
+    assert check(SERVICES, protos) == ['fleetd/v1/user.proto:115:3: Expected ";".']
 
 
 def test_missing_file_is_caught(protos: Path) -> None:

@@ -57,7 +57,7 @@ async def auth_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: Ba
     principal = await fleet.authenticator.authenticate(
         str(connection.scope.get("method", "GET")), headers.get("authorization"),
         connection.cookies.get(SESSION_COOKIE), headers.get(CSRF_HEADER))
-    rpc.authorize(policy, principal)
+    rpc.authorize(policy, principal, before_password_change=bool(handler.opt.get("before_password_change")))
     connection.state.principal = principal
 
 

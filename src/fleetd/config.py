@@ -60,6 +60,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # CIDRs, comma-separated, that webhooks may reach although refused otherwise (e.g. 127.0.0.1/32 for a
     # receiver on this host); never the cloud metadata addresses.
     webhook_allowed_networks: str = ""
+    # Password hashing (scrypt, ~0.1 s of CPU each) runs on this many threads, with at most this many more
+    # checks waiting; beyond that, logins and password changes answer resource_exhausted (429, Retry-After).
+    password_hash_workers: int = 2
+    password_hash_queue: int = 8
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -71,6 +75,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                      "telemetry_raw_days", "telemetry_minute_days", "telemetry_hour_days"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"{name} must be positive")
+        if self.password_hash_workers < 1 or self.password_hash_queue < 0:
+            raise InvalidArgument("password_hash_workers must be at least 1 and password_hash_queue at least 0")
         if not DDI_TENANT.match(self.ddi_tenant):
             raise InvalidArgument(f"ddi_tenant must be 1-64 letters, digits and _.- (hawkBit's default is DEFAULT), "
                                   f"got {self.ddi_tenant!r}")

@@ -21,6 +21,7 @@ from .egress import Policy
 from .events import EventBus
 from .hub import DeviceHub
 from .metrics import Metrics
+from .passwords import PasswordHasher
 from .pki import FleetKeys, load_or_create
 from .ratelimit import RateLimiter
 from .registry import is_online
@@ -64,6 +65,7 @@ class Fleet:
         self.enroll_limiter = RateLimiter(settings.enroll_rate_per_minute, 60.0, "enrollment")
         self.challenge_limiter = RateLimiter(settings.enroll_rate_per_minute, 60.0, "authentication")
         self.login_limiter = RateLimiter(settings.login_rate_per_minute, 60.0, "login")
+        self.passwords = PasswordHasher(settings.password_hash_workers, settings.password_hash_queue)
         self.started_at = time.time()
         self.metrics = Metrics(self.store)
         self.rollups = Rollups(self.store, Retention(settings.telemetry_raw_days, settings.telemetry_minute_days,
@@ -83,6 +85,10 @@ class Fleet:
                 "SELECT kind, state, COUNT(*) FROM actions WHERE open = 1 GROUP BY kind, state")
         m.counter("fleetd_telemetry_points_total", "Telemetry points stored since start.",
                   lambda: self.telemetry.points_total)
+        m.gauge("fleetd_password_checks_pending", "Password hashes running or waiting on the hashing pool.",
+                lambda: self.passwords.pending)
+        m.counter("fleetd_password_checks_refused_total", "Logins and password changes refused because the "
+                  "hashing pool was full (answered 429).", lambda: self.passwords.refused)
 
     def _extra_names(self) -> list[str]:
         names = []
@@ -124,12 +130,13 @@ class Fleet:
         def create(conn):  # type: ignore[no-untyped-def]
             if conn.execute("SELECT 1 FROM users LIMIT 1").fetchone():
                 return None
-            password = auth.generate_password()
+            password = auth.generate_password("admin")
             auth.create_user(conn, SYSTEM, "admin", password, "admin", must_change_password=True)
             return "admin", password
         return self.store.write_sync(create)
 
     def close(self) -> None:
+        self.passwords.close()
         self.store.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)

@@ -198,6 +198,8 @@ class Method:
     auth: str
     readonly: bool
     doc: str
+    # Callable by a session whose user must change their password first (the calls that lead there).
+    before_password_change: bool = False
     codec: Codec = field(init=False)
 
     def __post_init__(self) -> None:
@@ -218,9 +220,10 @@ class Service:
         self.doc = doc
         self.methods: dict[str, Method] = {}
 
-    def method(self, *, auth: Policy, readonly: bool = False, name: str | None = None
-               ) -> Callable[[Handler], Handler]:
-        """Register a handler. ``auth`` is mandatory; ``readonly`` methods also answer Connect GET."""
+    def method(self, *, auth: Policy, readonly: bool = False, name: str | None = None,
+               before_password_change: bool = False) -> Callable[[Handler], Handler]:
+        """Register a handler. ``auth`` is mandatory; ``readonly`` methods also answer Connect GET;
+        ``before_password_change`` methods answer a user who must change their password (see authorize)."""
         if auth not in POLICIES or auth == "ddi":
             raise ValueError(f"auth must be one of {POLICIES} other than ddi")
 
@@ -235,7 +238,7 @@ class Service:
             self.methods[mname] = Method(
                 service=self.name, name=mname, handler=fn, request_type=hints[params[1]],
                 response_type=hints["return"], auth=auth, readonly=readonly,
-                doc=inspect.getdoc(fn) or "",
+                doc=inspect.getdoc(fn) or "", before_password_change=before_password_change,
             )
             return fn
 
@@ -244,8 +247,12 @@ class Service:
 
 # --- authorization -----------------------------------------------------------
 
-def authorize(policy: str, principal: Principal) -> None:
-    """Raise unless ``principal`` may call something guarded by ``policy``."""
+def authorize(policy: str, principal: Principal, *, before_password_change: bool = False) -> None:
+    """Raise unless ``principal`` may call something guarded by ``policy``.
+
+    A session whose user must change their password may call only what is marked
+    ``before_password_change`` (ChangePassword, WhoAmI, Logout) until they have.
+    """
     if policy == "public":
         return
     if policy == "ddi":
@@ -253,6 +260,9 @@ def authorize(policy: str, principal: Principal) -> None:
     if principal.kind == "anonymous":
         raise Unauthenticated("this call needs credentials: an API key (Authorization: Bearer fk_...), "
                               "a device token, or a browser session")
+    if principal.must_change_password and not before_password_change:
+        raise PermissionDenied("change your password first: call UserService/ChangePassword (the web UI asks "
+                               "for it after login); until then only ChangePassword, WhoAmI and Logout answer")
     if policy == "device":
         if principal.kind != "device":
             raise PermissionDenied("this call is for devices only")
@@ -310,7 +320,8 @@ def _route(method: Method) -> HTTPRouteHandler:
     verbs = [HttpMethod.POST, HttpMethod.GET] if method.readonly else [HttpMethod.POST]
     return HTTPRouteHandler(
         path=method.path, http_method=verbs, name=f"{method.service}.{method.name}",
-        opt={"auth": method.auth, "rpc": method}, include_in_schema=False,
+        opt={"auth": method.auth, "rpc": method, "before_password_change": method.before_password_change},
+        include_in_schema=False,
     )(endpoint)
 
 

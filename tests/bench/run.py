@@ -15,13 +15,13 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from . import cases, ddi_poll, report, seed
+from . import cases, ddi_poll, login_flood, report, seed
 from .procs import find_tool, machine_info, missing_tools
 from .servers import start_fleetd, start_hello
 
-BENCHES = ("footprint", "checkin", "profile", "telemetry", "download", "ddi", "orchestrator", "agent")
+BENCHES = ("footprint", "checkin", "profile", "telemetry", "download", "ddi", "login", "orchestrator", "agent")
 # The benchmarks that need the seeded 100,000-device data dir; the others bring their own.
-SEEDED = {"footprint", "checkin", "profile", "telemetry", "download", "ddi"}
+SEEDED = {"footprint", "checkin", "profile", "telemetry", "download", "ddi", "login"}
 QUICK = cases.Config(devices=10_000, tokens=2_000, telemetry_devices=500, seconds=3, warmup=1, download_seconds=3,
                      baseline_rows=200_000, profile_seconds=3, orchestrator_devices=10_000,
                      orchestrator_points=100_000, agent_minutes=1.0)
@@ -91,7 +91,7 @@ def config_from(a: argparse.Namespace) -> cases.Config:
 def check_tools(only: list[str]) -> list[str]:
     """Refuse to start without what the chosen benchmarks need; drop the profile if only py-spy is missing."""
     needed = []
-    if {"checkin", "telemetry", "download", "profile", "ddi"} & set(only):
+    if {"checkin", "telemetry", "download", "profile", "ddi", "login"} & set(only):
         needed.append("wrk")
     if "download" in only:
         needed.append("nginx")
@@ -167,6 +167,8 @@ def run_seeded(cfg: cases.Config, only: list[str], workdir: Path, logs: Path,
         results.append(cases.download(cfg, fx, logs))
     if "ddi" in only:
         results.append(ddi_poll.bench(cfg, fx, workdir, logs))
+    if "login" in only:
+        results.append(login_flood.bench(cfg, fx, workdir, logs))
     return profile
 
 

@@ -53,9 +53,11 @@ def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: 
     raise RuntimeError(f"{url} did not answer within {timeout:.0f}s:\n{log.read_text()[-4000:]}")
 
 
-def _start(name: str, cmd: list[str], url: str, log: Path, probe: str = "/", timeout: float = 120) -> Service:
+def _start(name: str, cmd: list[str], url: str, log: Path, probe: str = "/", timeout: float = 120,
+           env: dict[str, str] | None = None) -> Service:
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                                env={**os.environ, **env} if env else None)
     service = Service(name, proc, url, log)
     try:
         _wait_until_up(url + probe, proc, log, timeout)
@@ -65,12 +67,13 @@ def _start(name: str, cmd: list[str], url: str, log: Path, probe: str = "/", tim
     return service
 
 
-def start_fleetd(data_dir: Path, logs: Path, log_name: str = "fleetd") -> Service:
-    """`fleetd serve` as a user runs it (HTTPS), without mDNS, logging warnings only."""
+def start_fleetd(data_dir: Path, logs: Path, log_name: str = "fleetd", env: dict[str, str] | None = None) -> Service:
+    """`fleetd serve` as a user runs it (HTTPS), without mDNS, logging warnings only; ``env`` adds settings
+    (FLEETD_*)."""
     port = free_port()
     cmd = [*fleetd_cmd(), "serve", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port),
            "--no-mdns", "--log-level", "warning"]
-    return _start("fleetd", cmd, f"https://127.0.0.1:{port}", logs / f"{log_name}.log", "/healthz")
+    return _start("fleetd", cmd, f"https://127.0.0.1:{port}", logs / f"{log_name}.log", "/healthz", env=env)
 
 
 def start_hello(data_dir: Path, logs: Path) -> Service:

@@ -201,3 +201,18 @@ def _cmdline(proc: Path) -> str:
         return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return ""
+
+
+def test_the_login_flood_sends_wrong_password_logins_at_the_pools_cap(tmp_path: Path) -> None:
+    from fleetd.api.users import LoginRequest
+
+    from . import login_flood
+    path = login_flood.write_logins(tmp_path / "login.requests", count=5)
+    codec = Codec(LoginRequest)
+    for line in path.read_text().splitlines():
+        _, body = line.split("\t")
+        req = codec.decode(body.encode())
+        assert req.username == "admin" and req.password.startswith("not-the-password")
+    s = Settings()
+    assert login_flood.flood_connections() == s.password_hash_workers + s.password_hash_queue
+    assert "login" in run.parse_args(["--only", "login"]).only

@@ -57,7 +57,7 @@ export function renderPasswordChange(main, {voluntary}) {
   voluntary ? null : h('p', {class: 'notice'}, `Welcome, ${session.me?.name}. Your password was generated for you; `
     + 'choose your own before you go on.'),
   known ? null : field('Current password', old),
-  field('New password', pw, 'At least 10 characters.'),
+  field('New password', pw, 'At least 10 characters, without your username.'),
   field('New password again', again),
   err,
   h('div', {class: 'actions'}, submit, voluntary ? h('a', {href: '#/', class: 'button'}, 'Cancel') : null));

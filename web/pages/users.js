@@ -60,7 +60,8 @@ export default async function users(ctx) {
 
   root.append(h('h1', {tabindex: -1}, 'Users & API keys'),
     section('Users', userForm, uerr, udone, usersErr, usersBox),
-    section('API keys', h('p', {class: 'hint'}, 'For scripts, the CLI and Prometheus. A key acts with its role.'),
+    section('API keys', h('p', {class: 'hint'}, 'For scripts, the CLI and Prometheus. A key acts with its role, never more than its creator’s; '
+      + 'disabling the creator suspends their keys, deleting them revokes the keys.'),
       keyForm, kerr, kdone,
       h('div', {class: 'actions'}, h('label', {}, showRevoked, ' Show revoked keys')), keysErr, keysBox));
 
@@ -108,7 +109,7 @@ export default async function users(ctx) {
             }}}, 'Set password'),
             h('button', {type: 'button', class: 'small danger', on: {click: async (ev) => {
               const ok = await confirmDialog({title: `Delete ${u.username}?`, danger: true, confirm: 'Delete',
-                message: 'The user can no longer log in. Their audit entries stay.'});
+                message: 'The user can no longer log in and their API keys are revoked. Their audit entries stay.'});
               if (ok) await userAction(ev.currentTarget, async () => {
                 await call('UserService', 'DeleteUser', {username: u.username});
                 notify(`Deleted ${u.username}`);
@@ -130,6 +131,8 @@ export default async function users(ctx) {
           {label: 'Name', value: (k) => k.name},
           {label: 'ID', value: (k) => k.id, cell: (k) => h('code', {}, k.id)},
           {label: 'Role', value: (k) => k.role},
+          {label: 'Created by', value: (k) => k.created_by || '',
+            cell: (k) => h('span', {}, k.created_by || '—', k.suspended && !k.revoked_at ? [' ', badge('revoked', 'suspended')] : null)},
           {label: 'Created', value: (k) => Date.parse(k.created_at || 0), cell: (k) => timeEl(k.created_at)},
           {label: 'Expires', value: (k) => k.expires_at || '', cell: (k) => (k.expires_at ? timeEl(k.expires_at, false) : 'never')},
           {label: 'Last used', value: (k) => k.last_used_at || '', cell: (k) => timeEl(k.last_used_at)},

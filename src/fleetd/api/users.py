@@ -10,7 +10,7 @@ from litestar.datastructures import Cookie
 from .. import audit, auth
 from ..auth import ApiKey, User
 from ..errors import InvalidArgument, PermissionDenied, Unauthenticated
-from ..models import now, to_dt
+from ..models import check_name, now, to_dt
 from ..rpc import Context, Empty, Service
 
 service = Service("UserService", "Admin users, browser sessions and API keys.")
@@ -27,34 +27,39 @@ class LoginResponse(msgspec.Struct, kw_only=True):
     expires_at: dt.datetime
 
 
+async def _checked_login(ctx: Context, username: str, password: str) -> auth.LoginRecord:
+    """Read the user (a reader thread), check the password (the hashing pool); Unauthenticated if wrong."""
+    fleet = ctx.fleet
+    fleet.login_limiter.hit(ctx.remote_addr or "?")
+    record = await fleet.store.read(lambda c: auth.login_record(c, username))
+    if not await fleet.passwords.run(auth.password_matches, record, password):
+        actor = audit.Actor("anonymous", None, username[:64], ctx.remote_addr)
+        await fleet.store.write(lambda c: audit.record(c, actor, "auth.login", username[:64], outcome="denied"))
+        raise Unauthenticated("wrong username or password")
+    assert record is not None
+    return record
+
+
 @service.method(auth="public")
 async def Login(ctx: Context, req: LoginRequest) -> LoginResponse:
     """Check a username and password; start a browser session (HTTP-only cookie)."""
     fleet = ctx.fleet
-    fleet.login_limiter.hit(ctx.remote_addr or "?")
-    actor = audit.Actor("anonymous", None, req.username[:64], ctx.remote_addr)
+    record = await _checked_login(ctx, req.username, req.password)
+    user = record.user
 
     def login(conn):  # type: ignore[no-untyped-def]
-        try:
-            user = auth.check_login(conn, req.username, req.password)
-        except Unauthenticated:
-            audit.record(conn, actor, "auth.login", req.username[:64], outcome="denied")
-            return None
-        session = auth.create_session(conn, user, fleet.settings.session_hours)
+        session = auth.start_session(conn, record, fleet.settings.session_hours)
         audit.record(conn, audit.Actor("user", user.id, user.username, ctx.remote_addr), "auth.login", user.id)
-        return user, session
+        return session
 
-    # The writer thread commits the audit entry of a failed attempt too.
-    result = await fleet.store.write(login)
-    if result is None:
-        raise Unauthenticated("wrong username or password")
-    user, session = result
+    # Only the session row and its audit entry go through the writer: the hash ran on the pool.
+    session = await fleet.store.write(login)
     ctx.set_cookie(Cookie(key=auth.SESSION_COOKIE, value=session.token, httponly=True, samesite="strict",
                           secure=fleet.settings.tls, path="/", max_age=fleet.settings.session_hours * 3600))
     return LoginResponse(user=user, csrf_token=session.csrf_token, expires_at=to_dt(session.expires_at))  # type: ignore[arg-type]
 
 
-@service.method(auth="viewer")
+@service.method(auth="viewer", before_password_change=True)
 async def Logout(ctx: Context, req: Empty) -> Empty:
     """End this browser session."""
     token = ctx.request.cookies.get(auth.SESSION_COOKIE)
@@ -75,7 +80,7 @@ class WhoAmIResponse(msgspec.Struct, kw_only=True):
     must_change_password: bool = False
 
 
-@service.method(auth="viewer", readonly=True)
+@service.method(auth="viewer", readonly=True, before_password_change=True)
 async def WhoAmI(ctx: Context, req: Empty) -> WhoAmIResponse:
     """Who the caller is: a user (session) or an API key, and its role."""
     p = ctx.principal
@@ -92,18 +97,16 @@ class ChangePasswordRequest(msgspec.Struct, kw_only=True):
     new_password: str
 
 
-@service.method(auth="viewer")
+@service.method(auth="viewer", before_password_change=True)
 async def ChangePassword(ctx: Context, req: ChangePasswordRequest) -> User:
-    """Change the caller's own password (users only); ends the user's other sessions."""
+    """Change the caller's own password (users only); ends the user's sessions."""
     p = ctx.principal
-    if p.kind != "user":
+    if p.kind != "user" or not p.name:
         raise PermissionDenied("only a logged-in user can change their password")
-    ctx.fleet.login_limiter.hit(ctx.remote_addr or "?")
-
-    def change(conn):  # type: ignore[no-untyped-def]
-        auth.check_login(conn, p.name, req.old_password)
-        return auth.set_password(conn, ctx.actor, p.id, req.new_password)
-    return await ctx.fleet.store.write(change)
+    record = await _checked_login(ctx, p.name, req.old_password)
+    hashed = await ctx.fleet.passwords.run(auth.new_password, req.new_password, record.user.username)
+    return await ctx.fleet.store.write(
+        lambda c: auth.set_password(c, ctx.actor, record.user.id, hashed, replaces=record.password_hash))
 
 
 class ListUsersResponse(msgspec.Struct, kw_only=True):
@@ -133,9 +136,11 @@ class CreateUserResponse(msgspec.Struct, kw_only=True):
 async def CreateUser(ctx: Context, req: CreateUserRequest) -> CreateUserResponse:
     """Create a user; without a password, one is generated and returned once."""
     generated = not req.password
-    password = auth.generate_password() if generated else req.password
+    password = auth.generate_password(req.username) if generated else req.password
+    check_name(req.username, "username")
+    hashed = await ctx.fleet.passwords.run(auth.new_password, password, req.username)
     user = await ctx.fleet.store.write(
-        lambda c: auth.create_user(c, ctx.actor, req.username, password, req.role,
+        lambda c: auth.create_user(c, ctx.actor, req.username, hashed, req.role,
                                    must_change_password=generated))
     return CreateUserResponse(user=user, password=password if generated else None)
 
@@ -161,8 +166,10 @@ class SetPasswordRequest(msgspec.Struct, kw_only=True):
 @service.method(auth="admin")
 async def SetPassword(ctx: Context, req: SetPasswordRequest) -> User:
     """Set another user's password; they must change it at next login."""
+    user = await ctx.fleet.store.read(lambda c: auth.get_user(c, req.username))
+    hashed = await ctx.fleet.passwords.run(auth.new_password, req.password, user.username)
     return await ctx.fleet.store.write(
-        lambda c: auth.set_password(c, ctx.actor, req.username, req.password, must_change_password=True))
+        lambda c: auth.set_password(c, ctx.actor, user.id, hashed, must_change_password=True))
 
 
 class DeleteUserRequest(msgspec.Struct, kw_only=True):

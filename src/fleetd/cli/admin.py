@@ -31,7 +31,7 @@ keys_app = typer.Typer(help="API keys for scripts and the CLI (offline with --da
                        no_args_is_help=True)
 
 USER_COLUMNS = ["id", "username", "role", "disabled", "must_change_password", "created_at"]
-KEY_COLUMNS = ["id", "name", "role", "created_by", "created_at", "expires_at", "revoked_at"]
+KEY_COLUMNS = ["id", "name", "role", "created_by", "suspended", "created_at", "expires_at", "revoked_at"]
 
 
 @users_app.command("list")
@@ -57,7 +57,7 @@ def users_create(
 ) -> None:
     """Create a user."""
     if generate:
-        password = auth.generate_password()
+        password = auth.generate_password(username)
     elif password is None:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     with errors_reported():

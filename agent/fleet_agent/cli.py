@@ -15,7 +15,7 @@ from typing import Any
 from . import __version__
 from .client import AgentError, ServerClient
 from .config import AgentState, ConfigError, Runtime, Settings, StateLock
-from .enroll import Enrolled, EnrollOptions, enroll
+from .enroll import Enrolled, EnrollOptions, enroll, key_lost_message
 from .identity import load_or_create_key
 from .queue import queue_stats
 from .runloop import Backoff, RunLoop
@@ -156,7 +156,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     with StateLock(paths):
         state = AgentState.load(paths)
-        if state is None or (args.token and state.status == "pending"):
+        key_lost = state is not None and not paths.key.exists()
+        if state is not None and key_lost:
+            # A new key alone would only fail Authenticate: enroll with it, which a re-key token lets in.
+            log.error("%s", key_lost_message(state, f"{paths.key} is missing, but {paths.state} says this device "
+                                                    "enrolled"))
+        if state is None or key_lost or (args.token and state.status == "pending"):
             try:
                 res = _enroll_until_done(settings, _options(args), stop, args.once)
             except AgentError:

@@ -63,6 +63,14 @@ class UnknownDevice(AgentError):
     """The server does not know this device id (deleted, rejected, or another server): enroll again."""
 
 
+class KeyMismatch(UnknownDevice):
+    """The server knows this device id with another key: this device lost its key (docs/protocol.md §5)."""
+
+
+# Authenticate's 401 message when the signature is not by the device's enrolled key (src/fleetd/api/device.py).
+KEY_MISMATCH = "the signature does not match this device's key"
+
+
 @dataclass(frozen=True)
 class JoinToken:
     token: str
@@ -180,8 +188,13 @@ class ServerClient:
             raise
         nonce = str(ch.get("nonce", ""))
         sig = self.key.sign(challenge_message(self.device_id, nonce))
-        resp = self._post("Authenticate", {"device_id": self.device_id, "nonce": nonce,
-                                           "signature": base64.b64encode(sig).decode()}, None)
+        try:
+            resp = self._post("Authenticate", {"device_id": self.device_id, "nonce": nonce,
+                                               "signature": base64.b64encode(sig).decode()}, None)
+        except AgentError as e:
+            if e.http_status == 401 and e.message == KEY_MISMATCH:
+                raise KeyMismatch(e.code, e.message, http_status=401) from None
+            raise
         self._token = str(resp.get("token", ""))
         self._expires = time.monotonic() + float(resp.get("expires_in") or 0)
         self.status = str(resp.get("status", ""))
@@ -252,5 +265,5 @@ class ServerClient:
         return resp
 
 
-__all__ = ["AgentError", "JoinToken", "ServerClient", "UnknownDevice", "ca_fingerprint", "check_base_url",
-           "fetch_ca_unverified", "parse_join_token", "pinned_context", "same_fingerprint"]
+__all__ = ["AgentError", "JoinToken", "KeyMismatch", "ServerClient", "UnknownDevice", "ca_fingerprint",
+           "check_base_url", "fetch_ca_unverified", "parse_join_token", "pinned_context", "same_fingerprint"]

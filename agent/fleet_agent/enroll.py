@@ -154,10 +154,22 @@ def enroll(settings: Settings, opts: EnrollOptions) -> Enrolled:
     raise last
 
 
+def _rekey_advice(hardware_id: str) -> str:
+    return (f"An admin runs 'fleetd devices rekey {hardware_id}' and gives the device the token it prints (then run "
+            "fleet-agent enroll --token TOKEN here, or the agent with --token TOKEN or FLEET_AGENT_TOKEN=TOKEN), or "
+            "deletes the device.")
+
+
 def lost_key_message(hardware_id: str) -> str:
-    return (f"hardware id {hardware_id} is already enrolled with another key (did this device lose its key?). An "
-            f"admin runs 'fleetd devices rekey {hardware_id}' and gives the device the token it prints (then run "
-            "fleet-agent enroll --token TOKEN here), or deletes the device.")
+    """What to do when Enroll answers 409: the hardware id is enrolled with another key."""
+    return (f"hardware id {hardware_id} is already enrolled with another key (did this device lose its key?). "
+            + _rekey_advice(hardware_id))
+
+
+def key_lost_message(state: AgentState, why: str) -> str:
+    """What to do when this enrolled device no longer has the key it enrolled with."""
+    return (f"{why}: device {state.device_id} (hardware id {state.hardware_id}) lost the key it enrolled with, and a "
+            "new key is not let in without an admin. " + _rekey_advice(state.hardware_id))
 
 
 def _enroll_call(client: ServerClient, hardware_id: str, device_type: str, key: Ed25519PrivateKey,
@@ -200,4 +212,4 @@ def _accept(resp: dict[str, Any], url: str, pem: str, existing: AgentState | Non
         trust="token" if with_token else (existing.trust if existing else "tofu"), discovered=discovered)
 
 
-__all__ = ["EnrollOptions", "Enrolled", "enroll", "lost_key_message"]
+__all__ = ["EnrollOptions", "Enrolled", "enroll", "key_lost_message", "lost_key_message"]

@@ -23,8 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 from . import discovery, inventory
-from .client import AgentError, ServerClient, UnknownDevice
+from .client import AgentError, KeyMismatch, ServerClient, UnknownDevice
 from .config import AgentState, Runtime, Settings
+from .enroll import key_lost_message
 from .queue import DiskQueue
 from .telemetry import Sampler
 from .worker import TERMINAL, ActionWorker, Report, load_executor
@@ -168,7 +169,7 @@ class RunLoop:
             self._online = False
             self._failures += 1
             self._note_error(str(e))
-            self._enroll_again()
+            self._enroll_again(e)
             return False
         except AgentError as e:
             self._online = False
@@ -385,12 +386,21 @@ class RunLoop:
             msg += f"; fleet CA fingerprint {self.state.ca_fingerprint} (compare it with the server's)"
         log.warning("%s", msg)
 
-    def _enroll_again(self) -> None:
+    def _enroll_again(self, why: UnknownDevice) -> None:
+        if isinstance(why, KeyMismatch) and not self.token:
+            # Enrolling with this key again is refused (409) until an admin re-keys the device: say so, once a try.
+            message = key_lost_message(self.state, "the server refuses this device's key")
+            self._note_error(message)
+            log.error("%s", message)
+            return
         if self.reenroll is None:
             log.error("the server no longer knows this device; run fleet-agent enroll")
             return
-        log.warning("the server no longer knows device %s (deleted or rejected); enrolling again",
-                    self.state.device_id)
+        if isinstance(why, KeyMismatch):
+            log.warning("the server refuses this device's key; enrolling again with the token given")
+        else:
+            log.warning("the server no longer knows device %s (deleted or rejected); enrolling again",
+                        self.state.device_id)
         try:
             self.state = self.reenroll()
         except AgentError as e:

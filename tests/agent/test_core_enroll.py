@@ -206,6 +206,40 @@ def test_a_device_that_lost_its_key_is_told_what_to_do(server: ServerProcess, ad
     assert run_agent(old_card, "run", "--once").returncode == 1
 
 
+def test_a_device_whose_key_file_is_gone_is_told_what_to_do(server: ServerProcess, admin: str,
+                                                            tmp_path: Path) -> None:
+    sd = tmp_path / "agent"
+    ok(run_agent(sd, "enroll", "--server", server.url, "--token", make_token(server, admin), "--hardware-id",
+                 "core-nokey-1"))
+    device_id = state(sd)["device_id"]
+    advice = "An admin runs 'fleetd devices rekey core-nokey-1' and gives the device the token it prints"
+    (sd / "device.key").unlink()
+    # At start: the key is missing while state.json names the device. It enrolls with a new key, which is refused.
+    p = run_agent(sd, "run", "--once")
+    assert p.returncode == 1
+    assert f"device.key is missing, but {sd / 'state.json'} says this device enrolled: device {device_id} " \
+           "(hardware id core-nokey-1) lost the key it enrolled with" in p.stderr, p.stderr
+    assert advice in p.stderr and "FLEET_AGENT_TOKEN=TOKEN" in p.stderr
+    # The next start has a (new) key, and Authenticate refuses it: the same advice, not a bare error.
+    p = run_agent(sd, "run", "--once")
+    assert p.returncode == 1
+    assert "the server refuses this device's key: device" in p.stderr and advice in p.stderr, p.stderr
+    assert advice in json.loads(run_agent(sd, "status", "--json").stdout)["last_error"]
+    # run with the re-key token the admin got: it enrolls again with its new key as the same device.
+    rekey = call(server, admin, "DeviceAdminService", "RekeyDevice", {"id": "core-nokey-1"})["token"]["token"]
+    p = run_agent(sd, "run", "--once", env=agent_env(FLEET_AGENT_TOKEN=rekey))
+    assert "enrolling again with the token given" in p.stderr, p.stderr
+    assert state(sd)["device_id"] == device_id and state(sd)["status"] == "active"
+    ok(run_agent(sd, "run", "--once"))
+    # Lost again, and re-run at once with a re-key token: it enrolls at start and checks in.
+    (sd / "device.key").unlink()
+    rekey = call(server, admin, "DeviceAdminService", "RekeyDevice", {"id": "core-nokey-1"})["token"]["token"]
+    p = ok(run_agent(sd, "run", "--once", "--token", rekey))
+    assert "lost the key it enrolled with" in p.stderr and f"as {device_id} (active)" in p.stderr
+    d = device(server, admin, "core-nokey-1")
+    assert d is not None and d["id"] == device_id and d["last_seen"]
+
+
 # --- mDNS ------------------------------------------------------------------------------
 
 def _advertise(zc: Zeroconf, name: str, port: int, ca: str) -> None:

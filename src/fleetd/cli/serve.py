@@ -65,15 +65,21 @@ def serve(
     ddi_anonymous_download: Annotated[bool, typer.Option(
         "--ddi-anonymous-download", help="Let DDI clients download artifacts without a token "
         "(env FLEETD_DDI_ANONYMOUS_DOWNLOAD=1).")] = False,
+    trusted_proxy: Annotated[list[str] | None, typer.Option(
+        "--trusted-proxy", help="A reverse proxy (IP or CIDR) whose X-Forwarded-For / X-Forwarded-Proto "
+        "headers are believed; repeatable (env FLEETD_TRUSTED_PROXIES, comma-separated). Default: none.",
+        show_default=False)] = None,
 ) -> None:
     """Run the fleetd server (HTTPS, the API, the web UI, mDNS)."""
     import uvicorn
 
     from ..app import create_app
+    from ..http_limits import guarded_protocol
 
     flags = {"data_dir": data_dir, "host": host, "port": port, "public_url": public_url, "log_level": log_level,
              "tls": False if no_tls else None, "mdns": False if no_mdns else None, "ddi_tenant": ddi_tenant,
-             "ddi_anonymous_download": True if ddi_anonymous_download else None}
+             "ddi_anonymous_download": True if ddi_anonymous_download else None,
+             "trusted_proxies": trusted_proxy or None}
     try:
         settings = load_settings(flags, config)
     except FleetdError as e:
@@ -98,7 +104,12 @@ def serve(
         server = _make_server(uvicorn.Config(
             app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
             lifespan="on", server_header=False, log_config=None, timeout_graceful_shutdown=10,
-            ssl_certfile=certfile, ssl_keyfile=keyfile), app)
+            ssl_certfile=certfile, ssl_keyfile=keyfile,
+            http=guarded_protocol(settings.request_head_timeout, settings.max_unfinished_requests),
+            # Forwarding headers only from the configured proxies (uvicorn would trust 127.0.0.1 and
+            # $FORWARDED_ALLOW_IPS by default).
+            proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies or [],
+        ), app)
         server.run()
     finally:
         fleet.close()

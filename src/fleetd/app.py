@@ -13,7 +13,7 @@ from litestar.exceptions import MethodNotAllowedException, NotFoundException
 from litestar.handlers import BaseRouteHandler
 from litestar.static_files import create_static_files_router
 
-from . import __version__, agent_dist, http_blobs, http_ddi, http_events, openapi, rpc
+from . import __version__, agent_dist, disk, http_blobs, http_ddi, http_events, openapi, rpc
 from .api import alerts as alerts_api
 from .api import artifacts as artifacts_api
 from .api import audit as audit_api
@@ -25,7 +25,7 @@ from .api import rollouts as rollouts_api
 from .api import telemetry as telemetry_api
 from .api import users as users_api
 from .auth import CSRF_HEADER, SESSION_COOKIE
-from .errors import PermissionDenied, Unavailable
+from .errors import PermissionDenied
 from .fleet import Fleet
 from .maintenance import Maintenance
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -62,13 +62,18 @@ async def auth_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: Ba
 
 
 @get("/healthz", opt={"auth": "public"}, include_in_schema=False)
-async def healthz(request: Request[Any, Any, Any]) -> dict[str, Any]:
+async def healthz(request: Request[Any, Any, Any]) -> Response[bytes]:
     fleet: Fleet = request.app.state.fleet
+    reasons = disk.health_problems(fleet.data_dir, fleet.settings.disk_min_free_mib, db_full=fleet.store.disk_full,
+                                   blobs_full=fleet.blobs.disk_full)
     try:
         await fleet.store.read(lambda c: c.execute("SELECT 1").fetchone())
     except Exception as e:
-        raise Unavailable(f"database unavailable: {e}") from None
-    return {"status": "ok", "version": __version__}
+        reasons.insert(0, f"database unavailable: {e}")
+    if reasons:
+        return Response(rpc.encode({"status": "degraded", "version": __version__, "reasons": reasons}),
+                        status_code=503, media_type=rpc.JSON)
+    return Response(rpc.encode({"status": "ok", "version": __version__}), media_type=rpc.JSON)
 
 
 @get("/v1/ca.pem", opt={"auth": "public"}, include_in_schema=False)
@@ -110,8 +115,11 @@ PLAIN_PATHS: dict[str, Any] = {
     **agent_dist.OPENAPI_PATHS,
     **http_events.OPENAPI_PATHS,
     **http_ddi.OPENAPI_PATHS,
-    "/healthz": {"get": {"summary": "Liveness and database check (no auth)", "responses": {"200": {
-        "description": "OK"}, "503": {"description": "database unavailable"}}}},
+    "/healthz": {"get": {"summary": "Liveness, database and disk check (no auth)",
+                         "responses": {"200": {"description": '{"status": "ok", "version": ...}'},
+                                       "503": {"description": '{"status": "degraded", "version": ..., "reasons": '
+                                                              '[...]}: the database does not answer, or the data '
+                                                              "dir's disk is (nearly) full"}}}},
     "/v1/ca.pem": {"get": {"summary": "The fleet CA certificate (no auth)",
                            "responses": {"200": {"description": "PEM"}}}},
     "/metrics": {"get": {"summary": "Prometheus metrics, text format 0.0.4 (viewer role; an API key works)",

@@ -123,9 +123,10 @@ class _Guarded(HttpToolsProtocol):
             self.transport.close()
 
 
-def guarded_protocol(timeout: float, cap: int) -> type[HttpToolsProtocol]:
-    """uvicorn's HTTP protocol class (``uvicorn.Config(http=...)``) with a fresh guard of these limits."""
-    return type("GuardedHttpToolsProtocol", (_Guarded,), {"guard": HeadGuard(timeout, cap)})
+def guarded_protocol(timeout: float, cap: int) -> tuple[type[HttpToolsProtocol], HeadGuard]:
+    """uvicorn's HTTP protocol class (``uvicorn.Config(http=...)``) reporting to a fresh guard, and the guard."""
+    guard = HeadGuard(timeout, cap)
+    return type("GuardedHttpToolsProtocol", (_Guarded,), {"guard": guard}), guard
 
 
 __all__ = ["MAX_HEAD_BYTES", "HeadGuard", "guarded_protocol"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -57,6 +58,9 @@ def test_unfinished_heads_are_capped_and_spare_established_connections(tmp_path:
             with server.client(timeout=30) as c:
                 assert c.get("/healthz").status_code == 200
             assert closed_by_server(slow[0])  # the oldest unfinished one made room
+            with server.client(server.create_key("viewer")) as c:
+                metrics = c.get("/metrics").text
+            assert re.search(r"^fleetd_http_closed_over_cap_total [1-9]", metrics, re.M), metrics
             established.sendall(b"}")
             assert established.recv(1024).startswith(b"HTTP/1.1 ")
             keep_alive.request("GET", "/healthz")

@@ -45,6 +45,20 @@ def _make_server(config: Any, app: Any) -> Any:
     return Server(config)
 
 
+def _guarded_protocol(fleet: Fleet) -> type:
+    """uvicorn's HTTP protocol with the slowloris limits (http_limits.py), its counts in /metrics."""
+    from ..http_limits import guarded_protocol
+
+    protocol, guard = guarded_protocol(fleet.settings.request_head_timeout, fleet.settings.max_unfinished_requests)
+    m = fleet.metrics
+    m.gauge("fleetd_http_unfinished_requests", "Connections waiting for their request head.", lambda: len(guard))
+    m.counter("fleetd_http_closed_slow_total", "Connections closed for not sending their request head within "
+              "request_head_timeout.", lambda: guard.closed_slow)
+    m.counter("fleetd_http_closed_over_cap_total", "Connections waiting for their request head closed to make room "
+              "(max_unfinished_requests).", lambda: guard.closed_over_cap)
+    return protocol
+
+
 def serve(
     data_dir: Annotated[str | None, typer.Option(help="Where all state lives (env FLEETD_DATA_DIR; "
                                                   "default ./fleetd-data).", show_default=False)] = None,
@@ -74,7 +88,6 @@ def serve(
     import uvicorn
 
     from ..app import create_app
-    from ..http_limits import guarded_protocol
 
     flags = {"data_dir": data_dir, "host": host, "port": port, "public_url": public_url, "log_level": log_level,
              "tls": False if no_tls else None, "mdns": False if no_mdns else None, "ddi_tenant": ddi_tenant,
@@ -105,7 +118,7 @@ def serve(
             app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
             lifespan="on", server_header=False, log_config=None, timeout_graceful_shutdown=10,
             ssl_certfile=certfile, ssl_keyfile=keyfile,
-            http=guarded_protocol(settings.request_head_timeout, settings.max_unfinished_requests),
+            http=_guarded_protocol(fleet),
             # Forwarding headers only from the configured proxies (uvicorn would trust 127.0.0.1 and
             # $FORWARDED_ALLOW_IPS by default).
             proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies or [],

@@ -43,3 +43,15 @@ def test_bad_settings_are_explained(tmp_path: Path, content: str, fragment: str)
 def test_env_value_of_wrong_type(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="port"):
         load_settings({"data_dir": str(tmp_path)}, environ={"FLEETD_PORT": "eighty"})
+
+
+def test_trusted_proxies_from_env_file_and_flags(tmp_path: Path) -> None:
+    s = load_settings({}, environ={"FLEETD_TRUSTED_PROXIES": " 10.1.2.3/8 , ::1,"})
+    assert s.trusted_proxies == ["10.0.0.0/8", "::1"]
+    cfg = tmp_path / "f.toml"
+    cfg.write_text('trusted_proxies = ["192.168.1.10"]\n')
+    assert load_settings({}, cfg, environ={}).trusted_proxies == ["192.168.1.10"]
+    assert load_settings({"trusted_proxies": ["127.0.0.1"]}, cfg, environ={}).trusted_proxies == ["127.0.0.1"]
+    assert load_settings({}, environ={}).trusted_proxies == []
+    with pytest.raises(InvalidArgument, match=r"'proxy\.example' is not an IP address or a CIDR"):
+        load_settings({}, environ={"FLEETD_TRUSTED_PROXIES": "proxy.example"})

@@ -13,7 +13,7 @@ from litestar.exceptions import MethodNotAllowedException, NotFoundException
 from litestar.handlers import BaseRouteHandler
 from litestar.static_files import create_static_files_router
 
-from . import __version__, agent_dist, http_blobs, http_ddi, http_events, openapi, rpc
+from . import __version__, agent_dist, disk, http_blobs, http_ddi, http_events, openapi, rpc, security_headers
 from .api import alerts as alerts_api
 from .api import artifacts as artifacts_api
 from .api import audit as audit_api
@@ -25,7 +25,7 @@ from .api import rollouts as rollouts_api
 from .api import telemetry as telemetry_api
 from .api import users as users_api
 from .auth import CSRF_HEADER, SESSION_COOKIE
-from .errors import PermissionDenied, Unavailable
+from .errors import PermissionDenied
 from .fleet import Fleet
 from .maintenance import Maintenance
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -62,13 +62,18 @@ async def auth_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: Ba
 
 
 @get("/healthz", opt={"auth": "public"}, include_in_schema=False)
-async def healthz(request: Request[Any, Any, Any]) -> dict[str, Any]:
+async def healthz(request: Request[Any, Any, Any]) -> Response[bytes]:
     fleet: Fleet = request.app.state.fleet
+    reasons = disk.health_problems(fleet.data_dir, fleet.settings.disk_min_free_mib, db_full=fleet.store.disk_full,
+                                   blobs_full=fleet.blobs.disk_full)
     try:
         await fleet.store.read(lambda c: c.execute("SELECT 1").fetchone())
     except Exception as e:
-        raise Unavailable(f"database unavailable: {e}") from None
-    return {"status": "ok", "version": __version__}
+        reasons.insert(0, f"database unavailable: {e}")
+    if reasons:
+        return Response(rpc.encode({"status": "degraded", "version": __version__, "reasons": reasons}),
+                        status_code=503, media_type=rpc.JSON)
+    return Response(rpc.encode({"status": "ok", "version": __version__}), media_type=rpc.JSON)
 
 
 @get("/v1/ca.pem", opt={"auth": "public"}, include_in_schema=False)
@@ -110,12 +115,18 @@ PLAIN_PATHS: dict[str, Any] = {
     **agent_dist.OPENAPI_PATHS,
     **http_events.OPENAPI_PATHS,
     **http_ddi.OPENAPI_PATHS,
-    "/healthz": {"get": {"summary": "Liveness and database check (no auth)", "responses": {"200": {
-        "description": "OK"}, "503": {"description": "database unavailable"}}}},
-    "/v1/ca.pem": {"get": {"summary": "The fleet CA certificate (no auth)",
+    "/healthz": {"get": {"summary": "Liveness, database and disk check (no auth)", **openapi.auth("public"),
+                         "responses": {"200": {"description": '{"status": "ok", "version": ...}'},
+                                       "503": {"description": '{"status": "degraded", "version": ..., "reasons": '
+                                                              '[...]}: the database does not answer, or the data '
+                                                              "dir's disk is (nearly) full"}}}},
+    "/v1/ca.pem": {"get": {"summary": "The fleet CA certificate (no auth)", **openapi.auth("public"),
                            "responses": {"200": {"description": "PEM"}}}},
     "/metrics": {"get": {"summary": "Prometheus metrics, text format 0.0.4 (viewer role; an API key works)",
-                         "responses": {"200": {"description": "text/plain; version=0.0.4"}}}},
+                         **openapi.auth("viewer"),
+                         "responses": {"200": {"description": "text/plain; version=0.0.4"},
+                                       "401": {"description": "no credentials"},
+                                       "403": {"description": "a device, or a role below viewer"}}}},
 }
 
 
@@ -156,6 +167,7 @@ def create_app(fleet: Fleet) -> Litestar:
                                    "public_url": fleet.settings.public_url.rstrip("/")}
     web = create_static_files_router(path="/", directories=[data_dir("web")], html_mode=True,
                                      opt={"auth": "public"}, include_in_schema=False, name="web",
+                                     after_request=security_headers.ui_headers,
                                      exception_handlers={NotFoundException: http_ddi.outside_routes})
     app = Litestar(
         route_handlers=[*rpc.routes(SERVICES), healthz, ca_pem, metrics_endpoint, *http_blobs.ROUTES,
@@ -164,6 +176,7 @@ def create_app(fleet: Fleet) -> Litestar:
                         _openapi_route(doc), web],
         guards=[auth_guard],
         middleware=[fleet.metrics.middleware],
+        before_send=[security_headers.every_response(fleet.settings.tls)],
         exception_handlers={Exception: rpc.error_response, MethodNotAllowedException: http_ddi.outside_routes},
         lifespan=[lifespan],
         openapi_config=None,

@@ -13,6 +13,7 @@ either both or neither, never a row without its file.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -30,6 +31,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 
+from . import disk
 from .db import Store, transaction
 from .errors import FleetdError, InvalidArgument, PayloadTooLarge
 from .fsutil import fsync_dir
@@ -82,16 +84,9 @@ def check_sha256(value: str) -> str:
     return value.lower()
 
 
-def _human(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
-
-
 def _too_large(cap: int) -> PayloadTooLarge:
     return PayloadTooLarge(
-        f"the upload is larger than the limit of {cap} bytes ({_human(cap)}); raise it with the "
+        f"the upload is larger than the limit of {cap} bytes ({disk.human(cap)}); raise it with the "
         f"max_upload_bytes setting (env FLEETD_MAX_UPLOAD_BYTES)")
 
 
@@ -104,11 +99,20 @@ def _run(fn: Callable[..., T], *args: Any) -> Any:
 # --- writing -------------------------------------------------------------------
 
 class _TempBlob:
-    """A temp file being filled and hashed. Thread-safe: cleanup may race a write."""
+    """A temp file being filled and hashed. Thread-safe: cleanup may race a write.
+
+    It holds an flock until it is published or discarded: a temp file nobody holds belongs to a dead
+    upload (a server or CLI killed mid-write), which :func:`_remove_if_dead` may delete at any time.
+    """
 
     def __init__(self, tmp_dir: Path) -> None:
-        self.path = tmp_dir / f"{secrets.token_hex(8)}.part"
-        self._file = open(self.path, "xb", opener=lambda p, flags: os.open(p, flags, 0o600))  # noqa: SIM115
+        while True:
+            self.path = tmp_dir / f"{secrets.token_hex(8)}.part"
+            self._file = open(self.path, "xb", opener=lambda p, flags: os.open(p, flags, 0o600))  # noqa: SIM115
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+            if os.fstat(self._file.fileno()).st_nlink:
+                break
+            self._file.close()  # removed as dead between its creation and our lock: take another name
         self._lock = threading.Lock()
         self.size = 0
         self._sha256, self._sha1, self._md5 = hashlib.sha256(), hashlib.sha1(), hashlib.md5()
@@ -124,18 +128,39 @@ class _TempBlob:
             self.size += len(data)
 
     def finish(self) -> BlobInfo:
+        """Flush and fsync; the file stays open (and locked) until :meth:`close` or :meth:`discard`."""
         with self._lock:
             self._file.flush()
             os.fsync(self._file.fileno())
-            self._file.close()
             os.chmod(self.path, FILE_MODE)
             return BlobInfo(sha256=self._sha256.hexdigest(), size=self.size, md5=self._md5.hexdigest(),
                             sha1=self._sha1.hexdigest())
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
 
     def discard(self) -> None:
         with self._lock:
             self._file.close()
             self.path.unlink(missing_ok=True)
+
+
+def _remove_if_dead(path: Path) -> bool:
+    """Delete a temp file that no live upload holds (see :class:`_TempBlob`); whether it was deleted."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    else:
+        path.unlink(missing_ok=True)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _upsert(conn: sqlite3.Connection, info: BlobInfo) -> None:
@@ -207,6 +232,7 @@ class _Layout:
                 fsync_dir(self.root)
             # Replacing an existing copy is harmless (same bytes) and restores a lost file.
             os.replace(temp.path, final)
+            temp.close()
             fsync_dir(shard)
             write(lambda conn: _upsert(conn, info))
 
@@ -228,7 +254,7 @@ def put_sync(root: Path, conn: sqlite3.Connection, chunks: Iterable[bytes],
     try:
         layout.publish(temp, info, write)
     finally:
-        temp.path.unlink(missing_ok=True)
+        temp.discard()  # after publishing: only closes (the file has its final name)
     return info
 
 
@@ -278,7 +304,10 @@ class BlobStore:
         self.root = root
         self.store = store
         self.max_bytes = max_bytes
-        self._active: set[Path] = set()  # temp files of uploads in progress: never gc'd
+        self.disk_full = False  # whether the last upload failed on a full disk (/healthz reports it)
+        removed = sum(_remove_if_dead(f) for f in self._layout.tmp.iterdir())
+        if removed:
+            log.info("removed %d temp files of uploads that died with their process", removed)
 
     def path(self, sha256: str) -> Path:
         return self._layout.path(sha256)
@@ -290,7 +319,6 @@ class BlobStore:
         """
         cap = self.max_bytes if max_bytes is None else max_bytes
         temp: _TempBlob = await _run(_TempBlob, self._layout.tmp)
-        self._active.add(temp.path)
         try:
             buf = bytearray()
             total = 0
@@ -309,13 +337,13 @@ class BlobStore:
                 await _run(temp.write, buf)
             info: BlobInfo = await _run(temp.finish)
             await _run(self._layout.publish, temp, info, self.store.write_sync)
-            return info
-        except BaseException:
+        except BaseException as e:
+            self.disk_full = disk.is_full(e)
             with anyio.CancelScope(shield=True):
                 await _run(temp.discard)
             raise
-        finally:
-            self._active.discard(temp.path)
+        self.disk_full = False
+        return info
 
     async def put_bytes(self, data: bytes) -> BlobInfo:
         async def one() -> AsyncIterator[bytes]:
@@ -400,7 +428,7 @@ class BlobStore:
         report.temp_files = await _run(self._delete_stale_temps, cutoff)
         if report.deleted or report.orphan_files or report.temp_files:
             log.info("blob gc: %d blobs (%s), %d orphan files, %d temp files removed", len(report.deleted),
-                     _human(report.bytes_freed), report.orphan_files, report.temp_files)
+                     disk.human(report.bytes_freed), report.orphan_files, report.temp_files)
         return report
 
     def _delete_orphans(self, cutoff: float) -> int:
@@ -427,10 +455,8 @@ class BlobStore:
         removed = 0
         for f in self._layout.tmp.iterdir():
             try:
-                if f in self._active or f.stat().st_mtime >= cutoff:
-                    continue
-                f.unlink()
-                removed += 1
+                if f.stat().st_mtime < cutoff and _remove_if_dead(f):
+                    removed += 1
             except FileNotFoundError:
                 continue
         return removed

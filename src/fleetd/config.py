@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -64,6 +65,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # checks waiting; beyond that, logins and password changes answer resource_exhausted (429, Retry-After).
     password_hash_workers: int = 2
     password_hash_queue: int = 8
+    # Slowloris guard (docs/operations.md, "Connection limits"): seconds a connection gets to send a complete
+    # request head, and how many connections may wait for theirs at once (one more closes the oldest).
+    request_head_timeout: float = 10
+    max_unfinished_requests: int = 500
+    # Proxies (IPs or CIDRs) whose X-Forwarded-For / X-Forwarded-Proto are believed; none by default.
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    # /healthz reports degraded when the data dir's disk has less free space than this many MiB; 0: never.
+    disk_min_free_mib: int = 100
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -84,6 +93,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"{name} must be 0 (no limit) or positive")
         parse_networks(self.webhook_allowed_networks)
+        if self.request_head_timeout <= 0 or self.max_unfinished_requests <= 0:
+            raise InvalidArgument("request_head_timeout and max_unfinished_requests must be positive")
+        if self.disk_min_free_mib < 0:
+            raise InvalidArgument("disk_min_free_mib must be 0 (no check) or more")
+        self.trusted_proxies = [_ip_or_network(p) for p in self.trusted_proxies]
 
     @property
     def data_path(self) -> Path:
@@ -94,8 +108,23 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return "https" if self.tls else "http"
 
 
+def _ip_or_network(value: str) -> str:
+    """The canonical form of an IP address or a CIDR network (host bits allowed: 10.1.2.3/8 is 10.0.0.0/8)."""
+    try:
+        if "/" in value:
+            return str(ipaddress.ip_network(value.strip(), strict=False))
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise InvalidArgument(f"trusted_proxies: {value!r} is not an IP address or a CIDR network "
+                              "(e.g. 10.0.0.5 or 10.0.0.0/24)") from None
+
+
 def _field_names() -> tuple[str, ...]:
     return Settings.__struct_fields__
+
+
+_LIST_FIELDS = frozenset(f.name for f in msgspec.inspect.type_info(Settings).fields  # type: ignore[attr-defined]
+                         if isinstance(f.type, msgspec.inspect.ListType))
 
 
 def _from_env(environ: dict[str, str]) -> dict[str, Any]:
@@ -103,7 +132,7 @@ def _from_env(environ: dict[str, str]) -> dict[str, Any]:
     for name in _field_names():
         raw = environ.get(ENV_PREFIX + name.upper())
         if raw is not None:
-            out[name] = raw
+            out[name] = [v.strip() for v in raw.split(",") if v.strip()] if name in _LIST_FIELDS else raw
     return out
 
 

@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import queue
 import re
 import sqlite3
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import disk
 from .errors import FailedPrecondition, FleetdError
 from .resources import data_dir
 
@@ -30,17 +32,21 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# Seconds a write waits for another connection's lock (offline CLI commands share the file).
+BUSY_TIMEOUT = 30.0
+# At start, a lock held longer than this is another process's, not a short offline command's.
+STARTUP_BUSY_TIMEOUT = 3.0
 
 
-def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: str | Path, *, readonly: bool = False, busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
     conn = sqlite3.connect(
-        str(path), isolation_level=None, check_same_thread=False, timeout=30.0
+        str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout
     )
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
     # Page cache in KiB (negative). Each connection has its own, and the pooled readers keep theirs for
     # the process's life, so readers get SQLite's default 2 MiB (the OS page cache has the file anyway);
     # the writer, which updates indexes, gets more.
@@ -56,10 +62,13 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # After some errors (SQLITE_FULL, a failed COMMIT) SQLite has rolled back already, or not: roll back
+        # only what is still open, so the caller sees the error that happened, not "no transaction is active".
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 # --- migrations -------------------------------------------------------------
@@ -136,6 +145,63 @@ def _split_sql(sql: str) -> list[str]:
     return stmts
 
 
+# --- opening at start -------------------------------------------------------------
+
+class StoreUnusable(FleetdError):
+    """The database cannot be used at all: damaged, locked by another process, unreadable."""
+
+
+_RESTORE_HINT = ("Check a backup with `fleetd restore --check BACKUP.tar`, then restore it with "
+                 "`fleetd restore BACKUP.tar --data-dir NEW` and start fleetd with --data-dir NEW.")
+
+
+def open_checked(path: Path) -> sqlite3.Connection:
+    """A connection to ``path`` that has read the schema and taken (and released) the write lock.
+
+    A damaged file or a lock another process holds ends here within seconds, with what to do next,
+    instead of a traceback after the 30 s busy timeout.
+    """
+    conn = None
+    try:
+        conn = connect(path, busy_timeout=STARTUP_BUSY_TIMEOUT)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return conn
+    except sqlite3.DatabaseError as e:
+        if conn is not None:
+            conn.close()
+        raise _unusable(path, e) from None
+
+
+def _unusable(path: Path, e: sqlite3.DatabaseError) -> StoreUnusable:
+    code = getattr(e, "sqlite_errorcode", None)
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        holders = _processes_using(path)
+        who = f"another process ({', '.join(holders)})" if holders else "another process"
+        return StoreUnusable(f"{who} is using the database {path} and holds its lock. Stop it (or let it "
+                             "finish), then start fleetd again.")
+    if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+        return StoreUnusable(f"the database {path} is damaged ({e}). {_RESTORE_HINT}")
+    return StoreUnusable(f"cannot use the database {path}: {e}. Check that it is a fleetd database that this "
+                         f"user may read and write. {_RESTORE_HINT}")
+
+
+def _processes_using(path: Path) -> list[str]:
+    """"pid N (name)" of the other processes with the database open (Linux /proc; empty elsewhere)."""
+    names = {str(path), f"{path}-wal", f"{path}-shm"}
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        if proc.name == str(os.getpid()):
+            continue
+        try:
+            if any(os.readlink(fd) in names for fd in (proc / "fd").iterdir()):
+                found.append(f"pid {proc.name} ({(proc / 'comm').read_text().strip()})")
+        except OSError:
+            continue
+    return found
+
+
 # --- the store ---------------------------------------------------------------
 
 _STOP = object()
@@ -157,8 +223,10 @@ class Store:
         self._reader_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="fleetd-db-write", daemon=True)
-        self._write_conn = connect(self.path)
+        self._write_conn = open_checked(self.path)
         migrate(self._write_conn)
+        self._write_conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+        self.disk_full = False  # whether the last write failed on a full disk (/healthz reports it)
         self._writer.start()
         self._closed = False
 
@@ -199,8 +267,10 @@ class Store:
                 else:
                     result = fn(conn)
             except BaseException as e:  # handed to the caller
+                self.disk_full = disk.is_full(e)
                 fut.set_exception(e)
             else:
+                self.disk_full = False
                 fut.set_result(result)
         conn.close()
 

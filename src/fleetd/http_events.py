@@ -25,6 +25,7 @@ import msgspec
 from litestar import Litestar, Request, get
 from litestar.response import Stream
 
+from . import openapi
 from .events import Event
 from .fleet import Fleet
 
@@ -99,7 +100,9 @@ OPENAPI_PATHS: dict[str, Any] = {
     "/v1/events": {"get": {
         "summary": "Server-sent events: device.online/offline, action.state, rollout.*, alert.fired/resolved "
                    "(viewer role)",
+        **openapi.auth("viewer"),
         "parameters": [{"name": "types", "in": "query", "required": False, "schema": {"type": "string"},
                         "description": "Comma-separated type prefixes to keep, e.g. alert.,device.online"}],
-        "responses": {"200": {"description": "text/event-stream"}}}},
+        "responses": {"200": {"description": "text/event-stream"}, "401": {"description": "no credentials"},
+                      "403": {"description": "a device, or a role below viewer"}}}},
 }

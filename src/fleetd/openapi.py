@@ -25,6 +25,19 @@ _ERRORS = {
 }
 
 
+# How each auth policy is met, as an OpenAPI security requirement (the schemes are in build()).
+_SECURITY: dict[str, list[dict[str, list[str]]]] = {
+    "public": [],
+    "ddi": [{"ddiTargetToken": []}, {"ddiGatewayToken": []}],
+}
+_CREDENTIALS: list[dict[str, list[str]]] = [{"bearer": []}, {"session": []}]
+
+
+def auth(policy: str) -> dict[str, Any]:
+    """What a plain HTTP route's operation declares about its auth policy (RPC methods get it from build())."""
+    return {"security": _SECURITY.get(policy, _CREDENTIALS), "x-fleetd-auth": policy}
+
+
 def build(services: list[Service], extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
     methods = [m for s in services for m in s.methods.values()]
     types = sorted({t for m in methods for t in (m.request_type, m.response_type)}, key=lambda t: t.__name__)
@@ -46,7 +59,7 @@ def build(services: list[Service], extra_paths: dict[str, Any] | None = None) ->
             "requestBody": {"required": True, "content": {"application/json": {"schema": by_type[m.request_type]}}},
             "responses": {"200": {"description": "OK", "content": {"application/json": {
                 "schema": by_type[m.response_type]}}}, **error_responses},
-            "x-fleetd-auth": m.auth,
+            **auth(m.auth),
         }
         paths[m.path] = {"post": op}
     paths.update(extra_paths or {})
@@ -58,9 +71,18 @@ def build(services: list[Service], extra_paths: dict[str, Any] | None = None) ->
         "paths": paths,
         "components": {
             "schemas": components,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
-                                "session": {"type": "apiKey", "in": "cookie", "name": "fleetd_session"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "an API key (fk_...) or a device token, per the route's policy"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "fleetd_session",
+                            "description": "a browser session from UserService/Login; writes also need the "
+                                           "X-CSRF-Token header"},
+                "ddiTargetToken": {"type": "apiKey", "in": "header", "name": "Authorization",
+                                   "description": "hawkBit DDI: Authorization: TargetToken <token>"},
+                "ddiGatewayToken": {"type": "apiKey", "in": "header", "name": "Authorization",
+                                    "description": "hawkBit DDI: Authorization: GatewayToken <token>"},
+            },
         },
-        "security": [{"bearer": []}, {"session": []}],
+        "security": _CREDENTIALS,
         "tags": [{"name": s.name, "description": s.doc} for s in services],
     }

@@ -30,6 +30,7 @@ from litestar.enums import HttpMethod
 from litestar.exceptions import HTTPException
 from litestar.handlers import HTTPRouteHandler
 
+from . import disk
 from .audit import Actor
 from .auth import Principal
 from .errors import (
@@ -339,6 +340,8 @@ _HTTP_TO_CONNECT = {400: "invalid_argument", 401: "unauthenticated", 403: "permi
 
 def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """The one place an exception becomes an HTTP response."""
+    if disk.is_full(exc):
+        exc = disk.full_error(request.app.state.fleet.data_dir, exc)
     headers: dict[str, str] = {}
     if isinstance(exc, FleetdError):
         err = exc

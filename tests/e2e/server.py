@@ -40,7 +40,8 @@ def run_cli(*args: str, check: bool = True, env: dict[str, str] | None = None,
 
 class ServerProcess:
     def __init__(self, data_dir: Path, *, tls: bool = True, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None, mdns: bool = False, host: str = "127.0.0.1") -> None:
+                 env: dict[str, str] | None = None, mdns: bool = False, host: str = "127.0.0.1",
+                 max_open_files: int | None = None) -> None:
         self.data_dir = data_dir
         self.tls = tls
         self.mdns = mdns
@@ -48,6 +49,7 @@ class ServerProcess:
         self.port = free_port()
         self.extra_args = extra_args or []
         self.env = env or {}
+        self.max_open_files = max_open_files
         self.proc: subprocess.Popen[str] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
         self.stdout_first = ""
@@ -67,7 +69,8 @@ class ServerProcess:
             args.append("--no-tls")
         env = dict(os.environ, **self.env)
         self._log = open(self.log_path, "a")  # noqa: SIM115
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, text=True, env=env)
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, text=True, env=env,
+                                     preexec_fn=self._limit_files if self.max_open_files else None)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -80,6 +83,11 @@ class ServerProcess:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"fleetd did not become healthy in {timeout}s:\n{self.log()}")
+
+    def _limit_files(self) -> None:
+        import resource
+        assert self.max_open_files
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.max_open_files, self.max_open_files))
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""

@@ -45,6 +45,20 @@ def _make_server(config: Any, app: Any) -> Any:
     return Server(config)
 
 
+def _guarded_protocol(fleet: Fleet) -> type:
+    """uvicorn's HTTP protocol with the slowloris limits (http_limits.py), its counts in /metrics."""
+    from ..http_limits import guarded_protocol
+
+    protocol, guard = guarded_protocol(fleet.settings.request_head_timeout, fleet.settings.max_unfinished_requests)
+    m = fleet.metrics
+    m.gauge("fleetd_http_unfinished_requests", "Connections waiting for their request head.", lambda: len(guard))
+    m.counter("fleetd_http_closed_slow_total", "Connections closed for not sending their request head within "
+              "request_head_timeout.", lambda: guard.closed_slow)
+    m.counter("fleetd_http_closed_over_cap_total", "Connections waiting for their request head closed to make room "
+              "(max_unfinished_requests).", lambda: guard.closed_over_cap)
+    return protocol
+
+
 def serve(
     data_dir: Annotated[str | None, typer.Option(help="Where all state lives (env FLEETD_DATA_DIR; "
                                                   "default ./fleetd-data).", show_default=False)] = None,
@@ -71,6 +85,10 @@ def serve(
     webhook_allowed_networks: Annotated[str | None, typer.Option(
         help="CIDRs webhooks may reach although refused otherwise, comma-separated, e.g. 127.0.0.1/32 for a "
         "receiver on this host (env FLEETD_WEBHOOK_ALLOWED_NETWORKS).", show_default=False)] = None,
+    trusted_proxy: Annotated[list[str] | None, typer.Option(
+        "--trusted-proxy", help="A reverse proxy (IP or CIDR) whose X-Forwarded-For / X-Forwarded-Proto "
+        "headers are believed; repeatable (env FLEETD_TRUSTED_PROXIES, comma-separated). Default: none.",
+        show_default=False)] = None,
 ) -> None:
     """Run the fleetd server (HTTPS, the API, the web UI, mDNS)."""
     import uvicorn
@@ -81,7 +99,8 @@ def serve(
              "tls": False if no_tls else None, "mdns": False if no_mdns else None, "ddi_tenant": ddi_tenant,
              "ddi_anonymous_download": True if ddi_anonymous_download else None,
              "webhook_allow_private": True if webhook_allow_private else None,
-             "webhook_allowed_networks": webhook_allowed_networks}
+             "webhook_allowed_networks": webhook_allowed_networks,
+             "trusted_proxies": trusted_proxy or None}
     try:
         settings = load_settings(flags, config)
     except FleetdError as e:
@@ -106,7 +125,12 @@ def serve(
         server = _make_server(uvicorn.Config(
             app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
             lifespan="on", server_header=False, log_config=None, timeout_graceful_shutdown=10,
-            ssl_certfile=certfile, ssl_keyfile=keyfile), app)
+            ssl_certfile=certfile, ssl_keyfile=keyfile,
+            http=_guarded_protocol(fleet),
+            # Forwarding headers only from the configured proxies (uvicorn would trust 127.0.0.1 and
+            # $FORWARDED_ALLOW_IPS by default).
+            proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies or [],
+        ), app)
         server.run()
     finally:
         fleet.close()

@@ -17,6 +17,7 @@ from fleetd.fleet import Fleet
 
 from .devices_helper import TestDevice
 from .test_artifacts import error, open_upload, put
+from .test_ddi_server import Ddi, target
 
 
 @pytest.fixture
@@ -81,6 +82,17 @@ def test_an_enrollment_on_a_full_database_is_resource_exhausted_and_degrades_hea
     limit_pages(10_000)
     assert TestDevice(client).enroll().status_code == 200  # the writer goes on after the failure
     assert health(client)[0] == 200
+
+
+def test_a_ddi_write_on_a_full_database_is_resource_exhausted(client: Any, fleet: Fleet, admin_key: str) -> None:
+    ddi = Ddi(client, "ctl-full", target(client, admin_key, "ctl-full")["token"])
+    assert ddi.poll()  # registered while there is room
+    fleet.store.write_sync(lambda c: c.execute(
+        f"PRAGMA max_page_count = {c.execute('PRAGMA page_count').fetchone()[0]}").fetchone())
+    r = ddi.config({f"k{i:03}": "x" * 120 for i in range(100)})
+    assert r.status_code == 429, r.text
+    assert r.json()["message"].startswith(f"the disk holding the data dir {fleet.data_dir} is full (")
+    assert r.headers["Retry-After"] == "60"
 
 
 def test_health_is_degraded_below_the_free_space_threshold(tmp_path: Path) -> None:

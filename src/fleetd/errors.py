@@ -93,6 +93,11 @@ class ResourceExhausted(FleetdError):
         super().__init__(message)
         self.retry_after = retry_after
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """``Retry-After`` in whole seconds, rounded up, when the caller may try again."""
+        return {} if self.retry_after is None else {"Retry-After": str(max(1, int(self.retry_after + 0.999)))}
+
 
 class UnsupportedMediaType(FleetdError):
     code = "invalid_argument"

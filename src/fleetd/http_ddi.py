@@ -24,11 +24,11 @@ from litestar.exceptions import HTTPException
 from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 from litestar.params import FromPath
 
-from . import actions, ddi, ddi_feedback, ranges, rpc
+from . import actions, ddi, ddi_feedback, disk, ranges, rpc
 from .actions import TERMINAL
 from .auth import Principal
 from .ddi_tokens import TokenEntry
-from .errors import FleetdError, InvalidArgument, NotFound, Unauthenticated
+from .errors import FleetdError, InvalidArgument, NotFound, ResourceExhausted, Unauthenticated
 from .http_blobs import blob_response
 
 if TYPE_CHECKING:
@@ -125,9 +125,13 @@ _FLEETD_CODES = {401: "unauthorized", 403: "forbidden", 410: "actionNotActive", 
 
 
 def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    if disk.is_full(exc):
+        exc = disk.full_error(request.app.state.fleet.data_dir, exc)
     headers: dict[str, str] = {}
     if isinstance(exc, FleetdError):
         status, message, cls = exc.http_status, exc.message, f"fleetd.{type(exc).__name__}"
+        if isinstance(exc, ResourceExhausted):
+            headers.update(exc.headers)
     elif isinstance(exc, HTTPException):
         status, message, cls = exc.status_code, str(exc.detail), f"litestar.{type(exc).__name__}"
         headers.update(exc.headers or {})

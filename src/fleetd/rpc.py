@@ -38,6 +38,7 @@ from .errors import (
     InvalidArgument,
     PayloadTooLarge,
     PermissionDenied,
+    ResourceExhausted,
     Unauthenticated,
     Unimplemented,
     UnsupportedMediaType,
@@ -345,9 +346,8 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
     headers: dict[str, str] = {}
     if isinstance(exc, FleetdError):
         err = exc
-        retry = getattr(exc, "retry_after", None)
-        if retry is not None:
-            headers["Retry-After"] = str(max(1, int(retry + 0.999)))
+        if isinstance(exc, ResourceExhausted):
+            headers.update(exc.headers)
     elif isinstance(exc, HTTPException):
         status = exc.status_code
         path = request.url.path

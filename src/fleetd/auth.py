@@ -22,7 +22,8 @@ import msgspec
 from . import audit
 from .audit import Actor
 from .errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from .models import ROLE_RANK, check_name, check_role, new_id, now, to_dt
+from .models import ROLE_RANK, check_role, new_id, now, to_dt
+from .names import ACCOUNT_NAME
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 MIN_PASSWORD = 10
@@ -111,7 +112,7 @@ def _user(row: sqlite3.Row) -> User:
 
 def create_user(conn: sqlite3.Connection, actor: Actor, username: str, password: str, role: str,
                 *, must_change_password: bool = False) -> User:
-    check_name(username, "username")
+    ACCOUNT_NAME.check(username, "username")
     check_role(role)
     pw_hash = hash_password(password)
     uid, t = new_id("usr"), now()
@@ -224,7 +225,7 @@ def _secret_hash(secret: str) -> bytes:
 
 def create_api_key(conn: sqlite3.Connection, actor: Actor, name: str, role: str,
                    *, expires_at: float | None = None) -> ApiKey:
-    check_name(name, "key name")
+    ACCOUNT_NAME.check(name, "key name")
     check_role(role)
     kid = secrets.token_hex(6)
     secret = secrets.token_urlsafe(24)

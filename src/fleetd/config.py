@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -11,10 +10,10 @@ from typing import Any
 import msgspec
 
 from .errors import InvalidArgument
+from .names import DDI_TENANT
 
 ENV_PREFIX = "FLEETD_"
 CONFIG_FILE_NAME = "fleetd.toml"
-DDI_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -60,9 +59,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                      "telemetry_raw_days", "telemetry_minute_days", "telemetry_hour_days"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"{name} must be positive")
-        if not DDI_TENANT.match(self.ddi_tenant):
-            raise InvalidArgument(f"ddi_tenant must be 1-64 letters, digits and _.- (hawkBit's default is DEFAULT), "
-                                  f"got {self.ddi_tenant!r}")
+        DDI_TENANT.check(self.ddi_tenant)
 
     @property
     def data_path(self) -> Path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 import time
 from typing import NoReturn
 
@@ -16,8 +15,8 @@ import msgspec
 
 from .db import Store
 from .errors import InvalidArgument
+from .names import METRIC_NAME
 
-METRIC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")
 MAX_POINTS = 5000
 MAX_TAGS = 16
 EARLIEST = 946684800.0  # 2000-01-01
@@ -71,9 +70,7 @@ def rows_for(device_id: str, points: list[Point], received: float) -> list[Row]:
 
 
 def _check_name(i: int, name: str) -> None:
-    if not METRIC_NAME.match(name):
-        raise InvalidArgument(f"point {i}: metric name {name!r} must be letters, digits and _.:- "
-                              "(at most 128, not starting with a digit)")
+    METRIC_NAME.check(name, f"point {i}: metric name")
     if len(_known_names) >= _KNOWN_NAMES_MAX:
         _known_names.clear()
     _known_names.add(name)

@@ -11,9 +11,9 @@ import msgspec
 from .. import registry, rollups
 from ..errors import InvalidArgument
 from ..models import to_dt
+from ..names import METRIC_NAME
 from ..rollups import Bucket, Retention
 from ..rpc import Context, Service
-from ..telemetry import METRIC_NAME
 
 service = Service("TelemetryService", "Telemetry queries: raw points for short ranges, rollups for long ones, "
                   "downsampled to at most max_points.")
@@ -61,8 +61,7 @@ def _selected(conn: sqlite3.Connection, req: QueryRequest) -> list[str]:
 @service.method(auth="viewer", readonly=True)
 async def Query(ctx: Context, req: QueryRequest) -> QueryResponse:
     """A metric over a time range, downsampled to at most max_points buckets (avg, min, max, count each)."""
-    if not METRIC_NAME.match(req.metric):
-        raise InvalidArgument(f"metric {req.metric!r} is not a metric name (letters, digits and _.:-)")
+    METRIC_NAME.check(req.metric, "metric")
     if bool(req.device) == bool(req.tags or req.device_type):
         raise InvalidArgument("give either device, or tags (and/or device_type) to aggregate over devices")
     max_points = req.max_points or DEFAULT_POINTS

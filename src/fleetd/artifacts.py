@@ -21,6 +21,7 @@ from . import audit, blobs
 from .audit import Actor
 from .devauth import decode_b64_field, verify_signature
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from .fields import Int32
 from .models import new_id, now, to_dt
 from .names import ARTIFACT_NAME, DEVICE_TYPE, ENV_NAME, check_file_name
 from .semver import Version
@@ -38,7 +39,7 @@ LISTED_DEVICES = 100  # device ids named in a deployment summary; the count cove
 
 
 class HealthCheck(msgspec.Struct, kw_only=True, omit_defaults=True):
-    grace_seconds: int = 30
+    grace_seconds: Int32 = 30
     http_url: str | None = None
     # A probe command; empty = none (proto3 has no unset repeated field).
     command: list[str] = []

@@ -23,6 +23,7 @@ import msgspec
 from . import actions, registry
 from .db import Store
 from .devauth import DeviceTokens
+from .fields import Int32
 from .registry import DeviceRuntime
 from .tasks import cancel_and_wait
 
@@ -39,7 +40,7 @@ class Component(msgspec.Struct, kw_only=True):
     version: str
     state: str = ""
     health: str = ""
-    restarts: int = 0
+    restarts: Int32 = 0
 
 
 class Inventory(msgspec.Struct, kw_only=True, omit_defaults=True):

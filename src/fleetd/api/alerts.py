@@ -9,6 +9,7 @@ import msgspec
 
 from .. import alerts, registry, webhooks
 from ..alerts import AlertRule, Incident
+from ..fields import Int32
 from ..rpc import Context, Empty, Service
 from ..webhooks import Delivery, Webhook
 
@@ -28,7 +29,7 @@ class CreateRuleRequest(msgspec.Struct, kw_only=True):
     comparison: str = ">"
     threshold: float = 0.0
     # 60..86400, counted in whole minutes; 300 when unset.
-    window_seconds: int = 300
+    window_seconds: Int32 = 300
     # Devices with all of these tags; none: every active device.
     tags: dict[str, str] = {}
     # Only devices of this type; empty: any.
@@ -61,7 +62,7 @@ class UpdateRuleRequest(msgspec.Struct, kw_only=True):
     aggregate: str | None = None
     comparison: str | None = None
     threshold: float | None = None
-    window_seconds: int | None = None
+    window_seconds: Int32 | None = None
     # Disabling a rule resolves its open incidents.
     enabled: bool | None = None
 
@@ -91,7 +92,7 @@ class ListIncidentsRequest(msgspec.Struct, kw_only=True):
     # Device id, hardware id or name.
     device: str = ""
     # 1..1000; 100 when unset.
-    limit: int = 0
+    limit: Int32 = 0
 
 
 class ListIncidentsResponse(msgspec.Struct, kw_only=True):
@@ -152,7 +153,7 @@ class ListDeliveriesRequest(msgspec.Struct, kw_only=True):
     # pending, delivered or failed; empty: all.
     state: str = ""
     # 1..1000; 100 when unset.
-    limit: int = 0
+    limit: Int32 = 0
 
 
 class ListDeliveriesResponse(msgspec.Struct, kw_only=True):

@@ -17,6 +17,7 @@ from litestar.params import FromPath
 from .. import artifacts, rpc, uploads
 from ..artifacts import Artifact, ArtifactDetail, InstallSpec
 from ..errors import Aborted, AlreadyExists, InvalidArgument
+from ..fields import Int64
 from ..rpc import Context, Empty, Service
 
 if TYPE_CHECKING:
@@ -36,13 +37,13 @@ class CreateUploadRequest(msgspec.Struct, kw_only=True):
     # The original file name devices get.
     file_name: str
     # The bytes the PUT will carry; 0 = not announced. When given, any other length is refused.
-    size: int = 0
+    size: Int64 = 0
     # app only: how to run it. Without one the file itself is run.
     install_spec: InstallSpec | None = None
     # raw (the file as sent) or rtos-image (firmware only: the server wraps the file in a signed RTOS image).
     format: str = "raw"
     # rtos-image only: the image's anti-rollback counter, 0..4294967295; raise it to revoke older images.
-    security_counter: int = 0
+    security_counter: Int64 = 0
 
 
 class UploadTicket(msgspec.Struct, kw_only=True):

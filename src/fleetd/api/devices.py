@@ -9,6 +9,7 @@ import msgspec
 from .. import actions, registry
 from ..actions import Action
 from ..errors import InvalidArgument
+from ..fields import Int32
 from ..models import to_dt
 from ..registry import Device
 from ..rpc import Context, Empty, Service
@@ -33,8 +34,8 @@ class ListDevicesRequest(msgspec.Struct, kw_only=True):
     tags: dict[str, str] = {}
     # Substring of the id, name or hardware id.
     search: str = ""
-    limit: int = 1000
-    offset: int = 0
+    limit: Int32 = 1000
+    offset: Int32 = 0
 
 
 class ListDevicesResponse(msgspec.Struct, kw_only=True):
@@ -76,7 +77,7 @@ class UpdateDeviceRequest(msgspec.Struct, kw_only=True):
     name: str | None = None
     set_tags: dict[str, str] = {}
     remove_tags: list[str] = []
-    poll_interval: int | None = None
+    poll_interval: Int32 | None = None
 
 
 @service.method(auth="operator")
@@ -178,7 +179,7 @@ async def CreateAction(ctx: Context, req: CreateActionRequest) -> ActionsCreated
 
 class ListActionsRequest(msgspec.Struct, kw_only=True):
     device_id: str
-    limit: int = 100
+    limit: Int32 = 100
 
 
 class ListActionsResponse(msgspec.Struct, kw_only=True):

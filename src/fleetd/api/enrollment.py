@@ -9,6 +9,7 @@ import msgspec
 
 from .. import registry
 from ..errors import InvalidArgument
+from ..fields import Int64, Seconds
 from ..models import now
 from ..registry import Device, JoinToken
 from ..rpc import Context, Empty, Service
@@ -22,9 +23,9 @@ class CreateTokenRequest(msgspec.Struct, kw_only=True):
     # Tags every device enrolled with this token gets.
     tags: dict[str, str] = {}
     # How many devices may enroll with it; 0 = unlimited.
-    uses: int = 0
+    uses: Int64 = 0
     # Seconds until it expires; 0 = never.
-    expires_in: int = 86400
+    expires_in: Seconds = 86400
 
 
 def install_command(ctx: Context, token: str) -> str:

@@ -10,6 +10,7 @@ import msgspec
 
 from .. import orchestrator, rollouts
 from ..errors import InvalidArgument
+from ..fields import Int32
 from ..rollout_steps import Change
 from ..rollouts import Rollout, RolloutDevice, RolloutSpec
 from ..rpc import Context, Service
@@ -41,7 +42,7 @@ async def CreateRollout(ctx: Context, req: RolloutSpec) -> Rollout:
 class ListRolloutsRequest(msgspec.Struct, kw_only=True):
     # Only rollouts in this state.
     state: str = ""
-    limit: int = 100
+    limit: Int32 = 100
 
 
 class ListRolloutsResponse(msgspec.Struct, kw_only=True):
@@ -69,7 +70,7 @@ class ListRolloutDevicesRequest(msgspec.Struct, kw_only=True):
     id: str
     # Only devices with this status: pending, queued, in_progress, soaking, succeeded, failed, skipped.
     status: str = ""
-    limit: int = 1000
+    limit: Int32 = 1000
 
 
 class ListRolloutDevicesResponse(msgspec.Struct, kw_only=True):

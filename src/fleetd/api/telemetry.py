@@ -10,6 +10,7 @@ import msgspec
 
 from .. import registry, rollups
 from ..errors import InvalidArgument
+from ..fields import Int32
 from ..models import to_dt
 from ..names import METRIC_NAME
 from ..rollups import Bucket, Retention
@@ -36,7 +37,7 @@ class QueryRequest(msgspec.Struct, kw_only=True):
     # Unset: now.
     end: dt.datetime | None = None
     # 1..10000; 500 when unset.
-    max_points: int = 0
+    max_points: Int32 = 0
 
 
 class QueryResponse(msgspec.Struct, kw_only=True):

@@ -10,6 +10,7 @@ from litestar.datastructures import Cookie
 from .. import audit, auth
 from ..auth import ApiKey, User
 from ..errors import InvalidArgument, PermissionDenied, Unauthenticated
+from ..fields import Seconds
 from ..models import now, to_dt
 from ..rpc import Context, Empty, Service
 
@@ -195,7 +196,7 @@ class CreateKeyRequest(msgspec.Struct, kw_only=True):
     name: str
     role: str
     # Seconds until the key expires; 0 = never.
-    expires_in: int = 0
+    expires_in: Seconds = 0
 
 
 @service.method(auth="admin")

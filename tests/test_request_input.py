@@ -142,3 +142,14 @@ def test_any_nesting_depth_is_200_or_400(client: Any, admin: str, depth: int, op
     nested = opener * depth + ("" if opener == "[" else "1") + closer * depth
     r = rpc(client, "DeviceAdminService", "ListDevices", '{"' + field + '": ' + nested + "}", key=admin)
     assert r.status_code in (200, 400), r.text
+
+
+@pytest.mark.parametrize("path", ["/cancelAction/13030392285446261056850624512", "/deploymentBase/-1",
+                                  "/installedBase/9223372036854775808",
+                                  "/softwaremodules/99999999999999999999999/artifacts",
+                                  "/softwaremodules/99999999999999999999999/artifacts/app.bin"])
+def test_ddi_numbers_out_of_range_are_400(client: Any, admin_key: str, path: str) -> None:
+    dev = Ddi(client, "ctl-num", target(client, admin_key, "ctl-num", device_type="sim")["token"])
+    r = dev.get(path)
+    assert r.status_code == 400, r.text
+    assert "Expected `int`" in r.json()["message"]

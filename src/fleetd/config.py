@@ -48,6 +48,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ddi_tenant: str = "DEFAULT"
     # Let anyone download DDI artifacts without a token (hawkBit's "anonymous download"); off by default.
     ddi_anonymous_download: bool = False
+    # Telemetry cardinality: distinct metric names one device may send, and the whole fleet.
+    max_metric_names_per_device: int = 500
+    max_metric_names: int = 50_000
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -60,6 +63,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"{name} must be positive")
         DDI_TENANT.check(self.ddi_tenant)
+        if not 1 <= self.max_metric_names_per_device <= self.max_metric_names:
+            raise InvalidArgument("max_metric_names_per_device must be at least 1 and at most max_metric_names "
+                                  f"({self.max_metric_names}), got {self.max_metric_names_per_device}")
 
     @property
     def data_path(self) -> Path:

@@ -9,7 +9,7 @@ import msgspec
 
 from .. import alerts, registry, webhooks
 from ..alerts import AlertRule, Incident
-from ..fields import Int32
+from ..fields import Int32, page_limit
 from ..rpc import Context, Empty, Service
 from ..webhooks import Delivery, Webhook
 
@@ -105,7 +105,7 @@ async def ListIncidents(ctx: Context, req: ListIncidentsRequest) -> ListIncident
     def run(conn: sqlite3.Connection) -> list[Incident]:
         device_id = registry.find_device_row(conn, req.device)["id"] if req.device else ""
         return alerts.list_incidents(conn, state=req.state, rule_id=req.rule_id, device_id=device_id,
-                                     limit=req.limit or 100)
+                                     limit=page_limit(req.limit, 100, 1000))
 
     return ListIncidentsResponse(incidents=await ctx.fleet.store.read(run))
 
@@ -164,4 +164,4 @@ class ListDeliveriesResponse(msgspec.Struct, kw_only=True):
 async def ListDeliveries(ctx: Context, req: ListDeliveriesRequest) -> ListDeliveriesResponse:
     """The webhook delivery log, newest first: attempts, last HTTP status, last error."""
     return ListDeliveriesResponse(deliveries=await ctx.fleet.store.read(lambda c: webhooks.list_deliveries(
-        c, webhook_id=req.webhook_id, state=req.state, limit=req.limit or 100)))
+        c, webhook_id=req.webhook_id, state=req.state, limit=page_limit(req.limit, 100, 1000))))

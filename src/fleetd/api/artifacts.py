@@ -17,7 +17,7 @@ from litestar.params import FromPath
 from .. import artifacts, rpc, uploads
 from ..artifacts import Artifact, ArtifactDetail, InstallSpec
 from ..errors import Aborted, AlreadyExists, InvalidArgument
-from ..fields import Int64
+from ..fields import Int32, Int64, page_limit
 from ..rpc import Context, Empty, Service
 
 if TYPE_CHECKING:
@@ -80,19 +80,27 @@ class ListArtifactsRequest(msgspec.Struct, kw_only=True):
     kind: str = ""
     # Only artifacts built for this device type.
     device_type: str = ""
+    # 1..10000; 1000 when unset.
+    limit: Int32 = 0
+    offset: Int32 = 0
 
 
 class ListArtifactsResponse(msgspec.Struct, kw_only=True):
     artifacts: list[Artifact]
+    # How many match in all.
+    total: int = 0
 
 
 @service.method(auth="viewer", readonly=True)
 async def ListArtifacts(ctx: Context, req: ListArtifactsRequest) -> ListArtifactsResponse:
-    """Artifacts by name, then version (oldest first)."""
+    """One page of the artifacts, by name, then version (oldest first)."""
+    limit = page_limit(req.limit, 1000, 10_000)
+    if req.offset < 0:
+        raise InvalidArgument("offset must not be negative")
     found = await ctx.fleet.store.read(lambda c: artifacts.list_all(c, req.name or None))
     found = [a for a in found if (not req.kind or a.kind == req.kind)
              and (not req.device_type or req.device_type in a.device_types)]
-    return ListArtifactsResponse(artifacts=found)
+    return ListArtifactsResponse(artifacts=found[req.offset:req.offset + limit], total=len(found))
 
 
 class ArtifactId(msgspec.Struct, kw_only=True):

@@ -10,7 +10,7 @@ import msgspec
 
 from .. import registry, rollups
 from ..errors import InvalidArgument
-from ..fields import Int32
+from ..fields import Int32, page_limit
 from ..models import to_dt
 from ..names import METRIC_NAME
 from ..rollups import Bucket, Retention
@@ -90,16 +90,27 @@ async def Query(ctx: Context, req: QueryRequest) -> QueryResponse:
 class ListMetricsRequest(msgspec.Struct, kw_only=True):
     # Device id, hardware id or name.
     device: str
+    # 1..10000; 1000 when unset.
+    limit: Int32 = 0
+    offset: Int32 = 0
 
 
 class ListMetricsResponse(msgspec.Struct, kw_only=True):
     metrics: list[str]
+    # How many names the device has in all.
+    total: int = 0
 
 
 @service.method(auth="viewer", readonly=True)
 async def ListMetrics(ctx: Context, req: ListMetricsRequest) -> ListMetricsResponse:
-    """The metric names a device has sent (those already rolled up, i.e. up to a few seconds ago)."""
-    def run(conn: sqlite3.Connection) -> list[str]:
-        return rollups.metrics_of(conn, [registry.find_device_row(conn, req.device)["id"]])
+    """One page of the metric names a device has sent (those already rolled up, i.e. up to a few seconds ago),
+    sorted."""
+    limit = page_limit(req.limit, 1000, 10_000)
+    if req.offset < 0:
+        raise InvalidArgument("offset must not be negative")
 
-    return ListMetricsResponse(metrics=await ctx.fleet.store.read(run))
+    def run(conn: sqlite3.Connection) -> tuple[list[str], int]:
+        return rollups.metrics_of(conn, [registry.find_device_row(conn, req.device)["id"]], limit, req.offset)
+
+    names, total = await ctx.fleet.store.read(run)
+    return ListMetricsResponse(metrics=names, total=total)

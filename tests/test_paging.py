@@ -67,3 +67,12 @@ def test_newest_first_lists_cap_their_limit(client: Any, admin_key: str, service
     assert rpc(client, service, method, {"limit": 1000}, key=admin_key).status_code == 200
     r = rpc(client, service, method, {"limit": 1001}, key=admin_key)
     assert r.status_code == 400 and "limit must be 1..1000" in r.json()["message"]
+
+
+def test_list_tokens_pages(client: Any, admin_key: str) -> None:
+    for _ in range(4):
+        assert rpc(client, "EnrollmentService", "CreateToken", {"uses": 1}, key=admin_key).status_code == 200
+    every = rpc(client, "EnrollmentService", "ListTokens", {}, key=admin_key).json()
+    assert every["total"] == 4 and len(every["tokens"]) == 4
+    page = rpc(client, "EnrollmentService", "ListTokens", {"limit": 3, "offset": 2}, key=admin_key).json()
+    assert page["tokens"] == every["tokens"][2:] and page["total"] == 4

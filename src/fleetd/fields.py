@@ -15,6 +15,8 @@ from .errors import InvalidArgument
 
 Int32 = Annotated[int, Meta(ge=-(2**31), le=2**31 - 1)]
 Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+# Where a page of a list starts (an int32 in the .proto).
+Offset = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 # How long something lasts (token and key lifetimes, soak and timeout seconds): at most a century.
 MAX_SECONDS = 100 * 365 * 86400
 Seconds = Annotated[int, Meta(ge=0, le=MAX_SECONDS)]

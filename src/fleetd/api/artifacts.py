@@ -17,7 +17,7 @@ from litestar.params import FromPath
 from .. import artifacts, rpc, uploads
 from ..artifacts import Artifact, ArtifactDetail, InstallSpec
 from ..errors import Aborted, AlreadyExists, InvalidArgument
-from ..fields import Int32, Int64, page_limit
+from ..fields import Int32, Int64, Offset, page_limit
 from ..rpc import Context, Empty, Service
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class ListArtifactsRequest(msgspec.Struct, kw_only=True):
     device_type: str = ""
     # 1..10000; 1000 when unset.
     limit: Int32 = 0
-    offset: Int32 = 0
+    offset: Offset = 0
 
 
 class ListArtifactsResponse(msgspec.Struct, kw_only=True):
@@ -95,8 +95,6 @@ class ListArtifactsResponse(msgspec.Struct, kw_only=True):
 async def ListArtifacts(ctx: Context, req: ListArtifactsRequest) -> ListArtifactsResponse:
     """One page of the artifacts, by name, then version (oldest first)."""
     limit = page_limit(req.limit, 1000, 10_000)
-    if req.offset < 0:
-        raise InvalidArgument("offset must not be negative")
     found = await ctx.fleet.store.read(lambda c: artifacts.list_all(c, req.name or None))
     found = [a for a in found if (not req.kind or a.kind == req.kind)
              and (not req.device_type or req.device_type in a.device_types)]

@@ -9,7 +9,7 @@ import msgspec
 
 from .. import registry
 from ..errors import InvalidArgument
-from ..fields import Int64, Seconds
+from ..fields import Int32, Int64, Offset, Seconds, page_limit
 from ..models import now
 from ..registry import Device, JoinToken
 from ..rpc import Context, Empty, Service
@@ -59,17 +59,24 @@ async def CreateToken(ctx: Context, req: CreateTokenRequest) -> JoinToken:
 class ListTokensRequest(msgspec.Struct, kw_only=True):
     # Also expired, used-up and revoked tokens.
     include_inactive: bool = False
+    # 1..10000; 1000 when unset.
+    limit: Int32 = 0
+    offset: Offset = 0
 
 
 class ListTokensResponse(msgspec.Struct, kw_only=True):
     tokens: list[JoinToken]
+    # How many match in all.
+    total: int = 0
 
 
 @service.method(auth="operator", readonly=True)
 async def ListTokens(ctx: Context, req: ListTokensRequest) -> ListTokensResponse:
-    """Join tokens (never their secrets)."""
-    return ListTokensResponse(tokens=await ctx.fleet.store.read(
-        lambda c: registry.list_tokens(c, req.include_inactive)))
+    """One page of the join tokens, newest first (never their secrets). Used-up tokens are kept: with one
+    single-use token per device, the inactive ones grow with the fleet."""
+    limit = page_limit(req.limit, 1000, 10_000)
+    found = await ctx.fleet.store.read(lambda c: registry.list_tokens(c, req.include_inactive))
+    return ListTokensResponse(tokens=found[req.offset:req.offset + limit], total=len(found))
 
 
 class RevokeTokenRequest(msgspec.Struct, kw_only=True):

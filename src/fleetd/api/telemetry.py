@@ -10,7 +10,7 @@ import msgspec
 
 from .. import registry, rollups
 from ..errors import InvalidArgument
-from ..fields import Int32, page_limit
+from ..fields import Int32, Offset, page_limit
 from ..models import to_dt
 from ..names import METRIC_NAME
 from ..rollups import Bucket, Retention
@@ -92,7 +92,7 @@ class ListMetricsRequest(msgspec.Struct, kw_only=True):
     device: str
     # 1..10000; 1000 when unset.
     limit: Int32 = 0
-    offset: Int32 = 0
+    offset: Offset = 0
 
 
 class ListMetricsResponse(msgspec.Struct, kw_only=True):
@@ -106,8 +106,6 @@ async def ListMetrics(ctx: Context, req: ListMetricsRequest) -> ListMetricsRespo
     """One page of the metric names a device has sent (those already rolled up, i.e. up to a few seconds ago),
     sorted."""
     limit = page_limit(req.limit, 1000, 10_000)
-    if req.offset < 0:
-        raise InvalidArgument("offset must not be negative")
 
     def run(conn: sqlite3.Connection) -> tuple[list[str], int]:
         return rollups.metrics_of(conn, [registry.find_device_row(conn, req.device)["id"]], limit, req.offset)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,3 +89,15 @@ def test_no_pattern_is_anchored_with_dollar() -> None:
 def test_the_ast_check_sees_a_dollar_anchored_pattern() -> None:
     tree = ast.parse('import re\nX = re.compile(r"^[a-z]+$")\nre.match(r"^a" r"b$", s)\n')
     assert [p for _, p in _regex_calls(tree)] == ["^[a-z]+$", "^ab$"]
+
+
+def test_the_api_refuses_names_with_a_trailing_newline(client: Any, admin_key: str) -> None:
+    from .conftest import rpc
+    from .devices_helper import TestDevice
+
+    r = TestDevice(client, hardware_id="dev-1\n").enroll()
+    assert r.status_code == 400 and "hardware_id 'dev-1\\n' must be" in r.json()["message"]
+    r = rpc(client, "UserService", "CreateKey", {"name": "ci\n", "role": "viewer"}, key=admin_key)
+    assert r.status_code == 400 and "key name 'ci\\n' must be" in r.json()["message"]
+    r = rpc(client, "DeviceAdminService", "ListDevices", {"tags": {"site\n": "x"}}, key=admin_key)
+    assert r.status_code == 400 and "tag key 'site\\n'" in r.json()["message"]

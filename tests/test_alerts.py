@@ -248,7 +248,7 @@ def test_untargeting_disabling_and_deleting_resolve_open_incidents(fleet) -> Non
 def test_rules_are_validated_with_clear_errors(fleet) -> None:  # type: ignore[no-untyped-def]
     for bad, fragment in [({"comparison": "=="}, "comparison must be one of"),
                           ({"window_seconds": 30}, "window must be between 1m and 24h"),
-                          ({"metric": "a b"}, "must be a metric name"),
+                          ({"metric": "a b"}, "metric .a b. must be 1-128 letters"),
                           ({"kind": "rate"}, "kind must be threshold or no_data"),
                           ({"aggregate": "p99"}, "aggregate must be one of"),
                           ({"threshold": float("nan")}, "threshold must be a finite number"),

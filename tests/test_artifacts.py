@@ -25,11 +25,12 @@ from litestar.testing import TestClient
 
 from fleetd import artifacts, uploads
 from fleetd.app import create_app
-from fleetd.artifacts import DEVICE_TYPE, ENV_NAME, KINDS, NAME, RESTART_POLICIES, HealthCheck, InstallSpec
+from fleetd.artifacts import KINDS, RESTART_POLICIES, HealthCheck, InstallSpec
 from fleetd.cli.artifacts import build_install_spec, check_manifest, load_signing_key, public_key_b64
 from fleetd.config import Settings
 from fleetd.errors import FleetdError, InvalidArgument
 from fleetd.fleet import Fleet
+from fleetd.names import ARTIFACT_NAME, BIDI_CONTROLS, DEVICE_TYPE, ENV_NAME, RESERVED_FILE_NAMES
 
 from .conftest import make_key, rpc
 from .devices_helper import TestDevice
@@ -124,7 +125,11 @@ def check_in(device: TestDevice, components: list[dict[str, Any]] | None = None)
     ({"kind": "driver"}, "kind must be one of app, agent, firmware"),
     ({"device_types": []}, "at least one device type"),
     ({"device_types": ["Linux ARM"]}, "device type 'Linux ARM'"),
-    ({"file_name": "../etc/passwd"}, "without slashes"),
+    ({"file_name": "../etc/passwd"}, "must not contain / or"),
+    ({"file_name": ".fleet-manifest.json"}, "is reserved"),
+    ({"file_name": "photo\u202egpj.exe"}, "bidirectional-formatting characters (found U+202E)"),
+    ({"file_name": "app\x00"}, "control or bidirectional"),
+    ({"name": "app\n"}, "artifact name 'app\\n'"),
     ({"size": -1}, "size must not be negative"),
     ({"install_spec": {"restart": "sometimes"}}, "restart must be one of always, on-failure, never"),
     ({"install_spec": {"command": ["./app", ""]}}, "command must be a list of non-empty strings"),
@@ -455,16 +460,16 @@ health = st.builds(HealthCheck, grace_seconds=st.integers(0, 3600),
                    http_url=st.none() | st.builds(lambda p: "http://127.0.0.1/" + p, _text),
                    command=st.lists(_word, max_size=3))
 specs = st.builds(InstallSpec, command=st.lists(_word, max_size=4),
-                  env=st.dictionaries(st.from_regex(ENV_NAME, fullmatch=True), _text, max_size=4),
+                  env=st.dictionaries(st.from_regex(ENV_NAME.pattern, fullmatch=True), _text, max_size=4),
                   working_dir=st.none() | _word, restart=st.sampled_from(RESTART_POLICIES),
                   health=st.none() | health)
-file_names = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="/\\\0"),
-                     min_size=1, max_size=40).filter(lambda s: s not in (".", ".."))
+file_names = st.text(st.characters(exclude_categories=("Cs", "Cc"), exclude_characters="/\\" + BIDI_CONTROLS),
+                     min_size=1, max_size=40).filter(lambda s: s not in RESERVED_FILE_NAMES)
 
 
 @settings(max_examples=200, deadline=None)
-@given(name=st.from_regex(NAME, fullmatch=True), version=versions, kind=st.sampled_from(KINDS),
-       device_types=st.lists(st.from_regex(DEVICE_TYPE, fullmatch=True), min_size=1, max_size=4),
+@given(name=st.from_regex(ARTIFACT_NAME.pattern, fullmatch=True), version=versions, kind=st.sampled_from(KINDS),
+       device_types=st.lists(st.from_regex(DEVICE_TYPE.pattern, fullmatch=True), min_size=1, max_size=4),
        file_name=file_names, spec=st.none() | specs, size=st.integers(0, 2**53),
        sha=st.binary(min_size=32, max_size=32), created=st.floats(0, 4e9))
 def test_manifests_are_canonical_json(name: str, version: str, kind: str, device_types: list[str],

@@ -289,14 +289,14 @@ def test_rollups_task_and_query_service(client, fleet, admin_key, viewer_key) ->
     assert len(out["points"]) == 10 and all(p["count"] == 2 for p in out["points"])
     assert out["points"][0] == {"ts": hour + 600, "min": 10.0, "max": 100.0, "avg": 55.0, "count": 2}
     r = rpc(client, "TelemetryService", "ListMetrics", {"device": a.device_id}, key=viewer_key)
-    assert r.json() == {"metrics": ["temp"]}
+    assert r.json() == {"metrics": ["temp"], "total": 1}
 
 
 @pytest.mark.parametrize(("body", "fragment"), [
     ({"metric": "temp"}, "give either device, or tags"),
     ({"device": "x", "tags": {"a": "b"}, "metric": "temp"}, "give either device, or tags"),
     ({"device": "nope", "metric": "temp"}, "no device 'nope'"),
-    ({"tags": {"a": "b"}, "metric": "9bad name"}, "is not a metric name"),
+    ({"tags": {"a": "b"}, "metric": "9bad name"}, "metric '9bad name' must be 1-128 letters"),
     ({"tags": {"a": "b"}, "metric": "t", "max_points": 20000}, "max_points must be 1..10000"),
     ({"tags": {"a": "b"}, "metric": "t", "start": "2025-01-02T00:00:00Z", "end": "2025-01-01T00:00:00Z"},
      "start must be before end"),

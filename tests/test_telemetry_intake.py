@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fleetd import telemetry
 from fleetd.db import Store
-from fleetd.errors import FleetdError, InvalidArgument
-from fleetd.telemetry import Point, TelemetryIntake, rows_for
+from fleetd.errors import FleetdError, InvalidArgument, ResourceExhausted
+from fleetd.telemetry import MetricNames, Point, TelemetryIntake, rows_for
 
 
 @pytest.fixture
@@ -150,15 +149,40 @@ def test_rows_fill_in_the_receive_time_and_encode_tags() -> None:
     assert rows == [("dev", "a", now, 1.5, None), ("dev", "b", now - 5, 2.0, '{"k":"v"}')]
 
 
-def test_the_cache_of_checked_names_is_bounded_and_never_holds_a_bad_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(telemetry, "_known_names", set())
-    monkeypatch.setattr(telemetry, "_KNOWN_NAMES_MAX", 10)
+def test_metric_names_per_device_are_limited_and_a_bad_name_is_never_counted() -> None:
+    names = MetricNames(per_device=3, fleet=100)
     now = time.time()
-    for i in range(25):
-        rows_for("dev", [Point(name=f"m{i}", value=1)], now)
-        assert len(telemetry._known_names) <= 10
+    rows_for("dev", points("a", 1) + points("b", 2), now, names)
+    rows_for("dev", points("a", 3) + points("c", 4), now, names)  # one new name: the third
+    with pytest.raises(ResourceExhausted) as e:
+        rows_for("dev", points("a", 5) + points("d", 6), now, names)
+    assert "at most 3 per device (setting max_metric_names_per_device)" in e.value.message
+    assert len(rows_for("dev", points("c", 7) + points("b", 8), now, names)) == 2  # known names still pass
+    assert len(rows_for("other", points("d", 1), now, names)) == 1  # the limit is per device
     with pytest.raises(InvalidArgument):
-        rows_for("dev", [Point(name="bad name", value=1)], now)
-    assert "bad name" not in telemetry._known_names
-    with pytest.raises(InvalidArgument):  # checked again, still refused
-        rows_for("dev", [Point(name="bad name", value=1)], now)
+        rows_for("new", [Point(name="bad name", value=1)], now, names)
+    assert names.of("new") == set()
+
+
+def test_metric_names_fleet_wide_are_limited() -> None:
+    names = MetricNames(per_device=10, fleet=4)
+    now = time.time()
+    rows_for("d1", points("a", 1) + points("b", 1) + points("c", 1), now, names)
+    rows_for("d2", points("a", 1) + points("b", 1) + points("d", 1), now, names)  # one name new to the fleet
+    with pytest.raises(ResourceExhausted) as e:
+        rows_for("d3", points("e", 1), now, names)
+    assert "at most 4 (setting max_metric_names)" in e.value.message
+    rows_for("d3", points("a", 1), now, names)  # a name the fleet has: only the device's own limit applies
+
+
+def test_metric_names_are_counted_again_after_a_restart(store: Store) -> None:
+    async def send(intake: TelemetryIntake, name: str) -> int:
+        return await intake.add("dev", points(name, 1))
+
+    first = TelemetryIntake(store, MetricNames(per_device=2, fleet=10))
+    asyncio.run(send(first, "a"))
+    asyncio.run(send(first, "b"))
+    again = TelemetryIntake(store, MetricNames(per_device=2, fleet=10))
+    assert again.names.of("dev") == {"a", "b"}
+    with pytest.raises(ResourceExhausted):
+        asyncio.run(send(again, "c"))

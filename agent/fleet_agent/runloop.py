@@ -333,7 +333,9 @@ class RunLoop:
                 if batch:
                     self.client.call("PushTelemetry", {"points": batch})
             except AgentError as e:
-                if e.code == "invalid_argument":
+                # resource_exhausted without Retry-After is a quota (the metric-name limits), not a rate limit:
+                # the same batch would be refused again, and would hold every later point behind it.
+                if e.code == "invalid_argument" or (e.code == "resource_exhausted" and e.retry_after is None):
                     log.error("the server refused %d telemetry points (%s); dropping them", len(batch), e.message)
                 elif e.transient or e.http_status in (401, 403):
                     log.info("telemetry stays queued: %s", e)

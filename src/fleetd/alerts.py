@@ -43,9 +43,9 @@ from .db import Store
 from .errors import InvalidArgument, NotFound
 from .events import EventBus
 from .models import new_id, to_dt
-from .tags import check_tags
+from .names import METRIC_NAME
+from .tags import check_tags, json_path
 from .tasks import cancel_and_wait
-from .telemetry import METRIC_NAME
 from .webhooks import Deliverer
 
 if TYPE_CHECKING:
@@ -134,9 +134,7 @@ def check_rule(rule: AlertRule) -> AlertRule:
     """Validate every field, saying what is wrong and what would do."""
     if rule.kind not in KINDS:
         raise InvalidArgument(f"kind must be threshold or no_data, got {rule.kind!r}")
-    if not METRIC_NAME.match(rule.metric):
-        raise InvalidArgument(f"metric {rule.metric!r} must be a metric name as devices send it (letters, digits "
-                              "and _.:-)")
+    METRIC_NAME.check(rule.metric, "metric")
     if rule.aggregate not in AGGREGATES:
         raise InvalidArgument(f"aggregate must be one of {', '.join(AGGREGATES)}, got {rule.aggregate!r}")
     if rule.comparison not in COMPARISONS:
@@ -273,7 +271,7 @@ def targets_of(conn: sqlite3.Connection, tags: dict[str, str], device_type: str,
         args.append(device_type)
     for k, v in tags.items():
         sql += " AND json_extract(tags, ?) = ?"
-        args += [f'$."{k}"', v]
+        args += [json_path(k), v]
     if device_ids is not None:
         sql += " AND id IN (SELECT value FROM json_each(?))"
         args.append(json.dumps(list(device_ids)))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import re
 import sqlite3
 from typing import Any
 
@@ -22,8 +21,9 @@ from . import audit, blobs
 from .audit import Actor
 from .devauth import decode_b64_field, verify_signature
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from .fields import Int32
 from .models import new_id, now, to_dt
-from .registry import DEVICE_TYPE
+from .names import ARTIFACT_NAME, DEVICE_TYPE, ENV_NAME, check_file_name
 from .semver import Version
 
 # An artifact keeps its blob from garbage collection.
@@ -32,17 +32,14 @@ blobs.REFERENCES.append(("artifacts", "sha256"))
 KINDS = ("app", "agent", "firmware")
 # raw: the file as uploaded; rtos-image: firmware the server wrapped and signed (docs/rtos-images.md).
 FORMATS = ("raw", "rtos-image")
-NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 MANIFEST_FORMAT = "fleetd-manifest-v1"
 RESTART_POLICIES = ("always", "on-failure", "never")
-# ASCII names only: canonical_json sorts keys by code point, RFC 8785 by UTF-16 unit; for ASCII they agree.
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MAX_OFFLINE_SIGNATURES = 8
 LISTED_DEVICES = 100  # device ids named in a deployment summary; the count covers the rest
 
 
 class HealthCheck(msgspec.Struct, kw_only=True, omit_defaults=True):
-    grace_seconds: int = 30
+    grace_seconds: Int32 = 30
     http_url: str | None = None
     # A probe command; empty = none (proto3 has no unset repeated field).
     command: list[str] = []
@@ -70,8 +67,9 @@ class InstallSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
         if self.health and any(not c for c in self.health.command):
             raise InvalidArgument("health command must be a list of non-empty strings")
         for k, v in self.env.items():
-            if not ENV_NAME.match(k):
-                raise InvalidArgument(f"env name {k!r} must be letters, digits and _ (not starting with a digit)")
+            # ASCII names only: canonical_json sorts keys by code point, RFC 8785 by UTF-16 unit; for ASCII
+            # they agree.
+            ENV_NAME.check(k)
             if "\0" in v:
                 raise InvalidArgument(f"env {k} must not contain NUL characters")
 
@@ -104,19 +102,15 @@ class Artifact(msgspec.Struct, kw_only=True):
 
 
 def check_metadata(name: str, version: str, kind: str, device_types: list[str], file_name: str) -> None:
-    if not NAME.match(name):
-        raise InvalidArgument(f"artifact name {name!r} must be 1-64 lowercase letters, digits and _.- "
-                              "starting with a letter or digit")
+    ARTIFACT_NAME.check(name)
     Version(version)
     if kind not in KINDS:
         raise InvalidArgument(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if not device_types:
         raise InvalidArgument("give at least one device type (e.g. linux-aarch64, sim)")
     for t in device_types:
-        if not DEVICE_TYPE.match(t):
-            raise InvalidArgument(f"device type {t!r} must be lowercase letters, digits and _.-")
-    if not file_name or len(file_name) > 255 or "/" in file_name or "\\" in file_name or file_name in (".", ".."):
-        raise InvalidArgument("file name must be 1-255 characters without slashes")
+        DEVICE_TYPE.check(t)
+    check_file_name(file_name)
 
 
 def check_install_spec(kind: str, spec: InstallSpec | None) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from .models import now, to_dt
+from .names import like_pattern
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def query(
     args: list[Any] = []
     if action:
         where.append("action LIKE ? ESCAPE '\\'")
-        args.append(action.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        args.append(like_pattern(action, "action", prefix=True))
     if actor:
         where.append("(actor_id = ? OR actor_name = ?)")
         args += [actor, actor]

@@ -22,7 +22,8 @@ import msgspec
 from . import audit
 from .audit import Actor
 from .errors import Aborted, AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from .models import ROLE_RANK, check_name, check_role, new_id, now, to_dt
+from .models import ROLE_RANK, check_role, new_id, now, to_dt
+from .names import ACCOUNT_NAME
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 MIN_PASSWORD = 10
@@ -155,7 +156,7 @@ def create_user(conn: sqlite3.Connection, actor: Actor, username: str, password:
                 *, must_change_password: bool = False) -> User:
     """Create a user. A plain ``password`` is checked and hashed here (offline callers); the server passes
     one it hashed on its pool."""
-    check_name(username, "username")
+    ACCOUNT_NAME.check(username, "username")
     check_role(role)
     pw_hash = _hashed_for(password, username)
     uid, t = new_id("usr"), now()
@@ -349,7 +350,7 @@ def _owned_key_ids(conn: sqlite3.Connection, user_id: str) -> list[str]:
 
 def create_api_key(conn: sqlite3.Connection, actor: Actor, name: str, role: str,
                    *, expires_at: float | None = None) -> ApiKey:
-    check_name(name, "key name")
+    ACCOUNT_NAME.check(name, "key name")
     check_role(role)
     kid = secrets.token_hex(6)
     secret = secrets.token_urlsafe(24)

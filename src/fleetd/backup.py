@@ -59,8 +59,8 @@ KEY_FILES = ("ca.pem", "ca.key", "server.pem", "server.key", "signing.key", "sig
 PAGES_PER_STEP = 1024
 CHUNK = 1 << 20
 MAX_MANIFEST_BYTES = 256 << 20
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-BLOB_PATH_RE = re.compile(r"^blobs/([0-9a-f]{2})/([0-9a-f]{64})$")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+BLOB_PATH_RE = re.compile(r"blobs/([0-9a-f]{2})/([0-9a-f]{64})")
 
 # (phase, done, total) in bytes; phases: "database", "blobs" (backup), "restore".
 Progress = Callable[[str, int, int], None]
@@ -125,7 +125,7 @@ def file_mode(path: str) -> int:
     """The mode a restored file gets: public certificates 0644, blobs 0400 (they never change), else 0600."""
     if path in PUBLIC_FILES:
         return 0o644
-    return 0o400 if BLOB_PATH_RE.match(path) else 0o600
+    return 0o400 if BLOB_PATH_RE.fullmatch(path) else 0o600
 
 
 def blob_path(sha256: str) -> str:
@@ -256,7 +256,7 @@ def _read_snapshot(snap: Path) -> tuple[int, list[tuple[str, int]]]:
     finally:
         conn.close()
     for sha, _ in blobs:
-        if not SHA256_RE.match(sha):
+        if not SHA256_RE.fullmatch(sha):
             raise FailedPrecondition(f"the blobs table holds a malformed sha256 {sha!r}; no backup was written")
     return int(row[0] or 0), blobs
 
@@ -372,7 +372,7 @@ def _archive_path(archive: str | Path) -> Path:
 def _member_name(archive: Path, member: tarfile.TarInfo) -> str:
     name = member.name
     known = name in (DB_NAME, MANIFEST_NAME, CONFIG_FILE_NAME, *KEY_FILES)
-    m = BLOB_PATH_RE.match(name)
+    m = BLOB_PATH_RE.fullmatch(name)
     if not (known or (m and m.group(2).startswith(m.group(1)))):
         raise InvalidArgument(f"{archive} holds an unexpected entry {name!r}: it is not a fleetd backup")
     if not member.isfile():
@@ -462,7 +462,7 @@ def _check_manifest(archive: Path, got: _Extracted, migrations: Path | None) -> 
         if (sha, size) != (e.sha256, e.size):
             problems.append(f"{path} does not match the manifest (sha256 {sha}, {size} bytes; "
                             f"expected {e.sha256}, {e.size} bytes)")
-        elif (bm := BLOB_PATH_RE.match(path)) and bm.group(2) != sha:
+        elif (bm := BLOB_PATH_RE.fullmatch(path)) and bm.group(2) != sha:
             problems.append(f"{path} does not hash to its name")
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""

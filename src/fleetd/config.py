@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,10 @@ import msgspec
 
 from .egress import parse_networks
 from .errors import InvalidArgument
+from .names import DDI_TENANT
 
 ENV_PREFIX = "FLEETD_"
 CONFIG_FILE_NAME = "fleetd.toml"
-DDI_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -73,6 +72,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
     # /healthz reports degraded when the data dir's disk has less free space than this many MiB; 0: never.
     disk_min_free_mib: int = 100
+    # Telemetry cardinality: distinct metric names one device may send, and the whole fleet.
+    max_metric_names_per_device: int = 500
+    max_metric_names: int = 50_000
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -86,9 +88,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise InvalidArgument(f"{name} must be positive")
         if self.password_hash_workers < 1 or self.password_hash_queue < 0:
             raise InvalidArgument("password_hash_workers must be at least 1 and password_hash_queue at least 0")
-        if not DDI_TENANT.match(self.ddi_tenant):
-            raise InvalidArgument(f"ddi_tenant must be 1-64 letters, digits and _.- (hawkBit's default is DEFAULT), "
-                                  f"got {self.ddi_tenant!r}")
+        DDI_TENANT.check(self.ddi_tenant)
+        if not 1 <= self.max_metric_names_per_device <= self.max_metric_names:
+            raise InvalidArgument("max_metric_names_per_device must be at least 1 and at most max_metric_names "
+                                  f"({self.max_metric_names}), got {self.max_metric_names_per_device}")
         for name in ("max_pending_devices", "pending_expiry_days"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"{name} must be 0 (no limit) or positive")

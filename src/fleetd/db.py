@@ -31,7 +31,7 @@ from .resources import data_dir
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+MIGRATION_NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 # Seconds a write waits for another connection's lock (offline CLI commands share the file).
 BUSY_TIMEOUT = 30.0
 # At start, a lock held longer than this is another process's, not a short offline command's.
@@ -79,7 +79,7 @@ def available_migrations(folder: Path | None = None) -> list[tuple[int, str, Pat
     for p in sorted(folder.iterdir()):
         if p.suffix != ".sql":
             continue
-        m = MIGRATION_NAME.match(p.name)
+        m = MIGRATION_NAME.fullmatch(p.name)
         if not m:
             raise FleetdError(f"migration file {p.name} is not named NNNN_name.sql")
         out.append((int(m.group(1)), m.group(2), p))

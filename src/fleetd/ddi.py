@@ -22,9 +22,10 @@ from . import actions, audit
 from .audit import Actor
 from .db import Store
 from .ddi_tokens import TokenEntry, TokenIndex, check_device_type, load_live
-from .errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from .errors import FailedPrecondition, NotFound, Unauthenticated
 from .models import new_id, now
-from .registry import DEFAULT_POLL_INTERVAL, HARDWARE_ID, DeviceRuntime, find_device_row
+from .names import CONTROLLER_ID
+from .registry import DEFAULT_POLL_INTERVAL, DeviceRuntime, find_device_row
 from .tags import check_tags
 
 DEFAULT_DEVICE_TYPE = "ddi"
@@ -96,10 +97,7 @@ def ref_of(conn: sqlite3.Connection, kind: str, num: int) -> str | None:
 # --- DDI devices ---------------------------------------------------------------------
 
 def check_controller_id(controller_id: str) -> str:
-    if not HARDWARE_ID.match(controller_id):
-        raise InvalidArgument(f"controller id {controller_id[:140]!r} must be 1-128 letters, digits and _.:- "
-                              "starting with a letter or digit (it becomes the device's hardware id)")
-    return controller_id
+    return CONTROLLER_ID.check(controller_id)
 
 
 def _insert_device(conn: sqlite3.Connection, actor: Actor, controller_id: str, device_type: str,

@@ -26,9 +26,11 @@ from .audit import Actor
 from .ddi import ActionRow, device_action
 from .ddi_tokens import check_device_type
 from .errors import FleetdError, InvalidArgument, NotFound
+from .fields import Int32
 from .hub import MAX_EXTRA, check_inventory_size
 from .models import now
 from .registry import DeviceRuntime
+from .rpc import decoding
 
 MAX_CONFIG_ENTRIES = 100
 MAX_CONFIG_KEY = 128
@@ -51,8 +53,8 @@ Execution = Literal["closed", "proceeding", "canceled", "scheduled", "rejected",
 
 
 class DdiProgress(msgspec.Struct):
-    cnt: int
-    of: int | None = None
+    cnt: Int32
+    of: Int32 | None = None
 
 
 class DdiResult(msgspec.Struct):
@@ -63,7 +65,7 @@ class DdiResult(msgspec.Struct):
 class DdiStatus(msgspec.Struct):
     execution: Execution
     result: DdiResult
-    code: int | None = None
+    code: Int32 | None = None
     details: list[str] = []
 
 
@@ -83,12 +85,8 @@ _BODY_NAMES = {"DdiActionFeedback": "feedback (DdiActionFeedback: {\"status\": {
 
 
 def decode_body(body: bytes, t: type[Any]) -> Any:
-    try:
+    with decoding(_BODY_NAMES.get(t.__name__, t.__name__), "body"):
         return msgspec.json.decode(body, type=t)
-    except msgspec.ValidationError as e:
-        raise InvalidArgument(f"invalid {_BODY_NAMES.get(t.__name__, t.__name__)}: {e}") from None
-    except msgspec.DecodeError as e:
-        raise InvalidArgument(f"the body is not valid JSON: {e}") from None
 
 
 # --- feedback --------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from . import audit
 from .audit import Actor
 from .errors import InvalidArgument, NotFound
 from .models import now, to_dt
-from .registry import DEVICE_TYPE
+from .names import DEVICE_TYPE
 from .tags import check_tags
 
 GATEWAY_ID_PREFIX = "ddg_"
@@ -70,10 +70,7 @@ class TokenEntry:
 
 
 def check_device_type(device_type: str) -> str:
-    if device_type and not DEVICE_TYPE.match(device_type):
-        raise InvalidArgument(f"device type {device_type!r} must be 1-64 lowercase letters, digits and _.- "
-                              "(e.g. linux-aarch64)")
-    return device_type
+    return DEVICE_TYPE.check(device_type) if device_type else device_type
 
 
 def create_gateway(conn: sqlite3.Connection, actor: Actor, *, description: str = "", device_type: str = "",

@@ -26,7 +26,7 @@ from .pki import FleetKeys, load_or_create
 from .ratelimit import RateLimiter
 from .registry import is_online
 from .rollups import Retention, Rollups
-from .telemetry import TelemetryIntake
+from .telemetry import MetricNames, TelemetryIntake
 from .webhooks import Deliverer
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ class Fleet:
         self.events = EventBus()
         self.hub = DeviceHub(self.store, self.keys.token_key)
         self.ddi = DdiState(self.store)
-        self.telemetry = TelemetryIntake(self.store)
+        self.telemetry = TelemetryIntake(self.store, MetricNames(settings.max_metric_names_per_device,
+                                                                 settings.max_metric_names))
         self.authenticator = Authenticator(self.store, self.hub.tokens)
         self.enroll_limiter = RateLimiter(settings.enroll_rate_per_minute, 60.0, "enrollment")
         self.challenge_limiter = RateLimiter(settings.enroll_rate_per_minute, 60.0, "authentication")

@@ -13,16 +13,16 @@ import logging
 import re
 import sqlite3
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
 import msgspec
 from litestar import Request, Response, get, post, put, route
 from litestar.connection import ASGIConnection
 from litestar.enums import HttpMethod
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
-from litestar.params import FromPath
+from litestar.params import FromPath, PathParameter
 
 from . import actions, ddi, ddi_feedback, disk, ranges, rpc
 from .actions import TERMINAL
@@ -33,6 +33,10 @@ from .http_blobs import blob_response
 
 if TYPE_CHECKING:
     from .fleet import Fleet
+
+# Action and software module numbers: SQLite integers (a larger one would overflow the query, not miss).
+DDI_NUMBER_MAX = 2**63 - 1
+DdiNumber = Annotated[int, PathParameter(ge=0, le=DDI_NUMBER_MAX)]
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +141,10 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
         headers.update(exc.headers or {})
         if status == 413:
             message = f"the request body is larger than DDI accepts ({MAX_BODY} bytes)"
+        elif isinstance(exc, ValidationException) and isinstance(exc.extra, list):
+            # Path parameters out of range (DdiNumber): say which and why.
+            message += ": " + "; ".join(f"{e.get('key')}: {e.get('message')}" for e in exc.extra
+                                       if isinstance(e, dict))
     else:
         log.exception("internal error on %s %s", request.method, request.url.path)
         status, message, cls = 500, "internal error; the server log has the details", "fleetd.FleetdError"
@@ -324,7 +332,7 @@ async def _read_deployment(request: Request[Any, Any, Any], device_id: str, cont
 
 
 async def deployment_base(request: Request[Any, Any, Any], controller_id: FromPath[str],
-                          action_id: FromPath[int]) -> Response[bytes]:
+                          action_id: DdiNumber) -> Response[bytes]:
     fleet: Fleet = request.app.state.fleet
     device_id = _caller(request).device()
     row, a, module, hist = await _read_deployment(request, device_id, controller_id, action_id, finished=False)
@@ -335,7 +343,7 @@ async def deployment_base(request: Request[Any, Any, Any], controller_id: FromPa
 
 
 async def installed_base(request: Request[Any, Any, Any], controller_id: FromPath[str],
-                         action_id: FromPath[int]) -> Response[bytes]:
+                         action_id: DdiNumber) -> Response[bytes]:
     fleet: Fleet = request.app.state.fleet
     device_id = _caller(request).device()
     row, a, module, hist = await _read_deployment(request, device_id, controller_id, action_id, finished=True)
@@ -343,7 +351,7 @@ async def installed_base(request: Request[Any, Any, Any], controller_id: FromPat
 
 
 async def deployment_feedback(request: Request[Any, Any, Any], controller_id: FromPath[str],
-                              action_id: FromPath[int]) -> Response[bytes]:
+                              action_id: DdiNumber) -> Response[bytes]:
     fleet: Fleet = request.app.state.fleet
     device_id = _caller(request).device()
     fb = ddi_feedback.decode_body(await _body(request), ddi_feedback.DdiActionFeedback)
@@ -356,7 +364,7 @@ async def deployment_feedback(request: Request[Any, Any, Any], controller_id: Fr
 
 
 async def cancel_action(request: Request[Any, Any, Any], controller_id: FromPath[str],
-                        action_id: FromPath[int]) -> Response[bytes]:
+                        action_id: DdiNumber) -> Response[bytes]:
     fleet: Fleet = request.app.state.fleet
     device_id = _caller(request).device()
     row = await fleet.store.read(lambda c: ddi.device_action(c, device_id, controller_id, action_id))
@@ -366,7 +374,7 @@ async def cancel_action(request: Request[Any, Any, Any], controller_id: FromPath
 
 
 async def cancel_feedback(request: Request[Any, Any, Any], controller_id: FromPath[str],
-                          action_id: FromPath[int]) -> Response[bytes]:
+                          action_id: DdiNumber) -> Response[bytes]:
     fleet: Fleet = request.app.state.fleet
     device_id = _caller(request).device()
     fb = ddi_feedback.decode_body(await _body(request), ddi_feedback.DdiActionFeedback)
@@ -386,14 +394,14 @@ async def config_data(request: Request[Any, Any, Any], controller_id: FromPath[s
 
 
 async def module_artifacts(request: Request[Any, Any, Any], controller_id: FromPath[str],
-                           module_id: FromPath[int]) -> Response[bytes]:
+                           module_id: DdiNumber) -> Response[bytes]:
     fleet: Fleet = request.app.state.fleet
     device_id = _caller(request).device()
     a = await fleet.store.read(lambda c: ddi.module_artifact(c, module_id, device_id))
     return _json([_artifact_json(_base(request, fleet, controller_id), module_id, a)])
 
 
-async def download(request: Request[Any, Any, Any], controller_id: FromPath[str], module_id: FromPath[int],
+async def download(request: Request[Any, Any, Any], controller_id: FromPath[str], module_id: DdiNumber,
                    file_name: FromPath[str]) -> Response[Any]:
     fleet: Fleet = request.app.state.fleet
     device_id = _caller(request).device()
@@ -457,30 +465,55 @@ def routes(tenant: str) -> list[HTTPRouteHandler]:
     ]
 
 _DDI = "/{tenant}/controller/v1/{controllerId}"
+
+
+def _param(name: str, kind: str, description: str, where: str = "path", maximum: int | None = None
+           ) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": kind}
+    if maximum is not None:
+        schema.update(minimum=0, maximum=maximum)
+    return {"name": name, "in": where, "required": where == "path", "schema": schema, "description": description}
+
+
+_TENANT = _param("tenant", "string", "the tenant fleetd serves (ddi_tenant; hawkBit's default is DEFAULT)")
+_CONTROLLER = _param("controllerId", "string", "the device's controller id (its hardware id)")
+_ACTION = _param("actionId", "integer", "an action's DDI number, from the poll's links", maximum=DDI_NUMBER_MAX)
+_MODULE = _param("moduleId", "integer", "a software module's DDI number, from a deployment", maximum=DDI_NUMBER_MAX)
+_FILE = _param("fileName", "string", "the artifact's file name, or it + .MD5SUM")
+_HISTORY = _param("actionHistory", "integer", "how many of the action's status messages to include "
+                  "(negative: all)", "query")
+
+
+def _body_schema(t: type) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": msgspec.json.schema(t)}}}
+
+
+def _op(summary: str, ok: str, *params: dict[str, Any], body: type | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "x-fleetd-auth": "ddi", "parameters": [_TENANT, _CONTROLLER, *params],
+                          "responses": {"200": {"description": ok}}}
+    if body is not None:
+        op["requestBody"] = _body_schema(body)
+    return op
+
+
 OPENAPI_PATHS: dict[str, Any] = {
-    _DDI: {"get": {"summary": "hawkBit DDI poll (TargetToken or GatewayToken; docs/ddi.md)",
-                   "x-fleetd-auth": "ddi", "responses": {"200": {"description": "DdiControllerBase"}}}},
-    _DDI + "/deploymentBase/{actionId}": {"get": {"summary": "hawkBit DDI deployment", "x-fleetd-auth": "ddi",
-                                                  "responses": {"200": {"description": "DdiDeploymentBase"}}}},
-    _DDI + "/deploymentBase/{actionId}/feedback": {"post": {"summary": "hawkBit DDI deployment feedback",
-                                                            "x-fleetd-auth": "ddi",
-                                                            "responses": {"200": {"description": "OK"}}}},
-    _DDI + "/configData": {"put": {"summary": "hawkBit DDI config data", "x-fleetd-auth": "ddi",
-                                   "responses": {"200": {"description": "OK"}}}},
-    _DDI + "/cancelAction/{actionId}": {"get": {"summary": "hawkBit DDI cancel action", "x-fleetd-auth": "ddi",
-                                                "responses": {"200": {"description": "DdiCancel"}}}},
-    _DDI + "/cancelAction/{actionId}/feedback": {"post": {"summary": "hawkBit DDI cancel feedback",
-                                                          "x-fleetd-auth": "ddi",
-                                                          "responses": {"200": {"description": "OK"}}}},
-    _DDI + "/installedBase/{actionId}": {"get": {"summary": "hawkBit DDI installed deployment",
-                                                 "x-fleetd-auth": "ddi",
-                                                 "responses": {"200": {"description": "DdiDeploymentBase"}}}},
-    _DDI + "/softwaremodules/{moduleId}/artifacts": {"get": {"summary": "hawkBit DDI artifacts of a module",
-                                                             "x-fleetd-auth": "ddi",
-                                                             "responses": {"200": {"description": "[DdiArtifact]"}}}},
+    _DDI: {"get": _op("hawkBit DDI poll (TargetToken or GatewayToken; docs/ddi.md)", "DdiControllerBase")},
+    _DDI + "/deploymentBase/{actionId}": {"get": _op("hawkBit DDI deployment", "DdiDeploymentBase", _ACTION,
+                                                     _HISTORY)},
+    _DDI + "/deploymentBase/{actionId}/feedback": {"post": _op("hawkBit DDI deployment feedback", "OK", _ACTION,
+                                                               body=ddi_feedback.DdiActionFeedback)},
+    _DDI + "/configData": {"put": _op("hawkBit DDI config data", "OK", body=ddi_feedback.DdiConfigData)},
+    _DDI + "/cancelAction/{actionId}": {"get": _op("hawkBit DDI cancel action", "DdiCancel", _ACTION)},
+    _DDI + "/cancelAction/{actionId}/feedback": {"post": _op("hawkBit DDI cancel feedback", "OK", _ACTION,
+                                                             body=ddi_feedback.DdiActionFeedback)},
+    _DDI + "/installedBase/{actionId}": {"get": _op("hawkBit DDI installed deployment", "DdiDeploymentBase",
+                                                    _ACTION, _HISTORY)},
+    _DDI + "/softwaremodules/{moduleId}/artifacts": {"get": _op("hawkBit DDI artifacts of a module",
+                                                                "[DdiArtifact]", _MODULE)},
     _DDI + "/softwaremodules/{moduleId}/artifacts/{fileName}": {
-        "get": {"summary": "hawkBit DDI artifact download (Range; also {fileName}.MD5SUM)", "x-fleetd-auth": "ddi",
-                "responses": {"200": {"description": "the file"}, "206": {"description": "one range"}}}},
+        "get": {**_op("hawkBit DDI artifact download (Range; also {fileName}.MD5SUM)", "the file", _MODULE, _FILE),
+                "responses": {"200": {"description": "the file"}, "206": {"description": "one range"}}},
+        "head": _op("hawkBit DDI artifact headers (size, ETag) without the body", "the headers", _MODULE, _FILE)},
 }
 
 __all__ = ["OPENAPI_PATHS", "DdiCaller", "authenticate", "error_response", "outside_routes", "routes"]

@@ -24,6 +24,7 @@ from . import actions, registry
 from .db import Store
 from .devauth import DeviceTokens
 from .errors import InvalidArgument
+from .fields import Int32
 from .registry import DeviceRuntime
 from .tasks import cancel_and_wait
 
@@ -40,7 +41,7 @@ class Component(msgspec.Struct, kw_only=True):
     version: str
     state: str = ""
     health: str = ""
-    restarts: int = 0
+    restarts: Int32 = 0
 
 
 # Inventory limits (docs/protocol.md §13): it is stored per device, and Enroll takes it before any credential.

@@ -53,8 +53,8 @@ DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 # Label value for a request Litestar answered without a route template (should not happen).
 UNMATCHED_ROUTE = "<unmatched>"
 
-_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 Labels = Mapping[str, str]
 Samples = float | int | None | Iterable[tuple[Labels, float | int]]
@@ -101,7 +101,7 @@ class Metrics:
         self._register(name, help, "counter", source)
 
     def _register(self, name: str, help: str, kind: Kind, source: Source) -> None:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise ValueError(f"invalid metric name {name!r}")
         if name in self._collected or name in ("fleetd_http_requests_total", "fleetd_http_request_duration_seconds"):
             raise ValueError(f"metric {name} is registered twice")
@@ -252,7 +252,7 @@ def _samples(value: Samples) -> list[tuple[Labels, float | int]]:
     out = []
     for labels, v in value:
         for key in labels:
-            if not _LABEL.match(key) or key.startswith("__"):
+            if not _LABEL.fullmatch(key) or key.startswith("__"):
                 raise ValueError(f"invalid label name {key!r}")
         if not isinstance(v, bool | int | float):
             raise TypeError(f"value {v!r} is not a number")

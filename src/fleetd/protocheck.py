@@ -45,7 +45,7 @@ except ImportError as e:  # both come with grpcio-tools
 SCALARS = frozenset({"double", "float", "int32", "int64", "uint32", "uint64", "sint32", "sint64",
                      "fixed32", "fixed64", "sfixed32", "sfixed64", "bool", "string", "bytes"})
 _INTS = frozenset(t for t in SCALARS if "int" in t or "fixed" in t)
-_SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+_SNAKE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
 
 
 # --- protoc's view of the files --------------------------------------------------
@@ -327,7 +327,7 @@ class _Checker:
         if m.proto.extension or m.proto.extension_range:
             self.problem(f"{where} has extensions; fleetd's JSON has no place for them")
         for fld in m.fields.values():
-            if not _SNAKE.match(fld.name):
+            if not _SNAKE.fullmatch(fld.name):
                 self.problem(f"{m.file}:{fld.line}: field {m.name}.{fld.name} must be lower_snake_case")
             if fld.json_name:
                 self.problem(f"{m.file}:{fld.line}: json_name on {m.name}.{fld.name}: the server writes "
@@ -407,7 +407,7 @@ class _Checker:
         py = {f.encode_name: f for f in info.fields}
         proto = msg.fields
         for name, pyf in py.items():
-            if not _SNAKE.match(name):
+            if not _SNAKE.fullmatch(name):
                 self.problem(f"{cls}.{pyf.name}: JSON name {name!r} is not lower_snake_case like proto fields")
             fld = proto.get(name)
             try:

@@ -34,14 +34,12 @@ from .errors import (
     Unauthenticated,
 )
 from .models import new_id, now, to_dt
-from .tags import check_tags
+from .names import DEVICE_NAME, DEVICE_TYPE, HARDWARE_ID, like_pattern
+from .tags import check_tags, json_path
 
 JOIN_TOKEN_PREFIX = "fdj1"
 CLAIM_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 DEFAULT_POLL_INTERVAL = 60
-HARDWARE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-DEVICE_TYPE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-DEVICE_NAME = re.compile(r"^[^\x00-\x1f]{1,128}$")
 REKEY_TOKEN_TTL = 86400
 
 
@@ -278,12 +276,10 @@ class EnrollResult:
 
 
 def check_enroll_fields(hardware_id: str, device_type: str, name: str) -> None:
-    if not HARDWARE_ID.match(hardware_id):
-        raise InvalidArgument("hardware_id must be 1-128 letters, digits and _.:- starting with a letter or digit")
-    if not DEVICE_TYPE.match(device_type):
-        raise InvalidArgument("device_type must be 1-64 lowercase letters, digits and _.- (e.g. linux-aarch64)")
-    if name and not DEVICE_NAME.match(name):
-        raise InvalidArgument("name must be 1-128 printable characters")
+    HARDWARE_ID.check(hardware_id, "hardware_id")
+    DEVICE_TYPE.check(device_type, "device_type")
+    if name:
+        DEVICE_NAME.check(name, "name")
 
 
 def another_key_message(hardware_id: str) -> str:
@@ -438,8 +434,8 @@ def update(conn: sqlite3.Connection, actor: Actor, ref: str, *, name: str | None
     for k in remove_tags or []:
         tags.pop(k, None)
     check_tags(tags)
-    if name is not None and not DEVICE_NAME.match(name):
-        raise InvalidArgument("name must be 1-128 printable characters")
+    if name is not None:
+        DEVICE_NAME.check(name, "name")
     if poll_interval is not None and not 5 <= poll_interval <= 86400:
         raise InvalidArgument("poll_interval must be between 5 and 86400 seconds")
     conn.execute("UPDATE devices SET name = ?, tags = ?, poll_interval = ? WHERE id = ?",
@@ -463,10 +459,10 @@ def _filters(status: str | None, device_type: str | None, tags: dict[str, str] |
         args.append(device_type)
     for k, v in (tags or {}).items():
         where.append("json_extract(tags, ?) = ?")
-        args += [f'$."{k}"', v]
+        args += [json_path(k), v]
     if search:
-        where.append("(id LIKE ? OR name LIKE ? OR hardware_id LIKE ?)")
-        args += [f"%{search}%"] * 3
+        where.append("(id LIKE ? ESCAPE '\\' OR name LIKE ? ESCAPE '\\' OR hardware_id LIKE ? ESCAPE '\\')")
+        args += [like_pattern(search, "search")] * 3
     return (" WHERE " + " AND ".join(where)) if where else "", args
 
 

@@ -33,6 +33,7 @@ from typing import Any, Final
 from . import rollups
 from .errors import NotFound
 from .rollout_rules import HealthCondition, Window, bucket
+from .tags import json_path
 
 STATUSES = ("pending", "queued", "in_progress", "soaking", "succeeded", "failed", "skipped")
 PENDING, QUEUED, IN_PROGRESS, SOAKING, SUCCEEDED, FAILED, SKIPPED = range(7)
@@ -66,7 +67,7 @@ class Target:
             args.append(json.dumps(self.device_types))
             for k, v in sorted(self.tags.items()):
                 where.append("json_extract(tags, ?) = ?")
-                args += [f'$."{k}"', v]
+                args += [json_path(k), v]
             parts.append("(" + " AND ".join(where) + ")")
         if self.device_ids:
             parts.append("id IN (SELECT value FROM json_each(?))")

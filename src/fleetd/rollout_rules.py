@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import InvalidArgument
 from .models import parse_duration
-from .telemetry import METRIC_NAME
+from .names import METRIC_NAME
 
 DEFAULT_STAGES = (5.0, 25.0, 100.0)
 MAX_STAGES = 20
@@ -128,7 +128,7 @@ def parse_start_at(text: str, now: float) -> float | None:
 # --- maintenance windows -------------------------------------------------------------------
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_TIME = re.compile(r"^(\d{1,2}):(\d{2})$")
+_TIME = re.compile(r"(\d{1,2}):(\d{2})")
 
 
 def _day(token: str) -> int:
@@ -139,7 +139,7 @@ def _day(token: str) -> int:
 
 
 def _minutes(token: str, what: str) -> int:
-    m = _TIME.match(token.strip())
+    m = _TIME.fullmatch(token.strip())
     if not m or int(m.group(2)) > 59 or int(m.group(1)) * 60 + int(m.group(2)) > 24 * 60:
         raise InvalidArgument(f"cannot read the {what} time {token!r}; write HH:MM, e.g. 01:00")
     return int(m.group(1)) * 60 + int(m.group(2))
@@ -228,7 +228,7 @@ def _days(text: str) -> frozenset[int]:
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt}
-_CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.:-]*)\s*(<=|>=|==|!=|<|>|=)\s*(-?[0-9.]+(?:[eE][-+]?\d+)?)\s*$")
+_CONDITION = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_.:-]*)\s*(<=|>=|==|!=|<|>|=)\s*(-?[0-9.]+(?:[eE][-+]?\d+)?)\s*")
 
 
 @dataclass(frozen=True)
@@ -243,13 +243,12 @@ class HealthCondition:
     def parse(cls, text: str) -> HealthCondition | None:
         if not text.strip():
             return None
-        m = _CONDITION.match(text)
+        m = _CONDITION.fullmatch(text)
         if not m:
             raise InvalidArgument(f"cannot read health condition {text!r}; write METRIC OP NUMBER, e.g. cpu_temp<80 "
                                   "(OP is one of < <= > >= == !=)")
         metric, op, raw = m.groups()
-        if not METRIC_NAME.match(metric):
-            raise InvalidArgument(f"{metric!r} is not a metric name (letters, digits and _.:-)")
+        METRIC_NAME.check(metric)
         try:
             value = float(raw)
         except ValueError:

@@ -381,10 +381,16 @@ def window(conn: sqlite3.Connection, metric: str, since: float, device_ids: list
     return out
 
 
-def metrics_of(conn: sqlite3.Connection, device_ids: list[str]) -> list[str]:
-    """Metric names the devices have sent (rolled up so far)."""
-    return [r[0] for r in conn.execute(
-        f"SELECT DISTINCT name FROM telemetry_series WHERE {_IN_DEVICES} ORDER BY name", (_json_list(device_ids),))]
+def metrics_of(conn: sqlite3.Connection, device_ids: list[str], limit: int = -1, offset: int = 0
+               ) -> tuple[list[str], int]:
+    """One page of the metric names the devices have sent (rolled up so far), and how many there are."""
+    devices = (_json_list(device_ids),)
+    total = conn.execute(f"SELECT COUNT(DISTINCT name) FROM telemetry_series WHERE {_IN_DEVICES}",
+                         devices).fetchone()[0]
+    names = [r[0] for r in conn.execute(
+        f"SELECT DISTINCT name FROM telemetry_series WHERE {_IN_DEVICES} ORDER BY name LIMIT ? OFFSET ?",
+        (*devices, limit, offset))]
+    return names, int(total)
 
 
 # --- the background task ----------------------------------------------------------

@@ -19,7 +19,8 @@ import binascii
 import inspect
 import logging
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -168,17 +169,31 @@ class Codec:
     def decode(self, body: bytes) -> Any:
         if not body.strip():
             body = b"{}"
-        try:
+        with decoding("request", "request body"):
             if not any(k in body for k in self._camel_keys):
                 return self._decoder.decode(body)
             raw = msgspec.json.decode(body)
             if not isinstance(raw, dict):
                 raise InvalidArgument("the request body must be a JSON object")
             return msgspec.convert(self._rename(raw) if self._rename else raw, self.type, strict=False)
-        except msgspec.ValidationError as e:  # a subclass of DecodeError: catch it first
-            raise InvalidArgument(f"invalid request: {e}") from None
-        except msgspec.DecodeError as e:
-            raise InvalidArgument(f"malformed JSON in request body: {e}") from None
+
+
+@contextmanager
+def decoding(message: str, body: str) -> Iterator[None]:
+    """Turn whatever decoding a request body raises into InvalidArgument: every JSON body a client sends
+    goes through here (RPC requests, DDI feedback and config data)."""
+    try:
+        yield
+    except msgspec.ValidationError as e:  # a subclass of DecodeError: catch it first
+        raise InvalidArgument(f"invalid {message}: {e}") from None
+    except msgspec.DecodeError as e:
+        raise InvalidArgument(f"malformed JSON in {body}: {e}") from None
+    except RecursionError:
+        # msgspec's guard against a stack overflow, at Python's recursion limit: arrays or objects nested
+        # hundreds deep, in a field this server skips. A depth count of every body before decoding would
+        # cost the telemetry hot path five times the decode; no fleetd message nests more than a few levels.
+        raise InvalidArgument(f"the {body} nests arrays or objects too deeply; no fleetd message nests more "
+                              "than a few levels") from None
 
 
 _encoder = msgspec.json.Encoder()

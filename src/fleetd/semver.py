@@ -8,9 +8,9 @@ from functools import total_ordering
 from .errors import InvalidArgument
 
 _SEMVER = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?"
 )
 
 
@@ -19,7 +19,7 @@ class Version:
     __slots__ = ("build", "major", "minor", "patch", "pre", "text")
 
     def __init__(self, text: str) -> None:
-        m = _SEMVER.match(text) if len(text) <= 128 else None
+        m = _SEMVER.fullmatch(text) if len(text) <= 128 else None
         if not m:
             raise InvalidArgument(f"version {text!r} is not a semantic version (MAJOR.MINOR.PATCH, e.g. 1.4.0 "
                                   "or 2.0.0-rc.1)")

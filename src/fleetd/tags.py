@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 from .errors import InvalidArgument
+from .names import TAG_KEY, TAG_VALUE
 
-TAG_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-MAX_VALUE = 128
 MAX_TAGS = 64
 
 
@@ -15,11 +12,15 @@ def check_tags(tags: dict[str, str]) -> dict[str, str]:
     if len(tags) > MAX_TAGS:
         raise InvalidArgument(f"a device has at most {MAX_TAGS} tags")
     for k, v in tags.items():
-        if not TAG_KEY.match(k):
-            raise InvalidArgument(f"tag key {k!r} must be 1-63 letters, digits and _.- starting with a letter or digit")
-        if len(v) > MAX_VALUE or any(c in v for c in "=,\n\r\0"):
-            raise InvalidArgument(f"tag value for {k!r} must be at most {MAX_VALUE} characters without = , or newlines")
+        TAG_KEY.check(k)
+        TAG_VALUE.check(v, f"tag value for {k!r}")
     return tags
+
+
+def json_path(key: str) -> str:
+    """The SQLite JSON path of tag ``key`` in a tags column; refuses what is not a tag key (a quote would
+    break the path)."""
+    return f'$."{TAG_KEY.check(key)}"'
 
 
 def parse_tag_args(items: list[str]) -> dict[str, str]:

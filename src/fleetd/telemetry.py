@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
+import sqlite3
 import time
+from collections.abc import Iterable
 from typing import NoReturn
 
 import msgspec
 
 from .db import Store
-from .errors import InvalidArgument
+from .errors import InvalidArgument, ResourceExhausted
+from .names import METRIC_NAME
 
-METRIC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")
 MAX_POINTS = 5000
 MAX_TAGS = 16
 EARLIEST = 946684800.0  # 2000-01-01
@@ -36,18 +37,61 @@ class Point(msgspec.Struct, kw_only=True, gc=False):
 Row = tuple[str, str, float, float, str | None]
 """(device_id, name, ts, value, tags json): one row of the telemetry table."""
 
-# Metric names already matched by METRIC_NAME: devices repeat the same few, so most points skip the
-# regex. Bounded: emptied when full, so a device inventing names cannot grow it without limit.
-_known_names: set[str] = set()
-_KNOWN_NAMES_MAX = 4096
+class MetricNames:
+    """The distinct metric names each device has sent, and all of them: the cardinality limits.
+
+    Devices repeat the same few names, so a point costs one set lookup; only a name new to its device is
+    validated and counted. Loaded from the store at start; a name stays counted until restart even when
+    retention has removed its data (docs/telemetry.md).
+    """
+
+    def __init__(self, per_device: int = 500, fleet: int = 50_000) -> None:
+        self.per_device, self.fleet = per_device, fleet
+        self._by_device: dict[str, set[str]] = {}
+        self._all: dict[str, str] = {}  # name → the one str object every device's set shares
+
+    def load(self, pairs: Iterable[tuple[str, str]]) -> None:
+        for device_id, name in pairs:
+            name = self._all.setdefault(name, name)
+            self._by_device.setdefault(device_id, set()).add(name)
+
+    def of(self, device_id: str) -> set[str]:
+        """The device's names (a live set: callers only read it)."""
+        return self._by_device.get(device_id) or set()
+
+    def admit(self, device_id: str, new: set[str]) -> None:
+        """Count ``new`` (valid names this device has not sent before), or ResourceExhausted naming the limit."""
+        known = self._by_device.setdefault(device_id, set())
+        if len(known) + len(new) > self.per_device:
+            raise ResourceExhausted(
+                f"this device would send {len(known) + len(new)} distinct metric names; at most "
+                f"{self.per_device} per device (setting max_metric_names_per_device); send fewer names, "
+                "e.g. put what varies into tags")
+        unseen = [n for n in new if n not in self._all]
+        if len(self._all) + len(unseen) > self.fleet:
+            raise ResourceExhausted(
+                f"the fleet would have {len(self._all) + len(unseen)} distinct metric names; at most "
+                f"{self.fleet} (setting max_metric_names); send fewer names, e.g. put what varies into tags")
+        for n in new:
+            known.add(self._all.setdefault(n, n))
 
 
-def rows_for(device_id: str, points: list[Point], received: float) -> list[Row]:
-    """The rows to store for ``points``, or InvalidArgument naming the first bad point."""
+def load_metric_names(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """Every (device, metric name) stored: rolled-up series, and raw points not rolled up yet."""
+    return conn.execute(
+        "SELECT device_id, name FROM telemetry_series UNION SELECT DISTINCT device_id, name FROM telemetry "
+        "WHERE id > (SELECT COALESCE(MAX(rolled_up_to), 0) FROM telemetry_rollup_state)").fetchall()
+
+
+def rows_for(device_id: str, points: list[Point], received: float, names: MetricNames | None = None) -> list[Row]:
+    """The rows to store for ``points``, or InvalidArgument naming the first bad point (ResourceExhausted when
+    they bring more new metric names than ``names`` allows)."""
     if len(points) > MAX_POINTS:
         raise InvalidArgument(f"at most {MAX_POINTS} points per batch, got {len(points)}; send smaller batches")
+    names = names if names is not None else MetricNames()
     latest = received + 86400
-    known, isfinite = _known_names, math.isfinite
+    known, isfinite = names.of(device_id), math.isfinite
+    new: set[str] = set()
     rows: list[Row] = []
     append = rows.append
     # A device tags its points alike: the last tags seen and their JSON are reused when equal.
@@ -55,8 +99,9 @@ def rows_for(device_id: str, points: list[Point], received: float) -> list[Row]:
     last_json = None
     for p in points:
         name, value, ts, tags = p.name, p.value, p.ts or received, p.tags
-        if name not in known:
-            _check_name(points.index(p), name)
+        if name not in known and name not in new:
+            METRIC_NAME.check(name, f"point {points.index(p)}: metric name")
+            new.add(name)
         if not (EARLIEST <= ts <= latest and isfinite(value)):
             _reject(points.index(p), p, received)
         if not tags:
@@ -67,16 +112,9 @@ def rows_for(device_id: str, points: list[Point], received: float) -> list[Row]:
                 _reject(points.index(p), p, received)
             last_tags, last_json = tags, msgspec.json.encode(tags).decode()
         append((device_id, name, ts, value, last_json))
+    if new:
+        names.admit(device_id, new)
     return rows
-
-
-def _check_name(i: int, name: str) -> None:
-    if not METRIC_NAME.match(name):
-        raise InvalidArgument(f"point {i}: metric name {name!r} must be letters, digits and _.:- "
-                              "(at most 128, not starting with a digit)")
-    if len(_known_names) >= _KNOWN_NAMES_MAX:
-        _known_names.clear()
-    _known_names.add(name)
 
 
 def _tags_ok(tags: dict[str, str]) -> bool:
@@ -97,8 +135,10 @@ class TelemetryIntake:
     """Group commit: an insert starts as soon as the writer is free; while one runs, new points wait and go
     together in the next one. Each caller returns only once its own rows are committed."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, names: MetricNames | None = None) -> None:
         self.store = store
+        self.names = names if names is not None else MetricNames()
+        self.names.load(store.read_sync(load_metric_names))
         self._rows: list[Row] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._scheduled = False
@@ -107,7 +147,7 @@ class TelemetryIntake:
         self.commits = 0
 
     async def add(self, device_id: str, points: list[Point]) -> int:
-        rows = rows_for(device_id, points, time.time())
+        rows = rows_for(device_id, points, time.time(), self.names)
         if not rows:
             return 0
         loop = asyncio.get_running_loop()

@@ -352,3 +352,25 @@ def test_a_server_found_by_mdns_is_looked_up_again_when_it_moves(tmp_path: Path)
         zc.close()
         res.client.close()
         second.stop()
+
+
+def test_telemetry_refused_by_a_quota_is_dropped_not_retried_forever(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """resource_exhausted without Retry-After (the metric-name limits) would be refused again: the batch goes,
+    and the points after it are not held behind it."""
+    s = ServerProcess(tmp_path / "data", env={"FLEETD_MAX_METRIC_NAMES_PER_DEVICE": "2"}).start()
+    try:
+        key = s.create_key("admin", "agent-quota")
+        settings, res = enrolled(s, key, tmp_path / "agent", "core-quota-1")
+        loop = RunLoop(settings, res.state, res.client, executor=NullExecutor(settings.paths.root))
+        loop.telemetry.put({"points": [{"name": n, "value": 1.0} for n in ("a", "b", "c")]})
+        with caplog.at_level(logging.INFO, logger="fleet_agent"):
+            loop.push_telemetry()
+        assert queue_stats(settings.paths.telemetry_queue)["items"] == 0
+        assert "at most 2 per device (setting max_metric_names_per_device)" in caplog.text
+        loop.telemetry.put({"points": [{"name": "a", "value": 2.0}]})
+        loop.push_telemetry()
+        assert queue_stats(settings.paths.telemetry_queue)["items"] == 0
+        res.client.close()
+    finally:
+        s.stop()

@@ -9,6 +9,7 @@ import msgspec
 
 from .. import alerts, registry, webhooks
 from ..alerts import AlertRule, Incident
+from ..fields import Int32, page_limit
 from ..rpc import Context, Empty, Service
 from ..webhooks import Delivery, Webhook
 
@@ -28,7 +29,7 @@ class CreateRuleRequest(msgspec.Struct, kw_only=True):
     comparison: str = ">"
     threshold: float = 0.0
     # 60..86400, counted in whole minutes; 300 when unset.
-    window_seconds: int = 300
+    window_seconds: Int32 = 300
     # Devices with all of these tags; none: every active device.
     tags: dict[str, str] = {}
     # Only devices of this type; empty: any.
@@ -61,7 +62,7 @@ class UpdateRuleRequest(msgspec.Struct, kw_only=True):
     aggregate: str | None = None
     comparison: str | None = None
     threshold: float | None = None
-    window_seconds: int | None = None
+    window_seconds: Int32 | None = None
     # Disabling a rule resolves its open incidents.
     enabled: bool | None = None
 
@@ -91,7 +92,7 @@ class ListIncidentsRequest(msgspec.Struct, kw_only=True):
     # Device id, hardware id or name.
     device: str = ""
     # 1..1000; 100 when unset.
-    limit: int = 0
+    limit: Int32 = 0
 
 
 class ListIncidentsResponse(msgspec.Struct, kw_only=True):
@@ -104,7 +105,7 @@ async def ListIncidents(ctx: Context, req: ListIncidentsRequest) -> ListIncident
     def run(conn: sqlite3.Connection) -> list[Incident]:
         device_id = registry.find_device_row(conn, req.device)["id"] if req.device else ""
         return alerts.list_incidents(conn, state=req.state, rule_id=req.rule_id, device_id=device_id,
-                                     limit=req.limit or 100)
+                                     limit=page_limit(req.limit, 100, 1000))
 
     return ListIncidentsResponse(incidents=await ctx.fleet.store.read(run))
 
@@ -156,7 +157,7 @@ class ListDeliveriesRequest(msgspec.Struct, kw_only=True):
     # pending, delivered or failed; empty: all.
     state: str = ""
     # 1..1000; 100 when unset.
-    limit: int = 0
+    limit: Int32 = 0
 
 
 class ListDeliveriesResponse(msgspec.Struct, kw_only=True):
@@ -167,4 +168,4 @@ class ListDeliveriesResponse(msgspec.Struct, kw_only=True):
 async def ListDeliveries(ctx: Context, req: ListDeliveriesRequest) -> ListDeliveriesResponse:
     """The webhook delivery log, newest first: attempts, last HTTP status, last error."""
     return ListDeliveriesResponse(deliveries=await ctx.fleet.store.read(lambda c: webhooks.list_deliveries(
-        c, webhook_id=req.webhook_id, state=req.state, limit=req.limit or 100)))
+        c, webhook_id=req.webhook_id, state=req.state, limit=page_limit(req.limit, 100, 1000))))

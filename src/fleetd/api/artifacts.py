@@ -17,6 +17,7 @@ from litestar.params import FromPath
 from .. import artifacts, rpc, uploads
 from ..artifacts import Artifact, ArtifactDetail, InstallSpec
 from ..errors import Aborted, AlreadyExists, InvalidArgument
+from ..fields import Int32, Int64, Offset, page_limit
 from ..rpc import Context, Empty, Service
 
 if TYPE_CHECKING:
@@ -36,13 +37,13 @@ class CreateUploadRequest(msgspec.Struct, kw_only=True):
     # The original file name devices get.
     file_name: str
     # The bytes the PUT will carry; 0 = not announced. When given, any other length is refused.
-    size: int = 0
+    size: Int64 = 0
     # app only: how to run it. Without one the file itself is run.
     install_spec: InstallSpec | None = None
     # raw (the file as sent) or rtos-image (firmware only: the server wraps the file in a signed RTOS image).
     format: str = "raw"
     # rtos-image only: the image's anti-rollback counter, 0..4294967295; raise it to revoke older images.
-    security_counter: int = 0
+    security_counter: Int64 = 0
 
 
 class UploadTicket(msgspec.Struct, kw_only=True):
@@ -79,19 +80,25 @@ class ListArtifactsRequest(msgspec.Struct, kw_only=True):
     kind: str = ""
     # Only artifacts built for this device type.
     device_type: str = ""
+    # 1..10000; 1000 when unset.
+    limit: Int32 = 0
+    offset: Offset = 0
 
 
 class ListArtifactsResponse(msgspec.Struct, kw_only=True):
     artifacts: list[Artifact]
+    # How many match in all.
+    total: int = 0
 
 
 @service.method(auth="viewer", readonly=True)
 async def ListArtifacts(ctx: Context, req: ListArtifactsRequest) -> ListArtifactsResponse:
-    """Artifacts by name, then version (oldest first)."""
+    """One page of the artifacts, by name, then version (oldest first)."""
+    limit = page_limit(req.limit, 1000, 10_000)
     found = await ctx.fleet.store.read(lambda c: artifacts.list_all(c, req.name or None))
     found = [a for a in found if (not req.kind or a.kind == req.kind)
              and (not req.device_type or req.device_type in a.device_types)]
-    return ListArtifactsResponse(artifacts=found)
+    return ListArtifactsResponse(artifacts=found[req.offset:req.offset + limit], total=len(found))
 
 
 class ArtifactId(msgspec.Struct, kw_only=True):

@@ -9,6 +9,7 @@ import msgspec
 from .. import audit
 from ..audit import AuditEntry
 from ..errors import InvalidArgument
+from ..fields import Int32, Int64
 from ..rpc import Context, Service
 
 service = Service("AuditService", "The audit log of admin actions and security events.")
@@ -25,8 +26,8 @@ class ListAuditRequest(msgspec.Struct, kw_only=True):
     since: dt.datetime | None = None
     until: dt.datetime | None = None
     # Page backwards: entries with an id below this.
-    before_id: int = 0
-    limit: int = 100
+    before_id: Int64 = 0
+    limit: Int32 = 100
 
 
 class ListAuditResponse(msgspec.Struct, kw_only=True):

@@ -10,6 +10,7 @@ from .. import actions, registry
 from ..actions import DeviceAction
 from ..devauth import CHALLENGE_TTL, TOKEN_TTL, challenge_message, decode_b64_field, verify_signature
 from ..errors import InvalidArgument, PermissionDenied, Unauthenticated
+from ..fields import Int32
 from ..hub import Component, Inventory, inventory_dict
 from ..registry import DeviceRuntime
 from ..rpc import Context, Service
@@ -170,7 +171,7 @@ class ReportStatusRequest(msgspec.Struct, kw_only=True):
     action_id: str
     state: str
     message: str = ""
-    progress: int = 0
+    progress: Int32 = 0
 
 
 class ReportStatusResponse(msgspec.Struct, kw_only=True):

@@ -10,6 +10,7 @@ import msgspec
 from .. import actions, registry
 from ..actions import Action
 from ..errors import InvalidArgument
+from ..fields import Int32, Seconds
 from ..models import now, to_dt
 from ..registry import Device, JoinToken
 from ..rpc import Context, Empty, Service
@@ -34,8 +35,8 @@ class ListDevicesRequest(msgspec.Struct, kw_only=True):
     tags: dict[str, str] = {}
     # Substring of the id, name or hardware id.
     search: str = ""
-    limit: int = 1000
-    offset: int = 0
+    limit: Int32 = 1000
+    offset: Int32 = 0
 
 
 class ListDevicesResponse(msgspec.Struct, kw_only=True):
@@ -77,7 +78,7 @@ class UpdateDeviceRequest(msgspec.Struct, kw_only=True):
     name: str | None = None
     set_tags: dict[str, str] = {}
     remove_tags: list[str] = []
-    poll_interval: int | None = None
+    poll_interval: Int32 | None = None
 
 
 @service.method(auth="operator")
@@ -111,7 +112,7 @@ class RekeyDeviceRequest(msgspec.Struct, kw_only=True):
     # Device id, hardware id or unique name.
     id: str
     # Seconds until the token expires (1 s to 30 days).
-    expires_in: int = registry.REKEY_TOKEN_TTL
+    expires_in: Seconds = registry.REKEY_TOKEN_TTL
 
 
 class RekeyDeviceResponse(msgspec.Struct, kw_only=True):
@@ -211,7 +212,7 @@ async def CreateAction(ctx: Context, req: CreateActionRequest) -> ActionsCreated
 
 class ListActionsRequest(msgspec.Struct, kw_only=True):
     device_id: str
-    limit: int = 100
+    limit: Int32 = 100
 
 
 class ListActionsResponse(msgspec.Struct, kw_only=True):

@@ -9,6 +9,7 @@ import msgspec
 
 from .. import registry
 from ..errors import InvalidArgument
+from ..fields import Int32, Int64, Offset, Seconds, page_limit
 from ..models import now
 from ..registry import Device, JoinToken
 from ..rpc import Context, Empty, Service
@@ -22,9 +23,9 @@ class CreateTokenRequest(msgspec.Struct, kw_only=True):
     # Tags every device enrolled with this token gets.
     tags: dict[str, str] = {}
     # How many devices may enroll with it; 0 = unlimited.
-    uses: int = 0
+    uses: Int64 = 0
     # Seconds until it expires; 0 = never.
-    expires_in: int = 86400
+    expires_in: Seconds = 86400
 
 
 def install_command(ctx: Context, token: str) -> str:
@@ -58,17 +59,24 @@ async def CreateToken(ctx: Context, req: CreateTokenRequest) -> JoinToken:
 class ListTokensRequest(msgspec.Struct, kw_only=True):
     # Also expired, used-up and revoked tokens.
     include_inactive: bool = False
+    # 1..10000; 1000 when unset.
+    limit: Int32 = 0
+    offset: Offset = 0
 
 
 class ListTokensResponse(msgspec.Struct, kw_only=True):
     tokens: list[JoinToken]
+    # How many match in all.
+    total: int = 0
 
 
 @service.method(auth="operator", readonly=True)
 async def ListTokens(ctx: Context, req: ListTokensRequest) -> ListTokensResponse:
-    """Join tokens (never their secrets)."""
-    return ListTokensResponse(tokens=await ctx.fleet.store.read(
-        lambda c: registry.list_tokens(c, req.include_inactive)))
+    """One page of the join tokens, newest first (never their secrets). Used-up tokens are kept: with one
+    single-use token per device, the inactive ones grow with the fleet."""
+    limit = page_limit(req.limit, 1000, 10_000)
+    found = await ctx.fleet.store.read(lambda c: registry.list_tokens(c, req.include_inactive))
+    return ListTokensResponse(tokens=found[req.offset:req.offset + limit], total=len(found))
 
 
 class RevokeTokenRequest(msgspec.Struct, kw_only=True):

@@ -10,6 +10,7 @@ import msgspec
 
 from .. import orchestrator, rollouts
 from ..errors import InvalidArgument
+from ..fields import Int32, page_limit
 from ..rollout_steps import Change
 from ..rollouts import Rollout, RolloutDevice, RolloutSpec
 from ..rpc import Context, Service
@@ -41,7 +42,7 @@ async def CreateRollout(ctx: Context, req: RolloutSpec) -> Rollout:
 class ListRolloutsRequest(msgspec.Struct, kw_only=True):
     # Only rollouts in this state.
     state: str = ""
-    limit: int = 100
+    limit: Int32 = 100
 
 
 class ListRolloutsResponse(msgspec.Struct, kw_only=True):
@@ -51,7 +52,8 @@ class ListRolloutsResponse(msgspec.Struct, kw_only=True):
 @service.method(auth="viewer", readonly=True)
 async def ListRollouts(ctx: Context, req: ListRolloutsRequest) -> ListRolloutsResponse:
     """Rollouts, newest first (limit 1..1000); stage counts are left out (GetRollout has them)."""
-    found = await ctx.fleet.store.read(lambda c: rollouts.list_rollouts(c, time.time(), req.state, req.limit or 100))
+    limit = page_limit(req.limit, 100, 1000)
+    found = await ctx.fleet.store.read(lambda c: rollouts.list_rollouts(c, time.time(), req.state, limit))
     return ListRolloutsResponse(rollouts=found)
 
 
@@ -69,7 +71,7 @@ class ListRolloutDevicesRequest(msgspec.Struct, kw_only=True):
     id: str
     # Only devices with this status: pending, queued, in_progress, soaking, succeeded, failed, skipped.
     status: str = ""
-    limit: int = 1000
+    limit: Int32 = 1000
 
 
 class ListRolloutDevicesResponse(msgspec.Struct, kw_only=True):

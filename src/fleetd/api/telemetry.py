@@ -10,10 +10,11 @@ import msgspec
 
 from .. import registry, rollups
 from ..errors import InvalidArgument
+from ..fields import Int32, Offset, page_limit
 from ..models import to_dt
+from ..names import METRIC_NAME
 from ..rollups import Bucket, Retention
 from ..rpc import Context, Service
-from ..telemetry import METRIC_NAME
 
 service = Service("TelemetryService", "Telemetry queries: raw points for short ranges, rollups for long ones, "
                   "downsampled to at most max_points.")
@@ -36,7 +37,7 @@ class QueryRequest(msgspec.Struct, kw_only=True):
     # Unset: now.
     end: dt.datetime | None = None
     # 1..10000; 500 when unset.
-    max_points: int = 0
+    max_points: Int32 = 0
 
 
 class QueryResponse(msgspec.Struct, kw_only=True):
@@ -61,8 +62,7 @@ def _selected(conn: sqlite3.Connection, req: QueryRequest) -> list[str]:
 @service.method(auth="viewer", readonly=True)
 async def Query(ctx: Context, req: QueryRequest) -> QueryResponse:
     """A metric over a time range, downsampled to at most max_points buckets (avg, min, max, count each)."""
-    if not METRIC_NAME.match(req.metric):
-        raise InvalidArgument(f"metric {req.metric!r} is not a metric name (letters, digits and _.:-)")
+    METRIC_NAME.check(req.metric, "metric")
     if bool(req.device) == bool(req.tags or req.device_type):
         raise InvalidArgument("give either device, or tags (and/or device_type) to aggregate over devices")
     max_points = req.max_points or DEFAULT_POINTS
@@ -90,16 +90,25 @@ async def Query(ctx: Context, req: QueryRequest) -> QueryResponse:
 class ListMetricsRequest(msgspec.Struct, kw_only=True):
     # Device id, hardware id or name.
     device: str
+    # 1..10000; 1000 when unset.
+    limit: Int32 = 0
+    offset: Offset = 0
 
 
 class ListMetricsResponse(msgspec.Struct, kw_only=True):
     metrics: list[str]
+    # How many names the device has in all.
+    total: int = 0
 
 
 @service.method(auth="viewer", readonly=True)
 async def ListMetrics(ctx: Context, req: ListMetricsRequest) -> ListMetricsResponse:
-    """The metric names a device has sent (those already rolled up, i.e. up to a few seconds ago)."""
-    def run(conn: sqlite3.Connection) -> list[str]:
-        return rollups.metrics_of(conn, [registry.find_device_row(conn, req.device)["id"]])
+    """One page of the metric names a device has sent (those already rolled up, i.e. up to a few seconds ago),
+    sorted."""
+    limit = page_limit(req.limit, 1000, 10_000)
 
-    return ListMetricsResponse(metrics=await ctx.fleet.store.read(run))
+    def run(conn: sqlite3.Connection) -> tuple[list[str], int]:
+        return rollups.metrics_of(conn, [registry.find_device_row(conn, req.device)["id"]], limit, req.offset)
+
+    names, total = await ctx.fleet.store.read(run)
+    return ListMetricsResponse(metrics=names, total=total)

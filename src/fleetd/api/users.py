@@ -10,7 +10,9 @@ from litestar.datastructures import Cookie
 from .. import audit, auth
 from ..auth import ApiKey, User
 from ..errors import InvalidArgument, PermissionDenied, Unauthenticated
-from ..models import check_name, now, to_dt
+from ..fields import Seconds
+from ..models import now, to_dt
+from ..names import ACCOUNT_NAME
 from ..rpc import Context, Empty, Service
 
 service = Service("UserService", "Admin users, browser sessions and API keys.")
@@ -137,7 +139,7 @@ async def CreateUser(ctx: Context, req: CreateUserRequest) -> CreateUserResponse
     """Create a user; without a password, one is generated and returned once."""
     generated = not req.password
     password = auth.generate_password(req.username) if generated else req.password
-    check_name(req.username, "username")
+    ACCOUNT_NAME.check(req.username, "username")
     hashed = await ctx.fleet.passwords.run(auth.new_password, password, req.username)
     user = await ctx.fleet.store.write(
         lambda c: auth.create_user(c, ctx.actor, req.username, hashed, req.role,
@@ -202,7 +204,7 @@ class CreateKeyRequest(msgspec.Struct, kw_only=True):
     name: str
     role: str
     # Seconds until the key expires; 0 = never.
-    expires_in: int = 0
+    expires_in: Seconds = 0
 
 
 @service.method(auth="admin")

@@ -24,8 +24,8 @@ alerts_app.add_typer(rules_app, name="rules")
 alerts_app.add_typer(webhooks_app, name="webhooks")
 
 SERVICE = "AlertService"
-CONDITION = re.compile(r"^\s*(?:(avg|min|max)\(\s*([A-Za-z_][A-Za-z0-9_.:-]*)\s*\)|([A-Za-z_][A-Za-z0-9_.:-]*))"
-                       r"\s*(>=|<=|>|<)\s*(-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+CONDITION = re.compile(r"\s*(?:(avg|min|max)\(\s*([A-Za-z_][A-Za-z0-9_.:-]*)\s*\)|([A-Za-z_][A-Za-z0-9_.:-]*))"
+                       r"\s*(>=|<=|>|<)\s*(-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*")
 RULE_COLUMNS = ["id", "name", "condition", "target", "enabled"]
 INCIDENT_COLUMNS = ["id", "state", "rule_name", "device", "message", "started_at", "resolved_at"]
 DELIVERY_COLUMNS = ["id", "webhook_id", "event", "incident_id", "state", "attempts", "last_status", "last_error",
@@ -34,7 +34,7 @@ DELIVERY_COLUMNS = ["id", "webhook_id", "event", "incident_id", "state", "attemp
 
 def parse_condition(text: str) -> dict[str, Any]:
     """'cpu_temp > 80', 'max(cpu_temp) >= 90' → the rule's metric, aggregate, comparison and threshold."""
-    m = CONDITION.match(text)
+    m = CONDITION.fullmatch(text)
     if not m:
         raise InvalidArgument(f"cannot read condition {text!r}; write METRIC OP NUMBER with OP one of > < >= <=, "
                               "optionally as avg(METRIC), min(METRIC) or max(METRIC): e.g. 'cpu_temp > 80' or "

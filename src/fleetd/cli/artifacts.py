@@ -244,16 +244,20 @@ def _readable(a: dict[str, Any]) -> dict[str, Any]:
 @artifacts_app.command("list")
 def list_(
     name: Annotated[str, typer.Option(help="Only versions of this component.")] = "",
+    limit: Annotated[int, typer.Option(help="At most this many (1-10000).")] = 1000,
     server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None, json: JsonOpt = False,
 ) -> None:
     """List artifacts, by name then version."""
     with errors_reported():
-        arts = call(remote(server, api_key, ca), "ArtifactService", "ListArtifacts", {"name": name})["artifacts"]
+        answer = call(remote(server, api_key, ca), "ArtifactService", "ListArtifacts", {"name": name, "limit": limit})
+    arts = answer["artifacts"]
     if json:
         print_json(arts)
         return
     rows = [{**a, "size": human_size(a["size"])} for a in arts]
     print_table(rows, LIST_COLUMNS, empty="no artifacts yet; add one with 'fleetd artifacts push'")
+    if answer.get("total", 0) > len(arts):
+        console.print(f"[dim]showing {len(arts)} of {answer['total']}; narrow with --name or raise --limit[/dim]")
 
 
 @artifacts_app.command("show")

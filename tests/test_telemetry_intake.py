@@ -175,6 +175,18 @@ def test_metric_names_fleet_wide_are_limited() -> None:
     rows_for("d3", points("a", 1), now, names)  # a name the fleet has: only the device's own limit applies
 
 
+def test_devices_that_send_the_same_names_share_one_set() -> None:
+    """100,000 devices must not cost 100,000 sets: alike devices hold the same frozenset, also after a restart."""
+    names = MetricNames()
+    now = time.time()
+    for d in ("d1", "d2"):
+        rows_for(d, points("cpu.percent", 1) + points("mem.used", 1), now, names)
+    assert names.of("d1") is names.of("d2")
+    reloaded = MetricNames()
+    reloaded.load([("d1", "cpu.percent"), ("d2", "mem.used"), ("d1", "mem.used"), ("d2", "cpu.percent")])
+    assert reloaded.of("d1") is reloaded.of("d2") and reloaded.of("d1") == {"cpu.percent", "mem.used"}
+
+
 def test_metric_names_are_counted_again_after_a_restart(store: Store) -> None:
     async def send(intake: TelemetryIntake, name: str) -> int:
         return await intake.add("dev", points(name, 1))

@@ -76,13 +76,19 @@ def _regex_calls(tree: ast.AST) -> list[tuple[int, str]]:
     return found
 
 
-def test_no_pattern_is_anchored_with_dollar() -> None:
-    """``$`` matches before a trailing newline: patterns are matched whole with fullmatch (or end in \\Z)."""
+def dollar_anchored(root: Path) -> list[str]:
+    """``file:line: pattern`` of each ``$``-anchored pattern in the Python files under ``root``."""
     offenders = []
-    for path in sorted(SRC.rglob("*.py")):
+    for path in sorted(root.rglob("*.py")):
         for line, pattern in _regex_calls(ast.parse(path.read_text(), str(path))):
             if pattern.endswith("$") and not pattern.endswith("\\$"):
-                offenders.append(f"{path.relative_to(SRC)}:{line}: {pattern!r}")
+                offenders.append(f"{path.relative_to(root)}:{line}: {pattern!r}")
+    return offenders
+
+
+def test_no_pattern_is_anchored_with_dollar() -> None:
+    """``$`` matches before a trailing newline: patterns are matched whole with fullmatch (or end in \\Z)."""
+    offenders = dollar_anchored(SRC)
     assert not offenders, "use re.fullmatch instead of a $-anchored pattern:\n" + "\n".join(offenders)
 
 

@@ -29,16 +29,15 @@ from typing import Any
 from . import selfupdate
 from .download import DownloadError, download
 from .durable import read_json, read_link, remove_tree, sweep, switch_link, write_json
+from .names import APP_NAME, ENV_NAME, MANIFEST_FILE, SHA256, VERSION, BadName, check_file_name
 from .supervisor import POLICIES, ProcessManager, ProcessSpec
 from .systemd import make_supervisor
-from .unpack import MANIFEST_FILE, UnpackError, is_archive, place
+from .unpack import UnpackError, is_archive, place
 from .verify import VerificationError, b64decode, verify_file, verify_manifest
 
 log = logging.getLogger(__name__)
 
 Report = Callable[[str, str, int], None]
-NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,127}$")
 REBOOT_ENV = "FLEET_AGENT_REBOOT_CMD"
 # Trusted offline signing keys (base64, comma-separated): with any, every artifact must carry a signature by one.
 # Local configuration on purpose: a server-pushed config action must not be able to lift the requirement.
@@ -76,7 +75,7 @@ def offline_keys_from_env() -> list[bytes]:
 
 
 def _semver_key(v: str) -> tuple[Any, ...] | None:
-    m = re.match(r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?(?:\+.*)?$", v)
+    m = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?(?:\+.*)?", v)
     if not m:
         return None
     pre = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in m[4].split(".")) if m[4] else ()
@@ -235,8 +234,10 @@ class Executor:
             raise ActionFailed(f"this agent does not know action kind {kind!r}; update the agent")
 
     def _app(self, name: str, must_exist: bool = True) -> App:
-        if not NAME.match(name):
-            raise ActionFailed(f"{name!r} is not a valid app name")
+        try:
+            APP_NAME.check(name)
+        except BadName as e:
+            raise ActionFailed(f"refused: {e}") from None
         app = App(self.apps_dir, name)
         if must_exist and not app.current_version():
             raise ActionFailed(f"no app {name!r} is installed on this device")
@@ -246,7 +247,7 @@ class Executor:
         if not self.apps_dir.is_dir():
             return []
         return [App(self.apps_dir, p.name) for p in sorted(self.apps_dir.iterdir())
-                if p.is_dir() and NAME.match(p.name)]
+                if p.is_dir() and APP_NAME.ok(p.name)]
 
     # --- install ----------------------------------------------------------------------
     def _install(self, action: dict[str, Any], art: dict[str, Any], report: Report) -> None:
@@ -257,9 +258,13 @@ class Executor:
         component = action.get("component") or art["name"]
         if component != art["name"]:
             raise ActionFailed(f"the action is for {component!r} but its artifact is {art['name']!r}")
-        if not VERSION.match(str(art["version"])) or "/" in str(art["file_name"]) or \
-                str(art["file_name"]) in ("", ".", "..", MANIFEST_FILE):
-            raise ActionFailed(f"refused: unusable version {art['version']!r} or file name {art['file_name']!r}")
+        try:
+            # The agent makes paths of these; the signature says who sent them, not that they are safe.
+            VERSION.check(art["version"])
+            SHA256.check(art["sha256"])
+            check_file_name(art["file_name"])
+        except BadName as e:
+            raise ActionFailed(f"refused: {e}") from None
         if art["kind"] == "agent":
             self._update_agent(action, art, manifest, report)
         elif art["kind"] == "app":
@@ -402,7 +407,7 @@ class Executor:
 
     def _prune(self, app: App, keep: set[str | None]) -> None:
         for p in app.root.iterdir():
-            if p.is_dir() and not p.is_symlink() and p.name not in keep and VERSION.match(p.name):
+            if p.is_dir() and not p.is_symlink() and p.name not in keep and VERSION.ok(p.name):
                 remove_tree(p)
 
     def _spec(self, app: App, version: str) -> ProcessSpec:
@@ -428,6 +433,13 @@ class Executor:
         if restart not in POLICIES:
             raise ActionFailed(f"unknown restart policy {restart!r}")
         env = {str(k): str(v) for k, v in (install.get("env") or {}).items()}
+        for k, v in env.items():
+            try:
+                ENV_NAME.check(k)
+            except BadName as e:
+                raise ActionFailed(f"refused: the install spec's {e}") from None
+            if "\0" in v:
+                raise ActionFailed(f"refused: the install spec's env {k} must not contain NUL characters")
         env.update(FLEET_APP_NAME=app.name, FLEET_APP_VERSION=version, FLEET_APP_DIR=str(vdir),
                    FLEET_APP_CONFIG=str(app.config))
         return ProcessSpec(name=app.name, argv=command, cwd=str(cwd), env=env, log=app.root / "log",

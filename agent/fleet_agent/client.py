@@ -40,7 +40,7 @@ REAUTH_MARGIN = 60.0
 TRANSIENT_CODES = frozenset({"unavailable", "resource_exhausted", "internal", "unknown", "deadline_exceeded",
                              "aborted"})
 TRANSIENT_HTTP = frozenset({429, 500, 502, 503, 504})
-FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 
 class AgentError(Exception):
@@ -84,8 +84,8 @@ def parse_join_token(token: str) -> JoinToken:
     if len(parts) != 4 or parts[0] != "fdj1":
         raise AgentError("invalid_argument", "a join token looks like fdj1.<CA fingerprint>.<id>.<secret>; copy "
                          "it whole from 'fleetd tokens create'")
-    if not FINGERPRINT.match(parts[1]) or not re.match(r"^[0-9a-f]{12}$", parts[2]) \
-            or not re.match(r"^[0-9a-f]{32}$", parts[3]):
+    if not FINGERPRINT.fullmatch(parts[1]) or not re.fullmatch(r"[0-9a-f]{12}", parts[2]) \
+            or not re.fullmatch(r"[0-9a-f]{32}", parts[3]):
         raise AgentError("invalid_argument", "the join token is malformed (lowercase hex parts of 64, 12 and 32 "
                          "digits); copy it whole from 'fleetd tokens create'")
     return JoinToken(t, parts[1])

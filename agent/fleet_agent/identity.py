@@ -14,11 +14,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .config import ConfigError, atomic_write
+from .names import DEVICE_TYPE, HARDWARE_ID, BadName
 
 log = logging.getLogger(__name__)
-
-HARDWARE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-DEVICE_TYPE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
@@ -85,16 +83,16 @@ def pi_serial(root: Path = Path("/")) -> str:
 def detect_hardware_id(root: Path = Path("/")) -> str:
     """A stable id: the board serial where there is one (it survives re-imaging), else /etc/machine-id."""
     for candidate in (pi_serial(root), _read(root / "etc/machine-id"), _read(root / "var/lib/dbus/machine-id")):
-        if candidate and HARDWARE_ID.match(candidate):
+        if candidate and HARDWARE_ID.ok(candidate):
             return candidate
     raise ConfigError("cannot find a hardware id (no board serial, no /etc/machine-id); pass --hardware-id ID")
 
 
 def check_hardware_id(value: str) -> str:
-    if not HARDWARE_ID.match(value):
-        raise ConfigError(f"hardware id {value!r} must be 1-128 characters of A-Z a-z 0-9 _ . : -, starting with "
-                          "a letter or digit")
-    return value
+    try:
+        return HARDWARE_ID.check(value)
+    except BadName as e:
+        raise ConfigError(str(e)) from None
 
 
 def default_device_type() -> str:
@@ -103,10 +101,10 @@ def default_device_type() -> str:
 
 
 def check_device_type(value: str) -> str:
-    if not DEVICE_TYPE.match(value):
-        raise ConfigError(f"device type {value!r} must be 1-64 characters of a-z 0-9 _ . -, starting with a "
-                          "letter or digit (for example linux-aarch64)")
-    return value
+    try:
+        return DEVICE_TYPE.check(value)
+    except BadName as e:
+        raise ConfigError(str(e)) from None
 
 
 __all__ = ["challenge_message", "check_device_type", "check_hardware_id", "default_device_type",

@@ -30,7 +30,7 @@ from .config import fsync_dir
 
 log = logging.getLogger(__name__)
 
-_ITEM = re.compile(r"^(\d{16})\.json$")
+_ITEM = re.compile(r"([0-9]{16})\.json")
 _TMP_PREFIX = ".tmp-"
 
 
@@ -45,7 +45,7 @@ class DiskQueue:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         found = []
         for name in os.listdir(str(self.dir)):
-            m = _ITEM.match(name)
+            m = _ITEM.fullmatch(name)
             if m:
                 with contextlib.suppress(FileNotFoundError):
                     found.append((int(m.group(1)), (self.dir / name).stat().st_size))
@@ -157,7 +157,7 @@ def queue_stats(directory: Path) -> dict[str, int]:
     except FileNotFoundError:
         names = []
     for name in names:
-        if _ITEM.match(name):
+        if _ITEM.fullmatch(name):
             try:
                 size += (directory / name).stat().st_size
                 items += 1

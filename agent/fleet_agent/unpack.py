@@ -21,8 +21,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .durable import fsync_dir, remove_tree
+from .names import MANIFEST_FILE, BadName, check_file_name
 
-MANIFEST_FILE = ".fleet-manifest.json"
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.xz", ".txz", ".tar.bz2", ".tbz2")
 ZIP_SUFFIXES = (".zip",)
 
@@ -201,7 +201,10 @@ def _sync_tree(root: Path) -> None:
 def place(path: Path, app_root: Path, version: str, artifact: dict[str, Any],
           after_unpack: Callable[[], None] | None = None) -> Path:
     """Put the verified file at ``path`` in place as ``app_root/<version>/``; return that folder."""
-    file_name = str(artifact["file_name"])
+    try:
+        file_name = check_file_name(artifact["file_name"])
+    except BadName as e:
+        raise UnpackError(str(e)) from None
     app_root.mkdir(parents=True, exist_ok=True)
     tmp = app_root / f".{version}.{secrets.token_hex(4)}.tmp"
     tmp.mkdir()

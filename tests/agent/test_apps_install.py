@@ -12,11 +12,13 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.agent.apps_support import (
+    SIGNING_KEY,
     Device,
     crashing_app,
     heartbeat_advances,
@@ -167,6 +169,42 @@ def test_a_tampered_manifest_is_refused_before_downloading(dev: Device) -> None:
     assert r.states == ["failed"]
     assert "refused: the manifest signature does not verify" in r.final[1]
     assert dev.server.requests == [] and not dev.app().exists()
+
+
+@pytest.mark.parametrize("file_name", ["nul\0.sh", "../x", ".fleet-manifest.json", "rlo\u202ehs.exe", "x.sh\n"])
+def test_a_signed_file_name_that_is_not_one_safe_file_is_refused_before_downloading(dev: Device,
+                                                                                    file_name: str) -> None:
+    # Signed by the fleet key: the server's own checks were bypassed or the server is not to be trusted.
+    r = dev.run(make_action(dev.artifact(heartbeat_app("1.0.0"), "1.0.0", file_name=file_name)))
+    assert r.states == ["failed"] and r.final[1].startswith(f"refused: file name {file_name!r} must "), r.final
+    assert dev.server.requests == [] and not dev.app().exists()
+    assert not list(dev.root.rglob("x"))
+
+
+def resigned(art: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """``art`` with ``old`` replaced by ``new`` in its manifest, signed again by the fleet key (fleetd's
+    own checks would refuse to make it)."""
+    from fleetd.artifacts import sign
+
+    manifest = art["manifest"].replace(old, new)
+    return {**art, "manifest": manifest, "signature": sign(SIGNING_KEY, manifest.encode())}
+
+
+def test_a_signed_sha256_that_is_not_a_digest_is_refused_before_downloading(dev: Device) -> None:
+    # The digest names the download's file in staging/.
+    art = dev.artifact(heartbeat_app("1.0.0"), "1.0.0")
+    art = {**resigned(art, art["sha256"], "../../evil"), "sha256": "../../evil"}
+    r = dev.run(make_action(art))
+    assert r.states == ["failed"] and r.final[1].startswith("refused: sha256 '../../evil' must be"), r.final
+    assert dev.server.requests == [] and not list(dev.root.parent.rglob("evil*"))
+
+
+def test_an_install_spec_env_name_that_is_not_a_name_is_refused(dev: Device) -> None:
+    art = dev.artifact(heartbeat_app("1.0.0"), "1.0.0", install={"env": {"OK": "1"}, **GRACE})
+    r = dev.run(make_action(resigned(art, '"OK":', '"OK\\nExecStartPre=/bin/evil":')))
+    assert r.final[0] == "failed", r.items
+    assert r.final[1].startswith("refused: the install spec's env name 'OK\\nExecStartPre=/bin/evil' must be")
+    assert not (dev.app() / "current").exists()
 
 
 def test_an_artifact_for_another_device_type_is_refused(dev: Device) -> None:

@@ -146,6 +146,17 @@ def test_an_archive_that_could_write_or_point_outside_is_refused(root: Path, cas
     assert_refused(root, members, reason)
 
 
+@pytest.mark.parametrize("file_name", ["nul\0.bin", "../x", ".fleet-manifest.json", "rlo\u202enib.exe"])
+def test_a_file_name_that_is_not_one_safe_file_is_not_written(root: Path, file_name: str) -> None:
+    path = root / "download" / "blob"
+    path.write_bytes(b"data")
+    artifact = {"name": "app", "version": "1.0.0", "kind": "app", "sha256": hashlib.sha256(b"data").hexdigest(),
+                "size": 4, "file_name": file_name, "manifest": "{}", "signature": ""}
+    with pytest.raises(UnpackError, match="file name"):
+        place(path, root / "apps", "1.0.0", artifact)
+    assert not (root / "apps" / "app").exists() and not list(root.rglob("x"))
+
+
 def test_internal_relative_symlinks_and_hard_links_still_work(root: Path) -> None:
     folder = place_archive(root, tar_bytes([
         ("lib/v1/data.txt", "file", b"hello"), ("lib/current", "sym", "v1"),

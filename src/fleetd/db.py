@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import disk
+from . import disk, semver
 from .errors import FailedPrecondition, FleetdError
 from .resources import data_dir
 
@@ -43,6 +43,7 @@ def connect(path: str | Path, *, readonly: bool = False, busy_timeout: float = B
         str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout
     )
     conn.row_factory = sqlite3.Row
+    conn.create_collation("semver", semver.collate)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")

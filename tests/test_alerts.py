@@ -260,7 +260,7 @@ def test_rules_are_validated_with_clear_errors(fleet) -> None:  # type: ignore[n
 
 # --- webhooks: a real receiver on loopback -----------------------------------------------------
 
-LOOPBACK = Policy.of(False, "127.0.0.1/32")  # the receiver is on this host: allowed by name, as an admin would
+LOOPBACK = Policy.of(False, ["127.0.0.1/32"])  # the receiver is on this host: allowed by name, as an admin would
 
 def test_deliveries_are_signed_retried_with_backoff_in_order_and_logged(fleet) -> None:  # type: ignore[no-untyped-def]
     clock = Clock(T0)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from fleetd.cli import app
 from fleetd.config import load_settings
 from fleetd.errors import InvalidArgument
 
@@ -55,3 +57,20 @@ def test_trusted_proxies_from_env_file_and_flags(tmp_path: Path) -> None:
     assert load_settings({}, environ={}).trusted_proxies == []
     with pytest.raises(InvalidArgument, match=r"'proxy\.example' is not an IP address or a CIDR"):
         load_settings({}, environ={"FLEETD_TRUSTED_PROXIES": "proxy.example"})
+
+
+def test_webhook_allowed_networks_from_env_file_and_flags(tmp_path: Path) -> None:
+    s = load_settings({}, environ={"FLEETD_WEBHOOK_ALLOWED_NETWORKS": " 127.0.0.1/32 , 10.1.2.3/8,"})
+    assert s.webhook_allowed_networks == ["127.0.0.1/32", "10.0.0.0/8"]
+    cfg = tmp_path / "f.toml"
+    cfg.write_text('webhook_allowed_networks = ["::1"]\n')
+    assert load_settings({}, cfg, environ={}).webhook_allowed_networks == ["::1/128"]
+    flags = {"webhook_allowed_networks": ["192.168.1.10/32"]}
+    assert load_settings(flags, cfg, environ={}).webhook_allowed_networks == ["192.168.1.10/32"]
+    assert load_settings({}, environ={}).webhook_allowed_networks == []
+
+
+def test_the_webhook_allowed_network_flag_is_repeatable(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["serve", "--data-dir", str(tmp_path), "--webhook-allowed-network", "127.0.0.1/32",
+                                 "--webhook-allowed-network", "localhost"])
+    assert r.exit_code == 1 and "'localhost' is not an IP network" in r.output

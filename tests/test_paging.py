@@ -60,6 +60,17 @@ def test_list_artifacts_pages(client: Any, fleet: Any, admin_key: str) -> None:
     assert rpc(client, "ArtifactService", "ListArtifacts", {"limit": 10_001}, key=admin_key).status_code == 400
 
 
+def test_artifact_pages_follow_version_precedence_and_filters(client: Any, fleet: Any, admin_key: str) -> None:
+    for v in ("1.10.0", "2.0.0", "1.9.0", "1.10.0-rc.1"):  # text order would put 1.10 before 1.9
+        make_artifact(fleet, version=v)
+    make_artifact(fleet, name="other", device_types=["esp"])
+    r = rpc(client, "ArtifactService", "ListArtifacts", {"device_type": "sim", "limit": 2, "offset": 1},
+            key=admin_key).json()
+    assert [a["version"] for a in r["artifacts"]] == ["1.10.0-rc.1", "1.10.0"] and r["total"] == 4
+    r = rpc(client, "ArtifactService", "ListArtifacts", {"device_type": "esp"}, key=admin_key).json()
+    assert [a["name"] for a in r["artifacts"]] == ["other"] and r["total"] == 1
+
+
 @pytest.mark.parametrize(("service", "method"), [("AlertService", "ListIncidents"),
                                                  ("AlertService", "ListDeliveries"),
                                                  ("RolloutService", "ListRollouts")])

@@ -27,8 +27,8 @@ from .conftest import rpc
 from .webhook_receiver import Receiver
 
 DEFAULT = Policy()
-LAN = Policy.of(True, "")
-LOOPBACK = Policy.of(False, "127.0.0.1/32")
+LAN = Policy.of(True, [])
+LOOPBACK = Policy.of(False, ["127.0.0.1/32"])
 
 
 @pytest.fixture
@@ -67,8 +67,8 @@ def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
     ("100.100.100.200", LAN, "cloud metadata address"),
     ("127.0.0.1", LOOPBACK, None),
     ("127.0.0.2", LOOPBACK, "loopback"),
-    ("169.254.169.254", Policy.of(True, "169.254.0.0/16"), "cloud metadata address"),
-    ("169.254.10.1", Policy.of(False, "169.254.0.0/16"), None),
+    ("169.254.169.254", Policy.of(True, ["169.254.0.0/16"]), "cloud metadata address"),
+    ("169.254.10.1", Policy.of(False, ["169.254.0.0/16"]), None),
 ])
 def test_which_addresses_a_webhook_may_reach(address: str, policy: Policy, refused: str | None) -> None:
     why = policy.refusal(ipaddress.ip_address(address))
@@ -79,7 +79,7 @@ def test_allowed_networks_are_checked_when_the_server_starts(tmp_path: Path) -> 
     env = {"FLEETD_DATA_DIR": str(tmp_path), "FLEETD_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32, 10.0.0.0/8",
            "FLEETD_WEBHOOK_ALLOW_PRIVATE": "true"}
     s = load_settings(environ=env)
-    assert s.webhook_allow_private and s.webhook_allowed_networks == "127.0.0.1/32, 10.0.0.0/8"
+    assert s.webhook_allow_private and s.webhook_allowed_networks == ["127.0.0.1/32", "10.0.0.0/8"]
     with pytest.raises(InvalidArgument, match="'localhost' is not an IP network"):
         load_settings(environ={**env, "FLEETD_WEBHOOK_ALLOWED_NETWORKS": "localhost"})
 
@@ -164,7 +164,7 @@ def test_a_delivery_connects_to_the_address_it_checked(fleet, receiver: Receiver
 @pytest.mark.parametrize(("answer", "policy", "refused"), [
     (["127.0.0.1"], DEFAULT, "hooks.rebind.test resolves to 127.0.0.1: 127.0.0.1 is a loopback address"),
     (["93.184.216.34", "127.0.0.1"], DEFAULT, "loopback"),  # every address is checked, not just the first
-    (["169.254.169.254"], Policy.of(True, "0.0.0.0/0"), "cloud metadata address"),
+    (["169.254.169.254"], Policy.of(True, ["0.0.0.0/0"]), "cloud metadata address"),
     (["10.0.0.7"], DEFAULT, "webhook_allow_private"),
 ])
 def test_a_name_that_resolves_to_a_refused_address_is_not_delivered(fleet, receiver: Receiver,  # type: ignore[no-untyped-def]
@@ -201,7 +201,7 @@ def test_https_keeps_the_name_for_the_certificate_while_connecting_to_the_checke
         monkeypatch: pytest.MonkeyPatch) -> None:
     Resolver(monkeypatch, {"hooks.example.test": [["203.0.113.9"]]})
     seen: list[httpx.Request] = []
-    transport = pinned_transport(Policy.of(False, "203.0.113.0/24"), 5.0)
+    transport = pinned_transport(Policy.of(False, ["203.0.113.0/24"]), 5.0)
     transport.inner = httpx.MockTransport(lambda r: seen.append(r) or httpx.Response(204))  # type: ignore[attr-defined]
 
     async def go() -> int:

@@ -202,14 +202,24 @@ def get(conn: sqlite3.Connection, ref: str) -> Artifact:
     return _artifact(r)
 
 
-def list_all(conn: sqlite3.Connection, name: str | None = None) -> list[Artifact]:
-    sql, args = _SELECT, []
+def list_page(conn: sqlite3.Connection, *, name: str = "", kind: str = "", device_type: str = "", limit: int = -1,
+              offset: int = 0) -> tuple[list[Artifact], int]:
+    """One page of the artifacts (all filters optional), by name then version precedence, and how many match."""
+    where, args = [], []
     if name:
-        sql += " WHERE a.name = ?"
+        where.append("a.name = ?")
         args.append(name)
-    arts = [_artifact(r) for r in conn.execute(sql, args)]
-    arts.sort(key=lambda a: (a.name, Version(a.version)), reverse=False)
-    return arts
+    if kind:
+        where.append("a.kind = ?")
+        args.append(kind)
+    if device_type:
+        where.append("EXISTS (SELECT 1 FROM json_each(a.device_types) WHERE value = ?)")
+        args.append(device_type)
+    clause = (" WHERE " + " AND ".join(where)) if where else ""
+    total = conn.execute(f"SELECT COUNT(*) FROM artifacts a{clause}", args).fetchone()[0]
+    rows = conn.execute(f"{_SELECT}{clause} ORDER BY a.name, a.version COLLATE semver, a.version LIMIT ? OFFSET ?",
+                        [*args, limit, offset])
+    return [_artifact(r) for r in rows], int(total)
 
 
 class ArtifactRef(msgspec.Struct, kw_only=True):

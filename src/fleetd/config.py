@@ -57,9 +57,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pending_expiry_days: float = 30
     # Webhooks may go to private (LAN) addresses: 10/8, 172.16/12, 192.168/16, fc00::/7, 100.64/10.
     webhook_allow_private: bool = False
-    # CIDRs, comma-separated, that webhooks may reach although refused otherwise (e.g. 127.0.0.1/32 for a
-    # receiver on this host); never the cloud metadata addresses.
-    webhook_allowed_networks: str = ""
+    # CIDRs that webhooks may reach although refused otherwise (e.g. 127.0.0.1/32 for a receiver on this host);
+    # never the cloud metadata addresses.
+    webhook_allowed_networks: list[str] = msgspec.field(default_factory=list)
     # Password hashing (scrypt, ~0.1 s of CPU each) runs on this many threads, with at most this many more
     # checks waiting; beyond that, logins and password changes answer resource_exhausted (429, Retry-After).
     password_hash_workers: int = 2
@@ -95,7 +95,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for name in ("max_pending_devices", "pending_expiry_days"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"{name} must be 0 (no limit) or positive")
-        parse_networks(self.webhook_allowed_networks)
+        self.webhook_allowed_networks = [str(n) for n in parse_networks(self.webhook_allowed_networks)]
         if self.request_head_timeout <= 0 or self.max_unfinished_requests <= 0:
             raise InvalidArgument("request_head_timeout and max_unfinished_requests must be positive")
         if self.disk_min_free_mib < 0:

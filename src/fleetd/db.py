@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import disk
+from . import disk, semver
 from .errors import FailedPrecondition, FleetdError
 from .resources import data_dir
 
@@ -43,6 +43,7 @@ def connect(path: str | Path, *, readonly: bool = False, busy_timeout: float = B
         str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout
     )
     conn.row_factory = sqlite3.Row
+    conn.create_collation("semver", semver.collate)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
@@ -147,7 +148,7 @@ def _split_sql(sql: str) -> list[str]:
 
 # --- opening at start -------------------------------------------------------------
 
-class StoreUnusable(FleetdError):
+class StoreUnusable(FailedPrecondition):
     """The database cannot be used at all: damaged, locked by another process, unreadable."""
 
 
@@ -174,22 +175,35 @@ def open_checked(path: Path) -> sqlite3.Connection:
         raise _unusable(path, e) from None
 
 
+def open_store(path: Path) -> sqlite3.Connection:
+    """:func:`open_checked`, migrated, with the normal busy timeout: the writer's connection, the server's or an
+    offline CLI command's."""
+    conn = open_checked(path)
+    try:
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+    return conn
+
+
 def _unusable(path: Path, e: sqlite3.DatabaseError) -> StoreUnusable:
     code = getattr(e, "sqlite_errorcode", None)
     if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-        holders = _processes_using(path)
+        holders = processes_using(path, Path(f"{path}-wal"), Path(f"{path}-shm"))
         who = f"another process ({', '.join(holders)})" if holders else "another process"
         return StoreUnusable(f"{who} is using the database {path} and holds its lock. Stop it (or let it "
-                             "finish), then start fleetd again.")
+                             "finish), then try again.")
     if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
         return StoreUnusable(f"the database {path} is damaged ({e}). {_RESTORE_HINT}")
     return StoreUnusable(f"cannot use the database {path}: {e}. Check that it is a fleetd database that this "
                          f"user may read and write. {_RESTORE_HINT}")
 
 
-def _processes_using(path: Path) -> list[str]:
-    """"pid N (name)" of the other processes with the database open (Linux /proc; empty elsewhere)."""
-    names = {str(path), f"{path}-wal", f"{path}-shm"}
+def processes_using(*files: Path) -> list[str]:
+    """"pid N (name)" of the other processes that have one of ``files`` open (Linux /proc; empty elsewhere)."""
+    names = {str(f) for f in files}
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
         if proc.name == str(os.getpid()):
@@ -223,9 +237,7 @@ class Store:
         self._reader_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="fleetd-db-write", daemon=True)
-        self._write_conn = open_checked(self.path)
-        migrate(self._write_conn)
-        self._write_conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+        self._write_conn = open_store(self.path)
         self.disk_full = False  # whether the last write failed on a full disk (/healthz reports it)
         self._writer.start()
         self._closed = False

@@ -40,8 +40,8 @@ PRIVATE = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12",
                                                    "100.64.0.0/10"))
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 ALLOW_PRIVATE_HINT = "set webhook_allow_private = true (env FLEETD_WEBHOOK_ALLOW_PRIVATE=1) to allow LAN receivers"
-ALLOW_NETWORK_HINT = ("list it in webhook_allowed_networks (env FLEETD_WEBHOOK_ALLOWED_NETWORKS, CIDRs separated "
-                      "by commas, e.g. 127.0.0.1/32) if the receiver really is there")
+ALLOW_NETWORK_HINT = ("list it in webhook_allowed_networks (e.g. 127.0.0.1/32: flag --webhook-allowed-network, "
+                      "env FLEETD_WEBHOOK_ALLOWED_NETWORKS) if the receiver really is there")
 
 
 class Refused(Exception):
@@ -52,16 +52,15 @@ class Unresolvable(Refused):
     """The host has no address (now)."""
 
 
-def parse_networks(text: str) -> tuple[Network, ...]:
-    """``"127.0.0.1/32, 192.168.1.0/24"`` → networks; InvalidArgument naming the bad entry."""
+def parse_networks(items: list[str]) -> tuple[Network, ...]:
+    """``["127.0.0.1/32", "192.168.1.0/24"]`` → networks; InvalidArgument naming the bad entry."""
     out = []
-    for item in (x.strip() for x in text.split(",")):
-        if item:
-            try:
-                out.append(ipaddress.ip_network(item, strict=False))
-            except ValueError:
-                raise InvalidArgument(f"webhook_allowed_networks: {item!r} is not an IP network like 127.0.0.1/32 "
-                                      "or fd12::/64") from None
+    for item in items:
+        try:
+            out.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise InvalidArgument(f"webhook_allowed_networks: {item!r} is not an IP network like 127.0.0.1/32 "
+                                  "or fd12::/64") from None
     return tuple(out)
 
 
@@ -88,7 +87,7 @@ class Policy:
     allowed: tuple[Network, ...] = ()
 
     @classmethod
-    def of(cls, allow_private: bool, allowed_networks: str) -> Policy:
+    def of(cls, allow_private: bool, allowed_networks: list[str]) -> Policy:
         return cls(allow_private, parse_networks(allowed_networks))
 
     def refusal(self, ip: Address) -> str | None:

@@ -6,6 +6,7 @@ import fcntl
 import functools
 import logging
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from .audit import SYSTEM
 from .auth import Authenticator
 from .blobs import BlobStore
 from .config import Settings
-from .db import Store, transaction
+from .db import Store, open_store, processes_using, transaction
 from .ddi import DdiState
 from .egress import Policy
 from .events import EventBus
@@ -103,12 +104,15 @@ class Fleet:
         return names
 
     def _take_lock(self) -> None:
-        fd = os.open(self.data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        path = self.data_dir / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise DataDirLocked(f"another fleetd server is running on {self.data_dir}") from None
+            holders = processes_using(path)
+            who = f" ({', '.join(holders)})" if holders else ""
+            raise DataDirLocked(f"another fleetd server{who} is running on {self.data_dir}") from None
         self._lock_fd = fd
 
     @functools.cached_property
@@ -144,13 +148,10 @@ class Fleet:
             self._lock_fd = None
 
 
-def open_offline(data_dir: str | Path):  # type: ignore[no-untyped-def]
-    """A direct SQLite connection to a data dir's store, for offline CLI commands."""
-    from .db import connect, migrate
-    path = prepare_data_dir(Path(data_dir).expanduser().resolve())
-    conn = connect(path / DB_NAME)
-    migrate(conn)
-    return conn
+def open_offline(data_dir: str | Path) -> sqlite3.Connection:
+    """A direct SQLite connection to a data dir's store, for offline CLI commands. A damaged or locked database
+    raises db.StoreUnusable (what is wrong, what to do) within seconds, as at server start."""
+    return open_store(prepare_data_dir(Path(data_dir).expanduser().resolve()) / DB_NAME)
 
 
 __all__ = ["Fleet", "open_offline", "transaction"]

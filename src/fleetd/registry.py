@@ -138,14 +138,18 @@ def get_token(conn: sqlite3.Connection, token_id: str) -> JoinToken:
     return _join_token(r)
 
 
-def list_tokens(conn: sqlite3.Connection, include_inactive: bool = False) -> list[JoinToken]:
-    sql = "SELECT * FROM join_tokens"
-    args: list[Any] = []
+def list_tokens(conn: sqlite3.Connection, include_inactive: bool = False, limit: int = -1,
+                offset: int = 0) -> tuple[list[JoinToken], int]:
+    """One page of the join tokens, newest first, and how many there are."""
+    clause, args = "", []
     if not include_inactive:
-        sql += " WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?) " \
-               "AND (max_uses IS NULL OR uses < max_uses)"
+        clause = " WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?) " \
+                 "AND (max_uses IS NULL OR uses < max_uses)"
         args.append(now())
-    return [_join_token(r) for r in conn.execute(sql + " ORDER BY created_at DESC", args)]
+    total = conn.execute(f"SELECT COUNT(*) FROM join_tokens{clause}", args).fetchone()[0]
+    rows = conn.execute(f"SELECT * FROM join_tokens{clause} ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+                        [*args, limit, offset])
+    return [_join_token(r) for r in rows], int(total)
 
 
 def revoke_token(conn: sqlite3.Connection, actor: Actor, token_id: str) -> JoinToken:

@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -38,34 +38,64 @@ def serve(data: Path) -> tuple[int, str]:
     return p.returncode, " ".join((p.stdout + p.stderr).split())
 
 
-def test_a_damaged_database_stops_the_start_with_the_way_to_restore(tmp_path: Path) -> None:
+def users_list(data: Path) -> tuple[int, str]:
+    p = run_cli("users", "list", "--data-dir", str(data), check=False, env={"COLUMNS": "1000"}, timeout=120)
+    return p.returncode, " ".join((p.stdout + p.stderr).split())
+
+
+def keys_create(data: Path) -> tuple[int, str]:
+    p = run_cli("keys", "create", "--name", "ci", "--data-dir", str(data), check=False, env={"COLUMNS": "1000"},
+                timeout=120)
+    return p.returncode, " ".join((p.stdout + p.stderr).split())
+
+
+# `fleetd serve` and offline commands on the data dir (fleet.open_offline) open the store the same way.
+COMMANDS = pytest.mark.parametrize("command", [serve, users_list, keys_create], ids=lambda c: c.__name__)
+
+
+@contextlib.contextmanager
+def holding_the_lock(db: Path) -> Iterator[int]:
+    """Another process holding the database's write lock while the block runs; yields its pid."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(db)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        yield holder.pid
+    finally:
+        holder.communicate("")
+
+
+@COMMANDS
+def test_a_damaged_database_stops_the_command_with_the_way_to_restore(
+        tmp_path: Path, command: Callable[[Path], tuple[int, str]]) -> None:
     data = tmp_path / "data"
     data.mkdir()
     (data / "fleetd.db").write_bytes(os.urandom(8192))
-    code, out = serve(data)
-    assert code != 0
+    code, out = command(data)
+    assert code == 1
     assert f"the database {data / 'fleetd.db'} is damaged" in out
     assert "fleetd restore --check BACKUP.tar" in out and "fleetd restore BACKUP.tar --data-dir NEW" in out
     assert "Traceback" not in out
 
 
-def test_a_database_locked_by_another_process_names_it(tmp_path: Path) -> None:
+@COMMANDS
+def test_a_database_locked_by_another_process_names_it(
+        tmp_path: Path, command: Callable[[Path], tuple[int, str]]) -> None:
     data = tmp_path / "data"
     run_cli("users", "create", "alice", "--role", "admin", "--generate",
             "--data-dir", str(data))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(data / "fleetd.db")], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-        code, out = serve(data)
-    finally:
-        holder.communicate("")
-    assert code != 0
-    assert f"another process (pid {holder.pid} " in out
+    with holding_the_lock(data / "fleetd.db") as pid:
+        code, out = command(data)
+    assert code == 1
+    assert f"another process (pid {pid} " in out
     assert f"is using the database {data / 'fleetd.db'} and holds its lock" in out
     assert "Traceback" not in out
-    ServerProcess(data).start().stop()  # the lock released, the same data dir starts
+    # The lock released, the same command works.
+    if command is serve:
+        ServerProcess(data).start().stop()
+    else:
+        assert command(data)[0] == 0
 
 
 def test_the_temp_file_of_an_upload_killed_with_its_server_is_removed_at_the_next_start(tmp_path: Path) -> None:

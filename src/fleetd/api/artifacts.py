@@ -95,10 +95,9 @@ class ListArtifactsResponse(msgspec.Struct, kw_only=True):
 async def ListArtifacts(ctx: Context, req: ListArtifactsRequest) -> ListArtifactsResponse:
     """One page of the artifacts, by name, then version (oldest first)."""
     limit = page_limit(req.limit, 1000, 10_000)
-    found = await ctx.fleet.store.read(lambda c: artifacts.list_all(c, req.name or None))
-    found = [a for a in found if (not req.kind or a.kind == req.kind)
-             and (not req.device_type or req.device_type in a.device_types)]
-    return ListArtifactsResponse(artifacts=found[req.offset:req.offset + limit], total=len(found))
+    found, total = await ctx.fleet.store.read(lambda c: artifacts.list_page(
+        c, name=req.name, kind=req.kind, device_type=req.device_type, limit=limit, offset=req.offset))
+    return ListArtifactsResponse(artifacts=found, total=total)
 
 
 class ArtifactId(msgspec.Struct, kw_only=True):

@@ -75,8 +75,9 @@ async def ListTokens(ctx: Context, req: ListTokensRequest) -> ListTokensResponse
     """One page of the join tokens, newest first (never their secrets). Used-up tokens are kept: with one
     single-use token per device, the inactive ones grow with the fleet."""
     limit = page_limit(req.limit, 1000, 10_000)
-    found = await ctx.fleet.store.read(lambda c: registry.list_tokens(c, req.include_inactive))
-    return ListTokensResponse(tokens=found[req.offset:req.offset + limit], total=len(found))
+    found, total = await ctx.fleet.store.read(lambda c: registry.list_tokens(c, req.include_inactive, limit,
+                                                                             req.offset))
+    return ListTokensResponse(tokens=found, total=total)
 
 
 class RevokeTokenRequest(msgspec.Struct, kw_only=True):

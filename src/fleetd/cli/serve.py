@@ -82,9 +82,10 @@ def serve(
     webhook_allow_private: Annotated[bool, typer.Option(
         "--webhook-allow-private", help="Let webhooks reach private (LAN) addresses "
         "(env FLEETD_WEBHOOK_ALLOW_PRIVATE=1).")] = False,
-    webhook_allowed_networks: Annotated[str | None, typer.Option(
-        help="CIDRs webhooks may reach although refused otherwise, comma-separated, e.g. 127.0.0.1/32 for a "
-        "receiver on this host (env FLEETD_WEBHOOK_ALLOWED_NETWORKS).", show_default=False)] = None,
+    webhook_allowed_network: Annotated[list[str] | None, typer.Option(
+        "--webhook-allowed-network", help="A CIDR webhooks may reach although refused otherwise, e.g. 127.0.0.1/32 "
+        "for a receiver on this host; repeatable (env FLEETD_WEBHOOK_ALLOWED_NETWORKS, comma-separated).",
+        show_default=False)] = None,
     trusted_proxy: Annotated[list[str] | None, typer.Option(
         "--trusted-proxy", help="A reverse proxy (IP or CIDR) whose X-Forwarded-For / X-Forwarded-Proto "
         "headers are believed; repeatable (env FLEETD_TRUSTED_PROXIES, comma-separated). Default: none.",
@@ -99,7 +100,7 @@ def serve(
              "tls": False if no_tls else None, "mdns": False if no_mdns else None, "ddi_tenant": ddi_tenant,
              "ddi_anonymous_download": True if ddi_anonymous_download else None,
              "webhook_allow_private": True if webhook_allow_private else None,
-             "webhook_allowed_networks": webhook_allowed_networks,
+             "webhook_allowed_networks": webhook_allowed_network or None,
              "trusted_proxies": trusted_proxy or None}
     try:
         settings = load_settings(flags, config)

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fleetd.cli import app
-from fleetd.config import load_settings
+from fleetd.config import Settings, load_settings
 from fleetd.errors import InvalidArgument
 
 
@@ -74,3 +74,10 @@ def test_the_webhook_allowed_network_flag_is_repeatable(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["serve", "--data-dir", str(tmp_path), "--webhook-allowed-network", "127.0.0.1/32",
                                  "--webhook-allowed-network", "localhost"])
     assert r.exit_code == 1 and "'localhost' is not an IP network" in r.output
+
+
+def test_every_setting_is_documented() -> None:
+    """docs/operations.md's settings table names every setting, so none is a secret knob."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    missing = [name for name in Settings.__struct_fields__ if f"`{name}`" not in doc]
+    assert not missing, f"settings missing from docs/operations.md: {missing}"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fleetd.db import Store, available_migrations, connect, migrate, schema_version
+from fleetd.db import Store, available_migrations, connect, effect, migrate, schema_version, transaction
+from fleetd.effects import Effect
 from fleetd.errors import FailedPrecondition, FleetdError
 
 
@@ -118,3 +119,88 @@ def test_offline_writer_is_seen_by_store_at_once(tmp_path: Path) -> None:
         assert store.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM t").fetchone()[0]) == 1
     finally:
         store.close()
+
+
+# --- effects after commit ------------------------------------------------------------------
+
+class Noted(Effect, frozen=True):
+    n: int
+
+
+def test_effects_run_after_the_commit_in_order_and_never_for_a_failed_write(tmp_path: Path) -> None:
+    store = Store(tmp_path / "fx.sqlite")
+    ran: list[tuple[int, int]] = []  # (effect, rows committed when it ran)
+    try:
+        store.write_sync(lambda c: c.execute("CREATE TABLE t (n INTEGER)"))
+
+        def committed_rows() -> int:
+            return int(store.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM t").fetchone()[0]))
+
+        store.on_effect(Noted, lambda e: ran.append((e.n, committed_rows())))
+
+        def insert(conn: sqlite3.Connection, first: int) -> str:
+            before = len(ran)
+            for n in (first, first + 1, first + 2):
+                conn.execute("INSERT INTO t VALUES (?)", (n,))
+                effect(conn, Noted(n))
+            assert len(ran) == before  # recorded, not run: nothing has committed yet
+            return "done"
+
+        def failing(conn: sqlite3.Connection) -> None:
+            insert(conn, 10)
+            raise RuntimeError("boom")
+
+        async def scenario() -> None:
+            assert await store.write(lambda c: insert(c, 1)) == "done"
+            assert ran == [(1, 3), (2, 3), (3, 3)]  # before the caller resumes; each saw the commit
+            with pytest.raises(RuntimeError, match="boom"):
+                await store.write(failing)
+            await store.write(lambda c: None, transactional=False)  # the failed write's effects were dropped
+            assert await store.write(lambda c: c.execute("SELECT 1").fetchone()[0]) == 1
+            assert ran == [(1, 3), (2, 3), (3, 3)]
+
+        asyncio.run(scenario())
+        assert store.write_sync(lambda c: insert(c, 4)) == "done"
+        assert ran[3:] == [(4, 6), (5, 6), (6, 6)]
+        with pytest.raises(RuntimeError):
+            store.write_sync(failing)
+        assert len(ran) == 6 and committed_rows() == 6
+    finally:
+        store.close()
+
+
+def test_a_cancelled_caller_still_gets_its_effects_run(tmp_path: Path) -> None:
+    """The commit happened: the hub and the event stream must hear of it even if the request went away."""
+    store = Store(tmp_path / "fx.sqlite")
+    ran: list[int] = []
+    store.on_effect(Noted, lambda e: ran.append(e.n))
+    started, release = threading.Event(), threading.Event()
+
+    def slow(conn: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(10)
+        effect(conn, Noted(7))
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(store.write(slow))
+        await asyncio.to_thread(started.wait, 10)
+        task.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await store.write(lambda c: None)  # the writer has finished the slow write, and its effect was queued
+        assert ran == [7]
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        store.close()
+
+
+def test_an_offline_transaction_drops_its_effects(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "off.sqlite")
+    with transaction(conn):
+        effect(conn, Noted(1))
+    with transaction(conn):
+        assert conn.effects == []  # no server here to tell: the next transaction starts clean
+    conn.close()

@@ -258,10 +258,10 @@ async function render() {
 
 // --- live updates -------------------------------------------------------------------
 
-const EVENT_TYPES = ['device.online', 'device.offline', 'action.state', 'rollout.state', 'rollout.stage',
-  'rollout.device', 'alert.fired', 'alert.resolved', 'dropped'];
+const EVENT_TYPES = ['device.enrolled', 'device.online', 'device.offline', 'action.state', 'rollout.state',
+  'rollout.stage', 'rollout.device', 'alert.fired', 'alert.resolved', 'dropped'];
 const POLL_MS = 10_000; // without the event stream
-const BACKSTOP_MS = 30_000; // with it: catches changes that send no event (a device enrolling, say)
+const BACKSTOP_MS = 30_000; // with it: catches changes that send no event (a device renamed, say)
 const SETTLE_MS = 3000;
 
 const live = {source: null, mode: 'off', timer: null, pending: null, settle: null, lastRefresh: 0};

@@ -19,9 +19,11 @@ import msgspec
 
 from . import artifacts, audit
 from .audit import Actor
+from .db import effect
+from .effects import Publish
 from .errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from .models import new_id, now, to_dt
-from .registry import find_device_row
+from .registry import ActionsOpen, find_device_row
 
 KINDS = ("install", "rollback", "restart", "reboot", "config")
 PROGRESS = ("queued", "offered", "accepted", "downloading", "verifying", "installing")
@@ -111,6 +113,41 @@ def devices_with_open_actions(conn: sqlite3.Connection) -> set[str]:
     return {r[0] for r in conn.execute("SELECT DISTINCT device_id FROM actions WHERE open = 1")}
 
 
+def still_open(conn: sqlite3.Connection, device_ids: list[str]) -> set[str]:
+    """Of ``device_ids``, those that still have an open action (the one query for it)."""
+    found: set[str] = set()
+    for i in range(0, len(device_ids), 500):
+        chunk = device_ids[i:i + 500]
+        found.update(r[0] for r in conn.execute(
+            f"SELECT DISTINCT device_id FROM actions WHERE open = 1 AND device_id IN ({','.join('?' * len(chunk))})",
+            chunk))
+    return found
+
+
+def note_open(conn: sqlite3.Connection, device_ids: list[str]) -> set[str]:
+    """Record, for the hub once this transaction commits, which of ``device_ids`` still have open actions after
+    some of theirs ended; returns those."""
+    still = still_open(conn, device_ids)
+    closed = tuple(d for d in dict.fromkeys(device_ids) if d not in still)
+    if still:
+        effect(conn, ActionsOpen(tuple(still), True))
+    if closed:
+        effect(conn, ActionsOpen(closed, False))
+    return still
+
+
+def settled(conn: sqlite3.Connection, action: Action) -> None:
+    """Record, for once this transaction commits: the action's new state on the event stream, and whether its
+    device still has open actions."""
+    effect(conn, Publish("action.state", msgspec.to_builtins(action)))
+    note_open(conn, [action.device_id])
+
+
+def _opened(conn: sqlite3.Connection, device_ids: list[str]) -> None:
+    if device_ids:
+        effect(conn, ActionsOpen(tuple(device_ids), True))
+
+
 def _insert(conn: sqlite3.Connection, actor: Actor, device_id: str, kind: str, component: str,
             artifact_id: str | None, params: dict[str, Any], *, state: str = "queued",
             rollout_id: str | None = None) -> str:
@@ -159,8 +196,10 @@ def create_install(conn: sqlite3.Connection, actor: Actor, device_refs: list[str
                                  f"device(s) {', '.join(wrong[:5])} are of another type")
     _check_no_open(conn, [r["id"] for r in rows], art.name)
     state = "offered" if consent else "queued"
-    return [_insert(conn, actor, r["id"], "install", art.name, art.id, {}, state=state, rollout_id=rollout_id)
-            for r in rows]
+    ids = [_insert(conn, actor, r["id"], "install", art.name, art.id, {}, state=state, rollout_id=rollout_id)
+           for r in rows]
+    _opened(conn, [r["id"] for r in rows])
+    return ids
 
 
 def create_rollback(conn: sqlite3.Connection, actor: Actor, device_refs: list[str], component: str,
@@ -183,6 +222,7 @@ def create_rollback(conn: sqlite3.Connection, actor: Actor, device_refs: list[st
             # No previous version to go back to: the device removes (app) or keeps (firmware) what it has.
             params = {**params, "no_previous_version": True}
         ids.append(_insert(conn, actor, r["id"], "rollback", component, artifact_id, params, rollout_id=rollout_id))
+    _opened(conn, [r["id"] for r in rows])
     return ids
 
 
@@ -194,7 +234,9 @@ def create_simple(conn: sqlite3.Connection, actor: Actor, device_refs: list[str]
     if kind == "restart" and not component:
         raise InvalidArgument("restart needs the app (component) to restart")
     rows = _active_devices(conn, device_refs)
-    return [_insert(conn, actor, r["id"], kind, component, None, params or {}) for r in rows]
+    ids = [_insert(conn, actor, r["id"], kind, component, None, params or {}) for r in rows]
+    _opened(conn, [r["id"] for r in rows])
+    return ids
 
 
 def _set_state(conn: sqlite3.Connection, action_id: str, state: str, message: str, progress: int) -> None:
@@ -208,8 +250,16 @@ def _set_state(conn: sqlite3.Connection, action_id: str, state: str, message: st
 
 
 def report(conn: sqlite3.Connection, device_id: str, action_id: str, state: str, message: str = "",
-           progress: int = 0) -> tuple[Action, bool]:
-    """A device moves its action forward. Returns the action and whether the device still has open actions."""
+           progress: int = 0) -> Action:
+    """A device moves its action forward; the event stream and the hub hear of it after the commit."""
+    action = advance(conn, device_id, action_id, state, message, progress)
+    settled(conn, action)
+    return action
+
+
+def advance(conn: sqlite3.Connection, device_id: str, action_id: str, state: str, message: str = "",
+            progress: int = 0) -> Action:
+    """:func:`report` without its effects, for a caller that makes several steps of one report (DDI feedback)."""
     if state not in DEVICE_REPORTABLE:
         raise InvalidArgument(f"state must be one of {', '.join(DEVICE_REPORTABLE)}, got {state!r}")
     if not 0 <= progress <= 100:
@@ -229,9 +279,7 @@ def report(conn: sqlite3.Connection, device_id: str, action_id: str, state: str,
     else:
         conn.execute("UPDATE actions SET message = ?, progress = ?, updated_at = ? WHERE id = ?",
                      (message, progress, now(), action_id))
-    still_open = conn.execute("SELECT 1 FROM actions WHERE device_id = ? AND open = 1 LIMIT 1",
-                              (device_id,)).fetchone() is not None
-    return get(conn, action_id), still_open
+    return get(conn, action_id)
 
 
 def _check_transition(kind: str, current: str, new: str) -> None:
@@ -251,6 +299,7 @@ def cancel(conn: sqlite3.Connection, actor: Actor, action_id: str) -> Action:
         raise FailedPrecondition(f"action {action_id} already ended as {a.state}")
     _set_state(conn, action_id, "cancelled", f"cancelled by {actor.name or actor.id}", a.progress)
     audit.record(conn, actor, "action.cancel", action_id, device=a.device_id)
+    note_open(conn, [a.device_id])
     return get(conn, action_id)
 
 

@@ -39,7 +39,8 @@ import msgspec
 
 from . import audit, rollups, webhooks
 from .audit import Actor
-from .db import Store
+from .db import Store, effect
+from .effects import Publish
 from .errors import InvalidArgument, NotFound
 from .events import EventBus
 from .models import new_id, to_dt
@@ -331,6 +332,7 @@ def record(conn: sqlite3.Connection, transitions: list[Transition], now: float) 
         inc = _incident(conn.execute(f"{_INCIDENT_SELECT} WHERE i.id = ?", (iid,)).fetchone())
         webhooks.enqueue(conn, event, {"incident": msgspec.to_builtins(inc), "rule": msgspec.to_builtins(t.rule)},
                          now)
+        effect(conn, Publish(event, msgspec.to_builtins(inc)))
         out.append((event, inc))
     return out
 
@@ -429,7 +431,6 @@ class AlertEngine:
                 self.firing[key] = inc.id
             else:
                 self.firing.pop(key, None)
-            self.events.publish(event, msgspec.to_builtins(inc))
             log.info("%s: %s on %s: %s", event, inc.rule_name, inc.device_id, inc.message)
         if changes:
             self.deliverer.wake()

@@ -3,7 +3,9 @@
 The event loop never touches SQLite. Reads run on a small thread pool, one
 connection per thread. Every write runs on the single writer thread inside
 ``BEGIN IMMEDIATE`` ... ``COMMIT`` and hands its result back as a future, so
-writers never fight for the lock and a failed write rolls back whole.
+writers never fight for the lock and a failed write rolls back whole. A write
+records its effects (events, cache updates: :mod:`fleetd.effects`) with
+:func:`effect`; the store runs them after the commit, only if it committed.
 Offline CLI commands use :func:`connect` + :func:`transaction` on the same file;
 WAL lets them run beside a live server.
 """
@@ -22,9 +24,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from . import disk, semver
+from .effects import Effect
 from .errors import FailedPrecondition, FleetdError
 from .resources import data_dir
 
@@ -38,9 +41,23 @@ BUSY_TIMEOUT = 30.0
 STARTUP_BUSY_TIMEOUT = 3.0
 
 
-def connect(path: str | Path, *, readonly: bool = False, busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
+class Connection(sqlite3.Connection):
+    """A connection that collects the effects its current write records (see :func:`effect`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.effects: list[Effect] = []
+
+
+def effect(conn: sqlite3.Connection, e: Effect) -> None:
+    """Record ``e`` for after the commit of the write running on ``conn``. The store's writer runs it; an offline
+    command's transaction (:func:`transaction` on its own connection) has no one to tell and drops it."""
+    cast(Connection, conn).effects.append(e)
+
+
+def connect(path: str | Path, *, readonly: bool = False, busy_timeout: float = BUSY_TIMEOUT) -> Connection:
     conn = sqlite3.connect(
-        str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout
+        str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout, factory=Connection
     )
     conn.row_factory = sqlite3.Row
     conn.create_collation("semver", semver.collate)
@@ -59,7 +76,11 @@ def connect(path: str | Path, *, readonly: bool = False, busy_timeout: float = B
 
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception. Effects recorded before it are not this
+    transaction's: they are dropped (the store's writer has taken its own by then)."""
+    effects = getattr(conn, "effects", None)
+    if effects:
+        effects.clear()
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
@@ -156,7 +177,7 @@ _RESTORE_HINT = ("Check a backup with `fleetd restore --check BACKUP.tar`, then 
                  "`fleetd restore BACKUP.tar --data-dir NEW` and start fleetd with --data-dir NEW.")
 
 
-def open_checked(path: Path) -> sqlite3.Connection:
+def open_checked(path: Path) -> Connection:
     """A connection to ``path`` that has read the schema and taken (and released) the write lock.
 
     A damaged file or a lock another process holds ends here within seconds, with what to do next,
@@ -175,7 +196,7 @@ def open_checked(path: Path) -> sqlite3.Connection:
         raise _unusable(path, e) from None
 
 
-def open_store(path: Path) -> sqlite3.Connection:
+def open_store(path: Path) -> Connection:
     """:func:`open_checked`, migrated, with the normal busy timeout: the writer's connection, the server's or an
     offline CLI command's."""
     conn = open_checked(path)
@@ -219,12 +240,29 @@ def processes_using(*files: Path) -> list[str]:
 # --- the store ---------------------------------------------------------------
 
 _STOP = object()
+EffectHandler = Callable[[Any], None]
+
+
+class _Write:
+    """One queued write. Its effects go to ``loop``; without one, to ``effects`` (set before the future
+    completes) when the caller waits to run them itself (``inline``)."""
+
+    __slots__ = ("effects", "fn", "fut", "inline", "loop", "transactional")
+
+    def __init__(self, fn: Callable[[Connection], Any], transactional: bool,
+                 loop: asyncio.AbstractEventLoop | None, inline: bool) -> None:
+        self.fn, self.transactional, self.loop, self.inline = fn, transactional, loop, inline
+        self.fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.effects: list[Effect] | None = None
 
 
 class Store:
     """Async access to one SQLite file: ``await store.read(fn)`` / ``await store.write(fn)``.
 
-    ``fn`` receives a ``sqlite3.Connection`` and runs on a worker thread.
+    ``fn`` receives a connection and runs on a worker thread. The effects a write records (:func:`effect`) run
+    after its commit, in order, through the handlers registered with :meth:`on_effect`: for ``await write``
+    on the caller's event loop before the caller resumes (even if it was cancelled meanwhile), for
+    :meth:`write_sync` in the calling thread before it returns.
     """
 
     def __init__(self, path: str | Path, reader_threads: int = 4) -> None:
@@ -238,6 +276,7 @@ class Store:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="fleetd-db-write", daemon=True)
         self._write_conn = open_store(self.path)
+        self._handlers: dict[type[Effect], list[EffectHandler]] = {}
         self.disk_full = False  # whether the last write failed on a full disk (/healthz reports it)
         self._writer.start()
         self._closed = False
@@ -262,6 +301,19 @@ class Store:
     def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return self._readers.submit(self._run_read, fn).result()
 
+    # effects
+    def on_effect(self, kind: type[Effect], handler: EffectHandler) -> None:
+        """Run ``handler(effect)`` for every committed effect of ``kind`` (registered once, at start)."""
+        self._handlers.setdefault(kind, []).append(handler)
+
+    def run_effects(self, effects: list[Effect]) -> None:
+        for e in effects:
+            for handler in self._handlers.get(type(e), ()):
+                try:
+                    handler(e)
+                except Exception:  # the write has committed; one failing handler must not stop the others
+                    log.exception("effect %s failed after its commit", type(e).__name__)
+
     # writes
     def _write_loop(self) -> None:
         conn = self._write_conn
@@ -269,37 +321,72 @@ class Store:
             item = self._queue.get()
             if item is _STOP:
                 break
-            fn, fut, transactional = item
+            job: _Write = item
+            fut = job.fut
             if not fut.set_running_or_notify_cancel():
                 continue
             try:
-                if transactional:
+                if job.transactional:
                     with transaction(conn):
-                        result = fn(conn)
+                        result = job.fn(conn)
                 else:
-                    result = fn(conn)
+                    result = job.fn(conn)
             except BaseException as e:  # handed to the caller
+                conn.effects.clear()  # nothing committed: nothing happened
                 self.disk_full = disk.is_full(e)
                 fut.set_exception(e)
             else:
                 self.disk_full = False
+                if conn.effects:  # a write without effects allocates nothing here
+                    self._hand_over(job, conn.effects)
+                    conn.effects = []
                 fut.set_result(result)
         conn.close()
 
-    def submit_write(
-        self, fn: Callable[[sqlite3.Connection], T], *, transactional: bool = True
-    ) -> concurrent.futures.Future[T]:
+    def _hand_over(self, job: _Write, effects: list[Effect]) -> None:
+        if job.loop is None:
+            if job.inline:
+                job.effects = effects
+            else:
+                log.warning("%d effect(s) of a committed write dropped: it was queued outside an event loop",
+                            len(effects))
+            return
+        try:
+            # Queued before the future's own callback, so they run before the caller resumes, in commit order.
+            job.loop.call_soon_threadsafe(self.run_effects, effects)
+        except RuntimeError:  # the caller's loop has closed: there is no one left to tell
+            log.warning("%d effect(s) of a committed write dropped: the event loop has closed", len(effects))
+
+    def _submit(self, fn: Callable[[Connection], T], transactional: bool,
+                loop: asyncio.AbstractEventLoop | None, inline: bool = False) -> _Write:
         if self._closed:
             raise FleetdError("the store is closed")
-        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._queue.put((fn, fut, transactional))
+        job = _Write(fn, transactional, loop, inline)
+        self._queue.put(job)
+        return job
+
+    def submit_write(
+        self, fn: Callable[[Connection], T], *, transactional: bool = True
+    ) -> concurrent.futures.Future[T]:
+        """Queue a write; await it with ``asyncio.wrap_future``. Its effects run on the running event loop (queued
+        from a thread without one, a write must record none: they would be dropped)."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        fut: concurrent.futures.Future[T] = self._submit(fn, transactional, loop).fut
         return fut
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T], *, transactional: bool = True) -> T:
+    async def write(self, fn: Callable[[Connection], T], *, transactional: bool = True) -> T:
         return await asyncio.wrap_future(self.submit_write(fn, transactional=transactional))
 
-    def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return self.submit_write(fn).result()
+    def write_sync(self, fn: Callable[[Connection], T]) -> T:
+        """A write from a thread without an event loop (start-up, tools, tests); its effects run here."""
+        job = self._submit(fn, True, None, inline=True)
+        result: T = job.fut.result()
+        if job.effects:
+            self.run_effects(job.effects)
+        return result
 
     def close(self) -> None:
         if self._closed:

@@ -18,14 +18,15 @@ import json
 import sqlite3
 from dataclasses import dataclass
 
-from . import actions, audit
+from . import actions, audit, registry
 from .audit import Actor
-from .db import Store
+from .db import Store, effect
 from .ddi_tokens import TokenEntry, TokenIndex, check_device_type, load_live
+from .effects import Effect
 from .errors import FailedPrecondition, NotFound, Unauthenticated
 from .models import new_id, now
 from .names import CONTROLLER_ID
-from .registry import DEFAULT_POLL_INTERVAL, DeviceRuntime, find_device_row
+from .registry import DEFAULT_POLL_INTERVAL, DeviceGone, DeviceRuntime, find_device_row
 from .tags import check_tags
 
 DEFAULT_DEVICE_TYPE = "ddi"
@@ -59,8 +60,33 @@ def load(conn: sqlite3.Connection) -> Loaded:
     return Loaded(load_live(conn), controllers, requested, watch, installed)
 
 
+class ControllerKnown(Effect, frozen=True):
+    """A DDI device and its controller id (``new``: just created, so its first poll asks for config data)."""
+
+    device_id: str
+    controller_id: str
+    new: bool = False
+
+
+class Fetched(Effect, frozen=True):
+    """The device fetched a deployment: its polls look at its actions until that one is answered."""
+
+    device_id: str
+
+
+class Installed(Effect, frozen=True):
+    """The deployment (by DDI number) the device last closed with success: its installedBase."""
+
+    device_id: str
+    num: int
+
+
+class ConfigAnswered(Effect, frozen=True):
+    device_id: str
+
+
 class DdiState:
-    """What the DDI hot path reads without the database, kept in step after each committed change."""
+    """What the DDI hot path reads without the database, kept in step by the effects of committed writes."""
 
     def __init__(self, store: Store) -> None:
         loaded = store.read_sync(load)
@@ -72,12 +98,27 @@ class DdiState:
         # The last deployment each device closed with success (the poll's installedBase link).
         self.installed: dict[str, int] = loaded.installed
 
-    def forget_device(self, device_id: str) -> None:
-        for cid in [c for c, d in self.controllers.items() if d == device_id]:
+    # The effects of committed writes (the handlers Fleet registers with the store).
+    def controller_known(self, e: ControllerKnown) -> None:
+        self.controllers[e.controller_id] = e.device_id
+        if e.new:
+            self.config_requested.add(e.device_id)
+
+    def fetched(self, e: Fetched) -> None:
+        self.watch.add(e.device_id)
+
+    def installed_base(self, e: Installed) -> None:
+        self.installed[e.device_id] = e.num
+
+    def config_answered(self, e: ConfigAnswered) -> None:
+        self.config_requested.discard(e.device_id)
+
+    def device_gone(self, e: DeviceGone) -> None:
+        for cid in [c for c, d in self.controllers.items() if d == e.device_id]:
             del self.controllers[cid]
-        self.config_requested.discard(device_id)
-        self.watch.discard(device_id)
-        self.installed.pop(device_id, None)
+        self.config_requested.discard(e.device_id)
+        self.watch.discard(e.device_id)
+        self.installed.pop(e.device_id, None)
 
 
 # --- ids -----------------------------------------------------------------------------
@@ -112,7 +153,14 @@ def _insert_device(conn: sqlite3.Connection, actor: Actor, controller_id: str, d
                  (did, controller_id, t))
     audit.record(conn, actor, "device.enroll", did, status="active", ddi=via, hardware_id=controller_id,
                  device_type=device_type, tags=tags)
+    _known(conn, did, controller_id, new=True)
+    registry.enrolled(conn, did, controller_id, "ddi", "active")
     return did, DeviceRuntime("active", DEFAULT_POLL_INTERVAL, device_type)
+
+
+def _known(conn: sqlite3.Connection, device_id: str, controller_id: str, *, new: bool = False) -> None:
+    registry.changed(conn, device_id)
+    effect(conn, ControllerKnown(device_id, controller_id, new))
 
 
 def register_by_gateway(conn: sqlite3.Connection, controller_id: str, gateway: TokenEntry,
@@ -128,6 +176,7 @@ def register_by_gateway(conn: sqlite3.Connection, controller_id: str, gateway: T
                                   "use DDI")
         if r["status"] == "revoked":
             raise Unauthenticated(f"device {r['id']} ({controller_id}) was revoked")
+        _known(conn, r["id"], controller_id)
         return str(r["id"]), DeviceRuntime(r["status"], r["poll_interval"], r["device_type"]), False
     actor = Actor("ddi_gateway", gateway.id, controller_id, addr)
     did, rt = _insert_device(conn, actor, controller_id, gateway.device_type or DEFAULT_DEVICE_TYPE,
@@ -165,6 +214,7 @@ def ensure_device(conn: sqlite3.Connection, actor: Actor, ref: str, device_type:
         conn.execute("UPDATE devices SET device_type = ?, tags = ? WHERE id = ?",
                      (device_type or r["device_type"], json.dumps(merged), r["id"]))
         audit.record(conn, actor, "device.update", r["id"], device_type=device_type or None, set_tags=tags)
+    _known(conn, r["id"], r["controller_id"])
     return DdiDevice(r["id"], r["controller_id"], False,
                      DeviceRuntime(r["status"], r["poll_interval"], device_type or r["device_type"]))
 
@@ -253,6 +303,7 @@ def mark_fetched(conn: sqlite3.Connection, device_id: str, action_id: str) -> No
     conn.execute("INSERT INTO ddi_action_state (action_id, device_id, fetched_at) VALUES (?, ?, ?) "
                  "ON CONFLICT (action_id) DO UPDATE SET fetched_at = COALESCE(fetched_at, excluded.fetched_at)",
                  (action_id, device_id, now()))
+    effect(conn, Fetched(device_id))
 
 
 def history(conn: sqlite3.Connection, action_id: str, count: int) -> list[str]:

@@ -15,21 +15,20 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
 
-from . import actions, audit
+from . import actions, audit, registry
 from .actions import PROGRESS, TERMINAL
 from .audit import Actor
-from .ddi import ActionRow, device_action
+from .db import effect
+from .ddi import ActionRow, ConfigAnswered, Installed, device_action
 from .ddi_tokens import check_device_type
 from .errors import FleetdError, InvalidArgument, NotFound
 from .fields import Int32
 from .hub import MAX_EXTRA, check_inventory_size
 from .models import now
-from .registry import DeviceRuntime
 from .rpc import decoding
 
 MAX_CONFIG_ENTRIES = 100
@@ -91,14 +90,6 @@ def decode_body(body: bytes, t: type[Any]) -> Any:
 
 # --- feedback --------------------------------------------------------------------------
 
-@dataclass
-class FeedbackOutcome:
-    action: actions.Action
-    still_open: bool
-    # Set when the action closed with success: its number is the device's new installedBase.
-    installed: int | None = None
-
-
 def _message(status: DdiStatus) -> str:
     parts = [d for d in status.details if d]
     if status.code is not None:
@@ -120,9 +111,15 @@ _REACHES = {"scheduled": "downloading", "resumed": "downloading", "download": "d
             "downloading": "downloading", "downloaded": "downloading", "proceeding": "installing"}
 
 
-def _still_open(conn: sqlite3.Connection, device_id: str) -> bool:
-    return conn.execute("SELECT 1 FROM actions WHERE device_id = ? AND open = 1 LIMIT 1",
-                        (device_id,)).fetchone() is not None
+def _outcome(conn: sqlite3.Connection, device_id: str, action_id: str, installed: int | None = None) -> actions.Action:
+    """The action after the feedback, with its effects: the event stream hears of it, the hub whether the device
+    still has open actions, and a deployment closed with success (``installed``, its number) is the device's new
+    installedBase."""
+    action = actions.get(conn, action_id)
+    actions.settled(conn, action)
+    if installed is not None:
+        effect(conn, Installed(device_id, installed))
+    return action
 
 
 def _ack_cancel(conn: sqlite3.Connection, row: ActionRow, device_id: str, message: str, *, stopped: bool) -> None:
@@ -136,7 +133,7 @@ def _ack_cancel(conn: sqlite3.Connection, row: ActionRow, device_id: str, messag
 
 
 def apply_feedback(conn: sqlite3.Connection, device_id: str, controller_id: str, num: int,
-                   fb: DdiActionFeedback) -> FeedbackOutcome:
+                   fb: DdiActionFeedback) -> actions.Action:
     """Deployment feedback → the action's state, message and progress (one transaction)."""
     row = device_action(conn, device_id, controller_id, num)
     st = fb.status
@@ -145,7 +142,7 @@ def apply_feedback(conn: sqlite3.Connection, device_id: str, controller_id: str,
     if row.state in TERMINAL:
         if row.state == "cancelled" and ex == "canceled" and row.fetched and not row.cancel_acked:
             _ack_cancel(conn, row, device_id, message or "the device confirmed the cancellation", stopped=True)
-            return FeedbackOutcome(actions.get(conn, row.id), _still_open(conn, device_id))
+            return _outcome(conn, device_id, row.id)
         if (row.state == "cancelled" and row.fetched and not row.cancel_stopped and ex == "closed"
                 and st.result.finished != "failure"):
             # A client past the point of no return rejects the cancellation and finishes (rauc-hawkbit-updater
@@ -153,7 +150,7 @@ def apply_feedback(conn: sqlite3.Connection, device_id: str, controller_id: str,
             _set_component(conn, device_id, row.artifact_id)
             _ack_cancel(conn, row, device_id, message or "installed after all: the device finished the update "
                         "it was asked to cancel", stopped=False)
-            return FeedbackOutcome(actions.get(conn, row.id), _still_open(conn, device_id), num)
+            return _outcome(conn, device_id, row.id, num)
         raise ActionGone(f"action {num} is no longer active (it ended as {row.state}); send no more feedback "
                          "for it")
     progress = _progress(st, row.progress)
@@ -161,13 +158,13 @@ def apply_feedback(conn: sqlite3.Connection, device_id: str, controller_id: str,
 
     def report(new: str, msg: str = message, pct: int = progress) -> None:
         nonlocal state
-        actions.report(conn, device_id, row.id, new, msg, pct)
+        actions.advance(conn, device_id, row.id, new, msg, pct)
         state = new
 
     if ex == "canceled":
         actions.cancel(conn, Actor("device", device_id, controller_id), row.id)
         _ack_cancel(conn, row, device_id, message or "cancelled by the device", stopped=True)
-        return FeedbackOutcome(actions.get(conn, row.id), _still_open(conn, device_id))
+        return _outcome(conn, device_id, row.id)
     if ex == "rejected":
         if state == "offered":
             report("rejected", message or "declined on the device")
@@ -192,7 +189,7 @@ def apply_feedback(conn: sqlite3.Connection, device_id: str, controller_id: str,
     if state == "succeeded":
         _set_component(conn, device_id, row.artifact_id)
         installed = num
-    return FeedbackOutcome(actions.get(conn, row.id), _still_open(conn, device_id), installed)
+    return _outcome(conn, device_id, row.id, installed)
 
 
 def _set_component(conn: sqlite3.Connection, device_id: str, artifact_id: str | None) -> None:
@@ -242,8 +239,8 @@ def apply_cancel_feedback(conn: sqlite3.Connection, device_id: str, controller_i
 # --- config data -------------------------------------------------------------------------
 
 def apply_config_data(conn: sqlite3.Connection, device_id: str, controller_id: str,
-                      cfg: DdiConfigData) -> DeviceRuntime | None:
-    """Controller attributes → the device's inventory ``extra``. Returns the new runtime if the type changed."""
+                      cfg: DdiConfigData) -> None:
+    """Controller attributes → the device's inventory ``extra`` (and its type, from ``device_type``)."""
     if len(cfg.data) > MAX_CONFIG_ENTRIES:
         raise InvalidArgument(f"config data has at most {MAX_CONFIG_ENTRIES} attributes, got {len(cfg.data)}")
     for k, v in cfg.data.items():
@@ -276,12 +273,12 @@ def apply_config_data(conn: sqlite3.Connection, device_id: str, controller_id: s
     conn.execute("UPDATE devices SET inventory = ?, device_type = ? WHERE id = ?",
                  (encoded, device_type, device_id))
     conn.execute("UPDATE ddi_devices SET config_requested = 0 WHERE device_id = ?", (device_id,))
+    effect(conn, ConfigAnswered(device_id))
     if device_type != r["device_type"]:
         audit.record(conn, Actor("device", device_id, controller_id), "device.update", device_id,
                      device_type=device_type, via="ddi configData")
-        return DeviceRuntime(r["status"], r["poll_interval"], device_type)
-    return None
+        registry.changed(conn, device_id)
 
 
-__all__ = ["ActionGone", "DdiActionFeedback", "DdiConfigData", "FeedbackOutcome", "apply_cancel_feedback",
+__all__ = ["ActionGone", "DdiActionFeedback", "DdiConfigData", "apply_cancel_feedback",
            "apply_config_data", "apply_feedback", "decode_body"]

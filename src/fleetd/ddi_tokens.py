@@ -20,6 +20,8 @@ import msgspec
 
 from . import audit
 from .audit import Actor
+from .db import effect
+from .effects import Effect
 from .errors import InvalidArgument, NotFound
 from .models import now, to_dt
 from .names import DEVICE_TYPE
@@ -69,12 +71,27 @@ class TokenEntry:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+class TokenAdded(Effect, frozen=True):
+    """A new live token (by the hash of its secret; the secret itself never leaves the write)."""
+
+    hash: bytes
+    entry: TokenEntry
+
+
+class TokensDropped(Effect, frozen=True):
+    hashes: tuple[bytes, ...]
+
+
+class GatewayRevoked(Effect, frozen=True):
+    token_id: str
+
+
 def check_device_type(device_type: str) -> str:
     return DEVICE_TYPE.check(device_type) if device_type else device_type
 
 
 def create_gateway(conn: sqlite3.Connection, actor: Actor, *, description: str = "", device_type: str = "",
-                   tags: dict[str, str] | None = None) -> tuple[GatewayToken, str, TokenEntry]:
+                   tags: dict[str, str] | None = None) -> tuple[GatewayToken, str]:
     if len(description) > MAX_DESCRIPTION:
         raise InvalidArgument(f"description is at most {MAX_DESCRIPTION} characters")
     check_device_type(device_type)
@@ -85,8 +102,8 @@ def create_gateway(conn: sqlite3.Connection, actor: Actor, *, description: str =
                  (tid, secret_hash(secret), device_type, json.dumps(tags), description, actor.name or actor.id,
                   now()))
     audit.record(conn, actor, "ddi.gateway_token.create", tid, device_type=device_type, tags=tags)
-    tok = get_gateway(conn, tid)
-    return tok, secret, TokenEntry(tid, "gateway", None, device_type, tags)
+    effect(conn, TokenAdded(secret_hash(secret), TokenEntry(tid, "gateway", None, device_type, tags)))
+    return get_gateway(conn, tid), secret
 
 
 def get_gateway(conn: sqlite3.Connection, token_id: str) -> GatewayToken:
@@ -108,18 +125,20 @@ def revoke_gateway(conn: sqlite3.Connection, actor: Actor, token_id: str) -> Gat
     if tok.revoked_at is None:
         conn.execute("UPDATE ddi_tokens SET revoked_at = ? WHERE id = ?", (now(), token_id))
         audit.record(conn, actor, "ddi.gateway_token.revoke", token_id)
+        effect(conn, GatewayRevoked(token_id))
     return get_gateway(conn, token_id)
 
 
-def replace_target(conn: sqlite3.Connection, actor: Actor, device_id: str) -> tuple[str, str, list[bytes]]:
-    """A new target token for a device; its previous ones stop working. Returns (id, secret, revoked hashes)."""
+def replace_target(conn: sqlite3.Connection, actor: Actor, device_id: str) -> tuple[str, str]:
+    """A new target token for a device; its previous ones stop working. Returns (id, secret)."""
     old = revoke_targets_rows(conn, device_id)
     tid, secret = TARGET_ID_PREFIX + secrets.token_hex(6), new_secret()
     conn.execute("INSERT INTO ddi_tokens (id, kind, secret_hash, device_id, created_by, created_at) "
                  "VALUES (?, 'target', ?, ?, ?, ?)", (tid, secret_hash(secret), device_id, actor.name or actor.id,
                                                        now()))
     audit.record(conn, actor, "ddi.target_token.create", device_id, token=tid, replaced=len(old))
-    return tid, secret, old
+    effect(conn, TokenAdded(secret_hash(secret), TokenEntry(tid, "target", device_id)))
+    return tid, secret
 
 
 def revoke_targets_rows(conn: sqlite3.Connection, device_id: str) -> list[bytes]:
@@ -127,7 +146,10 @@ def revoke_targets_rows(conn: sqlite3.Connection, device_id: str) -> list[bytes]
                         "AND revoked_at IS NULL", (device_id,)).fetchall()
     conn.execute("UPDATE ddi_tokens SET revoked_at = ? WHERE device_id = ? AND kind = 'target' "
                  "AND revoked_at IS NULL", (now(), device_id))
-    return [bytes(r[0]) for r in rows]
+    hashes = [bytes(r[0]) for r in rows]
+    if hashes:
+        effect(conn, TokensDropped(tuple(hashes)))
+    return hashes
 
 
 def revoke_targets(conn: sqlite3.Connection, actor: Actor, device_id: str) -> list[bytes]:
@@ -155,13 +177,14 @@ class TokenIndex:
         entry = self._by_hash.get(secret_hash(secret))
         return entry if entry is not None and entry.kind == kind else None
 
-    def add(self, secret: str, entry: TokenEntry) -> None:
-        self._by_hash[secret_hash(secret)] = entry
+    # The effects of committed token changes (the handlers Fleet registers with the store).
+    def added(self, e: TokenAdded) -> None:
+        self._by_hash[e.hash] = e.entry
 
-    def drop_hashes(self, hashes: list[bytes]) -> None:
-        for h in hashes:
+    def dropped(self, e: TokensDropped) -> None:
+        for h in e.hashes:
             self._by_hash.pop(h, None)
 
-    def drop_id(self, token_id: str) -> None:
-        for h in [h for h, e in self._by_hash.items() if e.id == token_id]:
+    def gateway_revoked(self, e: GatewayRevoked) -> None:
+        for h in [h for h, entry in self._by_hash.items() if entry.id == e.token_id]:
             del self._by_hash[h]

@@ -1,7 +1,9 @@
 """The event bus: what happens in the fleet, for the UI and scripts (served as SSE at /v1/events).
 
-Publishers call ``fleet.events.publish(type, data)`` after their change has
-committed; it never blocks and never fails the caller. Each subscriber has a
+A write publishes by recording an ``effects.Publish`` in its transaction; the
+store hands it to :meth:`EventBus.deliver` once the write has committed.
+In-memory sources (presence) call ``publish`` directly. Publishing never blocks
+and never fails the caller. Each subscriber has a
 bounded queue: a subscriber that falls behind loses the oldest events and is
 told so with a ``dropped`` event, rather than slowing anyone down.
 """
@@ -14,6 +16,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from .effects import Publish
 
 QUEUE_SIZE = 1000
 
@@ -40,6 +44,10 @@ class EventBus:
                 q.put_nowait(Event(0, "dropped", {"reason": "subscriber too slow"}))
                 continue
             q.put_nowait(event)
+
+    def deliver(self, e: Publish) -> None:
+        """The handler of committed ``Publish`` effects."""
+        self.publish(e.type, e.data)
 
     async def subscribe(self) -> AsyncIterator[Event]:
         q: asyncio.Queue[Event] = asyncio.Queue(QUEUE_SIZE)

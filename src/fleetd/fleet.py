@@ -8,9 +8,12 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from . import auth
+from . import auth, ddi_tokens, registry
+from . import ddi as ddi_state
 from .alerts import AlertEngine
 from .audit import SYSTEM
 from .auth import Authenticator
@@ -18,6 +21,7 @@ from .blobs import BlobStore
 from .config import Settings
 from .db import Store, open_store, processes_using, transaction
 from .ddi import DdiState
+from .effects import Effect, Publish
 from .egress import Policy
 from .events import EventBus
 from .hub import DeviceHub
@@ -76,6 +80,27 @@ class Fleet:
         self.alerts = AlertEngine(self.store, self.events, self.metrics,
                                   deliverer=Deliverer(self.store, policy=self.egress))
         self._register_device_metrics()
+        self._effect_handlers()
+
+    def _effect_handlers(self) -> None:
+        """The one table of what runs after a commit: each effect kind a write may record, and its handlers."""
+        hub, ddi, tokens = self.hub, self.ddi, self.ddi.tokens
+        table: list[tuple[type[Effect], Callable[[Any], None]]] = [
+            (Publish, self.events.deliver),
+            (registry.DeviceChanged, hub.device_changed),
+            (registry.DeviceGone, hub.device_gone),
+            (registry.DeviceGone, ddi.device_gone),
+            (registry.ActionsOpen, hub.actions_open),
+            (ddi_state.ControllerKnown, ddi.controller_known),
+            (ddi_state.Fetched, ddi.fetched),
+            (ddi_state.Installed, ddi.installed_base),
+            (ddi_state.ConfigAnswered, ddi.config_answered),
+            (ddi_tokens.TokenAdded, tokens.added),
+            (ddi_tokens.TokensDropped, tokens.dropped),
+            (ddi_tokens.GatewayRevoked, tokens.gateway_revoked),
+        ]
+        for kind, handler in table:
+            self.store.on_effect(kind, handler)
 
     def _register_device_metrics(self) -> None:
         m, hub = self.metrics, self.hub

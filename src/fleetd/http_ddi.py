@@ -24,7 +24,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 from litestar.params import FromPath, PathParameter
 
-from . import actions, ddi, ddi_feedback, disk, ranges, rpc
+from . import ddi, ddi_feedback, disk, ranges, rpc
 from .actions import TERMINAL
 from .auth import Principal
 from .ddi_tokens import TokenEntry
@@ -100,11 +100,9 @@ async def authenticate(connection: ASGIConnection[Any, Any, Any, Any], handler: 
 
 def _registered(fleet: Fleet, controller_id: str) -> str | None:
     """The device of a registered controller (None if there is none); a revoked one is refused."""
-    state = fleet.ddi
-    device_id = state.controllers.get(controller_id)
+    device_id = fleet.ddi.controllers.get(controller_id)
     if device_id is not None and device_id not in fleet.hub.runtime:
-        state.forget_device(device_id)  # deleted since
-        device_id = None
+        device_id = None  # deleted by an offline command: the server's caches did not hear of it
     if device_id is not None and fleet.hub.runtime[device_id].status == "revoked":
         raise Unauthenticated(f"controller {controller_id} was revoked")
     return device_id
@@ -241,26 +239,8 @@ async def _register(fleet: Fleet, caller: DdiCaller, addr: str | None) -> str:
     gateway, controller_id = caller.token, caller.controller_id
     if gateway is None:
         raise Unauthenticated("a token is needed to poll")
-    device_id, rt, created = await fleet.store.write(
-        lambda c: ddi.register_by_gateway(c, controller_id, gateway, addr))
-    fleet.hub.set_device(device_id, rt, None)
-    fleet.ddi.controllers[controller_id] = device_id
-    if created:
-        fleet.ddi.config_requested.add(device_id)
-        fleet.events.publish("device.enrolled", {"id": device_id, "hardware_id": controller_id, "via": "ddi"})
+    device_id, _, _ = await fleet.store.write(lambda c: ddi.register_by_gateway(c, controller_id, gateway, addr))
     return device_id
-
-
-async def _fail_undeliverable(fleet: Fleet, device_id: str) -> None:
-    def write(conn: sqlite3.Connection) -> tuple[list[actions.Action], bool]:
-        ended = [actions.get(conn, a) for a in ddi.fail_undeliverable(conn, device_id)]
-        return ended, conn.execute("SELECT 1 FROM actions WHERE device_id = ? AND open = 1 LIMIT 1",
-                                   (device_id,)).fetchone() is not None
-
-    ended, still_open = await fleet.store.write(write)
-    fleet.hub.set_open_actions(device_id, still_open)
-    for a in ended:
-        fleet.events.publish("action.state", msgspec.to_builtins(a))
 
 
 async def poll(request: Request[Any, Any, Any], controller_id: FromPath[str]) -> Response[bytes]:
@@ -277,7 +257,7 @@ async def poll(request: Request[Any, Any, Any], controller_id: FromPath[str]) ->
     if device_id in hub.open_actions or device_id in state.watch:
         view = await fleet.store.read(lambda c: ddi.poll_view(c, device_id))
         if view.undeliverable:
-            await _fail_undeliverable(fleet, device_id)
+            await fleet.store.write(lambda c: ddi.fail_undeliverable(c, device_id))
         if not view.watch:
             state.watch.discard(device_id)
         if view.cancel is not None:
@@ -338,7 +318,6 @@ async def deployment_base(request: Request[Any, Any, Any], controller_id: FromPa
     row, a, module, hist = await _read_deployment(request, device_id, controller_id, action_id, finished=False)
     if not row.fetched:
         await fleet.store.write(lambda c: ddi.mark_fetched(c, device_id, row.id))
-    fleet.ddi.watch.add(device_id)
     return _json(_deployment_json(_base(request, fleet, controller_id), row, a, module, hist))
 
 
@@ -355,11 +334,7 @@ async def deployment_feedback(request: Request[Any, Any, Any], controller_id: Fr
     fleet: Fleet = request.app.state.fleet
     device_id = _caller(request).device()
     fb = ddi_feedback.decode_body(await _body(request), ddi_feedback.DdiActionFeedback)
-    out = await fleet.store.write(lambda c: ddi_feedback.apply_feedback(c, device_id, controller_id, action_id, fb))
-    fleet.hub.set_open_actions(device_id, out.still_open)
-    if out.installed is not None:
-        fleet.ddi.installed[device_id] = out.installed
-    fleet.events.publish("action.state", msgspec.to_builtins(out.action))
+    await fleet.store.write(lambda c: ddi_feedback.apply_feedback(c, device_id, controller_id, action_id, fb))
     return Response(b"", status_code=200)
 
 
@@ -386,10 +361,7 @@ async def config_data(request: Request[Any, Any, Any], controller_id: FromPath[s
     fleet: Fleet = request.app.state.fleet
     device_id = _caller(request).device()
     cfg = ddi_feedback.decode_body(await _body(request), ddi_feedback.DdiConfigData)
-    rt = await fleet.store.write(lambda c: ddi_feedback.apply_config_data(c, device_id, controller_id, cfg))
-    if rt is not None:
-        fleet.hub.set_device(device_id, rt, None)
-    fleet.ddi.config_requested.discard(device_id)
+    await fleet.store.write(lambda c: ddi_feedback.apply_config_data(c, device_id, controller_id, cfg))
     return Response(b"", status_code=200)
 
 

@@ -5,8 +5,9 @@ status, poll interval, auth epoch and last contact (one DeviceRuntime record per
 device, shared with the token checker); which devices have open actions; the hash
 of the inventory each last reported. Writes a check-in causes (last seen,
 changed inventory) are coalesced and flushed by one task about once a second on
-the writer thread. Everything that changes devices or actions goes through the
-services, which tell the hub after their transaction commits.
+the writer thread. Every write that changes devices or actions records an effect
+(registry.DeviceChanged, DeviceGone, ActionsOpen) that the store hands to the hub
+once the transaction has committed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import json
 import logging
 import sqlite3
+import sys
 import time
 from typing import Annotated, Any
 
@@ -25,7 +27,7 @@ from .db import Store
 from .devauth import DeviceTokens
 from .errors import InvalidArgument
 from .fields import Int32
-from .registry import DeviceRuntime
+from .registry import ActionsOpen, DeviceChanged, DeviceGone, DeviceRuntime
 from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -102,18 +104,19 @@ class DeviceHub:
         runtime.epoch = None if runtime.status == "revoked" else epoch
         self.runtime[device_id] = runtime
 
-    async def refresh(self, device_id: str) -> None:
-        found = await self.store.read(lambda c: registry.runtime_of(c, device_id))
-        if found is None:
-            self.set_device(device_id, None, None)
-        else:
-            self.set_device(device_id, *found)
+    # The effects a committed write records (the handlers Fleet registers with the store).
+    def device_changed(self, e: DeviceChanged) -> None:
+        self.set_device(e.device_id, DeviceRuntime(sys.intern(e.status), e.poll_interval, sys.intern(e.device_type)),
+                        e.epoch)
 
-    def set_open_actions(self, device_id: str, has_open: bool) -> None:
-        if has_open:
-            self.open_actions.add(device_id)
+    def device_gone(self, e: DeviceGone) -> None:
+        self.set_device(e.device_id, None, None)
+
+    def actions_open(self, e: ActionsOpen) -> None:
+        if e.open:
+            self.open_actions.update(e.device_ids)
         else:
-            self.open_actions.discard(device_id)
+            self.open_actions.difference_update(e.device_ids)
 
     # --- check-in ------------------------------------------------------------
     def note_checkin(self, device_id: str, addr: str | None, inventory: Inventory | None,

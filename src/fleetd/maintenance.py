@@ -31,11 +31,9 @@ class Job:
 
 
 async def expire_pending(fleet: Fleet) -> str:
-    """Delete the token-less pending devices silent for pending_expiry_days, and forget them in the hub."""
+    """Delete the token-less pending devices silent for pending_expiry_days (the hub forgets them after)."""
     silent_for = fleet.settings.pending_expiry_days * 86400
     gone = await fleet.store.write(lambda c: registry.expire_pending(c, silent_for))
-    for did in gone:
-        fleet.hub.set_device(did, None, None)
     return f"{len(gone)} deleted"
 
 

@@ -66,17 +66,6 @@ def due(conn: sqlite3.Connection, now: float) -> list[str]:
         "ORDER BY created_at", (now,))]
 
 
-def after_commit(fleet: Fleet, change: Change) -> None:
-    """Tell the check-in hub about new and cancelled actions, and the event stream about transitions."""
-    hub = fleet.hub
-    for device_id in change.new_actions:
-        hub.set_open_actions(device_id, True)
-    for device_id, still_open in change.closed.items():
-        hub.set_open_actions(device_id, still_open)
-    for kind, data in change.events:
-        fleet.events.publish(kind, data)
-
-
 class Orchestrator:
     def __init__(self, fleet: Fleet, interval: float | None = None) -> None:
         self.fleet = fleet
@@ -131,7 +120,6 @@ class Orchestrator:
                 stats.stale = True
                 log.info("rollout %s changed while the orchestrator decided; deciding again next pass", rollout_id)
                 break
-            after_commit(self.fleet, change)
             stats.actions += len(change.new_actions)
             rev = change.rev
         stats.write_seconds = time.perf_counter() - t2

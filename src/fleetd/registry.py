@@ -24,6 +24,8 @@ import msgspec
 
 from . import audit
 from .audit import Actor
+from .db import effect
+from .effects import Effect, Publish
 from .errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -327,6 +329,8 @@ def enroll(conn: sqlite3.Connection, *, hardware_id: str, device_type: str, publ
     ensure_not_revoked(existing["status"])
     same_key = hmac.compare_digest(existing["public_key"], public_key)
     if same_key and (token is None or existing["status"] == "active"):
+        # Nothing changes, but the hub may not know the device yet (enrolled by an offline command).
+        changed(conn, existing["id"])
         return EnrollResult(device_from_row(existing), existing["auth_epoch"], False)
     if token is None:
         raise AlreadyExists(another_key_message(hardware_id))
@@ -346,6 +350,8 @@ def enroll(conn: sqlite3.Connection, *, hardware_id: str, device_type: str, publ
                  "device.reenroll", existing["id"], token=tok.id, key_replaced=not same_key,
                  was=existing["status"])
     row = conn.execute("SELECT * FROM devices WHERE id = ?", (existing["id"],)).fetchone()
+    changed(conn, existing["id"])
+    enrolled(conn, existing["id"], hardware_id, "connect", "active")
     return EnrollResult(device_from_row(row), epoch, False)
 
 
@@ -373,6 +379,8 @@ def _enroll_new(conn: sqlite3.Connection, hardware_id: str, device_type: str, pu
     audit.record(conn, Actor("device", did, hardware_id, addr), "device.enroll", did, status=status,
                  token=tok.id if tok else None)
     row = conn.execute("SELECT * FROM devices WHERE id = ?", (did,)).fetchone()
+    changed(conn, did)
+    enrolled(conn, did, hardware_id, "connect", status)
     return EnrollResult(device_from_row(row), 0, True)
 
 
@@ -386,6 +394,7 @@ def expire_pending(conn: sqlite3.Connection, silent_for: float) -> list[str]:
         conn.execute("DELETE FROM devices WHERE id = ?", (r["id"],))
         audit.record(conn, audit.SYSTEM, "device.expire", r["id"], hardware_id=r["hardware_id"],
                      days=round(silent_for / 86400, 2))
+        effect(conn, DeviceGone(r["id"]))
     return [r["id"] for r in rows]
 
 
@@ -399,6 +408,8 @@ def claim(conn: sqlite3.Connection, actor: Actor, code: str, name: str = "", tag
     conn.execute("UPDATE devices SET status = 'active', claim_code = NULL, enrolled_at = ?, name = ?, tags = ? "
                  "WHERE id = ?", (now(), name or r["name"], json.dumps(merged), r["id"]))
     audit.record(conn, actor, "device.claim", r["id"], code=code)
+    changed(conn, r["id"])
+    enrolled(conn, r["id"], r["hardware_id"], "claim", "active")
     return get_device(conn, r["id"])
 
 
@@ -409,6 +420,7 @@ def reject(conn: sqlite3.Connection, actor: Actor, ref: str) -> None:
         raise FailedPrecondition(f"device {r['id']} is {r['status']}, not pending; revoke or delete it instead")
     conn.execute("DELETE FROM devices WHERE id = ?", (r["id"],))
     audit.record(conn, actor, "device.reject", r["id"], hardware_id=r["hardware_id"])
+    effect(conn, DeviceGone(r["id"]))
 
 
 def revoke(conn: sqlite3.Connection, actor: Actor, ref: str) -> Device:
@@ -418,6 +430,8 @@ def revoke(conn: sqlite3.Connection, actor: Actor, ref: str) -> Device:
     conn.execute("UPDATE actions SET state = 'cancelled', open = 0, finished_at = ?, updated_at = ?, "
                  "message = 'device revoked' WHERE device_id = ? AND open = 1", (now(), now(), r["id"]))
     audit.record(conn, actor, "device.revoke", r["id"])
+    changed(conn, r["id"])
+    effect(conn, ActionsOpen((r["id"],), False))
     return get_device(conn, r["id"])
 
 
@@ -425,6 +439,7 @@ def delete(conn: sqlite3.Connection, actor: Actor, ref: str) -> str:
     r = find_device_row(conn, ref)
     conn.execute("DELETE FROM devices WHERE id = ?", (r["id"],))
     audit.record(conn, actor, "device.delete", r["id"], hardware_id=r["hardware_id"])
+    effect(conn, DeviceGone(r["id"]))
     return str(r["id"])
 
 
@@ -446,6 +461,7 @@ def update(conn: sqlite3.Connection, actor: Actor, ref: str, *, name: str | None
                  (name or r["name"], json.dumps(tags), poll_interval or r["poll_interval"], r["id"]))
     audit.record(conn, actor, "device.update", r["id"], name=name, set_tags=set_tags, remove_tags=remove_tags,
                  poll_interval=poll_interval)
+    changed(conn, r["id"])
     return get_device(conn, r["id"])
 
 
@@ -526,12 +542,41 @@ def load_runtime(conn: sqlite3.Connection) -> dict[str, DeviceRuntime]:
     return runtime
 
 
-def runtime_of(conn: sqlite3.Connection, device_id: str) -> tuple[DeviceRuntime, int] | None:
+# --- effects: what the hub and the event stream learn once a device's change has committed ---------------
+
+class DeviceChanged(Effect, frozen=True):
+    """The device's record as the hub keeps it (a revoked status stops its tokens)."""
+
+    device_id: str
+    status: str
+    poll_interval: int
+    device_type: str
+    epoch: int
+
+
+class DeviceGone(Effect, frozen=True):
+    device_id: str
+
+
+class ActionsOpen(Effect, frozen=True):
+    """These devices now have (``open``) or no longer have open actions; the check-in path reads only then."""
+
+    device_ids: tuple[str, ...]
+    open: bool
+
+
+def changed(conn: sqlite3.Connection, device_id: str) -> None:
+    """Record the device as this transaction leaves it, for the hub (gone, if it was deleted)."""
     r = conn.execute("SELECT status, poll_interval, device_type, auth_epoch FROM devices WHERE id = ?",
                      (device_id,)).fetchone()
-    if r is None:
-        return None
-    return DeviceRuntime(r[0], r[1], r[2]), r[3]
+    effect(conn, DeviceGone(device_id) if r is None else DeviceChanged(device_id, r[0], r[1], r[2], r[3]))
+
+
+def enrolled(conn: sqlite3.Connection, device_id: str, hardware_id: str, via: str, status: str) -> None:
+    """``device.enrolled`` on the event stream: a device joined or re-joined the fleet (``via`` connect, ddi or
+    claim; ``status`` pending or active)."""
+    effect(conn, Publish("device.enrolled", {"id": device_id, "hardware_id": hardware_id, "via": via,
+                                             "status": status}))
 
 
 def ensure_not_revoked(status: str) -> None:

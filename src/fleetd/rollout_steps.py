@@ -1,8 +1,9 @@
 """The writes a rollout makes, inside the caller's write transaction: state changes, stage starts, install
 and rollback actions (through ``actions``, at most :data:`CHUNK` per call), cancellations, faults.
 
-Each returns what it did in a :class:`Change`, which the caller passes on once the transaction has committed
-(the check-in hub learns about new actions, the event stream about transitions).
+What they change outside the database (the check-in hub learns about new and cancelled actions, the event
+stream about transitions) they record as effects, which the store runs once the transaction has committed; the
+:class:`Change` they fill says what a write did, for the orchestrator's counts.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 from . import actions, artifacts, audit
 from .audit import Actor
+from .db import effect
+from .effects import Publish
 from .rollout_progress import RolloutRow
 
 ORCHESTRATOR = Actor("system", None, "orchestrator")
@@ -21,12 +24,10 @@ CHUNK = 2000  # actions created per write transaction
 
 @dataclass
 class Change:
-    """What a committed write did, for the caller to pass on (hub, event bus)."""
+    """What a write did to a rollout."""
 
     rollout_id: str
-    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     new_actions: list[str] = field(default_factory=list)  # devices with a new open action
-    closed: dict[str, bool] = field(default_factory=dict)  # devices whose action was cancelled → any still open
     rev: int = 0
 
 
@@ -41,9 +42,8 @@ def set_state(conn: sqlite3.Connection, actor: Actor, r: RolloutRow, state: str,
                      "AND ended_at IS NULL", (now, state, r.id, r.stage))
     audit.record(conn, actor, f"rollout.{verb}", r.id, state=state, previous=r.state,
                  **({"reason": reason} if reason else {}), **details)
-    change.events.append(("rollout.state", {"id": r.id, "state": state, "previous": r.state,
-                                            "reason": reason if reason is not None else r.reason,
-                                            "stage": r.stage}))
+    effect(conn, Publish("rollout.state", {"id": r.id, "state": state, "previous": r.state,
+                                           "reason": reason if reason is not None else r.reason, "stage": r.stage}))
     r.state = state
 
 
@@ -58,11 +58,11 @@ def start_stage(conn: sqlite3.Connection, actor: Actor, r: RolloutRow, k: int, n
     conn.execute("UPDATE rollouts SET stage = ?, state = 'running', rev = rev + 1, updated_at = ?, "
                  "started_at = COALESCE(started_at, ?) WHERE id = ?", (k, now, now, r.id))
     audit.record(conn, actor, "rollout.stage", r.id, stage=k, percent=r.stages[k])
-    change.events.append(("rollout.stage", {"id": r.id, "stage": k, "percent": r.stages[k]}))
+    effect(conn, Publish("rollout.stage", {"id": r.id, "stage": k, "percent": r.stages[k]}))
     if previous != "running":
         audit.record(conn, actor, "rollout.start", r.id, previous=previous)
-        change.events.append(("rollout.state", {"id": r.id, "state": "running", "previous": previous,
-                                                "reason": "", "stage": k}))
+        effect(conn, Publish("rollout.state", {"id": r.id, "state": "running", "previous": previous, "reason": "",
+                                               "stage": k}))
     r.stage, r.state = k, "running"
 
 
@@ -107,19 +107,14 @@ def create_rollbacks(conn: sqlite3.Connection, actor: Actor, r: RolloutRow, devi
     change.new_actions += free
 
 
-def cancel_open_installs(conn: sqlite3.Connection, r: RolloutRow, now: float, message: str, change: Change) -> int:
+def cancel_open_installs(conn: sqlite3.Connection, r: RolloutRow, now: float, message: str) -> int:
     """End the rollout's install actions that have not ended (one statement each, however many)."""
     conn.execute("INSERT INTO action_events (action_id, ts, state, message, progress) SELECT id, ?, 'cancelled', ?, "
                  "progress FROM actions WHERE rollout_id = ? AND kind = 'install' AND open = 1", (now, message, r.id))
     devices = [row[0] for row in conn.execute(
         "UPDATE actions SET state = 'cancelled', open = 0, message = ?, updated_at = ?, finished_at = ? "
         "WHERE rollout_id = ? AND kind = 'install' AND open = 1 RETURNING device_id", (message, now, now, r.id))]
-    still = set()
-    for chunk in _chunks(devices):
-        still |= {row[0] for row in conn.execute(
-            f"SELECT DISTINCT device_id FROM actions WHERE open = 1 AND device_id IN ({','.join('?' * len(chunk))})",
-            chunk)}
-    change.closed.update({d: d in still for d in devices})
+    actions.note_open(conn, devices)
     return len(devices)
 
 
@@ -131,7 +126,7 @@ def record_faults(conn: sqlite3.Connection, r: RolloutRow, faults: list[tuple[st
 def roll_back(conn: sqlite3.Connection, actor: Actor, r: RolloutRow, installed: list[str], now: float, reason: str,
               change: Change) -> None:
     """Halt: cancel what has not installed yet, send every device that runs the new version back."""
-    cancelled = cancel_open_installs(conn, r, now, f"rollout {r.id} rolled back", change)
+    cancelled = cancel_open_installs(conn, r, now, f"rollout {r.id} rolled back")
     set_state(conn, actor, r, "rolled_back", now, change, "rollback", reason, cancelled=cancelled,
               rollbacks=len(installed))
     create_rollbacks(conn, actor, r, installed, change)

@@ -26,6 +26,8 @@ import msgspec
 from . import actions, artifacts, audit
 from . import rollout_steps as steps
 from .audit import Actor
+from .db import effect
+from .effects import Publish
 from .errors import FailedPrecondition, InvalidArgument
 from .models import new_id, to_dt
 from .registry import find_device_row
@@ -178,9 +180,9 @@ def create(conn: sqlite3.Connection, actor: Actor, spec: RolloutSpec, now: float
          now, now))
     audit.record(conn, actor, "rollout.create", rid, artifact=f"{art.name}@{art.version}", selector=target.to_json(),
                  stages=stages, devices=count)
-    change = steps.Change(rid, [("rollout.state", {"id": rid, "state": "scheduled", "previous": "",
-                                             "artifact": f"{art.name}@{art.version}"})])
-    return get(conn, rid, now, counted=False), change
+    effect(conn, Publish("rollout.state", {"id": rid, "state": "scheduled", "previous": "",
+                                           "artifact": f"{art.name}@{art.version}"}))
+    return get(conn, rid, now, counted=False), steps.Change(rid)
 
 
 def _seconds(value: float | None, default: float, what: str, minimum: float) -> float:
@@ -358,7 +360,7 @@ def cancel(conn: sqlite3.Connection, actor: Actor, rollout_id: str, now: float) 
     r = load_row(conn, rollout_id)
     _require(r, ACTIVE, "cancel")
     change = steps.Change(r.id)
-    n = steps.cancel_open_installs(conn, r, now, f"rollout {r.id} cancelled by {_who(actor)}", change)
+    n = steps.cancel_open_installs(conn, r, now, f"rollout {r.id} cancelled by {_who(actor)}")
     steps.set_state(conn, actor, r, "cancelled", now, change, "cancel", f"cancelled by {_who(actor)}", cancelled=n)
     return change
 

@@ -58,7 +58,7 @@ def make_ddi_devices(data_dir: Path, count: int, batch: int = 2_000) -> list[tup
             with transaction(conn):
                 for i in range(start, min(count, start + batch)):
                     dev = ddi.ensure_device(conn, SYSTEM, controller_id(i), seed.DEVICE_TYPE)
-                    _, secret, _ = ddi_tokens.replace_target(conn, SYSTEM, dev.device_id)
+                    _, secret = ddi_tokens.replace_target(conn, SYSTEM, dev.device_id)
                     out.append((controller_id(i), secret))
     finally:
         conn.close()

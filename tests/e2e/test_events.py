@@ -191,6 +191,32 @@ def test_viewer_sees_device_online_and_action_progress(server: ServerProcess, ad
         reader.close()
 
 
+def test_every_enrolment_path_publishes_device_enrolled(server: ServerProcess, admin_key: str) -> None:
+    """Connect Enroll (with a token, or pending and then claimed) publishes it as DDI registration does."""
+    reader = SSEReader(server, admin_key, "?types=device.").start()
+    try:
+        token = server.rpc("EnrollmentService", "CreateToken", {}, admin_key).json()["token"]
+        with server.client() as http:
+            active = TestDevice(http, hardware_id=f"enr-{secrets.token_hex(3)}")
+            assert active.enroll(token).status_code == 200
+            pending = TestDevice(http, hardware_id=f"enr-{secrets.token_hex(3)}")
+            r = pending.enroll()
+            assert r.status_code == 200 and r.json()["status"] == "pending"
+            assert active.enroll(token).status_code == 200  # the same key again: nothing new, no event
+        r = server.rpc("EnrollmentService", "ClaimDevice", {"claim_code": r.json()["claim_code"]}, admin_key)
+        assert r.status_code == 200, r.text
+        reader.wait(lambda: reader.of("device.enrolled", id=pending.device_id, via="claim"), "the claim's event")
+        got = [m["data"]["data"] for m in reader.messages if m["event"] == "device.enrolled"
+               and m["data"]["data"]["id"] in (active.device_id, pending.device_id)]
+        assert got == [
+            {"id": active.device_id, "hardware_id": active.hardware_id, "via": "connect", "status": "active"},
+            {"id": pending.device_id, "hardware_id": pending.hardware_id, "via": "connect", "status": "pending"},
+            {"id": pending.device_id, "hardware_id": pending.hardware_id, "via": "claim", "status": "active"},
+        ]
+    finally:
+        reader.close()
+
+
 def test_open_event_stream_does_not_hold_up_shutdown(own_server: ServerProcess) -> None:
     own_server.start()
     key = own_server.create_key("viewer", "events-shutdown")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from .. import ddi, ddi_tokens
-from ..ddi_tokens import GatewayToken, TokenEntry
+from ..ddi_tokens import GatewayToken
 from ..rpc import Context, Service
 
 service = Service("DdiService", "hawkBit DDI credentials: target tokens (one device) and gateway tokens (the tenant).")
@@ -36,17 +36,10 @@ async def CreateTargetToken(ctx: Context, req: CreateTargetTokenRequest) -> Targ
 
     def create(conn):  # type: ignore[no-untyped-def]
         dev = ddi.ensure_device(conn, ctx.actor, req.device, req.device_type, req.tags)
-        tid, secret, old = ddi_tokens.replace_target(conn, ctx.actor, dev.device_id)
-        return dev, tid, secret, old
+        _, secret = ddi_tokens.replace_target(conn, ctx.actor, dev.device_id)
+        return dev, secret
 
-    dev, tid, secret, old = await fleet.store.write(create)
-    fleet.hub.set_device(dev.device_id, dev.runtime, None)
-    state = fleet.ddi
-    if dev.created:
-        state.config_requested.add(dev.device_id)
-    state.controllers[dev.controller_id] = dev.device_id
-    state.tokens.drop_hashes(old)
-    state.tokens.add(secret, TokenEntry(tid, "target", dev.device_id))
+    dev, secret = await fleet.store.write(create)
     return TargetToken(device_id=dev.device_id, controller_id=dev.controller_id, token=secret, created=dev.created)
 
 
@@ -70,7 +63,6 @@ async def RevokeTargetToken(ctx: Context, req: RevokeTargetTokenRequest) -> Revo
         return dev, ddi_tokens.revoke_targets(conn, ctx.actor, dev.device_id)
 
     dev, hashes = await ctx.fleet.store.write(revoke)
-    ctx.fleet.ddi.tokens.drop_hashes(hashes)
     return RevokeTargetTokenResponse(device_id=dev.device_id, controller_id=dev.controller_id, revoked=len(hashes))
 
 
@@ -85,9 +77,8 @@ class CreateGatewayTokenRequest(msgspec.Struct, kw_only=True):
 @service.method(auth="admin")
 async def CreateGatewayToken(ctx: Context, req: CreateGatewayTokenRequest) -> GatewayToken:
     """A gateway token: it acts for every controller of the tenant and registers unknown ones (admin credential)."""
-    tok, secret, entry = await ctx.fleet.store.write(lambda c: ddi_tokens.create_gateway(
+    tok, secret = await ctx.fleet.store.write(lambda c: ddi_tokens.create_gateway(
         c, ctx.actor, description=req.description, device_type=req.device_type, tags=req.tags))
-    ctx.fleet.ddi.tokens.add(secret, entry)
     tok.token = secret
     return tok
 
@@ -114,6 +105,4 @@ class RevokeGatewayTokenRequest(msgspec.Struct, kw_only=True):
 @service.method(auth="admin")
 async def RevokeGatewayToken(ctx: Context, req: RevokeGatewayTokenRequest) -> GatewayToken:
     """Revoke a gateway token; devices it registered stay registered."""
-    tok = await ctx.fleet.store.write(lambda c: ddi_tokens.revoke_gateway(c, ctx.actor, req.id))
-    ctx.fleet.ddi.tokens.drop_id(tok.id)
-    return tok
+    return await ctx.fleet.store.write(lambda c: ddi_tokens.revoke_gateway(c, ctx.actor, req.id))

@@ -69,7 +69,6 @@ async def Enroll(ctx: Context, req: EnrollRequest) -> EnrollResponse:
         await fleet.store.write(lambda c: registry.record_rekey_refused(c, refused, ctx.remote_addr))
         raise
     d = result.device
-    fleet.hub.set_device(d.id, registry.DeviceRuntime(d.status, d.poll_interval, d.device_type), result.epoch)
     return EnrollResponse(device_id=d.id, status=d.status, claim_code=d.claim_code or "",
                           poll_interval=d.poll_interval,
                           signing_public_key=base64.b64encode(fleet.keys.signing_public_key).decode(),
@@ -183,10 +182,8 @@ class ReportStatusResponse(msgspec.Struct, kw_only=True):
 async def ReportStatus(ctx: Context, req: ReportStatusRequest) -> ReportStatusResponse:
     """Move one of this device's actions forward (downloading, installing, succeeded, failed, …)."""
     device_id, _ = _calling_device(ctx, active_to="report action status")
-    action, still_open = await ctx.fleet.store.write(
+    action = await ctx.fleet.store.write(
         lambda c: actions.report(c, device_id, req.action_id, req.state, req.message, req.progress))
-    ctx.fleet.hub.set_open_actions(device_id, still_open)
-    ctx.fleet.events.publish("action.state", msgspec.to_builtins(action))
     return ReportStatusResponse(action_id=action.id, state=action.state)
 
 

@@ -87,24 +87,19 @@ async def UpdateDevice(ctx: Context, req: UpdateDeviceRequest) -> Device:
     d = await ctx.fleet.store.write(lambda c: registry.update(
         c, ctx.actor, req.id, name=req.name, set_tags=req.set_tags, remove_tags=req.remove_tags,
         poll_interval=req.poll_interval))
-    await ctx.fleet.hub.refresh(d.id)
     return fresh(ctx, d)
 
 
 @service.method(auth="operator")
 async def RevokeDevice(ctx: Context, req: DeviceRef) -> Device:
     """Stop a device at once: its token stops working and its open actions are cancelled."""
-    d = await ctx.fleet.store.write(lambda c: registry.revoke(c, ctx.actor, req.id))
-    await ctx.fleet.hub.refresh(d.id)
-    ctx.fleet.hub.set_open_actions(d.id, False)
-    return d
+    return await ctx.fleet.store.write(lambda c: registry.revoke(c, ctx.actor, req.id))
 
 
 @service.method(auth="admin")
 async def DeleteDevice(ctx: Context, req: DeviceRef) -> Empty:
     """Forget a device and its history; it may enroll again."""
-    did = await ctx.fleet.store.write(lambda c: registry.delete(c, ctx.actor, req.id))
-    await ctx.fleet.hub.refresh(did)
+    await ctx.fleet.store.write(lambda c: registry.delete(c, ctx.actor, req.id))
     return Empty()
 
 
@@ -167,13 +162,6 @@ def _targets(conn, req: TargetedRequest, device_type: list[str] | None = None) -
     return ids
 
 
-async def _after_actions(ctx: Context, action_ids: list[str]) -> None:
-    devices = await ctx.fleet.store.read(lambda c: [r[0] for r in c.execute(
-        f"SELECT DISTINCT device_id FROM actions WHERE id IN ({','.join('?' * len(action_ids))})", action_ids)])
-    for did in devices:
-        ctx.fleet.hub.set_open_actions(did, True)
-
-
 @service.method(auth="operator")
 async def Deploy(ctx: Context, req: DeployRequest) -> ActionsCreated:
     """Install an artifact on devices now (all or none), outside any rollout."""
@@ -183,7 +171,6 @@ async def Deploy(ctx: Context, req: DeployRequest) -> ActionsCreated:
         return actions.create_install(conn, ctx.actor, _targets(conn, req, art.device_types), art.id,
                                       consent=req.consent)
     ids = await ctx.fleet.store.write(deploy)
-    await _after_actions(ctx, ids)
     return ActionsCreated(action_ids=ids)
 
 
@@ -206,7 +193,6 @@ async def CreateAction(ctx: Context, req: CreateActionRequest) -> ActionsCreated
             return actions.create_rollback(conn, ctx.actor, targets, req.component)
         return actions.create_simple(conn, ctx.actor, targets, req.kind, req.component, dict(req.params))
     ids = await ctx.fleet.store.write(create)
-    await _after_actions(ctx, ids)
     return ActionsCreated(action_ids=ids)
 
 
@@ -236,8 +222,4 @@ class ActionRef(msgspec.Struct, kw_only=True):
 @service.method(auth="operator")
 async def CancelAction(ctx: Context, req: ActionRef) -> Action:
     """Cancel an action that has not ended."""
-    a = await ctx.fleet.store.write(lambda c: actions.cancel(c, ctx.actor, req.id))
-    still = await ctx.fleet.store.read(lambda c: c.execute(
-        "SELECT 1 FROM actions WHERE device_id = ? AND open = 1 LIMIT 1", (a.device_id,)).fetchone() is not None)
-    ctx.fleet.hub.set_open_actions(a.device_id, still)
-    return a
+    return await ctx.fleet.store.write(lambda c: actions.cancel(c, ctx.actor, req.id))

@@ -101,7 +101,6 @@ class ClaimDeviceRequest(msgspec.Struct, kw_only=True):
 async def ClaimDevice(ctx: Context, req: ClaimDeviceRequest) -> Device:
     """Make a pending device active by its claim code."""
     device = await ctx.fleet.store.write(lambda c: registry.claim(c, ctx.actor, req.claim_code, req.name, req.tags))
-    await ctx.fleet.hub.refresh(device.id)
     return fresh(ctx, device)
 
 
@@ -114,5 +113,4 @@ async def RejectDevice(ctx: Context, req: RejectDeviceRequest) -> Empty:
     """Refuse a pending device (it is removed and must enroll again)."""
     did = await ctx.fleet.store.read(lambda c: registry.find_device_row(c, req.device_id)["id"])
     await ctx.fleet.store.write(lambda c: registry.reject(c, ctx.actor, did))
-    await ctx.fleet.hub.refresh(did)
     return Empty()

@@ -20,10 +20,10 @@ service = Service("RolloutService", "Staged rollouts: an artifact to a target in
 
 
 async def _change(ctx: Context, fn: Callable[[sqlite3.Connection, float], Change]) -> Rollout:
-    """Run a transition in one write transaction, then pass its effects on and answer the rollout as it is now."""
+    """Run a transition in one write transaction (the store passes its effects on), wake the orchestrator and
+    answer the rollout as it is now."""
     now = time.time()
     change = await ctx.fleet.store.write(lambda c: fn(c, now))
-    orchestrator.after_commit(ctx.fleet, change)
     orchestrator.for_fleet(ctx.fleet).wake()
     return await ctx.fleet.store.read(lambda c: rollouts.get(c, change.rollout_id, time.time(),
                                                              last_seen=ctx.fleet.hub.last_seen))
@@ -33,8 +33,7 @@ async def _change(ctx: Context, fn: Callable[[sqlite3.Connection, float], Change
 async def CreateRollout(ctx: Context, req: RolloutSpec) -> Rollout:
     """Create a rollout; it starts at its start time (now by default), inside its maintenance window if it has one."""
     now = time.time()
-    created, change = await ctx.fleet.store.write(lambda c: rollouts.create(c, ctx.actor, req, now))
-    orchestrator.after_commit(ctx.fleet, change)
+    created, _ = await ctx.fleet.store.write(lambda c: rollouts.create(c, ctx.actor, req, now))
     orchestrator.for_fleet(ctx.fleet).wake()
     return created
 

@@ -81,7 +81,7 @@ class Recorder:
 
 def run(fleet: Any, scenario: Callable[[AlertEngine, Clock], Awaitable[None]], **engine_kw: Any) -> None:
     clock = Clock(T0)
-    engine = AlertEngine(fleet.store, fleet.events, clock=clock, deliverer=Deliverer(fleet.store, clock=clock),
+    engine = AlertEngine(fleet.store, clock=clock, deliverer=Deliverer(fleet.store, clock=clock),
                          **engine_kw)
     asyncio.run(scenario(engine, clock))
 
@@ -167,7 +167,7 @@ def test_threshold_incident_fires_once_resolves_and_fires_again(fleet) -> None: 
     run(fleet, scenario)
     assert [i.state for i in incidents(fleet)] == ["firing", "resolved"]
     # Half a year on, the resolved incident is forgotten; the open one and (pending) deliveries stay.
-    late = AlertEngine(fleet.store, fleet.events, clock=lambda: T0 + 181 * 86400)
+    late = AlertEngine(fleet.store, clock=lambda: T0 + 181 * 86400)
     assert asyncio.run(late.prune()) == (1, 0)
     assert [i.state for i in incidents(fleet)] == ["firing"]
     log = fleet.store.read_sync(lambda c: webhooks.list_deliveries(c, webhook_id=hook.id))

@@ -42,7 +42,6 @@ from .audit import Actor
 from .db import Store, effect
 from .effects import Publish
 from .errors import InvalidArgument, NotFound
-from .events import EventBus
 from .models import new_id, to_dt
 from .names import METRIC_NAME
 from .tags import check_tags, json_path
@@ -342,11 +341,10 @@ def record(conn: sqlite3.Connection, transitions: list[Transition], now: float) 
 class AlertEngine:
     """Evaluates the rules on a timer and as data arrives; owns rule changes so its cache stays true."""
 
-    def __init__(self, store: Store, events: EventBus, metrics: Metrics | None = None, *,
+    def __init__(self, store: Store, metrics: Metrics | None = None, *,
                  deliverer: Deliverer | None = None, every: float = 10.0, debounce: float = 0.5,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
-        self.events = events
         self.deliverer = deliverer or Deliverer(store, clock=clock)
         self.every = every
         self.debounce = debounce

@@ -77,7 +77,7 @@ class Fleet:
         self.rollups = Rollups(self.store, Retention(settings.telemetry_raw_days, settings.telemetry_minute_days,
                                                      settings.telemetry_hour_days), metrics=self.metrics)
         self.egress = Policy.of(settings.webhook_allow_private, settings.webhook_allowed_networks)
-        self.alerts = AlertEngine(self.store, self.events, self.metrics,
+        self.alerts = AlertEngine(self.store, self.metrics,
                                   deliverer=Deliverer(self.store, policy=self.egress))
         self._register_device_metrics()
         self._effect_handlers()

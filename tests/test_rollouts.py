@@ -589,11 +589,14 @@ def test_start_time_and_maintenance_window(client, fleet, admin_key, lab) -> Non
     run_pass(fleet, t0 + 3601)
     assert get(client, admin_key, later["id"])["state"] == "running"
 
-    w = Window.parse("Mon 01:00-02:00 UTC")
-    assert w is not None
-    opens = w.next_open(t0 + 7 * 86400 if w.contains(t0) else t0)
+    # A window on another weekday than today's: created now, the rollout must wait for it, whenever the test runs
+    # (a fixed "Mon 01:00-02:00" started at once when the suite ran on a Monday at 01:xx UTC).
+    spec = time.strftime("%a 01:00-02:00 UTC", time.gmtime(t0 + 3 * 86400))
+    w = Window.parse(spec)
+    assert w is not None and not w.contains(t0)
+    opens = w.next_open(t0)
     rid = create(client, admin_key, artifact="app@2.0.0", tags={"site": "lab"}, stages=[50, 100], soak_seconds=10,
-                 window="Mon 01:00-02:00 UTC")["id"]
+                 window=spec)["id"]
     run_pass(fleet, opens - 60)
     got = at_time(fleet, rid, opens - 60)
     assert got["state"] == "scheduled" and "maintenance window" in got["waiting_for"]

@@ -13,8 +13,7 @@ from litestar.exceptions import MethodNotAllowedException, NotFoundException
 from litestar.handlers import BaseRouteHandler
 from litestar.static_files import create_static_files_router
 
-from fleetd import __version__
-
+from . import __version__
 from .accounts import audit_api, users_api
 from .accounts.users import CSRF_HEADER, SESSION_COOKIE
 from .alerts import api as alerts_api

@@ -38,8 +38,7 @@ from urllib.parse import urlparse
 
 import msgspec
 
-from fleetd import __version__
-
+from .. import __version__
 from ..accounts import audit
 from ..accounts.audit import Actor
 from ..core.clock import new_id, to_dt

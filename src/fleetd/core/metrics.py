@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar, cast
 
-from fleetd import __version__
+from .. import __version__
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,7 @@ import msgspec
 from ..accounts import audit
 from ..accounts.audit import Actor
 from ..core.clock import now, to_dt
-from ..core.errors import (
-    InvalidArgument,
-    NotFound,
-    Unauthenticated,
-)
+from ..core.errors import InvalidArgument, NotFound, Unauthenticated
 from .tags import check_tags
 
 JOIN_TOKEN_PREFIX = "fdj1"

@@ -6,8 +6,7 @@ from typing import Any
 
 import msgspec
 
-from fleetd import __version__
-
+from .. import __version__
 from .rpc import Service
 
 ERROR_SCHEMA = {

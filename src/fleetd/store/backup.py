@@ -43,8 +43,7 @@ from typing import IO, BinaryIO
 import msgspec
 from cryptography import x509
 
-from fleetd import __version__
-
+from .. import __version__
 from ..core.config import CONFIG_FILE_NAME
 from ..core.errors import AlreadyExists, FailedPrecondition, FleetdError, InvalidArgument
 from ..core.fsutil import fsync_dir

@@ -3,7 +3,7 @@
 It builds the zipapp (``build_zipapp.py``) from this source tree at wheel build
 time, so a wheel never ships a stale or missing agent, and adds the launcher
 and ``install.sh`` beside it. Editable installs are left alone: a source
-checkout serves what ``make agent`` put in ``dist/`` (``fleetd.resources.agent_file``).
+checkout serves what ``make agent`` put in ``dist/`` (``fleetd.core.resources.agent_file``).
 """
 
 from __future__ import annotations

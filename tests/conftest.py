@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from fleetd import auth
+from fleetd.accounts import users as auth
+from fleetd.accounts.audit import SYSTEM
 from fleetd.app import create_app
-from fleetd.audit import SYSTEM
-from fleetd.config import Settings
+from fleetd.core.config import Settings
 from fleetd.fleet import Fleet
 
 

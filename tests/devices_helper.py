@@ -11,7 +11,7 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fleetd.devauth import challenge_message
+from fleetd.devices.devauth import challenge_message
 
 
 class TestDevice:

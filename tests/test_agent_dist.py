@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from fleetd import agent_dist, resources
 from fleetd.app import create_app
-from fleetd.config import Settings
+from fleetd.core import resources
+from fleetd.core.config import Settings
 from fleetd.fleet import Fleet
+from fleetd.http import agent_dist
 
 from .conftest import rpc
 
@@ -150,8 +151,8 @@ def test_the_routes_are_in_the_openapi_document(client: TestClient[Any]) -> None
 def test_install_command_pins_the_tls_key_for_the_script_and_its_downloads(tmp_path: Path) -> None:
     fleet = Fleet(Settings(data_dir=str(tmp_path / "tls"), tls=True, mdns=False, host="127.0.0.1", port=8420))
     try:
-        from fleetd import auth
-        from fleetd.audit import SYSTEM
+        from fleetd.accounts import users as auth
+        from fleetd.accounts.audit import SYSTEM
         key = fleet.store.write_sync(lambda c: auth.create_api_key(c, SYSTEM, "t", "admin")).key
         with TestClient(app=create_app(fleet)) as c:
             tok = rpc(c, "EnrollmentService", "CreateToken", {}, key=key).json()

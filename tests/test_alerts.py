@@ -12,15 +12,18 @@ from typing import Any
 
 import pytest
 
-from fleetd import alerts, registry, rollups, webhooks
-from fleetd.alerts import AlertEngine, AlertRule, Transition
-from fleetd.audit import SYSTEM
+from fleetd.accounts.audit import SYSTEM
+from fleetd.alerts import engine as alerts
+from fleetd.alerts import webhooks
+from fleetd.alerts.egress import Policy
+from fleetd.alerts.engine import AlertEngine, AlertRule, Transition
+from fleetd.alerts.webhooks import Deliverer
 from fleetd.cli.alerts import parse_condition, rule_body
-from fleetd.egress import Policy
-from fleetd.events import Event, EventBus
-from fleetd.rollups import Agg
-from fleetd.telemetry import Point
-from fleetd.webhooks import Deliverer
+from fleetd.core.events import Event, EventBus
+from fleetd.devices import join_tokens, registry
+from fleetd.telemetry import rollups
+from fleetd.telemetry.intake import Point
+from fleetd.telemetry.rollups import Agg
 
 from .conftest import rpc
 from .webhook_receiver import Receiver
@@ -40,11 +43,11 @@ def make_device(fleet: Any, tags: dict[str, str] | None = None, active_since: fl
     fp = fleet.keys.ca_fingerprint
 
     def run(conn):  # type: ignore[no-untyped-def]
-        tok, secret = registry.create_token(conn, SYSTEM, tags=tags or {})
-        parsed = registry.ParsedJoinToken(fp, tok.id, secret)
+        tok, secret = join_tokens.create_token(conn, SYSTEM, tags=tags or {})
+        parsed = join_tokens.ParsedJoinToken(fp, tok.id, secret)
         res = registry.enroll(conn, hardware_id=f"hw-{secrets.token_hex(4)}", device_type="sim",
                               public_key=os.urandom(32), name="", inventory={}, addr=None,
-                              token=lambda: registry.check_token(conn, parsed, fp))
+                              token=lambda: join_tokens.check_token(conn, parsed, fp))
         conn.execute("UPDATE devices SET enrolled_at = ? WHERE id = ?", (active_since, res.device.id))
         return res.device.id
 

@@ -23,14 +23,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from litestar.testing import TestClient
 
-from fleetd import artifacts, uploads
 from fleetd.app import create_app
-from fleetd.artifacts import KINDS, RESTART_POLICIES, HealthCheck, InstallSpec
+from fleetd.artifacts import catalog as artifacts
+from fleetd.artifacts import uploads
+from fleetd.artifacts.catalog import KINDS, RESTART_POLICIES, HealthCheck, InstallSpec
 from fleetd.cli.artifacts import build_install_spec, check_manifest, load_signing_key, public_key_b64
-from fleetd.config import Settings
-from fleetd.errors import FleetdError, InvalidArgument
+from fleetd.core.config import Settings
+from fleetd.core.errors import FleetdError, InvalidArgument
+from fleetd.core.names import ARTIFACT_NAME, BIDI_CONTROLS, DEVICE_TYPE, ENV_NAME, RESERVED_FILE_NAMES
 from fleetd.fleet import Fleet
-from fleetd.names import ARTIFACT_NAME, BIDI_CONTROLS, DEVICE_TYPE, ENV_NAME, RESERVED_FILE_NAMES
 
 from .conftest import make_key, rpc
 from .devices_helper import TestDevice

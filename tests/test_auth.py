@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from fleetd import auth
-from fleetd.audit import SYSTEM
-from fleetd.errors import AlreadyExists, InvalidArgument, Unauthenticated
+from fleetd.accounts import users as auth
+from fleetd.accounts.audit import SYSTEM
+from fleetd.core.errors import AlreadyExists, InvalidArgument, Unauthenticated
 from fleetd.fleet import open_offline
 
 from .conftest import make_key, rpc
@@ -248,7 +248,7 @@ def test_migration_gives_existing_keys_their_owner_from_the_audit_log(tmp_path) 
     import shutil
     import time
 
-    from fleetd.db import available_migrations, connect, migrate
+    from fleetd.store.database import available_migrations, connect, migrate
 
     before = tmp_path / "before"
     before.mkdir()

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fleetd import auth
-from fleetd import backup as bk
-from fleetd.audit import SYSTEM
+from fleetd.accounts import users as auth
+from fleetd.accounts.audit import SYSTEM
 from fleetd.cli import app
-from fleetd.config import Settings
-from fleetd.db import available_migrations
-from fleetd.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from fleetd.core.config import Settings
+from fleetd.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from fleetd.fleet import Fleet
+from fleetd.store import backup as bk
+from fleetd.store.database import available_migrations
 
 from .conftest import make_key
 

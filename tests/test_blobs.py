@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from fleetd import blobs as blobs_mod
-from fleetd.auth import Principal
-from fleetd.blobs import BlobInfo, BlobStore, check_sha256, put_sync
-from fleetd.errors import InvalidArgument, PayloadTooLarge, PermissionDenied
+from fleetd.accounts.users import Principal
+from fleetd.core.errors import InvalidArgument, PayloadTooLarge, PermissionDenied
 from fleetd.fleet import Fleet, open_offline
-from fleetd.http_blobs import CACHE_CONTROL, may_download
-from fleetd.rpc import authorize
+from fleetd.http.blobs import CACHE_CONTROL, may_download
+from fleetd.http.rpc import authorize
+from fleetd.store import blobs as blobs_mod
+from fleetd.store.blobs import BlobInfo, BlobStore, check_sha256, put_sync
 
 pytestmark = pytest.mark.anyio
 MiB = 1 << 20

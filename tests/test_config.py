@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fleetd.cli import app
-from fleetd.config import Settings, load_settings
-from fleetd.errors import InvalidArgument
+from fleetd.core.config import Settings, load_settings
+from fleetd.core.errors import InvalidArgument
 
 
 def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:

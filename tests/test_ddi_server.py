@@ -15,11 +15,11 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from litestar.testing import TestClient
 
-from fleetd import ddi
 from fleetd.app import create_app
-from fleetd.config import Settings
+from fleetd.core.config import Settings
+from fleetd.ddi import state as ddi
 from fleetd.fleet import Fleet
-from fleetd.orchestrator import for_fleet
+from fleetd.rollouts.orchestrator import for_fleet
 
 from .conftest import make_key, rpc
 from .test_devices import make_artifact

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetd import artifacts, devauth, registry
-from fleetd.audit import SYSTEM
-from fleetd.errors import InvalidArgument
+from fleetd.accounts.audit import SYSTEM
+from fleetd.artifacts import catalog as artifacts
+from fleetd.core.errors import InvalidArgument
+from fleetd.devices import devauth, join_tokens
 
 from .conftest import rpc
 from .devices_helper import TestDevice
@@ -45,7 +46,7 @@ def make_artifact(fleet: Any, name: str = "app", version: str = "1.0.0", data: b
 
 def test_token_embeds_ca_fingerprint_and_grants_tags(client, fleet, admin_key) -> None:  # type: ignore[no-untyped-def]
     token = make_token(client, admin_key, tags={"site": "lab"})
-    assert registry.parse_join_token(token).ca_fingerprint == fleet.keys.ca_fingerprint
+    assert join_tokens.parse_join_token(token).ca_fingerprint == fleet.keys.ca_fingerprint
     d = TestDevice(client)
     r = d.enroll(token)
     assert r.status_code == 200 and r.json()["status"] == "active"
@@ -85,16 +86,16 @@ def test_bad_join_tokens_are_refused_and_change_nothing(client, fleet, admin_key
 @given(st.text(max_size=200))
 def test_join_token_parser_is_total(text: str) -> None:
     try:
-        p = registry.parse_join_token(text)
+        p = join_tokens.parse_join_token(text)
     except InvalidArgument:
         return
-    assert registry.format_join_token(p.ca_fingerprint, p.id, p.secret) == text.strip()
+    assert join_tokens.format_join_token(p.ca_fingerprint, p.id, p.secret) == text.strip()
 
 
 @given(st.from_regex(r"[0-9a-f]{64}", fullmatch=True), st.from_regex(r"[0-9a-f]{12}", fullmatch=True),
        st.from_regex(r"[0-9a-f]{32}", fullmatch=True))
 def test_join_token_round_trip(fp: str, tid: str, secret: str) -> None:
-    p = registry.parse_join_token(registry.format_join_token(fp, tid, secret))
+    p = join_tokens.parse_join_token(join_tokens.format_join_token(fp, tid, secret))
     assert (p.ca_fingerprint, p.id, p.secret) == (fp, tid, secret)
 
 

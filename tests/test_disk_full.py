@@ -11,9 +11,9 @@ import pytest
 from litestar.testing import TestClient
 
 from fleetd.app import create_app
-from fleetd.blobs import TMP_DIR, _TempBlob
-from fleetd.config import Settings
+from fleetd.core.config import Settings
 from fleetd.fleet import Fleet
+from fleetd.store.blobs import TMP_DIR, _TempBlob
 
 from .devices_helper import TestDevice
 from .test_artifacts import error, open_upload, put

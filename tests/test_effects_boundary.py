@@ -1,9 +1,9 @@
 """No HTTP handler pushes a side effect after a commit: the write records it, and the store runs it.
 
-Walks the handler modules (``api/*.py``, ``http_*.py``) and fails on any call that publishes an event or
-updates one of the in-memory caches a write keeps in step (the hub's directory, its open-action set, the DDI
-state and token index). Such a change is an effect recorded inside the write's transaction (docs/decisions.md,
-"Effects run after the commit, recorded by the write").
+Walks the handler modules (``*/api.py``, ``*/*_api.py``, ``ddi/routes.py``, ``http/*.py``) and fails on any
+call that publishes an event or updates one of the in-memory caches a write keeps in step (the hub's directory,
+its open-action set, the DDI state and token index). Such a change is an effect recorded inside the write's
+transaction (docs/decisions.md, "Effects run after the commit, recorded by the write").
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ MUTATORS = {
 CACHES = {"runtime", "open_actions", "controllers", "config_requested", "watch", "installed", "tokens", "_by_hash"}
 IN_PLACE = {"add", "discard", "remove", "pop", "popitem", "update", "difference_update", "clear", "setdefault"}
 # A poll's read repair follows a read, not a write: there is no commit to record it in.
-ALLOWED = {("http_ddi.py", "watch.discard")}
+ALLOWED = {("ddi/routes.py", "watch.discard")}
 
 
 def handler_files(root: Path = SRC) -> list[Path]:
-    return sorted([*(root / "api").glob("*.py"), *root.glob("http_*.py")])
+    return sorted([*root.glob("*/api.py"), *root.glob("*/*_api.py"), root / "ddi" / "routes.py",
+                   *(root / "http").glob("*.py")])
 
 
 def _name(node: ast.expr) -> str:
@@ -49,15 +50,16 @@ def violations(files: list[Path]) -> list[str]:
                 for t in targets:
                     if isinstance(t, ast.Subscript) and _name(t.value) in CACHES:
                         what = f"{_name(t.value)}[...]"
-            if what and (path.name, what) not in ALLOWED:
-                found.append((str(path.relative_to(path.parents[1])), getattr(node, "lineno", 0), what))
+            where = str(path.relative_to(path.parents[1]))
+            if what and (where, what) not in ALLOWED:
+                found.append((where, getattr(node, "lineno", 0), what))
     return [f"{file}:{line}: {what}" for file, line, what in sorted(found)]
 
 
 def test_handlers_publish_nothing_and_update_no_cache() -> None:
     files = handler_files()
     assert len(files) >= 10  # the walk found the handler modules
-    assert violations(files) == [], ("record these as effects inside the write (fleetd.db.effect); "
+    assert violations(files) == [], ("record these as effects inside the write (fleetd.store.database.effect); "
                                      "the store runs them after the commit")
 
 

@@ -14,9 +14,9 @@ from litestar.testing import TestClient
 
 from fleet_agent import inventory as agent_inventory
 from fleetd.app import create_app
-from fleetd.config import Settings
+from fleetd.core.config import Settings
+from fleetd.devices.inventory import Inventory, inventory_dict
 from fleetd.fleet import Fleet
-from fleetd.hub import Inventory, inventory_dict
 from fleetd.maintenance import expire_pending
 
 from .conftest import make_key, rpc

@@ -26,10 +26,10 @@ from litestar.testing import TestClient
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from fleetd import openapi
 from fleetd.app import PLAIN_PATHS, SERVICES, create_app
-from fleetd.config import Settings
+from fleetd.core.config import Settings
 from fleetd.fleet import Fleet
+from fleetd.http import openapi
 
 from .conftest import make_key, rpc
 from .devices_helper import TestDevice

@@ -7,9 +7,9 @@ from typing import Any
 from litestar.testing import TestClient
 
 from fleetd.app import create_app
-from fleetd.config import Settings
+from fleetd.core.config import Settings
+from fleetd.devices.registry import DeviceRuntime
 from fleetd.fleet import Fleet
-from fleetd.registry import DeviceRuntime
 
 from .conftest import make_key, rpc
 from .test_devices import active_device

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from fleetd import auth
-from fleetd.audit import SYSTEM
+from fleetd.accounts import users as auth
+from fleetd.accounts.audit import SYSTEM
 from fleetd.maintenance import Maintenance
 
 

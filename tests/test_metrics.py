@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from fleetd import __version__, auth
-from fleetd.audit import SYSTEM
+from fleetd import __version__
+from fleetd.accounts import users as auth
+from fleetd.accounts.audit import SYSTEM
+from fleetd.core.metrics import DURATION_BUCKETS, Metrics
 from fleetd.fleet import Fleet
-from fleetd.metrics import DURATION_BUCKETS, Metrics
 
 from .conftest import make_key
 

@@ -1,4 +1,4 @@
-"""The shared name validators (fleetd.names): whole-value matching, file names, and that none come back."""
+"""The shared name validators (fleetd.core.names): whole-value matching, file names, and that none come back."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from fleetd import names
-from fleetd.errors import InvalidArgument
+from fleetd.core import names
+from fleetd.core.errors import InvalidArgument
 
 KINDS = {k: v for k, v in vars(names).items() if isinstance(v, names.Kind)}
 # A valid example of each kind.

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fleetd.config import Settings
+from fleetd.core.config import Settings
 
 from .conftest import rpc
 from .test_devices import active_device, make_artifact

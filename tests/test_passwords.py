@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from fleetd import auth
+from fleetd.accounts import users as auth
+from fleetd.accounts.audit import SYSTEM
+from fleetd.accounts.passwords import THREAD_PREFIX, PasswordHasher
 from fleetd.app import create_app
-from fleetd.audit import SYSTEM
-from fleetd.config import Settings
-from fleetd.errors import ResourceExhausted
+from fleetd.core.config import Settings
+from fleetd.core.errors import ResourceExhausted
 from fleetd.fleet import Fleet
-from fleetd.passwords import THREAD_PREFIX, PasswordHasher
 
 from .conftest import make_key, rpc
 

@@ -15,10 +15,11 @@ import msgspec
 import pytest
 
 import fleetd
-from fleetd import protocheck, rpc
 from fleetd.app import SERVICES
-from fleetd.protocheck import check
-from fleetd.resources import proto_dir
+from fleetd.core.resources import proto_dir
+from fleetd.http import rpc
+from tests.support import protocheck
+from tests.support.protocheck import check
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,10 +61,10 @@ def test_proto_files_ship_inside_the_package() -> None:
 
 def test_without_grpcio_tools_the_module_says_what_to_install() -> None:
     # The server never imports protocheck; where grpcio-tools is missing, importing it says what to do.
-    code = "import sys; sys.modules['grpc_tools'] = None; import fleetd.protocheck"
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    code = "import sys; sys.modules['grpc_tools'] = None; import tests.support.protocheck"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT)
     assert run.returncode == 1
-    assert "fleetd.protocheck runs protoc from grpcio-tools, a test dependency: pip install -e '.[test]'" \
+    assert "tests.support.protocheck runs protoc from grpcio-tools, a test dependency: pip install -e '.[test]'" \
         in run.stderr
 
 
@@ -90,10 +91,10 @@ _READONLY = " {\n    option idempotency_level = NO_SIDE_EFFECTS;\n  }"
 
 DRIFT = {
     "field removed": ("user.proto", [("  bool disabled = 5;\n", "")], [
-        "User.disabled: field in code (fleetd.auth.User) but not in fleetd/v1/user.proto; "
+        "User.disabled: field in code (fleetd.accounts.users.User) but not in fleetd/v1/user.proto; "
         "add `bool disabled = <number>;`"]),
     "field added": ("user.proto", [("  bool disabled = 5;\n", "  bool disabled = 5;\n  string email = 7;\n")], [
-        "User.email (fleetd/v1/user.proto:66): field in proto but not in code (fleetd.auth.User)"]),
+        "User.email (fleetd/v1/user.proto:66): field in proto but not in code (fleetd.accounts.users.User)"]),
     "method renamed": ("user.proto", [("rpc ListUsers(", "rpc ListAllUsers(")], [
         "fleetd.v1.UserService/ListUsers: method in code but no rpc ListUsers in fleetd/v1/user.proto",
         "fleetd.v1.UserService/ListAllUsers (fleetd/v1/user.proto:30): rpc in proto but no such method in code"]),

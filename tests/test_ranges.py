@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleetd.ranges import ByteRange, Unsatisfiable, if_none_match, if_range_allows, parse_etags, parse_range
+from fleetd.http.ranges import ByteRange, Unsatisfiable, if_none_match, if_range_allows, parse_etags, parse_range
 
 SIZE = 1000
 ETAG = '"' + "ab" * 32 + '"'

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleetd import ddi_feedback
 from fleetd.app import SERVICES
-from fleetd.rpc import _struct_infos
+from fleetd.ddi import feedback as ddi_feedback
+from fleetd.http.rpc import _struct_infos
 
 from .conftest import make_key, rpc
 from .test_ddi_server import Ddi, target

@@ -22,14 +22,16 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from fleetd import actions, registry, rollout_steps, rollouts
-from fleetd.audit import SYSTEM
-from fleetd.config import Settings
-from fleetd.errors import InvalidArgument
+from fleetd.accounts.audit import SYSTEM
+from fleetd.core.config import Settings
+from fleetd.core.errors import InvalidArgument
+from fleetd.devices import actions, join_tokens, registry
 from fleetd.fleet import Fleet
-from fleetd.orchestrator import PassReport, for_fleet
-from fleetd.rollout_progress import read_snapshot, stage_of
-from fleetd.rollout_rules import HealthCondition, Window, bucket, parse_percent, parse_stages, parse_start_at
+from fleetd.rollouts import service as rollouts
+from fleetd.rollouts import steps as rollout_steps
+from fleetd.rollouts.orchestrator import PassReport, for_fleet
+from fleetd.rollouts.progress import read_snapshot, stage_of
+from fleetd.rollouts.rules import HealthCondition, Window, bucket, parse_percent, parse_stages, parse_start_at
 
 from .conftest import rpc
 from .devices_helper import TestDevice
@@ -58,7 +60,7 @@ def enroll(fleet: Fleet, n: int, tags: dict[str, str] | None = None, device_type
            version: str | None = None, component: str = "app") -> list[str]:
     """``n`` active devices with ``tags``; with ``version``, each already runs that version of ``component``."""
     def write(conn: Any) -> list[str]:
-        token, _ = registry.create_token(conn, SYSTEM, tags=tags or {})
+        token, _ = join_tokens.create_token(conn, SYSTEM, tags=tags or {})
         ids = []
         for _ in range(n):
             r = registry.enroll(conn, hardware_id=f"hw-{os.urandom(6).hex()}", device_type=device_type,

@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleetd import rollups
-from fleetd.db import connect, migrate
-from fleetd.resources import data_dir
-from fleetd.rollups import Agg, Retention
-from fleetd.telemetry import Point
+from fleetd.core.resources import data_dir
+from fleetd.store.database import connect, migrate
+from fleetd.telemetry import rollups
+from fleetd.telemetry.intake import Point
+from fleetd.telemetry.rollups import Agg, Retention
 
 from .conftest import rpc
 from .test_devices import active_device

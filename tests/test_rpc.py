@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from litestar.handlers import HTTPRouteHandler
 
-from fleetd import rpc
 from fleetd.app import create_app
-from fleetd.errors import FleetdError, InvalidArgument
+from fleetd.core.errors import FleetdError, InvalidArgument
+from fleetd.http import rpc
 
 from .conftest import rpc as call
 

@@ -17,11 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleetd import rtos_image
-from fleetd.cli.artifacts import inspect_image, trusted_key
-from fleetd.errors import InvalidArgument
-from fleetd.fleet import Fleet
-from fleetd.rtos_image import (
+from fleetd.artifacts import rtos_image
+from fleetd.artifacts.rtos_image import (
     HEADER_SIZE,
     ImageBuilder,
     ImageError,
@@ -31,6 +28,9 @@ from fleetd.rtos_image import (
     read_image_file,
     verify_image,
 )
+from fleetd.cli.artifacts import inspect_image, trusted_key
+from fleetd.core.errors import InvalidArgument
+from fleetd.fleet import Fleet
 
 from .e2e.server import ServerProcess, run_cli
 from .test_artifacts import active_device, artifact_rows, blob_rows, check_in, deploy, error, open_upload, put

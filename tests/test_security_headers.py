@@ -10,10 +10,10 @@ import pytest
 from litestar.testing import TestClient
 
 from fleetd.app import create_app
-from fleetd.config import Settings
+from fleetd.core.config import Settings
+from fleetd.core.resources import data_dir
 from fleetd.fleet import Fleet
-from fleetd.resources import data_dir
-from fleetd.security_headers import HSTS
+from fleetd.http.security_headers import HSTS
 
 UI_PATHS = ["/", "/index.html", "/app.js", "/style.css", "/pages/login.js"]
 

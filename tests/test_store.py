@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fleetd.db import Store, available_migrations, connect, effect, migrate, schema_version, transaction
-from fleetd.effects import Effect
-from fleetd.errors import FailedPrecondition, FleetdError
+from fleetd.core.effects import Effect
+from fleetd.core.errors import FailedPrecondition, FleetdError
+from fleetd.store.database import Store, available_migrations, connect, effect, migrate, schema_version, transaction
 
 
 def write_migrations(folder: Path, *sqls: str) -> Path:

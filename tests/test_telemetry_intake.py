@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fleetd.db import Store
-from fleetd.errors import FleetdError, InvalidArgument, ResourceExhausted
-from fleetd.telemetry import MetricNames, Point, TelemetryIntake, rows_for
+from fleetd.core.errors import FleetdError, InvalidArgument, ResourceExhausted
+from fleetd.store.database import Store
+from fleetd.telemetry.intake import MetricNames, Point, TelemetryIntake, rows_for
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fleetd.config import Settings
+from fleetd.core.config import Settings
 
 from .conftest import rpc
 from .devices_helper import TestDevice

@@ -16,9 +16,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from fleetd.artifacts import ArtifactRef, canonical_json
-from fleetd.devauth import verify_signature
-from fleetd.devclient import Download, VerificationError, verify_artifact
+from fleetd.artifacts.catalog import ArtifactRef, canonical_json
+from fleetd.cli.devclient import Download, VerificationError, verify_artifact
+from fleetd.devices.devauth import verify_signature
 from tests.vectors.generate import OUT, generate
 
 VECTORS = json.loads(OUT.read_bytes())

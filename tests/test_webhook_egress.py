@@ -16,12 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
-from fleetd import webhooks
-from fleetd.audit import SYSTEM
-from fleetd.config import Settings, load_settings
-from fleetd.egress import Policy, pinned_transport
-from fleetd.errors import InvalidArgument
-from fleetd.webhooks import Deliverer
+from fleetd.accounts.audit import SYSTEM
+from fleetd.alerts import webhooks
+from fleetd.alerts.egress import Policy, pinned_transport
+from fleetd.alerts.webhooks import Deliverer
+from fleetd.core.config import Settings, load_settings
+from fleetd.core.errors import InvalidArgument
 
 from .conftest import rpc
 from .webhook_receiver import Receiver

@@ -1,7 +1,7 @@
 """The names the agent checks before it uses them (paths, unit files, the enrollment request), each matched whole.
 
 ``re.fullmatch``: ``re.match`` with a ``$`` anchor also accepts a trailing newline. The rules are the
-server's (fleetd.names, which the agent may not import); tests/agent/test_names.py holds the two together.
+server's (fleetd.core.names, which the agent may not import); tests/agent/test_names.py holds the two together.
 """
 
 from __future__ import annotations

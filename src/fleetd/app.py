@@ -13,25 +13,29 @@ from litestar.exceptions import MethodNotAllowedException, NotFoundException
 from litestar.handlers import BaseRouteHandler
 from litestar.static_files import create_static_files_router
 
-from . import __version__, agent_dist, disk, http_blobs, http_ddi, http_events, openapi, rpc, security_headers
-from .api import alerts as alerts_api
-from .api import artifacts as artifacts_api
-from .api import audit as audit_api
-from .api import ddi as ddi_api
-from .api import device as device_api
-from .api import devices as devices_api
-from .api import enrollment as enrollment_api
-from .api import rollouts as rollouts_api
-from .api import telemetry as telemetry_api
-from .api import users as users_api
-from .auth import CSRF_HEADER, SESSION_COOKIE
-from .errors import PermissionDenied
+from . import __version__
+from .accounts import audit_api, users_api
+from .accounts.users import CSRF_HEADER, SESSION_COOKIE
+from .alerts import api as alerts_api
+from .artifacts import api as artifacts_api
+from .core import disk
+from .core.errors import PermissionDenied
+from .core.resources import data_dir
+from .ddi import api as ddi_api
+from .ddi import routes as http_ddi
+from .devices import admin_api as devices_api
+from .devices import device_api, enrollment_api
+from .devices.presence import Presence
 from .fleet import Fleet
+from .http import agent_dist, openapi, rpc, security_headers
+from .http import blobs as http_blobs
+from .http import events as http_events
+from .http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .http.metrics import middleware as metrics_middleware
 from .maintenance import Maintenance
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .orchestrator import for_fleet as orchestrator_for
-from .presence import Presence
-from .resources import data_dir
+from .rollouts import api as rollouts_api
+from .rollouts.orchestrator import for_fleet as orchestrator_for
+from .telemetry import api as telemetry_api
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +179,7 @@ def create_app(fleet: Fleet) -> Litestar:
                         *http_ddi.routes(fleet.settings.ddi_tenant),
                         _openapi_route(doc), web],
         guards=[auth_guard],
-        middleware=[fleet.metrics.middleware],
+        middleware=[metrics_middleware(fleet.metrics)],
         before_send=[security_headers.every_response(fleet.settings.tls)],
         exception_handlers={Exception: rpc.error_response, MethodNotAllowedException: http_ddi.outside_routes},
         lifespan=[lifespan],

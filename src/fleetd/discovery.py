@@ -28,8 +28,8 @@ from zeroconf import DNSQuestionType, InterfaceChoice, IPVersion, ServiceStateCh
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from . import __version__
-from .errors import Unavailable
-from .tasks import cancel_and_wait
+from .core.errors import Unavailable
+from .core.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from .fleet import Fleet

@@ -12,31 +12,32 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import auth, ddi_tokens, registry
-from . import ddi as ddi_state
-from .alerts import AlertEngine
-from .audit import SYSTEM
-from .auth import Authenticator
-from .blobs import BlobStore
-from .config import Settings
-from .db import Store, open_store, processes_using, transaction
-from .ddi import DdiState
-from .effects import Effect, Publish
-from .egress import Policy
-from .events import EventBus
-from .hub import DeviceHub
-from .metrics import Metrics
-from .passwords import PasswordHasher
-from .pki import FleetKeys, load_or_create
-from .ratelimit import RateLimiter
-from .registry import is_online
-from .rollups import Retention, Rollups
-from .telemetry import MetricNames, TelemetryIntake
-from .webhooks import Deliverer
+from .accounts import users as auth
+from .accounts.audit import SYSTEM
+from .accounts.passwords import PasswordHasher
+from .accounts.users import Authenticator
+from .alerts.egress import Policy
+from .alerts.engine import AlertEngine
+from .alerts.webhooks import Deliverer
+from .core.config import Settings
+from .core.effects import Effect, Publish
+from .core.events import EventBus
+from .core.metrics import Metrics
+from .core.pki import FleetKeys, load_or_create
+from .core.ratelimit import RateLimiter
+from .ddi import state as ddi_state
+from .ddi import tokens as ddi_tokens
+from .ddi.state import DdiState
+from .devices import registry
+from .devices.hub import DeviceHub
+from .devices.registry import is_online
+from .store.blobs import BlobStore
+from .store.database import DB_NAME, Store, open_store, processes_using, transaction
+from .telemetry.intake import MetricNames, TelemetryIntake
+from .telemetry.rollups import Retention, Rollups
 
 log = logging.getLogger(__name__)
 
-DB_NAME = "fleetd.db"
 LOCK_NAME = "fleetd.lock"
 
 
@@ -147,7 +148,7 @@ class Fleet:
             return self.settings.public_url.rstrip("/")
         host = self.settings.host
         if host in ("0.0.0.0", "::", ""):
-            from .pki import local_names_and_addresses
+            from .core.pki import local_names_and_addresses
             _, addrs = local_names_and_addresses()
             external = [a for a in addrs if ":" not in a and not a.startswith("127.")]
             host = external[0] if external else "127.0.0.1"

@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import registry
-from .tasks import cancel_and_wait
+from .core.tasks import cancel_and_wait
+from .devices import registry
 
 if TYPE_CHECKING:
     from .fleet import Fleet

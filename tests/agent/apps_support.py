@@ -48,7 +48,7 @@ def make_artifact(data: bytes, *, name: str = "app", version: str = "1.0.0", fil
     """The artifact reference of an install action, signed with SIGNING_KEY by fleetd's code."""
     import msgspec
 
-    from fleetd.artifacts import InstallSpec, build_manifest, sign
+    from fleetd.artifacts.catalog import InstallSpec, build_manifest, sign
 
     sha = hashlib.sha256(data).hexdigest()
     file_name = file_name or f"{name}-{version}.sh"

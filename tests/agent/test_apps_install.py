@@ -184,7 +184,7 @@ def test_a_signed_file_name_that_is_not_one_safe_file_is_refused_before_download
 def resigned(art: dict[str, Any], old: str, new: str) -> dict[str, Any]:
     """``art`` with ``old`` replaced by ``new`` in its manifest, signed again by the fleet key (fleetd's
     own checks would refuse to make it)."""
-    from fleetd.artifacts import sign
+    from fleetd.artifacts.catalog import sign
 
     manifest = art["manifest"].replace(old, new)
     return {**art, "manifest": manifest, "signature": sign(SIGNING_KEY, manifest.encode())}
@@ -359,7 +359,7 @@ def test_required_offline_signatures_are_enforced(dev: Device, monkeypatch: pyte
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from fleetd.artifacts import sign
+    from fleetd.artifacts.catalog import sign
 
     offline = Ed25519PrivateKey.generate()
     public = offline.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

@@ -15,8 +15,8 @@ from fleet_agent.client import AgentError, parse_join_token
 from fleet_agent.config import ConfigError
 from fleet_agent.identity import check_device_type, check_hardware_id
 from fleet_agent.queue import DiskQueue, queue_stats
-from fleetd import names as server_names
-from fleetd.errors import InvalidArgument
+from fleetd.core import names as server_names
+from fleetd.core.errors import InvalidArgument
 from tests.test_names import dollar_anchored
 
 KINDS = {k: v for k, v in vars(names).items() if isinstance(v, names.Kind)}

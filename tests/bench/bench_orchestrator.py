@@ -28,12 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fleetd import artifacts, rollouts
-from fleetd.audit import SYSTEM
-from fleetd.config import Settings
+from fleetd.accounts.audit import SYSTEM
+from fleetd.artifacts import catalog as artifacts
+from fleetd.core.config import Settings
+from fleetd.core.pki import load_or_create
 from fleetd.fleet import Fleet, open_offline
-from fleetd.orchestrator import PassReport, for_fleet
-from fleetd.pki import load_or_create
+from fleetd.rollouts import service as rollouts
+from fleetd.rollouts.orchestrator import PassReport, for_fleet
 
 from .seed import DEVICE_TYPE, enroll_devices
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import msgspec
 
-from fleetd.db import connect, migrate, transaction
 from fleetd.fleet import DB_NAME
+from fleetd.store.database import connect, migrate, transaction
 
 from . import agent_footprint, bench_orchestrator, seed
 from . import profile as prof

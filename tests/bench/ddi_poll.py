@@ -15,10 +15,11 @@ import sqlite3
 import time
 from pathlib import Path
 
-from fleetd import ddi, ddi_tokens
-from fleetd.audit import SYSTEM
-from fleetd.db import connect, transaction
+from fleetd.accounts.audit import SYSTEM
+from fleetd.ddi import state as ddi
+from fleetd.ddi import tokens as ddi_tokens
 from fleetd.fleet import DB_NAME, open_offline
+from fleetd.store.database import connect, transaction
 
 from . import seed
 from .cases import Config, Result, Target, checkin_requests, log, medians

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import msgspec
 
-from fleetd.config import load_settings
+from fleetd.core.config import load_settings
 
 from . import seed
 from .cases import Config, Result, Target, checkin_requests, log, median, medians, telemetry_requests

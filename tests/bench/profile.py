@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, str], ...] = (
 )
 # A thread blocked in one of these (C-level queue waits under them) is idle, whatever py-spy thinks.
 IDLE_LEAVES = ("_worker (concurrent/futures/thread.py)", "Condition.wait (threading.py)",
-               "Event.wait (threading.py)", "Queue.get (queue.py)", "Store._write_loop (fleetd/db.py)")
+               "Event.wait (threading.py)", "Queue.get (queue.py)", "Store._write_loop (fleetd/store/database.py)")
 THREAD_ROOT = "Thread._bootstrap (threading.py)"
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*)\)$")
 _SAMPLES = re.compile(r"Samples: (\d+)")

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import msgspec
 
-from fleetd import pki, registry
-from fleetd.audit import SYSTEM
-from fleetd.blobs import put_sync
-from fleetd.db import connect, transaction
-from fleetd.devauth import DeviceTokens
+from fleetd.accounts.audit import SYSTEM
+from fleetd.core import pki
+from fleetd.devices import join_tokens, registry
+from fleetd.devices.devauth import DeviceTokens
 from fleetd.fleet import DB_NAME, open_offline
+from fleetd.store.blobs import put_sync
+from fleetd.store.database import connect, transaction
 
 from ..e2e.server import run_cli
 
@@ -63,7 +64,7 @@ def hardware_id(i: int) -> str:
 def enroll_devices(conn: sqlite3.Connection, count: int, batch: int = 10_000) -> None:
     """``count`` active devices, enrolled with one join token, ``batch`` to a transaction."""
     with transaction(conn):
-        token, _ = registry.create_token(conn, SYSTEM, description="benchmark fleet")
+        token, _ = join_tokens.create_token(conn, SYSTEM, description="benchmark fleet")
     have = conn.execute("SELECT COUNT(*) FROM devices").fetchone()[0]
     for start in range(have, count, batch):
         with transaction(conn):

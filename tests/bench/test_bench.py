@@ -14,11 +14,11 @@ import httpx
 import msgspec
 import pytest
 
-from fleetd.api.device import CheckInRequest, PushTelemetryRequest
-from fleetd.config import Settings
+from fleetd.core.config import Settings
+from fleetd.devices.device_api import CheckInRequest, PushTelemetryRequest
 from fleetd.fleet import Fleet
-from fleetd.rpc import Codec
-from fleetd.telemetry import rows_for
+from fleetd.http.rpc import Codec
+from fleetd.telemetry.intake import rows_for
 
 from . import agent_footprint, bench_orchestrator, cases, procs, profile, report, run, seed
 from .loadgen import check_clean, parse_wrk, run_wrk
@@ -75,21 +75,21 @@ def test_telemetry_rows_are_the_rows_fleetd_stores_for_the_batch() -> None:
 def test_profile_summary_splits_the_event_loop_from_threads_and_drops_idle_waits() -> None:
     loop = "main (/w/src/fleetd/cli/serve.py);run (/venv/lib/python3.11/site-packages/uvicorn/server.py)"
     thread = "Thread._bootstrap (/usr/lib/python3.11/threading.py);Thread._bootstrap_inner (threading.py);" \
-             "Thread.run (threading.py);Store._write_loop (/w/src/fleetd/db.py)"
+             "Thread.run (threading.py);Store._write_loop (/w/src/fleetd/store/database.py)"
     collapsed = "\n".join([
-        f"{loop};CheckIn (/w/src/fleetd/api/device.py);verify (/w/src/fleetd/devauth.py) 30",
+        f"{loop};CheckIn (/w/src/fleetd/devices/device_api.py);verify (/w/src/fleetd/devices/devauth.py) 30",
         f"{loop};write (/usr/lib/python3.11/ssl.py) 20",
-        f"{thread};write (/w/src/fleetd/hub.py) 10",
+        f"{thread};write (/w/src/fleetd/devices/hub.py) 10",
         f"{thread} 40",  # blocked on the writer's queue: idle
         "garbage line",
     ])
     s = profile.summarize(collapsed, rounds=100)
     assert (s["loop_busy_pct"], s["threads_busy_pct"]) == (50.0, 10.0)
-    assert s["loop_self"] == [["verify (fleetd/devauth.py)", 30.0], ["write (ssl.py)", 20.0]]
-    assert s["loop_inclusive_fleetd"] == [["CheckIn (fleetd/api/device.py)", 30.0],
-                                          ["verify (fleetd/devauth.py)", 30.0]]
+    assert s["loop_self"] == [["verify (fleetd/devices/devauth.py)", 30.0], ["write (ssl.py)", 20.0]]
+    assert s["loop_inclusive_fleetd"] == [["CheckIn (fleetd/devices/device_api.py)", 30.0],
+                                          ["verify (fleetd/devices/devauth.py)", 30.0]]
     assert s["loop_layers"] == [["fleetd", 30.0], ["ssl module", 20.0]]
-    assert s["threads"] == [["Store._write_loop (fleetd/db.py) > write (fleetd/hub.py)", 10.0]]
+    assert s["threads"] == [["Store._write_loop (fleetd/store/database.py) > write (fleetd/devices/hub.py)", 10.0]]
 
 
 def test_wrk_output_without_the_results_line_is_refused() -> None:
@@ -204,7 +204,7 @@ def _cmdline(proc: Path) -> str:
 
 
 def test_the_login_flood_sends_wrong_password_logins_at_the_pools_cap(tmp_path: Path) -> None:
-    from fleetd.api.users import LoginRequest
+    from fleetd.accounts.users_api import LoginRequest
 
     from . import login_flood
     path = login_flood.write_logins(tmp_path / "login.requests", count=5)

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fleetd.db import connect
 from fleetd.fleet import DB_NAME
+from fleetd.store.database import connect
 
 from . import cases, ddi_poll, seed
 from .loadgen import check_clean, run_wrk

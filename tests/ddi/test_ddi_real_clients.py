@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from fleetd import artifacts
-from fleetd.audit import SYSTEM
+from fleetd.accounts.audit import SYSTEM
+from fleetd.artifacts import catalog as artifacts
 from fleetd.fleet import Fleet
 
 from ..conftest import rpc

@@ -22,7 +22,7 @@ from rich.console import Console
 
 from fleetd.cli.artifacts import load_signing_key, progress_bar, put_file
 from fleetd.cli.client import Client
-from fleetd.db import connect
+from fleetd.store.database import connect
 
 from .server import ServerProcess, fleetd_cmd, run_cli
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fleetd.blobs import put_sync
-from fleetd.db import connect
+from fleetd.store.blobs import put_sync
+from fleetd.store.database import connect
 
 from .server import ServerProcess, run_cli
 

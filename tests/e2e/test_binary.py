@@ -156,7 +156,7 @@ def test_serve_answers_over_https_with_bundled_data(bare_env: dict[str, str], tm
                 httpx.Client(verify=ssl.create_default_context()) as public:
             public.get(f"{server.url}/healthz")  # the server cert is the fleet CA's, not a public one
 
-        # The data the server found is the bundle's, laid out where resources.py looks.
+        # The data the server found is the bundle's, laid out where core/resources.py looks.
         bundle = _unpacked(Path(bare_env["TMPDIR"]))
         assert sorted(p.name for p in (bundle / "fleetd/_data/migrations").iterdir()) == \
             sorted(p.name for p in (REPO / "migrations").glob("*.sql"))

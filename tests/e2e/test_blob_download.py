@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fleetd.blobs import put_sync
 from fleetd.fleet import open_offline
+from fleetd.store.blobs import put_sync
 
 from .server import ServerProcess
 

@@ -15,10 +15,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from fleetd import artifacts, blobs
-from fleetd.audit import SYSTEM
-from fleetd.db import transaction
+from fleetd.accounts.audit import SYSTEM
+from fleetd.artifacts import catalog as artifacts
 from fleetd.fleet import open_offline
+from fleetd.store import blobs
+from fleetd.store.database import transaction
 
 from ..devices_helper import TestDevice
 from .server import ServerProcess, fleetd_cmd, run_cli

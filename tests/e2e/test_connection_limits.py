@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetd.http_limits import MAX_HEAD_BYTES
+from fleetd.http.limits import MAX_HEAD_BYTES
 
 from .server import ServerProcess
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import httpx
 
-from fleetd import http_events
 from fleetd.app import create_app
-from fleetd.hub import Component
-from fleetd.presence import Presence
-from fleetd.registry import DeviceRuntime
+from fleetd.devices.inventory import Component
+from fleetd.devices.presence import Presence
+from fleetd.devices.registry import DeviceRuntime
+from fleetd.http import events as http_events
 
 from ..devices_helper import TestDevice
 from .server import ServerProcess

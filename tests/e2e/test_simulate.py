@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fleetd.artifacts import ArtifactRef, build_manifest, sign
-from fleetd.devclient import DeviceClient, DeviceError, Download, VerificationError, verify_artifact
-from fleetd.simulate import make_http_client
+from fleetd.artifacts.catalog import ArtifactRef, build_manifest, sign
+from fleetd.cli.devclient import DeviceClient, DeviceError, Download, VerificationError, verify_artifact
+from fleetd.cli.sim_engine import make_http_client
 
 from .server import ServerProcess, fleetd_cmd, run_cli
 
@@ -321,7 +321,7 @@ def _ref(key: Ed25519PrivateKey, payload: bytes, **override: Any) -> ArtifactRef
 
 
 def _pub(key: Ed25519PrivateKey) -> bytes:
-    from fleetd.devclient import raw_public_key
+    from fleetd.cli.devclient import raw_public_key
     return raw_public_key(key)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fleetd import rtos_image
+from fleetd.artifacts import rtos_image
 
 OK, E_IO, E_INVALID, E_FORMAT, E_HASH, E_SIGNATURE, E_DEVICE_TYPE, E_DOWNGRADE = 0, -1, -2, -3, -4, -5, -6, -7
 E_NO_IMAGE, E_STATE, E_SPACE = -8, -9, -10

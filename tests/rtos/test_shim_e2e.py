@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from fleetd.rtos_image import build_image
+from fleetd.artifacts.rtos_image import build_image
 from tests.e2e.server import ServerProcess, run_cli
 
 pytestmark = pytest.mark.e2e

@@ -22,7 +22,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fleetd.artifacts import HealthCheck, InstallSpec, build_manifest, sign
+from fleetd.artifacts.catalog import HealthCheck, InstallSpec, build_manifest, sign
 
 OUT = Path(__file__).with_name("manifests.json")
 DEVICE_TYPE = "linux-aarch64"

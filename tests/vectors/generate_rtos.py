@@ -26,7 +26,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fleetd.rtos_image import (
+from fleetd.artifacts.rtos_image import (
     HEADER_SIZE,
     TLV_ED25519,
     TLV_KEYHASH,

@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
-from .. import audit, auth
-from ..errors import InvalidArgument
-from ..models import now, parse_duration
+from ..accounts import audit
+from ..accounts import users as auth
+from ..core.clock import now, parse_duration
+from ..core.errors import InvalidArgument
 from .common import (
     ApiKeyOpt,
     CaOpt,

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
-from ..errors import InvalidArgument
-from ..models import parse_duration
-from ..tags import parse_tag_args
+from ..core.clock import parse_duration
+from ..core.errors import InvalidArgument
+from ..devices.tags import parse_tag_args
 from .common import ApiKeyOpt, CaOpt, JsonOpt, ServerOpt, call, errors_reported, remote
 from .devices import hinted
 from .output import console, print_json, print_table, show

@@ -24,10 +24,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from .. import rtos_image
-from ..artifacts import FORMATS, KINDS, RESTART_POLICIES
-from ..errors import FailedPrecondition, FleetdError, InvalidArgument
-from ..fsutil import atomic_write
+from ..artifacts import rtos_image
+from ..artifacts.catalog import FORMATS, KINDS, RESTART_POLICIES
+from ..core.errors import FailedPrecondition, FleetdError, InvalidArgument
+from ..core.fsutil import atomic_write
 from .client import Client, RemoteError
 from .common import ApiKeyOpt, CaOpt, JsonOpt, ServerOpt, call, errors_reported, remote
 from .output import console, err_console, fail, print_json, print_table, show

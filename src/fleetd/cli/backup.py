@@ -14,7 +14,7 @@ from .common import JsonOpt, default_data_dir, errors_reported
 from .output import console, err_console, fail, print_json, print_object
 
 if TYPE_CHECKING:  # loaded by the commands only: `fleetd serve` imports this module too
-    from .. import backup as logic
+    from ..store import backup as logic
 
 _PHASES = {"database": "copying the database", "blobs": "copying blobs", "restore": "reading the archive"}
 
@@ -55,7 +55,7 @@ def backup(
     json: JsonOpt = False,
 ) -> None:
     """Back up a data dir (database, blobs, keys, config) into one archive; safe while the server runs."""
-    from .. import backup as logic
+    from ..store import backup as logic
 
     with _reported(), _progress(not json) as progress:
         summary = logic.create_backup(data_dir or default_data_dir(), out, overwrite=force, progress=progress)
@@ -75,7 +75,7 @@ def restore(
     json: JsonOpt = False,
 ) -> None:
     """Restore a backup into a new data dir, checking every file; an older backup is migrated."""
-    from .. import backup as logic
+    from ..store import backup as logic
 
     if not check and not data_dir:
         fail("pass --data-dir: the new or empty folder to restore into (or --check to only check the archive)")

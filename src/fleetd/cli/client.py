@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..errors import FleetdError
+from ..core.errors import FleetdError
 
 if TYPE_CHECKING:
     import httpx  # imported where used: `fleetd serve` loads this module but never makes a request

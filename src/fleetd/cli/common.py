@@ -11,10 +11,10 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ..audit import Actor
-from ..db import transaction
-from ..errors import FleetdError
+from ..accounts.audit import Actor
+from ..core.errors import FleetdError
 from ..fleet import open_offline
+from ..store.database import transaction
 from .client import DEFAULT_SERVER, Client, resolve_ca
 from .output import fail
 

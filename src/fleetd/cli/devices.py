@@ -15,9 +15,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..actions import TERMINAL
-from ..errors import InvalidArgument
-from ..tags import parse_tag_args
+from ..core.errors import InvalidArgument
+from ..devices.actions import TERMINAL
+from ..devices.tags import parse_tag_args
 from .client import Client, RemoteError
 from .common import ApiKeyOpt, CaOpt, JsonOpt, ServerOpt, call, errors_reported, remote
 from .output import console, fail, print_json, print_object

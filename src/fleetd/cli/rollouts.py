@@ -13,9 +13,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from ..models import parse_duration
-from ..rollout_rules import parse_percent, parse_stages
-from ..tags import parse_tag_args
+from ..core.clock import parse_duration
+from ..devices.tags import parse_tag_args
+from ..rollouts.rules import parse_percent, parse_stages
 from .client import Client
 from .common import ApiKeyOpt, CaOpt, JsonOpt, ServerOpt, call, errors_reported, remote
 from .devices import ago

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ..config import load_settings
-from ..errors import FleetdError
+from ..core.config import load_settings
+from ..core.errors import FleetdError
 from ..fleet import DataDirLocked, Fleet
 from .output import fail
 
@@ -35,7 +35,7 @@ def _make_server(config: Any, app: Any) -> Any:
     shutdown for the whole graceful timeout)."""
     import uvicorn
 
-    from ..http_events import close_streams
+    from ..http.events import close_streams
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
@@ -46,8 +46,8 @@ def _make_server(config: Any, app: Any) -> Any:
 
 
 def _guarded_protocol(fleet: Fleet) -> type:
-    """uvicorn's HTTP protocol with the slowloris limits (http_limits.py), its counts in /metrics."""
-    from ..http_limits import guarded_protocol
+    """uvicorn's HTTP protocol with the slowloris limits (http/limits.py), its counts in /metrics."""
+    from ..http.limits import guarded_protocol
 
     protocol, guard = guarded_protocol(fleet.settings.request_head_timeout, fleet.settings.max_unfinished_requests)
     m = fleet.metrics

@@ -13,18 +13,18 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from ..errors import InvalidArgument
+from ..core.errors import InvalidArgument
 from .client import DEFAULT_SERVER
 from .common import JsonOpt, ServerOpt, errors_reported
 from .output import console, fail, print_json, print_object
 
 if TYPE_CHECKING:  # the simulator and its HTTP client load only when simulating, not in `fleetd serve`
-    from ..simulate import SimOptions, SimState, Simulator
+    from .sim_engine import SimOptions, SimState, Simulator
 
 
 async def _trusted_ca(server: str, token: str, ca: str | None, state: SimState) -> str | None:
     """The fleet CA to pin: --ca/$FLEETD_CA, else the state file's, else fetched and checked against the token."""
-    from ..devclient import fetch_pinned_ca, join_token_ca_fingerprint
+    from .devclient import fetch_pinned_ca, join_token_ca_fingerprint
 
     if not server.startswith("https://"):
         return None
@@ -66,7 +66,7 @@ def _live_table(sim: Simulator) -> Table:
 
 
 async def _run(opts: SimOptions, state: SimState, ca: str | None, live: bool) -> dict[str, Any]:
-    from ..simulate import Simulator, make_http_client
+    from .sim_engine import Simulator, make_http_client
 
     ca_pem = await _trusted_ca(opts.server, opts.token, ca, state)
     async with make_http_client(ca_pem, opts.devices) as http:
@@ -111,7 +111,7 @@ def simulate(
     json: JsonOpt = False,
 ) -> None:
     """Simulate N devices (type 'sim') in one process: enroll, check in, send telemetry, install updates."""
-    from ..simulate import SimOptions, SimState
+    from .sim_engine import SimOptions, SimState
 
     server_url = (server or DEFAULT_SERVER).rstrip("/")
     with errors_reported():

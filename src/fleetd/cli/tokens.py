@@ -8,10 +8,10 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from ..ddi_tokens import GATEWAY_ID_PREFIX
-from ..errors import InvalidArgument
-from ..models import parse_duration
-from ..tags import parse_tag_args
+from ..core.clock import parse_duration
+from ..core.errors import InvalidArgument
+from ..ddi.tokens import GATEWAY_ID_PREFIX
+from ..devices.tags import parse_tag_args
 from .common import ApiKeyOpt, CaOpt, JsonOpt, ServerOpt, call, errors_reported, remote
 from .devices import hinted
 from .output import console, print_json, print_table, show

@@ -1,0 +1,1 @@
+"""Accounts: users, API keys and sessions, passwords, the audit log and the PKI."""

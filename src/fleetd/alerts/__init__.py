@@ -1,0 +1,1 @@
+"""Alerts: the rule engine, incidents, webhooks and their egress guard."""

@@ -1,0 +1,325 @@
+"""Webhooks: where alert events are POSTed, and the delivery log.
+
+A delivery is written in the same transaction as the change it reports (an
+outbox), with its JSON body fixed then, so every retry sends the same bytes
+under the same signature::
+
+    X-Fleetd-Signature: sha256=<hex HMAC-SHA256 of the body, keyed with the webhook's secret>
+    X-Fleetd-Event: alert.fired
+    X-Fleetd-Delivery: 42
+
+Each webhook gets its deliveries in order: the oldest pending one is retried
+with exponential backoff (2 s, 4 s, 8 s, ... at most 10 minutes apart) until it
+succeeds (any 2xx) or has been tried ``max_attempts`` times (then it is
+``failed``), and only then does the next one go.
+
+Where a webhook may point is :mod:`fleetd.egress`'s policy, checked when it is
+saved and again at each delivery; redirects are not followed, and the log keeps
+the status code and its standard reason, never the receiver's body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import msgspec
+
+from .. import __version__
+from ..accounts import audit
+from ..accounts.audit import Actor
+from ..core.clock import new_id, to_dt
+from ..core.errors import InvalidArgument, NotFound
+from ..core.tasks import cancel_and_wait
+from ..store.database import Store
+from .egress import Policy, Refused, pinned_transport
+
+if TYPE_CHECKING:  # httpx is loaded on the first delivery: a server without webhooks never needs it
+    import httpx
+
+log = logging.getLogger(__name__)
+
+EVENTS = ("alert.fired", "alert.resolved")
+SIGNATURE_HEADER = "X-Fleetd-Signature"
+MAX_URL = 2000
+KEEP_FINISHED_DAYS = 30
+
+
+class Webhook(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str
+    name: str
+    url: str
+    # The events it receives: alert.fired, alert.resolved.
+    events: list[str]
+    enabled: bool
+    created_by: str | None = None
+    created_at: dt.datetime | None = None
+    # The signing secret: only in the answer to CreateWebhook.
+    secret: str | None = None
+
+
+class Delivery(msgspec.Struct, kw_only=True):
+    id: int
+    webhook_id: str
+    event: str
+    incident_id: str | None = None
+    # pending, delivered or failed.
+    state: str
+    attempts: int
+    # When a pending delivery is tried next.
+    next_attempt_at: dt.datetime | None = None
+    # HTTP status of the last attempt; unset when it got no answer.
+    last_status: int | None = None
+    last_error: str = ""
+    created_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _webhook(r: sqlite3.Row, secret: bool = False) -> Webhook:
+    return Webhook(id=r["id"], name=r["name"], url=r["url"], events=json.loads(r["events"]),
+                   enabled=bool(r["enabled"]), created_by=r["created_by"], created_at=to_dt(r["created_at"]),
+                   secret=r["secret"] if secret else None)
+
+
+def check_url(url: str) -> str:
+    u = urlparse(url.strip())
+    if u.scheme not in ("http", "https") or not u.hostname or len(url) > MAX_URL:
+        raise InvalidArgument(f"webhook url must be an http:// or https:// URL with a host (at most {MAX_URL} "
+                              f"characters), got {url!r}")
+    return url.strip()
+
+
+async def check_destination(url: str, policy: Policy) -> None:
+    """Before saving: refuse a URL whose host is (or resolves to) an address the policy does not allow."""
+    u = urlparse(check_url(url))
+    assert u.hostname is not None
+    await policy.check_url_host(u.hostname, u.port or (443 if u.scheme == "https" else 80))
+
+
+def create(conn: sqlite3.Connection, actor: Actor, *, name: str, url: str, events: list[str] | None = None,
+           secret: str = "") -> Webhook:
+    url = check_url(url)
+    name = name.strip() or (urlparse(url).hostname or "webhook")
+    if len(name) > 100:
+        raise InvalidArgument("webhook name is at most 100 characters")
+    events = list(dict.fromkeys(events or EVENTS))
+    bad = [e for e in events if e not in EVENTS]
+    if bad:
+        raise InvalidArgument(f"unknown webhook events {bad}; choose from {', '.join(EVENTS)}")
+    if secret and len(secret) < 16:
+        raise InvalidArgument("a webhook secret must be at least 16 characters (or leave it out to get a random one)")
+    secret = secret or secrets.token_hex(24)
+    wid = new_id("wh")
+    conn.execute("INSERT INTO webhooks (id, name, url, secret, events, enabled, created_by, created_at) "
+                 "VALUES (?,?,?,?,?,1,?,?)", (wid, name, url, secret, json.dumps(events), actor.name or actor.id,
+                                              time.time()))
+    audit.record(conn, actor, "webhook.create", wid, url=url, events=events)
+    return _webhook(conn.execute("SELECT * FROM webhooks WHERE id = ?", (wid,)).fetchone(), secret=True)
+
+
+def list_webhooks(conn: sqlite3.Connection) -> list[Webhook]:
+    return [_webhook(r) for r in conn.execute("SELECT * FROM webhooks ORDER BY created_at, id")]
+
+
+def delete(conn: sqlite3.Connection, actor: Actor, webhook_id: str) -> None:
+    if conn.execute("DELETE FROM webhooks WHERE id = ?", (webhook_id,)).rowcount == 0:
+        raise NotFound(f"no webhook {webhook_id!r} ('fleetd alerts webhooks list' shows them)")
+    audit.record(conn, actor, "webhook.delete", webhook_id)
+
+
+def enqueue(conn: sqlite3.Connection, event: str, payload: dict[str, Any], now: float) -> int:
+    """Queue ``payload`` for every enabled webhook that wants ``event``; call inside the change's transaction."""
+    body = msgspec.json.encode({"event": event, **payload})
+    n = 0
+    for r in conn.execute("SELECT id, events FROM webhooks WHERE enabled = 1").fetchall():
+        if event in json.loads(r["events"]):
+            conn.execute("INSERT INTO webhook_deliveries (webhook_id, event, incident_id, body, state, "
+                         "next_attempt_at, created_at) VALUES (?,?,?,?, 'pending', ?, ?)",
+                         (r["id"], event, payload.get("incident", {}).get("id"), body, now, now))
+            n += 1
+    return n
+
+
+def _delivery(r: sqlite3.Row) -> Delivery:
+    return Delivery(id=r["id"], webhook_id=r["webhook_id"], event=r["event"], incident_id=r["incident_id"],
+                    state=r["state"], attempts=r["attempts"],
+                    next_attempt_at=to_dt(r["next_attempt_at"]) if r["state"] == "pending" else None,
+                    last_status=r["last_status"], last_error=r["last_error"], created_at=to_dt(r["created_at"]),
+                    finished_at=to_dt(r["finished_at"]))
+
+
+def list_deliveries(conn: sqlite3.Connection, *, webhook_id: str = "", state: str = "", limit: int = 100
+                    ) -> list[Delivery]:
+    if state and state not in ("pending", "delivered", "failed"):
+        raise InvalidArgument("state must be pending, delivered or failed")
+    if not 1 <= limit <= 1000:
+        raise InvalidArgument("limit must be 1..1000")
+    where, args = [], []
+    if webhook_id:
+        where.append("webhook_id = ?")
+        args.append(webhook_id)
+    if state:
+        where.append("state = ?")
+        args.append(state)
+    clause = (" WHERE " + " AND ".join(where)) if where else ""
+    return [_delivery(r) for r in conn.execute(
+        f"SELECT * FROM webhook_deliveries{clause} ORDER BY id DESC LIMIT ?", (*args, limit))]
+
+
+def prune(conn: sqlite3.Connection, now: float) -> int:
+    return int(conn.execute("DELETE FROM webhook_deliveries WHERE state != 'pending' AND finished_at < ?",
+                            (now - KEEP_FINISHED_DAYS * 86400,)).rowcount)
+
+
+# --- delivering ------------------------------------------------------------------
+
+def _due_heads(conn: sqlite3.Connection, now: float) -> list[sqlite3.Row]:
+    """Each enabled webhook's oldest pending delivery, if it is due."""
+    return conn.execute(
+        "SELECT d.id, d.webhook_id, d.event, d.body, d.attempts, w.url, w.secret FROM webhook_deliveries d "
+        "JOIN webhooks w ON w.id = d.webhook_id AND w.enabled = 1 "
+        "WHERE d.id IN (SELECT MIN(id) FROM webhook_deliveries WHERE state = 'pending' GROUP BY webhook_id) "
+        "AND d.next_attempt_at <= ?", (now,)).fetchall()
+
+
+def _next_due(conn: sqlite3.Connection) -> float | None:
+    r = conn.execute("SELECT MIN(next_attempt_at) FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id "
+                     "AND w.enabled = 1 WHERE d.state = 'pending'").fetchone()
+    return r[0]
+
+
+class Deliverer:
+    """Sends pending deliveries; wake it after queueing some, it also looks on its own every ``idle`` seconds."""
+
+    def __init__(self, store: Store, *, backoff_base: float = 2.0, backoff_max: float = 600.0,
+                 max_attempts: int = 12, timeout: float = 10.0, idle: float = 30.0,
+                 clock: Callable[[], float] = time.time, policy: Policy | None = None) -> None:
+        self.store = store
+        self.policy = policy or Policy()
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.max_attempts = max_attempts
+        self.timeout = timeout
+        self.idle = idle
+        self.clock = clock
+        self._wake: asyncio.Event | None = None  # made in start(): an Event belongs to one event loop
+        self._task: asyncio.Task[None] | None = None
+        self._http: httpx.AsyncClient | None = None
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds before attempt ``attempts + 1``, after ``attempts`` failed ones."""
+        return float(min(self.backoff_base * 2 ** (attempts - 1), self.backoff_max))
+
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _send(self, client: httpx.AsyncClient, row: sqlite3.Row) -> tuple[int | None, str]:
+        body = bytes(row["body"])
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(row["secret"], body),
+                   "X-Fleetd-Event": row["event"], "X-Fleetd-Delivery": str(row["id"]),
+                   "User-Agent": f"fleetd/{__version__}"}
+        import httpx
+
+        try:
+            # The body is never read: it is the receiver's to write and not the operators' to see.
+            async with client.stream("POST", row["url"], content=body, headers=headers) as r:
+                status = r.status_code
+        except Refused as e:
+            return None, str(e)
+        except httpx.HTTPError as e:
+            return None, f"{type(e).__name__}: {e}"[:500] or type(e).__name__
+        if 200 <= status < 300:
+            return status, ""
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "non-standard status"
+        if 300 <= status < 400:
+            reason += " (redirects are not followed)"
+        return status, f"HTTP {status} {reason}"
+
+    def _record(self, conn: sqlite3.Connection, row: sqlite3.Row, status: int | None, error: str) -> None:
+        now = self.clock()
+        attempts = row["attempts"] + 1
+        if not error:
+            conn.execute("UPDATE webhook_deliveries SET state = 'delivered', attempts = ?, last_status = ?, "
+                         "last_error = '', finished_at = ? WHERE id = ?", (attempts, status, now, row["id"]))
+        elif attempts >= self.max_attempts:
+            conn.execute("UPDATE webhook_deliveries SET state = 'failed', attempts = ?, last_status = ?, "
+                         "last_error = ?, finished_at = ? WHERE id = ?", (attempts, status, error, now, row["id"]))
+        else:
+            conn.execute("UPDATE webhook_deliveries SET attempts = ?, last_status = ?, last_error = ?, "
+                         "next_attempt_at = ? WHERE id = ?",
+                         (attempts, status, error, now + self.backoff(attempts), row["id"]))
+
+    async def _webhook_queue(self, client: httpx.AsyncClient, row: sqlite3.Row | None) -> int:
+        """Send this webhook's due head, and the ones after it while they succeed. → attempts made."""
+        sent = 0
+        while row is not None and sent < 100:
+            status, error = await self._send(client, row)
+            await self.store.write(functools.partial(self._record, row=row, status=status, error=error))
+            sent += 1
+            if error:
+                log.info("webhook %s: delivery %s failed (attempt %d): %s", row["webhook_id"], row["id"],
+                         row["attempts"] + 1, error)
+                break
+            heads = await self.store.read(functools.partial(_due_heads, now=self.clock()))
+            row = next((h for h in heads if h["webhook_id"] == row["webhook_id"]), None)
+        return sent
+
+    async def run_once(self) -> int:
+        """Try every due delivery once (webhooks in parallel, each in order). → attempts made."""
+        now = self.clock()
+        heads = await self.store.read(lambda c: _due_heads(c, now))
+        if not heads:
+            return 0
+        if self._http is None:
+            import httpx
+
+            self._http = httpx.AsyncClient(transport=pinned_transport(self.policy, self.timeout),
+                                           timeout=self.timeout, follow_redirects=False)
+        counts = await asyncio.gather(*(self._webhook_queue(self._http, h) for h in heads))
+        return sum(counts)
+
+    async def _loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            self._wake.clear()
+            try:
+                await self.run_once()
+                due = await self.store.read(_next_due)
+            except Exception:
+                log.exception("webhook delivery pass failed")
+                due = None
+            wait = self.idle if due is None else min(self.idle, max(0.05, due - self.clock()))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="fleetd-webhooks")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+        self._task = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None

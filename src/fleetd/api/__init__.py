@@ -1,1 +1,0 @@
-"""One module per RPC service: messages, decoding and the calls into the services below."""

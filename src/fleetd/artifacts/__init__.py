@@ -1,0 +1,1 @@
+"""Artifacts: the catalog, uploads and RTOS images."""

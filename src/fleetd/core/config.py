@@ -1,0 +1,197 @@
+"""Settings: defaults < config file (TOML) < environment (FLEETD_*) < command-line flags."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .errors import InvalidArgument
+from .names import DDI_TENANT
+
+ENV_PREFIX = "FLEETD_"
+CONFIG_FILE_NAME = "fleetd.toml"
+
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(items: list[str]) -> tuple[Network, ...]:
+    """``["127.0.0.1/32", "192.168.1.0/24"]`` → networks; InvalidArgument naming the bad entry."""
+    out = []
+    for item in items:
+        try:
+            out.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise InvalidArgument(f"webhook_allowed_networks: {item!r} is not an IP network like 127.0.0.1/32 "
+                                  "or fd12::/64") from None
+    return tuple(out)
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    data_dir: str = "./fleetd-data"
+    host: str = "0.0.0.0"
+    port: int = 8420
+    tls: bool = True
+    mdns: bool = True
+    # The address devices and install commands use; derived from host/port when empty.
+    public_url: str = ""
+    log_level: str = "info"
+    # Largest JSON body an RPC call may carry.
+    max_request_bytes: int = 1 << 20
+    # Largest artifact upload.
+    max_upload_bytes: int = 1 << 30
+    # Login attempts per client address per minute.
+    login_rate_per_minute: int = 10
+    # Enrollment and challenge requests per client address per minute (a NAT may hide many devices).
+    enroll_rate_per_minute: int = 600
+    session_hours: int = 12
+    reader_threads: int = 4
+    # Housekeeping: delete unreferenced blobs / re-hash every blob to find bit rot.
+    gc_interval_hours: float = 6
+    scrub_interval_hours: float = 168
+    # Seconds between rollout orchestrator passes; 0 = no background passes (tests drive them).
+    rollout_pass_seconds: float = 5
+    # Telemetry retention: raw points, then per-minute and per-hour rollups (docs/telemetry.md).
+    telemetry_raw_days: float = 7
+    telemetry_minute_days: float = 30
+    telemetry_hour_days: float = 400
+    # hawkBit DDI: the tenant in /{tenant}/controller/v1/... (compared case-insensitively, as hawkBit does).
+    ddi_tenant: str = "DEFAULT"
+    # Let anyone download, without a token, the artifacts of the open deployments of the controller named in the
+    # URL (hawkBit's "anonymous download"); off by default.
+    ddi_anonymous_download: bool = False
+    # Devices that enrolled without a token and wait to be claimed; more are refused (0 = no cap).
+    max_pending_devices: int = 10000
+    # Such a device not heard from for this many days is deleted (0 = never).
+    pending_expiry_days: float = 30
+    # Webhooks may go to private (LAN) addresses: 10/8, 172.16/12, 192.168/16, fc00::/7, 100.64/10.
+    webhook_allow_private: bool = False
+    # CIDRs that webhooks may reach although refused otherwise (e.g. 127.0.0.1/32 for a receiver on this host);
+    # never the cloud metadata addresses.
+    webhook_allowed_networks: list[str] = msgspec.field(default_factory=list)
+    # Password hashing (scrypt, ~0.1 s of CPU each) runs on this many threads, with at most this many more
+    # checks waiting; beyond that, logins and password changes answer resource_exhausted (429, Retry-After).
+    password_hash_workers: int = 2
+    password_hash_queue: int = 8
+    # Slowloris guard (docs/operations.md, "Connection limits"): seconds a connection gets to send a complete
+    # request head, and how many connections may wait for theirs at once (one more closes the oldest).
+    request_head_timeout: float = 10
+    max_unfinished_requests: int = 500
+    # Proxies (IPs or CIDRs) whose X-Forwarded-For / X-Forwarded-Proto are believed; none by default.
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    # /healthz reports degraded when the data dir's disk has less free space than this many MiB; 0: never.
+    disk_min_free_mib: int = 100
+    # Telemetry cardinality: distinct metric names one device may send, and the whole fleet.
+    max_metric_names_per_device: int = 500
+    max_metric_names: int = 50_000
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.port <= 65535):
+            raise InvalidArgument(f"port must be 0..65535, got {self.port}")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise InvalidArgument(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+        for name in ("max_request_bytes", "max_upload_bytes", "login_rate_per_minute", "enroll_rate_per_minute",
+                     "session_hours", "reader_threads", "gc_interval_hours", "scrub_interval_hours",
+                     "telemetry_raw_days", "telemetry_minute_days", "telemetry_hour_days"):
+            if getattr(self, name) <= 0:
+                raise InvalidArgument(f"{name} must be positive")
+        if self.password_hash_workers < 1 or self.password_hash_queue < 0:
+            raise InvalidArgument("password_hash_workers must be at least 1 and password_hash_queue at least 0")
+        DDI_TENANT.check(self.ddi_tenant)
+        if not 1 <= self.max_metric_names_per_device <= self.max_metric_names:
+            raise InvalidArgument("max_metric_names_per_device must be at least 1 and at most max_metric_names "
+                                  f"({self.max_metric_names}), got {self.max_metric_names_per_device}")
+        for name in ("max_pending_devices", "pending_expiry_days"):
+            if getattr(self, name) < 0:
+                raise InvalidArgument(f"{name} must be 0 (no limit) or positive")
+        self.webhook_allowed_networks = [str(n) for n in parse_networks(self.webhook_allowed_networks)]
+        if self.request_head_timeout <= 0 or self.max_unfinished_requests <= 0:
+            raise InvalidArgument("request_head_timeout and max_unfinished_requests must be positive")
+        if self.disk_min_free_mib < 0:
+            raise InvalidArgument("disk_min_free_mib must be 0 (no check) or more")
+        self.trusted_proxies = [_ip_or_network(p) for p in self.trusted_proxies]
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+
+def _ip_or_network(value: str) -> str:
+    """The canonical form of an IP address or a CIDR network (host bits allowed: 10.1.2.3/8 is 10.0.0.0/8)."""
+    try:
+        if "/" in value:
+            return str(ipaddress.ip_network(value.strip(), strict=False))
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise InvalidArgument(f"trusted_proxies: {value!r} is not an IP address or a CIDR network "
+                              "(e.g. 10.0.0.5 or 10.0.0.0/24)") from None
+
+
+def _field_names() -> tuple[str, ...]:
+    return Settings.__struct_fields__
+
+
+_LIST_FIELDS = frozenset(f.name for f in msgspec.inspect.type_info(Settings).fields  # type: ignore[attr-defined]
+                         if isinstance(f.type, msgspec.inspect.ListType))
+
+
+def _from_env(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _field_names():
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            out[name] = [v.strip() for v in raw.split(",") if v.strip()] if name in _LIST_FIELDS else raw
+    return out
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidArgument(f"config file {path}: {e}") from None
+    unknown = set(data) - set(_field_names())
+    if unknown:
+        raise InvalidArgument(f"config file {path}: unknown settings {sorted(unknown)}; "
+                              f"known: {', '.join(_field_names())}")
+    return data
+
+
+def load_settings(
+    flags: dict[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Merge every source; flags whose value is None are treated as not given."""
+    environ = dict(os.environ) if environ is None else environ
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    env = _from_env(environ)
+    merged: dict[str, Any] = {}
+    data_dir = flags.get("data_dir") or env.get("data_dir") or Settings().data_dir
+    if config_file is None:
+        config_file = environ.get(ENV_PREFIX + "CONFIG")
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise InvalidArgument(f"config file {path} does not exist")
+        merged.update(_from_file(path))
+    else:
+        default_file = Path(data_dir).expanduser() / CONFIG_FILE_NAME
+        if default_file.is_file():
+            merged.update(_from_file(default_file))
+    merged.update(env)
+    merged.update(flags)
+    try:
+        return msgspec.convert(merged, Settings, strict=False)
+    except msgspec.ValidationError as e:
+        raise InvalidArgument(f"invalid setting: {e}") from None

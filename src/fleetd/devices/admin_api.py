@@ -1,0 +1,226 @@
+"""DeviceAdminService: the device registry and direct actions, for admins."""
+
+from __future__ import annotations
+
+import shlex
+import sqlite3
+
+import msgspec
+
+from ..core.clock import now, to_dt
+from ..core.errors import InvalidArgument
+from ..core.fields import Int32, Seconds
+from ..http.rpc import Context, Empty, Service
+from . import actions, join_tokens, registry
+from .actions import Action
+from .join_tokens import JoinToken
+from .registry import Device
+
+service = Service("DeviceAdminService", "The device registry and direct actions (deploy, restart, rollback, "
+                  "reboot).")
+
+
+def fresh(ctx: Context, d: Device) -> Device:
+    """Overlay the last check-in the hub has seen but not yet written."""
+    seen = ctx.fleet.hub.last_seen(d.id)
+    if seen is not None and (d.last_seen is None or seen > d.last_seen.timestamp()):
+        d.last_seen = to_dt(seen)
+        d.online = registry.is_online(seen, d.poll_interval)
+    return d
+
+
+class ListDevicesRequest(msgspec.Struct, kw_only=True):
+    status: str = ""
+    device_type: str = ""
+    # Devices with all of these tags.
+    tags: dict[str, str] = {}
+    # Substring of the id, name or hardware id.
+    search: str = ""
+    limit: Int32 = 1000
+    offset: Int32 = 0
+
+
+class ListDevicesResponse(msgspec.Struct, kw_only=True):
+    devices: list[Device]
+    total: int
+
+
+@service.method(auth="viewer", readonly=True)
+async def ListDevices(ctx: Context, req: ListDevicesRequest) -> ListDevicesResponse:
+    """Devices, filtered and paged (limit 1..10000)."""
+    limit = req.limit or 1000
+    if not 1 <= limit <= 10000 or req.offset < 0:
+        raise InvalidArgument("limit must be 1..10000 and offset not negative")
+    devices, total = await ctx.fleet.store.read(lambda c: registry.list_devices(
+        c, status=req.status or None, device_type=req.device_type or None, tags=req.tags,
+        search=req.search or None, limit=limit, offset=req.offset))
+    return ListDevicesResponse(devices=[fresh(ctx, d) for d in devices], total=total)
+
+
+class DeviceRef(msgspec.Struct, kw_only=True):
+    # Device id, hardware id or unique name.
+    id: str
+
+
+@service.method(auth="viewer", readonly=True)
+async def GetDevice(ctx: Context, req: DeviceRef) -> Device:
+    """One device with its inventory and components (and its controller id when it speaks hawkBit DDI)."""
+    def read(conn: sqlite3.Connection) -> Device:
+        d = registry.get_device(conn, req.id)
+        r = conn.execute("SELECT controller_id FROM ddi_devices WHERE device_id = ?", (d.id,)).fetchone()
+        d.ddi_controller_id = r[0] if r else None
+        return d
+
+    return fresh(ctx, await ctx.fleet.store.read(read))
+
+
+class UpdateDeviceRequest(msgspec.Struct, kw_only=True):
+    id: str
+    name: str | None = None
+    set_tags: dict[str, str] = {}
+    remove_tags: list[str] = []
+    poll_interval: Int32 | None = None
+
+
+@service.method(auth="operator")
+async def UpdateDevice(ctx: Context, req: UpdateDeviceRequest) -> Device:
+    """Rename, tag, untag, or change the poll interval."""
+    d = await ctx.fleet.store.write(lambda c: registry.update(
+        c, ctx.actor, req.id, name=req.name, set_tags=req.set_tags, remove_tags=req.remove_tags,
+        poll_interval=req.poll_interval))
+    return fresh(ctx, d)
+
+
+@service.method(auth="operator")
+async def RevokeDevice(ctx: Context, req: DeviceRef) -> Device:
+    """Stop a device at once: its token stops working and its open actions are cancelled."""
+    return await ctx.fleet.store.write(lambda c: registry.revoke(c, ctx.actor, req.id))
+
+
+@service.method(auth="admin")
+async def DeleteDevice(ctx: Context, req: DeviceRef) -> Empty:
+    """Forget a device and its history; it may enroll again."""
+    await ctx.fleet.store.write(lambda c: registry.delete(c, ctx.actor, req.id))
+    return Empty()
+
+
+class RekeyDeviceRequest(msgspec.Struct, kw_only=True):
+    # Device id, hardware id or unique name.
+    id: str
+    # Seconds until the token expires (1 s to 30 days).
+    expires_in: Seconds = registry.REKEY_TOKEN_TTL
+
+
+class RekeyDeviceResponse(msgspec.Struct, kw_only=True):
+    # The single-use re-key token; its secret (token.token) is shown only here.
+    token: JoinToken
+    # Run on the device when its agent is installed: stops it, enrolls with the new key, starts it.
+    agent_command: str
+    # The device as it is now: one that is online still has its key and needs no re-key.
+    device: Device
+
+
+@service.method(auth="admin")
+async def RekeyDevice(ctx: Context, req: RekeyDeviceRequest) -> RekeyDeviceResponse:
+    """A single-use token that lets this one device enroll with a new key (it lost its old one); audited."""
+    from .enrollment_api import install_command
+    if not 1 <= req.expires_in <= 30 * 86400:
+        raise InvalidArgument("expires_in must be 1 s to 30 days")
+    fleet = ctx.fleet
+    tok, secret, d = await fleet.store.write(lambda c: registry.create_rekey_token(
+        c, ctx.actor, req.id, now() + req.expires_in))
+    tok.token = join_tokens.format_join_token(fleet.keys.ca_fingerprint, tok.id, secret)
+    tok.install_command = install_command(ctx, tok.token)
+    agent = (f"sudo systemctl stop fleet-agent; sudo FLEET_AGENT_TOKEN={shlex.quote(tok.token)} fleet-agent enroll "
+             f"--server {shlex.quote(fleet.public_url)} && sudo systemctl start fleet-agent")
+    return RekeyDeviceResponse(token=tok, agent_command=agent, device=fresh(ctx, d))
+
+
+class TargetedRequest(msgspec.Struct, kw_only=True):
+    # Explicit devices (ids, hardware ids or names) ...
+    device_ids: list[str] = []
+    # ... and/or every active device with all of these tags.
+    tags: dict[str, str] = {}
+
+
+class DeployRequest(TargetedRequest, kw_only=True):
+    # NAME@VERSION or artifact id.
+    artifact: str
+    # Offer the update; the device installs only after it accepts.
+    consent: bool = False
+
+
+class ActionsCreated(msgspec.Struct, kw_only=True):
+    action_ids: list[str]
+
+
+def _targets(conn, req: TargetedRequest, device_type: list[str] | None = None) -> list[str]:  # type: ignore[no-untyped-def]
+    ids = list(req.device_ids)
+    if req.tags:
+        ids += registry.select_ids(conn, status="active", tags=req.tags, device_types=device_type)
+    if not ids:
+        raise InvalidArgument("no device matches: give device ids or tags that match active devices")
+    return ids
+
+
+@service.method(auth="operator")
+async def Deploy(ctx: Context, req: DeployRequest) -> ActionsCreated:
+    """Install an artifact on devices now (all or none), outside any rollout."""
+    def deploy(conn):  # type: ignore[no-untyped-def]
+        from ..artifacts import catalog as artifacts
+        art = artifacts.get(conn, req.artifact)
+        return actions.create_install(conn, ctx.actor, _targets(conn, req, art.device_types), art.id,
+                                      consent=req.consent)
+    ids = await ctx.fleet.store.write(deploy)
+    return ActionsCreated(action_ids=ids)
+
+
+class CreateActionRequest(TargetedRequest, kw_only=True):
+    # restart, reboot, rollback or config
+    kind: str
+    # The app it concerns (restart, rollback).
+    component: str = ""
+    params: dict[str, str] = {}
+
+
+@service.method(auth="operator")
+async def CreateAction(ctx: Context, req: CreateActionRequest) -> ActionsCreated:
+    """Restart an app, reboot, roll an app back to its previous version, or push config."""
+    def create(conn):  # type: ignore[no-untyped-def]
+        targets = _targets(conn, req)
+        if req.kind == "rollback":
+            if not req.component:
+                raise InvalidArgument("rollback needs the app (component) to roll back")
+            return actions.create_rollback(conn, ctx.actor, targets, req.component)
+        return actions.create_simple(conn, ctx.actor, targets, req.kind, req.component, dict(req.params))
+    ids = await ctx.fleet.store.write(create)
+    return ActionsCreated(action_ids=ids)
+
+
+class ListActionsRequest(msgspec.Struct, kw_only=True):
+    device_id: str
+    limit: Int32 = 100
+
+
+class ListActionsResponse(msgspec.Struct, kw_only=True):
+    actions: list[Action]
+
+
+@service.method(auth="viewer", readonly=True)
+async def ListActions(ctx: Context, req: ListActionsRequest) -> ListActionsResponse:
+    """A device's actions, newest first."""
+    limit = req.limit or 100
+    if not 1 <= limit <= 1000:
+        raise InvalidArgument("limit must be 1..1000")
+    return ListActionsResponse(actions=await ctx.fleet.store.read(
+        lambda c: actions.list_for_device(c, req.device_id, limit)))
+
+
+class ActionRef(msgspec.Struct, kw_only=True):
+    id: str
+
+
+@service.method(auth="operator")
+async def CancelAction(ctx: Context, req: ActionRef) -> Action:
+    """Cancel an action that has not ended."""
+    return await ctx.fleet.store.write(lambda c: actions.cancel(c, ctx.actor, req.id))

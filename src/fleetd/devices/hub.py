@@ -1,0 +1,175 @@
+"""DeviceHub: the in-memory side of the device protocol, kept lean for the check-in hot path.
+
+It holds what every check-in needs without touching SQLite: each device's
+status, poll interval, auth epoch and last contact (one DeviceRuntime record per
+device, shared with the token checker); which devices have open actions; the hash
+of the inventory each last reported. Writes a check-in causes (last seen,
+changed inventory) are coalesced and flushed by one task about once a second on
+the writer thread. Every write that changes devices or actions records an effect
+(registry.DeviceChanged, DeviceGone, ActionsOpen) that the store hands to the hub
+once the transaction has committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import sys
+import time
+
+import msgspec
+
+from ..core.tasks import cancel_and_wait
+from ..store.database import Store
+from . import actions, registry
+from .devauth import DeviceTokens
+from .inventory import Component, Inventory, check_inventory_size
+from .registry import ActionsOpen, DeviceChanged, DeviceGone, DeviceRuntime
+
+log = logging.getLogger(__name__)
+FLUSH_INTERVAL = 1.0
+# last_seen is written to SQLite only when the stored value is this old; the hub has the exact one.
+PERSIST_SEEN_AFTER = 60.0
+# Component lists kept per device between flushes (a device changes versions a few times a second at most).
+MAX_PENDING_COMPONENT_LISTS = 8
+
+
+class DeviceHub:
+    def __init__(self, store: Store, token_key: bytes) -> None:
+        self.store = store
+        self.runtime: dict[str, DeviceRuntime] = store.read_sync(registry.load_runtime)
+        self.tokens = DeviceTokens(token_key, self.runtime)
+        self.open_actions: set[str] = store.read_sync(actions.devices_with_open_actions)
+        self._seen: dict[str, tuple[float, str | None]] = {}
+        self._persisted: dict[str, tuple[float, str | None]] = {}
+        self._inventory_hash: dict[str, int] = {}
+        self._inventory: dict[str, tuple[str | None, list[list[Component]]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    # --- keeping the directory in step -------------------------------------
+    def set_device(self, device_id: str, runtime: DeviceRuntime | None, epoch: int | None) -> None:
+        """Replace a device's record (``None``: it is gone); ``epoch`` None or a revoked status stops its tokens."""
+        if runtime is None:
+            self.runtime.pop(device_id, None)
+            self.open_actions.discard(device_id)
+            return
+        old = self.runtime.get(device_id)
+        if old is not None:
+            runtime.last_seen = old.last_seen
+        runtime.epoch = None if runtime.status == "revoked" else epoch
+        self.runtime[device_id] = runtime
+
+    # The effects a committed write records (the handlers Fleet registers with the store).
+    def device_changed(self, e: DeviceChanged) -> None:
+        self.set_device(e.device_id, DeviceRuntime(sys.intern(e.status), e.poll_interval, sys.intern(e.device_type)),
+                        e.epoch)
+
+    def device_gone(self, e: DeviceGone) -> None:
+        self.set_device(e.device_id, None, None)
+
+    def actions_open(self, e: ActionsOpen) -> None:
+        if e.open:
+            self.open_actions.update(e.device_ids)
+        else:
+            self.open_actions.difference_update(e.device_ids)
+
+    # --- check-in ------------------------------------------------------------
+    def note_checkin(self, device_id: str, addr: str | None, inventory: Inventory | None,
+                     components: list[Component]) -> None:
+        """Remember a check-in; the inventory is written only when it changed (and then at the next flush)."""
+        inv = msgspec.json.encode(inventory).decode() if inventory is not None else None
+        if inv is not None:
+            check_inventory_size(inv)
+        self.note_seen(device_id, addr)
+        h = hash((inv, msgspec.json.encode(components)))
+        if self._inventory_hash.get(device_id) != h:
+            self._inventory_hash[device_id] = h
+            pending = self._inventory.get(device_id)
+            if inv is None and pending is not None:
+                inv = pending[0]  # a check-in without inventory must not drop one still waiting for the flush
+            # Every component list since the last flush is applied in order, so a version that came and went
+            # within one flush (install, reboot, check in again) still becomes the previous known-good version.
+            history = pending[1] if pending is not None else []
+            if not history or history[-1] != components:
+                history = [*history, components][-MAX_PENDING_COMPONENT_LISTS:]
+            self._inventory[device_id] = (inv, history)
+
+    def note_seen(self, device_id: str, addr: str | None) -> None:
+        """A contact: last seen (and address) only, e.g. a hawkBit DDI poll, which reports no components."""
+        t = time.time()
+        rt = self.runtime.get(device_id)
+        if rt is not None:
+            rt.last_seen = t
+        stored = self._persisted.get(device_id)
+        if stored is None or t - stored[0] >= PERSIST_SEEN_AFTER or stored[1] != addr:
+            self._seen[device_id] = self._persisted[device_id] = (t, addr)
+
+    def last_seen(self, device_id: str) -> float | None:
+        rt = self.runtime.get(device_id)
+        return None if rt is None else rt.last_seen
+
+    async def flush(self, *, everything: bool = False) -> None:
+        """Write coalesced check-ins; ``everything`` also writes last-seen times not yet due (at shutdown)."""
+        if everything:
+            for did, rt in self.runtime.items():
+                t = rt.last_seen
+                if t is None:
+                    continue
+                stored = self._persisted.get(did)
+                if stored is None or stored[0] < t:
+                    self._seen[did] = (t, stored[1] if stored else None)
+        seen, self._seen = self._seen, {}
+        inventory, self._inventory = self._inventory, {}
+        if not seen and not inventory:
+            return
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany("UPDATE devices SET last_seen = ?, last_addr = ? WHERE id = ?",
+                             [(t, addr, did) for did, (t, addr) in seen.items()])
+            for did, (inv, history) in inventory.items():
+                if inv is not None:
+                    conn.execute("UPDATE devices SET inventory = ? WHERE id = ?", (inv, did))
+                for components in history:
+                    _store_components(conn, did, components)
+
+        try:
+            await self.store.write(write)
+        except Exception:
+            log.exception("could not record check-ins; retrying at the next flush")
+            for did, when in seen.items():
+                self._seen.setdefault(did, when)
+                self._persisted.pop(did, None)
+            for did, inv in inventory.items():
+                self._inventory.setdefault(did, inv)
+                self._inventory_hash.pop(did, None)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            await self.flush()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._flush_loop(), name="fleetd-checkin-flush")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+        await self.flush(everything=True)
+
+
+def _store_components(conn: sqlite3.Connection, device_id: str, components: list[Component]) -> None:
+    """Upsert what the device runs. A version change keeps the old version as known-good if it was healthy."""
+    t = time.time()
+    current = {r["name"]: r for r in conn.execute("SELECT * FROM device_components WHERE device_id = ?",
+                                                  (device_id,))}
+    for c in components:
+        old = current.get(c.name)
+        previous = old["previous_version"] if old else None
+        if old and old["version"] != c.version and old["health"] != "unhealthy" and old["state"] != "failed":
+            previous = old["version"]
+        conn.execute("INSERT OR REPLACE INTO device_components (device_id, name, version, previous_version, state, "
+                     "health, restarts, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+                     (device_id, c.name, c.version, previous, c.state, c.health, c.restarts, t))
+    reported = {c.name for c in components}
+    for name in current.keys() - reported:
+        conn.execute("DELETE FROM device_components WHERE device_id = ? AND name = ?", (device_id, name))

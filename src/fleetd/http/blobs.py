@@ -1,0 +1,123 @@
+"""``GET``/``HEAD /v1/blobs/{sha256}``: blob downloads with ETag, If-None-Match and one byte range.
+
+Bytes are streamed from disk a chunk at a time (read on a worker thread), so
+memory stays flat however many downloads run at once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from litestar import Request, Response, route
+from litestar.enums import HttpMethod
+from litestar.exceptions import HTTPException
+from litestar.params import FromPath
+from litestar.response import Stream
+
+from ..accounts.users import Principal
+from ..core.errors import NotFound, PermissionDenied
+from ..devices import actions
+from ..store.blobs import check_sha256
+from . import ranges
+
+if TYPE_CHECKING:
+    from ..fleet import Fleet
+
+CACHE_CONTROL = "private, max-age=31536000, immutable"
+OCTET_STREAM = "application/octet-stream"
+
+
+async def may_download(fleet: Fleet, principal: Principal, sha256: str) -> bool:
+    """The one access decision for blob downloads.
+
+    Admin principals (users, API keys; the route already required viewer) may
+    fetch any blob. A device may fetch only what one of its open actions refers to.
+    """
+    if principal.kind == "device" and principal.id:
+        device_id = principal.id
+        return await fleet.store.read(lambda c: actions.may_download(c, device_id, sha256))
+    return principal.kind in ("user", "key") and principal.has_role("viewer")
+
+
+def _etag(sha256: str) -> str:
+    return f'"{sha256}"'
+
+
+@route("/v1/blobs/{sha256:str}", http_method=[HttpMethod.GET, HttpMethod.HEAD],
+       opt={"auth": "device_or_viewer"}, include_in_schema=False, name="blobs.download")
+async def download_blob(request: Request[Any, Any, Any], sha256: FromPath[str]) -> Response[Any]:
+    fleet: Fleet = request.app.state.fleet
+    sha = check_sha256(sha256)
+    if not await may_download(fleet, request.state.principal, sha):
+        raise PermissionDenied(f"you may not download blob {sha}")
+    return await blob_response(request, fleet, sha)
+
+
+async def blob_response(request: Request[Any, Any, Any], fleet: Fleet, sha: str,
+                        extra_headers: dict[str, str] | None = None) -> Response[Any]:
+    """Stream one stored blob (GET or HEAD) with ETag, If-None-Match, If-Range and one Range; the caller has
+    already decided that the requester may have it."""
+    reader = await fleet.blobs.open(sha)
+    if reader is None:
+        raise NotFound(f"no blob {sha}")
+    streaming = False
+    try:
+        size = reader.info.size
+        etag = _etag(sha)
+        headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL, "Accept-Ranges": "bytes",
+                   **(extra_headers or {})}
+        if ranges.if_none_match(request.headers.get("if-none-match"), etag):
+            return Response(b"", status_code=304, headers=headers)
+        # Range is defined for GET only (RFC 9110 §14.2); HEAD describes the whole file.
+        rng: ranges.RangeResult = None
+        if request.method == HttpMethod.GET and ranges.if_range_allows(request.headers.get("if-range"), etag):
+            rng = ranges.parse_range(request.headers.get("range"), size)
+        if isinstance(rng, ranges.Unsatisfiable):
+            raise HTTPException(status_code=416, detail=f"the range lies outside the blob's {size} bytes",
+                                headers={"Content-Range": rng.content_range})
+        status, start, end = 200, 0, size - 1
+        if isinstance(rng, ranges.ByteRange):
+            status, start, end = 206, rng.start, rng.end
+            headers["Content-Range"] = rng.content_range
+        headers["Content-Length"] = str(end - start + 1)
+        if request.method == HttpMethod.HEAD:
+            return Response(b"", status_code=status, headers=headers, media_type=OCTET_STREAM)
+        streaming = True
+        return Stream(reader.chunks(start, end), status_code=status, headers=headers, media_type=OCTET_STREAM)
+    finally:
+        if not streaming:
+            reader.close()
+
+
+ROUTES = [download_blob]
+
+_BLOB_RESPONSES: dict[str, Any] = {
+    "200": {"description": "The whole blob", "content": {OCTET_STREAM: {}}},
+    "206": {"description": "One byte range (Content-Range says which)", "content": {OCTET_STREAM: {}}},
+    "304": {"description": "Not modified (If-None-Match matched the ETag)"},
+    "400": {"description": "invalid_argument: not a SHA-256"},
+    "401": {"description": "unauthenticated"},
+    "403": {"description": "permission_denied"},
+    "404": {"description": "not_found: unknown or corrupt blob"},
+    "416": {"description": "out_of_range: the Range lies past the end (Content-Range: bytes */size)"},
+}
+_BLOB_PARAMS = [
+    {"name": "sha256", "in": "path", "required": True,
+     "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+    {"name": "Range", "in": "header", "schema": {"type": "string"},
+     "description": "bytes=a-b, bytes=a- or bytes=-n"},
+    {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
+    {"name": "If-Range", "in": "header", "schema": {"type": "string"}},
+]
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/v1/blobs/{sha256}": {
+        "get": {"summary": "Download a blob by SHA-256 (ETag, Range)", "parameters": _BLOB_PARAMS,
+                "responses": _BLOB_RESPONSES, "x-fleetd-auth": "device_or_viewer"},
+        "head": {"summary": "A blob's headers (size, ETag) without the body", "parameters": _BLOB_PARAMS[:1],
+                 "responses": {k: v for k, v in _BLOB_RESPONSES.items() if k not in ("206", "416")},
+                 "x-fleetd-auth": "device_or_viewer"},
+    },
+}
+
+__all__ = ["OPENAPI_PATHS", "ROUTES", "blob_response", "download_blob", "may_download"]

@@ -1,0 +1,371 @@
+"""The Connect protocol layer: method registry, JSON codec, routes, error mapping.
+
+A service module declares its methods with :class:`Service`::
+
+    users = Service("UserService")
+
+    @users.method(auth="admin")
+    async def CreateUser(ctx: Context, req: CreateUserRequest) -> User: ...
+
+Every method must name its auth policy; there is no default. Requests are
+decoded into msgspec Structs following protobuf's JSON mapping: snake_case and
+lowerCamelCase field names, 64-bit integers as strings, unknown fields ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import inspect
+import logging
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+from litestar import Request, Response
+from litestar.datastructures import Cookie
+from litestar.enums import HttpMethod
+from litestar.exceptions import HTTPException
+from litestar.handlers import HTTPRouteHandler
+
+from ..accounts.audit import Actor
+from ..accounts.users import Principal
+from ..core import disk
+from ..core.decoding import decoding
+from ..core.errors import (
+    FleetdError,
+    InvalidArgument,
+    PayloadTooLarge,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unimplemented,
+    UnsupportedMediaType,
+)
+
+if TYPE_CHECKING:
+    from ..fleet import Fleet
+
+log = logging.getLogger(__name__)
+
+PACKAGE = "fleetd.v1"
+# device_or_viewer: any device (the handler decides which resources it may see) or a viewer and up.
+# ddi: hawkBit DDI routes (TargetToken / GatewayToken), authenticated by http_ddi; no RPC method uses it.
+Policy = Literal["public", "device", "device_or_viewer", "viewer", "operator", "admin", "ddi"]
+POLICIES: tuple[str, ...] = typing.get_args(Policy)
+JSON = "application/json"
+
+
+# --- context -----------------------------------------------------------------
+
+@dataclass
+class Context:
+    """What a method handler gets beside its request message."""
+
+    fleet: Fleet
+    principal: Principal
+    remote_addr: str | None
+    request: Request[Any, Any, Any]
+    cookies: list[Cookie] = field(default_factory=list)
+
+    @property
+    def actor(self) -> Actor:
+        return self.principal.actor(self.remote_addr)
+
+    def set_cookie(self, cookie: Cookie) -> None:
+        self.cookies.append(cookie)
+
+
+Handler = Callable[[Context, Any], Awaitable[Any]]
+
+
+# --- codec -------------------------------------------------------------------
+
+def lower_camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def _struct_infos(t: Any) -> list[msgspec.inspect.StructType]:
+    """Every Struct type reachable from ``t``."""
+    found: dict[type, msgspec.inspect.StructType] = {}
+
+    def walk(info: msgspec.inspect.Type) -> None:
+        if isinstance(info, msgspec.inspect.StructType):
+            if info.cls in found:
+                return
+            found[info.cls] = info
+            for f in info.fields:
+                walk(f.type)
+        elif isinstance(info, msgspec.inspect.UnionType):
+            for u in info.types:
+                walk(u)
+        elif isinstance(info, (msgspec.inspect.ListType, msgspec.inspect.SetType,
+                               msgspec.inspect.FrozenSetType, msgspec.inspect.VarTupleType)):
+            walk(info.item_type)
+        elif isinstance(info, msgspec.inspect.DictType):
+            walk(info.value_type)
+
+    walk(msgspec.inspect.type_info(t))
+    return list(found.values())
+
+
+def _renamer(info: msgspec.inspect.Type) -> Callable[[Any], Any] | None:
+    """A function turning lowerCamelCase keys into the field names, only where the type has fields."""
+    if isinstance(info, msgspec.inspect.StructType):
+        fields = {}
+        for f in info.fields:
+            fields[f.encode_name] = (f.encode_name, f)
+            fields.setdefault(lower_camel(f.encode_name), (f.encode_name, f))
+        subs: dict[str, Callable[[Any], Any] | None] = {}
+
+        def rename_struct(obj: Any) -> Any:
+            if not isinstance(obj, dict):
+                return obj
+            out = {}
+            for k, v in obj.items():
+                target = fields.get(k)
+                if target is None:
+                    continue  # unknown field: ignored
+                name, finfo = target
+                if name not in subs:
+                    subs[name] = _renamer(finfo.type)
+                sub = subs[name]
+                out[name] = sub(v) if sub else v
+            return out
+
+        return rename_struct
+    if isinstance(info, msgspec.inspect.UnionType):
+        parts = [r for r in (_renamer(t) for t in info.types) if r]
+        if not parts:
+            return None
+        return parts[0]  # unions here are Optional[X]: one interesting member
+    if isinstance(info, (msgspec.inspect.ListType, msgspec.inspect.VarTupleType)):
+        item = _renamer(info.item_type)
+        return (lambda obj: [item(x) for x in obj] if isinstance(obj, list) else obj) if item else None
+    if isinstance(info, msgspec.inspect.DictType):
+        val = _renamer(info.value_type)
+        return (lambda obj: {k: val(v) for k, v in obj.items()} if isinstance(obj, dict) else obj) if val else None
+    return None
+
+
+class Codec:
+    """Decodes one request type. Fast path: one msgspec decode straight into the Struct."""
+
+    def __init__(self, t: type) -> None:
+        self.type = t
+        camel = set()
+        for info in _struct_infos(t):
+            for f in info.fields:
+                c = lower_camel(f.encode_name)
+                if c != f.encode_name:
+                    camel.add(f'"{c}"'.encode())
+        self._camel_keys = tuple(camel)
+        self._rename = _renamer(msgspec.inspect.type_info(t))
+        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(t, strict=False)
+
+    def decode(self, body: bytes) -> Any:
+        if not body.strip():
+            body = b"{}"
+        with decoding("request", "request body"):
+            if not any(k in body for k in self._camel_keys):
+                return self._decoder.decode(body)
+            raw = msgspec.json.decode(body)
+            if not isinstance(raw, dict):
+                raise InvalidArgument("the request body must be a JSON object")
+            return msgspec.convert(self._rename(raw) if self._rename else raw, self.type, strict=False)
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj)
+
+
+# --- registry ----------------------------------------------------------------
+
+@dataclass
+class Method:
+    service: str
+    name: str
+    handler: Handler
+    request_type: type
+    response_type: type
+    auth: str
+    readonly: bool
+    doc: str
+    # Callable by a session whose user must change their password first (the calls that lead there).
+    before_password_change: bool = False
+    codec: Codec = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.codec = Codec(self.request_type)
+
+    @property
+    def path(self) -> str:
+        return f"/{PACKAGE}.{self.service}/{self.name}"
+
+
+class Empty(msgspec.Struct):
+    """A message with no fields."""
+
+
+class Service:
+    def __init__(self, name: str, doc: str = "") -> None:
+        self.name = name
+        self.doc = doc
+        self.methods: dict[str, Method] = {}
+
+    def method(self, *, auth: Policy, readonly: bool = False, name: str | None = None,
+               before_password_change: bool = False) -> Callable[[Handler], Handler]:
+        """Register a handler. ``auth`` is mandatory; ``readonly`` methods also answer Connect GET;
+        ``before_password_change`` methods answer a user who must change their password (see authorize)."""
+        if auth not in POLICIES or auth == "ddi":
+            raise ValueError(f"auth must be one of {POLICIES} other than ddi")
+
+        def register(fn: Handler) -> Handler:
+            hints = typing.get_type_hints(fn)
+            params = list(inspect.signature(fn).parameters)
+            if len(params) != 2:
+                raise TypeError(f"{fn.__name__} must take (ctx, request)")
+            mname = name or fn.__name__
+            if mname in self.methods:
+                raise ValueError(f"{self.name}.{mname} registered twice")
+            self.methods[mname] = Method(
+                service=self.name, name=mname, handler=fn, request_type=hints[params[1]],
+                response_type=hints["return"], auth=auth, readonly=readonly,
+                doc=inspect.getdoc(fn) or "", before_password_change=before_password_change,
+            )
+            return fn
+
+        return register
+
+
+# --- authorization -----------------------------------------------------------
+
+def authorize(policy: str, principal: Principal, *, before_password_change: bool = False) -> None:
+    """Raise unless ``principal`` may call something guarded by ``policy``.
+
+    A session whose user must change their password may call only what is marked
+    ``before_password_change`` (ChangePassword, WhoAmI, Logout) until they have.
+    """
+    if policy == "public":
+        return
+    if policy == "ddi":
+        raise PermissionDenied("DDI routes take a TargetToken or GatewayToken")
+    if principal.kind == "anonymous":
+        raise Unauthenticated("this call needs credentials: an API key (Authorization: Bearer fk_...), "
+                              "a device token, or a browser session")
+    if principal.must_change_password and not before_password_change:
+        raise PermissionDenied("change your password first: call UserService/ChangePassword (the web UI asks "
+                               "for it after login); until then only ChangePassword, WhoAmI and Logout answer")
+    if policy == "device":
+        if principal.kind != "device":
+            raise PermissionDenied("this call is for devices only")
+        return
+    if policy == "device_or_viewer":
+        if principal.kind == "device":
+            return
+        policy = "viewer"
+    if principal.kind == "device":
+        raise PermissionDenied("devices may not call admin methods")
+    if not principal.has_role(policy):
+        raise PermissionDenied(f"this call needs the {policy} role; you are {principal.role}")
+
+
+# --- HTTP routes -------------------------------------------------------------
+
+def _client_addr(request: Request[Any, Any, Any]) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    return content_type.split(";", 1)[0].strip().lower() == JSON
+
+
+def _get_message(request: Request[Any, Any, Any]) -> bytes:
+    params = request.query_params
+    encoding = params.get("encoding", "json")
+    if encoding != "json":
+        raise UnsupportedMediaType(f"unsupported message encoding {encoding!r}; use encoding=json")
+    message = params.get("message", "")
+    if params.get("base64") == "1":
+        try:
+            return base64.urlsafe_b64decode(message + "=" * (-len(message) % 4))
+        except (binascii.Error, ValueError):
+            raise InvalidArgument("the message parameter is not valid base64") from None
+    return message.encode()
+
+
+def _route(method: Method) -> HTTPRouteHandler:
+    async def endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+        if request.method == "GET":
+            body = _get_message(request)
+        else:
+            if not _is_json(request.headers.get("content-type")):
+                raise UnsupportedMediaType(
+                    f"Content-Type must be {JSON} (got {request.headers.get('content-type')!r})")
+            body = await request.body()
+        message = method.codec.decode(body)
+        ctx = Context(request.app.state.fleet, request.state.principal, _client_addr(request), request)
+        result = await method.handler(ctx, message)
+        return Response(encode(result), media_type=JSON, status_code=200, cookies=ctx.cookies or None)
+
+    verbs = [HttpMethod.POST, HttpMethod.GET] if method.readonly else [HttpMethod.POST]
+    return HTTPRouteHandler(
+        path=method.path, http_method=verbs, name=f"{method.service}.{method.name}",
+        opt={"auth": method.auth, "rpc": method, "before_password_change": method.before_password_change},
+        include_in_schema=False,
+    )(endpoint)
+
+
+def routes(services: list[Service]) -> list[HTTPRouteHandler]:
+    return [_route(m) for s in services for m in s.methods.values()]
+
+
+# --- errors ------------------------------------------------------------------
+
+_HTTP_TO_CONNECT = {400: "invalid_argument", 401: "unauthenticated", 403: "permission_denied",
+                    404: "not_found", 405: "unimplemented", 409: "already_exists", 413: "resource_exhausted",
+                    415: "invalid_argument", 416: "out_of_range", 429: "resource_exhausted",
+                    501: "unimplemented", 503: "unavailable"}
+
+
+def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """The one place an exception becomes an HTTP response."""
+    if disk.is_full(exc):
+        exc = disk.full_error(request.app.state.fleet.data_dir, exc)
+    headers: dict[str, str] = {}
+    if isinstance(exc, FleetdError):
+        err = exc
+        if isinstance(exc, ResourceExhausted):
+            headers.update(exc.headers)
+    elif isinstance(exc, HTTPException):
+        status = exc.status_code
+        path = request.url.path
+        if status in (404, 405) and path.startswith(f"/{PACKAGE}."):
+            if path in getattr(request.app.state, "rpc_paths", ()):
+                err = FleetdError(f"{path.lstrip('/')} does not answer {request.method}; use POST")
+                err.code, err.http_status = "unimplemented", 405
+            else:
+                err = Unimplemented(f"unknown method {path.lstrip('/')}; see /schema/openapi.json "
+                                    f"for the methods this server has")
+        elif status == 413:
+            handler = request.scope.get("route_handler")
+            limit = handler.resolve_request_max_body_size() if isinstance(handler, HTTPRouteHandler) else None
+            err = PayloadTooLarge(f"the request body is larger than this endpoint accepts ({limit} bytes)"
+                                  if limit else "the request body is too large")
+        else:
+            err = FleetdError(str(exc.detail))
+            err.code = _HTTP_TO_CONNECT.get(status, "internal" if status >= 500 else "invalid_argument")
+            err.http_status = status
+        headers.update(exc.headers or {})
+    else:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        err = FleetdError("internal error; the server log has the details")
+    return Response(encode(err.to_json()), status_code=err.http_status, media_type=JSON, headers=headers)

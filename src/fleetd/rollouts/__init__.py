@@ -1,0 +1,1 @@
+"""Rollouts: the service, its steps and rules, progress and the orchestrator."""

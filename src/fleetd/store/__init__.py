@@ -1,0 +1,1 @@
+"""The SQLite store (connections, the writer and readers, migrations), the blob store and backups."""

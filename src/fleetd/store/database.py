@@ -1,0 +1,403 @@
+"""SQLite store: one writer thread, pooled readers, migrations.
+
+The event loop never touches SQLite. Reads run on a small thread pool, one
+connection per thread. Every write runs on the single writer thread inside
+``BEGIN IMMEDIATE`` ... ``COMMIT`` and hands its result back as a future, so
+writers never fight for the lock and a failed write rolls back whole. A write
+records its effects (events, cache updates: :mod:`fleetd.core.effects`) with
+:func:`effect`; the store runs them after the commit, only if it committed.
+Offline CLI commands use :func:`connect` + :func:`transaction` on the same file;
+WAL lets them run beside a live server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import queue
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from ..core import disk, semver
+from ..core.effects import Effect
+from ..core.errors import FailedPrecondition, FleetdError
+from ..core.resources import data_dir
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# The database file in a data dir.
+DB_NAME = "fleetd.db"
+MIGRATION_NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
+# Seconds a write waits for another connection's lock (offline CLI commands share the file).
+BUSY_TIMEOUT = 30.0
+# At start, a lock held longer than this is another process's, not a short offline command's.
+STARTUP_BUSY_TIMEOUT = 3.0
+
+
+class Connection(sqlite3.Connection):
+    """A connection that collects the effects its current write records (see :func:`effect`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.effects: list[Effect] = []
+
+
+def effect(conn: sqlite3.Connection, e: Effect) -> None:
+    """Record ``e`` for after the commit of the write running on ``conn``. The store's writer runs it; an offline
+    command's transaction (:func:`transaction` on its own connection) has no one to tell and drops it."""
+    cast(Connection, conn).effects.append(e)
+
+
+def connect(path: str | Path, *, readonly: bool = False, busy_timeout: float = BUSY_TIMEOUT) -> Connection:
+    conn = sqlite3.connect(
+        str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout, factory=Connection
+    )
+    conn.row_factory = sqlite3.Row
+    conn.create_collation("semver", semver.collate)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+    # Page cache in KiB (negative). Each connection has its own, and the pooled readers keep theirs for
+    # the process's life, so readers get SQLite's default 2 MiB (the OS page cache has the file anyway);
+    # the writer, which updates indexes, gets more.
+    conn.execute(f"PRAGMA cache_size=-{2048 if readonly else 16384}")
+    if readonly:
+        conn.execute("PRAGMA query_only=ON")
+    return conn
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception. Effects recorded before it are not this
+    transaction's: they are dropped (the store's writer has taken its own by then)."""
+    effects = getattr(conn, "effects", None)
+    if effects:
+        effects.clear()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        # After some errors (SQLITE_FULL, a failed COMMIT) SQLite has rolled back already, or not: roll back
+        # only what is still open, so the caller sees the error that happened, not "no transaction is active".
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+# --- migrations -------------------------------------------------------------
+
+def available_migrations(folder: Path | None = None) -> list[tuple[int, str, Path]]:
+    folder = folder or data_dir("migrations")
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.suffix != ".sql":
+            continue
+        m = MIGRATION_NAME.fullmatch(p.name)
+        if not m:
+            raise FleetdError(f"migration file {p.name} is not named NNNN_name.sql")
+        out.append((int(m.group(1)), m.group(2), p))
+    versions = [v for v, _, _ in out]
+    if versions != list(range(1, len(versions) + 1)):
+        raise FleetdError(f"migrations must be numbered 1..N without gaps, found {versions}")
+    return out
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+    )
+    row = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(conn: sqlite3.Connection, folder: Path | None = None) -> list[str]:
+    """Apply pending migrations in order, each once and in its own transaction.
+
+    Refuses a database written by a newer fleetd (a higher schema version).
+    Returns the names of the migrations applied.
+    """
+    migrations = available_migrations(folder)
+    newest_known = migrations[-1][0] if migrations else 0
+    current = schema_version(conn)
+    if current > newest_known:
+        raise FailedPrecondition(
+            f"the database is at schema version {current} but this fleetd knows only up to "
+            f"{newest_known}; it was written by a newer fleetd. Run that version, or restore a backup."
+        )
+    applied = []
+    for version, name, path in migrations:
+        if version <= current:
+            continue
+        sql = path.read_text()
+        with transaction(conn):
+            # executescript would COMMIT on its own; run statement by statement instead.
+            for stmt in _split_sql(sql):
+                conn.execute(stmt)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (version, name, time.time()),
+            )
+        applied.append(f"{version:04d}_{name}")
+        log.info("applied migration %04d_%s", version, name)
+    return applied
+
+
+def _split_sql(sql: str) -> list[str]:
+    """Split a script into statements; sqlite3.complete_statement knows about strings and triggers."""
+    lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
+    stmts, buf = [], ""
+    for piece in "\n".join(lines).split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \n\t;"):
+                stmts.append(buf.strip())
+            buf = ""
+    if buf.strip(" \n\t;"):
+        raise FleetdError(f"incomplete SQL statement at end of migration: {buf.strip()[:80]!r}")
+    return stmts
+
+
+# --- opening at start -------------------------------------------------------------
+
+class StoreUnusable(FailedPrecondition):
+    """The database cannot be used at all: damaged, locked by another process, unreadable."""
+
+
+_RESTORE_HINT = ("Check a backup with `fleetd restore --check BACKUP.tar`, then restore it with "
+                 "`fleetd restore BACKUP.tar --data-dir NEW` and start fleetd with --data-dir NEW.")
+
+
+def open_checked(path: Path) -> Connection:
+    """A connection to ``path`` that has read the schema and taken (and released) the write lock.
+
+    A damaged file or a lock another process holds ends here within seconds, with what to do next,
+    instead of a traceback after the 30 s busy timeout.
+    """
+    conn = None
+    try:
+        conn = connect(path, busy_timeout=STARTUP_BUSY_TIMEOUT)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return conn
+    except sqlite3.DatabaseError as e:
+        if conn is not None:
+            conn.close()
+        raise _unusable(path, e) from None
+
+
+def open_store(path: Path) -> Connection:
+    """:func:`open_checked`, migrated, with the normal busy timeout: the writer's connection, the server's or an
+    offline CLI command's."""
+    conn = open_checked(path)
+    try:
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+    return conn
+
+
+def _unusable(path: Path, e: sqlite3.DatabaseError) -> StoreUnusable:
+    code = getattr(e, "sqlite_errorcode", None)
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        holders = processes_using(path, Path(f"{path}-wal"), Path(f"{path}-shm"))
+        who = f"another process ({', '.join(holders)})" if holders else "another process"
+        return StoreUnusable(f"{who} is using the database {path} and holds its lock. Stop it (or let it "
+                             "finish), then try again.")
+    if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+        return StoreUnusable(f"the database {path} is damaged ({e}). {_RESTORE_HINT}")
+    return StoreUnusable(f"cannot use the database {path}: {e}. Check that it is a fleetd database that this "
+                         f"user may read and write. {_RESTORE_HINT}")
+
+
+def processes_using(*files: Path) -> list[str]:
+    """"pid N (name)" of the other processes that have one of ``files`` open (Linux /proc; empty elsewhere)."""
+    names = {str(f) for f in files}
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        if proc.name == str(os.getpid()):
+            continue
+        try:
+            if any(os.readlink(fd) in names for fd in (proc / "fd").iterdir()):
+                found.append(f"pid {proc.name} ({(proc / 'comm').read_text().strip()})")
+        except OSError:
+            continue
+    return found
+
+
+# --- the store ---------------------------------------------------------------
+
+_STOP = object()
+EffectHandler = Callable[[Any], None]
+
+
+class _Write:
+    """One queued write. Its effects go to ``loop``; without one, to ``effects`` (set before the future
+    completes) when the caller waits to run them itself (``inline``)."""
+
+    __slots__ = ("effects", "fn", "fut", "inline", "loop", "transactional")
+
+    def __init__(self, fn: Callable[[Connection], Any], transactional: bool,
+                 loop: asyncio.AbstractEventLoop | None, inline: bool) -> None:
+        self.fn, self.transactional, self.loop, self.inline = fn, transactional, loop, inline
+        self.fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.effects: list[Effect] | None = None
+
+
+class Store:
+    """Async access to one SQLite file: ``await store.read(fn)`` / ``await store.write(fn)``.
+
+    ``fn`` receives a connection and runs on a worker thread. The effects a write records (:func:`effect`) run
+    after its commit, in order, through the handlers registered with :meth:`on_effect`: for ``await write``
+    on the caller's event loop before the caller resumes (even if it was cancelled meanwhile), for
+    :meth:`write_sync` in the calling thread before it returns.
+    """
+
+    def __init__(self, path: str | Path, reader_threads: int = 4) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._readers = concurrent.futures.ThreadPoolExecutor(
+            max_workers=reader_threads, thread_name_prefix="fleetd-db-read"
+        )
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="fleetd-db-write", daemon=True)
+        self._write_conn = open_store(self.path)
+        self._handlers: dict[type[Effect], list[EffectHandler]] = {}
+        self.disk_full = False  # whether the last write failed on a full disk (/healthz reports it)
+        self._writer.start()
+        self._closed = False
+
+    # reads
+    def _reader_conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, readonly=True)
+            self._local.conn = conn
+            with self._reader_lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return fn(self._reader_conn())
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._run_read, fn)
+
+    def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return self._readers.submit(self._run_read, fn).result()
+
+    # effects
+    def on_effect(self, kind: type[Effect], handler: EffectHandler) -> None:
+        """Run ``handler(effect)`` for every committed effect of ``kind`` (registered once, at start)."""
+        self._handlers.setdefault(kind, []).append(handler)
+
+    def run_effects(self, effects: list[Effect]) -> None:
+        for e in effects:
+            for handler in self._handlers.get(type(e), ()):
+                try:
+                    handler(e)
+                except Exception:  # the write has committed; one failing handler must not stop the others
+                    log.exception("effect %s failed after its commit", type(e).__name__)
+
+    # writes
+    def _write_loop(self) -> None:
+        conn = self._write_conn
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            job: _Write = item
+            fut = job.fut
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                if job.transactional:
+                    with transaction(conn):
+                        result = job.fn(conn)
+                else:
+                    result = job.fn(conn)
+            except BaseException as e:  # handed to the caller
+                conn.effects.clear()  # nothing committed: nothing happened
+                self.disk_full = disk.is_full(e)
+                fut.set_exception(e)
+            else:
+                self.disk_full = False
+                if conn.effects:  # a write without effects allocates nothing here
+                    self._hand_over(job, conn.effects)
+                    conn.effects = []
+                fut.set_result(result)
+        conn.close()
+
+    def _hand_over(self, job: _Write, effects: list[Effect]) -> None:
+        if job.loop is None:
+            if job.inline:
+                job.effects = effects
+            else:
+                log.warning("%d effect(s) of a committed write dropped: it was queued outside an event loop",
+                            len(effects))
+            return
+        try:
+            # Queued before the future's own callback, so they run before the caller resumes, in commit order.
+            job.loop.call_soon_threadsafe(self.run_effects, effects)
+        except RuntimeError:  # the caller's loop has closed: there is no one left to tell
+            log.warning("%d effect(s) of a committed write dropped: the event loop has closed", len(effects))
+
+    def _submit(self, fn: Callable[[Connection], T], transactional: bool,
+                loop: asyncio.AbstractEventLoop | None, inline: bool = False) -> _Write:
+        if self._closed:
+            raise FleetdError("the store is closed")
+        job = _Write(fn, transactional, loop, inline)
+        self._queue.put(job)
+        return job
+
+    def submit_write(
+        self, fn: Callable[[Connection], T], *, transactional: bool = True
+    ) -> concurrent.futures.Future[T]:
+        """Queue a write; await it with ``asyncio.wrap_future``. Its effects run on the running event loop (queued
+        from a thread without one, a write must record none: they would be dropped)."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        fut: concurrent.futures.Future[T] = self._submit(fn, transactional, loop).fut
+        return fut
+
+    async def write(self, fn: Callable[[Connection], T], *, transactional: bool = True) -> T:
+        return await asyncio.wrap_future(self.submit_write(fn, transactional=transactional))
+
+    def write_sync(self, fn: Callable[[Connection], T]) -> T:
+        """A write from a thread without an event loop (start-up, tools, tests); its effects run here."""
+        job = self._submit(fn, True, None, inline=True)
+        result: T = job.fut.result()
+        if job.effects:
+            self.run_effects(job.effects)
+        return result
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._writer.join()
+        self._readers.shutdown(wait=True)
+        with self._reader_lock:
+            for c in self._reader_conns:
+                c.close()
+            self._reader_conns.clear()

@@ -1,0 +1,1 @@
+"""Telemetry: intake of device points and their rollups."""

@@ -1,0 +1,214 @@
+"""Telemetry intake: validated points, batched across devices into one insert (group commit).
+
+A PushTelemetry call returns once its points are committed, so a device may
+drop them from its queue; many concurrent calls share one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+import time
+from collections.abc import Iterable
+from typing import NoReturn
+
+import msgspec
+
+from ..core.errors import InvalidArgument, ResourceExhausted
+from ..core.names import METRIC_NAME
+from ..store.database import Store
+
+MAX_POINTS = 5000
+MAX_TAGS = 16
+EARLIEST = 946684800.0  # 2000-01-01
+
+
+# gc=False: a point holds only strings, a float and a dict of strings, so it can never be part of a
+# reference cycle; untracked, the 100 points of a batch do not drive the cyclic collector.
+class Point(msgspec.Struct, kw_only=True, gc=False):
+    name: str
+    value: float
+    # Unix seconds; 0 (or missing) means "now" for devices without a clock.
+    ts: float = 0.0
+    tags: dict[str, str] = {}
+
+
+Row = tuple[str, str, float, float, str | None]
+"""(device_id, name, ts, value, tags json): one row of the telemetry table."""
+
+class MetricNames:
+    """The distinct metric names each device has sent, and all of them: the cardinality limits.
+
+    Devices repeat the same few names, so a point costs one set lookup; only a name new to its device is
+    validated and counted. Devices of one kind send the same names, so their sets are one shared frozenset:
+    100,000 devices cost a dict entry each, not a set each. Loaded from the store at start; a name stays
+    counted until restart even when retention has removed its data (docs/telemetry.md).
+    """
+
+    def __init__(self, per_device: int = 500, fleet: int = 50_000) -> None:
+        self.per_device, self.fleet = per_device, fleet
+        self._by_device: dict[str, frozenset[str]] = {}
+        self._all: dict[str, str] = {}  # name → the one str object every device's set shares
+        self._sets: dict[frozenset[str], frozenset[str]] = {frozenset(): frozenset()}  # each distinct set once
+
+    def _set(self, names: Iterable[str]) -> frozenset[str]:
+        s = frozenset(self._all.setdefault(n, n) for n in names)
+        return self._sets.setdefault(s, s)
+
+    def load(self, pairs: Iterable[tuple[str, str]]) -> None:
+        by_device: dict[str, list[str]] = {}
+        for device_id, name in pairs:
+            by_device.setdefault(device_id, []).append(name)
+        for device_id, names in by_device.items():
+            self._by_device[device_id] = self._set(names)
+
+    def of(self, device_id: str) -> frozenset[str]:
+        """The names ``device_id`` has sent."""
+        return self._by_device.get(device_id, self._sets[frozenset()])
+
+    def admit(self, device_id: str, new: set[str]) -> None:
+        """Count ``new`` (valid names this device has not sent before), or ResourceExhausted naming the limit."""
+        known = self.of(device_id)
+        if len(known) + len(new) > self.per_device:
+            raise ResourceExhausted(
+                f"this device would send {len(known) + len(new)} distinct metric names; at most "
+                f"{self.per_device} per device (setting max_metric_names_per_device); send fewer names, "
+                "e.g. put what varies into tags")
+        unseen = [n for n in new if n not in self._all]
+        if len(self._all) + len(unseen) > self.fleet:
+            raise ResourceExhausted(
+                f"the fleet would have {len(self._all) + len(unseen)} distinct metric names; at most "
+                f"{self.fleet} (setting max_metric_names); send fewer names, e.g. put what varies into tags")
+        self._by_device[device_id] = self._set(known | new)
+
+
+def load_metric_names(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """Every (device, metric name) stored: rolled-up series, and raw points not rolled up yet."""
+    return conn.execute(
+        "SELECT device_id, name FROM telemetry_series UNION SELECT DISTINCT device_id, name FROM telemetry "
+        "WHERE id > (SELECT COALESCE(MAX(rolled_up_to), 0) FROM telemetry_rollup_state)").fetchall()
+
+
+def rows_for(device_id: str, points: list[Point], received: float, names: MetricNames | None = None) -> list[Row]:
+    """The rows to store for ``points``, or InvalidArgument naming the first bad point (ResourceExhausted when
+    they bring more new metric names than ``names`` allows)."""
+    if len(points) > MAX_POINTS:
+        raise InvalidArgument(f"at most {MAX_POINTS} points per batch, got {len(points)}; send smaller batches")
+    names = names if names is not None else MetricNames()
+    latest = received + 86400
+    known, isfinite = names.of(device_id), math.isfinite
+    new: set[str] = set()
+    rows: list[Row] = []
+    append = rows.append
+    # A device tags its points alike: the last tags seen and their JSON are reused when equal.
+    last_tags: dict[str, str] = {}
+    last_json = None
+    for p in points:
+        name, value, ts, tags = p.name, p.value, p.ts or received, p.tags
+        if name not in known and name not in new:
+            METRIC_NAME.check(name, f"point {points.index(p)}: metric name")
+            new.add(name)
+        if not (EARLIEST <= ts <= latest and isfinite(value)):
+            _reject(points.index(p), p, received)
+        if not tags:
+            append((device_id, name, ts, value, None))
+            continue
+        if tags != last_tags:
+            if not _tags_ok(tags):
+                _reject(points.index(p), p, received)
+            last_tags, last_json = tags, msgspec.json.encode(tags).decode()
+        append((device_id, name, ts, value, last_json))
+    if new:
+        names.admit(device_id, new)
+    return rows
+
+
+def _tags_ok(tags: dict[str, str]) -> bool:
+    return len(tags) <= MAX_TAGS and max(map(len, tags)) <= 64 and max(map(len, tags.values())) <= 128
+
+
+def _reject(i: int, p: Point, received: float) -> NoReturn:
+    """Raise the error for the first thing wrong with point ``i`` (known to be bad)."""
+    if not math.isfinite(p.value):
+        raise InvalidArgument(f"point {i}: value must be a finite number")
+    if not EARLIEST <= (p.ts or received) <= received + 86400:
+        raise InvalidArgument(f"point {i}: ts {p.ts} is not a plausible Unix time in seconds; send 0 when the "
+                              "device has no clock")
+    raise InvalidArgument(f"point {i}: at most {MAX_TAGS} tags, keys ≤ 64 and values ≤ 128 characters")
+
+
+class TelemetryIntake:
+    """Group commit: an insert starts as soon as the writer is free; while one runs, new points wait and go
+    together in the next one. Each caller returns only once its own rows are committed."""
+
+    def __init__(self, store: Store, names: MetricNames | None = None) -> None:
+        self.store = store
+        self.names = names if names is not None else MetricNames()
+        self.names.load(store.read_sync(load_metric_names))
+        self._rows: list[Row] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._scheduled = False
+        self._in_flight: asyncio.Future[None] | None = None
+        self.points_total = 0
+        self.commits = 0
+
+    async def add(self, device_id: str, points: list[Point]) -> int:
+        rows = rows_for(device_id, points, time.time(), self.names)
+        if not rows:
+            return 0
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._rows += rows
+        self._waiters.append(fut)
+        if self._in_flight is None and not self._scheduled:
+            # Let the other requests of this loop iteration join the batch.
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        await fut
+        return len(rows)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        rows, waiters = self._rows, self._waiters
+        self._rows, self._waiters = [], []
+        if not rows:
+            return
+
+        def insert(conn):  # type: ignore[no-untyped-def]
+            conn.executemany("INSERT INTO telemetry (device_id, name, ts, value, tags) VALUES (?,?,?,?,?)", rows)
+
+        try:
+            done = asyncio.wrap_future(self.store.submit_write(insert))
+        except Exception as e:  # the store is closed: nothing was stored, and every caller hears so
+            _settle(waiters, e)
+            return
+        self._in_flight = done
+
+        def committed(f: asyncio.Future[None]) -> None:
+            self._in_flight = None
+            exc = f.exception() if not f.cancelled() else asyncio.CancelledError()
+            if exc is None:
+                self.points_total += len(rows)
+                self.commits += 1
+            _settle(waiters, exc)
+            if self._rows:  # arrived while this insert ran: they go in the next one, now
+                self._flush()
+
+        done.add_done_callback(committed)
+
+    async def close(self) -> None:
+        """Commit what is waiting and wait for it (at shutdown, before the store closes)."""
+        self._flush()
+        while self._in_flight is not None:
+            await asyncio.wait([self._in_flight])
+
+
+def _settle(waiters: list[asyncio.Future[None]], exc: BaseException | None) -> None:
+    for w in waiters:
+        if w.done():  # the caller went away (cancelled); its rows are stored or not with the rest
+            continue
+        if exc is None:
+            w.set_result(None)
+        else:
+            w.set_exception(exc)

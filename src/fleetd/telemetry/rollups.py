@@ -1,0 +1,465 @@
+"""Telemetry rollups, retention and range queries.
+
+The raw ``telemetry`` table has no secondary index, so that ingest stays at what
+SQLite can insert (an index on (device, metric, ts) costs ~7x in insert rate).
+Everything else works from **id ranges** of that table:
+
+* A background pass every few seconds aggregates the raw rows past the rollup
+  watermark (``telemetry_rollup_state``) into per-minute rows, on a *reader*
+  thread (those rows never change again), and hands the small result to the
+  writer, which merges it into ``telemetry_minute`` and — merging those minutes
+  again — ``telemetry_hour``, and moves the watermark, in one transaction.
+  Rollups keep count, sum, min and max, so merging is exact (avg = sum/count).
+* Each pass also records the time span of the ids it covered
+  (``telemetry_blocks``): a raw query scans only the id blocks that can hold its
+  time range, plus the not yet rolled-up tail; retention deletes raw rows by id
+  prefix once their whole block is old.
+* Readers that need fresh data (queries at minute or hour level, alert windows)
+  read the rollups and the raw tail past the watermark in one snapshot, so they
+  see every committed point exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+
+from ..core.tasks import cancel_and_wait
+from ..store.database import Store
+
+if TYPE_CHECKING:
+    from ..core.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+MINUTE = 60
+HOUR = 3600
+DAY = 86400
+Level = Literal["raw", "minute", "hour"]
+RESOLUTION: dict[str, int] = {"minute": MINUTE, "hour": HOUR}
+ROLLUP_BATCH = 50_000  # raw ids per delta: bounds how long one merge holds the writer (~40 ms)
+RAW_MAX_SPAN = 6 * HOUR  # longer ranges come from the minute rollups whatever max_points asks
+MINUTES_PER_BUCKET = 15  # beyond that a query reads hours
+DELETE_BATCH = 100_000  # raw rows deleted per write transaction by retention
+PRUNE_SERIES = 1000  # series whose old rollup rows one retention transaction deletes
+
+
+# --- the aggregate --------------------------------------------------------------
+
+@dataclass(slots=True)
+class Agg:
+    count: int
+    sum: float
+    min: float
+    max: float
+
+    @property
+    def avg(self) -> float:
+        return self.sum / self.count
+
+    def merge(self, other: Agg) -> Agg:
+        return Agg(self.count + other.count, self.sum + other.sum, min(self.min, other.min),
+                   max(self.max, other.max))
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Agg:
+        vs = list(values)
+        return cls(len(vs), math.fsum(vs), min(vs), max(vs))
+
+
+def _merge_into(out: dict[Any, Agg], key: Any, agg: Agg) -> None:
+    old = out.get(key)
+    out[key] = agg if old is None else old.merge(agg)
+
+
+@contextlib.contextmanager
+def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One read transaction, so that several statements see the same committed state."""
+    if conn.in_transaction:
+        yield conn
+        return
+    conn.execute("BEGIN")
+    try:
+        yield conn
+    finally:
+        conn.execute("COMMIT")
+
+
+def watermark(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT rolled_up_to FROM telemetry_rollup_state").fetchone()[0])
+
+
+# --- incremental rollup -----------------------------------------------------------
+
+@dataclass
+class Delta:
+    """Raw ids (lo, hi] aggregated per (device, metric, minute)."""
+
+    lo: int
+    hi: int
+    rows: list[tuple[str, str, int, int, float, float, float]]
+
+
+def read_delta(conn: sqlite3.Connection, batch: int = ROLLUP_BATCH) -> Delta | None:
+    """Aggregate the raw rows past the watermark (at most ``batch`` ids); reader side."""
+    lo = watermark(conn)
+    top = conn.execute("SELECT MAX(id) FROM telemetry").fetchone()[0]
+    if top is None or top <= lo:
+        return None
+    hi = min(int(top), lo + batch)
+    rows = conn.execute(
+        "SELECT device_id, name, CAST(ts / 60 AS INTEGER) * 60 AS m, COUNT(*), SUM(value), MIN(value), MAX(value) "
+        "FROM telemetry WHERE id > ? AND id <= ? GROUP BY device_id, name, m", (lo, hi)).fetchall()
+    return Delta(lo, hi, [tuple(r) for r in rows])
+
+
+_UPSERT = ("ON CONFLICT (series_id, ts) DO UPDATE SET count = count + excluded.count, sum = sum + excluded.sum, "
+           "min = MIN(min, excluded.min), max = MAX(max, excluded.max)")
+
+
+def apply_delta(conn: sqlite3.Connection, delta: Delta) -> bool:
+    """Merge a delta into the minute and hour rollups and move the watermark; writer side.
+
+    Returns False (and changes nothing) if the watermark moved since the delta
+    was read, which only a second rollup task could do.
+    """
+    if conn.execute("UPDATE telemetry_rollup_state SET rolled_up_to = ? WHERE rolled_up_to = ?",
+                    (delta.hi, delta.lo)).rowcount != 1:
+        return False
+    if not delta.rows:
+        return True
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS rollup_delta (device_id TEXT, name TEXT, ts INTEGER, "
+                 "count INTEGER, sum REAL, min REAL, max REAL)")
+    conn.execute("DELETE FROM temp.rollup_delta")
+    conn.executemany("INSERT INTO temp.rollup_delta VALUES (?,?,?,?,?,?,?)", delta.rows)
+    conn.execute("INSERT OR IGNORE INTO telemetry_series (device_id, name) "
+                 "SELECT DISTINCT device_id, name FROM temp.rollup_delta")
+    joined = ("FROM temp.rollup_delta d JOIN telemetry_series s ON s.device_id = d.device_id AND s.name = d.name")
+    conn.execute(f"INSERT INTO telemetry_minute (series_id, ts, count, sum, min, max) "
+                 f"SELECT s.id, d.ts, d.count, d.sum, d.min, d.max {joined} WHERE true {_UPSERT}")
+    # The hour rows are a rollup of the minute rows: the same merge one level up.
+    conn.execute(f"INSERT INTO telemetry_hour (series_id, ts, count, sum, min, max) "
+                 f"SELECT s.id, d.ts / {HOUR} * {HOUR} AS h, SUM(d.count), SUM(d.sum), MIN(d.min), MAX(d.max) "
+                 f"{joined} WHERE true GROUP BY s.id, h {_UPSERT}")
+    first = min(r[2] for r in delta.rows)
+    last = max(r[2] for r in delta.rows) + MINUTE
+    conn.execute("INSERT INTO telemetry_blocks (hi, lo, min_ts, max_ts) VALUES (?,?,?,?)",
+                 (delta.hi, delta.lo, first, last))
+    conn.execute("DELETE FROM temp.rollup_delta")
+    return True
+
+
+def roll_up_sync(conn: sqlite3.Connection, batch: int = ROLLUP_BATCH) -> int:
+    """Roll up everything past the watermark on one connection (tests, offline tools). → raw rows covered."""
+    done = 0
+    while (delta := read_delta(conn, batch)) is not None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            apply_delta(conn, delta)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        done += delta.hi - delta.lo
+    return done
+
+
+# --- retention --------------------------------------------------------------------
+
+def raw_prune_bound(conn: sqlite3.Connection, cutoff: float) -> int:
+    """The highest raw id that may go: rolled up, in blocks entirely older than ``cutoff``, not the newest row.
+
+    The newest row always stays so that ids keep growing (an emptied table would
+    hand out ids below the watermark again).
+    """
+    wm = watermark(conn)
+    young = conn.execute("SELECT MIN(lo) FROM telemetry_blocks WHERE max_ts > ?", (cutoff,)).fetchone()[0]
+    bound = wm if young is None else min(wm, int(young))
+    top = conn.execute("SELECT MAX(id) FROM telemetry").fetchone()[0]
+    return min(bound, int(top) - 1) if top is not None else 0
+
+
+def prune_raw_step(conn: sqlite3.Connection, bound: int) -> int:
+    """Delete up to DELETE_BATCH raw rows with id <= bound (one transaction's worth). → rows deleted."""
+    first = conn.execute("SELECT MIN(id) FROM telemetry").fetchone()[0]
+    if first is None or first > bound:
+        conn.execute("DELETE FROM telemetry_blocks WHERE hi <= ?", (bound,))
+        return 0
+    upto = min(bound, int(first) + DELETE_BATCH - 1)
+    n = conn.execute("DELETE FROM telemetry WHERE id <= ?", (upto,)).rowcount
+    conn.execute("DELETE FROM telemetry_blocks WHERE hi <= ?", (upto,))
+    return int(n)
+
+
+def prune_rollups_step(conn: sqlite3.Connection, level: Level, cutoff: float, after_series: int,
+                       series: int = PRUNE_SERIES) -> tuple[int, int | None]:
+    """Delete ``level`` rows older than ``cutoff`` for the next ``series`` series after ``after_series``
+    (by primary key, one transaction's worth). → (rows deleted, last series done or None at the end)."""
+    ids = [r[0] for r in conn.execute("SELECT id FROM telemetry_series WHERE id > ? ORDER BY id LIMIT ?",
+                                      (after_series, series))]
+    if not ids:
+        return 0, None
+    before = conn.total_changes
+    conn.executemany(f"DELETE FROM telemetry_{level} WHERE series_id = ? AND ts < ?", ((i, cutoff) for i in ids))
+    return conn.total_changes - before, ids[-1]
+
+
+def forget_empty_series(conn: sqlite3.Connection) -> int:
+    """Series with no rollup rows left (deleted devices, retired metrics); a new point makes a new one."""
+    return int(conn.execute(
+        "DELETE FROM telemetry_series WHERE NOT EXISTS (SELECT 1 FROM telemetry_hour h WHERE h.series_id = "
+        "telemetry_series.id) AND NOT EXISTS (SELECT 1 FROM telemetry_minute m WHERE m.series_id = "
+        "telemetry_series.id)").rowcount)
+
+
+@dataclass(frozen=True)
+class Retention:
+    raw_days: float = 7
+    minute_days: float = 30
+    hour_days: float = 400
+
+    def cutoffs(self, now: float) -> tuple[float, float, float]:
+        return now - self.raw_days * DAY, now - self.minute_days * DAY, now - self.hour_days * DAY
+
+
+# --- queries ----------------------------------------------------------------------
+
+class Bucket(msgspec.Struct, kw_only=True):
+    """One downsampled point: the points of [ts, ts + bucket_seconds) of every selected device."""
+
+    # Start of the bucket, Unix seconds.
+    ts: float
+    avg: float
+    min: float
+    max: float
+    count: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    level: Level
+    origin: float  # start of bucket 0
+    width: float  # seconds per bucket
+    end: float
+    max_points: int
+
+    def buckets(self) -> int:
+        """How many buckets [origin, end) spans (a point at a float rounding edge joins the last one)."""
+        return max(1, min(self.max_points, math.ceil((self.end - self.origin) / self.width)))
+
+
+def choose_level(start: float, end: float, max_points: int, now: float, retention: Retention) -> Level:
+    """Raw for short, recent ranges that need sub-minute buckets; minutes while a bucket needs at most 15 of
+    them; else hours (coarser than asked for, rather than reading a month of minutes)."""
+    raw_cut, minute_cut, _ = retention.cutoffs(now)
+    per = (end - start) / max_points
+    if per < MINUTE and end - start <= RAW_MAX_SPAN and start >= raw_cut:
+        return "raw"
+    if per <= MINUTES_PER_BUCKET * MINUTE and start >= minute_cut:
+        return "minute"
+    return "hour"
+
+
+def plan(level: Level, start: float, end: float, max_points: int) -> Plan:
+    """Buckets for a range: at most ``max_points`` of them, covering [start, end).
+
+    Raw buckets start at ``start``; rollup buckets are whole multiples of the
+    resolution, so the first one may start a little before ``start``.
+    """
+    if level == "raw":
+        return Plan(level, start, (end - start) / max_points, end, max_points)
+    res = RESOLUTION[level]
+    origin = math.floor(start / res) * res
+    width = res * max(1, math.ceil((end - origin) / (max_points * res)))
+    return Plan(level, float(origin), float(width), end, max_points)
+
+
+_IN_DEVICES = "device_id IN (SELECT value FROM json_each(?))"
+
+
+def _json_list(items: list[str]) -> str:
+    return msgspec.json.encode(items).decode()
+
+
+def raw_ranges(conn: sqlite3.Connection, start: float, end: float) -> list[tuple[int, int | None]]:
+    """Raw id ranges (lo, hi] that can hold points of [start, end); hi None = open-ended tail."""
+    wm = watermark(conn)
+    blocks = conn.execute("SELECT lo, hi FROM telemetry_blocks WHERE max_ts > ? AND min_ts < ? ORDER BY hi",
+                          (start, end)).fetchall()
+    out: list[tuple[int, int | None]] = []
+    for lo, hi in blocks:
+        if out and out[-1][1] == lo:
+            out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    if out and out[-1][1] == wm:
+        out[-1] = (out[-1][0], None)
+    else:
+        out.append((wm, None))
+    return out
+
+
+def query(conn: sqlite3.Connection, device_ids: list[str], metric: str, p: Plan, start: float
+          ) -> list[Bucket]:
+    """The downsampled series of ``metric`` over ``device_ids`` (merged across devices) for plan ``p``."""
+    if not device_ids:
+        return []
+    out: dict[int, Agg] = {}
+    ids = _json_list(device_ids)
+    limit = p.buckets() - 1
+
+    def add(rows: Iterable[tuple[Any, ...]]) -> None:
+        for b, n, s, lo, hi in rows:
+            if n:
+                _merge_into(out, min(max(int(b), 0), limit), Agg(n, s, lo, hi))
+
+    with snapshot(conn):
+        if p.level == "raw":
+            for lo, hi in raw_ranges(conn, start, p.end):
+                add(conn.execute(
+                    f"SELECT CAST((ts - ?) / ? AS INTEGER) AS b, COUNT(*), SUM(value), MIN(value), MAX(value) "
+                    f"FROM telemetry WHERE id > ? AND id <= ? AND name = ? AND {_IN_DEVICES} AND ts >= ? AND ts < ? "
+                    f"GROUP BY b", (p.origin, p.width, lo, hi if hi is not None else 2**62, metric, ids, start, p.end)))
+        else:
+            res = RESOLUTION[p.level]
+            table = f"telemetry_{p.level}"
+            add(conn.execute(
+                f"SELECT CAST((r.ts - ?) / ? AS INTEGER) AS b, SUM(r.count), SUM(r.sum), MIN(r.min), MAX(r.max) "
+                f"FROM {table} r JOIN telemetry_series s ON s.id = r.series_id "
+                f"WHERE s.name = ? AND s.{_IN_DEVICES} AND r.ts >= ? AND r.ts < ? GROUP BY b",
+                (p.origin, p.width, metric, ids, p.origin, p.end)))
+            add(_tail(conn, f"CAST((CAST(ts / {res} AS INTEGER) * {res} - ?) / ? AS INTEGER)",
+                      (p.origin, p.width), metric, ids, p.origin, p.end, res))
+    return [Bucket(ts=p.origin + b * p.width, avg=a.avg, min=a.min, max=a.max, count=a.count)
+            for b, a in sorted(out.items())]
+
+
+def _tail(conn: sqlite3.Connection, key: str, key_args: tuple[Any, ...], metric: str, ids: str | None,
+          since: float, until: float | None, res: int) -> list[tuple[Any, ...]]:
+    """Raw rows past the watermark, aggregated by ``key``, whose ``res`` bucket lies in [since, until)."""
+    sql = (f"SELECT {key} AS k, COUNT(*), SUM(value), MIN(value), MAX(value) FROM telemetry "
+           f"WHERE id > ? AND name = ? AND ts >= ?")
+    args: list[Any] = [*key_args, watermark(conn), metric, since]
+    if until is not None:
+        # bucket(ts) < until  ⟺  ts < the first bucket boundary at or after until
+        sql += " AND ts < ?"
+        args.append(math.ceil(until / res) * res)
+    if ids is not None:
+        sql += f" AND {_IN_DEVICES}"
+        args.append(ids)
+    return conn.execute(sql + " GROUP BY k", args).fetchall()
+
+
+def window(conn: sqlite3.Connection, metric: str, since: float, device_ids: list[str] | None = None
+           ) -> dict[str, Agg]:
+    """Per device, the aggregate of ``metric`` over whole minutes from ``since``'s minute on (rollups + tail)."""
+    since_m = math.floor(since / MINUTE) * MINUTE
+    ids = _json_list(device_ids) if device_ids is not None else None
+    out: dict[str, Agg] = {}
+    with snapshot(conn):
+        sql = ("SELECT s.device_id, SUM(m.count), SUM(m.sum), MIN(m.min), MAX(m.max) FROM telemetry_series s "
+               "JOIN telemetry_minute m ON m.series_id = s.id AND m.ts >= ? WHERE s.name = ?")
+        args: list[Any] = [since_m, metric]
+        if ids is not None:
+            sql += f" AND s.{_IN_DEVICES}"
+            args.append(ids)
+        rows = conn.execute(sql + " GROUP BY s.device_id", args).fetchall()
+        rows += _tail(conn, "device_id", (), metric, ids, since_m, None, MINUTE)
+    for did, n, s, lo, hi in rows:
+        if n:
+            _merge_into(out, did, Agg(n, s, lo, hi))
+    return out
+
+
+def metrics_of(conn: sqlite3.Connection, device_ids: list[str], limit: int = -1, offset: int = 0
+               ) -> tuple[list[str], int]:
+    """One page of the metric names the devices have sent (rolled up so far), and how many there are."""
+    devices = (_json_list(device_ids),)
+    total = conn.execute(f"SELECT COUNT(DISTINCT name) FROM telemetry_series WHERE {_IN_DEVICES}",
+                         devices).fetchone()[0]
+    names = [r[0] for r in conn.execute(
+        f"SELECT DISTINCT name FROM telemetry_series WHERE {_IN_DEVICES} ORDER BY name LIMIT ? OFFSET ?",
+        (*devices, limit, offset))]
+    return names, int(total)
+
+
+# --- the background task ----------------------------------------------------------
+
+class Rollups:
+    """Rolls up new points every ``every`` seconds and applies retention every ``retention_every``."""
+
+    def __init__(self, store: Store, retention: Retention, *, every: float = 10.0, retention_every: float = HOUR,
+                 clock: Callable[[], float] = time.time, metrics: Metrics | None = None) -> None:
+        self.store = store
+        self.retention = retention
+        self.every = every
+        self.retention_every = retention_every
+        self.clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        if metrics is not None:
+            metrics.gauge("fleetd_telemetry_rollup_lag_points", "Raw points not yet in the rollups.",
+                          "SELECT COALESCE((SELECT MAX(id) FROM telemetry), 0) - rolled_up_to "
+                          "FROM telemetry_rollup_state")
+
+    async def roll_up(self) -> int:
+        """Bring the rollups up to the newest committed point. → raw rows covered."""
+        done = 0
+        async with self._lock:
+            while (delta := await self.store.read(read_delta)) is not None:
+                if not await self.store.write(functools.partial(apply_delta, delta=delta)):
+                    continue  # a cancelled pass's merge landed in between: read again from the new watermark
+                done += delta.hi - delta.lo
+                if delta.hi - delta.lo < ROLLUP_BATCH:
+                    break
+        return done
+
+    async def prune(self) -> dict[str, int]:
+        """Apply retention: raw points in batches (each its own transaction), then the rollups."""
+        raw_cut, minute_cut, hour_cut = self.retention.cutoffs(self.clock())
+        await self.roll_up()  # what is about to be deleted must be in the rollups first
+        async with self._lock:
+            bound = await self.store.read(lambda c: raw_prune_bound(c, raw_cut))
+            raw = 0
+            while n := await self.store.write(lambda c: prune_raw_step(c, bound)):
+                raw += n
+            out = {"raw": raw, "minute": 0, "hour": 0}
+            levels: tuple[tuple[Level, float], ...] = (("minute", minute_cut), ("hour", hour_cut))
+            for level, cut in levels:
+                after: int | None = 0
+                while after is not None:
+                    n, after = await self.store.write(functools.partial(
+                        prune_rollups_step, level=level, cutoff=cut, after_series=after))
+                    out[level] += n
+            await self.store.write(forget_empty_series)
+        return out
+
+    async def _loop(self) -> None:
+        next_prune = time.monotonic() + 60
+        while True:
+            await asyncio.sleep(self.every)
+            try:
+                await self.roll_up()
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + self.retention_every
+                    log.info("telemetry retention: deleted %s", await self.prune())
+            except Exception:
+                log.exception("telemetry rollup failed; retrying in %.0f s", self.every)
+
+    def start(self) -> None:
+        self._lock = asyncio.Lock()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="fleetd-telemetry-rollups")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+        self._task = None

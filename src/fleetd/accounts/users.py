@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import enum
 import hashlib
 import hmac
 import secrets
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from ..core.clock import ROLE_RANK, check_role, new_id, now, to_dt
+from ..core.clock import new_id, now, to_dt
 from ..core.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from ..core.names import ACCOUNT_NAME
 from . import audit
@@ -32,6 +33,23 @@ API_KEY_PREFIX = "fk_"
 SESSION_COOKIE = "fleetd_session"
 CSRF_HEADER = "x-csrf-token"
 _DUMMY_HASH: str | None = None
+
+
+class Role(enum.StrEnum):
+    """What a user or API key may do, lowest first: the one list (tests/test_closed_lists.py checks the others)."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+
+ROLE_RANK: dict[str, int] = {r: i for i, r in enumerate(Role)}
+
+
+def check_role(role: str) -> str:
+    if role not in ROLE_RANK:
+        raise InvalidArgument(f"role must be one of {', '.join(Role)}, got {role!r}")
+    return role
 
 
 # --- principals ----------------------------------------------------------------
@@ -216,8 +234,8 @@ def update_user(conn: sqlite3.Connection, actor: Actor, username: str, *, role: 
     user = get_user(conn, username)
     if role is not None:
         check_role(role)
-    demoting = (role is not None and role != "admin") or bool(disabled)
-    if user.role == "admin" and not user.disabled and demoting and count_admins(conn) <= 1:
+    demoting = (role is not None and role != Role.ADMIN) or bool(disabled)
+    if user.role == Role.ADMIN and not user.disabled and demoting and count_admins(conn) <= 1:
         raise InvalidArgument(f"{user.username} is the last admin; make another admin first")
     if role is not None:
         conn.execute("UPDATE users SET role = ?, updated_at = ? WHERE id = ?", (role, now(), user.id))
@@ -236,7 +254,7 @@ def update_user(conn: sqlite3.Connection, actor: Actor, username: str, *, role: 
 def delete_user(conn: sqlite3.Connection, actor: Actor, username: str) -> None:
     """Delete a user; their API keys are revoked in the same transaction (each revocation audited)."""
     user = get_user(conn, username)
-    if user.role == "admin" and not user.disabled and count_admins(conn) <= 1:
+    if user.role == Role.ADMIN and not user.disabled and count_admins(conn) <= 1:
         raise InvalidArgument(f"{user.username} is the last admin; make another admin first")
     t = now()
     for kid in _owned_key_ids(conn, user.id):

@@ -26,6 +26,8 @@ from .common import (
 )
 from .output import console, print_json, print_table, show
 
+ROLES_HELP = f"{', '.join(reversed(auth.Role))}."
+
 users_app = typer.Typer(help="Admin users (work offline with --data-dir, or through --server).",
                         no_args_is_help=True)
 keys_app = typer.Typer(help="API keys for scripts and the CLI (offline with --data-dir, or --server).",
@@ -50,7 +52,7 @@ def users_list(server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = 
 @users_app.command("create")
 def users_create(
     username: str,
-    role: Annotated[str, typer.Option(help="admin, operator or viewer.")] = "viewer",
+    role: Annotated[str, typer.Option(help=ROLES_HELP)] = "viewer",
     password: Annotated[str | None, typer.Option(help="Prompted for when not given.")] = None,
     generate: Annotated[bool, typer.Option("--generate", help="Generate a password and print it once.")] = False,
     server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None,
@@ -95,7 +97,7 @@ def users_passwd(
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option("--name", help="What the key is for, e.g. ci.")],
-    role: Annotated[str, typer.Option("--role", help="admin, operator or viewer.")] = "viewer",
+    role: Annotated[str, typer.Option("--role", help=ROLES_HELP)] = "viewer",
     expires: Annotated[str | None, typer.Option(help="Lifetime, e.g. 90d; default never.")] = None,
     server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None,
     data_dir: DataDirOpt = None, json: JsonOpt = False,

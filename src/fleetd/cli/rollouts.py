@@ -16,6 +16,7 @@ from rich.text import Text
 from ..core.clock import parse_duration
 from ..devices.tags import parse_tag_args
 from ..rollouts.rules import parse_percent, parse_stages
+from ..rollouts.states import ENDED, RolloutState
 from .client import Client
 from .common import ApiKeyOpt, CaOpt, JsonOpt, ServerOpt, call, errors_reported, remote
 from .devices import ago
@@ -24,9 +25,9 @@ from .output import console, fail, print_json, print_object
 rollouts_app = typer.Typer(help="Staged rollouts with automatic rollback (through --server).", no_args_is_help=True)
 
 SERVICE = "RolloutService"
-ENDED = ("completed", "rolled_back", "cancelled")
-STATE_STYLE = {"scheduled": "cyan", "running": "blue", "paused": "yellow", "completed": "green",
-               "rolled_back": "red", "cancelled": "yellow"}
+_S = RolloutState
+STATE_STYLE: dict[str, str] = {_S.SCHEDULED: "cyan", _S.RUNNING: "blue", _S.PAUSED: "yellow", _S.COMPLETED: "green",
+                               _S.ROLLED_BACK: "red", _S.CANCELLED: "yellow"}
 SHOW_FIELDS = ["id", "artifact", "state", "reason", "waiting_for", "target", "max_failure_percent", "soak_seconds",
                "offline_timeout_seconds", "start_at", "window", "health", "consent", "created_by", "created_at",
                "started_at", "finished_at"]

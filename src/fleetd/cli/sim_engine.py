@@ -20,17 +20,15 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..core.errors import InvalidArgument
 from ..core.fsutil import atomic_write
+from ..devices.actions import DEPLOYING, PROGRESS, ActionKind, DeviceAction
 from .devclient import DeviceClient, DeviceError, VerificationError, b64, raw_private_key
-
-if TYPE_CHECKING:
-    from ..devices.actions import DeviceAction
 
 DEVICE_TYPE = "sim"
 STATE_FORMAT = "fleetd-sim-state-v1"
@@ -38,7 +36,9 @@ STATE_FORMAT = "fleetd-sim-state-v1"
 START_RATE = 50.0
 MAX_BACKOFF = 30.0
 # Steps of an install that a device reports, in the order the protocol allows.
-PROGRESS = ("queued", "offered", "accepted", "downloading", "verifying", "installing")
+# What a simulated device reports for each kind that only runs a command ({component}: the action's).
+DONE = {ActionKind.RESTART: "restarted {component}", ActionKind.REBOOT: "rebooted",
+        ActionKind.CONFIG: "configuration applied"}
 SIMULATED_FAILURE = "simulated failure"
 
 
@@ -279,11 +279,10 @@ class SimDevice:
         if state == "offered":
             await self.client.report(a.id, "accepted", "accepted by the simulator")
             state = "accepted"
-        if a.kind in ("install", "rollback"):
+        if a.kind in DEPLOYING:
             await self.install(a, state)
-        elif a.kind in ("restart", "reboot", "config"):
-            done = {"restart": f"restarted {a.component}", "reboot": "rebooted", "config": "configuration applied"}
-            await self.finish(a, "succeeded", done[a.kind])
+        elif a.kind in DONE:
+            await self.finish(a, "succeeded", DONE[ActionKind(a.kind)].format(component=a.component))
         else:
             await self.finish(a, "failed", f"a simulated device cannot carry out {a.kind!r} actions")
 

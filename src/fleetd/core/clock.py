@@ -9,9 +9,6 @@ import time
 
 from .errors import InvalidArgument
 
-ROLES = ("viewer", "operator", "admin")
-ROLE_RANK = {r: i for i, r in enumerate(ROLES)}
-
 
 def now() -> float:
     return time.time()
@@ -25,12 +22,6 @@ def to_dt(ts: float | None) -> dt.datetime | None:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(6)}"
-
-
-def check_role(role: str) -> str:
-    if role not in ROLE_RANK:
-        raise InvalidArgument(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-    return role
 
 
 _DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*")

@@ -31,7 +31,9 @@ from ..store.database import Store, effect
 from .tokens import TokenEntry, TokenIndex, check_device_type, load_live
 
 DEFAULT_DEVICE_TYPE = "ddi"
-DEPLOYABLE = ("install", "rollback")
+# The kinds DDI delivers (a deploymentBase carries an artifact); the others are answered as failed.
+DEPLOYABLE = actions.DEPLOYING
+_DEPLOYABLE_SQL = ", ".join(f"'{k}'" for k in DEPLOYABLE)
 
 
 # --- in-memory state -----------------------------------------------------------------
@@ -57,7 +59,7 @@ def load(conn: sqlite3.Connection) -> Loaded:
     installed = {r[0]: r[1] for r in conn.execute(
         "SELECT a.device_id, n.num FROM actions a JOIN ddi_devices d ON d.device_id = a.device_id "
         "JOIN ddi_ids n ON n.kind = 'action' AND n.ref = a.id WHERE a.state = 'succeeded' "
-        "AND a.kind IN ('install', 'rollback') AND a.artifact_id IS NOT NULL ORDER BY a.finished_at, n.num")}
+        f"AND a.kind IN ({_DEPLOYABLE_SQL}) AND a.artifact_id IS NOT NULL ORDER BY a.finished_at, n.num")}
     return Loaded(load_live(conn), controllers, requested, watch, installed)
 
 
@@ -249,13 +251,13 @@ def poll_view(conn: sqlite3.Connection, device_id: str) -> PollView:
     deploy = conn.execute(
         "SELECT n.num, a.state, s.fetched_at FROM actions a JOIN ddi_ids n ON n.kind = 'action' AND n.ref = a.id "
         "LEFT JOIN ddi_action_state s ON s.action_id = a.id WHERE a.device_id = ? AND a.open = 1 "
-        "AND a.kind IN ('install', 'rollback') AND a.artifact_id IS NOT NULL ORDER BY a.created_at, a.rowid LIMIT 1",
+        f"AND a.kind IN ({_DEPLOYABLE_SQL}) AND a.artifact_id IS NOT NULL ORDER BY a.created_at, a.rowid LIMIT 1",
         (device_id,)).fetchone()
     fetched_open = conn.execute(
         "SELECT 1 FROM ddi_action_state s JOIN actions a ON a.id = s.action_id WHERE s.device_id = ? "
         "AND s.fetched_at IS NOT NULL AND a.open = 1 LIMIT 1", (device_id,)).fetchone() is not None
     undeliverable = conn.execute(
-        "SELECT 1 FROM actions WHERE device_id = ? AND open = 1 AND (kind NOT IN ('install', 'rollback') "
+        f"SELECT 1 FROM actions WHERE device_id = ? AND open = 1 AND (kind NOT IN ({_DEPLOYABLE_SQL}) "
         "OR artifact_id IS NULL) LIMIT 1", (device_id,)).fetchone() is not None
     return PollView((int(deploy[0]), str(deploy[1])) if deploy else None, int(cancel[0]) if cancel else None,
                     cancel is not None or fetched_open, undeliverable)
@@ -265,7 +267,7 @@ def fail_undeliverable(conn: sqlite3.Connection, device_id: str) -> list[str]:
     """End the open actions a DDI device can never be sent, so that none stays open forever and blocks its
     component. A rollback without a previous version: the device keeps what it runs (as firmware does)."""
     rows = conn.execute("SELECT id, kind FROM actions WHERE device_id = ? AND open = 1 AND "
-                        "(kind NOT IN ('install', 'rollback') OR artifact_id IS NULL)", (device_id,)).fetchall()
+                        f"(kind NOT IN ({_DEPLOYABLE_SQL}) OR artifact_id IS NULL)", (device_id,)).fetchall()
     for r in rows:
         why = ("no previous version is known to roll back to; the DDI device keeps what it runs"
                if r["kind"] == "rollback" else f"hawkBit DDI has no {r['kind']} action; this device cannot do it")

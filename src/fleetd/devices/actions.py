@@ -11,6 +11,7 @@ on an action that already ended in that same state is accepted as a no-op.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 import sqlite3
 from typing import Any
@@ -26,13 +27,43 @@ from ..core.errors import FailedPrecondition, InvalidArgument, NotFound, Permiss
 from ..store.database import effect
 from .registry import ActionsOpen, find_device_row
 
-KINDS = ("install", "rollback", "restart", "reboot", "config")
-PROGRESS = ("queued", "offered", "accepted", "downloading", "verifying", "installing")
-TERMINAL = ("succeeded", "failed", "rolled_back", "cancelled", "rejected")
-STATES = PROGRESS + TERMINAL
+
+class ActionKind(enum.StrEnum):
+    """What an action asks of a device: the one list (tests/test_closed_lists.py checks every other place)."""
+
+    INSTALL = "install"
+    ROLLBACK = "rollback"
+    RESTART = "restart"
+    REBOOT = "reboot"
+    CONFIG = "config"
+
+
+class ActionState(enum.StrEnum):
+    """Where an action is: the one list of its states (tests/test_closed_lists.py checks every other place)."""
+
+    QUEUED = "queued"
+    OFFERED = "offered"
+    ACCEPTED = "accepted"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    INSTALLING = "installing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+
+S = ActionState  # short, for the tuples below
+# Kinds that carry an artifact (or go back to the previous one), and those that only run a command.
+DEPLOYING = (ActionKind.INSTALL, ActionKind.ROLLBACK)
+SIMPLE = (ActionKind.RESTART, ActionKind.REBOOT, ActionKind.CONFIG)
+# The open states in the order an action goes through them, and the states it ends in.
+PROGRESS = (S.QUEUED, S.OFFERED, S.ACCEPTED, S.DOWNLOADING, S.VERIFYING, S.INSTALLING)
+TERMINAL = (S.SUCCEEDED, S.FAILED, S.ROLLED_BACK, S.CANCELLED, S.REJECTED)
 # States a device may report; 'queued', 'offered' and 'cancelled' are the server's.
-DEVICE_REPORTABLE = ("accepted", "rejected", "downloading", "verifying", "installing", "succeeded", "failed",
-                     "rolled_back")
+DEVICE_REPORTABLE = (S.ACCEPTED, S.REJECTED, S.DOWNLOADING, S.VERIFYING, S.INSTALLING, S.SUCCEEDED, S.FAILED,
+                     S.ROLLED_BACK)
 MAX_MESSAGE = 2000
 
 
@@ -106,7 +137,8 @@ def open_for_device(conn: sqlite3.Connection, device_id: str, base_url: str) -> 
                 ref = cache[r["artifact_id"]] = artifacts.ref_for_device(
                     artifacts.get(conn, r["artifact_id"]), base_url)
         out.append(DeviceAction(id=r["id"], kind=r["kind"], component=r["component"], state=r["state"],
-                                rollback=r["kind"] == "rollback", artifact=ref, params=json.loads(r["params"])))
+                                rollback=r["kind"] == ActionKind.ROLLBACK, artifact=ref,
+                                params=json.loads(r["params"])))
     return out
 
 
@@ -197,7 +229,7 @@ def create_install(conn: sqlite3.Connection, actor: Actor, device_refs: list[str
                                  f"device(s) {', '.join(wrong[:5])} are of another type")
     _check_no_open(conn, [r["id"] for r in rows], art.name)
     state = "offered" if consent else "queued"
-    ids = [_insert(conn, actor, r["id"], "install", art.name, art.id, {}, state=state, rollout_id=rollout_id)
+    ids = [_insert(conn, actor, r["id"], ActionKind.INSTALL, art.name, art.id, {}, state=state, rollout_id=rollout_id)
            for r in rows]
     _opened(conn, [r["id"] for r in rows])
     return ids
@@ -222,7 +254,8 @@ def create_rollback(conn: sqlite3.Connection, actor: Actor, device_refs: list[st
         if artifact_id is None:
             # No previous version to go back to: the device removes (app) or keeps (firmware) what it has.
             params = {**params, "no_previous_version": True}
-        ids.append(_insert(conn, actor, r["id"], "rollback", component, artifact_id, params, rollout_id=rollout_id))
+        ids.append(_insert(conn, actor, r["id"], ActionKind.ROLLBACK, component, artifact_id, params,
+                           rollout_id=rollout_id))
     _opened(conn, [r["id"] for r in rows])
     return ids
 
@@ -230,14 +263,18 @@ def create_rollback(conn: sqlite3.Connection, actor: Actor, device_refs: list[st
 def create_simple(conn: sqlite3.Connection, actor: Actor, device_refs: list[str], kind: str, component: str = "",
                   params: dict[str, Any] | None = None) -> list[str]:
     """restart (a component), reboot (the device) or config."""
-    if kind not in ("restart", "reboot", "config"):
-        raise InvalidArgument(f"kind must be restart, reboot or config here, got {kind!r}")
-    if kind == "restart" and not component:
+    if kind not in SIMPLE:
+        raise InvalidArgument(f"kind must be {_or(SIMPLE)} here, got {kind!r}")
+    if kind == ActionKind.RESTART and not component:
         raise InvalidArgument("restart needs the app (component) to restart")
     rows = _active_devices(conn, device_refs)
     ids = [_insert(conn, actor, r["id"], kind, component, None, params or {}) for r in rows]
     _opened(conn, [r["id"] for r in rows])
     return ids
+
+
+def _or(names: tuple[str, ...]) -> str:
+    return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def _set_state(conn: sqlite3.Connection, action_id: str, state: str, message: str, progress: int) -> None:
@@ -290,7 +327,7 @@ def _check_transition(kind: str, current: str, new: str) -> None:
         raise FailedPrecondition(f"only an offered action can be {new}; this one is {current}")
     if new in PROGRESS and PROGRESS.index(new) < PROGRESS.index(current):
         raise FailedPrecondition(f"cannot go back from {current} to {new}")
-    if kind in ("restart", "reboot", "config") and new in ("downloading", "verifying"):
+    if kind in SIMPLE and new in (S.DOWNLOADING, S.VERIFYING):
         raise InvalidArgument(f"a {kind} action has no {new} step")
 
 

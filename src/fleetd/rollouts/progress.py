@@ -31,14 +31,15 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..core.errors import NotFound
+from ..devices.actions import PROGRESS, ActionState
 from ..devices.tags import json_path
 from ..telemetry import rollups
 from .rules import HealthCondition, Window, bucket
+from .states import ENDED
 
 STATUSES = ("pending", "queued", "in_progress", "soaking", "succeeded", "failed", "skipped")
 PENDING, QUEUED, IN_PROGRESS, SOAKING, SUCCEEDED, FAILED, SKIPPED = range(7)
-STARTED_STATES = ("accepted", "downloading", "verifying", "installing")
-ENDED = ("completed", "rolled_back", "cancelled")
+STARTED_STATES = PROGRESS[PROGRESS.index(ActionState.ACCEPTED):]  # the device took the action on
 
 
 @dataclass

@@ -47,9 +47,8 @@ from .progress import (
     read_snapshot,
 )
 from .rules import HealthCondition, Window, check_percent, check_stages, parse_start_at
+from .states import ACTIVE, RolloutState
 
-STATES = ("scheduled", "running", "paused", "completed", "rolled_back", "cancelled")
-ACTIVE = ("scheduled", "running", "paused")
 DEFAULT_MAX_FAILURE = 5.0
 DEFAULT_SOAK = 600.0
 DEFAULT_OFFLINE_TIMEOUT = 1800.0
@@ -253,8 +252,8 @@ def get(conn: sqlite3.Connection, rollout_id: str, now: float, *, counted: bool 
 
 
 def list_rollouts(conn: sqlite3.Connection, now: float, state: str = "", limit: int = 100) -> list[Rollout]:
-    if state and state not in STATES:
-        raise InvalidArgument(f"state must be one of {', '.join(STATES)}, got {state!r}")
+    if state and state not in set(RolloutState):
+        raise InvalidArgument(f"state must be one of {', '.join(RolloutState)}, got {state!r}")
     if not 1 <= limit <= 1000:
         raise InvalidArgument("limit must be 1..1000")
     ids = [r[0] for r in conn.execute(

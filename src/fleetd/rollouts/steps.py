@@ -19,6 +19,7 @@ from ..core.effects import Publish
 from ..devices import actions
 from ..store.database import effect
 from .progress import RolloutRow
+from .states import ENDED
 
 ORCHESTRATOR = Actor("system", None, "orchestrator")
 CHUNK = 2000  # actions created per write transaction
@@ -35,7 +36,7 @@ class Change:
 
 def set_state(conn: sqlite3.Connection, actor: Actor, r: RolloutRow, state: str, now: float, change: Change,
               verb: str, reason: str | None = None, **details: Any) -> None:
-    ended = state in ("completed", "rolled_back", "cancelled")
+    ended = state in ENDED
     conn.execute("UPDATE rollouts SET state = ?, reason = COALESCE(?, reason), rev = rev + 1, updated_at = ?, "
                  "finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE id = ?",
                  (state, reason, now, ended, now, r.id))

@@ -25,7 +25,6 @@ from litestar.testing import TestClient
 
 from fleetd.app import create_app
 from fleetd.artifacts import catalog as artifacts
-from fleetd.artifacts import uploads
 from fleetd.artifacts.catalog import KINDS, RESTART_POLICIES, HealthCheck, InstallSpec
 from fleetd.cli.artifacts import build_install_spec, check_manifest, load_signing_key, public_key_b64
 from fleetd.core.config import Settings
@@ -211,7 +210,7 @@ def test_an_upload_is_single_use_and_belongs_to_its_opener(client: Any, operator
 
 def test_an_expired_upload_is_refused(client: Any, operator_key: str, fleet: Fleet) -> None:
     ticket = open_upload(client, operator_key).json()
-    sessions = uploads.sessions_for(fleet)
+    sessions = fleet.uploads
     sessions._sessions[ticket["upload_id"]].expires_at = time.time() - 1
     status, code, message = error(put(client, operator_key, ticket, b"abc"))
     assert (status, code) == (404, "not_found") and "expired" in message

@@ -19,7 +19,6 @@ from fleetd.app import create_app
 from fleetd.core.config import Settings
 from fleetd.ddi import state as ddi
 from fleetd.fleet import Fleet
-from fleetd.rollouts.orchestrator import for_fleet
 
 from .conftest import make_key, rpc
 from .test_devices import make_artifact
@@ -535,7 +534,7 @@ def test_ddi_devices_take_part_in_a_rollout_and_are_rolled_back(client, fleet, a
     rid = call(client, admin_key, "RolloutService", "CreateRollout", artifact="app@2.0.0", tags={"ring": "beta"},
                stages=[100], max_failure_percent=10, soak_seconds=60)["id"]
     t0 = time.time()
-    asyncio.run(for_fleet(fleet).run_pass(t0))
+    asyncio.run(fleet.orchestrator.run_pass(t0))
     assert all("deploymentBase" in d.links() for d in devices.values())
     [agent_action] = [a for a in call(client, admin_key, "DeviceAdminService", "ListActions", device_id=agent)[
         "actions"] if a["rollout_id"] == rid]
@@ -545,7 +544,7 @@ def test_ddi_devices_take_part_in_a_rollout_and_are_rolled_back(client, fleet, a
     href = devices["r-2"].links()["deploymentBase"]
     devices["r-2"].get(href)
     assert devices["r-2"].feedback(num(href), "closed", "failure", details=["boot loop"]).status_code == 200
-    asyncio.run(for_fleet(fleet).run_pass(t0 + 5))
+    asyncio.run(fleet.orchestrator.run_pass(t0 + 5))
     got = call(client, admin_key, "RolloutService", "GetRollout", id=rid)
     assert got["state"] == "rolled_back" and "boot loop" in got["reason"]
     # The devices that installed 2.0.0, DDI or agent, get a rollback to the previous version, 1.0.0.

@@ -29,7 +29,7 @@ from fleetd.devices import actions, join_tokens, registry
 from fleetd.fleet import Fleet
 from fleetd.rollouts import service as rollouts
 from fleetd.rollouts import steps as rollout_steps
-from fleetd.rollouts.orchestrator import PassReport, for_fleet
+from fleetd.rollouts.orchestrator import PassReport
 from fleetd.rollouts.progress import read_snapshot, stage_of
 from fleetd.rollouts.rules import HealthCondition, Window, bucket, parse_percent, parse_stages, parse_start_at
 
@@ -75,7 +75,7 @@ def enroll(fleet: Fleet, n: int, tags: dict[str, str] | None = None, device_type
 
 
 def run_pass(fleet: Fleet, now: float) -> PassReport:
-    report = asyncio.run(for_fleet(fleet).run_pass(now))
+    report = asyncio.run(fleet.orchestrator.run_pass(now))
     assert report.errors == 0
     return report
 
@@ -651,7 +651,7 @@ def test_a_restart_mid_stage_continues_exactly(settings, fleet, lab) -> None:  #
 
     again = Fleet(settings)  # a new process, as far as the rollout can tell: fresh caches, fresh orchestrator
     try:
-        assert for_fleet(again) is not for_fleet(fleet)
+        assert again.orchestrator is not fleet.orchestrator
         run_pass(again, t0 + 6)
         assert rollout_actions(again, ro.id).keys() == first.keys()  # nobody got a second install
         assert again.store.read_sync(lambda c: rollouts.get(c, ro.id, t0 + 6)).stage == 0

@@ -113,7 +113,7 @@ def test_close_waits_for_the_commit_in_flight(store: Store) -> None:
         task = asyncio.create_task(intake.add("dev-a", points("cpu", 1)))
         await asyncio.sleep(0.05)
         threading.Timer(0.1, release.set).start()
-        await asyncio.wait_for(intake.close(), 5)
+        await asyncio.wait_for(intake.stop(), 5)
         assert stored(store) == [("dev-a", "cpu", 1.0)]
         await task
 

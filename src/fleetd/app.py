@@ -18,23 +18,20 @@ from .accounts import audit_api, users_api
 from .accounts.users import CSRF_HEADER, SESSION_COOKIE
 from .alerts import api as alerts_api
 from .artifacts import api as artifacts_api
-from .core import disk
+from .core import disk, lifecycle
 from .core.errors import PermissionDenied
 from .core.resources import data_dir
 from .ddi import api as ddi_api
 from .ddi import routes as http_ddi
 from .devices import admin_api as devices_api
 from .devices import device_api, enrollment_api
-from .devices.presence import Presence
 from .fleet import Fleet
 from .http import agent_dist, openapi, rpc, security_headers
 from .http import blobs as http_blobs
 from .http import events as http_events
 from .http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .http.metrics import middleware as metrics_middleware
-from .maintenance import Maintenance
 from .rollouts import api as rollouts_api
-from .rollouts.orchestrator import for_fleet as orchestrator_for
 from .telemetry import api as telemetry_api
 
 log = logging.getLogger(__name__)
@@ -138,32 +135,8 @@ def create_app(fleet: Fleet) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         log.info("fleetd %s serving data dir %s", __version__, fleet.data_dir)
-        fleet.hub.start()
-        maintenance = Maintenance(fleet)
-        maintenance.start()
-        orchestrator = orchestrator_for(fleet)
-        orchestrator.start()
-        presence = Presence(fleet.hub, fleet.events)
-        for part in (fleet.rollups, fleet.alerts, presence):
-            part.start()
-        advertiser = None
-        if fleet.settings.mdns:
-            from .discovery import Advertiser  # zeroconf costs memory; only load it when advertising
-
-            advertiser = Advertiser.for_fleet(fleet)
-        if advertiser:
-            await advertiser.start()  # registers in the background; never blocks or fails startup
-        try:
+        async with lifecycle.running(fleet.parts):
             yield
-        finally:
-            if advertiser:
-                await advertiser.stop()
-            await orchestrator.stop()
-            await maintenance.stop()
-            for part in (presence, fleet.alerts, fleet.rollups):
-                await part.stop()
-            await fleet.hub.stop()
-            await fleet.telemetry.close()
 
     doc = openapi.build(SERVICES, PLAIN_PATHS)
     # The web UI shows DDI clients their base URL. Not secret: every DDI URL carries both.

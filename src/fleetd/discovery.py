@@ -29,6 +29,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from . import __version__
 from .core.errors import Unavailable
+from .core.lifecycle import Scope
 from .core.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -121,12 +122,15 @@ async def advertise_plan(listen_host: str) -> tuple[Any, IPVersion, list[str]]:
 class Advertiser:
     """Announces one fleetd server; ``await start()`` returns at once, ``await stop()`` says goodbye."""
 
+    name = "mdns"
+    scope: Scope = "process"  # docs/architecture.md, "Background parts"
+
     def __init__(self, *, listen_host: str, port: int, txt: dict[str, str], hostname: str | None = None) -> None:
         self.listen_host = listen_host
         self.port = port
         self.txt = txt
         self.hostname = hostname or socket.gethostname()
-        self.name: str | None = None  # the instance name actually registered (may get a "-2")
+        self.instance: str | None = None  # the instance name actually registered (may get a "-2")
         self.addresses: list[str] = []
         self.error: str | None = None
         self._zc: AsyncZeroconf | None = None
@@ -172,9 +176,9 @@ class Advertiser:
                         "by themselves and need its URL", self.error)
             await self._close()
             return
-        self.name = info.name.removesuffix("." + SERVICE_TYPE)
+        self.instance = info.name.removesuffix("." + SERVICE_TYPE)
         self._registered.set()
-        log.info("mDNS: advertising %r (%s) on %s port %d", self.name, SERVICE_TYPE,
+        log.info("mDNS: advertising %r (%s) on %s port %d", self.instance, SERVICE_TYPE,
                  ", ".join(self.addresses), self.port)
 
     async def stop(self) -> None:

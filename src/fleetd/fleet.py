@@ -1,4 +1,4 @@
-"""The Fleet: the one core object that owns settings, keys, the store and the services."""
+"""The Fleet: the one core object that owns settings, keys, the store, the services and the background parts."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ from .accounts.users import Authenticator
 from .alerts.egress import Policy
 from .alerts.engine import AlertEngine
 from .alerts.webhooks import Deliverer
+from .artifacts.uploads import UploadSessions
 from .core.config import Settings
 from .core.effects import Effect, Publish
 from .core.events import EventBus
+from .core.lifecycle import Part
 from .core.metrics import Metrics
 from .core.pki import FleetKeys, load_or_create
 from .core.ratelimit import RateLimiter
@@ -30,7 +32,10 @@ from .ddi import tokens as ddi_tokens
 from .ddi.state import DdiState
 from .devices import registry
 from .devices.hub import DeviceHub
+from .devices.presence import Presence
 from .devices.registry import is_online
+from .maintenance import Maintenance
+from .rollouts.orchestrator import Orchestrator
 from .store.blobs import BlobStore
 from .store.database import DB_NAME, Store, open_store, processes_using, transaction
 from .telemetry.intake import MetricNames, TelemetryIntake
@@ -78,8 +83,10 @@ class Fleet:
         self.rollups = Rollups(self.store, Retention(settings.telemetry_raw_days, settings.telemetry_minute_days,
                                                      settings.telemetry_hour_days), metrics=self.metrics)
         self.egress = Policy.of(settings.webhook_allow_private, settings.webhook_allowed_networks)
-        self.alerts = AlertEngine(self.store, self.metrics,
-                                  deliverer=Deliverer(self.store, policy=self.egress))
+        self.webhooks = Deliverer(self.store, policy=self.egress)
+        self.alerts = AlertEngine(self.store, self.metrics, deliverer=self.webhooks)
+        self.orchestrator = Orchestrator(self)
+        self.uploads = UploadSessions()
         self._register_device_metrics()
         self._effect_handlers()
 
@@ -140,6 +147,19 @@ class Fleet:
             who = f" ({', '.join(holders)})" if holders else ""
             raise DataDirLocked(f"another fleetd server{who} is running on {self.data_dir}") from None
         self._lock_fd = fd
+
+    @functools.cached_property
+    def parts(self) -> tuple[Part, ...]:
+        """The background parts, in start order; the app's lifespan stops them in reverse (docs/architecture.md,
+        "Background parts"). The hub starts before presence, which reads it; the deliverer before the alert
+        engine, which wakes it; the telemetry intake stops last, after everything that feeds it."""
+        parts: list[Part] = [self.telemetry, self.hub, self.rollups, self.webhooks, self.alerts,
+                             Presence(self.hub, self.events), Maintenance(self), self.orchestrator]
+        if self.settings.mdns:
+            from .discovery import Advertiser  # zeroconf costs memory; only load it when advertising
+
+            parts.append(Advertiser.for_fleet(self))  # last: it announces a server that is ready
+        return tuple(parts)
 
     @functools.cached_property
     def public_url(self) -> str:

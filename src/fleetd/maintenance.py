@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .core.lifecycle import Scope
 from .core.tasks import cancel_and_wait
 from .devices import registry
 
@@ -38,6 +39,9 @@ async def expire_pending(fleet: Fleet) -> str:
 
 
 class Maintenance:
+    name = "maintenance"
+    scope: Scope = "fleet"  # docs/architecture.md, "Background parts"
+
     def __init__(self, fleet: Fleet) -> None:
         s = fleet.settings
         self.jobs = [
@@ -71,7 +75,7 @@ class Maintenance:
             await asyncio.sleep(30)
             await self.run_due()
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="fleetd-maintenance")
 
     async def stop(self) -> None:

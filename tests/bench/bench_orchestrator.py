@@ -34,7 +34,7 @@ from fleetd.core.config import Settings
 from fleetd.core.pki import load_or_create
 from fleetd.fleet import Fleet, open_offline
 from fleetd.rollouts import service as rollouts
-from fleetd.rollouts.orchestrator import PassReport, for_fleet
+from fleetd.rollouts.orchestrator import PassReport
 
 from .seed import DEVICE_TYPE, enroll_devices
 
@@ -57,7 +57,7 @@ def seed(data_dir: Path, devices: int) -> None:
 
 
 def run_pass(fleet: Fleet, now: float) -> PassReport:
-    return asyncio.run(for_fleet(fleet).run_pass(now))
+    return asyncio.run(fleet.orchestrator.run_pass(now))
 
 
 def report_devices(fleet: Fleet, rollout_id: str, version: str, now: float, share_done: float = 1.0) -> None:

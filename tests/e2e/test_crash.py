@@ -28,8 +28,8 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 BLOB_WRITER = textwrap.dedent("""
     import os, sys
     from pathlib import Path
-    from fleetd.blobs import put_sync
-    from fleetd.db import connect
+    from fleetd.store.blobs import put_sync
+    from fleetd.store.database import connect
     data = Path(sys.argv[1])
     conn = connect(data / "fleetd.db")
     while True:

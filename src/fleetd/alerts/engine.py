@@ -42,6 +42,7 @@ from ..accounts.audit import Actor
 from ..core.clock import new_id, to_dt
 from ..core.effects import Publish
 from ..core.errors import InvalidArgument, NotFound
+from ..core.lifecycle import Scope
 from ..core.names import METRIC_NAME
 from ..core.tasks import cancel_and_wait
 from ..devices.tags import check_tags, json_path
@@ -343,6 +344,9 @@ def record(conn: sqlite3.Connection, transitions: list[Transition], now: float) 
 class AlertEngine:
     """Evaluates the rules on a timer and as data arrives; owns rule changes so its cache stays true."""
 
+    name = "alerts"
+    scope: Scope = "fleet"  # docs/architecture.md, "Background parts"
+
     def __init__(self, store: Store, metrics: Metrics | None = None, *,
                  deliverer: Deliverer | None = None, every: float = 10.0, debounce: float = 0.5,
                  clock: Callable[[], float] = time.time) -> None:
@@ -512,10 +516,9 @@ class AlertEngine:
                     log.exception("pruning old incidents failed")
             await asyncio.sleep(self.every)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self.started = self.clock()
         self._lock = asyncio.Lock()
-        self.deliverer.start()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="fleetd-alerts")
 
     async def stop(self) -> None:
@@ -523,4 +526,3 @@ class AlertEngine:
             await cancel_and_wait(task)
         self._task = None
         self._tasks.clear()
-        await self.deliverer.stop()

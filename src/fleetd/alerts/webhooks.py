@@ -43,6 +43,7 @@ from ..accounts import audit
 from ..accounts.audit import Actor
 from ..core.clock import new_id, to_dt
 from ..core.errors import InvalidArgument, NotFound
+from ..core.lifecycle import Scope
 from ..core.tasks import cancel_and_wait
 from ..store.database import Store
 from .egress import Policy, Refused, pinned_transport
@@ -208,6 +209,9 @@ def _next_due(conn: sqlite3.Connection) -> float | None:
 class Deliverer:
     """Sends pending deliveries; wake it after queueing some, it also looks on its own every ``idle`` seconds."""
 
+    name = "webhooks"
+    scope: Scope = "fleet"  # docs/architecture.md, "Background parts"
+
     def __init__(self, store: Store, *, backoff_base: float = 2.0, backoff_max: float = 600.0,
                  max_attempts: int = 12, timeout: float = 10.0, idle: float = 30.0,
                  clock: Callable[[], float] = time.time, policy: Policy | None = None) -> None:
@@ -313,7 +317,7 @@ class Deliverer:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="fleetd-webhooks")
 

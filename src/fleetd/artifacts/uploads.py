@@ -14,7 +14,6 @@ import datetime as dt
 import logging
 import secrets
 import time
-import weakref
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -156,16 +155,6 @@ class UploadSessions:
         return session
 
 
-_by_fleet: weakref.WeakKeyDictionary[Fleet, UploadSessions] = weakref.WeakKeyDictionary()
-
-
-def sessions_for(fleet: Fleet) -> UploadSessions:
-    sessions = _by_fleet.get(fleet)
-    if sessions is None:
-        sessions = _by_fleet[fleet] = UploadSessions()
-    return sessions
-
-
 async def _counted(chunks: AsyncIterable[bytes], announced: int | None, counter: list[int]) -> AsyncIterator[bytes]:
     """Pass the bytes through, refusing more or fewer than announced (or none at all) before they are stored."""
     async for chunk in chunks:
@@ -249,4 +238,4 @@ async def receive(fleet: Fleet, session: UploadSession, actor: Actor, chunks: As
     return detail
 
 
-__all__ = ["PendingArtifact", "UploadSession", "UploadSessions", "check", "receive", "sessions_for", "too_large"]
+__all__ = ["PendingArtifact", "UploadSession", "UploadSessions", "check", "receive", "too_large"]

@@ -20,6 +20,7 @@ import time
 
 import msgspec
 
+from ..core.lifecycle import Scope
 from ..core.tasks import cancel_and_wait
 from ..store.database import Store
 from . import actions, registry
@@ -36,6 +37,9 @@ MAX_PENDING_COMPONENT_LISTS = 8
 
 
 class DeviceHub:
+    name = "hub"
+    scope: Scope = "process"  # docs/architecture.md, "Background parts"
+
     def __init__(self, store: Store, token_key: bytes) -> None:
         self.store = store
         self.runtime: dict[str, DeviceRuntime] = store.read_sync(registry.load_runtime)
@@ -149,7 +153,7 @@ class DeviceHub:
             await asyncio.sleep(FLUSH_INTERVAL)
             await self.flush()
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._flush_loop(), name="fleetd-checkin-flush")
 
     async def stop(self) -> None:

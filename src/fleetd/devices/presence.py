@@ -20,6 +20,7 @@ import msgspec
 
 from ..core.clock import to_dt
 from ..core.events import EventBus
+from ..core.lifecycle import Scope
 from ..core.tasks import cancel_and_wait
 from .hub import DeviceHub
 from .registry import is_online
@@ -31,6 +32,9 @@ SLICE = 2_000
 
 
 class Presence:
+    name = "presence"
+    scope: Scope = "fleet"  # docs/architecture.md, "Background parts"
+
     def __init__(self, hub: DeviceHub, events: EventBus, *, every: float = 3.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.hub = hub
@@ -91,7 +95,7 @@ class Presence:
                 log.exception("presence sweep failed")
             await asyncio.sleep(self.every)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="fleetd-presence")
 
     async def stop(self) -> None:

@@ -11,7 +11,6 @@ import msgspec
 from ..core.errors import InvalidArgument
 from ..core.fields import Int32, page_limit
 from ..http.rpc import Context, Service
-from . import orchestrator
 from . import service as rollouts
 from .service import Rollout, RolloutDevice, RolloutSpec
 from .steps import Change
@@ -25,7 +24,7 @@ async def _change(ctx: Context, fn: Callable[[sqlite3.Connection, float], Change
     answer the rollout as it is now."""
     now = time.time()
     change = await ctx.fleet.store.write(lambda c: fn(c, now))
-    orchestrator.for_fleet(ctx.fleet).wake()
+    ctx.fleet.orchestrator.wake()
     return await ctx.fleet.store.read(lambda c: rollouts.get(c, change.rollout_id, time.time(),
                                                              last_seen=ctx.fleet.hub.last_seen))
 
@@ -35,7 +34,7 @@ async def CreateRollout(ctx: Context, req: RolloutSpec) -> Rollout:
     """Create a rollout; it starts at its start time (now by default), inside its maintenance window if it has one."""
     now = time.time()
     created, _ = await ctx.fleet.store.write(lambda c: rollouts.create(c, ctx.actor, req, now))
-    orchestrator.for_fleet(ctx.fleet).wake()
+    ctx.fleet.orchestrator.wake()
     return created
 
 

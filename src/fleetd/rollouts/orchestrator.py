@@ -17,11 +17,11 @@ import contextlib
 import logging
 import sqlite3
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..core.errors import InvalidArgument
+from ..core.lifecycle import Scope
 from ..core.tasks import cancel_and_wait
 from . import service as rollouts
 from .progress import read_snapshot
@@ -67,6 +67,9 @@ def due(conn: sqlite3.Connection, now: float) -> list[str]:
 
 
 class Orchestrator:
+    name = "orchestrator"
+    scope: Scope = "fleet"  # docs/architecture.md, "Background parts"
+
     def __init__(self, fleet: Fleet, interval: float | None = None) -> None:
         self.fleet = fleet
         self.interval = fleet.settings.rollout_pass_seconds if interval is None else interval
@@ -141,7 +144,7 @@ class Orchestrator:
             except Exception:
                 log.exception("orchestrator pass failed; trying again in %.0f s", self.interval)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         if self.interval <= 0:
             return
         self._wake = asyncio.Event()
@@ -151,13 +154,3 @@ class Orchestrator:
         await cancel_and_wait(self._task)
         self._task = None
         self._wake = None
-
-
-_by_fleet: weakref.WeakKeyDictionary[Fleet, Orchestrator] = weakref.WeakKeyDictionary()
-
-
-def for_fleet(fleet: Fleet) -> Orchestrator:
-    orch = _by_fleet.get(fleet)
-    if orch is None:
-        orch = _by_fleet[fleet] = Orchestrator(fleet)
-    return orch

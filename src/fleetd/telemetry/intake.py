@@ -16,6 +16,7 @@ from typing import NoReturn
 import msgspec
 
 from ..core.errors import InvalidArgument, ResourceExhausted
+from ..core.lifecycle import Scope
 from ..core.names import METRIC_NAME
 from ..store.database import Store
 
@@ -142,6 +143,9 @@ class TelemetryIntake:
     """Group commit: an insert starts as soon as the writer is free; while one runs, new points wait and go
     together in the next one. Each caller returns only once its own rows are committed."""
 
+    name = "telemetry intake"
+    scope: Scope = "process"  # docs/architecture.md, "Background parts"
+
     def __init__(self, store: Store, names: MetricNames | None = None) -> None:
         self.store = store
         self.names = names if names is not None else MetricNames()
@@ -197,7 +201,10 @@ class TelemetryIntake:
 
         done.add_done_callback(committed)
 
-    async def close(self) -> None:
+    async def start(self) -> None:
+        """Nothing runs in the background until points arrive: each batch starts its own commit."""
+
+    async def stop(self) -> None:
         """Commit what is waiting and wait for it (at shutdown, before the store closes)."""
         self._flush()
         while self._in_flight is not None:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from ..core.lifecycle import Scope
 from ..core.tasks import cancel_and_wait
 from ..store.database import Store
 
@@ -398,6 +399,9 @@ def metrics_of(conn: sqlite3.Connection, device_ids: list[str], limit: int = -1,
 class Rollups:
     """Rolls up new points every ``every`` seconds and applies retention every ``retention_every``."""
 
+    name = "rollups"
+    scope: Scope = "fleet"  # docs/architecture.md, "Background parts"
+
     def __init__(self, store: Store, retention: Retention, *, every: float = 10.0, retention_every: float = HOUR,
                  clock: Callable[[], float] = time.time, metrics: Metrics | None = None) -> None:
         self.store = store
@@ -456,7 +460,7 @@ class Rollups:
             except Exception:
                 log.exception("telemetry rollup failed; retrying in %.0f s", self.every)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._lock = asyncio.Lock()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="fleetd-telemetry-rollups")
 

@@ -46,7 +46,7 @@ def test_every_integer_a_client_sends_is_bounded() -> None:
                     high = i.le if i.le is not None else (i.lt - 1 if i.lt is not None else None)
                     if low is None or high is None or low < INT64[0] or high > INT64[1]:
                         unbounded.append(f"{info.cls.__module__}.{info.cls.__name__}.{f.name}")
-    assert not unbounded, "give these fields a range (fleetd.fields): " + ", ".join(sorted(set(unbounded)))
+    assert not unbounded, "give these fields a range (fleetd.core.fields): " + ", ".join(sorted(set(unbounded)))
 
 
 def _bad(r: Any, needle: str) -> None:

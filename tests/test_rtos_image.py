@@ -1,4 +1,4 @@
-"""RTOS images (fleetd.rtos_image): the shared vectors, build/parse round trips, corrupted input, and the
+"""RTOS images (fleetd.artifacts.rtos_image): the shared vectors, build/parse round trips, corrupted input, and the
 server wrapping and signing firmware pushed with --format rtos-image (in-process and with the real CLI)."""
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 # Holds the write lock of a database until its stdin closes.
 LOCK_HOLDER = textwrap.dedent("""
     import sys
-    from fleetd.db import connect
+    from fleetd.store.database import connect
     conn = connect(sys.argv[1])
     conn.execute("BEGIN EXCLUSIVE")
     print("locked", flush=True)

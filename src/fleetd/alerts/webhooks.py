@@ -13,7 +13,7 @@ with exponential backoff (2 s, 4 s, 8 s, ... at most 10 minutes apart) until it
 succeeds (any 2xx) or has been tried ``max_attempts`` times (then it is
 ``failed``), and only then does the next one go.
 
-Where a webhook may point is :mod:`fleetd.egress`'s policy, checked when it is
+Where a webhook may point is :mod:`fleetd.alerts.egress`'s policy, checked when it is
 saved and again at each delivery; redirects are not followed, and the log keeps
 the status code and its standard reason, never the receiver's body.
 """

@@ -1,6 +1,6 @@
 """Effects: what a committed write changes outside the database (the event stream, the in-memory caches).
 
-A write function records them on its connection (:func:`fleetd.db.effect`) inside its transaction; the
+A write function records them on its connection (:func:`fleetd.store.database.effect`) inside its transaction; the
 store runs them after the commit, only if it committed, in the order they were recorded, on the event loop
 of the caller that awaited the write. They are plain values — a kind (the class) and its data — never
 closures, so that one day they can also be shipped to other replicas; each kind has its handlers in one

@@ -28,7 +28,7 @@ from .config import AgentState, Runtime, Settings
 from .enroll import key_lost_message
 from .queue import DiskQueue
 from .telemetry import Sampler
-from .worker import TERMINAL, ActionWorker, Report, load_executor
+from .worker import TERMINAL, ActionWorker, Report, lazy_executor
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class RunLoop:
         self.reports = DiskQueue(self.paths.reports_queue)
         self.telemetry = DiskQueue(self.paths.telemetry_queue, settings.telemetry_max_bytes)
         self.runtime = Runtime.load(self.paths)
-        self.executor = executor if executor is not None else load_executor(self.paths.root, client, state)
+        self.executor = executor if executor is not None else lazy_executor(self.paths.root, client, state)
         self.sampler = sampler or Sampler(self.paths.root)
         self.inventory_fn = inventory_fn
         self.reenroll = reenroll

@@ -61,6 +61,52 @@ class NullExecutor:
                 for a in installed_apps(self.state_dir) if a["version"]]
 
 
+class LazyExecutor:
+    """App support (apps.py and what it imports, about 2 MiB) loaded only when there is something for it to do:
+    an app installed or being installed at start, or the first action. An agent that supervises nothing
+    stays small (its idle RSS target is 40 MiB)."""
+
+    def __init__(self, state_dir: Path, load: Callable[[], Any]) -> None:
+        self.state_dir = state_dir
+        self._load = load
+        self._real: Any = None
+        self._lock = threading.Lock()
+
+    def _executor(self) -> Any:
+        with self._lock:
+            if self._real is None:
+                self._real = self._load()
+                self._real.start()
+            return self._real
+
+    def start(self) -> None:
+        apps = self.state_dir / "apps"
+        if apps.is_dir() and any(apps.iterdir()):  # apps to bring up, or an install to finish or undo
+            self._executor()
+
+    def stop(self) -> None:
+        if self._real is not None:
+            self._real.stop()
+
+    def busy(self) -> bool:
+        return self._real is not None and bool(self._real.busy())
+
+    def execute(self, action: dict[str, Any], report: Report) -> None:
+        self._executor().execute(action, report)
+
+    def components(self) -> list[dict[str, Any]]:
+        if self._real is not None:
+            return list(self._real.components())
+        from . import selfupdate  # small; the agent itself is a component once it updated itself
+
+        agent = selfupdate.agent_component(self.state_dir)
+        return [agent] if agent is not None else []
+
+
+def lazy_executor(state_dir: Path, client: ServerClient, state: AgentState) -> LazyExecutor:
+    return LazyExecutor(state_dir, lambda: load_executor(state_dir, client, state))
+
+
 def load_executor(state_dir: Path, client: ServerClient, state: AgentState) -> Any:
     """The app executor (apps.py), imported only now; without it, a NullExecutor."""
     try:

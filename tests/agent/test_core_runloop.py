@@ -374,3 +374,27 @@ def test_telemetry_refused_by_a_quota_is_dropped_not_retried_forever(tmp_path: P
         res.client.close()
     finally:
         s.stop()
+
+
+def test_app_support_is_loaded_only_when_there_is_an_app_or_an_action(tmp_path: Path) -> None:
+    """apps.py and its imports cost about 2 MiB: an agent with nothing to supervise must not load them."""
+    from fleet_agent.worker import LazyExecutor
+
+    loaded: list[NullExecutor] = []
+
+    def load() -> NullExecutor:
+        loaded.append(NullExecutor(tmp_path))
+        return loaded[-1]
+
+    idle = LazyExecutor(tmp_path, load)
+    idle.start()
+    assert idle.components() == [] and not idle.busy() and loaded == []
+    reports: list[tuple[str, str, int]] = []
+    idle.execute({"id": "a1", "kind": "restart"}, lambda *r: reports.append(r))
+    idle.execute({"id": "a2", "kind": "restart"}, lambda *r: reports.append(r))
+    assert len(loaded) == 1 and [r[0] for r in reports] == ["failed", "failed"]
+
+    (tmp_path / "apps" / "thermo").mkdir(parents=True)  # an installed (or half-installed) app: bring it up at once
+    with_app = LazyExecutor(tmp_path, load)
+    with_app.start()
+    assert len(loaded) == 2

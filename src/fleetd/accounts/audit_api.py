@@ -7,7 +7,7 @@ import datetime as dt
 import msgspec
 
 from ..core.errors import InvalidArgument
-from ..core.fields import Int32, Int64
+from ..core.fields import Int32, Int64, page_limit
 from ..http.rpc import Context, Service
 from . import audit
 from .audit import AuditEntry
@@ -39,10 +39,7 @@ class ListAuditResponse(msgspec.Struct, kw_only=True):
 @service.method(auth="operator", readonly=True)
 async def List(ctx: Context, req: ListAuditRequest) -> ListAuditResponse:
     """Entries newest first, filtered; at most ``limit`` (1..1000)."""
-    if req.limit == 0:
-        req.limit = 100  # proto3: 0 means unset
-    if not 1 <= req.limit <= 1000:
-        raise InvalidArgument("limit must be between 1 and 1000")
+    req.limit = page_limit(req.limit, 100, 1000)
     if req.outcome and req.outcome not in ("ok", "denied", "failed"):
         raise InvalidArgument("outcome must be ok, denied or failed")
     entries = await ctx.fleet.store.read(lambda c: audit.query(

@@ -9,7 +9,7 @@ import msgspec
 
 from ..core.clock import now, to_dt
 from ..core.errors import InvalidArgument
-from ..core.fields import Int32, Seconds
+from ..core.fields import Int32, Seconds, page_limit
 from ..http.rpc import Context, Empty, Service
 from . import actions, join_tokens, registry
 from .actions import Action
@@ -48,9 +48,9 @@ class ListDevicesResponse(msgspec.Struct, kw_only=True):
 @service.method(auth="viewer", readonly=True)
 async def ListDevices(ctx: Context, req: ListDevicesRequest) -> ListDevicesResponse:
     """Devices, filtered and paged (limit 1..10000)."""
-    limit = req.limit or 1000
-    if not 1 <= limit <= 10000 or req.offset < 0:
-        raise InvalidArgument("limit must be 1..10000 and offset not negative")
+    limit = page_limit(req.limit, 1000, 10_000)
+    if req.offset < 0:
+        raise InvalidArgument("offset must not be negative")
     devices, total = await ctx.fleet.store.read(lambda c: registry.list_devices(
         c, status=req.status or None, device_type=req.device_type or None, tags=req.tags,
         search=req.search or None, limit=limit, offset=req.offset))
@@ -209,9 +209,7 @@ class ListActionsResponse(msgspec.Struct, kw_only=True):
 @service.method(auth="viewer", readonly=True)
 async def ListActions(ctx: Context, req: ListActionsRequest) -> ListActionsResponse:
     """A device's actions, newest first."""
-    limit = req.limit or 100
-    if not 1 <= limit <= 1000:
-        raise InvalidArgument("limit must be 1..1000")
+    limit = page_limit(req.limit, 100, 1000)
     return ListActionsResponse(actions=await ctx.fleet.store.read(
         lambda c: actions.list_for_device(c, req.device_id, limit)))
 

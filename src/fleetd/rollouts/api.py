@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import msgspec
 
-from ..core.errors import InvalidArgument
 from ..core.fields import Int32, page_limit
 from ..http.rpc import Context, Service
 from . import service as rollouts
@@ -81,9 +80,7 @@ class ListRolloutDevicesResponse(msgspec.Struct, kw_only=True):
 @service.method(auth="viewer", readonly=True)
 async def ListRolloutDevices(ctx: Context, req: ListRolloutDevicesRequest) -> ListRolloutDevicesResponse:
     """Each device's stage and status in a rollout, with why it failed or was skipped (limit 1..100000)."""
-    limit = req.limit or 1000
-    if not 1 <= limit <= 100_000:
-        raise InvalidArgument("limit must be 1..100000")
+    limit = page_limit(req.limit, 1000, 100_000)
     found, total = await ctx.fleet.store.read(
         lambda c: rollouts.device_progress(c, req.id, time.time(), req.status, limit, ctx.fleet.hub.last_seen))
     return ListRolloutDevicesResponse(devices=found, total=total)

@@ -201,9 +201,10 @@ def test_a_server_restart_mid_stage_installs_no_device_twice(tmp_path: Path) -> 
         assert len(devices) == len(set(devices)) == 60  # every device once, none twice
         assert all(a == dict((d, a) for d, a, _ in installs)[d] for d, a in first.items())
         assert set(sim.versions("restartapp").values()) == {"1.0.0"}
-        assert sim.stop()["actions_succeeded"] >= 60
-        sim = None
+        # The server's record, not the simulator's count: a report committed just before the kill -9
+        # loses its response, so the simulator cannot count it although the action did succeed.
+        assert {s for _, _, s in installs} == {"succeeded"}
     finally:
-        if sim is not None:
+        if sim is not None and sim.proc is not None:
             sim.stop()
         own.stop()

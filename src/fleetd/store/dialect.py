@@ -1,0 +1,51 @@
+"""What differs between the databases fleetd's queries run on, and nothing else.
+
+Storage modules (``<package>/storage.py``) write their SQL once, against the store's connection, with ``?``
+placeholders and the forms both SQLite and PostgreSQL accept: ``INSERT ... ON CONFLICT (...) DO NOTHING`` or
+``DO UPDATE SET col = excluded.col`` (never ``INSERT OR IGNORE`` / ``OR REPLACE``), ``RETURNING``, ``LIMIT``.
+The few fragments that must differ — JSON inside a column, a JSON list as a parameter, the clock — come from the
+connection's :class:`Dialect`, so that another backend is a new ``Dialect`` (and a connection that translates
+``?`` placeholders) in store/, not an edit of every package. docs/architecture.md, "Where SQL lives".
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+
+class Dialect:
+    """SQL fragments for one database. Each method returns text to splice into a query; the values go in as
+    parameters, in the order the docstring gives."""
+
+    name = "sqlite"
+
+    def in_json_list(self, expr: str) -> str:
+        """``expr`` is one of the values of a JSON list. Parameter: the list, as JSON text."""
+        return f"{expr} IN (SELECT value FROM json_each(?))"
+
+    def json_list_contains(self, column: str) -> str:
+        """The JSON list in ``column`` holds a value. Parameter: the value."""
+        return f"EXISTS (SELECT 1 FROM json_each({column}) WHERE value = ?)"
+
+    def json_key_equals(self, column: str) -> str:
+        """The JSON object in ``column`` maps a key to a text value. Parameters: the key, the value."""
+        return f"json_extract({column}, '$.\"' || ? || '\"') = ?"
+
+    def now_epoch(self) -> str:
+        """The database's clock, in seconds since the epoch (for expressions evaluated inside the database)."""
+        return "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+SQLITE = Dialect()
+
+
+def dialect_of(conn: Any) -> Dialect:
+    """The dialect of a store connection: SQLite's for a sqlite3 connection; another backend's connection
+    carries its own (a ``dialect`` attribute)."""
+    if isinstance(conn, sqlite3.Connection):
+        return SQLITE
+    found = getattr(conn, "dialect", None)
+    if not isinstance(found, Dialect):
+        raise TypeError(f"{type(conn).__name__} is not a store connection: it has no SQL dialect")
+    return found

@@ -14,7 +14,7 @@ from typing import Any
 
 from .accounts import users as auth
 from .accounts.audit import SYSTEM
-from .accounts.passwords import PasswordHasher
+from .accounts.passwords import PasswordHasher, default_workers
 from .accounts.users import Authenticator
 from .alerts.egress import Policy
 from .alerts.engine import AlertEngine
@@ -77,7 +77,8 @@ class Fleet:
         self.enroll_limiter = RateLimiter(settings.enroll_rate_per_minute, 60.0, "enrollment")
         self.challenge_limiter = RateLimiter(settings.enroll_rate_per_minute, 60.0, "authentication")
         self.login_limiter = RateLimiter(settings.login_rate_per_minute, 60.0, "login")
-        self.passwords = PasswordHasher(settings.password_hash_workers, settings.password_hash_queue)
+        self.passwords = PasswordHasher(settings.password_hash_workers or default_workers(),
+                                        settings.password_hash_queue)
         self.started_at = time.time()
         self.metrics = Metrics(self.store)
         self.rollups = Rollups(self.store, Retention(settings.telemetry_raw_days, settings.telemetry_minute_days,

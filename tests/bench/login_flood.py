@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import msgspec
 
+from fleetd.accounts.passwords import default_workers
 from fleetd.core.config import load_settings
 
 from . import seed
@@ -46,7 +47,7 @@ SERVER_ENV = {"FLEETD_LOGIN_RATE_PER_MINUTE": "100000000"}
 def flood_connections() -> int:
     """The pool's cap with the server's settings: this many logins in flight keep it full."""
     s = load_settings(environ={**os.environ, **SERVER_ENV})
-    return s.password_hash_workers + s.password_hash_queue
+    return (s.password_hash_workers or default_workers()) + s.password_hash_queue
 
 
 def write_logins(path: Path, count: int = 64) -> Path:

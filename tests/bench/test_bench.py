@@ -14,6 +14,7 @@ import httpx
 import msgspec
 import pytest
 
+from fleetd.accounts.passwords import default_workers
 from fleetd.core.config import Settings
 from fleetd.devices.device_api import CheckInRequest, PushTelemetryRequest
 from fleetd.fleet import Fleet
@@ -214,5 +215,5 @@ def test_the_login_flood_sends_wrong_password_logins_at_the_pools_cap(tmp_path: 
         req = codec.decode(body.encode())
         assert req.username == "admin" and req.password.startswith("not-the-password")
     s = Settings()
-    assert login_flood.flood_connections() == s.password_hash_workers + s.password_hash_queue
+    assert login_flood.flood_connections() == (s.password_hash_workers or default_workers()) + s.password_hash_queue
     assert "login" in run.parse_args(["--only", "login"]).only

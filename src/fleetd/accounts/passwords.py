@@ -28,11 +28,23 @@ RETRY_AFTER = 1.0
 
 
 def _lower_priority() -> None:
-    # On Linux, setpriority on a thread id renices that thread only: hashing yields the CPU to the event
-    # loop and the writer on a busy machine. Elsewhere the call would renice the whole process: skip it.
-    if sys.platform == "linux":
+    # Linux schedules threads one by one, so this runs on the pool's own threads only. SCHED_IDLE: a hash runs
+    # on a core nothing else wants, and a device request that wakes up preempts it at once (at nice 10 the
+    # woken event loop could still wait out a hash's time slice, which is what check-in's p99 showed).
+    # Where SCHED_IDLE is refused, nice 10; elsewhere the calls would reach the whole process: skip them.
+    if sys.platform != "linux":
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except OSError:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
+def default_workers() -> int:
+    """One hashing thread per two cores, at most two: on a small machine a second hash at once would take the
+    core the event loop needs."""
+    return max(1, min(2, (os.cpu_count() or 1) // 2))
 
 
 class PasswordHasher:

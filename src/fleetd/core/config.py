@@ -77,7 +77,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     webhook_allowed_networks: list[str] = msgspec.field(default_factory=list)
     # Password hashing (scrypt, ~0.1 s of CPU each) runs on this many threads, with at most this many more
     # checks waiting; beyond that, logins and password changes answer resource_exhausted (429, Retry-After).
-    password_hash_workers: int = 2
+    # 0 workers: one per two cores, at most two.
+    password_hash_workers: int = 0
     password_hash_queue: int = 8
     # Slowloris guard (docs/operations.md, "Connection limits"): seconds a connection gets to send a complete
     # request head, and how many connections may wait for theirs at once (one more closes the oldest).
@@ -101,8 +102,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                      "telemetry_raw_days", "telemetry_minute_days", "telemetry_hour_days"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"{name} must be positive")
-        if self.password_hash_workers < 1 or self.password_hash_queue < 0:
-            raise InvalidArgument("password_hash_workers must be at least 1 and password_hash_queue at least 0")
+        if self.password_hash_workers < 0 or self.password_hash_queue < 0:
+            raise InvalidArgument("password_hash_workers and password_hash_queue must be 0 or more "
+                                  "(0 workers: one per two cores)")
         DDI_TENANT.check(self.ddi_tenant)
         if not 1 <= self.max_metric_names_per_device <= self.max_metric_names:
             raise InvalidArgument("max_metric_names_per_device must be at least 1 and at most max_metric_names "

@@ -217,3 +217,16 @@ def test_the_login_flood_sends_wrong_password_logins_at_the_pools_cap(tmp_path: 
     s = Settings()
     assert login_flood.flood_connections() == (s.password_hash_workers or default_workers()) + s.password_hash_queue
     assert "login" in run.parse_args(["--only", "login"]).only
+
+
+def test_the_build_comparison_flags_only_what_got_worse_by_more_than_the_tolerance() -> None:
+    from .compare import compare, worse_by
+    assert worse_by("<=", 1.0, 1.2) == pytest.approx(0.2)  # a latency ratio that grew is worse
+    assert worse_by(">=", 1.0, 0.8) == pytest.approx(0.2)  # a throughput ratio that fell is worse
+    assert worse_by(">=", 1.0, 1.5) < 0
+    runs = {"before": [{"rps": 0.50, "p99": 1.6, "old": 1.0}, {"rps": 0.54, "p99": 1.7}, {"rps": 0.52, "p99": 1.5}],
+            "after": [{"rps": 0.51, "p99": 2.0}, {"rps": 0.40, "p99": 1.9}, {"rps": 0.53, "p99": 2.1}]}
+    rows = {r["what"]: r for r in compare(runs, {"rps": ">=", "p99": "<=", "old": "<="}, 0.10)}
+    assert set(rows) == {"rps", "p99"}  # measured by both builds in every run
+    assert rows["rps"]["before"] == 0.52 and rows["rps"]["after"] == 0.51 and not rows["rps"]["flagged"]
+    assert rows["p99"]["ratio"] == pytest.approx(2.0 / 1.6) and rows["p99"]["flagged"]

@@ -44,7 +44,8 @@ STARTED_STATES = PROGRESS[PROGRESS.index(ActionState.ACCEPTED):]  # the device t
 
 @dataclass
 class Target:
-    """Active devices with all ``tags`` and one of ``device_types`` (when any are given), plus ``device_ids``."""
+    """Active devices with all ``tags`` and a type ``device_types`` covers (names or patterns, when any are
+    given), plus ``device_ids``."""
 
     tags: dict[str, str] = field(default_factory=dict)
     device_types: list[str] = field(default_factory=list)
@@ -64,7 +65,7 @@ class Target:
         parts: list[str] = []
         args: list[Any] = []
         if self.device_types:
-            where = ["device_type IN (SELECT value FROM json_each(?))"]
+            where = ["EXISTS (SELECT 1 FROM json_each(?) WHERE device_type_matches(value, device_type))"]
             args.append(json.dumps(self.device_types))
             for k, v in sorted(self.tags.items()):
                 where.append("json_extract(tags, ?) = ?")

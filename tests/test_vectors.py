@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from pathlib import Path
+import sqlite3
 from typing import Any
 
 import msgspec
@@ -21,9 +21,8 @@ import pytest
 from fleetd.artifacts.catalog import ArtifactRef, canonical_json, check_metadata
 from fleetd.cli.devclient import Download, VerificationError, verify_artifact
 from fleetd.core.errors import InvalidArgument
-from fleetd.core.names import DEVICE_TYPE, DEVICE_TYPE_PATTERN, device_type_matches
+from fleetd.core.names import DEVICE_TYPE, DEVICE_TYPE_PATTERN, device_type_matches, device_types_sql
 from fleetd.devices.devauth import verify_signature
-from fleetd.store import database
 from tests.vectors.device_types import Case, matching, patterns
 from tests.vectors.generate import OUT, generate
 
@@ -88,9 +87,14 @@ def test_the_server_takes_exactly_the_valid_patterns(case: Case) -> None:
             check_metadata("beat", "1.0.0", "app", [case.pattern], "beat.sh")
 
 
-def test_sqlite_matches_by_the_same_function(tmp_path: Path) -> None:
-    # Rollout targets and the compatible-artifact listing match in SQL (store.database registers the function).
-    conn = database.connect(tmp_path / "t.db")
+def test_sql_matches_as_the_function_does() -> None:
+    # Rollout targets and the compatible-artifact list match in SQL (GLOB, through core.names.device_types_sql).
+    conn = sqlite3.connect(":memory:")
     for case in matching():
-        got = conn.execute("SELECT device_type_matches(?, ?)", (case.pattern, case.device_type)).fetchone()[0]
+        sql, args = device_types_sql("t.device_type", [case.pattern])
+        got = conn.execute(f"SELECT {sql} FROM (SELECT ? AS device_type) t", [*args, case.device_type]).fetchone()[0]
         assert got == (case.verdict == "match"), case
+    for case in patterns():
+        if case.verdict == "invalid":  # GLOB would read ? and [ as wildcards: such a pattern never reaches SQL
+            with pytest.raises(InvalidArgument):
+                device_types_sql("device_type", [case.pattern])

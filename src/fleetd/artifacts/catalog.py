@@ -214,8 +214,8 @@ def list_page(conn: sqlite3.Connection, *, name: str = "", kind: str = "", devic
         where.append("a.kind = ?")
         args.append(kind)
     if device_type:
-        # The artifacts a device of this type may install: store.database registers the one matching rule.
-        where.append("EXISTS (SELECT 1 FROM json_each(a.device_types) WHERE device_type_matches(value, ?))")
+        # The artifacts a device of this type may install: GLOB is the pattern rule (core.names.device_types_sql).
+        where.append("EXISTS (SELECT 1 FROM json_each(a.device_types) WHERE ? GLOB value)")
         args.append(device_type)
     clause = (" WHERE " + " AND ".join(where)) if where else ""
     total = conn.execute(f"SELECT COUNT(*) FROM artifacts a{clause}", args).fetchone()[0]

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..core.errors import NotFound
+from ..core.names import device_types_sql
 from ..devices.actions import PROGRESS, ActionState
 from ..devices.tags import json_path
 from ..telemetry import rollups
@@ -65,8 +66,9 @@ class Target:
         parts: list[str] = []
         args: list[Any] = []
         if self.device_types:
-            where = ["EXISTS (SELECT 1 FROM json_each(?) WHERE device_type_matches(value, device_type))"]
-            args.append(json.dumps(self.device_types))
+            types, type_args = device_types_sql("device_type", self.device_types)
+            where = [types]
+            args += type_args
             for k, v in sorted(self.tags.items()):
                 where.append("json_extract(tags, ?) = ?")
                 args += [json_path(k), v]

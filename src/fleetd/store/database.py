@@ -29,7 +29,6 @@ from typing import Any, TypeVar, cast
 from ..core import disk, semver
 from ..core.effects import Effect
 from ..core.errors import FailedPrecondition, FleetdError
-from ..core.names import device_type_matches
 from ..core.resources import data_dir
 
 log = logging.getLogger(__name__)
@@ -64,7 +63,6 @@ def connect(path: str | Path, *, readonly: bool = False, busy_timeout: float = B
     )
     conn.row_factory = sqlite3.Row
     conn.create_collation("semver", semver.collate)
-    conn.create_function("device_type_matches", 2, device_type_matches, deterministic=True)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")

@@ -14,6 +14,7 @@ from fleetd.core.errors import InvalidArgument
 KINDS = {k: v for k, v in vars(names).items() if isinstance(v, names.Kind)}
 # A valid example of each kind.
 VALID = {"HARDWARE_ID": "dev-01", "CONTROLLER_ID": "ctrl:1", "DEVICE_TYPE": "linux-aarch64",
+         "DEVICE_TYPE_PATTERN": "linux-*",
          "DEVICE_NAME": "Kitchen camera", "ARTIFACT_NAME": "camera-app", "TAG_KEY": "site",
          "TAG_VALUE": "home", "ACCOUNT_NAME": "alice@example", "METRIC_NAME": "cpu.temp",
          "ENV_NAME": "HOME_DIR", "DDI_TENANT": "DEFAULT"}

@@ -3,7 +3,8 @@
 The file must be exactly what tests/vectors/generate.py makes with today's
 server code (so the manifest format cannot drift without the agent's tests
 seeing it), and the server's own verification must reach every case's verdict.
-The agent's side is tests/agent/test_apps_verify.py.
+The agent's side is tests/agent/test_apps_verify.py. The device-type pattern vectors
+(tests/vectors/device_types.txt) hold the server, the agent and the RTOS shim (tests/rtos/test_dtype.py) to one rule.
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import sqlite3
 from typing import Any
 
 import msgspec
 import pytest
 
-from fleetd.artifacts.catalog import ArtifactRef, canonical_json
+from fleetd.artifacts.catalog import ArtifactRef, canonical_json, check_metadata
 from fleetd.cli.devclient import Download, VerificationError, verify_artifact
+from fleetd.core.errors import InvalidArgument
+from fleetd.core.names import DEVICE_TYPE, DEVICE_TYPE_PATTERN, device_type_matches, device_types_sql
 from fleetd.devices.devauth import verify_signature
+from tests.vectors.device_types import Case, matching, patterns
 from tests.vectors.generate import OUT, generate
 
 VECTORS = json.loads(OUT.read_bytes())
@@ -66,3 +71,30 @@ def test_the_server_reaches_each_verdict(name: str) -> None:
 def test_good_manifests_are_canonical_json(name: str) -> None:
     text = CASES[name]["artifact"]["manifest"]
     assert canonical_json(json.loads(text)) == text.encode()
+
+
+@pytest.mark.parametrize("case", matching(), ids=lambda c: f"{c.verdict}:{c.pattern}:{c.device_type}")
+def test_the_server_matches_device_types_as_the_vectors_say(case: Case) -> None:
+    assert DEVICE_TYPE.ok(case.device_type), "a vector's device type must be a valid one"
+    assert device_type_matches(case.pattern, case.device_type) is (case.verdict == "match"), case.why
+
+
+@pytest.mark.parametrize("case", patterns(), ids=lambda c: f"{c.verdict}:{c.pattern}")
+def test_the_server_takes_exactly_the_valid_patterns(case: Case) -> None:
+    assert DEVICE_TYPE_PATTERN.ok(case.pattern) is (case.verdict == "valid"), case.why
+    if case.verdict == "invalid":
+        with pytest.raises(InvalidArgument, match="or a pattern"):
+            check_metadata("beat", "1.0.0", "app", [case.pattern], "beat.sh")
+
+
+def test_sql_matches_as_the_function_does() -> None:
+    # Rollout targets and the compatible-artifact list match in SQL (GLOB, through core.names.device_types_sql).
+    conn = sqlite3.connect(":memory:")
+    for case in matching():
+        sql, args = device_types_sql("t.device_type", [case.pattern])
+        got = conn.execute(f"SELECT {sql} FROM (SELECT ? AS device_type) t", [*args, case.device_type]).fetchone()[0]
+        assert got == (case.verdict == "match"), case
+    for case in patterns():
+        if case.verdict == "invalid":  # GLOB would read ? and [ as wildcards: such a pattern never reaches SQL
+            with pytest.raises(InvalidArgument):
+                device_types_sql("device_type", [case.pattern])

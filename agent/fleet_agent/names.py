@@ -39,6 +39,34 @@ HARDWARE_ID = Kind("hardware id", r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}",
                    "1-128 characters of A-Z a-z 0-9 _ . : -, starting with a letter or digit")
 DEVICE_TYPE = Kind("device type", r"[a-z0-9][a-z0-9_.-]{0,63}",
                    "1-64 characters of a-z 0-9 _ . -, starting with a letter or digit (for example linux-aarch64)")
+# What a signed manifest's device_types may hold: a device type, or a pattern in which * stands for any run of
+# device-type characters (docs/protocol.md "Device types and patterns"; tests/vectors/device_types.txt).
+DEVICE_TYPE_PATTERN = Kind(
+    "device type", r"(?!.*\*\*)(?=.*[a-z0-9])[a-z0-9*][a-z0-9_.*-]{0,63}",
+    "a device type or a pattern of its characters where * stands for any run of them (for example linux-*)")
+
+
+def device_type_matches(pattern: str, device_type: str) -> bool:
+    """Whether a manifest's device-type ``pattern`` covers ``device_type``: ``*`` matches any run of characters,
+    possibly empty, every other character only itself; greedy with a return to the last ``*``. The server's
+    rule (fleetd.core.names.device_type_matches), on the same vectors."""
+    p = t = 0
+    star = mark = -1
+    while t < len(device_type):
+        if p < len(pattern) and pattern[p] == "*":
+            star, mark = p, t
+            p += 1
+        elif p < len(pattern) and pattern[p] == device_type[t]:
+            p += 1
+            t += 1
+        elif star >= 0:  # let the last * take one more character and try again after it
+            mark += 1
+            p, t = star + 1, mark
+        else:
+            return False
+    return pattern[p:].strip("*") == ""
+
+
 # An app's name is its folder under apps/ and part of its systemd unit's name.
 APP_NAME = Kind("app name", r"[a-z0-9][a-z0-9_.-]{0,63}",
                 "1-64 characters of a-z 0-9 _ . -, starting with a letter or digit")

@@ -19,6 +19,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from .names import DEVICE_TYPE_PATTERN, device_type_matches
+
 MANIFEST_FORMAT = "fleetd-manifest-v1"
 # Fields of the action's artifact reference that must equal the signed manifest's.
 MATCHED_FIELDS = ("name", "version", "kind", "sha256", "size", "file_name")
@@ -91,7 +93,8 @@ def verify_manifest(artifact: dict[str, Any], signing_public_key: bytes, device_
     if not isinstance(manifest["size"], int) or manifest["size"] < 0:
         raise VerificationError("the manifest's size is not a byte count", "manifest")
     types = manifest.get("device_types")
-    if not isinstance(types, list) or device_type not in types:
+    if not isinstance(types, list) or not any(
+            DEVICE_TYPE_PATTERN.ok(t) and device_type_matches(t, device_type) for t in types):
         raise VerificationError(f"the artifact is built for device types {types}, not for this device's "
                                 f"{device_type!r}", "device_type")
     return manifest

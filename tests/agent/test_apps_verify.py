@@ -11,7 +11,10 @@ from typing import Any
 
 import pytest
 
+from fleet_agent import names
 from fleet_agent.verify import VerificationError, check_digest, verify_file, verify_manifest
+from tests.vectors.device_types import Case, matching, patterns
+from tests.vectors.generate import _artifact
 
 VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "manifests.json").read_bytes())
 CASES = {c["name"]: c for c in VECTORS["cases"]}
@@ -64,3 +67,25 @@ def test_verify_file_hashes_the_file_on_disk(tmp_path: Path) -> None:
     f.write_bytes(base64.b64decode(CASES["tampered_file"]["file"]))
     with pytest.raises(VerificationError, match="SHA-256"):
         verify_file(f, manifest)
+
+
+@pytest.mark.parametrize("case", matching(), ids=lambda c: f"{c.verdict}:{c.pattern}:{c.device_type}")
+def test_the_agent_matches_device_types_as_the_vectors_say(case: Case) -> None:
+    assert names.device_type_matches(case.pattern, case.device_type) is (case.verdict == "match"), case.why
+
+
+@pytest.mark.parametrize("case", patterns(), ids=lambda c: f"{c.verdict}:{c.pattern}")
+def test_the_agent_takes_only_valid_patterns_from_a_manifest(case: Case) -> None:
+    # An invalid pattern in a manifest covers nothing, even the string itself (the server never signs one).
+    assert names.DEVICE_TYPE_PATTERN.ok(case.pattern) is (case.verdict == "valid"), case.why
+
+
+def test_a_signed_pattern_the_server_would_refuse_covers_nothing() -> None:
+    # "*" alone matches every name but is not a valid pattern (the server refuses it at push): a manifest
+    # signed with it anyway is refused, though the signature holds.
+    case = CASES["device_type_pattern"]
+    art = _artifact(base64.b64decode(case["file"]), version="1.2.0", device_types=("*",))
+    assert names.device_type_matches("*", case["device_type"])
+    with pytest.raises(VerificationError) as e:
+        verify_manifest(art, KEY, case["device_type"])
+    assert e.value.check == "device_type"

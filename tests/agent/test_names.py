@@ -21,10 +21,12 @@ from tests.test_names import dollar_anchored
 
 KINDS = {k: v for k, v in vars(names).items() if isinstance(v, names.Kind)}
 # A valid example of each kind.
-VALID = {"HARDWARE_ID": "dev-01", "DEVICE_TYPE": "linux-aarch64", "APP_NAME": "camera-app",
+VALID = {"HARDWARE_ID": "dev-01", "DEVICE_TYPE": "linux-aarch64", "DEVICE_TYPE_PATTERN": "linux-*",
+         "APP_NAME": "camera-app",
          "VERSION": "1.2.3-rc.1+b5", "ENV_NAME": "HOME_DIR", "SHA256": "ab" * 32}
 # The server's kind each agent kind must agree with.
-SERVER_KIND = {"HARDWARE_ID": "HARDWARE_ID", "DEVICE_TYPE": "DEVICE_TYPE", "APP_NAME": "ARTIFACT_NAME",
+SERVER_KIND = {"HARDWARE_ID": "HARDWARE_ID", "DEVICE_TYPE": "DEVICE_TYPE", "DEVICE_TYPE_PATTERN": "DEVICE_TYPE_PATTERN",
+               "APP_NAME": "ARTIFACT_NAME",
                "ENV_NAME": "ENV_NAME"}
 
 

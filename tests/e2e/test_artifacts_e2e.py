@@ -143,6 +143,17 @@ def test_cli_errors_say_what_to_do(server: ServerProcess, admin_key: str, tmp_pa
     assert p.returncode == 1 and "no artifact" in said(p)
 
 
+def test_push_for_a_device_type_pattern(server: ServerProcess, admin_key: str, tmp_path: Path) -> None:
+    path = tmp_path / "beat.sh"
+    path.write_bytes(b"#!/bin/sh\nwhile :; do date; sleep 10; done\n")
+    name = unique("e2e-beat")
+    base = ["artifacts", "push", str(path), "--name", name, *remote_args(server, admin_key)]
+    a = json.loads(run_cli(*base, "--version", "1.0.0", "--device-type", "linux-*", "--json").stdout)
+    assert a["device_types"] == ["linux-*"] and json.loads(a["manifest"])["device_types"] == ["linux-*"]
+    p = run_cli(*base, "--version", "1.0.1", "--device-type", "linux-?", check=False)
+    assert p.returncode == 1 and "device type 'linux-?' must be a device type" in said(p) and "linux-*" in said(p)
+
+
 def test_keygen_and_sign_offline(server: ServerProcess, admin_key: str, tmp_path: Path) -> None:
     path = tmp_path / "fw.bin"
     path.write_bytes(os.urandom(4096))

@@ -10,7 +10,7 @@ import pytest
 
 from tests.rtos.conftest import RTOS_DIR
 
-CORE = ["image", "state", "swap", "boot", "update", "crc32", "bytes"]
+CORE = ["image", "dtype", "state", "swap", "boot", "update", "crc32", "bytes"]
 
 @pytest.fixture(scope="module")
 def size_output() -> str:

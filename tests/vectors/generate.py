@@ -83,6 +83,12 @@ def cases() -> list[dict[str, Any]]:
                                                             '"created":"2026-11-24T01:10:49Z"'))
     assert tampered["manifest"] != good["manifest"]
     other_type = _artifact(script, device_types=("linux-armv7l",))
+    # Device-type patterns (docs/protocol.md "Device types and patterns"): part of the signed bytes.
+    pattern = _artifact(script, version="1.2.0", device_types=("linux-*",))
+    other_pattern = _artifact(script, version="1.2.0", device_types=("rtos-*", "linux-arm*"))
+    narrow = _artifact(script, version="1.2.0", device_types=("linux-armv7l",))
+    widened = dict(narrow, manifest=narrow["manifest"].replace('"linux-armv7l"', '"linux-*"'))
+    assert widened["manifest"] == pattern["manifest"] and widened["signature"] != pattern["signature"]
     flipped = bytearray(script)
     flipped[-2] ^= 0x01
     trusted = (_public(OFFLINE),)
@@ -96,6 +102,12 @@ def cases() -> list[dict[str, Any]]:
               script, "signed by another fleet's key"),
         _case("wrong_device_type", "reject", "device_type", other_type, script,
               "validly signed, but built for another device type"),
+        _case("device_type_pattern", "accept", None, pattern, script,
+              "built for the pattern linux-*, which covers linux-aarch64"),
+        _case("device_type_pattern_other", "reject", "device_type", other_pattern, script,
+              "built for the patterns rtos-* and linux-arm*, neither of which covers linux-aarch64"),
+        _case("device_type_widened_to_pattern", "reject", "signature", widened, script,
+              "signed for linux-armv7l, then the manifest's device type changed to linux-* (the signature covers it)"),
         _case("wrong_sha256", "reject", "manifest", dict(good, sha256=hashlib.sha256(b"other").hexdigest()),
               script, "the action's sha256 differs from the signed manifest's"),
         _case("size_mismatch", "reject", "manifest", dict(good, size=good["size"] + 1), script,

@@ -24,7 +24,7 @@ export default async function artifact(ctx) {
     const label = `${a.name}@${a.version}`;
     return section('Deploy',
       h('p', {class: 'hint'}, `Installs ${label} at once on every matching active device of type `
-        + `${a.device_types.join(' or ')}.`, has('RolloutService') ? [' For a staged update, ',
+        + `${a.device_types.join(' or ')}${a.device_types.some((t) => t.includes('*')) ? ' (* is any run of characters)' : ''}.`, has('RolloutService') ? [' For a staged update, ',
         h('a', {href: href('rollouts', {artifact: label})}, 'start a rollout'), '.'] : null),
       h('form', {class: 'inline', on: {submit: async (ev) => {
         ev.preventDefault();

@@ -15,7 +15,7 @@ function uploadForm(onDone) {
   const name = h('input', {name: 'name', required: true, placeholder: 'e.g. hello', autocomplete: 'off'});
   const version = h('input', {name: 'version', required: true, placeholder: 'e.g. 1.0.0', autocomplete: 'off'});
   const kind = select('kind', [['app', 'app'], ['agent', 'agent'], ['firmware', 'firmware']], 'app');
-  const types = h('input', {name: 'device_types', required: true, placeholder: 'linux-aarch64, sim'});
+  const types = h('input', {name: 'device_types', required: true, placeholder: 'linux-aarch64, linux-*, sim'});
   const format = select('format', [['raw', 'raw (the file as sent)'], ['rtos-image', 'RTOS image (wrapped and signed)']],
     'raw');
   const counter = h('input', {name: 'security_counter', type: 'number', min: 0, max: 4294967295, value: '0',
@@ -92,7 +92,8 @@ function uploadForm(onDone) {
     h('div', {}, field('File', file), field('Name', name, 'lowercase letters, digits and _.-'),
       field('Version', version, 'a semantic version: 1.4.0, 2.0.0-rc.1')),
     h('div', {}, field('Kind', kind), rtosFields,
-      field('Device types', types, 'comma-separated; devices of these types may install it'),
+      field('Device types', types, 'comma-separated; devices of these types may install it; '
+        + '* stands for any run of characters (linux-* is every Linux board)'),
       h('details', {}, h('summary', {}, 'Install spec (optional, apps)'),
         field('Install spec as JSON', spec, 'Without one, the file itself is run.')))),
   h('div', {class: 'actions'}, submit), progressRow, live, err, done);

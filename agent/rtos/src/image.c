@@ -10,7 +10,7 @@
 
 static int dtype_char_ok(uint8_t c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-           c == '_' || c == '-';
+           c == '_' || c == '-' || c == '*';
 }
 
 int fleet_image_parse_header(const uint8_t raw[FLEET_IMAGE_HEADER_SIZE], fleet_image_header_t *out) {
@@ -131,7 +131,7 @@ int fleet_image_verify(const fleet_port_t *port, const fleet_config_t *cfg, uint
     port->crypto.sha256_final(port->crypto.ctx, digest);
     if (memcmp(digest, want, 32) != 0) return FLEET_E_HASH;
     if ((rc = tlv_walk(port, cfg, off + hashed, size - hashed, digest, NULL)) != FLEET_OK) return rc;
-    if (strcmp(hdr->device_type, cfg->device_type) != 0) return FLEET_E_DEVICE_TYPE;
+    if (!fleet_device_type_matches(hdr->device_type, cfg->device_type)) return FLEET_E_DEVICE_TYPE;
     if (hdr->security_counter < min_counter) return FLEET_E_DOWNGRADE;
     return FLEET_OK;
 }

@@ -22,7 +22,7 @@ from ..accounts.audit import Actor
 from ..core.clock import new_id, now, to_dt
 from ..core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ..core.fields import Int32
-from ..core.names import ARTIFACT_NAME, DEVICE_TYPE, ENV_NAME, check_file_name
+from ..core.names import ARTIFACT_NAME, DEVICE_TYPE_PATTERN, ENV_NAME, check_file_name
 from ..core.semver import Version
 from ..devices.devauth import decode_b64_field, verify_signature
 from ..store import blobs
@@ -108,9 +108,9 @@ def check_metadata(name: str, version: str, kind: str, device_types: list[str], 
     if kind not in KINDS:
         raise InvalidArgument(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if not device_types:
-        raise InvalidArgument("give at least one device type (e.g. linux-aarch64, sim)")
+        raise InvalidArgument("give at least one device type or pattern (e.g. linux-aarch64, linux-*, sim)")
     for t in device_types:
-        DEVICE_TYPE.check(t)
+        DEVICE_TYPE_PATTERN.check(t)
     check_file_name(file_name)
 
 
@@ -214,7 +214,8 @@ def list_page(conn: sqlite3.Connection, *, name: str = "", kind: str = "", devic
         where.append("a.kind = ?")
         args.append(kind)
     if device_type:
-        where.append("EXISTS (SELECT 1 FROM json_each(a.device_types) WHERE value = ?)")
+        # The artifacts a device of this type may install: GLOB is the pattern rule (core.names.device_types_sql).
+        where.append("EXISTS (SELECT 1 FROM json_each(a.device_types) WHERE ? GLOB value)")
         args.append(device_type)
     clause = (" WHERE " + " AND ".join(where)) if where else ""
     total = conn.execute(f"SELECT COUNT(*) FROM artifacts a{clause}", args).fetchone()[0]

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..core.errors import InvalidArgument
+from ..core.names import device_type_matches
 from ..core.semver import Version
 
 MAGIC = 0x4D494446  # b"FDIM" read as a little-endian u32
@@ -44,7 +45,8 @@ MAX_PAYLOAD = U32_MAX - HEADER_SIZE - TLV_MAX_SIZE
 
 _HEADER = struct.Struct("<IHHIIIHHI32sI")
 _TLV = struct.Struct("<HH")
-_DEVICE_TYPE = re.compile(r"[A-Za-z0-9._-]{1,31}")
+# The header's device type: a name or a pattern with * (docs/protocol.md "Device types and patterns").
+_DEVICE_TYPE = re.compile(r"[A-Za-z0-9._*-]{1,31}")
 
 ErrorKind = Literal["format", "hash", "signature", "device_type", "downgrade"]
 ERROR_KINDS: tuple[ErrorKind, ...] = ("format", "hash", "signature", "device_type", "downgrade")
@@ -146,7 +148,7 @@ def check_version(version: str) -> tuple[int, int, int]:
 def check_device_type(device_type: str) -> str:
     if not _DEVICE_TYPE.fullmatch(device_type):
         raise InvalidArgument(f"device type {device_type[:40]!r} cannot go in an RTOS image: it must be 1 to "
-                              f"{DEVICE_TYPE_MAX} characters of A-Z a-z 0-9 . _ -")
+                              f"{DEVICE_TYPE_MAX} characters of A-Z a-z 0-9 . _ - *")
     return device_type
 
 
@@ -252,7 +254,7 @@ def parse_header(raw: bytes) -> Header:
         raise _fail(f"reserved field 0x{reserved:08x} is not 0")
     name, _, rest = dtype.partition(b"\0")
     if rest.strip(b"\0") or not _DEVICE_TYPE.fullmatch(name.decode("latin-1")):
-        raise _fail("the device type field is not 1-31 characters of A-Z a-z 0-9 . _ - padded with NUL bytes")
+        raise _fail("the device type field is not 1-31 characters of A-Z a-z 0-9 . _ - * padded with NUL bytes")
     return Header(payload_size=psize, security_counter=counter, major=major, minor=minor, patch=patch,
                   device_type=name.decode("ascii"), flags=flags, reserved=reserved)
 
@@ -342,7 +344,7 @@ def check_image(info: ImageInfo, digest: bytes, trusted_keys: Iterable[Ed25519Pu
                for s in info.signatures):
         raise ImageError("signature", f"none of its {len(info.signatures)} signatures verifies with a trusted "
                                       f"key ({len(keys)} trusted)")
-    if device_type is not None and info.header.device_type != device_type:
+    if device_type is not None and not device_type_matches(info.header.device_type, device_type):
         raise ImageError("device_type", f"the image is for device type {info.header.device_type!r}, not "
                                         f"{device_type!r}")
     if info.header.security_counter < min_counter:

@@ -164,7 +164,8 @@ def push(
     name: Annotated[str, typer.Option("--name", help="Component name, e.g. sensor-app.", show_default=False)],
     version: Annotated[str, typer.Option("--version", help="Semantic version, e.g. 1.4.0.", show_default=False)],
     device_type: Annotated[list[str], typer.Option(
-        "--device-type", help="Device type it runs on (repeat for several), e.g. linux-aarch64.",
+        "--device-type", help="Device type it runs on (repeat for several), e.g. linux-aarch64, or a pattern: "
+                              "* stands for any run of characters, e.g. 'linux-*' (quote it for the shell).",
         show_default=False)],
     kind: Annotated[str, typer.Option(help=f"{', '.join(KINDS)}.")] = "app",
     run: Annotated[str | None, typer.Option(

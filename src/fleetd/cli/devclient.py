@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ..artifacts.catalog import ArtifactRef
 from ..core.errors import FleetdError
+from ..core.names import DEVICE_TYPE_PATTERN, matches_any
 from ..devices.device_api import (
     AuthenticateResponse,
     ChallengeResponse,
@@ -378,7 +379,9 @@ def verify_artifact(ref: ArtifactRef, signing_public_key: bytes, download: Downl
         if manifest.get(field) != getattr(ref, field):
             raise VerificationError(f"the manifest's {field} is {manifest.get(field)!r} but the action "
                                     f"references {getattr(ref, field)!r}")
-    if device_type is not None and device_type not in (manifest.get("device_types") or []):
+    types = manifest.get("device_types")
+    if device_type is not None and not (isinstance(types, list) and matches_any(
+            (t for t in types if isinstance(t, str) and DEVICE_TYPE_PATTERN.ok(t)), device_type)):
         raise VerificationError(f"the artifact is built for {manifest.get('device_types')}, not for "
                                 f"device type {device_type!r}")
     if download is not None:

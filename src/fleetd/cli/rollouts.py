@@ -100,7 +100,8 @@ def rollouts_create(
     target: Annotated[list[str] | None, typer.Option(
         "--target", help="key=value: devices with this tag (repeat: all must match).", show_default=False)] = None,
     device_type: Annotated[list[str] | None, typer.Option(
-        "--device-type", help="Only devices of this type (default: the artifact's types).", show_default=False)] = None,
+        "--device-type", help="Only devices of this type (default: the artifact's types and patterns).",
+        show_default=False)] = None,
     device: Annotated[list[str] | None, typer.Option(
         "--device", help="This device too (id, hardware id or name; repeat).", show_default=False)] = None,
     stages: Annotated[str, typer.Option(help="Cumulative percentages, the last 100.")] = "5,25,100",

@@ -24,6 +24,7 @@ from ..artifacts import catalog as artifacts
 from ..core.clock import new_id, now, to_dt
 from ..core.effects import Publish
 from ..core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from ..core.names import matches_any
 from ..store.database import effect
 from .registry import ActionsOpen, find_device_row
 
@@ -223,7 +224,7 @@ def create_install(conn: sqlite3.Connection, actor: Actor, device_refs: list[str
     """Install actions for every device, all or none."""
     art = artifacts.get(conn, artifact_ref)
     rows = _active_devices(conn, device_refs)
-    wrong = [r["id"] for r in rows if r["device_type"] not in art.device_types]
+    wrong = [r["id"] for r in rows if not matches_any(art.device_types, r["device_type"])]
     if wrong:
         raise FailedPrecondition(f"{art.name}@{art.version} is built for {', '.join(art.device_types)}; "
                                  f"device(s) {', '.join(wrong[:5])} are of another type")

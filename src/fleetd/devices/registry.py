@@ -32,7 +32,7 @@ from ..core.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
-from ..core.names import DEVICE_NAME, DEVICE_TYPE, HARDWARE_ID, like_pattern
+from ..core.names import DEVICE_NAME, DEVICE_TYPE, HARDWARE_ID, like_pattern, matches_any
 from ..store.database import effect
 from . import join_tokens
 from .join_tokens import JoinToken, use_token
@@ -362,10 +362,10 @@ def _filters(status: str | None, device_type: str | None, tags: dict[str, str] |
 
 def select_ids(conn: sqlite3.Connection, *, status: str | None = None, tags: dict[str, str] | None = None,
                device_types: list[str] | None = None) -> list[str]:
-    """Ids of the devices matching a target (tags ANDed, any of the device types)."""
+    """Ids of the devices matching a target (tags ANDed, any of the device types: names or patterns)."""
     clause, args = _filters(status, None, tags, None)
     ids = conn.execute(f"SELECT id, device_type FROM devices{clause} ORDER BY created_at, id", args).fetchall()
-    return [r[0] for r in ids if device_types is None or r[1] in device_types]
+    return [r[0] for r in ids if device_types is None or matches_any(device_types, r[1])]
 
 
 def list_devices(conn: sqlite3.Connection, *, status: str | None = None, device_type: str | None = None,

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..core.errors import NotFound
+from ..core.names import device_types_sql
 from ..devices.actions import PROGRESS, ActionState
 from ..devices.tags import json_path
 from ..telemetry import rollups
@@ -44,7 +45,8 @@ STARTED_STATES = PROGRESS[PROGRESS.index(ActionState.ACCEPTED):]  # the device t
 
 @dataclass
 class Target:
-    """Active devices with all ``tags`` and one of ``device_types`` (when any are given), plus ``device_ids``."""
+    """Active devices with all ``tags`` and a type ``device_types`` covers (names or patterns, when any are
+    given), plus ``device_ids``."""
 
     tags: dict[str, str] = field(default_factory=dict)
     device_types: list[str] = field(default_factory=list)
@@ -64,8 +66,9 @@ class Target:
         parts: list[str] = []
         args: list[Any] = []
         if self.device_types:
-            where = ["device_type IN (SELECT value FROM json_each(?))"]
-            args.append(json.dumps(self.device_types))
+            types, type_args = device_types_sql("device_type", self.device_types)
+            where = [types]
+            args += type_args
             for k, v in sorted(self.tags.items()):
                 where.append("json_extract(tags, ?) = ?")
                 args += [json_path(k), v]

@@ -29,6 +29,7 @@ from ..artifacts import catalog as artifacts
 from ..core.clock import new_id, to_dt
 from ..core.effects import Publish
 from ..core.errors import FailedPrecondition, InvalidArgument
+from ..core.names import DEVICE_TYPE, matches_any
 from ..devices import actions
 from ..devices.registry import find_device_row
 from ..devices.tags import check_tags
@@ -195,7 +196,9 @@ def _seconds(value: float | None, default: float, what: str, minimum: float) -> 
 
 def _target(conn: sqlite3.Connection, spec: RolloutSpec, art: artifacts.Artifact) -> Target:
     tags = check_tags(dict(spec.tags))
-    wrong = [t for t in spec.device_types if t not in art.device_types]
+    # A given type: one of the artifact's own names or patterns, or a device type they cover.
+    wrong = [t for t in spec.device_types
+             if t not in art.device_types and not (DEVICE_TYPE.ok(t) and matches_any(art.device_types, t))]
     if wrong:
         raise InvalidArgument(f"{art.name}@{art.version} is built for {', '.join(art.device_types)}, not for "
                               f"{', '.join(wrong)}")
@@ -208,7 +211,7 @@ def _target(conn: sqlite3.Connection, spec: RolloutSpec, art: artifacts.Artifact
         r = find_device_row(conn, ref)
         if r["status"] != "active":
             raise FailedPrecondition(f"device {r['id']} is {r['status']}; only active devices take part in rollouts")
-        if r["device_type"] not in art.device_types:
+        if not matches_any(art.device_types, r["device_type"]):
             raise FailedPrecondition(f"device {r['id']} is a {r['device_type']}; {art.name}@{art.version} is built "
                                      f"for {', '.join(art.device_types)}")
         ids.append(r["id"])

@@ -16,6 +16,7 @@ from ..accounts import audit
 from ..accounts.audit import Actor
 from ..artifacts import catalog as artifacts
 from ..core.effects import Publish
+from ..core.names import matches_any
 from ..devices import actions
 from ..store.database import effect
 from .progress import RolloutRow
@@ -93,8 +94,8 @@ def create_installs(conn: sqlite3.Connection, actor: Actor, r: RolloutRow, devic
     free = _free(conn, r, device_ids, "install")
     types = {row[0]: row[1] for chunk in _chunks(free) for row in conn.execute(
         f"SELECT id, device_type FROM devices WHERE id IN ({','.join('?' * len(chunk))})", chunk)}
-    allowed = set(artifacts.get(conn, r.artifact_id).device_types)
-    free = [d for d in free if types.get(d) in allowed]  # a device may have changed type since
+    allowed = artifacts.get(conn, r.artifact_id).device_types
+    free = [d for d in free if d in types and matches_any(allowed, types[d])]  # it may have changed type since
     free = free[:limit]  # the rest: at the next pass, as devices of a started stage without an action
     for chunk in _chunks(free):
         actions.create_install(conn, actor, chunk, r.artifact_id, consent=r.consent, rollout_id=r.id)

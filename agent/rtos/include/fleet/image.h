@@ -43,8 +43,13 @@ typedef struct fleet_image_header {
  * flags, device type NUL-terminated and printable). */
 int fleet_image_parse_header(const uint8_t raw[FLEET_IMAGE_HEADER_SIZE], fleet_image_header_t *out);
 
+/* 1 if the header's device type (a name, or a pattern in which '*' matches any
+ * run of characters) covers this device's type, else 0 (src/dtype.c). */
+int fleet_device_type_matches(const char *pattern, const char *device_type);
+
 /* Verifies the image stored at flash offset off (at most max_len bytes):
- * header, hash, a signature by one of cfg's trusted keys, device type, and
+ * header, hash, a signature by one of cfg's trusted keys, device type (see
+ * fleet_device_type_matches), and
  * security counter >= min_counter. buf (>= 64 bytes) is scratch for reads.
  * Fills *hdr on success. Returns FLEET_OK or a FLEET_E_* code. */
 int fleet_image_verify(const fleet_port_t *port, const fleet_config_t *cfg, uint32_t off,

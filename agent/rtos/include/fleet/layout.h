@@ -15,7 +15,7 @@ typedef struct fleet_layout {
 
 typedef struct fleet_config {
     fleet_layout_t layout;
-    const char *device_type;          /* must equal the image header's device type */
+    const char *device_type;          /* the image header's type must cover it */
     const uint8_t (*trusted_keys)[32];/* Ed25519 public keys an image may be signed with */
     uint32_t trusted_key_count;
 } fleet_config_t;

@@ -381,7 +381,7 @@ def _check_result(kind: str, state: str, result: ActionResult) -> None:
         raise InvalidArgument(f"a {kind} action brings no result back; send the report without one")
     if state != S.SUCCEEDED:
         raise InvalidArgument(f"a result comes with the succeeded report, not with {state}")
-    size = len(result.text.encode("utf-8", "surrogatepass"))
+    size = len(result.text.encode())
     if size > LOG_BYTES_MAX:
         raise InvalidArgument(f"the log text is {size} bytes; at most {LOG_BYTES_MAX} bytes "
                               f"({LOG_BYTES_MAX // 1024} KiB) are accepted: send the last lines that fit and set "

@@ -246,7 +246,7 @@ export default async function device(ctx) {
         }
         const {text, lines, truncated} = a.result;
         clear(status, `${lines} line${lines === 1 ? '' : 's'} of ${app}, sent `, timeEl(a.finished_at),
-          truncated ? ` (cut to fit 256 KiB: ${a.message})` : '');
+          truncated ? ` — ${a.message}` : '');
         clear(box, text ? h('pre', {class: 'log', 'aria-label': `Log of ${app}`}, text)
           : h('p', {class: 'empty'}, `${app} has written nothing to its log yet.`));
         return;

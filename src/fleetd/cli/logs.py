@@ -60,7 +60,7 @@ def devices_logs(device: DeviceArg, app: LogAppOpt = "", lines: LinesOpt = LOG_L
     sys.stdout.flush()
     note = f"{result['lines']} line(s) of {a['component']} on {dev['name']}"
     if result.get("truncated"):
-        note += f", cut to fit 256 KiB ({a['message']})"
+        note += f" ({a['message']})"
     err_console.print(f"[dim]— {escape(note)}[/dim]")
 
 

@@ -77,7 +77,7 @@ RESULTS_KEPT = 20
 class ActionResult(msgspec.Struct, kw_only=True):
     """What an action brought back from the device: the last lines of an app's log (kind logs)."""
 
-    # The lines, UTF-8, each ending in a newline; at most LOG_BYTES_MAX bytes.
+    # The lines as the app wrote them (the last may lack its newline), UTF-8; at most LOG_BYTES_MAX bytes.
     text: str = ""
     # How many lines ``text`` holds.
     lines: Int32 = 0
@@ -392,7 +392,7 @@ def _check_result(kind: str, state: str, result: ActionResult) -> None:
 
 def _keep_result(conn: sqlite3.Connection, device_id: str, action_id: str, result: ActionResult) -> None:
     """Store ``result``; a device keeps its RESULTS_KEPT newest ones."""
-    conn.execute("INSERT OR REPLACE INTO action_results (action_id, device_id, result, created_at) VALUES (?,?,?,?)",
+    conn.execute("INSERT INTO action_results (action_id, device_id, result, created_at) VALUES (?,?,?,?)",
                  (action_id, device_id, msgspec.json.encode(result).decode(), now()))
     conn.execute("DELETE FROM action_results WHERE device_id = ? AND action_id NOT IN (SELECT action_id FROM "
                  "action_results WHERE device_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?)",

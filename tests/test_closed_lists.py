@@ -155,8 +155,8 @@ PLACES: dict[type[enum.StrEnum], list[Place]] = {
         Place("proto device_admin.proto CreateActionRequest.kind comment",
               proto_comment("device_admin.proto", "CreateActionRequest", "kind"),
               omits=_omit(K.INSTALL)),  # installs come through CreateDeployment
-        Place("web/pages/device.js action buttons (simple('KIND', ...))",
-              js_calls("pages/device.js", r"simple\(('[a-z_]+')"),
+        Place("web/pages/device.js action buttons (simple('KIND', ...), or a control's {kind: 'KIND'})",
+              js_calls("pages/device.js", r"(?:simple\(|\{kind: )('[a-z_]+')"),
               omits=_omit(K.INSTALL,  # deployed from the artifact page (CreateDeployment)
                           K.CONFIG)),  # pushed with the CLI or the API; the UI has no config editor
         Place("agent/fleet_agent/apps.py _dispatch", agent_dispatch),
@@ -166,7 +166,7 @@ PLACES: dict[type[enum.StrEnum], list[Place]] = {
                           K.CONFIG)),  # and keeps no configuration file
         Place("ddi/state.py DEPLOYABLE (what DDI delivers as a deploymentBase)", names_of(*ddi_state.DEPLOYABLE),
               # hawkBit DDI has no such actions: fail_undeliverable ends them as failed
-              omits=_omit(K.RESTART, K.REBOOT, K.CONFIG)),
+              omits=_omit(K.RESTART, K.REBOOT, K.CONFIG, K.LOGS)),
     ],
     ActionState: [
         Place("devices/actions.py PROGRESS + TERMINAL (every state is open or final)", names_of(*PROGRESS, *TERMINAL)),

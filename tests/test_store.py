@@ -64,6 +64,66 @@ def test_shipped_migrations_are_well_formed() -> None:
     assert available_migrations()[0][0] == 1
 
 
+def test_a_migration_may_rebuild_a_table_that_others_refer_to(tmp_path: Path) -> None:
+    # SQLite changes a CHECK only by rebuilding the table; with foreign keys on, dropping the old table would
+    # delete every row that refers to it (ON DELETE CASCADE). The runner migrates with them off.
+    folder = write_migrations(
+        tmp_path / "m",
+        "CREATE TABLE p (id TEXT PRIMARY KEY, k TEXT CHECK (k IN ('a'))); "
+        "CREATE TABLE c (pid TEXT REFERENCES p(id) ON DELETE CASCADE);",
+        "INSERT INTO p VALUES ('x', 'a'); INSERT INTO c VALUES ('x');",
+        "CREATE TABLE p_new (id TEXT PRIMARY KEY, k TEXT CHECK (k IN ('a', 'b'))); "
+        "INSERT INTO p_new SELECT * FROM p; DROP TABLE p; ALTER TABLE p_new RENAME TO p;")
+    conn = connect(tmp_path / "db.sqlite")
+    migrate(conn, folder)
+    assert conn.execute("SELECT COUNT(*) FROM c").fetchone()[0] == 1
+    conn.execute("INSERT INTO p VALUES ('y', 'b')")
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1  # on again after migrating
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("INSERT INTO c VALUES ('nobody')")
+
+
+def test_a_migration_that_breaks_a_foreign_key_is_refused(tmp_path: Path) -> None:
+    folder = write_migrations(
+        tmp_path / "m",
+        "CREATE TABLE p (id TEXT PRIMARY KEY); CREATE TABLE c (pid TEXT REFERENCES p(id)); "
+        "INSERT INTO p VALUES ('x'); INSERT INTO c VALUES ('x');",
+        "DELETE FROM p;")
+    conn = connect(tmp_path / "db.sqlite")
+    with pytest.raises(FleetdError, match="0002_m2 would leave 1 row"):
+        migrate(conn, folder)
+    assert schema_version(conn) == 1 and conn.execute("SELECT COUNT(*) FROM p").fetchone()[0] == 1
+
+
+def test_the_logs_kind_migration_keeps_actions_and_what_refers_to_them(tmp_path: Path) -> None:
+    shipped = available_migrations()
+    before = tmp_path / "before"
+    before.mkdir()
+    for _, _, path in shipped:
+        if path.name < "0009":
+            (before / path.name).write_text(path.read_text())
+    conn = connect(tmp_path / "db.sqlite")
+    migrate(conn, before)
+    conn.execute("INSERT INTO devices (id, hardware_id, name, device_type, public_key, status, created_at) "
+                 "VALUES ('dev_1', 'hw1', 'pi', 'linux', x'00', 'active', 1)")
+    conn.execute("INSERT INTO actions (id, device_id, kind, state, created_at, updated_at) "
+                 "VALUES ('act_1', 'dev_1', 'restart', 'succeeded', 1, 1)")
+    conn.execute("INSERT INTO action_events (action_id, ts, state) VALUES ('act_1', 1, 'queued')")
+    conn.execute("INSERT INTO ddi_action_state (action_id, device_id) VALUES ('act_1', 'dev_1')")
+    migrate(conn)
+    assert conn.execute("SELECT COUNT(*) FROM action_events").fetchone()[0] == 1
+    assert conn.execute("SELECT COUNT(*) FROM ddi_action_state").fetchone()[0] == 1
+    conn.execute("INSERT INTO actions (id, device_id, kind, state, created_at, updated_at) "
+                 "VALUES ('act_2', 'dev_1', 'logs', 'queued', 2, 2)")
+    # The triggers came back with the table: the new action has its DDI number.
+    assert conn.execute("SELECT COUNT(*) FROM ddi_ids WHERE kind = 'action'").fetchone()[0] == 2
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+        conn.execute("INSERT INTO actions (id, device_id, kind, state, created_at, updated_at) "
+                     "VALUES ('act_3', 'dev_1', 'frobnicate', 'queued', 2, 2)")
+    conn.execute("DELETE FROM devices WHERE id = 'dev_1'")  # the cascade still reaches the rebuilt table
+    assert conn.execute("SELECT COUNT(*) FROM action_events").fetchone()[0] == 0
+
+
 def test_writes_are_serialized_and_transactional(tmp_path: Path) -> None:
     store = Store(tmp_path / "fleetd.db")
     try:

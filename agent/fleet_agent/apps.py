@@ -1,4 +1,4 @@
-"""The Executor: carries out the server's actions (install, rollback, restart, reboot, config) on this device.
+"""The Executor: carries out the server's actions (install, rollback, restart, reboot, config, logs) on this device.
 
 Apps live in ``apps/<name>/``: one folder per installed ``<version>`` (the
 app's files plus ``.fleet-manifest.json``, the signed manifest it was installed
@@ -34,10 +34,10 @@ from .supervisor import POLICIES, ProcessManager, ProcessSpec
 from .systemd import make_supervisor
 from .unpack import UnpackError, is_archive, place
 from .verify import VerificationError, b64decode, verify_file, verify_manifest
+from .worker import Report
 
 log = logging.getLogger(__name__)
 
-Report = Callable[[str, str, int], None]
 REBOOT_ENV = "FLEET_AGENT_REBOOT_CMD"
 # Trusted offline signing keys (base64, comma-separated): with any, every artifact must carry a signature by one.
 # Local configuration on purpose: a server-pushed config action must not be able to lift the requirement.
@@ -230,6 +230,8 @@ class Executor:
             self._config(str(action.get("component") or ""), action.get("params") or {}, report)
         elif kind == "reboot":
             self._reboot(report)
+        elif kind == "logs":
+            self._logs(str(action.get("component") or ""), action.get("params"), report)
         else:
             raise ActionFailed(f"this agent does not know action kind {kind!r}; update the agent")
 
@@ -527,6 +529,16 @@ class Executor:
             report("succeeded", f"wrote {len(params)} setting(s) to {app.config} and restarted {app.name}", 100)
         else:
             report("succeeded", f"wrote {len(params)} setting(s) to {app.config}", 100)
+
+    def _logs(self, name: str, params: Any, report: Report) -> None:
+        from .applogs import LogsRefused, allowed, last_lines
+
+        try:
+            allowed(os.environ)  # first: a device that keeps its logs says nothing about its apps
+            message, result = last_lines(self._app(name).root, name, params)
+        except LogsRefused as e:
+            raise ActionFailed(str(e)) from None
+        report("succeeded", message, 100, result)
 
     def _write_agent_config(self, params: dict[str, Any]) -> str:
         path = self.state_dir / "config.json"

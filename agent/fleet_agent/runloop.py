@@ -250,9 +250,12 @@ class RunLoop:
     def _reporter(self, action: dict[str, Any]) -> Report:
         aid = str(action.get("id"))
 
-        def report(state: str, message: str = "", progress: int = 0) -> None:
-            item = {"action_id": aid, "state": str(state), "message": str(message or "")[:MAX_REPORT_MESSAGE],
-                    "progress": max(0, min(100, int(progress or 0)))}
+        def report(state: str, message: str = "", progress: int = 0, result: dict[str, Any] | None = None) -> None:
+            item: dict[str, Any] = {"action_id": aid, "state": str(state),
+                                    "message": str(message or "")[:MAX_REPORT_MESSAGE],
+                                    "progress": max(0, min(100, int(progress or 0)))}
+            if result is not None:
+                item["result"] = result
             self.reports.put(item)
             if state in TERMINAL:
                 with self._rt_lock:

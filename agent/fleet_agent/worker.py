@@ -13,14 +13,22 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .client import ServerClient
 from .config import AgentState, ConfigError, read_json
 
 log = logging.getLogger(__name__)
 
-Report = Callable[[str, str, int], None]
+
+class Report(Protocol):
+    """How an executor reports an action's progress; ``result`` only with a final state that brings one back
+    (the lines of a logs action)."""
+
+    def __call__(self, state: str, message: str = "", progress: int = 0,
+                 result: dict[str, Any] | None = None) -> None: ...
+
+
 TERMINAL = frozenset({"succeeded", "failed", "rolled_back", "rejected"})
 
 
@@ -201,8 +209,9 @@ class ActionWorker:
         report = self.make_report(action)
         ended: list[str] = []
 
-        def tracking(state: str, message: str = "", progress: int = 0) -> None:
-            report(state, message, progress)
+        def tracking(state: str, message: str = "", progress: int = 0,
+                     result: dict[str, Any] | None = None) -> None:
+            report(state, message, progress, result)
             if state in TERMINAL:
                 ended.append(state)
 

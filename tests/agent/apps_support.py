@@ -76,9 +76,12 @@ class Reports:
 
     def __init__(self) -> None:
         self.items: list[tuple[str, str, int]] = []
+        self.result: dict[str, Any] | None = None  # what the final report brought back, if anything
 
-    def __call__(self, state: str, message: str, progress: int) -> None:
+    def __call__(self, state: str, message: str, progress: int, result: dict[str, Any] | None = None) -> None:
         self.items.append((state, message, progress))
+        if result is not None:
+            self.result = result
 
     @property
     def states(self) -> list[str]:

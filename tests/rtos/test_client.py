@@ -65,6 +65,20 @@ def test_an_action_without_a_component_is_not_taken_for_the_firmware(dev: Device
     assert rc == OK and dev.status().state == IDLE
 
 
+def test_a_logs_action_is_reported_failed_and_a_download_under_way_goes_on(dev: Device) -> None:
+    # The shim runs one firmware image and has no apps: a logs action fails at once (left alone, it would stay
+    # open forever), and, taken before an install whose download is under way, does not abort that download.
+    install = {"id": "act_1", "kind": "install", "component": "firmware", "state": "downloading",
+               "artifact": artifact()}
+    poll(dev, [install])
+    assert dev.status().state == DOWNLOADING
+    logs = {"id": "act_l", "kind": "logs", "component": "firmware", "state": "queued", "params": {"lines": 200}}
+    rc, log, rebooted = poll(dev, [logs, install])
+    [r] = reports(log)
+    assert (r["action_id"], r["state"]) == ("act_l", "failed") and "no app logs" in r["message"], r
+    assert rc == POLL_BUSY and not rebooted and dev.status().state == DOWNLOADING
+
+
 def test_an_install_without_an_artifact_is_reported_failed_not_succeeded(dev: Device) -> None:
     rc, log, rebooted = poll(dev, [{"id": "act_1", "kind": "install", "component": "firmware", "state": "queued",
                                     "artifact": None}])

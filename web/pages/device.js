@@ -205,7 +205,59 @@ export default async function device(ctx) {
     }}}, input, add));
   }
 
+  // --- an app's last log lines: a logs action, which the device answers at its next check-in ---
+  const logsBox = h('div', {class: 'app-logs', 'aria-live': 'polite'});
+  let logsShown = null;  // the logs action whose lines the box shows (or waits for)
+  const logLines = 200;
+
+  async function askLogs(app, btn) {
+    await busy(btn, actionErr, async () => {
+      const r = await call('DeviceAdminService', 'CreateAction',
+        {kind: 'logs', component: app, device_ids: [id], params: {lines: String(logLines)}});
+      const aid = r.action_ids[0];
+      logsShown = aid;
+      const status = h('p', {class: 'muted'}, `Asked ${dev.name} for the last ${logLines} lines of ${app}; it sends `
+        + `them at its next check-in (every ${dev.poll_interval} s). Waiting…`);
+      const closeBtn = h('button', {type: 'button', class: 'small', on: {click: () => {
+        logsShown = null;
+        clear(logsBox);
+      }}}, 'Close');
+      const lines = h('div');
+      clear(logsBox, section(`Log of ${app}`, h('div', {class: 'inline toolbar'}, status, closeBtn), lines));
+      waitLogs(aid, app, status, lines);
+    });
+  }
+
+  async function waitLogs(aid, app, status, box) {
+    while (ctx.alive() && logsShown === aid) {
+      let a;
+      try {
+        a = await call('DeviceAdminService', 'GetAction', {id: aid});
+      } catch (e) {
+        clear(status, `Could not read the action: ${e.message}`);
+        return;
+      }
+      if (logsShown !== aid) return;
+      if (!OPEN.has(a.state)) {
+        status.className = a.state === 'succeeded' ? 'muted' : 'bad-text';
+        if (a.state !== 'succeeded' || !a.result) {
+          clear(status, `${dev.name} did not send the log of ${app}: ${a.message || a.state}`);
+          return;
+        }
+        const {text, lines, truncated} = a.result;
+        clear(status, `${lines} line${lines === 1 ? '' : 's'} of ${app}, sent `, timeEl(a.finished_at),
+          truncated ? ` — ${a.message}` : '');
+        clear(box, text ? h('pre', {class: 'log', 'aria-label': `Log of ${app}`}, text)
+          : h('p', {class: 'empty'}, `${app} has written nothing to its log yet.`));
+        return;
+      }
+      await new Promise((done) => setTimeout(done, 2000));
+    }
+  }
+
   function paintComponents() {
+    // hawkBit DDI has no logs action: asking would only fail at the device's next poll.
+    const logs = writer && !dev.ddi_controller_id;
     clear(comps, section('Installed software', dataTable({
       caption: 'Installed software', rows: dev.components || [], state: {},
       empty: 'The device reports no installed apps yet.',
@@ -217,8 +269,11 @@ export default async function device(ctx) {
         {label: 'Health', value: (c) => c.health, cell: (c) => (c.health ? badge(c.health) : '—')},
         {label: 'Restarts', class: 'num', value: (c) => c.restarts},
         {label: 'Updated', value: (c) => Date.parse(c.updated_at || 0), cell: (c) => timeEl(c.updated_at)},
-      ],
-    })));
+        logs ? {label: '', cell: (c) => h('button', {type: 'button', class: 'small', title: `The last ${logLines} lines`
+          + ` of ${c.name}'s log`, 'aria-label': `Logs of ${c.name}`, disabled: dev.status !== 'active',
+        on: {click: (ev) => askLogs(c.name, ev.currentTarget)}}, 'Logs')} : null,
+      ].filter(Boolean),
+    })), logsBox);
   }
 
   async function onCancel(a, btn) {

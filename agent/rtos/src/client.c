@@ -310,7 +310,7 @@ static int take_action(fleet_client_t *c, const fleet_json_t *v, fleet_action_t 
     if (fleet_json_str(v, "kind", a->kind, sizeof a->kind) != FLEET_OK ||
         fleet_json_str(v, "id", a->id, sizeof a->id) != FLEET_OK)
         return 0;
-    if (strcmp(a->kind, "reboot") != 0 &&
+    if (strcmp(a->kind, "reboot") != 0 && strcmp(a->kind, "logs") != 0 &&
         (strcmp(comp, c->component) != 0 ||
          (strcmp(a->kind, "install") != 0 && strcmp(a->kind, "rollback") != 0)))
         return 0;
@@ -649,6 +649,11 @@ int fleet_client_poll(fleet_client_t *c)
             st.result = FLEET_RESULT_CONFIRMED;
         rc = report_result(c, &st);
         return rc == FLEET_OK ? FLEET_POLL_BUSY : rc;
+    }
+    if (strcmp(a.kind, "logs") == 0) {
+        /* No apps, so no app logs: failed, not left open forever (and a download under way goes on). */
+        rc = fleet_client_report(c, a.id, "failed", "this device runs the RTOS shim: it has no app logs", 0);
+        return report_settled(c, rc) ? FLEET_POLL_BUSY : rc;
     }
     if (st.state == FLEET_STATE_DOWNLOADING && strcmp(a.id, st.action_id) != 0) {
         /* The action we were downloading for was cancelled. */

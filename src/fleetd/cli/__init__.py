@@ -7,7 +7,7 @@ import os
 import typer
 
 from .. import __version__
-from . import admin, devices, tokens
+from . import admin, devices, logs, tokens
 from .alerts import alerts_app
 from .artifacts import artifacts_app
 from .backup import backup as backup_command
@@ -29,6 +29,7 @@ app.command("serve")(serve)
 app.add_typer(admin.users_app, name="users")
 app.add_typer(admin.keys_app, name="keys")
 app.add_typer(devices.devices_app, name="devices")
+devices.devices_app.command("logs")(logs.devices_logs)
 app.add_typer(tokens.tokens_app, name="tokens")
 app.add_typer(artifacts_app, name="artifacts")
 app.add_typer(rollouts_app, name="rollouts")

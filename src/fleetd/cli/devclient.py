@@ -231,10 +231,13 @@ class DeviceClient:
         self.status, self.poll_interval = resp.status, resp.poll_interval
         return resp
 
-    async def report(self, action_id: str, state: str, message: str = "", progress: int = 0
-                     ) -> ReportStatusResponse:
-        return await self._post("ReportStatus", {"action_id": action_id, "state": state, "message": message,
-                                                 "progress": progress}, ReportStatusResponse)
+    async def report(self, action_id: str, state: str, message: str = "", progress: int = 0,
+                     result: Mapping[str, Any] | None = None) -> ReportStatusResponse:
+        """Move an action on; ``result`` only with the succeeded report of a kind that brings one back (logs)."""
+        body: dict[str, Any] = {"action_id": action_id, "state": state, "message": message, "progress": progress}
+        if result is not None:
+            body["result"] = dict(result)
+        return await self._post("ReportStatus", body, ReportStatusResponse)
 
     async def push_telemetry(self, points: Sequence[Mapping[str, Any]]) -> int:
         """Send points ``{name, value, ts?, tags?}``; returns how many the server committed."""

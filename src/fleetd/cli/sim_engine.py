@@ -38,7 +38,9 @@ MAX_BACKOFF = 30.0
 # Steps of an install that a device reports, in the order the protocol allows.
 # What a simulated device reports for each kind that only runs a command ({component}: the action's).
 DONE = {ActionKind.RESTART: "restarted {component}", ActionKind.REBOOT: "rebooted",
-        ActionKind.CONFIG: "configuration applied"}
+        ActionKind.CONFIG: "configuration applied", ActionKind.LOGS: "the last lines of {component}'s simulated log"}
+# A simulated app's log: this many lines at most, whatever a logs action asks for.
+SIM_LOG_LINES = 5
 SIMULATED_FAILURE = "simulated failure"
 
 
@@ -282,12 +284,22 @@ class SimDevice:
         if a.kind in DEPLOYING:
             await self.install(a, state)
         elif a.kind in DONE:
-            await self.finish(a, "succeeded", DONE[ActionKind(a.kind)].format(component=a.component))
+            result = self.log_lines(a) if a.kind == ActionKind.LOGS else None
+            await self.finish(a, "succeeded", DONE[ActionKind(a.kind)].format(component=a.component), result)
         else:
             await self.finish(a, "failed", f"a simulated device cannot carry out {a.kind!r} actions")
 
-    async def finish(self, a: DeviceAction, state: str, message: str) -> None:
-        await self.client.report(a.id, state, message, 100 if state == "succeeded" else 0)
+    def log_lines(self, a: DeviceAction) -> dict[str, Any]:
+        """A few synthetic lines for a logs action, as the last lines of the app's log."""
+        version = self.ident.installed.get(a.component, "?")
+        n = max(1, min(SIM_LOG_LINES, int(a.params.get("lines") or SIM_LOG_LINES)))
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        text = "".join(f"{stamp} {self.hardware_id} {a.component} {version}: simulated log line {i} of {n}\n"
+                       for i in range(1, n + 1))
+        return {"text": text, "lines": n, "truncated": False}
+
+    async def finish(self, a: DeviceAction, state: str, message: str, result: dict[str, Any] | None = None) -> None:
+        await self.client.report(a.id, state, message, 100 if state == "succeeded" else 0, result)
         if state == "succeeded":
             self.sim.stats.actions_succeeded += 1
         else:

@@ -24,6 +24,7 @@ from ..artifacts import catalog as artifacts
 from ..core.clock import new_id, now, to_dt
 from ..core.effects import Publish
 from ..core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from ..core.fields import Int32
 from ..core.names import matches_any
 from ..store.database import effect
 from .registry import ActionsOpen, find_device_row
@@ -37,6 +38,7 @@ class ActionKind(enum.StrEnum):
     RESTART = "restart"
     REBOOT = "reboot"
     CONFIG = "config"
+    LOGS = "logs"
 
 
 class ActionState(enum.StrEnum):
@@ -58,7 +60,7 @@ class ActionState(enum.StrEnum):
 S = ActionState  # short, for the tuples below
 # Kinds that carry an artifact (or go back to the previous one), and those that only run a command.
 DEPLOYING = (ActionKind.INSTALL, ActionKind.ROLLBACK)
-SIMPLE = (ActionKind.RESTART, ActionKind.REBOOT, ActionKind.CONFIG)
+SIMPLE = (ActionKind.RESTART, ActionKind.REBOOT, ActionKind.CONFIG, ActionKind.LOGS)
 # The open states in the order an action goes through them, and the states it ends in.
 PROGRESS = (S.QUEUED, S.OFFERED, S.ACCEPTED, S.DOWNLOADING, S.VERIFYING, S.INSTALLING)
 TERMINAL = (S.SUCCEEDED, S.FAILED, S.ROLLED_BACK, S.CANCELLED, S.REJECTED)
@@ -66,6 +68,22 @@ TERMINAL = (S.SUCCEEDED, S.FAILED, S.ROLLED_BACK, S.CANCELLED, S.REJECTED)
 DEVICE_REPORTABLE = (S.ACCEPTED, S.REJECTED, S.DOWNLOADING, S.VERIFYING, S.INSTALLING, S.SUCCEEDED, S.FAILED,
                      S.ROLLED_BACK)
 MAX_MESSAGE = 2000
+# A logs action: how many of the app's last lines it asks for, and the most a device may send back.
+LOG_LINES_DEFAULT, LOG_LINES_MAX = 200, 2000
+LOG_BYTES_MAX = 256 * 1024
+# Results kept per device (the newest; older ones are dropped, their actions stay).
+RESULTS_KEPT = 20
+
+
+class ActionResult(msgspec.Struct, kw_only=True):
+    """What an action brought back from the device: the last lines of an app's log (kind logs)."""
+
+    # The lines as the app wrote them (the last may lack its newline), UTF-8; at most LOG_BYTES_MAX bytes.
+    text: str = ""
+    # How many lines ``text`` holds.
+    lines: Int32 = 0
+    # The byte cap cut the text short of the lines asked for (the log had more).
+    truncated: bool = False
 
 
 class Action(msgspec.Struct, kw_only=True):
@@ -85,6 +103,8 @@ class Action(msgspec.Struct, kw_only=True):
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
+    # Only from GetAction: what the action brought back (a logs action's lines), while the server keeps it.
+    result: ActionResult | None = None
 
 
 class DeviceAction(msgspec.Struct, kw_only=True):
@@ -111,11 +131,15 @@ def _action(r: sqlite3.Row) -> Action:
                   finished_at=to_dt(r["finished_at"]))
 
 
-def get(conn: sqlite3.Connection, action_id: str) -> Action:
+def get(conn: sqlite3.Connection, action_id: str, *, with_result: bool = False) -> Action:
     r = conn.execute(f"{_ADMIN_SELECT} WHERE ac.id = ?", (action_id,)).fetchone()
     if r is None:
         raise NotFound(f"no action {action_id!r}")
-    return _action(r)
+    a = _action(r)
+    if with_result:
+        stored = conn.execute("SELECT result FROM action_results WHERE action_id = ?", (action_id,)).fetchone()
+        a.result = msgspec.json.decode(stored[0], type=ActionResult) if stored else None
+    return a
 
 
 def list_for_device(conn: sqlite3.Connection, device_ref: str, limit: int = 100) -> list[Action]:
@@ -263,15 +287,43 @@ def create_rollback(conn: sqlite3.Connection, actor: Actor, device_refs: list[st
 
 def create_simple(conn: sqlite3.Connection, actor: Actor, device_refs: list[str], kind: str, component: str = "",
                   params: dict[str, Any] | None = None) -> list[str]:
-    """restart (a component), reboot (the device) or config."""
+    """restart (a component), reboot (the device), config, or logs (a component's last log lines)."""
     if kind not in SIMPLE:
         raise InvalidArgument(f"kind must be {_or(SIMPLE)} here, got {kind!r}")
     if kind == ActionKind.RESTART and not component:
         raise InvalidArgument("restart needs the app (component) to restart")
+    if kind == ActionKind.LOGS:
+        if not component:
+            raise InvalidArgument("logs needs the app (component) whose log to read")
+        params = {"lines": _log_lines((params or {}).get("lines"))}
     rows = _active_devices(conn, device_refs)
+    if kind == ActionKind.LOGS:
+        _check_reports_app(conn, rows, component)
     ids = [_insert(conn, actor, r["id"], kind, component, None, params or {}) for r in rows]
     _opened(conn, [r["id"] for r in rows])
     return ids
+
+
+def _log_lines(value: object) -> int:
+    if value in (None, "", 0):
+        return LOG_LINES_DEFAULT
+    try:
+        n = int(str(value))
+    except ValueError:
+        n = 0
+    if not 1 <= n <= LOG_LINES_MAX:
+        raise InvalidArgument(f"lines must be a whole number from 1 to {LOG_LINES_MAX}, got {value!r}")
+    return n
+
+
+def _check_reports_app(conn: sqlite3.Connection, rows: list[sqlite3.Row], component: str) -> None:
+    """Every device must report ``component`` among its apps: a typo fails now, not at the next check-in."""
+    for r in rows:
+        names = [c[0] for c in conn.execute("SELECT name FROM device_components WHERE device_id = ? ORDER BY name",
+                                            (r["id"],))]
+        if component not in names:
+            have = f"it reports {', '.join(names)}" if names else "it reports no apps yet"
+            raise FailedPrecondition(f"device {r['name']} ({r['id']}) has no app {component!r}; {have}")
 
 
 def _or(names: tuple[str, ...]) -> str:
@@ -289,15 +341,15 @@ def _set_state(conn: sqlite3.Connection, action_id: str, state: str, message: st
 
 
 def report(conn: sqlite3.Connection, device_id: str, action_id: str, state: str, message: str = "",
-           progress: int = 0) -> Action:
+           progress: int = 0, result: ActionResult | None = None) -> Action:
     """A device moves its action forward; the event stream and the hub hear of it after the commit."""
-    action = advance(conn, device_id, action_id, state, message, progress)
+    action = advance(conn, device_id, action_id, state, message, progress, result)
     settled(conn, action)
     return action
 
 
 def advance(conn: sqlite3.Connection, device_id: str, action_id: str, state: str, message: str = "",
-            progress: int = 0) -> Action:
+            progress: int = 0, result: ActionResult | None = None) -> Action:
     """:func:`report` without its effects, for a caller that makes several steps of one report (DDI feedback)."""
     if state not in DEVICE_REPORTABLE:
         raise InvalidArgument(f"state must be one of {', '.join(DEVICE_REPORTABLE)}, got {state!r}")
@@ -309,16 +361,43 @@ def advance(conn: sqlite3.Connection, device_id: str, action_id: str, state: str
         # Same answer for another device's action as for none: do not reveal which ids exist.
         raise NotFound(f"no action {action_id!r} for this device")
     current = r["state"]
+    if result is not None:
+        _check_result(r["kind"], state, result)
     if current in TERMINAL:
         if current != state:
             raise FailedPrecondition(f"action {action_id} already ended as {current}")
     elif state != current:
         _check_transition(r["kind"], current, state)
         _set_state(conn, action_id, state, message, progress)
+        if result is not None:
+            _keep_result(conn, device_id, action_id, result)
     else:
         conn.execute("UPDATE actions SET message = ?, progress = ?, updated_at = ? WHERE id = ?",
                      (message, progress, now(), action_id))
     return get(conn, action_id)
+
+
+def _check_result(kind: str, state: str, result: ActionResult) -> None:
+    if kind != ActionKind.LOGS:
+        raise InvalidArgument(f"a {kind} action brings no result back; send the report without one")
+    if state != S.SUCCEEDED:
+        raise InvalidArgument(f"a result comes with the succeeded report, not with {state}")
+    size = len(result.text.encode())
+    if size > LOG_BYTES_MAX:
+        raise InvalidArgument(f"the log text is {size} bytes; at most {LOG_BYTES_MAX} bytes "
+                              f"({LOG_BYTES_MAX // 1024} KiB) are accepted: send the last lines that fit and set "
+                              "truncated")
+    if not 0 <= result.lines <= LOG_LINES_MAX:
+        raise InvalidArgument(f"lines must be 0..{LOG_LINES_MAX}, got {result.lines}")
+
+
+def _keep_result(conn: sqlite3.Connection, device_id: str, action_id: str, result: ActionResult) -> None:
+    """Store ``result``; a device keeps its RESULTS_KEPT newest ones."""
+    conn.execute("INSERT INTO action_results (action_id, device_id, result, created_at) VALUES (?,?,?,?)",
+                 (action_id, device_id, msgspec.json.encode(result).decode(), now()))
+    conn.execute("DELETE FROM action_results WHERE device_id = ? AND action_id NOT IN (SELECT action_id FROM "
+                 "action_results WHERE device_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?)",
+                 (device_id, device_id, RESULTS_KEPT))
 
 
 def _check_transition(kind: str, current: str, new: str) -> None:

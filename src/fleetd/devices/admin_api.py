@@ -17,7 +17,7 @@ from .join_tokens import JoinToken
 from .registry import Device
 
 service = Service("DeviceAdminService", "The device registry and direct actions (deploy, restart, rollback, "
-                  "reboot).")
+                  "reboot, logs).")
 
 
 def fresh(ctx: Context, d: Device) -> Device:
@@ -176,16 +176,17 @@ async def Deploy(ctx: Context, req: DeployRequest) -> ActionsCreated:
 
 
 class CreateActionRequest(TargetedRequest, kw_only=True):
-    # restart, reboot, rollback or config
+    # restart, reboot, rollback, config or logs
     kind: str
-    # The app it concerns (restart, rollback).
+    # The app it concerns (restart, rollback, logs).
     component: str = ""
+    # For logs: lines, 1..2000 (200 when unset).
     params: dict[str, str] = {}
 
 
 @service.method(auth="operator")
 async def CreateAction(ctx: Context, req: CreateActionRequest) -> ActionsCreated:
-    """Restart an app, reboot, roll an app back to its previous version, or push config."""
+    """Restart an app, reboot, roll an app back to its previous version, push config, or fetch an app's log."""
     def create(conn):  # type: ignore[no-untyped-def]
         targets = _targets(conn, req)
         if req.kind == "rollback":
@@ -216,6 +217,12 @@ async def ListActions(ctx: Context, req: ListActionsRequest) -> ListActionsRespo
 
 class ActionRef(msgspec.Struct, kw_only=True):
     id: str
+
+
+@service.method(auth="viewer", readonly=True)
+async def GetAction(ctx: Context, req: ActionRef) -> Action:
+    """One action, with what it brought back (a logs action's lines) while the server keeps it."""
+    return await ctx.fleet.store.read(lambda c: actions.get(c, req.id, with_result=True))
 
 
 @service.method(auth="operator")

@@ -11,7 +11,7 @@ from ..core.fields import Int32
 from ..http.rpc import Context, Service
 from ..telemetry.intake import Point
 from . import actions, join_tokens, registry
-from .actions import DeviceAction
+from .actions import ActionResult, DeviceAction
 from .devauth import CHALLENGE_TTL, TOKEN_TTL, challenge_message, decode_b64_field, verify_signature
 from .inventory import Component, Inventory, inventory_dict
 from .registry import DeviceRuntime
@@ -171,6 +171,8 @@ class ReportStatusRequest(msgspec.Struct, kw_only=True):
     state: str
     message: str = ""
     progress: Int32 = 0
+    # Only with the succeeded report of a logs action: the app's last lines.
+    result: ActionResult | None = None
 
 
 class ReportStatusResponse(msgspec.Struct, kw_only=True):
@@ -183,7 +185,7 @@ async def ReportStatus(ctx: Context, req: ReportStatusRequest) -> ReportStatusRe
     """Move one of this device's actions forward (downloading, installing, succeeded, failed, …)."""
     device_id, _ = _calling_device(ctx, active_to="report action status")
     action = await ctx.fleet.store.write(
-        lambda c: actions.report(c, device_id, req.action_id, req.state, req.message, req.progress))
+        lambda c: actions.report(c, device_id, req.action_id, req.state, req.message, req.progress, req.result))
     return ReportStatusResponse(action_id=action.id, state=action.state)
 
 

@@ -137,20 +137,32 @@ def migrate(conn: sqlite3.Connection, folder: Path | None = None) -> list[str]:
             f"{newest_known}; it was written by a newer fleetd. Run that version, or restore a backup."
         )
     applied = []
-    for version, name, path in migrations:
-        if version <= current:
-            continue
-        sql = path.read_text()
-        with transaction(conn):
-            # executescript would COMMIT on its own; run statement by statement instead.
-            for stmt in _split_sql(sql):
-                conn.execute(stmt)
-            conn.execute(
-                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                (version, name, time.time()),
-            )
-        applied.append(f"{version:04d}_{name}")
-        log.info("applied migration %04d_%s", version, name)
+    # Foreign keys off while migrating, so that a migration may rebuild a table (SQLite's only way to change a
+    # CHECK): dropping the old table would otherwise delete, by cascade, the rows that refer to it. They are
+    # checked before each commit instead.
+    enforced = conn.execute("PRAGMA foreign_keys").fetchone()[0]
+    conn.execute("PRAGMA foreign_keys=OFF")
+    try:
+        for version, name, path in migrations:
+            if version <= current:
+                continue
+            sql = path.read_text()
+            with transaction(conn):
+                # executescript would COMMIT on its own; run statement by statement instead.
+                for stmt in _split_sql(sql):
+                    conn.execute(stmt)
+                broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise FleetdError(f"migration {version:04d}_{name} would leave {len(broken)} row(s) pointing "
+                                      f"at rows that do not exist (first: {tuple(broken[0])}); nothing was changed")
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (version, name, time.time()),
+                )
+            applied.append(f"{version:04d}_{name}")
+            log.info("applied migration %04d_%s", version, name)
+    finally:
+        conn.execute(f"PRAGMA foreign_keys={'ON' if enforced else 'OFF'}")
     return applied
 
 

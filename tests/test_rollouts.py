@@ -404,6 +404,8 @@ def test_failures_of_devices_enrolled_after_the_start_are_shown_but_do_not_halt(
     got = at_time(fleet, rid, t0 + 2)
     assert got["state"] == "running" and got["stages"][0]["failed"] == 5
     shown = {d["device_id"]: d for d in call(client, admin_key, "ListRolloutDevices", id=rid).json()["devices"]}
+    names = fleet.store.read_sync(lambda c: {d: registry.get_device(c, d).name for d in shown})
+    assert {d: x["name"] for d, x in shown.items()} == names and all(names.values())  # names, for the UI
     assert shown[late[0]]["status"] == "failed" and "not counted toward its failure threshold" in shown[late[0]][
         "detail"]
     # The same failure from a device enrolled before the start halts at once (0 % allowed).

@@ -30,6 +30,11 @@ export function s(tag, props = {}, ...children) {
   return build(document.createElementNS(SVG_NS, tag), props, children);
 }
 
+/** Append children as h() does: null, undefined and false are skipped (Element.append would show "null"). */
+export function append(el, ...children) {
+  return build(el, {}, children);
+}
+
 export function clear(el, ...children) {
   el.replaceChildren();
   return build(el, {}, children);

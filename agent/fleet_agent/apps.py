@@ -328,7 +328,7 @@ class Executor:
         # What to go back to if the new version fails.
         restore = None
         if cur and cur != version and st.get("state") != "failed" and app.installed(cur):
-            restore = {"version": cur, "previous_version": st.get("previous_version")}
+            restore = {"version": cur, "previous_version": st.get("previous_version"), "health": st.get("health") or ""}
         elif st.get("previous_version") and app.installed(str(st["previous_version"])):
             restore = {"version": st["previous_version"], "previous_version": None}
         st["pending"] = {"version": version, "restore": restore, "action": action.get("id")}
@@ -352,11 +352,16 @@ class Executor:
         self.sup.stop(app.name)
         crashpoint("reverting")
         if restore is not None:
+            back = str(restore["version"])
+            log.info("%s %s failed its health check (%s); rolling back to %s", app.name, version, problem, back)
             self._restore(app, restore, f"{version} failed: {problem}")
-            if version != restore["version"]:
+            if version != back:
                 remove_tree(app.dir(version))
-            report("rolled_back", f"{app.name} {version} failed its health check ({problem}); went back to "
-                                  f"{restore['version']}", 100)
+            again = self._check_restored(app, back, report)
+            outcome = f"failed its health check too ({again})" if again else "passed its health check"
+            log.info("%s is back on %s, which %s", app.name, back, outcome)
+            report("failed" if again else "rolled_back", f"{app.name} {version} failed its health check ({problem}); "
+                                                         f"went back to {back}, which {outcome}", 100)
         else:
             app.save({"version": version, "previous_version": None, "state": "failed", "health": "unhealthy",
                       "restarts": 0, "last_error": problem})
@@ -371,6 +376,15 @@ class Executor:
                   "state": "running", "health": "", "restarts": 0, "last_error": why})
         self.sup.start(self._spec(app, str(restore["version"])))
 
+    def _check_restored(self, app: App, version: str, report: Report) -> str | None:
+        """Watch the version gone back to as an install is watched; record its health (the server shows it)."""
+        manifest = json.loads((app.installed(version) or {}).get("manifest") or "{}")
+        problem = self._watch(app, version, manifest, lambda s, m, p: report(s, f"back on {version}: {m}", p))
+        st = app.state()
+        app.save({**st, "health": "unhealthy" if problem else "healthy", "last_error": st["last_error"] + (
+            f"; {version} failed its health check too: {problem}" if problem else "")})
+        return problem
+
     def _recover(self, app: App) -> None:
         """Make ``current`` and state.json agree after a crash, undoing an install that did not commit."""
         sweep(app.root)
@@ -382,9 +396,10 @@ class Executor:
             restore = pending.get("restore")
             why = f"the install of {pending.get('version')} was interrupted"
             if restore and app.installed(str(restore["version"])):
+                log.info("%s: %s; going back to %s", app.name, why, restore["version"])
                 switch_link(app.current, str(restore["version"]))
                 app.save({"version": restore["version"], "previous_version": restore.get("previous_version"),
-                          "state": "running", "health": "", "restarts": 0, "last_error": why})
+                          "state": "running", "health": restore.get("health") or "", "restarts": 0, "last_error": why})
             elif link is None:
                 remove_tree(app.root)  # a first install that never switched: nothing was installed
             else:

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -178,9 +179,12 @@ def test_install_enroll_deploy_and_roll_back(server: ServerProcess, admin: Admin
         before = heartbeat(beat)
         assert advancing(beat), "1.0.0 does not run again after the rollback"
         assert heartbeat(beat) > before
-        wait_for("the device to report heartbeat 1.0.0 again", lambda: [
-            c for c in admin.device(device["id"])["components"]
-            if c["name"] == "heartbeat" and c["version"] == "1.0.0" and c["state"] == "running"], 15)
+        # Healthy, as the server shows it: the agent watched 1.0.0 again after going back (not "—").
+        wait_for("the device to report heartbeat 1.0.0 again, healthy", lambda: [
+            c for c in admin.device(device["id"])["components"] if c["name"] == "heartbeat"
+            and c["version"] == "1.0.0" and c["state"] == "running" and c["health"] == "healthy"], 15)
+        assert re.search(r"INFO fleet_agent\.apps: heartbeat 2\.0\.0 failed its health check \(.+\); rolling back "
+                         r"to 1\.0\.0", agent.log()), agent.log()
         assert admin.device(device["id"])["online"]
         assert agent.proc.poll() is None, agent.log()
     finally:

@@ -1,8 +1,8 @@
 // Alerts: incidents, alert rules on telemetry, webhooks and their delivery log.
 import { call, can, href } from '../app.js';
 import {
-  badge, busy, clear, confirmDialog, dataTable, errorBox, field, h, notify, parseTags, section, secretBlock, select,
-  showError, tagChips, timeEl,
+  append, badge, busy, clear, confirmDialog, dataTable, errorBox, field, h, notify, parseTags, section, secretBlock,
+  select, showError, tagChips, timeEl,
 } from '../ui.js';
 
 function condition(r) {
@@ -67,7 +67,7 @@ export default async function alerts(ctx) {
   const delBox = h('div');
   const err = errorBox();
   const showResolved = h('input', {type: 'checkbox', name: 'resolved', on: {change: () => load()}});
-  root.append(h('h1', {tabindex: -1}, 'Alerts'), err,
+  append(root, h('h1', {tabindex: -1}, 'Alerts'), err,
     h('section', {class: 'card'}, h('h2', {}, 'Incidents'),
       h('div', {class: 'actions'}, h('label', {}, showResolved, ' Also show resolved incidents')), incBox),
     section('Alert rules', writer ? ruleForm(() => load()) : null, rulesBox),

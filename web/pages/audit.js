@@ -1,10 +1,24 @@
-// The audit log: newest first, filtered by action prefix, actor and outcome; older pages on demand.
-import { call } from '../app.js';
+// The audit log: newest first, filtered by type (action) prefixes, actor and outcome; older pages on demand.
+// One command that made an action on many devices is one entry: its count, the first devices, a link to its rollout.
+import { call, href } from '../app.js';
 import { badge, clear, dataTable, errorBox, field, h, select, showError, timeEl } from '../ui.js';
 
 const PAGE = 100;
 
+function link(path, id) {
+  return h('a', {href: href(`${path}/${encodeURIComponent(id)}`)}, id);
+}
+
+function devices(d) {
+  const listed = d.devices || [];
+  const more = d.count - listed.length;
+  return h('span', {}, `${d.count} device${d.count === 1 ? '' : 's'}`, d.artifact || d.component
+    ? ` (${d.artifact || d.component})` : '', ': ', listed.map((id, i) => [i ? ', ' : '', link('devices', id)]),
+  more > 0 ? ` and ${more} more` : '', d.rollout ? ['; rollout ', link('rollouts', d.rollout)] : '');
+}
+
 function details(d) {
+  if (typeof d?.count === 'number' && Array.isArray(d.devices)) return devices(d);
   const entries = Object.entries(d || {}).filter(([, v]) => v !== null && v !== '' && !(Array.isArray(v) && !v.length));
   if (!entries.length) return h('span', {class: 'muted'}, '—');
   return h('span', {class: 'mono'}, entries.map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : v}`).join(' '));
@@ -14,7 +28,7 @@ export default async function audit(ctx) {
   const {root, query} = ctx;
   const state = {action: query.get('action') || '', actor: query.get('actor') || '', outcome: query.get('outcome') || '',
     entries: [], next: 0, sort: {}};
-  const action = h('input', {name: 'action', value: state.action, placeholder: 'e.g. device. or auth.login'});
+  const action = h('input', {name: 'action', value: state.action, placeholder: 'e.g. device. or artifact.,token.'});
   const actor = h('input', {name: 'actor', value: state.actor, placeholder: 'name or id'});
   const outcome = select('outcome', [['', 'Any'], ['ok', 'ok'], ['denied', 'denied'], ['failed', 'failed']], state.outcome);
   const err = errorBox();

@@ -2,8 +2,8 @@
 import { call, can, has, href, navigate } from '../app.js';
 import { lineChart } from '../charts.js';
 import {
-  badge, busy, clear, confirmDialog, dataTable, dl, errorBox, field, h, notify, parseTags, secretBlock, section, select,
-  showError, timeEl,
+  append, badge, busy, clear, confirmDialog, dataTable, dl, errorBox, field, h, notify, parseTags, secretBlock,
+  section, select, showError, timeEl,
 } from '../ui.js';
 import { targetTokenSection } from '../ddi.js';
 import { claimDevice } from './devices.js';
@@ -346,7 +346,7 @@ export default async function device(ctx) {
 
   // A DDI device's controller id never changes: its card is built once, so a refresh keeps a token shown in it.
   const ddiBox = dev.ddi_controller_id ? h('div', {}, targetTokenSection(dev)) : null;
-  root.append(writer ? controls : null, info, ddiBox, comps, actionsBox, telemetryBox);
+  append(root, writer ? controls : null, info, ddiBox, comps, actionsBox, telemetryBox);
   controls.hidden = true;
   await refresh();
   return {refresh, events: ['device.', 'action.']};

@@ -2,8 +2,8 @@
 // bulk tag and deploy.
 import { call, can, href } from '../app.js';
 import {
-  badge, busy, clear, confirmDialog, dataTable, errorBox, field, h, notify, parseTags, select, showError, tagChips,
-  timeEl,
+  append, badge, busy, clear, confirmDialog, dataTable, errorBox, field, h, notify, parseTags, select, showError,
+  tagChips, timeEl,
 } from '../ui.js';
 
 const PAGE = 50;
@@ -131,7 +131,7 @@ export default async function devices(ctx) {
   const pager = h('div', {class: 'pager'});
   const listErr = errorBox();
 
-  root.append(h('div', {class: 'page-head'}, h('h1', {tabindex: -1}, 'Devices'),
+  append(root, h('div', {class: 'page-head'}, h('h1', {tabindex: -1}, 'Devices'),
     writer ? h('a', {href: href('enrollment'), class: 'small'}, 'Add devices') : null),
   filters, writer ? bulk : null, listErr, summary, tableBox, pager);
 

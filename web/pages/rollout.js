@@ -102,7 +102,9 @@ export default async function rollout(ctx) {
       caption: 'Devices in this rollout', rows: d.devices, state: {},
       empty: 'No device is part of this rollout yet.',
       columns: [
-        {label: 'Device', value: (x) => x.device_id, cell: (x) => h('a', {href: href(`devices/${encodeURIComponent(x.device_id)}`)}, x.device_id)},
+        {label: 'Device', value: (x) => x.name || x.device_id, cell: (x) => [
+          h('a', {href: href(`devices/${encodeURIComponent(x.device_id)}`)}, x.name || x.device_id),
+          x.name ? [' ', h('code', {class: 'muted'}, x.device_id)] : null]},
         {label: 'Stage', class: 'num', value: (x) => x.stage + 1},
         {label: 'Status', value: (x) => x.status, cell: (x) => badge(x.status)},
         {label: 'Detail', value: (x) => x.detail, cell: (x) => x.detail || h('span', {class: 'muted'}, '—')},

@@ -11,7 +11,8 @@ from typing import Any
 import msgspec
 
 from ..core.clock import now, to_dt
-from ..core.names import like_pattern
+from ..core.errors import InvalidArgument, NotFound
+from ..core.names import SEARCH_MAX, like_pattern
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,13 @@ class Actor:
 
 
 SYSTEM = Actor("system", None, "fleetd")
+
+# What an entry's type (its ``action``) starts with: the thing acted on. tests/test_audit_log.py checks that every
+# type the server records is in one of these.
+FAMILIES = ("action", "alert_rule", "artifact", "auth", "ddi", "device", "key", "rollout", "token", "user",
+            "webhook")
+# A grouped entry (one command, many devices) lists this many of its devices and actions; ``count`` says how many.
+LISTED = 10
 
 
 class AuditEntry(msgspec.Struct, kw_only=True):
@@ -57,6 +65,44 @@ def record(
     )
 
 
+def record_batch(conn: sqlite3.Connection, actor: Actor, action: str, action_ids: list[str], device_ids: list[str],
+                 **details: Any) -> None:
+    """One entry for one command that made an action on each of many devices (a deploy to 50 devices is one line,
+    not 50): ``count``, the first :data:`LISTED` devices and action ids; the target is the action when there is one.
+    Each action keeps who made it and when (``created_by``, ``created_at``), and the devices' pages list them."""
+    if action_ids:
+        record(conn, actor, action, action_ids[0] if len(action_ids) == 1 else None, count=len(action_ids),
+               devices=device_ids[:LISTED], actions=action_ids[:LISTED],
+               **{k: v for k, v in details.items() if v is not None})
+
+
+def check_types(types: str) -> list[str]:
+    """``types``: entry types or their beginnings, comma-separated (``artifact.,key.create``); each must begin like
+    one of :data:`FAMILIES`, else the caller hears which exist."""
+    found = [t.strip() for t in types.split(",") if t.strip()]
+    for t in found:
+        family = t.split(".", 1)[0]
+        if not any(f == family or ("." not in t and f.startswith(t)) for f in FAMILIES):
+            raise InvalidArgument(f"no audit entry type begins with {t!r}: types begin with "
+                                  f"{', '.join(f + '.' for f in FAMILIES)} (e.g. artifact.create, or device. for "
+                                  "every device entry)")
+    return found
+
+
+def check_actor(conn: sqlite3.Connection, actor: str) -> None:
+    """An actor filter that names no user, API key or actor in the log is a typo: say which users there are."""
+    if len(actor) > SEARCH_MAX:
+        raise InvalidArgument(f"actor must be at most {SEARCH_MAX} characters, got {len(actor)}")
+    known = conn.execute(
+        "SELECT 1 FROM users WHERE id = ? OR username = ? UNION ALL SELECT 1 FROM api_keys WHERE id = ? OR name = ? "
+        "UNION ALL SELECT 1 FROM audit_log WHERE actor_id = ? OR actor_name = ? LIMIT 1", (actor,) * 6).fetchone()
+    if known is None:
+        users = [r[0] for r in conn.execute("SELECT username FROM users ORDER BY username LIMIT 20")]
+        raise NotFound(f"no user, API key or device named {actor!r} has an audit entry; an actor is a user name "
+                       f"({', '.join(users) or 'none yet'}), an API key's name, a device's id or name, or fleetd "
+                       "for the server itself")
+
+
 def query(
     conn: sqlite3.Connection,
     *,
@@ -69,13 +115,15 @@ def query(
     before_id: int | None = None,
     limit: int = 100,
 ) -> list[AuditEntry]:
-    """Newest first. ``action`` matches a prefix (``user.`` finds every user action)."""
+    """Newest first. ``action`` is a type or its beginning (``user.`` finds every user entry), or several,
+    comma-separated; ``actor`` an actor's id or name. A type or actor that cannot match anything is an error."""
     where: list[str] = []
     args: list[Any] = []
-    if action:
-        where.append("action LIKE ? ESCAPE '\\'")
-        args.append(like_pattern(action, "action", prefix=True))
+    if action and (types := check_types(action)):
+        where.append("(" + " OR ".join(["action LIKE ? ESCAPE '\\'"] * len(types)) + ")")
+        args += [like_pattern(t, "type", prefix=True) for t in types]
     if actor:
+        check_actor(conn, actor)
         where.append("(actor_id = ? OR actor_name = ?)")
         args += [actor, actor]
     if target:

@@ -16,9 +16,10 @@ service = Service("AuditService", "The audit log of admin actions and security e
 
 
 class ListAuditRequest(msgspec.Struct, kw_only=True):
-    # Prefix of the action, e.g. "user." or "auth.login".
+    # The entry's type or its beginning, e.g. "user." or "auth.login"; several, comma-separated:
+    # "artifact.,token.create". A beginning no type has is an error that lists them.
     action: str = ""
-    # Actor id or name.
+    # Actor id or name: a user, an API key, a device, or fleetd. One that never acted is an error.
     actor: str = ""
     target: str = ""
     # ok, denied or failed.

@@ -24,7 +24,7 @@ from .common import (
     remote,
     use_offline,
 )
-from .output import console, print_json, print_table, show
+from .output import console, print_json, print_table, show, to_builtins
 
 ROLES_HELP = f"{', '.join(reversed(auth.Role))}."
 
@@ -164,12 +164,14 @@ def _since(text: str | None) -> dt.datetime | None:
     return t if t.tzinfo else t.astimezone()
 
 
-AUDIT_COLUMNS = ["id", "ts", "actor_kind", "actor_name", "action", "target", "outcome", "remote_addr"]
+AUDIT_COLUMNS = ["id", "ts", "actor_kind", "actor_name", "action", "target", "devices", "outcome", "remote_addr"]
 
 
 def audit_command(
-    action: Annotated[str, typer.Option(help="Action prefix, e.g. user. or auth.login.")] = "",
-    actor: Annotated[str, typer.Option(help="Actor id or name.")] = "",
+    action: Annotated[str, typer.Option(
+        "--type", "--action", help="Entry type or its beginning, e.g. artifact.create or device.; several, "
+        "comma-separated: artifact.,token.,key.")] = "",
+    actor: Annotated[str, typer.Option(help="Actor: a user or API key name, a device, or fleetd (or an id).")] = "",
     target: Annotated[str, typer.Option(help="Target id.")] = "",
     outcome: Annotated[str, typer.Option(help="ok, denied or failed.")] = "",
     since: Annotated[str | None, typer.Option(help="A duration (24h) or an ISO time.")] = None,
@@ -189,4 +191,9 @@ def audit_command(
             if since_dt:
                 body["since"] = since_dt.isoformat()
             entries = call(remote(server, api_key, ca), "AuditService", "List", body)["entries"]
-    print_json(entries) if json else print_table(entries, AUDIT_COLUMNS, empty="no audit entries match")
+    if json:
+        print_json(entries)
+        return
+    # A deploy to many devices is one entry: show how many, --json lists the first devices and actions.
+    rows = [{**d, "devices": d["details"].get("count", "")} for d in map(to_builtins, entries)]
+    print_table(rows, AUDIT_COLUMNS, empty="no audit entries match")

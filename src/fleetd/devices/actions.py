@@ -215,7 +215,6 @@ def _insert(conn: sqlite3.Connection, actor: Actor, device_id: str, kind: str, c
                  (aid, device_id, kind, component, artifact_id, state, json.dumps(params), rollout_id,
                   actor.name or actor.id, t, t))
     conn.execute("INSERT INTO action_events (action_id, ts, state) VALUES (?, ?, ?)", (aid, t, state))
-    audit.record(conn, actor, f"action.{kind}", aid, device=device_id, component=component, artifact=artifact_id)
     return aid
 
 
@@ -257,6 +256,8 @@ def create_install(conn: sqlite3.Connection, actor: Actor, device_refs: list[str
     ids = [_insert(conn, actor, r["id"], ActionKind.INSTALL, art.name, art.id, {}, state=state, rollout_id=rollout_id)
            for r in rows]
     _opened(conn, [r["id"] for r in rows])
+    audit.record_batch(conn, actor, "action.install", ids, [r["id"] for r in rows], component=art.name,
+                       artifact=f"{art.name}@{art.version}", rollout=rollout_id)
     return ids
 
 
@@ -282,6 +283,8 @@ def create_rollback(conn: sqlite3.Connection, actor: Actor, device_refs: list[st
         ids.append(_insert(conn, actor, r["id"], ActionKind.ROLLBACK, component, artifact_id, params,
                            rollout_id=rollout_id))
     _opened(conn, [r["id"] for r in rows])
+    audit.record_batch(conn, actor, "action.rollback", ids, [r["id"] for r in rows], component=component,
+                       rollout=rollout_id)
     return ids
 
 
@@ -301,6 +304,7 @@ def create_simple(conn: sqlite3.Connection, actor: Actor, device_refs: list[str]
         _check_reports_app(conn, rows, component)
     ids = [_insert(conn, actor, r["id"], kind, component, None, params or {}) for r in rows]
     _opened(conn, [r["id"] for r in rows])
+    audit.record_batch(conn, actor, f"action.{kind}", ids, [r["id"] for r in rows], component=component)
     return ids
 
 

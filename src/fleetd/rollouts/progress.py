@@ -204,6 +204,12 @@ def _rows(conn: sqlite3.Connection, sql: str, args: Any = ()) -> list[Any]:
     return cur.execute(sql, args).fetchall()
 
 
+def device_names(conn: sqlite3.Connection, device_ids: list[str]) -> dict[str, str]:
+    """The names of ``device_ids`` (one query, whatever their number); a deleted device is left out."""
+    return dict(_rows(conn, "SELECT id, name FROM devices WHERE id IN (SELECT value FROM json_each(?))",
+                      (json.dumps(device_ids),)))
+
+
 def _read(conn: sqlite3.Connection, rollout_id: str, now: float, fresh: LastSeen | None) -> Snapshot:
     r = load_row(conn, rollout_id)
     clause, args = r.target.clause()

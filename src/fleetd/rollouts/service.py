@@ -42,6 +42,7 @@ from .progress import (
     RolloutRow,
     Snapshot,
     Target,
+    device_names,
     evaluate,
     installed,
     load_row,
@@ -146,6 +147,8 @@ class Rollout(msgspec.Struct, kw_only=True):
 
 class RolloutDevice(msgspec.Struct, kw_only=True):
     device_id: str
+    # The device's name; empty when it has been deleted.
+    name: str = ""
     # 0-based stage index.
     stage: int
     # pending, queued, in_progress, soaking, succeeded, failed or skipped
@@ -278,8 +281,9 @@ def device_progress(conn: sqlite3.Connection, rollout_id: str, now: float, statu
     snap = read_snapshot(conn, rollout_id, now, last_seen)
     found = [d for d in evaluate(snap, details=True).devices if not status or d.status == status]
     found.sort(key=lambda d: (d.stage, d.device_id))
-    return [RolloutDevice(device_id=d.device_id, stage=d.stage, status=d.status, detail=d.detail)
-            for d in found[:limit]], len(found)
+    names = device_names(conn, [d.device_id for d in found[:limit]])
+    return [RolloutDevice(device_id=d.device_id, name=names.get(d.device_id, ""), stage=d.stage, status=d.status,
+                          detail=d.detail) for d in found[:limit]], len(found)
 
 
 def _to_api(r: RolloutRow, ev: Evaluation | None, stage_rows: dict[int, tuple[float, float | None, str]],

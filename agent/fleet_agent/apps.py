@@ -379,7 +379,10 @@ class Executor:
     def _check_restored(self, app: App, version: str, report: Report) -> str | None:
         """Watch the version gone back to as an install is watched; record its health (the server shows it)."""
         manifest = json.loads((app.installed(version) or {}).get("manifest") or "{}")
-        problem = self._watch(app, version, manifest, lambda s, m, p: report(s, f"back on {version}: {m}", p))
+        def relay(state: str, message: str = "", progress: int = 0, result: dict[str, Any] | None = None) -> None:
+            report(state, f"back on {version}: {message}", progress)
+
+        problem = self._watch(app, version, manifest, relay)
         st = app.state()
         app.save({**st, "health": "unhealthy" if problem else "healthy", "last_error": st["last_error"] + (
             f"; {version} failed its health check too: {problem}" if problem else "")})

@@ -201,6 +201,8 @@ def _entry(v: Vector) -> dict[str, Any]:
     if v.header is not None:
         out.update(version=v.header.version, security_counter=v.header.security_counter,
                    payload_size=v.payload_size)
+        if v.header.device_type != DEVICE_TYPE:  # an image for a pattern that covers the device's type
+            out["image_device_type"] = v.header.device_type
     out.update(size=len(v.data), description=v.description)
     return out
 

@@ -1,9 +1,9 @@
 #!/bin/sh
 # Installs fleet-agent on a Linux device and enrolls it with a fleetd server.
 #
-# The usual way is the one-liner `fleetd tokens create` prints:
+# The usual way is the one-liner `fleetd tokens create` prints, run as root or as a user who may sudo:
 #   curl -fsSL -k --pinnedpubkey sha256//PIN https://SERVER:8420/agent/install.sh \
-#     | sudo sh -s -- --server https://SERVER:8420 --pin sha256//PIN --token TOKEN
+#     | sh -s -- --server https://SERVER:8420 --pin sha256//PIN --token TOKEN
 #
 # Options: see usage() below (sh install.sh --help).
 #
@@ -25,15 +25,25 @@ MODULES="httpx zeroconf cryptography"
 
 say() { printf 'fleet-agent install: %s\n' "$*"; }
 die() { printf 'fleet-agent install: error: %s\n' "$*" >&2; exit 1; }
+OPTIONS="--server URL --token TOKEN [--pin sha256//KEY] [--name NAME] [--python PATH] [--prefix DIR] [--no-systemd]"
 usage() {
-  cat <<'EOF'
-usage: install.sh --server URL --token TOKEN [--pin sha256//KEY] [--name NAME] [--prefix DIR] [--no-systemd]
+  cat <<EOF
+usage: install.sh $OPTIONS
+  (as the one-liner: curl ... /agent/install.sh | sh -s -- OPTIONS)
   --server URL     the fleetd server (required)
   --token TOKEN    a join token from 'fleetd tokens create' (required)
   --pin sha256//B  the server's TLS public key hash, as curl --pinnedpubkey takes it (required for https)
   --name NAME      the device's display name (default: its hardware id)
-  --prefix DIR     install under DIR instead of /; installs no packages and enables no systemd unit
+  --python PATH    the Python 3.9+ that runs the agent (default: python3 on the PATH; the environment
+                   variable PYTHON=PATH does the same). Missing modules are installed for it: with apt-get
+                   (python3-httpx python3-zeroconf python3-cryptography), then with PATH -m pip if still missing
+  --prefix DIR     install under DIR instead of / (DIR/opt/fleet-agent, DIR/var/lib/fleet-agent); needs no
+                   root, installs no packages and enables no systemd unit: for trying it out
   --no-systemd     install no systemd unit; print how to run the agent instead
+  -h, --help       this text
+Run it as root, or as a user who may sudo: it then runs itself again with sudo (asking for your password).
+Without --prefix it installs to /opt/fleet-agent (with /usr/local/bin/fleet-agent), keeps state in
+/var/lib/fleet-agent and, where systemd runs the machine, starts fleet-agent.service.
 EOF
 }
 
@@ -46,10 +56,11 @@ while [ $# -gt 0 ]; do
     --token) need_value "$@"; TOKEN=$2; shift 2 ;;
     --pin) need_value "$@"; PIN=$2; shift 2 ;;
     --name) need_value "$@"; NAME=$2; shift 2 ;;
+    --python) need_value "$@"; PYTHON=$2; shift 2 ;;
     --prefix) need_value "$@"; PREFIX=$2; shift 2 ;;
     --no-systemd) SYSTEMD=0; shift ;;
     -h|--help) usage; exit 0 ;;
-    *) die "unknown option '$1' (options: --server URL --token TOKEN [--pin sha256//KEY] [--name NAME] [--prefix DIR] [--no-systemd])" ;;
+    *) die "unknown option '$1' (options: $OPTIONS; see --help)" ;;
   esac
 done
 
@@ -66,19 +77,42 @@ case "$SERVER" in
   http://*) say "warning: $SERVER is plain http; the download is not protected" ;;
   *) die "--server must be an http:// or https:// URL, got '$SERVER'" ;;
 esac
+command -v curl >/dev/null 2>&1 || die "curl is needed (it ran this script, so it should be here)"
+
+fetch() {  # fetch PATH FILE: the server's PATH into FILE; curl's exit status
+  if [ -n "$PIN" ]; then
+    # -k: the fleet CA is in no system store; the pinned key is checked instead, as for this script.
+    curl -fsS -k --pinnedpubkey "$PIN" --retry 3 -o "$2" "$SERVER$1"
+  else
+    curl -fsS --retry 3 -o "$2" "$SERVER$1"
+  fi
+}
+
 if [ -n "$PREFIX" ]; then
   mkdir -p "$PREFIX" || die "cannot create --prefix $PREFIX"
   PREFIX=$(cd "$PREFIX" && pwd)
 elif [ "$(id -u)" != 0 ]; then
-  die "run it as root (sudo sh -s -- ...), or give --prefix DIR to install somewhere you may write"
+  # Not root: run this script again with sudo. It came through a pipe, so it is fetched again (pinned alike);
+  # sudo keeps no environment, so everything goes as options.
+  command -v sudo >/dev/null 2>&1 \
+    || die "run it as root (there is no sudo here: su -c, or a root shell), or give --prefix DIR to install somewhere you may write"
+  SELF=$(mktemp) || die "cannot create a temporary file"
+  fetch /agent/install.sh "$SELF" || { rm -f "$SELF"; die "could not download $SERVER/agent/install.sh again to run it with sudo"; }
+  set -- --server "$SERVER" --token "$TOKEN" --python "$PYTHON"
+  [ -z "$PIN" ] || set -- "$@" --pin "$PIN"
+  [ -z "$NAME" ] || set -- "$@" --name "$NAME"
+  [ "$SYSTEMD" = 1 ] || set -- "$@" --no-systemd
+  say "not root: running again with sudo"
+  status=0
+  sudo sh -s -- "$@" <"$SELF" || status=$?
+  rm -f "$SELF"
+  exit "$status"
 fi
 
 OPT="$PREFIX/opt/fleet-agent"
 STATE="$PREFIX/var/lib/fleet-agent"
 BIN="$PREFIX/usr/local/bin"
 UNIT_DIR="$PREFIX/etc/systemd/system"
-
-command -v curl >/dev/null 2>&1 || die "curl is needed (it ran this script, so it should be here)"
 
 # --- Python and the three modules --------------------------------------------------------------------
 
@@ -89,7 +123,12 @@ missing_modules() {
   done
 }
 have_apt() { command -v apt-get >/dev/null 2>&1; }
-MODULE_HINT="Debian and Raspberry Pi OS: apt install python3-httpx python3-zeroconf python3-cryptography"
+module_hint() {  # what installs the modules "$@", by package name
+  pkgs=""
+  for m in "$@"; do pkgs="$pkgs python3-$m"; done
+  printf 'on Debian and Raspberry Pi OS: apt install%s (for /usr/bin/python3); with another Python: %s -m pip install %s' \
+    "$pkgs" "$PYTHON" "$*"
+}
 
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
   [ -z "$PREFIX" ] && have_apt || die "python3 is not installed; install Python 3.9 or newer, then run this again"
@@ -101,7 +140,7 @@ py_ok || die "$PYTHON is $("$PYTHON" -V 2>&1); fleet-agent needs Python 3.9 or n
 
 missing=$(missing_modules)
 if [ -n "$missing" ] && [ -n "$PREFIX" ]; then
-  die "$PYTHON cannot import $missing, and --prefix installs no packages ($MODULE_HINT)"
+  die "$PYTHON cannot import $missing, and --prefix installs no packages: install them, then run this again ($(module_hint $missing))"
 fi
 if [ -n "$missing" ] && have_apt; then
   pkgs=""
@@ -114,21 +153,12 @@ if [ -n "$missing" ]; then
   say "installing $missing with pip for $PYTHON"
   "$PYTHON" -m pip install --quiet $missing 2>/dev/null \
     || "$PYTHON" -m pip install --quiet --break-system-packages $missing \
-    || die "could not install the Python modules $missing; install them ($MODULE_HINT), then run this again"
+    || die "could not install the Python modules $missing; install them, then run this again ($(module_hint $missing))"
   missing=$(missing_modules)
   [ -z "$missing" ] || die "$PYTHON still cannot import $missing"
 fi
 
 # --- download the agent from the same server, pinned to the same key --------------------------------
-
-fetch() {  # fetch PATH FILE: the server's PATH into FILE; curl's exit status
-  if [ -n "$PIN" ]; then
-    # -k: the fleet CA is in no system store; the pinned key is checked instead, as for this script.
-    curl -fsS -k --pinnedpubkey "$PIN" --retry 3 -o "$2" "$SERVER$1"
-  else
-    curl -fsS --retry 3 -o "$2" "$SERVER$1"
-  fi
-}
 
 mkdir -p "$OPT" "$STATE" "$BIN"
 chmod 700 "$STATE"

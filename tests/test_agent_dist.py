@@ -95,6 +95,25 @@ def test_the_real_agent_builds_and_starts(tmp_path: Path) -> None:
     assert p.returncode == 0 and "enroll" in p.stdout, p.stderr
 
 
+def test_the_agent_names_the_packages_of_missing_modules(tmp_path: Path) -> None:
+    """A Python without httpx, zeroconf and cryptography (here: without site-packages) gets the Debian package
+    names, not a traceback."""
+    pyz = builder.build(ROOT / "agent" / "fleet_agent", tmp_path)
+    p = subprocess.run([sys.executable, "-S", str(pyz), "enroll", "--server", "https://127.0.0.1:1"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "cannot import httpx, zeroconf, cryptography" in p.stderr
+    assert "apt install python3-httpx python3-zeroconf python3-cryptography" in p.stderr
+
+
+def test_without_zeroconf_mdns_says_which_package(monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    from fleet_agent import discovery
+    monkeypatch.setitem(sys.modules, "zeroconf", None)  # importing it fails as if it were not installed
+    assert discovery.browse(0.1) == []
+    assert "apt install python3-zeroconf" in caplog.text and "--server" in caplog.text
+
+
 def test_source_checkout_serves_the_checked_in_script_and_the_built_zipapp() -> None:
     script = resources.agent_file("install.sh")
     assert script == ROOT / "agent" / "install.sh"
@@ -160,12 +179,12 @@ def test_install_command_pins_the_tls_key_for_the_script_and_its_downloads(tmp_p
     finally:
         fleet.close()
     cmd = tok["install_command"]
-    assert cmd.startswith(f"curl -fsSL -k --pinnedpubkey {pin} https://127.0.0.1:8420/agent/install.sh | sudo sh -s --")
+    assert cmd.startswith(f"curl -fsSL -k --pinnedpubkey {pin} https://127.0.0.1:8420/agent/install.sh | sh -s --")
     assert f"--server https://127.0.0.1:8420 --pin {pin} --token {tok['token']}" in cmd
     assert cmd.endswith(f"--token {tok['token']}")
 
 
 def test_install_command_without_tls_has_no_pin(client: TestClient[Any], admin_key: str) -> None:
     tok = rpc(client, "EnrollmentService", "CreateToken", {}, key=admin_key).json()
-    assert tok["install_command"] == (f"curl -fsSL http://127.0.0.1:8420/agent/install.sh | sudo sh -s -- "
+    assert tok["install_command"] == (f"curl -fsSL http://127.0.0.1:8420/agent/install.sh | sh -s -- "
                                       f"--server http://127.0.0.1:8420 --token {tok['token']}")

@@ -12,14 +12,20 @@ import threading
 import time
 from typing import Any
 
-from . import __version__
-from .client import AgentError, ServerClient
-from .config import AgentState, ConfigError, Runtime, Settings, StateLock
-from .enroll import Enrolled, EnrollOptions, enroll, key_lost_message
-from .identity import load_or_create_key
-from .queue import queue_stats
-from .runloop import Backoff, RunLoop
-from .worker import installed_apps
+from . import __version__, needs
+
+try:
+    from .client import AgentError, ServerClient
+    from .config import AgentState, ConfigError, Runtime, Settings, StateLock
+    from .enroll import Enrolled, EnrollOptions, enroll, key_lost_message
+    from .identity import load_or_create_key
+    from .queue import queue_stats
+    from .runloop import Backoff, RunLoop
+    from .worker import installed_apps
+except ModuleNotFoundError as e:  # httpx or cryptography: say which package to install, not a traceback
+    if e.name not in needs.PACKAGES:
+        raise
+    raise SystemExit(f"fleet-agent: error: {needs.install_hint(needs.missing())}") from None
 
 log = logging.getLogger("fleet_agent")
 

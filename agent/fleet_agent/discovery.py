@@ -67,8 +67,21 @@ def candidate_from(name: str, addresses: list[str], port: int, txt: dict[str, st
 
 def browse(timeout: float = 3.0, interfaces: list[str] | None = None) -> list[Candidate]:
     """Every fleetd server that answers within ``timeout`` seconds, by name."""
-    from zeroconf import DNSQuestionType, InterfaceChoice, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
+    try:
+        from zeroconf import (
+            DNSQuestionType,
+            InterfaceChoice,
+            ServiceBrowser,
+            ServiceInfo,
+            ServiceStateChange,
+            Zeroconf,
+        )
+    except ModuleNotFoundError:
+        from .needs import install_hint
 
+        log.error("cannot look for a server by mDNS: %s; or give the server's URL with --server",
+                  install_hint(["zeroconf"]))
+        return []
     try:
         zc = Zeroconf(interfaces=interfaces or InterfaceChoice.All)
     except Exception as e:

@@ -65,9 +65,10 @@ def admin(server: ServerProcess) -> Admin:
 
 
 def one_liner(command: str, prefix: Path) -> str:
-    """The install command as a test runs it: no sudo, into a temp dir, no systemd."""
-    assert command.count(" | sudo sh -s -- ") == 1, command
-    return command.replace(" | sudo sh -s -- ", " | sh -s -- ") + f" --prefix {prefix} --no-systemd"
+    """The install command as a test runs it: as given (no sudo in it, so it runs in a root shell without one),
+    into a temp dir, no systemd."""
+    assert command.count(" | sh -s -- ") == 1 and "sudo" not in command, command
+    return command + f" --prefix {prefix} --no-systemd"
 
 
 def run_shell(command: str) -> subprocess.CompletedProcess[str]:
@@ -125,6 +126,59 @@ def test_install_script_says_what_is_wrong(args: list[str], says: str, tmp_path:
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 1 and says in p.stderr, p.stderr
     assert not (tmp_path / "opt").exists()
+
+
+def fake_bin(tmp_path: Path, *, sudo: bool) -> Path:
+    """A PATH on which this shell is not root (a fake `id`), with curl and mktemp, and a fake `sudo` that records
+    what it was asked to run (or none)."""
+    import shutil
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "id").write_text("#!/bin/sh\necho 1000\n")
+    if sudo:
+        (bin_dir / "sudo").write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {tmp_path}/sudo-args\n"
+                                      f"cat > {tmp_path}/sudo-stdin\nexit 7\n")
+    for tool in ("sh", "curl", "mktemp", "rm", "cat"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return bin_dir
+
+
+def test_not_root_runs_itself_again_with_sudo(server: ServerProcess, admin: Admin, tmp_path: Path) -> None:
+    command = admin.token(description="not root")["install_command"]
+    env = dict(agent_env(), PATH=str(fake_bin(tmp_path, sudo=True)), PYTHON="/opt/py/bin/python3")
+    p = subprocess.run(["/bin/sh", "-c", command + " --name kitchen --no-systemd"], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert p.returncode == 7, p.stdout + p.stderr  # sudo's exit status is the script's
+    assert "not root: running again with sudo" in p.stdout
+    args = (tmp_path / "sudo-args").read_text().splitlines()
+    pin = command.split("--pin ", 1)[1].split()[0]
+    token = command.split("--token ", 1)[1].split()[0]
+    assert args == ["sh", "-s", "--", "--server", server.url, "--token", token, "--python", "/opt/py/bin/python3",
+                    "--pin", pin, "--name", "kitchen", "--no-systemd"]
+    # The script, fetched again (pinned) for sudo to run: the one the server serves.
+    assert (tmp_path / "sudo-stdin").read_text() == (ROOT / "agent" / "install.sh").read_text()
+
+
+def test_not_root_without_sudo_says_how(server: ServerProcess, admin: Admin, tmp_path: Path) -> None:
+    command = admin.token(description="no sudo")["install_command"]
+    env = dict(agent_env(), PATH=str(fake_bin(tmp_path, sudo=False)))
+    p = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 1 and "run it as root (there is no sudo here" in p.stderr, p.stdout + p.stderr
+
+
+def test_install_script_help_names_every_option() -> None:
+    p = subprocess.run(["sh", str(ROOT / "agent" / "install.sh"), "--help"], capture_output=True, text=True,
+                       timeout=30)
+    script = (ROOT / "agent" / "install.sh").read_text()
+    options = set(re.findall(r"^    (--[a-z-]+)\)", script, re.M))
+    assert options >= {"--server", "--token", "--pin", "--name", "--python", "--prefix", "--no-systemd"}
+    doc = (ROOT / "docs" / "agent.md").read_text()
+    for o in [*options, "PYTHON="]:
+        assert o in p.stdout, f"{o} is not in install.sh --help"
+        assert f"`{o}" in doc, f"{o} is not in docs/agent.md"
+    assert "python3-httpx python3-zeroconf" in p.stdout
 
 
 def test_install_enroll_deploy_and_roll_back(server: ServerProcess, admin: Admin, tmp_path: Path) -> None:

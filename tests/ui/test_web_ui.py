@@ -243,7 +243,7 @@ def test_enrollment_token_and_audit(admin_page: Page, fleet: Fleet, shot: Any, p
     page.get_by_label("Description").fill("kitchen pis")
     page.get_by_label("Tags for its devices").fill("room=kitchen")
     page.get_by_role("button", name="Create join token").click()
-    command = page.get_by_label("Install command (run on the device as a user who may sudo)")
+    command = page.get_by_label("Install command (run on the device as root or as a user who may sudo)")
     expect(command).to_contain_text(re.compile(r"--token '?fdj1\."))
     expect(command).to_contain_text("--pinnedpubkey")
     expect(page.get_by_role("img", name="QR code of the join token")).to_be_visible()

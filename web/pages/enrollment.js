@@ -46,7 +46,7 @@ export default async function enrollment(ctx) {
         uses: n, expires_in: Number(expires.value)});
       clear(created, h('div', {class: 'success'},
         h('p', {}, 'Token created. It is shown only now: copy it or the install command.'),
-        secretBlock('Install command (run on the device as a user who may sudo)', t.install_command),
+        secretBlock('Install command (run on the device as root or as a user who may sudo)', t.install_command),
         secretBlock('Join token', t.token),
         qrFigure(t.token),
         h('p', {class: 'hint'}, 'The device downloads the agent from this server, enrolls with the token and shows up '

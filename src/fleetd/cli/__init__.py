@@ -12,6 +12,7 @@ from .alerts import alerts_app
 from .artifacts import artifacts_app
 from .backup import backup as backup_command
 from .backup import restore as restore_command
+from .ca import ca_app
 from .rollouts import rollouts_app
 from .serve import serve
 from .simulate import simulate as simulate_command
@@ -35,6 +36,7 @@ app.add_typer(artifacts_app, name="artifacts")
 app.add_typer(rollouts_app, name="rollouts")
 app.add_typer(telemetry_app, name="telemetry")
 app.add_typer(alerts_app, name="alerts")
+app.add_typer(ca_app, name="ca")
 app.command("audit")(admin.audit_command)
 app.command("backup")(backup_command)
 app.command("restore")(restore_command)

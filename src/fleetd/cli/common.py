@@ -43,18 +43,20 @@ def default_data_dir() -> str:
     return os.environ.get("FLEETD_DATA_DIR") or "./fleetd-data"
 
 
+_HINTS = {
+    "unauthenticated": "Pass an API key with --api-key or FLEETD_API_KEY (create one: fleetd keys create).",
+    "permission_denied": "Use a key with a stronger role (viewer < operator < admin).",
+}
+
+
 @contextmanager
 def errors_reported() -> Iterator[None]:
     """Turn fleetd errors into one red line and exit code 1."""
     try:
         yield
     except FleetdError as e:
-        hint = None
         code = getattr(e, "code", "")
-        if code == "unauthenticated":
-            hint = "Pass an API key with --api-key or FLEETD_API_KEY (create one: fleetd keys create)."
-        elif code == "permission_denied":
-            hint = "Use a key with a stronger role (viewer < operator < admin)."
+        hint = getattr(e, "hint", None) or _HINTS.get(code)
         fail(f"{e.message} [{code}]", hint)
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import logging
+import socket
 import sys
 from typing import Annotated, Any
 
+import msgspec
 import typer
 
-from ..core.config import load_settings
+from ..core.config import Settings, load_settings
 from ..core.errors import FleetdError
 from ..fleet import DataDirLocked, Fleet
 from .output import fail
@@ -24,10 +28,88 @@ def _banner(username: str, password: str, url: str) -> None:
         f"  │  user:     {username:<50}│\n"
         f"  │  password: {password:<50}│\n"
         f"  │  log in at {url:<50}│\n"
-        "  │  and change it, or: fleetd users passwd admin --data-dir ... │\n"
+        "  │  The first login asks you to choose a new password.          │\n"
         "  └──────────────────────────────────────────────────────────────┘\n\n"
     )
     out.flush()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else happens: a busy port must stop the start before a data
+    dir, keys or an admin user are created (uvicorn would only find out after all that, with a traceback)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        fail(f"cannot listen on host {host!r}: {e.strerror}", "Pass --host with an address of this machine "
+             "(0.0.0.0: all interfaces; 127.0.0.1: this machine only).")
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart over TIME_WAIT
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            fail(f"port {port} is in use; pass --port with a free one (or set FLEETD_PORT; with make: make serve "
+                 f"PORT=...)", f"Another fleetd or another program listens there: ss -ltnp 'sport = :{port}' shows "
+                 "which.")
+        if e.errno == errno.EACCES:
+            fail(f"not allowed to listen on port {port}: ports below 1024 need root",
+                 "Pass --port 1024 or higher (the default is 8420).")
+        if e.errno == errno.EADDRNOTAVAIL:
+            fail(f"{host} is not an address of this machine",
+                 "Pass --host with one of its addresses (0.0.0.0: all interfaces; 127.0.0.1: this machine only).")
+        fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
+    return sock
+
+
+def _lan_addresses(ipv6: bool) -> list[str]:
+    """This machine's addresses that other machines can use (not loopback, not link-local), IPv4 first."""
+    from ..core.pki import local_names_and_addresses
+
+    found = []
+    for a in local_names_and_addresses()[1]:
+        ip = ipaddress.ip_address(a)
+        if not (ip.is_loopback or ip.is_link_local or ip.is_unspecified) and (ipv6 or ip.version == 4):
+            found.append(ip)
+    return [str(ip) for ip in sorted(found, key=lambda ip: (ip.version, ip))]
+
+
+def _url(scheme: str, host: str, port: int) -> str:
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
+def reachability(scheme: str, host: str, port: int, lan: list[str]) -> list[str]:
+    """The banner's lines on where the web UI and the API can be reached from (docs/decisions.md: the default is
+    every interface, for the devices; the banner says so, and how to keep it to this machine)."""
+    wildcard = host in ("0.0.0.0", "::", "")
+    if not wildcard:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if loopback:
+            return [f"web UI and API: {_url(scheme, host, port)} (this machine only: devices and other computers "
+                    "cannot reach it; --host 0.0.0.0 opens it to the network)"]
+        return [f"web UI and API: {_url(scheme, host, port)} (from the networks {host} is on)"]
+    lines = [f"web UI and API on this machine: {_url(scheme, '127.0.0.1', port)}"]
+    if lan:
+        lines.append("from the network (devices, and any computer that can reach this one): "
+                     + ", ".join(_url(scheme, a, port) for a in lan))
+    else:
+        lines.append("from the network: no address other than loopback was found")
+    lines.append("fleetd listens on all interfaces so that devices can reach it: the admin web UI is reachable "
+                 "from the network too. To keep everything to this machine: --host 127.0.0.1 (then no device "
+                 "elsewhere can reach it)")
+    return lines
+
+
+def _listening(settings: Settings, fleet: Fleet) -> None:
+    lines = [f"fleetd listening on {settings.scheme}://{settings.host}:{settings.port}",
+             *reachability(settings.scheme, settings.host, settings.port, _lan_addresses(":" in settings.host)),
+             f"data dir {fleet.data_dir}, CA fingerprint {fleet.keys.ca_fingerprint} (CLI elsewhere: fleetd ca "
+             "fetch)"]
+    print("\n  ".join(lines), flush=True)
 
 
 def _make_server(config: Any, app: Any) -> Any:
@@ -62,9 +144,11 @@ def _guarded_protocol(fleet: Fleet) -> type:
 def serve(
     data_dir: Annotated[str | None, typer.Option(help="Where all state lives (env FLEETD_DATA_DIR; "
                                                   "default ./fleetd-data).", show_default=False)] = None,
-    host: Annotated[str | None, typer.Option(help="Address to listen on (default 0.0.0.0).",
+    host: Annotated[str | None, typer.Option(help="Address to listen on (env FLEETD_HOST; default 0.0.0.0, all "
+                                             "interfaces, so that devices can reach it; 127.0.0.1: this machine "
+                                             "only).", show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(help="Port (env FLEETD_PORT; default 8420).",
                                              show_default=False)] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default 8420).", show_default=False)] = None,
     no_tls: Annotated[bool, typer.Option("--no-tls", help="Serve plain HTTP (only behind a TLS proxy).")] = False,
     no_mdns: Annotated[bool, typer.Option("--no-mdns", help="Do not advertise on the LAN.")] = False,
     public_url: Annotated[str | None, typer.Option(help="URL devices use to reach this server.",
@@ -108,11 +192,16 @@ def serve(
         fail(e.message)
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sock = bind(settings.host, settings.port)
+    if settings.port == 0:  # the port the system picked, for the banner and the devices' URL
+        settings = msgspec.structs.replace(settings, port=sock.getsockname()[1])
     try:
         fleet = Fleet(settings)
     except DataDirLocked as e:
+        sock.close()
         fail(str(e), "Stop the other server first, or use another --data-dir.")
     except FleetdError as e:
+        sock.close()
         fail(e.message)
     try:
         first = fleet.ensure_first_admin()
@@ -121,8 +210,7 @@ def serve(
         app = create_app(fleet)
         certfile = str(fleet.keys.server_cert_path) if settings.tls else None
         keyfile = str(fleet.keys.server_key_path) if settings.tls else None
-        print(f"fleetd listening on {settings.scheme}://{settings.host}:{settings.port} "
-              f"(data dir {fleet.data_dir}, CA fingerprint {fleet.keys.ca_fingerprint})", flush=True)
+        _listening(settings, fleet)
         server = _make_server(uvicorn.Config(
             app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
             lifespan="on", server_header=False, log_config=None, timeout_graceful_shutdown=10,
@@ -132,6 +220,7 @@ def serve(
             # $FORWARDED_ALLOW_IPS by default).
             proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies or [],
         ), app)
-        server.run()
+        server.run(sockets=[sock])
     finally:
+        sock.close()
         fleet.close()

@@ -35,11 +35,11 @@ def install_command(ctx: Context, token: str) -> str:
     url = fleet.public_url
     script = shlex.quote(url + "/agent/install.sh")
     if not fleet.settings.tls:
-        return f"curl -fsSL {script} | sudo sh -s -- --server {shlex.quote(url)} --token {shlex.quote(token)}"
+        return f"curl -fsSL {script} | sh -s -- --server {shlex.quote(url)} --token {shlex.quote(token)}"
     pin = "sha256//" + base64.b64encode(fleet.keys.server_pubkey_sha256()).decode()
     # -k skips the system CA store (the fleet CA is not in it); the pinned key is checked instead. The
     # script gets the same pin for its own downloads (the zipapp and its launcher).
-    return (f"curl -fsSL -k --pinnedpubkey {shlex.quote(pin)} {script} | sudo sh -s -- --server {shlex.quote(url)} "
+    return (f"curl -fsSL -k --pinnedpubkey {shlex.quote(pin)} {script} | sh -s -- --server {shlex.quote(url)} "
             f"--pin {shlex.quote(pin)} --token {shlex.quote(token)}")
 
 

@@ -149,8 +149,6 @@ SQL_TEXT = re.compile(r"\b(SELECT\b.+\bFROM|INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE\s
                       r"WHERE\b|ORDER\s+BY|json_each|json_extract|julianday)", re.S)
 # Modules that still hold SQL outside a storage module: the move empties this list, package by package.
 SQL_NOT_YET_MOVED = {
-    # accounts
-    "fleetd.accounts.audit", "fleetd.accounts.users",
     # rollouts, artifacts, telemetry, alerts, composition
     "fleetd.alerts.engine", "fleetd.alerts.webhooks",
     "fleetd.artifacts.api", "fleetd.artifacts.catalog",

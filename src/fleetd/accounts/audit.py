@@ -12,6 +12,7 @@ import msgspec
 
 from ..core.clock import now, to_dt
 from ..core.names import like_pattern
+from . import storage
 
 
 @dataclass(frozen=True)
@@ -49,12 +50,9 @@ def record(
     **details: Any,
 ) -> None:
     """Append one entry; call inside the transaction that makes the change it describes."""
-    conn.execute(
-        "INSERT INTO audit_log (ts, actor_kind, actor_id, actor_name, action, target, outcome, "
-        "remote_addr, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (now(), actor.kind, actor.id, actor.name, action, target, outcome, actor.remote_addr,
-         json.dumps(details, default=str, sort_keys=True)),
-    )
+    storage.insert_audit_entry(conn, ts=now(), actor_kind=actor.kind, actor_id=actor.id, actor_name=actor.name,
+                               action=action, target=target, outcome=outcome, remote_addr=actor.remote_addr,
+                               details=json.dumps(details, default=str, sort_keys=True))
 
 
 def query(
@@ -70,39 +68,14 @@ def query(
     limit: int = 100,
 ) -> list[AuditEntry]:
     """Newest first. ``action`` matches a prefix (``user.`` finds every user action)."""
-    where: list[str] = []
-    args: list[Any] = []
-    if action:
-        where.append("action LIKE ? ESCAPE '\\'")
-        args.append(like_pattern(action, "action", prefix=True))
-    if actor:
-        where.append("(actor_id = ? OR actor_name = ?)")
-        args += [actor, actor]
-    if target:
-        where.append("target = ?")
-        args.append(target)
-    if outcome:
-        where.append("outcome = ?")
-        args.append(outcome)
-    if since is not None:
-        where.append("ts >= ?")
-        args.append(since)
-    if until is not None:
-        where.append("ts < ?")
-        args.append(until)
-    if before_id is not None:
-        where.append("id < ?")
-        args.append(before_id)
-    sql = "SELECT * FROM audit_log"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY id DESC LIMIT ?"
-    args.append(limit)
+    rows = storage.audit_entries(conn, action_pattern=like_pattern(action, "action", prefix=True) if action else None,
+                                 actor=actor, target=target, outcome=outcome, since=since, until=until,
+                                 before_id=before_id, limit=limit)
     return [
         AuditEntry(
             id=r["id"], ts=to_dt(r["ts"]), actor_kind=r["actor_kind"], actor_id=r["actor_id"],  # type: ignore[arg-type]
             actor_name=r["actor_name"], action=r["action"], target=r["target"], outcome=r["outcome"],
             remote_addr=r["remote_addr"], details=json.loads(r["details"]),
         )
-        for r in conn.execute(sql, args)
+        for r in rows
     ]

@@ -149,11 +149,6 @@ SQL_TEXT = re.compile(r"\b(SELECT\b.+\bFROM|INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE\s
                       r"WHERE\b|ORDER\s+BY|json_each|json_extract|julianday)", re.S)
 # Modules that still hold SQL outside a storage module: the move empties this list, package by package.
 SQL_NOT_YET_MOVED = {
-    # devices, ddi, accounts
-    "fleetd.accounts.audit", "fleetd.accounts.users",
-    "fleetd.ddi.feedback", "fleetd.ddi.routes", "fleetd.ddi.state", "fleetd.ddi.tokens",
-    "fleetd.devices.actions", "fleetd.devices.admin_api", "fleetd.devices.device_api", "fleetd.devices.hub",
-    "fleetd.devices.join_tokens", "fleetd.devices.registry",
     # rollouts, artifacts, telemetry, alerts, composition
     "fleetd.alerts.engine", "fleetd.alerts.webhooks",
     "fleetd.artifacts.api", "fleetd.artifacts.catalog",

@@ -13,6 +13,7 @@ import msgspec
 from ..core.clock import now, to_dt
 from ..core.errors import InvalidArgument, NotFound
 from ..core.names import SEARCH_MAX, like_pattern
+from . import storage
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,9 @@ def record(
     **details: Any,
 ) -> None:
     """Append one entry; call inside the transaction that makes the change it describes."""
-    conn.execute(
-        "INSERT INTO audit_log (ts, actor_kind, actor_id, actor_name, action, target, outcome, "
-        "remote_addr, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (now(), actor.kind, actor.id, actor.name, action, target, outcome, actor.remote_addr,
-         json.dumps(details, default=str, sort_keys=True)),
-    )
+    storage.insert_audit_entry(conn, ts=now(), actor_kind=actor.kind, actor_id=actor.id, actor_name=actor.name,
+                               action=action, target=target, outcome=outcome, remote_addr=actor.remote_addr,
+                               details=json.dumps(details, default=str, sort_keys=True))
 
 
 def record_batch(conn: sqlite3.Connection, actor: Actor, action: str, action_ids: list[str], device_ids: list[str],
@@ -93,11 +91,8 @@ def check_actor(conn: sqlite3.Connection, actor: str) -> None:
     """An actor filter that names no user, API key or actor in the log is a typo: say which users there are."""
     if len(actor) > SEARCH_MAX:
         raise InvalidArgument(f"actor must be at most {SEARCH_MAX} characters, got {len(actor)}")
-    known = conn.execute(
-        "SELECT 1 FROM users WHERE id = ? OR username = ? UNION ALL SELECT 1 FROM api_keys WHERE id = ? OR name = ? "
-        "UNION ALL SELECT 1 FROM audit_log WHERE actor_id = ? OR actor_name = ? LIMIT 1", (actor,) * 6).fetchone()
-    if known is None:
-        users = [r[0] for r in conn.execute("SELECT username FROM users ORDER BY username LIMIT 20")]
+    if not storage.actor_is_known(conn, actor):
+        users = storage.usernames(conn, 20)
         raise NotFound(f"no user, API key or device named {actor!r} has an audit entry; an actor is a user name "
                        f"({', '.join(users) or 'none yet'}), an API key's name, a device's id or name, or fleetd "
                        "for the server itself")
@@ -117,40 +112,17 @@ def query(
 ) -> list[AuditEntry]:
     """Newest first. ``action`` is a type or its beginning (``user.`` finds every user entry), or several,
     comma-separated; ``actor`` an actor's id or name. A type or actor that cannot match anything is an error."""
-    where: list[str] = []
-    args: list[Any] = []
-    if action and (types := check_types(action)):
-        where.append("(" + " OR ".join(["action LIKE ? ESCAPE '\\'"] * len(types)) + ")")
-        args += [like_pattern(t, "type", prefix=True) for t in types]
+    types = check_types(action) if action else []
     if actor:
         check_actor(conn, actor)
-        where.append("(actor_id = ? OR actor_name = ?)")
-        args += [actor, actor]
-    if target:
-        where.append("target = ?")
-        args.append(target)
-    if outcome:
-        where.append("outcome = ?")
-        args.append(outcome)
-    if since is not None:
-        where.append("ts >= ?")
-        args.append(since)
-    if until is not None:
-        where.append("ts < ?")
-        args.append(until)
-    if before_id is not None:
-        where.append("id < ?")
-        args.append(before_id)
-    sql = "SELECT * FROM audit_log"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY id DESC LIMIT ?"
-    args.append(limit)
+    rows = storage.audit_entries(conn, action_patterns=[like_pattern(t, "type", prefix=True) for t in types],
+                                 actor=actor, target=target, outcome=outcome, since=since, until=until,
+                                 before_id=before_id, limit=limit)
     return [
         AuditEntry(
             id=r["id"], ts=to_dt(r["ts"]), actor_kind=r["actor_kind"], actor_id=r["actor_id"],  # type: ignore[arg-type]
             actor_name=r["actor_name"], action=r["action"], target=r["target"], outcome=r["outcome"],
             remote_addr=r["remote_addr"], details=json.loads(r["details"]),
         )
-        for r in conn.execute(sql, args)
+        for r in rows
     ]

@@ -23,7 +23,7 @@ import msgspec
 from ..core.clock import new_id, now, to_dt
 from ..core.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from ..core.names import ACCOUNT_NAME
-from . import audit
+from . import audit, storage
 from .audit import Actor
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
@@ -179,11 +179,8 @@ def create_user(conn: sqlite3.Connection, actor: Actor, username: str, password:
     pw_hash = _hashed_for(password, username)
     uid, t = new_id("usr"), now()
     try:
-        conn.execute(
-            "INSERT INTO users (id, username, password_hash, role, must_change_password, created_at, "
-            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (uid, username, pw_hash, role, int(must_change_password), t, t),
-        )
+        storage.insert_user(conn, user_id=uid, username=username, password_hash=pw_hash, role=role,
+                            must_change_password=must_change_password, at=t)
     except sqlite3.IntegrityError:
         raise AlreadyExists(f"a user named {username!r} already exists") from None
     audit.record(conn, actor, "user.create", uid, username=username, role=role)
@@ -191,20 +188,18 @@ def create_user(conn: sqlite3.Connection, actor: Actor, username: str, password:
 
 
 def get_user(conn: sqlite3.Connection, username_or_id: str) -> User:
-    row = conn.execute("SELECT * FROM users WHERE username = ? OR id = ?",
-                       (username_or_id, username_or_id)).fetchone()
+    row = storage.user_by_name_or_id(conn, username_or_id)
     if row is None:
         raise NotFound(f"no user {username_or_id!r}")
     return _user(row)
 
 
 def list_users(conn: sqlite3.Connection) -> list[User]:
-    return [_user(r) for r in conn.execute("SELECT * FROM users ORDER BY username")]
+    return [_user(r) for r in storage.users(conn)]
 
 
 def count_admins(conn: sqlite3.Connection) -> int:
-    return int(conn.execute(
-        "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0").fetchone()[0])
+    return storage.count_enabled_admins(conn)
 
 
 def set_password(conn: sqlite3.Connection, actor: Actor, username: str, password: str | HashedPassword,
@@ -212,19 +207,13 @@ def set_password(conn: sqlite3.Connection, actor: Actor, username: str, password
     """Set a user's password and end their sessions. With ``replaces`` (the stored hash the caller checked
     the old password against), refuse if the password changed in between."""
     user = get_user(conn, username)
-    if replaces is not None and _stored_hash(conn, user.id) != replaces:
+    if replaces is not None and storage.password_hash_of(conn, user.id) != replaces:
         raise Aborted("the password was changed meanwhile; log in again with the new one")
-    conn.execute("UPDATE users SET password_hash = ?, must_change_password = ?, updated_at = ? WHERE id = ?",
-                 (_hashed_for(password, user.username), int(must_change_password), now(), user.id))
+    storage.set_password_hash(conn, user.id, _hashed_for(password, user.username), must_change_password, now())
     # A new password ends every session of that user.
-    conn.execute("DELETE FROM sessions WHERE user_id = ?", (user.id,))
+    storage.delete_sessions_of(conn, user.id)
     audit.record(conn, actor, "user.password", user.id, username=user.username)
     return get_user(conn, user.id)
-
-
-def _stored_hash(conn: sqlite3.Connection, user_id: str) -> str | None:
-    row = conn.execute("SELECT password_hash FROM users WHERE id = ?", (user_id,)).fetchone()
-    return row[0] if row else None
 
 
 def update_user(conn: sqlite3.Connection, actor: Actor, username: str, *, role: str | None = None,
@@ -238,14 +227,13 @@ def update_user(conn: sqlite3.Connection, actor: Actor, username: str, *, role: 
     if user.role == Role.ADMIN and not user.disabled and demoting and count_admins(conn) <= 1:
         raise InvalidArgument(f"{user.username} is the last admin; make another admin first")
     if role is not None:
-        conn.execute("UPDATE users SET role = ?, updated_at = ? WHERE id = ?", (role, now(), user.id))
+        storage.set_role(conn, user.id, role, now())
     if disabled is not None:
-        conn.execute("UPDATE users SET disabled = ?, updated_at = ? WHERE id = ?",
-                     (int(disabled), now(), user.id))
+        storage.set_disabled(conn, user.id, disabled, now())
         if disabled:
-            conn.execute("DELETE FROM sessions WHERE user_id = ?", (user.id,))
+            storage.delete_sessions_of(conn, user.id)
     keys: dict[str, Any] = {}
-    if disabled is not None and (owned := _owned_key_ids(conn, user.id)):
+    if disabled is not None and (owned := storage.live_key_ids_of(conn, user.id)):
         keys["keys_suspended" if disabled else "keys_resumed"] = owned
     audit.record(conn, actor, "user.update", user.id, username=user.username, role=role, disabled=disabled, **keys)
     return get_user(conn, user.id)
@@ -257,10 +245,10 @@ def delete_user(conn: sqlite3.Connection, actor: Actor, username: str) -> None:
     if user.role == Role.ADMIN and not user.disabled and count_admins(conn) <= 1:
         raise InvalidArgument(f"{user.username} is the last admin; make another admin first")
     t = now()
-    for kid in _owned_key_ids(conn, user.id):
-        conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (t, kid))
+    for kid in storage.live_key_ids_of(conn, user.id):
+        storage.revoke_api_key(conn, kid, t)
         audit.record(conn, actor, "key.revoke", kid, reason=f"owner {user.username} deleted")
-    conn.execute("DELETE FROM users WHERE id = ?", (user.id,))
+    storage.delete_user(conn, user.id)
     audit.record(conn, actor, "user.delete", user.id, username=user.username)
 
 
@@ -273,7 +261,7 @@ class LoginRecord:
 
 
 def login_record(conn: sqlite3.Connection, username: str) -> LoginRecord | None:
-    row = conn.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
+    row = storage.user_by_name(conn, username)
     return None if row is None else LoginRecord(_user(row), row["password_hash"])
 
 
@@ -295,7 +283,7 @@ def password_matches(record: LoginRecord | None, password: str) -> bool:
 def start_session(conn: sqlite3.Connection, record: LoginRecord, hours: int) -> Session:
     """A session for a user whose password was checked against ``record``; refused if the user was
     deleted, disabled or given a new password since."""
-    row = conn.execute("SELECT password_hash, disabled FROM users WHERE id = ?", (record.user.id,)).fetchone()
+    row = storage.login_state(conn, record.user.id)
     if row is None or row["disabled"] or row["password_hash"] != record.password_hash:
         raise Unauthenticated("wrong username or password")
     return create_session(conn, record.user, hours)
@@ -331,10 +319,6 @@ class ApiKey(msgspec.Struct, kw_only=True):
     key: str | None = None
 
 
-_KEY_SELECT = ("SELECT k.*, u.disabled AS owner_disabled FROM api_keys k "
-               "LEFT JOIN users u ON u.id = k.owner_user_id")
-
-
 def _api_key(row: sqlite3.Row) -> ApiKey:
     return ApiKey(id=row["id"], name=row["name"], role=row["role"], created_by=row["created_by"],
                   owner_id=row["owner_user_id"], suspended=bool(row["owner_disabled"]),
@@ -343,7 +327,9 @@ def _api_key(row: sqlite3.Row) -> ApiKey:
 
 
 def _get_api_key(conn: sqlite3.Connection, kid: str) -> ApiKey:
-    return _api_key(conn.execute(_KEY_SELECT + " WHERE k.id = ?", (kid,)).fetchone())
+    row = storage.api_key(conn, kid)
+    assert row is not None, kid  # written in this transaction
+    return _api_key(row)
 
 
 def _secret_hash(secret: str) -> bytes:
@@ -356,14 +342,8 @@ def _owner_for(conn: sqlite3.Connection, actor: Actor) -> str | None:
     if actor.kind == "user":
         return actor.id
     if actor.kind == "key" and actor.id:
-        row = conn.execute("SELECT owner_user_id FROM api_keys WHERE id = ?", (actor.id,)).fetchone()
-        return row[0] if row else None
+        return storage.key_owner(conn, actor.id)
     return None
-
-
-def _owned_key_ids(conn: sqlite3.Connection, user_id: str) -> list[str]:
-    return [r[0] for r in conn.execute(
-        "SELECT id FROM api_keys WHERE owner_user_id = ? AND revoked_at IS NULL ORDER BY id", (user_id,))]
 
 
 def create_api_key(conn: sqlite3.Connection, actor: Actor, name: str, role: str,
@@ -372,12 +352,9 @@ def create_api_key(conn: sqlite3.Connection, actor: Actor, name: str, role: str,
     check_role(role)
     kid = secrets.token_hex(6)
     secret = secrets.token_urlsafe(24)
-    conn.execute(
-        "INSERT INTO api_keys (id, name, role, secret_hash, created_by, owner_user_id, created_at, expires_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (kid, name, role, _secret_hash(secret), actor.name or actor.id, _owner_for(conn, actor), now(),
-         expires_at),
-    )
+    storage.insert_api_key(conn, key_id=kid, name=name, role=role, secret_hash=_secret_hash(secret),
+                           created_by=actor.name or actor.id, owner_user_id=_owner_for(conn, actor),
+                           created_at=now(), expires_at=expires_at)
     audit.record(conn, actor, "key.create", kid, name=name, role=role)
     created = _get_api_key(conn, kid)
     created.key = f"{API_KEY_PREFIX}{kid}_{secret}"
@@ -385,21 +362,17 @@ def create_api_key(conn: sqlite3.Connection, actor: Actor, name: str, role: str,
 
 
 def list_api_keys(conn: sqlite3.Connection, include_revoked: bool = False) -> list[ApiKey]:
-    sql = _KEY_SELECT
-    if not include_revoked:
-        sql += " WHERE k.revoked_at IS NULL"
-    return [_api_key(r) for r in conn.execute(sql + " ORDER BY k.created_at")]
+    return [_api_key(r) for r in storage.api_keys(conn, include_revoked=include_revoked)]
 
 
 def revoke_api_key(conn: sqlite3.Connection, actor: Actor, key_id_or_name: str) -> ApiKey:
-    rows = conn.execute("SELECT * FROM api_keys WHERE (id = ? OR name = ?) AND revoked_at IS NULL",
-                        (key_id_or_name, key_id_or_name)).fetchall()
+    rows = storage.live_keys_named(conn, key_id_or_name)
     if not rows:
         raise NotFound(f"no active API key with id or name {key_id_or_name!r}")
     if len(rows) > 1:
         raise InvalidArgument(f"{len(rows)} active keys are named {key_id_or_name!r}; revoke by id")
     kid = rows[0]["id"]
-    conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (now(), kid))
+    storage.revoke_api_key(conn, kid, now())
     audit.record(conn, actor, "key.revoke", kid, name=rows[0]["name"])
     return _get_api_key(conn, kid)
 
@@ -412,10 +385,7 @@ def lookup_api_key(conn: sqlite3.Connection, token: str) -> Principal | None:
     kid, _, secret = token[len(API_KEY_PREFIX):].partition("_")
     if not kid or not secret:
         return None
-    row = conn.execute(
-        "SELECT k.id, k.name, k.role, k.secret_hash, k.expires_at, k.revoked_at, k.owner_user_id, "
-        "u.id AS owner_found, u.username AS owner_name, u.role AS owner_role, u.disabled AS owner_disabled "
-        "FROM api_keys k LEFT JOIN users u ON u.id = k.owner_user_id WHERE k.id = ?", (kid,)).fetchone()
+    row = storage.api_key_with_owner(conn, kid)
     if row is None or not hmac.compare_digest(row["secret_hash"], _secret_hash(secret)):
         return None
     if row["revoked_at"] is not None or (row["expires_at"] is not None and row["expires_at"] < now()):
@@ -444,17 +414,14 @@ class Session:
 def create_session(conn: sqlite3.Connection, user: User, hours: int) -> Session:
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
     expires = now() + hours * 3600
-    conn.execute("DELETE FROM sessions WHERE expires_at < ?", (now(),))
-    conn.execute("INSERT INTO sessions (id_hash, user_id, csrf_token, created_at, expires_at) "
-                 "VALUES (?, ?, ?, ?, ?)", (_secret_hash(token), user.id, csrf, now(), expires))
+    storage.delete_expired_sessions(conn, now())
+    storage.insert_session(conn, id_hash=_secret_hash(token), user_id=user.id, csrf_token=csrf, created_at=now(),
+                           expires_at=expires)
     return Session(token, csrf, expires)
 
 
 def lookup_session(conn: sqlite3.Connection, token: str) -> tuple[Principal, str] | None:
-    row = conn.execute(
-        "SELECT u.id, u.username, u.role, u.disabled, u.must_change_password, s.csrf_token, s.expires_at "
-        "FROM sessions s "
-        "JOIN users u ON u.id = s.user_id WHERE s.id_hash = ?", (_secret_hash(token),)).fetchone()
+    row = storage.session_user(conn, _secret_hash(token))
     if row is None or row["expires_at"] < now() or row["disabled"]:
         return None
     return Principal("user", row["id"], row["username"], row["role"], via_session=True,
@@ -462,7 +429,7 @@ def lookup_session(conn: sqlite3.Connection, token: str) -> tuple[Principal, str
 
 
 def delete_session(conn: sqlite3.Connection, token: str) -> None:
-    conn.execute("DELETE FROM sessions WHERE id_hash = ?", (_secret_hash(token),))
+    storage.delete_session(conn, _secret_hash(token))
 
 
 # --- request authentication --------------------------------------------------

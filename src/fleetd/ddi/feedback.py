@@ -26,9 +26,11 @@ from ..core.decoding import decoding
 from ..core.errors import FleetdError, InvalidArgument, NotFound
 from ..core.fields import Int32
 from ..devices import actions, registry
+from ..devices import storage as devices_storage
 from ..devices.actions import PROGRESS, TERMINAL
 from ..devices.inventory import MAX_EXTRA, check_inventory_size
 from ..store.database import effect
+from . import storage
 from .state import ActionRow, ConfigAnswered, Installed, device_action
 from .tokens import check_device_type
 
@@ -125,12 +127,8 @@ def _outcome(conn: sqlite3.Connection, device_id: str, action_id: str, installed
 
 def _ack_cancel(conn: sqlite3.Connection, row: ActionRow, device_id: str, message: str, *, stopped: bool) -> None:
     t = now()
-    conn.execute("INSERT INTO ddi_action_state (action_id, device_id, cancel_acked_at, cancel_stopped) "
-                 "VALUES (?, ?, ?, ?) ON CONFLICT (action_id) DO UPDATE SET cancel_acked_at = "
-                 "excluded.cancel_acked_at, cancel_stopped = excluded.cancel_stopped",
-                 (row.id, device_id, t, int(stopped)))
-    conn.execute("INSERT INTO action_events (action_id, ts, state, message, progress) VALUES (?, ?, ?, ?, ?)",
-                 (row.id, t, row.state, message[:actions.MAX_MESSAGE], row.progress))
+    storage.ack_cancel(conn, row.id, device_id, t, stopped=stopped)
+    devices_storage.insert_action_event(conn, row.id, t, row.state, message[:actions.MAX_MESSAGE], row.progress)
 
 
 def apply_feedback(conn: sqlite3.Connection, device_id: str, controller_id: str, num: int,
@@ -199,17 +197,15 @@ def _set_component(conn: sqlite3.Connection, device_id: str, artifact_id: str | 
     The version it replaces stays as the known-good one a rollback goes back to (like a check-in report)."""
     if artifact_id is None:
         return
-    art = conn.execute("SELECT name, version FROM artifacts WHERE id = ?", (artifact_id,)).fetchone()
+    art = storage.artifact_name_version(conn, artifact_id)
     if art is None:
         return
-    old = conn.execute("SELECT version, previous_version, state, health FROM device_components "
-                       "WHERE device_id = ? AND name = ?", (device_id, art["name"])).fetchone()
+    old = devices_storage.component(conn, device_id, art["name"])
     previous = old["previous_version"] if old else None
     if old and old["version"] != art["version"] and old["health"] != "unhealthy" and old["state"] != "failed":
         previous = old["version"]
-    conn.execute("INSERT OR REPLACE INTO device_components (device_id, name, version, previous_version, state, "
-                 "health, restarts, updated_at) VALUES (?, ?, ?, ?, 'running', '', 0, ?)",
-                 (device_id, art["name"], art["version"], previous, time.time()))
+    devices_storage.upsert_component(conn, device_id, art["name"], art["version"], previous, "running", "", 0,
+                                     time.time())
 
 
 def apply_cancel_feedback(conn: sqlite3.Connection, device_id: str, controller_id: str, num: int,
@@ -249,8 +245,7 @@ def apply_config_data(conn: sqlite3.Connection, device_id: str, controller_id: s
             raise InvalidArgument(f"config data keys are 1-{MAX_CONFIG_KEY} characters, got {k[:140]!r}")
         if len(v) > MAX_CONFIG_VALUE:
             raise InvalidArgument(f"config data value of {k!r} is longer than {MAX_CONFIG_VALUE} characters")
-    r = conn.execute("SELECT inventory, device_type, status, poll_interval FROM devices WHERE id = ?",
-                     (device_id,)).fetchone()
+    r = devices_storage.device_by_id(conn, device_id)
     if r is None:
         raise NotFound(f"no controller {controller_id}")
     inventory = json.loads(r["inventory"])
@@ -271,9 +266,8 @@ def apply_config_data(conn: sqlite3.Connection, device_id: str, controller_id: s
     device_type = r["device_type"]
     if cfg.mode != "remove" and cfg.data.get(DEVICE_TYPE_ATTRIBUTE):
         device_type = check_device_type(cfg.data[DEVICE_TYPE_ATTRIBUTE])
-    conn.execute("UPDATE devices SET inventory = ?, device_type = ? WHERE id = ?",
-                 (encoded, device_type, device_id))
-    conn.execute("UPDATE ddi_devices SET config_requested = 0 WHERE device_id = ?", (device_id,))
+    devices_storage.set_inventory_and_type(conn, device_id, encoded, device_type)
+    storage.config_answered(conn, device_id)
     effect(conn, ConfigAnswered(device_id))
     if device_type != r["device_type"]:
         audit.record(conn, Actor("device", device_id, controller_id), "device.update", device_id,

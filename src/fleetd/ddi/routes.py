@@ -32,6 +32,7 @@ from ..http import ranges, rpc
 from ..http.blobs import blob_response
 from . import feedback as ddi_feedback
 from . import state as ddi
+from . import storage as ddi_storage
 from .tokens import TokenEntry
 
 if TYPE_CHECKING:
@@ -285,8 +286,7 @@ async def poll(request: Request[Any, Any, Any], controller_id: FromPath[str]) ->
 
 
 def _module(conn: sqlite3.Connection, artifact_id: str) -> tuple[sqlite3.Row, int]:
-    a = conn.execute("SELECT a.*, b.md5, b.sha1 FROM artifacts a JOIN blobs b ON b.sha256 = a.sha256 "
-                     "WHERE a.id = ?", (artifact_id,)).fetchone()
+    a = ddi_storage.artifact_with_hashes(conn, artifact_id)
     if a is None:
         raise NotFound(f"artifact {artifact_id} is gone")
     return a, ddi.num_of(conn, "artifact", artifact_id)

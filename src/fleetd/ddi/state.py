@@ -25,15 +25,16 @@ from ..core.effects import Effect
 from ..core.errors import FailedPrecondition, NotFound, Unauthenticated
 from ..core.names import CONTROLLER_ID
 from ..devices import actions, registry
+from ..devices import storage as devices_storage
 from ..devices.registry import DEFAULT_POLL_INTERVAL, DeviceGone, DeviceRuntime, find_device_row
 from ..devices.tags import check_tags
 from ..store.database import Store, effect
+from . import storage
 from .tokens import TokenEntry, TokenIndex, check_device_type, load_live
 
 DEFAULT_DEVICE_TYPE = "ddi"
 # The kinds DDI delivers (a deploymentBase carries an artifact); the others are answered as failed.
 DEPLOYABLE = actions.DEPLOYING
-_DEPLOYABLE_SQL = ", ".join(f"'{k}'" for k in DEPLOYABLE)
 
 
 # --- in-memory state -----------------------------------------------------------------
@@ -49,18 +50,12 @@ class Loaded:
 
 def load(conn: sqlite3.Connection) -> Loaded:
     controllers, requested = {}, set()
-    for r in conn.execute("SELECT device_id, controller_id, config_requested FROM ddi_devices"):
+    for r in storage.ddi_device_rows(conn):
         controllers[r[1]] = r[0]
         if r[2]:
             requested.add(r[0])
-    watch = {r[0] for r in conn.execute(
-        "SELECT DISTINCT s.device_id FROM ddi_action_state s JOIN actions a ON a.id = s.action_id "
-        "WHERE s.fetched_at IS NOT NULL AND (a.open = 1 OR (a.state = 'cancelled' AND s.cancel_acked_at IS NULL))")}
-    installed = {r[0]: r[1] for r in conn.execute(
-        "SELECT a.device_id, n.num FROM actions a JOIN ddi_devices d ON d.device_id = a.device_id "
-        "JOIN ddi_ids n ON n.kind = 'action' AND n.ref = a.id WHERE a.state = 'succeeded' "
-        f"AND a.kind IN ({_DEPLOYABLE_SQL}) AND a.artifact_id IS NOT NULL ORDER BY a.finished_at, n.num")}
-    return Loaded(load_live(conn), controllers, requested, watch, installed)
+    return Loaded(load_live(conn), controllers, requested, storage.watched_device_ids(conn),
+                  storage.installed_bases(conn))
 
 
 class ControllerKnown(Effect, frozen=True):
@@ -127,15 +122,14 @@ class DdiState:
 # --- ids -----------------------------------------------------------------------------
 
 def num_of(conn: sqlite3.Connection, kind: str, ref: str) -> int:
-    r = conn.execute("SELECT num FROM ddi_ids WHERE kind = ? AND ref = ?", (kind, ref)).fetchone()
-    if r is None:
+    num = storage.num_of(conn, kind, ref)
+    if num is None:
         raise NotFound(f"no DDI id for {kind} {ref}")
-    return int(r[0])
+    return num
 
 
 def ref_of(conn: sqlite3.Connection, kind: str, num: int) -> str | None:
-    r = conn.execute("SELECT ref FROM ddi_ids WHERE kind = ? AND num = ?", (kind, num)).fetchone()
-    return None if r is None else str(r[0])
+    return storage.ref_of(conn, kind, num)
 
 
 # --- DDI devices ---------------------------------------------------------------------
@@ -148,12 +142,11 @@ def _insert_device(conn: sqlite3.Connection, actor: Actor, controller_id: str, d
                    tags: dict[str, str], via: str) -> tuple[str, DeviceRuntime]:
     did, t = new_id("dev"), now()
     # DDI devices authenticate by token, never by key pair: the public key stays empty (no signature matches it).
-    conn.execute(
-        "INSERT INTO devices (id, hardware_id, name, device_type, public_key, status, tags, inventory, poll_interval, "
-        "created_at, enrolled_at) VALUES (?, ?, ?, ?, ?, 'active', ?, '{}', ?, ?, ?)",
-        (did, controller_id, controller_id, device_type, b"", json.dumps(tags), DEFAULT_POLL_INTERVAL, t, t))
-    conn.execute("INSERT INTO ddi_devices (device_id, controller_id, created_at) VALUES (?, ?, ?)",
-                 (did, controller_id, t))
+    devices_storage.insert_device(
+        conn, device_id=did, hardware_id=controller_id, name=controller_id, device_type=device_type, public_key=b"",
+        status="active", claim_code=None, token_id=None, tags=json.dumps(tags), inventory="{}",
+        poll_interval=DEFAULT_POLL_INTERVAL, created_at=t, enrolled_at=t, last_addr=None)
+    storage.insert_ddi_device(conn, did, controller_id, t)
     audit.record(conn, actor, "device.enroll", did, status="active", ddi=via, hardware_id=controller_id,
                  device_type=device_type, tags=tags)
     _known(conn, did, controller_id, new=True)
@@ -170,9 +163,7 @@ def register_by_gateway(conn: sqlite3.Connection, controller_id: str, gateway: T
                         addr: str | None) -> tuple[str, DeviceRuntime, bool]:
     """The first poll of an unknown controller with a gateway token registers it as an active device."""
     check_controller_id(controller_id)
-    r = conn.execute("SELECT d.id, d.status, d.poll_interval, d.device_type, x.device_id AS ddi FROM devices d "
-                     "LEFT JOIN ddi_devices x ON x.device_id = d.id WHERE d.hardware_id = ?",
-                     (controller_id,)).fetchone()
+    r = storage.device_with_ddi(conn, controller_id)
     if r is not None:
         if r["ddi"] is None:
             raise Unauthenticated(f"controller id {controller_id!r} is the hardware id of a device that does not "
@@ -200,8 +191,7 @@ def ensure_device(conn: sqlite3.Connection, actor: Actor, ref: str, device_type:
     """The DDI device named by device id or controller id, created (active) when there is none."""
     check_device_type(device_type)
     tags = check_tags(dict(tags or {}))
-    r = conn.execute("SELECT d.*, x.controller_id FROM devices d LEFT JOIN ddi_devices x ON x.device_id = d.id "
-                     "WHERE d.id = ? OR d.hardware_id = ?", (ref, ref)).fetchone()
+    r = storage.device_and_controller_id(conn, ref)
     if r is None:
         did, rt = _insert_device(conn, actor, check_controller_id(ref), device_type or DEFAULT_DEVICE_TYPE, tags,
                                  "admin")
@@ -214,8 +204,7 @@ def ensure_device(conn: sqlite3.Connection, actor: Actor, ref: str, device_type:
                                  f"{r['id']}') to register it again")
     if device_type or tags:
         merged = {**json.loads(r["tags"]), **tags}
-        conn.execute("UPDATE devices SET device_type = ?, tags = ? WHERE id = ?",
-                     (device_type or r["device_type"], json.dumps(merged), r["id"]))
+        devices_storage.set_type_and_tags(conn, r["id"], device_type or r["device_type"], json.dumps(merged))
         audit.record(conn, actor, "device.update", r["id"], device_type=device_type or None, set_tags=tags)
     _known(conn, r["id"], r["controller_id"])
     return DdiDevice(r["id"], r["controller_id"], False,
@@ -224,10 +213,10 @@ def ensure_device(conn: sqlite3.Connection, actor: Actor, ref: str, device_type:
 
 def find_ddi_device(conn: sqlite3.Connection, ref: str) -> DdiDevice:
     r = find_device_row(conn, ref)
-    x = conn.execute("SELECT controller_id FROM ddi_devices WHERE device_id = ?", (r["id"],)).fetchone()
-    if x is None:
+    controller_id = storage.controller_id_of(conn, r["id"])
+    if controller_id is None:
         raise FailedPrecondition(f"device {r['id']} does not use DDI")
-    return DdiDevice(r["id"], x[0], False, DeviceRuntime(r["status"], r["poll_interval"], r["device_type"]))
+    return DdiDevice(r["id"], controller_id, False, DeviceRuntime(r["status"], r["poll_interval"], r["device_type"]))
 
 
 # --- what a poll shows -----------------------------------------------------------------
@@ -242,32 +231,18 @@ class PollView:
 
 
 def poll_view(conn: sqlite3.Connection, device_id: str) -> PollView:
-    cancel = conn.execute(
-        "SELECT n.num FROM actions a JOIN ddi_action_state s ON s.action_id = a.id "
-        "JOIN ddi_ids n ON n.kind = 'action' AND n.ref = a.id WHERE a.device_id = ? AND a.state = 'cancelled' "
-        "AND s.fetched_at IS NOT NULL AND s.cancel_acked_at IS NULL ORDER BY a.created_at, a.rowid LIMIT 1",
-        (device_id,)).fetchone()
-    # A rollback without an artifact (no previous version known) has nothing a DDI device could install.
-    deploy = conn.execute(
-        "SELECT n.num, a.state, s.fetched_at FROM actions a JOIN ddi_ids n ON n.kind = 'action' AND n.ref = a.id "
-        "LEFT JOIN ddi_action_state s ON s.action_id = a.id WHERE a.device_id = ? AND a.open = 1 "
-        f"AND a.kind IN ({_DEPLOYABLE_SQL}) AND a.artifact_id IS NOT NULL ORDER BY a.created_at, a.rowid LIMIT 1",
-        (device_id,)).fetchone()
-    fetched_open = conn.execute(
-        "SELECT 1 FROM ddi_action_state s JOIN actions a ON a.id = s.action_id WHERE s.device_id = ? "
-        "AND s.fetched_at IS NOT NULL AND a.open = 1 LIMIT 1", (device_id,)).fetchone() is not None
-    undeliverable = conn.execute(
-        f"SELECT 1 FROM actions WHERE device_id = ? AND open = 1 AND (kind NOT IN ({_DEPLOYABLE_SQL}) "
-        "OR artifact_id IS NULL) LIMIT 1", (device_id,)).fetchone() is not None
-    return PollView((int(deploy[0]), str(deploy[1])) if deploy else None, int(cancel[0]) if cancel else None,
+    cancel = storage.cancel_to_show(conn, device_id)
+    deploy = storage.deployment_to_show(conn, device_id)
+    fetched_open = storage.fetched_open(conn, device_id)
+    undeliverable = storage.has_undeliverable(conn, device_id)
+    return PollView((int(deploy[0]), str(deploy[1])) if deploy else None, cancel,
                     cancel is not None or fetched_open, undeliverable)
 
 
 def fail_undeliverable(conn: sqlite3.Connection, device_id: str) -> list[str]:
     """End the open actions a DDI device can never be sent, so that none stays open forever and blocks its
     component. A rollback without a previous version: the device keeps what it runs (as firmware does)."""
-    rows = conn.execute("SELECT id, kind FROM actions WHERE device_id = ? AND open = 1 AND "
-                        f"(kind NOT IN ({_DEPLOYABLE_SQL}) OR artifact_id IS NULL)", (device_id,)).fetchall()
+    rows = storage.undeliverable(conn, device_id)
     for r in rows:
         why = ("no previous version is known to roll back to; the DDI device keeps what it runs"
                if r["kind"] == "rollback" else f"hawkBit DDI has no {r['kind']} action; this device cannot do it")
@@ -291,10 +266,7 @@ class ActionRow:
 
 def device_action(conn: sqlite3.Connection, device_id: str, controller_id: str, num: int) -> ActionRow:
     """One of this device's install/rollback actions by its DDI number; 404 for any other."""
-    r = conn.execute(
-        "SELECT a.*, s.fetched_at, s.cancel_acked_at, s.cancel_stopped FROM ddi_ids n JOIN actions a ON a.id = n.ref "
-        "LEFT JOIN ddi_action_state s ON s.action_id = a.id WHERE n.kind = 'action' AND n.num = ?",
-        (num,)).fetchone()
+    r = storage.action_by_num(conn, num)
     if r is None or r["device_id"] != device_id or r["kind"] not in DEPLOYABLE:
         # The same answer for another device's action as for none: ids of others are not revealed.
         raise NotFound(f"controller {controller_id} has no action {num}")
@@ -303,16 +275,12 @@ def device_action(conn: sqlite3.Connection, device_id: str, controller_id: str, 
 
 
 def mark_fetched(conn: sqlite3.Connection, device_id: str, action_id: str) -> None:
-    conn.execute("INSERT INTO ddi_action_state (action_id, device_id, fetched_at) VALUES (?, ?, ?) "
-                 "ON CONFLICT (action_id) DO UPDATE SET fetched_at = COALESCE(fetched_at, excluded.fetched_at)",
-                 (action_id, device_id, now()))
+    storage.mark_fetched(conn, action_id, device_id, now())
     effect(conn, Fetched(device_id))
 
 
 def history(conn: sqlite3.Connection, action_id: str, count: int) -> list[str]:
-    return [r[0] for r in conn.execute(
-        "SELECT CASE WHEN message = '' THEN state ELSE state || ': ' || message END FROM action_events "
-        "WHERE action_id = ? ORDER BY id DESC LIMIT ?", (action_id, count))]
+    return storage.action_history(conn, action_id, count)
 
 
 # --- software modules ----------------------------------------------------------------------
@@ -320,14 +288,10 @@ def history(conn: sqlite3.Connection, action_id: str, count: int) -> list[str]:
 def module_artifact(conn: sqlite3.Connection, module_num: int, device_id: str) -> sqlite3.Row:
     """The artifact behind a software module id, only if one of ``device_id``'s open deployments names it (the
     same 404 otherwise); anonymous downloads too pass the device of the controller in their path."""
-    r = conn.execute(
-        "SELECT a.*, b.md5, b.sha1 FROM ddi_ids n JOIN artifacts a ON a.id = n.ref "
-        "JOIN blobs b ON b.sha256 = a.sha256 WHERE n.kind = 'artifact' AND n.num = ?", (module_num,)).fetchone()
+    r = storage.module_artifact(conn, module_num)
     if r is None:
         raise NotFound(f"no software module {module_num}")
-    if conn.execute(
-            "SELECT 1 FROM actions WHERE device_id = ? AND artifact_id = ? AND open = 1 LIMIT 1",
-            (device_id, r["id"])).fetchone() is None:
+    if not storage.has_open_action_for(conn, device_id, r["id"]):
         raise NotFound(f"software module {module_num} is not assigned to this controller")
     return r
 

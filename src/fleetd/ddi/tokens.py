@@ -26,6 +26,7 @@ from ..core.errors import InvalidArgument, NotFound
 from ..core.names import DEVICE_TYPE
 from ..devices.tags import check_tags
 from ..store.database import effect
+from . import storage
 
 GATEWAY_ID_PREFIX = "ddg_"
 TARGET_ID_PREFIX = "ddt_"
@@ -97,33 +98,29 @@ def create_gateway(conn: sqlite3.Connection, actor: Actor, *, description: str =
     check_device_type(device_type)
     tags = check_tags(dict(tags or {}))
     tid, secret = GATEWAY_ID_PREFIX + secrets.token_hex(6), new_secret()
-    conn.execute("INSERT INTO ddi_tokens (id, kind, secret_hash, device_type, tags, description, created_by, "
-                 "created_at) VALUES (?, 'gateway', ?, ?, ?, ?, ?, ?)",
-                 (tid, secret_hash(secret), device_type, json.dumps(tags), description, actor.name or actor.id,
-                  now()))
+    storage.insert_gateway_token(conn, token_id=tid, secret_hash=secret_hash(secret), device_type=device_type,
+                                 tags=json.dumps(tags), description=description, created_by=actor.name or actor.id,
+                                 created_at=now())
     audit.record(conn, actor, "ddi.gateway_token.create", tid, device_type=device_type, tags=tags)
     effect(conn, TokenAdded(secret_hash(secret), TokenEntry(tid, "gateway", None, device_type, tags)))
     return get_gateway(conn, tid), secret
 
 
 def get_gateway(conn: sqlite3.Connection, token_id: str) -> GatewayToken:
-    r = conn.execute("SELECT * FROM ddi_tokens WHERE id = ? AND kind = 'gateway'", (token_id,)).fetchone()
+    r = storage.gateway_token(conn, token_id)
     if r is None:
         raise NotFound(f"no DDI gateway token {token_id!r} ('fleetd tokens list --ddi-gateway' lists them)")
     return _gateway(r)
 
 
 def list_gateways(conn: sqlite3.Connection, include_revoked: bool = False) -> list[GatewayToken]:
-    sql = "SELECT * FROM ddi_tokens WHERE kind = 'gateway'"
-    if not include_revoked:
-        sql += " AND revoked_at IS NULL"
-    return [_gateway(r) for r in conn.execute(sql + " ORDER BY created_at")]
+    return [_gateway(r) for r in storage.gateway_tokens(conn, include_revoked=include_revoked)]
 
 
 def revoke_gateway(conn: sqlite3.Connection, actor: Actor, token_id: str) -> GatewayToken:
     tok = get_gateway(conn, token_id)
     if tok.revoked_at is None:
-        conn.execute("UPDATE ddi_tokens SET revoked_at = ? WHERE id = ?", (now(), token_id))
+        storage.revoke_token(conn, token_id, now())
         audit.record(conn, actor, "ddi.gateway_token.revoke", token_id)
         effect(conn, GatewayRevoked(token_id))
     return get_gateway(conn, token_id)
@@ -133,20 +130,15 @@ def replace_target(conn: sqlite3.Connection, actor: Actor, device_id: str) -> tu
     """A new target token for a device; its previous ones stop working. Returns (id, secret)."""
     old = revoke_targets_rows(conn, device_id)
     tid, secret = TARGET_ID_PREFIX + secrets.token_hex(6), new_secret()
-    conn.execute("INSERT INTO ddi_tokens (id, kind, secret_hash, device_id, created_by, created_at) "
-                 "VALUES (?, 'target', ?, ?, ?, ?)", (tid, secret_hash(secret), device_id, actor.name or actor.id,
-                                                       now()))
+    storage.insert_target_token(conn, token_id=tid, secret_hash=secret_hash(secret), device_id=device_id,
+                                created_by=actor.name or actor.id, created_at=now())
     audit.record(conn, actor, "ddi.target_token.create", device_id, token=tid, replaced=len(old))
     effect(conn, TokenAdded(secret_hash(secret), TokenEntry(tid, "target", device_id)))
     return tid, secret
 
 
 def revoke_targets_rows(conn: sqlite3.Connection, device_id: str) -> list[bytes]:
-    rows = conn.execute("SELECT secret_hash FROM ddi_tokens WHERE device_id = ? AND kind = 'target' "
-                        "AND revoked_at IS NULL", (device_id,)).fetchall()
-    conn.execute("UPDATE ddi_tokens SET revoked_at = ? WHERE device_id = ? AND kind = 'target' "
-                 "AND revoked_at IS NULL", (now(), device_id))
-    hashes = [bytes(r[0]) for r in rows]
+    hashes = storage.revoke_target_tokens(conn, device_id, now())
     if hashes:
         effect(conn, TokensDropped(tuple(hashes)))
     return hashes
@@ -160,8 +152,7 @@ def revoke_targets(conn: sqlite3.Connection, actor: Actor, device_id: str) -> li
 
 def load_live(conn: sqlite3.Connection) -> dict[bytes, TokenEntry]:
     out = {}
-    for r in conn.execute("SELECT id, kind, secret_hash, device_id, device_type, tags FROM ddi_tokens "
-                          "WHERE revoked_at IS NULL"):
+    for r in storage.live_tokens(conn):
         out[bytes(r["secret_hash"])] = TokenEntry(r["id"], r["kind"], r["device_id"], r["device_type"],
                                                   json.loads(r["tags"]))
     return out

@@ -27,6 +27,7 @@ from ..core.errors import FailedPrecondition, InvalidArgument, NotFound, Permiss
 from ..core.fields import Int32
 from ..core.names import matches_any
 from ..store.database import effect
+from . import storage
 from .registry import ActionsOpen, find_device_row
 
 
@@ -119,10 +120,6 @@ class DeviceAction(msgspec.Struct, kw_only=True):
     params: dict[str, Any] = {}
 
 
-_ADMIN_SELECT = ("SELECT ac.*, ar.name || '@' || ar.version AS artifact_ref FROM actions ac "
-                 "LEFT JOIN artifacts ar ON ar.id = ac.artifact_id")
-
-
 def _action(r: sqlite3.Row) -> Action:
     return Action(id=r["id"], device_id=r["device_id"], kind=r["kind"], component=r["component"], state=r["state"],
                   artifact=r["artifact_ref"], message=r["message"], progress=r["progress"],
@@ -132,29 +129,26 @@ def _action(r: sqlite3.Row) -> Action:
 
 
 def get(conn: sqlite3.Connection, action_id: str, *, with_result: bool = False) -> Action:
-    r = conn.execute(f"{_ADMIN_SELECT} WHERE ac.id = ?", (action_id,)).fetchone()
+    r = storage.admin_action(conn, action_id)
     if r is None:
         raise NotFound(f"no action {action_id!r}")
     a = _action(r)
     if with_result:
-        stored = conn.execute("SELECT result FROM action_results WHERE action_id = ?", (action_id,)).fetchone()
-        a.result = msgspec.json.decode(stored[0], type=ActionResult) if stored else None
+        stored = storage.action_result(conn, action_id)
+        a.result = msgspec.json.decode(stored, type=ActionResult) if stored is not None else None
     return a
 
 
 def list_for_device(conn: sqlite3.Connection, device_ref: str, limit: int = 100) -> list[Action]:
     did = find_device_row(conn, device_ref)["id"]
-    rows = conn.execute(f"{_ADMIN_SELECT} WHERE ac.device_id = ? ORDER BY ac.created_at DESC, ac.rowid DESC "
-                        "LIMIT ?", (did, limit))
-    return [_action(r) for r in rows]
+    return [_action(r) for r in storage.admin_actions_of(conn, did, limit)]
 
 
 def open_for_device(conn: sqlite3.Connection, device_id: str, base_url: str) -> list[DeviceAction]:
     """The device's open actions, oldest first, with download references."""
     out = []
     cache: dict[str, artifacts.ArtifactRef] = {}
-    for r in conn.execute("SELECT * FROM actions WHERE device_id = ? AND open = 1 ORDER BY created_at, rowid",
-                          (device_id,)):
+    for r in storage.open_actions(conn, device_id):
         ref = None
         if r["artifact_id"]:
             ref = cache.get(r["artifact_id"])
@@ -168,18 +162,12 @@ def open_for_device(conn: sqlite3.Connection, device_id: str, base_url: str) -> 
 
 
 def devices_with_open_actions(conn: sqlite3.Connection) -> set[str]:
-    return {r[0] for r in conn.execute("SELECT DISTINCT device_id FROM actions WHERE open = 1")}
+    return storage.devices_with_open_actions(conn)
 
 
 def still_open(conn: sqlite3.Connection, device_ids: list[str]) -> set[str]:
     """Of ``device_ids``, those that still have an open action (the one query for it)."""
-    found: set[str] = set()
-    for i in range(0, len(device_ids), 500):
-        chunk = device_ids[i:i + 500]
-        found.update(r[0] for r in conn.execute(
-            f"SELECT DISTINCT device_id FROM actions WHERE open = 1 AND device_id IN ({','.join('?' * len(chunk))})",
-            chunk))
-    return found
+    return storage.devices_still_open(conn, device_ids)
 
 
 def note_open(conn: sqlite3.Connection, device_ids: list[str]) -> set[str]:
@@ -210,20 +198,16 @@ def _insert(conn: sqlite3.Connection, actor: Actor, device_id: str, kind: str, c
             artifact_id: str | None, params: dict[str, Any], *, state: str = "queued",
             rollout_id: str | None = None) -> str:
     aid, t = new_id("act"), now()
-    conn.execute("INSERT INTO actions (id, device_id, kind, component, artifact_id, state, params, rollout_id, "
-                 "created_by, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                 (aid, device_id, kind, component, artifact_id, state, json.dumps(params), rollout_id,
-                  actor.name or actor.id, t, t))
-    conn.execute("INSERT INTO action_events (action_id, ts, state) VALUES (?, ?, ?)", (aid, t, state))
+    storage.insert_action(conn, action_id=aid, device_id=device_id, kind=kind, component=component,
+                          artifact_id=artifact_id, state=state, params=json.dumps(params), rollout_id=rollout_id,
+                          created_by=actor.name or actor.id, at=t)
     return aid
 
 
 def _check_no_open(conn: sqlite3.Connection, device_ids: list[str], component: str) -> None:
     if not component:
         return
-    marks = ",".join("?" * len(device_ids))
-    busy = conn.execute(f"SELECT device_id, id, kind FROM actions WHERE open = 1 AND component = ? "
-                        f"AND device_id IN ({marks})", [component, *device_ids]).fetchall()
+    busy = storage.open_actions_on(conn, component, device_ids)
     if busy:
         listed = ", ".join(f"{r['device_id']} ({r['kind']} {r['id']})" for r in busy[:5])
         raise FailedPrecondition(f"{len(busy)} device(s) already have an open action for {component!r}: {listed}"
@@ -268,14 +252,10 @@ def create_rollback(conn: sqlite3.Connection, actor: Actor, device_refs: list[st
     _check_no_open(conn, [r["id"] for r in rows], component)
     ids = []
     for r in rows:
-        comp = conn.execute("SELECT version, previous_version FROM device_components WHERE device_id = ? AND "
-                            "name = ?", (r["id"], component)).fetchone()
+        comp = storage.component(conn, r["id"], component)
         artifact_id, params = None, {}
         if comp and comp["previous_version"]:
-            a = conn.execute("SELECT id FROM artifacts WHERE name = ? AND version = ?",
-                             (component, comp["previous_version"])).fetchone()
-            if a is not None:
-                artifact_id = a["id"]
+            artifact_id = storage.artifact_id_of(conn, component, comp["previous_version"])
             params = {"from_version": comp["version"], "to_version": comp["previous_version"]}
         if artifact_id is None:
             # No previous version to go back to: the device removes (app) or keeps (firmware) what it has.
@@ -323,8 +303,7 @@ def _log_lines(value: object) -> int:
 def _check_reports_app(conn: sqlite3.Connection, rows: list[sqlite3.Row], component: str) -> None:
     """Every device must report ``component`` among its apps: a typo fails now, not at the next check-in."""
     for r in rows:
-        names = [c[0] for c in conn.execute("SELECT name FROM device_components WHERE device_id = ? ORDER BY name",
-                                            (r["id"],))]
+        names = [c["name"] for c in storage.component_rows(conn, r["id"])]
         if component not in names:
             have = f"it reports {', '.join(names)}" if names else "it reports no apps yet"
             raise FailedPrecondition(f"device {r['name']} ({r['id']}) has no app {component!r}; {have}")
@@ -335,13 +314,7 @@ def _or(names: tuple[str, ...]) -> str:
 
 
 def _set_state(conn: sqlite3.Connection, action_id: str, state: str, message: str, progress: int) -> None:
-    t = now()
-    terminal = state in TERMINAL
-    conn.execute("UPDATE actions SET state = ?, message = ?, progress = ?, updated_at = ?, open = ?, "
-                 "finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE id = ?",
-                 (state, message, progress, t, 0 if terminal else 1, terminal, t, action_id))
-    conn.execute("INSERT INTO action_events (action_id, ts, state, message, progress) VALUES (?,?,?,?,?)",
-                 (action_id, t, state, message, progress))
+    storage.set_action_state(conn, action_id, state, message, progress, now(), terminal=state in TERMINAL)
 
 
 def report(conn: sqlite3.Connection, device_id: str, action_id: str, state: str, message: str = "",
@@ -360,7 +333,7 @@ def advance(conn: sqlite3.Connection, device_id: str, action_id: str, state: str
     if not 0 <= progress <= 100:
         raise InvalidArgument("progress must be 0..100")
     message = message[:MAX_MESSAGE]
-    r = conn.execute("SELECT * FROM actions WHERE id = ?", (action_id,)).fetchone()
+    r = storage.action(conn, action_id)
     if r is None or r["device_id"] != device_id:
         # Same answer for another device's action as for none: do not reveal which ids exist.
         raise NotFound(f"no action {action_id!r} for this device")
@@ -376,8 +349,7 @@ def advance(conn: sqlite3.Connection, device_id: str, action_id: str, state: str
         if result is not None:
             _keep_result(conn, device_id, action_id, result)
     else:
-        conn.execute("UPDATE actions SET message = ?, progress = ?, updated_at = ? WHERE id = ?",
-                     (message, progress, now(), action_id))
+        storage.set_action_progress(conn, action_id, message, progress, now())
     return get(conn, action_id)
 
 
@@ -397,11 +369,7 @@ def _check_result(kind: str, state: str, result: ActionResult) -> None:
 
 def _keep_result(conn: sqlite3.Connection, device_id: str, action_id: str, result: ActionResult) -> None:
     """Store ``result``; a device keeps its RESULTS_KEPT newest ones."""
-    conn.execute("INSERT INTO action_results (action_id, device_id, result, created_at) VALUES (?,?,?,?)",
-                 (action_id, device_id, msgspec.json.encode(result).decode(), now()))
-    conn.execute("DELETE FROM action_results WHERE device_id = ? AND action_id NOT IN (SELECT action_id FROM "
-                 "action_results WHERE device_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?)",
-                 (device_id, device_id, RESULTS_KEPT))
+    storage.keep_action_result(conn, device_id, action_id, msgspec.json.encode(result).decode(), now(), RESULTS_KEPT)
 
 
 def _check_transition(kind: str, current: str, new: str) -> None:
@@ -427,12 +395,9 @@ def cancel(conn: sqlite3.Connection, actor: Actor, action_id: str) -> Action:
 
 def may_download(conn: sqlite3.Connection, device_id: str, sha256: str) -> bool:
     """A device may fetch a blob that one of its open actions refers to."""
-    return conn.execute("SELECT 1 FROM actions ac JOIN artifacts ar ON ar.id = ac.artifact_id "
-                        "WHERE ac.device_id = ? AND ac.open = 1 AND ar.sha256 = ? LIMIT 1",
-                        (device_id, sha256)).fetchone() is not None
+    return storage.open_action_fetches(conn, device_id, sha256)
 
 
 def require_device_owns(conn: sqlite3.Connection, device_id: str, action_id: str) -> None:
-    r = conn.execute("SELECT device_id FROM actions WHERE id = ?", (action_id,)).fetchone()
-    if r is None or r[0] != device_id:
+    if storage.action_device_id(conn, action_id) != device_id:
         raise PermissionDenied("not your action")

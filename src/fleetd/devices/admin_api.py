@@ -10,6 +10,7 @@ import msgspec
 from ..core.clock import now, to_dt
 from ..core.errors import InvalidArgument
 from ..core.fields import Int32, Seconds, page_limit
+from ..ddi import storage as ddi_storage
 from ..http.rpc import Context, Empty, Service
 from . import actions, join_tokens, registry
 from .actions import Action
@@ -67,8 +68,7 @@ async def GetDevice(ctx: Context, req: DeviceRef) -> Device:
     """One device with its inventory and components (and its controller id when it speaks hawkBit DDI)."""
     def read(conn: sqlite3.Connection) -> Device:
         d = registry.get_device(conn, req.id)
-        r = conn.execute("SELECT controller_id FROM ddi_devices WHERE device_id = ?", (d.id,)).fetchone()
-        d.ddi_controller_id = r[0] if r else None
+        d.ddi_controller_id = ddi_storage.controller_id_of(conn, d.id)
         return d
 
     return fresh(ctx, await ctx.fleet.store.read(read))

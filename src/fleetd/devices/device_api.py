@@ -10,7 +10,7 @@ from ..core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from ..core.fields import Int32
 from ..http.rpc import Context, Service
 from ..telemetry.intake import Point
-from . import actions, join_tokens, registry
+from . import actions, join_tokens, registry, storage
 from .actions import ActionResult, DeviceAction
 from .devauth import CHALLENGE_TTL, TOKEN_TTL, challenge_message, decode_b64_field, verify_signature
 from .inventory import Component, Inventory, inventory_dict
@@ -114,8 +114,7 @@ async def Authenticate(ctx: Context, req: AuthenticateRequest) -> AuthenticateRe
     hub = ctx.fleet.hub
     signature = decode_b64_field(req.signature, "signature", 64)
     hub.tokens.take_challenge(req.device_id, req.nonce)
-    row = await ctx.fleet.store.read(lambda c: c.execute(
-        "SELECT public_key, status, auth_epoch FROM devices WHERE id = ?", (req.device_id,)).fetchone())
+    row = await ctx.fleet.store.read(lambda c: storage.device_auth(c, req.device_id))
     if row is None:
         raise Unauthenticated("unknown device; enroll first")
     if not verify_signature(bytes(row["public_key"]), signature, challenge_message(req.device_id, req.nonce)):

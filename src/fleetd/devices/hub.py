@@ -23,7 +23,7 @@ import msgspec
 from ..core.lifecycle import Scope
 from ..core.tasks import cancel_and_wait
 from ..store.database import Store
-from . import actions, registry
+from . import actions, registry, storage
 from .devauth import DeviceTokens
 from .inventory import Component, Inventory, check_inventory_size
 from .registry import ActionsOpen, DeviceChanged, DeviceGone, DeviceRuntime
@@ -129,11 +129,10 @@ class DeviceHub:
             return
 
         def write(conn: sqlite3.Connection) -> None:
-            conn.executemany("UPDATE devices SET last_seen = ?, last_addr = ? WHERE id = ?",
-                             [(t, addr, did) for did, (t, addr) in seen.items()])
+            storage.record_seen(conn, [(t, addr, did) for did, (t, addr) in seen.items()])
             for did, (inv, history) in inventory.items():
                 if inv is not None:
-                    conn.execute("UPDATE devices SET inventory = ? WHERE id = ?", (inv, did))
+                    storage.set_inventory(conn, did, inv)
                 for components in history:
                     _store_components(conn, did, components)
 
@@ -164,16 +163,13 @@ class DeviceHub:
 def _store_components(conn: sqlite3.Connection, device_id: str, components: list[Component]) -> None:
     """Upsert what the device runs. A version change keeps the old version as known-good if it was healthy."""
     t = time.time()
-    current = {r["name"]: r for r in conn.execute("SELECT * FROM device_components WHERE device_id = ?",
-                                                  (device_id,))}
+    current = {r["name"]: r for r in storage.component_rows(conn, device_id)}
     for c in components:
         old = current.get(c.name)
         previous = old["previous_version"] if old else None
         if old and old["version"] != c.version and old["health"] != "unhealthy" and old["state"] != "failed":
             previous = old["version"]
-        conn.execute("INSERT OR REPLACE INTO device_components (device_id, name, version, previous_version, state, "
-                     "health, restarts, updated_at) VALUES (?,?,?,?,?,?,?,?)",
-                     (device_id, c.name, c.version, previous, c.state, c.health, c.restarts, t))
+        storage.upsert_component(conn, device_id, c.name, c.version, previous, c.state, c.health, c.restarts, t)
     reported = {c.name for c in components}
     for name in current.keys() - reported:
-        conn.execute("DELETE FROM device_components WHERE device_id = ? AND name = ?", (device_id, name))
+        storage.delete_component(conn, device_id, name)

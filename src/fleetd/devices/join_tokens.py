@@ -20,6 +20,7 @@ from ..accounts import audit
 from ..accounts.audit import Actor
 from ..core.clock import now, to_dt
 from ..core.errors import InvalidArgument, NotFound, Unauthenticated
+from . import storage
 from .tags import check_tags
 
 JOIN_TOKEN_PREFIX = "fdj1"
@@ -91,15 +92,14 @@ def create_token(conn: sqlite3.Connection, actor: Actor, *, description: str = "
 def insert_token(conn: sqlite3.Connection, actor: Actor, description: str, tags: dict[str, str],
                  max_uses: int | None, expires_at: float | None, device_id: str | None) -> tuple[str, str]:
     tid, secret = secrets.token_hex(6), secrets.token_hex(16)
-    conn.execute("INSERT INTO join_tokens (id, secret_hash, description, tags, max_uses, expires_at, created_by, "
-                 "created_at, device_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 (tid, _hash(secret), description, json.dumps(tags), max_uses, expires_at,
-                  actor.name or actor.id, now(), device_id))
+    storage.insert_join_token(conn, token_id=tid, secret_hash=_hash(secret), description=description,
+                              tags=json.dumps(tags), max_uses=max_uses, expires_at=expires_at,
+                              created_by=actor.name or actor.id, created_at=now(), device_id=device_id)
     return tid, secret
 
 
 def get_token(conn: sqlite3.Connection, token_id: str) -> JoinToken:
-    r = conn.execute("SELECT * FROM join_tokens WHERE id = ?", (token_id,)).fetchone()
+    r = storage.join_token(conn, token_id)
     if r is None:
         raise NotFound(f"no join token {token_id!r}")
     return _join_token(r)
@@ -108,21 +108,15 @@ def get_token(conn: sqlite3.Connection, token_id: str) -> JoinToken:
 def list_tokens(conn: sqlite3.Connection, include_inactive: bool = False, limit: int = -1,
                 offset: int = 0) -> tuple[list[JoinToken], int]:
     """One page of the join tokens, newest first, and how many there are."""
-    clause, args = "", []
-    if not include_inactive:
-        clause = " WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?) " \
-                 "AND (max_uses IS NULL OR uses < max_uses)"
-        args.append(now())
-    total = conn.execute(f"SELECT COUNT(*) FROM join_tokens{clause}", args).fetchone()[0]
-    rows = conn.execute(f"SELECT * FROM join_tokens{clause} ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
-                        [*args, limit, offset])
-    return [_join_token(r) for r in rows], int(total)
+    rows, total = storage.join_token_page(conn, usable_at=None if include_inactive else now(), limit=limit,
+                                          offset=offset)
+    return [_join_token(r) for r in rows], total
 
 
 def revoke_token(conn: sqlite3.Connection, actor: Actor, token_id: str) -> JoinToken:
     tok = get_token(conn, token_id)
     if tok.revoked_at is None:
-        conn.execute("UPDATE join_tokens SET revoked_at = ? WHERE id = ?", (now(), token_id))
+        storage.revoke_join_token(conn, token_id, now())
         audit.record(conn, actor, "token.revoke", token_id)
     return get_token(conn, token_id)
 
@@ -131,7 +125,7 @@ def check_token(conn: sqlite3.Connection, parsed: ParsedJoinToken, ca_fingerprin
     """The join token, refused with the reason when it is no good; no use is counted (see :func:`use_token`)."""
     if parsed.ca_fingerprint != ca_fingerprint:
         raise Unauthenticated("this join token belongs to another fleetd server (CA fingerprint differs)")
-    r = conn.execute("SELECT * FROM join_tokens WHERE id = ?", (parsed.id,)).fetchone()
+    r = storage.join_token(conn, parsed.id)
     if r is None or not hmac.compare_digest(r["secret_hash"], _hash(parsed.secret)):
         raise Unauthenticated("unknown join token; ask the admin for a new one")
     if r["revoked_at"] is not None:
@@ -144,4 +138,4 @@ def check_token(conn: sqlite3.Connection, parsed: ParsedJoinToken, ca_fingerprin
 
 
 def use_token(conn: sqlite3.Connection, token: JoinToken) -> None:
-    conn.execute("UPDATE join_tokens SET uses = uses + 1 WHERE id = ?", (token.id,))
+    storage.count_join_token_use(conn, token.id)

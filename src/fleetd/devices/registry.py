@@ -32,11 +32,11 @@ from ..core.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
-from ..core.names import DEVICE_NAME, DEVICE_TYPE, HARDWARE_ID, like_pattern, matches_any
+from ..core.names import DEVICE_NAME, DEVICE_TYPE, HARDWARE_ID, TAG_KEY, like_pattern, matches_any
 from ..store.database import effect
-from . import join_tokens
+from . import join_tokens, storage
 from .join_tokens import JoinToken, use_token
-from .tags import check_tags, json_path
+from .tags import check_tags
 
 CLAIM_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 DEFAULT_POLL_INTERVAL = 60
@@ -111,16 +111,15 @@ def _component(r: sqlite3.Row) -> ComponentState:
 
 
 def components_of(conn: sqlite3.Connection, device_id: str) -> list[ComponentState]:
-    return [_component(r) for r in conn.execute(
-        "SELECT * FROM device_components WHERE device_id = ? ORDER BY name", (device_id,))]
+    return [_component(r) for r in storage.component_rows(conn, device_id)]
 
 
 def find_device_row(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
     """By id, hardware id or (unique) name."""
-    r = conn.execute("SELECT * FROM devices WHERE id = ? OR hardware_id = ?", (ref, ref)).fetchone()
+    r = storage.device_by_id_or_hardware_id(conn, ref)
     if r is not None:
         return r
-    rows = conn.execute("SELECT * FROM devices WHERE name = ?", (ref,)).fetchall()
+    rows = storage.devices_named(conn, ref)
     if len(rows) > 1:
         raise InvalidArgument(f"{len(rows)} devices are named {ref!r}; use the device id")
     if not rows:
@@ -137,7 +136,7 @@ def new_claim_code(conn: sqlite3.Connection) -> str:
     while True:
         raw = "".join(secrets.choice(CLAIM_ALPHABET) for _ in range(8))
         code = f"{raw[:4]}-{raw[4:]}"
-        if conn.execute("SELECT 1 FROM devices WHERE claim_code = ?", (code,)).fetchone() is None:
+        if not storage.claim_code_taken(conn, code):
             return code
 
 
@@ -196,7 +195,7 @@ def enroll(conn: sqlite3.Connection, *, hardware_id: str, device_type: str, publ
     waiting to be claimed.
     """
     check_enroll_fields(hardware_id, device_type, name)
-    existing = conn.execute("SELECT * FROM devices WHERE hardware_id = ?", (hardware_id,)).fetchone()
+    existing = storage.device_by_hardware_id(conn, hardware_id)
     if existing is None:
         return _enroll_new(conn, hardware_id, device_type, public_key, name, token() if token else None,
                            inventory, addr, max_pending)
@@ -217,13 +216,13 @@ def enroll(conn: sqlite3.Connection, *, hardware_id: str, device_type: str, publ
     use_token(conn, tok)
     tags = {**json.loads(existing["tags"]), **tok.tags}
     epoch = existing["auth_epoch"] + 1
-    conn.execute("UPDATE devices SET public_key = ?, status = 'active', claim_code = NULL, token_id = ?, "
-                 "tags = ?, device_type = ?, auth_epoch = ?, enrolled_at = ?, last_addr = ? WHERE id = ?",
-                 (public_key, tok.id, json.dumps(tags), device_type, epoch, now(), addr, existing["id"]))
+    storage.reenroll_device(conn, existing["id"], public_key=public_key, token_id=tok.id, tags=json.dumps(tags),
+                            device_type=device_type, auth_epoch=epoch, enrolled_at=now(), last_addr=addr)
     audit.record(conn, Actor("device", existing["id"], hardware_id, addr), "device.rekey" if rekey else
                  "device.reenroll", existing["id"], token=tok.id, key_replaced=not same_key,
                  was=existing["status"])
-    row = conn.execute("SELECT * FROM devices WHERE id = ?", (existing["id"],)).fetchone()
+    row = storage.device_by_id(conn, existing["id"])
+    assert row is not None  # written in this transaction
     changed(conn, existing["id"])
     enrolled(conn, existing["id"], hardware_id, "connect", "active")
     return EnrollResult(device_from_row(row), epoch, False)
@@ -235,7 +234,7 @@ def _enroll_new(conn: sqlite3.Connection, hardware_id: str, device_type: str, pu
     if tok is not None and tok.device_id is not None:
         raise PermissionDenied(f"this token re-keys device {tok.device_id} only")
     if tok is None and max_pending:
-        waiting = conn.execute("SELECT COUNT(*) FROM devices WHERE status = 'pending'").fetchone()[0]
+        waiting = storage.count_pending_devices(conn)
         if waiting >= max_pending:
             raise ResourceExhausted(f"{waiting} devices are waiting to be claimed; claim or reject some ('fleetd "
                                     "devices list --status pending') or raise max_pending_devices", retry_after=600)
@@ -244,15 +243,15 @@ def _enroll_new(conn: sqlite3.Connection, hardware_id: str, device_type: str, pu
     t = now()
     did = new_id("dev")
     status = "active" if tok else "pending"
-    conn.execute(
-        "INSERT INTO devices (id, hardware_id, name, device_type, public_key, status, claim_code, token_id, tags, "
-        "inventory, poll_interval, created_at, enrolled_at, last_addr) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (did, hardware_id, name or hardware_id, device_type, public_key, status, None if tok else new_claim_code(conn),
-         tok.id if tok else None, json.dumps(tok.tags if tok else {}), json.dumps(inventory),
-         DEFAULT_POLL_INTERVAL, t, t if tok else None, addr))
+    storage.insert_device(
+        conn, device_id=did, hardware_id=hardware_id, name=name or hardware_id, device_type=device_type,
+        public_key=public_key, status=status, claim_code=None if tok else new_claim_code(conn),
+        token_id=tok.id if tok else None, tags=json.dumps(tok.tags if tok else {}), inventory=json.dumps(inventory),
+        poll_interval=DEFAULT_POLL_INTERVAL, created_at=t, enrolled_at=t if tok else None, last_addr=addr)
     audit.record(conn, Actor("device", did, hardware_id, addr), "device.enroll", did, status=status,
                  token=tok.id if tok else None)
-    row = conn.execute("SELECT * FROM devices WHERE id = ?", (did,)).fetchone()
+    row = storage.device_by_id(conn, did)
+    assert row is not None  # written in this transaction
     changed(conn, did)
     enrolled(conn, did, hardware_id, "connect", status)
     return EnrollResult(device_from_row(row), 0, True)
@@ -262,10 +261,9 @@ def expire_pending(conn: sqlite3.Connection, silent_for: float) -> list[str]:
     """Delete the devices that enrolled without a token, were never claimed and have not been heard from for
     ``silent_for`` seconds; their ids. A device that got a token or was claimed is active, never pending."""
     cutoff = now() - silent_for
-    rows = conn.execute("SELECT id, hardware_id FROM devices WHERE status = 'pending' AND token_id IS NULL "
-                        "AND COALESCE(last_seen, created_at) < ?", (cutoff,)).fetchall()
+    rows = storage.silent_pending_devices(conn, cutoff)
     for r in rows:
-        conn.execute("DELETE FROM devices WHERE id = ?", (r["id"],))
+        storage.delete_device(conn, r["id"])
         audit.record(conn, audit.SYSTEM, "device.expire", r["id"], hardware_id=r["hardware_id"],
                      days=round(silent_for / 86400, 2))
         effect(conn, DeviceGone(r["id"]))
@@ -275,12 +273,11 @@ def expire_pending(conn: sqlite3.Connection, silent_for: float) -> list[str]:
 def claim(conn: sqlite3.Connection, actor: Actor, code: str, name: str = "", tags: dict[str, str] | None = None
           ) -> Device:
     code = normalize_claim_code(code)
-    r = conn.execute("SELECT * FROM devices WHERE claim_code = ? AND status = 'pending'", (code,)).fetchone()
+    r = storage.pending_device_by_claim_code(conn, code)
     if r is None:
         raise NotFound(f"no pending device has claim code {code}; 'fleetd devices list --status pending' shows them")
     merged = {**json.loads(r["tags"]), **check_tags(dict(tags or {}))}
-    conn.execute("UPDATE devices SET status = 'active', claim_code = NULL, enrolled_at = ?, name = ?, tags = ? "
-                 "WHERE id = ?", (now(), name or r["name"], json.dumps(merged), r["id"]))
+    storage.activate_claimed(conn, r["id"], enrolled_at=now(), name=name or r["name"], tags=json.dumps(merged))
     audit.record(conn, actor, "device.claim", r["id"], code=code)
     changed(conn, r["id"])
     enrolled(conn, r["id"], r["hardware_id"], "claim", "active")
@@ -292,17 +289,15 @@ def reject(conn: sqlite3.Connection, actor: Actor, ref: str) -> None:
     r = find_device_row(conn, ref)
     if r["status"] != "pending":
         raise FailedPrecondition(f"device {r['id']} is {r['status']}, not pending; revoke or delete it instead")
-    conn.execute("DELETE FROM devices WHERE id = ?", (r["id"],))
+    storage.delete_device(conn, r["id"])
     audit.record(conn, actor, "device.reject", r["id"], hardware_id=r["hardware_id"])
     effect(conn, DeviceGone(r["id"]))
 
 
 def revoke(conn: sqlite3.Connection, actor: Actor, ref: str) -> Device:
     r = find_device_row(conn, ref)
-    conn.execute("UPDATE devices SET status = 'revoked', claim_code = NULL, auth_epoch = auth_epoch + 1 "
-                 "WHERE id = ?", (r["id"],))
-    conn.execute("UPDATE actions SET state = 'cancelled', open = 0, finished_at = ?, updated_at = ?, "
-                 "message = 'device revoked' WHERE device_id = ? AND open = 1", (now(), now(), r["id"]))
+    storage.revoke_device(conn, r["id"])
+    storage.cancel_open_actions(conn, r["id"], "device revoked", now())
     audit.record(conn, actor, "device.revoke", r["id"])
     changed(conn, r["id"])
     effect(conn, ActionsOpen((r["id"],), False))
@@ -311,7 +306,7 @@ def revoke(conn: sqlite3.Connection, actor: Actor, ref: str) -> Device:
 
 def delete(conn: sqlite3.Connection, actor: Actor, ref: str) -> str:
     r = find_device_row(conn, ref)
-    conn.execute("DELETE FROM devices WHERE id = ?", (r["id"],))
+    storage.delete_device(conn, r["id"])
     audit.record(conn, actor, "device.delete", r["id"], hardware_id=r["hardware_id"])
     effect(conn, DeviceGone(r["id"]))
     return str(r["id"])
@@ -331,64 +326,46 @@ def update(conn: sqlite3.Connection, actor: Actor, ref: str, *, name: str | None
         DEVICE_NAME.check(name, "name")
     if poll_interval is not None and not 5 <= poll_interval <= 86400:
         raise InvalidArgument("poll_interval must be between 5 and 86400 seconds")
-    conn.execute("UPDATE devices SET name = ?, tags = ?, poll_interval = ? WHERE id = ?",
-                 (name or r["name"], json.dumps(tags), poll_interval or r["poll_interval"], r["id"]))
+    storage.update_device(conn, r["id"], name=name or r["name"], tags=json.dumps(tags),
+                          poll_interval=poll_interval or r["poll_interval"])
     audit.record(conn, actor, "device.update", r["id"], name=name, set_tags=set_tags, remove_tags=remove_tags,
                  poll_interval=poll_interval)
     changed(conn, r["id"])
     return get_device(conn, r["id"])
 
 
-def _filters(status: str | None, device_type: str | None, tags: dict[str, str] | None,
-             search: str | None) -> tuple[str, list[Any]]:
-    where: list[str] = []
-    args: list[Any] = []
-    if status:
-        if status not in ("pending", "active", "revoked"):
-            raise InvalidArgument("status must be pending, active or revoked")
-        where.append("status = ?")
-        args.append(status)
-    if device_type:
-        where.append("device_type = ?")
-        args.append(device_type)
-    for k, v in (tags or {}).items():
-        where.append("json_extract(tags, ?) = ?")
-        args += [json_path(k), v]
-    if search:
-        where.append("(id LIKE ? ESCAPE '\\' OR name LIKE ? ESCAPE '\\' OR hardware_id LIKE ? ESCAPE '\\')")
-        args += [like_pattern(search, "search")] * 3
-    return (" WHERE " + " AND ".join(where)) if where else "", args
+def _filter(status: str | None, tags: dict[str, str] | None, search: str | None) -> str | None:
+    """Check a device list's filters; the LIKE pattern of ``search``."""
+    if status and status not in ("pending", "active", "revoked"):
+        raise InvalidArgument("status must be pending, active or revoked")
+    for k in tags or {}:
+        TAG_KEY.check(k)
+    return like_pattern(search, "search") if search else None
 
 
 def select_ids(conn: sqlite3.Connection, *, status: str | None = None, tags: dict[str, str] | None = None,
                device_types: list[str] | None = None) -> list[str]:
     """Ids of the devices matching a target (tags ANDed, any of the device types: names or patterns)."""
-    clause, args = _filters(status, None, tags, None)
-    ids = conn.execute(f"SELECT id, device_type FROM devices{clause} ORDER BY created_at, id", args).fetchall()
+    _filter(status, tags, None)
+    ids = storage.device_ids_and_types(conn, status=status, tags=tags)
     return [r[0] for r in ids if device_types is None or matches_any(device_types, r[1])]
 
 
 def list_devices(conn: sqlite3.Connection, *, status: str | None = None, device_type: str | None = None,
                  tags: dict[str, str] | None = None, search: str | None = None, limit: int = 1000,
                  offset: int = 0) -> tuple[list[Device], int]:
-    clause, args = _filters(status, device_type, tags, search)
-    total = conn.execute(f"SELECT COUNT(*) FROM devices{clause}", args).fetchone()[0]
-    rows = conn.execute(f"SELECT * FROM devices{clause} ORDER BY created_at, id LIMIT ? OFFSET ?",
-                        [*args, limit, offset]).fetchall()
+    pattern = _filter(status, tags, search)
+    rows, total = storage.device_page(conn, status=status, device_type=device_type, tags=tags, pattern=pattern,
+                                      limit=limit, offset=offset)
     comps = _components_by_device(conn, [r["id"] for r in rows])
-    return [device_from_row(r, comps.get(r["id"])) for r in rows], int(total)
+    return [device_from_row(r, comps.get(r["id"])) for r in rows], total
 
 
 def _components_by_device(conn: sqlite3.Connection, ids: list[str]) -> dict[str, list[ComponentState]]:
     """Components of many devices in one query (a page of the device list)."""
     out: dict[str, list[ComponentState]] = {}
-    if not ids:
-        return out
-    for i in range(0, len(ids), 500):
-        chunk = ids[i:i + 500]
-        for r in conn.execute(f"SELECT * FROM device_components WHERE device_id IN ({','.join('?' * len(chunk))}) "
-                              "ORDER BY device_id, name", chunk):
-            out.setdefault(r["device_id"], []).append(_component(r))
+    for r in storage.component_rows_of(conn, ids):
+        out.setdefault(r["device_id"], []).append(_component(r))
     return out
 
 
@@ -409,7 +386,7 @@ class DeviceRuntime:
 
 def load_runtime(conn: sqlite3.Connection) -> dict[str, DeviceRuntime]:
     runtime = {}
-    for r in conn.execute("SELECT id, status, poll_interval, device_type, auth_epoch, last_seen FROM devices"):
+    for r in storage.runtime_rows(conn):
         # Interned: 100,000 devices share a handful of status and type strings.
         status = sys.intern(r[1])
         runtime[r[0]] = DeviceRuntime(status, r[2], sys.intern(r[3]), None if status == "revoked" else r[4], r[5])
@@ -441,8 +418,7 @@ class ActionsOpen(Effect, frozen=True):
 
 def changed(conn: sqlite3.Connection, device_id: str) -> None:
     """Record the device as this transaction leaves it, for the hub (gone, if it was deleted)."""
-    r = conn.execute("SELECT status, poll_interval, device_type, auth_epoch FROM devices WHERE id = ?",
-                     (device_id,)).fetchone()
+    r = storage.device_record(conn, device_id)
     effect(conn, DeviceGone(device_id) if r is None else DeviceChanged(device_id, r[0], r[1], r[2], r[3]))
 
 

@@ -156,7 +156,6 @@ SQL_NOT_YET_MOVED = {
     "fleetd.devices.join_tokens", "fleetd.devices.registry",
     # rollouts, artifacts, telemetry, alerts, composition
     "fleetd.alerts.engine", "fleetd.alerts.webhooks",
-    "fleetd.artifacts.api", "fleetd.artifacts.catalog",
     "fleetd.rollouts.orchestrator", "fleetd.rollouts.progress", "fleetd.rollouts.service", "fleetd.rollouts.steps",
     "fleetd.telemetry.intake", "fleetd.telemetry.rollups",
     "fleetd.core.metrics", "fleetd.fleet", "fleetd.maintenance",

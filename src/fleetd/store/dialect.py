@@ -36,6 +36,16 @@ class Dialect:
         """The database's clock, in seconds since the epoch (for expressions evaluated inside the database)."""
         return "((julianday('now') - 2440587.5) * 86400.0)"
 
+    def json_set_key(self, column: str) -> str:
+        """The JSON object in ``column`` with a key set to a text value (an expression, for ``UPDATE ... SET``).
+        Parameters: the key, the value."""
+        return f"json_set({column}, '$.\"' || ? || '\"', ?)"
+
+    def semver_order(self, expr: str) -> str:
+        """``expr`` (a version) as an ORDER BY term sorting by semantic-version precedence (SQLite: the
+        ``semver`` collation store.database.connect registers)."""
+        return f"{expr} COLLATE semver"
+
 
 SQLITE = Dialect()
 

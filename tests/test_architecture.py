@@ -155,10 +155,8 @@ SQL_NOT_YET_MOVED = {
     "fleetd.devices.actions", "fleetd.devices.admin_api", "fleetd.devices.device_api", "fleetd.devices.hub",
     "fleetd.devices.join_tokens", "fleetd.devices.registry",
     # rollouts, artifacts, telemetry, alerts, composition
-    "fleetd.alerts.engine", "fleetd.alerts.webhooks",
     "fleetd.rollouts.orchestrator", "fleetd.rollouts.progress", "fleetd.rollouts.service", "fleetd.rollouts.steps",
-    "fleetd.telemetry.intake", "fleetd.telemetry.rollups",
-    "fleetd.core.metrics", "fleetd.fleet", "fleetd.maintenance",
+    "fleetd.fleet", "fleetd.maintenance",
 }
 
 

@@ -46,6 +46,14 @@ class Dialect:
         ``semver`` collation store.database.connect registers)."""
         return f"{expr} COLLATE semver"
 
+    def least(self, a: str, b: str) -> str:
+        """The smaller of two values (SQLite's two-argument ``MIN``)."""
+        return f"MIN({a}, {b})"
+
+    def greatest(self, a: str, b: str) -> str:
+        """The larger of two values (SQLite's two-argument ``MAX``)."""
+        return f"MAX({a}, {b})"
+
 
 SQLITE = Dialect()
 

@@ -155,7 +155,6 @@ SQL_NOT_YET_MOVED = {
     "fleetd.devices.actions", "fleetd.devices.admin_api", "fleetd.devices.device_api", "fleetd.devices.hub",
     "fleetd.devices.join_tokens", "fleetd.devices.registry",
     # rollouts, artifacts, telemetry, alerts, composition
-    "fleetd.rollouts.orchestrator", "fleetd.rollouts.progress", "fleetd.rollouts.service", "fleetd.rollouts.steps",
     "fleetd.fleet", "fleetd.maintenance",
 }
 

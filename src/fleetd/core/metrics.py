@@ -213,7 +213,7 @@ def _collect_sync(conn: sqlite3.Connection, source: Source) -> Samples | BaseExc
             if not source.labels:
                 if isinstance(found, list):
                     raise ValueError(f"the read returned {len(found)} rows but names no labels")
-                return found  # type: ignore[no-any-return]
+                return found
             return [({k: "" if v is None else str(v) for k, v in zip(source.labels, row[:-1], strict=True)},
                      row[-1]) for row in found]
         return source()  # type: ignore[return-value]

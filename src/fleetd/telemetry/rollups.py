@@ -178,7 +178,7 @@ def prune_raw_step(conn: sqlite3.Connection, bound: int) -> int:
     return n
 
 
-def prune_rollups_step(conn: sqlite3.Connection, level: storage.Level, cutoff: float, after_series: int,
+def prune_rollups_step(conn: sqlite3.Connection, level: storage.RollupLevel, cutoff: float, after_series: int,
                        series: int = PRUNE_SERIES) -> tuple[int, int | None]:
     """Delete ``level`` rows older than ``cutoff`` for the next ``series`` series after ``after_series``
     (by primary key, one transaction's worth). → (rows deleted, last series done or None at the end)."""
@@ -367,7 +367,7 @@ class Rollups:
             while n := await self.store.write(lambda c: prune_raw_step(c, bound)):
                 raw += n
             out = {"raw": raw, "minute": 0, "hour": 0}
-            levels: tuple[tuple[Level, float], ...] = (("minute", minute_cut), ("hour", hour_cut))
+            levels: tuple[tuple[storage.RollupLevel, float], ...] = (("minute", minute_cut), ("hour", hour_cut))
             for level, cut in levels:
                 after: int | None = 0
                 while after is not None:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from ..store.dialect import Dialect, dialect_of
 
-Level = Literal["minute", "hour"]
+RollupLevel = Literal["minute", "hour"]
 HOUR = 3600
 
 # --- raw points ---------------------------------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def minute_aggregates(conn: sqlite3.Connection, lo: int, hi: int) -> list[tuple[
                                                                                  float]]:
     """The raw ids (lo, hi] aggregated per (device, metric, minute): (device, metric, minute, count, sum, min,
     max)."""
-    return [tuple(r) for r in conn.execute(  # type: ignore[misc]
+    return [tuple(r) for r in conn.execute(
         "SELECT device_id, name, CAST(ts / 60 AS INTEGER) * 60 AS m, COUNT(*), SUM(value), MIN(value), MAX(value) "
         "FROM telemetry WHERE id > ? AND id <= ? GROUP BY device_id, name, m", (lo, hi))]
 
@@ -163,7 +163,7 @@ _DELETE_ROLLUPS = {level: f"DELETE FROM telemetry_{level} WHERE series_id = ? AN
                    for level in ("minute", "hour")}
 
 
-def delete_rollups_before(conn: sqlite3.Connection, level: Level, series_ids: list[int], cutoff: float) -> int:
+def delete_rollups_before(conn: sqlite3.Connection, level: RollupLevel, series_ids: list[int], cutoff: float) -> int:
     """Delete the ``level`` rows of these series older than ``cutoff``. → how many."""
     return int(conn.executemany(_DELETE_ROLLUPS[level], ((i, cutoff) for i in series_ids)).rowcount)
 
@@ -192,7 +192,7 @@ def raw_buckets(conn: sqlite3.Connection, *, origin: float, width: float, lo: in
         "AND ts >= ? AND ts < ? GROUP BY b", (origin, width, lo, hi, metric, device_ids, start, end)).fetchall()
 
 
-def rollup_buckets(conn: sqlite3.Connection, level: Level, *, origin: float, width: float, metric: str,
+def rollup_buckets(conn: sqlite3.Connection, level: RollupLevel, *, origin: float, width: float, metric: str,
                    device_ids: str, since: float, end: float) -> Aggregates:
     """The ``level`` rollup rows of ``metric`` from the devices in [since, end), per bucket
     ``(ts - origin) / width``."""

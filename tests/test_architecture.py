@@ -150,11 +150,7 @@ SQL_TEXT = re.compile(r"\b(SELECT\b.+\bFROM|INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE\s
 # Modules that still hold SQL outside a storage module: the move empties this list, package by package.
 SQL_NOT_YET_MOVED = {
     # rollouts, artifacts, telemetry, alerts, composition
-    "fleetd.alerts.engine", "fleetd.alerts.webhooks",
-    "fleetd.artifacts.api", "fleetd.artifacts.catalog",
-    "fleetd.rollouts.orchestrator", "fleetd.rollouts.progress", "fleetd.rollouts.service", "fleetd.rollouts.steps",
-    "fleetd.telemetry.intake", "fleetd.telemetry.rollups",
-    "fleetd.core.metrics", "fleetd.fleet", "fleetd.maintenance",
+    "fleetd.fleet", "fleetd.maintenance",
 }
 
 

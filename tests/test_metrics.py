@@ -14,7 +14,7 @@ import pytest
 from fleetd import __version__
 from fleetd.accounts import users as auth
 from fleetd.accounts.audit import SYSTEM
-from fleetd.core.metrics import DURATION_BUCKETS, Metrics
+from fleetd.core.metrics import DURATION_BUCKETS, Metrics, Read
 from fleetd.fleet import Fleet
 
 from .conftest import make_key
@@ -251,7 +251,8 @@ def test_one_call_registers_sql_sync_and_async_gauges(fleet: Fleet) -> None:
     make_key(fleet, "viewer", "v1")
     make_key(fleet, "viewer", "v2")
     make_key(fleet, "admin", "a1")
-    m.gauge("fleetd_test_keys", "Keys by role.", "SELECT role, COUNT(*) AS n FROM api_keys GROUP BY role")
+    m.gauge("fleetd_test_keys", "Keys by role.",
+            Read(lambda c: c.execute("SELECT role, COUNT(*) AS n FROM api_keys GROUP BY role").fetchall(), ("role",)))
     m.gauge("fleetd_test_odd", "Odd label values.", lambda: [({"v": 'q"uo\\te\nnl'}, 1.5), ({"v": "plain"}, 2)])
 
     async def queue_depth() -> int:
@@ -280,8 +281,9 @@ def test_a_broken_collector_is_left_out_and_the_rest_still_answers(fleet: Fleet,
     async def aboom() -> float:
         raise RuntimeError("async sensor gone")
 
-    m.gauge("fleetd_test_bad_sql", "x", "SELECT nope FROM no_such_table")
-    m.gauge("fleetd_test_ambiguous", "x", "SELECT size FROM (SELECT 1 AS size UNION ALL SELECT 2)")
+    m.gauge("fleetd_test_bad_sql", "x", Read(lambda c: c.execute("SELECT nope FROM no_such_table").fetchone()[0]))
+    m.gauge("fleetd_test_ambiguous", "x",
+            Read(lambda c: c.execute("SELECT size FROM (SELECT 1 AS size UNION ALL SELECT 2)").fetchall()))
     m.gauge("fleetd_test_boom", "x", boom)
     m.gauge("fleetd_test_aboom", "x", aboom)
     m.gauge("fleetd_test_text", "x", lambda: "12")

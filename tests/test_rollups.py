@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from fleetd.core.resources import data_dir
 from fleetd.store.database import connect, migrate
-from fleetd.telemetry import rollups
+from fleetd.telemetry import rollups, storage
 from fleetd.telemetry.intake import Point
 from fleetd.telemetry.rollups import Agg, Retention
 
@@ -99,7 +99,7 @@ def test_rollup_of_rollups_equals_rollup_of_raw(db: sqlite3.Connection, rows: li
         merged[k] = a if k not in merged else merged[k].merge(a)
     for k, a in stored(db, "telemetry_hour").items():
         assert_same(a, merged[k])
-    assert rollups.watermark(db) == db.execute("SELECT MAX(id) FROM telemetry").fetchone()[0]
+    assert storage.watermark(db) == db.execute("SELECT MAX(id) FROM telemetry").fetchone()[0]
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -217,7 +217,7 @@ def test_retention_deletes_old_points_keeps_rollups_and_ids_keep_growing(db: sql
             n, after = _in_txn(db, lambda lv=level, c=cut, a=after: rollups.prune_rollups_step(db, lv, c, a, 1))
             deleted[level] += n
     assert deleted == {"minute": 101, "hour": 4}  # d2's minute (day 9) is younger than the minute cutoff
-    assert _in_txn(db, lambda: rollups.forget_empty_series(db)) == 1  # d1: nothing left
+    assert _in_txn(db, lambda: storage.forget_empty_series(db)) == 1  # d1: nothing left
     assert [r[0] for r in db.execute("SELECT device_id FROM telemetry_series")] == ["d2"]
 
 

@@ -21,8 +21,11 @@ import pytest
 from fleetd.artifacts.catalog import ArtifactRef, canonical_json, check_metadata
 from fleetd.cli.devclient import Download, VerificationError, verify_artifact
 from fleetd.core.errors import InvalidArgument
-from fleetd.core.names import DEVICE_TYPE, DEVICE_TYPE_PATTERN, device_type_matches, device_types_sql
+from fleetd.core.names import DEVICE_TYPE, DEVICE_TYPE_PATTERN, device_type_matches
 from fleetd.devices.devauth import verify_signature
+from fleetd.rollouts import storage as rollout_storage
+from fleetd.rollouts.progress import Target
+from fleetd.store.dialect import dialect_of
 from tests.vectors.device_types import Case, matching, patterns
 from tests.vectors.generate import OUT, generate
 
@@ -88,13 +91,16 @@ def test_the_server_takes_exactly_the_valid_patterns(case: Case) -> None:
 
 
 def test_sql_matches_as_the_function_does() -> None:
-    # Rollout targets and the compatible-artifact list match in SQL (GLOB, through core.names.device_types_sql).
+    # Rollout targets and the compatible-artifact list match in SQL, through the store's dialect (GLOB on SQLite).
     conn = sqlite3.connect(":memory:")
+    d = dialect_of(conn)
     for case in matching():
-        sql, args = device_types_sql("t.device_type", [case.pattern])
-        got = conn.execute(f"SELECT {sql} FROM (SELECT ? AS device_type) t", [*args, case.device_type]).fetchone()[0]
-        assert got == (case.verdict == "match"), case
+        want = case.verdict == "match"
+        assert conn.execute(f"SELECT {d.star_match('?', '?')}", [case.device_type, case.pattern]).fetchone()[0] == want
+        got = conn.execute(f"SELECT {d.json_list_star_matches('?')}", [json.dumps(["zz-none", case.pattern]),
+                                                                        case.device_type]).fetchone()[0]
+        assert got == want, case
     for case in patterns():
         if case.verdict == "invalid":  # GLOB would read ? and [ as wildcards: such a pattern never reaches SQL
             with pytest.raises(InvalidArgument):
-                device_types_sql("device_type", [case.pattern])
+                rollout_storage.count_target_devices(conn, Target({}, [case.pattern], []))

@@ -24,7 +24,7 @@ from .core.config import Settings
 from .core.effects import Effect, Publish
 from .core.events import EventBus
 from .core.lifecycle import Part
-from .core.metrics import Metrics
+from .core.metrics import Metrics, Read
 from .core.pki import FleetKeys, load_or_create
 from .core.ratelimit import RateLimiter
 from .ddi import state as ddi_state
@@ -36,8 +36,10 @@ from .devices.presence import Presence
 from .devices.registry import is_online
 from .maintenance import Maintenance
 from .rollouts.orchestrator import Orchestrator
+from .store import blobs
 from .store.blobs import BlobStore
 from .store.database import DB_NAME, Store, open_store, processes_using, transaction
+from .store.dialect import dialect_of
 from .telemetry.intake import MetricNames, TelemetryIntake
 from .telemetry.rollups import Retention, Rollups
 
@@ -88,7 +90,7 @@ class Fleet:
         self.alerts = AlertEngine(self.store, self.metrics, deliverer=self.webhooks)
         self.orchestrator = Orchestrator(self)
         self.uploads = UploadSessions()
-        self._register_device_metrics()
+        self._register_metrics()
         self._effect_handlers()
 
     def _effect_handlers(self) -> None:
@@ -111,14 +113,20 @@ class Fleet:
         for kind, handler in table:
             self.store.on_effect(kind, handler)
 
-    def _register_device_metrics(self) -> None:
+    def _register_metrics(self) -> None:
+        """The collected metrics of the parts without an object of their own (the rollups and the alert engine
+        register theirs)."""
         m, hub = self.metrics, self.hub
-        m.gauge("fleetd_devices", "Devices by status.", "SELECT status, COUNT(*) FROM devices GROUP BY status")
+        m.gauge("fleetd_blobs_bytes", "Bytes of stored blobs.", Read(blobs.stored_bytes))
+        m.gauge("fleetd_users", "Admin users that are not disabled.", Read(_enabled_users))
+        m.gauge("fleetd_api_keys_active", "API keys neither revoked nor expired.", Read(_active_api_keys))
+        m.counter("fleetd_audit_entries_total", "Audit log entries ever written.", Read(_audit_entries_written))
+        m.gauge("fleetd_devices", "Devices by status.", Read(_devices_by_status, ("status",)))
         m.gauge("fleetd_devices_online", "Active devices that checked in within their interval.", lambda: sum(
             1 for did, rt in list(hub.runtime.items())
             if rt.status == "active" and is_online(hub.last_seen(did), rt.poll_interval)))
         m.gauge("fleetd_actions_open", "Actions not yet ended, by kind and state.",
-                "SELECT kind, state, COUNT(*) FROM actions WHERE open = 1 GROUP BY kind, state")
+                Read(_open_actions_by_kind_and_state, ("kind", "state")))
         m.counter("fleetd_telemetry_points_total", "Telemetry points stored since start.",
                   lambda: self.telemetry.points_total)
         m.gauge("fleetd_password_checks_pending", "Password hashes running or waiting on the hashing pool.",
@@ -180,7 +188,7 @@ class Fleet:
     def ensure_first_admin(self) -> tuple[str, str] | None:
         """On first start, create user ``admin`` with a random password to show once."""
         def create(conn):  # type: ignore[no-untyped-def]
-            if conn.execute("SELECT 1 FROM users LIMIT 1").fetchone():
+            if _any_user(conn):
                 return None
             password = auth.generate_password("admin")
             auth.create_user(conn, SYSTEM, "admin", password, "admin", must_change_password=True)
@@ -193,6 +201,36 @@ class Fleet:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+# --- queries of devices/ and accounts/, which move to their storage modules (issue 14) ---------------------------
+
+def _any_user(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
+
+
+def _enabled_users(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COUNT(*) FROM users WHERE disabled = 0").fetchone()[0])
+
+
+def _active_api_keys(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL AND "
+                            f"(expires_at IS NULL OR expires_at > {dialect_of(conn).now_epoch()})").fetchone()[0])
+
+
+def _audit_entries_written(conn: sqlite3.Connection) -> int:
+    # The AUTOINCREMENT sequence, not COUNT(*): it never goes down when old entries are pruned.
+    return int(conn.execute(
+        "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'), 0)").fetchone()[0])
+
+
+def _devices_by_status(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+    return [(r[0], r[1]) for r in conn.execute("SELECT status, COUNT(*) FROM devices GROUP BY status")]
+
+
+def _open_actions_by_kind_and_state(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
+    return [(r[0], r[1], r[2]) for r in conn.execute(
+        "SELECT kind, state, COUNT(*) FROM actions WHERE open = 1 GROUP BY kind, state")]
 
 
 def open_offline(data_dir: str | Path) -> sqlite3.Connection:

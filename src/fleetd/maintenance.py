@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,11 @@ async def expire_pending(fleet: Fleet) -> str:
     return f"{len(gone)} deleted"
 
 
+async def expire_sessions(fleet: Fleet) -> str:
+    now = time.time()
+    return f"{await fleet.store.write(lambda c: _delete_sessions_expired_before(c, now))} deleted"
+
+
 class Maintenance:
     name = "maintenance"
     scope: Scope = "fleet"  # docs/architecture.md, "Background parts"
@@ -47,8 +53,7 @@ class Maintenance:
         self.jobs = [
             Job("blob gc", s.gc_interval_hours * 3600, fleet.blobs.gc),
             Job("blob scrub", s.scrub_interval_hours * 3600, fleet.blobs.scrub),
-            Job("expired sessions", 3600, lambda: fleet.store.write(
-                lambda c: c.execute("DELETE FROM sessions WHERE expires_at < ?", (time.time(),)))),
+            Job("expired sessions", 3600, lambda: expire_sessions(fleet)),
         ]
         if s.pending_expiry_days:
             self.jobs.append(Job("expired pending devices", 3600, lambda: expire_pending(fleet)))
@@ -66,7 +71,7 @@ class Maintenance:
             job.next_at = now + job.every
             try:
                 result = await job.run()
-                log.info("%s: %s", job.name, result if not hasattr(result, "rowcount") else "done")
+                log.info("%s: %s", job.name, result)
             except Exception:
                 log.exception("%s failed; retrying in %.0f s", job.name, job.every)
 
@@ -80,3 +85,9 @@ class Maintenance:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
+
+
+# --- a query of accounts/, which moves to its storage module (issue 14) --------------------------------------------
+
+def _delete_sessions_expired_before(conn: sqlite3.Connection, now: float) -> int:
+    return int(conn.execute("DELETE FROM sessions WHERE expires_at < ?", (now,)).rowcount)

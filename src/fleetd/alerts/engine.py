@@ -43,12 +43,13 @@ from ..core.clock import new_id, to_dt
 from ..core.effects import Publish
 from ..core.errors import InvalidArgument, NotFound
 from ..core.lifecycle import Scope
+from ..core.metrics import Read
 from ..core.names import METRIC_NAME
 from ..core.tasks import cancel_and_wait
-from ..devices.tags import check_tags, json_path
+from ..devices.tags import check_tags
 from ..store.database import Store, effect
 from ..telemetry import rollups
-from . import webhooks
+from . import storage, webhooks
 from .webhooks import Deliverer
 
 if TYPE_CHECKING:
@@ -157,29 +158,24 @@ def create_rule(conn: sqlite3.Connection, actor: Actor, rule: AlertRule, now: fl
     rule.name = rule.name.strip() or describe(rule)
     check_rule(rule)
     rule.id = new_id("rule")
-    conn.execute("INSERT INTO alert_rules (id, name, kind, metric, aggregate, comparison, threshold, window_seconds, "
-                 "tags, device_type, enabled, created_by, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                 (rule.id, rule.name, rule.kind, rule.metric, rule.aggregate, rule.comparison, rule.threshold,
-                  rule.window_seconds, json.dumps(rule.tags), rule.device_type, int(rule.enabled),
-                  actor.name or actor.id, now, now))
+    storage.insert_rule(conn, rule_id=rule.id, name=rule.name, kind=rule.kind, metric=rule.metric,
+                        aggregate=rule.aggregate, comparison=rule.comparison, threshold=rule.threshold,
+                        window_seconds=rule.window_seconds, tags=json.dumps(rule.tags), device_type=rule.device_type,
+                        enabled=rule.enabled, created_by=actor.name or actor.id, now=now)
     audit.record(conn, actor, "alert_rule.create", rule.id, condition=describe(rule), tags=rule.tags,
                  device_type=rule.device_type)
     return get_rule(conn, rule.id)
 
 
 def get_rule(conn: sqlite3.Connection, rule_id: str) -> AlertRule:
-    r = conn.execute("SELECT * FROM alert_rules WHERE id = ?", (rule_id,)).fetchone()
+    r = storage.rule_row(conn, rule_id)
     if r is None:
         raise NotFound(f"no alert rule {rule_id!r} ('fleetd alerts rules list' shows them)")
     return _rule(r)
 
 
 def list_rules(conn: sqlite3.Connection) -> list[AlertRule]:
-    return [_rule(r) for r in conn.execute("SELECT * FROM alert_rules ORDER BY created_at, id")]
-
-
-_INCIDENT_SELECT = ("SELECT i.*, COALESCE(d.name, '') AS device_name FROM alert_incidents i "
-                    "LEFT JOIN devices d ON d.id = i.device_id")
+    return [_rule(r) for r in storage.rule_rows(conn)]
 
 
 def _incident(r: sqlite3.Row) -> Incident:
@@ -195,24 +191,12 @@ def list_incidents(conn: sqlite3.Connection, *, state: str = "", rule_id: str = 
         raise InvalidArgument("state must be firing or resolved")
     if not 1 <= limit <= 1000:
         raise InvalidArgument("limit must be 1..1000")
-    where, args = [], []
-    for col, val in (("i.state", state), ("i.rule_id", rule_id), ("i.device_id", device_id)):
-        if val:
-            where.append(f"{col} = ?")
-            args.append(val)
-    clause = (" WHERE " + " AND ".join(where)) if where else ""
-    return [_incident(r) for r in conn.execute(
-        f"{_INCIDENT_SELECT}{clause} ORDER BY i.started_at DESC, i.id LIMIT ?", (*args, limit))]
+    return [_incident(r) for r in storage.incident_rows(conn, state=state, rule_id=rule_id, device_id=device_id,
+                                                        limit=limit)]
 
 
 def prune_incidents(conn: sqlite3.Connection, now: float) -> int:
-    return int(conn.execute("DELETE FROM alert_incidents WHERE state = 'resolved' AND resolved_at < ?",
-                            (now - KEEP_RESOLVED_DAYS * 86400,)).rowcount)
-
-
-def open_incidents(conn: sqlite3.Connection) -> dict[tuple[str, str], str]:
-    return {(r[0], r[1]): r[2] for r in conn.execute(
-        "SELECT rule_id, device_id, id FROM alert_incidents WHERE state = 'firing'")}
+    return storage.delete_resolved_incidents(conn, now - KEEP_RESOLVED_DAYS * 86400)
 
 
 # --- the state machine --------------------------------------------------------------
@@ -267,18 +251,8 @@ def decide(rule: AlertRule, targets: dict[str, float], aggs: dict[str, rollups.A
 def targets_of(conn: sqlite3.Connection, tags: dict[str, str], device_type: str,
                device_ids: Iterable[str] | None = None) -> dict[str, float]:
     """Active devices with all ``tags`` (and of ``device_type``) → when they became active."""
-    sql = "SELECT id, COALESCE(enrolled_at, created_at) FROM devices WHERE status = 'active'"
-    args: list[Any] = []
-    if device_type:
-        sql += " AND device_type = ?"
-        args.append(device_type)
-    for k, v in tags.items():
-        sql += " AND json_extract(tags, ?) = ?"
-        args += [json_path(k), v]
-    if device_ids is not None:
-        sql += " AND id IN (SELECT value FROM json_each(?))"
-        args.append(json.dumps(list(device_ids)))
-    return {r[0]: float(r[1] or 0) for r in conn.execute(sql, args)}
+    return storage.active_devices_since(conn, tags, device_type,
+                                        json.dumps(list(device_ids)) if device_ids is not None else None)
 
 
 def plan(conn: sqlite3.Connection, rules: list[AlertRule], firing: dict[tuple[str, str], str], now: float,
@@ -316,22 +290,20 @@ def record(conn: sqlite3.Connection, transitions: list[Transition], now: float) 
     for t in transitions:
         if t.kind == "fire":
             iid = new_id("inc")
-            cur = conn.execute("INSERT OR IGNORE INTO alert_incidents (id, rule_id, rule_name, metric, device_id, "
-                               "state, value, message, started_at) VALUES (?,?,?,?,?, 'firing', ?,?,?)",
-                               (iid, t.rule.id, t.rule.name, t.rule.metric, t.device_id, t.value, t.message, now))
-            if cur.rowcount == 0:
+            if not storage.insert_firing_incident(conn, incident_id=iid, rule_id=t.rule.id, rule_name=t.rule.name,
+                                                  metric=t.rule.metric, device_id=t.device_id, value=t.value,
+                                                  message=t.message, now=now):
                 continue
             event = "alert.fired"
         else:
-            r = conn.execute("SELECT id FROM alert_incidents WHERE rule_id = ? AND device_id = ? AND state = 'firing'",
-                             (t.rule.id, t.device_id)).fetchone()
-            if r is None:
+            found = storage.firing_incident_id(conn, t.rule.id, t.device_id)
+            if found is None:
                 continue
-            iid = r[0]
-            conn.execute("UPDATE alert_incidents SET state = 'resolved', resolved_at = ?, last_value = ?, "
-                         "resolution = ?, message = ? WHERE id = ?", (now, t.value, t.resolution, t.message, iid))
+            iid = found
+            storage.resolve_incident(conn, iid, last_value=t.value, resolution=t.resolution, message=t.message,
+                                     now=now)
             event = "alert.resolved"
-        inc = _incident(conn.execute(f"{_INCIDENT_SELECT} WHERE i.id = ?", (iid,)).fetchone())
+        inc = _incident(storage.incident_row(conn, iid))
         webhooks.enqueue(conn, event, {"incident": msgspec.to_builtins(inc), "rule": msgspec.to_builtins(t.rule)},
                          now)
         effect(conn, Publish(event, msgspec.to_builtins(inc)))
@@ -367,9 +339,9 @@ class AlertEngine:
         self._task: asyncio.Task[None] | None = None
         if metrics is not None:
             metrics.gauge("fleetd_alert_incidents_firing", "Open alert incidents.",
-                          "SELECT COUNT(*) FROM alert_incidents WHERE state = 'firing'")
+                          Read(storage.firing_incident_count))
             metrics.gauge("fleetd_webhook_deliveries", "Webhook deliveries in the log, by state.",
-                          "SELECT state, COUNT(*) FROM webhook_deliveries GROUP BY state")
+                          Read(storage.deliveries_by_state, ("state",)))
 
     # --- cache -----------------------------------------------------------------
     def _set_rules(self, rules: list[AlertRule]) -> None:
@@ -377,7 +349,7 @@ class AlertEngine:
         self.watched = frozenset(r.metric for r in rules if r.enabled)
 
     async def load(self) -> None:
-        rules, firing = await self.store.read(lambda c: (list_rules(c), open_incidents(c)))
+        rules, firing = await self.store.read(lambda c: (list_rules(c), storage.firing_incidents(c)))
         self._set_rules(rules)
         self.firing = firing
         self._loaded = True
@@ -453,10 +425,9 @@ class AlertEngine:
             old = get_rule(conn, rule_id)
             new = check_rule(msgspec.structs.replace(old, **changes))
             now = self.clock()
-            conn.execute("UPDATE alert_rules SET name = ?, aggregate = ?, comparison = ?, threshold = ?, "
-                         "window_seconds = ?, enabled = ?, updated_at = ? WHERE id = ?",
-                         (new.name, new.aggregate, new.comparison, new.threshold, new.window_seconds,
-                          int(new.enabled), now, rule_id))
+            storage.update_rule(conn, rule_id, name=new.name, aggregate=new.aggregate, comparison=new.comparison,
+                                threshold=new.threshold, window_seconds=new.window_seconds, enabled=new.enabled,
+                                now=now)
             audit.record(conn, actor, "alert_rule.update", rule_id, **changes)
             closed = self._close_all(conn, new, "rule disabled", now) if old.enabled and not new.enabled else []
             return get_rule(conn, rule_id), closed
@@ -473,7 +444,7 @@ class AlertEngine:
         def delete(conn: sqlite3.Connection) -> list[tuple[str, Incident]]:
             rule = get_rule(conn, rule_id)
             closed = self._close_all(conn, rule, "rule deleted", self.clock())
-            conn.execute("DELETE FROM alert_rules WHERE id = ?", (rule_id,))
+            storage.delete_rule(conn, rule_id)
             audit.record(conn, actor, "alert_rule.delete", rule_id, condition=describe(rule))
             return closed
 
@@ -484,10 +455,8 @@ class AlertEngine:
 
     @staticmethod
     def _close_all(conn: sqlite3.Connection, rule: AlertRule, why: str, now: float) -> list[tuple[str, Incident]]:
-        devices = [r[0] for r in conn.execute(
-            "SELECT device_id FROM alert_incidents WHERE rule_id = ? AND state = 'firing'", (rule.id,))]
         return record(conn, [Transition("resolve", rule, d, None, f"{describe(rule)}: {why}", why)
-                             for d in devices], now)
+                             for d in storage.firing_devices(conn, rule.id)], now)
 
     def _soon(self) -> None:
         """Evaluate everything shortly (after a rule changed), if the engine runs."""

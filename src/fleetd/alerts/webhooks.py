@@ -46,6 +46,7 @@ from ..core.errors import InvalidArgument, NotFound
 from ..core.lifecycle import Scope
 from ..core.tasks import cancel_and_wait
 from ..store.database import Store
+from . import storage
 from .egress import Policy, Refused, pinned_transport
 
 if TYPE_CHECKING:  # httpx is loaded on the first delivery: a server without webhooks never needs it
@@ -128,19 +129,18 @@ def create(conn: sqlite3.Connection, actor: Actor, *, name: str, url: str, event
         raise InvalidArgument("a webhook secret must be at least 16 characters (or leave it out to get a random one)")
     secret = secret or secrets.token_hex(24)
     wid = new_id("wh")
-    conn.execute("INSERT INTO webhooks (id, name, url, secret, events, enabled, created_by, created_at) "
-                 "VALUES (?,?,?,?,?,1,?,?)", (wid, name, url, secret, json.dumps(events), actor.name or actor.id,
-                                              time.time()))
+    storage.insert_webhook(conn, webhook_id=wid, name=name, url=url, secret=secret, events=json.dumps(events),
+                           created_by=actor.name or actor.id, now=time.time())
     audit.record(conn, actor, "webhook.create", wid, url=url, events=events)
-    return _webhook(conn.execute("SELECT * FROM webhooks WHERE id = ?", (wid,)).fetchone(), secret=True)
+    return _webhook(storage.webhook_row(conn, wid), secret=True)
 
 
 def list_webhooks(conn: sqlite3.Connection) -> list[Webhook]:
-    return [_webhook(r) for r in conn.execute("SELECT * FROM webhooks ORDER BY created_at, id")]
+    return [_webhook(r) for r in storage.webhook_rows(conn)]
 
 
 def delete(conn: sqlite3.Connection, actor: Actor, webhook_id: str) -> None:
-    if conn.execute("DELETE FROM webhooks WHERE id = ?", (webhook_id,)).rowcount == 0:
+    if not storage.delete_webhook(conn, webhook_id):
         raise NotFound(f"no webhook {webhook_id!r} ('fleetd alerts webhooks list' shows them)")
     audit.record(conn, actor, "webhook.delete", webhook_id)
 
@@ -148,14 +148,10 @@ def delete(conn: sqlite3.Connection, actor: Actor, webhook_id: str) -> None:
 def enqueue(conn: sqlite3.Connection, event: str, payload: dict[str, Any], now: float) -> int:
     """Queue ``payload`` for every enabled webhook that wants ``event``; call inside the change's transaction."""
     body = msgspec.json.encode({"event": event, **payload})
-    n = 0
-    for r in conn.execute("SELECT id, events FROM webhooks WHERE enabled = 1").fetchall():
-        if event in json.loads(r["events"]):
-            conn.execute("INSERT INTO webhook_deliveries (webhook_id, event, incident_id, body, state, "
-                         "next_attempt_at, created_at) VALUES (?,?,?,?, 'pending', ?, ?)",
-                         (r["id"], event, payload.get("incident", {}).get("id"), body, now, now))
-            n += 1
-    return n
+    wanted = [wid for wid, events in storage.enabled_webhook_events(conn) if event in json.loads(events)]
+    storage.insert_deliveries(conn, wanted, event=event, incident_id=payload.get("incident", {}).get("id"),
+                              body=body, now=now)
+    return len(wanted)
 
 
 def _delivery(r: sqlite3.Row) -> Delivery:
@@ -172,38 +168,14 @@ def list_deliveries(conn: sqlite3.Connection, *, webhook_id: str = "", state: st
         raise InvalidArgument("state must be pending, delivered or failed")
     if not 1 <= limit <= 1000:
         raise InvalidArgument("limit must be 1..1000")
-    where, args = [], []
-    if webhook_id:
-        where.append("webhook_id = ?")
-        args.append(webhook_id)
-    if state:
-        where.append("state = ?")
-        args.append(state)
-    clause = (" WHERE " + " AND ".join(where)) if where else ""
-    return [_delivery(r) for r in conn.execute(
-        f"SELECT * FROM webhook_deliveries{clause} ORDER BY id DESC LIMIT ?", (*args, limit))]
+    return [_delivery(r) for r in storage.delivery_rows(conn, webhook_id=webhook_id, state=state, limit=limit)]
 
 
 def prune(conn: sqlite3.Connection, now: float) -> int:
-    return int(conn.execute("DELETE FROM webhook_deliveries WHERE state != 'pending' AND finished_at < ?",
-                            (now - KEEP_FINISHED_DAYS * 86400,)).rowcount)
+    return storage.delete_finished_deliveries(conn, now - KEEP_FINISHED_DAYS * 86400)
 
 
 # --- delivering ------------------------------------------------------------------
-
-def _due_heads(conn: sqlite3.Connection, now: float) -> list[sqlite3.Row]:
-    """Each enabled webhook's oldest pending delivery, if it is due."""
-    return conn.execute(
-        "SELECT d.id, d.webhook_id, d.event, d.body, d.attempts, w.url, w.secret FROM webhook_deliveries d "
-        "JOIN webhooks w ON w.id = d.webhook_id AND w.enabled = 1 "
-        "WHERE d.id IN (SELECT MIN(id) FROM webhook_deliveries WHERE state = 'pending' GROUP BY webhook_id) "
-        "AND d.next_attempt_at <= ?", (now,)).fetchall()
-
-
-def _next_due(conn: sqlite3.Connection) -> float | None:
-    r = conn.execute("SELECT MIN(next_attempt_at) FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id "
-                     "AND w.enabled = 1 WHERE d.state = 'pending'").fetchone()
-    return r[0]
 
 
 class Deliverer:
@@ -264,15 +236,12 @@ class Deliverer:
         now = self.clock()
         attempts = row["attempts"] + 1
         if not error:
-            conn.execute("UPDATE webhook_deliveries SET state = 'delivered', attempts = ?, last_status = ?, "
-                         "last_error = '', finished_at = ? WHERE id = ?", (attempts, status, now, row["id"]))
+            storage.delivery_succeeded(conn, row["id"], attempts=attempts, status=status, now=now)
         elif attempts >= self.max_attempts:
-            conn.execute("UPDATE webhook_deliveries SET state = 'failed', attempts = ?, last_status = ?, "
-                         "last_error = ?, finished_at = ? WHERE id = ?", (attempts, status, error, now, row["id"]))
+            storage.delivery_failed(conn, row["id"], attempts=attempts, status=status, error=error, now=now)
         else:
-            conn.execute("UPDATE webhook_deliveries SET attempts = ?, last_status = ?, last_error = ?, "
-                         "next_attempt_at = ? WHERE id = ?",
-                         (attempts, status, error, now + self.backoff(attempts), row["id"]))
+            storage.delivery_retry_at(conn, row["id"], attempts=attempts, status=status, error=error,
+                                      at=now + self.backoff(attempts))
 
     async def _webhook_queue(self, client: httpx.AsyncClient, row: sqlite3.Row | None) -> int:
         """Send this webhook's due head, and the ones after it while they succeed. → attempts made."""
@@ -285,14 +254,14 @@ class Deliverer:
                 log.info("webhook %s: delivery %s failed (attempt %d): %s", row["webhook_id"], row["id"],
                          row["attempts"] + 1, error)
                 break
-            heads = await self.store.read(functools.partial(_due_heads, now=self.clock()))
+            heads = await self.store.read(functools.partial(storage.due_heads, now=self.clock()))
             row = next((h for h in heads if h["webhook_id"] == row["webhook_id"]), None)
         return sent
 
     async def run_once(self) -> int:
         """Try every due delivery once (webhooks in parallel, each in order). → attempts made."""
         now = self.clock()
-        heads = await self.store.read(lambda c: _due_heads(c, now))
+        heads = await self.store.read(lambda c: storage.due_heads(c, now))
         if not heads:
             return 0
         if self._http is None:
@@ -309,7 +278,7 @@ class Deliverer:
             self._wake.clear()
             try:
                 await self.run_once()
-                due = await self.store.read(_next_due)
+                due = await self.store.read(storage.next_due)
             except Exception:
                 log.exception("webhook delivery pass failed")
                 due = None

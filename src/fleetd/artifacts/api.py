@@ -19,7 +19,7 @@ from ..core.fields import Int32, Int64, Offset, page_limit
 from ..http import rpc
 from ..http.rpc import Context, Empty, Service
 from . import catalog as artifacts
-from . import uploads
+from . import storage, uploads
 from .catalog import Artifact, ArtifactDetail, InstallSpec
 
 if TYPE_CHECKING:
@@ -65,9 +65,7 @@ async def CreateUpload(ctx: Context, req: CreateUploadRequest) -> UploadTicket:
         name=req.name, version=req.version, kind=req.kind, device_types=req.device_types, file_name=req.file_name,
         size=req.size or None, install_spec=req.install_spec, format=req.format or "raw",
         security_counter=req.security_counter), cap)
-    exists = await fleet.store.read(lambda c: c.execute(
-        "SELECT 1 FROM artifacts WHERE name = ? AND version = ?", (pending.name, pending.version)).fetchone())
-    if exists:
+    if await fleet.store.read(lambda c: storage.artifact_exists(c, pending.name, pending.version)):
         raise AlreadyExists(f"{pending.name}@{pending.version} already exists; versions are immutable, "
                             "push a new version")
     session = fleet.uploads.open(pending, ctx.principal)

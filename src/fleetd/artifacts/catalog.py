@@ -26,6 +26,7 @@ from ..core.names import ARTIFACT_NAME, DEVICE_TYPE_PATTERN, ENV_NAME, check_fil
 from ..core.semver import Version
 from ..devices.devauth import decode_b64_field, verify_signature
 from ..store import blobs
+from . import storage
 
 # An artifact keeps its blob from garbage collection.
 blobs.REFERENCES.append(("artifacts", "sha256"))
@@ -163,30 +164,26 @@ def _artifact(r: sqlite3.Row) -> Artifact:
         security_counter=m.get("security_counter"))
 
 
-_SELECT = "SELECT a.*, b.md5, b.sha1 FROM artifacts a JOIN blobs b ON b.sha256 = a.sha256"
-
-
 def create(conn: sqlite3.Connection, actor: Actor, signing_key: Ed25519PrivateKey, *, name: str, version: str,
            kind: str, device_types: list[str], sha256: str, size: int, file_name: str,
            install_spec: InstallSpec | None, image_format: str = "raw",
            security_counter: int | None = None) -> Artifact:
     """Record an artifact whose blob is already stored, with its signed manifest."""
     check_metadata(name, version, kind, device_types, file_name)
-    if conn.execute("SELECT 1 FROM artifacts WHERE name = ? AND version = ?", (name, version)).fetchone():
+    if storage.artifact_exists(conn, name, version):
         raise AlreadyExists(f"{name}@{version} already exists; versions are immutable, push a new version")
-    if conn.execute("SELECT 1 FROM blobs WHERE sha256 = ? AND corrupt_at IS NULL", (sha256,)).fetchone() is None:
+    if not blobs.is_intact(conn, sha256):
         raise NotFound(f"blob {sha256} is not stored")
     t = now()
     manifest = build_manifest(name=name, version=version, kind=kind, sha256=sha256, size=size, file_name=file_name,
                               device_types=device_types, install_spec=install_spec, created=t,
                               image_format=image_format, security_counter=security_counter)
     aid = new_id("art")
-    conn.execute(
-        "INSERT INTO artifacts (id, name, version, kind, device_types, sha256, size, file_name, install_spec, "
-        "manifest, signature, created_by, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (aid, name, version, kind, json.dumps(sorted(device_types)), sha256, size, file_name,
-         msgspec.json.encode(install_spec).decode() if install_spec else None, manifest,
-         sign(signing_key, manifest), actor.name or actor.id, t))
+    storage.insert_artifact(
+        conn, artifact_id=aid, name=name, version=version, kind=kind, device_types=json.dumps(sorted(device_types)),
+        sha256=sha256, size=size, file_name=file_name,
+        install_spec=msgspec.json.encode(install_spec).decode() if install_spec else None, manifest=manifest,
+        signature=sign(signing_key, manifest), created_by=actor.name or actor.id, created_at=t)
     audit.record(conn, actor, "artifact.create", aid, name=name, version=version, sha256=sha256, size=size)
     return get(conn, aid)
 
@@ -195,9 +192,9 @@ def get(conn: sqlite3.Connection, ref: str) -> Artifact:
     """By id or NAME@VERSION."""
     if "@" in ref:
         name, _, version = ref.partition("@")
-        r = conn.execute(f"{_SELECT} WHERE a.name = ? AND a.version = ?", (name, version)).fetchone()
+        r = storage.artifact_row_by_version(conn, name, version)
     else:
-        r = conn.execute(f"{_SELECT} WHERE a.id = ?", (ref,)).fetchone()
+        r = storage.artifact_row(conn, ref)
     if r is None:
         raise NotFound(f"no artifact {ref!r} (refer to one as NAME@VERSION or by id; 'fleetd artifacts list')")
     return _artifact(r)
@@ -206,22 +203,9 @@ def get(conn: sqlite3.Connection, ref: str) -> Artifact:
 def list_page(conn: sqlite3.Connection, *, name: str = "", kind: str = "", device_type: str = "", limit: int = -1,
               offset: int = 0) -> tuple[list[Artifact], int]:
     """One page of the artifacts (all filters optional), by name then version precedence, and how many match."""
-    where, args = [], []
-    if name:
-        where.append("a.name = ?")
-        args.append(name)
-    if kind:
-        where.append("a.kind = ?")
-        args.append(kind)
-    if device_type:
-        # The artifacts a device of this type may install: GLOB is the pattern rule (core.names.device_types_sql).
-        where.append("EXISTS (SELECT 1 FROM json_each(a.device_types) WHERE ? GLOB value)")
-        args.append(device_type)
-    clause = (" WHERE " + " AND ".join(where)) if where else ""
-    total = conn.execute(f"SELECT COUNT(*) FROM artifacts a{clause}", args).fetchone()[0]
-    rows = conn.execute(f"{_SELECT}{clause} ORDER BY a.name, a.version COLLATE semver, a.version LIMIT ? OFFSET ?",
-                        [*args, limit, offset])
-    return [_artifact(r) for r in rows], int(total)
+    rows, total = storage.artifact_rows_page(conn, name=name, kind=kind, device_type=device_type, limit=limit,
+                                             offset=offset)
+    return [_artifact(r) for r in rows], total
 
 
 class ArtifactRef(msgspec.Struct, kw_only=True):
@@ -270,16 +254,10 @@ def label(a: Artifact) -> str:
 
 
 def deployment(conn: sqlite3.Connection, a: Artifact) -> Deployment:
-    counts = {r[0]: r[1] for r in conn.execute(
-        "SELECT state, COUNT(*) FROM actions WHERE artifact_id = ? GROUP BY state ORDER BY state", (a.id,))}
-    open_count = conn.execute("SELECT COUNT(*) FROM actions WHERE artifact_id = ? AND open = 1",
-                              (a.id,)).fetchone()[0]
-    installed = conn.execute("SELECT COUNT(*) FROM device_components WHERE name = ? AND version = ?",
-                             (a.name, a.version)).fetchone()[0]
-    listed = [r[0] for r in conn.execute(
-        "SELECT device_id FROM device_components WHERE name = ? AND version = ? ORDER BY device_id LIMIT ?",
-        (a.name, a.version, LISTED_DEVICES))]
-    return Deployment(actions=counts, open_actions=open_count, installed_count=installed, installed_on=listed)
+    return Deployment(actions=storage.action_counts_by_state(conn, a.id),
+                      open_actions=storage.open_action_count(conn, a.id),
+                      installed_count=storage.installed_count(conn, a.name, a.version),
+                      installed_on=storage.installed_on(conn, a.name, a.version, LISTED_DEVICES))
 
 
 def detail(conn: sqlite3.Connection, ref: str) -> ArtifactDetail:
@@ -296,8 +274,7 @@ def delete(conn: sqlite3.Connection, actor: Actor, ref: str) -> Artifact:
     """Forget an artifact no device uses or may roll back to. Its blob goes with the next gc."""
     a = get(conn, ref)
     name = label(a)
-    busy = conn.execute("SELECT id, device_id, state FROM actions WHERE artifact_id = ? AND open = 1 "
-                        "ORDER BY created_at, rowid", (a.id,)).fetchall()
+    busy = storage.open_actions(conn, a.id)
     if busy:
         listed = [f"{r['id']} on {r['device_id']} ({r['state']})" for r in busy[:5]]
         raise FailedPrecondition(f"{name} has {len(busy)} open action(s): {_some(listed, len(busy))}; "
@@ -307,21 +284,15 @@ def delete(conn: sqlite3.Connection, actor: Actor, ref: str) -> Artifact:
         raise FailedPrecondition(
             f"{name} is installed on {used.installed_count} device(s): "
             f"{_some(used.installed_on[:5], used.installed_count)}; deploy another version to them first")
-    fallback = [r[0] for r in conn.execute(
-        "SELECT device_id FROM device_components WHERE name = ? AND previous_version = ? ORDER BY device_id",
-        (a.name, a.version))]
+    fallback = storage.rollback_targets_on(conn, a.name, a.version)
     if fallback:
         raise FailedPrecondition(
             f"{name} is the known-good version that {len(fallback)} device(s) would roll back to: "
             f"{_some(fallback[:5], len(fallback))}; delete it after they have updated past it")
     # Finished actions keep naming what they installed once the row is gone.
-    conn.execute("UPDATE actions SET params = json_set(params, '$.artifact', ?), artifact_id = NULL "
-                 "WHERE artifact_id = ?", (name, a.id))
-    try:
-        conn.execute("DELETE FROM artifacts WHERE id = ?", (a.id,))
-    except sqlite3.IntegrityError:
-        raise FailedPrecondition(f"{name} is still referenced (by a rollout, for example); "
-                                 "remove that first") from None
+    storage.detach_from_actions(conn, a.id, name)
+    if not storage.delete_artifact(conn, a.id):
+        raise FailedPrecondition(f"{name} is still referenced (by a rollout, for example); remove that first")
     audit.record(conn, actor, "artifact.delete", a.id, name=a.name, version=a.version, sha256=a.sha256)
     return a
 
@@ -344,7 +315,6 @@ def add_offline_signature(conn: sqlite3.Connection, actor: Actor, ref: str, publ
     if len(sigs) > MAX_OFFLINE_SIGNATURES:
         raise FailedPrecondition(f"{label(a)} already has {MAX_OFFLINE_SIGNATURES} offline signatures, the most "
                                  "an artifact may carry")
-    conn.execute("UPDATE artifacts SET offline_signatures = ? WHERE id = ?",
-                 (msgspec.json.encode(sigs).decode(), a.id))
+    storage.set_offline_signatures(conn, a.id, msgspec.json.encode(sigs).decode())
     audit.record(conn, actor, "artifact.sign", a.id, name=a.name, version=a.version, public_key=entry.public_key)
     return get(conn, a.id)

@@ -11,16 +11,16 @@ Two kinds of metric live here:
 * **Collected metrics**, computed at scrape time. A module registers one with a
   single call::
 
-      fleet.metrics.gauge("fleetd_devices", "Devices by status.",
-                          "SELECT status, COUNT(*) FROM devices GROUP BY status")
+      fleet.metrics.gauge("fleetd_webhook_deliveries", "Deliveries by state.",
+                          Read(storage.deliveries_by_state, ("state",)))
       fleet.metrics.gauge("fleetd_sse_clients", "Open event streams.", lambda: len(hub.clients))
 
-  The source is either SQL (all SQL metrics of a scrape run in one read on a
-  store reader thread; every column but the last is a label named after the
-  column, the last is the value) or a Python callable. A plain callable runs on
-  that reader thread too, so it may stat files but must not touch the event
-  loop; an ``async`` callable is awaited on the loop. A callable returns a
-  number, ``None`` (no sample), or an iterable of ``(labels, value)`` pairs.
+  The source is either a :class:`Read` of the store (a storage function of the
+  connection; all of a scrape run in one read on a store reader thread) or a
+  Python callable. A plain callable runs on that reader thread too, so it may
+  stat files but must not touch the event loop; an ``async`` callable is awaited
+  on the loop. A callable returns a number, ``None`` (no sample), or an iterable
+  of ``(labels, value)`` pairs.
 
 A collector that fails is left out of that scrape and logged; the rest of the
 scrape still answers.
@@ -52,7 +52,6 @@ _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 Labels = Mapping[str, str]
 Samples = float | int | None | Iterable[tuple[Labels, float | int]]
-Source = str | Callable[[], Samples] | Callable[[], Awaitable[Samples]]
 Kind = Literal["gauge", "counter"]
 T = TypeVar("T")
 
@@ -63,6 +62,20 @@ class Store(Protocol):
     path: Path
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+
+@dataclass(frozen=True)
+class Read:
+    """A metric read from the store: ``fn(conn)`` runs in the scrape's one read, on a store reader thread.
+
+    Without ``labels`` it returns the value (a number, or None for no sample); with them, rows whose leading
+    columns are the values of those labels, in order, and whose last column is the value."""
+
+    fn: Callable[[Any], Any]
+    labels: tuple[str, ...] = ()
+
+
+Source = Read | Callable[[], Samples] | Callable[[], Awaitable[Samples]]
 
 
 @dataclass(frozen=True)
@@ -96,7 +109,7 @@ class Metrics:
     # --- registration -------------------------------------------------------
 
     def gauge(self, name: str, help: str, source: Source) -> None:
-        """Register a gauge computed at scrape time from SQL or a callable (see the module doc)."""
+        """Register a gauge computed at scrape time from a store read or a callable (see the module doc)."""
         self._register(name, help, "gauge", source)
 
     def counter(self, name: str, help: str, source: Source) -> None:
@@ -108,8 +121,8 @@ class Metrics:
             raise ValueError(f"invalid metric name {name!r}")
         if name in self._collected or name in ("fleetd_http_requests_total", "fleetd_http_request_duration_seconds"):
             raise ValueError(f"metric {name} is registered twice")
-        if not isinstance(source, str) and not callable(source):
-            raise TypeError(f"metric {name}: source must be SQL or a callable")
+        if not isinstance(source, Read) and not callable(source):
+            raise TypeError(f"metric {name}: source must be a Read of the store or a callable")
         self._collected[name] = _Collected(name, help, kind, source, inspect.iscoroutinefunction(source))
 
     def _register_platform(self) -> None:
@@ -119,15 +132,6 @@ class Metrics:
                    lambda: time.monotonic() - self._started)
         self.gauge("fleetd_db_size_bytes", "Size of the SQLite database and its write-ahead log.",
                    lambda: sum(_file_size(db.with_name(db.name + suffix)) for suffix in ("", "-wal")))
-        self.gauge("fleetd_blobs_bytes", "Bytes of stored blobs.", "SELECT COALESCE(SUM(size), 0) FROM blobs")
-        self.gauge("fleetd_users", "Admin users that are not disabled.",
-                   "SELECT COUNT(*) FROM users WHERE disabled = 0")
-        self.gauge("fleetd_api_keys_active", "API keys neither revoked nor expired.",
-                   "SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL AND "
-                   "(expires_at IS NULL OR expires_at > (julianday('now') - 2440587.5) * 86400.0)")
-        # The AUTOINCREMENT sequence, not COUNT(*): it never goes down when old entries are pruned.
-        self.counter("fleetd_audit_entries_total", "Audit log entries ever written.",
-                     "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'), 0)")
 
     # --- request metrics (hot path) -----------------------------------------
 
@@ -202,18 +206,16 @@ def _file_size(path: Any) -> int:
 
 
 def _collect_sync(conn: sqlite3.Connection, source: Source) -> Samples | BaseException:
-    """Runs on a reader thread: one SQL query or one plain callable."""
+    """Runs on a reader thread: one store read or one plain callable."""
     try:
-        if isinstance(source, str):
-            cur = conn.execute(source)
-            columns = [d[0] for d in cur.description]
-            rows = cur.fetchall()
-            if len(columns) == 1:
-                if len(rows) > 1:
-                    raise ValueError(f"the query returned {len(rows)} rows but no label columns")
-                return rows[0][0] if rows else None
-            return [({c: "" if v is None else str(v) for c, v in zip(columns[:-1], row[:-1], strict=True)}, row[-1])
-                    for row in rows]
+        if isinstance(source, Read):
+            found = source.fn(conn)
+            if not source.labels:
+                if isinstance(found, list):
+                    raise ValueError(f"the read returned {len(found)} rows but names no labels")
+                return found
+            return [({k: "" if v is None else str(v) for k, v in zip(source.labels, row[:-1], strict=True)},
+                     row[-1]) for row in found]
         return source()  # type: ignore[return-value]
     except Exception as e:
         return e
@@ -266,4 +268,4 @@ def _number(v: float | int) -> str:
     return repr(v)
 
 
-__all__ = ["DURATION_BUCKETS", "Metrics"]
+__all__ = ["DURATION_BUCKETS", "Metrics", "Read"]

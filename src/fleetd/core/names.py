@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from .errors import InvalidArgument
 
@@ -80,18 +80,6 @@ def device_type_matches(pattern: str, device_type: str) -> bool:
 def matches_any(patterns: Iterable[str], device_type: str) -> bool:
     """Whether any of an artifact's device-type patterns covers ``device_type``: the one rule everywhere."""
     return any(device_type_matches(p, device_type) for p in patterns)
-
-
-def device_types_sql(column: str, patterns: Sequence[str]) -> tuple[str, list[str]]:
-    """SQL true where ``column`` is a device type one of ``patterns`` covers, and its arguments.
-
-    SQLite's GLOB is device_type_matches for a valid pattern: ``*`` is any run, case counts, the whole value must
-    match, and a valid pattern has none of GLOB's other wildcards (``?``, ``[``). Native GLOB scans 75,000
-    devices in milliseconds; a Python function per row takes a third of a second (tests/test_vectors.py checks
-    that the two agree on the vectors)."""
-    for p in patterns:
-        DEVICE_TYPE_PATTERN.check(p)
-    return "(" + (" OR ".join([f"{column} GLOB ?"] * len(patterns)) or "0") + ")", list(patterns)
 
 
 DEVICE_NAME = Kind("device name", _PRINTABLE + "{1,128}",

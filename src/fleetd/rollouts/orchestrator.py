@@ -24,6 +24,7 @@ from ..core.errors import InvalidArgument
 from ..core.lifecycle import Scope
 from ..core.tasks import cancel_and_wait
 from . import service as rollouts
+from . import storage
 from .progress import read_snapshot
 from .steps import Change
 
@@ -56,16 +57,6 @@ class PassReport:
         return sum(r.actions for r in self.rollouts)
 
 
-def due(conn: sqlite3.Connection, now: float) -> list[str]:
-    """Rollouts that may need something: the active ones, and for an offline timeout after a rollback the rolled
-    back ones (devices that report the new version late still go back), unless a newer rollout took over."""
-    return [r[0] for r in conn.execute(
-        "SELECT id FROM rollouts r WHERE state IN ('scheduled', 'running', 'paused') "
-        "OR (state = 'rolled_back' AND finished_at >= ? - offline_timeout AND NOT EXISTS ("
-        "    SELECT 1 FROM rollouts n WHERE n.component = r.component AND n.created_at > r.finished_at)) "
-        "ORDER BY created_at", (now,))]
-
-
 class Orchestrator:
     name = "orchestrator"
     scope: Scope = "fleet"  # docs/architecture.md, "Background parts"
@@ -91,7 +82,9 @@ class Orchestrator:
         started = time.perf_counter()
         report = PassReport()
         store = self.fleet.store
-        for rollout_id in await store.read(lambda c: due(c, now)):
+        # Rollouts that may need something: the active ones, and for an offline timeout after a rollback the
+        # rolled back ones (devices that report the new version late still go back), unless a newer one took over.
+        for rollout_id in await store.read(lambda c: storage.due_rollout_ids(c, now)):
             stats = RolloutPass(rollout_id)
             report.rollouts.append(stats)
             try:

@@ -28,13 +28,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 from ..core.errors import NotFound
-from ..core.names import device_types_sql
 from ..devices.actions import PROGRESS, ActionState
-from ..devices.tags import json_path
 from ..telemetry import rollups
+from ..telemetry import storage as telemetry_storage
+from . import storage
 from .rules import HealthCondition, Window, bucket
 from .states import ENDED
 
@@ -60,23 +60,6 @@ class Target:
     def from_json(cls, text: str) -> Target:
         d = json.loads(text)
         return cls(dict(d.get("tags", {})), list(d.get("device_types", [])), list(d.get("device_ids", [])))
-
-    def clause(self) -> tuple[str, list[Any]]:
-        """SQL over ``devices`` matching the target's active devices."""
-        parts: list[str] = []
-        args: list[Any] = []
-        if self.device_types:
-            types, type_args = device_types_sql("device_type", self.device_types)
-            where = [types]
-            args += type_args
-            for k, v in sorted(self.tags.items()):
-                where.append("json_extract(tags, ?) = ?")
-                args += [json_path(k), v]
-            parts.append("(" + " AND ".join(where) + ")")
-        if self.device_ids:
-            parts.append("id IN (SELECT value FROM json_each(?))")
-            args.append(json.dumps(self.device_ids))
-        return f"(status = 'active' AND ({' OR '.join(parts) or '0'}))", args
 
 
 @dataclass
@@ -107,8 +90,7 @@ class RolloutRow:
 
 
 def load_row(conn: sqlite3.Connection, rollout_id: str) -> RolloutRow:
-    r = conn.execute("SELECT r.*, a.name || '@' || a.version AS label, a.version AS version FROM rollouts r "
-                     "JOIN artifacts a ON a.id = r.artifact_id WHERE r.id = ?", (rollout_id,)).fetchone()
+    r = storage.rollout_row(conn, rollout_id)
     if r is None:
         raise NotFound(f"no rollout {rollout_id!r} ('fleetd rollouts list' shows them)")
     return RolloutRow(
@@ -198,38 +180,17 @@ def read_snapshot(conn: sqlite3.Connection, rollout_id: str, now: float, last_se
             conn.execute("COMMIT")
 
 
-def _rows(conn: sqlite3.Connection, sql: str, args: Any = ()) -> list[Any]:
-    cur = conn.cursor()
-    cur.row_factory = None  # plain tuples: much cheaper than sqlite3.Row for 100,000 rows
-    return cur.execute(sql, args).fetchall()
-
-
-def device_names(conn: sqlite3.Connection, device_ids: list[str]) -> dict[str, str]:
-    """The names of ``device_ids`` (one query, whatever their number); a deleted device is left out."""
-    return dict(_rows(conn, "SELECT id, name FROM devices WHERE id IN (SELECT value FROM json_each(?))",
-                      (json.dumps(device_ids),)))
-
-
 def _read(conn: sqlite3.Connection, rollout_id: str, now: float, fresh: LastSeen | None) -> Snapshot:
     r = load_row(conn, rollout_id)
-    clause, args = r.target.clause()
-    devices = _rows(conn, f"SELECT id, last_seen, COALESCE(enrolled_at, created_at) FROM devices WHERE {clause}",
-                    args)
-    # Covered by the actions_rollout index: no table lookups.
-    installs: dict[str, Install] = {row[0]: row for row in _rows(
-        conn, "SELECT device_id, state, updated_at, finished_at FROM actions WHERE rollout_id = ? AND kind = 'install'",
-        (r.id,))}
-    rollbacks: dict[str, str] = dict(_rows(
-        conn, "SELECT device_id, state FROM actions WHERE rollout_id = ? AND kind = 'rollback'", (r.id,)))
-    messages = dict(_rows(conn, "SELECT device_id, message FROM actions WHERE rollout_id = ? AND kind = 'install' "
-                                "AND state IN ('failed', 'rolled_back', 'cancelled')", (r.id,)))
+    devices = storage.target_devices(conn, r.target)
+    installs: dict[str, Install] = {row[0]: row for row in storage.install_actions(conn, r.id)}
+    rollbacks = storage.rollback_states(conn, r.id)
+    messages = storage.failed_install_messages(conn, r.id)
     # Devices that had an action but left the target (tags changed, revoked) still count.
     known = {d[0] for d in devices}
     gone = [d for d in installs if d not in known]
     for i in range(0, len(gone), 500):
-        chunk = gone[i:i + 500]
-        devices += _rows(conn, "SELECT id, last_seen, COALESCE(enrolled_at, created_at) FROM devices WHERE id IN "
-                               f"({','.join('?' * len(chunk))})", chunk)
+        devices += storage.devices_by_id(conn, gone[i:i + 500])
     ids, stored, joined = (list(col) for col in zip(*devices, strict=True)) if devices else ([], [], [])
     seen = stored
     if fresh is not None:
@@ -240,15 +201,10 @@ def _read(conn: sqlite3.Connection, rollout_id: str, now: float, fresh: LastSeen
             if did not in cache:
                 cache[did] = bucket(r.id, did)
     buckets = [cache[did] for did in ids]
-    comps: dict[str, Comp] = {row[0]: row for row in _rows(
-        conn, "SELECT device_id, version, state, health, restarts FROM device_components WHERE name = ?",
-        (r.component,))}
-    faults = dict(_rows(conn, "SELECT device_id, reason FROM rollout_faults WHERE rollout_id = ?", (r.id,)))
-    busy = {row[0] for row in _rows(
-        conn, "SELECT device_id FROM actions WHERE open = 1 AND component = ? "
-              "AND (rollout_id IS NULL OR rollout_id != ? OR kind != 'install')", (r.component, r.id))}
-    stage_rows = {i: (s, e, o) for i, s, e, o in _rows(
-        conn, "SELECT idx, started_at, ended_at, outcome FROM rollout_stages WHERE rollout_id = ?", (r.id,))}
+    comps: dict[str, Comp] = {row[0]: row for row in storage.component_reports(conn, r.component)}
+    faults = storage.faults(conn, r.id)
+    busy = storage.busy_devices(conn, r.component, r.id)
+    stage_rows = storage.stage_rows(conn, r.id)
     snap = Snapshot(r, now, ids, buckets, seen, stored, joined, installs, messages, rollbacks, comps, faults, busy, {},
                     stage_rows)
     if r.health is not None:
@@ -272,10 +228,7 @@ def _violations(conn: sqlite3.Connection, snap: Snapshot, cond: HealthCondition)
     since = min(starts)
     # Only the raw id blocks that can hold points of the soaks (devices may stamp points up to a day ahead).
     for lo, hi in rollups.raw_ranges(conn, since, now + 2 * 86400):
-        upper, args = ("AND id <= ? ", [lo, hi]) if hi is not None else ("", [lo])
-        for did, ts in _rows(conn, f"SELECT device_id, ts FROM telemetry WHERE id > ? {upper}AND name = ? "
-                                   f"AND ts >= ? AND {cond.violation_sql()}",
-                             [*args, cond.metric, since, cond.threshold]):
+        for did, ts in telemetry_storage.points_breaking(conn, lo, hi, cond.metric, since, cond.op, cond.threshold):
             out.setdefault(did, []).append(ts)
     return out
 

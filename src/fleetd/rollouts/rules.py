@@ -258,10 +258,5 @@ class HealthCondition:
     def holds(self, value: float) -> bool:
         return _OPS[self.op](value, self.threshold)
 
-    def violation_sql(self) -> str:
-        """A WHERE clause matching the points that break the condition (the operator is from a fixed list)."""
-        assert self.op in _OPS
-        return f"NOT (value {self.op.replace('==', '=')} ?)"
-
     def __str__(self) -> str:
         return f"{self.metric}{self.op}{self.threshold:g}"

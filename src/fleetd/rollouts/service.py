@@ -34,7 +34,7 @@ from ..devices import actions
 from ..devices.registry import find_device_row
 from ..devices.tags import check_tags
 from ..store.database import effect
-from . import steps
+from . import steps, storage
 from .progress import (
     STATUSES,
     Evaluation,
@@ -42,7 +42,6 @@ from .progress import (
     RolloutRow,
     Snapshot,
     Target,
-    device_names,
     evaluate,
     installed,
     load_row,
@@ -169,20 +168,17 @@ def create(conn: sqlite3.Connection, actor: Actor, spec: RolloutSpec, now: float
     window = Window.parse(spec.window)
     health = HealthCondition.parse(spec.health)
     target = _target(conn, spec, art)
-    clause, args = target.clause()
-    count = conn.execute(f"SELECT COUNT(*) FROM devices WHERE {clause}", args).fetchone()[0]
+    count = storage.count_target_devices(conn, target)
     if not count:
         raise FailedPrecondition(f"no active device matches the target ({describe_target(target)}); "
                                  "'fleetd devices list --tag k=v --type T' shows what matches")
     _check_no_overlap(conn, art.name, target)
     rid = new_id("ro")
-    conn.execute(
-        "INSERT INTO rollouts (id, artifact_id, component, target, stages, max_failure, soak_seconds, "
-        "offline_timeout, start_at, window, health, consent, state, created_by, created_at, updated_at) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,'scheduled',?,?,?)",
-        (rid, art.id, art.name, target.to_json(), json.dumps(stages), max_failure / 100, soak, timeout, start_at,
-         window.text if window else "", str(health) if health else "", int(spec.consent), actor.name or actor.id,
-         now, now))
+    storage.insert_rollout(
+        conn, rollout_id=rid, artifact_id=art.id, component=art.name, target=target.to_json(),
+        stages=json.dumps(stages), max_failure=max_failure / 100, soak=soak, offline_timeout=timeout,
+        start_at=start_at, window=window.text if window else "", health=str(health) if health else "",
+        consent=spec.consent, created_by=actor.name or actor.id, now=now)
     audit.record(conn, actor, "rollout.create", rid, artifact=f"{art.name}@{art.version}", selector=target.to_json(),
                  stages=stages, devices=count)
     effect(conn, Publish("rollout.state", {"id": rid, "state": "scheduled", "previous": "",
@@ -233,12 +229,8 @@ def describe_target(t: Target) -> str:
 
 def _check_no_overlap(conn: sqlite3.Connection, component: str, target: Target) -> None:
     """One rollout at a time per (device, component)."""
-    mine, mine_args = target.clause()
-    for other in conn.execute("SELECT id, state, target FROM rollouts WHERE component = ? AND state IN "
-                              "('scheduled', 'running', 'paused') ORDER BY created_at", (component,)).fetchall():
-        theirs, their_args = Target.from_json(other["target"]).clause()
-        both = conn.execute(f"SELECT COUNT(*) FROM devices WHERE {mine} AND {theirs}",
-                            [*mine_args, *their_args]).fetchone()[0]
+    for other in storage.active_rollouts_of(conn, component):
+        both = storage.count_devices_in_both(conn, target, Target.from_json(other["target"]))
         if both:
             raise FailedPrecondition(
                 f"rollout {other['id']} ({other['state']}) already updates {component!r} on {both} of these "
@@ -262,15 +254,8 @@ def list_rollouts(conn: sqlite3.Connection, now: float, state: str = "", limit: 
         raise InvalidArgument(f"state must be one of {', '.join(RolloutState)}, got {state!r}")
     if not 1 <= limit <= 1000:
         raise InvalidArgument("limit must be 1..1000")
-    ids = [r[0] for r in conn.execute(
-        "SELECT id FROM rollouts" + (" WHERE state = ?" if state else "") + " ORDER BY created_at DESC LIMIT ?",
-        [state, limit] if state else [limit])]
-    stages: dict[str, dict[int, tuple[float, float | None, str]]] = {}
-    marks = ",".join("?" * len(ids))
-    for rid, idx, started, ended, outcome in conn.execute(
-            f"SELECT rollout_id, idx, started_at, ended_at, outcome FROM rollout_stages WHERE rollout_id IN ({marks})",
-            ids):
-        stages.setdefault(rid, {})[idx] = (started, ended, outcome)
+    ids = storage.newest_rollout_ids(conn, state, limit)
+    stages = storage.stage_rows_of(conn, ids)
     return [_to_api(load_row(conn, rid), None, stages.get(rid, {}), now) for rid in ids]
 
 
@@ -281,7 +266,7 @@ def device_progress(conn: sqlite3.Connection, rollout_id: str, now: float, statu
     snap = read_snapshot(conn, rollout_id, now, last_seen)
     found = [d for d in evaluate(snap, details=True).devices if not status or d.status == status]
     found.sort(key=lambda d: (d.stage, d.device_id))
-    names = device_names(conn, [d.device_id for d in found[:limit]])
+    names = storage.device_names(conn, [d.device_id for d in found[:limit]])
     return [RolloutDevice(device_id=d.device_id, name=names.get(d.device_id, ""), stage=d.stage, status=d.status,
                           detail=d.detail) for d in found[:limit]], len(found)
 
@@ -495,5 +480,5 @@ def apply(conn: sqlite3.Connection, rollout_id: str, rev: int, plan: Plan, now: 
             steps.create_installs(conn, actor, r, plan.installs, change)
         if plan.rollbacks:
             steps.create_rollbacks(conn, actor, r, plan.rollbacks, change)
-    change.rev = conn.execute("SELECT rev FROM rollouts WHERE id = ?", (r.id,)).fetchone()[0]
+    change.rev = storage.rollout_rev(conn, r.id)
     return change

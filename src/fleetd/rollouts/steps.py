@@ -19,6 +19,7 @@ from ..core.effects import Publish
 from ..core.names import matches_any
 from ..devices import actions
 from ..store.database import effect
+from . import storage
 from .progress import RolloutRow
 from .states import ENDED
 
@@ -38,12 +39,9 @@ class Change:
 def set_state(conn: sqlite3.Connection, actor: Actor, r: RolloutRow, state: str, now: float, change: Change,
               verb: str, reason: str | None = None, **details: Any) -> None:
     ended = state in ENDED
-    conn.execute("UPDATE rollouts SET state = ?, reason = COALESCE(?, reason), rev = rev + 1, updated_at = ?, "
-                 "finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE id = ?",
-                 (state, reason, now, ended, now, r.id))
+    storage.set_rollout_state(conn, r.id, state, reason, now, ended)
     if ended and r.stage >= 0:
-        conn.execute("UPDATE rollout_stages SET ended_at = ?, outcome = ? WHERE rollout_id = ? AND idx = ? "
-                     "AND ended_at IS NULL", (now, state, r.id, r.stage))
+        storage.end_stage(conn, r.id, r.stage, state, now)
     audit.record(conn, actor, f"rollout.{verb}", r.id, state=state, previous=r.state,
                  **({"reason": reason} if reason else {}), **details)
     effect(conn, Publish("rollout.state", {"id": r.id, "state": state, "previous": r.state,
@@ -54,13 +52,10 @@ def set_state(conn: sqlite3.Connection, actor: Actor, r: RolloutRow, state: str,
 def start_stage(conn: sqlite3.Connection, actor: Actor, r: RolloutRow, k: int, now: float, change: Change,
                 *, previous_outcome: str = "completed") -> None:
     if r.stage >= 0:
-        conn.execute("UPDATE rollout_stages SET ended_at = ?, outcome = ? WHERE rollout_id = ? AND idx = ? "
-                     "AND ended_at IS NULL", (now, previous_outcome, r.id, r.stage))
-    conn.execute("INSERT OR REPLACE INTO rollout_stages (rollout_id, idx, started_at) VALUES (?, ?, ?)",
-                 (r.id, k, now))
+        storage.end_stage(conn, r.id, r.stage, previous_outcome, now)
+    storage.start_stage(conn, r.id, k, now)
     previous = r.state
-    conn.execute("UPDATE rollouts SET stage = ?, state = 'running', rev = rev + 1, updated_at = ?, "
-                 "started_at = COALESCE(started_at, ?) WHERE id = ?", (k, now, now, r.id))
+    storage.set_running_stage(conn, r.id, k, now)
     audit.record(conn, actor, "rollout.stage", r.id, stage=k, percent=r.stages[k])
     effect(conn, Publish("rollout.stage", {"id": r.id, "stage": k, "percent": r.stages[k]}))
     if previous != "running":
@@ -78,12 +73,8 @@ def _free(conn: sqlite3.Connection, r: RolloutRow, ids: list[str], kind: str) ->
     """Of ``ids``: active devices with no open action for the component and no ``kind`` action of this rollout."""
     keep = []
     for chunk in _chunks(ids):
-        marks = ",".join("?" * len(chunk))
-        taken = {row[0] for row in conn.execute(
-            f"SELECT device_id FROM actions WHERE device_id IN ({marks}) AND ((open = 1 AND component = ?) "
-            f"OR (rollout_id = ? AND kind = ?))", [*chunk, r.component, r.id, kind])}
-        active = {row[0] for row in conn.execute(
-            f"SELECT id FROM devices WHERE id IN ({marks}) AND status = 'active'", chunk)}
+        taken = storage.devices_with_action(conn, chunk, r.component, r.id, kind)
+        active = storage.active_among(conn, chunk)
         keep += [d for d in chunk if d in active and d not in taken]
     return keep
 
@@ -92,8 +83,7 @@ def create_installs(conn: sqlite3.Connection, actor: Actor, r: RolloutRow, devic
                     change: Change, limit: int | None = None) -> None:
     limit = limit or CHUNK
     free = _free(conn, r, device_ids, "install")
-    types = {row[0]: row[1] for chunk in _chunks(free) for row in conn.execute(
-        f"SELECT id, device_type FROM devices WHERE id IN ({','.join('?' * len(chunk))})", chunk)}
+    types = {d: t for chunk in _chunks(free) for d, t in storage.device_types_of(conn, chunk).items()}
     allowed = artifacts.get(conn, r.artifact_id).device_types
     free = [d for d in free if d in types and matches_any(allowed, types[d])]  # it may have changed type since
     free = free[:limit]  # the rest: at the next pass, as devices of a started stage without an action
@@ -113,18 +103,13 @@ def create_rollbacks(conn: sqlite3.Connection, actor: Actor, r: RolloutRow, devi
 
 def cancel_open_installs(conn: sqlite3.Connection, r: RolloutRow, now: float, message: str) -> int:
     """End the rollout's install actions that have not ended (one statement each, however many)."""
-    conn.execute("INSERT INTO action_events (action_id, ts, state, message, progress) SELECT id, ?, 'cancelled', ?, "
-                 "progress FROM actions WHERE rollout_id = ? AND kind = 'install' AND open = 1", (now, message, r.id))
-    devices = [row[0] for row in conn.execute(
-        "UPDATE actions SET state = 'cancelled', open = 0, message = ?, updated_at = ?, finished_at = ? "
-        "WHERE rollout_id = ? AND kind = 'install' AND open = 1 RETURNING device_id", (message, now, now, r.id))]
+    devices = storage.cancel_open_installs(conn, r.id, now, message)
     actions.note_open(conn, devices)
     return len(devices)
 
 
 def record_faults(conn: sqlite3.Connection, r: RolloutRow, faults: list[tuple[str, str]], now: float) -> None:
-    conn.executemany("INSERT OR IGNORE INTO rollout_faults (rollout_id, device_id, reason, at) VALUES (?, ?, ?, ?)",
-                     [(r.id, d, why, now) for d, why in faults])
+    storage.insert_faults(conn, r.id, faults, now)
 
 
 def roll_back(conn: sqlite3.Connection, actor: Actor, r: RolloutRow, installed: list[str], now: float, reason: str,

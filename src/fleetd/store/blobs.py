@@ -176,6 +176,17 @@ def _has_row(conn: sqlite3.Connection, sha256: str) -> bool:
     return conn.execute("SELECT 1 FROM blobs WHERE sha256 = ?", (sha256,)).fetchone() is not None
 
 
+def is_intact(conn: sqlite3.Connection, sha256: str) -> bool:
+    """A blob with this hash is stored and not marked corrupt."""
+    return conn.execute("SELECT 1 FROM blobs WHERE sha256 = ? AND corrupt_at IS NULL", (sha256,)).fetchone() \
+        is not None
+
+
+def stored_bytes(conn: sqlite3.Connection) -> int:
+    """The size of every stored blob, summed."""
+    return int(conn.execute("SELECT COALESCE(SUM(size), 0) FROM blobs").fetchone()[0])
+
+
 def _row(r: sqlite3.Row) -> BlobInfo:
     return BlobInfo(sha256=r["sha256"], size=r["size"], md5=r["md5"], sha1=r["sha1"])
 

@@ -28,6 +28,17 @@ class Dialect:
         """The JSON list in ``column`` holds a value. Parameter: the value."""
         return f"EXISTS (SELECT 1 FROM json_each({column}) WHERE value = ?)"
 
+    def star_match(self, value: str, pattern: str) -> str:
+        """``value`` matches ``pattern`` whole, where ``*`` stands for any run of characters and no other character
+        is special (both are SQL expressions). Callers pass only patterns that core.names.DEVICE_TYPE_PATTERN
+        accepted: GLOB's other wildcards (``?``, ``[``) never reach it."""
+        return f"{value} GLOB {pattern}"
+
+    def json_list_star_matches(self, column: str) -> str:
+        """One of the patterns in the JSON list in ``column`` matches a value (see :meth:`star_match`).
+        Parameter: the value."""
+        return f"EXISTS (SELECT 1 FROM json_each({column}) WHERE {self.star_match('?', 'value')})"
+
     def json_key_equals(self, column: str) -> str:
         """The JSON object in ``column`` maps a key to a text value. Parameters: the key, the value."""
         return f"json_extract({column}, '$.\"' || ? || '\"') = ?"
@@ -35,6 +46,24 @@ class Dialect:
     def now_epoch(self) -> str:
         """The database's clock, in seconds since the epoch (for expressions evaluated inside the database)."""
         return "((julianday('now') - 2440587.5) * 86400.0)"
+
+    def json_set_key(self, column: str) -> str:
+        """The JSON object in ``column`` with a key set to a text value (an expression, for ``UPDATE ... SET``).
+        Parameters: the key, the value."""
+        return f"json_set({column}, '$.\"' || ? || '\"', ?)"
+
+    def semver_order(self, expr: str) -> str:
+        """``expr`` (a version) as an ORDER BY term sorting by semantic-version precedence (SQLite: the
+        ``semver`` collation store.database.connect registers)."""
+        return f"{expr} COLLATE semver"
+
+    def least(self, a: str, b: str) -> str:
+        """The smaller of two values (SQLite's two-argument ``MIN``)."""
+        return f"MIN({a}, {b})"
+
+    def greatest(self, a: str, b: str) -> str:
+        """The larger of two values (SQLite's two-argument ``MAX``)."""
+        return f"MAX({a}, {b})"
 
 
 SQLITE = Dialect()

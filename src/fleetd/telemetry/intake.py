@@ -7,8 +7,8 @@ drop them from its queue; many concurrent calls share one transaction.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
-import sqlite3
 import time
 from collections.abc import Iterable
 from typing import NoReturn
@@ -19,6 +19,7 @@ from ..core.errors import InvalidArgument, ResourceExhausted
 from ..core.lifecycle import Scope
 from ..core.names import METRIC_NAME
 from ..store.database import Store
+from . import storage
 
 MAX_POINTS = 5000
 MAX_TAGS = 16
@@ -84,13 +85,6 @@ class MetricNames:
         self._by_device[device_id] = self._set(known | new)
 
 
-def load_metric_names(conn: sqlite3.Connection) -> list[tuple[str, str]]:
-    """Every (device, metric name) stored: rolled-up series, and raw points not rolled up yet."""
-    return conn.execute(
-        "SELECT device_id, name FROM telemetry_series UNION SELECT DISTINCT device_id, name FROM telemetry "
-        "WHERE id > (SELECT COALESCE(MAX(rolled_up_to), 0) FROM telemetry_rollup_state)").fetchall()
-
-
 def rows_for(device_id: str, points: list[Point], received: float, names: MetricNames | None = None) -> list[Row]:
     """The rows to store for ``points``, or InvalidArgument naming the first bad point (ResourceExhausted when
     they bring more new metric names than ``names`` allows)."""
@@ -149,7 +143,7 @@ class TelemetryIntake:
     def __init__(self, store: Store, names: MetricNames | None = None) -> None:
         self.store = store
         self.names = names if names is not None else MetricNames()
-        self.names.load(store.read_sync(load_metric_names))
+        self.names.load(store.read_sync(storage.device_metric_names))
         self._rows: list[Row] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._scheduled = False
@@ -179,11 +173,8 @@ class TelemetryIntake:
         if not rows:
             return
 
-        def insert(conn):  # type: ignore[no-untyped-def]
-            conn.executemany("INSERT INTO telemetry (device_id, name, ts, value, tags) VALUES (?,?,?,?,?)", rows)
-
         try:
-            done = asyncio.wrap_future(self.store.submit_write(insert))
+            done = asyncio.wrap_future(self.store.submit_write(functools.partial(storage.insert_points, rows=rows)))
         except Exception as e:  # the store is closed: nothing was stored, and every caller hears so
             _settle(waiters, e)
             return

@@ -35,8 +35,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from ..core.lifecycle import Scope
+from ..core.metrics import Read
 from ..core.tasks import cancel_and_wait
 from ..store.database import Store
+from . import storage
 
 if TYPE_CHECKING:
     from ..core.metrics import Metrics
@@ -96,10 +98,6 @@ def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("COMMIT")
 
 
-def watermark(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT rolled_up_to FROM telemetry_rollup_state").fetchone()[0])
-
-
 # --- incremental rollup -----------------------------------------------------------
 
 @dataclass
@@ -113,19 +111,12 @@ class Delta:
 
 def read_delta(conn: sqlite3.Connection, batch: int = ROLLUP_BATCH) -> Delta | None:
     """Aggregate the raw rows past the watermark (at most ``batch`` ids); reader side."""
-    lo = watermark(conn)
-    top = conn.execute("SELECT MAX(id) FROM telemetry").fetchone()[0]
+    lo = storage.watermark(conn)
+    top = storage.newest_raw_id(conn)
     if top is None or top <= lo:
         return None
-    hi = min(int(top), lo + batch)
-    rows = conn.execute(
-        "SELECT device_id, name, CAST(ts / 60 AS INTEGER) * 60 AS m, COUNT(*), SUM(value), MIN(value), MAX(value) "
-        "FROM telemetry WHERE id > ? AND id <= ? GROUP BY device_id, name, m", (lo, hi)).fetchall()
-    return Delta(lo, hi, [tuple(r) for r in rows])
-
-
-_UPSERT = ("ON CONFLICT (series_id, ts) DO UPDATE SET count = count + excluded.count, sum = sum + excluded.sum, "
-           "min = MIN(min, excluded.min), max = MAX(max, excluded.max)")
+    hi = min(top, lo + batch)
+    return Delta(lo, hi, storage.minute_aggregates(conn, lo, hi))
 
 
 def apply_delta(conn: sqlite3.Connection, delta: Delta) -> bool:
@@ -134,29 +125,14 @@ def apply_delta(conn: sqlite3.Connection, delta: Delta) -> bool:
     Returns False (and changes nothing) if the watermark moved since the delta
     was read, which only a second rollup task could do.
     """
-    if conn.execute("UPDATE telemetry_rollup_state SET rolled_up_to = ? WHERE rolled_up_to = ?",
-                    (delta.hi, delta.lo)).rowcount != 1:
+    if not storage.move_watermark(conn, delta.lo, delta.hi):
         return False
     if not delta.rows:
         return True
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS rollup_delta (device_id TEXT, name TEXT, ts INTEGER, "
-                 "count INTEGER, sum REAL, min REAL, max REAL)")
-    conn.execute("DELETE FROM temp.rollup_delta")
-    conn.executemany("INSERT INTO temp.rollup_delta VALUES (?,?,?,?,?,?,?)", delta.rows)
-    conn.execute("INSERT OR IGNORE INTO telemetry_series (device_id, name) "
-                 "SELECT DISTINCT device_id, name FROM temp.rollup_delta")
-    joined = ("FROM temp.rollup_delta d JOIN telemetry_series s ON s.device_id = d.device_id AND s.name = d.name")
-    conn.execute(f"INSERT INTO telemetry_minute (series_id, ts, count, sum, min, max) "
-                 f"SELECT s.id, d.ts, d.count, d.sum, d.min, d.max {joined} WHERE true {_UPSERT}")
-    # The hour rows are a rollup of the minute rows: the same merge one level up.
-    conn.execute(f"INSERT INTO telemetry_hour (series_id, ts, count, sum, min, max) "
-                 f"SELECT s.id, d.ts / {HOUR} * {HOUR} AS h, SUM(d.count), SUM(d.sum), MIN(d.min), MAX(d.max) "
-                 f"{joined} WHERE true GROUP BY s.id, h {_UPSERT}")
+    storage.merge_minutes(conn, delta.rows)
     first = min(r[2] for r in delta.rows)
     last = max(r[2] for r in delta.rows) + MINUTE
-    conn.execute("INSERT INTO telemetry_blocks (hi, lo, min_ts, max_ts) VALUES (?,?,?,?)",
-                 (delta.hi, delta.lo, first, last))
-    conn.execute("DELETE FROM temp.rollup_delta")
+    storage.insert_block(conn, delta.lo, delta.hi, first, last)
     return True
 
 
@@ -183,44 +159,33 @@ def raw_prune_bound(conn: sqlite3.Connection, cutoff: float) -> int:
     The newest row always stays so that ids keep growing (an emptied table would
     hand out ids below the watermark again).
     """
-    wm = watermark(conn)
-    young = conn.execute("SELECT MIN(lo) FROM telemetry_blocks WHERE max_ts > ?", (cutoff,)).fetchone()[0]
-    bound = wm if young is None else min(wm, int(young))
-    top = conn.execute("SELECT MAX(id) FROM telemetry").fetchone()[0]
-    return min(bound, int(top) - 1) if top is not None else 0
+    wm = storage.watermark(conn)
+    young = storage.first_block_newer_than(conn, cutoff)
+    bound = wm if young is None else min(wm, young)
+    top = storage.newest_raw_id(conn)
+    return min(bound, top - 1) if top is not None else 0
 
 
 def prune_raw_step(conn: sqlite3.Connection, bound: int) -> int:
     """Delete up to DELETE_BATCH raw rows with id <= bound (one transaction's worth). → rows deleted."""
-    first = conn.execute("SELECT MIN(id) FROM telemetry").fetchone()[0]
+    first = storage.oldest_raw_id(conn)
     if first is None or first > bound:
-        conn.execute("DELETE FROM telemetry_blocks WHERE hi <= ?", (bound,))
+        storage.delete_blocks_through(conn, bound)
         return 0
-    upto = min(bound, int(first) + DELETE_BATCH - 1)
-    n = conn.execute("DELETE FROM telemetry WHERE id <= ?", (upto,)).rowcount
-    conn.execute("DELETE FROM telemetry_blocks WHERE hi <= ?", (upto,))
-    return int(n)
+    upto = min(bound, first + DELETE_BATCH - 1)
+    n = storage.delete_raw_through(conn, upto)
+    storage.delete_blocks_through(conn, upto)
+    return n
 
 
-def prune_rollups_step(conn: sqlite3.Connection, level: Level, cutoff: float, after_series: int,
+def prune_rollups_step(conn: sqlite3.Connection, level: storage.RollupLevel, cutoff: float, after_series: int,
                        series: int = PRUNE_SERIES) -> tuple[int, int | None]:
     """Delete ``level`` rows older than ``cutoff`` for the next ``series`` series after ``after_series``
     (by primary key, one transaction's worth). → (rows deleted, last series done or None at the end)."""
-    ids = [r[0] for r in conn.execute("SELECT id FROM telemetry_series WHERE id > ? ORDER BY id LIMIT ?",
-                                      (after_series, series))]
+    ids = storage.series_ids_after(conn, after_series, series)
     if not ids:
         return 0, None
-    before = conn.total_changes
-    conn.executemany(f"DELETE FROM telemetry_{level} WHERE series_id = ? AND ts < ?", ((i, cutoff) for i in ids))
-    return conn.total_changes - before, ids[-1]
-
-
-def forget_empty_series(conn: sqlite3.Connection) -> int:
-    """Series with no rollup rows left (deleted devices, retired metrics); a new point makes a new one."""
-    return int(conn.execute(
-        "DELETE FROM telemetry_series WHERE NOT EXISTS (SELECT 1 FROM telemetry_hour h WHERE h.series_id = "
-        "telemetry_series.id) AND NOT EXISTS (SELECT 1 FROM telemetry_minute m WHERE m.series_id = "
-        "telemetry_series.id)").rowcount)
+    return storage.delete_rollups_before(conn, level, ids, cutoff), ids[-1]
 
 
 @dataclass(frozen=True)
@@ -285,20 +250,15 @@ def plan(level: Level, start: float, end: float, max_points: int) -> Plan:
     return Plan(level, float(origin), float(width), end, max_points)
 
 
-_IN_DEVICES = "device_id IN (SELECT value FROM json_each(?))"
-
-
 def _json_list(items: list[str]) -> str:
     return msgspec.json.encode(items).decode()
 
 
 def raw_ranges(conn: sqlite3.Connection, start: float, end: float) -> list[tuple[int, int | None]]:
     """Raw id ranges (lo, hi] that can hold points of [start, end); hi None = open-ended tail."""
-    wm = watermark(conn)
-    blocks = conn.execute("SELECT lo, hi FROM telemetry_blocks WHERE max_ts > ? AND min_ts < ? ORDER BY hi",
-                          (start, end)).fetchall()
+    wm = storage.watermark(conn)
     out: list[tuple[int, int | None]] = []
-    for lo, hi in blocks:
+    for lo, hi in storage.blocks_overlapping(conn, start, end):
         if out and out[-1][1] == lo:
             out[-1] = (out[-1][0], hi)
         else:
@@ -327,38 +287,19 @@ def query(conn: sqlite3.Connection, device_ids: list[str], metric: str, p: Plan,
     with snapshot(conn):
         if p.level == "raw":
             for lo, hi in raw_ranges(conn, start, p.end):
-                add(conn.execute(
-                    f"SELECT CAST((ts - ?) / ? AS INTEGER) AS b, COUNT(*), SUM(value), MIN(value), MAX(value) "
-                    f"FROM telemetry WHERE id > ? AND id <= ? AND name = ? AND {_IN_DEVICES} AND ts >= ? AND ts < ? "
-                    f"GROUP BY b", (p.origin, p.width, lo, hi if hi is not None else 2**62, metric, ids, start, p.end)))
+                add(storage.raw_buckets(conn, origin=p.origin, width=p.width, lo=lo,
+                                        hi=hi if hi is not None else 2**62, metric=metric, device_ids=ids,
+                                        start=start, end=p.end))
         else:
             res = RESOLUTION[p.level]
-            table = f"telemetry_{p.level}"
-            add(conn.execute(
-                f"SELECT CAST((r.ts - ?) / ? AS INTEGER) AS b, SUM(r.count), SUM(r.sum), MIN(r.min), MAX(r.max) "
-                f"FROM {table} r JOIN telemetry_series s ON s.id = r.series_id "
-                f"WHERE s.name = ? AND s.{_IN_DEVICES} AND r.ts >= ? AND r.ts < ? GROUP BY b",
-                (p.origin, p.width, metric, ids, p.origin, p.end)))
-            add(_tail(conn, f"CAST((CAST(ts / {res} AS INTEGER) * {res} - ?) / ? AS INTEGER)",
-                      (p.origin, p.width), metric, ids, p.origin, p.end, res))
+            add(storage.rollup_buckets(conn, p.level, origin=p.origin, width=p.width, metric=metric, device_ids=ids,
+                                       since=p.origin, end=p.end))
+            # bucket(ts) < end  ⟺  ts < the first bucket boundary at or after end
+            add(storage.tail_buckets(conn, res=res, origin=p.origin, width=p.width,
+                                     after=storage.watermark(conn), metric=metric, since=p.origin,
+                                     before=math.ceil(p.end / res) * res, device_ids=ids))
     return [Bucket(ts=p.origin + b * p.width, avg=a.avg, min=a.min, max=a.max, count=a.count)
             for b, a in sorted(out.items())]
-
-
-def _tail(conn: sqlite3.Connection, key: str, key_args: tuple[Any, ...], metric: str, ids: str | None,
-          since: float, until: float | None, res: int) -> list[tuple[Any, ...]]:
-    """Raw rows past the watermark, aggregated by ``key``, whose ``res`` bucket lies in [since, until)."""
-    sql = (f"SELECT {key} AS k, COUNT(*), SUM(value), MIN(value), MAX(value) FROM telemetry "
-           f"WHERE id > ? AND name = ? AND ts >= ?")
-    args: list[Any] = [*key_args, watermark(conn), metric, since]
-    if until is not None:
-        # bucket(ts) < until  ⟺  ts < the first bucket boundary at or after until
-        sql += " AND ts < ?"
-        args.append(math.ceil(until / res) * res)
-    if ids is not None:
-        sql += f" AND {_IN_DEVICES}"
-        args.append(ids)
-    return conn.execute(sql + " GROUP BY k", args).fetchall()
 
 
 def window(conn: sqlite3.Connection, metric: str, since: float, device_ids: list[str] | None = None
@@ -368,14 +309,9 @@ def window(conn: sqlite3.Connection, metric: str, since: float, device_ids: list
     ids = _json_list(device_ids) if device_ids is not None else None
     out: dict[str, Agg] = {}
     with snapshot(conn):
-        sql = ("SELECT s.device_id, SUM(m.count), SUM(m.sum), MIN(m.min), MAX(m.max) FROM telemetry_series s "
-               "JOIN telemetry_minute m ON m.series_id = s.id AND m.ts >= ? WHERE s.name = ?")
-        args: list[Any] = [since_m, metric]
-        if ids is not None:
-            sql += f" AND s.{_IN_DEVICES}"
-            args.append(ids)
-        rows = conn.execute(sql + " GROUP BY s.device_id", args).fetchall()
-        rows += _tail(conn, "device_id", (), metric, ids, since_m, None, MINUTE)
+        rows = storage.minutes_by_device(conn, metric, since_m, ids)
+        rows += storage.tail_by_device(conn, after=storage.watermark(conn), metric=metric, since=since_m,
+                                       device_ids=ids)
     for did, n, s, lo, hi in rows:
         if n:
             _merge_into(out, did, Agg(n, s, lo, hi))
@@ -385,13 +321,7 @@ def window(conn: sqlite3.Connection, metric: str, since: float, device_ids: list
 def metrics_of(conn: sqlite3.Connection, device_ids: list[str], limit: int = -1, offset: int = 0
                ) -> tuple[list[str], int]:
     """One page of the metric names the devices have sent (rolled up so far), and how many there are."""
-    devices = (_json_list(device_ids),)
-    total = conn.execute(f"SELECT COUNT(DISTINCT name) FROM telemetry_series WHERE {_IN_DEVICES}",
-                         devices).fetchone()[0]
-    names = [r[0] for r in conn.execute(
-        f"SELECT DISTINCT name FROM telemetry_series WHERE {_IN_DEVICES} ORDER BY name LIMIT ? OFFSET ?",
-        (*devices, limit, offset))]
-    return names, int(total)
+    return storage.metric_names_page(conn, _json_list(device_ids), limit, offset)
 
 
 # --- the background task ----------------------------------------------------------
@@ -413,8 +343,7 @@ class Rollups:
         self._lock = asyncio.Lock()
         if metrics is not None:
             metrics.gauge("fleetd_telemetry_rollup_lag_points", "Raw points not yet in the rollups.",
-                          "SELECT COALESCE((SELECT MAX(id) FROM telemetry), 0) - rolled_up_to "
-                          "FROM telemetry_rollup_state")
+                          Read(storage.rollup_lag))
 
     async def roll_up(self) -> int:
         """Bring the rollups up to the newest committed point. → raw rows covered."""
@@ -438,14 +367,14 @@ class Rollups:
             while n := await self.store.write(lambda c: prune_raw_step(c, bound)):
                 raw += n
             out = {"raw": raw, "minute": 0, "hour": 0}
-            levels: tuple[tuple[Level, float], ...] = (("minute", minute_cut), ("hour", hour_cut))
+            levels: tuple[tuple[storage.RollupLevel, float], ...] = (("minute", minute_cut), ("hour", hour_cut))
             for level, cut in levels:
                 after: int | None = 0
                 while after is not None:
                     n, after = await self.store.write(functools.partial(
                         prune_rollups_step, level=level, cutoff=cut, after_series=after))
                     out[level] += n
-            await self.store.write(forget_empty_series)
+            await self.store.write(storage.forget_empty_series)
         return out
 
     async def _loop(self) -> None:

@@ -1,0 +1,118 @@
+"""The artifacts' queries (docs/architecture.md, "Where SQL lives"): the catalog, and where an artifact is used."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from ..store.dialect import dialect_of
+
+_SELECT = "SELECT a.*, b.md5, b.sha1 FROM artifacts a JOIN blobs b ON b.sha256 = a.sha256"
+
+
+def artifact_exists(conn: sqlite3.Connection, name: str, version: str) -> bool:
+    return conn.execute("SELECT 1 FROM artifacts WHERE name = ? AND version = ?", (name, version)).fetchone() \
+        is not None
+
+
+def insert_artifact(conn: sqlite3.Connection, *, artifact_id: str, name: str, version: str, kind: str,
+                    device_types: str, sha256: str, size: int, file_name: str, install_spec: str | None,
+                    manifest: bytes, signature: str, created_by: str | None, created_at: float) -> None:
+    """``device_types`` and ``install_spec`` as JSON text."""
+    conn.execute(
+        "INSERT INTO artifacts (id, name, version, kind, device_types, sha256, size, file_name, install_spec, "
+        "manifest, signature, created_by, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (artifact_id, name, version, kind, device_types, sha256, size, file_name, install_spec, manifest,
+         signature, created_by, created_at))
+
+
+def artifact_row(conn: sqlite3.Connection, artifact_id: str) -> sqlite3.Row | None:
+    """The artifact with its blob's md5 and sha1."""
+    row: sqlite3.Row | None = conn.execute(f"{_SELECT} WHERE a.id = ?", (artifact_id,)).fetchone()
+    return row
+
+
+def artifact_row_by_version(conn: sqlite3.Connection, name: str, version: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(f"{_SELECT} WHERE a.name = ? AND a.version = ?",
+                                           (name, version)).fetchone()
+    return row
+
+
+def artifact_rows_page(conn: sqlite3.Connection, *, name: str, kind: str, device_type: str, limit: int,
+                       offset: int) -> tuple[list[sqlite3.Row], int]:
+    """One page of artifact rows (empty filters match all), by name then version precedence, and how many
+    match."""
+    d = dialect_of(conn)
+    where: list[str] = []
+    args: list[Any] = []
+    if name:
+        where.append("a.name = ?")
+        args.append(name)
+    if kind:
+        where.append("a.kind = ?")
+        args.append(kind)
+    if device_type:
+        where.append(d.json_list_star_matches("a.device_types"))  # the artifacts a device of this type may install
+        args.append(device_type)
+    clause = (" WHERE " + " AND ".join(where)) if where else ""
+    total = conn.execute(f"SELECT COUNT(*) FROM artifacts a{clause}", args).fetchone()[0]
+    rows = conn.execute(f"{_SELECT}{clause} ORDER BY a.name, {d.semver_order('a.version')}, a.version "
+                        "LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
+    return rows, int(total)
+
+
+def action_counts_by_state(conn: sqlite3.Connection, artifact_id: str) -> dict[str, int]:
+    """The actions that install (or roll back to) the artifact, counted by state."""
+    return {r[0]: r[1] for r in conn.execute(
+        "SELECT state, COUNT(*) FROM actions WHERE artifact_id = ? GROUP BY state ORDER BY state", (artifact_id,))}
+
+
+def open_action_count(conn: sqlite3.Connection, artifact_id: str) -> int:
+    return int(conn.execute("SELECT COUNT(*) FROM actions WHERE artifact_id = ? AND open = 1",
+                            (artifact_id,)).fetchone()[0])
+
+
+def open_actions(conn: sqlite3.Connection, artifact_id: str) -> list[sqlite3.Row]:
+    """The artifact's open actions (id, device_id, state), oldest first."""
+    return conn.execute("SELECT id, device_id, state FROM actions WHERE artifact_id = ? AND open = 1 "
+                        "ORDER BY created_at, rowid", (artifact_id,)).fetchall()
+
+
+def installed_count(conn: sqlite3.Connection, name: str, version: str) -> int:
+    """Devices that report this version of the component as installed."""
+    return int(conn.execute("SELECT COUNT(*) FROM device_components WHERE name = ? AND version = ?",
+                            (name, version)).fetchone()[0])
+
+
+def installed_on(conn: sqlite3.Connection, name: str, version: str, limit: int) -> list[str]:
+    """The first ``limit`` of those devices, by id."""
+    return [r[0] for r in conn.execute(
+        "SELECT device_id FROM device_components WHERE name = ? AND version = ? ORDER BY device_id LIMIT ?",
+        (name, version, limit))]
+
+
+def rollback_targets_on(conn: sqlite3.Connection, name: str, version: str) -> list[str]:
+    """Devices whose known-good (previous) version of the component is this one, by id."""
+    return [r[0] for r in conn.execute(
+        "SELECT device_id FROM device_components WHERE name = ? AND previous_version = ? ORDER BY device_id",
+        (name, version))]
+
+
+def detach_from_actions(conn: sqlite3.Connection, artifact_id: str, label: str) -> None:
+    """Actions that name the artifact keep its NAME@VERSION in their params and lose the reference."""
+    conn.execute(f"UPDATE actions SET params = {dialect_of(conn).json_set_key('params')}, artifact_id = NULL "
+                 "WHERE artifact_id = ?", ("artifact", label, artifact_id))
+
+
+def delete_artifact(conn: sqlite3.Connection, artifact_id: str) -> bool:
+    """Delete the artifact's row; False (and nothing deleted) while another row still references it."""
+    try:
+        conn.execute("DELETE FROM artifacts WHERE id = ?", (artifact_id,))
+    except sqlite3.IntegrityError:
+        return False
+    return True
+
+
+def set_offline_signatures(conn: sqlite3.Connection, artifact_id: str, signatures: str) -> None:
+    """``signatures``: the JSON list."""
+    conn.execute("UPDATE artifacts SET offline_signatures = ? WHERE id = ?", (signatures, artifact_id))

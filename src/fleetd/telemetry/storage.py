@@ -1,0 +1,255 @@
+"""The telemetry's queries (docs/architecture.md, "Where SQL lives"): raw points, the rollups and their
+bookkeeping (the watermark, the id blocks, the series), and the aggregates read from them.
+
+Device lists go in as one JSON list (text), encoded once by the caller for all the statements of a read. The
+ingest insert and the orchestrator's scan of raw points run their SQL from module-level constants.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, Literal
+
+from ..store.dialect import Dialect, dialect_of
+
+RollupLevel = Literal["minute", "hour"]
+HOUR = 3600
+
+# --- raw points ---------------------------------------------------------------------------------------------------
+
+_INSERT_POINTS = "INSERT INTO telemetry (device_id, name, ts, value, tags) VALUES (?,?,?,?,?)"
+
+
+def insert_points(conn: sqlite3.Connection, rows: list[tuple[str, str, float, float, str | None]]) -> None:
+    """Store raw points: (device_id, name, ts, value, tags JSON or None) each."""
+    conn.executemany(_INSERT_POINTS, rows)
+
+
+def device_metric_names(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """Every (device, metric name) stored: rolled-up series, and raw points not rolled up yet."""
+    return conn.execute(
+        "SELECT device_id, name FROM telemetry_series UNION SELECT DISTINCT device_id, name FROM telemetry "
+        "WHERE id > (SELECT COALESCE(MAX(rolled_up_to), 0) FROM telemetry_rollup_state)").fetchall()
+
+
+def newest_raw_id(conn: sqlite3.Connection) -> int | None:
+    top = conn.execute("SELECT MAX(id) FROM telemetry").fetchone()[0]
+    return None if top is None else int(top)
+
+
+def oldest_raw_id(conn: sqlite3.Connection) -> int | None:
+    first = conn.execute("SELECT MIN(id) FROM telemetry").fetchone()[0]
+    return None if first is None else int(first)
+
+
+def delete_raw_through(conn: sqlite3.Connection, upto: int) -> int:
+    """Delete the raw points with id <= ``upto``. → how many."""
+    return int(conn.execute("DELETE FROM telemetry WHERE id <= ?", (upto,)).rowcount)
+
+
+def _points_breaking(op: str, bounded: bool) -> str:
+    upper = "AND id <= ? " if bounded else ""
+    return (f"SELECT device_id, ts FROM telemetry WHERE id > ? {upper}AND name = ? AND ts >= ? "
+            f"AND NOT (value {op} ?)")
+
+
+# Comparison operator (a health condition's, from its fixed list) → the scan, with and without an upper id.
+_POINTS_BREAKING = {op: (_points_breaking(sql_op, False), _points_breaking(sql_op, True))
+                    for op, sql_op in (("<", "<"), ("<=", "<="), (">", ">"), (">=", ">="), ("==", "="),
+                                       ("!=", "!="))}
+
+
+def points_breaking(conn: sqlite3.Connection, lo: int, hi: int | None, metric: str, since: float, op: str,
+                    threshold: float) -> list[tuple[str, float]]:
+    """(device, ts) of the raw points with lo < id <= hi (hi None: no upper bound) of ``metric`` from ``since``
+    on whose value fails ``value OP threshold`` (OP: < <= > >= == !=)."""
+    unbounded, bounded = _POINTS_BREAKING[op]
+    cur = conn.cursor()
+    cur.row_factory = None  # plain tuples: the orchestrator reads these on every pass
+    if hi is None:
+        return cur.execute(unbounded, (lo, metric, since, threshold)).fetchall()
+    return cur.execute(bounded, (lo, hi, metric, since, threshold)).fetchall()
+
+
+# --- the rollup watermark and the id blocks ------------------------------------------------------------------------
+
+def watermark(conn: sqlite3.Connection) -> int:
+    """The highest raw id the rollups cover."""
+    return int(conn.execute("SELECT rolled_up_to FROM telemetry_rollup_state").fetchone()[0])
+
+
+def move_watermark(conn: sqlite3.Connection, lo: int, hi: int) -> bool:
+    """Move the watermark from ``lo`` to ``hi``; False (nothing changed) if it is not at ``lo`` any more."""
+    return conn.execute("UPDATE telemetry_rollup_state SET rolled_up_to = ? WHERE rolled_up_to = ?",
+                        (hi, lo)).rowcount == 1
+
+
+def rollup_lag(conn: sqlite3.Connection) -> int:
+    """Raw points not yet in the rollups."""
+    return int(conn.execute("SELECT COALESCE((SELECT MAX(id) FROM telemetry), 0) - rolled_up_to "
+                            "FROM telemetry_rollup_state").fetchone()[0])
+
+
+def insert_block(conn: sqlite3.Connection, lo: int, hi: int, min_ts: float, max_ts: float) -> None:
+    """Record the time span [min_ts, max_ts) of the raw ids (lo, hi]."""
+    conn.execute("INSERT INTO telemetry_blocks (hi, lo, min_ts, max_ts) VALUES (?,?,?,?)", (hi, lo, min_ts, max_ts))
+
+
+def blocks_overlapping(conn: sqlite3.Connection, start: float, end: float) -> list[tuple[int, int]]:
+    """(lo, hi) of the id blocks whose time span meets [start, end), by hi."""
+    return [(r[0], r[1]) for r in conn.execute(
+        "SELECT lo, hi FROM telemetry_blocks WHERE max_ts > ? AND min_ts < ? ORDER BY hi", (start, end))]
+
+
+def first_block_newer_than(conn: sqlite3.Connection, cutoff: float) -> int | None:
+    """The lowest id of the blocks holding a point newer than ``cutoff``."""
+    young = conn.execute("SELECT MIN(lo) FROM telemetry_blocks WHERE max_ts > ?", (cutoff,)).fetchone()[0]
+    return None if young is None else int(young)
+
+
+def delete_blocks_through(conn: sqlite3.Connection, hi: int) -> None:
+    conn.execute("DELETE FROM telemetry_blocks WHERE hi <= ?", (hi,))
+
+
+# --- rolling up ---------------------------------------------------------------------------------------------------
+
+def minute_aggregates(conn: sqlite3.Connection, lo: int, hi: int) -> list[tuple[str, str, int, int, float, float,
+                                                                                 float]]:
+    """The raw ids (lo, hi] aggregated per (device, metric, minute): (device, metric, minute, count, sum, min,
+    max)."""
+    return [tuple(r) for r in conn.execute(
+        "SELECT device_id, name, CAST(ts / 60 AS INTEGER) * 60 AS m, COUNT(*), SUM(value), MIN(value), MAX(value) "
+        "FROM telemetry WHERE id > ? AND id <= ? GROUP BY device_id, name, m", (lo, hi))]
+
+
+def _merge(d: Dialect) -> tuple[str, str]:
+    upsert = (f"ON CONFLICT (series_id, ts) DO UPDATE SET count = count + excluded.count, sum = sum + excluded.sum, "
+              f"min = {d.least('min', 'excluded.min')}, max = {d.greatest('max', 'excluded.max')}")
+    joined = "FROM temp.rollup_delta d JOIN telemetry_series s ON s.device_id = d.device_id AND s.name = d.name"
+    minute = (f"INSERT INTO telemetry_minute (series_id, ts, count, sum, min, max) "
+              f"SELECT s.id, d.ts, d.count, d.sum, d.min, d.max {joined} WHERE true {upsert}")
+    # The hour rows are a rollup of the minute rows: the same merge one level up.
+    hour = (f"INSERT INTO telemetry_hour (series_id, ts, count, sum, min, max) "
+            f"SELECT s.id, d.ts / {HOUR} * {HOUR} AS h, SUM(d.count), SUM(d.sum), MIN(d.min), MAX(d.max) "
+            f"{joined} WHERE true GROUP BY s.id, h {upsert}")
+    return minute, hour
+
+
+
+def merge_minutes(conn: sqlite3.Connection, rows: list[tuple[str, str, int, int, float, float, float]]) -> None:
+    """Merge per-minute aggregates (as :func:`minute_aggregates` gives them) into the minute and hour rollups,
+    making the series they need."""
+    merge = _merge(dialect_of(conn))
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS rollup_delta (device_id TEXT, name TEXT, ts INTEGER, "
+                 "count INTEGER, sum REAL, min REAL, max REAL)")
+    conn.execute("DELETE FROM temp.rollup_delta")
+    conn.executemany("INSERT INTO temp.rollup_delta VALUES (?,?,?,?,?,?,?)", rows)
+    conn.execute("INSERT INTO telemetry_series (device_id, name) SELECT DISTINCT device_id, name "
+                 "FROM temp.rollup_delta WHERE true ON CONFLICT (device_id, name) DO NOTHING")
+    for sql in merge:
+        conn.execute(sql)
+    conn.execute("DELETE FROM temp.rollup_delta")
+
+
+# --- retention of the rollups -------------------------------------------------------------------------------------
+
+def series_ids_after(conn: sqlite3.Connection, after: int, limit: int) -> list[int]:
+    """The next ``limit`` series ids after ``after``, in order."""
+    return [r[0] for r in conn.execute("SELECT id FROM telemetry_series WHERE id > ? ORDER BY id LIMIT ?",
+                                       (after, limit))]
+
+
+_DELETE_ROLLUPS = {level: f"DELETE FROM telemetry_{level} WHERE series_id = ? AND ts < ?"
+                   for level in ("minute", "hour")}
+
+
+def delete_rollups_before(conn: sqlite3.Connection, level: RollupLevel, series_ids: list[int], cutoff: float) -> int:
+    """Delete the ``level`` rows of these series older than ``cutoff``. → how many."""
+    return int(conn.executemany(_DELETE_ROLLUPS[level], ((i, cutoff) for i in series_ids)).rowcount)
+
+
+def forget_empty_series(conn: sqlite3.Connection) -> int:
+    """Series with no rollup rows left (deleted devices, retired metrics); a new point makes a new one."""
+    return int(conn.execute(
+        "DELETE FROM telemetry_series WHERE NOT EXISTS (SELECT 1 FROM telemetry_hour h WHERE h.series_id = "
+        "telemetry_series.id) AND NOT EXISTS (SELECT 1 FROM telemetry_minute m WHERE m.series_id = "
+        "telemetry_series.id)").rowcount)
+
+
+# --- aggregates for queries and alert windows ----------------------------------------------------------------------
+
+Aggregates = list[tuple[Any, int, float, float, float]]
+"""(key, count, sum, min, max) rows."""
+
+
+def raw_buckets(conn: sqlite3.Connection, *, origin: float, width: float, lo: int, hi: int, metric: str,
+                device_ids: str, start: float, end: float) -> Aggregates:
+    """The raw points lo < id <= hi of ``metric`` from the devices in [start, end), per bucket
+    ``(ts - origin) / width``."""
+    return conn.execute(
+        "SELECT CAST((ts - ?) / ? AS INTEGER) AS b, COUNT(*), SUM(value), MIN(value), MAX(value) "
+        f"FROM telemetry WHERE id > ? AND id <= ? AND name = ? AND {dialect_of(conn).in_json_list('device_id')} "
+        "AND ts >= ? AND ts < ? GROUP BY b", (origin, width, lo, hi, metric, device_ids, start, end)).fetchall()
+
+
+def rollup_buckets(conn: sqlite3.Connection, level: RollupLevel, *, origin: float, width: float, metric: str,
+                   device_ids: str, since: float, end: float) -> Aggregates:
+    """The ``level`` rollup rows of ``metric`` from the devices in [since, end), per bucket
+    ``(ts - origin) / width``."""
+    return conn.execute(
+        "SELECT CAST((r.ts - ?) / ? AS INTEGER) AS b, SUM(r.count), SUM(r.sum), MIN(r.min), MAX(r.max) "
+        f"FROM telemetry_{level} r JOIN telemetry_series s ON s.id = r.series_id "
+        f"WHERE s.name = ? AND {dialect_of(conn).in_json_list('s.device_id')} AND r.ts >= ? AND r.ts < ? "
+        "GROUP BY b", (origin, width, metric, device_ids, since, end)).fetchall()
+
+
+def minutes_by_device(conn: sqlite3.Connection, metric: str, since: float, device_ids: str | None) -> Aggregates:
+    """The minute rollup rows of ``metric`` from ``since`` on, per device (of ``device_ids`` when given)."""
+    sql = ("SELECT s.device_id, SUM(m.count), SUM(m.sum), MIN(m.min), MAX(m.max) FROM telemetry_series s "
+           "JOIN telemetry_minute m ON m.series_id = s.id AND m.ts >= ? WHERE s.name = ?")
+    args: list[Any] = [since, metric]
+    if device_ids is not None:
+        sql += f" AND {dialect_of(conn).in_json_list('s.device_id')}"
+        args.append(device_ids)
+    return conn.execute(sql + " GROUP BY s.device_id", args).fetchall()
+
+
+def _tail(conn: sqlite3.Connection, key: str, key_args: tuple[Any, ...], after: int, metric: str, since: float,
+          before: float | None, device_ids: str | None) -> Aggregates:
+    sql = (f"SELECT {key} AS k, COUNT(*), SUM(value), MIN(value), MAX(value) FROM telemetry "
+           f"WHERE id > ? AND name = ? AND ts >= ?")
+    args: list[Any] = [*key_args, after, metric, since]
+    if before is not None:
+        sql += " AND ts < ?"
+        args.append(before)
+    if device_ids is not None:
+        sql += f" AND {dialect_of(conn).in_json_list('device_id')}"
+        args.append(device_ids)
+    return conn.execute(sql + " GROUP BY k", args).fetchall()
+
+
+def tail_buckets(conn: sqlite3.Connection, *, res: int, origin: float, width: float, after: int, metric: str,
+                 since: float, before: float, device_ids: str) -> Aggregates:
+    """The raw points past id ``after`` of ``metric`` from the devices with since <= ts < before, per bucket
+    ``(their res-second bucket - origin) / width``."""
+    return _tail(conn, f"CAST((CAST(ts / {int(res)} AS INTEGER) * {int(res)} - ?) / ? AS INTEGER)", (origin, width),
+                 after, metric, since, before, device_ids)
+
+
+def tail_by_device(conn: sqlite3.Connection, *, after: int, metric: str, since: float, device_ids: str | None
+                   ) -> Aggregates:
+    """The raw points past id ``after`` of ``metric`` from ``since`` on, per device (of ``device_ids`` when
+    given)."""
+    return _tail(conn, "device_id", (), after, metric, since, None, device_ids)
+
+
+def metric_names_page(conn: sqlite3.Connection, device_ids: str, limit: int = -1, offset: int = 0
+                      ) -> tuple[list[str], int]:
+    """One page of the metric names the devices have sent (rolled up so far), sorted, and how many there are."""
+    where = dialect_of(conn).in_json_list("device_id")
+    total = conn.execute(f"SELECT COUNT(DISTINCT name) FROM telemetry_series WHERE {where}",
+                         (device_ids,)).fetchone()[0]
+    names = [r[0] for r in conn.execute(
+        f"SELECT DISTINCT name FROM telemetry_series WHERE {where} ORDER BY name LIMIT ? OFFSET ?",
+        (device_ids, limit, offset))]
+    return names, int(total)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .accounts import storage as accounts_storage
 from .accounts import users as auth
 from .accounts.audit import SYSTEM
 from .accounts.passwords import PasswordHasher, default_workers
@@ -31,6 +32,7 @@ from .ddi import state as ddi_state
 from .ddi import tokens as ddi_tokens
 from .ddi.state import DdiState
 from .devices import registry
+from .devices import storage as devices_storage
 from .devices.hub import DeviceHub
 from .devices.presence import Presence
 from .devices.registry import is_online
@@ -39,7 +41,6 @@ from .rollouts.orchestrator import Orchestrator
 from .store import blobs
 from .store.blobs import BlobStore
 from .store.database import DB_NAME, Store, open_store, processes_using, transaction
-from .store.dialect import dialect_of
 from .telemetry.intake import MetricNames, TelemetryIntake
 from .telemetry.rollups import Retention, Rollups
 
@@ -118,15 +119,16 @@ class Fleet:
         register theirs)."""
         m, hub = self.metrics, self.hub
         m.gauge("fleetd_blobs_bytes", "Bytes of stored blobs.", Read(blobs.stored_bytes))
-        m.gauge("fleetd_users", "Admin users that are not disabled.", Read(_enabled_users))
-        m.gauge("fleetd_api_keys_active", "API keys neither revoked nor expired.", Read(_active_api_keys))
-        m.counter("fleetd_audit_entries_total", "Audit log entries ever written.", Read(_audit_entries_written))
-        m.gauge("fleetd_devices", "Devices by status.", Read(_devices_by_status, ("status",)))
+        accounts = accounts_storage
+        m.gauge("fleetd_users", "Admin users that are not disabled.", Read(accounts.enabled_user_count))
+        m.gauge("fleetd_api_keys_active", "API keys neither revoked nor expired.", Read(accounts.active_api_key_count))
+        m.counter("fleetd_audit_entries_total", "Audit log entries ever written.", Read(accounts.audit_entries_written))
+        m.gauge("fleetd_devices", "Devices by status.", Read(devices_storage.device_count_by_status, ("status",)))
         m.gauge("fleetd_devices_online", "Active devices that checked in within their interval.", lambda: sum(
             1 for did, rt in list(hub.runtime.items())
             if rt.status == "active" and is_online(hub.last_seen(did), rt.poll_interval)))
         m.gauge("fleetd_actions_open", "Actions not yet ended, by kind and state.",
-                Read(_open_actions_by_kind_and_state, ("kind", "state")))
+                Read(devices_storage.open_action_count_by_kind_and_state, ("kind", "state")))
         m.counter("fleetd_telemetry_points_total", "Telemetry points stored since start.",
                   lambda: self.telemetry.points_total)
         m.gauge("fleetd_password_checks_pending", "Password hashes running or waiting on the hashing pool.",
@@ -188,7 +190,7 @@ class Fleet:
     def ensure_first_admin(self) -> tuple[str, str] | None:
         """On first start, create user ``admin`` with a random password to show once."""
         def create(conn):  # type: ignore[no-untyped-def]
-            if _any_user(conn):
+            if accounts_storage.any_user(conn):
                 return None
             password = auth.generate_password("admin")
             auth.create_user(conn, SYSTEM, "admin", password, "admin", must_change_password=True)
@@ -201,36 +203,6 @@ class Fleet:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-
-
-# --- queries of devices/ and accounts/, which move to their storage modules (issue 14) ---------------------------
-
-def _any_user(conn: sqlite3.Connection) -> bool:
-    return conn.execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
-
-
-def _enabled_users(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT COUNT(*) FROM users WHERE disabled = 0").fetchone()[0])
-
-
-def _active_api_keys(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL AND "
-                            f"(expires_at IS NULL OR expires_at > {dialect_of(conn).now_epoch()})").fetchone()[0])
-
-
-def _audit_entries_written(conn: sqlite3.Connection) -> int:
-    # The AUTOINCREMENT sequence, not COUNT(*): it never goes down when old entries are pruned.
-    return int(conn.execute(
-        "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'), 0)").fetchone()[0])
-
-
-def _devices_by_status(conn: sqlite3.Connection) -> list[tuple[str, int]]:
-    return [(r[0], r[1]) for r in conn.execute("SELECT status, COUNT(*) FROM devices GROUP BY status")]
-
-
-def _open_actions_by_kind_and_state(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
-    return [(r[0], r[1], r[2]) for r in conn.execute(
-        "SELECT kind, state, COUNT(*) FROM actions WHERE open = 1 GROUP BY kind, state")]
 
 
 def open_offline(data_dir: str | Path) -> sqlite3.Connection:

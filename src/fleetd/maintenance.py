@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .accounts import storage as accounts_storage
 from .core.lifecycle import Scope
 from .core.tasks import cancel_and_wait
 from .devices import registry
@@ -41,7 +41,7 @@ async def expire_pending(fleet: Fleet) -> str:
 
 async def expire_sessions(fleet: Fleet) -> str:
     now = time.time()
-    return f"{await fleet.store.write(lambda c: _delete_sessions_expired_before(c, now))} deleted"
+    return f"{await fleet.store.write(lambda c: accounts_storage.delete_expired_sessions(c, now))} deleted"
 
 
 class Maintenance:
@@ -88,6 +88,3 @@ class Maintenance:
 
 
 # --- a query of accounts/, which moves to its storage module (issue 14) --------------------------------------------
-
-def _delete_sessions_expired_before(conn: sqlite3.Connection, now: float) -> int:
-    return int(conn.execute("DELETE FROM sessions WHERE expires_at < ?", (now,)).rowcount)

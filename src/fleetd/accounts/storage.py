@@ -8,6 +8,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from ..store.dialect import dialect_of
+
 # --- users ----------------------------------------------------------------------------------------------------
 
 
@@ -134,8 +136,9 @@ _SESSION = ("SELECT u.id, u.username, u.role, u.disabled, u.must_change_password
             "FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id_hash = ?")
 
 
-def delete_expired_sessions(conn: sqlite3.Connection, at: float) -> None:
-    conn.execute("DELETE FROM sessions WHERE expires_at < ?", (at,))
+def delete_expired_sessions(conn: sqlite3.Connection, at: float) -> int:
+    """Deletes the sessions that expired before ``at``; how many."""
+    return int(conn.execute("DELETE FROM sessions WHERE expires_at < ?", (at,)).rowcount)
 
 
 def insert_session(conn: sqlite3.Connection, *, id_hash: bytes, user_id: str, csrf_token: str, created_at: float,
@@ -216,3 +219,24 @@ def actor_is_known(conn: sqlite3.Connection, actor: str) -> bool:
 
 def usernames(conn: sqlite3.Connection, limit: int) -> list[str]:
     return [r[0] for r in conn.execute("SELECT username FROM users ORDER BY username LIMIT ?", (limit,))]
+
+
+# --- gauges ------------------------------------------------------------------------------------------------------
+
+def any_user(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
+
+
+def enabled_user_count(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COUNT(*) FROM users WHERE disabled = 0").fetchone()[0])
+
+
+def active_api_key_count(conn: sqlite3.Connection) -> int:
+    """API keys neither revoked nor expired, by the database's clock."""
+    return int(conn.execute("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL AND "
+                            f"(expires_at IS NULL OR expires_at > {dialect_of(conn).now_epoch()})").fetchone()[0])
+
+
+def audit_entries_written(conn: sqlite3.Connection) -> int:
+    """Audit entries ever written: the id sequence, not COUNT(*), which goes down when old entries are pruned."""
+    return int(conn.execute(f"SELECT {dialect_of(conn).last_id('audit_log')}").fetchone()[0])

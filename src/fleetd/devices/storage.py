@@ -376,3 +376,12 @@ def keep_action_result(conn: sqlite3.Connection, device_id: str, action_id: str,
     conn.execute("DELETE FROM action_results WHERE device_id = ? AND action_id NOT IN (SELECT action_id FROM "
                  "action_results WHERE device_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?)",
                  (device_id, device_id, keep))
+
+
+def device_count_by_status(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+    return [(r[0], r[1]) for r in conn.execute("SELECT status, COUNT(*) FROM devices GROUP BY status")]
+
+
+def open_action_count_by_kind_and_state(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
+    return [(r[0], r[1], r[2]) for r in conn.execute(
+        "SELECT kind, state, COUNT(*) FROM actions WHERE open = 1 GROUP BY kind, state")]

@@ -17,12 +17,6 @@ def check_tags(tags: dict[str, str]) -> dict[str, str]:
     return tags
 
 
-def json_path(key: str) -> str:
-    """The SQLite JSON path of tag ``key`` in a tags column; refuses what is not a tag key (a quote would
-    break the path)."""
-    return f'$."{TAG_KEY.check(key)}"'
-
-
 def parse_tag_args(items: list[str]) -> dict[str, str]:
     """['site=home', 'role=cam'] → {'site': 'home', 'role': 'cam'}."""
     out = {}

@@ -57,6 +57,11 @@ class Dialect:
         ``semver`` collation store.database.connect registers)."""
         return f"{expr} COLLATE semver"
 
+    def last_id(self, table: str) -> str:
+        """The last id an AUTOINCREMENT (identity) column of ``table`` handed out, 0 before the first; it never goes
+        down when rows are deleted."""
+        return f"COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0)"
+
     def least(self, a: str, b: str) -> str:
         """The smaller of two values (SQLite's two-argument ``MIN``)."""
         return f"MIN({a}, {b})"

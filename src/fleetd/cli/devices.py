@@ -149,12 +149,17 @@ def targets(devices: list[str] | None, tag: list[str] | None, usage: str) -> dic
     return {"device_ids": list(devices or []), "tags": tags}
 
 
-def _queued(created: dict[str, Any], json: bool, what: str, devices: list[str] | None) -> None:
+def _queued(created: dict[str, Any], json: bool, what: str, devices: list[str] | None, state: str = "queued"
+            ) -> None:
     if json:
         print_json(created)
         return
     ids = created["action_ids"]
     console.print(f"[green]{what} on {len(ids)} device(s):[/green] {', '.join(ids)}")
+    within = created.get("pickup_within_seconds") or 0
+    if within:
+        console.print(f"Devices pick this up at their next check-in, within ~{within} s (their poll interval); "
+                      f"until then the action says {state}.")
     follow = devices[0] if devices and len(devices) == 1 else "DEVICE"
     console.print(f"[dim]Follow it: fleetd devices actions {escape(follow)} --watch[/dim]")
 
@@ -352,7 +357,8 @@ def devices_deploy(
                                   f"taken as a device; give the devices first, then the artifact: {usage}")
         body = {**targets(devices, tag, usage), "artifact": artifact, "consent": consent}
         created = call(remote(server, api_key, ca), ADMIN, "Deploy", body)
-    _queued(created, json, f"{'Offered' if consent else 'Queued'} {artifact}", devices)
+    _queued(created, json, f"{'Offered' if consent else 'Queued'} {artifact}", devices,
+            "offered" if consent else "queued")
 
 
 def _action(kind: str, devices: list[str] | None, tag: list[str] | None, component: str,

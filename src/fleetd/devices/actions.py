@@ -65,6 +65,11 @@ TERMINAL = (S.SUCCEEDED, S.FAILED, S.ROLLED_BACK, S.CANCELLED, S.REJECTED)
 DEVICE_REPORTABLE = (S.ACCEPTED, S.REJECTED, S.DOWNLOADING, S.VERIFYING, S.INSTALLING, S.SUCCEEDED, S.FAILED,
                      S.ROLLED_BACK)
 MAX_MESSAGE = 2000
+# While a device works through an action (docs/protocol.md §7, next_checkin) it checks in this often instead of
+# every poll_interval, so its progress and the next step come sooner; never under MIN_CHECKIN. An action offered
+# for consent is waiting, not worked on, so it does not count.
+WORKING_CHECKIN = 10
+MIN_CHECKIN = 5
 
 
 class Action(msgspec.Struct, kw_only=True):
@@ -140,6 +145,24 @@ def open_for_device(conn: sqlite3.Connection, device_id: str, base_url: str) -> 
                                 rollback=r["kind"] == ActionKind.ROLLBACK, artifact=ref,
                                 params=json.loads(r["params"])))
     return out
+
+
+def next_checkin(poll_interval: int, pending: list[DeviceAction]) -> int:
+    """Seconds until the device's next check-in: sooner while it has an action to work through."""
+    if any(a.state != S.OFFERED for a in pending):
+        return max(MIN_CHECKIN, min(poll_interval, WORKING_CHECKIN))
+    return poll_interval
+
+
+def longest_poll_interval(conn: sqlite3.Connection, action_ids: list[str]) -> int:
+    """The longest poll interval among the devices of these actions: by then every one has picked its action up."""
+    longest = 0
+    for i in range(0, len(action_ids), 500):
+        chunk = action_ids[i:i + 500]
+        row = conn.execute("SELECT MAX(d.poll_interval) FROM actions a JOIN devices d ON d.id = a.device_id "
+                           f"WHERE a.id IN ({','.join('?' * len(chunk))})", chunk).fetchone()
+        longest = max(longest, row[0] or 0)
+    return longest
 
 
 def devices_with_open_actions(conn: sqlite3.Connection) -> set[str]:

@@ -136,8 +136,13 @@ def rollouts_create(
     if json:
         print_json(r)
         return
-    stages_text = ", ".join(f"{s['percent']:g}%" for s in r["stages"])
-    console.print(f"[green]created[/green] rollout {escape(r['id'])}: {escape(r['artifact'])} in stages {stages_text}")
+    total = sum(s["targeted"] for s in r["stages"])
+    console.print(f"[green]created[/green] rollout {escape(r['id'])}: {escape(r['artifact'])} to {total} device(s) "
+                  f"in {len(r['stages'])} stage(s):")
+    for s in r["stages"]:
+        console.print(f"  stage {s['index'] + 1} (up to {s['percent']:g}%): {s['targeted']} device(s)")
+    console.print("[dim]Each device's stage comes from a hash of its id, so a stage holds about its share of the "
+                  "devices, not exactly.[/dim]")
     console.print(f"[dim]Follow it: fleetd rollouts watch {escape(r['id'])}[/dim]")
 
 

@@ -246,10 +246,15 @@ def create_install(conn: sqlite3.Connection, actor: Actor, device_refs: list[str
     """Install actions for every device, all or none."""
     art = artifacts.get(conn, artifact_ref)
     rows = _active_devices(conn, device_refs)
-    wrong = [r["id"] for r in rows if r["device_type"] not in art.device_types]
+    # Said by the name the caller gave (_active_devices keeps the order of the first mention of each).
+    wrong = [(ref, r) for ref, r in zip(dict.fromkeys(device_refs), rows, strict=True)
+             if r["device_type"] not in art.device_types]
     if wrong:
-        raise FailedPrecondition(f"{art.name}@{art.version} is built for {', '.join(art.device_types)}; "
-                                 f"device(s) {', '.join(wrong[:5])} are of another type")
+        listed = "; ".join(f"{ref}{'' if ref == r['id'] else ' (' + r['id'] + ')'} is {r['device_type']}"
+                           for ref, r in wrong[:5])
+        raise FailedPrecondition(f"{art.name}@{art.version} is built for {', '.join(art.device_types)}, but "
+                                 f"{listed}{' …' if len(wrong) > 5 else ''}; push a build for that type "
+                                 "(--device-type) or leave those devices out")
     _check_no_open(conn, [r["id"] for r in rows], art.name)
     state = "offered" if consent else "queued"
     ids = [_insert(conn, actor, r["id"], ActionKind.INSTALL, art.name, art.id, {}, state=state, rollout_id=rollout_id)

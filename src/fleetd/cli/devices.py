@@ -12,7 +12,6 @@ import typer
 from rich.console import Group, RenderableType
 from rich.live import Live
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
 from ..core.errors import InvalidArgument
@@ -20,7 +19,7 @@ from ..devices.actions import TERMINAL
 from ..devices.tags import parse_tag_args
 from .client import Client, RemoteError
 from .common import ApiKeyOpt, CaOpt, JsonOpt, ServerOpt, call, errors_reported, remote
-from .output import console, fail, print_json, print_object
+from .output import console, data_table, fail, fitted, print_fitted, print_json, print_object
 
 devices_app = typer.Typer(help="Devices: list, inspect, tag, claim, revoke, deploy to, restart (through --server).",
                           no_args_is_help=True)
@@ -83,20 +82,17 @@ def _state(state: str) -> str:
 
 
 def device_table(devices: list[dict[str, Any]]) -> Table:
-    table = Table(header_style="bold")
-    for c in ("id", "name", "type", "status", "online", "last seen", "tags", "versions"):
-        table.add_column(c)
+    table = data_table(("id", "name", "type", "status", "online", "last_seen", "tags", "versions"))
     for d in devices:
         versions = ", ".join(f"{c['name']} {c['version']}" for c in d.get("components") or []) or "-"
         table.add_row(escape(d["id"]), escape(d["name"]), escape(d["device_type"]), _status(d), _online(d),
                       ago(d.get("last_seen")), escape(_tags(d.get("tags") or {})), escape(versions))
-    return table
+    return fitted(table)
 
 
 def action_table(actions: list[dict[str, Any]], caption: str | None = None) -> Table:
-    table = Table(header_style="bold", caption=caption)
-    for c in ("id", "kind", "component", "artifact", "state", "progress", "message", "created", "ended"):
-        table.add_column(c)
+    table = data_table(("id", "kind", "component", "artifact", "state", "progress", "message", "created", "ended"),
+                       caption=caption)
     for a in actions:
         ended = a["state"] in TERMINAL
         progress = f"{a.get('progress', 0)}%" if a.get("progress") or a["state"] == "succeeded" else "-"
@@ -104,7 +100,7 @@ def action_table(actions: list[dict[str, Any]], caption: str | None = None) -> T
                       escape(a.get("artifact") or "-"), _state(a["state"]), progress,
                       escape(a.get("message") or ""), ago(a.get("created_at")),
                       ago(a.get("finished_at")) if ended else "-")
-    return table
+    return fitted(table)
 
 
 def print_device(d: dict[str, Any]) -> None:
@@ -117,16 +113,14 @@ def print_device(d: dict[str, Any]) -> None:
     if not comps:
         console.print("[dim]none reported yet[/dim]")
         return
-    table = Table(header_style="bold")
-    for c in ("name", "version", "previous", "state", "health", "restarts", "updated"):
-        table.add_column(c)
+    table = data_table(("name", "version", "previous", "state", "health", "restarts", "updated"))
     for c in comps:
         health = c.get("health") or "-"
         style = {"healthy": "green", "unhealthy": "red"}.get(health, "white")
         table.add_row(escape(c["name"]), escape(c["version"]), escape(c.get("previous_version") or "-"),
                       escape(c.get("state") or "-"), f"[{style}]{escape(health)}[/]", str(c.get("restarts", 0)),
                       ago(c.get("updated_at")))
-    console.print(table)
+    print_fitted(table)
 
 
 # --- calling --------------------------------------------------------------------

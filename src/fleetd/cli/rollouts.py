@@ -20,7 +20,7 @@ from ..rollouts.states import ENDED, RolloutState
 from .client import Client
 from .common import ApiKeyOpt, CaOpt, JsonOpt, ServerOpt, call, errors_reported, remote
 from .devices import ago
-from .output import console, fail, print_json, print_object
+from .output import console, data_table, fail, print_fitted, print_json, print_object
 
 rollouts_app = typer.Typer(help="Staged rollouts with automatic rollback (through --server).", no_args_is_help=True)
 
@@ -161,13 +161,11 @@ def rollouts_list(
     if not found:
         console.print("[dim]no rollouts yet: fleetd rollouts create --artifact NAME@VERSION --target k=v[/dim]")
         return
-    table = Table(header_style="bold")
-    for c in ("id", "artifact", "target", "state", "stage", "created", "reason"):
-        table.add_column(c)
+    table = data_table(("id", "artifact", "target", "state", "stage", "created", "reason"))
     for r in found:
         table.add_row(escape(r["id"]), escape(r["artifact"]), escape(_target(r["target"])), _state(r["state"]),
                       _stage_label(r), ago(r.get("created_at")), escape(r.get("reason") or ""))
-    console.print(table)
+    print_fitted(table)
 
 
 @rollouts_app.command("show")
@@ -205,12 +203,10 @@ def rollouts_devices(
     if json:
         print_json(got["devices"])
         return
-    table = Table(header_style="bold")
-    for c in ("device", "stage", "status", "detail"):
-        table.add_column(c)
+    table = data_table(("device", "stage", "status", "detail"))
     for d in got["devices"]:
         table.add_row(escape(d["device_id"]), str(d["stage"] + 1), escape(d["status"]), escape(d["detail"]))
-    console.print(table)
+    print_fitted(table)
     if got["total"] > len(got["devices"]):
         console.print(f"[dim]showing {len(got['devices'])} of {got['total']}; raise --limit or filter by "
                       "--status[/dim]")

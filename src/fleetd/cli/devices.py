@@ -32,9 +32,15 @@ STATUS_STYLE = {"active": "green", "pending": "yellow", "revoked": "red"}
 STATE_STYLE = {"succeeded": "green", "failed": "red", "rolled_back": "red", "cancelled": "yellow",
                "rejected": "yellow", "queued": "dim", "offered": "magenta"}
 
-DeviceArg = Annotated[str, typer.Argument(help="Device id, hardware id or name.", show_default=False)]
+# Commands that read or deploy take the start of an id too (when only one id starts so); those that change or
+# remove the device record take only the whole id, hardware id or name.
+DeviceArg = Annotated[str, typer.Argument(help="Device id (or the start of one that only it has), hardware id or "
+                                               "name.", show_default=False)]
+WholeDeviceArg = Annotated[str, typer.Argument(help="Device id, hardware id or name (whole: not the start of an id).",
+                                               show_default=False)]
 DevicesArg = Annotated[list[str] | None, typer.Argument(metavar="DEVICE", show_default=False,
-                                                        help="Device ids, hardware ids or names.")]
+                                                        help="Device ids (or their unique starts), hardware ids or "
+                                                             "names.")]
 TagOpt = Annotated[list[str] | None, typer.Option("--tag", help="key=value; repeat for more.", show_default=False)]
 TargetTagOpt = Annotated[list[str] | None, typer.Option(
     "--tag", help="Target every active device with this key=value (repeat: all must match).", show_default=False)]
@@ -211,7 +217,7 @@ def _update(server: str | None, api_key: str | None, ca: str | None, json: bool,
 
 @devices_app.command("tag")
 def devices_tag(
-    device: DeviceArg,
+    device: WholeDeviceArg,
     tags: Annotated[list[str], typer.Argument(help="key=value ...", show_default=False)],
     server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None, json: JsonOpt = False,
 ) -> None:
@@ -223,7 +229,7 @@ def devices_tag(
 
 @devices_app.command("untag")
 def devices_untag(
-    device: DeviceArg,
+    device: WholeDeviceArg,
     keys: Annotated[list[str], typer.Argument(help="Tag keys to remove.", show_default=False)],
     server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None, json: JsonOpt = False,
 ) -> None:
@@ -233,7 +239,7 @@ def devices_untag(
 
 @devices_app.command("rename")
 def devices_rename(
-    device: DeviceArg,
+    device: WholeDeviceArg,
     name: Annotated[str, typer.Argument(help="The new name.", show_default=False)],
     server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None, json: JsonOpt = False,
 ) -> None:
@@ -243,13 +249,16 @@ def devices_rename(
 
 @devices_app.command("delete")
 def devices_delete(
-    device: DeviceArg,
+    device: WholeDeviceArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
     server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None,
 ) -> None:
     """Forget a device and its history (it may enroll again)."""
     with errors_reported(), remote(server, api_key, ca) as client:
         d = client.call(ADMIN, "GetDevice", {"id": device})
+        if device not in (d["id"], d["hardware_id"], d["name"]):
+            fail(f"{device!r} is only the start of {d['id']} ({d['name']}); delete takes the whole id, hardware id "
+                 "or name", f"fleetd devices delete {d['id']}")
         if not yes and not typer.confirm(f"Delete {d['name']} ({d['id']}, {d['status']}) and all its history?"):
             fail("not deleted")
         client.call(ADMIN, "DeleteDevice", {"id": d["id"]})
@@ -258,7 +267,7 @@ def devices_delete(
 
 @devices_app.command("rekey")
 def devices_rekey(
-    device: DeviceArg,
+    device: WholeDeviceArg,
     expires: Annotated[str, typer.Option(help="Lifetime of the token (90m, 24h, 7d; at most 30d).")] = "24h",
     server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None, json: JsonOpt = False,
 ) -> None:
@@ -306,7 +315,7 @@ def devices_claim(
 
 
 @devices_app.command("reject")
-def devices_reject(device: DeviceArg, server: ServerOpt = None, api_key: ApiKeyOpt = None,
+def devices_reject(device: WholeDeviceArg, server: ServerOpt = None, api_key: ApiKeyOpt = None,
                    ca: CaOpt = None) -> None:
     """Refuse a pending device (it is removed and must enroll again)."""
     with errors_reported():
@@ -315,7 +324,7 @@ def devices_reject(device: DeviceArg, server: ServerOpt = None, api_key: ApiKeyO
 
 
 @devices_app.command("revoke")
-def devices_revoke(device: DeviceArg, server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None,
+def devices_revoke(device: WholeDeviceArg, server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None,
                    json: JsonOpt = False) -> None:
     """Cut a device off at once: its token stops working and its open actions are cancelled."""
     with errors_reported():

@@ -102,7 +102,8 @@ def rollouts_create(
     device_type: Annotated[list[str] | None, typer.Option(
         "--device-type", help="Only devices of this type (default: the artifact's types).", show_default=False)] = None,
     device: Annotated[list[str] | None, typer.Option(
-        "--device", help="This device too (id, hardware id or name; repeat).", show_default=False)] = None,
+        "--device", help="This device too (id or its unique start, hardware id or name; repeat).",
+        show_default=False)] = None,
     stages: Annotated[str, typer.Option(help="Cumulative percentages, the last 100.")] = "5,25,100",
     max_failure: Annotated[str, typer.Option(
         "--max-failure", help="Halt and roll back when more than this share of the attempted devices fail.")] = "5%",

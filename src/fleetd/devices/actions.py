@@ -123,7 +123,7 @@ def get(conn: sqlite3.Connection, action_id: str) -> Action:
 
 
 def list_for_device(conn: sqlite3.Connection, device_ref: str, limit: int = 100) -> list[Action]:
-    did = find_device_row(conn, device_ref)["id"]
+    did = find_device_row(conn, device_ref, prefix=True)["id"]
     rows = conn.execute(f"{_ADMIN_SELECT} WHERE ac.device_id = ? ORDER BY ac.created_at DESC, ac.rowid DESC "
                         "LIMIT ?", (did, limit))
     return [_action(r) for r in rows]
@@ -234,7 +234,7 @@ def _active_devices(conn: sqlite3.Connection, refs: list[str]) -> list[sqlite3.R
         raise InvalidArgument("no devices given")
     rows = []
     for ref in dict.fromkeys(refs):
-        r = find_device_row(conn, ref)
+        r = find_device_row(conn, ref, prefix=True)
         if r["status"] != "active":
             raise FailedPrecondition(f"device {r['id']} is {r['status']}; only active devices get actions")
         rows.append(r)

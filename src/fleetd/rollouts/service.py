@@ -205,7 +205,7 @@ def _target(conn: sqlite3.Connection, spec: RolloutSpec, art: artifacts.Artifact
     device_types = list(dict.fromkeys(spec.device_types or art.device_types)) if tags or spec.device_types else []
     ids: list[str] = []
     for ref in dict.fromkeys(spec.device_ids):
-        r = find_device_row(conn, ref)
+        r = find_device_row(conn, ref, prefix=True)
         if r["status"] != "active":
             raise FailedPrecondition(f"device {r['id']} is {r['status']}; only active devices take part in rollouts")
         if r["device_type"] not in art.device_types:

@@ -4,9 +4,9 @@ One iteration: send queued reports (oldest first), CheckIn with the inventory
 (when it changed) and every component, hand new actions to the executor's
 worker thread (one at a time, in the server's order), sample telemetry into
 its queue (also when the server is away), push queued telemetry. Then sleep
-the server's next_checkin (its poll interval, sooner while an action is open) ±10 %, or back off exponentially (1 s doubling to
-``max_backoff``, ±20 %) when the server cannot be reached. Reports made while the loop sleeps wake it, and the end of
-an action makes it check in at once.
+the server's next_checkin (its poll interval, sooner while an action is open) ±10 %, or back off
+exponentially (1 s doubling to ``max_backoff``, ±20 %) when the server cannot be reached. Reports made while
+the loop sleeps wake it, and the end of an action makes it check in at once.
 
 Nothing here stops the apps: with no server the executor keeps running what it
 ran, and reports and telemetry wait on disk.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import sys
 import time
 from typing import Annotated, Any
 
@@ -19,7 +21,7 @@ from ..rollouts.rules import parse_percent, parse_stages
 from ..rollouts.states import ENDED, RolloutState
 from .client import Client
 from .common import ApiKeyOpt, CaOpt, JsonOpt, ServerOpt, call, errors_reported, remote
-from .devices import ago
+from .devices import ago, parse_time
 from .output import console, data_table, fail, print_fitted, print_json, print_object
 
 rollouts_app = typer.Typer(help="Staged rollouts with automatic rollback (through --server).", no_args_is_help=True)
@@ -78,6 +80,9 @@ def _header(r: dict[str, Any]) -> Text:
                             f"  {_state(r['state'])}  stage {_stage_label(r)}")
     if r.get("waiting_for"):
         text.append(f"\nwaiting for {r['waiting_for']}", style="dim")
+    soak_left = _soak_left(r)
+    if soak_left is not None:
+        text.append(f"\nsoak ends in {soak_left}", style="cyan")
     if r.get("reason"):
         text.append(f"\n{r['reason']}", style="red" if r["state"] == "rolled_back" else "yellow")
     rb = r.get("rollback") or {}
@@ -85,6 +90,29 @@ def _header(r: dict[str, Any]) -> Text:
         text.append(f"\nrollback actions: {rb['actions']} ({rb['succeeded']} succeeded, {rb['failed']} failed, "
                     f"{rb['open']} open)", style="magenta")
     return text
+
+
+def _soak_left(r: dict[str, Any]) -> str | None:
+    """The soak countdown ('4m 05s') while devices soak; None when none does."""
+    end = parse_time(r.get("soak_ends_at")) if r["state"] not in ENDED else None
+    if end is None:
+        return None
+    left = max(0, int((end - dt.datetime.now(dt.UTC)).total_seconds()))
+    return f"{left // 60}m {left % 60:02d}s" if left >= 60 else f"{left}s"
+
+
+def status_line(r: dict[str, Any]) -> str:
+    """The rollout in one line (state, stage, device counts), for a log: what `watch` prints without a terminal."""
+    total = {k: sum(s[k] for s in r["stages"]) for k in ("targeted", "succeeded", "failed", "skipped", "queued",
+                                                         "in_progress", "soaking")}
+    line = (f"{r['id']} {r['state']} stage {_stage_label(r)}: {total['succeeded']} succeeded, {total['failed']} "
+            f"failed, {total['skipped']} skipped, {total['queued'] + total['in_progress']} installing, "
+            f"{total['soaking']} soaking of {total['targeted']}")
+    if r.get("waiting_for"):
+        line += f"; waiting for {r['waiting_for']}"
+    if r.get("reason"):
+        line += f"; {r['reason']}"
+    return line
 
 
 def view(r: dict[str, Any], caption: str | None = None) -> RenderableType:
@@ -261,7 +289,25 @@ def rollouts_rollback(
     _transition("RollbackRollout", rollout, server, api_key, ca, json, {"reason": reason})
 
 
+def _watch_lines(client: Client, rollout: str, interval: float) -> dict[str, Any]:
+    """Without a terminal: a timestamped line whenever the state, stage or counts change."""
+    r = client.call(SERVICE, "GetRollout", {"id": rollout})
+    last = ""
+    while True:
+        line = status_line(r)
+        if line != last:
+            sys.stdout.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+            sys.stdout.flush()
+            last = line
+        if r["state"] in ENDED:
+            return r
+        time.sleep(interval)
+        r = client.call(SERVICE, "GetRollout", {"id": rollout})
+
+
 def _watch(client: Client, rollout: str, interval: float) -> dict[str, Any]:
+    if not console.is_terminal:
+        return _watch_lines(client, rollout, interval)
     r = client.call(SERVICE, "GetRollout", {"id": rollout})
     caption = f"refreshing every {interval:g}s until the rollout ends; Ctrl-C stops watching"
     with Live(view(r, caption), console=console, auto_refresh=False) as live:
@@ -282,8 +328,9 @@ def rollouts_watch(
     interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.2)] = 2.0,
     server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None, json: JsonOpt = False,
 ) -> None:
-    """Live progress bars per stage until the rollout ends (with --json: wait, then print it).
-    Exits 0 when it completed, 1 when it was rolled back or cancelled."""
+    """Live progress bars per stage and the soak countdown until the rollout ends; without a terminal, one line
+    per change (with --json: wait, then print it). Exits 0 when it completed, 1 when it was rolled back or
+    cancelled."""
     with errors_reported(), remote(server, api_key, ca) as client:
         if json:
             r = client.call(SERVICE, "GetRollout", {"id": rollout})

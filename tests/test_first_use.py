@@ -121,7 +121,7 @@ def test_a_device_of_another_type_is_named_as_typed_with_its_type(client, fleet,
     make_artifact(fleet, name="pi-only", device_types=["linux-aarch64", "linux-armv7"])
     r = admin(client, admin_key, "Deploy", {"device_ids": ["kitchen"], "artifact": "pi-only@1.0.0"})
     assert r.status_code == 400
-    assert (f"pi-only@1.0.0 is built for linux-aarch64, linux-armv7, but kitchen ({d.device_id}) is sim"
+    assert (f"pi-only@1.0.0 is built for linux-aarch64, linux-armv7, but kitchen ({d.device_id}) is of type sim"
             in r.json()["message"])
 
 

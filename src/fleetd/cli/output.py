@@ -47,8 +47,8 @@ def _cell(v: Any) -> str:
 
 # Columns whose values are copied into the next command: never cut, never wrapped. Every other column folds
 # (wraps, losing nothing) to make room, so at 80 columns a name wraps while the id beside it stays whole.
-WHOLE = frozenset({"id", "device", "device_id", "action_id", "rollout_id", "artifact_id", "kind", "key_id", "state",
-                   "status"})
+WHOLE = frozenset({"id", "device", "device_id", "action_id", "rollout_id", "artifact_id", "webhook_id", "incident_id",
+                   "version", "kind", "state", "status"})
 
 
 def data_table(columns: Sequence[str], *, whole: Collection[str] = WHOLE, **kwargs: Any) -> Table:

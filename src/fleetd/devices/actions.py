@@ -250,7 +250,7 @@ def create_install(conn: sqlite3.Connection, actor: Actor, device_refs: list[str
     wrong = [(ref, r) for ref, r in zip(dict.fromkeys(device_refs), rows, strict=True)
              if r["device_type"] not in art.device_types]
     if wrong:
-        listed = "; ".join(f"{ref}{'' if ref == r['id'] else ' (' + r['id'] + ')'} is {r['device_type']}"
+        listed = "; ".join(f"{ref}{'' if ref == r['id'] else ' (' + r['id'] + ')'} is of type {r['device_type']}"
                            for ref, r in wrong[:5])
         raise FailedPrecondition(f"{art.name}@{art.version} is built for {', '.join(art.device_types)}, but "
                                  f"{listed}{' …' if len(wrong) > 5 else ''}; push a build for that type "

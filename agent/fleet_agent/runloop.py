@@ -4,9 +4,9 @@ One iteration: send queued reports (oldest first), CheckIn with the inventory
 (when it changed) and every component, hand new actions to the executor's
 worker thread (one at a time, in the server's order), sample telemetry into
 its queue (also when the server is away), push queued telemetry. Then sleep
-the server's poll interval ±10 %, or back off exponentially (1 s doubling to
-``max_backoff``, ±20 %) when the server cannot be reached. Reports made while the loop sleeps wake it, and the end of
-an action makes it check in at once.
+the server's next_checkin (its poll interval, sooner while an action is open) ±10 %, or back off
+exponentially (1 s doubling to ``max_backoff``, ±20 %) when the server cannot be reached. Reports made while
+the loop sleeps wake it, and the end of an action makes it check in at once.
 
 Nothing here stops the apps: with no server the executor keeps running what it
 ran, and reports and telemetry wait on disk.
@@ -89,6 +89,7 @@ class RunLoop:
         self._online = False
         self._failures = 0  # iterations in a row that did not reach the server
         self._trial_confirmed = False
+        self._next_checkin = 0  # from the last check-in; 0: the poll interval
 
     # --- control ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -99,6 +100,11 @@ class RunLoop:
     @property
     def poll_interval(self) -> float:
         return float(self.settings.poll_interval or self.runtime.poll_interval or self.state.poll_interval or 60)
+
+    @property
+    def next_checkin(self) -> float:
+        """Seconds to the next check-in: what the server last asked for (sooner while an action is open)."""
+        return float(self.settings.poll_interval or self._next_checkin or self.poll_interval)
 
     def run(self, once: bool = False) -> int:
         """Loop until stop(); with ``once``, one iteration (waiting for the actions it started). Exit status."""
@@ -120,7 +126,7 @@ class RunLoop:
                 if once:
                     return 0 if ok else 1
                 if ok:
-                    delay = self.poll_interval * random.uniform(0.9, 1.1)
+                    delay = self.next_checkin * random.uniform(0.9, 1.1)
                 else:
                     delay = self.backoff.next(self._retry_after)
                     log.info("next try in %.1f s", delay)
@@ -206,6 +212,7 @@ class RunLoop:
         self.checkins += 1
         status = str(resp.get("status") or self.state.status)
         poll = int(resp.get("poll_interval") or 0)
+        self._next_checkin = int(resp.get("next_checkin") or 0)
         with self._rt_lock:
             self.runtime.status = status
             self.runtime.server = self.client.base_url

@@ -398,3 +398,32 @@ def test_app_support_is_loaded_only_when_there_is_an_app_or_an_action(tmp_path: 
     with_app = LazyExecutor(tmp_path, load)
     with_app.start()
     assert len(loaded) == 2
+
+
+# --- the check-in interval ----------------------------------------------------------
+
+def test_the_loop_checks_in_sooner_while_an_action_is_open(server: ServerProcess, admin: str,
+                                                          tmp_path: Path) -> None:
+    """The server's next_checkin (10 s while an action is open, else the 60 s poll interval) sets the sleep."""
+    sd = tmp_path / "agent"
+    settings = Settings.from_env(str(sd), {"FLEET_AGENT_MAX_BACKOFF": "0.3"})  # no poll override: the server's
+    res = enroll(settings, EnrollOptions(token=make_token(server, admin), server=server.url,
+                                         hardware_id="core-sooner-1"))
+    did = res.state.device_id
+    ex = Scripted()
+    loop = RunLoop(settings, res.state, res.client, executor=ex)
+    assert loop.iteration()
+    assert (loop.poll_interval, loop.next_checkin) == (60, 60)
+    aid = create_action(server, admin, did, params={"n": "1"})
+    try:
+        assert loop.iteration()
+        assert ex.started.wait(10)
+        assert (loop.poll_interval, loop.next_checkin) == (60, 10)
+        ex.release.set()
+        wait_for(lambda: loop.iteration() and action_state(server, admin, did, aid, "succeeded"), 10,
+                 "the action's end reported")
+        assert loop.iteration()
+        assert (loop.poll_interval, loop.next_checkin) == (60, 60)
+    finally:
+        ex.release.set()
+        loop.stop()

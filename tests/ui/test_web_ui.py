@@ -319,6 +319,9 @@ def test_rollout_created_in_the_ui_completes_live(admin_page: Page, fleet: Fleet
     form.get_by_label("Stages").fill("50,100")
     form.get_by_label("Soak time per stage (minutes)").fill("0")
     form.get_by_role("button", name="Start rollout").click()
+    # Each stage's device count is said as soon as it is created (the two devices split by hash, not 1 + 1).
+    expect(page.locator("#toasts .toast", has_text="roll@1.0.0 created")).to_have_text(re.compile(
+        r"created: stage 1 [012] devices?, stage 2 [012] devices?$"))
     expect(page.get_by_role("heading", name="Rollout of roll@1.0.0")).to_be_visible()
     # Both stages run and the rollout completes while the page is open; the event stream updates it.
     expect(page.locator(".page-head .badge")).to_have_text("completed", timeout=30_000)
@@ -381,3 +384,24 @@ def test_without_the_event_stream_the_ui_polls(browser: Any, admin_state: dict[s
     finally:
         ctx.close()
     assert page_errors == []
+
+
+def test_a_queued_action_says_when_the_device_picks_it_up(admin_page: Page, fleet: Fleet,
+                                                          page_errors: list[str]) -> None:
+    """A device that has not checked in since: its page says queued actions wait for its next check-in."""
+    token = fleet.rpc("EnrollmentService", "CreateToken", {"description": "ui hint"})["token"]
+    with fleet.server.client() as c:
+        quiet = TestDevice(c, hardware_id="quiet-1", device_type="pi-hint")
+        assert quiet.enroll(token).status_code == 200
+    did = quiet.device_id
+    try:
+        fleet.rpc("DeviceAdminService", "CreateAction", {"device_ids": [did], "kind": "reboot"})
+        page = admin_page
+        page.goto(f"{fleet.server.url}/#/devices/{did}")
+        history = page.locator("section", has=page.get_by_role("heading", name="Action history"))
+        expect(history.locator("tbody tr[data-state=queued]")).to_have_count(1)
+        expect(history.locator("[data-hint=pickup]")).to_have_text(
+            "quiet-1 picks up queued actions at its next check-in (every 60 s): when it comes back online.")
+        assert page_errors == []
+    finally:
+        fleet.rpc("DeviceAdminService", "DeleteDevice", {"id": did})

@@ -34,6 +34,16 @@ function actionsTable(list, {writer, onCancel}) {
   });
 }
 
+// Why an action still says queued: the device only hears of it at its next check-in.
+function pickupHint(dev, list) {
+  if (!list.some((a) => a.state === 'queued' || a.state === 'offered')) return null;
+  const due = dev.last_seen ? Date.parse(dev.last_seen) + dev.poll_interval * 1000 : 0;
+  const when = !dev.online ? 'when it comes back online'
+    : due > Date.now() ? `by about ${new Date(due).toLocaleTimeString()}` : 'any moment now';
+  return h('p', {class: 'hint', 'data-hint': 'pickup'}, `${dev.name} picks up queued actions at its next check-in `
+    + `(every ${dev.poll_interval} s): ${when}.`);
+}
+
 export default async function device(ctx) {
   const {root, params} = ctx;
   const writer = can('operator');
@@ -288,7 +298,7 @@ export default async function device(ctx) {
   async function loadActions() {
     const r = await call('DeviceAdminService', 'ListActions', {device_id: id, limit: 100});
     if (!ctx.alive()) return;
-    clear(actionsBox, section('Action history', actionsTable(r.actions, {writer, onCancel})));
+    clear(actionsBox, section('Action history', pickupHint(dev, r.actions), actionsTable(r.actions, {writer, onCancel})));
   }
 
   // --- telemetry (when the server has TelemetryService) ---

@@ -22,7 +22,8 @@ function stageRow(st, current) {
     span.style.width = `${(n / total) * 100}%`;
     return span;
   }));
-  const words = `${st.targeted} targeted: ${st.succeeded} succeeded, ${st.failed} failed, ${st.skipped} skipped, `
+  const words = st.state === 'pending' ? `${st.targeted} device${st.targeted === 1 ? '' : 's'} in this stage, `
+    + 'waiting for it to start' : `${st.targeted} targeted: ${st.succeeded} succeeded, ${st.failed} failed, ${st.skipped} skipped, `
     + `${st.in_progress + st.queued} installing, ${st.soaking} soaking`;
   return h('li', {class: current ? 'current' : '', dataset: {state: st.state}},
     h('div', {class: 'actions'}, h('strong', {}, `Stage ${st.index + 1}: ${st.percent} %`), badge(st.state),

@@ -79,7 +79,8 @@ function createForm(artifacts, preset) {
         offline_timeout_seconds: Number(offline.value) * 60, start_at: start.value.trim(), window: win.value.trim(),
         health: health.value.trim(), consent: consent.checked,
       });
-      notify(`Rollout ${r.id} of ${r.artifact} created`);
+      notify(`Rollout ${r.id} of ${r.artifact} created: `
+        + r.stages.map((st) => `stage ${st.index + 1} ${st.targeted} device${st.targeted === 1 ? '' : 's'}`).join(', '));
       navigate(`rollouts/${r.id}`);
     });
   }}},

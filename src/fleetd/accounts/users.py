@@ -435,6 +435,8 @@ def delete_session(conn: sqlite3.Connection, token: str) -> None:
 # --- request authentication --------------------------------------------------
 
 class DeviceTokenVerifier(Protocol):
+    prefix: str  # every device token starts with it
+
     def verify(self, token: str) -> Principal | None: ...
 
 
@@ -475,7 +477,11 @@ class Authenticator:
                 device = self.device_tokens.verify(token)
                 if device is not None:
                     return device
-            raise Unauthenticated("the bearer token is invalid or expired")
+                if token.startswith(self.device_tokens.prefix):
+                    raise Unauthenticated("the device token is invalid or expired; authenticate again")
+            raise Unauthenticated(f"the bearer token is not an API key: API keys start with {API_KEY_PREFIX} "
+                                  f"({API_KEY_PREFIX}…, shown once when made); create one with 'fleetd keys create "
+                                  "--name NAME --role admin' or on the web UI's Users & API keys page")
         if session_cookie:
             found = await self.store.read(lambda c: lookup_session(c, session_cookie))
             if found is None:

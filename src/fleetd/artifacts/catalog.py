@@ -196,8 +196,24 @@ def get(conn: sqlite3.Connection, ref: str) -> Artifact:
     else:
         r = storage.artifact_row(conn, ref)
     if r is None:
-        raise NotFound(f"no artifact {ref!r} (refer to one as NAME@VERSION or by id; 'fleetd artifacts list')")
+        raise NotFound(_not_found(conn, ref))
     return _artifact(r)
+
+
+MAX_LISTED_VERSIONS = 10
+
+
+def _not_found(conn: sqlite3.Connection, ref: str) -> str:
+    """What to say about an unknown NAME@VERSION or id: the versions of that name that do exist, newest first."""
+    if "@" not in ref:
+        return f"no artifact {ref!r} (refer to one as NAME@VERSION or by id; 'fleetd artifacts list')"
+    name = ref.partition("@")[0]
+    versions = storage.newest_versions(conn, name, MAX_LISTED_VERSIONS + 1)
+    if not versions:
+        return f"no artifact named {name!r}; 'fleetd artifacts list' shows the names there are"
+    more = " …" if len(versions) > MAX_LISTED_VERSIONS else ""
+    return (f"no artifact {ref!r}; {name} has {', '.join(versions[:MAX_LISTED_VERSIONS])}{more} "
+            f"('fleetd artifacts list --name {name}')")
 
 
 def list_page(conn: sqlite3.Connection, *, name: str = "", kind: str = "", device_type: str = "", limit: int = -1,

@@ -38,6 +38,12 @@ def artifact_row_by_version(conn: sqlite3.Connection, name: str, version: str) -
     return row
 
 
+def newest_versions(conn: sqlite3.Connection, name: str, limit: int) -> list[str]:
+    """The versions of artifact ``name``, newest (by version precedence) first."""
+    return [r[0] for r in conn.execute(f"SELECT version FROM artifacts WHERE name = ? ORDER BY "
+                                       f"{dialect_of(conn).semver_order('version')} DESC LIMIT ?", (name, limit))]
+
+
 def artifact_rows_page(conn: sqlite3.Connection, *, name: str, kind: str, device_type: str, limit: int,
                        offset: int) -> tuple[list[sqlite3.Row], int]:
     """One page of artifact rows (empty filters match all), by name then version precedence, and how many

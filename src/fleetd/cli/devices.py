@@ -20,7 +20,7 @@ from ..devices.actions import TERMINAL
 from ..devices.tags import parse_tag_args
 from .client import Client, RemoteError
 from .common import ApiKeyOpt, CaOpt, JsonOpt, ServerOpt, call, errors_reported, remote
-from .output import console, fail, print_json, print_object
+from .output import console, data_table, fail, fitted, print_fitted, print_json, print_object
 
 devices_app = typer.Typer(help="Devices: list, inspect, tag, claim, revoke, deploy to, restart (through --server).",
                           no_args_is_help=True)
@@ -33,9 +33,15 @@ STATUS_STYLE = {"active": "green", "pending": "yellow", "revoked": "red"}
 STATE_STYLE = {"succeeded": "green", "failed": "red", "rolled_back": "red", "cancelled": "yellow",
                "rejected": "yellow", "queued": "dim", "offered": "magenta"}
 
-DeviceArg = Annotated[str, typer.Argument(help="Device id, hardware id or name.", show_default=False)]
+# Commands that read or deploy take the start of an id too (when only one id starts so); those that change or
+# remove the device record take only the whole id, hardware id or name.
+DeviceArg = Annotated[str, typer.Argument(help="Device id (or the start of one that only it has), hardware id or "
+                                               "name.", show_default=False)]
+WholeDeviceArg = Annotated[str, typer.Argument(help="Device id, hardware id or name (whole: not the start of an id).",
+                                               show_default=False)]
 DevicesArg = Annotated[list[str] | None, typer.Argument(metavar="DEVICE", show_default=False,
-                                                        help="Device ids, hardware ids or names.")]
+                                                        help="Device ids (or their unique starts), hardware ids or "
+                                                             "names.")]
 TagOpt = Annotated[list[str] | None, typer.Option("--tag", help="key=value; repeat for more.", show_default=False)]
 TargetTagOpt = Annotated[list[str] | None, typer.Option(
     "--tag", help="Target every active device with this key=value (repeat: all must match).", show_default=False)]
@@ -83,20 +89,17 @@ def _state(state: str) -> str:
 
 
 def device_table(devices: list[dict[str, Any]]) -> Table:
-    table = Table(header_style="bold")
-    for c in ("id", "name", "type", "status", "online", "last seen", "tags", "versions"):
-        table.add_column(c)
+    table = data_table(("id", "name", "type", "status", "online", "last_seen", "tags", "versions"))
     for d in devices:
         versions = ", ".join(f"{c['name']} {c['version']}" for c in d.get("components") or []) or "-"
         table.add_row(escape(d["id"]), escape(d["name"]), escape(d["device_type"]), _status(d), _online(d),
                       ago(d.get("last_seen")), escape(_tags(d.get("tags") or {})), escape(versions))
-    return table
+    return fitted(table)
 
 
 def action_table(actions: list[dict[str, Any]], caption: str | None = None) -> Table:
-    table = Table(header_style="bold", caption=caption)
-    for c in ("id", "kind", "component", "artifact", "state", "progress", "message", "created", "ended"):
-        table.add_column(c)
+    table = data_table(("id", "kind", "component", "artifact", "state", "progress", "message", "created", "ended"),
+                       caption=caption)
     for a in actions:
         ended = a["state"] in TERMINAL
         progress = f"{a.get('progress', 0)}%" if a.get("progress") or a["state"] == "succeeded" else "-"
@@ -104,7 +107,7 @@ def action_table(actions: list[dict[str, Any]], caption: str | None = None) -> T
                       escape(a.get("artifact") or "-"), _state(a["state"]), progress,
                       escape(a.get("message") or ""), ago(a.get("created_at")),
                       ago(a.get("finished_at")) if ended else "-")
-    return table
+    return fitted(table)
 
 
 def print_device(d: dict[str, Any]) -> None:
@@ -117,16 +120,14 @@ def print_device(d: dict[str, Any]) -> None:
     if not comps:
         console.print("[dim]none reported yet[/dim]")
         return
-    table = Table(header_style="bold")
-    for c in ("name", "version", "previous", "state", "health", "restarts", "updated"):
-        table.add_column(c)
+    table = data_table(("name", "version", "previous", "state", "health", "restarts", "updated"))
     for c in comps:
         health = c.get("health") or "-"
         style = {"healthy": "green", "unhealthy": "red"}.get(health, "white")
         table.add_row(escape(c["name"]), escape(c["version"]), escape(c.get("previous_version") or "-"),
                       escape(c.get("state") or "-"), f"[{style}]{escape(health)}[/]", str(c.get("restarts", 0)),
                       ago(c.get("updated_at")))
-    console.print(table)
+    print_fitted(table)
 
 
 # --- calling --------------------------------------------------------------------
@@ -149,12 +150,17 @@ def targets(devices: list[str] | None, tag: list[str] | None, usage: str) -> dic
     return {"device_ids": list(devices or []), "tags": tags}
 
 
-def _queued(created: dict[str, Any], json: bool, what: str, devices: list[str] | None) -> None:
+def _queued(created: dict[str, Any], json: bool, what: str, devices: list[str] | None, state: str = "queued"
+            ) -> None:
     if json:
         print_json(created)
         return
     ids = created["action_ids"]
     console.print(f"[green]{what} on {len(ids)} device(s):[/green] {', '.join(ids)}")
+    within = created.get("pickup_within_seconds") or 0
+    if within:
+        console.print(f"Devices pick this up at their next check-in, within ~{within} s (their poll interval); "
+                      f"until then the action says {state}.")
     follow = devices[0] if devices and len(devices) == 1 else "DEVICE"
     console.print(f"[dim]Follow it: fleetd devices actions {escape(follow)} --watch[/dim]")
 
@@ -212,7 +218,7 @@ def _update(server: str | None, api_key: str | None, ca: str | None, json: bool,
 
 @devices_app.command("tag")
 def devices_tag(
-    device: DeviceArg,
+    device: WholeDeviceArg,
     tags: Annotated[list[str], typer.Argument(help="key=value ...", show_default=False)],
     server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None, json: JsonOpt = False,
 ) -> None:
@@ -224,7 +230,7 @@ def devices_tag(
 
 @devices_app.command("untag")
 def devices_untag(
-    device: DeviceArg,
+    device: WholeDeviceArg,
     keys: Annotated[list[str], typer.Argument(help="Tag keys to remove.", show_default=False)],
     server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None, json: JsonOpt = False,
 ) -> None:
@@ -234,7 +240,7 @@ def devices_untag(
 
 @devices_app.command("rename")
 def devices_rename(
-    device: DeviceArg,
+    device: WholeDeviceArg,
     name: Annotated[str, typer.Argument(help="The new name.", show_default=False)],
     server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None, json: JsonOpt = False,
 ) -> None:
@@ -244,13 +250,16 @@ def devices_rename(
 
 @devices_app.command("delete")
 def devices_delete(
-    device: DeviceArg,
+    device: WholeDeviceArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
     server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None,
 ) -> None:
     """Forget a device and its history (it may enroll again)."""
     with errors_reported(), remote(server, api_key, ca) as client:
         d = client.call(ADMIN, "GetDevice", {"id": device})
+        if device not in (d["id"], d["hardware_id"], d["name"]):
+            fail(f"{device!r} is only the start of {d['id']} ({d['name']}); delete takes the whole id, hardware id "
+                 "or name", f"fleetd devices delete {d['id']}")
         if not yes and not typer.confirm(f"Delete {d['name']} ({d['id']}, {d['status']}) and all its history?"):
             fail("not deleted")
         client.call(ADMIN, "DeleteDevice", {"id": d["id"]})
@@ -259,7 +268,7 @@ def devices_delete(
 
 @devices_app.command("rekey")
 def devices_rekey(
-    device: DeviceArg,
+    device: WholeDeviceArg,
     expires: Annotated[str, typer.Option(help="Lifetime of the token (90m, 24h, 7d; at most 30d).")] = "24h",
     server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None, json: JsonOpt = False,
 ) -> None:
@@ -307,7 +316,7 @@ def devices_claim(
 
 
 @devices_app.command("reject")
-def devices_reject(device: DeviceArg, server: ServerOpt = None, api_key: ApiKeyOpt = None,
+def devices_reject(device: WholeDeviceArg, server: ServerOpt = None, api_key: ApiKeyOpt = None,
                    ca: CaOpt = None) -> None:
     """Refuse a pending device (it is removed and must enroll again)."""
     with errors_reported():
@@ -316,7 +325,7 @@ def devices_reject(device: DeviceArg, server: ServerOpt = None, api_key: ApiKeyO
 
 
 @devices_app.command("revoke")
-def devices_revoke(device: DeviceArg, server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None,
+def devices_revoke(device: WholeDeviceArg, server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None,
                    json: JsonOpt = False) -> None:
     """Cut a device off at once: its token stops working and its open actions are cancelled."""
     with errors_reported():
@@ -352,7 +361,8 @@ def devices_deploy(
                                   f"taken as a device; give the devices first, then the artifact: {usage}")
         body = {**targets(devices, tag, usage), "artifact": artifact, "consent": consent}
         created = call(remote(server, api_key, ca), ADMIN, "Deploy", body)
-    _queued(created, json, f"{'Offered' if consent else 'Queued'} {artifact}", devices)
+    _queued(created, json, f"{'Offered' if consent else 'Queued'} {artifact}", devices,
+            "offered" if consent else "queued")
 
 
 def _action(kind: str, devices: list[str] | None, tag: list[str] | None, component: str,

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, NoReturn
 
 import msgspec
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 console = Console()
@@ -43,18 +45,44 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+# Columns whose values are copied into the next command: never cut, never wrapped. Every other column folds
+# (wraps, losing nothing) to make room, so at 80 columns a name wraps while the id beside it stays whole.
+WHOLE = frozenset({"id", "device", "device_id", "action_id", "rollout_id", "artifact_id", "webhook_id", "incident_id",
+                   "version", "kind", "state", "status"})
+
+
+def data_table(columns: Sequence[str], *, whole: Collection[str] = WHOLE, **kwargs: Any) -> Table:
+    """A table with a column per name ('_' shown as ' '); print it with :func:`print_fitted`."""
+    table = Table(header_style="bold", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0), **kwargs)
+    for c in columns:
+        table.add_column(c.replace("_", " "), no_wrap=c in whole, overflow="fold")
+    return table
+
+
+def fitted(table: Table) -> Table:
+    """Give each never-cut column its full width as a minimum, so shrinking to the terminal cannot cut it."""
+    options = console.options
+    for column in table.columns:
+        if column.no_wrap:
+            column.min_width = max((Measurement.get(console, options, cell).maximum for cell in column.cells),
+                                   default=0)
+    return table
+
+
+def print_fitted(table: Table) -> None:
+    console.print(fitted(table))
+
+
 def print_table(rows: Sequence[Any], columns: Sequence[str], *, empty: str = "nothing to show",
                 title: str | None = None) -> None:
     data = [to_builtins(r) for r in rows]
     if not data:
         console.print(f"[dim]{empty}[/dim]")
         return
-    table = Table(title=title, header_style="bold")
-    for c in columns:
-        table.add_column(c.replace("_", " "))
+    table = data_table(columns, title=title)
     for d in data:
-        table.add_row(*(_cell(d.get(c)) for c in columns))
-    console.print(table)
+        table.add_row(*(escape(_cell(d.get(c))) for c in columns))
+    print_fitted(table)
 
 
 def print_object(obj: Any, fields: Sequence[str] | None = None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import sys
 import time
 from typing import Annotated, Any
 
@@ -19,8 +21,8 @@ from ..rollouts.rules import parse_percent, parse_stages
 from ..rollouts.states import ENDED, RolloutState
 from .client import Client
 from .common import ApiKeyOpt, CaOpt, JsonOpt, ServerOpt, call, errors_reported, remote
-from .devices import ago
-from .output import console, fail, print_json, print_object
+from .devices import ago, parse_time
+from .output import console, data_table, fail, print_fitted, print_json, print_object
 
 rollouts_app = typer.Typer(help="Staged rollouts with automatic rollback (through --server).", no_args_is_help=True)
 
@@ -78,6 +80,9 @@ def _header(r: dict[str, Any]) -> Text:
                             f"  {_state(r['state'])}  stage {_stage_label(r)}")
     if r.get("waiting_for"):
         text.append(f"\nwaiting for {r['waiting_for']}", style="dim")
+    soak_left = _soak_left(r)
+    if soak_left is not None:
+        text.append(f"\nsoak ends in {soak_left}", style="cyan")
     if r.get("reason"):
         text.append(f"\n{r['reason']}", style="red" if r["state"] == "rolled_back" else "yellow")
     rb = r.get("rollback") or {}
@@ -85,6 +90,29 @@ def _header(r: dict[str, Any]) -> Text:
         text.append(f"\nrollback actions: {rb['actions']} ({rb['succeeded']} succeeded, {rb['failed']} failed, "
                     f"{rb['open']} open)", style="magenta")
     return text
+
+
+def _soak_left(r: dict[str, Any]) -> str | None:
+    """The soak countdown ('4m 05s') while devices soak; None when none does."""
+    end = parse_time(r.get("soak_ends_at")) if r["state"] not in ENDED else None
+    if end is None:
+        return None
+    left = max(0, int((end - dt.datetime.now(dt.UTC)).total_seconds()))
+    return f"{left // 60}m {left % 60:02d}s" if left >= 60 else f"{left}s"
+
+
+def status_line(r: dict[str, Any]) -> str:
+    """The rollout in one line (state, stage, device counts), for a log: what `watch` prints without a terminal."""
+    total = {k: sum(s[k] for s in r["stages"]) for k in ("targeted", "succeeded", "failed", "skipped", "queued",
+                                                         "in_progress", "soaking")}
+    line = (f"{r['id']} {r['state']} stage {_stage_label(r)}: {total['succeeded']} succeeded, {total['failed']} "
+            f"failed, {total['skipped']} skipped, {total['queued'] + total['in_progress']} installing, "
+            f"{total['soaking']} soaking of {total['targeted']}")
+    if r.get("waiting_for"):
+        line += f"; waiting for {r['waiting_for']}"
+    if r.get("reason"):
+        line += f"; {r['reason']}"
+    return line
 
 
 def view(r: dict[str, Any], caption: str | None = None) -> RenderableType:
@@ -103,7 +131,8 @@ def rollouts_create(
         "--device-type", help="Only devices of this type (default: the artifact's types and patterns).",
         show_default=False)] = None,
     device: Annotated[list[str] | None, typer.Option(
-        "--device", help="This device too (id, hardware id or name; repeat).", show_default=False)] = None,
+        "--device", help="This device too (id or its unique start, hardware id or name; repeat).",
+        show_default=False)] = None,
     stages: Annotated[str, typer.Option(help="Cumulative percentages, the last 100.")] = "5,25,100",
     max_failure: Annotated[str, typer.Option(
         "--max-failure", help="Halt and roll back when more than this share of the attempted devices fail.")] = "5%",
@@ -137,8 +166,13 @@ def rollouts_create(
     if json:
         print_json(r)
         return
-    stages_text = ", ".join(f"{s['percent']:g}%" for s in r["stages"])
-    console.print(f"[green]created[/green] rollout {escape(r['id'])}: {escape(r['artifact'])} in stages {stages_text}")
+    total = sum(s["targeted"] for s in r["stages"])
+    console.print(f"[green]created[/green] rollout {escape(r['id'])}: {escape(r['artifact'])} to {total} device(s) "
+                  f"in {len(r['stages'])} stage(s):")
+    for s in r["stages"]:
+        console.print(f"  stage {s['index'] + 1} (up to {s['percent']:g}%): {s['targeted']} device(s)")
+    console.print("[dim]Each device's stage comes from a hash of its id, so a stage holds about its share of the "
+                  "devices, not exactly.[/dim]")
     console.print(f"[dim]Follow it: fleetd rollouts watch {escape(r['id'])}[/dim]")
 
 
@@ -157,13 +191,11 @@ def rollouts_list(
     if not found:
         console.print("[dim]no rollouts yet: fleetd rollouts create --artifact NAME@VERSION --target k=v[/dim]")
         return
-    table = Table(header_style="bold")
-    for c in ("id", "artifact", "target", "state", "stage", "created", "reason"):
-        table.add_column(c)
+    table = data_table(("id", "artifact", "target", "state", "stage", "created", "reason"))
     for r in found:
         table.add_row(escape(r["id"]), escape(r["artifact"]), escape(_target(r["target"])), _state(r["state"]),
                       _stage_label(r), ago(r.get("created_at")), escape(r.get("reason") or ""))
-    console.print(table)
+    print_fitted(table)
 
 
 @rollouts_app.command("show")
@@ -201,12 +233,10 @@ def rollouts_devices(
     if json:
         print_json(got["devices"])
         return
-    table = Table(header_style="bold")
-    for c in ("device", "stage", "status", "detail"):
-        table.add_column(c)
+    table = data_table(("device", "stage", "status", "detail"))
     for d in got["devices"]:
         table.add_row(escape(d["device_id"]), str(d["stage"] + 1), escape(d["status"]), escape(d["detail"]))
-    console.print(table)
+    print_fitted(table)
     if got["total"] > len(got["devices"]):
         console.print(f"[dim]showing {len(got['devices'])} of {got['total']}; raise --limit or filter by "
                       "--status[/dim]")
@@ -260,7 +290,25 @@ def rollouts_rollback(
     _transition("RollbackRollout", rollout, server, api_key, ca, json, {"reason": reason})
 
 
+def _watch_lines(client: Client, rollout: str, interval: float) -> dict[str, Any]:
+    """Without a terminal: a timestamped line whenever the state, stage or counts change."""
+    r = client.call(SERVICE, "GetRollout", {"id": rollout})
+    last = ""
+    while True:
+        line = status_line(r)
+        if line != last:
+            sys.stdout.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+            sys.stdout.flush()
+            last = line
+        if r["state"] in ENDED:
+            return r
+        time.sleep(interval)
+        r = client.call(SERVICE, "GetRollout", {"id": rollout})
+
+
 def _watch(client: Client, rollout: str, interval: float) -> dict[str, Any]:
+    if not console.is_terminal:
+        return _watch_lines(client, rollout, interval)
     r = client.call(SERVICE, "GetRollout", {"id": rollout})
     caption = f"refreshing every {interval:g}s until the rollout ends; Ctrl-C stops watching"
     with Live(view(r, caption), console=console, auto_refresh=False) as live:
@@ -281,8 +329,9 @@ def rollouts_watch(
     interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.2)] = 2.0,
     server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None, json: JsonOpt = False,
 ) -> None:
-    """Live progress bars per stage until the rollout ends (with --json: wait, then print it).
-    Exits 0 when it completed, 1 when it was rolled back or cancelled."""
+    """Live progress bars per stage and the soak countdown until the rollout ends; without a terminal, one line
+    per change (with --json: wait, then print it). Exits 0 when it completed, 1 when it was rolled back or
+    cancelled."""
     with errors_reported(), remote(server, api_key, ca) as client:
         if json:
             r = client.call(SERVICE, "GetRollout", {"id": rollout})

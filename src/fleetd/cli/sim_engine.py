@@ -234,7 +234,7 @@ class SimDevice:
             self.sim.stats.telemetry_points += accepted  # (`+= await` would add to a stale total)
         for action in resp.actions:
             await self.execute(action)
-        interval = self.sim.opts.interval or resp.poll_interval or 60
+        interval = self.sim.opts.interval or resp.next_checkin or resp.poll_interval or 60
         if resp.actions:
             return 0.1  # tell the server about the new versions at once
         return interval * random.uniform(0.9, 1.1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
+import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -65,7 +67,36 @@ def _live_table(sim: Simulator) -> Table:
     return t
 
 
-async def _run(opts: SimOptions, state: SimState, ca: str | None, live: bool) -> dict[str, Any]:
+STATUS_EVERY = 10.0
+
+
+class StatusLines:
+    """Without a terminal: one status line whenever the counts change, and every STATUS_EVERY seconds."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+        self.last: tuple[Any, ...] = ()
+        self.at = 0.0
+
+    def __call__(self) -> None:
+        c, s = self.sim.counts(), self.sim.stats
+        rate = s.rate()
+        key = (*c.values(), s.actions_succeeded, s.actions_failed, s.errors, s.throttled)
+        t = time.monotonic()
+        if key == self.last and t - self.at < STATUS_EVERY:
+            return
+        self.last, self.at = key, t
+        line = (f"{time.strftime('%H:%M:%S')} enrolled {c['enrolled']}/{s.devices}, active {c['active']}, "
+                f"pending {c['pending']}{', revoked ' + str(c['revoked']) if c['revoked'] else ''}; "
+                f"{rate:.1f} check-ins/s ({s.check_ins} in all); actions {s.actions_succeeded} done, "
+                f"{s.actions_failed} failed; errors {s.errors}"
+                f"{f' (last: {s.last_error[:150]})' if s.errors else ''}")
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+async def _run(opts: SimOptions, state: SimState, ca: str | None, live: bool, lines: bool = False
+               ) -> dict[str, Any]:
     from .sim_engine import Simulator, make_http_client
 
     ca_pem = await _trusted_ca(opts.server, opts.token, ca, state)
@@ -77,10 +108,13 @@ async def _run(opts: SimOptions, state: SimState, ca: str | None, live: bool) ->
         try:
             display = (Live(_live_table(sim), console=console, refresh_per_second=4, transient=True) if live
                        else nullcontext())
+            status = StatusLines(sim) if lines else None
             with display as shown:
                 def tick() -> None:
                     if shown is not None:
                         shown.update(_live_table(sim))
+                    elif status is not None:
+                        status()
                 summary = await sim.run(tick)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -118,7 +152,9 @@ def simulate(
         opts = SimOptions(server=server_url, token=token, devices=devices, interval=interval, fail_rate=fail_rate,
                           duration=duration, prefix=prefix, state_file=Path(state).expanduser() if state else None)
         sim_state = SimState(opts.state_file)
-        summary = asyncio.run(_run(opts, sim_state, ca, live=not json and console.is_terminal))
+        # A terminal gets a live table; a log (no terminal) a status line on every change and every 10 s.
+        summary = asyncio.run(_run(opts, sim_state, ca, live=not json and console.is_terminal,
+                                   lines=not json and not console.is_terminal))
     if json:
         print_json(summary)
     else:

@@ -86,6 +86,12 @@ class ActionResult(msgspec.Struct, kw_only=True):
     # The byte cap cut the text short of the lines asked for (the log had more).
     truncated: bool = False
 
+# While a device works through an action (docs/protocol.md §7, next_checkin) it checks in this often instead of
+# every poll_interval, so its progress and the next step come sooner; never under MIN_CHECKIN. An action offered
+# for consent is waiting, not worked on, so it does not count.
+WORKING_CHECKIN = 10
+MIN_CHECKIN = 5
+
 
 class Action(msgspec.Struct, kw_only=True):
     """An action as admins see it."""
@@ -140,7 +146,7 @@ def get(conn: sqlite3.Connection, action_id: str, *, with_result: bool = False) 
 
 
 def list_for_device(conn: sqlite3.Connection, device_ref: str, limit: int = 100) -> list[Action]:
-    did = find_device_row(conn, device_ref)["id"]
+    did = find_device_row(conn, device_ref, prefix=True)["id"]
     return [_action(r) for r in storage.admin_actions_of(conn, did, limit)]
 
 
@@ -159,6 +165,19 @@ def open_for_device(conn: sqlite3.Connection, device_id: str, base_url: str) -> 
                                 rollback=r["kind"] == ActionKind.ROLLBACK, artifact=ref,
                                 params=json.loads(r["params"])))
     return out
+
+
+def next_checkin(poll_interval: int, pending: list[DeviceAction]) -> int:
+    """Seconds until the device's next check-in: sooner while it has an action to work through."""
+    if any(a.state != S.OFFERED for a in pending):
+        return max(MIN_CHECKIN, min(poll_interval, WORKING_CHECKIN))
+    return poll_interval
+
+
+def longest_poll_interval(conn: sqlite3.Connection, action_ids: list[str]) -> int:
+    """The longest poll interval among the devices of these actions: by then every one has picked its action up."""
+    return max((storage.longest_poll_interval(conn, action_ids[i:i + 500]) for i in range(0, len(action_ids), 500)),
+               default=0)
 
 
 def devices_with_open_actions(conn: sqlite3.Connection) -> set[str]:
@@ -219,7 +238,7 @@ def _active_devices(conn: sqlite3.Connection, refs: list[str]) -> list[sqlite3.R
         raise InvalidArgument("no devices given")
     rows = []
     for ref in dict.fromkeys(refs):
-        r = find_device_row(conn, ref)
+        r = find_device_row(conn, ref, prefix=True)
         if r["status"] != "active":
             raise FailedPrecondition(f"device {r['id']} is {r['status']}; only active devices get actions")
         rows.append(r)
@@ -231,10 +250,15 @@ def create_install(conn: sqlite3.Connection, actor: Actor, device_refs: list[str
     """Install actions for every device, all or none."""
     art = artifacts.get(conn, artifact_ref)
     rows = _active_devices(conn, device_refs)
-    wrong = [r["id"] for r in rows if not matches_any(art.device_types, r["device_type"])]
+    # Said by the name the caller gave (_active_devices keeps the order of the first mention of each).
+    wrong = [(ref, r) for ref, r in zip(dict.fromkeys(device_refs), rows, strict=True)
+             if not matches_any(art.device_types, r["device_type"])]
     if wrong:
-        raise FailedPrecondition(f"{art.name}@{art.version} is built for {', '.join(art.device_types)}; "
-                                 f"device(s) {', '.join(wrong[:5])} are of another type")
+        listed = "; ".join(f"{ref}{'' if ref == r['id'] else ' (' + r['id'] + ')'} is of type {r['device_type']}"
+                           for ref, r in wrong[:5])
+        raise FailedPrecondition(f"{art.name}@{art.version} is built for {', '.join(art.device_types)}, but "
+                                 f"{listed}{' …' if len(wrong) > 5 else ''}; push a build for that type "
+                                 "(--device-type) or leave those devices out")
     _check_no_open(conn, [r["id"] for r in rows], art.name)
     state = "offered" if consent else "queued"
     ids = [_insert(conn, actor, r["id"], ActionKind.INSTALL, art.name, art.id, {}, state=state, rollout_id=rollout_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sqlite3
+from collections.abc import Callable
 
 import msgspec
 
@@ -152,6 +153,15 @@ class DeployRequest(TargetedRequest, kw_only=True):
 
 class ActionsCreated(msgspec.Struct, kw_only=True):
     action_ids: list[str]
+    # Devices get their actions at their next check-in: within this many seconds (their longest poll interval).
+    pickup_within_seconds: int
+
+
+async def _created(ctx: Context, make: Callable[[sqlite3.Connection], list[str]]) -> ActionsCreated:
+    def write(conn: sqlite3.Connection) -> ActionsCreated:
+        ids = make(conn)
+        return ActionsCreated(action_ids=ids, pickup_within_seconds=actions.longest_poll_interval(conn, ids))
+    return await ctx.fleet.store.write(write)
 
 
 def _targets(conn, req: TargetedRequest, device_type: list[str] | None = None) -> list[str]:  # type: ignore[no-untyped-def]
@@ -166,13 +176,12 @@ def _targets(conn, req: TargetedRequest, device_type: list[str] | None = None) -
 @service.method(auth="operator")
 async def Deploy(ctx: Context, req: DeployRequest) -> ActionsCreated:
     """Install an artifact on devices now (all or none), outside any rollout."""
-    def deploy(conn):  # type: ignore[no-untyped-def]
+    def deploy(conn: sqlite3.Connection) -> list[str]:
         from ..artifacts import catalog as artifacts
         art = artifacts.get(conn, req.artifact)
         return actions.create_install(conn, ctx.actor, _targets(conn, req, art.device_types), art.id,
                                       consent=req.consent)
-    ids = await ctx.fleet.store.write(deploy)
-    return ActionsCreated(action_ids=ids)
+    return await _created(ctx, deploy)
 
 
 class CreateActionRequest(TargetedRequest, kw_only=True):
@@ -187,15 +196,14 @@ class CreateActionRequest(TargetedRequest, kw_only=True):
 @service.method(auth="operator")
 async def CreateAction(ctx: Context, req: CreateActionRequest) -> ActionsCreated:
     """Restart an app, reboot, roll an app back to its previous version, push config, or fetch an app's log."""
-    def create(conn):  # type: ignore[no-untyped-def]
+    def create(conn: sqlite3.Connection) -> list[str]:
         targets = _targets(conn, req)
         if req.kind == "rollback":
             if not req.component:
                 raise InvalidArgument("rollback needs the app (component) to roll back")
             return actions.create_rollback(conn, ctx.actor, targets, req.component)
         return actions.create_simple(conn, ctx.actor, targets, req.kind, req.component, dict(req.params))
-    ids = await ctx.fleet.store.write(create)
-    return ActionsCreated(action_ids=ids)
+    return await _created(ctx, create)
 
 
 class ListActionsRequest(msgspec.Struct, kw_only=True):

@@ -66,6 +66,8 @@ _payload_decoder = msgspec.json.Decoder(_TokenPayload)
 
 
 class DeviceTokens:
+    prefix = TOKEN_PREFIX
+
     def __init__(self, key: bytes, devices: dict[str, DeviceRuntime] | None = None) -> None:
         self.key = key
         self._mac_key = hashlib.sha256(b"fleetd device tokens\0" + key).digest()

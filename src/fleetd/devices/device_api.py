@@ -132,8 +132,11 @@ class CheckInRequest(msgspec.Struct, kw_only=True):
 
 class CheckInResponse(msgspec.Struct, kw_only=True):
     status: str
+    # The device's configured interval: what its online state is judged by.
     poll_interval: int
     actions: list[DeviceAction] = []
+    # Seconds until the next check-in: poll_interval, or less (never under 5) while an action is being worked on.
+    next_checkin: int
 
 
 _NO_ACTIONS: list[DeviceAction] = []
@@ -162,7 +165,8 @@ async def CheckIn(ctx: Context, req: CheckInRequest) -> CheckInResponse:
     if rt.status == "active" and device_id in hub.open_actions:
         base = ctx.fleet.public_url
         pending = await ctx.fleet.store.read(lambda c: actions.open_for_device(c, device_id, base))
-    return CheckInResponse(status=rt.status, poll_interval=rt.poll_interval, actions=pending)
+    return CheckInResponse(status=rt.status, poll_interval=rt.poll_interval, actions=pending,
+                           next_checkin=actions.next_checkin(rt.poll_interval, pending))
 
 
 class ReportStatusRequest(msgspec.Struct, kw_only=True):

@@ -114,21 +114,42 @@ def components_of(conn: sqlite3.Connection, device_id: str) -> list[ComponentSta
     return [_component(r) for r in storage.component_rows(conn, device_id)]
 
 
-def find_device_row(conn: sqlite3.Connection, ref: str) -> sqlite3.Row:
-    """By id, hardware id or (unique) name."""
+def find_device_row(conn: sqlite3.Connection, ref: str, *, prefix: bool = False) -> sqlite3.Row:
+    """By id, hardware id or (unique) name; with ``prefix`` (calls that read or deploy, never those that delete or
+    revoke), also by the start of an id that only one device's id has."""
     r = storage.device_by_id_or_hardware_id(conn, ref)
     if r is not None:
         return r
     rows = storage.devices_named(conn, ref)
     if len(rows) > 1:
         raise InvalidArgument(f"{len(rows)} devices are named {ref!r}; use the device id")
-    if not rows:
-        raise NotFound(f"no device {ref!r} (give its id, hardware id or name; 'fleetd devices list' shows them)")
-    return rows[0]
+    if rows:
+        return rows[0]
+    starting = _ids_starting(conn, ref) if ref else []
+    if prefix and len(starting) == 1:
+        found = storage.device_by_id(conn, starting[0]["id"])
+        assert found is not None  # read in the same transaction
+        return found
+    if prefix and starting:
+        listed = ", ".join(f"{m['id']} ({m['name']})" for m in starting[:MAX_LISTED_MATCHES])
+        more = " …" if len(starting) > MAX_LISTED_MATCHES else ""
+        raise InvalidArgument(f"{ref!r} is the start of more than one device id: {listed}{more}; give more of the id")
+    if starting:
+        raise NotFound(f"no device {ref!r}: this takes the whole id, hardware id or name, not the start of an id; "
+                       "'fleetd devices list' shows the ids")
+    raise NotFound(f"no device {ref!r} (give its id, hardware id or name; 'fleetd devices list' shows them)")
+
+
+MAX_LISTED_MATCHES = 5
+
+
+def _ids_starting(conn: sqlite3.Connection, start: str) -> list[sqlite3.Row]:
+    """Devices whose id starts with ``start`` (at most one more than are listed), by id."""
+    return storage.devices_with_id_starting(conn, start, MAX_LISTED_MATCHES + 1)
 
 
 def get_device(conn: sqlite3.Connection, ref: str) -> Device:
-    r = find_device_row(conn, ref)
+    r = find_device_row(conn, ref, prefix=True)
     return device_from_row(r, components_of(conn, r["id"]))
 
 

@@ -385,3 +385,17 @@ def device_count_by_status(conn: sqlite3.Connection) -> list[tuple[str, int]]:
 def open_action_count_by_kind_and_state(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
     return [(r[0], r[1], r[2]) for r in conn.execute(
         "SELECT kind, state, COUNT(*) FROM actions WHERE open = 1 GROUP BY kind, state")]
+
+
+def longest_poll_interval(conn: sqlite3.Connection, action_ids: list[str]) -> int:
+    """The longest poll interval among the devices of these actions (at most 500), 0 for none."""
+    row = conn.execute("SELECT MAX(d.poll_interval) FROM actions a JOIN devices d ON d.id = a.device_id "
+                       f"WHERE a.id IN ({_marks(len(action_ids))})", action_ids).fetchone()
+    return int(row[0] or 0)
+
+
+def devices_with_id_starting(conn: sqlite3.Connection, start: str, limit: int) -> list[sqlite3.Row]:
+    """(id, name) of the devices whose id starts with ``start`` (not empty), by id: a range scan of the key."""
+    end = start[:-1] + chr(ord(start[-1]) + 1)
+    return conn.execute("SELECT id, name FROM devices WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+                        (start, end, limit)).fetchall()

@@ -30,11 +30,9 @@ async def _change(ctx: Context, fn: Callable[[sqlite3.Connection, float], Change
 
 @service.method(auth="operator")
 async def CreateRollout(ctx: Context, req: RolloutSpec) -> Rollout:
-    """Create a rollout; it starts at its start time (now by default), inside its maintenance window if it has one."""
-    now = time.time()
-    created, _ = await ctx.fleet.store.write(lambda c: rollouts.create(c, ctx.actor, req, now))
-    ctx.fleet.orchestrator.wake()
-    return created
+    """Create a rollout; it starts at its start time (now by default), inside its maintenance window if it has one.
+    The answer counts the devices of each stage (``stages[].targeted``), as the stages will take them."""
+    return await _change(ctx, lambda c, now: rollouts.create(c, ctx.actor, req, now)[1])
 
 
 class ListRolloutsRequest(msgspec.Struct, kw_only=True):

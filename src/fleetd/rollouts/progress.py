@@ -257,6 +257,7 @@ class Evaluation:
     new_faults: list[tuple[str, str]] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (device, why), the first few
     rollbacks: dict[str, int] = field(default_factory=dict)  # rollback action state → count
+    soak_end: float = 0.0  # when the last soaking device's soak ends (0: none soaks)
     devices: list[DeviceProgress] = field(default_factory=list)  # with details=True only
 
     @property
@@ -299,6 +300,8 @@ def evaluate(snap: Snapshot, *, details: bool = False, for_stage: int | None = N
         action = installs.get(did)
         status, why, fault = _classify(snap, did, action, k, last_seen, stored, joined, details)
         row[1 + status] += 1
+        if status == SOAKING and action is not None:
+            ev.soak_end = max(ev.soak_end, (action[I_FINISHED] or action[I_UPDATED]) + r.soak)
         ev.members += 1
         late = joined >= since
         if action is None:

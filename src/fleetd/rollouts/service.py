@@ -136,6 +136,8 @@ class Rollout(msgspec.Struct, kw_only=True):
     waiting_for: str = ""
     # Whether the stage counts were computed (GetRollout does; ListRollouts does not).
     counted: bool = False
+    # When the soak of the last soaking device ends (counted rollouts; none while no device soaks).
+    soak_ends_at: dt.datetime | None = None
     rollback: RollbackProgress = msgspec.field(default_factory=RollbackProgress)
     created_by: str | None = None
     created_at: dt.datetime | None = None
@@ -207,7 +209,7 @@ def _target(conn: sqlite3.Connection, spec: RolloutSpec, art: artifacts.Artifact
     device_types = list(dict.fromkeys(spec.device_types or art.device_types)) if tags or spec.device_types else []
     ids: list[str] = []
     for ref in dict.fromkeys(spec.device_ids):
-        r = find_device_row(conn, ref)
+        r = find_device_row(conn, ref, prefix=True)
         if r["status"] != "active":
             raise FailedPrecondition(f"device {r['id']} is {r['status']}; only active devices take part in rollouts")
         if not matches_any(art.device_types, r["device_type"]):
@@ -295,7 +297,9 @@ def _to_api(r: RolloutRow, ev: Evaluation | None, stage_rows: dict[int, tuple[fl
         stages=stages, max_failure_percent=round(r.max_failure * 100, 6), soak_seconds=r.soak,
         offline_timeout_seconds=r.offline_timeout, start_at=to_dt(r.start_at), window=r.window.text if r.window else "",
         health=str(r.health) if r.health else "", consent=r.consent, state=r.state, stage=r.stage, reason=r.reason,
-        waiting_for=_waiting_for(r, ev, now), counted=ev is not None, rollback=rb, created_by=r.created_by,
+        waiting_for=_waiting_for(r, ev, now), counted=ev is not None,
+        soak_ends_at=to_dt(ev.soak_end) if ev is not None and ev.soak_end else None, rollback=rb,
+        created_by=r.created_by,
         created_at=to_dt(r.created_at), updated_at=to_dt(r.updated_at), started_at=to_dt(r.started_at),
         finished_at=to_dt(r.finished_at))
 

@@ -187,3 +187,22 @@ def test_the_sql_walk_finds_statements_and_fragments(tmp_path: Path) -> None:
         'B = "selected from the list"\n')
     (src / "devices" / "storage.py").write_text('Q = "SELECT id FROM devices WHERE id = ?"\n')
     assert sql_outside_storage(src) == {"fleetd.devices.service": [2, 4]}
+
+
+# --- tests mirror the layout -------------------------------------------------------------------------------------
+
+TESTS = ROOT / "tests"
+# Folders of tests that are not about one package: whole-process and browser tests, the agent, the shim, shared
+# helpers, the benchmark suite, the shared vectors.
+TEST_FOLDERS_OF_THEIR_OWN = {"e2e", "ui", "bench", "agent", "rtos", "support", "vectors"}
+# Tests about the whole tree or the composition directly under src/fleetd/, which stay in tests/.
+CROSS_CUTTING = {"test_architecture.py", "test_closed_lists.py", "test_effects_boundary.py", "test_lifecycle.py",
+                 "test_maintenance.py", "test_vectors.py"}
+
+
+def test_tests_mirror_the_packages() -> None:
+    packages = {p.parent.name for p in SRC.glob("*/__init__.py")}
+    folders = {p.name for p in TESTS.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert folders - packages - TEST_FOLDERS_OF_THEIR_OWN == set(), "a tests/ folder names no package of src/fleetd"
+    assert {p.name for p in TESTS.glob("test_*.py")} - CROSS_CUTTING == set(), \
+        "a package's tests go in tests/<package>/ (docs/architecture.md, 'Tests')"

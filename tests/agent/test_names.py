@@ -17,7 +17,7 @@ from fleet_agent.identity import check_device_type, check_hardware_id
 from fleet_agent.queue import DiskQueue, queue_stats
 from fleetd.core import names as server_names
 from fleetd.core.errors import InvalidArgument
-from tests.test_names import dollar_anchored
+from tests.core.test_names import dollar_anchored
 
 KINDS = {k: v for k, v in vars(names).items() if isinstance(v, names.Kind)}
 # A valid example of each kind.

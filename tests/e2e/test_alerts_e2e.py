@@ -7,8 +7,8 @@ import secrets
 import time
 from typing import Any
 
-from ..devices_helper import TestDevice
-from ..webhook_receiver import Receiver
+from tests.support.devices_helper import TestDevice
+from tests.support.webhook_receiver import Receiver
 from .server import ServerProcess, run_cli
 
 

@@ -21,7 +21,7 @@ from fleetd.fleet import open_offline
 from fleetd.store import blobs
 from fleetd.store.database import transaction
 
-from ..devices_helper import TestDevice
+from tests.support.devices_helper import TestDevice
 from .server import ServerProcess, fleetd_cmd, run_cli
 
 

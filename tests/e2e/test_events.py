@@ -19,7 +19,7 @@ from fleetd.devices.presence import Presence
 from fleetd.devices.registry import DeviceRuntime
 from fleetd.http import events as http_events
 
-from ..devices_helper import TestDevice
+from tests.support.devices_helper import TestDevice
 from .server import ServerProcess
 
 # --- in-process ----------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 The browser trusts the fleet's own CA by ``ignore_https_errors=True`` on the
 context: acceptable for a test on loopback (the CA is generated per run), never
-what a user does. Screenshots go to tests/artifacts/ (git-ignored); their paths
+what a user does. Screenshots go to tests/screenshots/ (git-ignored); their paths
 are listed at the end of the run.
 """
 
@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
-from ..devices_helper import TestDevice
+from tests.support.devices_helper import TestDevice
 from ..e2e.server import ServerProcess, fleetd_cmd, run_cli
 
 CHROMIUM = os.environ.get("FLEETD_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "screenshots"
 ADMIN = ("ui-admin", "admin-password-1")
 VIEWER = ("ui-viewer", "viewer-password-1")
 SIM_DEVICES = 3
@@ -176,7 +176,7 @@ def anon_page(browser: Browser, page_errors: list[str]) -> Iterator[Page]:
 
 @pytest.fixture
 def shot() -> Any:
-    """shot(page, "devices") saves tests/artifacts/ui-devices.png and lists it at the end of the run."""
+    """shot(page, "devices") saves tests/screenshots/ui-devices.png and lists it at the end of the run."""
     def take(page: Page, name: str) -> Path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / f"ui-{name}.png"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ..devices_helper import TestDevice
+from tests.support.devices_helper import TestDevice
 from .conftest import ADMIN, SIM_DEVICES, VIEWER, Fleet, log_in
 
 if TYPE_CHECKING:

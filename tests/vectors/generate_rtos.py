@@ -9,7 +9,7 @@ Output (docs/rtos-images.md, "Test vectors"):
   trusted_key.hex the trusted Ed25519 public key, 64 hex characters and a newline
 
 Keys come from fixed seeds and Ed25519 signatures are deterministic, so the output
-never changes unless the format or this list does; tests/test_rtos_image.py checks
+never changes unless the format or this list does; tests/artifacts/test_rtos_image.py checks
 that the committed files equal a fresh generation. Every bad image has exactly one
 fault: when a header field is broken, the hash and signature are made over the
 broken header, so only the intended check can refuse it.

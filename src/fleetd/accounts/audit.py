@@ -28,7 +28,7 @@ class Actor:
 
 SYSTEM = Actor("system", None, "fleetd")
 
-# What an entry's type (its ``action``) starts with: the thing acted on. tests/test_audit_log.py checks that every
+# What an entry's type (its ``action``) starts with: the thing acted on. tests/accounts/test_audit_log.py checks that every
 # type the server records is in one of these.
 FAMILIES = ("action", "alert_rule", "artifact", "auth", "ddi", "device", "key", "rollout", "token", "user",
             "webhook")

@@ -1,6 +1,6 @@
 """Bounded number types for the fields of request messages.
 
-Every integer a client sends has a range (tests/test_request_bounds.py checks each request field): SQLite
+Every integer a client sends has a range (tests/http/test_request_input.py checks each request field): SQLite
 stores at most 64-bit integers, and a time computed from an unbounded number of seconds passes year 9999.
 The integer types follow the .proto declarations (int32, int64), so JSON and protobuf clients agree.
 """

@@ -1,7 +1,7 @@
 """One validator per kind of name, each checking the whole value.
 
 Patterns are matched with ``re.fullmatch``: ``re.match`` with a ``$`` anchor also accepts a trailing
-newline. Every module checks names through here (tests/test_names.py keeps it so).
+newline. Every module checks names through here (tests/core/test_names.py keeps it so).
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from fleetd.accounts import audit
 from fleetd.cli import app
 from fleetd.core.config import Settings
 from fleetd.fleet import Fleet
-
 from tests.conftest import make_key, rpc
 from tests.devices.test_devices import make_artifact
 from tests.rollouts.test_rollouts import enroll

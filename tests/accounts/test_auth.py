@@ -8,7 +8,6 @@ from fleetd.accounts import users as auth
 from fleetd.accounts.audit import SYSTEM
 from fleetd.core.errors import AlreadyExists, InvalidArgument, Unauthenticated
 from fleetd.fleet import open_offline
-
 from tests.conftest import make_key, rpc
 
 

@@ -18,7 +18,6 @@ from fleetd.app import create_app
 from fleetd.core.config import Settings
 from fleetd.core.errors import InvalidArgument, ResourceExhausted
 from fleetd.fleet import Fleet
-
 from tests.conftest import make_key, rpc
 
 

@@ -24,7 +24,6 @@ from fleetd.devices import join_tokens, registry
 from fleetd.telemetry import rollups
 from fleetd.telemetry.intake import Point
 from fleetd.telemetry.rollups import Agg
-
 from tests.conftest import rpc
 from tests.support.webhook_receiver import Receiver
 

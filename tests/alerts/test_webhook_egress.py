@@ -22,7 +22,6 @@ from fleetd.alerts.egress import Policy, pinned_transport
 from fleetd.alerts.webhooks import Deliverer
 from fleetd.core.config import Settings, load_settings
 from fleetd.core.errors import InvalidArgument
-
 from tests.conftest import rpc
 from tests.support.webhook_receiver import Receiver
 

@@ -31,7 +31,6 @@ from fleetd.core.config import Settings
 from fleetd.core.errors import FleetdError, InvalidArgument
 from fleetd.core.names import ARTIFACT_NAME, BIDI_CONTROLS, DEVICE_TYPE, ENV_NAME, RESERVED_FILE_NAMES
 from fleetd.fleet import Fleet
-
 from tests.conftest import make_key, rpc
 from tests.support.devices_helper import TestDevice
 

@@ -19,12 +19,11 @@ from fleetd.artifacts.rtos_image import ImageError, verify_image
 from fleetd.cli.devclient import Download, VerificationError, verify_artifact
 from fleetd.core.config import Settings
 from fleetd.fleet import Fleet
-
-from tests.conftest import rpc
 from tests.artifacts.test_artifacts import active_device, check_in, error, open_upload, push
+from tests.artifacts.test_rtos_image import push_rtos
+from tests.conftest import rpc
 from tests.devices.test_devices import make_artifact
 from tests.rollouts.test_rollouts import create, enroll, rollout_actions, run_pass
-from tests.artifacts.test_rtos_image import push_rtos
 
 SCRIPT = b"#!/bin/sh\nwhile :; do date; sleep 10; done\n"
 

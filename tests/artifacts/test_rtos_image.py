@@ -32,9 +32,17 @@ from fleetd.cli.artifacts import inspect_image, trusted_key
 from fleetd.core.errors import InvalidArgument
 from fleetd.core.names import device_type_matches
 from fleetd.fleet import Fleet
-
+from tests.artifacts.test_artifacts import (
+    active_device,
+    artifact_rows,
+    blob_rows,
+    check_in,
+    deploy,
+    error,
+    open_upload,
+    put,
+)
 from tests.e2e.server import ServerProcess, run_cli
-from tests.artifacts.test_artifacts import active_device, artifact_rows, blob_rows, check_in, deploy, error, open_upload, put
 from tests.vectors.generate_rtos import OUT, generate
 
 DOC = json.loads((OUT / "vectors.json").read_bytes())

@@ -19,7 +19,6 @@ from fleetd.app import create_app
 from fleetd.core.config import Settings
 from fleetd.ddi import state as ddi
 from fleetd.fleet import Fleet
-
 from tests.conftest import make_key, rpc
 from tests.devices.test_devices import make_artifact
 from tests.rollouts.test_rollouts import enroll, report, runs

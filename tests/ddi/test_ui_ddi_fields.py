@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from fleetd.core.config import Settings
-
 from tests.conftest import rpc
 from tests.support.devices_helper import TestDevice
 

@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 from fleetd.devices.actions import LOG_BYTES_MAX, RESULTS_KEPT
-
 from tests.conftest import rpc
 from tests.devices.test_devices import active_device
 

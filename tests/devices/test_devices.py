@@ -16,7 +16,6 @@ from fleetd.accounts.audit import SYSTEM
 from fleetd.artifacts import catalog as artifacts
 from fleetd.core.errors import InvalidArgument
 from fleetd.devices import devauth, join_tokens
-
 from tests.conftest import rpc
 from tests.support.devices_helper import TestDevice
 
@@ -123,7 +122,7 @@ def test_reenroll_same_hardware_id(client, admin_key) -> None:  # type: ignore[n
     d = active_device(client, admin_key)
     # Same key, no token: the device gets its state back (an agent that lost the answer may retry).
     assert d.enroll().json()["status"] == "active"
-    # Another key without a token: refused, telling the user what to do (tests/devices/test_enroll_again.py has the rest).
+    # Another key without a token: refused, telling the user what to do (test_enroll_again.py has the rest).
     imposter = TestDevice(client, hardware_id=d.hardware_id)
     r = imposter.enroll()
     assert r.status_code == 409 and f"fleetd devices rekey {d.hardware_id}" in r.json()["message"]

@@ -18,11 +18,10 @@ from fleetd.core.config import Settings
 from fleetd.devices.inventory import Inventory, inventory_dict
 from fleetd.fleet import Fleet
 from fleetd.maintenance import expire_pending
-
 from tests.conftest import make_key, rpc
-from tests.support.devices_helper import TestDevice
 from tests.ddi.test_ddi_server import Ddi, target
 from tests.devices.test_devices import active_device, make_token
+from tests.support.devices_helper import TestDevice
 
 
 def token_row(fleet: Fleet, token: str) -> dict[str, Any]:

@@ -8,11 +8,10 @@ from typing import Any
 from fleetd.devices import actions
 from fleetd.rollouts.progress import stage_of
 from fleetd.rollouts.rules import bucket
-
 from tests.conftest import rpc
-from tests.support.devices_helper import TestDevice
 from tests.devices.test_devices import active_device, make_artifact
 from tests.rollouts.test_rollouts import enroll
+from tests.support.devices_helper import TestDevice
 
 ADMIN = "DeviceAdminService"
 

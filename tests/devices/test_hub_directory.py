@@ -10,7 +10,6 @@ from fleetd.app import create_app
 from fleetd.core.config import Settings
 from fleetd.devices.registry import DeviceRuntime
 from fleetd.fleet import Fleet
-
 from tests.conftest import make_key, rpc
 from tests.devices.test_devices import active_device
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from tests.support.devices_helper import TestDevice
 from tests.support.webhook_receiver import Receiver
+
 from .server import ServerProcess, run_cli
 
 

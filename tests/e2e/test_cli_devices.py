@@ -20,8 +20,8 @@ from fleetd.artifacts import catalog as artifacts
 from fleetd.fleet import open_offline
 from fleetd.store import blobs
 from fleetd.store.database import transaction
-
 from tests.support.devices_helper import TestDevice
+
 from .server import ServerProcess, fleetd_cmd, run_cli
 
 

@@ -18,8 +18,8 @@ from fleetd.devices.inventory import Component
 from fleetd.devices.presence import Presence
 from fleetd.devices.registry import DeviceRuntime
 from fleetd.http import events as http_events
-
 from tests.support.devices_helper import TestDevice
+
 from .server import ServerProcess
 
 # --- in-process ----------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from fleetd.core import resources
 from fleetd.core.config import Settings
 from fleetd.fleet import Fleet
 from fleetd.http import agent_dist
-
 from tests.conftest import rpc
 
 ROOT = Path(__file__).resolve().parents[2]

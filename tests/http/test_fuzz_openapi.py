@@ -30,7 +30,6 @@ from fleetd.app import PLAIN_PATHS, SERVICES, create_app
 from fleetd.core.config import Settings
 from fleetd.fleet import Fleet
 from fleetd.http import openapi
-
 from tests.conftest import make_key, rpc
 from tests.support.devices_helper import TestDevice
 

@@ -16,7 +16,6 @@ from fleetd.accounts import users as auth
 from fleetd.accounts.audit import SYSTEM
 from fleetd.core.metrics import DURATION_BUCKETS, Metrics, Read
 from fleetd.fleet import Fleet
-
 from tests.conftest import make_key
 
 # --- a small parser for text format 0.0.4 that fails on anything off-grammar ---

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from fleetd.core.config import Settings
-
 from tests.conftest import rpc
 from tests.devices.test_devices import active_device, make_artifact
 

@@ -499,8 +499,8 @@ def test_omitted_defaults_need_presence(knob_dir: Path) -> None:
     # The server leaves level out when it is 5; a proto3 reader would take that for 0.
     edit(knob_dir, "knob.proto", ("optional int64 level", "int64 level"), ("optional string mode", "string mode"))
     assert check([knobs], knob_dir) == [
-        f"Knob.{name} (fleetd/v1/knob.proto:{line}): tests.http.test_proto.Knob leaves this field out when it holds its "
-        f"default {default!r} (omit_defaults) and proto3 readers take a missing field as zero; write "
+        f"Knob.{name} (fleetd/v1/knob.proto:{line}): tests.http.test_proto.Knob leaves this field out when it holds "
+        f"its default {default!r} (omit_defaults) and proto3 readers take a missing field as zero; write "
         f"`optional {type_} {name} = {number};` and say in its comment what unset means"
         for name, line, default, type_, number in (("level", 18, 5, "int64", 1), ("mode", 20, "auto", "string", 2))]
 
@@ -583,7 +583,8 @@ class CamelKnob(msgspec.Struct, kw_only=True, rename="camel"):
 
 @pytest.mark.parametrize("response, returns, message, problem", [
     (Timestamp, "google.protobuf.Timestamp", "",
-     "tests.http.test_proto.Timestamp is a Struct but google.protobuf.Timestamp is a well-known type; declare a message"),
+     "tests.http.test_proto.Timestamp is a Struct but google.protobuf.Timestamp is a well-known type; "
+     "declare a message"),
     (Pair, "Pair", "// Two.\nmessage Pair {\n  int64 a = 1;\n  int64 b = 2;\n}\n",
      "tests.http.test_proto.Pair: array_like and tagged Structs have no proto3 equivalent"),
     (CamelKnob, "CamelKnob", "// Camel.\nmessage CamelKnob {\n  int64 knob_level = 1;\n}\n",

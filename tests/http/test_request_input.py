@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from fleetd.app import SERVICES
 from fleetd.ddi import feedback as ddi_feedback
 from fleetd.http.rpc import _struct_infos
-
 from tests.conftest import make_key, rpc
 from tests.ddi.test_ddi_server import Ddi, target
 

@@ -15,7 +15,6 @@ from litestar.handlers import HTTPRouteHandler
 from fleetd.app import create_app
 from fleetd.core.errors import FleetdError, InvalidArgument
 from fleetd.http import rpc
-
 from tests.conftest import rpc as call
 
 

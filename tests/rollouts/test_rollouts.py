@@ -32,10 +32,9 @@ from fleetd.rollouts import steps as rollout_steps
 from fleetd.rollouts.orchestrator import PassReport
 from fleetd.rollouts.progress import read_snapshot, stage_of
 from fleetd.rollouts.rules import HealthCondition, Window, bucket, parse_percent, parse_stages, parse_start_at
-
 from tests.conftest import rpc
-from tests.support.devices_helper import TestDevice
 from tests.devices.test_devices import make_artifact, make_token
+from tests.support.devices_helper import TestDevice
 
 SVC = "RolloutService"
 

@@ -23,7 +23,6 @@ from fleetd.core.errors import AlreadyExists, FailedPrecondition, InvalidArgumen
 from fleetd.fleet import Fleet
 from fleetd.store import backup as bk
 from fleetd.store.database import available_migrations
-
 from tests.conftest import make_key
 
 

@@ -14,10 +14,9 @@ from fleetd.app import create_app
 from fleetd.core.config import Settings
 from fleetd.fleet import Fleet
 from fleetd.store.blobs import TMP_DIR, _TempBlob
-
-from tests.support.devices_helper import TestDevice
 from tests.artifacts.test_artifacts import error, open_upload, put
 from tests.ddi.test_ddi_server import Ddi, target
+from tests.support.devices_helper import TestDevice
 
 
 @pytest.fixture

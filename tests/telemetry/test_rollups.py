@@ -22,7 +22,6 @@ from fleetd.store.database import connect, migrate
 from fleetd.telemetry import rollups, storage
 from fleetd.telemetry.intake import Point
 from fleetd.telemetry.rollups import Agg, Retention
-
 from tests.conftest import rpc
 from tests.devices.test_devices import active_device
 

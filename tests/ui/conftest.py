@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.support.devices_helper import TestDevice
+
 from ..e2e.server import ServerProcess, fleetd_cmd, run_cli
 
 CHROMIUM = os.environ.get("FLEETD_CHROMIUM", "/usr/bin/chromium")

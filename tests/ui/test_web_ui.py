@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.support.devices_helper import TestDevice
+
 from .conftest import ADMIN, SIM_DEVICES, VIEWER, Fleet, log_in
 
 if TYPE_CHECKING:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.support.devices_helper import TestDevice
+
 from .conftest import SIM_DEVICES, VIEWER, Fleet, log_in
 from .test_web_ui import device_id, upload, wait_for
 

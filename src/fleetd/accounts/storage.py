@@ -6,9 +6,9 @@ values; the rules (roles, the last admin, expiry) stay in users.py and audit.py.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
 
 from ..store.dialect import dialect_of
+from ..store.where import Where
 
 # --- users ----------------------------------------------------------------------------------------------------
 
@@ -178,35 +178,20 @@ def audit_entries(conn: sqlite3.Connection, *, action_patterns: list[str], actor
                   limit: int) -> list[sqlite3.Row]:
     """Audit entries, newest first: ``action_patterns`` LIKE patterns (``ESCAPE '\\'``), any of which matches,
     ``actor`` an actor id or name; ``since`` inclusive, ``until`` and ``before_id`` exclusive."""
-    where: list[str] = []
-    args: list[Any] = []
+    w = Where()
     if action_patterns:
-        where.append("(" + " OR ".join(["action LIKE ? ESCAPE '\\'"] * len(action_patterns)) + ")")
-        args += action_patterns
+        w.add("(" + " OR ".join(["action LIKE ? ESCAPE '\\'"] * len(action_patterns)) + ")", *action_patterns)
     if actor:
-        where.append("(actor_id = ? OR actor_name = ?)")
-        args += [actor, actor]
-    if target:
-        where.append("target = ?")
-        args.append(target)
-    if outcome:
-        where.append("outcome = ?")
-        args.append(outcome)
+        w.add("(actor_id = ? OR actor_name = ?)", actor, actor)
+    w.equal("target", target)
+    w.equal("outcome", outcome)
     if since is not None:
-        where.append("ts >= ?")
-        args.append(since)
+        w.add("ts >= ?", since)
     if until is not None:
-        where.append("ts < ?")
-        args.append(until)
+        w.add("ts < ?", until)
     if before_id is not None:
-        where.append("id < ?")
-        args.append(before_id)
-    sql = "SELECT * FROM audit_log"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY id DESC LIMIT ?"
-    args.append(limit)
-    return conn.execute(sql, args).fetchall()
+        w.add("id < ?", before_id)
+    return conn.execute(f"SELECT * FROM audit_log{w.sql} ORDER BY id DESC LIMIT ?", [*w.args, limit]).fetchall()
 
 
 def actor_is_known(conn: sqlite3.Connection, actor: str) -> bool:

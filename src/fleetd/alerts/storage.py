@@ -9,6 +9,7 @@ from typing import Any
 
 from ..core.names import TAG_KEY
 from ..store.dialect import dialect_of
+from ..store.where import Where
 
 # --- rules -------------------------------------------------------------------------------------------------------
 
@@ -78,14 +79,12 @@ def incident_row(conn: sqlite3.Connection, incident_id: str) -> sqlite3.Row:
 def incident_rows(conn: sqlite3.Connection, *, state: str, rule_id: str, device_id: str, limit: int
                   ) -> list[sqlite3.Row]:
     """Incidents (empty filters match all), newest first, each with its device's name."""
-    where, args = [], []
-    for col, val in (("i.state", state), ("i.rule_id", rule_id), ("i.device_id", device_id)):
-        if val:
-            where.append(f"{col} = ?")
-            args.append(val)
-    clause = (" WHERE " + " AND ".join(where)) if where else ""
-    return conn.execute(f"{_INCIDENT_SELECT}{clause} ORDER BY i.started_at DESC, i.id LIMIT ?",
-                        (*args, limit)).fetchall()
+    w = Where()
+    w.equal("i.state", state)
+    w.equal("i.rule_id", rule_id)
+    w.equal("i.device_id", device_id)
+    return conn.execute(f"{_INCIDENT_SELECT}{w.sql} ORDER BY i.started_at DESC, i.id LIMIT ?",
+                        (*w.args, limit)).fetchall()
 
 
 def delete_resolved_incidents(conn: sqlite3.Connection, before: float) -> int:
@@ -172,16 +171,11 @@ def insert_deliveries(conn: sqlite3.Connection, webhook_ids: Iterable[str], *, e
 
 def delivery_rows(conn: sqlite3.Connection, *, webhook_id: str, state: str, limit: int) -> list[sqlite3.Row]:
     """Deliveries (empty filters match all), newest first."""
-    where, args = [], []
-    if webhook_id:
-        where.append("webhook_id = ?")
-        args.append(webhook_id)
-    if state:
-        where.append("state = ?")
-        args.append(state)
-    clause = (" WHERE " + " AND ".join(where)) if where else ""
-    return conn.execute(f"SELECT * FROM webhook_deliveries{clause} ORDER BY id DESC LIMIT ?",
-                        (*args, limit)).fetchall()
+    w = Where()
+    w.equal("webhook_id", webhook_id)
+    w.equal("state", state)
+    return conn.execute(f"SELECT * FROM webhook_deliveries{w.sql} ORDER BY id DESC LIMIT ?",
+                        (*w.args, limit)).fetchall()
 
 
 def delete_finished_deliveries(conn: sqlite3.Connection, before: float) -> int:

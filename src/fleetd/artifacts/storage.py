@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
 
 from ..store.dialect import dialect_of
+from ..store.where import Where
 
 _SELECT = "SELECT a.*, b.md5, b.sha1 FROM artifacts a JOIN blobs b ON b.sha256 = a.sha256"
 
@@ -49,21 +49,14 @@ def artifact_rows_page(conn: sqlite3.Connection, *, name: str, kind: str, device
     """One page of artifact rows (empty filters match all), by name then version precedence, and how many
     match."""
     d = dialect_of(conn)
-    where: list[str] = []
-    args: list[Any] = []
-    if name:
-        where.append("a.name = ?")
-        args.append(name)
-    if kind:
-        where.append("a.kind = ?")
-        args.append(kind)
-    if device_type:
-        where.append(d.json_list_star_matches("a.device_types"))  # the artifacts a device of this type may install
-        args.append(device_type)
-    clause = (" WHERE " + " AND ".join(where)) if where else ""
-    total = conn.execute(f"SELECT COUNT(*) FROM artifacts a{clause}", args).fetchone()[0]
-    rows = conn.execute(f"{_SELECT}{clause} ORDER BY a.name, {d.semver_order('a.version')}, a.version "
-                        "LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
+    w = Where()
+    w.equal("a.name", name)
+    w.equal("a.kind", kind)
+    if device_type:  # the artifacts a device of this type may install
+        w.add(d.json_list_star_matches("a.device_types"), device_type)
+    total = conn.execute(f"SELECT COUNT(*) FROM artifacts a{w.sql}", w.args).fetchone()[0]
+    rows = conn.execute(f"{_SELECT}{w.sql} ORDER BY a.name, {d.semver_order('a.version')}, a.version "
+                        "LIMIT ? OFFSET ?", [*w.args, limit, offset]).fetchall()
     return rows, int(total)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..store.dialect import dialect_of
+from ..store.where import Where
 
 CHUNK = 500  # ids per IN (...) list
 
@@ -129,23 +130,15 @@ def _device_filter(conn: sqlite3.Connection, status: str | None, device_type: st
                    tags: dict[str, str] | None, pattern: str | None) -> tuple[str, list[Any]]:
     """The WHERE clause of a device list: tags ANDed (keys checked by the caller), ``pattern`` a LIKE pattern
     (``ESCAPE '\\'``) on id, name or hardware id."""
-    where: list[str] = []
-    args: list[Any] = []
-    if status:
-        where.append("status = ?")
-        args.append(status)
-    if device_type:
-        where.append("device_type = ?")
-        args.append(device_type)
-    if tags:
-        key_equals = dialect_of(conn).json_key_equals("tags")
-        for k, v in tags.items():
-            where.append(key_equals)
-            args += [k, v]
+    w = Where()
+    w.equal("status", status)
+    w.equal("device_type", device_type)
+    key_equals = dialect_of(conn).json_key_equals("tags")
+    for k, v in (tags or {}).items():
+        w.add(key_equals, k, v)
     if pattern:
-        where.append("(id LIKE ? ESCAPE '\\' OR name LIKE ? ESCAPE '\\' OR hardware_id LIKE ? ESCAPE '\\')")
-        args += [pattern] * 3
-    return (" WHERE " + " AND ".join(where)) if where else "", args
+        w.add("(id LIKE ? ESCAPE '\\' OR name LIKE ? ESCAPE '\\' OR hardware_id LIKE ? ESCAPE '\\')", *[pattern] * 3)
+    return w.sql, w.args
 
 
 def device_ids_and_types(conn: sqlite3.Connection, *, status: str | None, tags: dict[str, str] | None

@@ -15,7 +15,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from . import cases, ddi_poll, login_flood, report, seed
+from . import cases, ddi_poll, history, login_flood, report, seed
 from .procs import find_tool, machine_info, missing_tools
 from .servers import start_fleetd, start_hello
 
@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", nargs="?", const="-", metavar="FILE",
                    help="write the results as JSON to FILE (or to stdout instead of the table)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when a target is missed")
+    p.add_argument("--no-save", action="store_true",
+                   help="do not keep this run's JSON in docs/bench/ (python -m tests.bench.history shows the trend)")
     a = p.parse_args(argv)
     only = [b.strip() for b in a.only.split(",") if b.strip()]
     unknown = set(only) - set(BENCHES)
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     settings = {f.name: getattr(cfg, f.name) for f in fields(cfg)} | {"quick": a.quick, "benchmarks": only}
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     try:
         results, profile = run(cfg, only, workdir)
     finally:
@@ -190,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     if profile and not a.workdir:
         profile["file"] = "(removed with the temporary directory; keep it with --workdir)"
     doc = report.as_json(machine, settings, results, profile)
+    if not a.no_save:
+        print(f"saved in {history.save(doc, started=started_at).relative_to(history.ROOT)}", file=sys.stderr)
     if a.json and a.json != "-":
         Path(a.json).write_text(json.dumps(doc, indent=2) + "\n")
     if a.json == "-":

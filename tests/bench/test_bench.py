@@ -230,3 +230,19 @@ def test_the_build_comparison_flags_only_what_got_worse_by_more_than_the_toleran
     assert set(rows) == {"rps", "p99"}  # measured by both builds in every run
     assert rows["rps"]["before"] == 0.52 and rows["rps"]["after"] == 0.51 and not rows["rps"]["flagged"]
     assert rows["p99"]["ratio"] == pytest.approx(2.0 / 1.6) and rows["p99"]["flagged"]
+
+
+def test_each_run_is_kept_with_its_commit_and_the_machines_hello_world_rate(tmp_path: Path) -> None:
+    from . import history
+    doc = {"machine": {"nproc": 2}, "settings": {"quick": False},
+           "results": {"checkin": {"baseline": {"rps": 4530.0}}},
+           "targets": [{"what": "check-in rps ratio vs hello world", "value": 0.5, "target": ">= 0.4", "met": True},
+                       {"what": "telemetry ratio", "value": 0.18, "target": ">= 0.3", "met": False}]}
+    first = history.save(doc, tmp_path, started=1_700_000_000)
+    second = history.save({**doc, "settings": {"quick": True}}, tmp_path, started=1_700_003_600)
+    assert first.name.startswith("2023-11-14T221320Z-") and second.name.endswith("-quick.json")
+    runs = history.load(tmp_path)
+    assert [p for p, _ in runs] == [first, second]
+    assert runs[0][1]["hello_world_rps"] == 4530.0 and runs[0][1]["commit"] == history.commit() != "?"
+    text = history.table(runs)
+    assert "check-in rps ratio vs hello world (>= 0.4)" in text and "0.18!" in text and "4,530" in text

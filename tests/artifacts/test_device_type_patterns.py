@@ -64,7 +64,7 @@ def test_one_push_for_linux_star_is_signed_with_it_and_deploys_to_both_linux_boa
 
     status, code, message = error(deploy(client, operator_key, "beat@1.0.0", mcu))
     assert (status, code) == (400, "failed_precondition")
-    assert "another type" in message and mcu.device_id in message and "linux-*" in message
+    assert f"{mcu.device_id} is of type rtos-stm32" in message and "built for linux-*" in message
 
     # Each board gets the action and, verifying as a device does, accepts the manifest for its own type.
     for dev in (pi4, pi2):

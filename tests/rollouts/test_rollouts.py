@@ -346,7 +346,7 @@ def test_failures_past_the_threshold_halt_and_roll_back(client, fleet, admin_key
 
     run_pass(fleet, t0 + 10)
     got = get(client, admin_key, rid)
-    assert got["state"] == "rolled_back", got
+    assert got["state"] == "rolled_back", (len(first), got.get("reason"), got["stages"])
     assert f"3 of {len(first)} attempted" in got["reason"] and "10% allowed" in got["reason"]
     assert "disk full" in got["reason"] and got["stages"][0]["state"] == "rolled_back"
     assert got["stages"][0]["failed"] == 3

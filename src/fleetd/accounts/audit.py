@@ -77,6 +77,8 @@ def record_batch(conn: sqlite3.Connection, actor: Actor, action: str, action_ids
 def check_types(types: str) -> list[str]:
     """``types``: entry types or their beginnings, comma-separated (``artifact.,key.create``); each must begin like
     one of :data:`FAMILIES`, else the caller hears which exist."""
+    if len(types) > SEARCH_MAX:
+        raise InvalidArgument(f"action must be at most {SEARCH_MAX} characters, got {len(types)}")
     found = [t.strip() for t in types.split(",") if t.strip()]
     for t in found:
         family = t.split(".", 1)[0]

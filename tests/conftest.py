@@ -11,7 +11,7 @@ from litestar.testing import TestClient
 
 from fleetd.accounts import users as auth
 from fleetd.accounts.audit import SYSTEM
-from fleetd.app import create_app
+from fleetd.app import asgi_app
 from fleetd.core.config import Settings
 from fleetd.fleet import Fleet
 
@@ -30,7 +30,8 @@ def fleet(settings: Settings) -> Iterator[Fleet]:
 
 @pytest.fixture
 def client(fleet: Fleet) -> Iterator[TestClient[Any]]:
-    with TestClient(app=create_app(fleet)) as c:
+    """The app as ``fleetd serve`` runs it: Litestar behind the device lane."""
+    with TestClient(app=asgi_app(fleet)) as c:
         yield c
 
 

@@ -29,6 +29,7 @@ from .fleet import Fleet
 from .http import agent_dist, openapi, rpc, security_headers
 from .http import blobs as http_blobs
 from .http import events as http_events
+from .http.device_lane import DeviceLane
 from .http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .http.metrics import middleware as metrics_middleware
 from .rollouts import api as rollouts_api
@@ -164,3 +165,9 @@ def create_app(fleet: Fleet) -> Litestar:
     app.state.fleet = fleet
     app.state.rpc_paths = frozenset(m.path for s in SERVICES for m in s.methods.values())
     return app
+
+
+def asgi_app(fleet: Fleet) -> DeviceLane:
+    """What ``fleetd serve`` runs: the Litestar app behind the device lane (http/device_lane.py)."""
+    device_methods = [m for m in device_api.service.methods.values() if m.auth == "device"]
+    return DeviceLane(create_app(fleet), fleet, device_methods, security_headers.response_headers(fleet.settings.tls))

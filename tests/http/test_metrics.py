@@ -14,6 +14,7 @@ import pytest
 from fleetd import __version__
 from fleetd.accounts import users as auth
 from fleetd.accounts.audit import SYSTEM
+from fleetd.app import create_app
 from fleetd.core.metrics import DURATION_BUCKETS, Metrics, Read
 from fleetd.fleet import Fleet
 from tests.conftest import make_key
@@ -180,7 +181,7 @@ def test_request_counters_go_up_by_route_template(client: Any, fleet: Fleet, vie
     assert delta(route="/{file_path}", method="GET", code="404") == 2
     assert "3f9a1c" not in r.text and "77e2" not in r.text
 
-    registered = {re.sub(r":[a-z]+\}", "}", p) for route in client.app.routes for p in [route.path]}
+    registered = {re.sub(r":[a-z]+\}", "}", p) for route in create_app(fleet).routes for p in [route.path]}
     routes = {labels["route"] for labels, _ in after.series("fleetd_http_requests_total")}
     assert routes <= registered, f"route labels that are not route templates: {routes - registered}"
 

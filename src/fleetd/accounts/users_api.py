@@ -65,7 +65,7 @@ async def Login(ctx: Context, req: LoginRequest) -> LoginResponse:
 @service.method(auth="viewer", before_password_change=True)
 async def Logout(ctx: Context, req: Empty) -> Empty:
     """End this browser session."""
-    token = ctx.request.cookies.get(auth.SESSION_COOKIE)
+    token = ctx.request.cookies.get(auth.SESSION_COOKIE) if ctx.request else None
     if token:
         def logout(conn):  # type: ignore[no-untyped-def]
             auth.delete_session(conn, token)

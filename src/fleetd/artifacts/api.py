@@ -69,7 +69,7 @@ async def CreateUpload(ctx: Context, req: CreateUploadRequest) -> UploadTicket:
         raise AlreadyExists(f"{pending.name}@{pending.version} already exists; versions are immutable, "
                             "push a new version")
     session = fleet.uploads.open(pending, ctx.principal)
-    base = fleet.settings.public_url.rstrip("/") or str(ctx.request.base_url).rstrip("/")
+    base = fleet.settings.public_url.rstrip("/") or (str(ctx.request.base_url).rstrip("/") if ctx.request else "")
     return UploadTicket(upload_id=session.id, upload_url=f"{base}/v1/uploads/{session.id}",
                         expires_at=session.expires, max_bytes=cap)
 

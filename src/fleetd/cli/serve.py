@@ -178,7 +178,7 @@ def serve(
     """Run the fleetd server (HTTPS, the API, the web UI, mDNS)."""
     import uvicorn
 
-    from ..app import create_app
+    from ..app import asgi_app
 
     flags = {"data_dir": data_dir, "host": host, "port": port, "public_url": public_url, "log_level": log_level,
              "tls": False if no_tls else None, "mdns": False if no_mdns else None, "ddi_tenant": ddi_tenant,
@@ -207,7 +207,7 @@ def serve(
         first = fleet.ensure_first_admin()
         if first:
             _banner(*first, fleet.public_url)
-        app = create_app(fleet)
+        app = asgi_app(fleet)
         certfile = str(fleet.keys.server_cert_path) if settings.tls else None
         keyfile = str(fleet.keys.server_key_path) if settings.tls else None
         _listening(settings, fleet)
@@ -219,7 +219,7 @@ def serve(
             # Forwarding headers only from the configured proxies (uvicorn would trust 127.0.0.1 and
             # $FORWARDED_ALLOW_IPS by default).
             proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies or [],
-        ), app)
+        ), app.app)
         server.run(sockets=[sock])
     finally:
         sock.close()

@@ -67,7 +67,8 @@ class Context:
     fleet: Fleet
     principal: Principal
     remote_addr: str | None
-    request: Request[Any, Any, Any]
+    # Litestar's request; None for the calls the device lane answers (http/device_lane.py).
+    request: Request[Any, Any, Any] | None
     cookies: list[Cookie] = field(default_factory=list)
 
     @property
@@ -282,10 +283,14 @@ def _client_addr(request: Request[Any, Any, Any]) -> str | None:
     return request.client.host if request.client else None
 
 
-def _is_json(content_type: str | None) -> bool:
+def is_json(content_type: str | None) -> bool:
     if not content_type:
         return False
     return content_type.split(";", 1)[0].strip().lower() == JSON
+
+
+def not_json(content_type: str | None) -> UnsupportedMediaType:
+    return UnsupportedMediaType(f"Content-Type must be {JSON} (got {content_type!r})")
 
 
 def _get_message(request: Request[Any, Any, Any]) -> bytes:
@@ -307,9 +312,9 @@ def _route(method: Method) -> HTTPRouteHandler:
         if request.method == "GET":
             body = _get_message(request)
         else:
-            if not _is_json(request.headers.get("content-type")):
-                raise UnsupportedMediaType(
-                    f"Content-Type must be {JSON} (got {request.headers.get('content-type')!r})")
+            content_type = request.headers.get("content-type")
+            if not is_json(content_type):
+                raise not_json(content_type)
             body = await request.body()
         message = method.codec.decode(body)
         ctx = Context(request.app.state.fleet, request.state.principal, _client_addr(request), request)
@@ -336,16 +341,21 @@ _HTTP_TO_CONNECT = {400: "invalid_argument", 401: "unauthenticated", 403: "permi
                     501: "unimplemented", 503: "unavailable"}
 
 
-def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    """The one place an exception becomes an HTTP response."""
+def error_parts(exc: Exception, data_dir: Any, where: str) -> tuple[FleetdError, dict[str, str]]:
+    """A fleetd error for any exception but Litestar's own, and the headers it brings (Retry-After).
+    An unexpected exception is logged with ``where`` (method and path) and answered as internal."""
     if disk.is_full(exc):
-        exc = disk.full_error(request.app.state.fleet.data_dir, exc)
-    headers: dict[str, str] = {}
+        exc = disk.full_error(data_dir, exc)
     if isinstance(exc, FleetdError):
-        err = exc
-        if isinstance(exc, ResourceExhausted):
-            headers.update(exc.headers)
-    elif isinstance(exc, HTTPException):
+        return exc, dict(exc.headers) if isinstance(exc, ResourceExhausted) else {}
+    log.error("internal error on %s", where, exc_info=exc)
+    return FleetdError("internal error; the server log has the details"), {}
+
+
+def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """The one place an exception becomes an HTTP response (the device lane uses :func:`error_parts` too)."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, HTTPException):
         status = exc.status_code
         path = request.url.path
         if status in (404, 405) and path.startswith(f"/{PACKAGE}."):
@@ -358,14 +368,17 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
         elif status == 413:
             handler = request.scope.get("route_handler")
             limit = handler.resolve_request_max_body_size() if isinstance(handler, HTTPRouteHandler) else None
-            err = PayloadTooLarge(f"the request body is larger than this endpoint accepts ({limit} bytes)"
-                                  if limit else "the request body is too large")
+            err = too_large(limit)
         else:
             err = FleetdError(str(exc.detail))
             err.code = _HTTP_TO_CONNECT.get(status, "internal" if status >= 500 else "invalid_argument")
             err.http_status = status
         headers.update(exc.headers or {})
     else:
-        log.exception("internal error on %s %s", request.method, request.url.path)
-        err = FleetdError("internal error; the server log has the details")
+        err, headers = error_parts(exc, request.app.state.fleet.data_dir, f"{request.method} {request.url.path}")
     return Response(encode(err.to_json()), status_code=err.http_status, media_type=JSON, headers=headers)
+
+
+def too_large(limit: int | None) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the request body is larger than this endpoint accepts ({limit} bytes)"
+                           if limit else "the request body is too large")

@@ -18,11 +18,17 @@ UI_HEADERS = {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY", "Referr
 HSTS = "max-age=31536000"
 
 
-def every_response(tls: bool) -> Any:
-    """A Litestar ``before_send`` hook adding nosniff (and HSTS with TLS) to every response."""
+def response_headers(tls: bool) -> list[tuple[bytes, bytes]]:
+    """nosniff, and HSTS with TLS, as ASGI header pairs."""
     extra = [(b"x-content-type-options", b"nosniff")]
     if tls:
         extra.append((b"strict-transport-security", HSTS.encode()))
+    return extra
+
+
+def every_response(tls: bool) -> Any:
+    """A Litestar ``before_send`` hook adding :func:`response_headers` to every response."""
+    extra = response_headers(tls)
 
     async def add_headers(message: Any, scope: Any) -> None:
         if message["type"] == "http.response.start":
@@ -37,4 +43,4 @@ async def ui_headers(response: Any) -> Any:
     return response
 
 
-__all__ = ["CSP", "HSTS", "UI_HEADERS", "every_response", "ui_headers"]
+__all__ = ["CSP", "HSTS", "UI_HEADERS", "every_response", "response_headers", "ui_headers"]

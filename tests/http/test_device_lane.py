@@ -1,0 +1,144 @@
+"""The device lane answers CheckIn, ReportStatus and PushTelemetry exactly as the Litestar routes would.
+
+Each request goes to both: the app ``fleetd serve`` runs (the lane in front, which takes it) and the
+bare Litestar app (which serves the same method through its route, guard and middleware). Status,
+body and headers must match, for good calls and for every way a call can be wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+from fleetd.app import asgi_app, create_app
+from fleetd.fleet import Fleet
+from fleetd.http.device_lane import DeviceLane
+from tests.conftest import make_key
+from tests.support.devices_helper import TestDevice
+
+PATH = "/fleetd.v1.DeviceService/"
+CHECKIN = {"inventory": {"os": "linux"}, "components": [{"name": "app", "version": "1.0.0"}]}
+
+
+@pytest.fixture
+def lane_app(fleet: Fleet) -> DeviceLane:
+    return asgi_app(fleet)
+
+
+@pytest.fixture
+def pair(fleet: Fleet, lane_app: DeviceLane) -> Iterator[tuple[Any, Any]]:
+    with TestClient(app=lane_app) as lane, TestClient(app=create_app(fleet)) as plain:
+        yield lane, plain
+
+
+@pytest.fixture
+def token(pair: tuple[Any, Any], fleet: Fleet, admin_key: str) -> str:
+    lane, _ = pair
+    r = lane.post("/fleetd.v1.EnrollmentService/CreateToken", json={"name": "t"},
+                  headers={"Authorization": f"Bearer {admin_key}"})
+    assert r.status_code == 200, r.text
+    d = TestDevice(lane)
+    assert d.enroll(r.json()["token"]).status_code == 200
+    assert d.authenticate().status_code == 200
+    return d.token
+
+
+def _headers(r: Any) -> dict[str, str]:
+    return {k: v for k, v in r.headers.items() if k not in ("date",)}
+
+
+def both(pair: tuple[Any, Any], method: str, content: bytes | str, headers: dict[str, str]) -> Any:
+    lane, plain = pair
+    a = lane.post(PATH + method, content=content, headers=headers)
+    b = plain.post(PATH + method, content=content, headers=headers)
+    assert (a.status_code, a.json(), _headers(a)) == (b.status_code, b.json(), _headers(b)), method
+    return a
+
+
+def bearer(token: str, content_type: str = "application/json") -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "Content-Type": content_type}
+
+
+def test_a_check_in_is_answered_by_the_lane_like_litestar(pair: tuple[Any, Any], token: str,
+                                                           lane_app: DeviceLane) -> None:
+    served: list[str] = []
+    inner = lane_app.app
+
+    async def spy(scope: Any, receive: Any, send: Any) -> None:
+        served.append(scope["path"])
+        await inner(scope, receive, send)
+
+    lane_app.app = spy
+    r = both(pair, "CheckIn", json.dumps(CHECKIN), bearer(token))
+    assert r.status_code == 200 and r.json()["status"] == "active"
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert served == [], "the lane passed the check-in on to Litestar"
+
+
+@pytest.mark.parametrize("method,body,why", [
+    ("CheckIn", "{not json", "malformed JSON"),
+    ("CheckIn", json.dumps({"components": "nope"}), "a wrong type"),
+    ("CheckIn", json.dumps({"components": [{"name": "c", "version": "1"}] * 65}), "too many components"),
+    ("ReportStatus", json.dumps({"action_id": "act_nope", "state": "succeeded"}), "an unknown action"),
+    ("PushTelemetry", json.dumps({"points": [{"name": "", "value": 1}]}), "a bad point"),
+    ("PushTelemetry", json.dumps({"points": "x"}), "points not a list"),
+])
+def test_bad_requests_get_the_same_error(pair: tuple[Any, Any], token: str, method: str, body: str, why: str) -> None:
+    r = both(pair, method, body, bearer(token))
+    assert r.status_code in (400, 404), why
+    assert r.json()["message"]
+
+
+def test_credentials_and_content_type_errors_match(pair: tuple[Any, Any], token: str, fleet: Fleet) -> None:
+    body = json.dumps(CHECKIN)
+    assert both(pair, "CheckIn", body, bearer("garbage")).status_code == 401
+    assert both(pair, "CheckIn", body, bearer(token[:-4] + "AAAA")).status_code == 401
+    assert both(pair, "CheckIn", body, {"Authorization": "Basic eDp5", "Content-Type": "application/json"}
+                ).status_code == 401
+    # An API key is a person's, not a device's.
+    assert both(pair, "CheckIn", body, bearer(make_key(fleet, "admin"))).status_code == 403
+    assert both(pair, "CheckIn", body, bearer(token, "text/plain")).status_code == 415
+    # The guard runs first: bad credentials with a bad body are a 401, not a 415.
+    assert both(pair, "CheckIn", "x", bearer("garbage", "text/plain")).status_code == 401
+
+
+def test_an_oversized_body_is_refused_with_the_limit(pair: tuple[Any, Any], token: str, fleet: Fleet) -> None:
+    limit = fleet.settings.max_request_bytes
+    big = json.dumps({"points": [{"name": "m", "value": 1.0}] * (limit // 20)})
+    assert len(big) > limit
+    r = both(pair, "PushTelemetry", big, bearer(token))
+    assert r.status_code == 413 and str(limit) in r.json()["message"]
+
+
+def test_calls_the_lane_does_not_take_reach_litestar(pair: tuple[Any, Any], token: str) -> None:
+    lane, _ = pair
+    # No Authorization header: Litestar's guard answers.
+    r = lane.post(PATH + "CheckIn", content="{}", headers={"Content-Type": "application/json"})
+    assert r.status_code == 401 and "credentials" in r.json()["message"]
+    # GET of a POST-only method: Litestar's router answers 405 with the Connect wording.
+    r = lane.get(PATH + "CheckIn", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 405 and "use POST" in r.json()["message"]
+
+
+def test_the_lane_counts_its_requests_in_the_metrics(pair: tuple[Any, Any], token: str, fleet: Fleet) -> None:
+    lane, _ = pair
+    route = PATH + "CheckIn"
+    before = fleet.metrics._requests.get((route, "POST", 200), 0)
+    bad = fleet.metrics._requests.get((route, "POST", 401), 0)
+    lane.post(route, content=json.dumps(CHECKIN), headers=bearer(token))
+    lane.post(route, content=json.dumps(CHECKIN), headers=bearer("garbage"))
+    assert fleet.metrics._requests[(route, "POST", 200)] == before + 1
+    assert fleet.metrics._requests[(route, "POST", 401)] == bad + 1
+
+
+def test_only_device_methods_may_take_the_lane(fleet: Fleet) -> None:
+    from fleetd.devices import device_api
+
+    public = device_api.service.methods["Enroll"]
+    with pytest.raises(ValueError, match="not a device method"):
+        DeviceLane(create_app(fleet), fleet, [public], [])

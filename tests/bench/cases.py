@@ -1,4 +1,4 @@
-"""The four benchmarks and the check-in profile. Each measures its baseline in the same run, interleaved.
+"""The benchmarks and the hot paths' profiles. Each measures its baseline in the same run, interleaved.
 
 Every measured quantity is the median of ``runs`` runs; ratios are taken
 between medians. Baseline and fleetd runs alternate, so that a burst of CPU
@@ -172,12 +172,14 @@ def checkin(cfg: Config, fx: seed.Fixture, fleetd: Service, hello: Service, requ
     return r
 
 
-def profile_checkin(cfg: Config, fleetd: Service, requests: Path, work: Path) -> dict[str, Any]:
-    """py-spy on the server while wrk drives check-ins (not one of the measured runs: sampling slows it)."""
-    log(f"profiling check-in for {cfg.profile_seconds:g} s (py-spy)")
-    out = work / "checkin.pyspy.txt"
-    cmd, env = wrk_command(fleetd.url + "/fleetd.v1.DeviceService/CheckIn", seconds=cfg.profile_seconds + 3,
-                           threads=cfg.threads, connections=cfg.connections, requests_file=requests)
+def profile_load(cfg: Config, fleetd: Service, what: str, path: str, work: Path, *, requests: Path | None = None,
+                 auth: str | None = None, connections: int | None = None) -> dict[str, Any]:
+    """py-spy on the server while wrk drives ``path`` (not a measured run: sampling slows the server)."""
+    log(f"profiling {what} for {cfg.profile_seconds:g} s (py-spy)")
+    out = work / f"{what}.pyspy.txt"
+    cmd, env = wrk_command(fleetd.url + path, seconds=cfg.profile_seconds + 3, threads=cfg.threads,
+                           connections=connections or cfg.connections, requests_file=requests, auth=auth,
+                           timeout="120s")
     load = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(1.0)

@@ -41,7 +41,10 @@ _SAMPLES = re.compile(r"Samples: (\d+)")
 
 
 def record(pid: int, seconds: float, out: Path, rate: int = 250) -> int:
-    """Sample ``pid`` into a collapsed-stack file (``f1;f2;... count`` lines) → the number of sampling rounds."""
+    """Sample ``pid`` into a collapsed-stack file (``f1;f2;... count`` lines) → the number of sampling rounds.
+
+    py-spy's own "Samples" count grows with the number of threads it saw, so the rounds are the duration times
+    the rate (what 100 % of one core means), unless py-spy reports fewer (it fell behind)."""
     spy = find_tool("py-spy")
     if spy is None:
         raise RuntimeError("py-spy is not installed")
@@ -52,7 +55,8 @@ def record(pid: int, seconds: float, out: Path, rate: int = 250) -> int:
     if p.returncode != 0 or not out.exists():
         raise RuntimeError(f"py-spy failed ({p.returncode}): {text.strip()[-1500:]}")
     m = _SAMPLES.search(text)
-    return int(m.group(1)) if m else 0
+    rounds = max(1, round(seconds)) * rate
+    return min(rounds, int(m.group(1))) if m else rounds
 
 
 def short(frame: str) -> str:

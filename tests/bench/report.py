@@ -18,7 +18,7 @@ def _table(rows: Sequence[tuple[str, ...]], header: tuple[str, ...]) -> list[str
 
 
 def render(machine: dict[str, Any], settings: dict[str, Any], results: list[Result],
-           profile: dict[str, Any] | None) -> str:
+           profiles: dict[str, Any]) -> str:
     out = [f"fleetd benchmarks — {machine['date']}, {machine['nproc']} CPUs ({machine['cpu_model']}), "
            f"Python {machine['python']}, litestar {machine['litestar']}, uvicorn {machine['uvicorn']}",
            f"medians of {settings['runs']} runs; wrk -t{settings['threads']} -c{settings['connections']} "
@@ -34,8 +34,8 @@ def render(machine: dict[str, Any], settings: dict[str, Any], results: list[Resu
                  f"{t.value / t.limit:.2f}x") for t in targets]
         out += _table(rows, ("", "value", "target", "of target"))
         out.append("")
-    if profile:
-        out.append(f"## check-in profile (py-spy, {profile['rounds']} samples over {profile['seconds']:g} s; "
+    for what, profile in profiles.items():
+        out.append(f"## {what} profile (py-spy, {profile['rounds']} samples over {profile['seconds']:g} s; "
                    "% of samples, 100 % = one core all the time)")
         out.append(f"event loop thread busy {profile['loop_busy_pct']:.1f} %, other threads "
                    f"{profile['threads_busy_pct']:.1f} %")
@@ -48,10 +48,11 @@ def render(machine: dict[str, Any], settings: dict[str, Any], results: list[Resu
         out.append("other threads:")
         out += [f"  {pct:5.1f}  {name}" for name, pct in profile["threads"]]
         out.append(f"collapsed stacks: {profile['file']}")
+        out.append("")
     return "\n".join(out)
 
 
 def as_json(machine: dict[str, Any], settings: dict[str, Any], results: list[Result],
-            profile: dict[str, Any] | None) -> dict[str, Any]:
+            profiles: dict[str, Any]) -> dict[str, Any]:
     return {"machine": machine, "settings": settings, "results": {r.name: r.to_json() for r in results},
-            "targets": [t.to_json() for r in results for t in r.targets], "profile": profile}
+            "targets": [t.to_json() for r in results for t in r.targets], "profiles": profiles}

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import cases, ddi_poll, history, login_flood, report, seed
 from .procs import find_tool, machine_info, missing_tools
-from .servers import start_fleetd, start_hello
+from .servers import Service, start_fleetd, start_hello
 
 BENCHES = ("footprint", "checkin", "profile", "telemetry", "download", "ddi", "login", "orchestrator", "agent")
 # The benchmarks that need the seeded 100,000-device data dir; the others bring their own.
@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "indicative")
     p.add_argument("--only", default=",".join(BENCHES),
                    help=f"comma-separated subset of {','.join(BENCHES)} (default: all)")
-    p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the check-in path")
+    p.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles of the hot paths")
     p.add_argument("--runs", type=int, help="measured runs per benchmark, the median is reported (default 3)")
     p.add_argument("--seconds", type=float, help="length of one measured wrk run (default 10)")
     p.add_argument("--devices", type=int, help="enrolled devices in the data dir and in the orchestrator's rollout "
@@ -102,7 +102,7 @@ def check_tools(only: list[str]) -> list[str]:
         sys.exit("The benchmarks need tools that are not installed:\n" + "\n".join(missing) +
                  "\nInstall them, or choose other benchmarks with --only.")
     if "profile" in only and not find_tool("py-spy"):
-        print("py-spy is not installed, so the check-in profile is skipped:\n" + "\n".join(missing_tools(["py-spy"])),
+        print("py-spy is not installed, so the profiles are skipped:\n" + "\n".join(missing_tools(["py-spy"])),
               file=sys.stderr)
         only = [b for b in only if b != "profile"]
     return only
@@ -123,23 +123,41 @@ def prepare(cfg: cases.Config, workdir: Path) -> seed.Fixture:
     return fx
 
 
-def run(cfg: cases.Config, only: list[str], workdir: Path) -> tuple[list[cases.Result], dict[str, Any] | None]:
+def run(cfg: cases.Config, only: list[str], workdir: Path) -> tuple[list[cases.Result], dict[str, Any]]:
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
     results: list[cases.Result] = []
-    profile = run_seeded(cfg, only, workdir, logs, results) if SEEDED & set(only) else None
+    profiles = run_seeded(cfg, only, workdir, logs, results) if SEEDED & set(only) else {}
     if "orchestrator" in only:
         results.append(cases.orchestrator(cfg, workdir))
     if "agent" in only:
         results.append(cases.agent(cfg, workdir, logs))
-    return results, profile
+    return results, profiles
+
+
+def profile_hot_paths(cfg: cases.Config, fx: seed.Fixture, fleetd: Service, requests: Path,
+                      workdir: Path) -> dict[str, Any]:
+    """py-spy profiles of the three hot paths: check-in, telemetry ingest, a 50-client download."""
+    telemetry, _ = cases.telemetry_requests(cfg, fx, workdir)
+    loads: dict[str, dict[str, Any]] = {
+        "check-in": dict(path="/fleetd.v1.DeviceService/CheckIn", requests=requests),
+        "telemetry": dict(path="/fleetd.v1.DeviceService/PushTelemetry", requests=telemetry),
+        "download": dict(path=f"/v1/blobs/{fx.blob_sha256}", auth=f"Bearer {fx.api_key}", connections=cfg.clients),
+    }
+    profiles: dict[str, Any] = {}
+    for what, load in loads.items():
+        try:
+            profiles[what] = cases.profile_load(cfg, fleetd, what, work=workdir, **load)
+        except RuntimeError as e:
+            cases.log(f"the {what} profile failed, going on without it: {e}")
+    return profiles
 
 
 def run_seeded(cfg: cases.Config, only: list[str], workdir: Path, logs: Path,
-               results: list[cases.Result]) -> dict[str, Any] | None:
-    """The benchmarks on the seeded data dir; their results are appended to ``results``."""
+               results: list[cases.Result]) -> dict[str, Any]:
+    """The benchmarks on the seeded data dir; their results are appended to ``results``; returns the profiles."""
     fx = prepare(cfg, workdir)
-    profile: dict[str, Any] | None = None
+    profiles: dict[str, Any] = {}
     if {"footprint", "checkin", "profile", "telemetry"} & set(only):
         fleetd = start_fleetd(fx.path, logs)
         hello = start_hello(fx.path, logs) if {"footprint", "checkin"} & set(only) else None
@@ -152,10 +170,7 @@ def run_seeded(cfg: cases.Config, only: list[str], workdir: Path, logs: Path,
                     assert hello is not None
                     results.append(cases.checkin(cfg, fx, fleetd, hello, requests))
                 if "profile" in only:
-                    try:
-                        profile = cases.profile_checkin(cfg, fleetd, requests, workdir)
-                    except RuntimeError as e:
-                        cases.log(f"the profile failed, going on without it: {e}")
+                    profiles = profile_hot_paths(cfg, fx, fleetd, requests, workdir)
             if hello:
                 hello.stop()
                 hello = None
@@ -171,7 +186,7 @@ def run_seeded(cfg: cases.Config, only: list[str], workdir: Path, logs: Path,
         results.append(ddi_poll.bench(cfg, fx, workdir, logs))
     if "login" in only:
         results.append(login_flood.bench(cfg, fx, workdir, logs))
-    return profile
+    return profiles
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,14 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = {f.name: getattr(cfg, f.name) for f in fields(cfg)} | {"quick": a.quick, "benchmarks": only}
     started, started_at = time.monotonic(), time.time()
     try:
-        results, profile = run(cfg, only, workdir)
+        results, profiles = run(cfg, only, workdir)
     finally:
         if not a.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     settings["wall_seconds"] = round(time.monotonic() - started)
-    if profile and not a.workdir:
-        profile["file"] = "(removed with the temporary directory; keep it with --workdir)"
-    doc = report.as_json(machine, settings, results, profile)
+    if not a.workdir:
+        for profile in profiles.values():
+            profile["file"] = "(removed with the temporary directory; keep it with --workdir)"
+    doc = report.as_json(machine, settings, results, profiles)
     if not a.no_save:
         print(f"saved in {history.save(doc, started=started_at).relative_to(history.ROOT)}", file=sys.stderr)
     if a.json and a.json != "-":
@@ -199,6 +215,6 @@ def main(argv: list[str] | None = None) -> int:
     if a.json == "-":
         print(json.dumps(doc, indent=2))
     else:
-        print(report.render(machine, settings, results, profile))
+        print(report.render(machine, settings, results, profiles))
     missed = [t for r in results for t in r.targets if not t.met]
     return 1 if a.strict and missed else 0

@@ -76,13 +76,39 @@ def table(runs: list[tuple[Path, dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n(! = target missed)"
 
 
+def markdown(runs: list[tuple[Path, dict[str, Any]]]) -> str:
+    """The latest run's targets, then each target's trend over ``runs``, as Markdown for docs/performance.md."""
+    if not runs:
+        return "no saved runs yet"
+    path, last = runs[-1]
+    m = last.get("machine", {})
+    out = [f"Latest run: `{path.name}` (commit `{last.get('commit', '?')}`, {m.get('date', '?')}, "
+           f"{m.get('nproc', '?')} CPUs, Litestar hello world {last.get('hello_world_rps') or 0:,.0f} rps):", "",
+           "| target | value | limit | |", "|---|---|---|---|"]
+    for t in last.get("targets", []):
+        out.append(f"| {t['what']} | {t['value']:,.3g} | {t['target']} | {'met' if t['met'] else '**missed**'} |")
+    heads = [p.name[:17] for p, _ in runs]
+    out += ["", f"Trend over the last {len(runs)} saved runs (`!` = missed):", "",
+            "| target | " + " | ".join(heads) + " |", "|---" * (len(runs) + 1) + "|",
+            "| hello world rps | " + " | ".join(f"{d.get('hello_world_rps') or 0:,.0f}" for _, d in runs) + " |"]
+    rows: dict[str, dict[int, str]] = {}
+    for i, (_, doc) in enumerate(runs):
+        for t in doc.get("targets", []):
+            rows.setdefault(f"{t['what']} ({t['target']})", {})[i] = f"{t['value']:,.3g}{'' if t['met'] else '!'}"
+    for what, values in rows.items():
+        out.append(f"| {what} | " + " | ".join(values.get(i, "-") for i in range(len(runs))) + " |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.bench.history", description=__doc__.split("\n\n")[0])
     p.add_argument("--last", type=int, default=6, help="how many of the latest runs to show (default 6)")
     p.add_argument("--full-only", action="store_true", help="leave out --quick runs")
+    p.add_argument("--markdown", action="store_true",
+                   help="the latest run's targets and the trend as Markdown (for docs/performance.md)")
     a = p.parse_args(argv)
     runs = [r for r in load() if not (a.full_only and r[1]["settings"].get("quick"))]
-    print(table(runs[-a.last:]))
+    print(markdown(runs[-a.last:]) if a.markdown else table(runs[-a.last:]))
     return 0
 
 

@@ -246,3 +246,7 @@ def test_each_run_is_kept_with_its_commit_and_the_machines_hello_world_rate(tmp_
     assert runs[0][1]["hello_world_rps"] == 4530.0 and runs[0][1]["commit"] == history.commit() != "?"
     text = history.table(runs)
     assert "check-in rps ratio vs hello world (>= 0.4)" in text and "0.18!" in text and "4,530" in text
+    md = history.markdown(runs).splitlines()
+    assert md[0].startswith(f"Latest run: `{second.name}`") and "4,530 rps" in md[0]
+    assert "| telemetry ratio | 0.18 | >= 0.3 | **missed** |" in md
+    assert "| telemetry ratio (>= 0.3) | 0.18! | 0.18! |" in md

@@ -172,9 +172,9 @@ def test_the_orchestrator_case_times_a_pass_on_its_own_data_dir(tmp_path: Path) 
     # Neither the seeded fleet (other benchmarks' data dir) nor the orchestrator's own is left behind.
     assert not (tmp_path / "data").exists() and not (tmp_path / "orchestrator").exists()
     table = report.render(run.machine_info(), {"runs": 1, "threads": 2, "connections": 64, "seconds": 10,
-                                               "warmup": 3, "devices": 300}, results, None)
+                                               "warmup": 3, "devices": 300}, results, {})
     assert "## orchestrator" in table and "met    orchestrator pass over 300 devices, s" in table
-    assert report.as_json({}, {}, results, None)["results"]["orchestrator"]["targets"][0]["met"] is True
+    assert report.as_json({}, {}, results, {})["results"]["orchestrator"]["targets"][0]["met"] is True
 
 
 def test_the_orchestrator_benchmark_still_runs_on_its_own(capsys: pytest.CaptureFixture[str]) -> None:

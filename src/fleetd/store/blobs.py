@@ -24,7 +24,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -320,7 +320,7 @@ class BlobReader:
             self._file.close()
 
     async def chunks(self, start: int = 0, end: int | None = None,
-                     chunk_size: int = READ_CHUNK) -> AsyncIterator[bytes | bytearray]:
+                     chunk_size: int = READ_CHUNK) -> AsyncGenerator[bytes | bytearray, None]:
         """Bytes ``start`` through ``end`` (inclusive; default: to the end of the file).
 
         Each chunk is a new object, never reused: a transport may keep it queued after the send returns.

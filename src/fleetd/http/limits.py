@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 # A connection's write buffer above which its response pauses (ASGI send waits for the drain). uvloop's TLS
 # transport defaults to 512 KiB (plain TCP: 64 KiB), and OpenSSL's memory BIO keeps the largest size it ever
-# held, so under 50 downloads that default alone was ~25 MiB of RSS. 64 KiB costs no throughput: the kernel's
-# socket buffer, not this one, keeps the wire busy (docs/performance.md, Download).
+# held: under 50 downloads of 128 KiB chunks the default peaked at 48 MiB of RSS growth, 64 KiB at 36. It costs
+# no throughput: the kernel's socket buffer, not this one, keeps the wire busy (docs/performance.md, Download).
 WRITE_HIGH_WATER = 64 * 1024
 
 # A request head (request line and headers) bigger than this is refused. Browsers send a few KiB.

@@ -328,23 +328,30 @@ def download(cfg: Config, fx: seed.Fixture, logs: Path) -> Result:
     growth = [(r.server_peak_rss_kib - idle_kib) / 1024 for r in many["fleetd"]]
     mb1 = {k: median([r.mb_per_s for r in v]) for k, v in one.items()}
     mbn = {k: median([r.mb_per_s for r in v]) for k, v in many.items()}
+    # Bytes per CPU second of the server: what a busy machine's scheduling moves least (a ratio of these is
+    # what the throughput ratio approaches once the server, not the client, is the bottleneck).
+    per_cpu = {k: median([r.mb_per_s / max(r.server_cpu_pct / 100, 0.01) for r in v]) for k, v in many.items()}
+    ratio1 = mb1["fleetd"] / mb1["nginx_https"]
     ratio = mbn["fleetd"] / mbn["nginx_https"]
     res = Result("download", "Debian nginx over HTTPS, same certificate and key")
     res.rows += [
-        ("download 1 client, MB/s", f"{mb1['fleetd']:,.0f}", f"{mb1['nginx_https']:,.0f}",
-         f"{mb1['fleetd'] / mb1['nginx_https']:.2f}"),
+        ("download 1 client, MB/s", f"{mb1['fleetd']:,.0f}", f"{mb1['nginx_https']:,.0f}", f"{ratio1:.2f}"),
         (f"download {cfg.clients} clients, MB/s", f"{mbn['fleetd']:,.0f}", f"{mbn['nginx_https']:,.0f}",
          f"{ratio:.2f}"),
+        (f"  MB per server CPU second, {cfg.clients} clients", f"{per_cpu['fleetd']:,.0f}",
+         f"{per_cpu['nginx_https']:,.0f}", f"{per_cpu['fleetd'] / per_cpu['nginx_https']:.2f}"),
         ("  nginx plain HTTP + sendfile, 1 / 50 clients", "-", f"{mb1['nginx_http']:,.0f} / {mbn['nginx_http']:,.0f}",
          "-"),
         (f"RSS growth over idle, {cfg.clients} clients, MiB", f"{max(growth):.1f}", "-", "-"),
     ]
-    res.targets += [Target(f"download ratio vs nginx HTTPS, {cfg.clients} clients", ratio, ">=", 0.5),
-                    Target(f"fleetd RSS growth under {cfg.clients} downloads, MiB", max(growth), "<", 64, " MiB")]
+    res.targets += [Target("download ratio vs nginx HTTPS, 1 client", ratio1, ">=", 0.6),
+                    Target(f"download ratio vs nginx HTTPS, {cfg.clients} clients", ratio, ">=", 0.6),
+                    Target(f"fleetd RSS growth under {cfg.clients} downloads, MiB", max(growth), "<", 48, " MiB")]
     res.data = {
         "blob_bytes": fx.blob_size, "clients": cfg.clients, "idle_rss_mib": round(idle_kib / 1024, 1),
         "rss_growth_mib_runs": [round(g, 1) for g in growth], "one_client_mb_per_s": mb1,
         "many_clients_mb_per_s": mbn, "ratio_vs_nginx_https": round(ratio, 3),
+        "ratio_vs_nginx_https_one_client": round(ratio1, 3), "mb_per_cpu_second": per_cpu,
         "runs": {k: {"one": [r.to_json() for r in one[k]], "many": [r.to_json() for r in many[k]]} for k in one},
     }
     return res

@@ -34,6 +34,10 @@ def test_config_file_in_data_dir_is_read(tmp_path: Path) -> None:
     ("prot = 1\n", "unknown settings"),
     ("port = \n", "config file"),
     ('log_level = "loud"\n', "log_level"),
+    ('download_offload = "sendfile"\n', "download_offload must be"),
+    ('download_offload_location = "_fleetd_blobs"\n', "download_offload_location must be"),
+    ('download_offload_location = "/../etc"\n', "download_offload_location must be"),
+    ('download_offload_location = "/a b"\n', "download_offload_location must be"),
 ])
 def test_bad_settings_are_explained(tmp_path: Path, content: str, fragment: str) -> None:
     cfg = tmp_path / "f.toml"
@@ -74,6 +78,13 @@ def test_the_webhook_allowed_network_flag_is_repeatable(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["serve", "--data-dir", str(tmp_path), "--webhook-allowed-network", "127.0.0.1/32",
                                  "--webhook-allowed-network", "localhost"])
     assert r.exit_code == 1 and "'localhost' is not an IP network" in r.output
+
+
+def test_download_offload_from_env() -> None:
+    s = load_settings({}, environ={"FLEETD_DOWNLOAD_OFFLOAD": "x-accel",
+                                   "FLEETD_DOWNLOAD_OFFLOAD_LOCATION": "/internal/blobs/"})
+    assert (s.download_offload, s.download_offload_location) == ("x-accel", "/internal/blobs")
+    assert load_settings({}, environ={}).download_offload == ""
 
 
 def test_every_setting_is_documented() -> None:

@@ -62,6 +62,16 @@ def _rss_bytes(root: int) -> int:
     return total
 
 
+def _bytes_read(root: int) -> int:
+    """Bytes the server's processes read with read-like calls so far (/proc/PID/io rchar: page cache included)."""
+    total = 0
+    for pid in _pids(root):
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("rchar:"):
+                total += int(line.split()[1])
+    return total
+
+
 def _open_fds(root: int) -> int:
     return sum(len(list(Path(f"/proc/{pid}/fd").iterdir())) for pid in _pids(root))
 
@@ -134,7 +144,7 @@ def test_cut_off_downloads_release_their_files(server: ServerProcess, admin_key:
     sha, _ = big_blob
     assert server.proc is not None
     pid = server.proc.pid
-    before = _open_fds(pid)
+    before, read_before = _open_fds(pid), _bytes_read(pid)
     for _ in range(10):
         with server.client(admin_key, timeout=30) as c, c.stream("GET", f"/v1/blobs/{sha}") as r:
             assert r.status_code == 200
@@ -143,6 +153,10 @@ def test_cut_off_downloads_release_their_files(server: ServerProcess, admin_key:
     while _open_fds(pid) > before and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _open_fds(pid) <= before, "aborted downloads left file descriptors open"
+    # A send after the client left is dropped silently: the download must notice the disconnect and stop reading
+    # (the socket buffers hold a few MiB of what it read before); reading on would be 10 x 20 MiB.
+    read = _bytes_read(pid) - read_before
+    assert read < 10 * SIZE / 2, f"10 downloads cut off after 64 KiB read {read / MiB:.0f} MiB of the blob"
     blob_file = str(server.data_dir / "blobs" / sha[:2] / sha)
     open_paths = [str(p.readlink()) for p in Path(f"/proc/{pid}/fd").iterdir() if p.is_symlink()]
     assert blob_file not in open_paths

@@ -67,6 +67,32 @@ async def test_round_trip_hashes_match_hashlib(store: BlobStore, fleet: Fleet) -
     assert got == data[5:2 * MiB + 1]
 
 
+async def test_reads_go_to_a_thread_when_the_page_cache_cannot_answer(store: BlobStore,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(MiB + 777)
+    info = await store.put_bytes(data)
+    loop_thread = threading.get_ident()
+    readers: set[int] = set()
+    real_pread = os.pread
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        readers.add(threading.get_ident())
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(blobs_mod.os, "pread", pread)
+    cached = await store.open(info.sha256)
+    assert cached is not None
+    assert b"".join([c async for c in cached.chunks(3)]) == data[3:]
+    if blobs_mod._RWF_NOWAIT is not None:
+        assert readers == set(), "cached bytes were read on a worker thread"
+    # Every preadv says EAGAIN (what RWF_NOWAIT says when the bytes are not cached): all reads on a thread.
+    monkeypatch.setattr(blobs_mod.os, "preadv", lambda *a: (_ for _ in ()).throw(BlockingIOError(11, "EAGAIN")))
+    cold = await store.open(info.sha256)
+    assert cold is not None
+    assert b"".join([c async for c in cold.chunks(10, MiB)]) == data[10:MiB + 1]
+    assert readers and loop_thread not in readers
+
+
 async def test_empty_blob(store: BlobStore) -> None:
     info = await store.put_bytes(b"")
     assert (info.size, info.sha256) == (0, hashlib.sha256(b"").hexdigest())

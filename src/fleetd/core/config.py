@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from .names import DDI_TENANT
 
 ENV_PREFIX = "FLEETD_"
 CONFIG_FILE_NAME = "fleetd.toml"
-
+DOWNLOAD_OFFLOADS = ("", "x-accel")
+_LOCATION = re.compile(r"(/[A-Za-z0-9_][A-Za-z0-9._-]*)+", re.ASCII)
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -91,6 +93,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Telemetry cardinality: distinct metric names one device may send, and the whole fleet.
     max_metric_names_per_device: int = 500
     max_metric_names: int = 50_000
+    # Behind nginx: "x-accel" answers an authorized blob GET with X-Accel-Redirect to
+    # download_offload_location + "/<sha[:2]>/<sha256>" and no body, and nginx sends the file (docs/operations.md,
+    # "Downloads through nginx"). "" (default): fleetd sends the bytes itself.
+    download_offload: str = ""
+    download_offload_location: str = "/_fleetd_blobs"
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -118,6 +125,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.disk_min_free_mib < 0:
             raise InvalidArgument("disk_min_free_mib must be 0 (no check) or more")
         self.trusted_proxies = [_ip_or_network(p) for p in self.trusted_proxies]
+        if self.download_offload not in DOWNLOAD_OFFLOADS:
+            raise InvalidArgument(f"download_offload must be \"x-accel\" (nginx sends blob files) or \"\" (fleetd "
+                                  f"does), got {self.download_offload!r}")
+        self.download_offload_location = self.download_offload_location.rstrip("/")
+        if not _LOCATION.fullmatch(self.download_offload_location):
+            raise InvalidArgument("download_offload_location must be an nginx location path like /_fleetd_blobs "
+                                  "(starting with /, letters, digits and -._/ only), got "
+                                  f"{self.download_offload_location!r}")
 
     @property
     def data_path(self) -> Path:

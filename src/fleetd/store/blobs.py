@@ -13,6 +13,8 @@ either both or neither, never a row without its file.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import fcntl
 import hashlib
 import logging
@@ -22,7 +24,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,9 +42,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 BATCH_BYTES = 1 << 20
-# Per download read. 96 and 128 KiB serve ~25 % more, but their RSS growth under 50 downloads passed the
-# 64 MiB limit in most runs; a bounded footprint comes first (docs/performance.md, Download).
-READ_CHUNK = 64 * 1024
+# Per download read (docs/performance.md, Download). Large enough that the per-chunk costs (the ASGI send path,
+# the read) are small next to encrypting the bytes; small enough that 50 downloads' buffers (each holds about
+# two chunks in TLS and socket buffers, see WRITE_HIGH_WATER in http/limits.py) stay well under the RSS limit:
+# 256 KiB measured ~53 MiB of growth, 128 KiB ~30 MiB, at the same speed within the noise.
+READ_CHUNK = 128 * 1024
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14+; elsewhere every read is on a thread
 FILE_MODE = 0o400  # content-addressed files never change
 TMP_DIR = "tmp"
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)
@@ -272,12 +277,18 @@ def put_sync(root: Path, conn: sqlite3.Connection, chunks: Iterable[bytes],
 # --- reading -------------------------------------------------------------------
 
 class BlobReader:
-    """An open blob file. :meth:`chunks` streams a byte range and closes the file at its end."""
+    """An open blob file. :meth:`chunks` streams a byte range and closes the file at its end.
+
+    Reads run on the event loop when the page cache holds the bytes (``preadv`` with ``RWF_NOWAIT``
+    never waits on the disk: it says EAGAIN instead), and on a worker thread only when it does not.
+    A download of a cached blob costs no thread hop per chunk; one of a cold blob never stalls the loop.
+    """
 
     def __init__(self, info: BlobInfo, file: Any) -> None:
         self.info = info
         self._file = file
         self._lock = threading.Lock()
+        self._nowait = _RWF_NOWAIT
 
     def _pread(self, n: int, offset: int) -> bytes:
         with self._lock:
@@ -285,18 +296,47 @@ class BlobReader:
                 return b""
             return os.pread(self._file.fileno(), n, offset)
 
+    def _read_cached(self, n: int, offset: int) -> bytearray | None:
+        """Up to ``n`` bytes at ``offset`` that the page cache already holds; None if it holds none (or this
+        system cannot tell) and the read must go to a worker thread."""
+        if self._nowait is None or self._file.closed:
+            return None
+        buf = bytearray(n)
+        try:
+            got = os.preadv(self._file.fileno(), [buf], offset, self._nowait)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            self._nowait = None  # a file system without RWF_NOWAIT: every read goes to a thread
+            return None
+        if got < n:
+            del buf[got:]
+        return buf or None
+
     def close(self) -> None:
         with self._lock:
             self._file.close()
 
     async def chunks(self, start: int = 0, end: int | None = None,
-                     chunk_size: int = READ_CHUNK) -> AsyncIterator[bytes]:
-        """Bytes ``start`` through ``end`` (inclusive; default: to the end of the file)."""
+                     chunk_size: int = READ_CHUNK) -> AsyncGenerator[bytes | bytearray, None]:
+        """Bytes ``start`` through ``end`` (inclusive; default: to the end of the file).
+
+        Each chunk is a new object, never reused: a transport may keep it queued after the send returns.
+        """
         last = self.info.size - 1 if end is None else end
         pos = start
         try:
             while pos <= last:
-                data: bytes = await _run(self._pread, min(chunk_size, last + 1 - pos), pos)
+                n = min(chunk_size, last + 1 - pos)
+                data: bytes | bytearray | None = self._read_cached(n, pos)
+                if data is None:
+                    data = await _run(self._pread, n, pos)
+                else:
+                    # A send into a transport with room does not suspend: yield here, so that a download
+                    # of cached bytes takes turns with every other request on the loop.
+                    await asyncio.sleep(0)
                 if not data:
                     raise FleetdError(f"blob {self.info.sha256} ended early at byte {pos}")
                 pos += len(data)

@@ -17,12 +17,17 @@ HOUR = 3600
 
 # --- raw points ---------------------------------------------------------------------------------------------------
 
-_INSERT_POINTS = "INSERT INTO telemetry (device_id, name, ts, value, tags) VALUES (?,?,?,?,?)"
+Batch = tuple[str, float, str]
+"""(device_id, time received, the batch's points as a JSON array): one PushTelemetry call's points."""
+
+_INSERT_BATCH = ("INSERT INTO telemetry (device_id, name, ts, value, tags) "
+                 "SELECT ?1, p.value->>'name', COALESCE(NULLIF(p.value->>'ts', 0), ?2), p.value->>'value', "
+                 "NULLIF(p.value->'tags', '{}') FROM json_each(?3) AS p")
 
 
-def insert_points(conn: sqlite3.Connection, rows: list[tuple[str, str, float, float, str | None]]) -> None:
-    """Store raw points: (device_id, name, ts, value, tags JSON or None) each."""
-    conn.executemany(_INSERT_POINTS, rows)
+def insert_point_batches(conn: sqlite3.Connection, batches: list[Batch]) -> int:
+    """Store raw points. → how many."""
+    return int(conn.executemany(_INSERT_BATCH, batches).rowcount)
 
 
 def device_metric_names(conn: sqlite3.Connection) -> list[tuple[str, str]]:

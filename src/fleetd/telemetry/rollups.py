@@ -30,7 +30,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from ..core.metrics import Metrics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MINUTE = 60
 HOUR = 3600
@@ -341,6 +342,9 @@ class Rollups:
         self.clock = clock
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # CPU seconds of the store's threads in rolling up (reading the deltas and merging them): what the rollups
+        # cost, against the intake's inserts (TelemetryIntake.insert_cpu_seconds).
+        self.cpu_seconds = 0.0
         if metrics is not None:
             metrics.gauge("fleetd_telemetry_rollup_lag_points", "Raw points not yet in the rollups.",
                           Read(storage.rollup_lag))
@@ -349,13 +353,23 @@ class Rollups:
         """Bring the rollups up to the newest committed point. → raw rows covered."""
         done = 0
         async with self._lock:
-            while (delta := await self.store.read(read_delta)) is not None:
-                if not await self.store.write(functools.partial(apply_delta, delta=delta)):
+            while (delta := await self.store.read(self._timed(read_delta))) is not None:
+                if not await self.store.write(self._timed(functools.partial(apply_delta, delta=delta))):
                     continue  # a cancelled pass's merge landed in between: read again from the new watermark
                 done += delta.hi - delta.lo
                 if delta.hi - delta.lo < ROLLUP_BATCH:
                     break
         return done
+
+    def _timed(self, fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
+        """``fn``, adding the CPU time of the thread that runs it to :attr:`cpu_seconds` (one pass runs at a time)."""
+        def run(conn: sqlite3.Connection) -> T:
+            t = time.thread_time()
+            try:
+                return fn(conn)
+            finally:
+                self.cpu_seconds += time.thread_time() - t
+        return run
 
     async def prune(self) -> dict[str, int]:
         """Apply retention: raw points in batches (each its own transaction), then the rollups."""

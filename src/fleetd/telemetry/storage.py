@@ -127,15 +127,7 @@ def delete_blocks_through(conn: sqlite3.Connection, hi: int) -> None:
 
 # --- rolling up ---------------------------------------------------------------------------------------------------
 
-def minute_aggregates(conn: sqlite3.Connection, lo: int, hi: int) -> list[tuple[str, str, int, int, float, float,
-                                                                                 float]]:
-    """The raw ids (lo, hi] aggregated per (device, metric, minute): (device, metric, minute, count, sum, min,
-    max)."""
-    return [tuple(r) for r in conn.execute(
-        "SELECT device_id, name, CAST(ts / 60 AS INTEGER) * 60 AS m, COUNT(*), SUM(value), MIN(value), MAX(value) "
-        "FROM telemetry WHERE id > ? AND id <= ? GROUP BY device_id, name, m", (lo, hi))]
-
-
+@functools.cache
 def _merge(d: Dialect) -> tuple[str, str]:
     upsert = (f"ON CONFLICT (series_id, ts) DO UPDATE SET count = count + excluded.count, sum = sum + excluded.sum, "
               f"min = {d.least('min', 'excluded.min')}, max = {d.greatest('max', 'excluded.max')}")
@@ -149,20 +141,27 @@ def _merge(d: Dialect) -> tuple[str, str]:
     return minute, hour
 
 
+def roll_up_range(conn: sqlite3.Connection, lo: int, hi: int) -> tuple[float, float] | None:
+    """Merge the raw ids (lo, hi], aggregated per (device, metric, minute), into the minute and hour rollups, making
+    the series they need. → the time span [first minute, end of the last minute) they covered, None if none.
 
-def merge_minutes(conn: sqlite3.Connection, rows: list[tuple[str, str, int, int, float, float, float]]) -> None:
-    """Merge per-minute aggregates (as :func:`minute_aggregates` gives them) into the minute and hour rollups,
-    making the series they need."""
-    merge = _merge(dialect_of(conn))
+    All of it runs inside the database: the per-minute aggregates never become Python objects."""
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS rollup_delta (device_id TEXT, name TEXT, ts INTEGER, "
                  "count INTEGER, sum REAL, min REAL, max REAL)")
     conn.execute("DELETE FROM temp.rollup_delta")
-    conn.executemany("INSERT INTO temp.rollup_delta VALUES (?,?,?,?,?,?,?)", rows)
+    conn.execute(
+        "INSERT INTO temp.rollup_delta SELECT device_id, name, CAST(ts / 60 AS INTEGER) * 60 AS m, COUNT(*), "
+        "SUM(value), MIN(value), MAX(value) FROM telemetry WHERE id > ? AND id <= ? GROUP BY device_id, name, m",
+        (lo, hi))
+    first, last = conn.execute("SELECT MIN(ts), MAX(ts) FROM temp.rollup_delta").fetchone()
+    if first is None:
+        return None
     conn.execute("INSERT INTO telemetry_series (device_id, name) SELECT DISTINCT device_id, name "
                  "FROM temp.rollup_delta WHERE true ON CONFLICT (device_id, name) DO NOTHING")
-    for sql in merge:
+    for sql in _merge(dialect_of(conn)):
         conn.execute(sql)
     conn.execute("DELETE FROM temp.rollup_delta")
+    return float(first), float(last + 60)
 
 
 # --- retention of the rollups -------------------------------------------------------------------------------------

@@ -325,14 +325,14 @@ class Rollups:
         self.clock = clock
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        # CPU seconds of the store's threads in rolling up (reading the deltas and merging them): what the rollups
-        # cost, against the intake's inserts (TelemetryIntake.insert_cpu_seconds).
+        # CPU seconds of the writer thread in rolling up: what the rollups cost, against the intake's inserts
+        # (TelemetryIntake.insert_cpu_seconds) or the whole server's CPU (the benchmark's "rollup cost").
         self.cpu_seconds = 0.0
         if metrics is not None:
             metrics.gauge("fleetd_telemetry_rollup_lag_points", "Raw points not yet in the rollups.",
                           Read(storage.rollup_lag))
-            metrics.counter("fleetd_telemetry_rollup_cpu_seconds_total", "CPU seconds the store's threads spent "
-                            "rolling up raw points (compare fleetd_telemetry_insert_cpu_seconds_total).",
+            metrics.counter("fleetd_telemetry_rollup_cpu_seconds_total", "CPU seconds the writer spent rolling "
+                            "up raw points (compare fleetd_telemetry_insert_cpu_seconds_total).",
                             lambda: self.cpu_seconds)
 
     async def roll_up(self) -> int:

@@ -131,6 +131,8 @@ class Fleet:
                 Read(devices_storage.open_action_count_by_kind_and_state, ("kind", "state")))
         m.counter("fleetd_telemetry_points_total", "Telemetry points stored since start.",
                   lambda: self.telemetry.points_total)
+        m.counter("fleetd_telemetry_insert_cpu_seconds_total", "CPU seconds the writer spent inserting telemetry "
+                  "points.", lambda: self.telemetry.insert_cpu_seconds)
         m.gauge("fleetd_password_checks_pending", "Password hashes running or waiting on the hashing pool.",
                 lambda: self.passwords.pending)
         m.counter("fleetd_password_checks_refused_total", "Logins and password changes refused because the "

@@ -11,7 +11,7 @@ connection's :class:`Dialect`, so that another backend is a new ``Dialect`` (and
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+from typing import Any, Literal
 
 
 class Dialect:
@@ -27,6 +27,17 @@ class Dialect:
     def json_list_contains(self, column: str) -> str:
         """The JSON list in ``column`` holds a value. Parameter: the value."""
         return f"EXISTS (SELECT 1 FROM json_each({column}) WHERE value = ?)"
+
+    def json_array_elements(self, alias: str) -> str:
+        """A FROM item: each element of a JSON array as a row whose ``{alias}.value`` is the element (JSON).
+        Parameter: the array, as JSON text."""
+        return f"json_each(?) AS {alias}"
+
+    def json_member(self, element: str, key: str, kind: Literal["text", "real", "json"]) -> str:
+        """The member ``key`` (a fixed name, not user input) of the JSON object ``element`` as text, as a real
+        number (JSON integers included), or as JSON text (objects); SQL NULL where the object has no such member."""
+        op = "->" if kind == "json" else "->>"
+        return f"{element} {op} '{key}'"
 
     def star_match(self, value: str, pattern: str) -> str:
         """``value`` matches ``pattern`` whole, where ``*`` stands for any run of characters and no other character

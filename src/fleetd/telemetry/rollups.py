@@ -5,11 +5,14 @@ SQLite can insert (an index on (device, metric, ts) costs ~7x in insert rate).
 Everything else works from **id ranges** of that table:
 
 * A background pass every few seconds aggregates the raw rows past the rollup
-  watermark (``telemetry_rollup_state``) into per-minute rows, on a *reader*
-  thread (those rows never change again), and hands the small result to the
-  writer, which merges it into ``telemetry_minute`` and — merging those minutes
-  again — ``telemetry_hour``, and moves the watermark, in one transaction.
+  watermark (``telemetry_rollup_state``) into per-minute rows, merges them into
+  ``telemetry_minute`` and — merging those minutes again — ``telemetry_hour``,
+  and moves the watermark: one write transaction per 50,000 raw ids, all of it
+  SQL on the writer (no per-minute row becomes a Python object; it costs about
+  a third less than aggregating on a reader and handing the rows over).
   Rollups keep count, sum, min and max, so merging is exact (avg = sum/count).
+  Each pass reads only the rows past the watermark: its cost per point does not
+  grow with the table.
 * Each pass also records the time span of the ids it covered
   (``telemetry_blocks``): a raw query scans only the id blocks that can hold its
   time range, plus the not yet rolled-up tail; retention deletes raw rows by id
@@ -30,7 +33,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
     from ..core.metrics import Metrics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MINUTE = 60
 HOUR = 3600
@@ -100,55 +104,35 @@ def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 # --- incremental rollup -----------------------------------------------------------
 
-@dataclass
-class Delta:
-    """Raw ids (lo, hi] aggregated per (device, metric, minute)."""
-
-    lo: int
-    hi: int
-    rows: list[tuple[str, str, int, int, float, float, float]]
-
-
-def read_delta(conn: sqlite3.Connection, batch: int = ROLLUP_BATCH) -> Delta | None:
-    """Aggregate the raw rows past the watermark (at most ``batch`` ids); reader side."""
+def roll_up_step(conn: sqlite3.Connection, batch: int = ROLLUP_BATCH) -> int:
+    """Roll up the raw rows past the watermark, at most ``batch`` ids, and move it; on the writer, in one
+    transaction. → raw ids covered (0: nothing new)."""
     lo = storage.watermark(conn)
     top = storage.newest_raw_id(conn)
     if top is None or top <= lo:
-        return None
+        return 0
     hi = min(top, lo + batch)
-    return Delta(lo, hi, storage.minute_aggregates(conn, lo, hi))
-
-
-def apply_delta(conn: sqlite3.Connection, delta: Delta) -> bool:
-    """Merge a delta into the minute and hour rollups and move the watermark; writer side.
-
-    Returns False (and changes nothing) if the watermark moved since the delta
-    was read, which only a second rollup task could do.
-    """
-    if not storage.move_watermark(conn, delta.lo, delta.hi):
-        return False
-    if not delta.rows:
-        return True
-    storage.merge_minutes(conn, delta.rows)
-    first = min(r[2] for r in delta.rows)
-    last = max(r[2] for r in delta.rows) + MINUTE
-    storage.insert_block(conn, delta.lo, delta.hi, first, last)
-    return True
+    span = storage.roll_up_range(conn, lo, hi)
+    if span is not None:
+        storage.insert_block(conn, lo, hi, *span)
+    storage.move_watermark(conn, lo, hi)
+    return hi - lo
 
 
 def roll_up_sync(conn: sqlite3.Connection, batch: int = ROLLUP_BATCH) -> int:
     """Roll up everything past the watermark on one connection (tests, offline tools). → raw rows covered."""
     done = 0
-    while (delta := read_delta(conn, batch)) is not None:
+    while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            apply_delta(conn, delta)
+            n = roll_up_step(conn, batch)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-        done += delta.hi - delta.lo
-    return done
+        done += n
+        if n < batch:
+            return done
 
 
 # --- retention --------------------------------------------------------------------
@@ -341,21 +325,35 @@ class Rollups:
         self.clock = clock
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # CPU seconds of the writer thread in rolling up: what the rollups cost, against the intake's inserts
+        # (TelemetryIntake.insert_cpu_seconds) or the whole server's CPU (the benchmark's "rollup cost").
+        self.cpu_seconds = 0.0
         if metrics is not None:
             metrics.gauge("fleetd_telemetry_rollup_lag_points", "Raw points not yet in the rollups.",
                           Read(storage.rollup_lag))
+            metrics.counter("fleetd_telemetry_rollup_cpu_seconds_total", "CPU seconds the writer spent rolling "
+                            "up raw points (compare fleetd_telemetry_insert_cpu_seconds_total).",
+                            lambda: self.cpu_seconds)
 
     async def roll_up(self) -> int:
         """Bring the rollups up to the newest committed point. → raw rows covered."""
         done = 0
         async with self._lock:
-            while (delta := await self.store.read(read_delta)) is not None:
-                if not await self.store.write(functools.partial(apply_delta, delta=delta)):
-                    continue  # a cancelled pass's merge landed in between: read again from the new watermark
-                done += delta.hi - delta.lo
-                if delta.hi - delta.lo < ROLLUP_BATCH:
-                    break
-        return done
+            while True:
+                n = await self.store.write(self._timed(roll_up_step))
+                done += n
+                if n < ROLLUP_BATCH:
+                    return done
+
+    def _timed(self, fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
+        """``fn``, adding the CPU time of the thread that runs it to :attr:`cpu_seconds` (one pass runs at a time)."""
+        def run(conn: sqlite3.Connection) -> T:
+            t = time.thread_time()
+            try:
+                return fn(conn)
+            finally:
+                self.cpu_seconds += time.thread_time() - t
+        return run
 
     async def prune(self) -> dict[str, int]:
         """Apply retention: raw points in batches (each its own transaction), then the rollups."""

@@ -2,11 +2,12 @@
 bookkeeping (the watermark, the id blocks, the series), and the aggregates read from them.
 
 Device lists go in as one JSON list (text), encoded once by the caller for all the statements of a read. The
-ingest insert and the orchestrator's scan of raw points run their SQL from module-level constants.
+orchestrator's scan of raw points runs its SQL from module-level constants.
 """
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from typing import Any, Literal
 
@@ -17,12 +18,25 @@ HOUR = 3600
 
 # --- raw points ---------------------------------------------------------------------------------------------------
 
-_INSERT_POINTS = "INSERT INTO telemetry (device_id, name, ts, value, tags) VALUES (?,?,?,?,?)"
+Batch = tuple[str, float, str]
+"""(device_id, time received, the batch's points as a JSON array): one PushTelemetry call's points, checked, as
+``[{"name": ..., "value": ..., "ts": ..., "tags": {...}}, ...]`` (ts 0 or missing: the time received; tags empty or
+missing: none)."""
 
 
-def insert_points(conn: sqlite3.Connection, rows: list[tuple[str, str, float, float, str | None]]) -> None:
-    """Store raw points: (device_id, name, ts, value, tags JSON or None) each."""
-    conn.executemany(_INSERT_POINTS, rows)
+@functools.cache
+def _insert_batch(d: Dialect) -> str:
+    member = functools.partial(d.json_member, "p.value")
+    return ("INSERT INTO telemetry (device_id, name, ts, value, tags) "
+            f"SELECT ?, {member('name', 'text')}, COALESCE(NULLIF({member('ts', 'real')}, 0), ?), "
+            f"{member('value', 'real')}, NULLIF({member('tags', 'json')}, '{{}}') "
+            f"FROM {d.json_array_elements('p')}")
+
+
+def insert_point_batches(conn: sqlite3.Connection, batches: list[Batch]) -> int:
+    """Store raw points, one statement per batch: the database unpacks each batch's JSON itself, so the writer
+    holds the GIL for a few binds per batch, not per point (docs/performance.md, "Telemetry"). → points stored."""
+    return int(conn.executemany(_insert_batch(dialect_of(conn)), batches).rowcount)
 
 
 def device_metric_names(conn: sqlite3.Connection) -> list[tuple[str, str]]:
@@ -113,15 +127,7 @@ def delete_blocks_through(conn: sqlite3.Connection, hi: int) -> None:
 
 # --- rolling up ---------------------------------------------------------------------------------------------------
 
-def minute_aggregates(conn: sqlite3.Connection, lo: int, hi: int) -> list[tuple[str, str, int, int, float, float,
-                                                                                 float]]:
-    """The raw ids (lo, hi] aggregated per (device, metric, minute): (device, metric, minute, count, sum, min,
-    max)."""
-    return [tuple(r) for r in conn.execute(
-        "SELECT device_id, name, CAST(ts / 60 AS INTEGER) * 60 AS m, COUNT(*), SUM(value), MIN(value), MAX(value) "
-        "FROM telemetry WHERE id > ? AND id <= ? GROUP BY device_id, name, m", (lo, hi))]
-
-
+@functools.cache
 def _merge(d: Dialect) -> tuple[str, str]:
     upsert = (f"ON CONFLICT (series_id, ts) DO UPDATE SET count = count + excluded.count, sum = sum + excluded.sum, "
               f"min = {d.least('min', 'excluded.min')}, max = {d.greatest('max', 'excluded.max')}")
@@ -135,20 +141,27 @@ def _merge(d: Dialect) -> tuple[str, str]:
     return minute, hour
 
 
+def roll_up_range(conn: sqlite3.Connection, lo: int, hi: int) -> tuple[float, float] | None:
+    """Merge the raw ids (lo, hi], aggregated per (device, metric, minute), into the minute and hour rollups, making
+    the series they need. → the time span [first minute, end of the last minute) they covered, None if none.
 
-def merge_minutes(conn: sqlite3.Connection, rows: list[tuple[str, str, int, int, float, float, float]]) -> None:
-    """Merge per-minute aggregates (as :func:`minute_aggregates` gives them) into the minute and hour rollups,
-    making the series they need."""
-    merge = _merge(dialect_of(conn))
+    All of it runs inside the database: the per-minute aggregates never become Python objects."""
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS rollup_delta (device_id TEXT, name TEXT, ts INTEGER, "
                  "count INTEGER, sum REAL, min REAL, max REAL)")
     conn.execute("DELETE FROM temp.rollup_delta")
-    conn.executemany("INSERT INTO temp.rollup_delta VALUES (?,?,?,?,?,?,?)", rows)
+    conn.execute(
+        "INSERT INTO temp.rollup_delta SELECT device_id, name, CAST(ts / 60 AS INTEGER) * 60 AS m, COUNT(*), "
+        "SUM(value), MIN(value), MAX(value) FROM telemetry WHERE id > ? AND id <= ? GROUP BY device_id, name, m",
+        (lo, hi))
+    first, last = conn.execute("SELECT MIN(ts), MAX(ts) FROM temp.rollup_delta").fetchone()
+    if first is None:
+        return None
     conn.execute("INSERT INTO telemetry_series (device_id, name) SELECT DISTINCT device_id, name "
                  "FROM temp.rollup_delta WHERE true ON CONFLICT (device_id, name) DO NOTHING")
-    for sql in merge:
+    for sql in _merge(dialect_of(conn)):
         conn.execute(sql)
     conn.execute("DELETE FROM temp.rollup_delta")
+    return float(first), float(last + 60)
 
 
 # --- retention of the rollups -------------------------------------------------------------------------------------

@@ -269,6 +269,20 @@ def create_install(conn: sqlite3.Connection, actor: Actor, device_refs: list[str
     return ids
 
 
+def insert_installs(conn: sqlite3.Connection, actor: Actor, device_ids: list[str], art: artifacts.Artifact, *,
+                    consent: bool, rollout_id: str) -> list[str]:
+    """Install actions of ``art`` for devices the caller has checked (active, of a type the artifact is built for,
+    no open action for its component), in bulk: two statements however many. No audit entry: the caller's one
+    entry covers them (a rollout's stage start names the stage and its count)."""
+    state = S.OFFERED if consent else S.QUEUED
+    t, by = now(), actor.name or actor.id
+    ids = [new_id("act") for _ in device_ids]
+    storage.insert_actions(conn, [(aid, did, ActionKind.INSTALL, art.name, art.id, state, "{}", rollout_id, by, t)
+                                  for aid, did in zip(ids, device_ids, strict=True)])
+    _opened(conn, device_ids)
+    return ids
+
+
 def create_rollback(conn: sqlite3.Connection, actor: Actor, device_refs: list[str], component: str,
                     *, rollout_id: str | None = None) -> list[str]:
     """Install each device's previous known-good version of ``component``, marked as a rollback."""

@@ -163,6 +163,10 @@ class Orchestrator:
             rev = change.rev
         stats.write_seconds = time.perf_counter() - t2
 
+    def tracker(self, rollout_id: str) -> Tracker | None:
+        """The rollout's tracker as the last pass left it (None: not due, or not built yet)."""
+        return self._trackers.get(rollout_id)
+
     # --- the background task ----------------------------------------------------------------
     def wake(self) -> None:
         """Run a pass soon (after a rollout was created or changed)."""

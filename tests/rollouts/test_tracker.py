@@ -16,18 +16,18 @@ from fleetd.rollouts import storage as rollout_storage
 from fleetd.rollouts.orchestrator import PassReport
 from fleetd.rollouts.progress import evaluate, installed, read_snapshot
 from fleetd.rollouts.tracker import Tracker
-from tests.rollouts.test_rollouts import (  # noqa: F401  (fixtures)
+from tests.devices.test_devices import make_artifact
+from tests.rollouts.test_rollouts import (
     audit_actions,
     enroll,
     install_all,
-    lab,
     report,
     rollout_actions,
     run_pass,
+    runs,
     seen,
-    settings,
 )
-from tests.devices.test_devices import make_artifact
+from tests.rollouts.test_rollouts import settings as settings  # the fixture: no background passes
 
 
 def settle(fleet: Fleet, now: float) -> PassReport:
@@ -117,7 +117,7 @@ def test_a_change_rolled_back_by_a_crash_leaves_no_trace(fleet, quiet_lab) -> No
     rid = start(fleet, t0, stages=[100])
     settle(fleet, t0)
     before = fleet.store.read_sync(rollout_storage.last_change)
-    did, act = next(iter(rollout_actions(fleet, rid).items()))
+    act = next(iter(rollout_actions(fleet, rid).values()))
 
     def crash(conn: Any) -> None:
         conn.execute("UPDATE actions SET state = 'failed', open = 0 WHERE id = ?", (act["id"],))
@@ -133,7 +133,7 @@ def test_a_change_rolled_back_by_a_crash_leaves_no_trace(fleet, quiet_lab) -> No
     assert fleet.store.read_sync(rollout_storage.last_change) > before  # committed: logged with it
     rep = run_pass(fleet, t0 + 2)
     assert rep.rollouts[0].reread == 1
-    assert_exact(fleet, rid, t0 + 2).counts[0][1 + 5] == 1  # failed
+    assert assert_exact(fleet, rid, t0 + 2).counts[0][1 + 5] == 1  # failed
 
 
 def test_a_restart_rebuilds_the_same_counts_from_the_database(settings, fleet, quiet_lab) -> None:  # type: ignore[no-untyped-def]
@@ -173,7 +173,6 @@ def test_rollback_and_cancel(fleet, quiet_lab) -> None:  # type: ignore[no-untyp
     fleet.store.write_sync(lambda c: c.execute(
         "UPDATE actions SET state = 'succeeded', open = 0, finished_at = ? WHERE rollout_id = ? AND device_id = ? "
         "AND kind = 'install'", (t0 + 8, rid, late)))
-    from tests.rollouts.test_rollouts import runs
     runs(fleet, [late], "2.0.0")
     rep = run_pass(fleet, t0 + 8)
     assert not rep.rollouts[0].rebuilt and rep.rollouts[0].actions == 1

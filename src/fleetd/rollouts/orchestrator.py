@@ -130,14 +130,15 @@ class Orchestrator:
         store = self.fleet.store
         fresh = self.fleet.hub.last_seen
         t0 = time.perf_counter()
-        tracker = self._trackers.get(rollout_id)
+        kept = self._trackers.get(rollout_id)
         snap = None
-        if tracker is None or not await store.read(lambda c: tracker.refresh(c, now, fresh, changed)):
+        if kept is not None and await store.read(lambda c: kept.refresh(c, now, fresh, changed)):
+            tracker = kept
+            stats.reread = tracker.reread
+        else:
             tracker, snap = await store.read(lambda c: Tracker.load(c, rollout_id, now, fresh))
             self._trackers[rollout_id] = tracker
             stats.rebuilt = True
-        else:
-            stats.reread = tracker.reread
         t1 = time.perf_counter()
         plan = tracker.plan()
         rev = tracker.rev

@@ -175,8 +175,8 @@ class Tracker:
                         snap.messages[did] = message
                 else:
                     snap.rollbacks[did] = state
-            for row in storage.component_reports_of(conn, r.component, chunk):
-                snap.comps[row[0]] = row
+            for comp in storage.component_reports_of(conn, r.component, chunk):
+                snap.comps[comp[0]] = comp
             snap.faults.update(storage.faults_of(conn, r.id, chunk))
             snap.busy |= storage.busy_among(conn, r.component, r.id, chunk)
             rows = {row[0]: row for row in storage.devices_in_target(conn, r.target, chunk)}

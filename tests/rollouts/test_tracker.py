@@ -190,3 +190,26 @@ def test_rollback_and_cancel(fleet, quiet_lab) -> None:  # type: ignore[no-untyp
     assert fleet.orchestrator.tracker(ro.id) is None  # ended: no longer tracked
     got = fleet.store.read_sync(lambda c: rollouts.get(c, ro.id, t0 + 10))
     assert got.state == "cancelled" and got.stages[0].skipped == len(other)
+
+
+def test_a_point_stored_before_the_tracker_was_built_counts_once_the_install_succeeds(fleet, quiet_lab) -> None:  # type: ignore[no-untyped-def]
+    """A device's clock runs ahead: its point, stamped after its install finishes, is stored before that, and
+    before the tracker is built (the stage start rebuilds it). The install's success must still find it, as a full
+    evaluation does, although the tracker reads only raw points past the last id it read."""
+    t0 = time.time()
+    rid = start(fleet, t0, stages=[100], soak_seconds=60, max_failure_percent=100, health="cpu_temp<80")
+    hot = sorted(quiet_lab)[0]
+    fleet.store.write_sync(lambda c: c.execute(
+        "INSERT INTO telemetry (device_id, name, ts, value) VALUES (?, 'cpu_temp', ?, 95.0)", (hot, t0 + 30)))
+    settle(fleet, t0)  # the tracker is built after the point was stored, when no install had succeeded
+    tr = fleet.orchestrator.tracker(rid)
+    assert tr is not None and not tr.failed
+    install_all(fleet, rid, "2.0.0", at=t0 + 5, devices=[hot])
+    rep = run_pass(fleet, t0 + 40)
+    assert not rep.rollouts[0].rebuilt  # found by the tracker itself, not by a rebuild
+    tr = fleet.orchestrator.tracker(rid)
+    assert tr is not None and tr.failed == 1 and "cpu_temp<80 broken" in tr.new_faults[hot]
+    settle(fleet, t0 + 40)
+    assert assert_exact(fleet, rid, t0 + 40).failed == 1
+    faults = fleet.store.read_sync(lambda c: rollout_storage.faults(c, rid))
+    assert "cpu_temp<80 broken" in faults[hot]

@@ -112,8 +112,7 @@ class Orchestrator:
                 log.exception("rollout %s: the orchestrator pass failed; trying again next pass", rollout_id)
         self._seq = seq
         if seq - self._forgot >= FORGET_AFTER:
-            await store.write(lambda c: storage.forget_changes(c, seq))
-            self._forgot = seq
+            await self._forget(seq)
         report.seconds = time.perf_counter() - started
         self.last = report
         return report
@@ -121,8 +120,8 @@ class Orchestrator:
     def _changes(self, conn: sqlite3.Connection, now: float) -> tuple[int, list[str], set[str]]:
         """(the change log's newest sequence number, the rollouts due, the devices changed since the last pass)."""
         due = storage.due_rollout_ids(conn, now)
-        if self._seq is None:  # every tracker is built afresh
-            return storage.last_change(conn), due, set()
+        if self._seq is None or not due:  # every tracker is built afresh (or none is needed)
+            return max(storage.last_change(conn), self._seq or 0), due, set()
         seq, changed = storage.changes_since(conn, self._seq)
         return seq, due, changed
 
@@ -163,6 +162,23 @@ class Orchestrator:
             stats.actions += len(change.new_actions)
             rev = change.rev
         stats.write_seconds = time.perf_counter() - t2
+
+    async def forget(self) -> str:
+        """Drop the device change log's entries that no tracker needs: those read by the last pass, and every one
+        when no rollout is tracked (none is due, or no pass runs: ``rollout_pass_seconds`` 0). A periodic job of
+        :class:`~fleetd.maintenance.Maintenance`, so that the log stays bounded whether rollouts run or not; a pass
+        drops what it read itself once :data:`FORGET_AFTER` entries piled up."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:  # not while a pass reads the log
+            upto = self._seq if self._trackers else await self.fleet.store.read(storage.last_change)
+            gone = await self._forget(upto or 0)
+        return f"{gone} deleted"
+
+    async def _forget(self, upto: int) -> int:
+        gone = await self.fleet.store.write(lambda c: storage.forget_changes(c, upto))
+        self._forgot = max(self._forgot, upto)
+        return gone
 
     def tracker(self, rollout_id: str) -> Tracker | None:
         """The rollout's tracker as the last pass left it (None: not due, or not built yet)."""

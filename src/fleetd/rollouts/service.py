@@ -418,14 +418,19 @@ class Plan:
 
     def split(self, size: int | None = None) -> list[Plan]:
         """The transition with the first ``size`` actions, then plans of ``size`` more actions each: one write
-        transaction apiece, so that the single writer is never held for long."""
+        transaction apiece, so that the single writer is never held for long.
+
+        The devices go in id order: each transaction's actions then land in one stretch of the indexes keyed by
+        device (actions_device, actions_open, actions_rollout, the devices looked up) instead of all over them,
+        which made a 75,000-device stage start three times slower (docs/performance.md, "Stage start")."""
         size = size or steps.CHUNK
         started = self.start is not None
-        first = Plan(self.faults, self.start, self.installs[:size], self.complete, self.halt, self.rollbacks[:size],
-                     len(self.installs) if started else 0, self.stage_part)
-        rest = [Plan(installs=self.installs[i:i + size], stage_part=started or self.stage_part)
-                for i in range(size, len(self.installs), size)]
-        rest += [Plan(rollbacks=self.rollbacks[i:i + size]) for i in range(size, len(self.rollbacks), size)]
+        installs, rollbacks = sorted(self.installs), sorted(self.rollbacks)
+        first = Plan(self.faults, self.start, installs[:size], self.complete, self.halt, rollbacks[:size],
+                     len(installs) if started else 0, self.stage_part)
+        rest = [Plan(installs=installs[i:i + size], stage_part=started or self.stage_part)
+                for i in range(size, len(installs), size)]
+        rest += [Plan(rollbacks=rollbacks[i:i + size]) for i in range(size, len(rollbacks), size)]
         return [first, *rest]
 
 

@@ -296,9 +296,9 @@ def changes_since(conn: sqlite3.Connection, seq: int) -> tuple[int, set[str]]:
     return max((r[0] for r in rows), default=seq), {r[1] for r in rows}
 
 
-def forget_changes(conn: sqlite3.Connection, seq: int) -> None:
-    """Drop the change log's entries up to ``seq`` (the orchestrator has read them)."""
-    conn.execute(_FORGET_CHANGES, (seq,))
+def forget_changes(conn: sqlite3.Connection, seq: int) -> int:
+    """Drop the change log's entries up to ``seq`` (no tracker needs them). → how many."""
+    return int(conn.execute(_FORGET_CHANGES, (seq,)).rowcount)
 
 
 def devices_in_target(conn: sqlite3.Connection, target: Target, device_ids: list[str]

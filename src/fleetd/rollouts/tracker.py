@@ -11,7 +11,9 @@ count for it, with the sums the state machine acts on. A later pass re-classifie
   timeout) in a heap, and is re-read when it is due;
 - the devices waiting for a check-in (skipped as offline with an open action, or past their soak without having
   checked in since): their last check-in is re-read every pass;
-- the devices with a new raw telemetry point that breaks the health condition (points past the last raw id read).
+- the devices with a new raw telemetry point that breaks the health condition (points past the last raw id read;
+  the rebuild reads the earlier points of every device whose soak may still be judged, so that a point stored
+  before its device's install succeeded, stamped by a clock running ahead, counts once the install succeeds).
 
 Each re-read device is classified by :func:`progress._classify` itself, on the same data a full snapshot would
 hold, so a tracker and a full evaluation cannot disagree (tests/rollouts/test_tracker.py compares them).
@@ -99,7 +101,7 @@ class Tracker:
             conn.execute("BEGIN")
         try:
             key = _key(storage.rollout_row(conn, rollout_id))
-            snap = read_snapshot(conn, rollout_id, now, fresh)
+            snap = read_snapshot(conn, rollout_id, now, fresh, every_device=True)
             raw = telemetry_storage.newest_raw_id(conn) or 0
         finally:
             if own:

@@ -4,6 +4,7 @@ only the devices that changed or came due."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from fleetd.accounts.audit import SYSTEM
 from fleetd.fleet import Fleet
+from fleetd.maintenance import Maintenance
 from fleetd.rollouts import service as rollouts
 from fleetd.rollouts import storage as rollout_storage
 from fleetd.rollouts.orchestrator import PassReport
@@ -213,3 +215,36 @@ def test_a_point_stored_before_the_tracker_was_built_counts_once_the_install_suc
     assert assert_exact(fleet, rid, t0 + 40).failed == 1
     faults = fleet.store.read_sync(lambda c: rollout_storage.faults(c, rid))
     assert "cpu_temp<80 broken" in faults[hot]
+
+
+def test_the_change_log_keeps_only_what_a_tracker_needs_whether_rollouts_run_or_not(fleet, quiet_lab) -> None:  # type: ignore[no-untyped-def]
+    """No background passes here (rollout_pass_seconds 0): maintenance's job bounds the log all the same."""
+    job = next(j for j in Maintenance(fleet).jobs if j.name == "device change log")
+    assert job.every <= 60
+
+    def logged() -> int:
+        return int(fleet.store.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM device_changes").fetchone()[0]))
+    assert logged() >= 40  # the lab's enrolment and component reports; no rollout, no pass ever ran
+    asyncio.run(job.run())
+    assert logged() == 0  # no tracker needs any of it
+
+    t0 = time.time()
+    rid = start(fleet, t0, stages=[100])
+    settle(fleet, t0)
+    acts = rollout_actions(fleet, rid)
+    first = sorted(acts)[0]
+    report(fleet, first, acts[first]["id"], "downloading")
+    asyncio.run(job.run())
+    assert logged() == 1  # the report no pass has read yet: the tracker needs it ...
+    rep = run_pass(fleet, t0 + 1)
+    assert rep.rollouts[0].reread == 1  # ... and finds it
+    assert_exact(fleet, rid, t0 + 1)
+    asyncio.run(job.run())
+    assert logged() == 0
+
+    fleet.store.write_sync(lambda c: rollouts.cancel(c, SYSTEM, rid, t0 + 2))
+    run_pass(fleet, t0 + 2)
+    assert fleet.orchestrator.tracker(rid) is None
+    enroll(fleet, 3, {"site": "elsewhere"})
+    asyncio.run(job.run())
+    assert logged() == 0  # nothing tracked: unread entries go too

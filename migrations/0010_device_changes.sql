@@ -7,7 +7,8 @@
 -- device enrolled, re-enrolled, retagged, retyped, revoked or deleted, and a fault recorded against a device.
 -- A check-in that only refreshes last_seen is not logged (the orchestrator re-reads last_seen where it matters:
 -- at a device's next deadline, and for the devices that wait for a check-in). The orchestrator deletes the
--- entries it has read; AUTOINCREMENT keeps sequence numbers from being reused after that.
+-- entries no tracker needs (every minute, whether rollouts run or not: Orchestrator.forget); AUTOINCREMENT keeps
+-- sequence numbers from being reused after that.
 CREATE TABLE device_changes (
     seq       INTEGER PRIMARY KEY AUTOINCREMENT,
     device_id TEXT NOT NULL

@@ -171,8 +171,8 @@ class Orchestrator:
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:  # not while a pass reads the log
-            upto = self._seq if self._trackers else await self.fleet.store.read(storage.last_change)
-            gone = await self._forget(upto or 0)
+            upto = (self._seq if self._trackers else await self.fleet.store.read(storage.last_change)) or 0
+            gone = await self._forget(upto) if upto > self._forgot else 0  # sequence numbers are never reused
         return f"{gone} deleted"
 
     async def _forget(self, upto: int) -> int:

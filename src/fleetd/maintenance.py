@@ -1,4 +1,5 @@
-"""Periodic housekeeping: blob garbage collection, blob scrub, expired sessions, abandoned pending devices.
+"""Periodic housekeeping: blob garbage collection, blob scrub, expired sessions, abandoned pending devices, the
+entries of the device change log that no rollout needs.
 
 Each job runs on its own interval in one background task; a failing job is
 logged and retried at its next turn, never taking the server down.
@@ -54,6 +55,7 @@ class Maintenance:
             Job("blob gc", s.gc_interval_hours * 3600, fleet.blobs.gc),
             Job("blob scrub", s.scrub_interval_hours * 3600, fleet.blobs.scrub),
             Job("expired sessions", 3600, lambda: expire_sessions(fleet)),
+            Job("device change log", 60, fleet.orchestrator.forget),
         ]
         if s.pending_expiry_days:
             self.jobs.append(Job("expired pending devices", 3600, lambda: expire_pending(fleet)))

@@ -9,10 +9,15 @@ would report is written straight into the store (action states, component
 versions, last check-in), as the check-in path would. Measured:
 
 - the pass that starts each stage (creating its install actions in chunks),
+- the first pass after that (its tracker is built from a full snapshot, as after a restart),
 - the steady pass in the middle of the last stage, with every device holding an
-  action in one state or another: one read transaction, the evaluation, nothing
-  to write. The issue's number is this one; the target is under one second.
-- the same pass with a health condition over a raw telemetry table.
+  action in one state or another and nothing changed since the last pass: the
+  target is under 0.1 s (issue 16),
+- the pass after 1,000 devices reported (1,000 action state changes since the last
+  pass): under 0.2 s,
+- the start of the last stage (about 75,000 of 100,000 devices): under 5 s,
+- the steady pass with a health condition over a raw telemetry table (the first
+  pass after the points arrived reads them once; the median is the steady one).
 """
 
 from __future__ import annotations
@@ -38,7 +43,10 @@ from fleetd.rollouts.orchestrator import PassReport
 
 from .seed import DEVICE_TYPE, enroll_devices
 
-TARGET_SECONDS = 1.0
+STEADY_TARGET = 0.1  # s, a pass over the rollout in which nothing changed
+REPORTS_TARGET = 0.2  # s, the pass after REPORTS devices reported
+STAGE_TARGET = 5.0  # s, the pass that starts the last stage
+REPORTS = 1000
 SOAK = 60.0
 
 
@@ -83,6 +91,23 @@ def report_devices(fleet: Fleet, rollout_id: str, version: str, now: float, shar
     fleet.store.write_sync(write)
 
 
+def report_some(fleet: Fleet, rollout_id: str, count: int, now: float) -> int:
+    """``count`` devices report: their install, part way, moves on one state (as ``actions.report`` would write it,
+    with its history entry). → how many moved."""
+    def write(conn: Any) -> int:
+        rows = conn.execute("SELECT id, state FROM actions WHERE rollout_id = ? AND open = 1 LIMIT ?",
+                            (rollout_id, count)).fetchall()
+        nxt = {"downloading": "verifying", "verifying": "installing", "installing": "succeeded"}
+        for aid, state in rows:
+            new = nxt.get(state, "downloading")
+            done = new == "succeeded"
+            conn.execute("UPDATE actions SET state = ?, open = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+                         (new, 0 if done else 1, now, now if done else None, aid))
+            conn.execute("INSERT INTO action_events (action_id, ts, state) VALUES (?, ?, ?)", (aid, now, new))
+        return len(rows)
+    return int(fleet.store.write_sync(write))
+
+
 def median_pass(fleet: Fleet, now: float, runs: int) -> tuple[float, PassReport]:
     reports = [run_pass(fleet, now) for _ in range(runs)]
     return statistics.median(r.seconds for r in reports), reports[-1]
@@ -114,14 +139,34 @@ def bench(data_dir: Path, devices: int, runs: int, points: int) -> dict[str, Any
                 t += SOAK + 2
         # The middle of the last stage: 60 % installed and soaking, the rest part way.
         report_devices(fleet, ro.id, "2.0.0", t, share_done=0.6)
+        rep = run_pass(fleet, t + 1)
+        p = rep.rollouts[0]
+        assert p.rebuilt and p.actions == 0, p
+        out["first_pass"] = {"seconds": round(rep.seconds, 3), "read_seconds": round(p.read_seconds, 3)}
+        log(f"first pass after the stage start (tracker built from a full snapshot): {rep.seconds:.3f} s")
         seconds, rep = median_pass(fleet, t + 1, runs)
         p = rep.rollouts[0]
-        assert p.actions == 0 and p.devices == devices, p
+        assert p.actions == 0 and p.devices == devices and not p.rebuilt and not p.full, p
         out["steady_pass"] = {"seconds": round(seconds, 3), "read_seconds": round(p.read_seconds, 3),
                               "decide_seconds": round(p.decide_seconds, 3), "devices": p.devices, "runs": runs,
-                              "target_seconds": TARGET_SECONDS, "met": seconds < TARGET_SECONDS}
+                              "reread": p.reread, "target_seconds": STEADY_TARGET, "met": seconds < STEADY_TARGET}
         log(f"steady pass over {devices:,} devices: {seconds:.3f} s (read {p.read_seconds:.3f} s, decide "
-            f"{p.decide_seconds:.3f} s); target < {TARGET_SECONDS:g} s")
+            f"{p.decide_seconds:.3f} s, {p.reread} devices re-read); target < {STEADY_TARGET:g} s")
+        after = []
+        for _ in range(runs):
+            moved = report_some(fleet, ro.id, REPORTS, t + 1)
+            rep = run_pass(fleet, t + 1)
+            p = rep.rollouts[0]
+            assert p.actions == 0 and not p.rebuilt and p.reread >= moved > 0, p
+            after.append(rep.seconds)
+        seconds = statistics.median(after)
+        out["reports_pass"] = {"seconds": round(seconds, 3), "reports": REPORTS, "read_seconds":
+                               round(p.read_seconds, 3), "reread": p.reread, "runs": runs,
+                               "target_seconds": REPORTS_TARGET, "met": seconds < REPORTS_TARGET}
+        log(f"pass after {REPORTS:,} reports: {seconds:.3f} s ({p.reread} devices re-read); target < "
+            f"{REPORTS_TARGET:g} s")
+        last = out["stage_starts"][-1]
+        last.update(target_seconds=STAGE_TARGET, met=last["seconds"] < STAGE_TARGET)
         got = fleet.store.read_sync(lambda c: rollouts.get(c, ro.id, t + 1))
         assert sum(s.targeted for s in got.stages) == devices
         if points:
@@ -143,10 +188,19 @@ def health_pass(fleet: Fleet, rollout_id: str, now: float, points: int, runs: in
                              [(rnd.choice(ids), ("cpu_temp", "cpu", "mem")[i % 3], now - rnd.uniform(0, 3600),
                                rnd.uniform(30, 79)) for i in range(start, min(points, start + 100_000))])
     fleet.store.write_sync(write)
+    first = run_pass(fleet, now)  # the condition changed the rollout's row: the tracker is built afresh
+    t = time.perf_counter()
+    fleet.store.write_sync(lambda c: c.executemany(
+        "INSERT INTO telemetry (device_id, name, ts, value) VALUES (?, 'cpu_temp', ?, ?)",
+        [(rnd.choice(ids), now - rnd.uniform(0, 60), rnd.uniform(30, 79)) for _ in range(10_000)]))
+    log(f"  10,000 more points stored in {time.perf_counter() - t:.2f} s")
+    new_points = run_pass(fleet, now)  # reads the points past the last one it read
     seconds, rep = median_pass(fleet, now, runs)
-    log(f"steady pass with health condition over {points:,} raw points: {seconds:.3f} s")
+    log(f"steady pass with health condition over {points:,} raw points: {seconds:.3f} s (the first, building the "
+        f"tracker: {first.seconds:.3f} s; after 10,000 new points: {new_points.seconds:.3f} s)")
     return {"seconds": round(seconds, 3), "telemetry_points": points, "read_seconds":
-            round(rep.rollouts[0].read_seconds, 3)}
+            round(rep.rollouts[0].read_seconds, 3), "first_seconds": round(first.seconds, 3),
+            "new_points_seconds": round(new_points.seconds, 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,17 +224,22 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         print(json.dumps(result, indent=2))
     else:
-        s = result["steady_pass"]
-        print(f"orchestrator pass over a {a.devices:,}-device rollout: {s['seconds']:.3f} s "
-              f"({'met' if s['met'] else 'MISSED'}: target < {TARGET_SECONDS:g} s)")
-        for st in result["stage_starts"]:
-            print(f"  stage {st['stage']} start: {st['actions']:,} install actions in {st['seconds']:.2f} s "
-                  f"over {st['write_transactions']} write transactions")
+        s, r, st = result["steady_pass"], result["reports_pass"], result["stage_starts"][-1]
+        print(f"orchestrator pass over a {a.devices:,}-device rollout:")
+        print(f"  steady pass: {s['seconds']:.3f} s ({'met' if s['met'] else 'MISSED'}: target < {STEADY_TARGET:g} s)")
+        print(f"  pass after {r['reports']:,} reports: {r['seconds']:.3f} s ({'met' if r['met'] else 'MISSED'}: "
+              f"target < {REPORTS_TARGET:g} s)")
+        print(f"  stage {st['stage']} start, {st['actions']:,} install actions: {st['seconds']:.2f} s "
+              f"({'met' if st['met'] else 'MISSED'}: target < {STAGE_TARGET:g} s)")
+        for x in result["stage_starts"][:-1]:
+            print(f"  stage {x['stage']} start: {x['actions']:,} install actions in {x['seconds']:.2f} s "
+                  f"over {x['write_transactions']} write transactions")
+        print(f"  first pass after the stage start (full read): {result['first_pass']['seconds']:.3f} s")
         if "health_pass" in result:
             h = result["health_pass"]
             print(f"  with a health condition over {h['telemetry_points']:,} raw points: {h['seconds']:.3f} s")
-    return 0 if result["steady_pass"]["met"] else 1
-
+    met = all(x["met"] for x in (result["steady_pass"], result["reports_pass"], result["stage_starts"][-1]))
+    return 0 if met else 1
 
 if __name__ == "__main__":
     sys.exit(main())

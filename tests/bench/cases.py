@@ -403,19 +403,25 @@ def orchestrator(cfg: Config, work: Path) -> Result:
         out = bench_orchestrator.bench(data, n, cfg.runs, cfg.orchestrator_points)
     finally:
         shutil.rmtree(data, ignore_errors=True)
-    s = out["steady_pass"]
-    r = Result("orchestrator", f"none: an absolute target, < {bench_orchestrator.TARGET_SECONDS:g} s a pass")
-    r.rows.append((f"steady pass over {n:,} devices, s", f"{s['seconds']:.3f}", "-", "-"))
-    r.rows.append(("  of which read / decide, s", f"{s['read_seconds']:.3f} / {s['decide_seconds']:.3f}", "-", "-"))
-    for st in out["stage_starts"]:
-        r.rows.append((f"stage {st['stage']} start: {st['actions']:,} install actions, s", f"{st['seconds']:.2f}",
+    s, rp, st = out["steady_pass"], out["reports_pass"], out["stage_starts"][-1]
+    r = Result("orchestrator", "none: absolute targets (issue 16)")
+    r.rows.append((f"steady pass over {n:,} devices (nothing changed), s", f"{s['seconds']:.3f}", "-", "-"))
+    r.rows.append((f"pass after {rp['reports']:,} reports, s", f"{rp['seconds']:.3f}", "-", "-"))
+    r.rows.append(("first pass after a stage start (tracker from a full snapshot), s",
+                   f"{out['first_pass']['seconds']:.3f}", "-", "-"))
+    for x in out["stage_starts"]:
+        r.rows.append((f"stage {x['stage']} start: {x['actions']:,} install actions, s", f"{x['seconds']:.2f}",
                        "-", "-"))
     if "health_pass" in out:
         h = out["health_pass"]
         r.rows.append((f"steady pass, health condition over {h['telemetry_points']:,} points, s",
                        f"{h['seconds']:.3f}", "-", "-"))
-    r.targets.append(Target(f"orchestrator pass over {n:,} devices, s", s["seconds"], "<",
-                            bench_orchestrator.TARGET_SECONDS, " s"))
+    r.targets.append(Target(f"steady orchestrator pass over {n:,} devices, s", s["seconds"], "<",
+                            bench_orchestrator.STEADY_TARGET, " s"))
+    r.targets.append(Target(f"orchestrator pass after {rp['reports']:,} reports, s", rp["seconds"], "<",
+                            bench_orchestrator.REPORTS_TARGET, " s"))
+    r.targets.append(Target(f"start of a {st['actions']:,}-device stage, s", st["seconds"], "<",
+                            bench_orchestrator.STAGE_TARGET, " s"))
     r.data = out
     return r
 

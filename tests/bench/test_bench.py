@@ -167,13 +167,15 @@ def test_the_orchestrator_case_times_a_pass_on_its_own_data_dir(tmp_path: Path) 
     actions = [s["actions"] for s in r.data["stage_starts"]]  # stages at 5 %, 25 %, 100 %
     assert len(actions) == 3 and sum(actions) == 300 and min(actions) > 0
     assert r.data["health_pass"]["telemetry_points"] == 3_000
-    [t] = r.targets
-    assert t.met and 0 < t.value < 1 and t.limit == 1.0
+    steady, reports, stage = r.targets  # issue 16's three: steady pass, pass after reports, stage start
+    assert [t.limit for t in (steady, reports, stage)] == [0.1, 0.2, 5.0]
+    assert all(t.met and t.value >= 0 for t in (steady, reports, stage))
+    assert r.data["reports_pass"]["reread"] > 0 and r.data["steady_pass"]["reread"] == 0
     # Neither the seeded fleet (other benchmarks' data dir) nor the orchestrator's own is left behind.
     assert not (tmp_path / "data").exists() and not (tmp_path / "orchestrator").exists()
     table = report.render(run.machine_info(), {"runs": 1, "threads": 2, "connections": 64, "seconds": 10,
                                                "warmup": 3, "devices": 300}, results, {})
-    assert "## orchestrator" in table and "met    orchestrator pass over 300 devices, s" in table
+    assert "## orchestrator" in table and "met    steady orchestrator pass over 300 devices, s" in table
     assert report.as_json({}, {}, results, {})["results"]["orchestrator"]["targets"][0]["met"] is True
 
 

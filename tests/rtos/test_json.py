@@ -125,7 +125,8 @@ MANIFEST = ('{"created":"2026-11-24T01:10:48Z","device_types":["linux-aarch64","
             '"ffc85c023bfde702243e83a85fc95dc88e436b9e5a67ad84770a4453d76a85fc","size":245,"version":"1.1.0"}')
 SHA = "ffc85c023bfde702243e83a85fc95dc88e436b9e5a67ad84770a4453d76a85fc"
 INSTALL_ACTION = {
-    "id": "act_f06d20e7b324", "kind": "install", "component": "webcam", "state": "queued", "rollback": False,
+    "id": "act_1a20b1afa1df06d20e7b324", "kind": "install", "component": "webcam", "state": "queued",
+    "rollback": False,
     "artifact": {"name": "webcam", "version": "1.1.0", "kind": "app",
                  "url": f"https://fleet.example.net:8420/v1/blobs/{SHA}", "sha256": SHA, "size": 245,
                  "file_name": "webcam-1.1.0.tar.gz", "manifest": MANIFEST,
@@ -148,10 +149,10 @@ AUTH = """{
   "status": "active"
 }"""
 ROLLBACKS = [
-    {"id": "act_2ad763381177", "kind": "rollback", "component": "sensor", "state": "queued", "rollback": True,
-     "artifact": None, "params": {"no_previous_version": True}},
-    {"id": "act_d7c5cc81efc1", "kind": "restart", "component": "webcam", "state": "queued", "rollback": False,
-     "artifact": None, "params": {}},
+    {"id": "act_1a20b1afa1d2ad763381177", "kind": "rollback", "component": "sensor", "state": "queued",
+     "rollback": True, "artifact": None, "params": {"no_previous_version": True}},
+    {"id": "act_1a20b1afa1dd7c5cc81efc1", "kind": "restart", "component": "webcam", "state": "queued",
+     "rollback": False, "artifact": None, "params": {}},
 ]
 
 
@@ -179,7 +180,7 @@ def test_checkin_answer_with_an_install_action(lib: ctypes.CDLL) -> None:
     d = Doc(lib, answer)
     assert d.rc == OK
     assert d.count("actions") == 3
-    assert d.string("actions[0].id") == (OK, "act_f06d20e7b324")
+    assert d.string("actions[0].id") == (OK, "act_1a20b1afa1df06d20e7b324")
     assert d.string("actions[0].kind") == (OK, "install")
     assert d.boolean("actions[0].rollback") == (OK, False)
     assert d.string("actions[0].artifact.sha256") == (OK, SHA)

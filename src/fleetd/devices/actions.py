@@ -21,7 +21,7 @@ import msgspec
 from ..accounts import audit
 from ..accounts.audit import Actor
 from ..artifacts import catalog as artifacts
-from ..core.clock import new_id, now, to_dt
+from ..core.clock import new_ordered_id, now, to_dt
 from ..core.effects import Publish
 from ..core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from ..core.fields import Int32
@@ -216,7 +216,7 @@ def _opened(conn: sqlite3.Connection, device_ids: list[str]) -> None:
 def _insert(conn: sqlite3.Connection, actor: Actor, device_id: str, kind: str, component: str,
             artifact_id: str | None, params: dict[str, Any], *, state: str = "queued",
             rollout_id: str | None = None) -> str:
-    aid, t = new_id("act"), now()
+    aid, t = new_ordered_id("act"), now()
     storage.insert_action(conn, action_id=aid, device_id=device_id, kind=kind, component=component,
                           artifact_id=artifact_id, state=state, params=json.dumps(params), rollout_id=rollout_id,
                           created_by=actor.name or actor.id, at=t)
@@ -266,6 +266,20 @@ def create_install(conn: sqlite3.Connection, actor: Actor, device_refs: list[str
     _opened(conn, [r["id"] for r in rows])
     audit.record_batch(conn, actor, "action.install", ids, [r["id"] for r in rows], component=art.name,
                        artifact=f"{art.name}@{art.version}", rollout=rollout_id)
+    return ids
+
+
+def insert_installs(conn: sqlite3.Connection, actor: Actor, device_ids: list[str], art: artifacts.Artifact, *,
+                    consent: bool, rollout_id: str) -> list[str]:
+    """Install actions of ``art`` for devices the caller has checked (active, of a type the artifact is built for,
+    no open action for its component), in bulk: two statements however many. No audit entry: the caller's one
+    entry covers them (a rollout's stage start names the stage and its count)."""
+    state = S.OFFERED if consent else S.QUEUED
+    t, by = now(), actor.name or actor.id
+    ids = [new_ordered_id("act") for _ in device_ids]
+    storage.insert_actions(conn, [(aid, did, ActionKind.INSTALL, art.name, art.id, state, "{}", rollout_id, by, t)
+                                  for aid, did in zip(ids, device_ids, strict=True)])
+    _opened(conn, device_ids)
     return ids
 
 

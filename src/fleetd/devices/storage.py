@@ -311,6 +311,18 @@ def insert_action(conn: sqlite3.Connection, *, action_id: str, device_id: str, k
     insert_action_event(conn, action_id, at, state)
 
 
+_INSERT_ACTION = ("INSERT INTO actions (id, device_id, kind, component, artifact_id, state, params, rollout_id, "
+                  "created_by, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
+
+
+def insert_actions(conn: sqlite3.Connection, rows: list[tuple[str, str, str, str, str | None, str, str, str | None,
+                                                               str | None, float]]) -> None:
+    """Many new actions and the first event of each, two statements in all: (id, device_id, kind, component,
+    artifact_id, state, params JSON text, rollout_id, created_by, at) each."""
+    conn.executemany(_INSERT_ACTION, [(*r, r[9]) for r in rows])
+    conn.executemany(_INSERT_EVENT, [(r[0], r[9], r[5], "", 0) for r in rows])
+
+
 def insert_action_event(conn: sqlite3.Connection, action_id: str, at: float, state: str, message: str = "",
                         progress: int = 0) -> None:
     """One entry of an action's history."""

@@ -165,22 +165,25 @@ BUCKETS = BucketCache()
 LastSeen = Callable[[str], "float | None"]
 
 
-def read_snapshot(conn: sqlite3.Connection, rollout_id: str, now: float, last_seen: LastSeen | None = None
-                  ) -> Snapshot:
+def read_snapshot(conn: sqlite3.Connection, rollout_id: str, now: float, last_seen: LastSeen | None = None, *,
+                  every_device: bool = False) -> Snapshot:
     """Everything one evaluation needs, read in one transaction (the caller's, or one opened here).
 
-    ``last_seen`` gives the hub's exact last check-in of a device (the store's may be a minute old)."""
+    ``last_seen`` gives the hub's exact last check-in of a device (the store's may be a minute old).
+    ``every_device``: the health condition's violations of every device that may still soak, not only of those
+    soaking now (:func:`_violations`; for a tracker, which reads later points only)."""
     own = not conn.in_transaction
     if own:
         conn.execute("BEGIN")
     try:
-        return _read(conn, rollout_id, now, last_seen)
+        return _read(conn, rollout_id, now, last_seen, every_device)
     finally:
         if own:
             conn.execute("COMMIT")
 
 
-def _read(conn: sqlite3.Connection, rollout_id: str, now: float, fresh: LastSeen | None) -> Snapshot:
+def _read(conn: sqlite3.Connection, rollout_id: str, now: float, fresh: LastSeen | None, every_device: bool
+          ) -> Snapshot:
     r = load_row(conn, rollout_id)
     devices = storage.target_devices(conn, r.target)
     installs: dict[str, Install] = {row[0]: row for row in storage.install_actions(conn, r.id)}
@@ -208,24 +211,30 @@ def _read(conn: sqlite3.Connection, rollout_id: str, now: float, fresh: LastSeen
     snap = Snapshot(r, now, ids, buckets, seen, stored, joined, installs, messages, rollbacks, comps, faults, busy, {},
                     stage_rows)
     if r.health is not None:
-        snap.violations = _violations(conn, snap, r.health)
+        snap.violations = _violations(conn, snap, r.health, every_device)
     return snap
 
 
-def _violations(conn: sqlite3.Connection, snap: Snapshot, cond: HealthCondition) -> dict[str, list[float]]:
+def _violations(conn: sqlite3.Connection, snap: Snapshot, cond: HealthCondition, every_device: bool
+                ) -> dict[str, list[float]]:
     """When the health condition broke, for the devices whose soak is still being judged: those soaking, and
     those whose soak ended within the offline timeout (their last points may arrive late). A device judged
     failed keeps its fault (rollout_faults); one judged healthy that long after its soak stays so. So the scan
-    covers recent raw points only, however old the rollout."""
+    covers recent raw points only, however old the rollout.
+
+    ``every_device``: also the points of devices whose install has not succeeded yet, from the oldest time a
+    soak still judged can have begun. A tracker built on this snapshot reads only the points stored after it,
+    and a device's clock may run ahead of the server's: its point stamped after its install finishes can be
+    stored before the install's success is, and must count then."""
     r, now = snap.row, snap.now
     horizon = now - r.offline_timeout - r.soak
     starts = [a[I_FINISHED] for did, a in snap.installs.items()
               if a[I_STATE] == "succeeded" and a[I_FINISHED] is not None and a[I_FINISHED] >= horizon
               and did not in snap.faults]
-    if not starts:
+    if not starts and not every_device:
         return {}
     out: dict[str, list[float]] = {}
-    since = min(starts)
+    since = horizon if every_device else min(starts)
     # Only the raw id blocks that can hold points of the soaks (devices may stamp points up to a day ahead).
     for lo, hi in rollups.raw_ranges(conn, since, now + 2 * 86400):
         for did, ts in telemetry_storage.points_breaking(conn, lo, hi, cond.metric, since, cond.op, cond.threshold):

@@ -50,13 +50,15 @@ def set_state(conn: sqlite3.Connection, actor: Actor, r: RolloutRow, state: str,
 
 
 def start_stage(conn: sqlite3.Connection, actor: Actor, r: RolloutRow, k: int, now: float, change: Change,
-                *, previous_outcome: str = "completed") -> None:
+                *, installs: int, previous_outcome: str = "completed") -> None:
+    """Start stage ``k``; its one audit entry counts the ``installs`` the stage start hands out (made by
+    :func:`create_installs` with ``audited=False``, in this transaction and the next few)."""
     if r.stage >= 0:
         storage.end_stage(conn, r.id, r.stage, previous_outcome, now)
     storage.start_stage(conn, r.id, k, now)
     previous = r.state
     storage.set_running_stage(conn, r.id, k, now)
-    audit.record(conn, actor, "rollout.stage", r.id, stage=k, percent=r.stages[k])
+    audit.record(conn, actor, "rollout.stage", r.id, stage=k, percent=r.stages[k], installs=installs)
     effect(conn, Publish("rollout.stage", {"id": r.id, "stage": k, "percent": r.stages[k]}))
     if previous != "running":
         audit.record(conn, actor, "rollout.start", r.id, previous=previous)
@@ -74,21 +76,33 @@ def _free(conn: sqlite3.Connection, r: RolloutRow, ids: list[str], kind: str) ->
     keep = []
     for chunk in _chunks(ids):
         taken = storage.devices_with_action(conn, chunk, r.component, r.id, kind)
-        active = storage.active_among(conn, chunk)
+        active = storage.active_types_among(conn, chunk)
         keep += [d for d in chunk if d in active and d not in taken]
     return keep
 
 
 def create_installs(conn: sqlite3.Connection, actor: Actor, r: RolloutRow, device_ids: list[str],
-                    change: Change, limit: int | None = None) -> None:
+                    change: Change, limit: int | None = None, *, audited: bool = True) -> None:
+    """Install actions for those of ``device_ids`` that may get one, at most ``limit`` (default :data:`CHUNK`), in
+    bulk. ``audited``: one audit entry for them all; a stage start leaves it to the stage's own entry."""
     limit = limit or CHUNK
-    free = _free(conn, r, device_ids, "install")
-    types = {d: t for chunk in _chunks(free) for d, t in storage.device_types_of(conn, chunk).items()}
-    allowed = artifacts.get(conn, r.artifact_id).device_types
-    free = [d for d in free if d in types and matches_any(allowed, types[d])]  # it may have changed type since
+    art = artifacts.get(conn, r.artifact_id)
+    fits: dict[str, bool] = {}  # device type → whether the artifact is built for it (a handful of types)
+    free: list[str] = []
+    for chunk in _chunks(device_ids):
+        taken = storage.devices_with_action(conn, chunk, r.component, r.id, "install")
+        types = storage.active_types_among(conn, chunk)  # a device may have changed type since it was targeted
+        for d in chunk:
+            t = types.get(d)
+            if t is not None and d not in taken and fits.setdefault(t, matches_any(art.device_types, t)):
+                free.append(d)
+        if len(free) >= limit:
+            break
     free = free[:limit]  # the rest: at the next pass, as devices of a started stage without an action
-    for chunk in _chunks(free):
-        actions.create_install(conn, actor, chunk, r.artifact_id, consent=r.consent, rollout_id=r.id)
+    ids = actions.insert_installs(conn, actor, free, art, consent=r.consent, rollout_id=r.id)
+    if audited:
+        audit.record_batch(conn, actor, "action.install", ids, free, component=art.name,
+                           artifact=f"{art.name}@{art.version}", rollout=r.id)
     change.new_actions += free
 
 

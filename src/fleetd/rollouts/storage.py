@@ -76,16 +76,14 @@ def devices_by_id(conn: sqlite3.Connection, device_ids: list[str]) -> list[tuple
                          f"({_marks(len(device_ids))})", device_ids)
 
 
-def active_among(conn: sqlite3.Connection, device_ids: list[str]) -> set[str]:
-    """Those of these devices (at most 500) that are active."""
-    return {row[0] for row in conn.execute(
-        f"SELECT id FROM devices WHERE id IN ({_marks(len(device_ids))}) AND status = 'active'", device_ids)}
+def active_types_among(conn: sqlite3.Connection, device_ids: list[str]) -> dict[str, str]:
+    """Device → its type, for those of these devices (at most 500) that are active.
 
-
-def device_types_of(conn: sqlite3.Connection, device_ids: list[str]) -> dict[str, str]:
-    """Device → its type, for these devices (at most 500)."""
-    return {row[0]: row[1] for row in conn.execute(
-        f"SELECT id, device_type FROM devices WHERE id IN ({_marks(len(device_ids))})", device_ids)}
+    The status is compared here, not in SQL: given ``status = ?`` the planner would walk the status index (every
+    active device) instead of looking up 500 ids, and a stage start makes this query once per 500 devices."""
+    return {row[0]: row[2] for row in _tuples(
+        conn, f"SELECT id, status, device_type FROM devices WHERE id IN ({_marks(len(device_ids))})", device_ids)
+        if row[1] == "active"}
 
 
 def devices_with_action(conn: sqlite3.Connection, device_ids: list[str], component: str, rollout_id: str,
@@ -278,3 +276,64 @@ def device_names(conn: sqlite3.Connection, device_ids: list[str]) -> dict[str, s
     """The names of ``device_ids`` (one query, whatever their number); a deleted device is left out."""
     return dict(_tuples(conn, f"SELECT id, name FROM devices WHERE {dialect_of(conn).in_json_list('id')}",
                         [json.dumps(device_ids)]))
+
+
+# --- the orchestrator's incremental reads (docs/performance.md, "The orchestrator") -------------------------------
+
+_LAST_CHANGE = "SELECT COALESCE(MAX(seq), 0) FROM device_changes"
+_CHANGES = "SELECT seq, device_id FROM device_changes WHERE seq > ?"
+_FORGET_CHANGES = "DELETE FROM device_changes WHERE seq <= ?"
+
+
+def last_change(conn: sqlite3.Connection) -> int:
+    """The sequence number of the newest entry of the device change log (0: none yet)."""
+    return int(conn.execute(_LAST_CHANGE).fetchone()[0])
+
+
+def changes_since(conn: sqlite3.Connection, seq: int) -> tuple[int, set[str]]:
+    """(the newest sequence number, the devices changed after ``seq``) from the device change log."""
+    rows = _tuples(conn, _CHANGES, (seq,))
+    return max((r[0] for r in rows), default=seq), {r[1] for r in rows}
+
+
+def forget_changes(conn: sqlite3.Connection, seq: int) -> int:
+    """Drop the change log's entries up to ``seq`` (no tracker needs them). → how many."""
+    return int(conn.execute(_FORGET_CHANGES, (seq,)).rowcount)
+
+
+def devices_in_target(conn: sqlite3.Connection, target: Target, device_ids: list[str]
+                      ) -> list[tuple[str, float | None, float, int]]:
+    """(id, last_seen, when it joined, whether the target selects it) of these devices (at most 500) that exist."""
+    where, args = _target_where(conn, target)
+    return _tuples(conn, f"SELECT id, last_seen, COALESCE(enrolled_at, created_at), {where} FROM devices "
+                         f"WHERE id IN ({_marks(len(device_ids))})", [*args, *device_ids])
+
+
+def rollout_actions_of(conn: sqlite3.Connection, rollout_id: str, device_ids: list[str]
+                       ) -> list[tuple[str, str, str, float, float | None, str]]:
+    """(device, kind, state, updated_at, finished_at, message) of the rollout's install and rollback actions on
+    these devices (at most 500)."""
+    return _tuples(conn, "SELECT device_id, kind, state, updated_at, finished_at, message FROM actions WHERE "
+                         f"rollout_id = ? AND device_id IN ({_marks(len(device_ids))}) AND kind IN "
+                         "('install', 'rollback')", [rollout_id, *device_ids])
+
+
+def component_reports_of(conn: sqlite3.Connection, component: str, device_ids: list[str]
+                         ) -> list[tuple[str, str, str, str, int]]:
+    """:func:`component_reports` of these devices (at most 500)."""
+    return _tuples(conn, "SELECT device_id, version, state, health, restarts FROM device_components WHERE name = ? "
+                         f"AND device_id IN ({_marks(len(device_ids))})", [component, *device_ids])
+
+
+def faults_of(conn: sqlite3.Connection, rollout_id: str, device_ids: list[str]) -> dict[str, str]:
+    """:func:`faults` of these devices (at most 500)."""
+    return dict(_tuples(conn, "SELECT device_id, reason FROM rollout_faults WHERE rollout_id = ? AND device_id IN "
+                              f"({_marks(len(device_ids))})", [rollout_id, *device_ids]))
+
+
+def busy_among(conn: sqlite3.Connection, component: str, rollout_id: str, device_ids: list[str]) -> set[str]:
+    """:func:`busy_devices` among these devices (at most 500)."""
+    return {row[0] for row in _tuples(
+        conn, f"SELECT device_id FROM actions WHERE device_id IN ({_marks(len(device_ids))}) AND open = 1 AND "
+              "component = ? AND (rollout_id IS NULL OR rollout_id != ? OR kind != 'install')",
+        [*device_ids, component, rollout_id])}

@@ -196,7 +196,7 @@ def serve(
     if settings.port == 0:  # the port the system picked, for the banner and the devices' URL
         settings = msgspec.structs.replace(settings, port=sock.getsockname()[1])
     try:
-        fleet = Fleet(settings)
+        fleet = Fleet(settings, first_admin=True)
     except DataDirLocked as e:
         sock.close()
         fail(str(e), "Stop the other server first, or use another --data-dir.")
@@ -204,9 +204,8 @@ def serve(
         sock.close()
         fail(e.message)
     try:
-        first = fleet.ensure_first_admin()
-        if first:
-            _banner(*first, fleet.public_url)
+        if fleet.first_admin:
+            _banner(*fleet.first_admin, fleet.public_url)
         app = create_app(fleet)
         certfile = str(fleet.keys.server_cert_path) if settings.tls else None
         keyfile = str(fleet.keys.server_key_path) if settings.tls else None

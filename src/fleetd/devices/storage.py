@@ -55,8 +55,10 @@ def device_record(conn: sqlite3.Connection, device_id: str) -> sqlite3.Row | Non
 
 
 def runtime_rows(conn: sqlite3.Connection) -> sqlite3.Cursor:
-    """(id, status, poll_interval, device_type, auth_epoch, last_seen) of every device."""
-    return conn.execute("SELECT id, status, poll_interval, device_type, auth_epoch, last_seen FROM devices")
+    """(id, status, poll_interval, device_type, auth_epoch, last_seen) of every device, by id (the primary key's
+    order: no sort)."""
+    return conn.execute("SELECT id, status, poll_interval, device_type, auth_epoch, last_seen FROM devices "
+                        "ORDER BY id")
 
 
 def claim_code_taken(conn: sqlite3.Connection, code: str) -> bool:

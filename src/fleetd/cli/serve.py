@@ -7,7 +7,7 @@ import ipaddress
 import logging
 import socket
 import sys
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import msgspec
 import typer
@@ -15,7 +15,12 @@ import typer
 from ..core.config import Settings, load_settings
 from ..core.errors import FleetdError
 from ..fleet import DataDirLocked, Fleet
-from .output import fail
+
+
+def fail(message: str, hint: str | None = None) -> NoReturn:
+    from .output import fail  # rich, loaded only when there is an error to print
+
+    fail(message, hint)
 
 
 def _banner(username: str, password: str, url: str) -> None:
@@ -215,6 +220,7 @@ def serve(
             lifespan="on", server_header=False, log_config=None, timeout_graceful_shutdown=10,
             ssl_certfile=certfile, ssl_keyfile=keyfile,
             http=_guarded_protocol(fleet),
+            ws="none",  # fleetd has no WebSocket routes (live updates are server-sent events): skip loading a library
             # Forwarding headers only from the configured proxies (uvicorn would trust 127.0.0.1 and
             # $FORWARDED_ALLOW_IPS by default).
             proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies or [],

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 
 from fleetd.devices.directory import DeviceRuntime, Directory
+from fleetd.devices import registry
 from fleetd.devices.registry import ONLINE_SLACK
 
 
@@ -42,13 +44,24 @@ def test_it_behaves_as_the_dict_it_replaces() -> None:
         and 10_000.0 - rt.last_seen <= 2 * rt.poll_interval + ONLINE_SLACK)
 
 
-def test_a_read_is_a_copy_and_revoked_devices_keep_no_epoch_on_load() -> None:
-    d = Directory.load([(_id(2), "active", 60, "sim", 3, None), (_id(1), "revoked", 60, "sim", None, 5.0)])
-    assert list(d) == [_id(1), _id(2)]  # out of order on load: inserted in place
+def test_load_reads_canonical_ids_into_columns_and_the_others_beside_them() -> None:
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE devices (id TEXT PRIMARY KEY, status TEXT, poll_interval INTEGER, device_type TEXT, "
+                 "auth_epoch INTEGER, last_seen REAL)")
+    rows = [(_id(n), "active", 60, "sim", 3, 1000.5 + n) for n in (5, 2, 9)] + [
+        (_id(1), "revoked", 60, "sim", 4, None), ("dev_a", "active", 30, "rpi", 1, None),
+        ("dev_0x0000000001", "pending", 60, "sim", 0, None), ("dev_00000000000A", "active", 60, "sim", 2, None)]
+    conn.executemany("INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?)", rows)
+    d = registry.load_runtime(conn)
+    assert list(d) == [_id(1), _id(2), _id(5), _id(9), "dev_a", "dev_0x0000000001", "dev_00000000000A"]
+    assert d[_id(1)] == DeviceRuntime("revoked", 60, "sim", None, None)  # a revoked device keeps no epoch
+    assert d[_id(9)] == DeviceRuntime("active", 60, "sim", 3, 1009.5)
+    assert d["dev_0x0000000001"].status == "pending" and d.get(_id(0)) is None
     rt = d[_id(2)]
     rt.last_seen = 99.0
-    assert d.last_seen(_id(2)) is None  # setting a read copy changes nothing: set_seen does
-    assert d[_id(1)] == DeviceRuntime("revoked", 60, "sim", None, 5.0)
+    assert d.last_seen(_id(2)) == 1002.5  # setting a read copy changes nothing: set_seen does
+    d.set_seen(_id(2), 99.0)
+    assert d.last_seen(_id(2)) == 99.0
 
 
 def test_sweep_steps_by_id_and_reports_changes_and_deleted_online_devices() -> None:

@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import math
 import re
+import sqlite3
 import sys
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import repeat
 
 PREFIX = "dev_"
 _CANONICAL = re.compile(r"dev_[0-9a-f]{12}")
 _NO_EPOCH = -1
 _NEVER = math.nan
+Row = tuple[str, str, int, str, int | None, float | None]
 
 
 @dataclass(slots=True)
@@ -87,16 +90,30 @@ class Directory:
         self._departed: list[str] = []  # deleted while online, until the next sweep takes them
 
     @classmethod
-    def load(cls, rows: Iterable[tuple[str, str, int, str, int | None, float | None]]) -> Directory:
-        """From (id, status, poll interval, device type, epoch, last seen) rows, read one at a time; rows
-        sorted by id are appended, others inserted in place."""
+    def load(cls, canonical: sqlite3.Cursor, others: Iterable[Row], *, no_epoch: str = "", chunk: int = 5_000
+             ) -> Directory:
+        """From rows of (id, status, poll interval, device type, epoch, last seen), in any order: ``canonical``
+        rows carry the 12 hex digits of a canonical id instead of the id and are read ``chunk`` at a time, a
+        column at a time; a device whose status is ``no_epoch`` gets no epoch."""
         d = cls()
-        for did, status, poll, dtype, epoch, seen in rows:
-            n = _number(did)
-            if n is not None and (not d._ids or d._ids[-1] < n):
-                d._append(n, DeviceRuntime(status, poll, dtype, epoch, seen))
-            else:
-                d[did] = DeviceRuntime(status, poll, dtype, epoch, seen)
+        status, dtype = d._statuses.code, d._types.code
+        while rows := canonical.fetchmany(chunk):
+            hexes, sts, polls, types, epochs, seen = zip(*rows, strict=True)
+            d._ids.extend(map(int, hexes, repeat(16)))
+            d._status.extend(map(status, sts))
+            d._poll.extend(polls)
+            d._type.extend(map(dtype, types))
+            d._epoch.extend([_NO_EPOCH if e is None or s == no_epoch else e for s, e in zip(sts, epochs, strict=True)])
+            d._seen.extend([_NEVER if t is None else t for t in seen])
+        d._online = bytearray(len(d._ids))
+        ids = d._ids
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        for name in ("_ids", "_status", "_poll", "_type", "_epoch", "_seen"):
+            col = getattr(d, name)
+            if col and col.count(col[0]) != len(col):  # a column of one value (often: type, poll) stays as it is
+                setattr(d, name, array(col.typecode, map(col.__getitem__, order)))
+        for did, st, poll, typ, epoch, last in others:
+            d[did] = DeviceRuntime(st, poll, typ, None if st == no_epoch else epoch, last)
         return d
 
     # --- one device ---------------------------------------------------------

@@ -396,9 +396,10 @@ def _components_by_device(conn: sqlite3.Connection, ids: list[str]) -> dict[str,
 # --- the in-memory directory -------------------------------------------------
 
 def load_runtime(conn: sqlite3.Connection) -> Directory:
-    """Every device's record, read row by row (never the whole table in memory at once)."""
-    return Directory.load((r[0], r[1], r[2], r[3], None if r[1] == "revoked" else r[4], r[5])
-                          for r in storage.runtime_rows(conn))
+    """Every device's record, read a slice of rows at a time (never the whole table in memory at once); a revoked
+    device keeps no epoch (its tokens are dead)."""
+    return Directory.load(storage.runtime_rows(conn, canonical=True), storage.runtime_rows(conn, canonical=False),
+                          no_epoch="revoked")
 
 
 # --- effects: what the hub and the event stream learn once a device's change has committed ---------------

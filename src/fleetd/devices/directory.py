@@ -22,15 +22,13 @@ import sqlite3
 import sys
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import repeat
 
 PREFIX = "dev_"
 _CANONICAL = re.compile(r"dev_[0-9a-f]{12}")
 _NO_EPOCH = -1
 _NEVER = math.nan
-Row = tuple[str, str, int, str, int | None, float | None]
 
 
 @dataclass(slots=True)
@@ -90,30 +88,31 @@ class Directory:
         self._departed: list[str] = []  # deleted while online, until the next sweep takes them
 
     @classmethod
-    def load(cls, canonical: sqlite3.Cursor, others: Iterable[Row], *, no_epoch: str = "", chunk: int = 5_000
-             ) -> Directory:
-        """From rows of (id, status, poll interval, device type, epoch, last seen), in any order: ``canonical``
-        rows carry the 12 hex digits of a canonical id instead of the id and are read ``chunk`` at a time, a
-        column at a time; a device whose status is ``no_epoch`` gets no epoch."""
+    def load(cls, rows: sqlite3.Cursor, *, no_epoch: str = "", chunk: int = 500) -> Directory:
+        """From rows of (id, status, poll interval, device type, epoch, last seen) sorted by id, read ``chunk`` at
+        a time and a column at a time (row by row only in a chunk with another kind of id). A device whose
+        status is ``no_epoch`` gets no epoch."""
         d = cls()
         status, dtype = d._statuses.code, d._types.code
-        while rows := canonical.fetchmany(chunk):
-            hexes, sts, polls, types, epochs, seen = zip(*rows, strict=True)
-            d._ids.extend(map(int, hexes, repeat(16)))
+        while batch := rows.fetchmany(chunk):
+            ids, sts, polls, types, epochs, seen = zip(*batch, strict=True)
+            try:
+                numbers = [int(i[4:], 16) for i in ids]
+                canonical = [_id(n) for n in numbers] == list(ids)
+            except ValueError:
+                canonical = False
+            if not canonical:
+                for did, st, poll, typ, epoch, last in batch:
+                    d[did] = DeviceRuntime(st, poll, typ, None if st == no_epoch else epoch, last)
+                continue
+            # Sorted ids: each chunk's come after every canonical id before it.
+            d._ids.extend(numbers)
             d._status.extend(map(status, sts))
             d._poll.extend(polls)
             d._type.extend(map(dtype, types))
             d._epoch.extend([_NO_EPOCH if e is None or s == no_epoch else e for s, e in zip(sts, epochs, strict=True)])
             d._seen.extend([_NEVER if t is None else t for t in seen])
-        d._online = bytearray(len(d._ids))
-        ids = d._ids
-        order = sorted(range(len(ids)), key=ids.__getitem__)
-        for name in ("_ids", "_status", "_poll", "_type", "_epoch", "_seen"):
-            col = getattr(d, name)
-            if col and col.count(col[0]) != len(col):  # a column of one value (often: type, poll) stays as it is
-                setattr(d, name, array(col.typecode, map(col.__getitem__, order)))
-        for did, st, poll, typ, epoch, last in others:
-            d[did] = DeviceRuntime(st, poll, typ, None if st == no_epoch else epoch, last)
+            d._online.extend(bytes(len(numbers)))
         return d
 
     # --- one device ---------------------------------------------------------

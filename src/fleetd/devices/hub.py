@@ -21,7 +21,7 @@ import msgspec
 
 from ..core.lifecycle import Scope
 from ..core.tasks import cancel_and_wait
-from ..store.database import Store
+from ..store.database import Store, connect
 from . import actions, registry, storage
 from .devauth import DeviceTokens
 from .inventory import Component, Inventory, check_inventory_size
@@ -42,7 +42,13 @@ class DeviceHub:
 
     def __init__(self, store: Store, token_key: bytes) -> None:
         self.store = store
-        self.runtime: Directory = store.read_sync(registry.load_runtime)
+        # On a connection of its own, closed after: the scan would leave a pooled reader's page cache full of
+        # device rows for the rest of the process's life (2 MiB).
+        conn = connect(store.path, readonly=True)
+        try:
+            self.runtime: Directory = registry.load_runtime(conn)
+        finally:
+            conn.close()
         self.tokens = DeviceTokens(token_key, self.runtime)
         self.open_actions: set[str] = store.read_sync(actions.devices_with_open_actions)
         self._seen: dict[str, tuple[float, str | None]] = {}

@@ -398,8 +398,7 @@ def _components_by_device(conn: sqlite3.Connection, ids: list[str]) -> dict[str,
 def load_runtime(conn: sqlite3.Connection) -> Directory:
     """Every device's record, read a slice of rows at a time (never the whole table in memory at once); a revoked
     device keeps no epoch (its tokens are dead)."""
-    return Directory.load(storage.runtime_rows(conn, canonical=True), storage.runtime_rows(conn, canonical=False),
-                          no_epoch="revoked")
+    return Directory.load(storage.runtime_rows(conn), no_epoch="revoked")
 
 
 # --- effects: what the hub and the event stream learn once a device's change has committed ---------------

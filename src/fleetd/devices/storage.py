@@ -54,21 +54,15 @@ def device_record(conn: sqlite3.Connection, device_id: str) -> sqlite3.Row | Non
     return conn.execute(_DEVICE_RECORD, (device_id,)).fetchone()
 
 
-# A device id as core.clock.new_id makes it (devices/directory.py keeps these in columns, by number).
-_CANONICAL_ID = "length(id) = 16 AND substr(id, 1, 4) = 'dev_' AND substr(id, 5) NOT GLOB '*[^0-9a-f]*'"
-
-
-def runtime_rows(conn: sqlite3.Connection, *, canonical: bool) -> sqlite3.Cursor:
-    """(id, status, poll_interval, device_type, auth_epoch, last_seen) of every device whose id is ``canonical``
-    (then its 12 hex digits stand for the id) or not; plain tuples (a third cheaper than sqlite3.Row for the
-    100,000 rows of a start), in table order (walking the id index instead costs three times as much)."""
+def runtime_rows(conn: sqlite3.Connection) -> sqlite3.Cursor:
+    """(id, status, poll_interval, device_type, auth_epoch, last_seen) of every device, sorted by id, as plain
+    tuples (a third cheaper than sqlite3.Row for the 100,000 rows of a start)."""
     cur = conn.cursor()
     cur.row_factory = None
-    if canonical:
-        return cur.execute("SELECT substr(id, 5), status, poll_interval, device_type, auth_epoch, last_seen "
-                           f"FROM devices WHERE {_CANONICAL_ID}")
+    # ORDER BY +id: a table scan sorted by SQLite (walking the id index, one table lookup a row, costs twice as
+    # much), so that the directory needs no sort of its own (a transient 4 MiB at 100,000 devices).
     return cur.execute("SELECT id, status, poll_interval, device_type, auth_epoch, last_seen FROM devices "
-                       f"WHERE NOT ({_CANONICAL_ID})")
+                       "ORDER BY +id")
 
 
 def claim_code_taken(conn: sqlite3.Connection, code: str) -> bool:

@@ -127,8 +127,8 @@ class Fleet:
         m.gauge("fleetd_api_keys_active", "API keys neither revoked nor expired.", Read(accounts.active_api_key_count))
         m.counter("fleetd_audit_entries_total", "Audit log entries ever written.", Read(accounts.audit_entries_written))
         m.gauge("fleetd_devices", "Devices by status.", Read(devices_storage.device_count_by_status, ("status",)))
-        m.gauge("fleetd_devices_online", "Active devices that checked in within their interval.", lambda: hub.runtime.count(
-            "active", time.time(), registry.ONLINE_SLACK))
+        m.gauge("fleetd_devices_online", "Active devices that checked in within their interval.",
+                lambda: hub.runtime.count("active", time.time(), registry.ONLINE_SLACK))
         m.gauge("fleetd_actions_open", "Actions not yet ended, by kind and state.",
                 Read(devices_storage.open_action_count_by_kind_and_state, ("kind", "state")))
         m.counter("fleetd_telemetry_points_total", "Telemetry points stored since start.",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 import sqlite3
 
-from fleetd.devices.directory import DeviceRuntime, Directory
 from fleetd.devices import registry
+from fleetd.devices.directory import DeviceRuntime, Directory
 from fleetd.devices.registry import ONLINE_SLACK
 
 

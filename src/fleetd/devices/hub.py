@@ -24,8 +24,8 @@ from ..core.tasks import cancel_and_wait
 from ..store.database import Store, connect
 from . import actions, registry, storage
 from .devauth import DeviceTokens
-from .inventory import Component, Inventory, check_inventory_size
 from .directory import DeviceRuntime, Directory
+from .inventory import Component, Inventory, check_inventory_size
 from .registry import ActionsOpen, DeviceChanged, DeviceGone
 
 log = logging.getLogger(__name__)

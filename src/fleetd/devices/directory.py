@@ -4,10 +4,13 @@
 A device id as fleetd makes it (``dev_`` + 12 lowercase hex digits,
 core.clock.new_id) is stored as the 48-bit number it spells, in a sorted
 ``array('q')``; its status, poll interval, device type, auth epoch and last
-contact sit at the same index in parallel arrays (status and type as indexes
-into small tables of interned strings). That is 27 bytes a device, against
-about 175 for a dict of id strings to one slotted record each. Any other id
-(tests, imports) is kept in a plain dict beside the columns.
+contact, and presence's online flag, sit at the same index in parallel arrays
+(status and type as indexes into small tables of interned strings). That is
+34 bytes a device, against about 175 for a dict of id strings to one slotted
+record each. Any other id (tests, imports) is kept in a plain dict beside the
+columns. Finding a device is a bisect (about a microsecond with building its
+record); adding or deleting one moves the arrays' tails (a fraction of a
+millisecond at 100,000 devices).
 
 Reads return a :class:`DeviceRuntime` built on the spot: a copy, so the
 last contact changes through :meth:`Directory.set_seen`, never by assigning
@@ -149,16 +152,6 @@ class Directory:
         return (self._statuses.code(rt.status), rt.poll_interval, self._types.code(rt.device_type),
                 _NO_EPOCH if rt.epoch is None else rt.epoch, _NEVER if rt.last_seen is None else rt.last_seen)
 
-    def _append(self, n: int, rt: DeviceRuntime) -> None:
-        status, poll, dtype, epoch, seen = self._columns(rt)
-        self._ids.append(n)
-        self._status.append(status)
-        self._poll.append(poll)
-        self._type.append(dtype)
-        self._epoch.append(epoch)
-        self._seen.append(seen)
-        self._online.append(0)
-
     def __setitem__(self, device_id: str, rt: DeviceRuntime) -> None:
         """Add or replace a device's record (its last contact included)."""
         n = _number(device_id)
@@ -251,7 +244,6 @@ class Directory:
             if s == code and online_at - seen <= 2 * poll + slack:  # NaN (never seen) compares False
                 total += 1
         return total
-
 
     # --- presence -------------------------------------------------------------
     def sweep(self, start: int, count: int, at: float, slack: float, status: str = "active"

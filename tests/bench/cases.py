@@ -110,7 +110,8 @@ def footprint(fleetd: Service, hello: Service | None, settle: float = 3.0) -> Re
     r.rows.append(("idle RSS, MiB", f"{rss:.1f}", f"{base:.1f}" if base else "-", "-"))
     r.rows.append(("  of which anonymous / file-backed, MiB", f"{anon:.1f} / {file:.1f}", "-", "-"))
     r.rows.append(("startup peak RSS (VmHWM), MiB", f"{hwm:.1f}", "-", "-"))
-    r.targets.append(Target("fleetd idle RSS, MiB", rss, "<", 100, " MiB"))
+    r.targets += [Target("fleetd idle RSS, MiB", rss, "<", 80, " MiB"),
+                  Target("fleetd startup peak RSS (VmHWM), MiB", hwm, "<", 100, " MiB")]
     r.data = {"fleetd_idle_rss_mib": round(rss, 1), "fleetd_startup_peak_mib": round(hwm, 1),
               "fleetd_rss_anon_mib": round(anon, 1), "fleetd_rss_file_mib": round(file, 1),
               "hello_idle_rss_mib": round(base, 1) if base else None}

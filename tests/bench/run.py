@@ -15,11 +15,12 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from . import cases, ddi_poll, history, login_flood, report, seed
+from . import binary, cases, ddi_poll, history, login_flood, report, seed
 from .procs import find_tool, machine_info, missing_tools
 from .servers import Service, start_fleetd, start_hello
 
-BENCHES = ("footprint", "checkin", "profile", "telemetry", "download", "ddi", "login", "orchestrator", "agent")
+BENCHES = ("footprint", "checkin", "profile", "telemetry", "download", "ddi", "login", "orchestrator", "agent",
+           "binary")
 # The benchmarks that need the seeded 100,000-device data dir; the others bring their own.
 SEEDED = {"footprint", "checkin", "profile", "telemetry", "download", "ddi", "login"}
 QUICK = cases.Config(devices=10_000, tokens=2_000, telemetry_devices=500, seconds=3, warmup=1, download_seconds=3,
@@ -132,6 +133,8 @@ def run(cfg: cases.Config, only: list[str], workdir: Path) -> tuple[list[cases.R
         results.append(cases.orchestrator(cfg, workdir))
     if "agent" in only:
         results.append(cases.agent(cfg, workdir, logs))
+    if "binary" in only:
+        results.append(binary.bench(cfg, workdir, logs))
     return results, profiles
 
 

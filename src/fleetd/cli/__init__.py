@@ -2,45 +2,72 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
+from typing import Any
 
 import typer
 
 from .. import __version__
-from . import admin, devices, logs, tokens
-from .alerts import alerts_app
-from .artifacts import artifacts_app
-from .backup import backup as backup_command
-from .backup import restore as restore_command
-from .ca import ca_app
-from .rollouts import rollouts_app
-from .serve import serve
-from .simulate import simulate as simulate_command
-from .telemetry import telemetry_app
 
-app = typer.Typer(
-    name="fleetd",
-    help="fleetd: a self-hosted fleet manager. Start with 'fleetd serve'.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+HELP = "fleetd: a self-hosted fleet manager. Start with 'fleetd serve'."
 
-app.command("serve")(serve)
-app.add_typer(admin.users_app, name="users")
-app.add_typer(admin.keys_app, name="keys")
-app.add_typer(devices.devices_app, name="devices")
-devices.devices_app.command("logs")(logs.devices_logs)
-app.add_typer(tokens.tokens_app, name="tokens")
-app.add_typer(artifacts_app, name="artifacts")
-app.add_typer(rollouts_app, name="rollouts")
-app.add_typer(telemetry_app, name="telemetry")
-app.add_typer(alerts_app, name="alerts")
-app.add_typer(ca_app, name="ca")
-app.command("audit")(admin.audit_command)
-app.command("backup")(backup_command)
-app.command("restore")(restore_command)
-app.command("simulate")(simulate_command)
+
+def _typer() -> typer.Typer:
+    return typer.Typer(name="fleetd", help=HELP, no_args_is_help=True, pretty_exceptions_enable=False,
+                       add_completion=False)
+
+
+@functools.cache
+def full_app() -> typer.Typer:
+    """Every command. Built on first use: `fleetd serve` alone does not import the others (the API client, rich's
+    tables, the simulator), which the server would carry in memory for nothing."""
+    from . import admin, devices, logs, tokens
+    from .alerts import alerts_app
+    from .artifacts import artifacts_app
+    from .backup import backup as backup_command
+    from .backup import restore as restore_command
+    from .ca import ca_app
+    from .rollouts import rollouts_app
+    from .serve import serve
+    from .simulate import simulate as simulate_command
+    from .telemetry import telemetry_app
+
+    app = _typer()
+    app.command("serve")(serve)
+    app.add_typer(admin.users_app, name="users")
+    app.add_typer(admin.keys_app, name="keys")
+    app.add_typer(devices.devices_app, name="devices")
+    devices.devices_app.command("logs")(logs.devices_logs)
+    app.add_typer(tokens.tokens_app, name="tokens")
+    app.add_typer(artifacts_app, name="artifacts")
+    app.add_typer(rollouts_app, name="rollouts")
+    app.add_typer(telemetry_app, name="telemetry")
+    app.add_typer(alerts_app, name="alerts")
+    app.add_typer(ca_app, name="ca")
+    app.command("audit")(admin.audit_command)
+    app.command("backup")(backup_command)
+    app.command("restore")(restore_command)
+    app.command("simulate")(simulate_command)
+    app.command("version")(version)
+    return app
+
+
+def serve_app() -> typer.Typer:
+    """`fleetd serve` only: the same command, parsed and helped the same way."""
+    from .serve import serve
+
+    app = _typer()
+    app.callback()(lambda: None)  # a group, so that the command keeps its name: `fleetd serve ...`
+    app.command("serve")(serve)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # `from fleetd.cli import app` (tests, typer's testing runner): every command
+        return full_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def commit() -> str:
@@ -60,11 +87,10 @@ def commit() -> str:
         return "unknown"
 
 
-@app.command("version")
 def version() -> None:
     """Print the version and the commit it was built from."""
     typer.echo(f"fleetd {__version__} (commit {commit()})")
 
 
 def main() -> None:
-    app()
+    (serve_app() if sys.argv[1:2] == ["serve"] else full_app())()

@@ -7,7 +7,7 @@ import ipaddress
 import logging
 import socket
 import sys
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import msgspec
 import typer
@@ -15,7 +15,12 @@ import typer
 from ..core.config import Settings, load_settings
 from ..core.errors import FleetdError
 from ..fleet import DataDirLocked, Fleet
-from .output import fail
+
+
+def fail(message: str, hint: str | None = None) -> NoReturn:
+    from .output import fail  # rich, loaded only when there is an error to print
+
+    fail(message, hint)
 
 
 def _banner(username: str, password: str, url: str) -> None:
@@ -196,7 +201,7 @@ def serve(
     if settings.port == 0:  # the port the system picked, for the banner and the devices' URL
         settings = msgspec.structs.replace(settings, port=sock.getsockname()[1])
     try:
-        fleet = Fleet(settings)
+        fleet = Fleet(settings, first_admin=True)
     except DataDirLocked as e:
         sock.close()
         fail(str(e), "Stop the other server first, or use another --data-dir.")
@@ -204,9 +209,8 @@ def serve(
         sock.close()
         fail(e.message)
     try:
-        first = fleet.ensure_first_admin()
-        if first:
-            _banner(*first, fleet.public_url)
+        if fleet.first_admin:
+            _banner(*fleet.first_admin, fleet.public_url)
         app = asgi_app(fleet)
         certfile = str(fleet.keys.server_cert_path) if settings.tls else None
         keyfile = str(fleet.keys.server_key_path) if settings.tls else None
@@ -216,6 +220,7 @@ def serve(
             lifespan="on", server_header=False, log_config=None, timeout_graceful_shutdown=10,
             ssl_certfile=certfile, ssl_keyfile=keyfile,
             http=_guarded_protocol(fleet),
+            ws="none",  # fleetd has no WebSocket routes (live updates are server-sent events): skip loading a library
             # Forwarding headers only from the configured proxies (uvicorn would trust 127.0.0.1 and
             # $FORWARDED_ALLOW_IPS by default).
             proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies or [],

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..accounts.users import Principal
 from ..core.errors import InvalidArgument, Unauthenticated
-from .registry import DeviceRuntime
+from .directory import Directory
 
 TOKEN_PREFIX = "fdt."
 TOKEN_TTL = 3600
@@ -68,11 +68,11 @@ _payload_decoder = msgspec.json.Decoder(_TokenPayload)
 class DeviceTokens:
     prefix = TOKEN_PREFIX
 
-    def __init__(self, key: bytes, devices: dict[str, DeviceRuntime] | None = None) -> None:
+    def __init__(self, key: bytes, devices: Directory | None = None) -> None:
         self.key = key
         self._mac_key = hashlib.sha256(b"fleetd device tokens\0" + key).digest()
         # The hub's directory (shared, not copied): a device may call while its record has an epoch.
-        self.devices: dict[str, DeviceRuntime] = {} if devices is None else devices
+        self.devices = Directory() if devices is None else devices
         self._challenges: dict[str, tuple[str, float]] = {}
         # Tokens whose MAC was already checked → (device, epoch, expiry); epoch and expiry are still
         # checked on every use, so revocation stays immediate.

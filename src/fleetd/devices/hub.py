@@ -1,8 +1,8 @@
 """DeviceHub: the in-memory side of the device protocol, kept lean for the check-in hot path.
 
 It holds what every check-in needs without touching SQLite: each device's
-status, poll interval, auth epoch and last contact (one DeviceRuntime record per
-device, shared with the token checker); which devices have open actions; the hash
+status, poll interval, auth epoch and last contact (the columns of
+directory.Directory, shared with the token checker); which devices have open actions; the hash
 of the inventory each last reported. Writes a check-in causes (last seen,
 changed inventory) are coalesced and flushed by one task about once a second on
 the writer thread. Every write that changes devices or actions records an effect
@@ -15,18 +15,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import sys
 import time
 
 import msgspec
 
 from ..core.lifecycle import Scope
 from ..core.tasks import cancel_and_wait
-from ..store.database import Store
+from ..store.database import Store, connect
 from . import actions, registry, storage
 from .devauth import DeviceTokens
+from .directory import DeviceRuntime, Directory
 from .inventory import Component, Inventory, check_inventory_size
-from .registry import ActionsOpen, DeviceChanged, DeviceGone, DeviceRuntime
+from .registry import ActionsOpen, DeviceChanged, DeviceGone
 
 log = logging.getLogger(__name__)
 FLUSH_INTERVAL = 1.0
@@ -42,7 +42,13 @@ class DeviceHub:
 
     def __init__(self, store: Store, token_key: bytes) -> None:
         self.store = store
-        self.runtime: dict[str, DeviceRuntime] = store.read_sync(registry.load_runtime)
+        # On a connection of its own, closed after: the scan would leave a pooled reader's page cache full of
+        # device rows for the rest of the process's life (2 MiB).
+        conn = connect(store.path, readonly=True)
+        try:
+            self.runtime: Directory = registry.load_runtime(conn)
+        finally:
+            conn.close()
         self.tokens = DeviceTokens(token_key, self.runtime)
         self.open_actions: set[str] = store.read_sync(actions.devices_with_open_actions)
         self._seen: dict[str, tuple[float, str | None]] = {}
@@ -58,16 +64,13 @@ class DeviceHub:
             self.runtime.pop(device_id, None)
             self.open_actions.discard(device_id)
             return
-        old = self.runtime.get(device_id)
-        if old is not None:
-            runtime.last_seen = old.last_seen
+        runtime.last_seen = self.runtime.last_seen(device_id)
         runtime.epoch = None if runtime.status == "revoked" else epoch
         self.runtime[device_id] = runtime
 
     # The effects a committed write records (the handlers Fleet registers with the store).
     def device_changed(self, e: DeviceChanged) -> None:
-        self.set_device(e.device_id, DeviceRuntime(sys.intern(e.status), e.poll_interval, sys.intern(e.device_type)),
-                        e.epoch)
+        self.set_device(e.device_id, DeviceRuntime(e.status, e.poll_interval, e.device_type), e.epoch)
 
     def device_gone(self, e: DeviceGone) -> None:
         self.set_device(e.device_id, None, None)
@@ -102,16 +105,13 @@ class DeviceHub:
     def note_seen(self, device_id: str, addr: str | None) -> None:
         """A contact: last seen (and address) only, e.g. a hawkBit DDI poll, which reports no components."""
         t = time.time()
-        rt = self.runtime.get(device_id)
-        if rt is not None:
-            rt.last_seen = t
+        self.runtime.set_seen(device_id, t)
         stored = self._persisted.get(device_id)
         if stored is None or t - stored[0] >= PERSIST_SEEN_AFTER or stored[1] != addr:
             self._seen[device_id] = self._persisted[device_id] = (t, addr)
 
     def last_seen(self, device_id: str) -> float | None:
-        rt = self.runtime.get(device_id)
-        return None if rt is None else rt.last_seen
+        return self.runtime.last_seen(device_id)
 
     async def flush(self, *, everything: bool = False) -> None:
         """Write coalesced check-ins; ``everything`` also writes last-seen times not yet due (at shutdown)."""

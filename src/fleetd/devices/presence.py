@@ -3,7 +3,8 @@ check-in interval.
 
 The check-in hot path does nothing for this: a sweep every few seconds compares
 what the hub knows (last check-in, poll interval, status) with the devices it
-saw online last time. It walks the directory in slices, yielding to the event
+saw online last time (a flag per device in the hub's directory, so one Presence
+sweeps a hub). It walks the directory in slices, yielding to the event
 loop between them, so a fleet of 100,000 devices never stalls requests for more
 than a few milliseconds. The first sweep only learns the state; events are for
 changes.
@@ -23,7 +24,7 @@ from ..core.events import EventBus
 from ..core.lifecycle import Scope
 from ..core.tasks import cancel_and_wait
 from .hub import DeviceHub
-from .registry import is_online
+from .registry import ONLINE_SLACK
 
 log = logging.getLogger(__name__)
 
@@ -41,36 +42,26 @@ class Presence:
         self.events = events
         self.every = every
         self.clock = clock
-        self.online: set[str] | None = None
+        # The first sweep only learns who is online (the directory keeps the flags: directory.Directory.sweep).
+        self.learning = True
         self._task: asyncio.Task[None] | None = None
 
     async def sweep(self) -> tuple[list[str], list[str]]:
         """Compare, publish the changes. → (came online, went offline)."""
         now = self.clock()
-        runtime, last_seen = self.hub.runtime, self.hub.last_seen
-        learning = self.online is None
-        online = set() if self.online is None else self.online
+        directory = self.hub.runtime
         came: list[str] = []
         went: list[str] = []
-        ids = list(runtime)  # a snapshot: devices come and go while the sweep yields
-        for i in range(0, len(ids), SLICE):
-            if i:
+        start: int | None = 0
+        while start is not None:
+            if start:
                 await asyncio.sleep(0)
-            for did in ids[i:i + SLICE]:
-                rt = runtime.get(did)
-                is_on = rt is not None and rt.status == "active" and is_online(last_seen(did), rt.poll_interval, now)
-                if is_on and did not in online:
-                    online.add(did)
-                    came.append(did)
-                elif not is_on and did in online:
-                    online.discard(did)
-                    went.append(did)
-        await asyncio.sleep(0)
-        deleted = [did for did in online if did not in runtime]
-        online.difference_update(deleted)
-        went.extend(deleted)
-        self.online = online
-        if learning:
+            c, w, start = directory.sweep(start, SLICE, now, ONLINE_SLACK)
+            came += c
+            went += w
+        went += directory.take_departed()
+        if self.learning:
+            self.learning = False
             return [], []
         came.sort()
         went.sort()

@@ -13,7 +13,6 @@ import hmac
 import json
 import secrets
 import sqlite3
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +34,7 @@ from ..core.errors import (
 from ..core.names import DEVICE_NAME, DEVICE_TYPE, HARDWARE_ID, TAG_KEY, like_pattern, matches_any
 from ..store.database import effect
 from . import join_tokens, storage
+from .directory import DeviceRuntime, Directory  # noqa: F401 (DeviceRuntime: imported from here too)
 from .join_tokens import JoinToken, use_token
 from .tags import check_tags
 
@@ -88,11 +88,14 @@ class Device(msgspec.Struct, kw_only=True):
     ddi_controller_id: str | None = None
 
 
+ONLINE_SLACK = 30.0
+
+
 def is_online(last_seen: float | None, poll_interval: int, at: float | None = None) -> bool:
     """Online while check-ins keep their interval: two intervals plus 30 s of slack."""
     if last_seen is None:
         return False
-    return (at or now()) - last_seen <= 2 * poll_interval + 30
+    return (at or now()) - last_seen <= 2 * poll_interval + ONLINE_SLACK
 
 
 def device_from_row(r: sqlite3.Row, components: list[ComponentState] | None = None) -> Device:
@@ -392,26 +395,10 @@ def _components_by_device(conn: sqlite3.Connection, ids: list[str]) -> dict[str,
 
 # --- the in-memory directory -------------------------------------------------
 
-@dataclass(slots=True)
-class DeviceRuntime:
-    """One device in the hub's directory: everything the hot paths need, one small record per device
-    (100,000 of them stay resident, so no dict per device and no per-device copies of shared strings)."""
-    status: str
-    poll_interval: int
-    device_type: str
-    # The auth epoch a bearer token must carry; None when the device may not use one (revoked, DDI).
-    epoch: int | None = None
-    # The exact last contact; SQLite's copy lags by up to a minute (hub.PERSIST_SEEN_AFTER).
-    last_seen: float | None = None
-
-
-def load_runtime(conn: sqlite3.Connection) -> dict[str, DeviceRuntime]:
-    runtime = {}
-    for r in storage.runtime_rows(conn):
-        # Interned: 100,000 devices share a handful of status and type strings.
-        status = sys.intern(r[1])
-        runtime[r[0]] = DeviceRuntime(status, r[2], sys.intern(r[3]), None if status == "revoked" else r[4], r[5])
-    return runtime
+def load_runtime(conn: sqlite3.Connection) -> Directory:
+    """Every device's record, read a slice of rows at a time (never the whole table in memory at once); a revoked
+    device keeps no epoch (its tokens are dead)."""
+    return Directory.load(storage.runtime_rows(conn), no_epoch="revoked")
 
 
 # --- effects: what the hub and the event stream learn once a device's change has committed ---------------

@@ -55,8 +55,14 @@ def device_record(conn: sqlite3.Connection, device_id: str) -> sqlite3.Row | Non
 
 
 def runtime_rows(conn: sqlite3.Connection) -> sqlite3.Cursor:
-    """(id, status, poll_interval, device_type, auth_epoch, last_seen) of every device."""
-    return conn.execute("SELECT id, status, poll_interval, device_type, auth_epoch, last_seen FROM devices")
+    """(id, status, poll_interval, device_type, auth_epoch, last_seen) of every device, sorted by id, as plain
+    tuples (a third cheaper than sqlite3.Row for the 100,000 rows of a start)."""
+    cur = conn.cursor()
+    cur.row_factory = None
+    # ORDER BY +id: a table scan sorted by SQLite (walking the id index, one table lookup a row, costs twice as
+    # much), so that the directory needs no sort of its own (a transient 4 MiB at 100,000 devices).
+    return cur.execute("SELECT id, status, poll_interval, device_type, auth_epoch, last_seen FROM devices "
+                       "ORDER BY +id")
 
 
 def claim_code_taken(conn: sqlite3.Connection, code: str) -> bool:

@@ -212,28 +212,26 @@ class MinuteSums:
 # --- incremental rollup -----------------------------------------------------------
 
 def roll_up_step(conn: sqlite3.Connection, batch: int = ROLLUP_BATCH, sums: MinuteSums | None = None
-                 ) -> tuple[int, bool]:
-    """Roll up the raw ids past the watermark and move it, in one transaction on the writer: the first chunk of
-    ``sums`` if it starts at the watermark, else (up to ``batch`` ids, and not past where the sums start) from the
-    rows. → (raw ids covered, whether there is more to roll up now)."""
+                 ) -> tuple[int, int]:
+    """Roll up raw ids past the watermark and move it, in one transaction on the writer: the first chunk of ``sums``
+    if it starts at the watermark, else (up to ``batch`` ids, and not past where the sums start) from the rows.
+    → (raw ids covered, the raw ids left past the watermark now)."""
     lo = storage.watermark(conn)
+    top = storage.newest_raw_id(conn) or 0
     chunk = sums.first_from(lo) if sums is not None else None
     if sums is not None and chunk is not None and chunk.lo == lo:
         hi = chunk.hi
         span = storage.merge_minute_sums(conn, chunk.rows())
-        sums.pop()  # before the commit: should it fail, the SQL pass covers these ids
-        more = bool(sums.chunks)  # a full chunk, or one after a gap; not the one the intake is filling now
-    else:
-        top = storage.newest_raw_id(conn)
-        if top is None or top <= lo:
-            return 0, False
+        sums.pop()  # before the commit: should it fail, the rows are read instead
+    elif top > lo:
         hi = min(chunk.lo if chunk is not None else top, lo + batch)
         span = storage.roll_up_range(conn, lo, hi)
-        more = chunk is not None or hi < top
+    else:
+        return 0, 0
     if span is not None:
         storage.insert_block(conn, lo, hi, *span)
     storage.move_watermark(conn, lo, hi)
-    return hi - lo, more
+    return hi - lo, top - hi
 
 
 def roll_up_sync(conn: sqlite3.Connection, batch: int = ROLLUP_BATCH) -> int:
@@ -243,13 +241,13 @@ def roll_up_sync(conn: sqlite3.Connection, batch: int = ROLLUP_BATCH) -> int:
     while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            n, more = roll_up_step(conn, batch)
+            n, left = roll_up_step(conn, batch)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
         done += n
-        if not more:
+        if not left:
             return done
 
 
@@ -461,15 +459,17 @@ class Rollups:
         return self.pass_cpu_seconds + (self.sums.cpu_seconds if self.sums is not None else 0.0)
 
     async def roll_up(self) -> int:
-        """Bring the rollups up to the points committed when it started (at least). → raw rows covered."""
-        done = 0
+        """Bring the rollups up to (at least) the points committed when it started. → raw rows covered."""
         step = self._timed(functools.partial(roll_up_step, sums=self.sums))
         async with self._lock:
-            while True:
-                n, more = await self.store.write(step)
+            n, left = await self.store.write(step)  # left: the ids to cover, stored before it started
+            done = n
+            # Up to those ids, and not after the points stored meanwhile (each step would merge a few more).
+            while n and left > 0:
+                n, _ = await self.store.write(step)
                 done += n
-                if not more:
-                    return done
+                left -= n
+            return done
 
     def _timed(self, fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
         """``fn``, adding the CPU time of the thread that runs it to :attr:`pass_cpu_seconds` (one pass runs at a

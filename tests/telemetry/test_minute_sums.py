@@ -84,12 +84,12 @@ _P = [Point(name="cpu", value=float(v), ts=NOW - 10 * v) for v in range(5)]
 # Rows inserted past the sums' back: between two groups, and after the last one; a pass from the rows ending inside
 # a chunk of sums.
 @example(steps=[("group", [("dev-a", _P, "ok")], False), ("foreign_insert",), ("group", [("dev-b", _P, "ok")], False)],
-         chunk_keys=50_000, max_keys=400_000)
-@example(steps=[("group", [("dev-a", _P, "ok")], False), ("foreign_insert",)], chunk_keys=50_000, max_keys=400_000)
+         chunk_keys=50_000, max_keys=200_000)
+@example(steps=[("group", [("dev-a", _P, "ok")], False), ("foreign_insert",)], chunk_keys=50_000, max_keys=200_000)
 @example(steps=[("group", [("dev-a", _P, "ok")], False), ("offline_roll", 2), ("group", [("dev-b", _P, "ok")], True)],
-         chunk_keys=50_000, max_keys=400_000)
+         chunk_keys=50_000, max_keys=200_000)
 @given(steps=st.lists(step, max_size=14), chunk_keys=st.sampled_from([2, 5, 50_000]),
-       max_keys=st.sampled_from([6, 400_000]))
+       max_keys=st.sampled_from([6, 200_000]))
 def test_rollups_equal_a_recomputation_over_every_point_stored(steps: list[tuple[Any, ...]], chunk_keys: int,
                                                                max_keys: int) -> None:
     with tempfile.TemporaryDirectory() as d:

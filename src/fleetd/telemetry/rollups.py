@@ -107,7 +107,7 @@ def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 # --- the per-minute sums the writer keeps -------------------------------------------
 
 SUMS_CHUNK_KEYS = 50_000  # (device, metric, minute) keys per chunk of sums: one merge transaction (~100 ms)
-SUMS_MAX_KEYS = 400_000  # past that the oldest chunks are dropped (the SQL pass covers their ids): ~100 MB at most
+SUMS_MAX_KEYS = 200_000  # past that the oldest chunks are dropped (the SQL pass covers their ids): ~50 MB at most
 
 SumKey = tuple[str, str, int]
 """(device_id, metric, minute start in Unix seconds)."""

@@ -41,7 +41,7 @@ from .store import blobs
 from .store.blobs import BlobStore
 from .store.database import DB_NAME, Store, open_store, processes_using, transaction
 from .telemetry.intake import MetricNames, TelemetryIntake
-from .telemetry.rollups import Retention, Rollups
+from .telemetry.rollups import MinuteSums, Retention, Rollups
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Fleet:
         self.hub = DeviceHub(self.store, self.keys.token_key)
         self.ddi = DdiState(self.store)
         self.telemetry = TelemetryIntake(self.store, MetricNames(settings.max_metric_names_per_device,
-                                                                 settings.max_metric_names))
+                                                                 settings.max_metric_names), MinuteSums())
         self.authenticator = Authenticator(self.store, self.hub.tokens)
         self.enroll_limiter = RateLimiter(settings.enroll_rate_per_minute, 60.0, "enrollment")
         self.challenge_limiter = RateLimiter(settings.enroll_rate_per_minute, 60.0, "authentication")
@@ -88,7 +88,8 @@ class Fleet:
         self.started_at = time.time()
         self.metrics = Metrics(self.store)
         self.rollups = Rollups(self.store, Retention(settings.telemetry_raw_days, settings.telemetry_minute_days,
-                                                     settings.telemetry_hour_days), metrics=self.metrics)
+                                                     settings.telemetry_hour_days), metrics=self.metrics,
+                               sums=self.telemetry.sums)
         self.egress = Policy.of(settings.webhook_allow_private, settings.webhook_allowed_networks)
         self.webhooks = Deliverer(self.store, policy=self.egress)
         self.alerts = AlertEngine(self.store, self.metrics, deliverer=self.webhooks)

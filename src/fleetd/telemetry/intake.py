@@ -6,14 +6,16 @@ drop them from its queue; many concurrent calls share one transaction.
 The event loop checks a batch's points (one pass, no row built) and encodes them back to one JSON array with
 msgspec, in C: what is stored is exactly what was checked, whatever the request's JSON looked like (a key given
 twice, a number as a string). The writer hands each array to the database in one statement
-(storage.insert_point_batches), which unpacks it without the GIL; docs/performance.md, "Telemetry", has the
-measurements behind this.
+(storage.insert_point_batches), which unpacks it without the GIL, and once it has committed adds the points to the
+per-minute sums the rollups merge (rollups.MinuteSums), so that the rows are not read again; docs/performance.md,
+"Telemetry", has the measurements behind this.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import math
 import sqlite3
 import time
@@ -25,8 +27,11 @@ import msgspec
 from ..core.errors import InvalidArgument, ResourceExhausted
 from ..core.lifecycle import Scope
 from ..core.names import METRIC_NAME
-from ..store.database import Store
+from ..store.database import Store, transaction
 from . import storage
+from .rollups import MinuteSums
+
+log = logging.getLogger(__name__)
 
 MAX_POINTS = 5000
 MAX_TAGS = 16
@@ -150,11 +155,14 @@ class TelemetryIntake:
     name = "telemetry intake"
     scope: Scope = "process"  # docs/architecture.md, "Background parts"
 
-    def __init__(self, store: Store, names: MetricNames | None = None) -> None:
+    def __init__(self, store: Store, names: MetricNames | None = None, sums: MinuteSums | None = None) -> None:
         self.store = store
         self.names = names if names is not None else MetricNames()
         self.names.load(store.read_sync(storage.device_metric_names))
+        # The per-minute sums of what has been stored, for the rollups (Rollups.sums); None: none kept.
+        self.sums = sums
         self._batches: list[storage.Batch] = []
+        self._points: list[tuple[str, float, list[Point]]] = []  # the same batches, for the sums
         self._waiters: list[asyncio.Future[None]] = []
         self._scheduled = False
         self._in_flight: asyncio.Future[int] | None = None
@@ -173,6 +181,7 @@ class TelemetryIntake:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._batches.append((device_id, received, _encode(points).decode()))
+        self._points.append((device_id, received, points))
         self._waiters.append(fut)
         if self._in_flight is None and not self._scheduled:
             # Let the other requests of this loop iteration join the batch.
@@ -183,13 +192,14 @@ class TelemetryIntake:
 
     def _flush(self) -> None:
         self._scheduled = False
-        batches, waiters = self._batches, self._waiters
-        self._batches, self._waiters = [], []
+        batches, points, waiters = self._batches, self._points, self._waiters
+        self._batches, self._points, self._waiters = [], [], []
         if not batches:
             return
 
         try:
-            done = asyncio.wrap_future(self.store.submit_write(functools.partial(self._insert, batches=batches)))
+            done = asyncio.wrap_future(self.store.submit_write(
+                functools.partial(self._insert, batches=batches, points=points), transactional=False))
         except Exception as e:  # the store is closed: nothing was stored, and every caller hears so
             _settle(waiters, e)
             return
@@ -207,13 +217,25 @@ class TelemetryIntake:
 
         done.add_done_callback(committed)
 
-    def _insert(self, conn: sqlite3.Connection, batches: list[storage.Batch]) -> int:
-        """One group's insert, on the writer thread (inside its transaction)."""
-        t = time.thread_time()
-        try:
-            return storage.insert_point_batches(conn, batches)
-        finally:
-            self.insert_cpu_seconds += time.thread_time() - t
+    def _insert(self, conn: sqlite3.Connection, batches: list[storage.Batch],
+                points: list[tuple[str, float, list[Point]]]) -> int:
+        """One group's insert and commit, on the writer thread; then, committed, its points go into the sums."""
+        with transaction(conn):
+            t = time.thread_time()
+            try:
+                n = storage.insert_point_batches(conn, batches)
+            finally:
+                self.insert_cpu_seconds += time.thread_time() - t
+            top = storage.newest_raw_id(conn) if self.sums is not None else None
+        # The rows got the ids after the newest one before, in order: SQLite gives a new row the highest id plus one
+        # as long as that is below the largest integer (then it would pick ids at random).
+        if self.sums is not None and top is not None and top < storage.MAX_ID:
+            try:
+                self.sums.add(top - n, top, points)
+            except Exception:  # the points are stored: the rollups take them from the rows instead
+                log.exception("telemetry: keeping the per-minute sums failed; rolling up from the stored points")
+                self.sums.clear()
+        return n
 
     async def start(self) -> None:
         """Nothing runs in the background until points arrive: each batch starts its own commit."""

@@ -4,15 +4,16 @@ The raw ``telemetry`` table has no secondary index, so that ingest stays at what
 SQLite can insert (an index on (device, metric, ts) costs ~7x in insert rate).
 Everything else works from **id ranges** of that table:
 
-* A background pass every few seconds aggregates the raw rows past the rollup
-  watermark (``telemetry_rollup_state``) into per-minute rows, merges them into
-  ``telemetry_minute`` and — merging those minutes again — ``telemetry_hour``,
-  and moves the watermark: one write transaction per 50,000 raw ids, all of it
-  SQL on the writer (no per-minute row becomes a Python object; it costs about
-  a third less than aggregating on a reader and handing the rows over).
+* The writer, as it commits each group of points, adds them to per-minute sums
+  in memory (:class:`MinuteSums`: count, sum, min, max per (device, metric,
+  minute), with the raw id range they cover). A background pass every few
+  seconds merges those sums into ``telemetry_minute`` and — merging those
+  minutes again — ``telemetry_hour``, and moves the rollup watermark
+  (``telemetry_rollup_state``) to the end of their range, in one write
+  transaction; the raw rows are not read again. Raw ids past the watermark that
+  no sums cover (after a restart or a crash, or when the sums were dropped) are
+  aggregated from the rows by SQL instead, one transaction per 50,000 ids.
   Rollups keep count, sum, min and max, so merging is exact (avg = sum/count).
-  Each pass reads only the rows past the watermark: its cost per point does not
-  grow with the table.
 * Each pass also records the time span of the ids it covered
   (``telemetry_blocks``): a raw query scans only the id blocks that can hold its
   time range, plus the not yet rolled-up tail; retention deletes raw rows by id
@@ -25,6 +26,7 @@ Everything else works from **id ranges** of that table:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -33,7 +35,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import msgspec
 
@@ -102,36 +104,150 @@ def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("COMMIT")
 
 
+# --- the per-minute sums the writer keeps -------------------------------------------
+
+SUMS_CHUNK_KEYS = 50_000  # (device, metric, minute) keys per chunk of sums: one merge transaction (~100 ms)
+SUMS_MAX_KEYS = 200_000  # past that the oldest chunks are dropped (the SQL pass covers their ids): ~50 MB at most
+
+SumKey = tuple[str, str, int]
+"""(device_id, metric, minute start in Unix seconds)."""
+
+
+class Sample(Protocol):
+    """What the sums read of a point (:class:`fleetd.telemetry.intake.Point`)."""
+
+    name: str
+    value: float
+    ts: float
+
+
+@dataclass(slots=True, eq=False)
+class SumsChunk:
+    """Count, sum, min and max per key of exactly the raw ids (lo, hi]."""
+
+    lo: int
+    hi: int
+    sums: dict[SumKey, list[Any]]  # [count, sum, min, max]
+
+    def rows(self) -> Iterator[tuple[str, str, int, int, float, float, float]]:
+        return ((d, n, m, a[0], a[1], a[2], a[3]) for (d, n, m), a in self.sums.items())
+
+
+def add_points(sums: dict[SumKey, list[Any]], device_id: str, received: float, points: Iterable[Sample]) -> None:
+    """Add one batch to ``sums``: each point to its (device, metric, minute) of ts (0: ``received``), the minute as
+    the SQL pass computes it (``CAST(ts / 60 AS INTEGER) * 60``)."""
+    get = sums.get
+    last_ts: float | None = None
+    minute = 0
+    for p in points:
+        ts = p.ts
+        if ts != last_ts:  # a device samples its metrics together: consecutive points share their ts
+            last_ts = ts
+            minute = int((ts or received) / MINUTE) * MINUTE
+        key = (device_id, p.name, minute)
+        v = p.value
+        a = get(key)
+        if a is None:
+            sums[key] = [1, v, v, v]
+        else:
+            a[0] += 1
+            a[1] += v
+            if v < a[2]:
+                a[2] = v
+            if v > a[3]:
+                a[3] = v
+
+
+class MinuteSums:
+    """Per-minute sums of the raw ids committed since the rollups last merged them, in chunks of consecutive ids.
+
+    Only the writer thread touches them, in id order: the intake adds each group of points once its insert has
+    committed (:meth:`add`), the rollup pass merges the first chunk when it starts at the watermark
+    (:func:`roll_up_step`). A chunk always holds exactly the rows of its ids; anything that breaks the run
+    (ids inserted without it, a dropped chunk, a restart) only leaves ids that no chunk covers, which the rollup
+    pass aggregates from the rows instead. So losing them is always safe.
+    """
+
+    def __init__(self, chunk_keys: int = SUMS_CHUNK_KEYS, max_keys: int = SUMS_MAX_KEYS) -> None:
+        self.chunk_keys, self.max_keys = chunk_keys, max_keys
+        self.chunks: collections.deque[SumsChunk] = collections.deque()  # each starts where the one before ends
+        self._keys = 0  # in all chunks
+        self.cpu_seconds = 0.0  # of the writer thread in add()
+
+    def add(self, lo: int, hi: int, batches: Iterable[tuple[str, float, Iterable[Sample]]]) -> None:
+        """The points of ``batches``, stored (committed) as the raw ids (lo, hi] in this order."""
+        t = time.thread_time()
+        last = self.chunks[-1] if self.chunks else None
+        if last is not None and last.hi != lo:  # ids the sums did not see came in between: start a new run
+            self.clear()
+            last = None
+        if last is None or len(last.sums) >= self.chunk_keys:
+            last = SumsChunk(lo, lo, {})
+            self.chunks.append(last)
+        before = len(last.sums)
+        for device_id, received, points in batches:
+            add_points(last.sums, device_id, received, points)
+        last.hi = hi
+        self._keys += len(last.sums) - before
+        while self._keys > self.max_keys and len(self.chunks) > 1:
+            self._keys -= len(self.chunks.popleft().sums)
+        self.cpu_seconds += time.thread_time() - t
+
+    def first_from(self, watermark: int) -> SumsChunk | None:
+        """The first chunk, after dropping those that start below ``watermark`` (already rolled up from the rows,
+        or only partly: the rows are the truth for them then)."""
+        while self.chunks and self.chunks[0].lo < watermark:
+            self._keys -= len(self.chunks.popleft().sums)
+        return self.chunks[0] if self.chunks else None
+
+    def pop(self) -> None:
+        """Drop the first chunk (merged)."""
+        self._keys -= len(self.chunks.popleft().sums)
+
+    def clear(self) -> None:
+        self.chunks.clear()
+        self._keys = 0
+
+
 # --- incremental rollup -----------------------------------------------------------
 
-def roll_up_step(conn: sqlite3.Connection, batch: int = ROLLUP_BATCH) -> int:
-    """Roll up the raw rows past the watermark, at most ``batch`` ids, and move it; on the writer, in one
-    transaction. → raw ids covered (0: nothing new)."""
+def roll_up_step(conn: sqlite3.Connection, batch: int = ROLLUP_BATCH, sums: MinuteSums | None = None
+                 ) -> tuple[int, int]:
+    """Roll up raw ids past the watermark and move it, in one transaction on the writer: the first chunk of ``sums``
+    if it starts at the watermark, else (up to ``batch`` ids, and not past where the sums start) from the rows.
+    → (raw ids covered, the raw ids left past the watermark now)."""
     lo = storage.watermark(conn)
-    top = storage.newest_raw_id(conn)
-    if top is None or top <= lo:
-        return 0
-    hi = min(top, lo + batch)
-    span = storage.roll_up_range(conn, lo, hi)
+    top = storage.newest_raw_id(conn) or 0
+    chunk = sums.first_from(lo) if sums is not None else None
+    if sums is not None and chunk is not None and chunk.lo == lo:
+        hi = chunk.hi
+        span = storage.merge_minute_sums(conn, chunk.rows())
+        sums.pop()  # before the commit: should it fail, the rows are read instead
+    elif top > lo:
+        hi = min(chunk.lo if chunk is not None else top, lo + batch)
+        span = storage.roll_up_range(conn, lo, hi)
+    else:
+        return 0, 0
     if span is not None:
         storage.insert_block(conn, lo, hi, *span)
     storage.move_watermark(conn, lo, hi)
-    return hi - lo
+    return hi - lo, top - hi
 
 
 def roll_up_sync(conn: sqlite3.Connection, batch: int = ROLLUP_BATCH) -> int:
-    """Roll up everything past the watermark on one connection (tests, offline tools). → raw rows covered."""
+    """Roll up everything past the watermark on one connection, from the rows (tests, offline tools). → raw rows
+    covered."""
     done = 0
     while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            n = roll_up_step(conn, batch)
+            n, left = roll_up_step(conn, batch)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
         done += n
-        if n < batch:
+        if not left:
             return done
 
 
@@ -317,42 +433,53 @@ class Rollups:
     scope: Scope = "fleet"  # docs/architecture.md, "Background parts"
 
     def __init__(self, store: Store, retention: Retention, *, every: float = 10.0, retention_every: float = HOUR,
-                 clock: Callable[[], float] = time.time, metrics: Metrics | None = None) -> None:
+                 clock: Callable[[], float] = time.time, metrics: Metrics | None = None,
+                 sums: MinuteSums | None = None) -> None:
         self.store = store
         self.retention = retention
         self.every = every
         self.retention_every = retention_every
         self.clock = clock
+        self.sums = sums  # the intake's (TelemetryIntake.sums): merged instead of reading the rows again
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        # CPU seconds of the writer thread in rolling up: what the rollups cost, against the intake's inserts
-        # (TelemetryIntake.insert_cpu_seconds) or the whole server's CPU (the benchmark's "rollup cost").
-        self.cpu_seconds = 0.0
+        self.pass_cpu_seconds = 0.0  # of the writer thread in the rollup passes
         if metrics is not None:
             metrics.gauge("fleetd_telemetry_rollup_lag_points", "Raw points not yet in the rollups.",
                           Read(storage.rollup_lag))
             metrics.counter("fleetd_telemetry_rollup_cpu_seconds_total", "CPU seconds the writer spent rolling "
-                            "up raw points (compare fleetd_telemetry_insert_cpu_seconds_total).",
-                            lambda: self.cpu_seconds)
+                            "up raw points: keeping per-minute sums and merging them (compare "
+                            "fleetd_telemetry_insert_cpu_seconds_total).", lambda: self.cpu_seconds)
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU seconds the rollups cost, all on the writer thread: the passes, and the intake keeping the sums; set
+        against the intake's inserts (TelemetryIntake.insert_cpu_seconds) or the whole server's CPU (the
+        benchmark's "rollup cost")."""
+        return self.pass_cpu_seconds + (self.sums.cpu_seconds if self.sums is not None else 0.0)
 
     async def roll_up(self) -> int:
-        """Bring the rollups up to the newest committed point. → raw rows covered."""
-        done = 0
+        """Bring the rollups up to (at least) the points committed when it started. → raw rows covered."""
+        step = self._timed(functools.partial(roll_up_step, sums=self.sums))
         async with self._lock:
-            while True:
-                n = await self.store.write(self._timed(roll_up_step))
+            n, left = await self.store.write(step)  # left: the ids to cover, stored before it started
+            done = n
+            # Up to those ids, and not after the points stored meanwhile (each step would merge a few more).
+            while n and left > 0:
+                n, _ = await self.store.write(step)
                 done += n
-                if n < ROLLUP_BATCH:
-                    return done
+                left -= n
+            return done
 
     def _timed(self, fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
-        """``fn``, adding the CPU time of the thread that runs it to :attr:`cpu_seconds` (one pass runs at a time)."""
+        """``fn``, adding the CPU time of the thread that runs it to :attr:`pass_cpu_seconds` (one pass runs at a
+        time)."""
         def run(conn: sqlite3.Connection) -> T:
             t = time.thread_time()
             try:
                 return fn(conn)
             finally:
-                self.cpu_seconds += time.thread_time() - t
+                self.pass_cpu_seconds += time.thread_time() - t
         return run
 
     async def prune(self) -> dict[str, int]:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from ..store.dialect import Dialect, dialect_of
 
 RollupLevel = Literal["minute", "hour"]
 HOUR = 3600
+MAX_ID = 2**63 - 1  # the largest raw id
 
 # --- raw points ---------------------------------------------------------------------------------------------------
 
@@ -141,18 +143,16 @@ def _merge(d: Dialect) -> tuple[str, str]:
     return minute, hour
 
 
-def roll_up_range(conn: sqlite3.Connection, lo: int, hi: int) -> tuple[float, float] | None:
-    """Merge the raw ids (lo, hi], aggregated per (device, metric, minute), into the minute and hour rollups, making
-    the series they need. → the time span [first minute, end of the last minute) they covered, None if none.
-
-    All of it runs inside the database: the per-minute aggregates never become Python objects."""
+def _new_delta(conn: sqlite3.Connection) -> None:
+    """An empty temp.rollup_delta: (device, metric, minute) aggregates on their way into the rollups."""
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS rollup_delta (device_id TEXT, name TEXT, ts INTEGER, "
                  "count INTEGER, sum REAL, min REAL, max REAL)")
     conn.execute("DELETE FROM temp.rollup_delta")
-    conn.execute(
-        "INSERT INTO temp.rollup_delta SELECT device_id, name, CAST(ts / 60 AS INTEGER) * 60 AS m, COUNT(*), "
-        "SUM(value), MIN(value), MAX(value) FROM telemetry WHERE id > ? AND id <= ? GROUP BY device_id, name, m",
-        (lo, hi))
+
+
+def _merge_delta(conn: sqlite3.Connection) -> tuple[float, float] | None:
+    """Merge the delta into the minute and hour rollups, making the series they need, and empty it. → the time span
+    [first minute, end of the last minute) it covered, None if it was empty."""
     first, last = conn.execute("SELECT MIN(ts), MAX(ts) FROM temp.rollup_delta").fetchone()
     if first is None:
         return None
@@ -162,6 +162,28 @@ def roll_up_range(conn: sqlite3.Connection, lo: int, hi: int) -> tuple[float, fl
         conn.execute(sql)
     conn.execute("DELETE FROM temp.rollup_delta")
     return float(first), float(last + 60)
+
+
+def roll_up_range(conn: sqlite3.Connection, lo: int, hi: int) -> tuple[float, float] | None:
+    """Merge the raw ids (lo, hi], aggregated per (device, metric, minute), into the minute and hour rollups, making
+    the series they need. → the time span [first minute, end of the last minute) they covered, None if none.
+
+    All of it runs inside the database (the fallback for ids the writer's per-minute sums do not cover)."""
+    _new_delta(conn)
+    conn.execute(
+        "INSERT INTO temp.rollup_delta SELECT device_id, name, CAST(ts / 60 AS INTEGER) * 60 AS m, COUNT(*), "
+        "SUM(value), MIN(value), MAX(value) FROM telemetry WHERE id > ? AND id <= ? GROUP BY device_id, name, m",
+        (lo, hi))
+    return _merge_delta(conn)
+
+
+def merge_minute_sums(conn: sqlite3.Connection, rows: Iterable[tuple[str, str, int, int, float, float, float]]
+                      ) -> tuple[float, float] | None:
+    """Merge per-minute aggregates (device_id, metric, minute start, count, sum, min, max), each key once, into the
+    minute and hour rollups, as :func:`roll_up_range` does those it computes. → the time span they covered."""
+    _new_delta(conn)
+    conn.executemany("INSERT INTO temp.rollup_delta VALUES (?,?,?,?,?,?,?)", rows)
+    return _merge_delta(conn)
 
 
 # --- retention of the rollups -------------------------------------------------------------------------------------

@@ -275,7 +275,7 @@ def test_enrollment_rate_limit_is_respected(own_server: ServerProcess, tmp_path:
 @pytest.mark.e2e
 def test_device_client_reauthenticates_and_keeps_connect_codes(sim_server: ServerProcess, token: str) -> None:
     async def scenario() -> None:
-        async with make_http_client(Path(sim_server.ca).read_text(), 1) as http:
+        async with make_http_client(sim_server.url, Path(sim_server.ca).read_text(), 1) as http:
             c = DeviceClient(http, sim_server.url, "client-1", "sim")
             enrolled = await c.enroll(token)
             assert enrolled.status == "active" and c.signing_public_key is not None

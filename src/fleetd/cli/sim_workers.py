@@ -96,9 +96,12 @@ class Totals:
         self.opts, self.workers, self.pacers = opts, workers, pacers
         self.reports: dict[int, dict[str, Any]] = {}
         self.started = time.monotonic()
+        self.ended: float | None = None  # when the devices were told to stop
         self.cpu_started = time.process_time()
         self._samples: deque[tuple[float, int, float]] = deque()  # (time, check-ins, cpu seconds)
-        self.all_in: tuple[float, int] | None = None  # when every device had checked in, and check-ins then
+        # The steady state: one poll interval after every device first checked in, all are on their slots.
+        self.steady_from: float | None = None
+        self.steady_start: tuple[float, int] | None = None  # (when, check-ins by then)
         self.worker_errors: list[str] = []
 
     def take(self, w: int, report: dict[str, Any]) -> None:
@@ -137,9 +140,13 @@ class Totals:
         self._samples.append((now, n, self.cpu()))
         while len(self._samples) > 2 and now - self._samples[0][0] > RATE_WINDOW:
             self._samples.popleft()
-        c = self.counts()
-        if self.all_in is None and c["checking_in"] and c["checking_in"] + c["stopped"] >= self.opts.devices:
-            self.all_in = (now, n)
+        if self.steady_from is None:
+            c = self.counts()
+            asked = self.asked()
+            if c["checking_in"] and asked and c["checking_in"] + c["stopped"] >= self.opts.devices:
+                self.steady_from = now + c["checking_in"] / asked  # their mean interval
+        elif self.steady_start is None and now >= self.steady_from:
+            self.steady_start = (now, n)
 
     def rate(self) -> float:
         """Check-ins per second over the last RATE_WINDOW seconds."""
@@ -156,18 +163,18 @@ class Totals:
         return 100 * (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
 
     def steady(self) -> tuple[float, float] | None:
-        """Check-ins per second since the whole fleet first checked in, and for how many seconds."""
-        if self.all_in is None:
+        """Check-ins per second in the steady state, and for how many seconds."""
+        if self.steady_start is None:
             return None
-        t, n = self.all_in
-        seconds = time.monotonic() - t
+        t, n = self.steady_start
+        seconds = (self.ended or time.monotonic()) - t
         return ((self.total("check_ins") - n) / seconds if seconds > 0 else 0.0), seconds
 
     def pacing(self) -> dict[str, dict[str, Any]]:
         return {p.what: p.snapshot() for p in self.pacers}
 
     def summary(self) -> dict[str, Any]:
-        seconds = time.monotonic() - self.started
+        seconds = (self.ended or time.monotonic()) - self.started
         c = self.counts()
         asked = self.asked()
         steady = self.steady()
@@ -180,7 +187,8 @@ class Totals:
         return {
             "devices": self.opts.devices, **{k: c[k] for k in ("enrolled", "active", "pending", "revoked")},
             "check_ins": checks, "check_ins_per_second": round(checks / seconds, 2) if seconds > 0 else 0.0,
-            # Once every device had checked in: the rate asked of the server and the rate reached.
+            # The rate the devices ask of the server, and the rate reached in the steady state: from one
+            # interval after every device had checked in (each on its slot by then) to the end.
             "asked_check_ins_per_second": round(asked, 2),
             "steady_check_ins_per_second": steady_rate,
             "steady_seconds": round(steady[1], 1) if steady else None,
@@ -274,6 +282,7 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), REPORT_EVERY)
         finally:
+            self.totals.ended = time.monotonic()
             await self._shutdown()
         return self.totals.summary()
 

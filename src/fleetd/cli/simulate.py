@@ -51,7 +51,8 @@ async def _trusted_ca(server: str, token: str, ca: str | None, state: SimState) 
 
 def _enrolled(t: Totals) -> str:
     """'3,000 / 10,000', and how the server's enrollment limit paces it."""
-    c, text = t.counts(), f"{t.counts()['enrolled']:,} / {t.opts.devices:,}"
+    c = t.counts()
+    text = f"{c['enrolled']:,}/{t.opts.devices:,}"
     p = t.pacing()["enrollment"]
     if p["limit_per_minute"] and c["enrolled"] < t.opts.devices:
         text += f", paced to {p['limit_per_minute']:,}/min by the server's limit"
@@ -62,7 +63,7 @@ def _enrolled(t: Totals) -> str:
 
 def _rates(t: Totals) -> str:
     asked, rate = t.asked(), t.rate()
-    text = f"{rate:,.1f}/s of {asked:,.1f}/s asked"
+    text = f"{rate:,.1f} of {asked:,.1f} asked"
     if asked:
         text += f" ({100 * rate / asked:.0f} %)"
     return text
@@ -81,7 +82,7 @@ def _live_table(t: Totals) -> Table:
     table.add_row("enrolled", _enrolled(t))
     table.add_row("active · pending", f"{c['active']:,} · {c['pending']:,}" + (
         f" · revoked {c['revoked']:,}" if c["revoked"] else ""))
-    table.add_row("check-ins", f"{_rates(t)}, {int(t.total('check_ins')):,} in all")
+    table.add_row("check-ins/s", f"{_rates(t)}, {int(t.total('check_ins')):,} in all")
     late = int(t.total("late_check_ins"))
     if late:
         table.add_row("late check-ins", f"[yellow]{late:,}[/yellow] (up to {t.total('max_lateness'):.1f} s after "
@@ -118,7 +119,7 @@ class StatusLines:
         self.last, self.at = key, now
         line = (f"{time.strftime('%H:%M:%S')} enrolled {_enrolled(t)}, active {c['active']:,}, "
                 f"pending {c['pending']:,}{', revoked ' + str(c['revoked']) if c['revoked'] else ''}; "
-                f"check-ins {_rates(t)} ({int(t.total('check_ins')):,} in all); simulator CPU {_cpu(t)}; "
+                f"check-ins/s {_rates(t)} ({int(t.total('check_ins')):,} in all); simulator CPU {_cpu(t)}; "
                 f"actions {int(t.total('actions_succeeded'))} done, {int(t.total('actions_failed'))} failed; "
                 f"errors {t.errors}{f' (last: {t.last_error[:150]})' if t.errors else ''}")
         sys.stdout.write(line + "\n")

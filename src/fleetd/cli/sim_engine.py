@@ -30,7 +30,7 @@ from ..core.fsutil import atomic_write
 from ..devices.actions import DEPLOYING, PROGRESS, ActionKind, DeviceAction
 from .devclient import DeviceClient, DeviceError, VerificationError, b64, raw_private_key
 from .sim_pacing import Pacer
-from .sim_transport import make_http_client
+from .sim_transport import client_on, make_transport
 
 DEVICE_TYPE = "sim"
 STATE_FORMAT = "fleetd-sim-state-v1"
@@ -435,7 +435,8 @@ class Engine:
     def __init__(self, opts: SimOptions, ca_pem: str | None, identities: dict[int, Identity],
                  enroll_pacer: Pacer, auth_pacer: Pacer, t0: float) -> None:
         self.opts = opts
-        self.http = make_http_client(opts.server, ca_pem, min(MAX_CONNECTIONS, len(identities)))
+        self.pool = make_transport(opts.server, ca_pem, min(MAX_CONNECTIONS, len(identities)))
+        self.http = client_on(self.pool)
         self.enroll_pacer, self.auth_pacer = enroll_pacer, auth_pacer
         self.paced_at_once = {p.what: asyncio.Semaphore(PACED_AT_ONCE) for p in (enroll_pacer, auth_pacer)}
         self.t0 = t0
@@ -461,7 +462,7 @@ class Engine:
         return {"stats": {k: getattr(s, k) for k in (*COUNTERS, *MAXIMA)}, "last_error": s.last_error,
                 "reasons": dict(s.reasons), "counts": self.counts(),
                 "asked": sum(1 / d.interval for d in self.devices if d.interval and not d.stopped),
-                "cpu": time.process_time(), "connections": getattr(self.http._transport, "opened", 0),
+                "cpu": time.process_time(), "connections": self.pool.opened,
                 "identities": changed, "ca_fingerprint": self.ca_fingerprint}
 
     async def run(self) -> None:
@@ -486,4 +487,4 @@ class Engine:
             await self.http.aclose()
 
 
-__all__ = ["SIMULATED_FAILURE", "Engine", "SimOptions", "SimState", "Stats", "make_http_client"]
+__all__ = ["SIMULATED_FAILURE", "Engine", "SimOptions", "SimState", "Stats"]

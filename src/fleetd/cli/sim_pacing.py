@@ -37,7 +37,7 @@ class Pacer:
         # [fields…, the second of each of _BUCKETS buckets, then their counts]
         self._shared: Any = ctx.Array("d", _FIELDS + 2 * _BUCKETS)
 
-    def _take_slot(self) -> float:
+    def take_slot(self) -> float:
         """Seconds to wait before this request may start."""
         with self._shared.get_lock():
             a = self._shared.get_obj()
@@ -50,7 +50,7 @@ class Pacer:
 
     async def wait(self, stop: asyncio.Event) -> bool:
         """Wait for this request's slot; False when stopped meanwhile."""
-        delay = self._take_slot()
+        delay = self.take_slot()
         if delay > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)

@@ -273,15 +273,23 @@ class _Body(httpx.AsyncByteStream):
             self.pool._release(None)
 
 
-def make_http_client(server: str, ca_pem: str | None, connections: int) -> httpx.AsyncClient:
-    """An httpx client on a pool of ``connections`` to ``server``, trusting only the fleet CA."""
+def make_transport(server: str, ca_pem: str | None, connections: int) -> PooledTransport:
+    """A pool of ``connections`` to ``server``, trusting only the fleet CA (``ca_pem``) when given one."""
     context: ssl.SSLContext | None = None
     if server.startswith("https://"):
         context = ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context()
-    transport = PooledTransport(server, context, max(1, connections))
+    return PooledTransport(server, context, max(1, connections))
+
+
+def client_on(transport: PooledTransport) -> httpx.AsyncClient:
     # identity: no compression to spend CPU on at either end of a load test.
-    headers: dict[str, Any] = {"Accept-Encoding": "identity"}
-    return httpx.AsyncClient(transport=transport, headers=headers, timeout=httpx.Timeout(30.0, connect=10.0))
+    return httpx.AsyncClient(transport=transport, headers={"Accept-Encoding": "identity"},
+                             timeout=httpx.Timeout(30.0, connect=10.0))
 
 
-__all__ = ["PooledTransport", "make_http_client"]
+def make_http_client(server: str, ca_pem: str | None, connections: int) -> httpx.AsyncClient:
+    """An httpx client on a pool of ``connections`` to ``server``, trusting only the fleet CA."""
+    return client_on(make_transport(server, ca_pem, connections))
+
+
+__all__ = ["PooledTransport", "client_on", "make_http_client", "make_transport"]

@@ -126,6 +126,40 @@ class StatusLines:
         sys.stdout.flush()
 
 
+def _paced(p: dict[str, Any]) -> str:
+    if not p["throttled"]:
+        return "not limited"
+    text = (f"paced to {p['limit_per_minute']:,}/min by the server's limit" if p["limit_per_minute"]
+            else "held back by the server's limit")
+    return text + f"; {p['throttled']} answered 429, waited out (not errors)"
+
+
+def _human(s: dict[str, Any]) -> dict[str, Any]:
+    """The summary for people: the same numbers as --json, in sentences."""
+    steady = (f"{s['steady_check_ins_per_second']:,.1f} = {s['steady_percent_of_asked']} % of asked, over the "
+              f"last {s['steady_seconds']:.0f} s" if s["steady_check_ins_per_second"] is not None
+              else "not reached (one interval after every device has checked in)")
+    out = {k: s[k] for k in ("devices", "enrolled", "active", "pending", "revoked")}
+    out.update({
+        "check-ins": f"{s['check_ins']:,} ({s['check_ins_per_second']:,.1f}/s over the whole run)",
+        "check-ins/s asked": f"{s['asked_check_ins_per_second']:,.1f}",
+        "check-ins/s reached": steady,
+        "late check-ins": f"{s['late_check_ins']:,} (at most {s['max_lateness_seconds']} s after their slot)",
+        "mean check-in": f"{s['mean_check_in_ms']} ms" if s["mean_check_in_ms"] is not None else "-",
+        "telemetry points": f"{s['telemetry_points']:,}",
+        "actions succeeded": s["actions_succeeded"], "actions failed": s["actions_failed"],
+        "errors": s["errors"],
+    })
+    for i, (reason, n) in enumerate(s["errors_by_reason"].items(), 1):
+        out[f"  reason {i}"] = f"{n:,} times: {reason}"
+    out["throttled"] = s["throttled"]
+    out.update({what: _paced(p) for what, p in s["pacing"].items()})
+    out["simulator CPU"] = (f"{s['simulator_cpu_percent']} % of a core on average ({s['workers']} workers, "
+                            f"{s['connections']} connections made, {s['cores']} cores)")
+    out["seconds"] = s["seconds"]
+    return out
+
+
 async def _supervise(opts: SimOptions, state: SimState, ca_pem: str | None, live: bool, lines: bool
                      ) -> dict[str, Any]:
     from .sim_workers import Supervisor
@@ -193,7 +227,7 @@ def simulate(
     if json:
         print_json(summary)
     else:
-        print_object(summary)
+        print_object(_human(summary))
     if summary["enrolled"] == 0:
         fail(f"no device could enroll: {summary['last_error'] or 'stopped before the first attempt'}",
              "Check --server, --token (fleetd tokens create) and --ca.")

@@ -341,7 +341,8 @@ def test_device_client_reauthenticates_and_keeps_connect_codes(sim_server: Serve
 
 
 @pytest.mark.e2e
-def test_a_challenge_answer_goes_before_requests_waiting_longer(sim_server: ServerProcess, token: str) -> None:
+def test_a_challenge_answer_goes_before_requests_waiting_longer(sim_server: ServerProcess, key: str,
+                                                                token: str) -> None:
     """The challenge expires a minute after it is issued: its answer never queues behind other devices' calls."""
     async def scenario() -> list[str]:
         async with make_http_client(sim_server.url, Path(sim_server.ca).read_text(), 1) as http:
@@ -357,7 +358,10 @@ def test_a_challenge_answer_goes_before_requests_waiting_longer(sim_server: Serv
                 assert r.status_code == 200, r.text
                 done.append(name)
 
-            async with http.stream("GET", sim_server.url + "/v1/ca.pem") as held:  # the pool's one connection
+            # An event stream (it never ends) holds the pool's one connection.
+            async with http.stream("GET", sim_server.url + "/v1/events",
+                                   headers={"Authorization": f"Bearer {key}"}) as held:
+                assert held.status_code == 200
                 others = [asyncio.create_task(call(f"other-{i}", "GetChallenge", {"device_id": dev.device_id}))
                           for i in range(3)]
                 await asyncio.sleep(0.1)
@@ -366,7 +370,7 @@ def test_a_challenge_answer_goes_before_requests_waiting_longer(sim_server: Serv
                     "signature": base64.b64encode(sig).decode()}))
                 await asyncio.sleep(0.1)
                 assert done == []  # all four wait for the connection
-                await held.aread()
+                await held.aclose()
             await asyncio.gather(*others, answer)
             return done
 
@@ -375,16 +379,19 @@ def test_a_challenge_answer_goes_before_requests_waiting_longer(sim_server: Serv
 
 def test_pacer_waits_out_a_429_then_spaces_requests_at_the_limit_it_showed() -> None:
     pacer = Pacer("enrollment")
-    for _ in range(30):
+    for _ in range(29):
         assert pacer.take_slot() == 0  # no limit seen yet: as fast as they come
-        pacer.accepted()
+        pacer.accepted(time.monotonic())
+    sent_before = time.monotonic()
     # A worker process meets the 429; the pacer lives in shared memory, so every worker waits.
     ctx = multiprocessing.get_context("fork")
     child = ctx.Process(target=pacer.throttled, args=(2.0,))
     child.start()
     child.join(10)
     assert child.exitcode == 0
-    assert pacer.snapshot()["limit_per_minute"] == 30 and pacer.snapshot()["throttled"] == 1
+    assert pacer.snapshot()["limit_per_minute"] == 29 and pacer.snapshot()["throttled"] == 1
+    pacer.accepted(sent_before)  # sent before the 429, answered after it: the limit it showed is 30
+    assert pacer.snapshot()["limit_per_minute"] == 30
     waits = [pacer.take_slot() for _ in range(3)]
     spacing = 60 / (30 * 0.98)  # 30/min, a little under
     assert waits[0] == pytest.approx(2.0, abs=0.3)  # the Retry-After

@@ -1,8 +1,8 @@
 """One worker process's share of a simulated fleet: each device a real protocol client, on one connection pool.
 
 Every device enrolls and authenticates (both paced to the server's per-address
-limits, sim_pacing.py), checks in at its own slot of the poll interval (device
-k of N at k/N of it, so check-ins spread evenly), pushes a few telemetry points
+limits, sim_pacing.py), checks in at its own slot of the poll interval (spread()
+places the slots so check-ins spread evenly), pushes a few telemetry points
 per check-in, and carries out its actions: installs download the artifact over
 HTTPS and verify it (signature, manifest, hash and size) before they may
 succeed. A server that goes away costs errors and backoff, never the process.
@@ -202,8 +202,7 @@ class SimDevice:
         self.eng = eng
         self.ident = ident
         self.hardware_id = f"{eng.opts.prefix}-{n}"
-        # Device n of N checks in at (n-1)/N of each interval: the fleet's check-ins spread evenly.
-        self.phase = (n - 1) / eng.opts.devices
+        self.phase = spread(n - 1)
         self.client = DeviceClient(eng.http, eng.opts.server, self.hardware_id, DEVICE_TYPE, ident.key,
                                    device_id=ident.device_id, signing_public_key=ident.signing_public_key)
         self.walk = {"cpu": random.uniform(5, 40), "mem": random.uniform(20, 60), "temp": random.uniform(35, 55)}
@@ -242,17 +241,18 @@ class SimDevice:
             async with eng.paced_at_once[pacer.what]:
                 if not await pacer.wait(eng.stop):
                     raise _Stopped()
+                sent = time.monotonic()
                 try:
                     result = await call()
                 except DeviceError as e:
                     if e.code != "resource_exhausted":
                         if e.http_status:
-                            pacer.accepted()
+                            pacer.accepted(sent)
                         raise
                     eng.stats.throttled += 1
                     pacer.throttled(e.retry_after)
                     continue
-                pacer.accepted()
+                pacer.accepted(sent)
                 return result
 
     async def enroll(self) -> None:
@@ -418,6 +418,17 @@ class SimDevice:
         self.changed()
         verb = "rolled back to" if a.kind == "rollback" else "installed"
         await self.finish(a, "succeeded", f"{verb} {label}")
+
+
+def spread(i: int) -> float:
+    """Where in the interval device i+1 checks in: the i-th point of the van der Corput sequence (0, 1/2,
+    1/4, 3/4, 1/8, …), so the whole fleet, and any first part of it (the devices enrolled so far), spreads
+    evenly over the interval."""
+    phase, half = 0.0, 0.5
+    while i:
+        phase += (i & 1) * half
+        i, half = i >> 1, half / 2
+    return phase
 
 
 def _backoff(failures: int) -> float:

@@ -25,7 +25,7 @@ WINDOW = 60.0
 # Start a little under the limit, so a request never arrives a hair before its slot frees.
 MARGIN = 0.98
 _BUCKETS = 64  # one per second, covering the window
-_NEXT, _SPACING, _GATE, _LIMIT, _THROTTLED, _PACED, _ACCEPTED, _FIELDS = range(8)
+_NEXT, _SPACING, _GATE, _LIMIT, _LIMIT_AT, _THROTTLED, _PACED, _ACCEPTED, _FIELDS = range(9)
 
 
 class Pacer:
@@ -56,16 +56,19 @@ class Pacer:
                 await asyncio.wait_for(stop.wait(), delay)
         return not stop.is_set()
 
-    def accepted(self) -> None:
-        """The server counted a request of ours (it answered anything but 429)."""
+    def accepted(self, sent: float) -> None:
+        """The server counted a request of ours sent at ``sent`` (it answered anything but 429)."""
         with self._shared.get_lock():
             a = self._shared.get_obj()
-            second = int(time.monotonic())
+            second = int(sent)
             i = _FIELDS + second % _BUCKETS
             if a[i] != second:
                 a[i], a[i + _BUCKETS] = second, 0
             a[i + _BUCKETS] += 1
             a[_ACCEPTED] += 1
+            if a[_LIMIT] and a[_LIMIT_AT] - WINDOW < sent <= a[_LIMIT_AT]:
+                # Sent before the 429 that showed the limit, answered after it: it counts toward that limit.
+                self._set_limit(a, a[_LIMIT] + 1)
 
     def throttled(self, retry_after: float | None) -> None:
         """The server answered 429: everyone waits for its Retry-After, then goes at the limit it showed."""
@@ -80,8 +83,13 @@ class Pacer:
             # can only lower it.
             limit = seen if not a[_LIMIT] else min(a[_LIMIT], max(seen, 1))
             if limit >= 1:
-                a[_LIMIT] = limit
-                a[_SPACING] = WINDOW / (limit * MARGIN)
+                a[_LIMIT_AT] = now
+                self._set_limit(a, limit)
+
+    @staticmethod
+    def _set_limit(a: Any, limit: float) -> None:
+        a[_LIMIT] = limit
+        a[_SPACING] = WINDOW / (limit * MARGIN)
 
     def snapshot(self) -> dict[str, Any]:
         with self._shared.get_lock():

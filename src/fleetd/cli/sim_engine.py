@@ -339,7 +339,7 @@ class SimDevice:
         if e.code == "resource_exhausted":  # a challenge asked for inside a call (after a 401): paced too
             stats.throttled += 1
             self.eng.auth_pacer.throttled(e.retry_after)
-            return 0.0
+            return 1.0  # then the pacer holds it until the Retry-After has passed
         stats.error(e)
         if e.code == "permission_denied" and "revoked" in e.message:
             self.client.status = "revoked"

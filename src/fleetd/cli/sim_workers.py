@@ -215,7 +215,7 @@ class Supervisor:
         self.opts, self.state, self.ca_pem = opts, state, ca_pem
         self.ctx = multiprocessing.get_context("fork")  # the devices' keys are inherited, never pickled
         self.pacers = (Pacer("enrollment", self.ctx), Pacer("authentication", self.ctx))
-        self.nworkers = opts.workers or default_workers(opts)
+        self.nworkers = min(opts.workers or default_workers(opts), opts.devices)
         self.totals = Totals(opts, self.nworkers, self.pacers)
         self.stop = asyncio.Event()
         self.procs: dict[int, multiprocessing.process.BaseProcess] = {}

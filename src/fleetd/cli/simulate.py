@@ -50,12 +50,13 @@ async def _trusted_ca(server: str, token: str, ca: str | None, state: SimState) 
 
 
 def _enrolled(t: Totals) -> str:
-    """'3,000 / 10,000', and how the server's enrollment limit paces it."""
+    """'3,000/10,000', and how the server's enrollment limit paces it."""
     c = t.counts()
     text = f"{c['enrolled']:,}/{t.opts.devices:,}"
     p = t.pacing()["enrollment"]
-    if p["limit_per_minute"] and c["enrolled"] < t.opts.devices:
-        text += f", paced to {p['limit_per_minute']:,}/min by the server's limit"
+    if p["throttled"] and c["enrolled"] < t.opts.devices:
+        text += (f", paced to {p['limit_per_minute']:,}/min by the server's limit" if p["limit_per_minute"]
+                 else ", held back by the server's limit")
         if p["waiting_seconds"]:
             text += f" (next in {p['waiting_seconds']:.0f} s)"
     return text

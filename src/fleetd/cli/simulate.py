@@ -155,7 +155,8 @@ def _human(s: dict[str, Any]) -> dict[str, Any]:
         out[f"  reason {i}"] = f"{n:,} times: {reason}"
     out["throttled"] = s["throttled"]
     out.update({what: _paced(p) for what, p in s["pacing"].items()})
-    out["simulator CPU"] = (f"{s['simulator_cpu_percent']} % of a core on average ({s['workers']} workers, "
+    workers = f"{s['workers']} worker{'s' if s['workers'] > 1 else ''}"
+    out["simulator CPU"] = (f"{s['simulator_cpu_percent']} % of a core on average ({workers}, "
                             f"{s['connections']} connections made, {s['cores']} cores)")
     out["seconds"] = s["seconds"]
     return out

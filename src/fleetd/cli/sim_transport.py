@@ -9,10 +9,12 @@ first, so idle ones age out), a FIFO of waiters, and an urgent FIFO in front of
 it for answering an authentication challenge, which expires a minute after the
 server issues it and so must never wait behind other devices' check-ins.
 
-It speaks just what the device protocol needs: a request with a body read into
-memory, a response with Content-Length, chunked or close-delimited body. A
-connection the server closed while it sat idle (uvicorn's keep-alive timeout)
-is retried once on a fresh one.
+Only the pool is ours: h11 (the HTTP/1.1 state machine under httpcore) frames
+every request and response, one ``h11.Connection`` per pooled connection, and
+says when a connection may be reused. A small body is read before the
+connection goes back to the pool; a large or chunked one (an artifact
+download, an event stream) is streamed. A connection the server closed while it
+sat idle (uvicorn's keep-alive timeout) is retried once on a fresh one.
 """
 
 from __future__ import annotations
@@ -22,34 +24,73 @@ import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
 
+import h11
 import httpx
 
 # uvicorn closes a keep-alive connection after 5 s idle; reuse only younger ones.
 KEEPALIVE = 4.0
 # A response body up to this size is read before the connection goes back to the pool.
 EAGER_BODY = 1 << 20
+# The largest response head (status line and headers) h11 accepts.
 MAX_HEAD = 64 * 1024
+READ_SIZE = 64 * 1024
 # The URL path whose request answers a challenge: it goes before every waiting request.
 URGENT_SUFFIX = "/Authenticate"
 
+_ResponseEvent = h11.Response | h11.Data | h11.EndOfMessage
+
+
+class _Stale(Exception):
+    """The server closed the connection before answering anything (after an idle reused one: try a fresh one)."""
+
 
 class _Conn:
-    __slots__ = ("reader", "used", "writer")
+    __slots__ = ("h11", "reader", "received", "used", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer, self.used = reader, writer, time.monotonic()
+        self.h11 = h11.Connection(our_role=h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        self.received = 0  # bytes read in this request/response cycle
 
     def fresh(self) -> bool:
         return time.monotonic() - self.used < KEEPALIVE and not self.reader.at_eof()
 
+    def reusable(self) -> bool:
+        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+
     def close(self) -> None:
         self.writer.transport.abort()
 
+    async def send(self, request: httpx.Request, body: bytes) -> None:
+        try:
+            data = self.h11.send(h11.Request(method=request.method, target=request.url.raw_path,
+                                             headers=request.headers.raw))
+            if body:
+                data += self.h11.send(h11.Data(data=body))
+            data += self.h11.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as e:
+            raise httpx.LocalProtocolError(f"cannot send this request: {e}") from None
+        self.writer.write(data)
+        await self.writer.drain()
 
-class _Stale(Exception):
-    """A reused connection turned out closed before the server answered anything."""
+    async def next_event(self) -> _ResponseEvent:
+        """The next piece of the response: its head (after any 1xx), a piece of its body, or its end."""
+        try:
+            while True:
+                event = self.h11.next_event()
+                if event is h11.NEED_DATA:
+                    data = await self.reader.read(READ_SIZE)
+                    if not data and not self.received and self.h11.their_state is h11.SEND_RESPONSE:
+                        raise _Stale()
+                    self.received += len(data)
+                    self.h11.receive_data(data)
+                elif isinstance(event, h11.Response | h11.Data | h11.EndOfMessage):
+                    return event
+                elif not isinstance(event, h11.InformationalResponse):  # ConnectionClosed, PAUSED
+                    raise httpx.RemoteProtocolError(f"the server broke off the answer ({event!r})")
+        except h11.RemoteProtocolError as e:
+            raise httpx.RemoteProtocolError(f"the server's answer is not valid HTTP/1.1: {e}") from None
 
 
 class PooledTransport(httpx.AsyncBaseTransport):
@@ -104,12 +145,22 @@ class PooledTransport(httpx.AsyncBaseTransport):
         else:
             self._idle.append(conn)
 
+    def _done(self, conn: _Conn) -> None:
+        """The response is read: the connection goes on if both sides may go on, else it closes."""
+        if conn.reusable():
+            conn.h11.start_next_cycle()
+            conn.received = 0
+            conn.used = time.monotonic()
+            self._release(conn)
+        else:
+            conn.close()
+            self._release(None)
+
     async def _connect(self, timeout: float | None) -> _Conn:
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(
-                    self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None,
-                    limit=MAX_HEAD)
+                    self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None)
         except TimeoutError:
             raise httpx.ConnectTimeout(f"connecting to {self.host}:{self.port} timed out") from None
         except (OSError, ssl.SSLError) as e:
@@ -124,61 +175,51 @@ class PooledTransport(httpx.AsyncBaseTransport):
             raise httpx.UnsupportedProtocol(f"the simulator talks only to {self.scheme}://{self.host}:{self.port}, "
                                             f"not {url}")
         body = await request.aread()
-        head = [f"{request.method} {url.raw_path.decode('ascii')} HTTP/1.1\r\n".encode()]
-        head += [k + b": " + v + b"\r\n" for k, v in request.headers.raw]
-        payload = b"".join(head) + b"\r\n" + body
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
-        conn = await self._acquire(url.raw_path.split(b"?")[0].decode().endswith(URGENT_SUFFIX))
+        conn = await self._acquire(url.path.endswith(URGENT_SUFFIX))
         try:
-            for reused in (conn is not None, False):
-                if conn is None:
-                    conn = await self._connect(timeouts.get("connect"))
+            if conn is not None:
                 try:
-                    return await self._exchange(conn, request.method, payload, reused, timeouts.get("read"))
-                except _Stale:
+                    return await self._exchange(conn, request, body, True, timeouts.get("read"))
+                except _Stale:  # the server closed it while it sat idle: once more on a fresh one
                     conn.close()
                     conn = None
-            raise httpx.RemoteProtocolError("the server closed the connection without answering")
+            conn = await self._connect(timeouts.get("connect"))
+            return await self._exchange(conn, request, body, False, timeouts.get("read"))
         except BaseException:
             if conn is not None:
                 conn.close()
             self._release(None)
             raise
 
-    async def _exchange(self, conn: _Conn, method: str, payload: bytes, reused: bool,
+    async def _exchange(self, conn: _Conn, request: httpx.Request, body: bytes, reused: bool,
                         timeout: float | None) -> httpx.Response:
         try:
             async with asyncio.timeout(timeout):
-                conn.writer.write(payload)
-                await conn.writer.drain()
-                try:
-                    raw = await conn.reader.readuntil(b"\r\n\r\n")
-                except asyncio.IncompleteReadError as e:
-                    if reused and not e.partial:
-                        raise _Stale() from None
-                    raise httpx.RemoteProtocolError("the server closed the connection mid-answer") from None
-                status, headers, length, chunked, close = _parse_head(raw)
-                if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-                    length = 0
-                if length is not None and length <= EAGER_BODY:
-                    data = await conn.reader.readexactly(length) if length else b""
-                    self._done(conn, close)
-                    return httpx.Response(status, headers=headers, stream=httpx.ByteStream(data))
+                await conn.send(request, body)
+                head = await conn.next_event()
+                assert isinstance(head, h11.Response)  # h11 gives the head before any of the body
+                # h11 has checked the framing: at most one Content-Length, a valid number.
+                length = next((v for k, v in head.headers if k == b"content-length"), None)
+                if request.method == "HEAD" or head.status_code in (204, 304) or (
+                        length is not None and int(length) <= EAGER_BODY):
+                    data = []
+                    while not isinstance(event := await conn.next_event(), h11.EndOfMessage):
+                        assert isinstance(event, h11.Data)
+                        data.append(event.data)
+                    self._done(conn)
+                    return _response(head, httpx.ByteStream(b"".join(data)))
+        except _Stale:
+            if reused:
+                raise
+            raise httpx.RemoteProtocolError("the server closed the connection without answering") from None
         except TimeoutError:
             raise httpx.ReadTimeout("the server did not answer in time") from None
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
-            if reused and isinstance(e, ConnectionError):
+        except (ConnectionError, ssl.SSLError) as e:
+            if reused and not conn.received and isinstance(e, ConnectionError):
                 raise _Stale() from None
             raise httpx.ReadError(f"the connection failed: {type(e).__name__}: {e}") from None
-        return httpx.Response(status, headers=headers, stream=_Body(self, conn, length, chunked, close, timeout))
-
-    def _done(self, conn: _Conn, close: bool) -> None:
-        if close:
-            conn.close()
-            self._release(None)
-        else:
-            conn.used = time.monotonic()
-            self._release(conn)
+        return _response(head, _Body(self, conn, timeout))
 
     async def aclose(self) -> None:
         for conn in self._idle:
@@ -186,88 +227,41 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self._idle.clear()
 
 
-def _parse_head(raw: bytes) -> tuple[int, list[tuple[bytes, bytes]], int | None, bool, bool]:
-    lines = raw[:-4].split(b"\r\n")
-    parts = lines[0].split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-        raise httpx.RemoteProtocolError(f"not an HTTP/1.1 answer: {lines[0][:80]!r}")
-    headers: list[tuple[bytes, bytes]] = []
-    length: int | None = None
-    chunked = close = parts[0] == b"HTTP/1.0"
-    for line in lines[1:]:
-        k, _, v = line.partition(b":")
-        k, v = k.strip(), v.strip()
-        headers.append((k, v))
-        lk = k.lower()
-        if lk == b"content-length":
-            length = int(v)
-        elif lk == b"transfer-encoding":
-            chunked = b"chunked" in v.lower()
-        elif lk == b"connection":
-            close = b"close" in v.lower()
-    if chunked:
-        length = None
-    elif length is None:
-        close = True  # the body runs to the end of the connection
-    return int(parts[1]), headers, length, chunked, close
+def _response(head: h11.Response, body: httpx.ByteStream | _Body) -> httpx.Response:
+    return httpx.Response(head.status_code, headers=head.headers.raw_items(), stream=body, extensions={
+        "http_version": b"HTTP/" + head.http_version, "reason_phrase": head.reason})
 
 
 class _Body(httpx.AsyncByteStream):
     """A response body streamed off its connection, which goes back to the pool once it is read or closed."""
 
-    def __init__(self, pool: PooledTransport, conn: _Conn, length: int | None, chunked: bool, close: bool,
-                 timeout: float | None) -> None:
-        self.pool, self.conn, self.length, self.chunked, self.close = pool, conn, length, chunked, close
-        self.timeout = timeout
+    def __init__(self, pool: PooledTransport, conn: _Conn, timeout: float | None) -> None:
+        self.pool, self.conn, self.timeout = pool, conn, timeout
         self.finished = False
         self.released = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._chunks():
-                yield chunk
+            while True:
+                async with asyncio.timeout(self.timeout):  # each read, never across a yield to the consumer
+                    event = await self.conn.next_event()
+                if isinstance(event, h11.EndOfMessage):
+                    break
+                assert isinstance(event, h11.Data)
+                yield bytes(event.data)
         except TimeoutError:
             raise httpx.ReadTimeout("the server stopped sending") from None
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ValueError) as e:
+        except (ConnectionError, ssl.SSLError) as e:
             raise httpx.ReadError(f"the download broke off: {type(e).__name__}: {e}") from None
         self.finished = True
         await self.aclose()
-
-    async def _read(self, how: str, arg: Any) -> bytes:
-        """One read off the connection, within the read timeout (never across a yield to the consumer)."""
-        async with asyncio.timeout(self.timeout):
-            data: bytes = await getattr(self.conn.reader, how)(arg)
-            return data
-
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        if self.chunked:
-            while True:
-                size = int((await self._read("readuntil", b"\r\n")).split(b";")[0].strip(), 16)
-                if size == 0:
-                    while await self._read("readuntil", b"\r\n") != b"\r\n":  # trailers
-                        pass
-                    return
-                yield await self._read("readexactly", size)
-                await self._read("readexactly", 2)
-        elif self.length is not None:
-            left = self.length
-            while left:
-                chunk = await self._read("read", min(left, 1 << 16))
-                if not chunk:
-                    raise asyncio.IncompleteReadError(b"", left)
-                left -= len(chunk)
-                yield chunk
-        else:
-            while chunk := await self._read("read", 1 << 16):
-                yield chunk
 
     async def aclose(self) -> None:
         if self.released:
             return
         self.released = True
         if self.finished:
-            self.pool._done(self.conn, self.close)
+            self.pool._done(self.conn)
         else:  # abandoned halfway: the rest of the body is still on the wire
             self.conn.close()
             self.pool._release(None)

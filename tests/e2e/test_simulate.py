@@ -7,6 +7,8 @@ import asyncio
 import base64
 import datetime as dt
 import json
+import multiprocessing
+import re
 import signal
 import sqlite3
 import subprocess
@@ -19,8 +21,17 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleetd.artifacts.catalog import ArtifactRef, build_manifest, sign
-from fleetd.cli.devclient import DeviceClient, DeviceError, Download, VerificationError, verify_artifact
-from fleetd.cli.sim_engine import make_http_client
+from fleetd.cli.devclient import (
+    DeviceClient,
+    DeviceError,
+    Download,
+    VerificationError,
+    challenge_message,
+    verify_artifact,
+)
+from fleetd.cli.sim_engine import PACED_AT_ONCE
+from fleetd.cli.sim_pacing import Pacer
+from fleetd.cli.sim_transport import make_http_client
 
 from .server import ServerProcess, fleetd_cmd, run_cli
 
@@ -260,22 +271,53 @@ def test_a_run_that_lost_its_state_is_told_what_to_do(sim_server: ServerProcess,
 
 
 @pytest.mark.e2e
-def test_enrollment_rate_limit_is_respected(own_server: ServerProcess, tmp_path: Path) -> None:
+def test_two_workers_add_up_to_the_fleet(sim_server: ServerProcess, key: str, token: str) -> None:
+    p = run_cli("simulate", "--server", sim_server.url, "--token", token, "--devices", "30", "--workers", "2",
+                "--duration", "7", "--interval", "1", "--prefix", "wk", "--json", timeout=60)
+    summary = json.loads(p.stdout)
+    assert summary["workers"] == 2 and summary["enrolled"] == summary["active"] == 30, summary
+    assert summary["errors"] == 0 and summary["errors_by_reason"] == {} and summary["throttled"] == 0, summary
+    # What the two workers reported adds up to what the server stored.
+    conn = sqlite3.connect(f"file:{sim_server.data_dir / 'fleetd.db'}?mode=ro", uri=True)
+    try:
+        stored = conn.execute("SELECT COUNT(*) FROM telemetry t JOIN devices d ON d.id = t.device_id "
+                              "WHERE d.hardware_id LIKE 'wk-%'").fetchone()[0]
+    finally:
+        conn.close()
+    assert stored == summary["telemetry_points"] == 3 * summary["check_ins"], summary
+    listed = call(sim_server, key, "DeviceAdminService", "ListDevices", {"search": "wk-"})["devices"]
+    assert sorted(d["hardware_id"] for d in listed) == sorted(f"wk-{n}" for n in range(1, 31))
+    # 30 devices at 1 s ask 30 check-ins/s, and get them once each is on its slot.
+    assert summary["asked_check_ins_per_second"] == 30.0, summary
+    assert summary["steady_check_ins_per_second"] is not None and summary["steady_percent_of_asked"] >= 80, summary
+    assert summary["check_ins"] >= 30 * 4, summary
+    assert 0 < summary["simulator_cpu_percent"] < 200, summary
+
+
+@pytest.mark.e2e
+def test_enrollment_is_paced_to_the_servers_limit(own_server: ServerProcess) -> None:
     own_server.env = {"FLEETD_ENROLL_RATE_PER_MINUTE": "20"}
     own_server.start()
     token = join_token(own_server, own_server.create_key("admin"))
-    p = run_cli("simulate", "--server", own_server.url, "--token", token, "--devices", "25", "--prefix", "rl",
-                "--duration", "2", "--interval", "1", "--json", timeout=30)
-    summary = json.loads(p.stdout)
-    # 20 get in; the rest are told to come back in about a minute and wait for it instead of hammering.
-    assert summary["enrolled"] == 20 and summary["active"] == 20, summary
-    assert 1 <= summary["throttled"] <= 5 and summary["errors"] == 0, summary
+    # Without --json and without a terminal: status lines, then the summary.
+    p = run_cli("simulate", "--server", own_server.url, "--token", token, "--devices", "30", "--workers", "2",
+                "--prefix", "rl", "--duration", "5", "--interval", "1", timeout=40)
+    out = p.stdout
+    # 20 get in; the 429 shows the limit, and the rest wait for the server's Retry-After instead of hammering.
+    assert "enrolled 20/30, paced to 20/min by the server's limit (next in 5" in out, out
+    summary = {m[1]: m[2] for m in re.finditer(r"^ *(errors|throttled|enrolled|active|enrollment) +(.+?) *$",
+                                                 out, re.M)}
+    assert summary["enrolled"] == summary["active"] == "20", out
+    assert summary["errors"] == "0", out  # paced, not failed
+    throttled = int(summary["throttled"])
+    assert 1 <= throttled <= 2 * PACED_AT_ONCE, out  # only what was in flight at the first 429
+    assert summary["enrollment"].startswith(f"paced to 20/min by the server's limit; {throttled} answered 429"), out
 
 
 @pytest.mark.e2e
 def test_device_client_reauthenticates_and_keeps_connect_codes(sim_server: ServerProcess, token: str) -> None:
     async def scenario() -> None:
-        async with make_http_client(Path(sim_server.ca).read_text(), 1) as http:
+        async with make_http_client(sim_server.url, Path(sim_server.ca).read_text(), 1) as http:
             c = DeviceClient(http, sim_server.url, "client-1", "sim")
             enrolled = await c.enroll(token)
             assert enrolled.status == "active" and c.signing_public_key is not None
@@ -296,6 +338,66 @@ def test_device_client_reauthenticates_and_keeps_connect_codes(sim_server: Serve
             assert e.value.code == "permission_denied"
 
     asyncio.run(scenario())
+
+
+@pytest.mark.e2e
+def test_a_challenge_answer_goes_before_requests_waiting_longer(sim_server: ServerProcess, key: str,
+                                                                token: str) -> None:
+    """The challenge expires a minute after it is issued: its answer never queues behind other devices' calls."""
+    async def scenario() -> list[str]:
+        async with make_http_client(sim_server.url, Path(sim_server.ca).read_text(), 1) as http:
+            dev = DeviceClient(http, sim_server.url, "urgent-1", "sim")
+            await dev.enroll(token)
+            rpc = sim_server.url + "/fleetd.v1.DeviceService/"
+            ch = (await http.post(rpc + "GetChallenge", json={"device_id": dev.device_id})).json()
+            sig = dev.key.sign(challenge_message(dev.device_id, ch["nonce"]))
+            done: list[str] = []
+
+            async def call(name: str, method: str, body: dict[str, Any]) -> None:
+                r = await http.post(rpc + method, json=body)
+                assert r.status_code == 200, r.text
+                done.append(name)
+
+            # An event stream (it never ends) holds the pool's one connection.
+            async with http.stream("GET", sim_server.url + "/v1/events",
+                                   headers={"Authorization": f"Bearer {key}"}) as held:
+                assert held.status_code == 200
+                others = [asyncio.create_task(call(f"other-{i}", "GetChallenge", {"device_id": dev.device_id}))
+                          for i in range(3)]
+                await asyncio.sleep(0.1)
+                answer = asyncio.create_task(call("answer", "Authenticate", {
+                    "device_id": dev.device_id, "nonce": ch["nonce"],
+                    "signature": base64.b64encode(sig).decode()}))
+                await asyncio.sleep(0.1)
+                assert done == []  # all four wait for the connection
+                await held.aclose()
+            await asyncio.gather(*others, answer)
+            return done
+
+    assert asyncio.run(scenario()) == ["answer", "other-0", "other-1", "other-2"]
+
+
+def test_pacer_waits_out_a_429_then_spaces_requests_at_the_limit_it_showed() -> None:
+    pacer = Pacer("enrollment")
+    for _ in range(29):
+        assert pacer.take_slot() == 0  # no limit seen yet: as fast as they come
+        pacer.accepted(time.monotonic())
+    sent_before = time.monotonic()
+    # A worker process meets the 429; the pacer lives in shared memory, so every worker waits.
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=pacer.throttled, args=(2.0,))
+    child.start()
+    child.join(10)
+    assert child.exitcode == 0
+    assert pacer.snapshot()["limit_per_minute"] == 29 and pacer.snapshot()["throttled"] == 1
+    pacer.accepted(sent_before)  # sent before the 429, answered after it: the limit it showed is 30
+    assert pacer.snapshot()["limit_per_minute"] == 30
+    waits = [pacer.take_slot() for _ in range(3)]
+    spacing = 60 / (30 * 0.98)  # 30/min, a little under
+    assert waits[0] == pytest.approx(2.0, abs=0.3)  # the Retry-After
+    assert waits[1] - waits[0] == pytest.approx(spacing, abs=0.05)
+    assert waits[2] - waits[1] == pytest.approx(spacing, abs=0.05)
+    assert pacer.snapshot()["paced"] == 3
 
 
 def test_cli_refuses_bad_options(tmp_path: Path) -> None:

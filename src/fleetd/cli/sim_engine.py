@@ -1,41 +1,49 @@
-"""A fleet of simulated devices in one asyncio process, each a real protocol client.
+"""One worker process's share of a simulated fleet: each device a real protocol client, on one connection pool.
 
-Every device enrolls (starts are staggered, and a 429 from the server's
-enrollment limit pauses all enrolling devices until its Retry-After), checks in
-on its interval with jitter, pushes a few telemetry points per check-in, and
-carries out its actions: installs download the artifact over HTTPS and verify
-it (signature, manifest, hash and size) before they may succeed. A server that
-goes away costs errors and backoff, never the process.
+Every device enrolls and authenticates (both paced to the server's per-address
+limits, sim_pacing.py), checks in at its own slot of the poll interval (spread()
+places the slots so check-ins spread evenly), pushes a few telemetry points
+per check-in, and carries out its actions: installs download the artifact over
+HTTPS and verify it (signature, manifest, hash and size) before they may
+succeed. A server that goes away costs errors and backoff, never the process.
+sim_workers.py runs one :class:`Engine` per worker process and adds up their
+reports.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
+import math
 import random
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..core.errors import InvalidArgument
 from ..core.fsutil import atomic_write
 from ..devices.actions import DEPLOYING, PROGRESS, ActionKind, DeviceAction
 from .devclient import DeviceClient, DeviceError, VerificationError, b64, raw_private_key
+from .sim_pacing import Pacer
+from .sim_transport import client_on, make_transport
 
 DEVICE_TYPE = "sim"
 STATE_FORMAT = "fleetd-sim-state-v1"
-# Devices started per second; the server allows bursts within its per-minute enrollment limit.
-START_RATE = 50.0
 MAX_BACKOFF = 30.0
-# Steps of an install that a device reports, in the order the protocol allows.
+# Enrollments (and authentications) a worker has in flight at once: enough to keep up with a server that
+# allows many, few enough that at its first 429 only these few were already sent.
+PACED_AT_ONCE = 8
+# Connections to the server per worker: a device holds one only while a call of its own is in flight.
+MAX_CONNECTIONS = 32
+# A check-in that starts this much after its slot is late (the simulator could not keep up).
+LATE = 1.0
+# Distinct error messages the summary lists (more are counted under "other").
+MAX_REASONS = 20
 # What a simulated device reports for each kind that only runs a command ({component}: the action's).
 DONE = {ActionKind.RESTART: "restarted {component}", ActionKind.REBOOT: "rebooted",
         ActionKind.CONFIG: "configuration applied", ActionKind.LOGS: "the last lines of {component}'s simulated log"}
@@ -54,6 +62,7 @@ class SimOptions:
     duration: float = 0.0  # 0: until stopped
     prefix: str = "sim"
     state_file: Path | None = None
+    workers: int = 0  # 0: from the CPU count (sim_workers.default_workers)
 
     def __post_init__(self) -> None:
         if not 1 <= self.devices <= 100_000:
@@ -64,6 +73,8 @@ class SimOptions:
             raise InvalidArgument(f"--interval must be at least 0.2 seconds, got {self.interval}")
         if self.duration < 0:
             raise InvalidArgument("--duration must be 0 (until Ctrl-C) or positive")
+        if not 0 <= self.workers <= 256:
+            raise InvalidArgument(f"--workers must be 1..256 (or 0 for one per CPU core), got {self.workers}")
         hw = f"{self.prefix}-{self.devices}"
         if not self.prefix or not self.prefix[0].isalnum() or len(hw) > 128 \
                 or any(not (c.isalnum() and c.isascii()) and c not in "_.:-" for c in self.prefix):
@@ -73,29 +84,33 @@ class SimOptions:
 
 @dataclass
 class Stats:
-    devices: int = 0
+    """One worker's counters; the parent adds up every worker's (COUNTERS) and keeps the largest MAXIMA."""
+
     check_ins: int = 0
     telemetry_points: int = 0
     actions_succeeded: int = 0
     actions_failed: int = 0
     errors: int = 0
-    throttled: int = 0
+    throttled: int = 0  # 429 answers: the server's limit, paced to, not an error
+    late_check_ins: int = 0  # started LATE seconds or more after their slot
+    check_in_seconds: float = 0.0  # summed round-trip time of check-ins
+    max_lateness: float = 0.0
     last_error: str = ""
-    started: float = field(default_factory=time.monotonic)
-    _samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
+    reasons: Counter[str] = field(default_factory=Counter)
 
     def error(self, e: BaseException) -> None:
         self.errors += 1
         self.last_error = str(e)
+        reason = self.last_error[:160]
+        if reason in self.reasons or len(self.reasons) < MAX_REASONS:
+            self.reasons[reason] += 1
+        else:
+            self.reasons["other"] += 1
 
-    def rate(self) -> float:
-        """Check-ins per second over the last ~5 seconds."""
-        now = time.monotonic()
-        self._samples.append((now, self.check_ins))
-        while len(self._samples) > 2 and now - self._samples[0][0] > 5:
-            self._samples.popleft()
-        t0, n0 = self._samples[0]
-        return (self.check_ins - n0) / (now - t0) if now > t0 else 0.0
+
+COUNTERS = ("check_ins", "telemetry_points", "actions_succeeded", "actions_failed", "errors", "throttled",
+            "late_check_ins", "check_in_seconds")
+MAXIMA = ("max_lateness",)
 
 
 # --- persistent identities ---------------------------------------------------------
@@ -106,6 +121,19 @@ class Identity:
     device_id: str = ""
     signing_public_key: bytes | None = None
     installed: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": b64(raw_private_key(self.key)), "device_id": self.device_id,
+                "signing_public_key": b64(self.signing_public_key) if self.signing_public_key else "",
+                "installed": self.installed}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Identity:
+        return cls(key=Ed25519PrivateKey.from_private_bytes(base64.b64decode(d["key"])),
+                   device_id=d.get("device_id", ""),
+                   signing_public_key=base64.b64decode(d["signing_public_key"]) if d.get("signing_public_key")
+                   else None,
+                   installed=dict(d.get("installed", {})))
 
 
 class SimState:
@@ -128,12 +156,7 @@ class SimState:
             self.ca_pem = data.get("ca_pem", "")
             self.ca_fingerprint = data.get("ca_fingerprint", "")
             for hw, d in data["devices"].items():
-                self.identities[hw] = Identity(
-                    key=Ed25519PrivateKey.from_private_bytes(base64.b64decode(d["key"])),
-                    device_id=d.get("device_id", ""),
-                    signing_public_key=base64.b64decode(d["signing_public_key"]) if d.get("signing_public_key")
-                    else None,
-                    installed=dict(d.get("installed", {})))
+                self.identities[hw] = Identity.from_dict(d)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise InvalidArgument(f"state file {path} is unreadable ({e}); give another --state file or "
                                   "delete this one to enroll new devices") from None
@@ -145,13 +168,18 @@ class SimState:
             self.dirty = True
         return ident
 
+    def update(self, changed: dict[str, dict[str, Any]], ca_fingerprint: str) -> None:
+        """Take what a worker reports changed."""
+        for hw, d in changed.items():
+            self.identities[hw] = Identity.from_dict(d)
+        if ca_fingerprint and not self.ca_fingerprint:
+            self.ca_fingerprint = ca_fingerprint
+        self.dirty = self.dirty or bool(changed)
+
     def to_json(self) -> bytes:
         return json.dumps({
             "format": STATE_FORMAT, "ca_pem": self.ca_pem, "ca_fingerprint": self.ca_fingerprint,
-            "devices": {hw: {"key": b64(raw_private_key(i.key)), "device_id": i.device_id,
-                             "signing_public_key": b64(i.signing_public_key) if i.signing_public_key else "",
-                             "installed": i.installed}
-                        for hw, i in self.identities.items()},
+            "devices": {hw: i.to_dict() for hw, i in self.identities.items()},
         }, indent=1).encode()
 
     async def save(self) -> None:
@@ -165,19 +193,29 @@ class SimState:
 
 # --- one device --------------------------------------------------------------------
 
+class _Stopped(Exception):
+    """The simulation ended while a device waited for its turn."""
+
+
 class SimDevice:
-    def __init__(self, sim: Simulator, n: int, ident: Identity) -> None:
-        self.sim = sim
+    def __init__(self, eng: Engine, n: int, ident: Identity) -> None:
+        self.eng = eng
         self.ident = ident
-        self.hardware_id = f"{sim.opts.prefix}-{n}"
-        self.client = DeviceClient(sim.http, sim.opts.server, self.hardware_id, DEVICE_TYPE, ident.key,
+        self.hardware_id = f"{eng.opts.prefix}-{n}"
+        self.phase = spread(n - 1)
+        self.client = DeviceClient(eng.http, eng.opts.server, self.hardware_id, DEVICE_TYPE, ident.key,
                                    device_id=ident.device_id, signing_public_key=ident.signing_public_key)
         self.walk = {"cpu": random.uniform(5, 40), "mem": random.uniform(20, 60), "temp": random.uniform(35, 55)}
+        self.interval = 0.0  # the period it checks in at, once it has checked in
+        self.busy = False  # a call in flight: stopping lets it finish
         self.stopped = False  # revoked, or enrollment refused: nothing more to do
 
     @property
     def status(self) -> str:
         return self.client.status if self.client.device_id else ""
+
+    def changed(self) -> None:
+        self.eng.changed.add(self.hardware_id)
 
     def inventory(self) -> dict[str, Any]:
         return {"hostname": self.hardware_id, "os": "fleetd-sim", "arch": "sim", "model": "simulated device",
@@ -196,12 +234,35 @@ class SimDevice:
             out.append({"name": name, "value": round(self.walk[name], 2), "ts": t})
         return out
 
+    async def _paced(self, pacer: Pacer, call: Any) -> Any:
+        """Make a call the server limits per address at the pace it allows; its 429s are waited out, not errors."""
+        eng = self.eng
+        while True:
+            async with eng.paced_at_once[pacer.what]:
+                if not await pacer.wait(eng.stop):
+                    raise _Stopped()
+                sent = time.monotonic()
+                try:
+                    result = await call()
+                except DeviceError as e:
+                    if e.code != "resource_exhausted":
+                        if e.http_status:
+                            pacer.accepted(sent)
+                        raise
+                    eng.stats.throttled += 1
+                    pacer.throttled(e.retry_after)
+                    continue
+                pacer.accepted(sent)
+                return result
+
     async def enroll(self) -> None:
-        opts = self.sim.opts
-        await self.sim.wait_gate()
+        opts = self.eng.opts
         try:
-            resp = await self.client.enroll(opts.token, inventory=self.inventory())
+            resp = await self._paced(self.eng.enroll_pacer,
+                                     lambda: self.client.enroll(opts.token, inventory=self.inventory()))
         except DeviceError as e:
+            if not e.transient:
+                self.stopped = True  # a bad, expired or used-up token does not get better by asking again
             if e.code != "already_exists":
                 raise
             hw = self.hardware_id  # another key has it (docs/protocol.md §5): this run lost its --state file
@@ -211,68 +272,83 @@ class SimDevice:
                               "--prefix.", e.http_status) from None
         self.ident.device_id = resp.device_id
         self.ident.signing_public_key = self.client.signing_public_key
-        self.sim.state.dirty = True
-        if not self.sim.state.ca_fingerprint:
-            self.sim.state.ca_fingerprint = resp.ca_fingerprint
+        self.eng.ca_fingerprint = self.eng.ca_fingerprint or resp.ca_fingerprint
+        self.changed()
+
+    def next_slot(self, period: float, now: float) -> float:
+        """This device's next slot of the fleet's schedule, at least half a period from now."""
+        t0 = self.eng.t0
+        m = math.ceil((now + period / 2 - t0) / period - self.phase)
+        return t0 + (m + self.phase) * period
 
     async def once(self) -> float:
-        """Enroll if needed, check in, push telemetry, run actions; the delay until the next round."""
+        """Enroll and authenticate if needed, check in, push telemetry, run actions; when to come again."""
+        eng, stats = self.eng, self.eng.stats
         if not self.client.device_id:
-            try:
-                await self.enroll()
-            except DeviceError as e:
-                if not e.transient:
-                    # A bad, expired or used-up token does not get better by asking again.
-                    self.stopped = True
-                raise
+            await self.enroll()
         if self.client.needs_auth:
-            await self.sim.wait_gate()
+            # Answered at once: the transport sends Authenticate before any waiting request.
+            await self._paced(eng.auth_pacer, self.client.authenticate)
+        started = time.monotonic()
         resp = await self.client.check_in(self.inventory(), self.components())
-        self.sim.stats.check_ins += 1
+        now = time.monotonic()
+        stats.check_ins += 1
+        stats.check_in_seconds += now - started
         if resp.status == "active":
             accepted = await self.client.push_telemetry(self.points())
-            self.sim.stats.telemetry_points += accepted  # (`+= await` would add to a stale total)
+            stats.telemetry_points += accepted  # (`+= await` would add to a stale total)
         for action in resp.actions:
             await self.execute(action)
-        interval = self.sim.opts.interval or resp.next_checkin or resp.poll_interval or 60
+        period = float(eng.opts.interval or resp.poll_interval or resp.next_checkin or 60)
+        self.interval = period
         if resp.actions:
-            return 0.1  # tell the server about the new versions at once
-        return interval * random.uniform(0.9, 1.1)
+            return time.monotonic() + 0.1  # tell the server about the new versions at once
+        if not eng.opts.interval and 0 < resp.next_checkin < period:
+            return now + resp.next_checkin  # the server wants it back sooner while an action is open
+        return self.next_slot(period, now)
 
-    async def run(self, delay: float) -> None:
-        stop = self.sim.stop
-        if await _sleep(stop, delay):
-            return
+    async def run(self) -> None:
         failures = 0
-        while not stop.is_set() and not self.stopped:
+        due = time.monotonic()
+        while not self.stopped:
+            lateness = time.monotonic() - due
+            if self.interval and failures == 0:
+                self.eng.stats.late_check_ins += lateness >= LATE
+                self.eng.stats.max_lateness = max(self.eng.stats.max_lateness, lateness)
+            self.busy = True
             try:
-                wait = await self.once()
+                due = await self.once()
                 failures = 0
+            except _Stopped:
+                return
             except DeviceError as e:
-                wait = self.handle_error(e, failures)
+                due = time.monotonic() + self.handle_error(e, failures)
                 failures += 1
             except Exception as e:  # a bug or local trouble must not end the simulation: count it, go on
-                self.sim.stats.error(e)
+                self.eng.stats.error(e)
                 failures += 1
-                wait = _backoff(failures)
-            if await _sleep(stop, wait):
+                due = time.monotonic() + _backoff(failures)
+            finally:
+                self.busy = False
+            if self.eng.stop.is_set():
                 return
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
 
     def handle_error(self, e: DeviceError, failures: int) -> float:
-        stats = self.sim.stats
-        if e.code == "resource_exhausted":
+        stats = self.eng.stats
+        if e.code == "resource_exhausted":  # a challenge asked for inside a call (after a 401): paced too
             stats.throttled += 1
-            wait = (e.retry_after or 5.0) + random.uniform(0, 2)
-            self.sim.close_gate(wait)
-            return wait
+            self.eng.auth_pacer.throttled(e.retry_after)
+            return 1.0  # then the pacer holds it until the Retry-After has passed
         stats.error(e)
         if e.code == "permission_denied" and "revoked" in e.message:
             self.client.status = "revoked"
             self.stopped = True
-        elif e.code == "unauthenticated" and self.sim.opts.token and "enroll" in e.message:
+        elif e.code == "unauthenticated" and self.eng.opts.token and "enroll" in e.message:
             # The server no longer knows this device (deleted, or another data dir): enroll again.
             self.client.device_id = ""
             self.ident.installed.clear()
+            self.changed()
         return _backoff(failures + 1)
 
     # --- actions ---------------------------------------------------------------
@@ -301,9 +377,9 @@ class SimDevice:
     async def finish(self, a: DeviceAction, state: str, message: str, result: dict[str, Any] | None = None) -> None:
         await self.client.report(a.id, state, message, 100 if state == "succeeded" else 0, result)
         if state == "succeeded":
-            self.sim.stats.actions_succeeded += 1
+            self.eng.stats.actions_succeeded += 1
         else:
-            self.sim.stats.actions_failed += 1
+            self.eng.stats.actions_failed += 1
 
     async def install(self, a: DeviceAction, state: str) -> None:
         async def step(to: str, message: str = "", progress: int = 0) -> None:
@@ -315,7 +391,7 @@ class SimDevice:
         if ref is None:
             if a.kind == "rollback":
                 self.ident.installed.pop(a.component, None)
-                self.sim.state.dirty = True
+                self.changed()
                 await self.finish(a, "succeeded", f"no previous version of {a.component}; removed it")
             else:
                 await self.finish(a, "failed", "the install action carries no artifact reference")
@@ -335,106 +411,91 @@ class SimDevice:
             await self.finish(a, "failed", f"download failed: {e.message}")
             return
         await step("installing", f"installing {label}", 75)
-        if random.random() < self.sim.opts.fail_rate:
+        if random.random() < self.eng.opts.fail_rate:
             await self.finish(a, "failed", f"{SIMULATED_FAILURE} while installing {label} (--fail-rate)")
             return
         self.ident.installed[a.component or ref.name] = ref.version
-        self.sim.state.dirty = True
+        self.changed()
         verb = "rolled back to" if a.kind == "rollback" else "installed"
         await self.finish(a, "succeeded", f"{verb} {label}")
+
+
+def spread(i: int) -> float:
+    """Where in the interval device i+1 checks in: the i-th point of the van der Corput sequence (0, 1/2,
+    1/4, 3/4, 1/8, …), so the whole fleet, and any first part of it (the devices enrolled so far), spreads
+    evenly over the interval."""
+    phase, half = 0.0, 0.5
+    while i:
+        phase += (i & 1) * half
+        i, half = i >> 1, half / 2
+    return phase
 
 
 def _backoff(failures: int) -> float:
     return min(MAX_BACKOFF, 2.0 ** min(failures, 10)) * random.uniform(0.5, 1.0)
 
 
-async def _sleep(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep, waking early when stopped; True when stopped."""
-    if seconds <= 0:
-        return stop.is_set()
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()
+# --- one worker's devices -----------------------------------------------------------------
 
+class Engine:
+    """The devices of one worker process (device numbers ``numbers``), on one connection pool.
 
-# --- the simulator ----------------------------------------------------------------------
+    ``t0`` is the fleet's schedule origin (time.monotonic, the same clock in every process).
+    """
 
-class Simulator:
-    def __init__(self, opts: SimOptions, http: httpx.AsyncClient, state: SimState) -> None:
+    def __init__(self, opts: SimOptions, ca_pem: str | None, identities: dict[int, Identity],
+                 enroll_pacer: Pacer, auth_pacer: Pacer, t0: float) -> None:
         self.opts = opts
-        self.http = http
-        self.state = state
-        self.stats = Stats(devices=opts.devices)
+        self.pool = make_transport(opts.server, ca_pem, min(MAX_CONNECTIONS, len(identities)))
+        self.http = client_on(self.pool)
+        self.enroll_pacer, self.auth_pacer = enroll_pacer, auth_pacer
+        self.paced_at_once = {p.what: asyncio.Semaphore(PACED_AT_ONCE) for p in (enroll_pacer, auth_pacer)}
+        self.t0 = t0
+        self.stats = Stats()
         self.stop = asyncio.Event()
-        self._gate = 0.0
-        self.devices = [SimDevice(self, n, state.identity(f"{opts.prefix}-{n}"))
-                        for n in range(1, opts.devices + 1)]
-
-    def close_gate(self, seconds: float) -> None:
-        """After a 429, no device enrolls or authenticates until the server's Retry-After has passed."""
-        self._gate = max(self._gate, time.monotonic() + seconds)
-
-    async def wait_gate(self) -> None:
-        while (left := self._gate - time.monotonic()) > 0 and not self.stop.is_set():
-            await _sleep(self.stop, left + random.uniform(0, 1))
+        self.changed: set[str] = set()  # hardware ids whose identity changed since the last report
+        self.ca_fingerprint = ""
+        self.devices = [SimDevice(self, n, ident) for n, ident in identities.items()]
 
     def counts(self) -> dict[str, int]:
         statuses = [d.status for d in self.devices]
         return {"enrolled": sum(1 for d in self.devices if d.client.device_id), "active": statuses.count("active"),
-                "pending": statuses.count("pending"), "revoked": statuses.count("revoked")}
+                "pending": statuses.count("pending"), "revoked": statuses.count("revoked"),
+                "checking_in": sum(1 for d in self.devices if d.interval and not d.stopped),
+                "stopped": sum(1 for d in self.devices if d.stopped)}
 
-    def summary(self) -> dict[str, Any]:
+    def report(self) -> dict[str, Any]:
+        """What the parent adds up: counters, counts, the rate asked of this worker, and changed identities."""
         s = self.stats
-        seconds = time.monotonic() - s.started
-        return {"devices": s.devices, **self.counts(), "check_ins": s.check_ins,
-                "check_ins_per_second": round(s.check_ins / seconds, 2) if seconds > 0 else 0.0,
-                "telemetry_points": s.telemetry_points, "actions_succeeded": s.actions_succeeded,
-                "actions_failed": s.actions_failed, "errors": s.errors, "throttled": s.throttled,
-                "last_error": s.last_error, "seconds": round(seconds, 1)}
+        by_hw = {d.hardware_id: d for d in self.devices} if self.changed and self.opts.state_file else {}
+        changed = {hw: by_hw[hw].ident.to_dict() for hw in self.changed if hw in by_hw}
+        self.changed.clear()
+        return {"stats": {k: getattr(s, k) for k in (*COUNTERS, *MAXIMA)}, "last_error": s.last_error,
+                "reasons": dict(s.reasons), "counts": self.counts(),
+                "asked": sum(1 / d.interval for d in self.devices if d.interval and not d.stopped),
+                "cpu": time.process_time(), "connections": self.pool.opened,
+                "identities": changed, "ca_fingerprint": self.ca_fingerprint}
 
-    async def _saver(self) -> None:
-        while not self.stop.is_set():
-            await _sleep(self.stop, 2.0)
-            try:
-                await self.state.save()
-            except OSError as e:
-                self.state.dirty = True
-                self.stats.error(e)
-
-    async def run(self, on_tick: Callable[[], None] | None = None) -> dict[str, Any]:
-        tasks = [asyncio.create_task(d.run(i / START_RATE), name=d.hardware_id)
-                 for i, d in enumerate(self.devices)]
-        saver = asyncio.create_task(self._saver())
-        deadline = time.monotonic() + self.opts.duration if self.opts.duration else None
+    async def run(self) -> None:
+        """Run every device until stop is set (or all have stopped), then let calls in flight finish."""
+        tasks = {asyncio.create_task(d.run(), name=d.hardware_id): d for d in self.devices}
         try:
-            while not self.stop.is_set():
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                if all(d.stopped for d in self.devices):
-                    break
-                if on_tick:
-                    on_tick()
-                await _sleep(self.stop, 0.5)
-        finally:
+            done = asyncio.ensure_future(asyncio.wait(tasks))
+            stopping = asyncio.ensure_future(self.stop.wait())
+            await asyncio.wait([done, stopping], return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
             self.stop.set()
+            for t, d in tasks.items():
+                if not d.busy:
+                    t.cancel()
             # Let devices finish the call in flight, then give up on stragglers.
-            _, pending = await asyncio.wait([*tasks, saver], timeout=5)
+            _, pending = await asyncio.wait(tasks, timeout=5)
             for t in pending:
                 t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            await self.state.save()
-        return self.summary()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            done.cancel()
+        finally:
+            await self.http.aclose()
 
 
-def make_http_client(ca_pem: str | None, devices: int) -> httpx.AsyncClient:
-    """One pool for all devices, trusting only the fleet CA."""
-    import ssl
-    verify: Any = True
-    if ca_pem:
-        verify = ssl.create_default_context(cadata=ca_pem)
-    size = max(10, min(devices, 200))
-    return httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(30.0, connect=10.0),
-                             limits=httpx.Limits(max_connections=size, max_keepalive_connections=size))
-
-
-__all__ = ["SIMULATED_FAILURE", "SimOptions", "SimState", "Simulator", "Stats", "make_http_client"]
+__all__ = ["SIMULATED_FAILURE", "Engine", "SimOptions", "SimState", "Stats"]

@@ -21,7 +21,8 @@ from .common import JsonOpt, ServerOpt, errors_reported
 from .output import console, fail, print_json, print_object
 
 if TYPE_CHECKING:  # the simulator and its HTTP client load only when simulating, not in `fleetd serve`
-    from .sim_engine import SimOptions, SimState, Simulator
+    from .sim_engine import SimOptions, SimState
+    from .sim_workers import Totals
 
 
 async def _trusted_ca(server: str, token: str, ca: str | None, state: SimState) -> str | None:
@@ -48,23 +49,54 @@ async def _trusted_ca(server: str, token: str, ca: str | None, state: SimState) 
     return pem
 
 
-def _live_table(sim: Simulator) -> Table:
-    c, s = sim.counts(), sim.stats
-    t = Table(title=f"fleetd simulate → {sim.opts.server}", show_header=False, box=None, title_justify="left")
-    t.add_column(style="bold")
-    t.add_column()
-    t.add_row("enrolled", f"{c['enrolled']} / {s.devices}")
-    t.add_row("active · pending", f"{c['active']} · {c['pending']}" + (f" · revoked {c['revoked']}"
-                                                                       if c["revoked"] else ""))
-    t.add_row("check-ins/s", f"{s.rate():.1f}  ({s.check_ins} in all)")
-    t.add_row("telemetry points", str(s.telemetry_points))
-    t.add_row("actions done · failed", f"{s.actions_succeeded} · {s.actions_failed}")
-    t.add_row("errors", f"[red]{s.errors}[/red]" if s.errors else "0")
-    if s.throttled:
-        t.add_row("throttled (429)", str(s.throttled))
-    if s.last_error:
-        t.add_row("last error", f"[dim]{s.last_error[:150]}[/dim]")
-    return t
+def _enrolled(t: Totals) -> str:
+    """'3,000/10,000', and how the server's enrollment limit paces it."""
+    c = t.counts()
+    text = f"{c['enrolled']:,}/{t.opts.devices:,}"
+    p = t.pacing()["enrollment"]
+    if p["throttled"] and c["enrolled"] < t.opts.devices:
+        text += (f", paced to {p['limit_per_minute']:,}/min by the server's limit" if p["limit_per_minute"]
+                 else ", held back by the server's limit")
+        if p["waiting_seconds"]:
+            text += f" (next in {p['waiting_seconds']:.0f} s)"
+    return text
+
+
+def _rates(t: Totals) -> str:
+    asked, rate = t.asked(), t.rate()
+    text = f"{rate:,.1f} of {asked:,.1f} asked"
+    if asked:
+        text += f" ({100 * rate / asked:.0f} %)"
+    return text
+
+
+def _cpu(t: Totals) -> str:
+    from .sim_workers import cores
+    return f"{t.cpu_percent():.0f} % of a core ({t.workers} worker{'s' if t.workers > 1 else ''}, {cores()} cores)"
+
+
+def _live_table(t: Totals) -> Table:
+    c = t.counts()
+    table = Table(title=f"fleetd simulate → {t.opts.server}", show_header=False, box=None, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("enrolled", _enrolled(t))
+    table.add_row("active · pending", f"{c['active']:,} · {c['pending']:,}" + (
+        f" · revoked {c['revoked']:,}" if c["revoked"] else ""))
+    table.add_row("check-ins/s", f"{_rates(t)}, {int(t.total('check_ins')):,} in all")
+    late = int(t.total("late_check_ins"))
+    if late:
+        table.add_row("late check-ins", f"[yellow]{late:,}[/yellow] (up to {t.total('max_lateness'):.1f} s after "
+                      "their slot: the simulator is behind)")
+    table.add_row("simulator CPU", _cpu(t))
+    table.add_row("telemetry points", f"{int(t.total('telemetry_points')):,}")
+    table.add_row("actions done · failed", f"{int(t.total('actions_succeeded'))} · {int(t.total('actions_failed'))}")
+    table.add_row("errors", f"[red]{t.errors}[/red]" if t.errors else "0")
+    if t.total("throttled"):
+        table.add_row("paced (429, not errors)", str(int(t.total("throttled"))))
+    if t.last_error:
+        table.add_row("last error", f"[dim]{t.last_error[:150]}[/dim]")
+    return table
 
 
 STATUS_EVERY = 10.0
@@ -73,53 +105,85 @@ STATUS_EVERY = 10.0
 class StatusLines:
     """Without a terminal: one status line whenever the counts change, and every STATUS_EVERY seconds."""
 
-    def __init__(self, sim: Simulator) -> None:
-        self.sim = sim
+    def __init__(self, totals: Totals) -> None:
+        self.t = totals
         self.last: tuple[Any, ...] = ()
         self.at = 0.0
 
     def __call__(self) -> None:
-        c, s = self.sim.counts(), self.sim.stats
-        rate = s.rate()
-        key = (*c.values(), s.actions_succeeded, s.actions_failed, s.errors, s.throttled)
-        t = time.monotonic()
-        if key == self.last and t - self.at < STATUS_EVERY:
+        t = self.t
+        c = t.counts()
+        key = (*c.values(), *(t.total(k) for k in ("actions_succeeded", "actions_failed", "throttled")), t.errors)
+        now = time.monotonic()
+        if key == self.last and now - self.at < STATUS_EVERY:
             return
-        self.last, self.at = key, t
-        line = (f"{time.strftime('%H:%M:%S')} enrolled {c['enrolled']}/{s.devices}, active {c['active']}, "
-                f"pending {c['pending']}{', revoked ' + str(c['revoked']) if c['revoked'] else ''}; "
-                f"{rate:.1f} check-ins/s ({s.check_ins} in all); actions {s.actions_succeeded} done, "
-                f"{s.actions_failed} failed; errors {s.errors}"
-                f"{f' (last: {s.last_error[:150]})' if s.errors else ''}")
+        self.last, self.at = key, now
+        line = (f"{time.strftime('%H:%M:%S')} enrolled {_enrolled(t)}, active {c['active']:,}, "
+                f"pending {c['pending']:,}{', revoked ' + str(c['revoked']) if c['revoked'] else ''}; "
+                f"check-ins/s {_rates(t)} ({int(t.total('check_ins')):,} in all); simulator CPU {_cpu(t)}; "
+                f"actions {int(t.total('actions_succeeded'))} done, {int(t.total('actions_failed'))} failed; "
+                f"errors {t.errors}{f' (last: {t.last_error[:150]})' if t.errors else ''}")
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
 
-async def _run(opts: SimOptions, state: SimState, ca: str | None, live: bool, lines: bool = False
-               ) -> dict[str, Any]:
-    from .sim_engine import Simulator, make_http_client
+def _paced(p: dict[str, Any]) -> str:
+    if not p["throttled"]:
+        return "not limited"
+    text = (f"paced to {p['limit_per_minute']:,}/min by the server's limit" if p["limit_per_minute"]
+            else "held back by the server's limit")
+    return text + f"; {p['throttled']} answered 429, waited out (not errors)"
 
-    ca_pem = await _trusted_ca(opts.server, opts.token, ca, state)
-    async with make_http_client(ca_pem, opts.devices) as http:
-        sim = Simulator(opts, http, state)
-        loop = asyncio.get_running_loop()
+
+def _human(s: dict[str, Any]) -> dict[str, Any]:
+    """The summary for people: the same numbers as --json, in sentences."""
+    steady = (f"{s['steady_check_ins_per_second']:,.1f} = {s['steady_percent_of_asked']} % of asked, over the "
+              f"last {s['steady_seconds']:.0f} s" if s["steady_check_ins_per_second"] is not None
+              else "not reached (one interval after every device has checked in)")
+    out = {k: s[k] for k in ("devices", "enrolled", "active", "pending", "revoked")}
+    out.update({
+        "check-ins": f"{s['check_ins']:,} ({s['check_ins_per_second']:,.1f}/s over the whole run)",
+        "check-ins/s asked": f"{s['asked_check_ins_per_second']:,.1f}",
+        "check-ins/s reached": steady,
+        "late check-ins": f"{s['late_check_ins']:,} (at most {s['max_lateness_seconds']} s after their slot)",
+        "mean check-in": f"{s['mean_check_in_ms']} ms" if s["mean_check_in_ms"] is not None else "-",
+        "telemetry points": f"{s['telemetry_points']:,}",
+        "actions succeeded": s["actions_succeeded"], "actions failed": s["actions_failed"],
+        "errors": s["errors"],
+    })
+    for i, (reason, n) in enumerate(s["errors_by_reason"].items(), 1):
+        out[f"  reason {i}"] = f"{n:,} times: {reason}"
+    out["throttled"] = s["throttled"]
+    out.update({what: _paced(p) for what, p in s["pacing"].items()})
+    workers = f"{s['workers']} worker{'s' if s['workers'] > 1 else ''}"
+    out["simulator CPU"] = (f"{s['simulator_cpu_percent']} % of a core on average ({workers}, "
+                            f"{s['connections']} connections made, {s['cores']} cores)")
+    out["seconds"] = s["seconds"]
+    return out
+
+
+async def _supervise(opts: SimOptions, state: SimState, ca_pem: str | None, live: bool, lines: bool
+                     ) -> dict[str, Any]:
+    from .sim_workers import Supervisor
+
+    sup = Supervisor(opts, state, ca_pem)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, sup.stop.set)
+    try:
+        display = (Live(_live_table(sup.totals), console=console, refresh_per_second=4, transient=True) if live
+                   else nullcontext())
+        status = StatusLines(sup.totals) if lines else None
+        with display as shown:
+            def tick() -> None:
+                if shown is not None:
+                    shown.update(_live_table(sup.totals))
+                elif status is not None:
+                    status()
+            return await sup.run(tick)
+    finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, sim.stop.set)
-        try:
-            display = (Live(_live_table(sim), console=console, refresh_per_second=4, transient=True) if live
-                       else nullcontext())
-            status = StatusLines(sim) if lines else None
-            with display as shown:
-                def tick() -> None:
-                    if shown is not None:
-                        shown.update(_live_table(sim))
-                    elif status is not None:
-                        status()
-                summary = await sim.run(tick)
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-    return summary
+            loop.remove_signal_handler(sig)
 
 
 def simulate(
@@ -130,7 +194,8 @@ def simulate(
              "claimed.")] = "",
     devices: Annotated[int, typer.Option("--devices", "-n", help="How many devices to simulate.")] = 10,
     interval: Annotated[float | None, typer.Option(
-        help="Seconds between check-ins, ±10% jitter (default: the interval the server asks for).",
+        help="Seconds between check-ins, each device at its own slot so they spread evenly (default: the "
+             "interval the server asks for).",
         show_default=False)] = None,
     fail_rate: Annotated[float, typer.Option(
         "--fail-rate", help="Probability 0..1 that an install fails on purpose.")] = 0.0,
@@ -142,23 +207,29 @@ def simulate(
     state: Annotated[str | None, typer.Option(
         "--state", help="JSON file keeping the devices' keys and ids (0600), so a second run resumes the same "
                         "devices instead of enrolling new ones.", show_default=False)] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", help="Processes to run the devices in (default: one per CPU core, fewer for a small "
+                          "fleet).", show_default=False)] = 0,
     json: JsonOpt = False,
 ) -> None:
-    """Simulate N devices (type 'sim') in one process: enroll, check in, send telemetry, install updates."""
+    """Simulate N devices (type 'sim'): enroll, check in, send telemetry, install updates."""
     from .sim_engine import SimOptions, SimState
 
     server_url = (server or DEFAULT_SERVER).rstrip("/")
     with errors_reported():
         opts = SimOptions(server=server_url, token=token, devices=devices, interval=interval, fail_rate=fail_rate,
-                          duration=duration, prefix=prefix, state_file=Path(state).expanduser() if state else None)
+                          duration=duration, prefix=prefix, state_file=Path(state).expanduser() if state else None,
+                          workers=workers)
         sim_state = SimState(opts.state_file)
+        # The CA first, in a loop of its own: the workers are forked before the parent's loop starts.
+        ca_pem = asyncio.run(_trusted_ca(server_url, token, ca, sim_state))
         # A terminal gets a live table; a log (no terminal) a status line on every change and every 10 s.
-        summary = asyncio.run(_run(opts, sim_state, ca, live=not json and console.is_terminal,
-                                   lines=not json and not console.is_terminal))
+        summary = asyncio.run(_supervise(opts, sim_state, ca_pem, live=not json and console.is_terminal,
+                                         lines=not json and not console.is_terminal))
     if json:
         print_json(summary)
     else:
-        print_object(summary)
+        print_object(_human(summary))
     if summary["enrolled"] == 0:
         fail(f"no device could enroll: {summary['last_error'] or 'stopped before the first attempt'}",
              "Check --server, --token (fleetd tokens create) and --ca.")

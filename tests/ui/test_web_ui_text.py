@@ -147,12 +147,14 @@ def test_the_rollout_page_names_its_devices_and_links_them(admin_page: Page, fle
 def test_the_audit_page_shows_a_rollout_stage_as_one_entry(admin_page: Page, fleet: Fleet, pages: Pages,
                                                            page_errors: list[str]) -> None:
     page = admin_page
-    page.goto(f"{fleet.server.url}/#/audit?action=action.install")
+    page.goto(f"{fleet.server.url}/#/audit?action=rollout.stage")
     row = page.locator("table.data tbody tr", has_text="textcheck@1.0.0")
     expect(row).to_have_count(1)
-    expect(row).to_contain_text(f"{SIM_DEVICES} devices (textcheck@1.0.0)")
+    expect(row).to_contain_text(f"stage 1 (100 %): {SIM_DEVICES} installs of textcheck@1.0.0")
     expect(row.get_by_role("link", name=pages.rollout)).to_have_attribute("href", f"#/rollouts/{pages.rollout}")
-    expect(row.get_by_role("link", name=pages.sim)).to_have_attribute("href", f"#/devices/{pages.sim}")
+    # No install of that stage has an entry of its own.
+    installs = fleet.rpc("AuditService", "List", {"action": "action.install"})["entries"]
+    assert [e for e in installs if e["details"].get("rollout") == pages.rollout] == []
     # A type no entry can have is an error in words, not an empty table.
     page.get_by_label("Action starts with").fill("artefact.")
     page.get_by_role("button", name="Apply").click()

@@ -17,8 +17,15 @@ function devices(d) {
   more > 0 ? ` and ${more} more` : '', d.rollout ? ['; rollout ', link('rollouts', d.rollout)] : '');
 }
 
-function details(d) {
+// A rollout stage's start is one entry for all the installs it hands out.
+function stage(d, rollout) {
+  return h('span', {}, `stage ${d.stage + 1} (${d.percent} %): ${d.installs} install${d.installs === 1 ? '' : 's'}`,
+    d.artifact ? ` of ${d.artifact}` : '', rollout ? ['; rollout ', link('rollouts', rollout)] : '');
+}
+
+function details(d, target) {
   if (typeof d?.count === 'number' && Array.isArray(d.devices)) return devices(d);
+  if (typeof d?.installs === 'number' && typeof d.stage === 'number') return stage(d, target);
   const entries = Object.entries(d || {}).filter(([, v]) => v !== null && v !== '' && !(Array.isArray(v) && !v.length));
   if (!entries.length) return h('span', {class: 'muted'}, '—');
   return h('span', {class: 'mono'}, entries.map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : v}`).join(' '));
@@ -74,7 +81,7 @@ export default async function audit(ctx) {
           {label: 'Target', value: (e) => e.target || '', cell: (e) => e.target ? h('code', {}, e.target) : '—'},
           {label: 'Outcome', value: (e) => e.outcome, cell: (e) => badge(e.outcome)},
           {label: 'From', value: (e) => e.remote_addr || ''},
-          {label: 'Details', cell: (e) => details(e.details)},
+          {label: 'Details', cell: (e) => details(e.details, e.target)},
         ],
       }));
     } catch (e) { showError(err, e); }

@@ -58,7 +58,8 @@ def start_stage(conn: sqlite3.Connection, actor: Actor, r: RolloutRow, k: int, n
     storage.start_stage(conn, r.id, k, now)
     previous = r.state
     storage.set_running_stage(conn, r.id, k, now)
-    audit.record(conn, actor, "rollout.stage", r.id, stage=k, percent=r.stages[k], installs=installs)
+    audit.record(conn, actor, "rollout.stage", r.id, stage=k, percent=r.stages[k], installs=installs,
+                 artifact=r.artifact)
     effect(conn, Publish("rollout.stage", {"id": r.id, "stage": k, "percent": r.stages[k]}))
     if previous != "running":
         audit.record(conn, actor, "rollout.start", r.id, previous=previous)

@@ -11,6 +11,7 @@ from litestar import Litestar, Request, Response, get
 from litestar.connection import ASGIConnection
 from litestar.exceptions import MethodNotAllowedException, NotFoundException
 from litestar.handlers import BaseRouteHandler
+from litestar.plugins import PluginProtocol
 from litestar.static_files import create_static_files_router
 
 from . import __version__
@@ -132,6 +133,17 @@ PLAIN_PATHS: dict[str, Any] = {
 }
 
 
+class _Litestar(Litestar):
+    @staticmethod
+    def _get_default_plugins(plugins: list[PluginProtocol]) -> list[PluginProtocol]:
+        """Only msgspec's: Litestar would add its pydantic plugins whenever pydantic is installed (typer needs it),
+        importing pydantic (~50 ms of every start) for models fleetd does not have (msgspec throughout;
+        tests/test_start_imports.py holds this)."""
+        from litestar.plugins.core import MsgspecDIPlugin
+
+        return [*plugins, MsgspecDIPlugin()]
+
+
 def create_app(fleet: Fleet) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -147,7 +159,7 @@ def create_app(fleet: Fleet) -> Litestar:
                                      opt={"auth": "public"}, include_in_schema=False, name="web",
                                      after_request=security_headers.ui_headers,
                                      exception_handlers={NotFoundException: http_ddi.outside_routes})
-    app = Litestar(
+    app = _Litestar(
         route_handlers=[*rpc.routes(SERVICES), healthz, ca_pem, metrics_endpoint, *http_blobs.ROUTES,
                         *artifacts_api.ROUTES, *agent_dist.ROUTES, *http_events.ROUTES,
                         *http_ddi.routes(fleet.settings.ddi_tenant),

@@ -56,7 +56,7 @@ def test_parsed_as_typer_parses(args: list[str]) -> None:
 
 
 @pytest.mark.parametrize("args", [
-    ["--help"], ["--port", "abc"], ["--port", "-1"], ["--port", "８４２０"], ["--port="], ["--host"],
+    ["--help"], ["--port", "abc"], ["--port", "-1"], ["--port", "\uff18\uff14\uff12\uff10"], ["--port="], ["--host"],
     ["--host", "--port", "1"], ["--prot", "1"], ["--no-tls=1"], ["--port", "1", "--port", "2"],
     ["--no-mdns", "--no-mdns"], ["-h"], ["extra"], ["--data-dir", "d", "--"],
 ])

@@ -13,7 +13,7 @@ import pytest
 import typer.main
 
 from fleetd.cli import serve_app
-from fleetd.cli.serve import FLAG, NUMBER, OPTIONS, REPEATED, parse_args, run
+from fleetd.cli.serve import FLAG, NUMBER, OPTIONS, REPEATED, VALUE, parse_args, run
 
 
 def typer_command() -> Any:
@@ -34,7 +34,7 @@ def typer_params(args: list[str]) -> dict[str, Any]:
 def test_options_are_typers_options() -> None:
     declared = {}
     for p in typer_command().params:
-        kind = FLAG if p.is_flag else REPEATED if p.multiple else NUMBER if p.name == "port" else "value"
+        kind = FLAG if p.is_flag else REPEATED if p.multiple else NUMBER if p.name == "port" else VALUE
         declared.update({opt: (p.name, kind) for opt in [*p.opts, *p.secondary_opts]})
     assert {opt: (dest, kind) for opt, (dest, kind) in OPTIONS.items()} == declared
     assert set(run_defaults()) == {dest for dest, _ in OPTIONS.values()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,6 +12,7 @@ from litestar import Litestar, Request, Response, get
 from litestar.connection import ASGIConnection
 from litestar.exceptions import MethodNotAllowedException, NotFoundException
 from litestar.handlers import BaseRouteHandler
+from litestar.plugins import PluginProtocol
 from litestar.static_files import create_static_files_router
 
 from . import __version__
@@ -19,6 +21,7 @@ from .accounts.users import CSRF_HEADER, SESSION_COOKIE
 from .alerts import api as alerts_api
 from .artifacts import api as artifacts_api
 from .core import disk, lifecycle
+from .core.config import Settings
 from .core.errors import PermissionDenied
 from .core.resources import data_dir
 from .ddi import api as ddi_api
@@ -101,12 +104,19 @@ async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[str]:
     return Response(await fleet.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
 
-def _openapi_route(doc: dict[str, Any]) -> Any:
-    body = rpc.encode(doc)
+def _openapi_route(settings: Settings) -> Any:
+    """GET /schema/openapi.json, the document built on its first request: not at every start, before the first
+    answer (~25 ms), for a page few ask for."""
+    @functools.cache
+    def body() -> bytes:
+        doc = openapi.build(SERVICES, PLAIN_PATHS)
+        # The web UI shows DDI clients their base URL. Not secret: every DDI URL carries both.
+        doc["info"]["x-fleetd-ddi"] = {"tenant": settings.ddi_tenant, "public_url": settings.public_url.rstrip("/")}
+        return rpc.encode(doc)
 
     @get("/schema/openapi.json", opt={"auth": "public"}, include_in_schema=False)
     async def openapi_json() -> Response[bytes]:
-        return Response(body, media_type="application/json")
+        return Response(body(), media_type="application/json")
 
     return openapi_json
 
@@ -132,6 +142,17 @@ PLAIN_PATHS: dict[str, Any] = {
 }
 
 
+class _Litestar(Litestar):
+    @staticmethod
+    def _get_default_plugins(plugins: list[PluginProtocol]) -> list[PluginProtocol]:
+        """Only msgspec's: Litestar would add its pydantic plugins whenever pydantic is installed (typer needs it),
+        importing pydantic (~50 ms of every start) for models fleetd does not have (msgspec throughout;
+        tests/test_start_imports.py holds this)."""
+        from litestar.plugins.core import MsgspecDIPlugin
+
+        return [*plugins, MsgspecDIPlugin()]
+
+
 def create_app(fleet: Fleet) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -139,19 +160,15 @@ def create_app(fleet: Fleet) -> Litestar:
         async with lifecycle.running(fleet.parts):
             yield
 
-    doc = openapi.build(SERVICES, PLAIN_PATHS)
-    # The web UI shows DDI clients their base URL. Not secret: every DDI URL carries both.
-    doc["info"]["x-fleetd-ddi"] = {"tenant": fleet.settings.ddi_tenant,
-                                   "public_url": fleet.settings.public_url.rstrip("/")}
     web = create_static_files_router(path="/", directories=[data_dir("web")], html_mode=True,
                                      opt={"auth": "public"}, include_in_schema=False, name="web",
                                      after_request=security_headers.ui_headers,
                                      exception_handlers={NotFoundException: http_ddi.outside_routes})
-    app = Litestar(
+    app = _Litestar(
         route_handlers=[*rpc.routes(SERVICES), healthz, ca_pem, metrics_endpoint, *http_blobs.ROUTES,
                         *artifacts_api.ROUTES, *agent_dist.ROUTES, *http_events.ROUTES,
                         *http_ddi.routes(fleet.settings.ddi_tenant),
-                        _openapi_route(doc), web],
+                        _openapi_route(fleet.settings), web],
         guards=[auth_guard],
         middleware=[metrics_middleware(fleet.metrics)],
         before_send=[security_headers.every_response(fleet.settings.tls)],

@@ -26,7 +26,7 @@ from fleetd.store.database import connect, migrate, transaction
 from . import agent_footprint, bench_orchestrator, seed
 from . import profile as prof
 from .loadgen import WrkRun, check_clean, run_wrk, wrk_command
-from .procs import cpu_seconds, rss_kib
+from .procs import cpu_seconds, rss_kib, tree_rss_kib
 from .servers import Service, start_fleetd, start_nginx
 
 MiB = 1 << 20
@@ -103,8 +103,9 @@ def log(msg: str) -> None:
 def footprint(fleetd: Service, hello: Service | None, settle: float = 3.0) -> Result:
     """Idle RSS right after startup (the hub holds every device in memory)."""
     time.sleep(settle)
-    rss, hwm = rss_kib(fleetd.pid) / 1024, rss_kib(fleetd.pid, "VmHWM") / 1024
-    anon, file = rss_kib(fleetd.pid, "RssAnon") / 1024, rss_kib(fleetd.pid, "RssFile") / 1024
+    # The process tree: with FLEETD_BIN, fleetd.pid is the one-file binary's bootloader, the server its child.
+    rss, hwm = tree_rss_kib(fleetd.pid) / 1024, tree_rss_kib(fleetd.pid, "VmHWM") / 1024
+    anon, file = tree_rss_kib(fleetd.pid, "RssAnon") / 1024, tree_rss_kib(fleetd.pid, "RssFile") / 1024
     base = rss_kib(hello.pid) / 1024 if hello else None
     r = Result("footprint", "Litestar hello world on uvicorn")
     r.rows.append(("idle RSS, MiB", f"{rss:.1f}", f"{base:.1f}" if base else "-", "-"))

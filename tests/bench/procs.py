@@ -49,6 +49,17 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int:
     raise RuntimeError(f"no {field} for pid {pid}")
 
 
+def tree_rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """rss_kib of a process and its children, e.g. the one-file binary's bootloader and the server it runs (a
+    peak: the sum of each one's, an upper bound)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        children = []
+    return rss_kib(pid, field) + sum(tree_rss_kib(c, field) for c in children)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads) so far."""
     with open(f"/proc/{pid}/stat") as f:

@@ -5,16 +5,19 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import Any
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+
+if TYPE_CHECKING:
+    import typer
 
 HELP = "fleetd: a self-hosted fleet manager. Start with 'fleetd serve'."
 
 
 def _typer() -> typer.Typer:
+    import typer
+
     return typer.Typer(name="fleetd", help=HELP, no_args_is_help=True, pretty_exceptions_enable=False,
                        add_completion=False)
 
@@ -30,7 +33,7 @@ def full_app() -> typer.Typer:
     from .backup import restore as restore_command
     from .ca import ca_app
     from .rollouts import rollouts_app
-    from .serve import serve
+    from .serve_command import serve
     from .simulate import simulate as simulate_command
     from .telemetry import telemetry_app
 
@@ -56,7 +59,7 @@ def full_app() -> typer.Typer:
 
 def serve_app() -> typer.Typer:
     """`fleetd serve` only: the same command, parsed and helped the same way."""
-    from .serve import serve
+    from .serve_command import serve
 
     app = _typer()
     app.callback()(lambda: None)  # a group, so that the command keeps its name: `fleetd serve ...`
@@ -89,8 +92,19 @@ def commit() -> str:
 
 def version() -> None:
     """Print the version and the commit it was built from."""
+    import typer
+
     typer.echo(f"fleetd {__version__} (commit {commit()})")
 
 
 def main() -> None:
-    (serve_app() if sys.argv[1:2] == ["serve"] else full_app())()
+    if sys.argv[1:2] == ["serve"]:
+        from .serve import parse_args, run
+
+        kwargs = parse_args(sys.argv[2:])
+        if kwargs is not None:  # the usual start: without typer (serve.parse_args)
+            run(**kwargs)
+            return
+        serve_app()()
+        return
+    full_app()()

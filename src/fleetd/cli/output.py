@@ -102,8 +102,13 @@ def show(obj: Any, as_json: bool, fields: Sequence[str] | None = None) -> None:
         print_object(obj, fields)
 
 
-def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
+def error(message: str, hint: str | None = None) -> None:
+    """Print an error (red) and what to do about it (dim) to stderr."""
     err_console.print(f"[red]error:[/red] {escape(message)}")
     if hint:
         err_console.print(f"[dim]{escape(hint)}[/dim]")
+
+
+def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
+    error(message, hint)
     raise typer.Exit(code)

@@ -7,10 +7,9 @@ import ipaddress
 import logging
 import socket
 import sys
-from typing import Annotated, Any, NoReturn
+from typing import Any, NoReturn
 
 import msgspec
-import typer
 
 from ..core.config import Settings, load_settings
 from ..core.errors import FleetdError
@@ -18,9 +17,12 @@ from ..fleet import DataDirLocked, Fleet
 
 
 def fail(message: str, hint: str | None = None) -> NoReturn:
-    from .output import fail  # rich, loaded only when there is an error to print
+    """Print the error as every command does (rich, loaded only then) and exit 1; SystemExit, not typer's Exit:
+    `fleetd serve` usually runs without typer (parse_args)."""
+    from .output import error
 
-    fail(message, hint)
+    error(message, hint)
+    raise SystemExit(1)
 
 
 def _banner(username: str, password: str, url: str) -> None:
@@ -146,40 +148,53 @@ def _guarded_protocol(fleet: Fleet) -> type:
     return protocol
 
 
-def serve(
-    data_dir: Annotated[str | None, typer.Option(help="Where all state lives (env FLEETD_DATA_DIR; "
-                                                  "default ./fleetd-data).", show_default=False)] = None,
-    host: Annotated[str | None, typer.Option(help="Address to listen on (env FLEETD_HOST; default 0.0.0.0, all "
-                                             "interfaces, so that devices can reach it; 127.0.0.1: this machine "
-                                             "only).", show_default=False)] = None,
-    port: Annotated[int | None, typer.Option(help="Port (env FLEETD_PORT; default 8420).",
-                                             show_default=False)] = None,
-    no_tls: Annotated[bool, typer.Option("--no-tls", help="Serve plain HTTP (only behind a TLS proxy).")] = False,
-    no_mdns: Annotated[bool, typer.Option("--no-mdns", help="Do not advertise on the LAN.")] = False,
-    public_url: Annotated[str | None, typer.Option(help="URL devices use to reach this server.",
-                                                   show_default=False)] = None,
-    config: Annotated[str | None, typer.Option(help="TOML settings file (env FLEETD_CONFIG; default "
-                                               "DATA_DIR/fleetd.toml).", show_default=False)] = None,
-    log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.",
-                                                  show_default=False)] = None,
-    ddi_tenant: Annotated[str | None, typer.Option(help="hawkBit DDI tenant in /{tenant}/controller/v1/... "
-                                                   "(env FLEETD_DDI_TENANT; default DEFAULT).",
-                                                   show_default=False)] = None,
-    ddi_anonymous_download: Annotated[bool, typer.Option(
-        "--ddi-anonymous-download", help="Let DDI clients download their assigned artifacts without a token "
-        "(env FLEETD_DDI_ANONYMOUS_DOWNLOAD=1).")] = False,
-    webhook_allow_private: Annotated[bool, typer.Option(
-        "--webhook-allow-private", help="Let webhooks reach private (LAN) addresses "
-        "(env FLEETD_WEBHOOK_ALLOW_PRIVATE=1).")] = False,
-    webhook_allowed_network: Annotated[list[str] | None, typer.Option(
-        "--webhook-allowed-network", help="A CIDR webhooks may reach although refused otherwise, e.g. 127.0.0.1/32 "
-        "for a receiver on this host; repeatable (env FLEETD_WEBHOOK_ALLOWED_NETWORKS, comma-separated).",
-        show_default=False)] = None,
-    trusted_proxy: Annotated[list[str] | None, typer.Option(
-        "--trusted-proxy", help="A reverse proxy (IP or CIDR) whose X-Forwarded-For / X-Forwarded-Proto "
-        "headers are believed; repeatable (env FLEETD_TRUSTED_PROXIES, comma-separated). Default: none.",
-        show_default=False)] = None,
-) -> None:
+# `fleetd serve`'s options (declared for typer in serve_command.py) -> run()'s parameter and how it takes a value.
+VALUE, NUMBER, FLAG, REPEATED = "value", "number", "flag", "repeated"
+OPTIONS: dict[str, tuple[str, str]] = {
+    "--data-dir": ("data_dir", VALUE), "--host": ("host", VALUE), "--port": ("port", NUMBER),
+    "--no-tls": ("no_tls", FLAG), "--no-mdns": ("no_mdns", FLAG), "--public-url": ("public_url", VALUE),
+    "--config": ("config", VALUE), "--log-level": ("log_level", VALUE), "--ddi-tenant": ("ddi_tenant", VALUE),
+    "--ddi-anonymous-download": ("ddi_anonymous_download", FLAG),
+    "--webhook-allow-private": ("webhook_allow_private", FLAG),
+    "--webhook-allowed-network": ("webhook_allowed_network", REPEATED), "--trusted-proxy": ("trusted_proxy", REPEATED),
+}
+
+
+def parse_args(args: list[str]) -> dict[str, Any] | None:
+    """run()'s arguments for `fleetd serve ARGS`, the same as typer would give; None when ARGS are anything but
+    known options spelled plainly (``--name value``, ``--name=value``, flags, each at most once but the repeatable
+    ones), e.g. --help or a mistake: typer then helps or says what is wrong (serve_command.py). Typer is not
+    imported for the usual start: with pydantic, which typer converts option values with, it costs ~0.2 s."""
+    kwargs: dict[str, Any] = {}
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        name, eq, value = arg.partition("=")
+        if name not in OPTIONS:
+            return None
+        dest, kind = OPTIONS[name]
+        if kind == FLAG:
+            if eq or dest in kwargs:
+                return None
+            kwargs[dest] = True
+            continue
+        if not eq:
+            if not rest or rest[0].startswith("-"):
+                return None  # a missing value, or one click may read differently: typer decides
+            value = rest.pop(0)
+        if kind == REPEATED:
+            kwargs.setdefault(dest, []).append(value)
+        elif dest in kwargs or (kind == NUMBER and not (value.isascii() and value.isdigit())):
+            return None
+        else:
+            kwargs[dest] = int(value) if kind == NUMBER else value
+    return kwargs
+
+
+def run(*, data_dir: str | None = None, host: str | None = None, port: int | None = None, no_tls: bool = False,
+        no_mdns: bool = False, public_url: str | None = None, config: str | None = None, log_level: str | None = None,
+        ddi_tenant: str | None = None, ddi_anonymous_download: bool = False, webhook_allow_private: bool = False,
+        webhook_allowed_network: list[str] | None = None, trusted_proxy: list[str] | None = None) -> None:
     """Run the fleetd server (HTTPS, the API, the web UI, mDNS)."""
     import uvicorn
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 PREFIX = "dev_"
 _CANONICAL = re.compile(r"dev_[0-9a-f]{12}")
+_CANONICAL_RUN = re.compile(r"(?:dev_[0-9a-f]{12})*")  # ids of 16 characters each, joined
 _NO_EPOCH = -1
 _NEVER = math.nan
 
@@ -99,23 +100,19 @@ class Directory:
         status, dtype = d._statuses.code, d._types.code
         while batch := rows.fetchmany(chunk):
             ids, sts, polls, types, epochs, seen = zip(*batch, strict=True)
-            try:
-                numbers = [int(i[4:], 16) for i in ids]
-                canonical = [_id(n) for n in numbers] == list(ids)
-            except ValueError:
-                canonical = False
-            if not canonical:
+            # Every id canonical: one regex over the chunk's ids joined (a tenth of the cost of checking each).
+            if set(map(len, ids)) != {16} or not _CANONICAL_RUN.fullmatch("".join(ids)):
                 for did, st, poll, typ, epoch, last in batch:
                     d[did] = DeviceRuntime(st, poll, typ, None if st == no_epoch else epoch, last)
                 continue
             # Sorted ids: each chunk's come after every canonical id before it.
-            d._ids.extend(numbers)
+            d._ids.extend([int(i[4:], 16) for i in ids])
             d._status.extend(map(status, sts))
             d._poll.extend(polls)
             d._type.extend(map(dtype, types))
             d._epoch.extend([_NO_EPOCH if e is None or s == no_epoch else e for s, e in zip(sts, epochs, strict=True)])
             d._seen.extend([_NEVER if t is None else t for t in seen])
-            d._online.extend(bytes(len(numbers)))
+            d._online.extend(bytes(len(ids)))
         return d
 
     # --- one device ---------------------------------------------------------

@@ -191,11 +191,29 @@ def test_corrupted_images_raise_only_image_errors(data: st.DataObject) -> None:
         else:
             del image[at:at + data.draw(st.integers(1, 8))]
     try:
-        verify_image(bytes(image), [TRUSTED], DOC["device_type"], DOC["min_security_counter"])
+        info = verify_image(bytes(image), [TRUSTED], DOC["device_type"], DOC["min_security_counter"])
     except ImageError as e:
         assert e.kind in rtos_image.ERROR_KINDS and e.message.startswith(f"RTOS image refused ({e.kind})")
     else:
-        assert bytes(image) == base, "a changed image verified"
+        # The trailer is not signed (as MCUboot's unprotected TLVs): a changed value of a TLV the verifier skips
+        # may still verify. What was signed — header and payload — and the digest must be the original's.
+        signed = verify_image(base, [TRUSTED], DOC["device_type"], DOC["min_security_counter"])
+        assert (bytes(image[:info.trailer_offset]), info.sha256) == (base[:signed.trailer_offset], signed.sha256), \
+            "a changed header or payload verified"
+
+
+def test_the_trailer_is_not_signed_but_what_it_signs_is() -> None:
+    """A skipped TLV's value may change and still verify (nothing trusts it); a payload byte may not."""
+    base = (OUT / "good-unknown-tlv.fdim").read_bytes()
+    at = base.index(b"build 20261124")
+    changed = base[:at] + b"X" + base[at + 1:]
+    info = verify_image(changed, [TRUSTED], DOC["device_type"], DOC["min_security_counter"])
+    assert [t.value for t in info.tlvs if t.type == 0x7F01] == [b"Xuild 20261124"]
+    payload_byte = HEADER_SIZE + 3
+    broken = base[:payload_byte] + bytes([base[payload_byte] ^ 1]) + base[payload_byte + 1:]
+    with pytest.raises(ImageError) as e:
+        verify_image(broken, [TRUSTED], DOC["device_type"], DOC["min_security_counter"])
+    assert e.value.kind == "hash"
 
 
 @settings(max_examples=200, deadline=None)

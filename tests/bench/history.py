@@ -76,6 +76,10 @@ def table(runs: list[tuple[Path, dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n(! = target missed)"
 
 
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
 def markdown(runs: list[tuple[Path, dict[str, Any]]]) -> str:
     """The latest run's targets, then each target's trend over ``runs``, as Markdown for docs/performance.md."""
     if not runs:
@@ -86,7 +90,7 @@ def markdown(runs: list[tuple[Path, dict[str, Any]]]) -> str:
            f"{m.get('nproc', '?')} CPUs, Litestar hello world {last.get('hello_world_rps') or 0:,.0f} rps):", "",
            "| target | value | limit | |", "|---|---|---|---|"]
     for t in last.get("targets", []):
-        out.append(f"| {t['what']} | {t['value']:,.3g} | {t['target']} | {'met' if t['met'] else '**missed**'} |")
+        out.append(f"| {t['what']} | {_num(t['value'])} | {t['target']} | {'met' if t['met'] else '**missed**'} |")
     heads = [p.name[:17] for p, _ in runs]
     out += ["", f"Trend over the last {len(runs)} saved runs (`!` = missed):", "",
             "| target | " + " | ".join(heads) + " |", "|---" * (len(runs) + 1) + "|",
@@ -94,7 +98,7 @@ def markdown(runs: list[tuple[Path, dict[str, Any]]]) -> str:
     rows: dict[str, dict[int, str]] = {}
     for i, (_, doc) in enumerate(runs):
         for t in doc.get("targets", []):
-            rows.setdefault(f"{t['what']} ({t['target']})", {})[i] = f"{t['value']:,.3g}{'' if t['met'] else '!'}"
+            rows.setdefault(f"{t['what']} ({t['target']})", {})[i] = f"{_num(t['value'])}{'' if t['met'] else '!'}"
     for what, values in rows.items():
         out.append(f"| {what} | " + " | ".join(values.get(i, "-") for i in range(len(runs))) + " |")
     return "\n".join(out)

@@ -161,8 +161,8 @@ class TelemetryIntake:
         self.names.load(store.read_sync(storage.device_metric_names))
         # The per-minute sums of what has been stored, for the rollups (Rollups.sums); None: none kept.
         self.sums = sums
-        self._batches: list[storage.Batch] = []
-        self._points: list[tuple[str, float, list[Point]]] = []  # the same batches, for the sums
+        # Each call's batch as stored (its points as JSON) and its points (for the sums).
+        self._pending: list[tuple[storage.Batch, list[Point]]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._scheduled = False
         self._in_flight: asyncio.Future[int] | None = None
@@ -180,8 +180,7 @@ class TelemetryIntake:
             return 0
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        self._batches.append((device_id, received, _encode(points).decode()))
-        self._points.append((device_id, received, points))
+        self._pending.append(((device_id, received, _encode(points).decode()), points))
         self._waiters.append(fut)
         if self._in_flight is None and not self._scheduled:
             # Let the other requests of this loop iteration join the batch.
@@ -192,14 +191,14 @@ class TelemetryIntake:
 
     def _flush(self) -> None:
         self._scheduled = False
-        batches, points, waiters = self._batches, self._points, self._waiters
-        self._batches, self._points, self._waiters = [], [], []
-        if not batches:
+        pending, waiters = self._pending, self._waiters
+        self._pending, self._waiters = [], []
+        if not pending:
             return
 
         try:
             done = asyncio.wrap_future(self.store.submit_write(
-                functools.partial(self._insert, batches=batches, points=points), transactional=False))
+                functools.partial(self._insert, pending=pending), transactional=False))
         except Exception as e:  # the store is closed: nothing was stored, and every caller hears so
             _settle(waiters, e)
             return
@@ -212,18 +211,17 @@ class TelemetryIntake:
                 self.points_total += f.result()
                 self.commits += 1
             _settle(waiters, exc)
-            if self._batches:  # arrived while this insert ran: they go in the next one, now
+            if self._pending:  # arrived while this insert ran: they go in the next one, now
                 self._flush()
 
         done.add_done_callback(committed)
 
-    def _insert(self, conn: sqlite3.Connection, batches: list[storage.Batch],
-                points: list[tuple[str, float, list[Point]]]) -> int:
+    def _insert(self, conn: sqlite3.Connection, pending: list[tuple[storage.Batch, list[Point]]]) -> int:
         """One group's insert and commit, on the writer thread; then, committed, its points go into the sums."""
         with transaction(conn):
             t = time.thread_time()
             try:
-                n = storage.insert_point_batches(conn, batches)
+                n = storage.insert_point_batches(conn, [batch for batch, _ in pending])
             finally:
                 self.insert_cpu_seconds += time.thread_time() - t
             top = storage.newest_raw_id(conn) if self.sums is not None else None
@@ -231,7 +229,7 @@ class TelemetryIntake:
         # as long as that is below the largest integer (then it would pick ids at random).
         if self.sums is not None and top is not None and top < storage.MAX_ID:
             try:
-                self.sums.add(top - n, top, points)
+                self.sums.add(top - n, top, ((b[0], b[1], points) for b, points in pending))
             except Exception:  # the points are stored: the rollups take them from the rows instead
                 log.exception("telemetry: keeping the per-minute sums failed; rolling up from the stored points")
                 self.sums.clear()

@@ -13,6 +13,7 @@ from typing import Any
 from litestar import Response
 
 from ..core.config import Settings
+from ..store.blobs import relative_path
 
 X_ACCEL_REDIRECT = "X-Accel-Redirect"
 
@@ -25,7 +26,7 @@ def x_accel_response(settings: Settings, sha: str, headers: dict[str, str], medi
     sets Content-Length, Accept-Ranges and Content-Range for the file it sends.
     """
     kept = {k: v for k, v in headers.items() if k != "Accept-Ranges"}
-    kept[X_ACCEL_REDIRECT] = f"{settings.download_offload_location}/{sha[:2]}/{sha}"  # store/blobs.py's layout
+    kept[X_ACCEL_REDIRECT] = f"{settings.download_offload_location}/{relative_path(sha)}"
     return Response(b"", status_code=200, headers=kept, media_type=media_type)
 
 

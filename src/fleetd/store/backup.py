@@ -48,6 +48,7 @@ from ..core.config import CONFIG_FILE_NAME
 from ..core.errors import AlreadyExists, FailedPrecondition, FleetdError, InvalidArgument
 from ..core.fsutil import fsync_dir
 from ..core.pki import ca_fingerprint
+from .blobs import relative_path
 from .database import DB_NAME, available_migrations, connect, migrate
 
 MANIFEST_NAME = "backup.json"
@@ -128,7 +129,7 @@ def file_mode(path: str) -> int:
 
 
 def blob_path(sha256: str) -> str:
-    return f"blobs/{sha256[:2]}/{sha256}"
+    return f"blobs/{relative_path(sha256)}"
 
 
 def _noop(phase: str, done: int, total: int) -> None:

@@ -223,8 +223,7 @@ class _Layout:
         self.lock = threading.Lock()
 
     def path(self, sha256: str) -> Path:
-        sha = check_sha256(sha256)
-        return self.root / sha[:2] / sha
+        return self.root / relative_path(check_sha256(sha256))
 
     def write_all(self, chunks: Iterable[bytes], cap: int) -> tuple[_TempBlob, BlobInfo]:
         temp = _TempBlob(self.tmp)
@@ -272,6 +271,11 @@ def put_sync(root: Path, conn: sqlite3.Connection, chunks: Iterable[bytes],
     finally:
         temp.discard()  # after publishing: only closes (the file has its final name)
     return info
+
+
+def relative_path(sha256: str) -> str:
+    """Where a blob lives below the blob directory: ``<sha[:2]>/<sha256>`` (backups and the nginx offload too)."""
+    return f"{sha256[:2]}/{sha256}"
 
 
 # --- reading -------------------------------------------------------------------

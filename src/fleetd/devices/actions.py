@@ -277,8 +277,8 @@ def insert_installs(conn: sqlite3.Connection, actor: Actor, device_ids: list[str
     state = S.OFFERED if consent else S.QUEUED
     t, by = now(), actor.name or actor.id
     ids = [new_ordered_id("act") for _ in device_ids]
-    storage.insert_actions(conn, [(aid, did, ActionKind.INSTALL, art.name, art.id, state, "{}", rollout_id, by, t)
-                                  for aid, did in zip(ids, device_ids, strict=True)])
+    storage.insert_actions(conn, ids, device_ids, kind=ActionKind.INSTALL, component=art.name, artifact_id=art.id,
+                           state=state, params="{}", rollout_id=rollout_id, created_by=by, at=t)
     _opened(conn, device_ids)
     return ids
 

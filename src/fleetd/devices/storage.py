@@ -8,11 +8,13 @@ constants, built once.
 
 from __future__ import annotations
 
+import functools
+import json
 import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
-from ..store.dialect import dialect_of
+from ..store.dialect import Dialect, dialect_of
 from ..store.where import Where
 
 CHUNK = 500  # ids per IN (...) list
@@ -317,16 +319,30 @@ def insert_action(conn: sqlite3.Connection, *, action_id: str, device_id: str, k
     insert_action_event(conn, action_id, at, state)
 
 
-_INSERT_ACTION = ("INSERT INTO actions (id, device_id, kind, component, artifact_id, state, params, rollout_id, "
-                  "created_by, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
+@functools.cache
+def _insert_actions(d: Dialect) -> tuple[str, str]:
+    ids, devices = d.json_member("a.value", "id", "text"), d.json_member("a.value", "device_id", "text")
+    return (f"INSERT INTO actions (id, device_id, kind, component, artifact_id, state, params, rollout_id, "
+            f"created_by, created_at, updated_at) SELECT {ids}, {devices}, ?, ?, ?, ?, ?, ?, ?, ?, ? "
+            f"FROM {d.json_array_elements('a')}",
+            f"INSERT INTO action_events (action_id, ts, state, message, progress) SELECT {ids}, ?, ?, '', 0 "
+            f"FROM {d.json_array_elements('a')}")
 
 
-def insert_actions(conn: sqlite3.Connection, rows: list[tuple[str, str, str, str, str | None, str, str, str | None,
-                                                               str | None, float]]) -> None:
-    """Many new actions and the first event of each, two statements in all: (id, device_id, kind, component,
-    artifact_id, state, params JSON text, rollout_id, created_by, at) each."""
-    conn.executemany(_INSERT_ACTION, [(*r, r[9]) for r in rows])
-    conn.executemany(_INSERT_EVENT, [(r[0], r[9], r[5], "", 0) for r in rows])
+def insert_actions(conn: sqlite3.Connection, action_ids: list[str], device_ids: list[str], *, kind: str,
+                   component: str, artifact_id: str | None, state: str, params: str, rollout_id: str | None,
+                   created_by: str | None, at: float) -> None:
+    """Many new actions alike but for their ids and devices (``params`` JSON text), and the first event of each:
+    two statements however many, each unpacking one JSON list in the database. One statement, not one per row:
+    inside a transaction SQLite keeps a statement journal of every page a statement with triggers changes, so
+    a statement per row would copy the pages of the table, its indexes and the triggers' tables once per row
+    (docs/performance.md, "Orchestrator: the stage start")."""
+    if not action_ids:
+        return
+    rows = json.dumps([{"id": a, "device_id": d} for a, d in zip(action_ids, device_ids, strict=True)])
+    actions, events = _insert_actions(dialect_of(conn))
+    conn.execute(actions, (kind, component, artifact_id, state, params, rollout_id, created_by, at, at, rows))
+    conn.execute(events, (at, state, rows))
 
 
 def insert_action_event(conn: sqlite3.Connection, action_id: str, at: float, state: str, message: str = "",

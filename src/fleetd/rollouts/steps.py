@@ -95,7 +95,12 @@ def create_installs(conn: sqlite3.Connection, actor: Actor, r: RolloutRow, devic
         types = storage.active_types_among(conn, chunk)  # a device may have changed type since it was targeted
         for d in chunk:
             t = types.get(d)
-            if t is not None and d not in taken and fits.setdefault(t, matches_any(art.device_types, t)):
+            if t is None or d in taken:
+                continue
+            fit = fits.get(t)
+            if fit is None:
+                fit = fits[t] = matches_any(art.device_types, t)
+            if fit:
                 free.append(d)
         if len(free) >= limit:
             break

@@ -1,5 +1,5 @@
 """A stage start's bulk inserts (one statement over a JSON list per chunk, docs/performance.md "Orchestrator: the
-stage start") leave exactly the rows a single action leaves: its first history entry, its DDI number (in creation
+stage start") leave exactly the rows a single action leaves: its first history entry, its DDI number (in insertion
 order) and a change log entry for its device; a stage start cut short by a crash is completed by the next pass."""
 
 from __future__ import annotations
@@ -21,16 +21,17 @@ from tests.rollouts.test_tracker import quiet_lab as quiet_lab  # the fixture
 
 def footprint(fleet: Fleet, action_ids: list[str], since: int) -> dict[str, Any]:
     """What creating these actions left besides their rows, in a form both paths must agree on."""
+    marks = ",".join("?" * len(action_ids))
+
     def read(conn: Any) -> dict[str, Any]:
         acts = {r[0]: (r[1], r[2], r[3], r[4]) for r in conn.execute(
-            f"SELECT id, device_id, state, created_at, rowid FROM actions WHERE id IN ({','.join('?' * len(action_ids))})",
-            action_ids)}
+            f"SELECT id, device_id, state, created_at, rowid FROM actions WHERE id IN ({marks})", action_ids)}
         events = {aid: [(r[0], r[1], r[2], r[3]) for r in conn.execute(
             "SELECT state, ts, message, progress FROM action_events WHERE action_id = ? ORDER BY id", (aid,))]
             for aid in action_ids}
         nums = {r[0]: r[1] for r in conn.execute("SELECT ref, num FROM ddi_ids WHERE kind = 'action'")}
-        numbers = conn.execute("SELECT COUNT(*) FROM ddi_ids WHERE kind = 'action' AND ref IN "
-                               f"({','.join('?' * len(action_ids))})", action_ids).fetchone()[0]
+        numbers = conn.execute(f"SELECT COUNT(*) FROM ddi_ids WHERE kind = 'action' AND ref IN ({marks})",
+                               action_ids).fetchone()[0]
         logged = [r[0] for r in conn.execute("SELECT device_id FROM device_changes WHERE seq > ? ORDER BY seq",
                                              (since,))]
         return {

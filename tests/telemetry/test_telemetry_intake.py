@@ -39,30 +39,65 @@ def hold_writer(store: Store) -> threading.Event:
     return release
 
 
+def hold_inserts_of_slow(store: Store) -> tuple[threading.Event, threading.Event]:
+    """Make an insert of a point named "slow" wait inside SQL (on the writer) until the second event is set; the
+    first is set once one does."""
+    inside, release = threading.Event(), threading.Event()
+
+    def install(conn: sqlite3.Connection) -> None:  # the writer's connection
+        def hold() -> int:
+            inside.set()
+            release.wait(10)
+            return 0
+
+        conn.create_function("hold", 0, hold)
+        conn.execute("CREATE TEMP TRIGGER hold_slow AFTER INSERT ON main.telemetry WHEN NEW.name = 'slow' "
+                     "BEGIN SELECT hold(); END")
+
+    store.write_sync(install)
+    return inside, release
+
+
 def points(name: str, *values: float) -> list[Point]:
     return [Point(name=name, value=v) for v in values]
 
 
-def test_a_batch_arriving_during_a_commit_goes_in_the_next_one_and_is_acked_only_when_stored(store: Store) -> None:
+def test_batches_waiting_for_the_writer_go_in_one_insert_and_are_acked_only_when_stored(store: Store) -> None:
     intake = TelemetryIntake(store)
 
     async def main() -> None:
         release = hold_writer(store)
         a = asyncio.create_task(intake.add("dev-a", points("cpu", 1, 2)))
-        await asyncio.sleep(0.05)  # a's insert is queued behind the held writer: in flight
+        await asyncio.sleep(0.05)  # a's insert is queued behind the held writer
         b = asyncio.create_task(intake.add("dev-b", points("cpu", 3)))
         c = asyncio.create_task(intake.add("dev-c", points("mem", 4)))
         await asyncio.sleep(0.05)
         assert not (a.done() or b.done() or c.done())
         assert stored(store) == []
         release.set()
-        assert await asyncio.wait_for(a, 5) == 2
-        assert ("dev-a", "cpu", 1.0) in stored(store)
-        # b and c were waiting while a's insert ran: committed together by the next insert, at once.
-        assert await asyncio.wait_for(b, 5) == 1 and await asyncio.wait_for(c, 5) == 1
+        # The insert takes every batch pending when it starts: one commit for the three.
+        assert await asyncio.wait_for(asyncio.gather(a, b, c), 5) == [2, 1, 1]
         assert stored(store) == [("dev-a", "cpu", 1.0), ("dev-a", "cpu", 2.0), ("dev-b", "cpu", 3.0),
                                  ("dev-c", "mem", 4.0)]
-        assert intake.commits == 2 and intake.points_total == 4
+        assert intake.commits == 1 and intake.points_total == 4
+
+    asyncio.run(main())
+
+
+def test_a_batch_arriving_during_an_insert_goes_in_the_next_one(store: Store) -> None:
+    intake = TelemetryIntake(store)
+    inside, release = hold_inserts_of_slow(store)
+
+    async def main() -> None:
+        a = asyncio.create_task(intake.add("dev-a", points("slow", 1)))
+        assert await asyncio.to_thread(inside.wait, 5)  # a's insert is running
+        b = asyncio.create_task(intake.add("dev-b", points("cpu", 2)))
+        await asyncio.sleep(0.05)
+        assert not (a.done() or b.done()) and stored(store) == []
+        release.set()
+        assert await asyncio.wait_for(asyncio.gather(a, b), 5) == [1, 1]
+        assert stored(store) == [("dev-a", "slow", 1.0), ("dev-b", "cpu", 2.0)]
+        assert intake.commits == 2 and intake.points_total == 2
 
     asyncio.run(main())
 
@@ -84,11 +119,12 @@ def test_a_failed_insert_fails_every_caller_in_its_group_and_the_next_group_comm
         "CREATE TRIGGER boom BEFORE INSERT ON telemetry WHEN NEW.name = 'boom' BEGIN SELECT RAISE(ABORT, 'boom'); END"))
     intake = TelemetryIntake(store)
 
+    inside, release = hold_inserts_of_slow(store)
+
     async def main() -> None:
-        release = hold_writer(store)
-        first = asyncio.create_task(intake.add("dev-a", points("ok", 1)))
-        await asyncio.sleep(0.05)
-        # Both join the second group; its insert fails as a whole.
+        first = asyncio.create_task(intake.add("dev-a", points("slow", 1)))
+        assert await asyncio.to_thread(inside.wait, 5)
+        # Both join the next group; its insert fails as a whole.
         good = asyncio.create_task(intake.add("dev-b", points("ok", 2)))
         bad = asyncio.create_task(intake.add("dev-c", points("boom", 3)))
         await asyncio.sleep(0.05)
@@ -101,7 +137,7 @@ def test_a_failed_insert_fails_every_caller_in_its_group_and_the_next_group_comm
 
     asyncio.run(main())
     # Nothing of the failed group is half-stored: callers told of the failure may resend safely.
-    assert stored(store) == [("dev-a", "ok", 1.0), ("dev-d", "ok", 4.0)]
+    assert stored(store) == [("dev-a", "slow", 1.0), ("dev-d", "ok", 4.0)]
     assert intake.points_total == 2
 
 

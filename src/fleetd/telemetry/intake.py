@@ -14,10 +14,12 @@ per-minute sums the rollups merge (rollups.MinuteSums), so that the rows are not
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import math
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable
 from typing import NoReturn
@@ -27,9 +29,9 @@ import msgspec
 from ..core.errors import InvalidArgument, ResourceExhausted
 from ..core.lifecycle import Scope
 from ..core.names import METRIC_NAME
-from ..store.database import Store, transaction
+from ..store.database import Store
 from . import storage
-from .rollups import MinuteSums
+from .rollups import Buckets, MinuteSums
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +150,15 @@ def _reject(i: int, p: Point, received: float) -> NoReturn:
     raise InvalidArgument(f"point {i}: at most {MAX_TAGS} tags, keys ≤ 64 and values ≤ 128 characters")
 
 
+Pending = tuple[storage.Batch, "Buckets | None", "asyncio.Future[None]"]
+"""One call's batch as stored, its values for the sums and the caller's future."""
+
+
 class TelemetryIntake:
-    """Group commit: an insert starts as soon as the writer is free; while one runs, new points wait and go
-    together in the next one. Each caller returns only once its own rows are committed."""
+    """Group commit: each call's batch joins the pending list, and one insert job waits on the writer's queue. The job
+    takes every batch pending when it starts, so all that arrived while the insert before it ran go together, and
+    the writer goes from one commit straight to the next insert. Each caller returns only once its own rows are
+    committed."""
 
     name = "telemetry intake"
     scope: Scope = "process"  # docs/architecture.md, "Background parts"
@@ -161,11 +169,12 @@ class TelemetryIntake:
         self.names.load(store.read_sync(storage.device_metric_names))
         # The per-minute sums of what has been stored, for the rollups (Rollups.sums); None: none kept.
         self.sums = sums
-        # Each call's batch as stored (its points as JSON) and its points (for the sums).
-        self._pending: list[tuple[storage.Batch, list[Point]]] = []
-        self._waiters: list[asyncio.Future[None]] = []
-        self._scheduled = False
-        self._in_flight: asyncio.Future[int] | None = None
+        # Shared by the event loop (adds) and the writer (takes); the lock makes "append, and queue a job unless
+        # one is waiting" and "take all, no job waiting now" each one step.
+        self._lock = threading.Lock()
+        self._pending: list[Pending] = []
+        self._job_waiting = False
+        self._last_job: concurrent.futures.Future[None] | None = None
         self.points_total = 0
         self.commits = 0
         # CPU seconds of the writer thread in the inserts (the rollups' cost is measured against it).
@@ -180,76 +189,78 @@ class TelemetryIntake:
             return 0
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        self._pending.append(((device_id, received, _encode(points).decode()), points))
-        self._waiters.append(fut)
-        if self._in_flight is None and not self._scheduled:
-            # Let the other requests of this loop iteration join the batch.
-            self._scheduled = True
-            loop.call_soon(self._flush)
+        buckets = self.sums.bucket(points, received) if self.sums is not None else None
+        entry: Pending = ((device_id, received, _encode(points).decode()), buckets, fut)
+        with self._lock:
+            self._pending.append(entry)
+            queue_job = not self._job_waiting
+            self._job_waiting = True
+        if queue_job:
+            self._queue_job(loop)
         await fut
         return len(points)
 
-    def _flush(self) -> None:
-        self._scheduled = False
-        pending, waiters = self._pending, self._waiters
-        self._pending, self._waiters = [], []
-        if not pending:
-            return
-
+    def _queue_job(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
-            done = asyncio.wrap_future(self.store.submit_write(
-                functools.partial(self._insert, pending=pending), transactional=False))
+            job = self.store.submit_write(functools.partial(self._insert, loop=loop), transactional=False)
         except Exception as e:  # the store is closed: nothing was stored, and every caller hears so
-            _settle(waiters, e)
+            with self._lock:
+                taken, self._pending = self._pending, []
+                self._job_waiting = False
+            self._settle(taken, 0, None, e)
             return
-        self._in_flight = done
+        self._last_job = job
 
-        def committed(f: asyncio.Future[int]) -> None:
-            self._in_flight = None
-            exc = f.exception() if not f.cancelled() else asyncio.CancelledError()
-            if exc is None:
-                self.points_total += f.result()
-                self.commits += 1
-            _settle(waiters, exc)
-            if self._pending:  # arrived while this insert ran: they go in the next one, now
-                self._flush()
-
-        done.add_done_callback(committed)
-
-    def _insert(self, conn: sqlite3.Connection, pending: list[tuple[storage.Batch, list[Point]]]) -> int:
-        """One group's insert and commit, on the writer thread; then, committed, its points go into the sums."""
-        with transaction(conn):
+    def _insert(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:
+        """On the writer: store every batch pending now, up to 64 batches per statement, each statement its own
+        transaction (one hand-back of the GIL per statement, not three); the loop hears how each went
+        (:meth:`_settle`)."""
+        with self._lock:
+            taken, self._pending = self._pending, []
+            self._job_waiting = False
+        failed: BaseException | None = None
+        for i in range(0, len(taken), storage.MAX_BATCHES_PER_INSERT):
+            group = taken[i:i + storage.MAX_BATCHES_PER_INSERT]
             t = time.thread_time()
             try:
-                n = storage.insert_point_batches(conn, [batch for batch, _ in pending])
+                n, top = storage.insert_point_batches(conn, [batch for batch, _, _ in group])
+            except BaseException as e:
+                loop.call_soon_threadsafe(self._settle, group, 0, None, e)
+                failed = failed or e
+                continue
             finally:
                 self.insert_cpu_seconds += time.thread_time() - t
-            top = storage.newest_raw_id(conn) if self.sums is not None else None
-        # The rows got the ids after the newest one before, in order: SQLite gives a new row the highest id plus one
-        # as long as that is below the largest integer (then it would pick ids at random).
-        if self.sums is not None and top is not None and top < storage.MAX_ID:
-            try:
-                self.sums.add(top - n, top, ((b[0], b[1], points) for b, points in pending))
-            except Exception:  # the points are stored: the rollups take them from the rows instead
-                log.exception("telemetry: keeping the per-minute sums failed; rolling up from the stored points")
-                self.sums.clear()
-        return n
+            loop.call_soon_threadsafe(self._settle, group, n, top, None)
+        if failed is not None:  # the store learns of it too (a full disk)
+            raise failed
+
+    def _settle(self, taken: list[Pending], stored: int, top: int | None, exc: BaseException | None) -> None:
+        """On the loop, in commit order: add one insert's points to the sums (committed as the ids up to ``top``) and
+        tell its callers how it went."""
+        if exc is None:
+            self.points_total += stored
+            self.commits += 1
+            # The rows got the ids after the newest one before, in order: SQLite gives a new row the highest id plus
+            # one as long as that is below the largest integer (then it would pick ids at random).
+            if self.sums is not None and top is not None and top < storage.MAX_ID:
+                try:
+                    self.sums.add(top - stored, top, ((b[0], buckets) for b, buckets, _ in taken if buckets))
+                except Exception:  # the points are stored: the rollups take them from the rows instead
+                    log.exception("telemetry: keeping the per-minute sums failed; rolling up from the stored points")
+                    self.sums.clear()
+        for _, _, w in taken:
+            if w.done():  # the caller went away (cancelled); its rows are stored or not with the rest
+                continue
+            if exc is None:
+                w.set_result(None)
+            else:
+                w.set_exception(exc)
 
     async def start(self) -> None:
         """Nothing runs in the background until points arrive: each batch starts its own commit."""
 
     async def stop(self) -> None:
-        """Commit what is waiting and wait for it (at shutdown, before the store closes)."""
-        self._flush()
-        while self._in_flight is not None:
-            await asyncio.wait([self._in_flight])
-
-
-def _settle(waiters: list[asyncio.Future[None]], exc: BaseException | None) -> None:
-    for w in waiters:
-        if w.done():  # the caller went away (cancelled); its rows are stored or not with the rest
-            continue
-        if exc is None:
-            w.set_result(None)
-        else:
-            w.set_exception(exc)
+        """Wait for the inserts queued (at shutdown, before the store closes): the writer runs jobs in order."""
+        job = self._last_job
+        if job is not None and not job.done():
+            await asyncio.wait([asyncio.wrap_future(job)])

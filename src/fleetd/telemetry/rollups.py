@@ -34,7 +34,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import msgspec
@@ -108,6 +108,7 @@ def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 SUMS_CHUNK_KEYS = 50_000  # (device, metric, minute) keys per chunk of sums: one merge transaction (~100 ms)
 SUMS_MAX_KEYS = 200_000  # past that the oldest chunks are dropped (the SQL pass covers their ids): ~50 MB at most
+SUMS_MAX_VALUES = 1_000_000  # values held before they are folded into their sums (~40 MB)
 
 SumKey = tuple[str, str, int]
 """(device_id, metric, minute start in Unix seconds)."""
@@ -121,113 +122,177 @@ class Sample(Protocol):
     ts: float
 
 
-@dataclass(slots=True, eq=False)
-class SumsChunk:
-    """Count, sum, min and max per key of exactly the raw ids (lo, hi]."""
-
-    lo: int
-    hi: int
-    sums: dict[SumKey, list[Any]]  # [count, sum, min, max]
-
-    def rows(self) -> Iterator[tuple[str, str, int, int, float, float, float]]:
-        return ((d, n, m, a[0], a[1], a[2], a[3]) for (d, n, m), a in self.sums.items())
+Buckets = dict[int, dict[str, list[float]]]
+"""Values by minute start, then metric name."""
 
 
-def add_points(sums: dict[SumKey, list[Any]], device_id: str, received: float, points: Iterable[Sample]) -> None:
-    """Add one batch to ``sums``: each point to its (device, metric, minute) of ts (0: ``received``), the minute as
-    the SQL pass computes it (``CAST(ts / 60 AS INTEGER) * 60``)."""
-    get = sums.get
+def bucket_points(points: Iterable[Sample], received: float) -> Buckets:
+    """One batch's values by minute of ts (0: ``received``), the minute as the SQL pass computes it
+    (``CAST(ts / 60 AS INTEGER) * 60``), then by metric."""
+    out: Buckets = {}
+    by_name: dict[str, list[float]] = {}
     last_ts: float | None = None
-    minute = 0
     for p in points:
         ts = p.ts
         if ts != last_ts:  # a device samples its metrics together: consecutive points share their ts
             last_ts = ts
             minute = int((ts or received) / MINUTE) * MINUTE
-        key = (device_id, p.name, minute)
-        v = p.value
-        a = get(key)
-        if a is None:
-            sums[key] = [1, v, v, v]
+            by_name = out.get(minute) or out.setdefault(minute, {})
+        values = by_name.get(p.name)
+        if values is None:
+            by_name[p.name] = [p.value]
         else:
-            a[0] += 1
-            a[1] += v
-            if v < a[2]:
-                a[2] = v
-            if v > a[3]:
-                a[3] = v
+            values.append(p.value)
+    return out
+
+
+@dataclass(slots=True, eq=False)
+class SumsChunk:
+    """Count, sum, min and max per (device, metric, minute) of exactly the raw ids (lo, hi]: folded into ``sums``,
+    or still values."""
+
+    lo: int
+    hi: int
+    sums: dict[SumKey, list[Any]] = field(default_factory=dict)  # [count, sum, min, max]
+    # Not folded yet, by device. Counting, summing and comparing happen when folded, in C over many values at once.
+    values: dict[str, Buckets] = field(default_factory=dict)
+    keys: int = 0  # distinct keys in sums and values
+    held: int = 0  # values not folded yet
+
+    def add(self, device_id: str, buckets: Buckets) -> None:
+        """One batch's values (:func:`bucket_points`; its lists become the chunk's)."""
+        have = self.values.get(device_id)
+        if have is None:
+            have = self.values[device_id] = {}
+        for minute, by_name in buckets.items():
+            held = have.get(minute)
+            if held is None:
+                held = have[minute] = {}
+            for name, vs in by_name.items():
+                values = held.get(name)
+                if values is None:
+                    held[name] = vs
+                    if (device_id, name, minute) not in self.sums:
+                        self.keys += 1
+                else:
+                    values.extend(vs)
+                self.held += len(vs)
+
+    def fold(self) -> None:
+        """Fold the values into their sums."""
+        sums = self.sums
+        for device_id, by_minute in self.values.items():
+            for minute, by_name in by_minute.items():
+                for name, vs in by_name.items():
+                    lo, hi, total = min(vs), max(vs), sum(vs)
+                    key = (device_id, name, minute)
+                    a = sums.get(key)
+                    if a is None:
+                        sums[key] = [len(vs), total, lo, hi]
+                    else:
+                        a[0] += len(vs)
+                        a[1] += total
+                        if lo < a[2]:
+                            a[2] = lo
+                        if hi > a[3]:
+                            a[3] = hi
+        self.values = {}
+        self.held = 0
+
+    def rows(self) -> Iterator[tuple[str, str, int, int, float, float, float]]:
+        self.fold()
+        return ((d, n, m, a[0], a[1], a[2], a[3]) for (d, n, m), a in self.sums.items())
 
 
 class MinuteSums:
-    """Per-minute sums of the raw ids committed since the rollups last merged them, in chunks of consecutive ids.
+    """Per-minute sums of the raw ids committed since the rollups last took them, in chunks of consecutive ids.
 
-    Only the writer thread touches them, in id order: the intake adds each group of points once its insert has
-    committed (:meth:`add`), the rollup pass merges the first chunk when it starts at the watermark
-    (:func:`roll_up_step`). A chunk always holds exactly the rows of its ids; anything that breaks the run
-    (ids inserted without it, a dropped chunk, a restart) only leaves ids that no chunk covers, which the rollup
-    pass aggregates from the rows instead. So losing them is always safe.
+    Only the event loop touches them: the intake buckets each batch's values as it checks them (:meth:`bucket`) and
+    adds them once their insert has committed, in commit order (:meth:`add`); the rollup pass takes the chunks
+    (:meth:`take`) and merges each on the writer if it starts at the watermark (:func:`merge_sums_step`). A chunk
+    always holds exactly the rows of its ids; anything that breaks the run (ids inserted without it, a dropped
+    chunk, a restart) only leaves ids that no chunk covers, which the rollup pass aggregates from the rows instead.
+    So losing them is always safe.
     """
 
-    def __init__(self, chunk_keys: int = SUMS_CHUNK_KEYS, max_keys: int = SUMS_MAX_KEYS) -> None:
-        self.chunk_keys, self.max_keys = chunk_keys, max_keys
+    def __init__(self, chunk_keys: int = SUMS_CHUNK_KEYS, max_keys: int = SUMS_MAX_KEYS,
+                 max_values: int = SUMS_MAX_VALUES) -> None:
+        self.chunk_keys, self.max_keys, self.max_values = chunk_keys, max_keys, max_values
         self.chunks: collections.deque[SumsChunk] = collections.deque()  # each starts where the one before ends
-        self._keys = 0  # in all chunks
-        self.cpu_seconds = 0.0  # of the writer thread in add()
+        self.cpu_seconds = 0.0  # of the event loop in bucket() and add()
 
-    def add(self, lo: int, hi: int, batches: Iterable[tuple[str, float, Iterable[Sample]]]) -> None:
-        """The points of ``batches``, stored (committed) as the raw ids (lo, hi] in this order."""
+    def bucket(self, points: Iterable[Sample], received: float) -> Buckets:
+        """:func:`bucket_points`, its CPU time counted as the rollups': the intake runs it when it has just checked the
+        points, while they are in the processor's caches."""
+        t = time.thread_time()
+        try:
+            return bucket_points(points, received)
+        finally:
+            self.cpu_seconds += time.thread_time() - t
+
+    def add(self, lo: int, hi: int, batches: Iterable[tuple[str, Buckets]]) -> None:
+        """The values of ``batches`` (device, :meth:`bucket`), stored (committed) as the raw ids (lo, hi] in this
+        order."""
         t = time.thread_time()
         last = self.chunks[-1] if self.chunks else None
         if last is not None and last.hi != lo:  # ids the sums did not see came in between: start a new run
             self.clear()
             last = None
-        if last is None or len(last.sums) >= self.chunk_keys:
-            last = SumsChunk(lo, lo, {})
+        if last is None or last.keys >= self.chunk_keys:
+            last = SumsChunk(lo, lo)
             self.chunks.append(last)
-        before = len(last.sums)
-        for device_id, received, points in batches:
-            add_points(last.sums, device_id, received, points)
+        for device_id, buckets in batches:
+            last.add(device_id, buckets)
         last.hi = hi
-        self._keys += len(last.sums) - before
-        while self._keys > self.max_keys and len(self.chunks) > 1:
-            self._keys -= len(self.chunks.popleft().sums)
+        if sum(chunk.held for chunk in self.chunks) > self.max_values:
+            for chunk in self.chunks:
+                chunk.fold()
+        while len(self.chunks) > 1 and sum(chunk.keys for chunk in self.chunks) > self.max_keys:
+            self.chunks.popleft()
         self.cpu_seconds += time.thread_time() - t
 
-    def first_from(self, watermark: int) -> SumsChunk | None:
-        """The first chunk, after dropping those that start below ``watermark`` (already rolled up from the rows,
-        or only partly: the rows are the truth for them then)."""
-        while self.chunks and self.chunks[0].lo < watermark:
-            self._keys -= len(self.chunks.popleft().sums)
-        return self.chunks[0] if self.chunks else None
-
-    def pop(self) -> None:
-        """Drop the first chunk (merged)."""
-        self._keys -= len(self.chunks.popleft().sums)
+    def take(self) -> list[SumsChunk]:
+        """Every chunk, in id order, for the rollup pass; the next points start a new one."""
+        chunks = list(self.chunks)
+        self.chunks.clear()
+        return chunks
 
     def clear(self) -> None:
         self.chunks.clear()
-        self._keys = 0
 
 
 # --- incremental rollup -----------------------------------------------------------
 
-def roll_up_step(conn: sqlite3.Connection, batch: int = ROLLUP_BATCH, sums: MinuteSums | None = None
-                 ) -> tuple[int, int]:
-    """Roll up raw ids past the watermark and move it, in one transaction on the writer: the first chunk of ``sums``
-    if it starts at the watermark, else (up to ``batch`` ids, and not past where the sums start) from the rows.
-    → (raw ids covered, the raw ids left past the watermark now)."""
+def merge_sums_step(conn: sqlite3.Connection, chunk: SumsChunk, batch: int = ROLLUP_BATCH) -> tuple[int, bool]:
+    """One transaction on the writer: merge ``chunk`` if it starts at the watermark; if it starts past it, roll up
+    the rows before it (up to ``batch`` ids); if before it, the rows have been rolled up instead. Moves the watermark.
+    → (raw ids covered, whether the chunk is done with)."""
     lo = storage.watermark(conn)
-    top = storage.newest_raw_id(conn) or 0
-    chunk = sums.first_from(lo) if sums is not None else None
-    if sums is not None and chunk is not None and chunk.lo == lo:
+    if chunk.lo < lo:
+        return 0, True
+    if chunk.lo == lo:
         hi = chunk.hi
         span = storage.merge_minute_sums(conn, chunk.rows())
-        sums.pop()  # before the commit: should it fail, the rows are read instead
-    elif top > lo:
-        hi = min(chunk.lo if chunk is not None else top, lo + batch)
-        span = storage.roll_up_range(conn, lo, hi)
     else:
+        hi = min(chunk.lo, lo + batch)
+        span = storage.roll_up_range(conn, lo, hi)
+    if span is not None:
+        storage.insert_block(conn, lo, hi, *span)
+    storage.move_watermark(conn, lo, hi)
+    return hi - lo, hi == chunk.hi
+
+
+def roll_up_step(conn: sqlite3.Connection, batch: int = ROLLUP_BATCH, upto: int | None = None) -> tuple[int, int]:
+    """Roll up raw ids past the watermark from the rows (up to ``batch`` of them, and not past ``upto``) and move
+    it, in one transaction on the writer. → (raw ids covered, the raw ids left past the watermark now)."""
+    lo = storage.watermark(conn)
+    top = storage.newest_raw_id(conn) or 0
+    if upto is not None:
+        top = min(top, upto)
+    if top <= lo:
         return 0, 0
+    hi = min(top, lo + batch)
+    span = storage.roll_up_range(conn, lo, hi)
     if span is not None:
         storage.insert_block(conn, lo, hi, *span)
     storage.move_watermark(conn, lo, hi)
@@ -447,29 +512,38 @@ class Rollups:
         if metrics is not None:
             metrics.gauge("fleetd_telemetry_rollup_lag_points", "Raw points not yet in the rollups.",
                           Read(storage.rollup_lag))
-            metrics.counter("fleetd_telemetry_rollup_cpu_seconds_total", "CPU seconds the writer spent rolling "
-                            "up raw points: keeping per-minute sums and merging them (compare "
-                            "fleetd_telemetry_insert_cpu_seconds_total).", lambda: self.cpu_seconds)
-
-    @property
-    def cpu_seconds(self) -> float:
-        """CPU seconds the rollups cost, all on the writer thread: the passes, and the intake keeping the sums; set
-        against the intake's inserts (TelemetryIntake.insert_cpu_seconds) or the whole server's CPU (the
-        benchmark's "rollup cost")."""
-        return self.pass_cpu_seconds + (self.sums.cpu_seconds if self.sums is not None else 0.0)
+            metrics.counter("fleetd_telemetry_rollup_cpu_seconds_total", "CPU seconds of the rollup job: the passes "
+                            "that merge the per-minute sums (or the rows no sums cover) into the rollups.",
+                            lambda: self.pass_cpu_seconds)
+            if sums is not None:
+                metrics.counter("fleetd_telemetry_sums_cpu_seconds_total", "CPU seconds the intake spent keeping "
+                                "per-minute sums of the points it stored, for the rollup job.",
+                                lambda: sums.cpu_seconds)
 
     async def roll_up(self) -> int:
-        """Bring the rollups up to (at least) the points committed when it started. → raw rows covered."""
-        step = self._timed(functools.partial(roll_up_step, sums=self.sums))
+        """Bring the rollups up to (at least) the points committed when it started: the intake's sums first, then
+        the rows no sums cover. → raw rows covered."""
         async with self._lock:
-            n, left = await self.store.write(step)  # left: the ids to cover, stored before it started
-            done = n
+            done = 0
+            for chunk in self.sums.take() if self.sums is not None else []:
+                merge = self._timed(functools.partial(merge_sums_step, chunk=chunk))
+                finished = False
+                while not finished:
+                    n, finished = await self.store.write(merge)
+                    done += n
+            n, left = await self.store.write(self._rows_step())  # left: the ids to cover, stored before it started
+            done += n
             # Up to those ids, and not after the points stored meanwhile (each step would merge a few more).
             while n and left > 0:
-                n, _ = await self.store.write(step)
+                n, _ = await self.store.write(self._rows_step())
                 done += n
                 left -= n
             return done
+
+    def _rows_step(self) -> Callable[[sqlite3.Connection], tuple[int, int]]:
+        """A step from the rows, up to where the sums kept since the pass started begin: their rows are theirs."""
+        chunks = self.sums.chunks if self.sums is not None else None
+        return self._timed(functools.partial(roll_up_step, upto=chunks[0].lo if chunks else None))
 
     def _timed(self, fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
         """``fn``, adding the CPU time of the thread that runs it to :attr:`pass_cpu_seconds` (one pass runs at a

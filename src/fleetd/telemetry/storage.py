@@ -26,19 +26,34 @@ Batch = tuple[str, float, str]
 missing: none)."""
 
 
+GROUP_SIZES = (1, 2, 4, 8, 16, 32, 64)  # batches per insert statement; a group is padded up to one of these
+MAX_BATCHES_PER_INSERT = GROUP_SIZES[-1]
+
+
 @functools.cache
-def _insert_batch(d: Dialect) -> str:
+def _insert_batches(d: Dialect, k: int) -> str:
+    """One statement storing ``k`` batches (3 parameters each), in order."""
     member = functools.partial(d.json_member, "p.value")
-    return ("INSERT INTO telemetry (device_id, name, ts, value, tags) "
-            f"SELECT ?, {member('name', 'text')}, COALESCE(NULLIF({member('ts', 'real')}, 0), ?), "
-            f"{member('value', 'real')}, NULLIF({member('tags', 'json')}, '{{}}') "
-            f"FROM {d.json_array_elements('p')}")
+    one = (f"SELECT ?, {member('name', 'text')}, COALESCE(NULLIF({member('ts', 'real')}, 0), ?), "
+           f"{member('value', 'real')}, NULLIF({member('tags', 'json')}, '{{}}') "
+           f"FROM {d.json_array_elements('p')}")
+    return "INSERT INTO telemetry (device_id, name, ts, value, tags) " + " UNION ALL ".join([one] * k)
 
 
-def insert_point_batches(conn: sqlite3.Connection, batches: list[Batch]) -> int:
-    """Store raw points, one statement per batch: the database unpacks each batch's JSON itself, so the writer
-    holds the GIL for a few binds per batch, not per point (docs/performance.md, "Telemetry"). → points stored."""
-    return int(conn.executemany(_insert_batch(dialect_of(conn)), batches).rowcount)
+_EMPTY_BATCH: Batch = ("", 0.0, "[]")
+
+
+def insert_point_batches(conn: sqlite3.Connection, batches: list[Batch]) -> tuple[int, int | None]:
+    """Store the raw points of up to MAX_BATCHES_PER_INSERT batches with one statement: the database unpacks each
+    batch's JSON itself, so the writer holds the GIL for a few binds per batch, not per point; outside a transaction
+    the statement is one (docs/performance.md, "Telemetry"). The rows get consecutive ids in the batches' order.
+    → (points stored, the last one's id; None if none)."""
+    if len(batches) > MAX_BATCHES_PER_INSERT:
+        raise ValueError(f"at most {MAX_BATCHES_PER_INSERT} batches per insert, got {len(batches)}")
+    k = next(size for size in GROUP_SIZES if size >= len(batches))
+    padded = batches + [_EMPTY_BATCH] * (k - len(batches))
+    cur = conn.execute(_insert_batches(dialect_of(conn), k), [x for b in padded for x in b])
+    return (cur.rowcount, cur.lastrowid) if cur.rowcount > 0 else (0, None)
 
 
 def device_metric_names(conn: sqlite3.Connection) -> list[tuple[str, str]]:

@@ -3,12 +3,13 @@
 A PushTelemetry call returns once its points are committed, so a device may
 drop them from its queue; many concurrent calls share one transaction.
 
-The event loop checks a batch's points (one pass, no row built) and encodes them back to one JSON array with
-msgspec, in C: what is stored is exactly what was checked, whatever the request's JSON looked like (a key given
-twice, a number as a string). The writer hands each array to the database in one statement
-(storage.insert_point_batches), which unpacks it without the GIL, and once it has committed adds the points to the
-per-minute sums the rollups merge (rollups.MinuteSums), so that the rows are not read again; docs/performance.md,
-"Telemetry", has the measurements behind this.
+The event loop checks a batch's points (one pass, no row built), groups their values by minute and metric for the
+rollups (rollups.MinuteSums.bucket) and encodes them back to one JSON array with msgspec, in C: what is stored is
+exactly what was checked, whatever the request's JSON looked like (a key given twice, a number as a string). The
+writer takes every batch waiting when its job starts and stores up to 64 of them with one statement
+(storage.insert_point_batches), which unpacks the arrays without the GIL; once that has committed, the loop adds the
+batches' values to the per-minute sums the rollup job merges, so that the rows are not read again.
+docs/performance.md, "Telemetry", has the measurements behind this.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
-from typing import NoReturn
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -225,12 +226,12 @@ class TelemetryIntake:
             try:
                 n, top = storage.insert_point_batches(conn, [batch for batch, _, _ in group])
             except BaseException as e:
-                loop.call_soon_threadsafe(self._settle, group, 0, None, e)
+                _on_loop(loop, self._settle, group, 0, None, e)
                 failed = failed or e
                 continue
             finally:
                 self.insert_cpu_seconds += time.thread_time() - t
-            loop.call_soon_threadsafe(self._settle, group, n, top, None)
+            _on_loop(loop, self._settle, group, n, top, None)
         if failed is not None:  # the store learns of it too (a full disk)
             raise failed
 
@@ -264,3 +265,11 @@ class TelemetryIntake:
         job = self._last_job
         if job is not None and not job.done():
             await asyncio.wait([asyncio.wrap_future(job)])
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:  # the loop has closed: no caller is left to tell
+        log.warning("telemetry: an insert finished after its event loop closed")
+

@@ -19,9 +19,12 @@ from msgspec import inspect as mi
 
 from fleetd.accounts.users import User
 from fleetd.app import SERVICES
+from fleetd.artifacts import catalog
 from fleetd.core.errors import InvalidArgument
+from fleetd.core.names import ENV_NAME
 from fleetd.core.resources import proto_dir
-from fleetd.devices.device_api import ChallengeRequest
+from fleetd.devices.actions import DeviceAction
+from fleetd.devices.device_api import ChallengeRequest, CheckInResponse
 from fleetd.http import proto_codec, rpc
 from fleetd.telemetry.api import ListMetricsRequest, ListMetricsResponse, QueryRequest
 from tests.support import protogen
@@ -139,6 +142,23 @@ def _strategy(t: mi.Type, fd: Any) -> st.SearchStrategy[Any]:
     raise TypeError(f"no strategy for {t!r}; add one")
 
 
+_NAMES = st.lists(st.text(min_size=1, max_size=8), max_size=3)
+# Fields whose Struct checks more than its types say (InstallSpec.__post_init__): values it takes.
+_OVERRIDES: dict[tuple[type, str], st.SearchStrategy[Any]] = {
+    (catalog.InstallSpec, "restart"): st.sampled_from(catalog.RESTART_POLICIES),
+    (catalog.InstallSpec, "command"): _NAMES,
+    (catalog.InstallSpec, "env"): st.dictionaries(st.from_regex(ENV_NAME.pattern, fullmatch=True),
+                                          st.text(max_size=8).filter(lambda v: "\0" not in v), max_size=3),
+    (catalog.HealthCheck, "grace_seconds"): st.integers(0, 3600),
+    (catalog.HealthCheck, "http_url"): st.none() | st.sampled_from(["http://", "https://"]).map(lambda s: s + "h/z"),
+    (catalog.HealthCheck, "command"): _NAMES,
+}
+
+
+def _default(f: mi.Field) -> Any:
+    return f.default if f.default is not msgspec.NODEFAULT else f.default_factory()
+
+
 @functools.cache
 def _struct_strategy(cls: type, name: str) -> st.SearchStrategy[Any]:
     info = mi.type_info(cls)
@@ -147,9 +167,8 @@ def _struct_strategy(cls: type, name: str) -> st.SearchStrategy[Any]:
     fields = {}
     for f in info.fields:
         fd = desc.fields_by_name[f.encode_name]
-        s = _strategy(f.type, fd)
-        default = f.default if f.default is not msgspec.NODEFAULT else f.default_factory()
-        if not f.required and not fd.has_presence and not fd.is_repeated and default != fd.default_value:
+        s = _OVERRIDES[cls, f.name] if (cls, f.name) in _OVERRIDES else _strategy(f.type, fd)
+        if not f.required and not fd.has_presence and not fd.is_repeated and _default(f) != fd.default_value:
             # proto3 cannot send this field's zero value (it is left out, and read as the Struct's default).
             s = s.filter(lambda v, zero=fd.default_value: v != zero)
         fields[f.name] = s
@@ -224,7 +243,7 @@ def test_a_timestamp_out_of_range_is_invalid_argument() -> None:
         if not seconds:
             break
     timestamp = b"\x08" + bytes(varint)
-    with pytest.raises(InvalidArgument, match="invalid fleetd.v1.QueryRequest in the request body"):
+    with pytest.raises(InvalidArgument, match=r"invalid fleetd\.v1\.QueryRequest in the request body"):
         proto_codec.decode(b"\x2a" + bytes([len(timestamp)]) + timestamp, QueryRequest)
 
 
@@ -235,6 +254,19 @@ def test_a_timestamp_out_of_range_is_invalid_argument() -> None:
 def test_random_bytes_decode_or_are_invalid_argument(name: str, data: bytes) -> None:
     t = MESSAGES[name]
     try:
-        assert isinstance(proto_codec.decode(data, t), t)
-    except InvalidArgument:
-        pass
+        decoded = proto_codec.decode(data, t)
+    except InvalidArgument as e:
+        assert str(e).startswith(("malformed protobuf in the request body", "invalid ")), str(e)
+    else:
+        assert isinstance(decoded, t)
+
+
+def test_whole_numbers_in_a_json_object_come_back_as_ints() -> None:
+    # google.protobuf.Struct holds numbers as doubles; a handler sees what a JSON client would have sent.
+    params = {"lines": 200, "ratio": 0.5, "nested": [1, 2.5, {"n": -3}], "big": 2**60}
+    action = DeviceAction(id="a1", kind="logs", component="app", state="queued", params=params)
+    resp = CheckInResponse(status="active", poll_interval=60, actions=[action], next_checkin=60)
+    [back] = proto_codec.decode(proto_codec.encode(resp), CheckInResponse).actions
+    assert back.params == {"lines": 200, "ratio": 0.5, "nested": [1, 2.5, {"n": -3}], "big": float(2**60)}
+    assert [type(back.params[k]) for k in ("lines", "ratio", "big")] == [int, float, float]
+    assert type(back.params["nested"][2]["n"]) is int

@@ -47,7 +47,7 @@ except ImportError as e:
 S = TypeVar("S", bound=msgspec.Struct)
 Fix = Callable[[Any], Any]
 _JSON_TYPES = frozenset({"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"})
-_EXACT = 2**53  # the largest whole double that every smaller whole number is exact below
+_EXACT = 2**53  # every whole number up to this is exact in a double
 
 
 @functools.cache

@@ -8,7 +8,7 @@ DATA   ?= ./fleetd-data
 SERVE_ARGS := $(if $(filter command line,$(origin PORT)),--port $(PORT)) \
               $(if $(filter command line,$(origin HOST)),--host $(HOST))
 
-.PHONY: serve test lint bench binary smoke clean agent
+.PHONY: serve test lint bench binary smoke clean agent proto
 
 # Two stamps: .installed is what the server needs (make serve), .installed-test adds the test toolchain (ruff,
 # mypy, pytest, playwright, ...: make test, make lint). Either order works; a changed pyproject.toml redoes both.
@@ -61,6 +61,10 @@ smoke: binary $(VENV)/.installed-test
 # Options: make bench BENCH_ARGS="--quick"   (python -m tests.bench --help lists them all)
 bench: $(VENV)/.installed-test
 	$(PY) -m tests.bench $(BENCH_ARGS)
+
+# The protobuf code in src/fleetd/protobuf, from the .proto files in src/fleetd/proto (commit the result).
+proto: $(VENV)/.installed-test
+	$(PY) -m tests.support.protogen
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache .mypy_cache

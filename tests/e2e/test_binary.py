@@ -29,6 +29,7 @@ import pytest
 from fleetd import __version__
 
 from .server import ServerProcess, free_port, run_cli
+from .test_proto_e2e import assert_answers_binary_protobuf
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
@@ -203,6 +204,8 @@ def test_simulated_fleet_enrolls_and_installs_an_update(bare_env: dict[str, str]
     try:
         key = server.create_key("admin", "smoke")  # `fleetd keys create --data-dir`, offline, through the binary
         remote = ["--server", server.url, "--api-key", key, "--ca", server.ca]
+        # Binary protobuf: the generated modules and protobuf's upb backend are fleetd.spec's hidden imports.
+        assert_answers_binary_protobuf(server, key)
 
         def rpc(service: str, method: str, body: dict[str, Any]) -> Any:
             r = server.rpc(service, method, body, api_key=key)

@@ -102,7 +102,8 @@ def test_credentials_and_content_type_errors_match(pair: tuple[Any, Any], token:
                 ).status_code == 401
     # An API key is a person's, not a device's.
     assert both(pair, "CheckIn", body, bearer(make_key(fleet, "admin"))).status_code == 403
-    assert both(pair, "CheckIn", body, bearer(token, "text/plain")).status_code == 415
+    r = both(pair, "CheckIn", body, bearer(token, "text/plain"))
+    assert r.status_code == 415 and r.headers["accept-post"] == "application/json, application/proto"
     # The guard runs first: bad credentials with a bad body are a 401, not a 415.
     assert both(pair, "CheckIn", "x", bearer("garbage", "text/plain")).status_code == 401
 
@@ -123,6 +124,43 @@ def test_calls_the_lane_does_not_take_reach_litestar(pair: tuple[Any, Any], toke
     # GET of a POST-only method: Litestar's router answers 405 with the Connect wording.
     r = lane.get(PATH + "CheckIn", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 405 and "use POST" in r.json()["message"]
+
+
+@pytest.mark.parametrize("method,body", [
+    ("CheckIn", CHECKIN),
+    ("ReportStatus", {"action_id": "act_nope", "state": "succeeded"}),  # not_found, as a JSON error body
+    ("PushTelemetry", {"points": [{"name": "cpu", "value": 0.5}]}),
+])
+def test_a_binary_call_goes_to_litestar_and_gets_the_same_answer(pair: tuple[Any, Any], token: str,
+                                                                 lane_app: DeviceLane, method: str,
+                                                                 body: dict[str, Any]) -> None:
+    from google.protobuf import json_format  # type: ignore[import-untyped]
+
+    from tests.http.test_proto_routes import message_classes
+
+    served: list[str] = []
+    inner = lane_app.app
+
+    async def spy(scope: Any, receive: Any, send: Any) -> None:
+        served.append(scope["path"])
+        await inner(scope, receive, send)
+
+    lane_app.app = spy
+    request_cls, response_cls = message_classes("DeviceService", method)
+    content = json_format.ParseDict(body, request_cls()).SerializeToString()
+    lane, plain = pair
+    a = lane.post(PATH + method, content=content, headers=bearer(token, "application/proto"))
+    b = plain.post(PATH + method, content=content, headers=bearer(token, "application/proto"))
+    assert (a.status_code, a.content, _headers(a)) == (b.status_code, b.content, _headers(b))
+    assert served == [PATH + method], "the lane answered a binary call itself"
+    if method == "ReportStatus":
+        assert a.status_code == 404 and a.headers["content-type"] == "application/json"
+        assert a.json()["code"] == "not_found"
+    else:
+        assert a.status_code == 200 and a.headers["content-type"] == "application/proto"
+        response_cls.FromString(a.content)
+    if method == "CheckIn":
+        assert response_cls.FromString(a.content).status == "active"
 
 
 def test_the_lane_counts_its_requests_in_the_metrics(pair: tuple[Any, Any], token: str, fleet: Fleet) -> None:

@@ -10,6 +10,8 @@ A service module declares its methods with :class:`Service`::
 Every method must name its auth policy; there is no default. Requests are
 decoded into msgspec Structs following protobuf's JSON mapping: snake_case and
 lowerCamelCase field names, 64-bit integers as strings, unknown fields ignored.
+A request in binary protobuf (``application/proto``) goes through :mod:`.proto_codec`,
+imported on the first one, so the JSON path and the server's start never load protobuf.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import binascii
 import inspect
 import logging
 import typing
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -56,6 +59,8 @@ PACKAGE = "fleetd.v1"
 Policy = Literal["public", "device", "device_or_viewer", "viewer", "operator", "admin", "ddi"]
 POLICIES: tuple[str, ...] = typing.get_args(Policy)
 JSON = "application/json"
+PROTO = "application/proto"
+ACCEPT_POST = f"{JSON}, {PROTO}"  # the request Content-Types the RPC routes take
 
 
 # --- context -----------------------------------------------------------------
@@ -283,39 +288,60 @@ def _client_addr(request: Request[Any, Any, Any]) -> str | None:
     return request.client.host if request.client else None
 
 
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
 def is_json(content_type: str | None) -> bool:
-    if not content_type:
-        return False
-    return content_type.split(";", 1)[0].strip().lower() == JSON
+    if content_type == JSON:
+        return True
+    return content_type is not None and _media_type(content_type) == JSON
 
 
-def not_json(content_type: str | None) -> UnsupportedMediaType:
-    return UnsupportedMediaType(f"Content-Type must be {JSON} (got {content_type!r})")
+def is_proto(content_type: str | None) -> bool:
+    return content_type is not None and _media_type(content_type) == PROTO
 
 
-def _get_message(request: Request[Any, Any, Any]) -> bytes:
+def unsupported(content_type: str | None) -> UnsupportedMediaType:
+    return UnsupportedMediaType(f"Content-Type must be {JSON} or {PROTO} (got {content_type!r})")
+
+
+def _get_message(request: Request[Any, Any, Any]) -> tuple[bytes, bool]:
+    """A Connect GET's message and whether it is binary protobuf (``encoding=proto``)."""
     params = request.query_params
     encoding = params.get("encoding", "json")
-    if encoding != "json":
-        raise UnsupportedMediaType(f"unsupported message encoding {encoding!r}; use encoding=json")
-    message = params.get("message", "")
+    if encoding not in ("json", "proto"):
+        raise UnsupportedMediaType(f"unsupported message encoding {encoding!r}; use encoding=json or encoding=proto")
+    binary = encoding == "proto"
     if params.get("base64") == "1":
+        message = params.get("message", "")
         try:
-            return base64.urlsafe_b64decode(message + "=" * (-len(message) % 4))
+            return base64.urlsafe_b64decode(message + "=" * (-len(message) % 4)), binary
         except (binascii.Error, ValueError):
             raise InvalidArgument("the message parameter is not valid base64") from None
-    return message.encode()
+    if binary:  # percent-encoded bytes, which the decoded (text) query parameters would mangle
+        for part in request.scope["query_string"].split(b"&"):
+            key, _, value = part.partition(b"=")
+            if key == b"message":
+                return urllib.parse.unquote_to_bytes(value.replace(b"+", b" ")), True
+        return b"", True
+    return params.get("message", "").encode(), False
 
 
 def _route(method: Method) -> HTTPRouteHandler:
     async def endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
         if request.method == "GET":
-            body = _get_message(request)
+            body, binary = _get_message(request)
         else:
             content_type = request.headers.get("content-type")
+            binary = False
             if not is_json(content_type):
-                raise not_json(content_type)
+                if not is_proto(content_type):
+                    raise unsupported(content_type)
+                binary = True
             body = await request.body()
+        if binary:
+            return await _binary(method, request, body)
         message = method.codec.decode(body)
         ctx = Context(request.app.state.fleet, request.state.principal, _client_addr(request), request)
         result = await method.handler(ctx, message)
@@ -327,6 +353,17 @@ def _route(method: Method) -> HTTPRouteHandler:
         opt={"auth": method.auth, "rpc": method, "before_password_change": method.before_password_change},
         include_in_schema=False,
     )(endpoint)
+
+
+async def _binary(method: Method, request: Request[Any, Any, Any], body: bytes) -> Response[bytes]:
+    """A call in binary protobuf: the same handler, the message in and out through proto_codec.
+    Errors stay Connect JSON error bodies (:func:`error_response`), as the protocol has it for unary calls."""
+    from . import proto_codec  # here, not at the top: only a binary request loads protobuf
+
+    message: Any = proto_codec.decode(body, method.request_type)
+    ctx = Context(request.app.state.fleet, request.state.principal, _client_addr(request), request)
+    result = await method.handler(ctx, message)
+    return Response(proto_codec.encode(result), media_type=PROTO, status_code=200, cookies=ctx.cookies or None)
 
 
 def routes(services: list[Service]) -> list[HTTPRouteHandler]:
@@ -346,6 +383,8 @@ def error_parts(exc: Exception, data_dir: Any, where: str) -> tuple[FleetdError,
     An unexpected exception is logged with ``where`` (method and path) and answered as internal."""
     if disk.is_full(exc):
         exc = disk.full_error(data_dir, exc)
+    if isinstance(exc, UnsupportedMediaType):
+        return exc, {"Accept-Post": ACCEPT_POST}
     if isinstance(exc, FleetdError):
         return exc, dict(exc.headers) if isinstance(exc, ResourceExhausted) else {}
     log.error("internal error on %s", where, exc_info=exc)

@@ -63,8 +63,8 @@ def bearer(token: str, content_type: str = "application/json") -> dict[str, str]
     return {"Authorization": f"Bearer {token}", "Content-Type": content_type}
 
 
-def test_a_check_in_is_answered_by_the_lane_like_litestar(pair: tuple[Any, Any], token: str,
-                                                           lane_app: DeviceLane) -> None:
+def passed_to_litestar(lane_app: DeviceLane) -> list[str]:
+    """The paths of the requests the lane hands on to Litestar, from now on."""
     served: list[str] = []
     inner = lane_app.app
 
@@ -73,6 +73,12 @@ def test_a_check_in_is_answered_by_the_lane_like_litestar(pair: tuple[Any, Any],
         await inner(scope, receive, send)
 
     lane_app.app = spy
+    return served
+
+
+def test_a_check_in_is_answered_by_the_lane_like_litestar(pair: tuple[Any, Any], token: str,
+                                                           lane_app: DeviceLane) -> None:
+    served = passed_to_litestar(lane_app)
     r = both(pair, "CheckIn", json.dumps(CHECKIN), bearer(token))
     assert r.status_code == 200 and r.json()["status"] == "active"
     assert r.headers["content-type"] == "application/json"
@@ -138,14 +144,7 @@ def test_a_binary_call_goes_to_litestar_and_gets_the_same_answer(pair: tuple[Any
 
     from tests.http.test_proto_routes import message_classes
 
-    served: list[str] = []
-    inner = lane_app.app
-
-    async def spy(scope: Any, receive: Any, send: Any) -> None:
-        served.append(scope["path"])
-        await inner(scope, receive, send)
-
-    lane_app.app = spy
+    served = passed_to_litestar(lane_app)
     request_cls, response_cls = message_classes("DeviceService", method)
     content = json_format.ParseDict(body, request_cls()).SerializeToString()
     lane, plain = pair

@@ -48,7 +48,6 @@ from ..core.errors import (
     Unimplemented,
     UnsupportedMediaType,
 )
-
 from . import compression, grpc_web
 
 if TYPE_CHECKING:

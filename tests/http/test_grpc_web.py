@@ -236,3 +236,23 @@ def test_frames_round_trip(messages: list[tuple[int, bytes]]) -> None:
     for broken in ([body[:-1]] if body else []) + [body + b"\x00"]:
         with pytest.raises(InvalidArgument):
             grpc_web.frames(broken)
+
+
+def test_a_browser_session_and_the_login_rate_limit(client: Any, fleet: Fleet) -> None:
+    from tests.accounts.test_auth import _make_user
+
+    _make_user(fleet)
+    login = json.dumps({"username": "carol", "password": "a-long-password"}).encode()
+    r = client.post("/fleetd.v1.UserService/Login", content=frame(login), headers={"Content-Type": JSON})
+    csrf = json.loads(Answer(r).messages[0])["csrf_token"]
+    assert "HttpOnly" in r.headers["set-cookie"]
+    # The session cookie (kept by the client) and its CSRF header, as on a Connect call.
+    assert grpc(client, "AuditService", "List", b"{}", JSON).status == 7  # no CSRF header
+    a = grpc(client, "UserService", "WhoAmI", b"{}", JSON, x_csrf_token=csrf)
+    assert json.loads(a.messages[0])["name"] == "carol"
+    client.cookies.clear()
+    wrong = frame(json.dumps({"username": "carol", "password": "wrong-password!"}).encode())
+    answers = [client.post("/fleetd.v1.UserService/Login", content=wrong, headers={"Content-Type": JSON})
+               for _ in range(fleet.settings.login_rate_per_minute + 1)]
+    assert Answer(answers[0]).status == 16
+    assert Answer(answers[-1]).status == 8 and answers[-1].headers["retry-after"]

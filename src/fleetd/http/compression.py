@@ -43,17 +43,22 @@ def too_large(limit: int) -> PayloadTooLarge:
                            f"once decompressed")
 
 
-def decode(body: bytes, encoding: str, limit: int, *, accept_header: str = "Accept-Encoding") -> bytes:
-    """``body`` decompressed per ``encoding`` (a Content-Encoding or grpc-encoding value), at most ``limit`` bytes.
+def compressed(encoding: str, accept_header: str = "Accept-Encoding") -> bool:
+    """Whether a Content-Encoding (or grpc-encoding) value means gzip (True) or no compression (False).
 
-    ``accept_header`` names the header that lists the supported encodings in the error for an unknown one
-    (``Accept-Encoding`` for Connect, ``grpc-accept-encoding`` for gRPC-Web)."""
+    Anything else is :class:`UnsupportedEncoding`, whose answer lists the supported encodings in
+    ``accept_header`` (``Accept-Encoding`` for Connect, ``grpc-accept-encoding`` for gRPC-Web)."""
     name = encoding.strip().lower()
+    if name == GZIP:
+        return True
     if name in ("", IDENTITY):
-        return body
-    if name != GZIP:
-        raise UnsupportedEncoding(encoding, accept_header)
-    return gunzip(body, limit)
+        return False
+    raise UnsupportedEncoding(encoding, accept_header)
+
+
+def decode(body: bytes, encoding: str, limit: int) -> bytes:
+    """A Connect body (or GET message) decompressed per ``encoding``, at most ``limit`` bytes."""
+    return gunzip(body, limit) if compressed(encoding) else body
 
 
 def gunzip(data: bytes, limit: int) -> bytes:

@@ -80,14 +80,14 @@ def request_message(body: bytes, encoding: str | None, limit: int) -> bytes:
     if flags & ~COMPRESSED:
         raise InvalidArgument(f"malformed gRPC-Web request: frame flags 0x{flags:02x}; a request message "
                               f"frame has 0x00 or 0x01 (compressed)")
-    if flags & COMPRESSED:
-        if encoding is None or encoding.strip().lower() in ("", compression.IDENTITY):
-            raise ProtocolError("the gRPC-Web message frame is flagged compressed but the request has no "
-                                "grpc-encoding header; send grpc-encoding: gzip or an uncompressed frame")
-        return compression.decode(message, encoding, limit, accept_header=ACCEPT_ENCODING)
-    if encoding is not None:  # an unknown grpc-encoding is refused even when this message is not compressed
-        compression.decode(b"", encoding, limit, accept_header=ACCEPT_ENCODING)
-    return message
+    # An unknown grpc-encoding is refused even when this message is not compressed.
+    gzipped = encoding is not None and compression.compressed(encoding, ACCEPT_ENCODING)
+    if not flags & COMPRESSED:
+        return message
+    if not gzipped:
+        raise ProtocolError("the gRPC-Web message frame is flagged compressed but the request has no "
+                            "grpc-encoding header; send grpc-encoding: gzip or an uncompressed frame")
+    return compression.gunzip(message, limit)
 
 
 def percent_encode(text: str) -> str:

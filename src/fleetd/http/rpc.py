@@ -366,10 +366,10 @@ def _route(method: Method) -> HTTPRouteHandler:
             if encoding is not None:
                 body = compression.decode(body, encoding, _limit(request))
         if binary:
-            return await _binary(method, request, body)
+            return _answer(request, *await _binary(method, request, body), PROTO)
         message = method.codec.decode(body)
         ctx = Context(request.app.state.fleet, request.state.principal, _client_addr(request), request)
-        return _answer(request, encode(await method.handler(ctx, message)), JSON, ctx)
+        return _answer(request, encode(await method.handler(ctx, message)), ctx, JSON)
 
     verbs = [HttpMethod.POST, HttpMethod.GET] if method.readonly else [HttpMethod.POST]
     return HTTPRouteHandler(
@@ -379,17 +379,18 @@ def _route(method: Method) -> HTTPRouteHandler:
     )(endpoint)
 
 
-async def _binary(method: Method, request: Request[Any, Any, Any], body: bytes) -> Response[bytes]:
-    """A call in binary protobuf: the same handler, the message in and out through proto_codec.
-    Errors stay Connect JSON error bodies (:func:`error_response`), as the protocol has it for unary calls."""
+async def _binary(method: Method, request: Request[Any, Any, Any], body: bytes) -> tuple[bytes, Context]:
+    """A call in binary protobuf: the same handler, the message in and out through proto_codec; the answer's
+    bytes and the context. Errors stay Connect JSON error bodies (:func:`error_response`), as the protocol has
+    it for unary calls (gRPC-Web: trailers)."""
     from . import proto_codec  # here, not at the top: only a binary request loads protobuf
 
     message: Any = proto_codec.decode(body, method.request_type)
     ctx = Context(request.app.state.fleet, request.state.principal, _client_addr(request), request)
-    return _answer(request, proto_codec.encode(await method.handler(ctx, message)), PROTO, ctx)
+    return proto_codec.encode(await method.handler(ctx, message)), ctx
 
 
-def _answer(request: Request[Any, Any, Any], payload: bytes, media_type: str, ctx: Context) -> Response[bytes]:
+def _answer(request: Request[Any, Any, Any], payload: bytes, ctx: Context, media_type: str) -> Response[bytes]:
     """A Connect unary success answer, gzip-compressed when the client accepts it and it is worth it
     (:data:`compression.MIN_BYTES`); the length test comes first so small answers never look at headers."""
     headers = None
@@ -404,14 +405,11 @@ async def _grpc_web(method: Method, request: Request[Any, Any, Any], media_type:
     Errors become trailers-only answers in :func:`error_response`."""
     headers = request.headers
     message = grpc_web.request_message(await request.body(), headers.get("grpc-encoding"), _limit(request))
-    ctx = Context(request.app.state.fleet, request.state.principal, _client_addr(request), request)
     if media_type == grpc_web.GRPC_WEB_JSON:
+        ctx = Context(request.app.state.fleet, request.state.principal, _client_addr(request), request)
         payload = encode(await method.handler(ctx, method.codec.decode(message)))
     else:
-        from . import proto_codec
-
-        result = await method.handler(ctx, proto_codec.decode(message, method.request_type))
-        payload = proto_codec.encode(result)
+        payload, ctx = await _binary(method, request, message)
     body, extra = grpc_web.response_body(payload, headers.get(grpc_web.ACCEPT_ENCODING))
     return Response(body, media_type=media_type, status_code=200, headers=extra, cookies=ctx.cookies or None)
 
@@ -467,7 +465,7 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
         headers.update(exc.headers or {})
     else:
         err, headers = error_parts(exc, request.app.state.fleet.data_dir, f"{request.method} {request.url.path}")
-    if request.method == "POST":
+    if request.method == "POST" and request.url.path.startswith(f"/{PACKAGE}."):
         web = grpc_web.media_type(request.headers.get("content-type"))
         if web is not None:  # trailers-only: HTTP 200, the status in the headers, no body
             headers.update(grpc_web.status_lines(err.code, err.message))

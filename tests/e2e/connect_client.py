@@ -3,7 +3,7 @@ files (protoc + protoc-gen-connect-python) and the connect-python runtime.
 
 tests/e2e/test_generated_clients.py generates the code into a temporary folder and runs this file with only that
 folder on the path (the generated modules are named ``fleetd.v1.*``, which the server's own package would shadow).
-It calls every read method and one write method of each service in the codec and compression it is given, checks
+It calls every read method and writes of each service that has any, in the codec and compression it is given, checks
 fields of each answer and the Connect errors, and prints what it saw as JSON:
 
     {"calls": {"fleetd.v1.UserService/ListKeys": {"http_method": "POST", "request": {...headers},
@@ -28,7 +28,7 @@ from connectrpc.compression.gzip import GzipCompression
 from connectrpc.errors import ConnectError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fleetd.v1 import (  # type: ignore[import-not-found]
+from fleetd.v1 import (
     alert_connect,
     alert_pb2,
     artifact_connect,

@@ -113,7 +113,7 @@ def buf_calls(fleet: dict[str, Any]) -> list[tuple[str, str | None, dict[str, An
 def buf_curl(server: ServerProcess, method: str, body: dict[str, Any], key: str | None,
              *args: str) -> subprocess.CompletedProcess[str]:
     buf = shutil.which("buf")
-    assert buf, "buf is not installed: .ci/run installs it (npm install -g @bufbuild/buf)"
+    assert buf, "buf is not installed: npm install -g @bufbuild/buf@1.75.0 (as .ci/run does)"
     auth = ["-H", f"Authorization: Bearer {key}"] if key else []
     return subprocess.run([buf, "curl", "--schema", str(proto_dir()), "--cacert", server.ca, *auth, "-d",
                            json.dumps(body), *args, f"{server.url}/fleetd.v1.{method}"],

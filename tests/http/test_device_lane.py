@@ -16,6 +16,7 @@ from litestar.testing import TestClient
 
 from fleetd.app import asgi_app, create_app
 from fleetd.fleet import Fleet
+from fleetd.http import compression, grpc_web, rpc
 from fleetd.http.device_lane import DeviceLane
 from tests.conftest import make_key
 from tests.support.devices_helper import TestDevice
@@ -109,7 +110,7 @@ def test_credentials_and_content_type_errors_match(pair: tuple[Any, Any], token:
     # An API key is a person's, not a device's.
     assert both(pair, "CheckIn", body, bearer(make_key(fleet, "admin"))).status_code == 403
     r = both(pair, "CheckIn", body, bearer(token, "text/plain"))
-    assert r.status_code == 415 and r.headers["accept-post"] == "application/json, application/proto"
+    assert r.status_code == 415 and r.headers["accept-post"] == rpc.ACCEPT_POST
     # The guard runs first: bad credentials with a bad body are a 401, not a 415.
     assert both(pair, "CheckIn", "x", bearer("garbage", "text/plain")).status_code == 401
 
@@ -160,6 +161,36 @@ def test_a_binary_call_goes_to_litestar_and_gets_the_same_answer(pair: tuple[Any
         response_cls.FromString(a.content)
     if method == "CheckIn":
         assert response_cls.FromString(a.content).status == "active"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "identity", "br"])
+def test_a_compressed_check_in_goes_to_litestar_and_gets_the_same_answer(pair: tuple[Any, Any], token: str,
+                                                                         lane_app: DeviceLane, encoding: str
+                                                                         ) -> None:
+    served = passed_to_litestar(lane_app)
+    body = json.dumps(CHECKIN).encode()
+    content = compression.gzip(body) if encoding == "gzip" else body
+    r = both(pair, "CheckIn", content, {**bearer(token), "Content-Encoding": encoding})
+    assert served == [PATH + "CheckIn"], "the lane answered a compressed call itself"
+    if encoding == "br":
+        assert r.status_code == 501 and r.json()["code"] == "unimplemented"
+        assert r.headers["accept-encoding"] == "gzip, identity"
+    else:
+        assert r.status_code == 200 and r.json()["status"] == "active"
+        plain = pair[0].post(PATH + "CheckIn", content=body, headers=bearer(token))
+        assert r.json() == plain.json(), "the lane and the route answer the same check-in differently"
+
+
+def test_a_grpc_web_check_in_goes_to_litestar(pair: tuple[Any, Any], token: str, lane_app: DeviceLane) -> None:
+    served = passed_to_litestar(lane_app)
+    lane, _ = pair
+    r = lane.post(PATH + "CheckIn", content=grpc_web.frame(json.dumps(CHECKIN).encode()),
+                  headers=bearer(token, grpc_web.GRPC_WEB_JSON))
+    assert served == [PATH + "CheckIn"]
+    assert r.status_code == 200 and r.headers["content-type"] == grpc_web.GRPC_WEB_JSON
+    (flags, message), (tflags, trailer) = grpc_web.frames(r.content)
+    assert (flags, tflags) == (0, grpc_web.TRAILER) and b"grpc-status: 0" in trailer
+    assert json.loads(message)["status"] == "active"
 
 
 def test_the_lane_counts_its_requests_in_the_metrics(pair: tuple[Any, Any], token: str, fleet: Fleet) -> None:

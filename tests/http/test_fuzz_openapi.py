@@ -8,11 +8,18 @@ revoke the run's own credentials, as those are addressed by ids the generator ca
 id, the device's id, the controller id "fuzz-ctl"). One operation is left out: GET /v1/events, a stream that
 never ends, which the in-process client would wait for whole (tests/e2e/test_events.py covers it).
 
+Every RPC method is fuzzed once more in the other encodings it answers (test_no_server_error_in_other_encodings):
+the generated body gzip-compressed, in binary protobuf (converted where it fits the message, else the JSON bytes
+as a broken message), and framed as gRPC-Web (+json, its frame gzip-compressed every other time), so both codecs,
+both protocols and compression see the same generated input.
+
 Bounded and repeatable: a fixed number of examples per operation, derandomized, no example database.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +36,7 @@ from schemathesis.checks import not_a_server_error
 from fleetd.app import PLAIN_PATHS, SERVICES, create_app
 from fleetd.core.config import Settings
 from fleetd.fleet import Fleet
-from fleetd.http import openapi
+from fleetd.http import grpc_web, openapi
 from tests.conftest import make_key, rpc
 from tests.support.devices_helper import TestDevice
 
@@ -38,6 +45,8 @@ SCHEMA = schemathesis.openapi.from_dict(DOC)
 NOT_FUZZED = {"GET /v1/events"}
 OPERATIONS = {op.label: op for op in (r.ok() for r in SCHEMA.get_all_operations()) if op.label not in NOT_FUZZED}
 EXAMPLES = 25
+OTHER_ENCODING_EXAMPLES = 6
+RPC_OPERATIONS = sorted(label for label in OPERATIONS if label.startswith("POST /fleetd.v1."))
 CONTROLLER = "fuzz-ctl"
 TENANT = "DEFAULT"
 
@@ -127,6 +136,66 @@ def test_no_server_error(server: Server, label: str) -> None:
         case.validate_response(response, checks=[not_a_server_error])
 
     fuzz()
+
+
+def _as_proto(label: str, body: Any, fallback: bytes) -> bytes:
+    """``body`` as the method's protobuf request when it fits the message, else ``fallback`` (a broken one)."""
+    from google.protobuf import json_format  # type: ignore[import-untyped]
+
+    from tests.http.test_proto_routes import message_classes
+
+    service, method = label.removeprefix("POST /fleetd.v1.").split("/")
+    try:
+        return bytes(json_format.ParseDict(body, message_classes(service, method)[0]()).SerializeToString())
+    except Exception:  # anything the generator made that is not this message
+        return fallback
+
+
+def _grpc_status(r: Any) -> int:
+    """A gRPC-Web answer's status: in the headers (trailers-only) or in its trailer frame."""
+    if "grpc-status" in r.headers:
+        return int(r.headers["grpc-status"])
+    flags, trailer = grpc_web.frames(r.content)[-1]
+    found = re.search(rb"grpc-status: (\d+)", trailer)
+    assert flags == grpc_web.TRAILER and found, r.content
+    return int(found.group(1))
+
+
+@pytest.mark.parametrize("label", RPC_OPERATIONS)
+def test_no_server_error_in_other_encodings(server: Server, label: str) -> None:
+    op = OPERATIONS[label]
+    strategy = st.one_of(op.as_strategy(generation_mode=GenerationMode.POSITIVE),
+                         op.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+    url = label.removeprefix("POST ")
+    auth = server.headers(op)
+    seen = []
+
+    @settings(max_examples=OTHER_ENCODING_EXAMPLES, deadline=None, derandomize=True, database=None,
+              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(case=strategy)
+    def fuzz(case: Any) -> None:
+        try:
+            body = case.body if isinstance(case.body, (dict, list, str, int, float, bool)) else {}
+            content = json.dumps(body).encode()
+        except (TypeError, ValueError):
+            content, body = b"{}", {}
+        zipped = len(seen) % 2 == 1
+        seen.append(label)
+        requests = [
+            ({"Content-Type": "application/json", "Content-Encoding": "gzip"}, gzip.compress(content)),
+            ({"Content-Type": "application/proto", "Accept-Encoding": "gzip"}, _as_proto(label, body, content)),
+            ({"Content-Type": grpc_web.GRPC_WEB_JSON, "grpc-accept-encoding": "gzip",
+              **({"grpc-encoding": "gzip"} if zipped else {})},
+             grpc_web.frame(gzip.compress(content), 1) if zipped else grpc_web.frame(content)),
+        ]
+        for headers, payload in requests:
+            r = server.client.post(url, content=payload, headers={**auth, **headers})
+            assert r.status_code < 500, (headers, payload[:200], r.text)
+            if headers["Content-Type"] == grpc_web.GRPC_WEB_JSON:  # unknown (2) or internal (13): a server error
+                assert r.status_code == 200 and _grpc_status(r) not in (2, 13), (payload[:200], r.headers, r.content)
+
+    fuzz()
+    assert seen
 
 
 def test_the_credentials_got_the_calls_past_authentication(server: Server) -> None:

@@ -222,7 +222,7 @@ def test_connect_get_with_encoding_proto(client: Any, admin_key: str, world: dic
     assert r.status_code == 415 and "encoding=proto" in r.json()["message"]
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/grpc-web+proto", None])
+@pytest.mark.parametrize("content_type", ["text/plain", "application/grpc", "application/grpc-web-text", None])
 def test_other_content_types_get_415_naming_the_accepted_ones(client: Any, admin_key: str,
                                                               content_type: str | None) -> None:
     headers = {"Authorization": f"Bearer {admin_key}"}
@@ -230,9 +230,12 @@ def test_other_content_types_get_415_naming_the_accepted_ones(client: Any, admin
         headers["Content-Type"] = content_type
     r = client.post("/fleetd.v1.UserService/ListUsers", content=b"{}", headers=headers)
     assert r.status_code == 415
-    assert r.headers["accept-post"] == rpc.ACCEPT_POST == "application/json, application/proto"
+    assert r.headers["accept-post"] == rpc.ACCEPT_POST == (
+        "application/json, application/proto, application/grpc-web, application/grpc-web+proto, "
+        "application/grpc-web+json")
     assert r.headers["content-type"] == "application/json"
-    assert "application/json or application/proto" in r.json()["message"]
+    message = r.json()["message"]
+    assert "application/json or application/proto" in message and "application/grpc-web+json" in message
 
 
 def test_content_type_parameters_and_case_are_accepted(client: Any, admin_key: str, world: dict[str, Any]) -> None:

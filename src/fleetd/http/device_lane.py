@@ -7,8 +7,10 @@ when they come as a device sends them: ``POST`` with an ``Authorization`` header
 Litestar route does, in the same order and with the same functions: body size limit, Content-Type,
 authentication and the ``device`` policy (:func:`rpc.authorize`), the method's codec and handler,
 errors through :func:`rpc.error_parts`, the security headers and the request metrics. Anything else
-(another verb, no Authorization header, a binary protobuf body, every other path) goes to Litestar
-unchanged: binary calls are rare and their codec costs more than Litestar's overhead.
+(another verb, no Authorization header, a binary protobuf or gRPC-Web body, a compressed body
+(``Content-Encoding``), every other path) goes to Litestar unchanged: those calls are rare and their
+codec or inflating costs more than Litestar's overhead. The lane does not compress its answers (a
+server may always answer uncompressed; a check-in's answer is mostly below compression.MIN_BYTES).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import rpc
+from . import grpc_web, rpc
 
 if TYPE_CHECKING:
     from ..fleet import Fleet
@@ -24,8 +26,12 @@ if TYPE_CHECKING:
 ASGIApp = Any
 
 
-def _proto(content_type: bytes | None) -> bool:
-    return content_type is not None and rpc.is_proto(content_type.decode("latin-1"))
+def _binary(content_type: bytes | None) -> bool:
+    """Binary protobuf or gRPC-Web: the calls the lane leaves to Litestar."""
+    if content_type is None:
+        return False
+    text = content_type.decode("latin-1")
+    return rpc.is_proto(text) or grpc_web.media_type(text) is not None
 
 
 class _Disconnected(Exception):
@@ -49,7 +55,7 @@ class DeviceLane:
         if scope["type"] == "http" and scope["method"] == "POST":
             method = self.methods.get(scope["path"])
             if method is not None:
-                authorization = content_type = length = None
+                authorization = content_type = length = encoding = None
                 for name, value in scope["headers"]:
                     if name == b"authorization":
                         authorization = value
@@ -57,7 +63,10 @@ class DeviceLane:
                         content_type = value
                     elif name == b"content-length":
                         length = value
-                if authorization is not None and (content_type == b"application/json" or not _proto(content_type)):
+                    elif name == b"content-encoding":
+                        encoding = value
+                if (authorization is not None and encoding is None
+                        and (content_type == b"application/json" or not _binary(content_type))):
                     await self._serve(method, authorization, content_type, length, scope, receive, send)
                     return
         await self.app(scope, receive, send)

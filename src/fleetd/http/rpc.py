@@ -12,6 +12,7 @@ decoded into msgspec Structs following protobuf's JSON mapping: snake_case and
 lowerCamelCase field names, 64-bit integers as strings, unknown fields ignored.
 A request in binary protobuf (``application/proto``) goes through :mod:`.proto_codec`,
 imported on the first one, so the JSON path and the server's start never load protobuf.
+Every method also answers gRPC-Web (:mod:`.grpc_web`) and gzip (:mod:`.compression`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from ..core.errors import (
     Unimplemented,
     UnsupportedMediaType,
 )
+from . import compression, grpc_web
 
 if TYPE_CHECKING:
     from ..fleet import Fleet
@@ -60,7 +62,8 @@ Policy = Literal["public", "device", "device_or_viewer", "viewer", "operator", "
 POLICIES: tuple[str, ...] = typing.get_args(Policy)
 JSON = "application/json"
 PROTO = "application/proto"
-ACCEPT_POST = f"{JSON}, {PROTO}"  # the request Content-Types the RPC routes take
+# the request Content-Types the RPC routes take
+ACCEPT_POST = ", ".join((JSON, PROTO, *grpc_web.CONTENT_TYPES))
 
 
 # --- context -----------------------------------------------------------------
@@ -303,7 +306,14 @@ def is_proto(content_type: str | None) -> bool:
 
 
 def unsupported(content_type: str | None) -> UnsupportedMediaType:
-    return UnsupportedMediaType(f"Content-Type must be {JSON} or {PROTO} (got {content_type!r})")
+    return UnsupportedMediaType(f"Content-Type must be {JSON} or {PROTO} (Connect), or {grpc_web.GRPC_WEB_PROTO} "
+                                f"or {grpc_web.GRPC_WEB_JSON} (gRPC-Web) (got {content_type!r})")
+
+
+def _limit(request: Request[Any, Any, Any]) -> int:
+    """The body limit of the RPC routes, which also caps a decompressed message."""
+    limit: int = request.app.state.fleet.settings.max_request_bytes
+    return limit
 
 
 def _get_message(request: Request[Any, Any, Any]) -> tuple[bytes, bool]:
@@ -313,19 +323,28 @@ def _get_message(request: Request[Any, Any, Any]) -> tuple[bytes, bool]:
     if encoding not in ("json", "proto"):
         raise UnsupportedMediaType(f"unsupported message encoding {encoding!r}; use encoding=json or encoding=proto")
     binary = encoding == "proto"
+    message = _get_raw_message(request, binary)
+    compressed = params.get("compression")
+    if compressed is not None:  # Connect GET names the message's compression here, not in Content-Encoding
+        message = compression.decode(message, compressed, _limit(request))
+    return message, binary
+
+
+def _get_raw_message(request: Request[Any, Any, Any], binary: bool) -> bytes:
+    params = request.query_params
     if params.get("base64") == "1":
         message = params.get("message", "")
         try:
-            return base64.urlsafe_b64decode(message + "=" * (-len(message) % 4)), binary
+            return base64.urlsafe_b64decode(message + "=" * (-len(message) % 4))
         except (binascii.Error, ValueError):
             raise InvalidArgument("the message parameter is not valid base64") from None
     if binary:  # percent-encoded bytes, which the decoded (text) query parameters would mangle
         for part in request.scope["query_string"].split(b"&"):
             key, _, value = part.partition(b"=")
             if key == b"message":
-                return urllib.parse.unquote_to_bytes(value.replace(b"+", b" ")), True
-        return b"", True
-    return params.get("message", "").encode(), False
+                return urllib.parse.unquote_to_bytes(value.replace(b"+", b" "))
+        return b""
+    return params.get("message", "").encode()
 
 
 def _route(method: Method) -> HTTPRouteHandler:
@@ -337,15 +356,20 @@ def _route(method: Method) -> HTTPRouteHandler:
             binary = False
             if not is_json(content_type):
                 if not is_proto(content_type):
-                    raise unsupported(content_type)
+                    web = grpc_web.media_type(content_type)
+                    if web is None:
+                        raise unsupported(content_type)
+                    return await _grpc_web(method, request, web)
                 binary = True
             body = await request.body()
+            encoding = request.headers.get("content-encoding")
+            if encoding is not None:
+                body = compression.decode(body, encoding, _limit(request))
         if binary:
-            return await _binary(method, request, body)
+            return _answer(request, *await _binary(method, request, body), PROTO)
         message = method.codec.decode(body)
         ctx = Context(request.app.state.fleet, request.state.principal, _client_addr(request), request)
-        result = await method.handler(ctx, message)
-        return Response(encode(result), media_type=JSON, status_code=200, cookies=ctx.cookies or None)
+        return _answer(request, encode(await method.handler(ctx, message)), ctx, JSON)
 
     verbs = [HttpMethod.POST, HttpMethod.GET] if method.readonly else [HttpMethod.POST]
     return HTTPRouteHandler(
@@ -355,15 +379,39 @@ def _route(method: Method) -> HTTPRouteHandler:
     )(endpoint)
 
 
-async def _binary(method: Method, request: Request[Any, Any, Any], body: bytes) -> Response[bytes]:
-    """A call in binary protobuf: the same handler, the message in and out through proto_codec.
-    Errors stay Connect JSON error bodies (:func:`error_response`), as the protocol has it for unary calls."""
+async def _binary(method: Method, request: Request[Any, Any, Any], body: bytes) -> tuple[bytes, Context]:
+    """A call in binary protobuf: the same handler, the message in and out through proto_codec; the answer's
+    bytes and the context. Errors stay Connect JSON error bodies (:func:`error_response`), as the protocol has
+    it for unary calls (gRPC-Web: trailers)."""
     from . import proto_codec  # here, not at the top: only a binary request loads protobuf
 
     message: Any = proto_codec.decode(body, method.request_type)
     ctx = Context(request.app.state.fleet, request.state.principal, _client_addr(request), request)
-    result = await method.handler(ctx, message)
-    return Response(proto_codec.encode(result), media_type=PROTO, status_code=200, cookies=ctx.cookies or None)
+    return proto_codec.encode(await method.handler(ctx, message)), ctx
+
+
+def _answer(request: Request[Any, Any, Any], payload: bytes, ctx: Context, media_type: str) -> Response[bytes]:
+    """A Connect unary success answer, gzip-compressed when the client accepts it and it is worth it
+    (:data:`compression.MIN_BYTES`); the length test comes first so small answers never look at headers."""
+    headers = None
+    if len(payload) >= compression.MIN_BYTES and compression.accepts_gzip(request.headers.get("accept-encoding")):
+        payload = compression.gzip(payload)
+        headers = {"Content-Encoding": compression.GZIP, "Vary": "Accept-Encoding"}
+    return Response(payload, media_type=media_type, status_code=200, headers=headers, cookies=ctx.cookies or None)
+
+
+async def _grpc_web(method: Method, request: Request[Any, Any, Any], media_type: str) -> Response[bytes]:
+    """A gRPC-Web unary call: the same handler, the message framed (:mod:`.grpc_web`) in either codec.
+    Errors become trailers-only answers in :func:`error_response`."""
+    headers = request.headers
+    message = grpc_web.request_message(await request.body(), headers.get("grpc-encoding"), _limit(request))
+    if media_type == grpc_web.GRPC_WEB_JSON:
+        ctx = Context(request.app.state.fleet, request.state.principal, _client_addr(request), request)
+        payload = encode(await method.handler(ctx, method.codec.decode(message)))
+    else:
+        payload, ctx = await _binary(method, request, message)
+    body, extra = grpc_web.response_body(payload, headers.get(grpc_web.ACCEPT_ENCODING))
+    return Response(body, media_type=media_type, status_code=200, headers=extra, cookies=ctx.cookies or None)
 
 
 def routes(services: list[Service]) -> list[HTTPRouteHandler]:
@@ -386,7 +434,9 @@ def error_parts(exc: Exception, data_dir: Any, where: str) -> tuple[FleetdError,
     if isinstance(exc, UnsupportedMediaType):
         return exc, {"Accept-Post": ACCEPT_POST}
     if isinstance(exc, FleetdError):
-        return exc, dict(exc.headers) if isinstance(exc, ResourceExhausted) else {}
+        if isinstance(exc, (ResourceExhausted, compression.UnsupportedEncoding)):
+            return exc, dict(exc.headers)
+        return exc, {}
     log.error("internal error on %s", where, exc_info=exc)
     return FleetdError("internal error; the server log has the details"), {}
 
@@ -415,6 +465,11 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
         headers.update(exc.headers or {})
     else:
         err, headers = error_parts(exc, request.app.state.fleet.data_dir, f"{request.method} {request.url.path}")
+    if request.method == "POST" and request.url.path.startswith(f"/{PACKAGE}."):
+        web = grpc_web.media_type(request.headers.get("content-type"))
+        if web is not None:  # trailers-only: HTTP 200, the status in the headers, no body
+            headers.update(grpc_web.status_lines(err.code, err.message))
+            return Response(b"", status_code=200, media_type=web, headers=headers)
     return Response(encode(err.to_json()), status_code=err.http_status, media_type=JSON, headers=headers)
 
 

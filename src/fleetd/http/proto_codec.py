@@ -167,14 +167,30 @@ def _omitted(cls: type, f: mi.Field) -> Callable[[Any], bool] | None:
 
 @functools.cache
 def _encoder(cls: type, name: str) -> Conv:
-    fields = []
+    plain: list[tuple[str, str]] = []  # (attribute, proto field): the value as it is, None left out
+    converted: list[tuple[str, str, Conv]] = []
+    general: list[tuple[str, str, Conv | None, Callable[[Any], bool] | None, Any]] = []
     for f, fd in _fields(cls, name):
+        conv, omitted = _to_proto(f.type, fd), _omitted(cls, f)
         null = {"null_value": 0} if fd.message_type is not None and fd.message_type.full_name == VALUE else None
-        fields.append((f.name, fd.name, _to_proto(f.type, fd), _omitted(cls, f), null))
+        if omitted is not None or null is not None:
+            general.append((f.name, fd.name, conv, omitted, null))
+        elif conv is None:
+            plain.append((f.name, fd.name))
+        else:
+            converted.append((f.name, fd.name, conv))
 
     def to_kwargs(obj: Any) -> dict[str, Any]:
         kwargs = {}
-        for attr, key, conv, omitted, null in fields:
+        for attr, key in plain:
+            v = getattr(obj, attr)
+            if v is not None:
+                kwargs[key] = v
+        for attr, key, conv in converted:
+            v = getattr(obj, attr)
+            if v is not None:
+                kwargs[key] = conv(v)
+        for attr, key, maybe_conv, omitted, null in general:
             v = getattr(obj, attr)
             if omitted is not None and omitted(v):
                 continue
@@ -182,7 +198,7 @@ def _encoder(cls: type, name: str) -> Conv:
                 if null is not None:  # JSON null in a Value
                     kwargs[key] = null
                 continue
-            kwargs[key] = v if conv is None else conv(v)
+            kwargs[key] = v if maybe_conv is None else maybe_conv(v)
         return kwargs
 
     return to_kwargs
@@ -242,10 +258,11 @@ def _enum_number(numbers: dict[str, int], v: Any, enum: str) -> int:
 
 
 def _timestamp(v: dt.datetime) -> dict[str, int]:
-    if v.utcoffset() is None:
+    try:
+        d = v - _EPOCH
+    except TypeError:
         raise ValueError(f"the datetime {v.isoformat()} has no time zone; a Timestamp needs one (fleetd's "
-                         f"datetimes are in UTC)")
-    d = v - _EPOCH
+                         f"datetimes are in UTC)") from None
     return {"seconds": d.days * 86_400 + d.seconds, "nanos": d.microseconds * 1000}
 
 

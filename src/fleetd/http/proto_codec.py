@@ -151,7 +151,7 @@ def _nested(build: Callable[[type, str], Conv], cls: type, name: str) -> Conv:
 
 # --- encoding: Struct -> keyword arguments of the message class ----------------------------
 
-def _omitted(cls: type, f: mi.Field) -> Callable[[Any], bool] | None:
+def _omitted(cls: type[msgspec.Struct], f: mi.Field) -> Callable[[Any], bool] | None:
     """Whether msgspec leaves a value of field ``f`` out of an ``omit_defaults`` Struct's JSON: the default
     itself, or an empty one made by a builtin factory."""
     if not cls.__struct_config__.omit_defaults or f.required:
@@ -166,7 +166,7 @@ def _omitted(cls: type, f: mi.Field) -> Callable[[Any], bool] | None:
 
 
 @functools.cache
-def _encoder(cls: type, name: str) -> Conv:
+def _encoder(cls: type[msgspec.Struct], name: str) -> Conv:
     plain: list[tuple[str, str]] = []  # (attribute, proto field): the value as it is, None left out
     converted: list[tuple[str, str, Conv]] = []
     general: list[tuple[str, str, Conv | None, Callable[[Any], bool] | None, Any]] = []

@@ -15,8 +15,8 @@ between: tests/http/test_proto_codec.py compares the two for every message type.
   default, and a required Struct field without presence in proto gets the zero value
   (what a proto3 reader would read). ``None`` is a field left out; so is a default that an
   ``omit_defaults`` Struct leaves out of its JSON.
-- Timestamps carry datetimes (the microseconds; nanoseconds round as in RFC 3339 text);
-  an aware datetime is required, as the JSON mapping requires an offset.
+- A Timestamp carries a datetime's microseconds; one with nanoseconds is read as its RFC 3339
+  text would be. A datetime without a time zone is refused, as the JSON mapping refuses it.
 - Numbers inside google.protobuf.Struct and Value are doubles; whole ones up to 2**53
   become ints again, as a JSON client's would.
 
@@ -368,7 +368,8 @@ def _datetime(ts: Any) -> dt.datetime | str:
 
 
 def _struct(s: Any) -> dict[str, Any]:
-    return {k: _json(v) for k, v in s.fields.items()}
+    fields = s.fields
+    return {k: _json(fields[k]) for k in fields}
 
 
 def _json(v: Any) -> Any:

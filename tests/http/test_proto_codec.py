@@ -15,6 +15,7 @@ import pytest
 from google.protobuf import json_format  # type: ignore[import-untyped]
 from google.protobuf.descriptor import FieldDescriptor  # type: ignore[import-untyped]
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+from google.protobuf.timestamp_pb2 import Timestamp  # type: ignore[import-untyped]
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from msgspec import inspect as mi
@@ -403,8 +404,6 @@ def test_random_bytes_decode_as_through_the_json_mapping(name: str, data: bytes)
 
 
 def test_nanoseconds_and_edge_timestamps_decode_as_through_the_json_mapping() -> None:
-    timestamp = proto_codec._pool().FindMessageTypeByName(proto_codec.TIMESTAMP)
-    Timestamp = proto_codec.message_factory.GetMessageClass(timestamp)
     Query = proto_codec._plan(QueryRequest).message
     for seconds, nanos in [(0, 500), (0, 1500), (1_700_000_000, 999_999_500), (-62_135_596_800, 0),
                            (253_402_300_799, 999_999_000), (253_402_300_799, 999_999_999), (-1, 999_999_999),

@@ -53,13 +53,15 @@ def _children_cpu() -> float:
 
 def wrk_command(url: str, *, seconds: float, threads: int = 2, connections: int = 64,
                 requests_file: Path | None = None, auth: str | None = None,
-                timeout: str = "10s", gets_file: Path | None = None) -> tuple[list[str], dict[str, str]]:
-    """wrk's command line and environment for one run of wrk_bench.lua (keep-alive, --latency)."""
+                timeout: str = "10s", gets_file: Path | None = None,
+                content_type: str = "application/json") -> tuple[list[str], dict[str, str]]:
+    """wrk's command line and environment for one run of wrk_bench.lua (keep-alive, --latency); ``content_type``
+    is that of the POSTs of ``requests_file``."""
     wrk = find_tool("wrk")
     if wrk is None:
         raise RuntimeError("wrk is not installed")
     env = dict(os.environ, BENCH_REQUESTS=str(requests_file or ""), BENCH_AUTH=auth or "",
-               BENCH_GETS=str(gets_file or ""))
+               BENCH_GETS=str(gets_file or ""), BENCH_CONTENT_TYPE=content_type)
     cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
            f"--timeout={timeout}", "-s", str(LUA), url]
     return cmd, env
@@ -67,10 +69,12 @@ def wrk_command(url: str, *, seconds: float, threads: int = 2, connections: int 
 
 def run_wrk(url: str, *, seconds: float, threads: int = 2, connections: int = 64, server_pid: int,
             requests_file: Path | None = None, auth: str | None = None, timeout: str = "10s",
-            sample_rss: bool = False, gets_file: Path | None = None) -> WrkRun:
+            sample_rss: bool = False, gets_file: Path | None = None,
+            content_type: str = "application/json") -> WrkRun:
     """One wrk run against ``url``, with the server's CPU and memory measured beside it."""
     cmd, env = wrk_command(url, seconds=seconds, threads=threads, connections=connections,
-                           requests_file=requests_file, auth=auth, timeout=timeout, gets_file=gets_file)
+                           requests_file=requests_file, auth=auth, timeout=timeout, gets_file=gets_file,
+                           content_type=content_type)
     server_cpu0, wrk_cpu0 = cpu_seconds(server_pid), _children_cpu()
     with StealMeter() as steal, RssSampler(server_pid, 0.05 if sample_rss else 1.0) as rss:
         p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 120)

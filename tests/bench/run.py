@@ -15,12 +15,12 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from . import binary, cases, ddi_poll, history, login_flood, report, seed
+from . import binary, cases, ddi_poll, history, login_flood, proto_list, report, seed
 from .procs import find_tool, machine_info, missing_tools
 from .servers import Service, start_fleetd, start_hello
 
 BENCHES = ("footprint", "checkin", "profile", "telemetry", "download", "ddi", "login", "orchestrator", "agent",
-           "binary")
+           "binary", "proto")
 # The benchmarks that need the seeded 100,000-device data dir; the others bring their own.
 SEEDED = {"footprint", "checkin", "profile", "telemetry", "download", "ddi", "login"}
 QUICK = cases.Config(devices=10_000, tokens=2_000, telemetry_devices=500, seconds=3, warmup=1, download_seconds=3,
@@ -94,7 +94,7 @@ def config_from(a: argparse.Namespace) -> cases.Config:
 def check_tools(only: list[str]) -> list[str]:
     """Refuse to start without what the chosen benchmarks need; drop the profile if only py-spy is missing."""
     needed = []
-    if {"checkin", "telemetry", "download", "profile", "ddi", "login"} & set(only):
+    if {"checkin", "telemetry", "download", "profile", "ddi", "login", "proto"} & set(only):
         needed.append("wrk")
     if "download" in only:
         needed.append("nginx")
@@ -135,6 +135,8 @@ def run(cfg: cases.Config, only: list[str], workdir: Path) -> tuple[list[cases.R
         results.append(cases.agent(cfg, workdir, logs))
     if "binary" in only:
         results.append(binary.bench(cfg, workdir, logs))
+    if "proto" in only:
+        results.append(proto_list.bench(cfg, workdir, logs))
     return results, profiles
 
 

@@ -252,3 +252,21 @@ def test_each_run_is_kept_with_its_commit_and_the_machines_hello_world_rate(tmp_
     assert md[0].startswith(f"Latest run: `{second.name}`") and "4,530 rps" in md[0]
     assert "| telemetry ratio | 0.18 | >= 0.3 | **missed** |" in md
     assert "| telemetry ratio (>= 0.3) | 0.18! | 0.18! |" in md
+
+
+@pytest.mark.skipif(find_tool("wrk") is None, reason="wrk is not installed")
+def test_the_proto_case_loads_both_list_calls_in_both_codecs(tmp_path: Path) -> None:
+    from . import proto_list
+    cfg = cases.Config(runs=1, seconds=1, warmup=1, threads=1)
+    r = proto_list.bench(cfg, tmp_path, tmp_path)
+    assert [t.what for t in r.targets] == [
+        "binary protobuf vs JSON, ListUsers of 100 users, requests/s",
+        "binary protobuf vs JSON, ListDevices of 100 devices, requests/s"]
+    for name in ("ListUsers", "ListDevices"):
+        d = r.data[name]
+        assert d["json"]["rps"] > 0 and d["proto"]["rps"] > 0 and d["ratio"] > 0
+        # Every answer was a 2xx in the codec asked for (wrk's counts; check_clean refuses anything else).
+        assert all(run["non_2xx"] == 0 for codec in ("json", "proto") for run in d[codec]["runs"])
+        assert d["body_bytes"]["proto"] < d["body_bytes"]["json"]
+    assert not (tmp_path / "proto-data").exists()
+    assert "proto" in run.parse_args([]).only

@@ -3,6 +3,8 @@
 -- BENCH_REQUESTS: a file of "token<TAB>json body" lines; each becomes a POST to wrk's
 --   URL path with "Authorization: Bearer <token>". Requests are built once per thread in
 --   init() and rotated over, so the load generator spends nothing on formatting.
+-- BENCH_CONTENT_TYPE: those POSTs' Content-Type (default application/json), e.g. application/proto
+--   for binary protobuf bodies (which then must hold no tab or newline byte).
 -- BENCH_AUTH: without BENCH_REQUESTS, a GET of the URL with this Authorization header.
 -- BENCH_GETS: a file of "authorization<TAB>path" lines; each becomes a GET of that path (on wrk's
 --   host) with that Authorization header, e.g. hawkBit DDI polls with per-device TargetTokens.
@@ -44,13 +46,15 @@ function init(args)
       n = 1
       return
    end
-   local f = assert(io.open(file, "r"))
+   local content_type = os.getenv("BENCH_CONTENT_TYPE")
+   if not content_type or content_type == "" then content_type = "application/json" end
+   local f = assert(io.open(file, "rb"))
    for line in f:lines() do
       local token, body = line:match("^([^\t]*)\t(.*)$")
       if token then
          n = n + 1
          reqs[n] = wrk.format("POST", nil, {
-            ["Content-Type"] = "application/json",
+            ["Content-Type"] = content_type,
             ["Authorization"] = "Bearer " .. token,
          }, body)
       end

@@ -4,6 +4,7 @@ per test; haproxy spreads connections and takes a failed backend out."""
 from __future__ import annotations
 
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import psycopg
 import pytest
 
 from fleetd.core import pki
-from tests.support.services import Bucket, HAProxy, PostgresServer, S3Server
+from tests.support.services import Bucket, HAProxy, PostgresServer, S3Server, ServiceError
 from tests.support.services.sigv4 import sign
 
 # --- PostgreSQL ----------------------------------------------------------------------------------------------------
@@ -226,3 +227,12 @@ def test_haproxy_stops_and_cleans_up(backends: list[Backend]) -> None:
 def test_haproxy_refuses_an_empty_backend_list() -> None:
     with pytest.raises(ValueError, match="at least one backend"):
         HAProxy([])
+
+
+def test_a_service_that_fails_to_start_says_why_and_leaves_nothing() -> None:
+    before = set(Path(tempfile.gettempdir()).glob("fleetd-haproxy-*"))
+    with pytest.raises(ServiceError, match=r"haproxy -c \(config check\) failed") as failed, \
+            HAProxy(["127.0.0.1:not-a-port"]):
+        pass
+    assert "not-a-port" in str(failed.value)  # haproxy's own complaint is in the message
+    assert set(Path(tempfile.gettempdir()).glob("fleetd-haproxy-*")) == before

@@ -59,14 +59,32 @@ class Service:
 
     def __init__(self, run_as: str | None = None) -> None:
         self.run_as = run_as if run_as and os.geteuid() == 0 else None
-        self.dir = Path(tempfile.mkdtemp(prefix=f"fleetd-{self.name}-"))
         if self.run_as:
-            shutil.chown(self.dir, self.run_as, pwd.getpwnam(self.run_as).pw_gid)
-        self.log_path = self.dir / f"{self.name}.log"
+            try:
+                pwd.getpwnam(self.run_as)
+            except KeyError:
+                raise ServiceError(f"{self.name} runs as the user {self.run_as!r} when the tests run as root, and "
+                                   "there is none: install the Debian package that creates it, or run the tests "
+                                   "as another user") from None
+        self._dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
+    @property
+    def dir(self) -> Path:
+        """The service's own temp dir, from ``__enter__`` until it stops."""
+        if self._dir is None:
+            raise ServiceError(f"{self.name} is not started: use it as a context manager (with ...:)")
+        return self._dir
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / f"{self.name}.log"
+
     def __enter__(self) -> Self:
+        self._dir = Path(tempfile.mkdtemp(prefix=f"fleetd-{self.name}-"))
+        if self.run_as:
+            shutil.chown(self._dir, self.run_as, pwd.getpwnam(self.run_as).pw_gid)
         try:
             self._start()
         except BaseException:
@@ -110,7 +128,7 @@ class Service:
     def log_tail(self, lines: int = 30) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
-        except OSError:
+        except (OSError, ServiceError):
             return "(no log)"
         return f"--- last lines of {self.log_path} ---\n" + "\n".join(text.splitlines()[-lines:])
 
@@ -129,4 +147,6 @@ class Service:
         if self._log is not None:
             self._log.close()
             self._log = None
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None

@@ -37,17 +37,26 @@ class HAProxy(Service):
             raise ValueError("HAProxy needs at least one backend host:port")
         super().__init__()
         self.backends = list(backends)
+        self.health_path = health_path
+        self.check_tls = check_tls
+        self.check_interval_ms = check_interval_ms
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.stats_socket = self.dir / "admin.sock"
-        self.config_path = self.dir / "haproxy.cfg"
-        self.config_path.write_text(self.config(health_path, check_tls, check_interval_ms))
 
-    def config(self, health_path: str | None, check_tls: bool, interval: int) -> str:
-        check = f"check inter {interval}ms fall 1 rise 1" + (" check-ssl verify none" if check_tls else "")
+    @property
+    def stats_socket(self) -> Path:
+        return self.dir / "admin.sock"
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "haproxy.cfg"
+
+    def config(self) -> str:
+        check = (f"check inter {self.check_interval_ms}ms fall 1 rise 1"
+                 + (" check-ssl verify none" if self.check_tls else ""))
         servers = "".join(f"    server r{i} {b} {check}\n" for i, b in enumerate(self.backends))
-        http_check = (f"    option httpchk GET {health_path}\n    http-check expect status 200\n"
-                      if health_path else "")
+        http_check = (f"    option httpchk GET {self.health_path}\n    http-check expect status 200\n"
+                      if self.health_path else "")
         return (
             "global\n"
             f"    stats socket {self.stats_socket} mode 600 level admin\n"
@@ -67,7 +76,8 @@ class HAProxy(Service):
 
     def _start(self) -> None:
         binary = str(haproxy_binary())
-        self._run([binary, "-c", "-q", "-f", str(self.config_path)], "haproxy -c (config check)")
+        self.config_path.write_text(self.config())
+        self._run([binary, "-c", "-f", str(self.config_path)], "haproxy -c (config check)")
         self._spawn([binary, "-db", "-f", str(self.config_path)])  # -db: foreground, no daemon
         self._wait(lambda: accepts(self.port) and self.stats_socket.exists(), 15, "listening")
 

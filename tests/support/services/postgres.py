@@ -65,7 +65,7 @@ class PostgresServer(Service):
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://{USER}@{self.host}:{self.port}/{database}"
 
-    def _admin(self, statement: sql.Composable) -> None:
+    def _admin(self, statement: sql.Composed) -> None:
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             conn.execute(statement)
 

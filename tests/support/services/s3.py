@@ -48,9 +48,10 @@ class S3Server(Service):
          self.port, self.s3_grpc) = free_ports(8)
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._buckets = 0
-        self._client = httpx.Client(timeout=30)
+        self._client: httpx.Client | None = None
 
     def _start(self) -> None:
+        self._client = httpx.Client(timeout=30)
         config = self.dir / "s3.json"
         config.write_text(json.dumps({"identities": [{
             "name": "fleetd-tests",
@@ -82,7 +83,9 @@ class S3Server(Service):
             return False
 
     def stop(self) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         super().stop()
 
     def url(self, bucket: str, key: str = "") -> str:
@@ -96,6 +99,8 @@ class S3Server(Service):
             url += "?" + "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in params.items())
         signed = sign(method, url, region=self.region, access_key=self.access_key, secret_key=self.secret_key,
                       body=body, headers=headers)
+        if self._client is None:
+            raise ServiceError("the S3 server is not started: use it as a context manager (with S3Server() as s3:)")
         return self._client.request(method, url, content=body, headers=signed)
 
     def create_bucket(self) -> str:

@@ -44,7 +44,7 @@ def accepts(port: int, host: str = "127.0.0.1") -> bool:
 
 
 class ServiceError(RuntimeError):
-    """A service did not start or answer; the message holds the tail of its log."""
+    """A service could not start or answer; the message says why (with the end of its log, when it has one)."""
 
 
 class Service:

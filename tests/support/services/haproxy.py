@@ -82,7 +82,7 @@ class HAProxy(Service):
         self._wait(lambda: accepts(self.port) and self.stats_socket.exists(), 15, "listening")
 
     def command(self, line: str) -> str:
-        """One command on haproxy's admin socket (e.g. ``show servers state``), its answer."""
+        """One command on haproxy's admin socket (e.g. ``show stat``), its answer."""
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(5)
             s.connect(str(self.stats_socket))

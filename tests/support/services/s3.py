@@ -94,13 +94,13 @@ class S3Server(Service):
     def request(self, method: str, bucket: str, key: str = "", body: bytes = b"",
                 headers: dict[str, str] | None = None, params: dict[str, str] | None = None) -> httpx.Response:
         """One signed request to ``bucket``/``key`` (both empty: the service, e.g. ListBuckets)."""
+        if self._client is None:
+            raise ServiceError("the S3 server is not started: use it as a context manager (with S3Server() as s3:)")
         url = self.url(bucket, key) if bucket else self.endpoint + "/"
         if params:
             url += "?" + "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in params.items())
         signed = sign(method, url, region=self.region, access_key=self.access_key, secret_key=self.secret_key,
                       body=body, headers=headers)
-        if self._client is None:
-            raise ServiceError("the S3 server is not started: use it as a context manager (with S3Server() as s3:)")
         return self._client.request(method, url, content=body, headers=signed)
 
     def create_bucket(self) -> str:

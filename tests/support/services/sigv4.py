@@ -19,7 +19,8 @@ def _hmac(key: bytes, text: str) -> bytes:
 def sign(method: str, url: str, *, region: str, access_key: str, secret_key: str, body: bytes = b"",
          headers: dict[str, str] | None = None, service: str = "s3", now: datetime | None = None) -> dict[str, str]:
     """The headers to send with the request: ``headers`` plus host, x-amz-date, x-amz-content-sha256 and
-    authorization. ``url``'s path is sent as given (already percent-encoded, e.g. by httpx)."""
+    authorization. ``url`` is signed as given: percent-encode its path and query as they will be sent
+    (S3Server.request does)."""
     parts = urlsplit(url)
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     payload = hashlib.sha256(body).hexdigest()
@@ -35,7 +36,7 @@ def sign(method: str, url: str, *, region: str, access_key: str, secret_key: str
     key = ("AWS4" + secret_key).encode()
     for part in (stamp[:8], region, service, "aws4_request"):
         key = _hmac(key, part)
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    signature = _hmac(key, to_sign).hex()
     signed["authorization"] = (f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
                                f"SignedHeaders={';'.join(names)}, Signature={signature}")
     return signed

@@ -4,6 +4,7 @@ per test; haproxy spreads connections and takes a failed backend out."""
 from __future__ import annotations
 
 import ssl
+import subprocess
 import tempfile
 import threading
 import time
@@ -16,7 +17,7 @@ import psycopg
 import pytest
 
 from fleetd.core import pki
-from tests.support.services import Bucket, HAProxy, PostgresServer, S3Server, ServiceError
+from tests.support.services import Bucket, HAProxy, Mosquitto, PostgresServer, S3Server, ServiceError
 from tests.support.services.sigv4 import sign
 
 # --- PostgreSQL ----------------------------------------------------------------------------------------------------
@@ -227,6 +228,36 @@ def test_haproxy_stops_and_cleans_up(backends: list[Backend]) -> None:
 def test_haproxy_refuses_an_empty_backend_list() -> None:
     with pytest.raises(ValueError, match="at least one backend"):
         HAProxy([])
+
+
+# --- mosquitto -----------------------------------------------------------------------------------------------------
+
+
+def mqtt(tool: str, broker: Mosquitto, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool, "-h", broker.host, "-p", str(broker.port), "-q", "1", *args],
+                          capture_output=True, text=True, timeout=20)
+
+
+def test_mosquitto_delivers_and_keeps_retained_messages_over_a_restart() -> None:
+    with Mosquitto() as broker:
+        sub = subprocess.Popen(["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-q", "1",
+                                "-t", "fleetd/v1/devices/+/actions", "-C", "1", "-W", "10", "-v"],
+                               stdout=subprocess.PIPE, text=True)
+        try:
+            # Publish until the subscriber (which has no "subscribed" signal) has taken one message.
+            while sub.poll() is None:
+                sent = mqtt("mosquitto_pub", broker, "-t", "fleetd/v1/devices/d1/actions", "-m", "deploy")
+                assert sent.returncode == 0, sent.stderr
+                time.sleep(0.1)
+            assert sub.communicate()[0] == "fleetd/v1/devices/d1/actions deploy\n"
+        finally:
+            sub.kill()
+        assert mqtt("mosquitto_pub", broker, "-t", "fleetd/v1/state", "-m", "kept", "-r").returncode == 0
+        port = broker.port
+        broker.restart()
+        assert broker.port == port
+        got = mqtt("mosquitto_sub", broker, "-t", "fleetd/v1/state", "-C", "1", "-W", "5")
+        assert got.stdout == "kept\n", got
 
 
 def test_a_service_that_fails_to_start_says_why_and_leaves_nothing() -> None:

@@ -134,8 +134,8 @@ class Service:
 
     _stop_signal = signal.SIGTERM
 
-    def stop(self) -> None:
-        """Signal the process, wait ``stop_timeout``, then kill it; close the log and remove the temp dir."""
+    def _stop_process(self) -> None:
+        """Signal the process, wait ``stop_timeout``, then kill it."""
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             proc.send_signal(self._stop_signal)
@@ -144,6 +144,10 @@ class Service:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+    def stop(self) -> None:
+        """Stop the process, close the log and remove the temp dir."""
+        self._stop_process()
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -24,7 +24,8 @@ class HAProxy(Service):
     connection, round-robin, to a backend that is up: ``mode tcp``, so fleetd's own TLS goes through untouched.
 
     With ``health_path`` (e.g. ``/healthz``) haproxy checks every backend with that HTTP GET every
-    ``check_interval_ms`` and takes one out after a failed check (back in after one good one); ``check_tls``
+    ``check_interval_ms`` and takes one out after two failed checks in a row (back in after one good one: a
+    check is failed by a refused connection, another status than 200, or 2 s without an answer); ``check_tls``
     makes the check speak TLS (without verifying the certificate, as fleetd's is self-signed). Without
     ``health_path`` the check is a TCP connect. ``lb.states()`` reads what haproxy thinks of each backend.
     """
@@ -52,7 +53,7 @@ class HAProxy(Service):
         return self.dir / "haproxy.cfg"
 
     def config(self) -> str:
-        check = (f"check inter {self.check_interval_ms}ms fall 1 rise 1"
+        check = (f"check inter {self.check_interval_ms}ms fall 2 rise 1"
                  + (" check-ssl verify none" if self.check_tls else ""))
         servers = "".join(f"    server r{i} {b} {check}\n" for i, b in enumerate(self.backends))
         http_check = (f"    option httpchk GET {self.health_path}\n    http-check expect status 200\n"
@@ -64,6 +65,7 @@ class HAProxy(Service):
             "defaults\n"
             "    mode tcp\n"
             "    timeout connect 2s\n"
+            "    timeout check 2s\n"
             "    timeout client 60s\n"
             "    timeout server 60s\n"
             "frontend fleetd\n"

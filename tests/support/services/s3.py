@@ -44,8 +44,9 @@ class S3Server(Service):
         self.access_key = "fleetd" + secrets.token_hex(6)
         self.secret_key = secrets.token_urlsafe(24)
         self.region = REGION
+        self._ports = free_ports(8)
         (self.master, self.master_grpc, self.volume, self.volume_grpc, self.filer, self.filer_grpc,
-         self.port, self.s3_grpc) = free_ports(8)
+         self.port, self.s3_grpc) = self._ports
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._buckets = 0
         self._client: httpx.Client | None = None
@@ -59,8 +60,9 @@ class S3Server(Service):
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]}))
         (self.dir / "data").mkdir()
-        self._spawn([str(weed_binary()), "server", f"-dir={self.dir / 'data'}", "-ip=127.0.0.1",
-                     "-ip.bind=127.0.0.1",
+        # Logs to stderr, so to our log (not to files in /tmp).
+        self._spawn([str(weed_binary()), "-logtostderr=true", "server", f"-dir={self.dir / 'data'}",
+                     "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                      f"-master.port={self.master}", f"-master.port.grpc={self.master_grpc}",
                      "-master.volumeSizeLimitMB=64", f"-volume.port={self.volume}",
                      f"-volume.port.grpc={self.volume_grpc}", "-volume.max=100", "-volume.preStopSeconds=0",
@@ -87,6 +89,10 @@ class S3Server(Service):
             self._client.close()
             self._client = None
         super().stop()
+        # weed puts its gRPC sockets in /tmp whatever TMPDIR says, and leaves them when killed: remove ours.
+        for port in self._ports:
+            for sock in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
+                sock.unlink(missing_ok=True)
 
     def url(self, bucket: str, key: str = "") -> str:
         return f"{self.endpoint}/{bucket}" + (f"/{quote(key, safe='/-_.~')}" if key else "")

@@ -1,5 +1,5 @@
 """The real-service harness itself (tests/support/services): each service starts, does its job, and is isolated
-per test; haproxy spreads connections and takes a failed backend out."""
+per test; haproxy spreads connections and takes a failed backend out; mosquitto keeps its data over a restart."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def test_s3_requires_the_configured_keys(s3_bucket: Bucket) -> None:
     assert httpx.get(url, headers=good).content == b"x"
 
 
-def test_s3_endpoint_is_loopback_and_stops_cleanly(s3_server: S3Server) -> None:
+def test_s3_server_is_on_loopback_with_its_data_in_its_temp_dir(s3_server: S3Server) -> None:
     assert s3_server.endpoint.startswith("http://127.0.0.1:")
     assert s3_server.proc is not None and s3_server.proc.poll() is None
     assert (s3_server.dir / "data").is_dir()

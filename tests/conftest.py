@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from litestar.testing import TestClient
@@ -14,6 +14,9 @@ from fleetd.accounts.audit import SYSTEM
 from fleetd.app import asgi_app
 from fleetd.core.config import Settings
 from fleetd.fleet import Fleet
+
+if TYPE_CHECKING:
+    from tests.support.services import Bucket, PostgresServer, S3Server
 
 
 @pytest.fixture
@@ -66,3 +69,37 @@ def rpc(client: Any, service: str, method: str, body: Any = None, key: str | Non
     import json
     content = body if isinstance(body, (bytes, str)) else json.dumps(body if body is not None else {})
     return client.post(f"/fleetd.v1.{service}/{method}", content=content, headers=h)
+
+
+# --- real services (tests/support/services, docs/testing.md): one server per session, started on first use -------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    from tests.support.services import PostgresServer
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> Iterator[str]:
+    """A ``postgresql://`` URL of a fresh, empty database of its own, dropped after the test."""
+    name = postgres_server.create_database()
+    yield postgres_server.dsn(name)
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    from tests.support.services import S3Server
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> Iterator[Bucket]:
+    """A fresh, empty bucket (with the endpoint, region and keys to reach it), deleted after the test."""
+    from tests.support.services import Bucket
+    bucket = Bucket(s3_server, s3_server.create_bucket())
+    yield bucket
+    s3_server.delete_bucket(bucket.name)

@@ -19,9 +19,9 @@ CREATE COLLATION nocase (provider = icu, locale = 'und-u-ks-level2', determinist
 -- as SQLite's collation raises.
 CREATE FUNCTION semver_key(v text) RETURNS text LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
 DECLARE
-    m     text[];
-    key   text := '';
-    ident text;
+    m        text[];
+    sort_key text := '';
+    ident    text;
 BEGIN
     IF length(v) <= 128 THEN
         m := regexp_match(v,
@@ -34,20 +34,20 @@ BEGIN
             quote_literal(v) USING ERRCODE = 'invalid_parameter_value';
     END IF;
     FOR i IN 1..3 LOOP
-        key := key || lpad(length(m[i])::text, 3, '0') || m[i];
+        sort_key := sort_key || lpad(length(m[i])::text, 3, '0') || m[i];
     END LOOP;
     IF m[4] IS NULL THEN
-        RETURN key || 'Z';
+        RETURN sort_key || 'Z';
     END IF;
-    key := key || 'A';
+    sort_key := sort_key || 'A';
     FOREACH ident IN ARRAY string_to_array(m[4], '.') LOOP
         IF ident ~ '^[0-9]+$' THEN
-            key := key || '1' || lpad(length(ident)::text, 3, '0') || ident;
+            sort_key := sort_key || '1' || lpad(length(ident)::text, 3, '0') || ident;
         ELSE
-            key := key || '2' || ident || '!';
+            sort_key := sort_key || '2' || ident || '!';
         END IF;
     END LOOP;
-    RETURN key || '0';
+    RETURN sort_key || '0';
 END
 $$;
 

@@ -36,7 +36,7 @@ _TOKENS = re.compile(r"""
     | "(?:[^"]|"")*"
     | --[^\n]*
     | /\*.*?\*/
-    | \$(?P<tag>[A-Za-z_][A-Za-z_0-9]*)?\$.*?\$(?P=tag)\$
+    | \$(?P<tag>[A-Za-z_][A-Za-z_0-9]*|)\$.*?\$(?P=tag)\$
     | [?%]
 """, re.VERBOSE | re.DOTALL)
 
@@ -136,7 +136,7 @@ class Cursor:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         if params:
             self._cur.execute(translate(sql), params)
-        else:  # no parameters: psycopg reads no placeholders, and the text may hold several statements
+        else:  # no parameters: psycopg reads no placeholders (nor % signs) in the text
             self._cur.execute(sql)
         self._note_insert(sql)
         return self
@@ -146,9 +146,10 @@ class Cursor:
         return self
 
     def _note_insert(self, sql: str) -> None:
-        message = self._cur.statusmessage or ""
-        if message.startswith("INSERT ") and self._cur.rowcount > 0:
-            self._inserted, self._lastrowid = _inserted_table(sql), None
+        if (self._cur.statusmessage or "").startswith("INSERT ") and self._cur.rowcount > 0:
+            table = _inserted_table(sql)
+            if table is not None:
+                self._inserted, self._lastrowid = table, None
 
     @property
     def lastrowid(self) -> int | None:

@@ -25,8 +25,8 @@ def _listed(dialect: Any) -> list[tuple[int, str]]:
 
 def test_both_databases_have_the_same_migrations() -> None:
     sqlite, pg = _listed(SQLITE), _listed(POSTGRESQL)
-    assert sqlite == pg, (f"migrations/ and migrations/postgresql/ differ: only SQLite's {sorted(set(sqlite) - set(pg))}, "
-                          f"only PostgreSQL's {sorted(set(pg) - set(sqlite))}")
+    assert sqlite == pg, (f"migrations/ and migrations/postgresql/ differ: only SQLite's "
+                          f"{sorted(set(sqlite) - set(pg))}, only PostgreSQL's {sorted(set(pg) - set(sqlite))}")
     assert len(sqlite) >= 10
 
 
@@ -279,10 +279,11 @@ def test_the_triggers_write_the_same_rows(pg: Any, sq: sqlite3.Connection) -> No
         for sql, rows in CHANGES:
             for params in rows:
                 conn.execute(sql, params)
+        rows_of = lambda sql, c=conn: [tuple(r) for r in c.execute(sql)]  # noqa: E731
         logs.append({
-            "device_changes": [tuple(r) for r in conn.execute("SELECT seq, device_id FROM device_changes ORDER BY seq")],
-            "ddi_ids": [tuple(r) for r in conn.execute("SELECT num, kind, ref FROM ddi_ids ORDER BY num")],
-            "last_seq": conn.execute(f"SELECT {database.dialect_of(conn).last_id('device_changes')}").fetchone()[0],
+            "device_changes": rows_of("SELECT seq, device_id FROM device_changes ORDER BY seq"),
+            "ddi_ids": rows_of("SELECT num, kind, ref FROM ddi_ids ORDER BY num"),
+            "last_seq": rows_of(f"SELECT {database.dialect_of(conn).last_id('device_changes')}")[0][0],
         })
     assert logs[0] == logs[1]
     # And what they are: d1 and d2 made, d2 retagged, d1's status set; three components, one updated, one dropped;

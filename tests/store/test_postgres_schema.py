@@ -4,6 +4,7 @@ rows. tests/store/conftest.py builds the migrated schema once and hands out copi
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import re
 import sqlite3
@@ -43,6 +44,19 @@ def test_every_migration_applies_on_an_empty_database(postgres_dsn: str) -> None
         assert not conn.in_transaction
     finally:
         conn.close()
+
+
+def test_servers_starting_together_apply_each_migration_once(postgres_dsn: str) -> None:
+    from fleetd.store import postgres
+    conns = [postgres.connect(postgres_dsn) for _ in range(3)]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(len(conns)) as pool:
+            results = list(pool.map(database.migrate, conns))
+        assert sorted(map(len, results)) == [0, 0, len(_listed(SQLITE))]
+        assert conns[0].execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == len(_listed(SQLITE))
+    finally:
+        for c in conns:
+            c.close()
 
 
 def test_a_newer_schema_is_refused_as_on_sqlite(pg: Any, sq: sqlite3.Connection) -> None:

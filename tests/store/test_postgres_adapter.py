@@ -155,3 +155,18 @@ print("psycopg" in loaded())
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split("\n")[:2] == ["[]", "True"], p.stdout
+
+
+def test_a_database_that_cannot_be_reached_says_which_and_what_to_check(postgres_server: Any) -> None:
+    from fleetd.core.errors import FailedPrecondition
+    from fleetd.store import postgres
+    from tests.support.services._process import free_port
+    port = free_port()  # nothing listens there
+    with pytest.raises(FailedPrecondition, match=rf"cannot connect to the PostgreSQL database \(host=127.0.0.1 "
+                       rf"port={port} dbname=fleet user=fleetd\): .*Check that the server runs") as e:
+        postgres.connect(f"postgresql://fleetd:s3cret@127.0.0.1:{port}/fleet")
+    assert "s3cret" not in str(e.value)
+    with pytest.raises(FailedPrecondition, match="database \"nope\" does not exist"):
+        postgres.connect(postgres_server.dsn("nope"))
+    with pytest.raises(FailedPrecondition, match="the PostgreSQL DSN is not valid"):
+        postgres.connect("postgresql://[broken")

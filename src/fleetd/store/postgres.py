@@ -20,12 +20,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
-from psycopg import pq, rows
+from psycopg import conninfo, pq, rows
 
+from ..core.errors import FailedPrecondition
 from .dialect import POSTGRESQL, PostgresDialect
 
 # Seconds a statement waits for a lock another connection holds (SQLite's busy timeout).
 LOCK_TIMEOUT = 30.0
+# Seconds to wait for the server to answer a new connection, unless the DSN says (libpq's default: for ever).
+CONNECT_TIMEOUT = 10
 
 # What a placeholder can hide in: quoted text ('...', E'...' with backslash escapes, $tag$...$tag$), quoted
 # identifiers ("..."), comments (-- and /* */). A ? in any of them is not a placeholder; a % anywhere must be
@@ -223,9 +226,7 @@ class Connection:
     def executescript(self, sql: str) -> Cursor:
         """Run a script of several statements as it is (no placeholders), inside the transaction open, if one is
         (unlike sqlite3's, it does not commit first): migrations run this way."""
-        cur = self.cursor()
-        cur._cur.execute(sql)
-        return cur
+        return self.execute(sql)  # no parameters: the text goes as it is
 
     @property
     def in_transaction(self) -> bool:
@@ -237,8 +238,25 @@ class Connection:
 
 def connect(dsn: str, *, readonly: bool = False, lock_timeout: float = LOCK_TIMEOUT) -> Connection:
     """A store connection to the database at ``dsn`` (``postgresql://USER@HOST:PORT/DB`` or libpq's key=value
-    form); ``readonly``: one that may not write (the store's readers)."""
-    raw = psycopg.connect(dsn, autocommit=True, application_name="fleetd")
+    form); ``readonly``: one that may not write (the store's readers). A database that cannot be reached, or that
+    refuses us, raises FailedPrecondition saying which one (never its password) and what to check."""
+    try:
+        given = conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as e:
+        raise FailedPrecondition(f"the PostgreSQL DSN is not valid ({e}); write it as "
+                                 "postgresql://USER@HOST:PORT/DATABASE or as libpq's key=value pairs") from None
+    extra = {} if "connect_timeout" in given else {"connect_timeout": CONNECT_TIMEOUT}
+    try:
+        raw = psycopg.connect(dsn, autocommit=True, application_name="fleetd", **extra)
+    except psycopg.OperationalError as e:
+        where = " ".join(f"{k}={given[k]}" for k in ("host", "hostaddr", "port", "dbname", "user") if k in given)
+        detail = " ".join(str(e).split())
+        if not detail.endswith((".", "?")):
+            detail += "."
+        raise FailedPrecondition(
+            f"cannot connect to the PostgreSQL database ({where or 'libpq defaults'}): {detail} Check that "
+            "the server runs and accepts connections from this host, and the DSN's user, password and database."
+        ) from None
     try:
         raw.execute(f"SET lock_timeout = {int(lock_timeout * 1000)}")
         if readonly:

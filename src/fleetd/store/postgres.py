@@ -245,7 +245,7 @@ def connect(dsn: str, *, readonly: bool = False, lock_timeout: float = LOCK_TIME
     except psycopg.ProgrammingError as e:
         raise FailedPrecondition(f"the PostgreSQL DSN is not valid ({e}); write it as "
                                  "postgresql://USER@HOST:PORT/DATABASE or as libpq's key=value pairs") from None
-    extra = {} if "connect_timeout" in given else {"connect_timeout": CONNECT_TIMEOUT}
+    extra: dict[str, Any] = {} if "connect_timeout" in given else {"connect_timeout": CONNECT_TIMEOUT}
     try:
         raw = psycopg.connect(dsn, autocommit=True, application_name="fleetd", **extra)
     except psycopg.OperationalError as e:

@@ -306,3 +306,14 @@ def test_the_triggers_write_the_same_rows(pg: Any, sq: sqlite3.Connection) -> No
         ["d1", "d1", "d2", "d1", "d1", "d1", "d1", "d2", "d1", "d1", "d2", "d2", "d2"], start=4))
     assert logs[1]["ddi_ids"] == [(1, "artifact", "a1"), (3, "action", "x1")]
     assert logs[1]["last_seq"] == 16
+
+
+def test_usernames_are_one_in_any_case_as_with_sqlite_nocase(pg: Any, sq: sqlite3.Connection) -> None:
+    import psycopg
+    insert = ("INSERT INTO users (id, username, password_hash, role, created_at, updated_at) "
+              "VALUES (?, ?, 'h', 'admin', 0, 0)")
+    for conn, taken in ((sq, sqlite3.IntegrityError), (pg, psycopg.errors.UniqueViolation)):
+        conn.execute(insert, ("u1", "Alice"))
+        with pytest.raises(taken):
+            conn.execute(insert, ("u2", "aLICE"))
+        assert [r[0] for r in conn.execute("SELECT id FROM users WHERE username = ?", ("ALICE",))] == ["u1"]

@@ -8,6 +8,9 @@ records its effects (events, cache updates: :mod:`fleetd.core.effects`) with
 :func:`effect`; the store runs them after the commit, only if it committed.
 Offline CLI commands use :func:`connect` + :func:`transaction` on the same file;
 WAL lets them run beside a live server.
+
+:func:`transaction` and :func:`migrate` also take a PostgreSQL connection (store/postgres.py), whose
+migrations are migrations/postgresql/ (:func:`migrations_folder`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ..core import disk, semver
 from ..core.effects import Effect
 from ..core.errors import FailedPrecondition, FleetdError
 from ..core.resources import data_dir
+from .dialect import Dialect, dialect_of
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +82,13 @@ def connect(path: str | Path, *, readonly: bool = False, busy_timeout: float = B
 
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception. Effects recorded before it are not this
-    transaction's: they are dropped (the store's writer has taken its own by then)."""
+    """BEGIN IMMEDIATE (PostgreSQL: BEGIN; the dialect's ``begin_write``) ... COMMIT, rolled back on any exception.
+    Effects recorded before it are not this transaction's: they are dropped (the store's writer has taken its own
+    by then)."""
     effects = getattr(conn, "effects", None)
     if effects:
         effects.clear()
-    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(dialect_of(conn).begin_write)
     try:
         yield conn
         conn.execute("COMMIT")
@@ -96,6 +101,23 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 # --- migrations -------------------------------------------------------------
+
+# The runner's own table, in each database's types (PostgreSQL's REAL is single precision).
+_SCHEMA_MIGRATIONS = {
+    "sqlite": "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)",
+    "postgresql": "(version bigint PRIMARY KEY, name text NOT NULL, applied_at double precision NOT NULL)",
+}
+# Held (a session-level advisory lock) while a PostgreSQL database migrates, so that servers starting together
+# apply each migration once: the others wait, then find it applied.
+_PG_MIGRATE_LOCK = 0x666C65657464  # "fleetd"
+
+
+def migrations_folder(dialect: Dialect) -> Path:
+    """The bundled migrations of a database: migrations/ for SQLite, migrations/postgresql/ for PostgreSQL (the
+    same numbers and names; the runner takes only the *.sql files of the folder it is given)."""
+    folder = data_dir("migrations")
+    return folder if dialect.name == "sqlite" else folder / dialect.name
+
 
 def available_migrations(folder: Path | None = None) -> list[tuple[int, str, Path]]:
     folder = folder or data_dir("migrations")
@@ -114,56 +136,75 @@ def available_migrations(folder: Path | None = None) -> list[tuple[int, str, Pat
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations "
-        "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-    )
+    conn.execute(f"CREATE TABLE IF NOT EXISTS schema_migrations {_SCHEMA_MIGRATIONS[dialect_of(conn).name]}")
     row = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
     return int(row[0] or 0)
 
 
 def migrate(conn: sqlite3.Connection, folder: Path | None = None) -> list[str]:
-    """Apply pending migrations in order, each once and in its own transaction.
+    """Apply pending migrations in order, each once and in its own transaction (the database's own folder of
+    them unless ``folder`` is given: :func:`migrations_folder`).
 
     Refuses a database written by a newer fleetd (a higher schema version).
     Returns the names of the migrations applied.
     """
-    migrations = available_migrations(folder)
+    dialect = dialect_of(conn)
+    migrations = available_migrations(folder or migrations_folder(dialect))
     newest_known = migrations[-1][0] if migrations else 0
-    current = schema_version(conn)
-    if current > newest_known:
-        raise FailedPrecondition(
-            f"the database is at schema version {current} but this fleetd knows only up to "
-            f"{newest_known}; it was written by a newer fleetd. Run that version, or restore a backup."
-        )
-    applied = []
-    # Foreign keys off while migrating, so that a migration may rebuild a table (SQLite's only way to change a
-    # CHECK): dropping the old table would otherwise delete, by cascade, the rows that refer to it. They are
-    # checked before each commit instead.
-    enforced = conn.execute("PRAGMA foreign_keys").fetchone()[0]
-    conn.execute("PRAGMA foreign_keys=OFF")
-    try:
+    with _migrating(conn, dialect):
+        current = schema_version(conn)
+        if current > newest_known:
+            raise FailedPrecondition(
+                f"the database is at schema version {current} but this fleetd knows only up to "
+                f"{newest_known}; it was written by a newer fleetd. Run that version, or restore a backup."
+            )
+        applied = []
         for version, name, path in migrations:
             if version <= current:
                 continue
             sql = path.read_text()
             with transaction(conn):
-                # executescript would COMMIT on its own; run statement by statement instead.
-                for stmt in _split_sql(sql):
-                    conn.execute(stmt)
-                broken = conn.execute("PRAGMA foreign_key_check").fetchall()
-                if broken:
-                    raise FleetdError(f"migration {version:04d}_{name} would leave {len(broken)} row(s) pointing "
-                                      f"at rows that do not exist (first: {tuple(broken[0])}); nothing was changed")
+                if dialect.name == "sqlite":
+                    _apply_sqlite(conn, f"{version:04d}_{name}", sql)
+                else:  # PostgreSQL's DDL is transactional: the whole file, as it is, in this transaction
+                    cast(Any, conn).executescript(sql)
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                     (version, name, time.time()),
                 )
             applied.append(f"{version:04d}_{name}")
             log.info("applied migration %04d_%s", version, name)
-    finally:
-        conn.execute(f"PRAGMA foreign_keys={'ON' if enforced else 'OFF'}")
     return applied
+
+
+@contextlib.contextmanager
+def _migrating(conn: sqlite3.Connection, dialect: Dialect) -> Iterator[None]:
+    """SQLite: foreign keys off while migrating, so that a migration may rebuild a table (SQLite's only way to
+    change a CHECK): dropping the old table would otherwise delete, by cascade, the rows that refer to it. They
+    are checked before each commit instead (:func:`_apply_sqlite`). PostgreSQL: one migrating process at a time."""
+    if dialect.name == "sqlite":
+        enforced = conn.execute("PRAGMA foreign_keys").fetchone()[0]
+        conn.execute("PRAGMA foreign_keys=OFF")
+        try:
+            yield
+        finally:
+            conn.execute(f"PRAGMA foreign_keys={'ON' if enforced else 'OFF'}")
+    else:
+        conn.execute("SELECT pg_advisory_lock(?)", (_PG_MIGRATE_LOCK,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(?)", (_PG_MIGRATE_LOCK,))
+
+
+def _apply_sqlite(conn: sqlite3.Connection, name: str, sql: str) -> None:
+    # executescript would COMMIT on its own; run statement by statement instead.
+    for stmt in _split_sql(sql):
+        conn.execute(stmt)
+    broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise FleetdError(f"migration {name} would leave {len(broken)} row(s) pointing at rows that do not "
+                          f"exist (first: {tuple(broken[0])}); nothing was changed")
 
 
 def _split_sql(sql: str) -> list[str]:

@@ -19,13 +19,17 @@ class Dialect:
     parameters, in the order the docstring gives."""
 
     name = "sqlite"
+    # What store.database.transaction begins a write with: SQLite takes the write lock at once, so that a write
+    # never fails half-way on another connection's lock.
+    begin_write = "BEGIN IMMEDIATE"
 
     def in_json_list(self, expr: str) -> str:
-        """``expr`` is one of the values of a JSON list. Parameter: the list, as JSON text."""
+        """``expr`` is one of the values of a JSON list. Parameter: the list, as JSON text. Lists of ids: where the
+        types differ (the number 5, the text '5'), PostgreSQL compares the text forms, SQLite the values."""
         return f"{expr} IN (SELECT value FROM json_each(?))"
 
     def json_list_contains(self, column: str) -> str:
-        """The JSON list in ``column`` holds a value. Parameter: the value."""
+        """The JSON list in ``column`` holds a value. Parameter: the value (compared as in :meth:`in_json_list`)."""
         return f"EXISTS (SELECT 1 FROM json_each({column}) WHERE value = ?)"
 
     def json_array_elements(self, alias: str) -> str:
@@ -74,15 +78,78 @@ class Dialect:
         return f"COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0)"
 
     def least(self, a: str, b: str) -> str:
-        """The smaller of two values (SQLite's two-argument ``MIN``)."""
+        """The smaller of two values, neither NULL (SQLite's two-argument ``MIN`` gives NULL if one is,
+        PostgreSQL's ``LEAST`` the other)."""
         return f"MIN({a}, {b})"
 
     def greatest(self, a: str, b: str) -> str:
-        """The larger of two values (SQLite's two-argument ``MAX``)."""
+        """The larger of two values, neither NULL (see :meth:`least`)."""
         return f"MAX({a}, {b})"
 
 
+class PostgresDialect(Dialect):
+    """PostgreSQL's fragments, with the same meaning and the same parameters in the same order as SQLite's. JSON
+    is stored as text and cast to ``jsonb`` where a query reads inside it; jsonb's ``?`` operators are never used
+    (the connection turns every ``?`` outside quotes into a parameter): functions such as ``jsonb_exists`` are.
+    ``semver_key`` and ``last_id`` are SQL functions that migrations/postgresql/0001_platform.sql creates."""
+
+    name = "postgresql"
+    # READ COMMITTED, the default: the store's single writer does not need the database to serialize writers.
+    begin_write = "BEGIN"
+
+    def in_json_list(self, expr: str) -> str:
+        # As text: the lists are of ids; a text column keeps its index (text::text is no cast at all).
+        return f"({expr})::text IN (SELECT jsonb_array_elements_text((?)::jsonb))"
+
+    def json_list_contains(self, column: str) -> str:
+        return (f"EXISTS (SELECT 1 FROM jsonb_array_elements_text(({column})::jsonb) AS e(value) "
+                "WHERE e.value = (?)::text)")
+
+    def json_array_elements(self, alias: str) -> str:
+        return f"jsonb_array_elements((?)::jsonb) AS {alias}(value)"
+
+    def json_member(self, element: str, key: str, kind: Literal["text", "real", "json"]) -> str:
+        if kind == "real":
+            return f"((({element})::jsonb ->> '{key}')::double precision)"
+        if kind == "json":
+            return f"((({element})::jsonb -> '{key}')::text)"
+        return f"(({element})::jsonb ->> '{key}')"
+
+    def star_match(self, value: str, pattern: str) -> str:
+        # LIKE with the pattern's own LIKE wildcards and escape character (backslash) escaped, then * as %.
+        escaped = (f"replace(replace(replace(replace(({pattern})::text, '\\', '\\\\'), '%', '\\%'), "
+                   "'_', '\\_'), '*', '%')")
+        return f"(({value})::text LIKE {escaped})"
+
+    def json_list_star_matches(self, column: str) -> str:
+        return (f"EXISTS (SELECT 1 FROM jsonb_array_elements_text(({column})::jsonb) AS e(value) "
+                f"WHERE {self.star_match('?', 'e.value')})")
+
+    def json_key_equals(self, column: str) -> str:
+        return f"(({column})::jsonb ->> (?)::text) = (?)::text"
+
+    def now_epoch(self) -> str:
+        # The statement's start, as SQLite's 'now' is the same for a whole statement.
+        return "(EXTRACT(EPOCH FROM statement_timestamp())::double precision)"
+
+    def json_set_key(self, column: str) -> str:
+        return f"(jsonb_set(({column})::jsonb, ARRAY[(?)::text], to_jsonb((?)::text))::text)"
+
+    def semver_order(self, expr: str) -> str:
+        return f'semver_key({expr}) COLLATE "C"'
+
+    def last_id(self, table: str) -> str:
+        return f"last_id('{table}')"
+
+    def least(self, a: str, b: str) -> str:
+        return f"LEAST({a}, {b})"
+
+    def greatest(self, a: str, b: str) -> str:
+        return f"GREATEST({a}, {b})"
+
+
 SQLITE = Dialect()
+POSTGRESQL = PostgresDialect()
 
 
 def dialect_of(conn: Any) -> Dialect:

@@ -1,0 +1,267 @@
+"""A PostgreSQL connection shaped like the store's sqlite3 ones, for the storage modules' SQL.
+
+Imported only when a PostgreSQL DSN is used: neither ``import fleetd.app`` nor a SQLite server loads psycopg
+(tests/store/test_postgres_adapter.py holds this). The storage modules call the part of sqlite3's API this module
+gives: ``execute`` / ``executemany`` with ``?`` placeholders, returning a cursor with ``fetchone`` / ``fetchall`` /
+``fetchmany``, iteration, ``rowcount``, ``lastrowid`` and a settable ``row_factory`` (``None``: plain tuples);
+rows that index by position and by column name (:class:`Row`, like sqlite3.Row); ``in_transaction``;
+``effects`` (store.database.effect); and ``dialect``, the :class:`~fleetd.store.dialect.PostgresDialect`.
+
+The connection is in autocommit mode, as the store's sqlite3 connections are (``isolation_level=None``):
+store.database.transaction sends ``BEGIN`` ... ``COMMIT`` itself. Only psycopg APIs that its pure-Python
+implementation has over the system's libpq are used (no psycopg_binary-only features).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import conninfo, pq, rows
+
+from ..core.errors import FailedPrecondition
+from .dialect import POSTGRESQL, PostgresDialect
+
+# Seconds a statement waits for a lock another connection holds (SQLite's busy timeout).
+LOCK_TIMEOUT = 30.0
+# Seconds to wait for the server to answer a new connection, unless the DSN says (libpq's default: for ever).
+CONNECT_TIMEOUT = 10
+
+# What a placeholder can hide in: quoted text ('...', E'...' with backslash escapes, $tag$...$tag$), quoted
+# identifiers ("..."), comments (-- and /* */). A ? in any of them is not a placeholder; a % anywhere must be
+# doubled, as psycopg reads %s, %b, %t and %% wherever they are.
+_TOKENS = re.compile(r"""
+      (?<![\w$])[Ee]'(?:[^'\\]|\\.|'')*'
+    | '(?:[^']|'')*'
+    | "(?:[^"]|"")*"
+    | --[^\n]*
+    | /\*.*?\*/
+    | \$(?P<tag>[A-Za-z_][A-Za-z_0-9]*|)\$.*?\$(?P=tag)\$
+    | [?%]
+""", re.VERBOSE | re.DOTALL)
+
+
+@functools.lru_cache(maxsize=2048)
+def translate(sql: str) -> str:
+    """``sql`` with psycopg's placeholders: each ``?`` outside quotes and comments becomes ``%s``, and every ``%``
+    becomes ``%%``. Cached per SQL text: the storage modules build their statements from a few templates."""
+    def one(m: re.Match[str]) -> str:
+        token = m.group(0)
+        if token == "?":
+            return "%s"
+        return token.replace("%", "%%")
+    return _TOKENS.sub(one, sql)
+
+
+class _Columns:
+    """The column names of one result, and where each is (by exact name first, then lower-cased, as sqlite3.Row
+    finds a column in any case)."""
+
+    __slots__ = ("index", "names")
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        self.index: dict[str, int] = {}
+        for pos, name in enumerate(self.names):
+            self.index.setdefault(name, pos)
+        for pos, name in enumerate(self.names):
+            self.index.setdefault(name.lower(), pos)
+
+
+class Row:
+    """One result row: ``row[0]``, ``row["name"]`` (any case, as sqlite3.Row), ``row.keys()``, ``len``, iteration,
+    and equality with another Row of the same columns and values."""
+
+    __slots__ = ("_columns", "_values")
+
+    def __init__(self, columns: _Columns, values: Sequence[Any]) -> None:
+        self._columns, self._values = columns, tuple(values)
+
+    def __getitem__(self, key: int | str | slice) -> Any:
+        if isinstance(key, str):
+            pos = self._columns.index.get(key)
+            if pos is None:
+                pos = self._columns.index.get(key.lower())
+                if pos is None:
+                    raise IndexError(f"no such column: {key}")
+            return self._values[pos]
+        return self._values[key]
+
+    def keys(self) -> list[str]:
+        return list(self._columns.names)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Row) and self.keys() == other.keys() and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(self._values)
+
+    def __repr__(self) -> str:
+        return f"Row({dict(zip(self.keys(), self._values, strict=True))!r})"
+
+
+def _row_maker(cursor: psycopg.Cursor[Any]) -> rows.RowMaker[Row]:
+    return functools.partial(Row, _Columns([c.name for c in cursor.description or ()]))
+
+
+class Cursor:
+    """A psycopg cursor with sqlite3's cursor API (the part the storage modules use)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._cur: psycopg.Cursor[Any] = conn.raw.cursor(row_factory=_row_maker)
+        self._lastrowid: int | None = None
+        self._inserted: str | None = None  # the table of the last INSERT that stored rows, for lastrowid
+
+    @property
+    def row_factory(self) -> type[Row] | None:
+        return Row if self._cur.row_factory is _row_maker else None
+
+    @row_factory.setter
+    def row_factory(self, factory: type[Row] | None) -> None:
+        if factory is None:
+            self._cur.row_factory = rows.tuple_row
+        elif factory is Row:
+            self._cur.row_factory = _row_maker
+        else:
+            raise TypeError("a PostgreSQL store cursor makes Row objects (row_factory = Row) or plain tuples "
+                            "(row_factory = None)")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        if params:
+            self._cur.execute(translate(sql), params)
+        else:  # no parameters: psycopg reads no placeholders (nor % signs) in the text
+            self._cur.execute(sql)
+        self._note_insert(sql)
+        return self
+
+    def executemany(self, sql: str, seq_of_params: Iterable[Sequence[Any]]) -> Cursor:
+        self._cur.executemany(translate(sql), seq_of_params)
+        return self
+
+    def _note_insert(self, sql: str) -> None:
+        if (self._cur.statusmessage or "").startswith("INSERT ") and self._cur.rowcount > 0:
+            table = _inserted_table(sql)
+            if table is not None:
+                self._inserted, self._lastrowid = table, None
+
+    @property
+    def lastrowid(self) -> int | None:
+        """The id of the last row the last INSERT through :meth:`execute` stored (sqlite3's lastrowid; None
+        before any): the current value of its table's identity sequence in this session, read once, when asked.
+        Read it before the connection inserts into the same table again."""
+        if self._inserted is not None:
+            table, self._inserted = self._inserted, None
+            row = self._conn.raw.execute(
+                "SELECT currval(pg_get_serial_sequence(%s, a.attname)) FROM pg_attribute a "
+                "WHERE a.attrelid = %s::regclass AND a.attidentity <> '' AND NOT a.attisdropped",
+                (table, table)).fetchone()
+            if row is None:
+                raise psycopg.NotSupportedError(
+                    f"lastrowid: table {table} has no identity column (SQLite's rowid has no PostgreSQL "
+                    "counterpart); add RETURNING to the INSERT to read what it stored")
+            self._lastrowid = int(row[0])
+        return self._lastrowid
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
+
+    @property
+    def description(self) -> Any:
+        return self._cur.description
+
+    def fetchone(self) -> Any:
+        return self._cur.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self._cur.fetchall()
+
+    def fetchmany(self, size: int = 1) -> list[Any]:
+        return self._cur.fetchmany(size)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._cur)
+
+    def close(self) -> None:
+        self._cur.close()
+
+
+_INSERT_INTO = re.compile(r'\s*INSERT\s+INTO\s+((?:"[^"]+"|[\w.]+))', re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=256)
+def _inserted_table(sql: str) -> str | None:
+    m = _INSERT_INTO.match(sql)
+    return m.group(1) if m else None
+
+
+class Connection:
+    """A store connection to PostgreSQL (see the module's docstring). ``raw`` is the psycopg connection."""
+
+    dialect: PostgresDialect = POSTGRESQL
+
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+        self.raw = raw
+        self.effects: list[Any] = []  # store.database.effect
+
+    def cursor(self) -> Cursor:
+        return Cursor(self)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        return self.cursor().execute(sql, params)
+
+    def executemany(self, sql: str, seq_of_params: Iterable[Sequence[Any]]) -> Cursor:
+        return self.cursor().executemany(sql, seq_of_params)
+
+    def executescript(self, sql: str) -> Cursor:
+        """Run a script of several statements as it is (no placeholders), inside the transaction open, if one is
+        (unlike sqlite3's, it does not commit first): migrations run this way."""
+        return self.execute(sql)  # no parameters: the text goes as it is
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.raw.info.transaction_status != pq.TransactionStatus.IDLE
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def connect(dsn: str, *, readonly: bool = False, lock_timeout: float = LOCK_TIMEOUT) -> Connection:
+    """A store connection to the database at ``dsn`` (``postgresql://USER@HOST:PORT/DB`` or libpq's key=value
+    form); ``readonly``: one that may not write (the store's readers). A database that cannot be reached, or that
+    refuses us, raises FailedPrecondition saying which one (never its password) and what to check."""
+    try:
+        given = conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as e:
+        raise FailedPrecondition(f"the PostgreSQL DSN is not valid ({e}); write it as "
+                                 "postgresql://USER@HOST:PORT/DATABASE or as libpq's key=value pairs") from None
+    extra: dict[str, Any] = {} if "connect_timeout" in given else {"connect_timeout": CONNECT_TIMEOUT}
+    try:
+        raw = psycopg.connect(dsn, autocommit=True, application_name="fleetd", **extra)
+    except psycopg.OperationalError as e:
+        where = " ".join(f"{k}={given[k]}" for k in ("host", "hostaddr", "port", "dbname", "user") if k in given)
+        detail = " ".join(str(e).split())
+        if not detail.endswith((".", "?")):
+            detail += "."
+        raise FailedPrecondition(
+            f"cannot connect to the PostgreSQL database ({where or 'libpq defaults'}): {detail} Check that "
+            "the server runs and accepts connections from this host, and the DSN's user, password and database."
+        ) from None
+    try:
+        raw.execute(f"SET lock_timeout = {int(lock_timeout * 1000)}")
+        if readonly:
+            raw.execute("SET default_transaction_read_only = on")
+    except BaseException:
+        raw.close()
+        raise
+    return Connection(raw)

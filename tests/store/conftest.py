@@ -1,0 +1,50 @@
+"""PostgreSQL store fixtures: the migrated schema is built once per session, in a template database, and each test
+that wants it gets a copy (about as cheap as an empty database: docs/testing.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from fleetd.store import database
+
+if TYPE_CHECKING:
+    from fleetd.store import postgres
+    from tests.support.services import PostgresServer
+
+
+@pytest.fixture(scope="session")
+def pg_schema(postgres_server: PostgresServer) -> str:
+    """The name of a database that every PostgreSQL migration has been applied to; copy it, never use it (a
+    database with a connection open cannot be a template)."""
+    from fleetd.store import postgres
+    name = postgres_server.create_database()
+    conn = postgres.connect(postgres_server.dsn(name))
+    try:
+        database.migrate(conn)
+    finally:
+        conn.close()
+    return name
+
+
+@pytest.fixture
+def pg(postgres_server: PostgresServer, pg_schema: str) -> Iterator[postgres.Connection]:
+    """A store connection to a fresh copy of the migrated PostgreSQL schema."""
+    from fleetd.store import postgres
+    name = postgres_server.create_database(template=pg_schema)
+    conn = postgres.connect(postgres_server.dsn(name))
+    yield conn
+    conn.close()
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def sq(tmp_path: Path) -> Iterator[database.Connection]:
+    """A store connection to a fresh, migrated SQLite database: what ``pg`` is compared with."""
+    conn = database.connect(tmp_path / "fleet.db")
+    database.migrate(conn)
+    yield conn
+    conn.close()

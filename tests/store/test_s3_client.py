@@ -7,10 +7,12 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -201,7 +203,7 @@ def test_multipart_upload_hashes_on_the_way(s3: S3Client) -> None:
 
 def test_a_failed_upload_is_aborted(s3: S3Client) -> None:
     with pytest.raises(OSError, match="broke"):
-        s3.upload("broken", _chunks(20 * 1024 * 1024, fail_after=6 * 1024 * 1024), part_size=MIN_PART)
+        s3.upload("broken", _chunks(20 * 1024 * 1024, fail_after=12 * 1024 * 1024), part_size=MIN_PART)
     assert s3.head_object("broken") is None
     assert list(s3.list_multipart_uploads()) == []
     # Without the abort the upload would stay (what the assertion above relies on SeaweedFS to show).
@@ -250,3 +252,122 @@ def test_wrong_credentials_give_the_parsed_s3_error(s3_bucket: Bucket) -> None:
     assert error.status == 403 and error.code in ("SignatureDoesNotMatch", "AccessDenied")
     assert error.s3_message and "AWS_SECRET_ACCESS_KEY" in str(error)
     assert str(error).startswith(f"S3 PUT x failed (HTTP 403, {error.code}: ")
+
+
+# --- failures SeaweedFS does not produce on demand: a scripted HTTP server on loopback ---------------------------
+
+class Scripted:
+    """An HTTP server that answers each request with the next (status, headers, body) of ``answers`` and records
+    (method, path, headers) of every request."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[int, dict[str, str], bytes]] = []
+        self.seen: list[tuple[str, str, dict[str, str]]] = []
+        scripted = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                self.rfile.read(length)
+                scripted.seen.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+                status, headers, body = scripted.answers.pop(0)
+                self.send_response(status)
+                for k, v in {"content-length": str(len(body)), **headers}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def scripted() -> Iterator[Scripted]:
+    server = Scripted()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+def _client(endpoint: str, sleeps: list[float], retries: int = 3) -> S3Client:
+    return S3Client(S3Config("b", AWS, endpoint=endpoint, retries=retries), sleep=sleeps.append)
+
+
+ERROR = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>%s</Code><Message>%s</Message>"
+         b"<RequestId>req-1</RequestId></Error>")
+
+
+def test_idempotent_calls_are_retried_with_backoff_on_5xx_and_429(scripted: Scripted) -> None:
+    sleeps: list[float] = []
+    scripted.answers = [(503, {}, ERROR % (b"SlowDown", b"Reduce your rate")), (429, {}, b""),
+                        (500, {}, b""), (200, {}, b"ok")]
+    with _client(scripted.endpoint, sleeps) as client:
+        assert client.get_object("k").read() == b"ok"
+        assert [m for m, _, _ in scripted.seen] == ["GET"] * 4 and len(sleeps) == 3
+        assert sleeps[0] < 0.11 and sleeps[2] >= 0.2  # doubling
+        # each attempt is signed afresh and carries the same request
+        assert all(h["authorization"].startswith("AWS4-HMAC-SHA256 ") for _, _, h in scripted.seen)
+        scripted.answers = [(503, {}, ERROR % (b"SlowDown", b"Reduce your rate"))] * 4
+        with pytest.raises(S3Error) as gave_up:
+            client.head_object("k")
+        assert (gave_up.value.status, len(scripted.seen)) == (503, 8)
+
+
+def test_other_errors_and_non_idempotent_calls_are_not_retried(scripted: Scripted) -> None:
+    sleeps: list[float] = []
+    with _client(scripted.endpoint, sleeps) as client:
+        scripted.answers = [(403, {"x-amz-request-id": "r"}, ERROR % (b"AccessDenied", b"Access Denied."))]
+        with pytest.raises(S3Error) as denied:
+            client.delete_object("k")
+        assert (denied.value.code, denied.value.s3_message, denied.value.request_id) == (
+            "AccessDenied", "Access Denied.", "req-1")
+        scripted.answers = [(500, {}, ERROR % (b"InternalError", b"boom"))]
+        with pytest.raises(S3Error, match="InternalError: boom"):
+            client.create_multipart_upload("k")
+        # CompleteMultipartUpload can fail in the body of a 200
+        scripted.answers = [(200, {}, ERROR % (b"InvalidPart", b"One or more of the parts was not found."))]
+        with pytest.raises(S3Error, match="InvalidPart"):
+            client.complete_multipart_upload("k", "u1", ['"e1"'])
+        assert len(scripted.seen) == 3 and sleeps == []
+
+
+def test_part_uploads_are_retried(scripted: Scripted) -> None:
+    sleeps: list[float] = []
+    scripted.answers = [(502, {}, b""), (200, {"etag": '"p1"'}, b"")]
+    with _client(scripted.endpoint, sleeps) as client:
+        assert client.upload_part("k", "u/1", 1, b"x" * 10) == '"p1"'
+    assert [(m, p) for m, p, _ in scripted.seen] == [("PUT", "/b/k?partNumber=1&uploadId=u%2F1")] * 2
+    assert scripted.seen[0][2]["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+
+
+def test_connection_errors_are_retried_then_reported(scripted: Scripted) -> None:
+    endpoint = scripted.endpoint
+    scripted.server.shutdown()
+    scripted.server.server_close()  # nothing listens there now
+    sleeps: list[float] = []
+    with _client(endpoint, sleeps, retries=2) as client, pytest.raises(S3Error) as down:
+        client.head_object("k")
+    assert (down.value.status, down.value.code, len(sleeps)) == (0, "ConnectError", 2)
+    assert endpoint in str(down.value)
+
+
+def test_a_server_ignoring_the_range_still_gives_the_asked_bytes(scripted: Scripted) -> None:
+    body = bytes(range(100))
+    with _client(scripted.endpoint, []) as client:
+        for kwargs, want in [({"start": 10, "end": 19}, body[10:20]), ({"suffix": 5}, body[95:]),
+                             ({"start": 90}, body[90:])]:
+            scripted.answers = [(200, {}, body)]
+            with client.get_object("k", **kwargs) as obj:  # type: ignore[arg-type]
+                assert (obj.read(), obj.total) == (want, 100)
+            assert scripted.seen[-1][2]["range"].startswith("bytes=")
+        scripted.answers = [(200, {}, body)]
+        with pytest.raises(S3Error) as past:
+            client.get_object("k", start=100)
+        assert past.value.status == 416

@@ -166,7 +166,7 @@ def test_ranged_gets(s3: S3Client) -> None:
     for kwargs, first, last in [({"start": 0, "end": 9}, 0, 9), ({"start": 5000, "end": 5999}, 5000, 5999),
                                 ({"suffix": 100}, 10140, 10239), ({"start": 10000}, 10000, 10239),
                                 ({"start": 10000, "end": 99999}, 10000, 10239)]:
-        with s3.get_object("r", **kwargs) as obj:  # type: ignore[arg-type]
+        with s3.get_object("r", **kwargs) as obj:
             assert (obj.first, obj.size, obj.total) == (first, last - first + 1, len(body)), kwargs
             assert obj.read() == body[first:last + 1], kwargs
     with pytest.raises(S3Error) as past:
@@ -364,7 +364,7 @@ def test_a_server_ignoring_the_range_still_gives_the_asked_bytes(scripted: Scrip
         for kwargs, want in [({"start": 10, "end": 19}, body[10:20]), ({"suffix": 5}, body[95:]),
                              ({"start": 90}, body[90:])]:
             scripted.answers = [(200, {}, body)]
-            with client.get_object("k", **kwargs) as obj:  # type: ignore[arg-type]
+            with client.get_object("k", **kwargs) as obj:
                 assert (obj.read(), obj.total) == (want, 100)
             assert scripted.seen[-1][2]["range"].startswith("bytes=")
         scripted.answers = [(200, {}, body)]

@@ -185,7 +185,7 @@ class ObjectStream:
     def __iter__(self) -> Iterator[bytes]:
         skip, left = self._skip, self.size
         try:
-            for chunk in self._response.iter_bytes(READ_CHUNK):
+            for chunk in self._response.iter_raw(READ_CHUNK):
                 if skip:
                     dropped = min(skip, len(chunk))
                     chunk, skip = chunk[dropped:], skip - dropped
@@ -243,6 +243,9 @@ class S3Client:
     def __init__(self, config: S3Config, *, sleep: Callable[[float], None] = time.sleep) -> None:
         if not config.bucket:
             raise InvalidArgument("an S3 blob store needs a bucket: s3://BUCKET/prefix")
+        if config.retries < 0 or config.timeout <= 0:
+            raise InvalidArgument(f"S3 retries must be >= 0 and the timeout > 0, not {config.retries} and "
+                                  f"{config.timeout}")
         self.config = config
         endpoint = config.endpoint or f"https://s3.{config.region}.amazonaws.com"
         parts = urlsplit(endpoint)
@@ -264,7 +267,9 @@ class S3Client:
                 raise InvalidArgument(f"S3 CA bundle {config.ca_bundle!r} is not a file: give a PEM file of the "
                                       "certificates that sign the S3 endpoint's")
             verify = ssl.create_default_context(cafile=config.ca_bundle)
+        # identity: the bytes as stored (a gateway that compressed them would break ranges and sizes)
         self._http = httpx.Client(verify=verify, timeout=config.timeout, follow_redirects=False,
+                                  headers={"accept-encoding": "identity", "user-agent": "fleetd"},
                                   limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
 
     def close(self) -> None:
@@ -380,7 +385,18 @@ class S3Client:
         headers = {"range": wanted} if wanted else {}
         response = self._send(f"GET {key}", lambda: self._request("GET", key, headers=headers),
                               ok=(200, 206), stream=True)
+        try:
+            return self._stream(key, response, wanted, start, end, suffix)
+        except BaseException:
+            response.close()
+            raise
+
+    @staticmethod
+    def _stream(key: str, response: httpx.Response, wanted: str | None, start: int | None, end: int | None,
+                suffix: int | None) -> ObjectStream:
         length = int(response.headers.get("content-length", "-1"))
+        if length < 0 and response.status_code == 200:
+            raise S3Error(f"GET {key}", 200, "MalformedAnswer", "an object without a Content-Length")
         if response.status_code == 206:
             first, last, total = _content_range(response.headers.get("content-range", ""))
             return ObjectStream(response, last - first + 1, total, first)
@@ -392,7 +408,6 @@ class S3Client:
         else:
             first, last = start or 0, min(length - 1, length - 1 if end is None else end)
         if first >= length:
-            response.close()
             raise S3Error(f"GET {key}", 416, "InvalidRange", "The requested range is not satisfiable")
         return ObjectStream(response, last - first + 1, length, first, skip=first)
 

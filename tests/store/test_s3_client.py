@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ import httpx
 import pytest
 
 from fleetd.core.errors import InvalidArgument
+from fleetd.core.pki import FleetKeys, load_or_create
 from fleetd.store.s3 import MIN_PART, S3Client, S3Config, S3Error, parse_xml
 from fleetd.store.sigv4 import EMPTY_SHA256, Credentials, presign, sign_headers
 from tests.support.services import Bucket
@@ -260,7 +262,7 @@ class Scripted:
     """An HTTP server that answers each request with the next (status, headers, body) of ``answers`` and records
     (method, path, headers) of every request."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: FleetKeys | None = None) -> None:
         self.answers: list[tuple[int, dict[str, str], bytes]] = []
         self.seen: list[tuple[str, str, dict[str, str]]] = []
         scripted = self
@@ -284,7 +286,12 @@ class Scripted:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(tls.server_cert_path, tls.server_key_path)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if tls else "http"
+        self.endpoint = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
@@ -371,3 +378,21 @@ def test_a_server_ignoring_the_range_still_gives_the_asked_bytes(scripted: Scrip
         with pytest.raises(S3Error) as past:
             client.get_object("k", start=100)
         assert past.value.status == 416
+
+
+def test_tls_is_verified_against_the_system_or_the_given_ca_bundle(tmp_path: Path) -> None:
+    keys = load_or_create(tmp_path)  # a CA of our own and a server certificate for 127.0.0.1
+    server = Scripted(tls=keys)
+    try:
+        sleeps: list[float] = []
+        server.answers = [(200, {}, b"ok")]
+        with _client(server.endpoint, sleeps, retries=0) as untrusting, pytest.raises(S3Error) as refused:
+            untrusting.get_object("k")
+        assert refused.value.status == 0 and "CERTIFICATE_VERIFY_FAILED" in str(refused.value)
+        config = S3Config("b", AWS, endpoint=server.endpoint, ca_bundle=str(keys.ca_path))
+        with S3Client(config) as trusting:
+            assert trusting.get_object("k").read() == b"ok"
+        assert len(server.seen) == 1
+    finally:
+        server.server.shutdown()
+        server.server.server_close()

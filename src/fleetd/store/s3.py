@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
@@ -39,7 +39,6 @@ from .sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Credentials, canonical_query,
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 MIN_PART = 5 * 1024 * 1024  # S3's smallest part (but the last)
 MAX_PARTS = 10_000
 DEFAULT_PART = 8 * 1024 * 1024
@@ -70,7 +69,8 @@ _CREDENTIALS_HINT = ("Check the access key and secret key (the blob store settin
 _HINTS = {
     "SignatureDoesNotMatch": _CREDENTIALS_HINT,
     "InvalidAccessKeyId": _CREDENTIALS_HINT,
-    "AccessDenied": "The keys were refused for this bucket or key: check the keys and the bucket's policy.",
+    "AccessDenied": "The keys were refused for this bucket or key: check the access key and secret key (the blob "
+                    "store settings, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) and the bucket's policy.",
     "NoSuchBucket": "Create the bucket, or correct its name in the blob store URL (s3://BUCKET/prefix).",
     "RequestTimeTooSkewed": "This machine's clock is too far from the server's: synchronise it (NTP).",
     "AuthorizationHeaderMalformed": "The region is probably wrong: set the one the bucket is in (AWS_REGION).",

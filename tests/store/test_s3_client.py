@@ -123,10 +123,20 @@ def test_config_from_the_aws_environment_and_settings_first() -> None:
         S3Client(S3Config("b", AWS, endpoint="ftp://x"))
 
 
-def test_importing_the_app_loads_no_s3_client() -> None:
-    """The S3 client is imported when an s3:// blob store is configured, never at start (footprint targets)."""
-    code = ("import sys, fleetd.app, fleetd.cli.serve\n"
-            "print(sorted(m for m in sys.modules if m.startswith(('fleetd.store.s3', 'fleetd.store.sigv4'))))")
+def test_the_default_server_loads_no_s3_client(tmp_path: Path) -> None:
+    """The S3 client is imported when an s3:// blob store is configured, never at start nor with the default
+    blobs folder (footprint targets)."""
+    code = f"""
+import sys
+import fleetd.cli.serve
+from fleetd.app import asgi_app
+from fleetd.core.config import load_settings
+from fleetd.fleet import Fleet
+fleet = Fleet(load_settings({{"data_dir": {str(tmp_path / "data")!r}, "mdns": False}}, None), first_admin=True)
+asgi_app(fleet)
+fleet.close()
+print(sorted(m for m in sys.modules if m.startswith(("fleetd.store.s3", "fleetd.store.sigv4"))))
+"""
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'agent'}"})
     assert p.returncode == 0, p.stderr

@@ -16,6 +16,7 @@ from fleetd.core.config import Settings
 from fleetd.fleet import Fleet
 
 if TYPE_CHECKING:
+    from fleetd.store.database import Store
     from tests.support.services import Bucket, PostgresServer, S3Server
 
 
@@ -79,6 +80,42 @@ def postgres_server() -> Iterator[PostgresServer]:
     from tests.support.services import PostgresServer
     with PostgresServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def pg_schema(postgres_server: PostgresServer) -> str:
+    """The name of a database that every PostgreSQL migration has been applied to; copy it, never use it (a
+    database with a connection open cannot be a template)."""
+    from fleetd.store import database, postgres
+    name = postgres_server.create_database()
+    conn = postgres.connect(postgres_server.dsn(name))
+    try:
+        database.migrate(conn)
+    finally:
+        conn.close()
+    return name
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | Path]:
+    """Where a migrated store is, once per backend: a SQLite file (migrated by the Store that opens it) and a
+    PostgreSQL DSN of a fresh copy of the migrated template (:func:`pg_schema`), dropped after the test."""
+    if request.param == "sqlite":
+        yield tmp_path / "fleetd.db"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    name = server.create_database(template=request.getfixturevalue("pg_schema"))
+    yield server.dsn(name)
+    server.drop_database(name)
+
+
+@pytest.fixture
+def store_backend(store_location: str | Path) -> Iterator[Store]:
+    """A migrated :class:`~fleetd.store.database.Store` on each backend in turn (docs/testing.md)."""
+    from fleetd.store.database import Store
+    store = Store(store_location)
+    yield store
+    store.close()
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from ..store.database import may_fail
 from ..store.dialect import dialect_of
 from ..store.where import Where
 
@@ -106,7 +107,8 @@ def detach_from_actions(conn: sqlite3.Connection, artifact_id: str, label: str) 
 def delete_artifact(conn: sqlite3.Connection, artifact_id: str) -> bool:
     """Delete the artifact's row; False (and nothing deleted) while another row still references it."""
     try:
-        conn.execute("DELETE FROM artifacts WHERE id = ?", (artifact_id,))
+        with may_fail(conn):
+            conn.execute("DELETE FROM artifacts WHERE id = ?", (artifact_id,))
     except sqlite3.IntegrityError:
         return False
     return True

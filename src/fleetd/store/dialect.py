@@ -22,6 +22,9 @@ class Dialect:
     # What store.database.transaction begins a write with: SQLite takes the write lock at once, so that a write
     # never fails half-way on another connection's lock.
     begin_write = "BEGIN IMMEDIATE"
+    # What opens a read transaction, whose statements all see one committed state (:func:`read_snapshot`): a
+    # SQLite read transaction is a snapshot already.
+    begin_read = "BEGIN"
 
     def in_json_list(self, expr: str) -> str:
         """``expr`` is one of the values of a JSON list. Parameter: the list, as JSON text. Lists of ids: where the
@@ -96,6 +99,8 @@ class PostgresDialect(Dialect):
     name = "postgresql"
     # READ COMMITTED, the default: the store's single writer does not need the database to serialize writers.
     begin_write = "BEGIN"
+    # READ COMMITTED takes a new snapshot per statement: a read of several statements needs REPEATABLE READ.
+    begin_read = "BEGIN ISOLATION LEVEL REPEATABLE READ"
 
     def in_json_list(self, expr: str) -> str:
         # As text: the lists are of ids; a text column keeps its index (text::text is no cast at all).

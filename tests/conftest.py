@@ -26,10 +26,22 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def fleet(settings: Settings) -> Iterator[Fleet]:
-    f = Fleet(settings)
+def fleet(settings: Settings, store_location: str | Path) -> Iterator[Fleet]:
+    """A Fleet on SQLite; in a module marked ``both_backends``, once on each backend (docs/testing.md)."""
+    f = Fleet(settings, database=store_location if isinstance(store_location, str) else None)
     yield f
     f.close()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests that take ``store_backend``, and tests of modules marked ``both_backends`` that take ``fleet`` (or
+    ``store_location``), run once on SQLite and once on PostgreSQL; but not those marked ``sqlite_only(why)``."""
+    if "store_location" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("sqlite_only"):
+        return
+    if "store_backend" in metafunc.fixturenames or metafunc.definition.get_closest_marker("both_backends"):
+        metafunc.parametrize("store_location", ["sqlite", "postgresql"], indirect=True)
 
 
 @pytest.fixture
@@ -96,11 +108,12 @@ def pg_schema(postgres_server: PostgresServer) -> str:
     return name
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture
 def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | Path]:
-    """Where a migrated store is, once per backend: a SQLite file (migrated by the Store that opens it) and a
-    PostgreSQL DSN of a fresh copy of the migrated template (:func:`pg_schema`), dropped after the test."""
-    if request.param == "sqlite":
+    """Where a store is: a SQLite file (migrated by the Store that opens it), or, where the test runs on both
+    backends (:func:`pytest_generate_tests`), a PostgreSQL DSN of a fresh copy of the migrated template
+    (:func:`pg_schema`), dropped after the test."""
+    if getattr(request, "param", "sqlite") == "sqlite":
         yield tmp_path / "fleetd.db"
         return
     server: PostgresServer = request.getfixturevalue("postgres_server")

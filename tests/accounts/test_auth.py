@@ -8,7 +8,10 @@ from fleetd.accounts import users as auth
 from fleetd.accounts.audit import SYSTEM
 from fleetd.core.errors import AlreadyExists, InvalidArgument, Unauthenticated
 from fleetd.fleet import open_offline
+from fleetd.store.database import transaction
 from tests.conftest import make_key, rpc
+
+pytestmark = pytest.mark.both_backends
 
 
 def test_password_hash_verifies_and_is_salted() -> None:
@@ -67,11 +70,10 @@ def test_users_unique_and_last_admin_protected(fleet) -> None:  # type: ignore[n
 def test_key_revoked_offline_stops_working_at_once(client, fleet) -> None:  # type: ignore[no-untyped-def]
     key = make_key(fleet, "admin", "temp")
     assert rpc(client, "UserService", "WhoAmI", key=key).status_code == 200
-    conn = open_offline(fleet.settings.data_dir)
-    with conn:
-        conn.execute("BEGIN IMMEDIATE")
+    # Another process's connection: an offline CLI command's on SQLite, another server's on PostgreSQL.
+    conn = open_offline(fleet.settings.data_dir) if fleet.store.dsn is None else fleet.store.connect(readonly=False)
+    with transaction(conn):
         auth.revoke_api_key(conn, SYSTEM, "temp")
-        conn.execute("COMMIT")
     conn.close()
     r = rpc(client, "UserService", "WhoAmI", key=key)
     assert r.status_code == 401 and "revoked" in r.json()["message"]

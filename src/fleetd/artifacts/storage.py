@@ -75,7 +75,7 @@ def open_action_count(conn: sqlite3.Connection, artifact_id: str) -> int:
 def open_actions(conn: sqlite3.Connection, artifact_id: str) -> list[sqlite3.Row]:
     """The artifact's open actions (id, device_id, state), oldest first."""
     return conn.execute("SELECT id, device_id, state FROM actions WHERE artifact_id = ? AND open = 1 "
-                        "ORDER BY created_at, rowid", (artifact_id,)).fetchall()
+                        f"ORDER BY created_at, {dialect_of(conn).insertion_order('id')}", (artifact_id,)).fetchall()
 
 
 def installed_count(conn: sqlite3.Connection, name: str, version: str) -> int:

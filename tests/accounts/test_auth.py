@@ -12,6 +12,9 @@ from fleetd.store.database import transaction
 from tests.conftest import make_key, rpc
 
 pytestmark = pytest.mark.both_backends
+# Tests whose time goes to password hashing and the in-memory login limiter: the backend changes nothing there
+# (the audit entries they write: test_audit_log.py, on both).
+HASHING_ONLY = "password hashing and the in-memory login limiter"
 
 
 def test_password_hash_verifies_and_is_salted() -> None:
@@ -110,6 +113,7 @@ def test_session_login_csrf_and_logout(client, fleet) -> None:  # type: ignore[n
     assert client.get("/fleetd.v1.UserService/WhoAmI").status_code == 401
 
 
+@pytest.mark.sqlite_only(HASHING_ONLY)
 def test_failed_logins_are_audited_and_rate_limited(client, fleet) -> None:  # type: ignore[no-untyped-def]
     _make_user(fleet)
     codes = [rpc(client, "UserService", "Login", {"username": "carol", "password": "wrong-password!"}).status_code
@@ -122,6 +126,7 @@ def test_failed_logins_are_audited_and_rate_limited(client, fleet) -> None:  # t
     assert denied == fleet.settings.login_rate_per_minute
 
 
+@pytest.mark.sqlite_only(HASHING_ONLY)
 def test_unknown_user_and_wrong_password_look_alike(client, fleet) -> None:  # type: ignore[no-untyped-def]
     _make_user(fleet)
     a = rpc(client, "UserService", "Login", {"username": "nobody", "password": "whatever-pass"}).json()

@@ -20,8 +20,6 @@ from fleetd.core.errors import InvalidArgument, ResourceExhausted
 from fleetd.fleet import Fleet
 from tests.conftest import make_key, rpc
 
-pytestmark = pytest.mark.both_backends
-
 
 def test_every_hash_the_server_makes_runs_on_the_password_pool(client, fleet, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     fleet.store.write_sync(lambda c: auth.create_user(c, SYSTEM, "boss", "a-long-password", "admin"))

@@ -25,8 +25,6 @@ from fleetd.core.errors import InvalidArgument
 from tests.conftest import rpc
 from tests.support.webhook_receiver import Receiver
 
-pytestmark = pytest.mark.both_backends
-
 DEFAULT = Policy()
 LAN = Policy.of(True, [])
 LOOPBACK = Policy.of(False, ["127.0.0.1/32"])

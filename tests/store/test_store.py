@@ -18,10 +18,12 @@ from fleetd.store.database import (
     effect,
     may_fail,
     migrate,
+    migrations_folder,
     read_snapshot,
     schema_version,
     transaction,
 )
+from fleetd.store.dialect import POSTGRESQL
 
 
 def write_migrations(folder: Path, *sqls: str) -> Path:
@@ -310,3 +312,14 @@ def test_constraint_errors_are_sqlite3s_and_may_fail_lets_the_write_go_on(store_
     assert store.read_sync(lambda c: [r[0] for r in c.execute("SELECT n FROM t ORDER BY n")]) == [1, 2]
     with pytest.raises(sqlite3.IntegrityError):
         store.write_sync(lambda c: c.execute("INSERT INTO t VALUES (2)"))
+
+
+def test_a_store_on_an_empty_postgresql_database_migrates_it(postgres_dsn: str) -> None:
+    store = Store(postgres_dsn)
+    try:
+        assert store.path is None and store.dsn == postgres_dsn
+        newest = available_migrations(migrations_folder(POSTGRESQL))[-1][0]
+        assert store.write_sync(schema_version) == newest
+        assert store.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM devices").fetchone()[0]) == 0
+    finally:
+        store.close()

@@ -267,10 +267,6 @@ def count_join_token_use(conn: sqlite3.Connection, token_id: str) -> None:
 # An action with its artifact as NAME@VERSION (artifact_ref), as admins see it.
 _ADMIN_SELECT = ("SELECT ac.*, ar.name || '@' || ar.version AS artifact_ref FROM actions ac "
                  "LEFT JOIN artifacts ar ON ar.id = ac.artifact_id")
-@functools.cache
-def _open_actions(d: Dialect) -> str:
-    return f"SELECT * FROM actions WHERE device_id = ? AND open = 1 ORDER BY created_at, {d.insertion_order('id')}"
-
 _INSERT_EVENT = "INSERT INTO action_events (action_id, ts, state, message, progress) VALUES (?, ?, ?, ?, ?)"
 
 
@@ -288,6 +284,11 @@ def admin_actions_of(conn: sqlite3.Connection, device_id: str, limit: int) -> li
     tie = dialect_of(conn).insertion_order("id", "ac.")
     return conn.execute(f"{_ADMIN_SELECT} WHERE ac.device_id = ? ORDER BY ac.created_at DESC, {tie} DESC "
                         "LIMIT ?", (device_id, limit)).fetchall()
+
+
+@functools.cache
+def _open_actions(d: Dialect) -> str:
+    return f"SELECT * FROM actions WHERE device_id = ? AND open = 1 ORDER BY created_at, {d.insertion_order('id')}"
 
 
 def open_actions(conn: sqlite3.Connection, device_id: str) -> list[sqlite3.Row]:

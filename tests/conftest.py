@@ -27,7 +27,8 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def fleet(settings: Settings, store_location: str | Path) -> Iterator[Fleet]:
-    """A Fleet on SQLite; in a module marked ``both_backends``, once on each backend (docs/testing.md)."""
+    """A Fleet on SQLite (its data dir's file); in a module marked ``both_backends``, once on each backend: then on
+    PostgreSQL ``store_location`` is the DSN (docs/testing.md)."""
     f = Fleet(settings, database=store_location if isinstance(store_location, str) else None)
     yield f
     f.close()

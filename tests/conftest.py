@@ -16,6 +16,7 @@ from fleetd.core.config import Settings
 from fleetd.fleet import Fleet
 
 if TYPE_CHECKING:
+    from fleetd.store.database import Store
     from tests.support.services import Bucket, PostgresServer, S3Server
 
 
@@ -25,10 +26,23 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def fleet(settings: Settings) -> Iterator[Fleet]:
-    f = Fleet(settings)
+def fleet(settings: Settings, store_location: str | Path) -> Iterator[Fleet]:
+    """A Fleet on SQLite (its data dir's file); in a module marked ``both_backends``, once on each backend: then on
+    PostgreSQL ``store_location`` is the DSN (docs/testing.md)."""
+    f = Fleet(settings, database=store_location if isinstance(store_location, str) else None)
     yield f
     f.close()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests that take ``store_backend``, and tests of modules marked ``both_backends`` that take ``fleet`` (or
+    ``store_location``), run once on SQLite and once on PostgreSQL; but not those marked ``sqlite_only(why)``."""
+    if "store_location" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("sqlite_only"):
+        return
+    if "store_backend" in metafunc.fixturenames or metafunc.definition.get_closest_marker("both_backends"):
+        metafunc.parametrize("store_location", ["sqlite", "postgresql"], indirect=True)
 
 
 @pytest.fixture
@@ -79,6 +93,43 @@ def postgres_server() -> Iterator[PostgresServer]:
     from tests.support.services import PostgresServer
     with PostgresServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def pg_schema(postgres_server: PostgresServer) -> str:
+    """The name of a database that every PostgreSQL migration has been applied to; copy it, never use it (a
+    database with a connection open cannot be a template)."""
+    from fleetd.store import database, postgres
+    name = postgres_server.create_database()
+    conn = postgres.connect(postgres_server.dsn(name))
+    try:
+        database.migrate(conn)
+    finally:
+        conn.close()
+    return name
+
+
+@pytest.fixture
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | Path]:
+    """Where a store is: a SQLite file (migrated by the Store that opens it), or, where the test runs on both
+    backends (:func:`pytest_generate_tests`), a PostgreSQL DSN of a fresh copy of the migrated template
+    (:func:`pg_schema`), dropped after the test."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield tmp_path / "fleetd.db"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    name = server.create_database(template=request.getfixturevalue("pg_schema"))
+    yield server.dsn(name)
+    server.drop_database(name)
+
+
+@pytest.fixture
+def store_backend(store_location: str | Path) -> Iterator[Store]:
+    """A migrated :class:`~fleetd.store.database.Store` on each backend in turn (docs/testing.md)."""
+    from fleetd.store.database import Store
+    store = Store(store_location)
+    yield store
+    store.close()
 
 
 @pytest.fixture

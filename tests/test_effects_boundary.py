@@ -11,6 +11,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.both_backends
+
 SRC = Path(__file__).resolve().parents[1] / "src" / "fleetd"
 
 # Methods that publish or change a cache, on whatever object they are called.

@@ -61,17 +61,19 @@ class DataDirLocked(RuntimeError):
 
 
 class Fleet:
-    def __init__(self, settings: Settings, *, lock: bool = True, first_admin: bool = False) -> None:
+    def __init__(self, settings: Settings, *, lock: bool = True, first_admin: bool = False,
+                 database: str | None = None) -> None:
         """``first_admin``: create the first admin (:meth:`ensure_first_admin`, its answer in ``self.first_admin``)
         before the device directory loads: its password hash (scrypt, 32 MiB for a moment) then does not add to
-        the memory 100,000 devices take, and the start's peak stays low."""
+        the memory 100,000 devices take, and the start's peak stays low. ``database``: a PostgreSQL DSN instead of
+        the data dir's SQLite file (issue 18: the tests run on it; `fleetd serve` has no option for it yet)."""
         self.settings = settings
         self.data_dir = prepare_data_dir(settings.data_path)
         self._lock_fd: int | None = None
         if lock:
             self._take_lock()
         self.keys: FleetKeys = load_or_create(self.data_dir, self._extra_names())
-        self.store = Store(self.data_dir / DB_NAME, settings.reader_threads)
+        self.store = Store(database or self.data_dir / DB_NAME, settings.reader_threads)
         self.first_admin = self.ensure_first_admin() if first_admin else None
         self.blobs = BlobStore(self.data_dir / "blobs", self.store, settings.max_upload_bytes)
         self.events = EventBus()

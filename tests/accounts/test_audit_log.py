@@ -15,9 +15,12 @@ from fleetd.accounts import audit
 from fleetd.cli import app
 from fleetd.core.config import Settings
 from fleetd.fleet import Fleet
+from fleetd.store.dialect import dialect_of
 from tests.conftest import make_key, rpc
 from tests.devices.test_devices import make_artifact
 from tests.rollouts.test_rollouts import enroll
+
+pytestmark = pytest.mark.both_backends
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "fleetd"
 
@@ -52,7 +55,7 @@ def test_a_deploy_to_50_devices_is_one_entry_with_its_count(client, fleet, admin
     acts = rpc(client, "DeviceAdminService", "ListActions", {"device_id": d["devices"][0]}, key=admin_key).json()
     assert acts["actions"][0]["id"] in made
     created_by = fleet.store.read_sync(lambda c: {r[0] for r in c.execute(
-        "SELECT created_by FROM actions WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(made),))})
+        f"SELECT created_by FROM actions WHERE {dialect_of(c).in_json_list('id')}", (json.dumps(made),))})
     assert created_by == {"deployer"}
 
 

@@ -8,7 +8,13 @@ from fleetd.accounts import users as auth
 from fleetd.accounts.audit import SYSTEM
 from fleetd.core.errors import AlreadyExists, InvalidArgument, Unauthenticated
 from fleetd.fleet import open_offline
+from fleetd.store.database import transaction
 from tests.conftest import make_key, rpc
+
+pytestmark = pytest.mark.both_backends
+# Tests whose time goes to password hashing and the in-memory login limiter: the backend changes nothing there
+# (the audit entries they write: test_audit_log.py, on both).
+HASHING_ONLY = "password hashing and the in-memory login limiter"
 
 
 def test_password_hash_verifies_and_is_salted() -> None:
@@ -67,11 +73,10 @@ def test_users_unique_and_last_admin_protected(fleet) -> None:  # type: ignore[n
 def test_key_revoked_offline_stops_working_at_once(client, fleet) -> None:  # type: ignore[no-untyped-def]
     key = make_key(fleet, "admin", "temp")
     assert rpc(client, "UserService", "WhoAmI", key=key).status_code == 200
-    conn = open_offline(fleet.settings.data_dir)
-    with conn:
-        conn.execute("BEGIN IMMEDIATE")
+    # Another process's connection: an offline CLI command's on SQLite, another server's on PostgreSQL.
+    conn = open_offline(fleet.settings.data_dir) if fleet.store.dsn is None else fleet.store.connect(readonly=False)
+    with transaction(conn):
         auth.revoke_api_key(conn, SYSTEM, "temp")
-        conn.execute("COMMIT")
     conn.close()
     r = rpc(client, "UserService", "WhoAmI", key=key)
     assert r.status_code == 401 and "revoked" in r.json()["message"]
@@ -108,6 +113,7 @@ def test_session_login_csrf_and_logout(client, fleet) -> None:  # type: ignore[n
     assert client.get("/fleetd.v1.UserService/WhoAmI").status_code == 401
 
 
+@pytest.mark.sqlite_only(HASHING_ONLY)
 def test_failed_logins_are_audited_and_rate_limited(client, fleet) -> None:  # type: ignore[no-untyped-def]
     _make_user(fleet)
     codes = [rpc(client, "UserService", "Login", {"username": "carol", "password": "wrong-password!"}).status_code
@@ -120,6 +126,7 @@ def test_failed_logins_are_audited_and_rate_limited(client, fleet) -> None:  # t
     assert denied == fleet.settings.login_rate_per_minute
 
 
+@pytest.mark.sqlite_only(HASHING_ONLY)
 def test_unknown_user_and_wrong_password_look_alike(client, fleet) -> None:  # type: ignore[no-untyped-def]
     _make_user(fleet)
     a = rpc(client, "UserService", "Login", {"username": "nobody", "password": "whatever-pass"}).json()

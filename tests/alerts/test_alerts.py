@@ -27,6 +27,8 @@ from fleetd.telemetry.rollups import Agg
 from tests.conftest import rpc
 from tests.support.webhook_receiver import Receiver
 
+pytestmark = pytest.mark.both_backends
+
 T0 = math.floor(time.time() / 60) * 60 - 3600.0  # a whole minute, an hour ago: devices may send it
 
 

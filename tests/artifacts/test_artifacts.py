@@ -34,6 +34,8 @@ from fleetd.fleet import Fleet
 from tests.conftest import make_key, rpc
 from tests.support.devices_helper import TestDevice
 
+pytestmark = pytest.mark.both_backends
+
 SVC = "ArtifactService"
 
 
@@ -77,6 +79,11 @@ def tmp_files(fleet: Fleet) -> list[Path]:
     return list((fleet.blobs.root / "tmp").iterdir())
 
 
+# store/blobs.py (another change's file) finds the tables that refer to blobs in sqlite_master; its PostgreSQL form
+# is Dialect.table_exists. Until it uses that, blob GC (and the delete that runs it) is SQLite-only.
+BLOB_GC_SQLITE_ONLY = "blob GC looks tables up in sqlite_master (store/blobs.py); PostgreSQL: Dialect.table_exists"
+
+
 @pytest.fixture
 def small_fleet(tmp_path: Path) -> Iterator[Fleet]:
     f = Fleet(Settings(data_dir=str(tmp_path / "small"), tls=False, mdns=False, host="127.0.0.1",
@@ -117,6 +124,7 @@ def check_in(device: TestDevice, components: list[dict[str, Any]] | None = None)
 
 # --- CreateUpload refuses bad metadata before any byte is sent --------------------
 
+@pytest.mark.sqlite_only("input refused before the store is asked: the backend changes nothing")
 @pytest.mark.parametrize(("fields", "needle"), [
     ({"version": "1.0"}, "not a semantic version"),
     ({"version": "v1.0.0"}, "not a semantic version"),
@@ -270,6 +278,8 @@ def test_the_cap_holds_at_put_time_too(small_client: Any, small_fleet: Fleet) ->
 
 def test_a_duplicate_found_at_put_time_is_refused_and_its_blob_left_for_gc(
         client: Any, operator_key: str, fleet: Fleet) -> None:
+    if fleet.store.dsn is not None:
+        pytest.skip(BLOB_GC_SQLITE_ONLY)
     first = open_upload(client, operator_key, size=5).json()
     second = open_upload(client, operator_key, size=6).json()  # both opened before either is stored
     winner = put(client, operator_key, first, b"first").json()
@@ -385,6 +395,8 @@ def test_signing_helpers_refuse_a_manifest_for_another_file(tmp_path: Path) -> N
 
 def test_delete_is_refused_while_the_artifact_is_in_use(client: Any, admin_key: str, operator_key: str,
                                                          fleet: Fleet) -> None:
+    if fleet.store.dsn is not None:
+        pytest.skip(BLOB_GC_SQLITE_ONLY)
     a1 = push(client, operator_key, b"one", version="1.0.0")
     push(client, operator_key, b"two", version="2.0.0")
     device = active_device(client, admin_key)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from fleetd.devices.actions import LOG_BYTES_MAX, RESULTS_KEPT
 from tests.conftest import rpc
 from tests.devices.test_devices import active_device
+
+pytestmark = pytest.mark.both_backends
 
 
 def device_with_app(client: Any, fleet: Any, key: str, app: str = "hello") -> Any:

@@ -19,6 +19,8 @@ from fleetd.devices import devauth, join_tokens
 from tests.conftest import rpc
 from tests.support.devices_helper import TestDevice
 
+pytestmark = pytest.mark.both_backends
+
 
 def make_token(client: Any, key: str, **body: Any) -> str:
     r = rpc(client, "EnrollmentService", "CreateToken", body, key=key)
@@ -242,6 +244,7 @@ def test_a_version_seen_only_between_two_flushes_still_becomes_the_previous_vers
     assert (dev["components"][0]["version"], dev["components"][0]["previous_version"]) == ("1.1.0", "1.0.0")
 
 
+@pytest.mark.sqlite_only("input refused before the store is asked: the backend changes nothing")
 @pytest.mark.parametrize("body, fragment", [
     ({"inventory": {"hostname": 5}}, "hostname"),
     ({"components": [{"name": "x"}]}, "version"),

@@ -23,6 +23,8 @@ from tests.ddi.test_ddi_server import Ddi, target
 from tests.devices.test_devices import active_device, make_token
 from tests.support.devices_helper import TestDevice
 
+pytestmark = pytest.mark.both_backends
+
 
 def token_row(fleet: Fleet, token: str) -> dict[str, Any]:
     tid = token.split(".")[2]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from fleetd.devices import actions
 from fleetd.rollouts.progress import stage_of
 from fleetd.rollouts.rules import bucket
@@ -12,6 +14,8 @@ from tests.conftest import rpc
 from tests.devices.test_devices import active_device, make_artifact
 from tests.rollouts.test_rollouts import enroll
 from tests.support.devices_helper import TestDevice
+
+pytestmark = pytest.mark.both_backends
 
 ADMIN = "DeviceAdminService"
 

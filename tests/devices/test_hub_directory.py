@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from litestar.testing import TestClient
 
 from fleetd.app import create_app
@@ -12,6 +13,8 @@ from fleetd.devices.registry import DeviceRuntime
 from fleetd.fleet import Fleet
 from tests.conftest import make_key, rpc
 from tests.devices.test_devices import active_device
+
+pytestmark = pytest.mark.both_backends
 
 
 def test_record_replacement_keeps_last_seen_and_revocation_stops_tokens(client, fleet, admin_key) -> None:  # type: ignore[no-untyped-def]

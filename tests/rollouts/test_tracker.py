@@ -31,6 +31,8 @@ from tests.rollouts.test_rollouts import (
 )
 from tests.rollouts.test_rollouts import settings as settings  # the fixture: no background passes
 
+pytestmark = pytest.mark.both_backends
+
 
 def settle(fleet: Fleet, now: float) -> PassReport:
     """Passes at ``now`` until one writes nothing; that one."""
@@ -147,7 +149,7 @@ def test_a_restart_rebuilds_the_same_counts_from_the_database(settings, fleet, q
     old = assert_exact(fleet, rid, t0 + 5)
     counts = [list(c) for c in old.counts]
     fleet.close()
-    again = Fleet(settings)
+    again = Fleet(settings, database=fleet.store.dsn)
     try:
         rep = run_pass(again, t0 + 5)
         assert rep.rollouts[0].rebuilt

@@ -1,5 +1,6 @@
-"""PostgreSQL store fixtures: the migrated schema is built once per session, in a template database, and each test
-that wants it gets a copy (about as cheap as an empty database: docs/testing.md)."""
+"""PostgreSQL connection fixtures: the migrated schema is built once per session, in a template database
+(``pg_schema``, tests/conftest.py), and each test that wants it gets a copy (about as cheap as an empty database:
+docs/testing.md)."""
 
 from __future__ import annotations
 
@@ -14,20 +15,6 @@ from fleetd.store import database
 if TYPE_CHECKING:
     from fleetd.store import postgres
     from tests.support.services import PostgresServer
-
-
-@pytest.fixture(scope="session")
-def pg_schema(postgres_server: PostgresServer) -> str:
-    """The name of a database that every PostgreSQL migration has been applied to; copy it, never use it (a
-    database with a connection open cannot be a template)."""
-    from fleetd.store import postgres
-    name = postgres_server.create_database()
-    conn = postgres.connect(postgres_server.dsn(name))
-    try:
-        database.migrate(conn)
-    finally:
-        conn.close()
-    return name
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ psycopg unless a PostgreSQL database is used."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -103,10 +104,14 @@ def test_transaction_commits_and_rolls_back(pg: Any) -> None:
         pg.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ["b", "2"])
         1 / 0  # noqa: B018
     assert not pg.in_transaction
-    # A failed statement: the caller sees its error, and the transaction is rolled back whole.
-    with pytest.raises(psycopg.errors.UniqueViolation), database.transaction(pg):
+    # A failed statement: the caller sees its error (a constraint's as sqlite3's, which the storage modules
+    # catch, from psycopg's), and the transaction is rolled back whole.
+    with pytest.raises(sqlite3.IntegrityError, match="duplicate key") as failed, database.transaction(pg):
         pg.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ["c", "3"])
         pg.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ["a", "again"])
+    assert isinstance(failed.value.__cause__, psycopg.errors.UniqueViolation)
+    with pytest.raises(sqlite3.IntegrityError):
+        pg.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [["d", "4"], ["a", "again"]])
     assert not pg.in_transaction
     assert [tuple(r) for r in pg.execute("SELECT key, value FROM meta ORDER BY key")] == [("a", "1")]
 

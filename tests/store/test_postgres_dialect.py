@@ -186,3 +186,26 @@ def test_last_id_counts_past_deleted_rows(sq: sqlite3.Connection, pg: Any) -> No
         conn.execute("INSERT INTO audit_log (ts, actor_kind, action) VALUES (4.0, 'system', 'x')")
     assert same([sq, pg], lambda d: "SELECT id FROM audit_log") == [(4,)]
     assert same([sq, pg], last) == [(4,)]
+
+
+def test_table_exists_and_the_temp_table_name(pg: Any, sq: sqlite3.Connection) -> None:
+    for conn in (sq, pg):
+        d = dialect_of(conn)
+        assert conn.execute(d.table_exists(), ("devices",)).fetchone() is not None
+        assert conn.execute(d.table_exists(), ("no_such_table",)).fetchone() is None
+        conn.execute(f"CREATE TEMP TABLE scratch (n {d.integer}, x {d.real})")
+        conn.execute(f"INSERT INTO {d.temp_table('scratch')} VALUES (?, ?)", (2**40, 0.1))
+        assert tuple(conn.execute(f"SELECT n, x FROM {d.temp_table('scratch')}").fetchone()) == (2**40, 0.1)
+
+
+def test_truncate_sum_int_and_no_limit_agree(pg: Any, sq: sqlite3.Connection) -> None:
+    got = []
+    for conn in (sq, pg):
+        d = dialect_of(conn)
+        row = conn.execute(f"SELECT {d.truncate('(? - ?) / ?')}, {d.truncate('?')}, {d.sum_int('n')} "
+                           "FROM (SELECT 2 AS n UNION ALL SELECT 3) t", (100.0, 1.0, 60.0, -2.7)).fetchone()
+        names = [r[0] for r in conn.execute("SELECT 'a' UNION ALL SELECT 'b' ORDER BY 1 LIMIT ? OFFSET ?",
+                                            (d.no_limit, 1))]
+        got.append((tuple(row), names))
+        assert all(type(v) is int for v in row)  # not PostgreSQL's numeric (a Decimal) for the SUM
+    assert got[0] == got[1] == ((1, -2, 5), ["b"])

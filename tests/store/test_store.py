@@ -11,7 +11,19 @@ import pytest
 
 from fleetd.core.effects import Effect
 from fleetd.core.errors import FailedPrecondition, FleetdError
-from fleetd.store.database import Store, available_migrations, connect, effect, migrate, schema_version, transaction
+from fleetd.store.database import (
+    Store,
+    available_migrations,
+    connect,
+    effect,
+    may_fail,
+    migrate,
+    migrations_folder,
+    read_snapshot,
+    schema_version,
+    transaction,
+)
+from fleetd.store.dialect import POSTGRESQL
 
 
 def write_migrations(folder: Path, *sqls: str) -> Path:
@@ -124,8 +136,8 @@ def test_the_logs_kind_migration_keeps_actions_and_what_refers_to_them(tmp_path:
     assert conn.execute("SELECT COUNT(*) FROM action_events").fetchone()[0] == 0
 
 
-def test_writes_are_serialized_and_transactional(tmp_path: Path) -> None:
-    store = Store(tmp_path / "fleetd.db")
+def test_writes_are_serialized_and_transactional(store_backend: Store) -> None:
+    store = store_backend
     try:
         store.write_sync(lambda c: c.execute("CREATE TABLE t (n INTEGER)"))
 
@@ -146,8 +158,8 @@ def test_writes_are_serialized_and_transactional(tmp_path: Path) -> None:
         store.close()
 
 
-def test_writes_never_run_on_the_calling_thread(tmp_path: Path) -> None:
-    store = Store(tmp_path / "fleetd.db")
+def test_writes_never_run_on_the_calling_thread(store_backend: Store) -> None:
+    store = store_backend
     try:
         seen = store.write_sync(lambda c: threading.current_thread().name)
         assert seen == "fleetd-db-write"
@@ -159,21 +171,21 @@ def test_writes_never_run_on_the_calling_thread(tmp_path: Path) -> None:
         store.close()
 
 
-def test_readers_cannot_write(tmp_path: Path) -> None:
-    store = Store(tmp_path / "fleetd.db")
+def test_readers_cannot_write(store_backend: Store) -> None:
+    store = store_backend
     try:
-        with pytest.raises(sqlite3.OperationalError):
-            store.read_sync(lambda c: c.execute("CREATE TABLE x (y)"))
+        with pytest.raises(Exception, match=r"read-?only"):
+            store.read_sync(lambda c: c.execute("CREATE TABLE x (y integer)"))
     finally:
         store.close()
 
 
-def test_offline_writer_is_seen_by_store_at_once(tmp_path: Path) -> None:
-    store = Store(tmp_path / "fleetd.db")
+def test_offline_writer_is_seen_by_store_at_once(store_backend: Store) -> None:
+    store = store_backend
     try:
         store.write_sync(lambda c: c.execute("CREATE TABLE t (n INTEGER)"))
         assert store.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM t").fetchone()[0]) == 0
-        other = connect(tmp_path / "fleetd.db")
+        other = store.connect(readonly=False)
         other.execute("INSERT INTO t VALUES (1)")
         other.close()
         assert store.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM t").fetchone()[0]) == 1
@@ -187,8 +199,8 @@ class Noted(Effect, frozen=True):
     n: int
 
 
-def test_effects_run_after_the_commit_in_order_and_never_for_a_failed_write(tmp_path: Path) -> None:
-    store = Store(tmp_path / "fx.sqlite")
+def test_effects_run_after_the_commit_in_order_and_never_for_a_failed_write(store_backend: Store) -> None:
+    store = store_backend
     ran: list[tuple[int, int]] = []  # (effect, rows committed when it ran)
     try:
         store.write_sync(lambda c: c.execute("CREATE TABLE t (n INTEGER)"))
@@ -229,9 +241,9 @@ def test_effects_run_after_the_commit_in_order_and_never_for_a_failed_write(tmp_
         store.close()
 
 
-def test_a_cancelled_caller_still_gets_its_effects_run(tmp_path: Path) -> None:
+def test_a_cancelled_caller_still_gets_its_effects_run(store_backend: Store) -> None:
     """The commit happened: the hub and the event stream must hear of it even if the request went away."""
-    store = Store(tmp_path / "fx.sqlite")
+    store = store_backend
     ran: list[int] = []
     store.on_effect(Noted, lambda e: ran.append(e.n))
     started, release = threading.Event(), threading.Event()
@@ -264,3 +276,50 @@ def test_an_offline_transaction_drops_its_effects(tmp_path: Path) -> None:
     with transaction(conn):
         assert conn.effects == []  # no server here to tell: the next transaction starts clean
     conn.close()
+
+
+# --- the same on PostgreSQL: snapshots, constraint errors ------------------------------------------------------
+
+def test_a_read_snapshot_sees_one_committed_state(store_backend: Store) -> None:
+    """A reader's multi-statement read does not see a write committed between its statements (PostgreSQL's
+    default READ COMMITTED would: read_snapshot takes REPEATABLE READ there)."""
+    store = store_backend
+    store.write_sync(lambda c: c.execute("CREATE TABLE t (n INTEGER)"))
+    store.write_sync(lambda c: c.execute("INSERT INTO t VALUES (1)"))
+
+    def read(conn: sqlite3.Connection) -> tuple[int, int]:
+        with read_snapshot(conn):
+            first = conn.execute("SELECT COUNT(*) FROM t").fetchone()[0]
+            store.submit_write(lambda c: c.execute("INSERT INTO t VALUES (2)")).result()
+            return first, conn.execute("SELECT COUNT(*) FROM t").fetchone()[0]
+
+    assert store.read_sync(read) == (1, 1)
+    assert store.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM t").fetchone()[0]) == 2
+
+
+def test_constraint_errors_are_sqlite3s_and_may_fail_lets_the_write_go_on(store_backend: Store) -> None:
+    store = store_backend
+    store.write_sync(lambda c: c.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)"))
+
+    def twice(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(sqlite3.IntegrityError), may_fail(conn):
+            conn.execute("INSERT INTO t VALUES (1)")
+        conn.execute("INSERT INTO t VALUES (2)")  # the transaction is still usable
+        return "committed"
+
+    assert store.write_sync(twice) == "committed"
+    assert store.read_sync(lambda c: [r[0] for r in c.execute("SELECT n FROM t ORDER BY n")]) == [1, 2]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.write_sync(lambda c: c.execute("INSERT INTO t VALUES (2)"))
+
+
+def test_a_store_on_an_empty_postgresql_database_migrates_it(postgres_dsn: str) -> None:
+    store = Store(postgres_dsn)
+    try:
+        assert store.path is None and store.dsn == postgres_dsn
+        newest = available_migrations(migrations_folder(POSTGRESQL))[-1][0]
+        assert store.write_sync(schema_version) == newest
+        assert store.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM devices").fetchone()[0]) == 0
+    finally:
+        store.close()

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,20 +23,34 @@ from fleetd.telemetry.intake import EARLIEST, MetricNames, Point, TelemetryIntak
 NOW = time.time()
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
-    s = Store(tmp_path_factory.mktemp("batch") / "fleetd.db")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """One store per backend for the module (each test starts with :func:`clear`)."""
+    if request.param == "sqlite":
+        s = Store(tmp_path_factory.mktemp("batch") / "fleetd.db")
+        yield s
+        s.close()
+        return
+    server = request.getfixturevalue("postgres_server")
+    name = server.create_database(template=request.getfixturevalue("pg_schema"))
+    s = Store(server.dsn(name))
     yield s
     s.close()
+    server.drop_database(name)
 
 
 def committed(store: Store) -> list[tuple[str, str, float, float, str | None]]:
-    """The rows another connection sees, in insert order."""
-    conn = sqlite3.connect(store.path)
-    try:
-        return conn.execute("SELECT device_id, name, ts, value, tags FROM telemetry ORDER BY id").fetchall()
-    finally:
-        conn.close()
+    """The rows another connection (a store reader) sees, in insert order. PostgreSQL stores the tags as jsonb
+    writes them out (its key order, ", " and ": "), the same JSON: compared as msgspec writes it there."""
+    rows = store.read_sync(lambda c: [tuple(r) for r in c.execute(
+        "SELECT device_id, name, ts, value, tags FROM telemetry ORDER BY id")])
+    if store.dsn is None:
+        return rows
+    return [(*r[:4], None if r[4] is None else _canonical(r[4])) for r in rows]
+
+
+def _canonical(tags: str) -> str:
+    return msgspec.json.encode(dict(sorted(json.loads(tags).items()))).decode()
 
 
 def clear(store: Store) -> None:
@@ -88,6 +102,8 @@ def test_what_is_stored_is_exactly_the_checked_rows_or_nothing(store: Store, bat
     stored = committed(store)
     # ts 0 is the time received: the intake's clock, a moment after NOW.
     assert all(r[2] >= NOW for r, p in zip(stored, batch, strict=True) if not p.ts)
+    if store.dsn is not None:
+        expected = [(*r[:4], None if r[4] is None else _canonical(r[4])) for r in expected]
     assert same_rows([r[:2] + r[3:] for r in stored], [r[:2] + r[3:] for r in expected])
     assert same_rows([r[2:3] for r, p in zip(stored, batch, strict=True) if p.ts],
                      [r[2:3] for r, p in zip(expected, batch, strict=True) if p.ts])
@@ -137,11 +153,8 @@ def test_every_push_is_visible_to_another_connection_when_it_returns(store: Stor
     async def one(i: int) -> None:
         await asyncio.sleep(i % 5 * 0.002)
         await intake.add(f"dev-{i}", [Point(name="t", value=v, ts=NOW) for v in range(i % 4 + 1)])
-        conn = sqlite3.connect(store.path)
-        try:
-            n = conn.execute("SELECT COUNT(*) FROM telemetry WHERE device_id = ?", (f"dev-{i}",)).fetchone()[0]
-        finally:
-            conn.close()
+        n = await store.read(lambda c: c.execute("SELECT COUNT(*) FROM telemetry WHERE device_id = ?",
+                                                 (f"dev-{i}",)).fetchone()[0])
         if n != i % 4 + 1:
             unseen.append(f"dev-{i}: {n} of {i % 4 + 1} committed when its push returned")
 

@@ -1,4 +1,4 @@
-"""Telemetry rollups, retention and queries on a real SQLite file."""
+"""Telemetry rollups, retention and queries on a real SQLite file and a real PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleetd.core.resources import data_dir
-from fleetd.store.database import connect, migrate
+from fleetd.store.database import connect, migrate, open_connection, transaction
+from fleetd.store.dialect import dialect_of
 from fleetd.telemetry import rollups, storage
 from fleetd.telemetry.intake import Point
 from fleetd.telemetry.rollups import Agg, Retention
@@ -29,17 +30,29 @@ T0 = 1_749_999_600.0  # a whole hour
 Row = tuple[str, str, float, float]  # device, metric, ts, value
 
 
-@pytest.fixture(scope="module")
-def db() -> Iterator[sqlite3.Connection]:
-    with tempfile.TemporaryDirectory() as d:
-        conn = connect(Path(d) / "t.db")
-        migrate(conn)
-        yield conn
-        conn.close()
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest) -> Iterator[sqlite3.Connection]:
+    """One migrated store connection per backend for the module (each test starts with :func:`reset`)."""
+    if request.param == "sqlite":
+        with tempfile.TemporaryDirectory() as d:
+            conn = connect(Path(d) / "t.db")
+            migrate(conn)
+            yield conn
+            conn.close()
+        return
+    server = request.getfixturevalue("postgres_server")
+    name = server.create_database(template=request.getfixturevalue("pg_schema"))
+    pg = open_connection(server.dsn(name))
+    yield pg
+    pg.close()
+    server.drop_database(name)
 
 
 def reset(conn: sqlite3.Connection) -> None:
-    for t in ("telemetry", "telemetry_series", "telemetry_minute", "telemetry_hour", "telemetry_blocks"):
+    tables = ("telemetry", "telemetry_series", "telemetry_minute", "telemetry_hour", "telemetry_blocks")
+    if dialect_of(conn).name == "postgresql":  # the ids start again at 1, as SQLite's rowids do in an empty table
+        conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
+    for t in tables:
         conn.execute(f"DELETE FROM {t}")
     conn.execute("UPDATE telemetry_rollup_state SET rolled_up_to = 0")
 
@@ -221,14 +234,8 @@ def test_retention_deletes_old_points_keeps_rollups_and_ids_keep_growing(db: sql
 
 
 def _in_txn(conn: sqlite3.Connection, fn: Any) -> Any:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        out = fn()
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return out
+    with transaction(conn):
+        return fn()
 
 
 def test_migration_keeps_existing_points_and_their_order(tmp_path: Path) -> None:

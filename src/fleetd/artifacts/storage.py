@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from ..store.database import may_fail
 from ..store.dialect import dialect_of
 from ..store.where import Where
 
@@ -74,7 +75,7 @@ def open_action_count(conn: sqlite3.Connection, artifact_id: str) -> int:
 def open_actions(conn: sqlite3.Connection, artifact_id: str) -> list[sqlite3.Row]:
     """The artifact's open actions (id, device_id, state), oldest first."""
     return conn.execute("SELECT id, device_id, state FROM actions WHERE artifact_id = ? AND open = 1 "
-                        "ORDER BY created_at, rowid", (artifact_id,)).fetchall()
+                        f"ORDER BY created_at, {dialect_of(conn).insertion_order('id')}", (artifact_id,)).fetchall()
 
 
 def installed_count(conn: sqlite3.Connection, name: str, version: str) -> int:
@@ -106,7 +107,8 @@ def detach_from_actions(conn: sqlite3.Connection, artifact_id: str, label: str) 
 def delete_artifact(conn: sqlite3.Connection, artifact_id: str) -> bool:
     """Delete the artifact's row; False (and nothing deleted) while another row still references it."""
     try:
-        conn.execute("DELETE FROM artifacts WHERE id = ?", (artifact_id,))
+        with may_fail(conn):
+            conn.execute("DELETE FROM artifacts WHERE id = ?", (artifact_id,))
     except sqlite3.IntegrityError:
         return False
     return True

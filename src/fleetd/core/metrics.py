@@ -59,7 +59,7 @@ T = TypeVar("T")
 class Store(Protocol):
     """What the registry needs of the store (core imports no other fleetd package): its file and a reader."""
 
-    path: Path
+    path: Path | None  # the SQLite file; None on PostgreSQL
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
@@ -130,8 +130,9 @@ class Metrics:
         self.gauge("fleetd_build_info", "fleetd build; the value is always 1.", lambda: [({"version": __version__}, 1)])
         self.gauge("fleetd_uptime_seconds", "Seconds since this server started.",
                    lambda: time.monotonic() - self._started)
-        self.gauge("fleetd_db_size_bytes", "Size of the SQLite database and its write-ahead log.",
-                   lambda: sum(_file_size(db.with_name(db.name + suffix)) for suffix in ("", "-wal")))
+        if db is not None:
+            self.gauge("fleetd_db_size_bytes", "Size of the SQLite database and its write-ahead log.",
+                       lambda: sum(_file_size(db.with_name(db.name + suffix)) for suffix in ("", "-wal")))
 
     # --- request metrics (hot path) -----------------------------------------
 

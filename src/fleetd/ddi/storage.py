@@ -7,9 +7,11 @@ Queries of the poll and deployment paths are module-level constants, built once.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 
 from ..devices.actions import DEPLOYING
+from ..store.dialect import Dialect, dialect_of
 
 # The kinds DDI delivers, as an SQL list (the values are the ActionKind members: no user input).
 _DEPLOYABLE = ", ".join(f"'{k}'" for k in DEPLOYING)
@@ -88,15 +90,23 @@ def config_answered(conn: sqlite3.Connection, device_id: str) -> None:
 
 # --- what a poll shows ----------------------------------------------------------------------------------------
 
-_CANCEL_TO_SHOW = (
-    "SELECT n.num FROM actions a JOIN ddi_action_state s ON s.action_id = a.id "
-    "JOIN ddi_ids n ON n.kind = 'action' AND n.ref = a.id WHERE a.device_id = ? AND a.state = 'cancelled' "
-    "AND s.fetched_at IS NOT NULL AND s.cancel_acked_at IS NULL ORDER BY a.created_at, a.rowid LIMIT 1")
+@functools.cache
+def _cancel_to_show(d: Dialect) -> str:
+    return ("SELECT n.num FROM actions a JOIN ddi_action_state s ON s.action_id = a.id "
+            "JOIN ddi_ids n ON n.kind = 'action' AND n.ref = a.id WHERE a.device_id = ? AND a.state = 'cancelled' "
+            "AND s.fetched_at IS NOT NULL AND s.cancel_acked_at IS NULL "
+            f"ORDER BY a.created_at, {d.insertion_order('id', 'a.')} LIMIT 1")
+
+
 # A rollback without an artifact (no previous version known) has nothing a DDI device could install.
-_DEPLOYMENT_TO_SHOW = (
-    "SELECT n.num, a.state, s.fetched_at FROM actions a JOIN ddi_ids n ON n.kind = 'action' AND n.ref = a.id "
-    "LEFT JOIN ddi_action_state s ON s.action_id = a.id WHERE a.device_id = ? AND a.open = 1 "
-    f"AND a.kind IN ({_DEPLOYABLE}) AND a.artifact_id IS NOT NULL ORDER BY a.created_at, a.rowid LIMIT 1")
+@functools.cache
+def _deployment_to_show(d: Dialect) -> str:
+    return ("SELECT n.num, a.state, s.fetched_at FROM actions a JOIN ddi_ids n ON n.kind = 'action' AND n.ref = a.id "
+            "LEFT JOIN ddi_action_state s ON s.action_id = a.id WHERE a.device_id = ? AND a.open = 1 "
+            f"AND a.kind IN ({_DEPLOYABLE}) AND a.artifact_id IS NOT NULL "
+            f"ORDER BY a.created_at, {d.insertion_order('id', 'a.')} LIMIT 1")
+
+
 _FETCHED_OPEN = (
     "SELECT 1 FROM ddi_action_state s JOIN actions a ON a.id = s.action_id WHERE s.device_id = ? "
     "AND s.fetched_at IS NOT NULL AND a.open = 1 LIMIT 1")
@@ -107,13 +117,13 @@ _UNDELIVERABLE = f"SELECT id, kind FROM actions WHERE {_UNDELIVERABLE_WHERE}"
 
 def cancel_to_show(conn: sqlite3.Connection, device_id: str) -> int | None:
     """The DDI number of the oldest cancelled action the device fetched and has not answered the cancellation of."""
-    r = conn.execute(_CANCEL_TO_SHOW, (device_id,)).fetchone()
+    r = conn.execute(_cancel_to_show(dialect_of(conn)), (device_id,)).fetchone()
     return None if r is None else int(r[0])
 
 
 def deployment_to_show(conn: sqlite3.Connection, device_id: str) -> sqlite3.Row | None:
     """(num, state, fetched_at) of the device's oldest open deployment with an artifact."""
-    return conn.execute(_DEPLOYMENT_TO_SHOW, (device_id,)).fetchone()
+    return conn.execute(_deployment_to_show(dialect_of(conn)), (device_id,)).fetchone()
 
 
 def fetched_open(conn: sqlite3.Connection, device_id: str) -> bool:

@@ -21,7 +21,7 @@ import msgspec
 
 from ..core.lifecycle import Scope
 from ..core.tasks import cancel_and_wait
-from ..store.database import Store, connect
+from ..store.database import Store
 from . import actions, registry, storage
 from .devauth import DeviceTokens
 from .directory import DeviceRuntime, Directory
@@ -44,7 +44,7 @@ class DeviceHub:
         self.store = store
         # On a connection of its own, closed after: the scan would leave a pooled reader's page cache full of
         # device rows for the rest of the process's life (2 MiB).
-        conn = connect(store.path, readonly=True)
+        conn = store.connect(readonly=True)
         try:
             self.runtime: Directory = registry.load_runtime(conn)
         finally:

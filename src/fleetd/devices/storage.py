@@ -21,7 +21,8 @@ CHUNK = 500  # ids per IN (...) list
 
 
 def _marks(n: int) -> str:
-    return ",".join("?" * n)
+    """The placeholders of an IN list of ``n``; none: ``NULL``, which matches nothing (PostgreSQL has no ``IN ()``)."""
+    return ",".join("?" * n) or "NULL"
 
 
 # --- devices -------------------------------------------------------------------------------------------------
@@ -61,10 +62,11 @@ def runtime_rows(conn: sqlite3.Connection) -> sqlite3.Cursor:
     tuples (a third cheaper than sqlite3.Row for the 100,000 rows of a start)."""
     cur = conn.cursor()
     cur.row_factory = None
-    # ORDER BY +id: a table scan sorted by SQLite (walking the id index, one table lookup a row, costs twice as
-    # much), so that the directory needs no sort of its own (a transient 4 MiB at 100,000 devices).
+    # ORDER BY +id (SQLite's Dialect.sorted_scan): a table scan sorted by SQLite (walking the id index, one table
+    # lookup a row, costs twice as much), so that the directory needs no sort of its own (a transient 4 MiB at
+    # 100,000 devices).
     return cur.execute("SELECT id, status, poll_interval, device_type, auth_epoch, last_seen FROM devices "
-                       "ORDER BY +id")
+                       f"ORDER BY {dialect_of(conn).sorted_scan('id')}")
 
 
 def claim_code_taken(conn: sqlite3.Connection, code: str) -> bool:
@@ -265,7 +267,6 @@ def count_join_token_use(conn: sqlite3.Connection, token_id: str) -> None:
 # An action with its artifact as NAME@VERSION (artifact_ref), as admins see it.
 _ADMIN_SELECT = ("SELECT ac.*, ar.name || '@' || ar.version AS artifact_ref FROM actions ac "
                  "LEFT JOIN artifacts ar ON ar.id = ac.artifact_id")
-_OPEN_ACTIONS = "SELECT * FROM actions WHERE device_id = ? AND open = 1 ORDER BY created_at, rowid"
 _INSERT_EVENT = "INSERT INTO action_events (action_id, ts, state, message, progress) VALUES (?, ?, ?, ?, ?)"
 
 
@@ -280,13 +281,19 @@ def admin_action(conn: sqlite3.Connection, action_id: str) -> sqlite3.Row | None
 
 def admin_actions_of(conn: sqlite3.Connection, device_id: str, limit: int) -> list[sqlite3.Row]:
     """A device's actions with their artifact_ref, newest first."""
-    return conn.execute(f"{_ADMIN_SELECT} WHERE ac.device_id = ? ORDER BY ac.created_at DESC, ac.rowid DESC "
+    tie = dialect_of(conn).insertion_order("id", "ac.")
+    return conn.execute(f"{_ADMIN_SELECT} WHERE ac.device_id = ? ORDER BY ac.created_at DESC, {tie} DESC "
                         "LIMIT ?", (device_id, limit)).fetchall()
+
+
+@functools.cache
+def _open_actions(d: Dialect) -> str:
+    return f"SELECT * FROM actions WHERE device_id = ? AND open = 1 ORDER BY created_at, {d.insertion_order('id')}"
 
 
 def open_actions(conn: sqlite3.Connection, device_id: str) -> list[sqlite3.Row]:
     """A device's open actions, oldest first."""
-    return conn.execute(_OPEN_ACTIONS, (device_id,)).fetchall()
+    return conn.execute(_open_actions(dialect_of(conn)), (device_id,)).fetchall()
 
 
 def devices_with_open_actions(conn: sqlite3.Connection) -> set[str]:
@@ -401,7 +408,8 @@ def keep_action_result(conn: sqlite3.Connection, device_id: str, action_id: str,
     conn.execute("INSERT INTO action_results (action_id, device_id, result, created_at) VALUES (?,?,?,?)",
                  (action_id, device_id, result, at))
     conn.execute("DELETE FROM action_results WHERE device_id = ? AND action_id NOT IN (SELECT action_id FROM "
-                 "action_results WHERE device_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?)",
+                 f"action_results WHERE device_id = ? ORDER BY created_at DESC, "
+                 f"{dialect_of(conn).insertion_order('action_id')} DESC LIMIT ?)",
                  (device_id, device_id, keep))
 
 

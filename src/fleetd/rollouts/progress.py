@@ -32,6 +32,7 @@ from typing import Final
 
 from ..core.errors import NotFound
 from ..devices.actions import PROGRESS, ActionState
+from ..store import database
 from ..telemetry import rollups
 from ..telemetry import storage as telemetry_storage
 from . import storage
@@ -172,14 +173,8 @@ def read_snapshot(conn: sqlite3.Connection, rollout_id: str, now: float, last_se
     ``last_seen`` gives the hub's exact last check-in of a device (the store's may be a minute old).
     ``every_device``: the health condition's violations of every device that may still soak, not only of those
     soaking now (:func:`_violations`; for a tracker, which reads later points only)."""
-    own = not conn.in_transaction
-    if own:
-        conn.execute("BEGIN")
-    try:
+    with database.read_snapshot(conn):
         return _read(conn, rollout_id, now, last_seen, every_device)
-    finally:
-        if own:
-            conn.execute("COMMIT")
 
 
 def _read(conn: sqlite3.Connection, rollout_id: str, now: float, fresh: LastSeen | None, every_device: bool

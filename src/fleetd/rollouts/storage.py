@@ -26,7 +26,8 @@ def _tuples(conn: sqlite3.Connection, sql: str, args: Any = ()) -> list[Any]:
 
 
 def _marks(n: int) -> str:
-    return ",".join("?" * n)
+    """The placeholders of an IN list of ``n``; none: ``NULL``, which matches nothing (PostgreSQL has no ``IN ()``)."""
+    return ",".join("?" * n) or "NULL"
 
 
 # --- the devices a target selects ---------------------------------------------------------------------------------
@@ -103,7 +104,7 @@ def insert_rollout(conn: sqlite3.Connection, *, rollout_id: str, artifact_id: st
     """A scheduled rollout; ``target`` and ``stages`` as JSON text, ``max_failure`` a fraction."""
     conn.execute(
         "INSERT INTO rollouts (id, artifact_id, component, target, stages, max_failure, soak_seconds, "
-        "offline_timeout, start_at, window, health, consent, state, created_by, created_at, updated_at) "
+        "offline_timeout, start_at, \"window\", health, consent, state, created_by, created_at, updated_at) "
         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,'scheduled',?,?,?)",
         (rollout_id, artifact_id, component, target, stages, max_failure, soak, offline_timeout, start_at, window,
          health, int(consent), created_by, now, now))

@@ -28,6 +28,7 @@ import math
 import sqlite3
 from typing import Any
 
+from ..store import database
 from ..telemetry import storage as telemetry_storage
 from . import storage
 from .progress import (
@@ -96,16 +97,10 @@ class Tracker:
              ) -> tuple[Tracker, Snapshot]:
         """A tracker from a full snapshot, and that snapshot (for a decision made on it before the tracker's next
         refresh, which changes its dicts)."""
-        own = not conn.in_transaction
-        if own:
-            conn.execute("BEGIN")
-        try:
+        with database.read_snapshot(conn):
             key = _key(storage.rollout_row(conn, rollout_id))
             snap = read_snapshot(conn, rollout_id, now, fresh, every_device=True)
             raw = telemetry_storage.newest_raw_id(conn) or 0
-        finally:
-            if own:
-                conn.execute("COMMIT")
         return cls(snap, key, raw), snap
 
     @property

@@ -1,4 +1,4 @@
-"""SQLite store: one writer thread, pooled readers, migrations.
+"""The store: one writer thread, pooled readers, migrations; on SQLite or PostgreSQL.
 
 The event loop never touches SQLite. Reads run on a small thread pool, one
 connection per thread. Every write runs on the single writer thread inside
@@ -10,7 +10,9 @@ Offline CLI commands use :func:`connect` + :func:`transaction` on the same file;
 WAL lets them run beside a live server.
 
 :func:`transaction` and :func:`migrate` also take a PostgreSQL connection (store/postgres.py), whose
-migrations are migrations/postgresql/ (:func:`migrations_folder`).
+migrations are migrations/postgresql/ (:func:`migrations_folder`), and :class:`Store` runs on a PostgreSQL DSN
+with the same threads (its writer's ``BEGIN`` is READ COMMITTED: it is the only writer; multi-statement reads
+take a REPEATABLE READ snapshot, :func:`read_snapshot`).
 """
 
 from __future__ import annotations
@@ -98,6 +100,41 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+@contextlib.contextmanager
+def read_snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One read transaction, so that several statements see the same committed state (the dialect's
+    ``begin_read``: PostgreSQL's READ COMMITTED would give each statement its own). Inside a transaction
+    already (a write, or an outer snapshot): that one."""
+    if conn.in_transaction:
+        yield conn
+        return
+    conn.execute(dialect_of(conn).begin_read)
+    try:
+        yield conn
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def may_fail(conn: sqlite3.Connection) -> Iterator[None]:
+    """Around a statement whose failure (an IntegrityError) the caller handles and then goes on in the same
+    transaction. SQLite undoes only the failed statement; PostgreSQL aborts the whole transaction, so there the
+    statement runs under a savepoint, rolled back to on failure. Outside a transaction: nothing to keep."""
+    if dialect_of(conn).name == "sqlite" or not conn.in_transaction:
+        yield
+        return
+    conn.execute("SAVEPOINT may_fail")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK TO SAVEPOINT may_fail")
+        raise
+    finally:
+        if conn.in_transaction:
+            conn.execute("RELEASE SAVEPOINT may_fail")
 
 
 # --- migrations -------------------------------------------------------------
@@ -311,8 +348,40 @@ class _Write:
         self.effects: list[Effect] | None = None
 
 
+def is_dsn(location: str | Path) -> bool:
+    """Whether a store location is a PostgreSQL database (a ``postgresql://`` or ``postgres://`` URL) rather
+    than a SQLite file."""
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+
+
+def open_connection(location: str | Path, *, readonly: bool = False) -> Connection:
+    """A new connection to the store at ``location``, not migrated: a reader's (``readonly``) or an offline
+    one. A path opens SQLite (:func:`connect`); a PostgreSQL DSN, the psycopg adapter (store/postgres.py, imported
+    only then), which has the part of the API the storage modules use (hence the cast)."""
+    if is_dsn(location):
+        from . import postgres
+        return cast(Connection, postgres.connect(str(location), readonly=readonly))
+    return connect(location, readonly=readonly)
+
+
+def _open_writer(location: str | Path) -> Connection:
+    """The writer's connection, migrated: :func:`open_store` for a SQLite file, a migrated adapter connection for
+    a PostgreSQL DSN (migrate() holds an advisory lock, so servers starting together apply each migration once)."""
+    if not is_dsn(location):
+        return open_store(Path(location))
+    conn = open_connection(location)
+    try:
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 class Store:
-    """Async access to one SQLite file: ``await store.read(fn)`` / ``await store.write(fn)``.
+    """Async access to one database: ``await store.read(fn)`` / ``await store.write(fn)``. The location is a SQLite
+    file's path, or a PostgreSQL DSN (``postgresql://...``: the connections are store/postgres.py's adapter, the
+    same interface; :func:`open_connection`).
 
     ``fn`` receives a connection and runs on a worker thread. The effects a write records (:func:`effect`) run
     after its commit, in order, through the handlers registered with :meth:`on_effect`: for ``await write``
@@ -320,8 +389,10 @@ class Store:
     :meth:`write_sync` in the calling thread before it returns.
     """
 
-    def __init__(self, path: str | Path, reader_threads: int = 4) -> None:
-        self.path = Path(path)
+    def __init__(self, location: str | Path, reader_threads: int = 4) -> None:
+        # The SQLite file (None on PostgreSQL), or the PostgreSQL DSN (None on SQLite).
+        self.dsn: str | None = str(location) if is_dsn(location) else None
+        self.path: Path | None = None if self.dsn is not None else Path(location)
         self._local = threading.local()
         self._readers = concurrent.futures.ThreadPoolExecutor(
             max_workers=reader_threads, thread_name_prefix="fleetd-db-read"
@@ -330,17 +401,26 @@ class Store:
         self._reader_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="fleetd-db-write", daemon=True)
-        self._write_conn = open_store(self.path)
+        self._write_conn = _open_writer(self.location)
         self._handlers: dict[type[Effect], list[EffectHandler]] = {}
         self.disk_full = False  # whether the last write failed on a full disk (/healthz reports it)
         self._writer.start()
         self._closed = False
 
+    @property
+    def location(self) -> str | Path:
+        """The SQLite file or the PostgreSQL DSN."""
+        return self.dsn if self.dsn is not None else cast(Path, self.path)
+
+    def connect(self, *, readonly: bool = True) -> Connection:
+        """A connection of the store's own, outside its pool (the caller closes it)."""
+        return open_connection(self.location, readonly=readonly)
+
     # reads
     def _reader_conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self.path, readonly=True)
+            conn = self.connect(readonly=True)
             self._local.conn = conn
             with self._reader_lock:
                 self._reader_conns.append(conn)

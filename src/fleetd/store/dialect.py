@@ -22,6 +22,13 @@ class Dialect:
     # What store.database.transaction begins a write with: SQLite takes the write lock at once, so that a write
     # never fails half-way on another connection's lock.
     begin_write = "BEGIN IMMEDIATE"
+    # What opens a read transaction, whose statements all see one committed state (:func:`read_snapshot`): a
+    # SQLite read transaction is a snapshot already.
+    begin_read = "BEGIN"
+    # Column types for the tables a query makes (temporary ones): PostgreSQL's REAL is single precision.
+    integer, real = "INTEGER", "REAL"
+    # The LIMIT parameter for "no limit".
+    no_limit: int | None = -1
 
     def in_json_list(self, expr: str) -> str:
         """``expr`` is one of the values of a JSON list. Parameter: the list, as JSON text. Lists of ids: where the
@@ -77,6 +84,35 @@ class Dialect:
         down when rows are deleted."""
         return f"COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0)"
 
+    def insertion_order(self, key: str, alias: str = "") -> str:
+        """An ORDER BY tie-break for rows of one time (``created_at``): SQLite's ``rowid``, the order they were
+        inserted in. A PostgreSQL table has no such order: there, the row's key ``key`` (action ids sort by the
+        millisecond they were made: clock.new_ordered_id), a total order all the same. ``alias``: "t." or ""."""
+        return f"{alias}rowid"
+
+    def sorted_scan(self, column: str) -> str:
+        """``ORDER BY`` ``column``, an indexed one, read as a whole-table scan that the database sorts: SQLite's
+        ``+column`` (walking the index, a table lookup a row, costs it twice as much); PostgreSQL's planner
+        chooses by itself."""
+        return f"+{column}"
+
+    def table_exists(self) -> str:
+        """A query with a row if the table named by its parameter exists (in the schema the store uses)."""
+        return "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+
+    def temp_table(self, name: str) -> str:
+        """The qualified name of the connection's temporary table ``name`` (made with CREATE TEMP TABLE)."""
+        return f"temp.{name}"
+
+    def truncate(self, expr: str) -> str:
+        """The number ``expr`` truncated toward zero to an integer (SQLite's CAST AS INTEGER; PostgreSQL's casts
+        round, and its INTEGER is 32 bits)."""
+        return f"CAST({expr} AS INTEGER)"
+
+    def sum_int(self, expr: str) -> str:
+        """SUM of an integer column, as an integer (PostgreSQL's SUM of a bigint is a numeric: a Decimal)."""
+        return f"SUM({expr})"
+
     def least(self, a: str, b: str) -> str:
         """The smaller of two values, neither NULL (SQLite's two-argument ``MIN`` gives NULL if one is,
         PostgreSQL's ``LEAST`` the other)."""
@@ -96,6 +132,10 @@ class PostgresDialect(Dialect):
     name = "postgresql"
     # READ COMMITTED, the default: the store's single writer does not need the database to serialize writers.
     begin_write = "BEGIN"
+    # READ COMMITTED takes a new snapshot per statement: a read of several statements needs REPEATABLE READ.
+    begin_read = "BEGIN ISOLATION LEVEL REPEATABLE READ"
+    integer, real = "bigint", "double precision"
+    no_limit = None
 
     def in_json_list(self, expr: str) -> str:
         # As text: the lists are of ids; a text column keeps its index (text::text is no cast at all).
@@ -140,6 +180,24 @@ class PostgresDialect(Dialect):
 
     def last_id(self, table: str) -> str:
         return f"last_id('{table}')"
+
+    def insertion_order(self, key: str, alias: str = "") -> str:
+        return f"{alias}{key}"
+
+    def sorted_scan(self, column: str) -> str:
+        return column
+
+    def table_exists(self) -> str:
+        return "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = current_schema() AND tablename = ?"
+
+    def temp_table(self, name: str) -> str:
+        return f"pg_temp.{name}"
+
+    def truncate(self, expr: str) -> str:
+        return f"trunc({expr})::bigint"
+
+    def sum_int(self, expr: str) -> str:
+        return f"SUM({expr})::bigint"
 
     def least(self, a: str, b: str) -> str:
         return f"LEAST({a}, {b})"

@@ -6,6 +6,8 @@ gives: ``execute`` / ``executemany`` with ``?`` placeholders, returning a cursor
 ``fetchmany``, iteration, ``rowcount``, ``lastrowid`` and a settable ``row_factory`` (``None``: plain tuples);
 rows that index by position and by column name (:class:`Row`, like sqlite3.Row); ``in_transaction``;
 ``effects`` (store.database.effect); and ``dialect``, the :class:`~fleetd.store.dialect.PostgresDialect`.
+A constraint violation raises ``sqlite3.IntegrityError`` (from psycopg's), which is what the storage modules
+catch on either backend.
 
 The connection is in autocommit mode, as the store's sqlite3 connections are (``isolation_level=None``):
 store.database.transaction sends ``BEGIN`` ... ``COMMIT`` itself. Only psycopg APIs that its pure-Python
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -137,15 +140,21 @@ class Cursor:
                             "(row_factory = None)")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
-        if params:
-            self._cur.execute(translate(sql), params)
-        else:  # no parameters: psycopg reads no placeholders (nor % signs) in the text
-            self._cur.execute(sql)
+        try:
+            if params:
+                self._cur.execute(translate(sql), params)
+            else:  # no parameters: psycopg reads no placeholders (nor % signs) in the text
+                self._cur.execute(sql)
+        except psycopg.IntegrityError as e:
+            raise _integrity_error(e) from e
         self._note_insert(sql)
         return self
 
     def executemany(self, sql: str, seq_of_params: Iterable[Sequence[Any]]) -> Cursor:
-        self._cur.executemany(translate(sql), seq_of_params)
+        try:
+            self._cur.executemany(translate(sql), seq_of_params)
+        except psycopg.IntegrityError as e:
+            raise _integrity_error(e) from e
         return self
 
     def _note_insert(self, sql: str) -> None:
@@ -194,6 +203,13 @@ class Cursor:
 
     def close(self) -> None:
         self._cur.close()
+
+
+def _integrity_error(e: psycopg.IntegrityError) -> sqlite3.IntegrityError:
+    """A constraint violation as sqlite3's exception, so that the storage modules catch one class on both
+    backends (the psycopg error is its ``__cause__``, with the SQLSTATE). The transaction is aborted all the
+    same: store.database.may_fail is how a write goes on after one."""
+    return sqlite3.IntegrityError(" ".join(str(e).split()))
 
 
 _INSERT_INTO = re.compile(r'\s*INSERT\s+INTO\s+((?:"[^"]+"|[\w.]+))', re.IGNORECASE)

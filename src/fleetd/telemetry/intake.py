@@ -138,7 +138,9 @@ _encode = msgspec.json.Encoder().encode
 
 
 def _tags_ok(tags: dict[str, str]) -> bool:
-    return len(tags) <= MAX_TAGS and max(map(len, tags)) <= 64 and max(map(len, tags.values())) <= 128
+    # No NUL: PostgreSQL text cannot hold one, and a group's insert would fail for every batch in it.
+    return (len(tags) <= MAX_TAGS and max(map(len, tags)) <= 64 and max(map(len, tags.values())) <= 128
+            and not any("\x00" in k or "\x00" in v for k, v in tags.items()))
 
 
 def _reject(i: int, p: Point, received: float) -> NoReturn:
@@ -148,7 +150,8 @@ def _reject(i: int, p: Point, received: float) -> NoReturn:
     if not EARLIEST <= (p.ts or received) <= received + 86400:
         raise InvalidArgument(f"point {i}: ts {p.ts} is not a plausible Unix time in seconds; send 0 when the "
                               "device has no clock")
-    raise InvalidArgument(f"point {i}: at most {MAX_TAGS} tags, keys ≤ 64 and values ≤ 128 characters")
+    raise InvalidArgument(f"point {i}: at most {MAX_TAGS} tags, keys ≤ 64 and values ≤ 128 characters, "
+                          "without NUL characters")
 
 
 Pending = tuple[storage.Batch, "Buckets | None", "asyncio.Future[None]"]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import functools
 import logging
 import math
@@ -42,7 +41,7 @@ import msgspec
 from ..core.lifecycle import Scope
 from ..core.metrics import Read
 from ..core.tasks import cancel_and_wait
-from ..store.database import Store
+from ..store.database import Store, read_snapshot, transaction
 from . import storage
 
 if TYPE_CHECKING:
@@ -91,17 +90,7 @@ def _merge_into(out: dict[Any, Agg], key: Any, agg: Agg) -> None:
     out[key] = agg if old is None else old.merge(agg)
 
 
-@contextlib.contextmanager
-def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One read transaction, so that several statements see the same committed state."""
-    if conn.in_transaction:
-        yield conn
-        return
-    conn.execute("BEGIN")
-    try:
-        yield conn
-    finally:
-        conn.execute("COMMIT")
+snapshot = read_snapshot  # one read transaction, so that several statements see the same committed state
 
 
 # --- the per-minute sums the writer keeps -------------------------------------------
@@ -304,13 +293,8 @@ def roll_up_sync(conn: sqlite3.Connection, batch: int = ROLLUP_BATCH) -> int:
     covered."""
     done = 0
     while True:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             n, left = roll_up_step(conn, batch)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
         done += n
         if not left:
             return done

@@ -146,36 +146,59 @@ def delete_blocks_through(conn: sqlite3.Connection, hi: int) -> None:
 
 @functools.cache
 def _merge(d: Dialect) -> tuple[str, str]:
-    upsert = (f"ON CONFLICT (series_id, ts) DO UPDATE SET count = count + excluded.count, sum = sum + excluded.sum, "
-              f"min = {d.least('min', 'excluded.min')}, max = {d.greatest('max', 'excluded.max')}")
-    joined = "FROM temp.rollup_delta d JOIN telemetry_series s ON s.device_id = d.device_id AND s.name = d.name"
+    # The old row's columns qualified: PostgreSQL finds a bare name ambiguous (the table's, or excluded's).
+    def upsert(t: str) -> str:
+        return (f"ON CONFLICT (series_id, ts) DO UPDATE SET count = {t}.count + excluded.count, "
+                f"sum = {t}.sum + excluded.sum, min = {d.least(f'{t}.min', 'excluded.min')}, "
+                f"max = {d.greatest(f'{t}.max', 'excluded.max')}")
+    joined = (f"FROM {d.temp_table('rollup_delta')} d JOIN telemetry_series s ON s.device_id = d.device_id "
+              "AND s.name = d.name")
     minute = (f"INSERT INTO telemetry_minute (series_id, ts, count, sum, min, max) "
-              f"SELECT s.id, d.ts, d.count, d.sum, d.min, d.max {joined} WHERE true {upsert}")
+              f"SELECT s.id, d.ts, d.count, d.sum, d.min, d.max {joined} WHERE true {upsert('telemetry_minute')}")
     # The hour rows are a rollup of the minute rows: the same merge one level up.
     hour = (f"INSERT INTO telemetry_hour (series_id, ts, count, sum, min, max) "
-            f"SELECT s.id, d.ts / {HOUR} * {HOUR} AS h, SUM(d.count), SUM(d.sum), MIN(d.min), MAX(d.max) "
-            f"{joined} WHERE true GROUP BY s.id, h {upsert}")
+            f"SELECT s.id, d.ts / {HOUR} * {HOUR} AS h, {d.sum_int('d.count')}, SUM(d.sum), MIN(d.min), MAX(d.max) "
+            f"{joined} WHERE true GROUP BY s.id, h {upsert('telemetry_hour')}")
     return minute, hour
 
 
-def _new_delta(conn: sqlite3.Connection) -> None:
-    """An empty temp.rollup_delta: (device, metric, minute) aggregates on their way into the rollups."""
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS rollup_delta (device_id TEXT, name TEXT, ts INTEGER, "
-                 "count INTEGER, sum REAL, min REAL, max REAL)")
-    conn.execute("DELETE FROM temp.rollup_delta")
+@functools.cache
+def _delta(d: Dialect) -> dict[str, str]:
+    """The statements on the connection's temporary table rollup_delta: (device, metric, minute) aggregates on
+    their way into the rollups."""
+    delta = d.temp_table("rollup_delta")
+    return {
+        "create": (f"CREATE TEMP TABLE IF NOT EXISTS rollup_delta (device_id TEXT, name TEXT, ts {d.integer}, "
+                   f"count {d.integer}, sum {d.real}, min {d.real}, max {d.real})"),
+        "empty": f"DELETE FROM {delta}",
+        "span": f"SELECT MIN(ts), MAX(ts) FROM {delta}",
+        "series": ("INSERT INTO telemetry_series (device_id, name) SELECT DISTINCT device_id, name "
+                   f"FROM {delta} WHERE true ON CONFLICT (device_id, name) DO NOTHING"),
+        "from_raw": (f"INSERT INTO {delta} SELECT device_id, name, {d.truncate('ts / 60')} * 60 AS m, COUNT(*), "
+                     "SUM(value), MIN(value), MAX(value) FROM telemetry WHERE id > ? AND id <= ? "
+                     "GROUP BY device_id, name, m"),
+        "insert": f"INSERT INTO {delta} VALUES (?,?,?,?,?,?,?)",
+    }
 
 
-def _merge_delta(conn: sqlite3.Connection) -> tuple[float, float] | None:
+def _new_delta(conn: sqlite3.Connection) -> dict[str, str]:
+    """An empty rollup_delta (:func:`_delta`), and its statements."""
+    sql = _delta(dialect_of(conn))
+    conn.execute(sql["create"])
+    conn.execute(sql["empty"])
+    return sql
+
+
+def _merge_delta(conn: sqlite3.Connection, sql: dict[str, str]) -> tuple[float, float] | None:
     """Merge the delta into the minute and hour rollups, making the series they need, and empty it. → the time span
     [first minute, end of the last minute) it covered, None if it was empty."""
-    first, last = conn.execute("SELECT MIN(ts), MAX(ts) FROM temp.rollup_delta").fetchone()
+    first, last = conn.execute(sql["span"]).fetchone()
     if first is None:
         return None
-    conn.execute("INSERT INTO telemetry_series (device_id, name) SELECT DISTINCT device_id, name "
-                 "FROM temp.rollup_delta WHERE true ON CONFLICT (device_id, name) DO NOTHING")
-    for sql in _merge(dialect_of(conn)):
-        conn.execute(sql)
-    conn.execute("DELETE FROM temp.rollup_delta")
+    conn.execute(sql["series"])
+    for merge in _merge(dialect_of(conn)):
+        conn.execute(merge)
+    conn.execute(sql["empty"])
     return float(first), float(last + 60)
 
 
@@ -184,21 +207,18 @@ def roll_up_range(conn: sqlite3.Connection, lo: int, hi: int) -> tuple[float, fl
     the series they need. → the time span [first minute, end of the last minute) they covered, None if none.
 
     All of it runs inside the database (the fallback for ids the writer's per-minute sums do not cover)."""
-    _new_delta(conn)
-    conn.execute(
-        "INSERT INTO temp.rollup_delta SELECT device_id, name, CAST(ts / 60 AS INTEGER) * 60 AS m, COUNT(*), "
-        "SUM(value), MIN(value), MAX(value) FROM telemetry WHERE id > ? AND id <= ? GROUP BY device_id, name, m",
-        (lo, hi))
-    return _merge_delta(conn)
+    sql = _new_delta(conn)
+    conn.execute(sql["from_raw"], (lo, hi))
+    return _merge_delta(conn, sql)
 
 
 def merge_minute_sums(conn: sqlite3.Connection, rows: Iterable[tuple[str, str, int, int, float, float, float]]
                       ) -> tuple[float, float] | None:
     """Merge per-minute aggregates (device_id, metric, minute start, count, sum, min, max), each key once, into the
     minute and hour rollups, as :func:`roll_up_range` does those it computes. → the time span they covered."""
-    _new_delta(conn)
-    conn.executemany("INSERT INTO temp.rollup_delta VALUES (?,?,?,?,?,?,?)", rows)
-    return _merge_delta(conn)
+    sql = _new_delta(conn)
+    conn.executemany(sql["insert"], rows)
+    return _merge_delta(conn, sql)
 
 
 # --- retention of the rollups -------------------------------------------------------------------------------------
@@ -236,9 +256,10 @@ def raw_buckets(conn: sqlite3.Connection, *, origin: float, width: float, lo: in
                 device_ids: str, start: float, end: float) -> Aggregates:
     """The raw points lo < id <= hi of ``metric`` from the devices in [start, end), per bucket
     ``(ts - origin) / width``."""
+    d = dialect_of(conn)
     return conn.execute(
-        "SELECT CAST((ts - ?) / ? AS INTEGER) AS b, COUNT(*), SUM(value), MIN(value), MAX(value) "
-        f"FROM telemetry WHERE id > ? AND id <= ? AND name = ? AND {dialect_of(conn).in_json_list('device_id')} "
+        f"SELECT {d.truncate('(ts - ?) / ?')} AS b, COUNT(*), SUM(value), MIN(value), MAX(value) "
+        f"FROM telemetry WHERE id > ? AND id <= ? AND name = ? AND {d.in_json_list('device_id')} "
         "AND ts >= ? AND ts < ? GROUP BY b", (origin, width, lo, hi, metric, device_ids, start, end)).fetchall()
 
 
@@ -246,20 +267,22 @@ def rollup_buckets(conn: sqlite3.Connection, level: RollupLevel, *, origin: floa
                    device_ids: str, since: float, end: float) -> Aggregates:
     """The ``level`` rollup rows of ``metric`` from the devices in [since, end), per bucket
     ``(ts - origin) / width``."""
+    d = dialect_of(conn)
     return conn.execute(
-        "SELECT CAST((r.ts - ?) / ? AS INTEGER) AS b, SUM(r.count), SUM(r.sum), MIN(r.min), MAX(r.max) "
+        f"SELECT {d.truncate('(r.ts - ?) / ?')} AS b, {d.sum_int('r.count')}, SUM(r.sum), MIN(r.min), MAX(r.max) "
         f"FROM telemetry_{level} r JOIN telemetry_series s ON s.id = r.series_id "
-        f"WHERE s.name = ? AND {dialect_of(conn).in_json_list('s.device_id')} AND r.ts >= ? AND r.ts < ? "
+        f"WHERE s.name = ? AND {d.in_json_list('s.device_id')} AND r.ts >= ? AND r.ts < ? "
         "GROUP BY b", (origin, width, metric, device_ids, since, end)).fetchall()
 
 
 def minutes_by_device(conn: sqlite3.Connection, metric: str, since: float, device_ids: str | None) -> Aggregates:
     """The minute rollup rows of ``metric`` from ``since`` on, per device (of ``device_ids`` when given)."""
-    sql = ("SELECT s.device_id, SUM(m.count), SUM(m.sum), MIN(m.min), MAX(m.max) FROM telemetry_series s "
+    d = dialect_of(conn)
+    sql = (f"SELECT s.device_id, {d.sum_int('m.count')}, SUM(m.sum), MIN(m.min), MAX(m.max) FROM telemetry_series s "
            "JOIN telemetry_minute m ON m.series_id = s.id AND m.ts >= ? WHERE s.name = ?")
     args: list[Any] = [since, metric]
     if device_ids is not None:
-        sql += f" AND {dialect_of(conn).in_json_list('s.device_id')}"
+        sql += f" AND {d.in_json_list('s.device_id')}"
         args.append(device_ids)
     return conn.execute(sql + " GROUP BY s.device_id", args).fetchall()
 
@@ -282,7 +305,8 @@ def tail_buckets(conn: sqlite3.Connection, *, res: int, origin: float, width: fl
                  since: float, before: float, device_ids: str) -> Aggregates:
     """The raw points past id ``after`` of ``metric`` from the devices with since <= ts < before, per bucket
     ``(their res-second bucket - origin) / width``."""
-    return _tail(conn, f"CAST((CAST(ts / {int(res)} AS INTEGER) * {int(res)} - ?) / ? AS INTEGER)", (origin, width),
+    d = dialect_of(conn)
+    return _tail(conn, d.truncate(f"({d.truncate(f'ts / {int(res)}')} * {int(res)} - ?) / ?"), (origin, width),
                  after, metric, since, before, device_ids)
 
 
@@ -296,10 +320,11 @@ def tail_by_device(conn: sqlite3.Connection, *, after: int, metric: str, since: 
 def metric_names_page(conn: sqlite3.Connection, device_ids: str, limit: int = -1, offset: int = 0
                       ) -> tuple[list[str], int]:
     """One page of the metric names the devices have sent (rolled up so far), sorted, and how many there are."""
-    where = dialect_of(conn).in_json_list("device_id")
+    d = dialect_of(conn)
+    where = d.in_json_list("device_id")
     total = conn.execute(f"SELECT COUNT(DISTINCT name) FROM telemetry_series WHERE {where}",
                          (device_ids,)).fetchone()[0]
     names = [r[0] for r in conn.execute(
         f"SELECT DISTINCT name FROM telemetry_series WHERE {where} ORDER BY name LIMIT ? OFFSET ?",
-        (device_ids, limit, offset))]
+        (device_ids, limit if limit >= 0 else d.no_limit, offset))]
     return names, int(total)

@@ -73,8 +73,11 @@ class PostgresServer(Service):
         """A new database (a copy of ``template`` if given), named ``test_<n>``; returns its name."""
         name = f"test_{next(self._names)}"
         if template:
-            self._admin(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
-                                                                         sql.Identifier(template)))
+            # FILE_COPY copies the template's files (with fsync off, its checkpoint costs little): about 0.15 s
+            # where the default, WAL_LOG, writes the whole template through the WAL (0.4 s); the storage tests
+            # make one copy per test on PostgreSQL.
+            self._admin(sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
+                sql.Identifier(name), sql.Identifier(template)))
         else:
             self._admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return name

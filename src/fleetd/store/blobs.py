@@ -17,7 +17,6 @@ store/blob_backend.py has the interface both answer and picks one from the setti
 from __future__ import annotations
 
 import asyncio
-from abc import ABC, abstractmethod
 import errno
 import fcntl
 import hashlib
@@ -28,6 +27,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 from functools import partial
 from pathlib import Path
@@ -398,9 +398,6 @@ class Records(ABC):
             "SELECT * FROM blobs WHERE sha256 = ? AND corrupt_at IS NULL", (sha,)).fetchone())
         return _row(row) if row else None
 
-    def close(self) -> None:
-        """Free what the backend holds open (the file backend: nothing)."""
-
 
 class BlobStore(Records):
     """Blobs under ``root`` (the data dir's ``blobs/`` folder), recorded in ``store``."""
@@ -415,6 +412,9 @@ class BlobStore(Records):
 
     def path(self, sha256: str) -> Path:
         return self._layout.path(sha256)
+
+    def close(self) -> None:
+        """Nothing to free: each reader holds its own file."""
 
     async def put_stream(self, chunks: AsyncIterable[bytes], max_bytes: int | None = None) -> BlobInfo:
         """Store the bytes of ``chunks``; refuse with PayloadTooLarge once they pass the cap.

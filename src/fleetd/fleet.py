@@ -72,8 +72,16 @@ class Fleet:
             self._take_lock()
         self.keys: FleetKeys = load_or_create(self.data_dir, self._extra_names())
         self.store = Store(self.data_dir / DB_NAME, settings.reader_threads)
+        try:
+            self.blobs = open_blobs(settings, self.data_dir, self.store)
+        except BaseException:  # e.g. an S3 bucket that cannot be reached: free what is open before saying so
+            self.store.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+            raise
+        # After the blob store: a start that fails on it must not have made the first admin (its password is shown
+        # once the server starts).
         self.first_admin = self.ensure_first_admin() if first_admin else None
-        self.blobs = open_blobs(settings, self.data_dir, self.store)
         self.events = EventBus()
         self.hub = DeviceHub(self.store, self.keys.token_key)
         self.ddi = DdiState(self.store)

@@ -108,13 +108,14 @@ async def download_blob(request: Request[Any, Any, Any], sha256: FromPath[str]) 
     sha = check_sha256(sha256)
     if not await may_download(fleet, request.state.principal, sha):
         raise PermissionDenied(f"you may not download blob {sha}")
-    return await blob_response(request, fleet, sha)
+    return await blob_response(request, fleet, sha, redirect=fleet.settings.s3_presigned_downloads)
 
 
 async def blob_response(request: Request[Any, Any, Any], fleet: Fleet, sha: str,
-                        extra_headers: dict[str, str] | None = None) -> Response[Any]:
+                        extra_headers: dict[str, str] | None = None, *, redirect: bool = False) -> Response[Any]:
     """Stream one stored blob (GET or HEAD) with ETag, If-None-Match, If-Range and one Range; the caller has
-    already decided that the requester may have it."""
+    already decided that the requester may have it. ``redirect``: a GET is answered with a pre-signed URL of the
+    bucket instead (``s3_presigned_downloads``; fleetd's own devices follow it, DDI clients are not asked to)."""
     reader = await fleet.blobs.open(sha)
     if reader is None:
         raise NotFound(f"no blob {sha}")
@@ -130,7 +131,7 @@ async def blob_response(request: Request[Any, Any, Any], fleet: Fleet, sha: str,
             from .offload import x_accel_response  # only when an operator has put nginx in front
 
             return x_accel_response(fleet.settings, sha, headers, OCTET_STREAM)
-        if fleet.settings.s3_presigned_downloads and request.method == HttpMethod.GET:
+        if redirect and request.method == HttpMethod.GET:
             return presigned_redirect(fleet, sha)
         # Range is defined for GET only (RFC 9110 §14.2); HEAD describes the whole file.
         rng: ranges.RangeResult = None

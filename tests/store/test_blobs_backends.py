@@ -346,3 +346,23 @@ def test_a_wrong_bucket_or_key_stops_the_start(tmp_path: Path, s3_bucket: Bucket
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(InvalidArgument, match="AWS_SECRET_ACCESS_KEY"):
         Fleet(settings, lock=False)
+
+
+async def test_gc_leaves_an_upload_under_way_alone(fleet: Fleet, side: Side) -> None:
+    half_way = asyncio.Event()
+    data = os.urandom(10 * MiB)
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield data  # past one part: an S3 multipart upload has begun
+        half_way.set()
+        await go_on.wait()
+
+    go_on = asyncio.Event()
+    task = asyncio.create_task(fleet.blobs.put_stream(stalls()))
+    await half_way.wait()
+    await asyncio.sleep(0.2)
+    assert (await fleet.blobs.gc(grace_seconds=0)).temp_files == 0
+    assert side.uploads() == 1
+    go_on.set()
+    info = await task
+    assert side.read(info.sha256) == data and side.uploads() == 0

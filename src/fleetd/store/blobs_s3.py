@@ -230,7 +230,10 @@ class S3BlobStore(Records):
             if there is None or there.size != info.size:
                 self.client.copy_object(temp, key)
             self.store.write_sync(lambda conn: _upsert(conn, info))
-        self.client.delete_object(temp)
+        try:
+            self.client.delete_object(temp)
+        except S3Error as e:  # the blob is stored; gc removes the copy left behind
+            log.warning("could not delete the temporary object %s: %s", temp, e)
 
     # --- reading ----------------------------------------------------------------------------------------------------
 

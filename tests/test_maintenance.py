@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from fleetd.accounts import users as auth
 from fleetd.accounts.audit import SYSTEM
 from fleetd.maintenance import Maintenance
+
+pytestmark = pytest.mark.both_backends
 
 
 def test_due_jobs_run_and_failures_do_not_stop_the_rest(fleet) -> None:  # type: ignore[no-untyped-def]

@@ -15,7 +15,8 @@ import hashlib
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -26,6 +27,7 @@ from .durable import fsync_dir
 from .verify import VerificationError, check_digest, file_digest
 
 CHUNK = 64 * 1024
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 Progress = Callable[[int, int], None]  # (bytes so far, total)
 
 
@@ -47,6 +49,37 @@ def blob_url(client: Any, artifact_url: str, sha256: str) -> str:
     if (theirs.scheme, theirs.netloc) == (mine.scheme, mine.netloc):
         return url
     return base + (theirs.path or f"/v1/blobs/{sha256}")
+
+
+def redirect_target(server: str, url: str, location: str) -> str:
+    """Where a download's redirect may lead (a pre-signed URL of the server's S3 bucket): to https anywhere, or to
+    the scheme the server itself uses; refused otherwise. The bucket's certificate is checked against the system's
+    CAs, not the fleet's: the bytes are checked against the signed manifest's SHA-256 whoever sends them."""
+    target = urljoin(url, location)
+    parts = urlsplit(target)
+    if parts.scheme != "https" and parts.scheme != urlsplit(server).scheme:
+        raise DownloadError(f"the server redirected the download to {parts.scheme}://{parts.netloc}, which is not "
+                            "https: refused. Give the server's S3 endpoint an https URL.", transient=False)
+    return target
+
+
+@contextmanager
+def _get(client: Any, url: str, headers: dict[str, str]) -> Iterator[httpx.Response]:
+    """The answer to a GET of ``url``, a redirect followed once (without the token and If-Range: another host,
+    whose ETag is not the sha256)."""
+    with client.http.stream("GET", url, headers=headers) as r:
+        location = r.headers.get("location") if r.status_code in REDIRECTS else None
+        if not location:
+            yield r
+            return
+    target = redirect_target(str(client.base_url), url, location)
+    kept = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "if-range")}
+    with httpx.Client(timeout=client.http.timeout) as other, other.stream("GET", target, headers=kept) as r:
+        if r.status_code not in (200, 206):
+            # e.g. a pre-signed URL that expired: the next attempt asks the server for a fresh one.
+            raise DownloadError(f"the redirected download from {urlsplit(target).netloc} answered HTTP "
+                                f"{r.status_code}", transient=True)
+        yield r
 
 
 def _forget_token(client: Any) -> None:
@@ -158,7 +191,7 @@ def _fetch(client: Any, url: str, sha: str, size: int, part: _Part, progress: Pr
             headers["Range"] = f"bytes={part.length}-"
             headers["If-Range"] = f'"{sha}"'
         try:
-            with client.http.stream("GET", url, headers=headers) as r:
+            with _get(client, url, headers) as r:
                 if r.status_code == 401 and not refreshed:
                     refreshed = True
                     _forget_token(client)

@@ -38,7 +38,7 @@ from .devices.presence import Presence
 from .maintenance import Maintenance
 from .rollouts.orchestrator import Orchestrator
 from .store import blobs
-from .store.blobs import BlobStore
+from .store.blob_backend import open_blobs
 from .store.database import DB_NAME, Store, open_store, processes_using, transaction
 from .telemetry.intake import MetricNames, TelemetryIntake
 from .telemetry.rollups import MinuteSums, Retention, Rollups
@@ -74,8 +74,16 @@ class Fleet:
             self._take_lock()
         self.keys: FleetKeys = load_or_create(self.data_dir, self._extra_names())
         self.store = Store(database or self.data_dir / DB_NAME, settings.reader_threads)
+        try:
+            self.blobs = open_blobs(settings, self.data_dir, self.store)
+        except BaseException:  # e.g. an S3 bucket that cannot be reached: free what is open before saying so
+            self.store.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+            raise
+        # After the blob store: a start that fails on it must not have made the first admin (its password is shown
+        # once the server starts).
         self.first_admin = self.ensure_first_admin() if first_admin else None
-        self.blobs = BlobStore(self.data_dir / "blobs", self.store, settings.max_upload_bytes)
         self.events = EventBus()
         self.hub = DeviceHub(self.store, self.keys.token_key)
         self.ddi = DdiState(self.store)
@@ -206,6 +214,7 @@ class Fleet:
 
     def close(self) -> None:
         self.passwords.close()
+        self.blobs.close()
         self.store.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)

@@ -133,3 +133,27 @@ def test_a_full_disk_keeps_a_valid_part_for_later(client: FakeClient, tmp_path: 
         subprocess.run(["umount", str(small)], check=True)
     assert download(client, art, roomy).read_bytes() == DATA
     assert client.server.requests[-1].headers["range"] == f"bytes={len(kept)}-"
+
+
+@pytest.mark.parametrize(("server", "location", "followed"), [
+    ("https://fleet.lan:8420", "https://bucket.example.net/b/k?X-Amz-Signature=ab", True),
+    ("http://127.0.0.1:8420", "http://127.0.0.1:8333/b/k", True),  # the server's own scheme
+    ("https://fleet.lan:8420", "/v1/blobs/elsewhere", True),  # relative: the server itself
+    ("https://fleet.lan:8420", "http://bucket.example.net/b/k", False),
+    ("http://127.0.0.1:8420", "ftp://bucket.example.net/k", False),
+])
+def test_a_download_redirect_is_followed_only_to_https_or_the_servers_scheme(
+        server: str, location: str, followed: bool) -> None:
+    from fleet_agent.download import redirect_target
+    from fleetd.cli.devclient import DeviceError
+    from fleetd.cli.devclient import redirect_target as simulator_target
+
+    url = f"{server}/v1/blobs/{'ab' * 32}"
+    if followed:
+        assert redirect_target(server, url, location) == simulator_target(server, url, location)
+        assert redirect_target(server, url, location).endswith(location.rpartition("/")[2])
+    else:
+        with pytest.raises(DownloadError, match="not https: refused"):
+            redirect_target(server, url, location)
+        with pytest.raises(DeviceError, match="not https: refused"):
+            simulator_target(server, url, location)

@@ -81,7 +81,6 @@ def tmp_files(fleet: Fleet) -> list[Path]:
 
 # store/blobs.py (another change's file) finds the tables that refer to blobs in sqlite_master; its PostgreSQL form
 # is Dialect.table_exists. Until it uses that, blob GC (and the delete that runs it) is SQLite-only.
-BLOB_GC_SQLITE_ONLY = "blob GC looks tables up in sqlite_master (store/blobs.py); PostgreSQL: Dialect.table_exists"
 
 
 @pytest.fixture
@@ -278,8 +277,6 @@ def test_the_cap_holds_at_put_time_too(small_client: Any, small_fleet: Fleet) ->
 
 def test_a_duplicate_found_at_put_time_is_refused_and_its_blob_left_for_gc(
         client: Any, operator_key: str, fleet: Fleet) -> None:
-    if fleet.store.dsn is not None:
-        pytest.skip(BLOB_GC_SQLITE_ONLY)
     first = open_upload(client, operator_key, size=5).json()
     second = open_upload(client, operator_key, size=6).json()  # both opened before either is stored
     winner = put(client, operator_key, first, b"first").json()
@@ -395,8 +392,6 @@ def test_signing_helpers_refuse_a_manifest_for_another_file(tmp_path: Path) -> N
 
 def test_delete_is_refused_while_the_artifact_is_in_use(client: Any, admin_key: str, operator_key: str,
                                                          fleet: Fleet) -> None:
-    if fleet.store.dsn is not None:
-        pytest.skip(BLOB_GC_SQLITE_ONLY)
     a1 = push(client, operator_key, b"one", version="1.0.0")
     push(client, operator_key, b"two", version="2.0.0")
     device = active_device(client, admin_key)

@@ -302,3 +302,20 @@ def test_cli_backup_restore_and_check(fleet: Fleet, populated: dict[str, object]
     r = runner.invoke(app, ["restore", str(out), "--data-dir", str(tmp_path / "r"), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["data_dir"] == str(tmp_path / "r")
+
+
+def test_blobs_in_a_bucket_are_left_out_and_the_archive_still_restores(
+        fleet: Fleet, populated: dict[str, object], tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "b.tar"
+    env = {"FLEETD_BLOB_STORE": "s3://fleet-artifacts/prod"}
+    r = runner.invoke(app, ["backup", "--data-dir", str(fleet.data_dir), str(out)], env=env)
+    assert r.exit_code == 0, r.output
+    assert "not in the archive" in flat(r.output) and "bucket versioning" in flat(r.output)
+    with tarfile.open(out) as tar:
+        assert not [n for n in tar.getnames() if n.startswith("blobs/")]
+        manifest = json.loads(tar.extractfile(bk.MANIFEST_NAME).read())  # type: ignore[union-attr]
+    assert manifest["blob_store"] == "s3://fleet-artifacts/prod"
+    summary = bk.restore_backup(out, tmp_path / "r")
+    assert summary.blobs == 0
+    assert len(rows(tmp_path / "r" / "fleetd.db", "SELECT sha256 FROM blobs")) == 3  # the bucket still has them

@@ -1,4 +1,6 @@
-"""The blob store (real files, real SQLite) and the /v1/blobs download route (in-process app)."""
+"""The file backend of the blob store (real files, real SQLite) and the /v1/blobs download route (in-process app).
+
+What both backends do alike is tested on both in test_blobs_backends.py."""
 
 from __future__ import annotations
 
@@ -93,76 +95,11 @@ async def test_reads_go_to_a_thread_when_the_page_cache_cannot_answer(store: Blo
     assert readers and loop_thread not in readers
 
 
-async def test_empty_blob(store: BlobStore) -> None:
-    info = await store.put_bytes(b"")
-    assert (info.size, info.sha256) == (0, hashlib.sha256(b"").hexdigest())
-    reader = await store.open(info.sha256)
-    assert reader is not None
-    assert [c async for c in reader.chunks()] == []
-
-
-async def test_same_content_is_stored_once(store: BlobStore, fleet: Fleet) -> None:
-    a = await store.put_bytes(b"hello blobs")
-    b = await store.put_stream(chunked(b"hello blobs", 3))
-    assert a == b
-    assert len(rows(fleet)) == 1
-    assert [p.name for p in store.path(a.sha256).parent.iterdir()] == [a.sha256]
-
-
-async def test_cap_refuses_early_and_leaves_nothing(store: BlobStore, fleet: Fleet) -> None:
-    consumed = 0
-
-    async def endless() -> AsyncIterator[bytes]:
-        nonlocal consumed
-        while True:
-            consumed += 1
-            yield b"x" * (64 * 1024)
-
-    with pytest.raises(PayloadTooLarge) as e:
-        await store.put_stream(endless(), max_bytes=2 * MiB)
-    assert "2097152 bytes" in e.value.message
-    assert "max_upload_bytes" in e.value.message and "FLEETD_MAX_UPLOAD_BYTES" in e.value.message
-    assert consumed == 2 * MiB // (64 * 1024) + 1  # stopped at the first chunk past the cap
-    assert rows(fleet) == []
-    assert tmp_files(store) == []
-
-
 async def test_store_wide_cap_applies_by_default(tmp_path: Path, fleet: Fleet) -> None:
     small = BlobStore(tmp_path / "other-blobs", fleet.store, max_bytes=10)
     assert (await small.put_bytes(b"x" * 10)).size == 10
     with pytest.raises(PayloadTooLarge):
         await small.put_bytes(b"x" * 11)
-
-
-async def test_cancelled_upload_cleans_up(store: BlobStore, fleet: Fleet) -> None:
-    half_way = asyncio.Event()
-
-    async def stalls() -> AsyncIterator[bytes]:
-        for _ in range(4):
-            yield os.urandom(MiB)
-        half_way.set()
-        await asyncio.Event().wait()  # the client stops sending
-        yield b""
-
-    task = asyncio.create_task(store.put_stream(stalls()))
-    await half_way.wait()
-    assert len(tmp_files(store)) == 1 and tmp_files(store)[0].stat().st_size >= 3 * MiB
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert tmp_files(store) == []
-    assert rows(fleet) == []
-
-
-async def test_failing_source_cleans_up(store: BlobStore, fleet: Fleet) -> None:
-    async def breaks() -> AsyncIterator[bytes]:
-        yield os.urandom(2 * MiB)
-        raise ConnectionResetError("client went away")
-
-    with pytest.raises(ConnectionResetError):
-        await store.put_stream(breaks())
-    assert tmp_files(store) == []
-    assert rows(fleet) == []
 
 
 async def test_big_chunks_do_not_block_the_event_loop(store: BlobStore) -> None:
@@ -216,49 +153,6 @@ def _age(fleet: Fleet, store: BlobStore, sha: str, seconds: float) -> None:
     os.utime(store.path(sha), (old, old))
 
 
-async def test_gc_keeps_referenced_and_recent(store: BlobStore, fleet: Fleet,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    await fleet.store.write(lambda c: c.execute("CREATE TABLE things (id INTEGER PRIMARY KEY, sha256 TEXT)"))
-    monkeypatch.setattr(blobs_mod, "REFERENCES",
-                        [*blobs_mod.REFERENCES, ("things", "sha256"), ("no_such_table", "sha256")])
-    old_unref = await store.put_bytes(b"old and unreferenced")
-    old_ref = await store.put_bytes(b"old but referenced")
-    recent = await store.put_bytes(b"recent and unreferenced")
-    await fleet.store.write(lambda c: c.execute("INSERT INTO things (sha256) VALUES (?), (NULL)",
-                                                (old_ref.sha256,)))
-    _age(fleet, store, old_unref.sha256, 7200)
-    _age(fleet, store, old_ref.sha256, 7200)
-
-    # Files without a row (a crash between rename and insert), and stale temp files.
-    old_orphan, new_orphan = hashlib.sha256(b"o1").hexdigest(), hashlib.sha256(b"o2").hexdigest()
-    for sha in (old_orphan, new_orphan):
-        store.path(sha).parent.mkdir(exist_ok=True)
-        store.path(sha).write_bytes(b"orphan")
-    two_hours_ago = time.time() - 7200
-    os.utime(store.path(old_orphan), (two_hours_ago, two_hours_ago))
-    old_tmp, new_tmp = store.root / "tmp" / "old.part", store.root / "tmp" / "new.part"
-    old_tmp.write_bytes(b"t")
-    new_tmp.write_bytes(b"t")
-    os.utime(old_tmp, (two_hours_ago, two_hours_ago))
-
-    report = await store.gc(grace_seconds=3600)
-
-    assert report.deleted == [old_unref.sha256]
-    assert report.bytes_freed == old_unref.size
-    assert (report.orphan_files, report.temp_files) == (1, 1)
-    assert not store.path(old_unref.sha256).exists()
-    assert await store.info(old_unref.sha256) is None
-    for kept in (old_ref, recent):
-        assert await store.info(kept.sha256) == kept
-        assert store.path(kept.sha256).exists()
-    assert not store.path(old_orphan).exists() and store.path(new_orphan).exists()
-    assert not old_tmp.exists() and new_tmp.exists()
-
-    # Storing the deleted content again brings back both row and file.
-    assert await store.put_bytes(b"old and unreferenced") == old_unref
-    assert store.path(old_unref.sha256).read_bytes() == b"old and unreferenced"
-
-
 async def test_re_put_restarts_the_grace_period(store: BlobStore, fleet: Fleet) -> None:
     info = await store.put_bytes(b"uploaded again before an artifact points at it")
     _age(fleet, store, info.sha256, 7200)
@@ -301,31 +195,6 @@ def _flip_byte(path: Path, offset: int) -> None:
         b = f.read(1)
         f.seek(offset)
         f.write(bytes([b[0] ^ 0x01]))
-
-
-async def test_scrub_finds_flipped_byte_and_missing_file(store: BlobStore, fleet: Fleet) -> None:
-    good = await store.put_bytes(b"good" * 1000)
-    flipped = await store.put_bytes(b"flipped" * 1000)
-    gone = await store.put_bytes(b"gone" * 1000)
-    _flip_byte(store.path(flipped.sha256), 1234)
-    store.path(gone.sha256).unlink()
-
-    report = await store.scrub()
-
-    assert report.checked == 3
-    assert report.corrupt == [flipped.sha256]
-    assert report.missing == [gone.sha256]
-    assert await store.info(good.sha256) == good
-    assert await store.info(flipped.sha256) is None
-    assert await store.info(gone.sha256) is None
-    assert await store.open(flipped.sha256) is None
-    marked = {sha for sha, corrupt_at in rows(fleet) if corrupt_at is not None}
-    assert marked == {flipped.sha256, gone.sha256}
-    # A later scrub skips what is already marked.
-    assert (await store.scrub()).checked == 1
-    # Uploading the same content again heals it.
-    assert await store.put_bytes(b"flipped" * 1000) == flipped
-    assert await store.info(flipped.sha256) == flipped
 
 
 async def test_open_marks_a_truncated_file_corrupt(store: BlobStore) -> None:

@@ -55,15 +55,21 @@ def backup(
     json: JsonOpt = False,
 ) -> None:
     """Back up a data dir (database, blobs, keys, config) into one archive; safe while the server runs."""
+    from ..core.config import load_settings
     from ..store import backup as logic
 
     with _reported(), _progress(not json) as progress:
-        summary = logic.create_backup(data_dir or default_data_dir(), out, overwrite=force, progress=progress)
+        where = data_dir or default_data_dir()
+        blob_store = load_settings({"data_dir": where}).blob_store  # an S3 bucket's blobs stay in the bucket
+        summary = logic.create_backup(where, out, overwrite=force, progress=progress, blob_store=blob_store)
     if json:
         print_json(summary)
         return
     print_object(summary, ["path", "bytes", "blobs", "blob_bytes", "database_bytes", "schema_version",
                            "ca_fingerprint", "created_at", "seconds"])
+    if blob_store:
+        console.print(f"[yellow]The blobs are in {blob_store}, not in the archive: keep the bucket with its own "
+                      "tools (turn on bucket versioning).[/yellow]")
     console.print("[yellow]The archive holds the fleet's private keys: keep it as secret as the data dir.[/yellow]")
 
 

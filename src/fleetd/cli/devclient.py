@@ -52,6 +52,7 @@ MANIFEST_FORMAT = "fleetd-manifest-v1"
 REAUTH_MARGIN = 60.0
 # Downloaded bytes are hashed and written on a worker thread in batches of this size.
 DOWNLOAD_BATCH = 1 << 20
+REDIRECTS = frozenset({301, 302, 303, 307, 308})  # a pre-signed download (s3_presigned_downloads) answers 307
 # Connect codes worth retrying later rather than giving up on.
 TRANSIENT_CODES = frozenset({"unavailable", "resource_exhausted", "internal", "unknown", "deadline_exceeded",
                              "aborted"})
@@ -154,6 +155,16 @@ def _error_from(r: httpx.Response) -> DeviceError:
         code = "unavailable" if r.status_code in (502, 503, 504) else "unknown"
         message = f"HTTP {r.status_code}: {r.text[:200]}"
     return DeviceError(code, message or f"HTTP {r.status_code}", r.status_code, retry_after)
+
+
+def redirect_target(server: str, url: str, location: str) -> str:
+    """Where a download's redirect may lead: https anywhere, or the server's own scheme; DeviceError otherwise."""
+    target = urljoin(url, location)
+    parts = urlsplit(target)
+    if parts.scheme != "https" and parts.scheme != urlsplit(server).scheme:
+        raise DeviceError("failed_precondition", f"the server redirected the download to {parts.scheme}://"
+                          f"{parts.netloc}, which is not https: refused. Give the server's S3 endpoint an https URL.")
+    return target
 
 
 def _unreachable(server: str, e: Exception) -> DeviceError:
@@ -274,13 +285,31 @@ class DeviceClient:
                     if r.status_code == 401 and attempt == 0:
                         self._token = ""
                         continue
-                    if r.status_code != 200:
+                    location = r.headers.get("location") if r.status_code in REDIRECTS else None
+                    if r.status_code != 200 and not location:
                         await r.aread()
                         raise _error_from(r)
-                    return await self._consume(r, ref, sink)
+                    if not location:
+                        return await self._consume(r, ref, sink)
             except httpx.HTTPError as e:
                 raise _unreachable(self.server, e) from None
+            return await self._download_redirected(redirect_target(self.server, url, location), ref, sink)
         raise DeviceError("unauthenticated", "the server refused this device's fresh token for the download", 401)
+
+    async def _download_redirected(self, target: str, ref: ArtifactRef,
+                                   sink: str | Path | Callable[[bytes], object] | None) -> Download:
+        """Fetch a redirect's target (a pre-signed URL of the server's bucket) without the token; the bytes are
+        checked against the signed manifest as always."""
+        host = urlsplit(target).netloc
+        try:
+            async with httpx.AsyncClient(timeout=self.http.timeout) as other, other.stream("GET", target) as r:
+                if r.status_code != 200:
+                    await r.aread()
+                    raise DeviceError("unavailable", f"the redirected download from {host} answered HTTP "
+                                      f"{r.status_code}", r.status_code)
+                return await self._consume(r, ref, sink)
+        except httpx.HTTPError as e:
+            raise _unreachable(host, e) from None
 
     async def _consume(self, r: httpx.Response, ref: ArtifactRef,
                        sink: str | Path | Callable[[bytes], object] | None) -> Download:

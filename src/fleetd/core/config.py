@@ -98,6 +98,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # "Downloads through nginx"). "" (default): fleetd sends the bytes itself.
     download_offload: str = ""
     download_offload_location: str = "/_fleetd_blobs"
+    # Where blobs live (docs/operations.md, "Artifacts in S3"): "" = the data dir's blobs/ folder; "s3://bucket/prefix"
+    # = an S3-compatible bucket. Credentials come only from the AWS_* environment, never from a settings file.
+    blob_store: str = ""
+    s3_endpoint: str = ""  # "" = AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS itself
+    s3_region: str = ""  # "" = AWS_REGION / AWS_DEFAULT_REGION, else us-east-1
+    s3_ca_bundle: str = ""  # "" = AWS_CA_BUNDLE, else the system's certificates
+    # Answer an authorized blob GET with a redirect to a pre-signed URL of the bucket instead of proxying the bytes.
+    s3_presigned_downloads: bool = False
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -133,6 +141,20 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise InvalidArgument("download_offload_location must be an nginx location path like /_fleetd_blobs "
                                   "(starting with /, letters, digits and -._/ only), got "
                                   f"{self.download_offload_location!r}")
+        self._check_blob_store()
+
+    def _check_blob_store(self) -> None:
+        if self.blob_store:
+            split_s3_url(self.blob_store)
+            if self.download_offload:
+                raise InvalidArgument("download_offload (nginx sends the data dir's blob files) cannot be used with "
+                                      f"blob_store {self.blob_store!r}: turn on s3_presigned_downloads instead")
+        if self.s3_presigned_downloads and not self.blob_store:
+            raise InvalidArgument("s3_presigned_downloads needs an S3 blob store: set blob_store = "
+                                  "\"s3://BUCKET/prefix\" too, or turn it off")
+        if self.s3_endpoint and not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", self.s3_endpoint):
+            raise InvalidArgument(f"s3_endpoint must be a URL like https://s3.example.com:9000, got "
+                                  f"{self.s3_endpoint!r}")
 
     @property
     def data_path(self) -> Path:
@@ -141,6 +163,21 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     @property
     def scheme(self) -> str:
         return "https" if self.tls else "http"
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", re.ASCII)
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` as ("bucket", "some/prefix/") (prefix "" when none); InvalidArgument else."""
+    rest = url.removeprefix("s3://")
+    bucket, _, prefix = rest.partition("/")
+    prefix = prefix.strip("/")
+    bad_prefix = bool(prefix) and any(p in ("", ".", "..") for p in prefix.split("/"))
+    if rest == url or not _BUCKET.fullmatch(bucket) or bad_prefix:
+        raise InvalidArgument(f"blob_store must be \"\" (the data dir's blobs folder) or s3://BUCKET/prefix with an "
+                              f"S3 bucket name (3-63 of a-z 0-9 . -), got {url!r}")
+    return bucket, prefix + "/" if prefix else ""
 
 
 def _ip_or_network(value: str) -> str:

@@ -3,7 +3,8 @@
 Bytes are streamed from disk a chunk at a time (:meth:`BlobReader.chunks`: on the event loop when the page
 cache has them, else on a worker thread), straight into the ASGI ``send``: :class:`BlobStream` skips
 Litestar's streaming response, whose per-chunk machinery (an async generator, a task group, bytes only) cost
-more than the read. Memory stays flat however many downloads run at once.
+more than the read. Memory stays flat however many downloads run at once. With an S3 blob store the chunks come
+from one ranged GET of the bucket, or the answer is a redirect to a pre-signed URL (``s3_presigned_downloads``).
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from litestar.response.base import ASGIResponse
 from ..accounts.users import Principal
 from ..core.errors import NotFound, PermissionDenied
 from ..devices import actions
-from ..store.blobs import BlobReader, check_sha256
+from ..store.blobs import check_sha256
 from . import ranges
 
 if TYPE_CHECKING:
     from litestar.types import HTTPResponseBodyEvent, Receive, Send
 
     from ..fleet import Fleet
+    from ..store.blob_backend import Reader
 
 CACHE_CONTROL = "private, max-age=31536000, immutable"
 OCTET_STREAM = "application/octet-stream"
@@ -50,7 +52,7 @@ class _BlobBody(ASGIResponse):
 
     __slots__ = ("_end", "_reader", "_start")
 
-    def __init__(self, reader: BlobReader, start: int, end: int, **kwargs: Any) -> None:
+    def __init__(self, reader: Reader, start: int, end: int, **kwargs: Any) -> None:
         super().__init__(content_length=end - start + 1, **kwargs)
         self._reader, self._start, self._end = reader, start, end
 
@@ -83,7 +85,7 @@ class _BlobBody(ASGIResponse):
 class BlobStream(Response[bytes]):
     """Bytes ``start`` through ``end`` of an open blob as the response body; the body's end closes the reader."""
 
-    def __init__(self, reader: BlobReader, start: int, end: int, *, status_code: int,
+    def __init__(self, reader: Reader, start: int, end: int, *, status_code: int,
                  headers: dict[str, str]) -> None:
         super().__init__(b"", status_code=status_code, headers=headers, media_type=OCTET_STREAM)
         self._reader, self._start, self._end = reader, start, end
@@ -106,13 +108,14 @@ async def download_blob(request: Request[Any, Any, Any], sha256: FromPath[str]) 
     sha = check_sha256(sha256)
     if not await may_download(fleet, request.state.principal, sha):
         raise PermissionDenied(f"you may not download blob {sha}")
-    return await blob_response(request, fleet, sha)
+    return await blob_response(request, fleet, sha, redirect=fleet.settings.s3_presigned_downloads)
 
 
 async def blob_response(request: Request[Any, Any, Any], fleet: Fleet, sha: str,
-                        extra_headers: dict[str, str] | None = None) -> Response[Any]:
+                        extra_headers: dict[str, str] | None = None, *, redirect: bool = False) -> Response[Any]:
     """Stream one stored blob (GET or HEAD) with ETag, If-None-Match, If-Range and one Range; the caller has
-    already decided that the requester may have it."""
+    already decided that the requester may have it. ``redirect``: a GET is answered with a pre-signed URL of the
+    bucket instead (``s3_presigned_downloads``; fleetd's own devices follow it, DDI clients are not asked to)."""
     reader = await fleet.blobs.open(sha)
     if reader is None:
         raise NotFound(f"no blob {sha}")
@@ -128,6 +131,8 @@ async def blob_response(request: Request[Any, Any, Any], fleet: Fleet, sha: str,
             from .offload import x_accel_response  # only when an operator has put nginx in front
 
             return x_accel_response(fleet.settings, sha, headers, OCTET_STREAM)
+        if redirect and request.method == HttpMethod.GET:
+            return presigned_redirect(fleet, sha)
         # Range is defined for GET only (RFC 9110 §14.2); HEAD describes the whole file.
         rng: ranges.RangeResult = None
         if request.method == HttpMethod.GET and ranges.if_range_allows(request.headers.get("if-range"), etag):
@@ -149,12 +154,23 @@ async def blob_response(request: Request[Any, Any, Any], fleet: Fleet, sha: str,
             reader.close()
 
 
+def presigned_redirect(fleet: Fleet, sha: str) -> Response[Any]:
+    """``s3_presigned_downloads``: after fleetd's own decision, a 307 to a pre-signed URL of the blob's object,
+    valid for a few minutes; the client sends its Range there. The device still checks the signed manifest and the
+    sha256, so the bucket's own TLS certificate is trusted for the bytes only (docs/operations.md)."""
+    from ..store.blobs_s3 import S3BlobStore  # the setting requires an S3 blob store
+
+    url = cast("S3BlobStore", fleet.blobs).presigned_url(sha)
+    return Response(b"", status_code=307, headers={"Location": url, "Cache-Control": "no-store"})
+
+
 ROUTES = [download_blob]
 
 _BLOB_RESPONSES: dict[str, Any] = {
     "200": {"description": "The whole blob", "content": {OCTET_STREAM: {}}},
     "206": {"description": "One byte range (Content-Range says which)", "content": {OCTET_STREAM: {}}},
     "304": {"description": "Not modified (If-None-Match matched the ETag)"},
+    "307": {"description": "s3_presigned_downloads: fetch the bytes from this pre-signed bucket URL (Location)"},
     "400": {"description": "invalid_argument: not a SHA-256"},
     "401": {"description": "unauthenticated"},
     "403": {"description": "permission_denied"},

@@ -79,6 +79,7 @@ class Manifest(msgspec.Struct, kw_only=True):
     created_at: str
     ca_fingerprint: str | None
     files: list[FileEntry]
+    blob_store: str = ""  # the S3 bucket that holds the blobs, not the archive (docs/operations.md, Artifacts in S3)
 
 
 class BackupSummary(msgspec.Struct, kw_only=True):
@@ -148,8 +149,9 @@ def _newest_schema(migrations: Path | None) -> int:
 # --- backup -----------------------------------------------------------------
 
 def create_backup(data_dir: str | Path, out: str | Path, *, overwrite: bool = False,
-                  progress: Progress | None = None) -> BackupSummary:
-    """Write a consistent backup of ``data_dir`` to ``out`` (``.tar`` or ``.tar.gz``).
+                  progress: Progress | None = None, blob_store: str = "") -> BackupSummary:
+    """Write a consistent backup of ``data_dir`` to ``out`` (``.tar`` or ``.tar.gz``); with a ``blob_store`` (an
+    ``s3://`` URL) the blobs are in that bucket and the archive holds none of them.
 
     Safe while a server runs on the data dir. Refuses (and writes nothing) when a
     blob the database lists is missing or does not match its sha256.
@@ -181,10 +183,11 @@ def create_backup(data_dir: str | Path, out: str | Path, *, overwrite: bool = Fa
             with os.fdopen(fd, "wb") as raw:
                 with _tar_writer(raw, compressed) as tar:
                     entries = [_add_file(tar, snap, DB_NAME)]
-                    entries += _add_blobs(tar, src, blobs, progress)
+                    entries += [] if blob_store else _add_blobs(tar, src, blobs, progress)
                     entries += [_add_file(tar, src / name, name) for name in keys]
                     manifest = Manifest(format=FORMAT_VERSION, fleetd_version=__version__, schema_version=schema,
-                                        created_at=_utc_iso(created), ca_fingerprint=fingerprint, files=entries)
+                                        created_at=_utc_iso(created), ca_fingerprint=fingerprint, files=entries,
+                                        blob_store=blob_store)
                     # Last, so that it can carry every file's hash from a single pass.
                     _add_bytes(tar, MANIFEST_NAME, msgspec.json.format(msgspec.json.encode(manifest)))
                 raw.flush()
@@ -488,7 +491,7 @@ def _check_database(archive: Path, db_path: Path, got: _Extracted, migrations: P
         raise FailedPrecondition(f"{archive} holds a database at schema version {version}; this fleetd "
                                  f"({__version__}) knows only up to {newest}. Restore it with a newer fleetd.")
     missing = [s for s in shas if blob_path(str(s)) not in got.actual]
-    if missing:
+    if missing and not got.manifest.blob_store:
         raise InvalidArgument(f"{archive} is incomplete: the database lists {len(missing)} blob(s) the archive "
                               f"lacks, e.g. {missing[0]}; nothing was restored")
 

@@ -9,6 +9,9 @@ the disk.
 Publishing (rename + row insert) and deleting (row delete + unlink) hold one
 lock, so a garbage collection racing an upload of the same content leaves
 either both or neither, never a row without its file.
+
+This file layout is one backend; an S3 bucket is the other (store/blobs_s3.py, ``blob_store = "s3://..."``);
+store/blob_backend.py has the interface both answer and picks one from the settings.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 from functools import partial
 from pathlib import Path
@@ -37,6 +41,7 @@ from ..core import disk
 from ..core.errors import FleetdError, InvalidArgument, PayloadTooLarge
 from ..core.fsutil import fsync_dir
 from .database import Store, transaction
+from .dialect import dialect_of
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +197,25 @@ def stored_bytes(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COALESCE(SUM(size), 0) FROM blobs").fetchone()[0])
 
 
+def delete_unreferenced(conn: sqlite3.Connection, cutoff: float) -> list[tuple[str, int]]:
+    """Delete the rows of blobs nothing refers to, stored before ``cutoff``; their (sha256, size)."""
+    rows = conn.execute("DELETE FROM blobs WHERE created_at < ?" + _unreferenced_clause(conn)
+                        + " RETURNING sha256, size", (cutoff,)).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def mark_corrupt(conn: sqlite3.Connection, sha256: str) -> bool:
+    """Mark a blob corrupt (not served until stored again); whether it was intact until now."""
+    return bool(conn.execute("UPDATE blobs SET corrupt_at = ? WHERE sha256 = ? AND corrupt_at IS NULL",
+                             (time.time(), sha256)).rowcount)
+
+
+def intact_blobs(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+    """(sha256, size) of every blob not marked corrupt, in sha256 order (what scrub checks)."""
+    return [(r[0], r[1]) for r in conn.execute(
+        "SELECT sha256, size FROM blobs WHERE corrupt_at IS NULL ORDER BY sha256")]
+
+
 def _row(r: sqlite3.Row) -> BlobInfo:
     return BlobInfo(sha256=r["sha256"], size=r["size"], md5=r["md5"], sha1=r["sha1"])
 
@@ -201,8 +225,7 @@ def _existing_references(conn: sqlite3.Connection) -> list[tuple[str, str]]:
     for table, column in REFERENCES:
         if not (_IDENT.fullmatch(table) and _IDENT.fullmatch(column)):
             raise FleetdError(f"blob reference {table}.{column} is not a plain SQL name")
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                        (table,)).fetchone():
+        if conn.execute(dialect_of(conn).table_exists(), (table,)).fetchone():
             found.append((table, column))
     return found
 
@@ -351,21 +374,47 @@ class BlobReader:
 
 # --- the store -------------------------------------------------------------------
 
-class BlobStore:
-    """Blobs under ``root`` (the data dir's ``blobs/`` folder), recorded in ``store``."""
+class Records(ABC):
+    """The part of a blob store that is only the ``blobs`` table."""
 
-    def __init__(self, root: Path, store: Store, max_bytes: int) -> None:
-        self._layout = _Layout(root)
-        self.root = root
+    def __init__(self, store: Store, max_bytes: int) -> None:
         self.store = store
         self.max_bytes = max_bytes
         self.disk_full = False  # whether the last upload failed on a full disk (/healthz reports it)
+
+    @abstractmethod
+    async def put_stream(self, chunks: AsyncIterable[bytes], max_bytes: int | None = None) -> BlobInfo:
+        """Store the bytes of ``chunks``; refuse with PayloadTooLarge once they pass the cap (default: max_bytes)."""
+
+    async def put_bytes(self, data: bytes) -> BlobInfo:
+        async def one() -> AsyncIterator[bytes]:
+            yield data
+        return await self.put_stream(one())
+
+    async def info(self, sha256: str) -> BlobInfo | None:
+        """The blob's record, or None when it is unknown or corrupt."""
+        sha = check_sha256(sha256)
+        row = await self.store.read(lambda c: c.execute(
+            "SELECT * FROM blobs WHERE sha256 = ? AND corrupt_at IS NULL", (sha,)).fetchone())
+        return _row(row) if row else None
+
+
+class BlobStore(Records):
+    """Blobs under ``root`` (the data dir's ``blobs/`` folder), recorded in ``store``."""
+
+    def __init__(self, root: Path, store: Store, max_bytes: int) -> None:
+        super().__init__(store, max_bytes)
+        self._layout = _Layout(root)
+        self.root = root
         removed = sum(_remove_if_dead(f) for f in self._layout.tmp.iterdir())
         if removed:
             log.info("removed %d temp files of uploads that died with their process", removed)
 
     def path(self, sha256: str) -> Path:
         return self._layout.path(sha256)
+
+    def close(self) -> None:
+        """Nothing to free: each reader holds its own file."""
 
     async def put_stream(self, chunks: AsyncIterable[bytes], max_bytes: int | None = None) -> BlobInfo:
         """Store the bytes of ``chunks``; refuse with PayloadTooLarge once they pass the cap.
@@ -399,18 +448,6 @@ class BlobStore:
             raise
         self.disk_full = False
         return info
-
-    async def put_bytes(self, data: bytes) -> BlobInfo:
-        async def one() -> AsyncIterator[bytes]:
-            yield data
-        return await self.put_stream(one())
-
-    async def info(self, sha256: str) -> BlobInfo | None:
-        """The blob's record, or None when it is unknown or corrupt."""
-        sha = check_sha256(sha256)
-        row = await self.store.read(lambda c: c.execute(
-            "SELECT * FROM blobs WHERE sha256 = ? AND corrupt_at IS NULL", (sha,)).fetchone())
-        return _row(row) if row else None
 
     async def open(self, sha256: str) -> BlobReader | None:
         """An open reader, or None when the blob is unknown, corrupt, or its file is gone.
@@ -451,9 +488,7 @@ class BlobStore:
                     ino = None
                 if ino is not None and ino != seen_ino:
                     return False
-                return bool(self.store.write_sync(lambda c: c.execute(
-                    "UPDATE blobs SET corrupt_at = ? WHERE sha256 = ? AND corrupt_at IS NULL",
-                    (time.time(), sha)).rowcount))
+                return self.store.write_sync(partial(mark_corrupt, sha256=sha))
 
         if await _run(mark):
             log.error("blob %s is corrupt: %s; it will not be served until the same content is "
@@ -466,12 +501,7 @@ class BlobStore:
 
         def delete_rows() -> list[tuple[str, int]]:
             with self._layout.lock:
-                def fn(conn: sqlite3.Connection) -> list[tuple[str, int]]:
-                    rows = conn.execute(
-                        "DELETE FROM blobs WHERE created_at < ?" + _unreferenced_clause(conn)
-                        + " RETURNING sha256, size", (cutoff,)).fetchall()
-                    return [(r[0], r[1]) for r in rows]
-                rows = self.store.write_sync(fn)
+                rows = self.store.write_sync(partial(delete_unreferenced, cutoff=cutoff))
                 for sha, _ in rows:
                     self.path(sha).unlink(missing_ok=True)
                 return rows
@@ -518,11 +548,8 @@ class BlobStore:
 
     async def scrub(self) -> ScrubReport:
         """Re-hash every blob; mark those whose file is missing or whose bytes changed as corrupt."""
-        rows = await self.store.read(lambda c: c.execute(
-            "SELECT sha256, size FROM blobs WHERE corrupt_at IS NULL ORDER BY sha256").fetchall())
         report = ScrubReport()
-        for r in rows:
-            sha, size = r["sha256"], r["size"]
+        for sha, size in await self.store.read(intact_blobs):
             digest, actual, ino = await _run(_hash_file, self.path(sha))
             report.checked += 1
             report.bytes_checked += actual or 0
@@ -551,5 +578,5 @@ def _hash_file(path: Path) -> tuple[str | None, int | None, int | None]:
     return h.hexdigest(), size, ino
 
 
-__all__ = ["REFERENCES", "BlobInfo", "BlobReader", "BlobStore", "GcReport", "ScrubReport", "check_sha256",
+__all__ = ["REFERENCES", "BlobInfo", "BlobReader", "BlobStore", "GcReport", "Records", "ScrubReport", "check_sha256",
            "put_sync"]

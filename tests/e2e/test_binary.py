@@ -159,8 +159,9 @@ def test_serve_answers_over_https_with_bundled_data(bare_env: dict[str, str], tm
 
         # The data the server found is the bundle's, laid out where core/resources.py looks.
         bundle = _unpacked(Path(bare_env["TMPDIR"]))
-        assert sorted(p.name for p in (bundle / "fleetd/_data/migrations").iterdir()) == \
-            sorted(p.name for p in (REPO / "migrations").glob("*.sql"))
+        assert sorted(p.relative_to(bundle / "fleetd/_data/migrations").as_posix()
+                      for p in (bundle / "fleetd/_data/migrations").rglob("*") if p.is_file()) == \
+            sorted(p.relative_to(REPO / "migrations").as_posix() for p in (REPO / "migrations").rglob("*.sql"))
         assert sorted(p.relative_to(bundle / "fleetd/proto").as_posix()
                       for p in (bundle / "fleetd/proto").rglob("*.proto")) == \
             sorted(p.relative_to(REPO / "src/fleetd/proto").as_posix()

@@ -40,13 +40,6 @@ CRASH_PAYLOAD = b"FWSIM:crash-before-confirm\n" + b"\x00" * 500
 RUN_TIMEOUT = 60
 
 
-@pytest.fixture(scope="module")
-def sim_binary() -> Path:
-    subprocess.run(["make", "-C", str(RTOS_DIR), "sim"], check=True, capture_output=True, timeout=300)
-    assert SIM.exists()
-    return SIM
-
-
 @dataclass
 class Fleet:
     server: ServerProcess

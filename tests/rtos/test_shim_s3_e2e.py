@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.e2e.server import ServerProcess, run_cli
-from tests.rtos.test_shim_e2e import RUN_TIMEOUT, Device, Fleet, kill_mid_download, resumed_offset
+from tests.rtos.test_shim_e2e import RUN_TIMEOUT, Device, FaultProxy, Fleet, kill_mid_download, resumed_offset
 from tests.support.services import Bucket
 
 pytestmark = pytest.mark.e2e
@@ -37,18 +37,31 @@ def test_the_shim_follows_a_presigned_redirect_to_the_bucket(tmp_path: Path, s3_
         fleet.image("v1.fdim", b"firmware 1.0.0 " * 64, "1.0.0")
         (tmp_path / "v2.bin").write_bytes(os.urandom(300_000))
         pushed = fleet.cli("artifacts", "push", str(tmp_path / "v2.bin"), "--name", "firmware", "--version", "2.0.0",
-                           "--device-type", "fw-sim", "--kind", "firmware", "--format", "rtos-image", "--security-counter", "1", "--json")
+                           "--device-type", "fw-sim", "--kind", "firmware", "--format", "rtos-image",
+                           "--security-counter", "1", "--json")
         with server.client(admin_key) as c:
             blob = c.get(f"/v1/blobs/{json.loads(pushed.stdout)['sha256']}")
         assert blob.status_code == 307 and blob.headers["location"].startswith(f"{s3_bucket.endpoint}/")
 
-        # Killed mid-download (the bytes came from the bucket), then resumed with a Range through the redirect.
+        # Killed mid-download (the bytes come from the bucket), then resumed with a Range through the redirect.
         dev = Device(fleet, "s3")
         device_id = dev.enroll()
         action_id = fleet.deploy(device_id, "2.0.0")
         kill_mid_download(dev, action_id)
-        out = dev.run()
-        assert resumed_offset(out, action_id) >= 65536
+        # The first pre-signed URL is refused by the bucket (403, as an expired one is): a transport error, the
+        # part in flash is kept, and the next poll asks fleetd for a fresh URL.
+        proxy = FaultProxy(server)
+        try:
+            proxy.faults = {"presign_403": 1}
+            dev.args[dev.args.index("--server") + 1] = proxy.url
+            out = dev.run()
+        finally:
+            proxy.close()
+        assert "fleet-sim: poll error code=-1 http=403" in out  # FLEET_E_IO, not the core's FLEET_E_HTTP (-11)
+        blob_gets = [r for r in proxy.requests if r[1].startswith("/v1/blobs/")]
+        assert [r[3] for r in blob_gets[:2]] == [307, 307] and blob_gets[0][2] == blob_gets[1][2]  # same Range
+        assert out.count(f"fleet-sim: download action={action_id} offset=") == 2  # resumed twice, never restarted
+        assert resumed_offset(out.split("poll error", 1)[1], action_id) >= 65536
         assert f"fleet-sim: verified action={action_id}" in out
         assert "fleet-sim: boot version=2.0.0 trial=1" in out
         assert fleet.action(device_id, action_id)["state"] == "succeeded"

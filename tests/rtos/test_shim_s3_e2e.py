@@ -1,6 +1,6 @@
 """fleet-shim-sim against a `fleetd serve` whose artifacts are in an S3 bucket (SeaweedFS) with pre-signed downloads
 on: GET /v1/blobs/<sha> answers 307 to the bucket, and the POSIX port's transport follows it (without the token,
-keeping the Range), only to https or to the server's own scheme (docs/rtos.md, "Transport")."""
+keeping the Range), only to https or to the server's own scheme (docs/rtos.md, "The transport and redirects")."""
 
 from __future__ import annotations
 

@@ -16,3 +16,11 @@ def shim_build() -> Path:
     proc = subprocess.run(["make", "-s", "-C", str(RTOS_DIR), "host"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"make host failed:\n{proc.stdout}\n{proc.stderr}"
     return RTOS_DIR / "build" / "host"
+
+
+@pytest.fixture(scope="session")
+def sim_binary() -> Path:
+    """Runs `make -C agent/rtos sim` once; returns build/host/fleet-shim-sim (the shim on the POSIX port)."""
+    proc = subprocess.run(["make", "-s", "-C", str(RTOS_DIR), "sim"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"make sim failed:\n{proc.stdout}\n{proc.stderr}"
+    return RTOS_DIR / "build" / "host" / "fleet-shim-sim"

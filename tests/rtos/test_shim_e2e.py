@@ -40,13 +40,6 @@ CRASH_PAYLOAD = b"FWSIM:crash-before-confirm\n" + b"\x00" * 500
 RUN_TIMEOUT = 60
 
 
-@pytest.fixture(scope="module")
-def sim_binary() -> Path:
-    subprocess.run(["make", "-C", str(RTOS_DIR), "sim"], check=True, capture_output=True, timeout=300)
-    assert SIM.exists()
-    return SIM
-
-
 @dataclass
 class Fleet:
     server: ServerProcess
@@ -433,8 +426,8 @@ def test_a_server_without_a_certificate_from_the_pinned_ca_is_refused(fleet: Fle
     assert "e2e-wrong-ca" not in r.text
 
 class FaultProxy:
-    """An HTTPS proxy in front of the server, with the server's own certificate (so the sim's pinned CA accepts
-    it), that can misbehave the ways real networks and proxies do."""
+    """A proxy in front of the server (HTTPS with the server's own certificate, so the sim's pinned CA accepts it,
+    when the server has TLS) that can misbehave the ways real networks, proxies and buckets do."""
 
     def __init__(self, server: ServerProcess) -> None:
         self.server = server
@@ -456,15 +449,16 @@ class FaultProxy:
                 proxy.forward(self)
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(server.data_dir / "server.pem", server.data_dir / "server.key")
-        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        if server.tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(server.data_dir / "server.pem", server.data_dir / "server.key")
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.httpd.server_address[1]}"
+        return f"{'https' if self.server.tls else 'http'}://127.0.0.1:{self.httpd.server_address[1]}"
 
     def take(self, fault: str) -> bool:
         if self.faults.get(fault, 0) > 0:
@@ -476,6 +470,7 @@ class FaultProxy:
         body = h.rfile.read(int(h.headers.get("Content-Length") or 0))
         headers = {k: v for k in ("Authorization", "Content-Type", "Range") if (v := h.headers.get(k))}
         blob = h.path.startswith("/v1/blobs/")
+        location = None
         if blob and self.take("ignore_range"):
             headers.pop("Range", None)
         if h.path.endswith("/CheckIn") and self.take("checkin_401"):
@@ -485,10 +480,17 @@ class FaultProxy:
         else:
             r = self.upstream.request(h.command, h.path, content=body, headers=headers)
             status, ctype, data = r.status_code, r.headers.get("content-type", ""), r.content
+            location = r.headers.get("location")
+            if location and self.take("presign_403"):
+                # A pre-signed URL the bucket refuses (403), as it does an expired one.
+                location = re.sub(r"(X-Amz-Signature=)([0-9a-f])",
+                                  lambda m: m.group(1) + ("1" if m.group(2) == "0" else "0"), location)
         self.requests.append((h.command, h.path, headers.get("Range"), status))
         h.send_response(status)
         h.send_header("Content-Type", ctype)
         h.send_header("Content-Length", str(len(data)))
+        if location:
+            h.send_header("Location", location)
         h.end_headers()
         h.wfile.write(data)
 

@@ -1,9 +1,18 @@
-/* POSIX port: the shim's HTTP transport over libcurl, HTTPS pinned to the
- * fleet CA (the CA file is the only trust anchor; system CAs are not used). */
+/* POSIX port: the shim's HTTP transport over libcurl, HTTPS to the server pinned to
+ * the fleet CA (the CA file is its only trust anchor). A GET answered with a
+ * redirect (301/302/303/307/308: a pre-signed download from the server's S3
+ * bucket) is followed up to FLEET_CURL_MAX_REDIRECTS times: to https, or to
+ * http when the server's URL is http; another host gets the Range header but
+ * not the token, and its certificate is checked against the system's CAs. A
+ * redirected answer other than 200/206/416 (an expired pre-signed URL: 403) is
+ * FLEET_E_IO, so the core asks the server again. */
 #ifndef FLEET_TRANSPORT_CURL_H
 #define FLEET_TRANSPORT_CURL_H
 
 #include "fleet/port.h"
+
+#define FLEET_CURL_MAX_REDIRECTS 3
+#define FLEET_CURL_URL_MAX 4096 /* pre-signed URLs are long */
 
 typedef struct fleet_curl {
     void *easy;               /* CURL *, kept for connection reuse */

@@ -375,9 +375,7 @@ class BlobReader:
 # --- the store -------------------------------------------------------------------
 
 class Records(ABC):
-    """The part of a blob store that is only the ``blobs`` table, and gc's steps."""
-
-    where: str  # the folder or bucket, for the log
+    """The part of a blob store that is only the ``blobs`` table."""
 
     def __init__(self, store: Store, max_bytes: int) -> None:
         self.store = store
@@ -400,47 +398,6 @@ class Records(ABC):
             "SELECT * FROM blobs WHERE sha256 = ? AND corrupt_at IS NULL", (sha,)).fetchone())
         return _row(row) if row else None
 
-    # --- gc: the same steps on every backend, each deleting its own kind of bytes ---------------------------------
-
-    @property
-    @abstractmethod
-    def gc_lock(self) -> threading.Lock:
-        """Held while a blob's bytes and its row change together (so gc never takes bytes a put is recording)."""
-
-    @abstractmethod
-    def _delete_bytes(self, sha256: str) -> None:
-        """Remove a blob's bytes (gone already is fine)."""
-
-    @abstractmethod
-    def _delete_orphans(self, cutoff: float) -> int:
-        """Remove bytes with no row (a crash between storing and recording) older than ``cutoff``. → how many."""
-
-    @abstractmethod
-    def _delete_leftovers(self, cutoff: float) -> int:
-        """Remove what dead uploads left (temp files, unfinished uploads) older than ``cutoff``. → how many."""
-
-    async def gc(self, grace_seconds: float = 3600) -> GcReport:
-        """Delete unreferenced blobs, bytes without a row and what dead uploads left, older than the grace period."""
-        cutoff = time.time() - grace_seconds
-        report = GcReport()
-
-        def delete_rows() -> list[tuple[str, int]]:
-            with self.gc_lock:
-                rows = self.store.write_sync(partial(delete_unreferenced, cutoff=cutoff))
-                for sha, _ in rows:
-                    self._delete_bytes(sha)
-                return rows
-
-        for sha, size in await _run(delete_rows):
-            report.deleted.append(sha)
-            report.bytes_freed += size
-        report.orphan_files = await _run(self._delete_orphans, cutoff)
-        report.temp_files = await _run(self._delete_leftovers, cutoff)
-        if report.deleted or report.orphan_files or report.temp_files:
-            log.info("blob gc in %s: %d blobs (%s), %d without a row, %d left by dead uploads removed", self.where,
-                     len(report.deleted), disk.human(report.bytes_freed), report.orphan_files, report.temp_files)
-        return report
-
 
 class BlobStore(Records):
     """Blobs under ``root`` (the data dir's ``blobs/`` folder), recorded in ``store``."""
@@ -449,7 +406,6 @@ class BlobStore(Records):
         super().__init__(store, max_bytes)
         self._layout = _Layout(root)
         self.root = root
-        self.where = str(root)
         removed = sum(_remove_if_dead(f) for f in self._layout.tmp.iterdir())
         if removed:
             log.info("removed %d temp files of uploads that died with their process", removed)
@@ -538,12 +494,27 @@ class BlobStore(Records):
             log.error("blob %s is corrupt: %s; it will not be served until the same content is "
                       "uploaded again", sha, reason)
 
-    @property
-    def gc_lock(self) -> threading.Lock:
-        return self._layout.lock
+    async def gc(self, grace_seconds: float = 3600) -> GcReport:
+        """Delete unreferenced blobs, orphan files and stale temp files older than the grace period."""
+        cutoff = time.time() - grace_seconds
+        report = GcReport()
 
-    def _delete_bytes(self, sha256: str) -> None:
-        self.path(sha256).unlink(missing_ok=True)
+        def delete_rows() -> list[tuple[str, int]]:
+            with self._layout.lock:
+                rows = self.store.write_sync(partial(delete_unreferenced, cutoff=cutoff))
+                for sha, _ in rows:
+                    self.path(sha).unlink(missing_ok=True)
+                return rows
+
+        for sha, size in await _run(delete_rows):
+            report.deleted.append(sha)
+            report.bytes_freed += size
+        report.orphan_files = await _run(self._delete_orphans, cutoff)
+        report.temp_files = await _run(self._delete_stale_temps, cutoff)
+        if report.deleted or report.orphan_files or report.temp_files:
+            log.info("blob gc: %d blobs (%s), %d orphan files, %d temp files removed", len(report.deleted),
+                     disk.human(report.bytes_freed), report.orphan_files, report.temp_files)
+        return report
 
     def _delete_orphans(self, cutoff: float) -> int:
         """Files with no row (a crash between rename and insert), once older than the cutoff."""
@@ -565,7 +536,7 @@ class BlobStore(Records):
                         removed += 1
         return removed
 
-    def _delete_leftovers(self, cutoff: float) -> int:
+    def _delete_stale_temps(self, cutoff: float) -> int:
         removed = 0
         for f in self._layout.tmp.iterdir():
             try:

@@ -26,6 +26,7 @@ import hashlib
 import logging
 import secrets
 import threading
+import time
 from collections.abc import AsyncGenerator, AsyncIterable
 from functools import partial
 from typing import TYPE_CHECKING
@@ -38,6 +39,7 @@ from .blobs import (
     _SHA256,
     READ_CHUNK,
     BlobInfo,
+    GcReport,
     Records,
     ScrubReport,
     _has_row,
@@ -45,6 +47,7 @@ from .blobs import (
     _too_large,
     _upsert,
     check_sha256,
+    delete_unreferenced,
     intact_blobs,
     mark_corrupt,
 )
@@ -146,7 +149,7 @@ class S3BlobStore(Records):
                                   f"{MAX_COPY} bytes (5 GiB, what one S3 CopyObject copies): lower it")
         self.client = client
         self.prefix = prefix
-        self.url = self.where = f"s3://{client.config.bucket}/{prefix}"
+        self.url = f"s3://{client.config.bucket}/{prefix}"
         self._lock = threading.Lock()
         self._live: set[str] = set()  # this process's uploads under way: gc leaves them be
         # Fail at the start, with S3's own words, rather than at the first upload.
@@ -256,12 +259,27 @@ class S3BlobStore(Records):
 
     # --- housekeeping -----------------------------------------------------------------------------------------------
 
-    @property
-    def gc_lock(self) -> threading.Lock:
-        return self._lock
+    async def gc(self, grace_seconds: float = 3600) -> GcReport:
+        """Delete unreferenced blobs, objects without a row, and uploads left behind, older than the grace period."""
+        cutoff = time.time() - grace_seconds
+        report = GcReport()
 
-    def _delete_bytes(self, sha256: str) -> None:
-        self.client.delete_object(self.key(sha256))
+        def delete_rows() -> list[tuple[str, int]]:
+            with self._lock:
+                rows = self.store.write_sync(partial(delete_unreferenced, cutoff=cutoff))
+                for sha, _ in rows:
+                    self.client.delete_object(self.key(sha))
+                return rows
+
+        for sha, size in await _run(delete_rows):
+            report.deleted.append(sha)
+            report.bytes_freed += size
+        report.orphan_files = await _run(self._delete_orphans, cutoff)
+        report.temp_files = await _run(self._delete_stale_uploads, cutoff)
+        if report.deleted or report.orphan_files or report.temp_files:
+            log.info("blob gc in %s: %d blobs (%d bytes), %d objects without a row, %d abandoned uploads removed",
+                     self.url, len(report.deleted), report.bytes_freed, report.orphan_files, report.temp_files)
+        return report
 
     def _delete_orphans(self, cutoff: float) -> int:
         removed = 0
@@ -276,7 +294,7 @@ class S3BlobStore(Records):
                     removed += 1
         return removed
 
-    def _delete_leftovers(self, cutoff: float) -> int:
+    def _delete_stale_uploads(self, cutoff: float) -> int:
         removed = 0
         for upload in self.client.list_multipart_uploads(self.prefix + "uploads/"):
             if upload.key not in self._live and not _newer(upload.initiated, cutoff):

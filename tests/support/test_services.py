@@ -3,8 +3,10 @@ per test; haproxy spreads connections and takes a failed backend out; mosquitto 
 
 from __future__ import annotations
 
+import os
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -18,6 +20,7 @@ import pytest
 
 from fleetd.core import pki
 from tests.support.services import Bucket, HAProxy, Mosquitto, PostgresServer, S3Server, ServiceError
+from tests.support.services._process import reap_orphans
 from tests.support.services.sigv4 import sign
 
 # --- PostgreSQL ----------------------------------------------------------------------------------------------------
@@ -267,3 +270,24 @@ def test_a_service_that_fails_to_start_says_why_and_leaves_nothing() -> None:
         pass
     assert "not-a-port" in str(failed.value)  # haproxy's own complaint is in the message
     assert set(Path(tempfile.gettempdir()).glob("fleetd-haproxy-*")) == before
+
+
+def test_a_service_left_by_a_killed_test_process_is_reaped_by_the_next(tmp_path: Path) -> None:
+    # A test process that dies by SIGKILL cannot stop its services (they run in their own sessions, so they
+    # outlive it): the next start of any service finds the dir whose owner is dead and kills what it names.
+    script = ("import sys, time; from tests.support.services import Mosquitto\n"
+              "broker = Mosquitto().__enter__(); print(broker.proc.pid, broker.dir, flush=True); time.sleep(60)\n")
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).parents[2])
+    assert owner.stdout is not None
+    pid_text, service_dir = owner.stdout.readline().split()
+    pid = int(pid_text)
+    owner.kill()
+    owner.wait()
+    os.kill(pid, 0)  # the broker outlived its test process
+    assert reap_orphans() >= 1
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, "the orphaned broker is still running"
+        time.sleep(0.05)
+    assert not Path(service_dir).exists()

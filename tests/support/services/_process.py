@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -43,6 +46,44 @@ def accepts(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+OWNER_FILE = "owner.json"
+_live: set[Service] = set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_orphans(tmp: Path | None = None) -> int:
+    """Kill the services whose test process died without stopping them (``kill -9``, a timeout's SIGTERM) and
+    remove their dirs; how many were reaped. Each service dir names its owner in ``owner.json``."""
+    reaped = 0
+    for owner_file in Path(tmp or tempfile.gettempdir()).glob(f"fleetd-*/{OWNER_FILE}"):
+        try:
+            owner = json.loads(owner_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner["owner"]):
+            continue
+        with contextlib.suppress(ProcessLookupError):  # the service leads its own session: its children go too
+            os.killpg(owner["pgid"], signal.SIGKILL)
+        shutil.rmtree(owner_file.parent, ignore_errors=True)
+        reaped += 1
+    return reaped
+
+
+@atexit.register
+def _stop_live() -> None:
+    for service in list(_live):
+        service.stop()
+
+
 class ServiceError(RuntimeError):
     """A service could not start or answer; the message says why (with the end of its log, when it has one)."""
 
@@ -82,7 +123,9 @@ class Service:
         return self.dir / f"{self.name}.log"
 
     def __enter__(self) -> Self:
+        reap_orphans()
         self._dir = Path(tempfile.mkdtemp(prefix=f"fleetd-{self.name}-"))
+        _live.add(self)
         if self.run_as:
             shutil.chown(self._dir, self.run_as, pwd.getpwnam(self.run_as).pw_gid)
         try:
@@ -115,6 +158,7 @@ class Service:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(list(argv), cwd=self.dir, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True, **self._user())
+        (self.dir / OWNER_FILE).write_text(json.dumps({"owner": os.getpid(), "pgid": self.proc.pid}))
 
     def _wait(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -147,6 +191,7 @@ class Service:
 
     def stop(self) -> None:
         """Stop the process, close the log and remove the temp dir."""
+        _live.discard(self)
         self._stop_process()
         if self._log is not None:
             self._log.close()

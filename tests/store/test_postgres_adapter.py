@@ -3,6 +3,7 @@ psycopg unless a PostgreSQL database is used."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import subprocess
 import sys
@@ -114,6 +115,75 @@ def test_transaction_commits_and_rolls_back(pg: Any) -> None:
         pg.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [["d", "4"], ["a", "again"]])
     assert not pg.in_transaction
     assert [tuple(r) for r in pg.execute("SELECT key, value FROM meta ORDER BY key")] == [("a", "1")]
+
+
+def _cut(pg: Any) -> None:
+    """End ``pg``'s session from the server side, as a restart or failover of PostgreSQL does."""
+    import psycopg
+    pid = pg.raw.info.backend_pid
+    with psycopg.connect(pg.raw.info.dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def test_a_connection_the_server_dropped_reconnects_for_the_next_statement(pg: Any) -> None:
+    import psycopg
+    pid = pg.raw.info.backend_pid
+    _cut(pg)
+    # The statement that finds the session gone fails (it may not have run: it is not retried)...
+    with pytest.raises(psycopg.OperationalError):
+        pg.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ["lost", "1"])
+    # ...and the next one runs on a new session, with the connection's settings.
+    pg.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ["after", "2"])
+    assert pg.raw.info.backend_pid != pid
+    assert pg.execute("SHOW lock_timeout").fetchone()[0] == "30s"
+    assert [tuple(r) for r in pg.execute("SELECT key FROM meta WHERE key IN ('lost', 'after')")] == [("after",)]
+
+
+def test_a_connection_lost_inside_a_transaction_is_not_resumed_outside_it(pg: Any) -> None:
+    import psycopg
+    with pytest.raises(psycopg.OperationalError), database.transaction(pg):
+        pg.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ["first", "1"])
+        _cut(pg)
+        # A caller that swallows the error must still not write outside the transaction:
+        with contextlib.suppress(psycopg.OperationalError):
+            pg.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ["second", "2"])
+        pg.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ["third", "3"])
+    assert not pg.in_transaction  # the ROLLBACK went to a new session
+    assert pg.execute("SELECT count(*) FROM meta WHERE key IN ('first', 'second', 'third')").fetchone()[0] == 0
+
+
+def test_a_store_on_postgresql_recovers_after_its_sessions_were_dropped(postgres_server: Any, pg_schema: str) -> None:
+    import psycopg
+    name = postgres_server.create_database(template=pg_schema)
+    store = database.Store(postgres_server.dsn(name), reader_threads=1)
+    try:
+        def put(value: str) -> Any:
+            return lambda c: c.execute("INSERT INTO meta (key, value) VALUES (?, ?)", [value, value])
+        store.write_sync(put("before"))
+        assert store.read_sync(lambda c: c.execute("SELECT count(*) FROM meta").fetchone()[0]) >= 1
+        with psycopg.connect(postgres_server.dsn(name), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        outcomes = []
+        for value in ("a", "b"):
+            try:
+                store.write_sync(put(value))
+                outcomes.append("ok")
+            except psycopg.OperationalError:
+                outcomes.append("failed")
+        assert outcomes in (["failed", "ok"], ["ok", "ok"]), outcomes
+        keys: set[str] | None = None
+        for _ in range(2):  # the reader's first statement may find its session gone too
+            try:
+                keys = {r[0] for r in store.read_sync(lambda c: c.execute("SELECT key FROM meta").fetchall())}
+                break
+            except psycopg.OperationalError:
+                continue
+        assert keys is not None and {"before", "b"} <= keys
+        assert ("a" in keys) == (outcomes[0] == "ok")  # what was acknowledged is there; what failed is not
+    finally:
+        store.close()
+        postgres_server.drop_database(name)
 
 
 def test_the_connection_carries_its_dialect_and_effects(pg: Any) -> None:

@@ -17,9 +17,10 @@ implementation has over the system's libpq are used (no psycopg_binary-only feat
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -27,6 +28,8 @@ from psycopg import conninfo, pq, rows
 
 from ..core.errors import FailedPrecondition
 from .dialect import POSTGRESQL, PostgresDialect
+
+log = logging.getLogger(__name__)
 
 # Seconds a statement waits for a lock another connection holds (SQLite's busy timeout).
 LOCK_TIMEOUT = 30.0
@@ -222,21 +225,45 @@ def _inserted_table(sql: str) -> str | None:
 
 
 class Connection:
-    """A store connection to PostgreSQL (see the module's docstring). ``raw`` is the psycopg connection."""
+    """A store connection to PostgreSQL (see the module's docstring). ``raw`` is the psycopg connection.
+
+    It reconnects by itself after the server went away (a restart, a failover, a dropped network): the next
+    statement outside a transaction opens a new session, so the store recovers without a restart of fleetd. A
+    connection lost inside a transaction is not resumed: the statement raises, the transaction's ROLLBACK is
+    answered by the new session, and nothing of it was committed (its caller was told it failed)."""
 
     dialect: PostgresDialect = POSTGRESQL
 
-    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+    def __init__(self, raw: psycopg.Connection[Any], reopen: Callable[[], psycopg.Connection[Any]]) -> None:
         self.raw = raw
+        self._reopen = reopen
+        self._in_tx = False  # between a BEGIN and its COMMIT/ROLLBACK, as sent through execute()
         self.effects: list[Any] = []  # store.database.effect
 
     def cursor(self) -> Cursor:
         return Cursor(self)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
-        return self.cursor().execute(sql, params)
+        if self.raw.broken:
+            self._recover(sql)
+        if sql == "COMMIT" or sql == "ROLLBACK":
+            self._in_tx = False
+        cursor = self.cursor().execute(sql, params)
+        if sql.startswith("BEGIN"):
+            self._in_tx = True
+        return cursor
+
+    def _recover(self, sql: str) -> None:
+        if self._in_tx and sql != "ROLLBACK":
+            raise psycopg.OperationalError("the connection to PostgreSQL was lost inside a transaction, which the "
+                                           "server rolled back; nothing of it was committed")
+        self.raw = self._reopen()  # FailedPrecondition (what and where) while the server is still away
+        self._in_tx = False
+        log.warning("reconnected to PostgreSQL after losing the connection")
 
     def executemany(self, sql: str, seq_of_params: Iterable[Sequence[Any]]) -> Cursor:
+        if self.raw.broken:
+            self._recover(sql)
         return self.cursor().executemany(sql, seq_of_params)
 
     def executescript(self, sql: str) -> Cursor:
@@ -256,6 +283,11 @@ def connect(dsn: str, *, readonly: bool = False, lock_timeout: float = LOCK_TIME
     """A store connection to the database at ``dsn`` (``postgresql://USER@HOST:PORT/DB`` or libpq's key=value
     form); ``readonly``: one that may not write (the store's readers). A database that cannot be reached, or that
     refuses us, raises FailedPrecondition saying which one (never its password) and what to check."""
+    reopen = functools.partial(_open_raw, dsn, readonly, lock_timeout)
+    return Connection(reopen(), reopen)
+
+
+def _open_raw(dsn: str, readonly: bool, lock_timeout: float) -> psycopg.Connection[Any]:
     try:
         given = conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as e:
@@ -280,4 +312,4 @@ def connect(dsn: str, *, readonly: bool = False, lock_timeout: float = LOCK_TIME
     except BaseException:
         raw.close()
         raise
-    return Connection(raw)
+    return raw

@@ -22,6 +22,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "wrk": ("the load generator of every HTTP benchmark", "sudo apt-get install wrk"),
     "nginx": ("the download baseline", "sudo apt-get install nginx-light   (any Debian nginx package works)"),
     "py-spy": ("profiling the check-in path", f"{sys.executable} -m pip install py-spy"),
+    "haproxy": ("the PostgreSQL benchmark's replicas behind a load balancer", "sudo apt-get install haproxy"),
 }
 
 

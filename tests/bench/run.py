@@ -20,9 +20,9 @@ from .procs import find_tool, machine_info, missing_tools
 from .servers import Service, start_fleetd, start_hello
 
 BENCHES = ("footprint", "checkin", "profile", "telemetry", "download", "ddi", "login", "orchestrator", "agent",
-           "binary", "proto")
+           "binary", "proto", "postgres")
 # The benchmarks that need the seeded 100,000-device data dir; the others bring their own.
-SEEDED = {"footprint", "checkin", "profile", "telemetry", "download", "ddi", "login"}
+SEEDED = {"footprint", "checkin", "profile", "telemetry", "download", "ddi", "login", "postgres"}
 QUICK = cases.Config(devices=10_000, tokens=2_000, telemetry_devices=500, seconds=3, warmup=1, download_seconds=3,
                      baseline_rows=200_000, profile_seconds=3, orchestrator_devices=10_000,
                      orchestrator_points=100_000, agent_minutes=1.0)
@@ -94,8 +94,10 @@ def config_from(a: argparse.Namespace) -> cases.Config:
 def check_tools(only: list[str]) -> list[str]:
     """Refuse to start without what the chosen benchmarks need; drop the profile if only py-spy is missing."""
     needed = []
-    if {"checkin", "telemetry", "download", "profile", "ddi", "login", "proto"} & set(only):
+    if {"checkin", "telemetry", "download", "profile", "ddi", "login", "proto", "postgres"} & set(only):
         needed.append("wrk")
+    if "postgres" in only:
+        needed.append("haproxy")  # and Debian's postgresql server: the harness says how if it is missing
     if "download" in only:
         needed.append("nginx")
     missing = missing_tools(needed)
@@ -191,6 +193,9 @@ def run_seeded(cfg: cases.Config, only: list[str], workdir: Path, logs: Path,
         results.append(ddi_poll.bench(cfg, fx, workdir, logs))
     if "login" in only:
         results.append(login_flood.bench(cfg, fx, workdir, logs))
+    if "postgres" in only:
+        from . import postgres  # psycopg and the service harness: only for this benchmark
+        results.append(postgres.bench(cfg, fx, workdir, logs))
     return profiles
 
 

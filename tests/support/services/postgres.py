@@ -31,14 +31,18 @@ class PostgresServer(Service):
     """``with PostgresServer() as pg:`` initdb's a cluster, starts ``postgres`` and waits for ``pg_isready``.
 
     As root it runs as the ``postgres`` user (the server refuses root). Durability is off (fsync,
-    synchronous_commit, full_page_writes): a crash loses the temp dir anyway. ``pg.dsn(db)`` is a
-    ``postgresql://`` URL; ``pg.create_database()`` makes a fresh, empty database in about 0.1 s.
+    synchronous_commit, full_page_writes): a crash loses the temp dir anyway. ``settings`` replaces any of the
+    server settings (the benchmarks turn durability back on). ``pg.dsn(db)`` is a ``postgresql://`` URL;
+    ``pg.create_database()`` makes a fresh, empty database in about 0.1 s.
     """
 
     name = "postgres"
 
-    def __init__(self, bindir: Path | None = None) -> None:
+    def __init__(self, bindir: Path | None = None, settings: dict[str, str] | None = None) -> None:
         self.bindir = bindir or server_bindir()
+        self.settings = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+                         "shared_buffers": "16MB", "max_connections": "100", "log_min_messages": "warning",
+                         **(settings or {})}
         super().__init__(run_as="postgres")
         self.port = free_port()
         self.host = "127.0.0.1"
@@ -48,10 +52,9 @@ class PostgresServer(Service):
         data = self.dir / "data"
         self._run([str(self.bindir / "initdb"), "-D", str(data), "-U", USER, "--auth=trust", "-E", "UTF8",
                    "--locale=C.UTF-8", "--no-sync", "--no-instructions"], "initdb")
+        options = [arg for name, value in self.settings.items() for arg in ("-c", f"{name}={value}")]
         self._spawn([str(self.bindir / "postgres"), "-D", str(data), "-p", str(self.port), "-k", str(self.dir),
-                     "-c", f"listen_addresses={self.host}", "-c", "fsync=off", "-c", "synchronous_commit=off",
-                     "-c", "full_page_writes=off", "-c", "shared_buffers=16MB", "-c", "max_connections=100",
-                     "-c", "log_min_messages=warning"])
+                     "-c", f"listen_addresses={self.host}", *options])
         self._wait(self._isready, 30, "accepting connections (pg_isready)")
 
     def _isready(self) -> bool:

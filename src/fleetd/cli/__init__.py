@@ -35,6 +35,7 @@ def full_app() -> typer.Typer:
     from .rollouts import rollouts_app
     from .serve_command import serve
     from .simulate import simulate as simulate_command
+    from .store import store_app
     from .telemetry import telemetry_app
 
     app = _typer()
@@ -49,6 +50,7 @@ def full_app() -> typer.Typer:
     app.add_typer(telemetry_app, name="telemetry")
     app.add_typer(alerts_app, name="alerts")
     app.add_typer(ca_app, name="ca")
+    app.add_typer(store_app, name="store")
     app.command("audit")(admin.audit_command)
     app.command("backup")(backup_command)
     app.command("restore")(restore_command)

@@ -8,34 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
-from .common import JsonOpt, default_data_dir, errors_reported
-from .output import console, err_console, fail, print_json, print_object
+from .common import JsonOpt, default_data_dir, errors_reported, phase_progress
+from .output import console, fail, print_json, print_object
 
 if TYPE_CHECKING:  # loaded by the commands only: `fleetd serve` imports this module too
     from ..store import backup as logic
 
 _PHASES = {"database": "copying the database", "blobs": "copying blobs", "restore": "reading the archive"}
-
-
-@contextmanager
-def _progress(enabled: bool) -> Iterator[logic.Progress | None]:
-    """A rich progress bar on stderr when it is a terminal, else nothing."""
-    if not enabled or not err_console.is_terminal:
-        yield None
-        return
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                   console=err_console, transient=True)
-    tasks: dict[str, TaskID] = {}
-
-    def update(phase: str, done: int, total: int) -> None:
-        if phase not in tasks:
-            tasks[phase] = bar.add_task(_PHASES.get(phase, phase), total=total)
-        bar.update(tasks[phase], completed=done, total=total)
-
-    with bar:
-        yield update
 
 
 @contextmanager
@@ -58,7 +38,7 @@ def backup(
     from ..core.config import load_settings
     from ..store import backup as logic
 
-    with _reported(), _progress(not json) as progress:
+    with _reported(), phase_progress(not json, _PHASES) as progress:
         where = data_dir or default_data_dir()
         blob_store = load_settings({"data_dir": where}).blob_store  # an S3 bucket's blobs stay in the bucket
         summary = logic.create_backup(where, out, overwrite=force, progress=progress, blob_store=blob_store)
@@ -85,7 +65,7 @@ def restore(
 
     if not check and not data_dir:
         fail("pass --data-dir: the new or empty folder to restore into (or --check to only check the archive)")
-    with _reported(), _progress(not json) as progress:
+    with _reported(), phase_progress(not json, _PHASES) as progress:
         if check:
             result: logic.ArchiveInfo | logic.RestoreSummary = logic.check_backup(archive, progress=progress)
         else:

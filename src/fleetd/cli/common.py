@@ -60,6 +60,31 @@ def errors_reported() -> Iterator[None]:
         fail(f"{e.message} [{code}]", hint)
 
 
+@contextmanager
+def phase_progress(enabled: bool, labels: dict[str, str], *, in_bytes: bool = True
+                   ) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A rich progress bar per phase on stderr when it is a terminal, else None: ``update(phase, done, total)``
+    (bytes, or counts with ``in_bytes=False``); ``labels`` names the phases."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+    from .output import err_console
+    if not enabled or not err_console.is_terminal:
+        yield None
+        return
+    amount = DownloadColumn() if in_bytes else TextColumn("{task.completed:,}/{task.total:,}")
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), amount, TimeRemainingColumn(),
+                   console=err_console, transient=True)
+    tasks: dict[str, TaskID] = {}
+
+    def update(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(labels.get(phase, phase), total=total)
+        bar.update(tasks[phase], completed=done, total=total)
+
+    with bar:
+        yield update
+
+
 def remote(server: str | None, api_key: str | None, ca: str | None, data_dir: str | None = None) -> Client:
     return Client(server or DEFAULT_SERVER, api_key, resolve_ca(ca, data_dir))
 

@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 from psycopg import conninfo, pq, rows
 
+from ..core import dsn as dsns
 from ..core.errors import FailedPrecondition
 from .dialect import POSTGRESQL, PostgresDialect
 
@@ -258,15 +259,15 @@ def connect(dsn: str, *, readonly: bool = False, lock_timeout: float = LOCK_TIME
     refuses us, raises FailedPrecondition saying which one (never its password) and what to check."""
     try:
         given = conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as e:
-        raise FailedPrecondition(f"the PostgreSQL DSN is not valid ({e}); write it as "
+    except psycopg.ProgrammingError as e:  # its message may quote the DSN's password: taken out
+        raise FailedPrecondition(f"the PostgreSQL DSN is not valid ({dsns.scrub(str(e), dsn)}); write it as "
                                  "postgresql://USER@HOST:PORT/DATABASE or as libpq's key=value pairs") from None
     extra: dict[str, Any] = {} if "connect_timeout" in given else {"connect_timeout": CONNECT_TIMEOUT}
     try:
         raw = psycopg.connect(dsn, autocommit=True, application_name="fleetd", **extra)
     except psycopg.OperationalError as e:
         where = " ".join(f"{k}={given[k]}" for k in ("host", "hostaddr", "port", "dbname", "user") if k in given)
-        detail = " ".join(str(e).split())
+        detail = dsns.scrub(" ".join(str(e).split()), dsn)
         if not detail.endswith((".", "?")):
             detail += "."
         raise FailedPrecondition(

@@ -23,14 +23,18 @@ def is_dsn(location: object) -> bool:
     return isinstance(location, str) and location.startswith(SCHEMES)
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_AUTHORITY_END = re.compile(r"[/?#]")
+
+
 def _authority(dsn: str) -> tuple[int, int] | None:
-    """Where a URL's user info and hosts are (start, end), or None for libpq's key=value form."""
-    for scheme in SCHEMES:
-        if dsn.startswith(scheme):
-            start = len(scheme)
-            m = re.compile(r"[/?#]").search(dsn, start)
-            return start, m.start() if m else len(dsn)
-    return None
+    """Where a URL's user info and hosts are (start, end), or None for libpq's key=value form. Any scheme: a
+    mistyped one (``postgresq://``) is shown in the error that refuses it, also without its password."""
+    m = _SCHEME.match(dsn)
+    if m is None:
+        return None
+    end = _AUTHORITY_END.search(dsn, m.end())
+    return m.end(), end.start() if end else len(dsn)
 
 
 def redact(dsn: str) -> str:

@@ -380,6 +380,13 @@ def open_migrated(location: str | Path) -> Connection:
     conn = open_connection(location)
     try:
         migrate(conn)
+    except Exception as e:  # a database error, said with what to do (store/postgres.py)
+        conn.close()
+        from . import postgres
+        said = postgres.migration_failed(e, str(location))
+        if said is e:
+            raise
+        raise said from None
     except BaseException:
         conn.close()
         raise

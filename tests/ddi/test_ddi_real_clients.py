@@ -8,8 +8,8 @@ and checks the answer the way that client parses it. Sources read for these fact
 - SWUpdate: suricatta/server_hawkbit.c and corelib/channel_curl.c (sbabic/swupdate).
 - rauc-hawkbit-updater: src/hawkbit-client.c (rauc/rauc-hawkbit-updater).
 
-In process (real app, on SQLite and on PostgreSQL); the libcurl details (HEAD, resume, ``Expect: 100-continue``) are checked
-against a real ``fleetd serve`` with the real curl in test_swupdate_curl_against_a_real_server.
+In process (real app, on SQLite and on PostgreSQL); the libcurl details (HEAD, resume, ``Expect: 100-continue``)
+are checked against a real ``fleetd serve`` with the real curl in test_swupdate_curl_against_a_real_server.
 """
 
 from __future__ import annotations

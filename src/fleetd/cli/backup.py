@@ -55,9 +55,9 @@ def _no_postgresql(database: str, what: str) -> None:
         raise FailedPrecondition(
             f"the fleet's database is PostgreSQL ({redact(database)}), and {what} only. Back up and restore a "
             "PostgreSQL fleet with the database's own tools (pg_dump / pg_restore, or your database service's "
-            "backups), the data dir (keys, fleetd.toml, blobs/) with your file backups, and an S3 blob store with "
-            "its bucket's versioning: docs/operations.md, \"PostgreSQL\". To restore an archive as a SQLite fleet instead, "
-            "unset FLEETD_DATABASE (or the database setting).")
+            "backups), the data dir (keys, fleetd.toml, blobs/) with your file backups, and an S3 blob store "
+            "with its bucket's versioning: docs/operations.md, \"PostgreSQL\". To restore an archive as a SQLite "
+            "fleet instead, unset FLEETD_DATABASE (or the database setting).")
 
 
 def backup(

@@ -78,24 +78,3 @@ def test_without_psycopg_the_start_says_what_to_install(monkeypatch: pytest.Monk
     with pytest.raises(FailedPrecondition, match=r"psycopg is not installed.*fleetd\[postgresql\]"):
         Fleet(settings)
     Fleet(Settings(data_dir=settings.data_dir, mdns=False)).close()  # the failed start left the data dir unlocked
-
-
-def test_lost_connections_are_opened_again(postgres_server: PostgresServer, postgres_dsn: str) -> None:
-    """A PostgreSQL restart or failover ends the store's connections: the read and the write that find one lost
-    fail, and the next ones work on new connections (they would fail for ever on the old ones)."""
-    store = Store(postgres_dsn, reader_threads=1)
-    try:
-        store.write_sync(lambda c: c.execute("CREATE TABLE lost (x integer)"))
-        assert store.read_sync(lambda c: c.execute("SELECT count(*) FROM lost").fetchone()[0]) == 0
-        with psycopg.connect(postgres_server.dsn(), autocommit=True) as admin:
-            ended = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
-                                  (postgres_dsn.rsplit("/", 1)[1],)).fetchone()
-        assert ended is not None and ended[0] == 2  # the writer and the reader
-        with pytest.raises(psycopg.OperationalError):
-            store.write_sync(lambda c: c.execute("INSERT INTO lost VALUES (1)"))
-        with pytest.raises(psycopg.OperationalError):
-            store.read_sync(lambda c: c.execute("SELECT count(*) FROM lost").fetchone())
-        store.write_sync(lambda c: c.execute("INSERT INTO lost VALUES (2)"))
-        assert store.read_sync(lambda c: [r[0] for r in c.execute("SELECT x FROM lost")]) == [2]
-    finally:
-        store.close()

@@ -371,11 +371,6 @@ def open_connection(location: str | Path, *, readonly: bool = False) -> Connecti
     return connect(location, readonly=readonly)
 
 
-def _lost(conn: sqlite3.Connection) -> bool:
-    """Whether a PostgreSQL connection is lost (store/postgres.py's ``broken``); a SQLite one never is."""
-    return bool(getattr(conn, "broken", False))
-
-
 def open_migrated(location: str | Path) -> Connection:
     """A connection that may write, to a migrated store (the server's writer, an offline command's): :func:`open_store`
     for a SQLite file, a migrated adapter connection for a PostgreSQL DSN (migrate() holds an advisory lock, so
@@ -447,16 +442,7 @@ class Store:
         return conn
 
     def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._reader_conn()
-        try:
-            return fn(conn)
-        except Exception:
-            if _lost(conn):  # PostgreSQL went away: this read fails, the next one connects again
-                self._local.conn = None
-                with self._reader_lock:
-                    self._reader_conns.remove(conn)
-                conn.close()
-            raise
+        return fn(self._reader_conn())
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -498,8 +484,6 @@ class Store:
             except BaseException as e:  # handed to the caller
                 conn.effects.clear()  # nothing committed: nothing happened
                 self.disk_full = disk.is_full(e)
-                if _lost(conn):  # PostgreSQL went away: this write fails, the next one goes to a new connection
-                    conn = self._reopen_writer(conn)
                 fut.set_exception(e)
             else:
                 self.disk_full = False
@@ -508,19 +492,6 @@ class Store:
                     conn.effects = []
                 fut.set_result(result)
         conn.close()
-
-    def _reopen_writer(self, lost: Connection) -> Connection:
-        """A new writer connection for a lost one; the lost one again while the database cannot be reached (the
-        next write that fails on it tries again)."""
-        try:
-            conn = open_migrated(self.location)
-        except Exception as e:
-            log.warning("the database connection was lost and cannot be opened again yet: %s", e)
-            return lost
-        lost.close()
-        log.warning("the database connection was lost; writing on a new one")
-        self._write_conn = conn
-        return conn
 
     def _hand_over(self, job: _Write, effects: list[Effect]) -> None:
         if job.loop is None:

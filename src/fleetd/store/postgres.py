@@ -247,14 +247,7 @@ class Connection:
 
     @property
     def in_transaction(self) -> bool:
-        """Whether a transaction is open (not on a lost connection: there is nothing left to roll back)."""
-        return self.raw.info.transaction_status not in (pq.TransactionStatus.IDLE, pq.TransactionStatus.UNKNOWN)
-
-    @property
-    def broken(self) -> bool:
-        """Whether the connection is lost (the server restarted or failed over, the network cut it): the store
-        opens a new one instead (store.database.Store)."""
-        return self.raw.broken or self.raw.closed
+        return self.raw.info.transaction_status != pq.TransactionStatus.IDLE
 
     def close(self) -> None:
         self.raw.close()

@@ -131,6 +131,11 @@ def test_offline_admin_commands_work_on_the_database(pg: ServerProcess, key: str
     assert "olga" in [u["username"] for u in users]
     listed = json.loads(run_cli("users", "list", "--data-dir", str(pg.data_dir), "--json", env=env).stdout)
     assert "olga" in [u["username"] for u in listed]
+    run_cli("users", "passwd", "olga", "--password", "another long password", "--data-dir", str(pg.data_dir),
+            env=env)
+    audit = json.loads(run_cli("audit", "--data-dir", str(pg.data_dir), "--type", "user.", "--json", env=env).stdout)
+    olga = next(u["id"] for u in listed if u["username"] == "olga")
+    assert [(e["action"], e["target"]) for e in audit][:2] == [("user.password", olga), ("user.create", olga)]
 
 
 @pytest.mark.parametrize("args", [["backup", "{out}"], ["restore", "{archive}", "--data-dir", "{new}"]])

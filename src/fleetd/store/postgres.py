@@ -253,6 +253,32 @@ class Connection:
         self.raw.close()
 
 
+def _where(given: dict[str, Any]) -> str:
+    """Which database a DSN names, for a message: host, port, database and user, never the password."""
+    return " ".join(f"{k}={given[k]}" for k in ("host", "hostaddr", "port", "dbname", "user") if k in given) \
+        or "libpq defaults"
+
+
+def _detail(e: BaseException, dsn: str) -> str:
+    detail = dsns.scrub(" ".join(str(e).split()), dsn)
+    return detail if detail.endswith((".", "?")) else detail + "."
+
+
+def migration_failed(e: Exception, dsn: str) -> Exception:
+    """What to raise for ``e``, which migrating the database at ``dsn`` raised: a database error (most likely a
+    role without CREATE on the schema) as FailedPrecondition saying what to do; anything else as it is."""
+    if not isinstance(e, psycopg.Error):
+        return e
+    where = _where(conninfo.conninfo_to_dict(dsn))
+    if isinstance(e, psycopg.errors.InsufficientPrivilege):
+        return FailedPrecondition(
+            f"the PostgreSQL role may not create fleetd's tables ({where}): {_detail(e, dsn)} Give it CREATE on "
+            "the schema (GRANT CREATE ON SCHEMA public TO the role, or make it the database's owner), then start "
+            "again: docs/operations.md, \"PostgreSQL\".")
+    return FailedPrecondition(f"cannot bring the PostgreSQL database ({where}) to fleetd's schema: "
+                              f"{_detail(e, dsn)} Nothing of the failed migration was kept.")
+
+
 def connect(dsn: str, *, readonly: bool = False, lock_timeout: float = LOCK_TIMEOUT) -> Connection:
     """A store connection to the database at ``dsn`` (``postgresql://USER@HOST:PORT/DB`` or libpq's key=value
     form); ``readonly``: one that may not write (the store's readers). A database that cannot be reached, or that
@@ -279,28 +305,3 @@ def connect(dsn: str, *, readonly: bool = False, lock_timeout: float = LOCK_TIME
         raise
     return Connection(raw)
 
-
-def _where(given: dict[str, Any]) -> str:
-    """Which database a DSN names, for a message: host, port, database and user, never the password."""
-    return " ".join(f"{k}={given[k]}" for k in ("host", "hostaddr", "port", "dbname", "user") if k in given) \
-        or "libpq defaults"
-
-
-def _detail(e: BaseException, dsn: str) -> str:
-    detail = dsns.scrub(" ".join(str(e).split()), dsn)
-    return detail if detail.endswith((".", "?")) else detail + "."
-
-
-def migration_failed(e: Exception, dsn: str) -> Exception:
-    """What to raise for ``e``, which migrating the database at ``dsn`` raised: a database error (most likely a
-    role without CREATE on the schema) as FailedPrecondition saying what to do; anything else as it is."""
-    if not isinstance(e, psycopg.Error):
-        return e
-    where = _where(conninfo.conninfo_to_dict(dsn))
-    if isinstance(e, psycopg.errors.InsufficientPrivilege):
-        return FailedPrecondition(
-            f"the PostgreSQL role may not create fleetd's tables ({where}): {_detail(e, dsn)} Give it CREATE on "
-            "the schema (GRANT CREATE ON SCHEMA public TO the role, or make it the database's owner), then start "
-            "again: docs/operations.md, \"PostgreSQL\".")
-    return FailedPrecondition(f"cannot bring the PostgreSQL database ({where}) to fleetd's schema: "
-                              f"{_detail(e, dsn)} Nothing of the failed migration was kept.")

@@ -304,4 +304,3 @@ def connect(dsn: str, *, readonly: bool = False, lock_timeout: float = LOCK_TIME
         raw.close()
         raise
     return Connection(raw)
-

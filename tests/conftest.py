@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import pytest
 from litestar.testing import TestClient
 
@@ -28,8 +29,11 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def fleet(settings: Settings, store_location: str | Path) -> Iterator[Fleet]:
     """A Fleet on SQLite (its data dir's file); in a module marked ``both_backends``, once on each backend: then on
-    PostgreSQL ``store_location`` is the DSN (docs/testing.md)."""
-    f = Fleet(settings, database=store_location if isinstance(store_location, str) else None)
+    PostgreSQL ``store_location`` is the DSN (docs/testing.md), and ``fleet.settings.database`` (a second Fleet
+    on the same database: ``Fleet(fleet.settings)``)."""
+    if isinstance(store_location, str):
+        settings = msgspec.structs.replace(settings, database=store_location)
+    f = Fleet(settings)
     yield f
     f.close()
 

@@ -25,7 +25,7 @@ from .core.config import Settings
 from .core.effects import Effect, Publish
 from .core.events import EventBus
 from .core.lifecycle import Part
-from .core.metrics import Metrics, Read
+from .core.metrics import DB_SIZE_HELP, Metrics, Read
 from .core.pki import FleetKeys, load_or_create
 from .core.ratelimit import RateLimiter
 from .ddi import state as ddi_state
@@ -39,7 +39,7 @@ from .maintenance import Maintenance
 from .rollouts.orchestrator import Orchestrator
 from .store import blobs
 from .store.blob_backend import open_blobs
-from .store.database import DB_NAME, Store, open_store, processes_using, transaction
+from .store.database import DB_NAME, Store, database_size, open_migrated, processes_using, transaction
 from .telemetry.intake import MetricNames, TelemetryIntake
 from .telemetry.rollups import MinuteSums, Retention, Rollups
 
@@ -61,25 +61,27 @@ class DataDirLocked(RuntimeError):
 
 
 class Fleet:
-    def __init__(self, settings: Settings, *, lock: bool = True, first_admin: bool = False,
-                 database: str | None = None) -> None:
+    def __init__(self, settings: Settings, *, lock: bool = True, first_admin: bool = False) -> None:
         """``first_admin``: create the first admin (:meth:`ensure_first_admin`, its answer in ``self.first_admin``)
         before the device directory loads: its password hash (scrypt, 32 MiB for a moment) then does not add to
-        the memory 100,000 devices take, and the start's peak stays low. ``database``: a PostgreSQL DSN instead of
-        the data dir's SQLite file (issue 18: the tests run on it; `fleetd serve` has no option for it yet)."""
+        the memory 100,000 devices take, and the start's peak stays low. The database is ``settings.database``
+        (a PostgreSQL DSN), else the data dir's SQLite file; the data dir holds the keys either way."""
         self.settings = settings
         self.data_dir = prepare_data_dir(settings.data_path)
         self._lock_fd: int | None = None
         if lock:
             self._take_lock()
         self.keys: FleetKeys = load_or_create(self.data_dir, self._extra_names())
-        self.store = Store(database or self.data_dir / DB_NAME, settings.reader_threads)
+        try:
+            self.store = Store(settings.database or self.data_dir / DB_NAME, settings.reader_threads)
+        except BaseException:  # e.g. a PostgreSQL server that cannot be reached
+            self._unlock()
+            raise
         try:
             self.blobs = open_blobs(settings, self.data_dir, self.store)
         except BaseException:  # e.g. an S3 bucket that cannot be reached: free what is open before saying so
             self.store.close()
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
+            self._unlock()
             raise
         # After the blob store: a start that fails on it must not have made the first admin (its password is shown
         # once the server starts).
@@ -133,6 +135,8 @@ class Fleet:
         register theirs)."""
         m, hub = self.metrics, self.hub
         m.gauge("fleetd_blobs_bytes", "Bytes of stored blobs.", Read(blobs.stored_bytes))
+        if self.store.dsn is not None:  # a SQLite store's size is its files' (the registry's own gauge)
+            m.gauge("fleetd_db_size_bytes", DB_SIZE_HELP, Read(database_size))
         accounts = accounts_storage
         m.gauge("fleetd_users", "Admin users that are not disabled.", Read(accounts.enabled_user_count))
         m.gauge("fleetd_api_keys_active", "API keys neither revoked nor expired.", Read(accounts.active_api_key_count))
@@ -216,15 +220,21 @@ class Fleet:
         self.passwords.close()
         self.blobs.close()
         self.store.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
 
-def open_offline(data_dir: str | Path) -> sqlite3.Connection:
-    """A direct SQLite connection to a data dir's store, for offline CLI commands. A damaged or locked database
-    raises db.StoreUnusable (what is wrong, what to do) within seconds, as at server start."""
-    return open_store(prepare_data_dir(Path(data_dir).expanduser().resolve()) / DB_NAME)
+def open_offline(data_dir: str | Path, database: str = "") -> sqlite3.Connection:
+    """A direct connection to a fleet's store, for offline CLI commands: ``database`` (the setting: a PostgreSQL
+    DSN), else the data dir's SQLite file. A damaged or locked SQLite file raises db.StoreUnusable, a PostgreSQL
+    server that cannot be reached FailedPrecondition (what is wrong, what to do), within seconds, as at server
+    start."""
+    path = prepare_data_dir(Path(data_dir).expanduser().resolve())
+    return open_migrated(database or path / DB_NAME)
 
 
 __all__ = ["Fleet", "open_offline", "transaction"]

@@ -48,6 +48,7 @@ def test_options_are_typers_options() -> None:
     ["--webhook-allowed-network", "127.0.0.1/32", "--webhook-allowed-network=10.0.0.0/8",
      "--trusted-proxy", "10.1.1.1", "--host="],
     ["--blob-store", "s3://fleet-artifacts/prod"],
+    ["--database", "postgresql://fleetd@db.example.net:5432/fleetd?sslmode=verify-full"],
     ["--port", "08420", "--data-dir", "with=equals sign"],
 ])
 def test_parsed_as_typer_parses(args: list[str]) -> None:

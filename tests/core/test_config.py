@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fleetd.cli import app
+from fleetd.core import dsn as dsns
 from fleetd.core.config import Settings, load_settings
 from fleetd.core.errors import InvalidArgument
 
@@ -92,3 +93,40 @@ def test_every_setting_is_documented() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
     missing = [name for name in Settings.__struct_fields__ if f"`{name}`" not in doc]
     assert not missing, f"settings missing from docs/operations.md: {missing}"
+
+
+def test_the_database_comes_from_env_file_and_flags(tmp_path: Path) -> None:
+    url = "postgresql://fleetd@db.example.net:5432/fleetd?sslmode=verify-full"
+    assert load_settings({}, environ={}).database == ""
+    assert load_settings({}, environ={"FLEETD_DATABASE": url}).database == url
+    cfg = tmp_path / "f.toml"
+    cfg.write_text('database = "postgres://fleetd@db/fleetd"\n')
+    assert load_settings({}, cfg, environ={}).database == "postgres://fleetd@db/fleetd"
+    assert load_settings({"database": url}, cfg, environ={}).database == url
+
+
+@pytest.mark.parametrize("value", ["/var/lib/fleetd/fleetd.db", "sqlite:///x.db", "host=db user=fleetd password=pw",
+                                   "mysql://u:pw@h/db"])
+def test_a_database_that_is_not_a_postgresql_url_is_refused_without_its_password(value: str) -> None:
+    with pytest.raises(InvalidArgument, match="postgresql://USER:PASSWORD@HOST") as e:
+        load_settings({"database": value}, environ={})
+    assert "pw" not in str(e.value)
+
+
+@pytest.mark.parametrize("dsn, shown, secret", [
+    ("postgresql://fleetd:s3cr%40t@db:5432/fleetd", "postgresql://fleetd:***@db:5432/fleetd", "s3cr@t"),
+    ("postgres://fleetd:pw:with:colons@[::1]/db?sslmode=require", "postgres://fleetd:***@[::1]/db?sslmode=require",
+     "pw:with:colons"),
+    ("postgresql://fleetd@db/fleetd?sslmode=verify-full&password=pw",
+     "postgresql://fleetd@db/fleetd?sslmode=verify-full&password=***", "pw"),
+    ("postgresql://db/fleetd", "postgresql://db/fleetd", None),
+    ("host=db password='p w' user=x", "host=db password=*** user=x", "p w"),
+])
+def test_a_dsn_is_shown_without_its_password(dsn: str, shown: str, secret: str | None) -> None:
+    assert dsns.redact(dsn) == shown
+    if dsns.is_dsn(dsn):
+        assert shown in repr(Settings(database=dsn)) and (secret is None or secret not in repr(Settings(database=dsn)))
+    if secret is not None:
+        # A driver's message that quotes the DSN or its password (decoded or not) loses the password.
+        said = dsns.scrub(f"bad dsn {dsn}: unexpected spaces found in \"{secret}\"", dsn)
+        assert secret not in said and "***" in said

@@ -8,8 +8,8 @@ and checks the answer the way that client parses it. Sources read for these fact
 - SWUpdate: suricatta/server_hawkbit.c and corelib/channel_curl.c (sbabic/swupdate).
 - rauc-hawkbit-updater: src/hawkbit-client.c (rauc/rauc-hawkbit-updater).
 
-In process (real app, real SQLite); the libcurl details (HEAD, resume, ``Expect: 100-continue``) are checked
-against a real ``fleetd serve`` with the real curl in test_swupdate_curl_against_a_real_server.
+In process (real app, on SQLite and on PostgreSQL); the libcurl details (HEAD, resume, ``Expect: 100-continue``)
+are checked against a real ``fleetd serve`` with the real curl in test_swupdate_curl_against_a_real_server.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ from fleetd.fleet import Fleet
 
 from ..conftest import rpc
 from .conftest import Fleetd
+
+# The in-process sequences run on SQLite and on PostgreSQL (the real-server one is not parametrized).
+pytestmark = pytest.mark.both_backends
 
 FIRMWARE = b"\x3d\xb8\xf3\x96" + bytes(range(256)) * 40  # an MCUboot-ish image, 10 KiB
 

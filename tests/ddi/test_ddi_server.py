@@ -23,6 +23,8 @@ from tests.conftest import make_key, rpc
 from tests.devices.test_devices import make_artifact
 from tests.rollouts.test_rollouts import enroll, report, runs
 
+pytestmark = pytest.mark.both_backends
+
 BASE = "/DEFAULT/controller/v1"
 
 
@@ -482,7 +484,7 @@ def test_anonymous_download_serves_only_what_is_assigned_to_the_controller_in_th
 
 # --- restarts, ids ---------------------------------------------------------------------------
 
-def test_state_survives_a_restart(settings, client, fleet, admin_key, dev) -> None:  # type: ignore[no-untyped-def]
+def test_state_survives_a_restart(client, fleet, admin_key, dev) -> None:  # type: ignore[no-untyped-def]
     did = device_row(fleet, "ctl-1")["id"]
     aid = deploy(client, admin_key, did, "app@1.0.0")
     href = dev.links()["deploymentBase"]
@@ -491,7 +493,7 @@ def test_state_survives_a_restart(settings, client, fleet, admin_key, dev) -> No
     token = dev.headers["Authorization"].split()[1]
     asyncio.run(fleet.hub.flush(everything=True))
     fleet.close()
-    again = Fleet(settings)
+    again = Fleet(fleet.settings)
     try:
         with TestClient(app=create_app(again)) as c2:
             links = Ddi(c2, "ctl-1", token).links()
@@ -623,10 +625,10 @@ def test_any_config_data_is_applied_whole_or_refused(client, fleet, admin_key, d
     assert fleet.hub.runtime[did].status == "active"
 
 
-def test_a_second_fleet_sees_tokens_made_by_the_first(settings, fleet, admin_key, client) -> None:  # type: ignore[no-untyped-def]
+def test_a_second_fleet_sees_tokens_made_by_the_first(fleet, admin_key, client) -> None:  # type: ignore[no-untyped-def]
     tok = target(client, admin_key, "ctl-x")["token"]
     fleet.close()
-    again = Fleet(settings)
+    again = Fleet(fleet.settings)
     try:
         key = make_key(again, "admin", "again")
         with TestClient(app=create_app(again)) as c2:

@@ -41,8 +41,11 @@ def run_cli(*args: str, check: bool = True, env: dict[str, str] | None = None,
 class ServerProcess:
     def __init__(self, data_dir: Path, *, tls: bool = True, extra_args: list[str] | None = None,
                  env: dict[str, str] | None = None, mdns: bool = False, host: str = "127.0.0.1",
-                 max_open_files: int | None = None) -> None:
+                 max_open_files: int | None = None, database: str = "") -> None:
+        """``database``: a PostgreSQL DSN (``--database``, and FLEETD_DATABASE for the offline commands on the
+        data dir: :meth:`create_key`); empty: the data dir's SQLite file."""
         self.data_dir = data_dir
+        self.database = database
         self.tls = tls
         self.mdns = mdns
         self.host = host
@@ -67,6 +70,8 @@ class ServerProcess:
                 "--port", str(self.port), *([] if self.mdns else ["--no-mdns"]), *self.extra_args]
         if not self.tls:
             args.append("--no-tls")
+        if self.database:
+            args += ["--database", self.database]
         env = dict(os.environ, **self.env)
         self._log = open(self.log_path, "a")  # noqa: SIM115
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, text=True, env=env,
@@ -107,7 +112,7 @@ class ServerProcess:
 
     def create_key(self, role: str = "admin", name: str | None = None) -> str:
         p = run_cli("keys", "create", "--data-dir", str(self.data_dir), "--name", name or f"e2e-{role}",
-                    "--role", role, "--json")
+                    "--role", role, "--json", env={"FLEETD_DATABASE": self.database} if self.database else None)
         return str(json.loads(p.stdout)["key"])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:

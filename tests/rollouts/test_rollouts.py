@@ -656,7 +656,7 @@ def test_a_restart_mid_stage_continues_exactly(settings, fleet, lab) -> None:  #
     fleet.close()
 
     # A new process, as far as the rollout can tell: fresh caches, fresh orchestrator.
-    again = Fleet(settings, database=fleet.store.dsn)
+    again = Fleet(fleet.settings)
     try:
         assert again.orchestrator is not fleet.orchestrator
         run_pass(again, t0 + 6)

@@ -149,7 +149,7 @@ def test_a_restart_rebuilds_the_same_counts_from_the_database(settings, fleet, q
     old = assert_exact(fleet, rid, t0 + 5)
     counts = [list(c) for c in old.counts]
     fleet.close()
-    again = Fleet(settings, database=fleet.store.dsn)
+    again = Fleet(fleet.settings)
     try:
         rep = run_pass(again, t0 + 5)
         assert rep.rollouts[0].rebuilt

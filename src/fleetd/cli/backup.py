@@ -27,6 +27,19 @@ def _reported() -> Iterator[None]:
             fail(str(e))
 
 
+def _no_postgresql(database: str, what: str) -> None:
+    """Refuse an offline command that works on the SQLite file only, when the fleet's database is PostgreSQL."""
+    if database:
+        from ..core.dsn import redact
+        from ..core.errors import FailedPrecondition
+        raise FailedPrecondition(
+            f"the fleet's database is PostgreSQL ({redact(database)}), and {what} only. Back up and restore a "
+            "PostgreSQL fleet with the database's own tools (pg_dump / pg_restore, or your database service's "
+            "backups), the data dir (keys, fleetd.toml, blobs/) with your file backups, and an S3 blob store "
+            "with its bucket's versioning: docs/operations.md, \"PostgreSQL\". To restore an archive as a SQLite "
+            "fleet instead, unset FLEETD_DATABASE (or the database setting).")
+
+
 def backup(
     out: Annotated[Path, typer.Argument(help="The archive to write: NAME.tar or NAME.tar.gz.", show_default=False)],
     data_dir: Annotated[str | None, typer.Option(help="The data dir to back up (default: $FLEETD_DATA_DIR, "
@@ -40,7 +53,9 @@ def backup(
 
     with _reported(), phase_progress(not json, _PHASES) as progress:
         where = data_dir or default_data_dir()
-        blob_store = load_settings({"data_dir": where}).blob_store  # an S3 bucket's blobs stay in the bucket
+        settings = load_settings({"data_dir": where})
+        _no_postgresql(settings.database, "fleetd backup copies a SQLite data dir's database")
+        blob_store = settings.blob_store  # an S3 bucket's blobs stay in the bucket
         summary = logic.create_backup(where, out, overwrite=force, progress=progress, blob_store=blob_store)
     if json:
         print_json(summary)
@@ -61,6 +76,7 @@ def restore(
     json: JsonOpt = False,
 ) -> None:
     """Restore a backup into a new data dir, checking every file; an older backup is migrated."""
+    from ..core.config import load_settings
     from ..store import backup as logic
 
     if not check and not data_dir:
@@ -70,6 +86,9 @@ def restore(
             result: logic.ArchiveInfo | logic.RestoreSummary = logic.check_backup(archive, progress=progress)
         else:
             assert data_dir is not None
+            # The new data dir has no fleetd.toml yet: the environment (FLEETD_DATABASE, FLEETD_CONFIG) decides.
+            _no_postgresql(load_settings({"data_dir": data_dir}).database,
+                           "fleetd restore makes a SQLite data dir from an archive of one")
             result = logic.restore_backup(archive, data_dir, progress=progress)
     if json:
         print_json(result)

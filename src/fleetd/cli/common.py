@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from ..accounts.audit import Actor
+from ..core.config import load_settings
 from ..core.errors import FleetdError
 from ..fleet import open_offline
 from ..store.database import transaction
@@ -90,8 +91,10 @@ def remote(server: str | None, api_key: str | None, ca: str | None, data_dir: st
 
 
 def offline(data_dir: str, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """Run ``fn`` in one write transaction on the data dir's store (works beside a running server)."""
-    conn = open_offline(data_dir)
+    """Run ``fn`` in one write transaction on the fleet's store (works beside a running server): the data dir's
+    SQLite file, or the PostgreSQL database its settings name (``database`` in DATA_DIR/fleetd.toml, or
+    FLEETD_DATABASE)."""
+    conn = open_offline(data_dir, load_settings({"data_dir": data_dir}).database)
     try:
         with transaction(conn):
             return fn(conn)

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 import msgspec
 
 from ..core.config import Settings, load_settings
+from ..core.dsn import redact
 from ..core.errors import FleetdError
 from ..fleet import DataDirLocked, Fleet
 
@@ -117,6 +118,8 @@ def _listening(settings: Settings, fleet: Fleet) -> None:
              *reachability(settings.scheme, settings.host, settings.port, _lan_addresses(":" in settings.host)),
              f"data dir {fleet.data_dir}, CA fingerprint {fleet.keys.ca_fingerprint} (CLI elsewhere: fleetd ca "
              "fetch)"]
+    if settings.database:
+        lines.append(f"database {redact(settings.database)}")
     print("\n  ".join(lines), flush=True)
 
 
@@ -158,7 +161,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "--ddi-anonymous-download": ("ddi_anonymous_download", FLAG),
     "--webhook-allow-private": ("webhook_allow_private", FLAG),
     "--webhook-allowed-network": ("webhook_allowed_network", REPEATED), "--trusted-proxy": ("trusted_proxy", REPEATED),
-    "--blob-store": ("blob_store", VALUE),
+    "--blob-store": ("blob_store", VALUE), "--database": ("database", VALUE),
 }
 
 
@@ -211,7 +214,7 @@ def run(*, data_dir: str | None = None, host: str | None = None, port: int | Non
         no_mdns: bool = False, public_url: str | None = None, config: str | None = None, log_level: str | None = None,
         ddi_tenant: str | None = None, ddi_anonymous_download: bool = False, webhook_allow_private: bool = False,
         webhook_allowed_network: list[str] | None = None, trusted_proxy: list[str] | None = None,
-        blob_store: str | None = None) -> None:
+        blob_store: str | None = None, database: str | None = None) -> None:
     """Run the fleetd server (HTTPS, the API, the web UI, mDNS)."""
     import uvicorn
 
@@ -222,7 +225,7 @@ def run(*, data_dir: str | None = None, host: str | None = None, port: int | Non
              "ddi_anonymous_download": True if ddi_anonymous_download else None,
              "webhook_allow_private": True if webhook_allow_private else None,
              "webhook_allowed_networks": webhook_allowed_network or None,
-             "trusted_proxies": trusted_proxy or None, "blob_store": blob_store}
+             "trusted_proxies": trusted_proxy or None, "blob_store": blob_store, "database": database}
     try:
         settings = load_settings(flags, config)
     except FleetdError as e:

@@ -52,9 +52,13 @@ def serve(
         help="Where artifacts' bytes live: s3://BUCKET/prefix for an S3-compatible bucket, credentials from the "
         "AWS_* environment (env FLEETD_BLOB_STORE; default: the data dir's blobs folder).",
         show_default=False)] = None,
+    database: Annotated[str | None, typer.Option(
+        help="A PostgreSQL database instead of the data dir's SQLite file: postgresql://USER:PASSWORD@HOST:5432/DB"
+        "?sslmode=verify-full (env FLEETD_DATABASE; keep the password out of the command line: env PGPASSWORD or "
+        "~/.pgpass). The data dir still holds the keys.", show_default=False)] = None,
 ) -> None:
     """Run the fleetd server (HTTPS, the API, the web UI, mDNS)."""
     run(data_dir=data_dir, host=host, port=port, no_tls=no_tls, no_mdns=no_mdns, public_url=public_url, config=config,
         log_level=log_level, ddi_tenant=ddi_tenant, ddi_anonymous_download=ddi_anonymous_download,
         webhook_allow_private=webhook_allow_private, webhook_allowed_network=webhook_allowed_network,
-        trusted_proxy=trusted_proxy, blob_store=blob_store)
+        trusted_proxy=trusted_proxy, blob_store=blob_store, database=database)

@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from . import dsn as dsns
 from .errors import InvalidArgument
 from .names import DDI_TENANT
 
@@ -37,6 +38,10 @@ def parse_networks(items: list[str]) -> tuple[Network, ...]:
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     data_dir: str = "./fleetd-data"
+    # Where the database is (docs/operations.md, "PostgreSQL"): "" = the data dir's SQLite file, fleetd.db;
+    # "postgresql://USER:PASSWORD@HOST:PORT/DB?sslmode=verify-full" = a PostgreSQL database. Never shown with its
+    # password (core/dsn.py).
+    database: str = ""
     host: str = "0.0.0.0"
     port: int = 8420
     tls: bool = True
@@ -142,6 +147,16 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                                   "(starting with /, letters, digits and -._/ only), got "
                                   f"{self.download_offload_location!r}")
         self._check_blob_store()
+        if self.database and not dsns.is_dsn(self.database):
+            raise InvalidArgument("database must be \"\" (the data dir's SQLite file) or a PostgreSQL URL like "
+                                  "postgresql://USER:PASSWORD@HOST:5432/DATABASE, got "
+                                  f"{dsns.redact(self.database)!r}")
+
+    def __repr__(self) -> str:
+        """The settings with the database's password hidden (a repr may end up in a log or a test report)."""
+        fields = ", ".join(f"{name}={(dsns.redact(v) if name == 'database' else v)!r}"
+                           for name in self.__struct_fields__ for v in (getattr(self, name),))
+        return f"Settings({fields})"
 
     def _check_blob_store(self) -> None:
         if self.blob_store:

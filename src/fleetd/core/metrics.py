@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 # Upper bounds (seconds) of the request-duration histogram; +Inf is implied.
 DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
+# fleetd_db_size_bytes: here from the SQLite file; on PostgreSQL the Fleet registers it (a read of the database).
+DB_SIZE_HELP = "Bytes of the database: the SQLite file and its write-ahead log, or PostgreSQL's pg_database_size."
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
@@ -131,7 +133,7 @@ class Metrics:
         self.gauge("fleetd_uptime_seconds", "Seconds since this server started.",
                    lambda: time.monotonic() - self._started)
         if db is not None:
-            self.gauge("fleetd_db_size_bytes", "Size of the SQLite database and its write-ahead log.",
+            self.gauge("fleetd_db_size_bytes", DB_SIZE_HELP,
                        lambda: sum(_file_size(db.with_name(db.name + suffix)) for suffix in ("", "-wal")))
 
     # --- request metrics (hot path) -----------------------------------------

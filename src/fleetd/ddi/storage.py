@@ -148,7 +148,7 @@ _ACTION_BY_NUM = (
     "LEFT JOIN ddi_action_state s ON s.action_id = a.id WHERE n.kind = 'action' AND n.num = ?")
 _MARK_FETCHED = (
     "INSERT INTO ddi_action_state (action_id, device_id, fetched_at) VALUES (?, ?, ?) "
-    "ON CONFLICT (action_id) DO UPDATE SET fetched_at = COALESCE(fetched_at, excluded.fetched_at)")
+    "ON CONFLICT (action_id) DO UPDATE SET fetched_at = COALESCE(ddi_action_state.fetched_at, excluded.fetched_at)")
 _HISTORY = ("SELECT CASE WHEN message = '' THEN state ELSE state || ': ' || message END FROM action_events "
             "WHERE action_id = ? ORDER BY id DESC LIMIT ?")
 _ARTIFACT_WITH_HASHES = ("SELECT a.*, b.md5, b.sha1 FROM artifacts a JOIN blobs b ON b.sha256 = a.sha256 "

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from ..core import disk, semver
+from ..core.dsn import is_dsn
 from ..core.effects import Effect
 from ..core.errors import FailedPrecondition, FleetdError
 from ..core.resources import data_dir
@@ -259,6 +260,12 @@ def _split_sql(sql: str) -> list[str]:
     return stmts
 
 
+def database_size(conn: sqlite3.Connection) -> int:
+    """Bytes the database takes (PostgreSQL's pg_database_size; a SQLite store counts its files instead: the
+    metrics registry's fleetd_db_size_bytes)."""
+    return int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
+
+
 # --- opening at start -------------------------------------------------------------
 
 class StoreUnusable(FailedPrecondition):
@@ -348,30 +355,38 @@ class _Write:
         self.effects: list[Effect] | None = None
 
 
-def is_dsn(location: str | Path) -> bool:
-    """Whether a store location is a PostgreSQL database (a ``postgresql://`` or ``postgres://`` URL) rather
-    than a SQLite file."""
-    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
-
-
 def open_connection(location: str | Path, *, readonly: bool = False) -> Connection:
     """A new connection to the store at ``location``, not migrated: a reader's (``readonly``) or an offline
     one. A path opens SQLite (:func:`connect`); a PostgreSQL DSN, the psycopg adapter (store/postgres.py, imported
     only then), which has the part of the API the storage modules use (hence the cast)."""
     if is_dsn(location):
-        from . import postgres
+        try:
+            from . import postgres
+        except ImportError as e:
+            raise FailedPrecondition(
+                f"this fleetd cannot use a PostgreSQL database: {e.name or 'psycopg'} is not installed. Install "
+                "fleetd with its postgresql extra (pip install 'fleetd[postgresql]'), or leave the database "
+                "setting empty for the data dir's SQLite file.") from None
         return cast(Connection, postgres.connect(str(location), readonly=readonly))
     return connect(location, readonly=readonly)
 
 
-def _open_writer(location: str | Path) -> Connection:
-    """The writer's connection, migrated: :func:`open_store` for a SQLite file, a migrated adapter connection for
-    a PostgreSQL DSN (migrate() holds an advisory lock, so servers starting together apply each migration once)."""
+def open_migrated(location: str | Path) -> Connection:
+    """A connection that may write, to a migrated store (the server's writer, an offline command's): :func:`open_store`
+    for a SQLite file, a migrated adapter connection for a PostgreSQL DSN (migrate() holds an advisory lock, so
+    servers starting together apply each migration once)."""
     if not is_dsn(location):
         return open_store(Path(location))
     conn = open_connection(location)
     try:
         migrate(conn)
+    except Exception as e:  # a database error, said with what to do (store/postgres.py)
+        conn.close()
+        from . import postgres
+        said = postgres.migration_failed(e, str(location))
+        if said is e:
+            raise
+        raise said from None
     except BaseException:
         conn.close()
         raise
@@ -401,7 +416,7 @@ class Store:
         self._reader_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="fleetd-db-write", daemon=True)
-        self._write_conn = _open_writer(self.location)
+        self._write_conn = open_migrated(self.location)
         self._handlers: dict[type[Effect], list[EffectHandler]] = {}
         self.disk_full = False  # whether the last write failed on a full disk (/healthz reports it)
         self._writer.start()

@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import conninfo, pq, rows
 
+from ..core import dsn as dsns
 from ..core.errors import FailedPrecondition
 from .dialect import POSTGRESQL, PostgresDialect
 
@@ -279,6 +280,32 @@ class Connection:
         self.raw.close()
 
 
+def _where(given: dict[str, Any]) -> str:
+    """Which database a DSN names, for a message: host, port, database and user, never the password."""
+    return " ".join(f"{k}={given[k]}" for k in ("host", "hostaddr", "port", "dbname", "user") if k in given) \
+        or "libpq defaults"
+
+
+def _detail(e: BaseException, dsn: str) -> str:
+    detail = dsns.scrub(" ".join(str(e).split()), dsn)
+    return detail if detail.endswith((".", "?")) else detail + "."
+
+
+def migration_failed(e: Exception, dsn: str) -> Exception:
+    """What to raise for ``e``, which migrating the database at ``dsn`` raised: a database error (most likely a
+    role without CREATE on the schema) as FailedPrecondition saying what to do; anything else as it is."""
+    if not isinstance(e, psycopg.Error):
+        return e
+    where = _where(conninfo.conninfo_to_dict(dsn))
+    if isinstance(e, psycopg.errors.InsufficientPrivilege):
+        return FailedPrecondition(
+            f"the PostgreSQL role may not create fleetd's tables ({where}): {_detail(e, dsn)} Give it CREATE on "
+            "the schema (GRANT CREATE ON SCHEMA public TO the role, or make it the database's owner), then start "
+            "again: docs/operations.md, \"PostgreSQL\".")
+    return FailedPrecondition(f"cannot bring the PostgreSQL database ({where}) to fleetd's schema: "
+                              f"{_detail(e, dsn)} Nothing of the failed migration was kept.")
+
+
 def connect(dsn: str, *, readonly: bool = False, lock_timeout: float = LOCK_TIMEOUT) -> Connection:
     """A store connection to the database at ``dsn`` (``postgresql://USER@HOST:PORT/DB`` or libpq's key=value
     form); ``readonly``: one that may not write (the store's readers). A database that cannot be reached, or that
@@ -290,19 +317,15 @@ def connect(dsn: str, *, readonly: bool = False, lock_timeout: float = LOCK_TIME
 def _open_raw(dsn: str, readonly: bool, lock_timeout: float) -> psycopg.Connection[Any]:
     try:
         given = conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as e:
-        raise FailedPrecondition(f"the PostgreSQL DSN is not valid ({e}); write it as "
+    except psycopg.ProgrammingError as e:  # its message may quote the DSN's password: taken out
+        raise FailedPrecondition(f"the PostgreSQL DSN is not valid ({dsns.scrub(str(e), dsn)}); write it as "
                                  "postgresql://USER@HOST:PORT/DATABASE or as libpq's key=value pairs") from None
     extra: dict[str, Any] = {} if "connect_timeout" in given else {"connect_timeout": CONNECT_TIMEOUT}
     try:
         raw = psycopg.connect(dsn, autocommit=True, application_name="fleetd", **extra)
     except psycopg.OperationalError as e:
-        where = " ".join(f"{k}={given[k]}" for k in ("host", "hostaddr", "port", "dbname", "user") if k in given)
-        detail = " ".join(str(e).split())
-        if not detail.endswith((".", "?")):
-            detail += "."
         raise FailedPrecondition(
-            f"cannot connect to the PostgreSQL database ({where or 'libpq defaults'}): {detail} Check that "
+            f"cannot connect to the PostgreSQL database ({_where(given)}): {_detail(e, dsn)} Check that "
             "the server runs and accepts connections from this host, and the DSN's user, password and database."
         ) from None
     try:

@@ -106,8 +106,8 @@ def test_telemetry_is_stored_and_read_back(pg: ServerProcess, key: str, device: 
             "end": (now + dt.timedelta(minutes=1)).isoformat(), "max_points": 3600}
     out = call(pg, key, "TelemetryService", "Query", body)
     assert out["resolution"] == "raw" and out["device_count"] == 1
-    points = out["points"]  # raw: one point each, sent within the last minute or so
-    assert len(points) >= 2 and all(p["min"] == p["avg"] == p["max"] for p in points), out
+    points = out["points"]  # raw, in buckets of a fraction of a second: points sent together may share one
+    assert len(points) >= 2 and all(p["min"] <= p["avg"] <= p["max"] for p in points), out
     assert all(now.timestamp() - 120 < p["ts"] <= time.time() for p in points), out
 
 

@@ -27,7 +27,6 @@ from .core.events import EventBus
 from .core.lifecycle import Part
 from .core.metrics import Metrics, Read
 from .core.pki import FleetKeys, load_or_create
-from .core.ratelimit import RateLimiter
 from .ddi import state as ddi_state
 from .ddi import tokens as ddi_tokens
 from .ddi.state import DdiState
@@ -40,6 +39,7 @@ from .rollouts.orchestrator import Orchestrator
 from .store import blobs
 from .store.blob_backend import open_blobs
 from .store.database import DB_NAME, Store, open_store, processes_using, transaction
+from .store.ratelimits import limiter_for
 from .telemetry.intake import MetricNames, TelemetryIntake
 from .telemetry.rollups import MinuteSums, Retention, Rollups
 
@@ -90,9 +90,10 @@ class Fleet:
         self.telemetry = TelemetryIntake(self.store, MetricNames(settings.max_metric_names_per_device,
                                                                  settings.max_metric_names), MinuteSums())
         self.authenticator = Authenticator(self.store, self.hub.tokens)
-        self.enroll_limiter = RateLimiter(settings.enroll_rate_per_minute, 60.0, "enrollment")
-        self.challenge_limiter = RateLimiter(settings.enroll_rate_per_minute, 60.0, "authentication")
-        self.login_limiter = RateLimiter(settings.login_rate_per_minute, 60.0, "login")
+        # In memory on SQLite; in the database on PostgreSQL, so that replicas share them (store/ratelimits.py).
+        self.enroll_limiter = limiter_for(self.store, settings.enroll_rate_per_minute, 60.0, "enrollment")
+        self.challenge_limiter = limiter_for(self.store, settings.enroll_rate_per_minute, 60.0, "authentication")
+        self.login_limiter = limiter_for(self.store, settings.login_rate_per_minute, 60.0, "login")
         self.passwords = PasswordHasher(settings.password_hash_workers or default_workers(),
                                         settings.password_hash_queue)
         self.started_at = time.time()

@@ -49,7 +49,7 @@ class EnrollResponse(msgspec.Struct, kw_only=True):
 async def Enroll(ctx: Context, req: EnrollRequest) -> EnrollResponse:
     """Register a device with its public key; with a join token it becomes active at once."""
     fleet = ctx.fleet
-    fleet.enroll_limiter.hit(ctx.remote_addr or "?")
+    await fleet.enroll_limiter.hit(ctx.remote_addr or "?")
     public_key = decode_b64_field(req.public_key, "public_key", 32)
     registry.check_enroll_fields(req.hardware_id, req.device_type, req.name)
     parsed = join_tokens.parse_join_token(req.token) if req.token else None
@@ -88,7 +88,7 @@ class ChallengeResponse(msgspec.Struct, kw_only=True):
 @service.method(auth="public")
 async def GetChallenge(ctx: Context, req: ChallengeRequest) -> ChallengeResponse:
     """A single-use nonce for Authenticate, valid for a minute."""
-    ctx.fleet.challenge_limiter.hit(ctx.remote_addr or "?")
+    await ctx.fleet.challenge_limiter.hit(ctx.remote_addr or "?")
     if req.device_id not in ctx.fleet.hub.runtime:
         raise Unauthenticated("unknown device; enroll first")
     return ChallengeResponse(nonce=ctx.fleet.hub.tokens.new_challenge(req.device_id), expires_in=CHALLENGE_TTL)

@@ -57,7 +57,7 @@ class SharedRateLimiter:
         """Seconds until one more hit fits, with ``previous`` and ``current`` hits counted (``elapsed`` of the
         current slot gone)."""
         room = self.limit - current - 1  # what the previous slot's weight must drop to
-        if previous and 0 <= room:
+        if previous and room >= 0:
             return max(0.0, (1 - room / previous) - elapsed) * self.window
         # The current slot alone is full: wait for the next, in which it is the (shrinking) previous one.
         after = 1 - (self.limit - 1) / current if current else 0.0

@@ -20,7 +20,7 @@ from .accounts.users import Authenticator
 from .alerts.egress import Policy
 from .alerts.engine import AlertEngine
 from .alerts.webhooks import Deliverer
-from .artifacts.uploads import UploadSessions
+from .artifacts.uploads import sessions_for
 from .core.config import Settings
 from .core.effects import Effect, Publish
 from .core.events import EventBus
@@ -105,7 +105,7 @@ class Fleet:
         self.webhooks = Deliverer(self.store, policy=self.egress)
         self.alerts = AlertEngine(self.store, self.metrics, deliverer=self.webhooks)
         self.orchestrator = Orchestrator(self)
-        self.uploads = UploadSessions()
+        self.uploads = sessions_for(self.store)  # in the database on PostgreSQL, for replicas
         self._register_metrics()
         self._effect_handlers()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,10 @@ from fleetd.accounts.audit import SYSTEM
 from fleetd.app import asgi_app
 from fleetd.core.config import Settings
 from fleetd.fleet import Fleet
+
+# A fleet on PostgreSQL seals its keys in the database with a key encryption key (core/sealing.py): every test's
+# Fleets and server processes get this one from the environment. Tests of a missing or wrong key change it.
+os.environ.setdefault("FLEETD_KEY_ENCRYPTION_KEY", "dGVzdHMgb25seTogbm90IGEgc2VjcmV0IGF0IGFsbCE=")
 
 if TYPE_CHECKING:
     from fleetd.store.database import Store

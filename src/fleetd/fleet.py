@@ -26,7 +26,7 @@ from .core.effects import Effect, Publish
 from .core.events import EventBus
 from .core.lifecycle import Part
 from .core.metrics import Metrics, Read
-from .core.pki import FleetKeys, load_or_create
+from .core.pki import FleetKeys
 from .ddi import state as ddi_state
 from .ddi import tokens as ddi_tokens
 from .ddi.state import DdiState
@@ -39,6 +39,7 @@ from .rollouts.orchestrator import Orchestrator
 from .store import blobs
 from .store.blob_backend import open_blobs
 from .store.database import DB_NAME, Store, open_store, processes_using, transaction
+from .store.keys import load_keys
 from .store.ratelimits import limiter_for
 from .telemetry.intake import MetricNames, TelemetryIntake
 from .telemetry.rollups import MinuteSums, Retention, Rollups
@@ -72,11 +73,13 @@ class Fleet:
         self._lock_fd: int | None = None
         if lock:
             self._take_lock()
-        self.keys: FleetKeys = load_or_create(self.data_dir, self._extra_names())
         self.store = Store(database or self.data_dir / DB_NAME, settings.reader_threads)
         try:
+            # The data dir's on SQLite; on PostgreSQL the database's, shared by the replicas (store/keys.py).
+            self.keys: FleetKeys = load_keys(self.store, self.data_dir, settings.key_encryption_key_file,
+                                             self._extra_names())
             self.blobs = open_blobs(settings, self.data_dir, self.store)
-        except BaseException:  # e.g. an S3 bucket that cannot be reached: free what is open before saying so
+        except BaseException:  # e.g. no key encryption key, an unreachable S3 bucket: free what is open before saying so
             self.store.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)

@@ -76,10 +76,9 @@ class Fleet:
         self.store = Store(database or self.data_dir / DB_NAME, settings.reader_threads)
         try:
             # The data dir's on SQLite; on PostgreSQL the database's, shared by the replicas (store/keys.py).
-            self.keys: FleetKeys = load_keys(self.store, self.data_dir, settings.key_encryption_key_file,
-                                             self._extra_names())
+            self.keys: FleetKeys = load_keys(self.store, self.data_dir, settings, self._extra_names())
             self.blobs = open_blobs(settings, self.data_dir, self.store)
-        except BaseException:  # e.g. no key encryption key, an unreachable S3 bucket: free what is open before saying so
+        except BaseException:  # e.g. no key encryption key, an unreachable S3 bucket: free what is open, then say so
             self.store.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)

@@ -4,6 +4,7 @@ key, the same on every replica; each replica's server certificate its own. On SQ
 from __future__ import annotations
 
 import concurrent.futures
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,27 @@ def test_replicas_starting_together_agree_on_one_set_of_keys(tmp_path: Path, dsn
 def test_on_sqlite_the_keys_stay_in_the_data_dir(fleet: Fleet) -> None:
     assert all((fleet.data_dir / n).exists() for n in SECRET_FILES)
     assert fleet.store.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM fleet_keys").fetchone()[0]) == 0
+
+
+def test_rotation_reseals_the_keys_with_the_new_key(tmp_path: Path, dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with replicas(tmp_path, dsn, n=1) as (one,):
+        before = one.keys.ca_fingerprint, one.keys.token_key
+    old_text = os.environ[KEK_ENV]
+    old = sealing.load("")
+    monkeypatch.setenv("FLEETD_KEY_ENCRYPTION_KEY_PREVIOUS", old_text)
+    monkeypatch.setenv(KEK_ENV, OTHER_KEK)
+    new_id = sealing.load("").id
+    with replicas(tmp_path, dsn, n=2) as (one, other):
+        assert (one.keys.ca_fingerprint, one.keys.token_key) == before == (other.keys.ca_fingerprint,
+                                                                            other.keys.token_key)
+        rows = _rows(one)
+    assert {kek_id for kek_id, _ in rows.values()} == {new_id} != {old.id}
+    with pytest.raises(KeyEncryptionKeyError):
+        old.unseal("ca", rows["ca"][1])
+    # Once rotated, the previous key may go; a replica still given only the old one is refused.
+    monkeypatch.delenv("FLEETD_KEY_ENCRYPTION_KEY_PREVIOUS")
+    with replicas(tmp_path, dsn, n=1) as (again,):
+        assert again.keys.ca_fingerprint == before[0]
+    monkeypatch.setenv(KEK_ENV, old_text)
+    with pytest.raises(KeyEncryptionKeyError, match="sealed with the key encryption key"):
+        Fleet(replica_settings(tmp_path, "r3"), database=dsn, lock=False)

@@ -110,6 +110,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # base64; docs/security.md, "Keys at rest"). "" = the FLEETD_KEY_ENCRYPTION_KEY environment variable holds the
     # key itself. Unused on SQLite.
     key_encryption_key_file: str = ""
+    # While rotating that key: the file of the one the keys were sealed with until now (or the environment variable
+    # FLEETD_KEY_ENCRYPTION_KEY_PREVIOUS); a replica that has both re-seals the keys with the new one.
+    previous_key_encryption_key_file: str = ""
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from .errors import FailedPrecondition
 
 KEK_ENV = "FLEETD_KEY_ENCRYPTION_KEY"
+# Rotation: the key the database's keys were sealed with until now; a replica that has both re-seals them.
+PREVIOUS_KEK_ENV = "FLEETD_KEY_ENCRYPTION_KEY_PREVIOUS"
 KEK_BYTES = 32
 NONCE_BYTES = 12
 HOW_TO_MAKE = ("make one with 'openssl rand -base64 32 > /etc/fleetd/kek && chmod 600 /etc/fleetd/kek' and give it "
@@ -69,21 +71,36 @@ def parse(text: str, source: str) -> KeyEncryptionKey:
     return KeyEncryptionKey(key, source)
 
 
+def load_previous(key_file: str, environ: Mapping[str, str] | None = None) -> KeyEncryptionKey | None:
+    """The previous KEK, while rotating (the previous_key_encryption_key_file setting, or the environment); None
+    when neither gives one."""
+    return _load(key_file, PREVIOUS_KEK_ENV, "previous_key_encryption_key_file", environ, required=False)
+
+
 def load(key_file: str, environ: Mapping[str, str] | None = None) -> KeyEncryptionKey:
     """The KEK from the file ``key_file`` (the setting; "" for none) or the environment; a KeyEncryptionKeyError
     that says how to make one when neither gives it, or when both do (which one is meant?)."""
+    kek = _load(key_file, KEK_ENV, "key_encryption_key_file", environ, required=True)
+    assert kek is not None
+    return kek
+
+
+def _load(key_file: str, variable: str, setting: str, environ: Mapping[str, str] | None,
+          required: bool) -> KeyEncryptionKey | None:
     env = os.environ if environ is None else environ
-    text = env.get(KEK_ENV, "")
+    text = env.get(variable, "")
     if key_file and text:
-        raise KeyEncryptionKeyError(f"both {KEK_ENV} and key_encryption_key_file ({key_file}) are set; keep one")
+        raise KeyEncryptionKeyError(f"both {variable} and {setting} ({key_file}) are set; keep one")
     if key_file:
         path = Path(key_file).expanduser()
         try:
             return parse(path.read_text(), str(path))
         except OSError as e:
             raise KeyEncryptionKeyError(f"cannot read the key encryption key file {path}: {e.strerror}; check "
-                                        "the key_encryption_key_file setting, or " + HOW_TO_MAKE) from None
+                                        f"the {setting} setting, or " + HOW_TO_MAKE) from None
     if text:
-        return parse(text, KEK_ENV)
+        return parse(text, variable)
+    if not required:
+        return None
     raise KeyEncryptionKeyError("a fleet on PostgreSQL keeps its keys (CA, signing and token keys) in the database, "
                                 "encrypted with a key encryption key, and none is set; " + HOW_TO_MAKE)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from ..core import pki, sealing
+from ..core.config import Settings
 from ..core.pki import FleetKeys, KeyMaterial
 from ..core.sealing import KeyEncryptionKey, KeyEncryptionKeyError
 from .database import Store
@@ -36,8 +37,10 @@ def _insert(conn: sqlite3.Connection, sealed: dict[str, bytes], kek_id: str) -> 
                      "ON CONFLICT (name) DO NOTHING", (name, kek_id, sealed[name], at))
 
 
-def shared_material(store: Store, kek: KeyEncryptionKey, data_dir: Path) -> KeyMaterial:
-    """The fleet's key material from the database; made (or imported from ``data_dir``) if it holds none yet."""
+def shared_material(store: Store, kek: KeyEncryptionKey, data_dir: Path,
+                    previous: KeyEncryptionKey | None = None) -> KeyMaterial:
+    """The fleet's key material from the database; made (or imported from ``data_dir``) if it holds none yet;
+    re-sealed with ``kek`` where the ``previous`` key sealed it (rotation)."""
     rows = store.read_sync(_read)
     if not rows:
         imported = pki.has_keys(data_dir)
@@ -49,6 +52,9 @@ def shared_material(store: Store, kek: KeyEncryptionKey, data_dir: Path) -> KeyM
                      kek.id, kek.source, f"; imported from {data_dir}" if imported else "")
         else:
             log.info("another replica put the fleet's keys into the database first; this one uses those")
+    if previous is not None and any(kek_id == previous.id for kek_id, _ in rows.values()):
+        _reseal(store, rows, previous, kek)
+        rows = store.read_sync(_read)
     missing = [n for n in KeyMaterial.NAMES if n not in rows]
     if missing:
         raise KeyEncryptionKeyError(f"the database's fleet_keys table lacks {', '.join(missing)}; restore the "
@@ -58,8 +64,28 @@ def shared_material(store: Store, kek: KeyEncryptionKey, data_dir: Path) -> KeyM
         raise KeyEncryptionKeyError(
             f"the fleet's keys in the database were sealed with the key encryption key {', '.join(other)}, and the "
             f"one from {kek.source} is {kek.id}: give this replica the same key as the others (the key itself, "
-            "not a new one)")
+            "not a new one); to change the key, give the old one as the previous key too (docs/security.md, "
+            "'Keys at rest on PostgreSQL')")
     return KeyMaterial.from_blobs({n: kek.unseal(n, rows[n][1]) for n in KeyMaterial.NAMES})
+
+
+def _reseal(store: Store, rows: dict[str, tuple[str, bytes]], previous: KeyEncryptionKey,
+            kek: KeyEncryptionKey) -> None:
+    """Re-seal with ``kek`` the rows ``previous`` sealed, each only if still sealed by it: of replicas rotating at
+    once, one changes each row and the others' updates match nothing."""
+    fresh = {n: kek.seal(n, previous.unseal(n, sealed))
+             for n, (kek_id, sealed) in rows.items() if kek_id == previous.id}
+
+    def write(conn: sqlite3.Connection) -> None:
+        for name in KeyMaterial.NAMES:
+            if name in fresh:
+                conn.execute("UPDATE fleet_keys SET kek_id = ?, sealed = ? WHERE name = ? AND kek_id = ?",
+                             (kek.id, fresh[name], name, previous.id))
+
+    store.write_sync(write)
+    log.warning("the fleet's keys in the database are re-sealed with the key encryption key %s (from %s) instead of "
+                "%s: give every replica the new key, then remove the previous one from the settings", kek.id,
+                kek.source, previous.id)
 
 
 def _won(kek: KeyEncryptionKey, rows: dict[str, tuple[str, bytes]], material: KeyMaterial) -> bool:
@@ -68,12 +94,13 @@ def _won(kek: KeyEncryptionKey, rows: dict[str, tuple[str, bytes]], material: Ke
     return kek_id == kek.id and kek.unseal("ca", sealed) == material.blobs()["ca"]
 
 
-def load_keys(store: Store, data_dir: Path, key_file: str, extra_names: list[str] | None = None) -> FleetKeys:
-    """The fleet's keys: the data dir's (SQLite), or the database's (PostgreSQL; ``key_file`` or the environment
-    holds the key encryption key, core/sealing.py), with this server's own TLS certificate."""
+def load_keys(store: Store, data_dir: Path, settings: Settings, extra_names: list[str] | None = None) -> FleetKeys:
+    """The fleet's keys: the data dir's (SQLite), or the database's (PostgreSQL; the key encryption key from the
+    settings' file or the environment, core/sealing.py), with this server's own TLS certificate."""
     if store.dsn is None:
         return pki.load_or_create(data_dir, extra_names)
-    material = shared_material(store, sealing.load(key_file), data_dir)
+    material = shared_material(store, sealing.load(settings.key_encryption_key_file), data_dir,
+                               sealing.load_previous(settings.previous_key_encryption_key_file))
     if pki.has_keys(data_dir):
         if pki.dir_ca_fingerprint(data_dir) != pki.ca_fingerprint(material.ca_cert):
             log.warning("%s holds keys of another CA than the fleet's in the database; the database's are used "

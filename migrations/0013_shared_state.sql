@@ -34,3 +34,12 @@ CREATE TABLE fleet_keys (
     sealed     BLOB NOT NULL,     -- 12-byte nonce, then the ciphertext and its tag
     created_at REAL NOT NULL
 );
+
+-- Device authentication challenges used (devices/challenges.py): a nonce carries its device, expiry and MAC, so any
+-- replica checks it without a record; its use is recorded here, so that it is single use across replicas. Rows of
+-- expired nonces are deleted by the next use.
+CREATE TABLE used_challenges (
+    nonce      TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX used_challenges_expiry ON used_challenges(expires_at);

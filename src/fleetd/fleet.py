@@ -32,6 +32,7 @@ from .ddi import tokens as ddi_tokens
 from .ddi.state import DdiState
 from .devices import registry
 from .devices import storage as devices_storage
+from .devices.challenges import challenges_for
 from .devices.hub import DeviceHub
 from .devices.presence import Presence
 from .maintenance import Maintenance
@@ -92,6 +93,7 @@ class Fleet:
         self.telemetry = TelemetryIntake(self.store, MetricNames(settings.max_metric_names_per_device,
                                                                  settings.max_metric_names), MinuteSums())
         self.authenticator = Authenticator(self.store, self.hub.tokens)
+        self.challenges = challenges_for(self.store, self.hub.tokens)  # signed, use in the database on PostgreSQL
         # In memory on SQLite; in the database on PostgreSQL, so that replicas share them (store/ratelimits.py).
         self.enroll_limiter = limiter_for(self.store, settings.enroll_rate_per_minute, 60.0, "enrollment")
         self.challenge_limiter = limiter_for(self.store, settings.enroll_rate_per_minute, 60.0, "authentication")

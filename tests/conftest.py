@@ -159,3 +159,17 @@ def s3_bucket(s3_server: S3Server) -> Iterator[Bucket]:
     bucket = Bucket(s3_server, s3_server.create_bucket())
     yield bucket
     s3_server.delete_bucket(bucket.name)
+
+
+@pytest.fixture
+def two_replicas(tmp_path: Path, postgres_server: PostgresServer, pg_schema: str) -> Iterator[list[Fleet]]:
+    """Two Fleets on one fresh copy of :func:`pg_schema`, each with a data dir of its own (tmp_path/r1, r2): replicas
+    as far as shared state goes (tests/support/replica_fleets.py)."""
+    from tests.support.replica_fleets import replicas
+    name = postgres_server.create_database(template=pg_schema)
+    try:
+        with replicas(tmp_path, postgres_server.dsn(name)) as fleets:
+            yield fleets
+    finally:
+        postgres_server.drop_database(name)
+

@@ -4,7 +4,6 @@ login limit is counted in the database (store/ratelimits.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +18,6 @@ from tests.conftest import rpc
 from tests.support.replica_fleets import replicas
 
 
-@pytest.fixture
-def two(tmp_path: Path, postgres_server: Any, pg_schema: str) -> Iterator[list[Fleet]]:
-    name = postgres_server.create_database(template=pg_schema)
-    try:
-        with replicas(tmp_path, postgres_server.dsn(name)) as fleets:
-            yield fleets
-    finally:
-        postgres_server.drop_database(name)
-
-
 def _login(client: TestClient[Any]) -> dict[str, str]:
     r = rpc(client, "UserService", "Login", {"username": "carol", "password": "a-long-password"})
     assert r.status_code == 200, r.text
@@ -36,8 +25,8 @@ def _login(client: TestClient[Any]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("end", ["logout", "disable", "new password"])
-def test_a_session_ended_on_one_replica_is_refused_by_the_other(two: list[Fleet], end: str) -> None:
-    one, other = two
+def test_a_session_ended_on_one_replica_is_refused_by_the_other(two_replicas: list[Fleet], end: str) -> None:
+    one, other = two_replicas
     one.store.write_sync(lambda c: auth.create_user(c, SYSTEM, "carol", "a-long-password", "admin"))
     one.store.write_sync(lambda c: auth.create_user(c, SYSTEM, "boss", "a-long-password", "admin"))
     with TestClient(app=asgi_app(one)) as c1, TestClient(app=asgi_app(other)) as c2:

@@ -4,9 +4,6 @@ on another; single use, with one winner when two replicas claim the same upload.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 from litestar.testing import TestClient
@@ -18,26 +15,15 @@ from fleetd.core.errors import NotFound
 from fleetd.fleet import Fleet
 from tests.artifacts.test_artifacts import error, open_upload, put
 from tests.conftest import make_key, rpc
-from tests.support.replica_fleets import replicas
 
 
-@pytest.fixture
-def two(tmp_path: Path, postgres_server: Any, pg_schema: str) -> Iterator[list[Fleet]]:
-    name = postgres_server.create_database(template=pg_schema)
-    try:
-        with replicas(tmp_path, postgres_server.dsn(name)) as fleets:
-            yield fleets
-    finally:
-        postgres_server.drop_database(name)
-
-
-def test_the_sessions_are_chosen_by_the_store(two: list[Fleet], fleet: Fleet) -> None:
+def test_the_sessions_are_chosen_by_the_store(two_replicas: list[Fleet], fleet: Fleet) -> None:
     assert type(sessions_for(fleet.store)) is UploadSessions
-    assert all(type(f.uploads) is SharedUploadSessions for f in two)
+    assert all(type(f.uploads) is SharedUploadSessions for f in two_replicas)
 
 
-def test_an_upload_opened_on_one_replica_is_sent_to_another(two: list[Fleet]) -> None:
-    one, other = two
+def test_an_upload_opened_on_one_replica_is_sent_to_another(two_replicas: list[Fleet]) -> None:
+    one, other = two_replicas
     key, someone = make_key(one, "operator"), make_key(one, "operator", "someone-else")
     spec = {"restart": "always", "env": {"MODE": "x"}}
     with TestClient(app=asgi_app(one)) as c1, TestClient(app=asgi_app(other)) as c2:
@@ -58,8 +44,8 @@ def test_an_upload_opened_on_one_replica_is_sent_to_another(two: list[Fleet]) ->
     assert one.store.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM upload_sessions").fetchone()[0]) == 0
 
 
-def test_two_replicas_claiming_one_upload_give_it_to_one(two: list[Fleet]) -> None:
-    one, other = two
+def test_two_replicas_claiming_one_upload_give_it_to_one(two_replicas: list[Fleet]) -> None:
+    one, other = two_replicas
     who = Principal("key", "k1", "ci", "operator")
     pending = PendingArtifact(name="a", version="1.0.0", kind="app", device_types=["sim"], file_name="a.bin",
                               size=None, install_spec=None)
@@ -77,8 +63,8 @@ def test_two_replicas_claiming_one_upload_give_it_to_one(two: list[Fleet]) -> No
     assert asyncio.run(race()) == ["a", "refused", "refused", "refused"]
 
 
-def test_expired_sessions_are_refused_and_deleted(two: list[Fleet]) -> None:
-    one, other = two
+def test_expired_sessions_are_refused_and_deleted(two_replicas: list[Fleet]) -> None:
+    one, other = two_replicas
     who = Principal("user", "u1", "carol", "operator")
     pending = PendingArtifact(name="a", version="1.0.0", kind="app", device_types=["sim"], file_name="a.bin",
                               size=3, install_spec=None)

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 from litestar.testing import TestClient
@@ -20,30 +17,19 @@ from fleetd.fleet import Fleet
 from tests.conftest import make_key
 from tests.devices.test_devices import make_token
 from tests.support.devices_helper import TestDevice
-from tests.support.replica_fleets import replicas
-
-
-@pytest.fixture
-def two(tmp_path: Path, postgres_server: Any, pg_schema: str) -> Iterator[list[Fleet]]:
-    name = postgres_server.create_database(template=pg_schema)
-    try:
-        with replicas(tmp_path, postgres_server.dsn(name)) as fleets:
-            yield fleets
-    finally:
-        postgres_server.drop_database(name)
 
 
 def _used(f: Fleet) -> int:
     return int(f.store.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM used_challenges").fetchone()[0]))
 
 
-def test_the_challenges_are_chosen_by_the_store(two: list[Fleet], fleet: Fleet) -> None:
+def test_the_challenges_are_chosen_by_the_store(two_replicas: list[Fleet], fleet: Fleet) -> None:
     assert type(fleet.challenges) is MemoryChallenges
-    assert all(type(f.challenges) is SignedChallenges for f in two)
+    assert all(type(f.challenges) is SignedChallenges for f in two_replicas)
 
 
-def test_a_challenge_from_one_replica_authenticates_on_another_once(two: list[Fleet]) -> None:
-    one, other = two
+def test_a_challenge_from_one_replica_authenticates_on_another_once(two_replicas: list[Fleet]) -> None:
+    one, other = two_replicas
     key = make_key(one, "admin")
     with TestClient(app=asgi_app(one)) as c1, TestClient(app=asgi_app(other)) as c2:
         d = TestDevice(c1)
@@ -62,8 +48,8 @@ def test_a_challenge_from_one_replica_authenticates_on_another_once(two: list[Fl
     assert _used(one) == 1
 
 
-def test_a_nonce_is_bound_to_its_device_and_its_mac(two: list[Fleet]) -> None:
-    one, other = two
+def test_a_nonce_is_bound_to_its_device_and_its_mac(two_replicas: list[Fleet]) -> None:
+    one, other = two_replicas
     nonce = one.challenges.new("dev-a")
     assert len(nonce) <= 64  # docs/protocol.md; the RTOS shim's buffer holds 79 (agent/rtos/src/client.c)
     body, _, mac = nonce.partition(".")
@@ -75,8 +61,8 @@ def test_a_nonce_is_bound_to_its_device_and_its_mac(two: list[Fleet]) -> None:
     assert _used(one) == 1
 
 
-def test_expired_challenges_are_refused_and_their_uses_forgotten(two: list[Fleet]) -> None:
-    one, other = two
+def test_expired_challenges_are_refused_and_their_uses_forgotten(two_replicas: list[Fleet]) -> None:
+    one, other = two_replicas
     assert isinstance(one.challenges, SignedChallenges)
     asyncio.run(one.challenges.take("dev-a", one.challenges.new("dev-a")))
     assert _used(one) == 1

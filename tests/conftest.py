@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,10 @@ from fleetd.accounts.audit import SYSTEM
 from fleetd.app import asgi_app
 from fleetd.core.config import Settings
 from fleetd.fleet import Fleet
+
+# A fleet on PostgreSQL seals its keys in the database with a key encryption key (core/sealing.py): every test's
+# Fleets and server processes get this one from the environment. Tests of a missing or wrong key change it.
+os.environ.setdefault("FLEETD_KEY_ENCRYPTION_KEY", "dGVzdHMgb25seTogbm90IGEgc2VjcmV0IGF0IGFsbCE=")
 
 if TYPE_CHECKING:
     from fleetd.store.database import Store
@@ -158,3 +163,17 @@ def s3_bucket(s3_server: S3Server) -> Iterator[Bucket]:
     bucket = Bucket(s3_server, s3_server.create_bucket())
     yield bucket
     s3_server.delete_bucket(bucket.name)
+
+
+@pytest.fixture
+def two_replicas(tmp_path: Path, postgres_server: PostgresServer, pg_schema: str) -> Iterator[list[Fleet]]:
+    """Two Fleets on one fresh copy of :func:`pg_schema`, each with a data dir of its own (tmp_path/r1, r2): replicas
+    as far as shared state goes (tests/support/replica_fleets.py)."""
+    from tests.support.replica_fleets import replicas
+    name = postgres_server.create_database(template=pg_schema)
+    try:
+        with replicas(tmp_path, postgres_server.dsn(name)) as fleets:
+            yield fleets
+    finally:
+        postgres_server.drop_database(name)
+

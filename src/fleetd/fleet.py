@@ -20,19 +20,19 @@ from .accounts.users import Authenticator
 from .alerts.egress import Policy
 from .alerts.engine import AlertEngine
 from .alerts.webhooks import Deliverer
-from .artifacts.uploads import UploadSessions
+from .artifacts.uploads import sessions_for
 from .core.config import Settings
 from .core.effects import Effect, Publish
 from .core.events import EventBus
 from .core.lifecycle import Part
 from .core.metrics import DB_SIZE_HELP, Metrics, Read
-from .core.pki import FleetKeys, load_or_create
-from .core.ratelimit import RateLimiter
+from .core.pki import FleetKeys
 from .ddi import state as ddi_state
 from .ddi import tokens as ddi_tokens
 from .ddi.state import DdiState
 from .devices import registry
 from .devices import storage as devices_storage
+from .devices.challenges import challenges_for
 from .devices.hub import DeviceHub
 from .devices.presence import Presence
 from .maintenance import Maintenance
@@ -40,6 +40,8 @@ from .rollouts.orchestrator import Orchestrator
 from .store import blobs
 from .store.blob_backend import open_blobs
 from .store.database import DB_NAME, Store, database_size, open_migrated, processes_using, transaction
+from .store.keys import load_keys
+from .store.ratelimits import limiter_for
 from .telemetry.intake import MetricNames, TelemetryIntake
 from .telemetry.rollups import MinuteSums, Retention, Rollups
 
@@ -71,15 +73,16 @@ class Fleet:
         self._lock_fd: int | None = None
         if lock:
             self._take_lock()
-        self.keys: FleetKeys = load_or_create(self.data_dir, self._extra_names())
         try:
             self.store = Store(settings.database or self.data_dir / DB_NAME, settings.reader_threads)
         except BaseException:  # e.g. a PostgreSQL server that cannot be reached
             self._unlock()
             raise
         try:
+            # The data dir's on SQLite; on PostgreSQL the database's, shared by the replicas (store/keys.py).
+            self.keys: FleetKeys = load_keys(self.store, self.data_dir, settings, self._extra_names())
             self.blobs = open_blobs(settings, self.data_dir, self.store)
-        except BaseException:  # e.g. an S3 bucket that cannot be reached: free what is open before saying so
+        except BaseException:  # e.g. no key encryption key, an unreachable S3 bucket: free what is open, then say so
             self.store.close()
             self._unlock()
             raise
@@ -92,9 +95,11 @@ class Fleet:
         self.telemetry = TelemetryIntake(self.store, MetricNames(settings.max_metric_names_per_device,
                                                                  settings.max_metric_names), MinuteSums())
         self.authenticator = Authenticator(self.store, self.hub.tokens)
-        self.enroll_limiter = RateLimiter(settings.enroll_rate_per_minute, 60.0, "enrollment")
-        self.challenge_limiter = RateLimiter(settings.enroll_rate_per_minute, 60.0, "authentication")
-        self.login_limiter = RateLimiter(settings.login_rate_per_minute, 60.0, "login")
+        self.challenges = challenges_for(self.store, self.hub.tokens)  # signed, use in the database on PostgreSQL
+        # In memory on SQLite; in the database on PostgreSQL, so that replicas share them (store/ratelimits.py).
+        self.enroll_limiter = limiter_for(self.store, settings.enroll_rate_per_minute, 60.0, "enrollment")
+        self.challenge_limiter = limiter_for(self.store, settings.enroll_rate_per_minute, 60.0, "authentication")
+        self.login_limiter = limiter_for(self.store, settings.login_rate_per_minute, 60.0, "login")
         self.passwords = PasswordHasher(settings.password_hash_workers or default_workers(),
                                         settings.password_hash_queue)
         self.started_at = time.time()
@@ -106,7 +111,7 @@ class Fleet:
         self.webhooks = Deliverer(self.store, policy=self.egress)
         self.alerts = AlertEngine(self.store, self.metrics, deliverer=self.webhooks)
         self.orchestrator = Orchestrator(self)
-        self.uploads = UploadSessions()
+        self.uploads = sessions_for(self.store)  # in the database on PostgreSQL, for replicas
         self._register_metrics()
         self._effect_handlers()
 

@@ -156,10 +156,13 @@ def test_expired_challenge_refused(client, fleet, admin_key, monkeypatch) -> Non
     d = TestDevice(client)
     d.enroll(make_token(client, admin_key))
     nonce = d.call("GetChallenge", {"device_id": d.device_id}).json()["nonce"]
-    real = time.monotonic
-    monkeypatch.setattr(devauth.time, "monotonic", lambda: real() + devauth.CHALLENGE_TTL + 1)
+    real, real_time = time.monotonic, time.time
     sig = base64.b64encode(d.key.sign(devauth.challenge_message(d.device_id, nonce))).decode()
+    # The clock of a single server's challenges (monotonic), and of the signed ones replicas share (wall time).
+    monkeypatch.setattr(devauth.time, "monotonic", lambda: real() + devauth.CHALLENGE_TTL + 1)
+    monkeypatch.setattr(devauth.time, "time", lambda: real_time() + devauth.CHALLENGE_TTL + 1)
     r = d.call("Authenticate", {"device_id": d.device_id, "nonce": nonce, "signature": sig})
+    monkeypatch.undo()
     assert r.status_code == 401 and "expired" in r.json()["message"]
 
 

@@ -33,7 +33,7 @@ class LoginResponse(msgspec.Struct, kw_only=True):
 async def _checked_login(ctx: Context, username: str, password: str) -> auth.LoginRecord:
     """Read the user (a reader thread), check the password (the hashing pool); Unauthenticated if wrong."""
     fleet = ctx.fleet
-    fleet.login_limiter.hit(ctx.remote_addr or "?")
+    await fleet.login_limiter.hit(ctx.remote_addr or "?")
     record = await fleet.store.read(lambda c: auth.login_record(c, username))
     if not await fleet.passwords.run(auth.password_matches, record, password):
         actor = audit.Actor("anonymous", None, username[:64], ctx.remote_addr)

@@ -68,7 +68,7 @@ async def CreateUpload(ctx: Context, req: CreateUploadRequest) -> UploadTicket:
     if await fleet.store.read(lambda c: storage.artifact_exists(c, pending.name, pending.version)):
         raise AlreadyExists(f"{pending.name}@{pending.version} already exists; versions are immutable, "
                             "push a new version")
-    session = fleet.uploads.open(pending, ctx.principal)
+    session = await fleet.uploads.open(pending, ctx.principal)
     base = fleet.settings.public_url.rstrip("/") or (str(ctx.request.base_url).rstrip("/") if ctx.request else "")
     return UploadTicket(upload_id=session.id, upload_url=f"{base}/v1/uploads/{session.id}",
                         expires_at=session.expires, max_bytes=cap)
@@ -178,7 +178,7 @@ async def put_upload(request: Request[Any, Any, Any], upload_id: FromPath[str]) 
     # No framework body limit here: uploads.receive enforces max_upload_bytes while streaming.
     fleet: Fleet = request.app.state.fleet
     principal = request.state.principal
-    session = fleet.uploads.take(upload_id, principal)
+    session = await fleet.uploads.take(upload_id, principal)
     actor = principal.actor(request.client.host if request.client else None)
     detail = await uploads.receive(fleet, session, actor, _body(request), _content_length(request))
     return Response(rpc.encode(detail), status_code=201, media_type=rpc.JSON)

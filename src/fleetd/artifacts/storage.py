@@ -117,3 +117,38 @@ def delete_artifact(conn: sqlite3.Connection, artifact_id: str) -> bool:
 def set_offline_signatures(conn: sqlite3.Connection, artifact_id: str, signatures: str) -> None:
     """``signatures``: the JSON list."""
     conn.execute("UPDATE artifacts SET offline_signatures = ? WHERE id = ?", (signatures, artifact_id))
+
+
+# --- upload sessions in the database (replicas on one PostgreSQL database: artifacts/uploads.py) -------------------
+
+def delete_expired_uploads(conn: sqlite3.Connection, at: float) -> None:
+    conn.execute("DELETE FROM upload_sessions WHERE expires_at <= ?", (at,))
+
+
+def upload_counts(conn: sqlite3.Connection, owner_kind: str, owner_id: str) -> tuple[int, int]:
+    """Upload sessions open in all, and of this owner."""
+    row = conn.execute("SELECT COUNT(*), COALESCE(SUM(CASE WHEN owner_kind = ? AND owner_id = ? THEN 1 ELSE 0 END), 0) "
+                       "FROM upload_sessions", (owner_kind, owner_id)).fetchone()
+    return int(row[0]), int(row[1])
+
+
+def insert_upload(conn: sqlite3.Connection, *, upload_id: str, owner_kind: str, owner_id: str, artifact: bytes,
+                  expires_at: float) -> None:
+    """``artifact``: the pending artifact, JSON."""
+    conn.execute("INSERT INTO upload_sessions (id, owner_kind, owner_id, artifact, expires_at) VALUES (?, ?, ?, ?, ?)",
+                 (upload_id, owner_kind, owner_id, artifact.decode(), expires_at))
+
+
+def claim_upload(conn: sqlite3.Connection, upload_id: str, owner_kind: str, owner_id: str,
+                 at: float) -> sqlite3.Row | None:
+    """Delete the owner's unexpired upload session and return its artifact (JSON) and expires_at; None if there is
+    no such row (another claim took it first: the delete is the claim)."""
+    row: sqlite3.Row | None = conn.execute(
+        "DELETE FROM upload_sessions WHERE id = ? AND owner_kind = ? AND owner_id = ? AND expires_at > ? "
+        "RETURNING artifact, expires_at", (upload_id, owner_kind, owner_id, at)).fetchone()
+    return row
+
+
+def upload_exists(conn: sqlite3.Connection, upload_id: str, at: float) -> bool:
+    return conn.execute("SELECT 1 FROM upload_sessions WHERE id = ? AND expires_at > ?",
+                        (upload_id, at)).fetchone() is not None

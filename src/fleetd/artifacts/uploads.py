@@ -4,8 +4,10 @@
 2. ``PUT /v1/uploads/{id}`` streams the file into the blob store (:func:`receive`), then
    records the artifact in one write transaction.
 
-Sessions live in memory for an hour, are single use and belong to the principal that
-opened them. A server restart forgets them, which costs a client only a new CreateUpload.
+Sessions last an hour, are single use and belong to the principal that opened them. A single server
+(SQLite) keeps them in memory: a restart forgets them, which costs a client only a new CreateUpload. Replicas on one
+PostgreSQL database keep them in its upload_sessions table (:class:`SharedUploadSessions`), so that the PUT may
+reach another replica than the CreateUpload.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
@@ -26,8 +29,9 @@ from ..accounts.users import Principal
 from ..core.clock import to_dt
 from ..core.errors import InvalidArgument, NotFound, PayloadTooLarge, PermissionDenied, ResourceExhausted
 from ..store import blobs
+from ..store.database import Store
 from . import catalog as artifacts
-from . import rtos_image
+from . import rtos_image, storage
 from .catalog import ArtifactDetail, InstallSpec
 
 if TYPE_CHECKING:
@@ -115,7 +119,27 @@ def _check_format(pending: PendingArtifact, types: list[str]) -> None:
         rtos_image.check_payload_size(pending.size)
 
 
+def _unknown(upload_id: str, ttl: float) -> NotFound:
+    return NotFound(f"upload {upload_id[:40]!r} is unknown, expired (uploads last {int(ttl // 60)} minutes) or "
+                    "already used; start again with CreateUpload (fleetd artifacts push does both steps)")
+
+
+def _not_yours() -> PermissionDenied:
+    return PermissionDenied("this upload was opened by another user or API key; open your own")
+
+
+def _too_many(ttl: float) -> ResourceExhausted:
+    return ResourceExhausted("too many uploads are waiting for their file; send those first or let them "
+                             f"expire (after {int(ttl // 60)} minutes)", retry_after=60)
+
+
+def _new_id() -> str:
+    return "up_" + secrets.token_urlsafe(18)
+
+
 class UploadSessions:
+    """Upload sessions in this process's memory: a single server's (SQLite)."""
+
     def __init__(self, ttl: float = UPLOAD_TTL) -> None:
         self.ttl = ttl
         self._sessions: dict[str, UploadSession] = {}
@@ -129,30 +153,69 @@ class UploadSessions:
         for sid in [s.id for s in self._sessions.values() if s.expires_at <= t]:
             del self._sessions[sid]
 
-    def open(self, pending: PendingArtifact, principal: Principal) -> UploadSession:
+    async def open(self, pending: PendingArtifact, principal: Principal) -> UploadSession:
         self._prune()
         owner = _owner(principal)
         if len(self._sessions) >= MAX_SESSIONS or sum(
                 1 for s in self._sessions.values() if s.owner == owner) >= MAX_SESSIONS_PER_PRINCIPAL:
-            raise ResourceExhausted("too many uploads are waiting for their file; send those first or let them "
-                                    f"expire (after {int(self.ttl // 60)} minutes)", retry_after=60)
-        session = UploadSession(id="up_" + secrets.token_urlsafe(18), artifact=pending, owner=owner,
-                                expires_at=time.time() + self.ttl)
+            raise _too_many(self.ttl)
+        session = UploadSession(id=_new_id(), artifact=pending, owner=owner, expires_at=time.time() + self.ttl)
         self._sessions[session.id] = session
         return session
 
-    def take(self, upload_id: str, principal: Principal) -> UploadSession:
+    async def take(self, upload_id: str, principal: Principal) -> UploadSession:
         """The session, removed: a second PUT (or a retry after a failure) needs a new CreateUpload."""
         self._prune()
         session = self._sessions.get(upload_id)
         if session is None:
-            raise NotFound(f"upload {upload_id[:40]!r} is unknown, expired (uploads last "
-                           f"{int(self.ttl // 60)} minutes) or already used; start again with CreateUpload "
-                           "(fleetd artifacts push does both steps)")
+            raise _unknown(upload_id, self.ttl)
         if session.owner != _owner(principal):
-            raise PermissionDenied("this upload was opened by another user or API key; open your own")
+            raise _not_yours()
         del self._sessions[upload_id]
         return session
+
+
+class SharedUploadSessions:
+    """Upload sessions in the database (table upload_sessions), for replicas on one PostgreSQL database: the PUT
+    may reach another replica than the CreateUpload. Same rules as :class:`UploadSessions`; :meth:`take` claims a
+    session by deleting its row, so of two PUTs racing on two replicas one gets it. The caps are checked in the
+    opening write: replicas opening at the same instant may pass them by one each."""
+
+    def __init__(self, store: Store, ttl: float = UPLOAD_TTL) -> None:
+        self.store, self.ttl = store, ttl
+
+    async def open(self, pending: PendingArtifact, principal: Principal) -> UploadSession:
+        kind, pid = _owner(principal)
+        session = UploadSession(id=_new_id(), artifact=pending, owner=(kind, pid), expires_at=time.time() + self.ttl)
+
+        def write(conn: sqlite3.Connection) -> None:
+            storage.delete_expired_uploads(conn, time.time())
+            total, mine = storage.upload_counts(conn, kind, pid or "")
+            if total >= MAX_SESSIONS or mine >= MAX_SESSIONS_PER_PRINCIPAL:
+                raise _too_many(self.ttl)
+            storage.insert_upload(conn, upload_id=session.id, owner_kind=kind, owner_id=pid or "",
+                                  artifact=msgspec.json.encode(pending), expires_at=session.expires_at)
+
+        await self.store.write(write)
+        return session
+
+    async def take(self, upload_id: str, principal: Principal) -> UploadSession:
+        kind, pid = _owner(principal)
+
+        def claim(conn: sqlite3.Connection) -> UploadSession:
+            t = time.time()
+            row = storage.claim_upload(conn, upload_id, kind, pid or "", t)
+            if row is None:
+                raise _not_yours() if storage.upload_exists(conn, upload_id, t) else _unknown(upload_id, self.ttl)
+            return UploadSession(id=upload_id, artifact=msgspec.json.decode(row["artifact"], type=PendingArtifact),
+                                 owner=(kind, pid), expires_at=row["expires_at"])
+
+        return await self.store.write(claim)
+
+
+def sessions_for(store: Store) -> UploadSessions | SharedUploadSessions:
+    """In memory on SQLite (one process); in the database on PostgreSQL (replicas)."""
+    return UploadSessions() if store.dsn is None else SharedUploadSessions(store)
 
 
 async def _counted(chunks: AsyncIterable[bytes], announced: int | None, counter: list[int]) -> AsyncIterator[bytes]:
@@ -238,4 +301,5 @@ async def receive(fleet: Fleet, session: UploadSession, actor: Actor, chunks: As
     return detail
 
 
-__all__ = ["PendingArtifact", "UploadSession", "UploadSessions", "check", "receive", "too_large"]
+__all__ = ["PendingArtifact", "SharedUploadSessions", "UploadSession", "UploadSessions", "check", "receive",
+           "sessions_for", "too_large"]

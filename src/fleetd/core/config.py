@@ -111,6 +111,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     s3_ca_bundle: str = ""  # "" = AWS_CA_BUNDLE, else the system's certificates
     # Answer an authorized blob GET with a redirect to a pre-signed URL of the bucket instead of proxying the bytes.
     s3_presigned_downloads: bool = False
+    # On PostgreSQL: the file holding the key encryption key that seals the fleet's keys in the database (32 bytes,
+    # base64; docs/security.md, "Keys at rest"). "" = the FLEETD_KEY_ENCRYPTION_KEY environment variable holds the
+    # key itself. Unused on SQLite.
+    key_encryption_key_file: str = ""
+    # While rotating that key: the file of the one the keys were sealed with until now (or the environment variable
+    # FLEETD_KEY_ENCRYPTION_KEY_PREVIOUS); a replica that has both re-seals the keys with the new one.
+    previous_key_encryption_key_file: str = ""
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):

@@ -49,7 +49,7 @@ class EnrollResponse(msgspec.Struct, kw_only=True):
 async def Enroll(ctx: Context, req: EnrollRequest) -> EnrollResponse:
     """Register a device with its public key; with a join token it becomes active at once."""
     fleet = ctx.fleet
-    fleet.enroll_limiter.hit(ctx.remote_addr or "?")
+    await fleet.enroll_limiter.hit(ctx.remote_addr or "?")
     public_key = decode_b64_field(req.public_key, "public_key", 32)
     registry.check_enroll_fields(req.hardware_id, req.device_type, req.name)
     parsed = join_tokens.parse_join_token(req.token) if req.token else None
@@ -88,10 +88,10 @@ class ChallengeResponse(msgspec.Struct, kw_only=True):
 @service.method(auth="public")
 async def GetChallenge(ctx: Context, req: ChallengeRequest) -> ChallengeResponse:
     """A single-use nonce for Authenticate, valid for a minute."""
-    ctx.fleet.challenge_limiter.hit(ctx.remote_addr or "?")
+    await ctx.fleet.challenge_limiter.hit(ctx.remote_addr or "?")
     if req.device_id not in ctx.fleet.hub.runtime:
         raise Unauthenticated("unknown device; enroll first")
-    return ChallengeResponse(nonce=ctx.fleet.hub.tokens.new_challenge(req.device_id), expires_in=CHALLENGE_TTL)
+    return ChallengeResponse(nonce=ctx.fleet.challenges.new(req.device_id), expires_in=CHALLENGE_TTL)
 
 
 class AuthenticateRequest(msgspec.Struct, kw_only=True):
@@ -113,7 +113,7 @@ async def Authenticate(ctx: Context, req: AuthenticateRequest) -> AuthenticateRe
     """Trade a signed challenge for a short-lived bearer token."""
     hub = ctx.fleet.hub
     signature = decode_b64_field(req.signature, "signature", 64)
-    hub.tokens.take_challenge(req.device_id, req.nonce)
+    await ctx.fleet.challenges.take(req.device_id, req.nonce)
     row = await ctx.fleet.store.read(lambda c: storage.device_auth(c, req.device_id))
     if row is None:
         raise Unauthenticated("unknown device; enroll first")

@@ -434,3 +434,16 @@ def devices_with_id_starting(conn: sqlite3.Connection, start: str, limit: int) -
     end = start[:-1] + chr(ord(start[-1]) + 1)
     return conn.execute("SELECT id, name FROM devices WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
                         (start, end, limit)).fetchall()
+
+
+# --- challenges used, for replicas on one PostgreSQL database (devices/challenges.py) -------------------------------
+
+def use_challenge(conn: sqlite3.Connection, nonce: str, expires_at: float) -> bool:
+    """Record a challenge's use; False if it was used before."""
+    return conn.execute("INSERT INTO used_challenges (nonce, expires_at) VALUES (?, ?) ON CONFLICT (nonce) DO NOTHING",
+                        (nonce, expires_at)).rowcount == 1
+
+
+def forget_used_challenges(conn: sqlite3.Connection, at: float) -> None:
+    """Drop the uses of challenges expired before ``at``: they are refused for their expiry anyway."""
+    conn.execute("DELETE FROM used_challenges WHERE expires_at < ?", (at,))

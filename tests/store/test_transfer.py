@@ -8,6 +8,7 @@ import json
 import os
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -25,6 +26,7 @@ from fleetd.store.database import DB_NAME
 from tests.bench.seed import enroll_devices
 from tests.conftest import make_key
 from tests.store.test_backup import put_blob
+from tests.support.replica_fleets import replicas
 from tests.support.services import Bucket
 
 DEVICES = 50
@@ -80,7 +82,7 @@ def assert_same(fleet: Fleet, dsn: str) -> None:
 
 @pytest.mark.timeout(180)
 def test_a_running_fleet_is_copied_then_synced_then_finished_with_every_blob_checked(
-        old: Fleet, postgres_dsn: str, s3_bucket: Bucket) -> None:
+        old: Fleet, postgres_dsn: str, s3_bucket: Bucket, tmp_path: Path) -> None:
     bucket = bucket_of(s3_bucket)
     first = transfer.migrate_fleet(old.data_dir, postgres_dsn, bucket, final=False)
     assert first.tables["devices"].rows == DEVICES and first.tables["devices"].written == DEVICES
@@ -110,10 +112,27 @@ def test_a_running_fleet_is_copied_then_synced_then_finished_with_every_blob_che
         conn.execute("INSERT INTO telemetry (device_id, name, ts, value) VALUES (%s, 'x', 1e9, 0)", (renamed[0],))
         conn.rollback()
 
+    device_ids = [r[0] for r in sqlite_rows(old, "SELECT id FROM devices ORDER BY id")]
     old.close()
     final = transfer.migrate_fleet(old.data_dir, postgres_dsn, bucket, final=True)
     assert final.blobs_verified == 3 and final.blobs_uploaded == 0
-    assert all(t.written == 0 and t.deleted == 0 for t in final.tables.values()), final.tables
+    assert {n: t for n, t in final.tables.items() if t.written or t.deleted} == {}
+
+    # A replica with a data dir of its own finds the old fleet's keys in the database: same CA, same token key.
+    with replicas(tmp_path / "new", postgres_dsn, n=1, blob_store=f"s3://{s3_bucket.name}/fleet",
+                  s3_endpoint=s3_bucket.endpoint, s3_region=s3_bucket.region) as (new,):
+        assert new.keys.ca_fingerprint == old.keys.ca_fingerprint == final.ca_fingerprint
+        assert new.keys.token_key == old.keys.token_key and new.keys.signing_public_key == old.keys.signing_public_key
+        assert sorted(new.store.read_sync(lambda c: [r[0] for r in c.execute("SELECT id FROM devices")])) == \
+            device_ids
+
+
+def test_a_database_with_another_fleets_keys_is_refused(old: Fleet, postgres_dsn: str, tmp_path: Path) -> None:
+    with replicas(tmp_path / "early", postgres_dsn, n=1):  # started on the new database before the move
+        pass
+    with pytest.raises(FailedPrecondition, match="holds the keys of another CA"):
+        transfer.migrate_fleet(old.data_dir, postgres_dsn, None, final=False)
+    assert pg_rows(postgres_dsn, "SELECT count(*) FROM devices") == [(0,)]
 
 
 def test_a_changed_object_in_the_bucket_fails_the_final_check(old: Fleet, postgres_dsn: str,

@@ -51,6 +51,9 @@ def migrate_command(
     s3_region: Annotated[str | None, typer.Option(help="The bucket's region.", show_default=False)] = None,
     s3_ca_bundle: Annotated[str | None, typer.Option(help="CA certificates for the endpoint's TLS.",
                                                      show_default=False)] = None,
+    key_encryption_key_file: Annotated[str, typer.Option(
+        help="The key encryption key the new servers use (default: FLEETD_KEY_ENCRYPTION_KEY; docs/operations.md, "
+        "'Replicas: shared state and keys').", show_default=False)] = "",
     final: Annotated[bool, typer.Option("--final", help="The last copy, with the old server stopped: also read "
                                         "every blob back and check its SHA-256.")] = False,
     json: JsonOpt = False,
@@ -71,7 +74,8 @@ def migrate_command(
     bucket = transfer.Bucket(blob_store, s3_endpoint, s3_region, s3_ca_bundle) if blob_store else None
     with errors_reported(), phase_progress(not json, _PHASES, in_bytes=False) as progress, \
             (_stopped(data_dir) if final else contextlib.nullcontext()):
-        summary = transfer.migrate_fleet(data_dir, to, bucket, final=final, progress=progress)
+        summary = transfer.migrate_fleet(data_dir, to, bucket, final=final, progress=progress,
+                                         key_encryption_key_file=key_encryption_key_file)
     if json:
         print_json(summary)
         return
@@ -84,5 +88,6 @@ def migrate_command(
     else:
         console.print("[yellow]Blobs were not copied (no --blob-store): a server on this database needs this data "
                       "dir's blobs/ folder.[/yellow]")
+    console.print(f"Keys: in the database, sealed; CA fingerprint {summary.ca_fingerprint} (devices pin it).")
     console.print(f"Done in {summary.seconds:g} s." + ("" if final else
                   " Stop the old server and run this again with --final before starting the new servers."))

@@ -38,8 +38,10 @@ if TYPE_CHECKING:
 # Tables whose rows are never changed once written and are only ever deleted from the oldest (retention), keyed
 # by their integer id: copied by id range instead of compared row by row (they are the big ones).
 APPEND_ONLY = {"telemetry": "id", "audit_log": "id", "action_events": "id"}
-# Each database keeps its own record of the migrations applied; the versions must be equal (checked first).
-SKIP = {"schema_migrations"}
+# Not copied: each database's own record of the migrations applied (the versions must be equal, checked first);
+# the keys (copy_keys seals them); and what only replicas on PostgreSQL keep in the database, which a SQLite fleet
+# has empty tables for (rate limits, upload sessions, used device challenges).
+SKIP = {"schema_migrations", "fleet_keys", "rate_limits", "upload_sessions", "used_challenges"}
 COPY_BATCH = 10_000
 
 Progress = Callable[[str, int, int], None]
@@ -61,6 +63,7 @@ class Summary:
     blob_bytes_uploaded: int = 0
     blobs_verified: int = 0
     schema_version: int = 0
+    ca_fingerprint: str = ""
     seconds: float = 0.0
 
 
@@ -261,6 +264,33 @@ def _verify(client: S3Client, key: str, sha: str, size: int) -> None:
                                  f"{h.hexdigest()}): delete it and run this again to upload it anew")
 
 
+# --- the keys --------------------------------------------------------------------------------------------------------
+
+def copy_keys(data_dir: Path, dsn: str, key_encryption_key_file: str = "") -> str:
+    """Put the data dir's keys (CA, signing, token) into the database, sealed as the servers read them
+    (store/keys.py; the database is migrated first); the CA's fingerprint. A database that holds another fleet's
+    keys already (a server was started on it before the move, and made new ones) is refused."""
+    from ..core import pki, sealing
+    from .database import Store
+    from .keys import shared_material
+
+    if not pki.has_keys(data_dir):
+        raise FailedPrecondition(f"{data_dir} holds no fleet keys (ca.pem, ca.key): pass the old server's data dir")
+    kek = sealing.load(key_encryption_key_file)
+    store = Store(dsn, reader_threads=1)
+    try:
+        material = shared_material(store, kek, data_dir)
+    finally:
+        store.close()
+    ours, theirs = pki.dir_ca_fingerprint(data_dir) or "", pki.ca_fingerprint(material.ca_cert)
+    if ours != theirs:
+        raise FailedPrecondition(
+            f"the database holds the keys of another CA ({theirs[:16]}...) than {data_dir} ({ours[:16]}...): a "
+            "server was started on it before the move and made new keys. Devices trust the old CA: move into an "
+            "empty database (or delete the fleet_keys rows, if no device has enrolled with the new CA)")
+    return ours
+
+
 # --- the whole move --------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -274,19 +304,21 @@ class Bucket:
 
 
 def migrate_fleet(data_dir: Path, dsn: str, bucket: Bucket | None, *, final: bool,
-                  progress: Progress | None = None) -> Summary:
-    """Copy the fleet in ``data_dir`` into the PostgreSQL database at ``dsn`` (migrated first) and, with a
-    ``bucket``, its blobs into the bucket."""
+                  progress: Progress | None = None, key_encryption_key_file: str = "") -> Summary:
+    """Copy the fleet in ``data_dir`` into the PostgreSQL database at ``dsn`` (migrated first): its keys (sealed
+    with the key encryption key from the file or the environment, as the servers will read them), its database and,
+    with a ``bucket``, its blobs."""
     from ..core.config import split_s3_url
     from . import postgres
-    from .database import DB_NAME, connect, migrate
+    from .database import DB_NAME, connect
 
     started = time.monotonic()
+    fingerprint = copy_keys(data_dir, dsn, key_encryption_key_file)
     src = connect(data_dir / DB_NAME, readonly=True)
     dst = postgres.connect(dsn)
     try:
-        migrate(dst)  # type: ignore[arg-type]
         summary = copy_database(src, dst, progress)
+        summary.ca_fingerprint = fingerprint
         if bucket is not None:
             from .s3 import S3Client, S3Config
             name, prefix = split_s3_url(bucket.url)

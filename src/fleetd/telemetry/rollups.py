@@ -579,16 +579,18 @@ class Rollups:
                 log.exception("telemetry rollup failed; retrying in %.0f s", self.every)
 
     async def ensure_partitions(self) -> list[str]:
-        """PostgreSQL: make the raw table's missing day partitions (partitions.ensure). → their names."""
+        """PostgreSQL: make the raw table's missing day partitions (partitions.ensure; SQLite has none). → their
+        names."""
+        if not self.partitioned:
+            return []
         return await self.store.write(lambda c: partitions.ensure(c, self.clock(), self.retention.raw_days))
 
     async def start(self) -> None:
         self._lock = asyncio.Lock()
-        if self.partitioned:
-            try:
-                await self.ensure_partitions()
-            except Exception:  # points go to the DEFAULT partition meanwhile; each retention pass tries again
-                log.exception("telemetry: making the raw table's day partitions failed")
+        try:
+            await self.ensure_partitions()
+        except Exception:  # points go to the DEFAULT partition meanwhile; each retention pass tries again
+            log.exception("telemetry: making the raw table's day partitions failed")
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="fleetd-telemetry-rollups")
 
     async def stop(self) -> None:

@@ -36,7 +36,9 @@ CREATE INDEX telemetry_series_name ON telemetry_series(name);
 
 -- Per-minute and per-hour rollups; ts is the bucket's start (Unix seconds). sum and count (not avg)
 -- so that rollups merge exactly: an hour is the merge of its minutes. No index on ts alone: every
--- read (and retention) goes by series, then time.
+-- read (and retention) goes by series, then time. The minutes (as many rows as raw points at one point a minute,
+-- kept 30 days) are partitioned by day as the raw table is, for the same retention by dropping whole days; the hours
+-- (a sixtieth of that) are not.
 CREATE TABLE telemetry_minute (
     series_id bigint NOT NULL,
     ts        bigint NOT NULL,
@@ -45,7 +47,8 @@ CREATE TABLE telemetry_minute (
     min       double precision NOT NULL,
     max       double precision NOT NULL,
     PRIMARY KEY (series_id, ts)
-);
+) PARTITION BY RANGE (ts);
+CREATE TABLE telemetry_minute_default PARTITION OF telemetry_minute DEFAULT;
 
 CREATE TABLE telemetry_hour (
     series_id bigint NOT NULL,

@@ -200,7 +200,8 @@ def postgres_schema(conn: Any) -> dict[str, Table]:
             "SELECT i.indrelid::regclass::text AS tbl, x.relname AS name, i.indkey::int2[] AS cols, "
             "i.indisunique, pg_get_expr(i.indpred, i.indrelid) AS pred FROM pg_index i "
             "JOIN pg_class x ON x.oid = i.indexrelid JOIN pg_namespace n ON n.oid = x.relnamespace "
-            "WHERE n.nspname = 'public' AND NOT x.relispartition AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid "
+            "WHERE n.nspname = 'public' AND NOT x.relispartition "
+            "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid "
             "AND c.contype IN ('p', 'u'))").fetchall():
         out[r["tbl"]].indexes[r["name"]] = (names(r["tbl"], list(r["cols"])), r["indisunique"],
                                             _predicate(r["pred"] or ""))

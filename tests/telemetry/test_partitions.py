@@ -44,10 +44,10 @@ def rows(store: Store, where: str = "true", args: tuple[Any, ...] = ()) -> list[
         f"SELECT id, device_id, value, ts FROM telemetry WHERE {where} ORDER BY id", args).fetchall())]
 
 
-def minute_counts(store: Store) -> dict[str, int]:
-    """Points per device in the minute rollups."""
+def counts(store: Store, level: str = "minute") -> dict[str, int]:
+    """Points per device in the minute (hour) rollups."""
     return {r[0]: int(r[1]) for r in store.read_sync(lambda c: c.execute(
-        "SELECT s.device_id, SUM(m.count) FROM telemetry_minute m JOIN telemetry_series s ON s.id = m.series_id "
+        f"SELECT s.device_id, SUM(m.count) FROM telemetry_{level} m JOIN telemetry_series s ON s.id = m.series_id "
         "GROUP BY s.device_id").fetchall())}
 
 
@@ -57,8 +57,12 @@ def partition_of(store: Store, point_id: int) -> str:
         "SELECT tableoid::regclass::text FROM telemetry WHERE id = ?", (point_id,)).fetchone()[0]))
 
 
-def day_partitions(store: Store) -> list[str]:
-    return [name for name, _, _ in store.read_sync(storage.raw_partitions)]
+def day_partitions(store: Store, table: str = "telemetry") -> list[str]:
+    return [name for name, _, _ in store.read_sync(lambda c: storage.partitions_of(c, table))]
+
+
+def wanted(table: str, now: float, keep_days: float) -> list[str]:
+    return [partitions.partition_name(table, d) for d in partitions.wanted_days(now, keep_days)]
 
 
 def series(device: str, start: float, n: int, value: float = 1.0, step: float = 1.0) -> tuple[str, list[Point]]:
@@ -79,38 +83,44 @@ def job(store: Store, clock: Callable[[], float], intake: TelemetryIntake) -> Ro
 
 def test_retention_drops_what_is_past_it_and_keeps_the_newer_points_and_the_rollups(store_backend: Store) -> None:
     store, now = store_backend, time.time()
+    retention = Retention(raw_days=2, minute_days=5, hour_days=400)
     clock = Clock(now - 10 * DAY)  # the job starts 10 days ago: it makes the partitions of then
     intake = TelemetryIntake(store, sums=MinuteSums())
     old_day = partitions.day_start(now - 10 * DAY)
 
     async def main() -> dict[str, int]:
-        job_ = job(store, clock, intake)
+        job_ = Rollups(store, retention, every=3600, clock=clock, sums=intake.sums)
         await job_.start()
         try:
-            await intake.add(*series("d-old", old_day + 3600, 120, 1.0))
+            await intake.add(*series("d-old", old_day + 3600, 120, 1.0))  # two minutes, ten days ago
             await job_.roll_up()
             clock.now = now
-            await intake.add(*series("d-new", now - 3600, 100, 2.0))
-            await intake.add(*series("d-ahead", now + 20 * 3600, 5, 3.0))  # a clock running ahead: allowed
+            await job_.ensure_partitions()
+            await intake.add(*series("d-mid", now - 3 * DAY, 100, 2.0))  # past raw retention, within the minutes'
+            await job_.roll_up()
+            await intake.add(*series("d-new", now - 3600, 100, 3.0))
+            await intake.add(*series("d-ahead", now + 20 * 3600, 5, 4.0))  # a clock running ahead: allowed
             return await job_.prune()
         finally:
             await job_.stop()
 
     result = asyncio.run(main())
-    # The old points are gone, the newer ones intact; the rollups of all three are intact.
-    assert rows(store, "device_id = ?", ("d-old",)) == []
-    assert [(r[1], r[2]) for r in rows(store)] == [("d-new", 2.0)] * 100 + [("d-ahead", 3.0)] * 5
-    assert minute_counts(store) == {"d-old": 120, "d-new": 100, "d-ahead": 5}
+    # Raw points past their retention are gone, the newer ones intact; so with the minutes; the hours keep all.
+    assert [(r[1], r[2]) for r in rows(store)] == [("d-new", 3.0)] * 100 + [("d-ahead", 4.0)] * 5
+    assert counts(store, "minute") == {"d-mid": 100, "d-new": 100, "d-ahead": 5}
+    assert counts(store, "hour") == {"d-old": 120, "d-mid": 100, "d-new": 100, "d-ahead": 5}
     if is_pg(store):
-        # Whole partitions went: the day of the old points and the empty ones before it; not one row deleted.
-        assert result["raw"] == 0 and result["raw_partitions"] >= 1
-        names = day_partitions(store)
-        assert partitions.partition_name(old_day) not in names
-        assert names == [partitions.partition_name(d) for d in partitions.wanted_days(now, RETENTION.raw_days)]
+        # Whole partitions went (raw: the old day and the empty ones about it; minutes: the old day's and others).
+        # d-mid's raw points had no partition (older than the raw cutoff's day): the DEFAULT one's were deleted.
+        assert result["raw"] == 100 and result["raw_partitions"] >= 1 and result["minute_partitions"] >= 1
+        assert result["minute"] == 0  # no minute row deleted one by one
+        assert day_partitions(store) == wanted("telemetry", now, retention.raw_days)
+        assert day_partitions(store, "telemetry_minute") == wanted("telemetry_minute", now, retention.minute_days)
         ahead = rows(store, "device_id = ?", ("d-ahead",))[0][0]
-        assert partition_of(store, ahead) == partitions.partition_name(partitions.day_start(now + 20 * 3600))
+        assert partition_of(store, ahead) == partitions.partition_name("telemetry",
+                                                                       partitions.day_start(now + 20 * 3600))
     else:
-        assert result["raw"] == 120
+        assert (result["raw"], result["minute"]) == (220, 2)
 
 
 def test_a_point_with_no_partition_of_its_day_is_stored_and_moves_to_it_when_that_is_made(
@@ -137,12 +147,14 @@ def test_a_point_with_no_partition_of_its_day_is_stored_and_moves_to_it_when_tha
     before, made = asyncio.run(main())
     after = rows(store)
     assert len(before) == 9 and after[:9] == before and len(after) == 10  # same ids, same points
-    assert minute_counts(store) == {"d-past": 3, "d-now": 5, "d-ahead": 2}
+    assert counts(store) == {"d-past": 3, "d-now": 5, "d-ahead": 2}
     if is_pg(store):
-        assert made == [partitions.partition_name(d) for d in partitions.wanted_days(now, RETENTION.raw_days)]
+        assert made == (wanted("telemetry", now, RETENTION.raw_days)
+                        + wanted("telemetry_minute", now, RETENTION.minute_days))
         where = {r[1]: partition_of(store, r[0]) for r in after}
-        assert where == {"d-past": "telemetry_default", "d-now": partitions.partition_name(partitions.day_start(now)),
-                         "d-ahead": partitions.partition_name(partitions.day_start(now + 23 * 3600))}
+        assert where == {"d-past": "telemetry_default",
+                         "d-now": partitions.partition_name("telemetry", partitions.day_start(now)),
+                         "d-ahead": partitions.partition_name("telemetry", partitions.day_start(now + 23 * 3600))}
 
 
 def test_after_a_restart_the_partitions_are_there_and_points_are_rolled_up_once(store_location: Any) -> None:
@@ -165,11 +177,11 @@ def test_after_a_restart_the_partitions_are_there_and_points_are_rolled_up_once(
             made_before = day_partitions(store) if store.dsn else []
             asyncio.run(main())
             pushed += 10
-            assert minute_counts(store) == {"d1": pushed}
+            assert counts(store) == {"d1": pushed}
             if store.dsn is not None:
-                wanted = [partitions.partition_name(d) for d in partitions.wanted_days(now, RETENTION.raw_days)]
-                assert day_partitions(store) == wanted
-                assert made_before == (wanted if run else [])  # made at the first start, there at the next
+                want = wanted("telemetry", now, RETENTION.raw_days)
+                assert day_partitions(store) == want
+                assert made_before == (want if run else [])  # made at the first start, there at the next
         finally:
             store.close()
 
@@ -180,14 +192,14 @@ def test_a_partition_with_points_not_rolled_up_is_kept_until_they_are(pg_store: 
     now = time.time()
     old_day = partitions.day_start(now - 10 * DAY)
     intake = TelemetryIntake(store)
-    store.write_sync(lambda c: partitions.ensure(c, now - 10 * DAY, RETENTION.raw_days))
+    store.write_sync(lambda c: partitions.ensure(c, now - 10 * DAY, RETENTION.raw_days, RETENTION.minute_days))
     asyncio.run(intake.add(*series("d-old", old_day + 60, 5)))
     cutoff = now - RETENTION.raw_days * DAY
-    assert store.write_sync(lambda c: partitions.drop_before(c, cutoff))[0] == 9  # the empty days around it
-    assert partitions.partition_name(old_day) in day_partitions(store) and len(rows(store)) == 5
+    assert store.write_sync(lambda c: partitions.drop_before(c, "telemetry", cutoff))[0] == 9  # the empty days around it
+    assert partitions.partition_name("telemetry", old_day) in day_partitions(store) and len(rows(store)) == 5
     store.write_sync(lambda c: rollups.roll_up_step(c))
-    assert store.write_sync(lambda c: partitions.drop_before(c, cutoff)) == (1, 0)
-    assert partitions.partition_name(old_day) not in day_partitions(store) and rows(store) == []
+    assert store.write_sync(lambda c: partitions.drop_before(c, "telemetry", cutoff)) == (1, 0)
+    assert partitions.partition_name("telemetry", old_day) not in day_partitions(store) and rows(store) == []
 
 
 def test_a_failed_copy_fails_exactly_its_callers_and_the_ids_after_it_are_rolled_up(pg_store: Store) -> None:
@@ -221,7 +233,7 @@ def test_a_failed_copy_fails_exactly_its_callers_and_the_ids_after_it_are_rolled
 
     asyncio.run(main())
     assert [(r[1], r[2]) for r in rows(store)] == [("dev-a", 1.0), ("dev-d", 4.0), ("dev-d", 4.0)]
-    assert minute_counts(store) == {"dev-a": 1, "dev-d": 2}
+    assert counts(store) == {"dev-a": 1, "dev-d": 2}
     assert intake.points_total == 3
     ids = [r[0] for r in rows(store)]
     assert ids[1] - ids[0] > 1 and math.isclose(ids[2] - ids[1], 1)  # the failed COPY used ids; one COPY's follow

@@ -17,7 +17,7 @@ Everything else works from **id ranges** of that table:
 * Each pass also records the time span of the ids it covered
   (``telemetry_blocks``): a raw query scans only the id blocks that can hold its
   time range, plus the not yet rolled-up tail; retention deletes raw rows by id
-  prefix once their whole block is old.
+  prefix once their whole block is old (PostgreSQL: whole days, partitions.py).
 * Readers that need fresh data (queries at minute or hour level, alert windows)
   read the rollups and the raw tail past the watermark in one snapshot, so they
   see every committed point exactly once.
@@ -542,21 +542,23 @@ class Rollups:
         return run
 
     async def prune(self) -> dict[str, int]:
-        """Apply retention: raw points in batches (each its own transaction; PostgreSQL: whole day partitions, in
-        one), then the rollups."""
+        """Apply retention: raw points in batches (each its own transaction), then the rollups series by series.
+        PostgreSQL: whole day partitions of raw points and minutes (partitions.py), then the hours by series."""
         raw_cut, minute_cut, hour_cut = self.retention.cutoffs(self.clock())
         await self.roll_up()  # what is about to be deleted must be in the rollups first
         async with self._lock:
-            raw = dropped = 0
+            out = {"raw": 0, "minute": 0, "hour": 0}
+            levels: tuple[tuple[storage.RollupLevel, float], ...] = (("minute", minute_cut), ("hour", hour_cut))
             if self.partitioned:
                 await self.ensure_partitions()
-                dropped, raw = await self.store.write(lambda c: partitions.drop_before(c, raw_cut))
+                for table, level, cut in (("telemetry", "raw", raw_cut), ("telemetry_minute", "minute", minute_cut)):
+                    out[f"{level}_partitions"], out[level] = await self.store.write(
+                        functools.partial(partitions.drop_before, table=table, cutoff=cut))
+                levels = levels[1:]
             else:
                 bound = await self.store.read(lambda c: raw_prune_bound(c, raw_cut))
                 while n := await self.store.write(lambda c: prune_raw_step(c, bound)):
-                    raw += n
-            out = {"raw": raw, "minute": 0, "hour": 0} | ({"raw_partitions": dropped} if self.partitioned else {})
-            levels: tuple[tuple[storage.RollupLevel, float], ...] = (("minute", minute_cut), ("hour", hour_cut))
+                    out["raw"] += n
             for level, cut in levels:
                 after: int | None = 0
                 while after is not None:
@@ -579,11 +581,10 @@ class Rollups:
                 log.exception("telemetry rollup failed; retrying in %.0f s", self.every)
 
     async def ensure_partitions(self) -> list[str]:
-        """PostgreSQL: make the raw table's missing day partitions (partitions.ensure; SQLite has none). → their
-        names."""
-        if not self.partitioned:
-            return []
-        return await self.store.write(lambda c: partitions.ensure(c, self.clock(), self.retention.raw_days))
+        """PostgreSQL: make the missing day partitions (partitions.ensure; SQLite has none). → their names."""
+        r = self.retention
+        return [] if not self.partitioned else await self.store.write(
+            lambda c: partitions.ensure(c, self.clock(), r.raw_days, r.minute_days))
 
     async def start(self) -> None:
         self._lock = asyncio.Lock()

@@ -385,60 +385,71 @@ def metric_names_page(conn: sqlite3.Connection, device_ids: str, limit: int = -1
     return names, int(total)
 
 
-# --- PostgreSQL: the raw table's day partitions (migrations/postgresql/0004; telemetry/partitions.py) ---------------
-# Partition names and bounds are made by partitions.py (a fixed prefix, whole seconds): spliced in, as DDL takes no
-# parameters.
+# --- PostgreSQL: the day partitions of the raw points and the minute rollups (telemetry/partitions.py) -----------
+# Partition names and bounds come from partitions.py (a fixed prefix, whole seconds) and the tables from
+# PARTITIONED: spliced in, as DDL takes no parameters.
 
+PARTITIONED = ("telemetry", "telemetry_minute")  # migrations/postgresql/0004; each has a DEFAULT partition
 _BOUNDS = re.compile(r"FROM \('?([-+.\deE]+)'?\) TO \('?([-+.\deE]+)'?\)")
 
 
-def raw_partitions(conn: sqlite3.Connection) -> list[tuple[str, float, float]]:
-    """The raw table's time partitions (name, start, end): [start, end) of ts, oldest first; not the DEFAULT one."""
+def _partitioned(table: str) -> str:
+    if table not in PARTITIONED:
+        raise ValueError(f"{table} is not one of the partitioned tables {PARTITIONED}")
+    return table
+
+
+def partitions_of(conn: sqlite3.Connection, table: str) -> list[tuple[str, float, float]]:
+    """The time partitions of ``table`` (name, start, end): [start, end) of ts, oldest first; not the DEFAULT one."""
     out = []
     for name, bound in conn.execute(
             "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c "
-            "ON c.oid = i.inhrelid WHERE i.inhparent = 'telemetry'::regclass").fetchall():
+            "ON c.oid = i.inhrelid WHERE i.inhparent = (?)::regclass", (_partitioned(table),)).fetchall():
         m = _BOUNDS.search(bound)
         if m is not None:
             out.append((str(name), float(m.group(1)), float(m.group(2))))
     return sorted(out, key=lambda p: p[1])
 
 
-def lock_raw_partitions(conn: sqlite3.Connection) -> None:
-    """Until the transaction ends: no insert into the raw table, no other connection changing its partitions."""
-    conn.execute("LOCK TABLE telemetry IN SHARE ROW EXCLUSIVE MODE")
+def lock_partitions(conn: sqlite3.Connection, table: str) -> None:
+    """Until the transaction ends: no insert into ``table``, no other connection changing its partitions."""
+    conn.execute(f"LOCK TABLE {_partitioned(table)} IN SHARE ROW EXCLUSIVE MODE")
 
 
-def make_raw_partition(conn: sqlite3.Connection, name: str, start: int, end: int) -> int:
-    """Make ``name`` the raw table's partition of [start, end) (inside :func:`lock_raw_partitions`), moving into
-    it, with their ids, the points of that range the DEFAULT partition holds. → points moved."""
-    where = f"ts >= {int(start)} AND ts < {int(end)}"
-    moved = conn.execute(f"CREATE TEMP TABLE telemetry_moving ON COMMIT DROP AS SELECT * FROM telemetry_default "
+def make_partition(conn: sqlite3.Connection, table: str, name: str, start: int, end: int) -> int:
+    """Make ``name`` the partition of [start, end) of ``table`` (inside :func:`lock_partitions`), moving into it the
+    rows of that range that the DEFAULT partition holds (raw points keep their ids). → rows moved."""
+    table, where = _partitioned(table), f"ts >= {int(start)} AND ts < {int(end)}"
+    moved = conn.execute(f"CREATE TEMP TABLE partition_moving ON COMMIT DROP AS SELECT * FROM {table}_default "
                          f"WHERE {where}").rowcount
     if moved:
-        conn.execute(f"DELETE FROM telemetry_default WHERE {where}")
-    conn.execute(f"CREATE TABLE {name} PARTITION OF telemetry FOR VALUES FROM ({int(start)}) TO ({int(end)})")
+        conn.execute(f"DELETE FROM {table}_default WHERE {where}")
+    conn.execute(f"CREATE TABLE {name} PARTITION OF {table} FOR VALUES FROM ({int(start)}) TO ({int(end)})")
     if moved:
-        conn.execute("INSERT INTO telemetry SELECT * FROM pg_temp.telemetry_moving")
-    conn.execute("DROP TABLE pg_temp.telemetry_moving")
+        conn.execute(f"INSERT INTO {table} SELECT * FROM pg_temp.partition_moving")
+    conn.execute("DROP TABLE pg_temp.partition_moving")
     return max(moved, 0)
 
 
-def drop_raw_partition(conn: sqlite3.Connection, name: str, rolled_up_to: int) -> bool:
-    """Drop the raw table's partition ``name`` if every point in it is rolled up (id <= ``rolled_up_to``); else
-    keep it (False). Takes the raw table's ACCESS EXCLUSIVE lock until the transaction ends."""
-    conn.execute("LOCK TABLE telemetry IN ACCESS EXCLUSIVE MODE")
-    top = conn.execute(f"SELECT MAX(id) FROM {name}").fetchone()[0]
-    if top is not None and top > rolled_up_to:
-        return False
+def drop_partition(conn: sqlite3.Connection, table: str, name: str, rolled_up_to: int) -> bool:
+    """Drop the partition ``name`` of ``table``; of the raw table only if every point in it is rolled up (id <=
+    ``rolled_up_to``), else keep it (False). Takes the table's ACCESS EXCLUSIVE lock until the transaction ends."""
+    conn.execute(f"LOCK TABLE {_partitioned(table)} IN ACCESS EXCLUSIVE MODE")
+    if table == "telemetry":
+        top = conn.execute(f"SELECT MAX(id) FROM {name}").fetchone()[0]
+        if top is not None and top > rolled_up_to:
+            return False
     conn.execute(f"DROP TABLE {name}")
     return True
 
 
-def delete_default_raw_before(conn: sqlite3.Connection, cutoff: float, rolled_up_to: int) -> int:
-    """Delete the rolled-up points older than ``cutoff`` that the raw table's DEFAULT partition holds. → how many."""
-    return int(conn.execute("DELETE FROM telemetry_default WHERE ts < ? AND id <= ?",
-                            (cutoff, rolled_up_to)).rowcount)
+def delete_default_before(conn: sqlite3.Connection, table: str, cutoff: float, rolled_up_to: int) -> int:
+    """Delete the rows older than ``cutoff`` that the DEFAULT partition of ``table`` holds (raw points: those rolled
+    up). → how many."""
+    if _partitioned(table) == "telemetry":
+        return int(conn.execute("DELETE FROM telemetry_default WHERE ts < ? AND id <= ?",
+                                (cutoff, rolled_up_to)).rowcount)
+    return int(conn.execute(f"DELETE FROM {table}_default WHERE ts < ?", (cutoff,)).rowcount)
 
 
 def delete_blocks_before(conn: sqlite3.Connection, cutoff: float, rolled_up_to: int) -> None:

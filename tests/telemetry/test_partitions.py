@@ -273,3 +273,13 @@ def test_the_insert_lock_orders_inserts_of_several_connections(pg_store: Store) 
     finally:
         other.close()
     assert n == 1 and [(r[0], r[1]) for r in rows(store)] == [(top - 1, "o"), (top, "d")]
+
+
+def test_a_server_makes_the_day_partitions_when_it_starts(client: Any, fleet: Any) -> None:
+    """The app's lifecycle starts the rollup job, which makes them (PostgreSQL; SQLite has none to make)."""
+    now = time.time()
+    assert fleet.rollups.partitioned == (fleet.store.dsn is not None)
+    if fleet.store.dsn is not None:
+        r = fleet.rollups.retention
+        assert day_partitions(fleet.store) == wanted("telemetry", now, r.raw_days)
+        assert day_partitions(fleet.store, "telemetry_minute") == wanted("telemetry_minute", now, r.minute_days)

@@ -490,7 +490,7 @@ class Rollups:
         self.retention_every = retention_every
         self.clock = clock
         self.sums = sums  # the intake's (TelemetryIntake.sums): merged instead of reading the rows again
-        self.partitioned = store.dsn is not None  # PostgreSQL's raw table: day partitions (partitions.py)
+        self.partitioned = store.dsn is not None  # PostgreSQL: raw points and minutes in day partitions (partitions.py)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.pass_cpu_seconds = 0.0  # of the writer thread in the rollup passes
@@ -591,7 +591,7 @@ class Rollups:
         try:
             await self.ensure_partitions()
         except Exception:  # points go to the DEFAULT partition meanwhile; each retention pass tries again
-            log.exception("telemetry: making the raw table's day partitions failed")
+            log.exception("telemetry: making the day partitions failed")
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="fleetd-telemetry-rollups")
 
     async def stop(self) -> None:

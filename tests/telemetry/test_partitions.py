@@ -283,3 +283,27 @@ def test_a_server_makes_the_day_partitions_when_it_starts(client: Any, fleet: An
         r = fleet.rollups.retention
         assert day_partitions(fleet.store) == wanted("telemetry", now, r.raw_days)
         assert day_partitions(fleet.store, "telemetry_minute") == wanted("telemetry_minute", now, r.minute_days)
+
+
+def test_a_partition_change_waits_for_a_long_read_only_briefly(pg_store: Store,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read holding the table (its snapshot's lock) makes the drop give up after LOCK_WAIT instead of holding
+    the writer for the connection's 30 s; the next pass drops the partition."""
+    store, now = pg_store, time.time()
+    monkeypatch.setattr(partitions, "LOCK_WAIT", 0.3)
+    store.write_sync(lambda c: partitions.ensure(c, now - 10 * DAY, RETENTION.raw_days, RETENTION.minute_days))
+    old = partitions.partition_name("telemetry", partitions.day_start(now - 10 * DAY))
+    reader = store.connect()
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM telemetry").fetchone()
+        t = time.monotonic()
+        with pytest.raises(Exception, match="lock timeout"):
+            store.write_sync(lambda c: partitions.drop_before(c, "telemetry", now - RETENTION.raw_days * DAY))
+        assert time.monotonic() - t < 5
+        assert old in day_partitions(store)  # nothing dropped: the transaction rolled back
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+    assert store.write_sync(lambda c: partitions.drop_before(c, "telemetry", now - RETENTION.raw_days * DAY))[0] == 10
+    assert old not in day_partitions(store)

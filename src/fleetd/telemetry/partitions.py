@@ -21,6 +21,9 @@ from . import storage
 
 DAY = 86400
 AHEAD_DAYS = 3  # days made past today: points go to the DEFAULT partition only after an outage of the job that long
+# Seconds a partition change waits for the table's lock (a long read holds it) before it gives up until the next
+# retention pass, an hour later: the writer, and the reads queued behind the lock, wait no longer than that.
+LOCK_WAIT = 5.0
 
 
 def partition_name(table: str, day: int) -> str:
@@ -49,6 +52,7 @@ def ensure(conn: sqlite3.Connection, now: float, raw_days: float, minute_days: f
         have = {start for _, start, _ in storage.partitions_of(conn, table)}
         if all(day in have for day in days):
             continue
+        storage.wait_for_locks_at_most(conn, LOCK_WAIT)
         storage.lock_partitions(conn, table)
         have = {start for _, start, _ in storage.partitions_of(conn, table)}  # another replica may have made some
         for day in days:
@@ -65,6 +69,7 @@ def drop_before(conn: sqlite3.Connection, table: str, cutoff: float) -> tuple[in
     gone_before = day_start(cutoff)
     wm = storage.watermark(conn)
     old = [name for name, _, end in storage.partitions_of(conn, table) if end <= gone_before]
+    storage.wait_for_locks_at_most(conn, LOCK_WAIT)
     dropped = sum(storage.drop_partition(conn, table, name, wm) for name in old)
     deleted = storage.delete_default_before(conn, table, gone_before, wm)
     if table == "telemetry":

@@ -411,6 +411,12 @@ def partitions_of(conn: sqlite3.Connection, table: str) -> list[tuple[str, float
     return sorted(out, key=lambda p: p[1])
 
 
+def wait_for_locks_at_most(conn: sqlite3.Connection, seconds: float) -> None:
+    """Until the transaction ends, a lock not had within ``seconds`` fails the statement (rather than holding the
+    writer, and every reader queued behind the lock asked for, for the connection's 30 s)."""
+    conn.execute(f"SET LOCAL lock_timeout = {int(seconds * 1000)}")
+
+
 def lock_partitions(conn: sqlite3.Connection, table: str) -> None:
     """Until the transaction ends: no insert into ``table``, no other connection changing its partitions."""
     conn.execute(f"LOCK TABLE {_partitioned(table)} IN SHARE ROW EXCLUSIVE MODE")

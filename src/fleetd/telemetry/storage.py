@@ -171,9 +171,10 @@ def move_watermark(conn: sqlite3.Connection, lo: int, hi: int) -> bool:
 
 
 def rollup_lag(conn: sqlite3.Connection) -> int:
-    """Raw points not yet in the rollups."""
-    return int(conn.execute("SELECT COALESCE((SELECT MAX(id) FROM telemetry), 0) - rolled_up_to "
-                            "FROM telemetry_rollup_state").fetchone()[0])
+    """Raw points not yet in the rollups. (PostgreSQL's retention may drop the newest raw id, which SQLite's keeps:
+    its sequence never hands one out again, but the difference with the watermark is then below zero.)"""
+    return max(0, int(conn.execute("SELECT COALESCE((SELECT MAX(id) FROM telemetry), 0) - rolled_up_to "
+                                   "FROM telemetry_rollup_state").fetchone()[0]))
 
 
 def insert_block(conn: sqlite3.Connection, lo: int, hi: int, min_ts: float, max_ts: float) -> None:

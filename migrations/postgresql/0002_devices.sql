@@ -99,9 +99,8 @@ CREATE TABLE action_events (
 CREATE INDEX action_events_action ON action_events(action_id, id);
 
 -- Raw points as devices send them; no secondary index so that ingest stays fast
--- (rollups and their indexes come with the telemetry queries). A plain table for now: the time-partitioned layout
--- (native declarative partitioning by time, retention by dropping whole partitions) comes with the PostgreSQL
--- telemetry backend step.
+-- (rollups and their indexes come with the telemetry queries). A plain table here, as SQLite's: 0004 rebuilds it
+-- partitioned by time.
 CREATE TABLE telemetry (
     device_id text NOT NULL,
     name      text NOT NULL,

@@ -165,10 +165,12 @@ def sqlite_schema(conn: sqlite3.Connection) -> dict[str, Table]:
 
 
 def postgres_schema(conn: Any) -> dict[str, Table]:
+    """The tables, not their partitions (the raw telemetry's: a partitioned table is one table here)."""
     out: dict[str, Table] = {}
     for r in conn.execute(
             "SELECT table_name, column_name, data_type, is_nullable, column_default FROM information_schema.columns "
-            "WHERE table_schema = 'public' ORDER BY table_name, ordinal_position").fetchall():
+            "WHERE table_schema = 'public' AND table_name NOT IN (SELECT relname FROM pg_class WHERE relispartition) "
+            "ORDER BY table_name, ordinal_position").fetchall():
         out.setdefault(r["table_name"], Table()).columns.append(
             (r["column_name"], r["data_type"], r["is_nullable"] == "NO", _default(r["column_default"])))
 
@@ -180,8 +182,8 @@ def postgres_schema(conn: Any) -> dict[str, Table]:
     for r in conn.execute(
             "SELECT c.conrelid::regclass::text AS tbl, c.contype, c.conkey, "
             "c.confrelid::regclass::text AS ref, c.confkey, c.confdeltype, pg_get_constraintdef(c.oid) AS def "
-            "FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = 'public' "
-            "AND c.conrelid <> 0").fetchall():
+            "FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace JOIN pg_class t ON t.oid = c.conrelid "
+            "WHERE n.nspname = 'public' AND NOT t.relispartition").fetchall():
         t = out[r["tbl"]]
         cols = names(r["tbl"], r["conkey"])
         if r["contype"] == "p":
@@ -198,12 +200,19 @@ def postgres_schema(conn: Any) -> dict[str, Table]:
             "SELECT i.indrelid::regclass::text AS tbl, x.relname AS name, i.indkey::int2[] AS cols, "
             "i.indisunique, pg_get_expr(i.indpred, i.indrelid) AS pred FROM pg_index i "
             "JOIN pg_class x ON x.oid = i.indexrelid JOIN pg_namespace n ON n.oid = x.relnamespace "
-            "WHERE n.nspname = 'public' AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid "
+            "WHERE n.nspname = 'public' AND NOT x.relispartition "
+            "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid "
             "AND c.contype IN ('p', 'u'))").fetchall():
         out[r["tbl"]].indexes[r["name"]] = (names(r["tbl"], list(r["cols"])), r["indisunique"],
                                             _predicate(r["pred"] or ""))
     for r in conn.execute("SELECT tgrelid::regclass::text AS tbl, tgname FROM pg_trigger WHERE NOT tgisinternal"):
         out[r["tbl"]].triggers.add(r["tgname"])
+    raw = out.get("telemetry")
+    if raw is not None and not raw.primary_key and raw.indexes.get("telemetry_id") == (("id",), False, ""):
+        # Partitioned by time (migrations/postgresql/0004): a primary key would have to include ts; the identity
+        # keeps ids unique and the index on id stands for SQLite's INTEGER PRIMARY KEY.
+        del raw.indexes["telemetry_id"]
+        raw.primary_key = ["id"]
     return out
 
 

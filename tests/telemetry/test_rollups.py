@@ -263,6 +263,7 @@ def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
+@pytest.mark.both_backends
 def test_rollups_task_and_query_service(client, fleet, admin_key, viewer_key) -> None:  # type: ignore[no-untyped-def]
     a = active_device(client, admin_key)
     b = active_device(client, admin_key)

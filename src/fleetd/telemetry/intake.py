@@ -7,8 +7,9 @@ The event loop checks a batch's points (one pass, no row built), groups their va
 rollups (rollups.MinuteSums.bucket) and encodes them back to one JSON array with msgspec, in C: what is stored is
 exactly what was checked, whatever the request's JSON looked like (a key given twice, a number as a string). The
 writer takes every batch waiting when its job starts and stores up to 64 of them with one statement
-(storage.insert_point_batches), which unpacks the arrays without the GIL; once that has committed, the loop adds the
-batches' values to the per-minute sums the rollup job merges, so that the rows are not read again.
+(storage.insert_point_batches), which unpacks the arrays without the GIL (on PostgreSQL: one binary COPY,
+storage.copy_point_batches); once that has committed, the loop adds the batches' values to the per-minute sums the
+rollup job merges, so that the rows are not read again.
 docs/performance.md, "Telemetry", has the measurements behind this.
 """
 
@@ -183,6 +184,10 @@ class TelemetryIntake:
         self.commits = 0
         # CPU seconds of the writer thread in the inserts (the rollups' cost is measured against it).
         self.insert_cpu_seconds = 0.0
+        # How a group is stored, chosen once: SQLite's one JSON-unpacking INSERT; PostgreSQL's COPY, under the lock that
+        # keeps its ids in commit order across replicas (storage.copy_point_batches).
+        self._store_group: Callable[[Any, list[storage.Batch]], tuple[int, int | None]] = (
+            storage.insert_point_batches if store.dsn is None else storage.copy_point_batches)
 
     async def add(self, device_id: str, points: list[Point]) -> int:
         """Check and store ``points``; returns (how many) once they are committed, or raises what :func:`check`
@@ -227,7 +232,7 @@ class TelemetryIntake:
             group = taken[i:i + storage.MAX_BATCHES_PER_INSERT]
             t = time.thread_time()
             try:
-                n, top = storage.insert_point_batches(conn, [batch for batch, _, _ in group])
+                n, top = self._store_group(conn, [batch for batch, _, _ in group])
             except BaseException as e:
                 _on_loop(loop, self._settle, group, 0, None, e)
                 failed = failed or e
@@ -245,7 +250,9 @@ class TelemetryIntake:
             self.points_total += stored
             self.commits += 1
             # The rows got the ids after the newest one before, in order: SQLite gives a new row the highest id plus
-            # one as long as that is below the largest integer (then it would pick ids at random).
+            # one as long as that is below the largest integer (then it would pick ids at random); PostgreSQL's
+            # sequence, under the raw-insert lock, the next ones (another replica's rows between two groups only
+            # start a new run of sums: MinuteSums.add).
             if self.sums is not None and top is not None and top < storage.MAX_ID:
                 try:
                     self.sums.add(top - stored, top, ((b[0], buckets) for b, buckets, _ in taken if buckets))

@@ -17,7 +17,7 @@ Everything else works from **id ranges** of that table:
 * Each pass also records the time span of the ids it covered
   (``telemetry_blocks``): a raw query scans only the id blocks that can hold its
   time range, plus the not yet rolled-up tail; retention deletes raw rows by id
-  prefix once their whole block is old.
+  prefix once their whole block is old (PostgreSQL: whole days, partitions.py).
 * Readers that need fresh data (queries at minute or hour level, alert windows)
   read the rollups and the raw tail past the watermark in one snapshot, so they
   see every committed point exactly once.
@@ -42,7 +42,7 @@ from ..core.lifecycle import Scope
 from ..core.metrics import Read
 from ..core.tasks import cancel_and_wait
 from ..store.database import Store, read_snapshot, transaction
-from . import storage
+from . import partitions, storage
 
 if TYPE_CHECKING:
     from ..core.metrics import Metrics
@@ -490,6 +490,7 @@ class Rollups:
         self.retention_every = retention_every
         self.clock = clock
         self.sums = sums  # the intake's (TelemetryIntake.sums): merged instead of reading the rows again
+        self.partitioned = store.dsn is not None  # PostgreSQL: raw points and minutes in day partitions (partitions.py)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.pass_cpu_seconds = 0.0  # of the writer thread in the rollup passes
@@ -541,16 +542,23 @@ class Rollups:
         return run
 
     async def prune(self) -> dict[str, int]:
-        """Apply retention: raw points in batches (each its own transaction), then the rollups."""
+        """Apply retention: raw points in batches (each its own transaction), then the rollups series by series.
+        PostgreSQL: whole day partitions of raw points and minutes (partitions.py), then the hours by series."""
         raw_cut, minute_cut, hour_cut = self.retention.cutoffs(self.clock())
         await self.roll_up()  # what is about to be deleted must be in the rollups first
         async with self._lock:
-            bound = await self.store.read(lambda c: raw_prune_bound(c, raw_cut))
-            raw = 0
-            while n := await self.store.write(lambda c: prune_raw_step(c, bound)):
-                raw += n
-            out = {"raw": raw, "minute": 0, "hour": 0}
+            out = {"raw": 0, "minute": 0, "hour": 0}
             levels: tuple[tuple[storage.RollupLevel, float], ...] = (("minute", minute_cut), ("hour", hour_cut))
+            if self.partitioned:
+                await self.ensure_partitions()
+                for table, level, cut in (("telemetry", "raw", raw_cut), ("telemetry_minute", "minute", minute_cut)):
+                    out[f"{level}_partitions"], out[level] = await self.store.write(
+                        functools.partial(partitions.drop_before, table=table, cutoff=cut))
+                levels = levels[1:]
+            else:
+                bound = await self.store.read(lambda c: raw_prune_bound(c, raw_cut))
+                while n := await self.store.write(lambda c: prune_raw_step(c, bound)):
+                    out["raw"] += n
             for level, cut in levels:
                 after: int | None = 0
                 while after is not None:
@@ -572,8 +580,18 @@ class Rollups:
             except Exception:
                 log.exception("telemetry rollup failed; retrying in %.0f s", self.every)
 
+    async def ensure_partitions(self) -> list[str]:
+        """PostgreSQL: make the missing day partitions (partitions.ensure; SQLite has none). → their names."""
+        r = self.retention
+        return [] if not self.partitioned else await self.store.write(
+            lambda c: partitions.ensure(c, self.clock(), r.raw_days, r.minute_days))
+
     async def start(self) -> None:
         self._lock = asyncio.Lock()
+        try:
+            await self.ensure_partitions()
+        except Exception:  # points go to the DEFAULT partition meanwhile; each retention pass tries again
+            log.exception("telemetry: making the day partitions failed")
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="fleetd-telemetry-rollups")
 
     async def stop(self) -> None:

@@ -8,10 +8,14 @@ orchestrator's scan of raw points runs its SQL from module-level constants.
 from __future__ import annotations
 
 import functools
+import re
 import sqlite3
 from collections.abc import Iterable
 from typing import Any, Literal
 
+import msgspec
+
+from ..store.database import transaction
 from ..store.dialect import Dialect, dialect_of
 
 RollupLevel = Literal["minute", "hour"]
@@ -54,6 +58,57 @@ def insert_point_batches(conn: sqlite3.Connection, batches: list[Batch]) -> tupl
     padded = batches + [_EMPTY_BATCH] * (k - len(batches))
     cur = conn.execute(_insert_batches(dialect_of(conn), k), [x for b in padded for x in b])
     return (cur.rowcount, cur.lastrowid) if cur.rowcount > 0 else (0, None)
+
+
+# PostgreSQL: the raw inserts of all connections (every replica's writer) take turns under this transaction-level
+# advisory lock, so that each statement's rows get consecutive ids and ids commit in increasing order, as on SQLite's
+# single writer: the rollups' watermark and the intake's per-minute sums rely on both (rollups.py).
+RAW_INSERT_LOCK = 0x666C_6565_7464_7231  # "fleetdr1"
+_LOCK_RAW_INSERTS = f"SELECT pg_advisory_xact_lock({RAW_INSERT_LOCK})"
+_COPY = "COPY telemetry (device_id, name, ts, value, tags) FROM STDIN (FORMAT BINARY)"
+_COPY_TYPES = ("text", "text", "float8", "float8", "text")
+_TOP_RAW_ID = "SELECT currval(pg_get_serial_sequence('telemetry', 'id'))"
+
+
+class _Stored(msgspec.Struct, gc=False):
+    """A point of a batch's JSON as the intake encoded it (intake.Point; tags as their JSON text)."""
+
+    name: str
+    value: float
+    ts: float = 0.0
+    tags: msgspec.Raw = msgspec.Raw(b"{}")
+
+
+_decode_points = msgspec.json.Decoder(list[_Stored]).decode
+_NO_TAGS = b"{}"
+
+
+def copy_point_batches(conn: Any, batches: list[Batch]) -> tuple[int, int | None]:
+    """PostgreSQL (the adapter's connection, store/postgres.py): store the points of ``batches`` with one binary
+    COPY, in a transaction of its own under RAW_INSERT_LOCK; the rows get consecutive ids in the batches' order
+    (docs/performance.md, "Telemetry on PostgreSQL", has why COPY). → (points stored, the last one's id; None if
+    none)."""
+    stored = 0
+    with transaction(conn):
+        conn.execute(_LOCK_RAW_INSERTS)
+        with conn.raw.cursor() as cur, cur.copy(_COPY) as copy:
+            copy.set_types(_COPY_TYPES)
+            write = copy.write_row
+            for device_id, received, points in batches:
+                for p in _decode_points(points):
+                    tags = bytes(p.tags)
+                    write((device_id, p.name, p.ts or received, p.value, None if tags == _NO_TAGS else tags.decode()))
+                    stored += 1
+        top = conn.execute(_TOP_RAW_ID).fetchone()[0] if stored else None
+    return stored, None if top is None else int(top)
+
+
+def insert_point_batches_locked(conn: Any, batches: list[Batch]) -> tuple[int, int | None]:
+    """PostgreSQL: :func:`insert_point_batches` in a transaction of its own under RAW_INSERT_LOCK (what
+    tests/telemetry/bench_pg_intake.py holds COPY against)."""
+    with transaction(conn):
+        conn.execute(_LOCK_RAW_INSERTS)
+        return insert_point_batches(conn, batches)
 
 
 def device_metric_names(conn: sqlite3.Connection) -> list[tuple[str, str]]:
@@ -116,9 +171,10 @@ def move_watermark(conn: sqlite3.Connection, lo: int, hi: int) -> bool:
 
 
 def rollup_lag(conn: sqlite3.Connection) -> int:
-    """Raw points not yet in the rollups."""
-    return int(conn.execute("SELECT COALESCE((SELECT MAX(id) FROM telemetry), 0) - rolled_up_to "
-                            "FROM telemetry_rollup_state").fetchone()[0])
+    """Raw points not yet in the rollups. (PostgreSQL's retention may drop the newest raw id, which SQLite's keeps:
+    its sequence never hands one out again, but the difference with the watermark is then below zero.)"""
+    return max(0, int(conn.execute("SELECT COALESCE((SELECT MAX(id) FROM telemetry), 0) - rolled_up_to "
+                                   "FROM telemetry_rollup_state").fetchone()[0]))
 
 
 def insert_block(conn: sqlite3.Connection, lo: int, hi: int, min_ts: float, max_ts: float) -> None:
@@ -328,3 +384,81 @@ def metric_names_page(conn: sqlite3.Connection, device_ids: str, limit: int = -1
         f"SELECT DISTINCT name FROM telemetry_series WHERE {where} ORDER BY name LIMIT ? OFFSET ?",
         (device_ids, limit if limit >= 0 else d.no_limit, offset))]
     return names, int(total)
+
+
+# --- PostgreSQL: the day partitions of the raw points and the minute rollups (telemetry/partitions.py) -----------
+# Partition names and bounds come from partitions.py (a fixed prefix, whole seconds) and the tables from
+# PARTITIONED: spliced in, as DDL takes no parameters.
+
+PARTITIONED = ("telemetry", "telemetry_minute")  # migrations/postgresql/0004; each has a DEFAULT partition
+_BOUNDS = re.compile(r"FROM \('?([-+.\deE]+)'?\) TO \('?([-+.\deE]+)'?\)")
+
+
+def _partitioned(table: str) -> str:
+    if table not in PARTITIONED:
+        raise ValueError(f"{table} is not one of the partitioned tables {PARTITIONED}")
+    return table
+
+
+def partitions_of(conn: sqlite3.Connection, table: str) -> list[tuple[str, float, float]]:
+    """The time partitions of ``table`` (name, start, end): [start, end) of ts, oldest first; not the DEFAULT one."""
+    out = []
+    for name, bound in conn.execute(
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c "
+            "ON c.oid = i.inhrelid WHERE i.inhparent = (?)::regclass", (_partitioned(table),)).fetchall():
+        m = _BOUNDS.search(bound)
+        if m is not None:
+            out.append((str(name), float(m.group(1)), float(m.group(2))))
+    return sorted(out, key=lambda p: p[1])
+
+
+def wait_for_locks_at_most(conn: sqlite3.Connection, seconds: float) -> None:
+    """Until the transaction ends, a lock not had within ``seconds`` fails the statement (rather than holding the
+    writer, and every reader queued behind the lock asked for, for the connection's 30 s)."""
+    conn.execute(f"SET LOCAL lock_timeout = {int(seconds * 1000)}")
+
+
+def lock_partitions(conn: sqlite3.Connection, table: str) -> None:
+    """Until the transaction ends: no insert into ``table``, no other connection changing its partitions."""
+    conn.execute(f"LOCK TABLE {_partitioned(table)} IN SHARE ROW EXCLUSIVE MODE")
+
+
+def make_partition(conn: sqlite3.Connection, table: str, name: str, start: int, end: int) -> int:
+    """Make ``name`` the partition of [start, end) of ``table`` (inside :func:`lock_partitions`), moving into it the
+    rows of that range that the DEFAULT partition holds (raw points keep their ids). → rows moved."""
+    table, where = _partitioned(table), f"ts >= {int(start)} AND ts < {int(end)}"
+    moved = conn.execute(f"CREATE TEMP TABLE partition_moving ON COMMIT DROP AS SELECT * FROM {table}_default "
+                         f"WHERE {where}").rowcount
+    if moved:
+        conn.execute(f"DELETE FROM {table}_default WHERE {where}")
+    conn.execute(f"CREATE TABLE {name} PARTITION OF {table} FOR VALUES FROM ({int(start)}) TO ({int(end)})")
+    if moved:
+        conn.execute(f"INSERT INTO {table} SELECT * FROM pg_temp.partition_moving")
+    conn.execute("DROP TABLE pg_temp.partition_moving")
+    return max(moved, 0)
+
+
+def drop_partition(conn: sqlite3.Connection, table: str, name: str, rolled_up_to: int) -> bool:
+    """Drop the partition ``name`` of ``table``; of the raw table only if every point in it is rolled up (id <=
+    ``rolled_up_to``), else keep it (False). Takes the table's ACCESS EXCLUSIVE lock until the transaction ends."""
+    conn.execute(f"LOCK TABLE {_partitioned(table)} IN ACCESS EXCLUSIVE MODE")
+    if table == "telemetry":
+        top = conn.execute(f"SELECT MAX(id) FROM {name}").fetchone()[0]
+        if top is not None and top > rolled_up_to:
+            return False
+    conn.execute(f"DROP TABLE {name}")
+    return True
+
+
+def delete_default_before(conn: sqlite3.Connection, table: str, cutoff: float, rolled_up_to: int) -> int:
+    """Delete the rows older than ``cutoff`` that the DEFAULT partition of ``table`` holds (raw points: those rolled
+    up). → how many."""
+    if _partitioned(table) == "telemetry":
+        return int(conn.execute("DELETE FROM telemetry_default WHERE ts < ? AND id <= ?",
+                                (cutoff, rolled_up_to)).rowcount)
+    return int(conn.execute(f"DELETE FROM {table}_default WHERE ts < ?", (cutoff,)).rowcount)
+
+
+def delete_blocks_before(conn: sqlite3.Connection, cutoff: float, rolled_up_to: int) -> None:
+    """Forget the id blocks whose points are all older than ``cutoff``."""
+    conn.execute("DELETE FROM telemetry_blocks WHERE max_ts <= ? AND hi <= ?", (cutoff, rolled_up_to))

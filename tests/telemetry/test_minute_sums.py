@@ -39,8 +39,8 @@ class Where:
 
     def fleet(self) -> Fleet:
         """A server's Fleet (a new one on the same store: a restart), with the failing-insert trigger."""
-        f = Fleet(Settings(data_dir=str(self.data), tls=False, mdns=False, host="127.0.0.1", port=8420),
-                  database=self.dsn)
+        f = Fleet(Settings(data_dir=str(self.data), tls=False, mdns=False, host="127.0.0.1", port=8420,
+                           database=self.dsn or ""))
         for sql in BOOM_PG if self.dsn else BOOM_SQLITE:
             f.store.write_sync(lambda c, sql=sql: c.execute(sql))
         return f

@@ -12,6 +12,7 @@ beside fleetd's.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import random
@@ -23,7 +24,7 @@ import msgspec
 
 from fleetd.core import pki
 from fleetd.devices.devauth import DeviceTokens
-from fleetd.store import postgres
+from fleetd.store import postgres, transfer
 from fleetd.store.database import migrate
 from tests.support.services import HAProxy, PostgresServer
 
@@ -68,8 +69,11 @@ class PgFleet:
         finally:
             conn.close()
         self.env = {"FLEETD_DATABASE": self.dsn,
-                    "FLEETD_KEY_ENCRYPTION_KEY": os.environ.get("FLEETD_KEY_ENCRYPTION_KEY")
-                    or "bench-" + os.urandom(16).hex()}
+                    "FLEETD_KEY_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode()}
+        # The keys into the database, as `fleetd store migrate` puts them: every replica (a data dir of its own)
+        # reads them there, and the tokens minted from this dir's token key are good on all.
+        os.environ["FLEETD_KEY_ENCRYPTION_KEY"] = self.env["FLEETD_KEY_ENCRYPTION_KEY"]
+        transfer.copy_keys(self.path, self.dsn)
 
     def sample(self, count: int, seed_: int) -> list[tuple[str, str, int]]:
         conn = postgres.connect(self.dsn, readonly=True)
@@ -98,7 +102,10 @@ class PgFleet:
                                    [tokens.issue(did, epoch) for did, _, epoch in devices], bodies), rows
 
     def start(self, logs: Path, name: str) -> Service:
-        return start_fleetd(self.path, logs, log_name=name, env=self.env)
+        """A replica on a data dir of its own (``name``)."""
+        data = self.path.parent / "pg-replicas" / name
+        data.mkdir(parents=True, exist_ok=True)
+        return start_fleetd(data, logs, log_name=name, env=self.env)
 
     def telemetry_rows(self) -> int:
         conn = postgres.connect(self.dsn, readonly=True)

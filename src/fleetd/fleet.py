@@ -10,7 +10,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .accounts import storage as accounts_storage
 from .accounts import users as auth
@@ -43,6 +43,10 @@ from .store.database import DB_NAME, Store, open_store, processes_using, transac
 from .telemetry.intake import MetricNames, TelemetryIntake
 from .telemetry.rollups import MinuteSums, Retention, Rollups
 
+if TYPE_CHECKING:
+    from .store.changes import ChangeFeed
+    from .store.lease import FleetLease
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "fleetd.lock"
@@ -74,9 +78,14 @@ class Fleet:
             self._take_lock()
         self.keys: FleetKeys = load_or_create(self.data_dir, self._extra_names())
         self.store = Store(database or self.data_dir / DB_NAME, settings.reader_threads)
+        self.changes: ChangeFeed | None = None
         try:
+            # PostgreSQL: the other replicas' changes, listened to before the caches below load (store/changes.py).
+            self.changes = self._change_feed()
             self.blobs = open_blobs(settings, self.data_dir, self.store)
         except BaseException:  # e.g. an S3 bucket that cannot be reached: free what is open before saying so
+            if self.changes is not None:
+                self.changes.close()
             self.store.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
@@ -127,6 +136,17 @@ class Fleet:
         ]
         for kind, handler in table:
             self.store.on_effect(kind, handler)
+        if self.changes is not None:  # what the change feed reloads after it lost its connection
+            self.changes.on_reload(DeviceHub.load_state, hub.apply_state)
+            self.changes.on_reload(ddi_state.load, ddi.apply)
+            self.changes.on_gap(self.events.gap)
+
+    def _change_feed(self) -> ChangeFeed | None:
+        if self.store.dsn is None or self.store.origin is None:
+            return None
+        from .store.changes import ChangeFeed  # psycopg: PostgreSQL mode only
+
+        return ChangeFeed(self.store.dsn, self.store.origin, self.store.run_effects, self.store.effect_kinds)
 
     def _register_metrics(self) -> None:
         """The collected metrics of the parts without an object of their own (the rollups and the alert engine
@@ -179,8 +199,16 @@ class Fleet:
         """The background parts, in start order; the app's lifespan stops them in reverse (docs/architecture.md,
         "Background parts"). The hub starts before presence, which reads it; the deliverer before the alert
         engine, which wakes it; the telemetry intake stops last, after everything that feeds it."""
-        parts: list[Part] = [self.telemetry, self.hub, self.rollups, self.webhooks, self.alerts,
-                             Presence(self.hub, self.events), Maintenance(self), self.orchestrator]
+        shared = self.store.dsn is not None
+        fleet_parts: list[Part] = [self.rollups, self.webhooks, self.alerts,
+                                   Presence(self.hub, self.events, shared=shared), Maintenance(self), self.orchestrator]
+        parts: list[Part] = [self.telemetry, self.hub, *fleet_parts]
+        if self.store.dsn is not None and self.changes is not None:  # PostgreSQL replicas: the lease holds them
+            from .store.lease import FleetLease
+
+            lease = FleetLease(self.store.dsn, fleet_parts, seconds=self.settings.lease_seconds,
+                               check=self.settings.lease_check_seconds)
+            parts = [self.telemetry, self.changes, self.hub, lease]
         if self.settings.mdns:
             from .discovery import Advertiser  # zeroconf costs memory; only load it when advertising
 
@@ -212,7 +240,16 @@ class Fleet:
             return "admin", password
         return self.store.write_sync(create)
 
+    @property
+    def lease(self) -> FleetLease | None:
+        """The fleet lease (PostgreSQL replicas), None on SQLite."""
+        from .store.lease import FleetLease
+
+        return next((p for p in self.parts if isinstance(p, FleetLease)), None)
+
     def close(self) -> None:
+        if self.changes is not None:
+            self.changes.close()
         self.passwords.close()
         self.blobs.close()
         self.store.close()

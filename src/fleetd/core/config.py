@@ -106,6 +106,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     s3_ca_bundle: str = ""  # "" = AWS_CA_BUNDLE, else the system's certificates
     # Answer an authorized blob GET with a redirect to a pre-signed URL of the bucket instead of proxying the bytes.
     s3_presigned_downloads: bool = False
+    # PostgreSQL replicas (docs/operations.md, "Replicas"): the fleet lease's timing. A holder stops the fleet-scope
+    # parts after lease_seconds / 2 without an answer from the database; another replica takes over within about
+    # lease_check_seconds + lease_seconds / 2 of the holder's death.
+    lease_seconds: float = 6
+    lease_check_seconds: float = 1
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -141,6 +146,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise InvalidArgument("download_offload_location must be an nginx location path like /_fleetd_blobs "
                                   "(starting with /, letters, digits and -._/ only), got "
                                   f"{self.download_offload_location!r}")
+        if not 0 < 3 * self.lease_check_seconds <= self.lease_seconds:
+            raise InvalidArgument(f"lease_check_seconds must be positive and at most a third of lease_seconds "
+                                  f"({self.lease_seconds:g}), got {self.lease_check_seconds:g}")
         self._check_blob_store()
 
     def _check_blob_store(self) -> None:

@@ -112,6 +112,12 @@ def fleet_tasks(r: Replica) -> bool:
     return r.fleet.orchestrator._task is not None
 
 
+def test_on_sqlite_nothing_of_it_runs(fleet: Fleet) -> None:
+    """One process on its data dir: no lease, no change feed, the fleet-scope parts listed as they are."""
+    assert fleet.changes is None and fleet.lease is None and fleet.store.origin is None
+    assert "orchestrator" in [p.name for p in fleet.parts] and "lease" not in [p.name for p in fleet.parts]
+
+
 # --- the lease ------------------------------------------------------------------------------------------------------
 
 def test_exactly_one_replica_runs_the_fleet_parts_and_another_takes_over(replicas: Any) -> None:
@@ -201,11 +207,14 @@ def test_a_device_revoked_through_one_replica_is_refused_by_the_others(replicas:
 
 def first_event(r: Replica, type: str) -> Any:
     """A subscriber on ``r``'s event bus; the future of the first event of ``type`` it gets."""
-    async def wait() -> Event:
+    async def first() -> Event:
         async for ev in r.fleet.events.subscribe():
             if ev.type == type:
                 return ev
         raise AssertionError("the subscription ended")
+
+    async def wait() -> Event:  # bounded: a test that fails must not leave it waiting on the replica's loop
+        return await asyncio.wait_for(first(), 10)
     subscribers = r.fleet.events.subscriber_count
     fut = r.call(wait)
     wait_until(lambda: r.fleet.events.subscriber_count > subscribers, 5)
@@ -221,6 +230,24 @@ def test_an_event_published_on_one_replica_reaches_subscribers_of_another(replic
     ev = seen.result(5)
     log.warning("device.enrolled from replica 1 on replica 3's event bus after %.3f s", time.monotonic() - t0)
     assert ev.data["id"] == d.device_id
+
+
+def test_the_change_feed_delay_from_commit_to_handler(replicas: Any) -> None:
+    """From the commit of a write on replica 1 to its effect's handler on replica 2 (target: at most 1 s)."""
+    from fleetd.core.effects import Publish
+    from fleetd.store.database import effect
+
+    r1, r2 = replicas(2)
+    delays = []
+    for i in range(30):
+        seen = first_event(r2, f"test.delay.{i}")
+        queued = time.time()  # before the write: the delay measured bounds commit-to-handler from above
+        r1.fleet.store.write_sync(lambda c, i=i: effect(c, Publish(f"test.delay.{i}", {})))
+        delays.append(seen.result(5).ts - queued)
+    delays.sort()
+    log.warning("change feed, write (queue, commit) on replica 1 to handler on replica 2: median %.1f ms, max %.1f ms",
+                delays[len(delays) // 2] * 1000, delays[-1] * 1000)
+    assert delays[-1] < 1.0
 
 
 def test_effects_too_large_for_one_notification_arrive_whole(replicas: Any) -> None:

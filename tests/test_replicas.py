@@ -222,7 +222,7 @@ def first_event(r: Replica, type: str) -> Any:
 
 
 def test_an_event_published_on_one_replica_reaches_subscribers_of_another(replicas: Any) -> None:
-    r1, r2, r3 = replicas(3)
+    r1, _r2, r3 = replicas(3)
     admin = make_key(r1.fleet, "admin")
     seen = first_event(r3, "device.enrolled")
     t0 = time.monotonic()

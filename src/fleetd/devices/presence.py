@@ -20,7 +20,9 @@ about a minute later than on SQLite, online within a sweep of its stored contact
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 
@@ -88,7 +90,7 @@ class Presence:
         events = [("device.online", self._data(did)) for did in came]
         events += [("device.offline", self._data(did)) for did in went]
         if self.shared and events:
-            await self.hub.store.write(lambda c: [effect(c, Publish(t, d)) for t, d in events])  # every replica's
+            await self.hub.store.write(functools.partial(_publish, events=events))  # every replica's stream
         else:
             for t, d in events:
                 self.events.publish(t, d)
@@ -115,3 +117,9 @@ class Presence:
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
+
+
+def _publish(conn: sqlite3.Connection, events: list[tuple[str, dict[str, object]]]) -> None:
+    """A write of nothing but ``Publish`` effects: on PostgreSQL the change feed takes them to every replica."""
+    for type_, data in events:
+        effect(conn, Publish(type_, data))

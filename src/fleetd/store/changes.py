@@ -29,6 +29,7 @@ import msgspec
 import psycopg
 
 from ..core.effects import Effect
+from ..core.lifecycle import Scope
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class ChangeFeed:
     after their load is missed); its thread starts with :meth:`start` and runs the effects on that event loop."""
 
     name = "change feed"
-    scope = "process"  # docs/architecture.md, "Background parts"
+    scope: Scope = "process"  # docs/architecture.md, "Background parts"
 
     def __init__(self, dsn: str, origin: str, run: Callable[[list[Effect]], None],
                  kinds: Callable[[], list[type[Effect]]]) -> None:
@@ -183,7 +184,7 @@ class ChangeFeed:
         self._call(apply_all)
 
     def _take(self, payload: str) -> None:
-        origin, serial, i, n, data = payload.split(":", 4)
+        origin, serial, _piece, n, data = payload.split(":", 4)
         if origin == self.origin:
             return
         if n != "1":

@@ -43,7 +43,7 @@ def dsn(postgres_server: Any, pg_schema: str) -> Iterator[str]:
 
 
 def settings_for(data_dir: Path, **kw: Any) -> Settings:
-    return Settings(data_dir=str(data_dir), tls=False, mdns=False, host="127.0.0.1", **kw)
+    return Settings(**{"data_dir": str(data_dir), "tls": False, "mdns": False, "host": "127.0.0.1", **kw})
 
 
 def share_keys(source: Path, target: Path) -> None:
@@ -116,6 +116,24 @@ def test_on_sqlite_nothing_of_it_runs(fleet: Fleet) -> None:
     """One process on its data dir: no lease, no change feed, the fleet-scope parts listed as they are."""
     assert fleet.changes is None and fleet.lease is None and fleet.store.origin is None
     assert "orchestrator" in [p.name for p in fleet.parts] and "lease" not in [p.name for p in fleet.parts]
+
+
+def test_on_postgresql_the_lease_holds_the_fleet_scope_parts(tmp_path: Path, dsn: str) -> None:
+    from tests.test_lifecycle import background_classes
+
+    fleet = Fleet(settings_for(tmp_path / "data", mdns=True, port=0), database=dsn, lock=False)
+    try:
+        lease = fleet.lease
+        assert lease is not None
+        assert [p.name for p in fleet.parts] == ["telemetry intake", "change feed", "hub", "lease", "mdns"]
+        assert all(p.scope == "process" for p in fleet.parts)
+        assert [p.name for p in lease.parts] == ["rollups", "webhooks", "alerts", "presence", "maintenance",
+                                                 "orchestrator"]
+        assert all(p.scope == "fleet" for p in lease.parts)
+        every = [type(p).__name__ for p in (*fleet.parts, *lease.parts)]
+        assert sorted(every) == sorted(background_classes())
+    finally:
+        fleet.close()
 
 
 # --- the lease ------------------------------------------------------------------------------------------------------

@@ -316,3 +316,40 @@ def test_presence_of_a_device_checking_in_on_another_replica(replicas: Any) -> N
     assert online_on_holder.result(15).data["device_id"] == d.device_id
     assert online_on_other.result(5).data["device_id"] == d.device_id
     assert holder.fleet.hub.last_seen(d.device_id) is not None
+
+
+def test_an_alert_rule_made_through_another_replica_reaches_the_holders_engine(replicas: Any) -> None:
+    """Alert rules are cached by the engine; only the lease holder's evaluates, and it hears of rule changes made
+    through any replica (the AlertRulesChanged effect). Points that arrive at another replica wake no engine there."""
+    from fleetd.accounts.audit import SYSTEM
+    from fleetd.alerts.engine import AlertRule
+
+    r1, r2 = replicas(2)
+    wait_until(lambda: r1.running or r2.running, 10)
+    holder, other = (r1, r2) if r1.running else (r2, r1)
+    wait_until(lambda: holder.fleet.alerts._loaded, 5)  # its first pass loaded the (no) rules
+    new = AlertRule(id="", name="hot", kind="threshold", metric="temp", aggregate="avg", comparison=">",
+                    threshold=80.0, window_seconds=120)
+    made = other.call(lambda: other.fleet.alerts.create_rule(SYSTEM, new)).result(5)
+    holder.call(holder.fleet.alerts.evaluate).result(5)
+    assert made.id in holder.fleet.alerts.rules
+    other.fleet.alerts.note_points("dev-x", [])  # not the holder: nothing is scheduled
+    assert not other.fleet.alerts._dirty and not other.fleet.alerts._kick_pending
+
+
+def test_a_restarted_orchestrator_builds_its_trackers_afresh(fleet: Fleet) -> None:
+    """A replica that takes the lease again must not trust trackers from before: another replica's passes may have
+    dropped the change-log entries they would read."""
+    orchestrator = fleet.orchestrator
+
+    async def restart() -> None:
+        await orchestrator.start()
+        orchestrator._trackers["r-old"] = object()  # type: ignore[assignment]
+        orchestrator._seq = 41
+        await orchestrator.stop()
+        await orchestrator.start()
+        try:
+            assert orchestrator._trackers == {} and orchestrator._seq is None
+        finally:
+            await orchestrator.stop()
+    asyncio.run(restart())

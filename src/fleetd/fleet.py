@@ -18,7 +18,7 @@ from .accounts.audit import SYSTEM
 from .accounts.passwords import PasswordHasher, default_workers
 from .accounts.users import Authenticator
 from .alerts.egress import Policy
-from .alerts.engine import AlertEngine
+from .alerts.engine import AlertEngine, AlertRulesChanged
 from .alerts.webhooks import Deliverer
 from .artifacts.uploads import UploadSessions
 from .core.config import Settings
@@ -112,6 +112,7 @@ class Fleet:
         self.egress = Policy.of(settings.webhook_allow_private, settings.webhook_allowed_networks)
         self.webhooks = Deliverer(self.store, policy=self.egress)
         self.alerts = AlertEngine(self.store, self.metrics, deliverer=self.webhooks)
+        self.alerts.replicated = self.store.dsn is not None
         self.orchestrator = Orchestrator(self)
         self.uploads = UploadSessions()
         self._register_metrics()
@@ -133,6 +134,7 @@ class Fleet:
             (ddi_tokens.TokenAdded, tokens.added),
             (ddi_tokens.TokensDropped, tokens.dropped),
             (ddi_tokens.GatewayRevoked, tokens.gateway_revoked),
+            (AlertRulesChanged, self.alerts.rules_changed),
         ]
         for kind, handler in table:
             self.store.on_effect(kind, handler)

@@ -29,6 +29,7 @@ import msgspec
 import psycopg
 
 from ..core.effects import Effect
+from ..core.errors import FailedPrecondition
 from ..core.lifecycle import Scope
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,13 @@ class ChangeFeed:
         self._gap.append(tell)
 
     def _listen(self) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(self.dsn, autocommit=True, application_name="fleetd-changes", connect_timeout=10)
-        conn.execute(f"LISTEN {CHANNEL}")
+        try:
+            conn = psycopg.connect(self.dsn, autocommit=True, application_name="fleetd-changes", connect_timeout=10)
+            conn.execute(f"LISTEN {CHANNEL}")
+        except psycopg.Error as e:
+            raise FailedPrecondition(f"cannot listen for the other replicas' changes on the PostgreSQL database: "
+                                     f"{' '.join(str(e).split())} Check that the server accepts one more connection "
+                                     "(each replica keeps two of its own besides the store's).") from None
         return conn
 
     async def start(self) -> None:
@@ -143,11 +149,13 @@ class ChangeFeed:
                 self._conn = None
                 log.warning("change feed: lost the database connection (%s); reconnecting", " ".join(str(e).split()))
                 self._stop.wait(RECONNECT_EVERY)
+            except Exception:  # e.g. a notification on our channel that fleetd did not send: keep listening
+                log.exception("change feed: a notification could not be handled")
 
     def _reconnect(self) -> None:
         try:
             conn = self._listen()
-        except psycopg.Error as e:
+        except FailedPrecondition as e:
             log.debug("change feed: cannot reconnect yet: %s", e)
             self._stop.wait(RECONNECT_EVERY)
             return

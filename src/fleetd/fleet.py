@@ -201,14 +201,14 @@ class Fleet:
         """The background parts, in start order; the app's lifespan stops them in reverse (docs/architecture.md,
         "Background parts"). The hub starts before presence, which reads it; the deliverer before the alert
         engine, which wakes it; the telemetry intake stops last, after everything that feeds it."""
-        shared = self.store.dsn is not None
-        fleet_parts: list[Part] = [self.rollups, self.webhooks, self.alerts,
-                                   Presence(self.hub, self.events, shared=shared), Maintenance(self), self.orchestrator]
+        presence = Presence(self.hub, self.events, shared=self.changes is not None)
+        fleet_parts: list[Part] = [self.rollups, self.webhooks, self.alerts, presence, Maintenance(self),
+                                   self.orchestrator]
         parts: list[Part] = [self.telemetry, self.hub, *fleet_parts]
-        if self.store.dsn is not None and self.changes is not None:  # PostgreSQL replicas: the lease holds them
+        if self.changes is not None:  # PostgreSQL replicas: the fleet lease holds the fleet-scope parts
             from .store.lease import FleetLease
 
-            lease = FleetLease(self.store.dsn, fleet_parts, seconds=self.settings.lease_seconds,
+            lease = FleetLease(self.changes.dsn, fleet_parts, seconds=self.settings.lease_seconds,
                                check=self.settings.lease_check_seconds)
             parts = [self.telemetry, self.changes, self.hub, lease]
         if self.settings.mdns:

@@ -483,7 +483,7 @@ class Store:
                 else:
                     result = job.fn(conn)
                     if self._notifier is not None and conn.effects:  # committed already: sent at once
-                        self._notifier.send(conn, conn.effects)
+                        self._notify_committed(conn)
             except BaseException as e:  # handed to the caller
                 conn.effects.clear()  # nothing committed: nothing happened
                 self.disk_full = disk.is_full(e)
@@ -495,6 +495,14 @@ class Store:
                     conn.effects = []
                 fut.set_result(result)
         conn.close()
+
+    def _notify_committed(self, conn: Connection) -> None:
+        """Send the effects of a write that committed on its own: a failure to send must not fail the write."""
+        try:
+            self._notifier.send(conn, conn.effects)
+        except Exception:
+            log.exception("the other replicas were not told of %d effect(s) of a committed write; their caches "
+                          "may be stale until their change feeds next reconnect", len(conn.effects))
 
     def _hand_over(self, job: _Write, effects: list[Effect]) -> None:
         if job.loop is None:

@@ -136,6 +136,16 @@ def test_on_postgresql_the_lease_holds_the_fleet_scope_parts(tmp_path: Path, dsn
         fleet.close()
 
 
+def test_lease_timings_that_cannot_work_are_refused(tmp_path: Path) -> None:
+    from fleetd.core.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="at most a third of lease_seconds"):
+        settings_for(tmp_path, lease_seconds=2, lease_check_seconds=1)
+    with pytest.raises(InvalidArgument, match="lease_check_seconds must be positive"):
+        settings_for(tmp_path, lease_check_seconds=0)
+    assert settings_for(tmp_path, lease_seconds=3, lease_check_seconds=1).lease_seconds == 3
+
+
 # --- the lease ------------------------------------------------------------------------------------------------------
 
 def test_exactly_one_replica_runs_the_fleet_parts_and_another_takes_over(replicas: Any) -> None:

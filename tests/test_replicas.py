@@ -233,6 +233,22 @@ def test_a_device_revoked_through_one_replica_is_refused_by_the_others(replicas:
     assert r2.fleet.hub.runtime[d.device_id].status == "revoked"
 
 
+def test_an_action_made_through_one_replica_is_handed_out_by_another(replicas: Any) -> None:
+    """The hub's open-actions set (a check-in reads actions only for the devices in it) follows ActionsOpen."""
+    r1, r2 = replicas(2)
+    admin = make_key(r1.fleet, "admin")
+    d = active_device(r1, admin)
+    d.client = r2.client
+    wait_until(lambda: d.call("CheckIn", {}).status_code == 200, 5)
+    assert d.device_id not in r2.fleet.hub.open_actions
+    r = rpc(r1.client, "DeviceAdminService", "CreateAction", {"device_ids": [d.device_id], "kind": "reboot"},
+            key=admin)
+    assert r.status_code == 200, r.text
+    [action_id] = r.json()["action_ids"]
+    wait_until(lambda: d.device_id in r2.fleet.hub.open_actions, 5)
+    assert [a["id"] for a in d.call("CheckIn", {}).json()["actions"]] == [action_id]
+
+
 def first_event(r: Replica, type: str) -> Any:
     """A subscriber on ``r``'s event bus; the future of the first event of ``type`` it gets."""
     async def first() -> Event:

@@ -249,6 +249,20 @@ def test_an_action_made_through_one_replica_is_handed_out_by_another(replicas: A
     assert [a["id"] for a in d.call("CheckIn", {}).json()["actions"]] == [action_id]
 
 
+def test_ddi_tokens_travel_with_their_bytes_and_entries(replicas: Any) -> None:
+    """Effects with bytes and dataclass fields (a DDI token's hash and entry) decode whole on another replica."""
+    from fleetd.ddi.tokens import TokenAdded, TokenEntry, TokensDropped, secret_hash
+    from fleetd.store.database import effect
+
+    r1, r2 = replicas(2)
+    entry = TokenEntry("tok-1", "gateway", None, "cam", {"site": "a"})
+    r1.fleet.store.write_sync(lambda c: effect(c, TokenAdded(secret_hash("s3cret"), entry)))
+    wait_until(lambda: r2.fleet.ddi.tokens.lookup("gateway", "s3cret") is not None, 5)
+    assert r2.fleet.ddi.tokens.lookup("gateway", "s3cret") == entry
+    r1.fleet.store.write_sync(lambda c: effect(c, TokensDropped((secret_hash("s3cret"),))))
+    wait_until(lambda: r2.fleet.ddi.tokens.lookup("gateway", "s3cret") is None, 5)
+
+
 def first_event(r: Replica, type: str) -> Any:
     """A subscriber on ``r``'s event bus; the future of the first event of ``type`` it gets."""
     async def first() -> Event:

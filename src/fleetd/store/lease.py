@@ -50,7 +50,6 @@ class FleetLease:
         self.seconds, self.check = seconds, check
         self.holding = False  # whether this replica holds the lease (its parts run once the grace has passed)
         self.running = False  # whether the parts run here
-        self.acquired_at: float | None = None  # time.monotonic() when this replica last took the lease
         self._conn: Any = None  # psycopg.AsyncConnection while holding
         self._last_ok = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -90,7 +89,6 @@ class FleetLease:
             await _close(conn)
             return
         self._conn, self.holding, self._last_ok = conn, True, time.monotonic()
-        self.acquired_at = self._last_ok
         grace = self.seconds / 2
         log.info("fleet lease taken; starting the fleet-scope parts in %.1f s", grace)
         await asyncio.sleep(grace)  # a previous holder whose connection broke stops its parts meanwhile

@@ -197,7 +197,7 @@ TESTS = ROOT / "tests"
 TEST_FOLDERS_OF_THEIR_OWN = {"e2e", "ui", "bench", "agent", "rtos", "support", "vectors"}
 # Tests about the whole tree or the composition directly under src/fleetd/, which stay in tests/.
 CROSS_CUTTING = {"test_architecture.py", "test_closed_lists.py", "test_effects_boundary.py", "test_lifecycle.py",
-                 "test_maintenance.py", "test_vectors.py"}
+                 "test_maintenance.py", "test_replicas.py", "test_vectors.py"}
 
 
 def test_tests_mirror_the_packages() -> None:

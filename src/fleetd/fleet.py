@@ -10,7 +10,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .accounts import storage as accounts_storage
 from .accounts import users as auth
@@ -18,7 +18,7 @@ from .accounts.audit import SYSTEM
 from .accounts.passwords import PasswordHasher, default_workers
 from .accounts.users import Authenticator
 from .alerts.egress import Policy
-from .alerts.engine import AlertEngine
+from .alerts.engine import AlertEngine, AlertRulesChanged
 from .alerts.webhooks import Deliverer
 from .artifacts.uploads import sessions_for
 from .core.config import Settings
@@ -45,6 +45,10 @@ from .store.ratelimits import limiter_for
 from .telemetry.intake import MetricNames, TelemetryIntake
 from .telemetry.rollups import MinuteSums, Retention, Rollups
 
+if TYPE_CHECKING:
+    from .store.changes import ChangeFeed
+    from .store.lease import FleetLease
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "fleetd.lock"
@@ -67,7 +71,8 @@ class Fleet:
         """``first_admin``: create the first admin (:meth:`ensure_first_admin`, its answer in ``self.first_admin``)
         before the device directory loads: its password hash (scrypt, 32 MiB for a moment) then does not add to
         the memory 100,000 devices take, and the start's peak stays low. The database is ``settings.database``
-        (a PostgreSQL DSN), else the data dir's SQLite file; the data dir holds the keys either way."""
+        (a PostgreSQL DSN), else the data dir's SQLite file; the keys are the data dir's on SQLite, the database's on
+        PostgreSQL."""
         self.settings = settings
         self.data_dir = prepare_data_dir(settings.data_path)
         self._lock_fd: int | None = None
@@ -78,11 +83,16 @@ class Fleet:
         except BaseException:  # e.g. a PostgreSQL server that cannot be reached
             self._unlock()
             raise
+        self.changes: ChangeFeed | None = None
         try:
             # The data dir's on SQLite; on PostgreSQL the database's, shared by the replicas (store/keys.py).
             self.keys: FleetKeys = load_keys(self.store, self.data_dir, settings, self._extra_names())
+            # PostgreSQL: the other replicas' changes, listened to before the caches below load (store/changes.py).
+            self.changes = self._change_feed()
             self.blobs = open_blobs(settings, self.data_dir, self.store)
         except BaseException:  # e.g. no key encryption key, an unreachable S3 bucket: free what is open, then say so
+            if self.changes is not None:
+                self.changes.close()
             self.store.close()
             self._unlock()
             raise
@@ -110,6 +120,7 @@ class Fleet:
         self.egress = Policy.of(settings.webhook_allow_private, settings.webhook_allowed_networks)
         self.webhooks = Deliverer(self.store, policy=self.egress)
         self.alerts = AlertEngine(self.store, self.metrics, deliverer=self.webhooks)
+        self.alerts.replicated = self.store.dsn is not None
         self.orchestrator = Orchestrator(self)
         self.uploads = sessions_for(self.store)  # in the database on PostgreSQL, for replicas
         self._register_metrics()
@@ -131,9 +142,21 @@ class Fleet:
             (ddi_tokens.TokenAdded, tokens.added),
             (ddi_tokens.TokensDropped, tokens.dropped),
             (ddi_tokens.GatewayRevoked, tokens.gateway_revoked),
+            (AlertRulesChanged, self.alerts.rules_changed),
         ]
         for kind, handler in table:
             self.store.on_effect(kind, handler)
+        if self.changes is not None:  # what the change feed reloads after it lost its connection
+            self.changes.on_reload(DeviceHub.load_state, hub.apply_state)
+            self.changes.on_reload(ddi_state.load, ddi.apply)
+            self.changes.on_gap(self.events.gap)
+
+    def _change_feed(self) -> ChangeFeed | None:
+        if self.store.dsn is None or self.store.origin is None:
+            return None
+        from .store.changes import ChangeFeed  # psycopg: PostgreSQL mode only
+
+        return ChangeFeed(self.store.dsn, self.store.origin, self.store.run_effects, self.store.effect_kinds)
 
     def _register_metrics(self) -> None:
         """The collected metrics of the parts without an object of their own (the rollups and the alert engine
@@ -188,8 +211,16 @@ class Fleet:
         """The background parts, in start order; the app's lifespan stops them in reverse (docs/architecture.md,
         "Background parts"). The hub starts before presence, which reads it; the deliverer before the alert
         engine, which wakes it; the telemetry intake stops last, after everything that feeds it."""
-        parts: list[Part] = [self.telemetry, self.hub, self.rollups, self.webhooks, self.alerts,
-                             Presence(self.hub, self.events), Maintenance(self), self.orchestrator]
+        presence = Presence(self.hub, self.events, shared=self.changes is not None)
+        fleet_parts: list[Part] = [self.rollups, self.webhooks, self.alerts, presence, Maintenance(self),
+                                   self.orchestrator]
+        parts: list[Part] = [self.telemetry, self.hub, *fleet_parts]
+        if self.changes is not None:  # PostgreSQL replicas: the fleet lease holds the fleet-scope parts
+            from .store.lease import FleetLease
+
+            lease = FleetLease(self.changes.dsn, fleet_parts, seconds=self.settings.lease_seconds,
+                               check=self.settings.lease_check_seconds)
+            parts = [self.telemetry, self.changes, self.hub, lease]
         if self.settings.mdns:
             from .discovery import Advertiser  # zeroconf costs memory; only load it when advertising
 
@@ -221,7 +252,16 @@ class Fleet:
             return "admin", password
         return self.store.write_sync(create)
 
+    @property
+    def lease(self) -> FleetLease | None:
+        """The fleet lease (PostgreSQL replicas), None on SQLite."""
+        from .store.lease import FleetLease
+
+        return next((p for p in self.parts if isinstance(p, FleetLease)), None)
+
     def close(self) -> None:
+        if self.changes is not None:
+            self.changes.close()
         self.passwords.close()
         self.blobs.close()
         self.store.close()

@@ -33,14 +33,14 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 
 from ..accounts import audit
 from ..accounts.audit import Actor
 from ..core.clock import new_id, to_dt
-from ..core.effects import Publish
+from ..core.effects import Effect, Publish
 from ..core.errors import InvalidArgument, NotFound
 from ..core.lifecycle import Scope
 from ..core.metrics import Read
@@ -313,6 +313,18 @@ def record(conn: sqlite3.Connection, transitions: list[Transition], now: float) 
 
 # --- the engine -----------------------------------------------------------------------
 
+class AlertRulesChanged(Effect, frozen=True):
+    """Alert rules were created, changed or deleted (their open incidents with them)."""
+
+
+_T = TypeVar("_T")
+
+
+def _changed(conn: sqlite3.Connection, result: _T) -> _T:
+    effect(conn, AlertRulesChanged())
+    return result
+
+
 class AlertEngine:
     """Evaluates the rules on a timer and as data arrives; owns rule changes so its cache stays true."""
 
@@ -332,6 +344,8 @@ class AlertEngine:
         self.watched: frozenset[str] = frozenset()
         self.started = clock()
         self._loaded = False
+        # PostgreSQL replicas: only the running engine (the lease holder's) evaluates (Fleet sets it).
+        self.replicated = False
         self._dirty: set[str] = set()
         self._kick_pending = False
         self._lock: asyncio.Lock | None = None
@@ -344,6 +358,11 @@ class AlertEngine:
                           Read(storage.deliveries_by_state, ("state",)))
 
     # --- cache -----------------------------------------------------------------
+    def rules_changed(self, e: AlertRulesChanged) -> None:
+        """The handler of committed rule changes (this replica's or, on PostgreSQL, another's): reload the rules
+        and the open incidents before the next evaluation."""
+        self._loaded = False
+
     def _set_rules(self, rules: list[AlertRule]) -> None:
         self.rules = {r.id: r for r in rules}
         self.watched = frozenset(r.metric for r in rules if r.enabled)
@@ -362,6 +381,8 @@ class AlertEngine:
     # --- evaluation ------------------------------------------------------------
     def note_points(self, device_id: str, points: list[Point]) -> None:
         """Called after a device's points are committed: re-evaluate it soon if it sent a watched metric."""
+        if self.replicated and self._task is None:  # not the lease holder: its periodic pass covers these points
+            return
         if not self.watched or self.watched.isdisjoint([p.name for p in points]):
             return
         self._dirty.add(device_id)
@@ -414,7 +435,7 @@ class AlertEngine:
     # --- rule changes ------------------------------------------------------------
     async def create_rule(self, actor: Actor, rule: AlertRule) -> AlertRule:
         async with self._lock_():
-            created = await self.store.write(lambda c: create_rule(c, actor, rule, self.clock()))
+            created = await self.store.write(lambda c: _changed(c, create_rule(c, actor, rule, self.clock())))
             await self.load()
         self._soon()
         return created
@@ -430,7 +451,7 @@ class AlertEngine:
                                 now=now)
             audit.record(conn, actor, "alert_rule.update", rule_id, **changes)
             closed = self._close_all(conn, new, "rule disabled", now) if old.enabled and not new.enabled else []
-            return get_rule(conn, rule_id), closed
+            return _changed(conn, (get_rule(conn, rule_id), closed))
 
         async with self._lock_():
             rule, closed = await self.store.write(update)
@@ -446,7 +467,7 @@ class AlertEngine:
             closed = self._close_all(conn, rule, "rule deleted", self.clock())
             storage.delete_rule(conn, rule_id)
             audit.record(conn, actor, "alert_rule.delete", rule_id, condition=describe(rule))
-            return closed
+            return _changed(conn, closed)
 
         async with self._lock_():
             closed = await self.store.write(delete)
@@ -487,6 +508,7 @@ class AlertEngine:
 
     async def start(self) -> None:
         self.started = self.clock()
+        self._loaded = False  # (re)started: another replica may have changed the open incidents meanwhile
         self._lock = asyncio.Lock()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="fleetd-alerts")
 

@@ -118,6 +118,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # While rotating that key: the file of the one the keys were sealed with until now (or the environment variable
     # FLEETD_KEY_ENCRYPTION_KEY_PREVIOUS); a replica that has both re-seals the keys with the new one.
     previous_key_encryption_key_file: str = ""
+    # PostgreSQL replicas (docs/operations.md, "Replicas"): the fleet lease's timing. A holder stops the fleet-scope
+    # parts after lease_seconds / 2 without an answer from the database; another replica takes over within about
+    # lease_check_seconds + lease_seconds / 2 of the holder's death.
+    lease_seconds: float = 6
+    lease_check_seconds: float = 1
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -153,6 +158,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise InvalidArgument("download_offload_location must be an nginx location path like /_fleetd_blobs "
                                   "(starting with /, letters, digits and -._/ only), got "
                                   f"{self.download_offload_location!r}")
+        if not 0 < 3 * self.lease_check_seconds <= self.lease_seconds:
+            raise InvalidArgument(f"lease_check_seconds must be positive and at most a third of lease_seconds "
+                                  f"({self.lease_seconds:g}), got {self.lease_check_seconds:g}")
         self._check_blob_store()
         if self.database and not dsns.is_dsn(self.database):
             raise InvalidArgument("database must be \"\" (the data dir's SQLite file) or a PostgreSQL URL like "

@@ -45,6 +45,14 @@ class EventBus:
                 continue
             q.put_nowait(event)
 
+    def gap(self, why: str) -> None:
+        """Tell every subscriber that events may be missing (a ``dropped`` event), e.g. other replicas' events
+        while the change feed had no connection (store/changes.py)."""
+        for q in list(self._subscribers):
+            if q.full():
+                q.get_nowait()
+            q.put_nowait(Event(0, "dropped", {"reason": why}))
+
     def deliver(self, e: Publish) -> None:
         """The handler of committed ``Publish`` effects."""
         self.publish(e.type, e.data)

@@ -96,6 +96,18 @@ class DdiState:
         # The last deployment each device closed with success (the poll's installedBase link).
         self.installed: dict[str, int] = loaded.installed
 
+    def apply(self, loaded: Loaded) -> None:
+        """Everything as :func:`load` read it (after the change feed lost its connection: store/changes.py)."""
+        self.tokens.replace(loaded.tokens)
+        self.controllers.clear()
+        self.controllers.update(loaded.controllers)
+        self.installed.clear()
+        self.installed.update(loaded.installed)
+        self.config_requested.clear()
+        self.config_requested.update(loaded.config_requested)
+        self.watch.clear()
+        self.watch.update(loaded.watch)
+
     # The effects of committed writes (the handlers Fleet registers with the store).
     def controller_known(self, e: ControllerKnown) -> None:
         self.controllers[e.controller_id] = e.device_id

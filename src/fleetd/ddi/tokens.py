@@ -168,6 +168,9 @@ class TokenIndex:
         entry = self._by_hash.get(secret_hash(secret))
         return entry if entry is not None and entry.kind == kind else None
 
+    def replace(self, entries: dict[bytes, TokenEntry]) -> None:
+        self._by_hash = entries
+
     # The effects of committed token changes (the handlers Fleet registers with the store).
     def added(self, e: TokenAdded) -> None:
         self._by_hash[e.hash] = e.entry

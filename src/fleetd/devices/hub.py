@@ -81,6 +81,33 @@ class DeviceHub:
         else:
             self.open_actions.difference_update(e.device_ids)
 
+    # After the change feed lost its connection (PostgreSQL replicas, store/changes.py): the start's load again.
+    @staticmethod
+    def load_state(conn: sqlite3.Connection) -> tuple[Directory, set[str]]:
+        return registry.load_runtime(conn), actions.devices_with_open_actions(conn)
+
+    def apply_state(self, state: tuple[Directory, set[str]]) -> None:
+        """Every device's record and the open-actions set as loaded (last contacts: the newer of the two)."""
+        fresh, open_actions = state
+        for did in [d for d in self.runtime if d not in fresh]:
+            self.runtime.pop(did)
+        for did, rt in fresh.items():
+            mine = self.runtime.last_seen(did)
+            if mine is not None and (rt.last_seen is None or mine > rt.last_seen):
+                rt.last_seen = mine
+            self.runtime[did] = rt
+        self.open_actions.clear()
+        self.open_actions.update(open_actions)
+
+    def seen_elsewhere(self, rows: list[tuple[str, float, str | None]]) -> None:
+        """Contacts other replicas stored (device id, last seen, address): the newer ones become this hub's, as
+        stored already (presence on PostgreSQL replicas, devices/presence.py)."""
+        for did, t, addr in rows:
+            mine = self.runtime.last_seen(did)
+            if mine is None or t > mine:
+                self.runtime.set_seen(did, t)
+                self._persisted[did] = (t, addr)
+
     # --- check-in ------------------------------------------------------------
     def note_checkin(self, device_id: str, addr: str | None, inventory: Inventory | None,
                      components: list[Component]) -> None:

@@ -187,6 +187,12 @@ def record_seen(conn: sqlite3.Connection, seen: Iterable[tuple[float, str | None
     conn.executemany(_RECORD_SEEN, seen)
 
 
+def seen_since(conn: sqlite3.Connection, since: float) -> list[tuple[str, float, str | None]]:
+    """(device id, last seen, last address) of the devices whose stored last contact is ``since`` or later."""
+    return [(r[0], r[1], r[2]) for r in
+            conn.execute("SELECT id, last_seen, last_addr FROM devices WHERE last_seen >= ?", (since,))]
+
+
 def set_inventory(conn: sqlite3.Connection, device_id: str, inventory: str) -> None:
     conn.execute(_SET_INVENTORY, (inventory, device_id))
 

@@ -202,6 +202,10 @@ class Orchestrator:
                 log.exception("orchestrator pass failed; trying again in %.0f s", self.interval)
 
     async def start(self) -> None:
+        # (Re)started, e.g. on the replica that took the fleet lease: another may have run passes meanwhile and
+        # dropped change-log entries these trackers would need, so every tracker is built afresh.
+        self._trackers.clear()
+        self._seq = None
         if self.interval <= 0:
             return
         self._wake = asyncio.Event()

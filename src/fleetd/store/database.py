@@ -418,6 +418,11 @@ class Store:
         self._writer = threading.Thread(target=self._write_loop, name="fleetd-db-write", daemon=True)
         self._write_conn = open_migrated(self.location)
         self._handlers: dict[type[Effect], list[EffectHandler]] = {}
+        # PostgreSQL: the write's effects also go to the other replicas (store/changes.py; imported only then).
+        self._notifier: Any = None
+        if self.dsn is not None:
+            from .changes import Notifier, new_origin
+            self._notifier = Notifier(new_origin(), lambda e: type(e) in self._handlers)
         self.disk_full = False  # whether the last write failed on a full disk (/healthz reports it)
         self._writer.start()
         self._closed = False
@@ -456,6 +461,15 @@ class Store:
         """Run ``handler(effect)`` for every committed effect of ``kind`` (registered once, at start)."""
         self._handlers.setdefault(kind, []).append(handler)
 
+    @property
+    def origin(self) -> str | None:
+        """This replica's id in the change feed (None on SQLite)."""
+        return None if self._notifier is None else str(self._notifier.origin)
+
+    def effect_kinds(self) -> list[type[Effect]]:
+        """The effect kinds that have handlers."""
+        return list(self._handlers)
+
     def run_effects(self, effects: list[Effect]) -> None:
         for e in effects:
             for handler in self._handlers.get(type(e), ()):
@@ -479,8 +493,12 @@ class Store:
                 if job.transactional:
                     with transaction(conn):
                         result = job.fn(conn)
+                        if self._notifier is not None and conn.effects:  # delivered after the commit, if any
+                            self._notifier.send(conn, conn.effects)
                 else:
                     result = job.fn(conn)
+                    if self._notifier is not None and conn.effects:  # committed already: sent at once
+                        self._notify_committed(conn)
             except BaseException as e:  # handed to the caller
                 conn.effects.clear()  # nothing committed: nothing happened
                 self.disk_full = disk.is_full(e)
@@ -492,6 +510,14 @@ class Store:
                     conn.effects = []
                 fut.set_result(result)
         conn.close()
+
+    def _notify_committed(self, conn: Connection) -> None:
+        """Send the effects of a write that committed on its own: a failure to send must not fail the write."""
+        try:
+            self._notifier.send(conn, conn.effects)
+        except Exception:
+            log.exception("the other replicas were not told of %d effect(s) of a committed write; their caches "
+                          "may be stale until their change feeds next reconnect", len(conn.effects))
 
     def _hand_over(self, job: _Write, effects: list[Effect]) -> None:
         if job.loop is None:

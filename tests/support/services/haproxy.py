@@ -33,10 +33,14 @@ class HAProxy(Service):
     name = "haproxy"
 
     def __init__(self, backends: list[str], *, health_path: str | None = "/healthz", check_tls: bool = False,
-                 check_interval_ms: int = 200) -> None:
+                 check_interval_ms: int = 200, config: str | None = None) -> None:
+        """``config``: a whole haproxy configuration to run instead of the one made here (e.g. docs/scaling.md's):
+        its ``bind`` line is pointed at ``self.address``, its ``server`` lines at ``backends`` (named r0, r1, ...
+        in order), and an admin socket is added to its ``global`` section."""
         if not backends:
             raise ValueError("HAProxy needs at least one backend host:port")
         super().__init__()
+        self.given_config = config
         self.backends = list(backends)
         self.health_path = health_path
         self.check_tls = check_tls
@@ -53,6 +57,8 @@ class HAProxy(Service):
         return self.dir / "haproxy.cfg"
 
     def config(self) -> str:
+        if self.given_config is not None:
+            return self._adapted(self.given_config)
         check = (f"check inter {self.check_interval_ms}ms fall 2 rise 1"
                  + (" check-ssl verify none" if self.check_tls else ""))
         servers = "".join(f"    server r{i} {b} {check}\n" for i, b in enumerate(self.backends))
@@ -75,6 +81,26 @@ class HAProxy(Service):
             "    balance roundrobin\n"
             f"{http_check}{servers}"
         )
+
+    def _adapted(self, text: str) -> str:
+        out, servers = [], iter(enumerate(self.backends))
+        for line in text.splitlines():
+            word = line.split()[0] if line.split() else ""
+            indent = line[:len(line) - len(line.lstrip())]
+            if word == "bind":
+                line = f"{indent}bind {self.address}"
+            elif word == "server":
+                i, backend = next(servers, (None, None))
+                if backend is None:
+                    continue  # more server lines than backends
+                line = f"{indent}server r{i} {backend} " + " ".join(line.split()[3:])
+            out.append(line)
+            if line.strip() == "global":
+                out.append(f"    stats socket {self.stats_socket} mode 600 level admin")
+        left = list(servers)
+        if left:
+            raise ValueError(f"the configuration has fewer server lines than backends ({len(left)} left over)")
+        return "\n".join(out) + "\n"
 
     def _start(self) -> None:
         binary = str(haproxy_binary())

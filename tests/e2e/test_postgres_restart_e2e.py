@@ -44,7 +44,7 @@ class LoadDevice:
     device_id: str = ""
     acked: list[tuple[int, float]] = field(default_factory=list)  # (batch number, time.monotonic() of the ack)
     check_ins: list[float] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    errors: list[DeviceError] = field(default_factory=list)
 
     async def run(self, token: str, stop: threading.Event) -> None:
         ca = Path(self.server.ca).read_text()
@@ -61,7 +61,7 @@ class LoadDevice:
                     await client.check_in({"hostname": self.hardware_id}, [])
                     self.check_ins.append(time.monotonic())
                 except DeviceError as e:  # not acknowledged: the device would send it again; this one moves on
-                    self.errors.append(str(e))
+                    self.errors.append(e)
                     await asyncio.sleep(0.2)
                 await asyncio.sleep(0.05)
 
@@ -151,6 +151,10 @@ def test_postgresql_restarted_under_load(tmp_path: Path, postgres: PostgresServe
         assert s.proc is not None and s.proc.pid == pids[i]  # recovered without a restart
         assert "reconnected to PostgreSQL after losing the connection" in s.log(), s.log()
     assert recovered - up_at < RECOVERY
+    # What the devices heard while the database was away: "unavailable, try again" (HTTP 503), which a device
+    # retries (fleet_agent keeps the points queued), never a refusal that makes it drop them.
+    errors = [e for d in devices for e in d.errors]
+    assert errors and {(e.code, e.http_status) for e in errors} == {("unavailable", 503)}, errors
 
     # Every batch a server acknowledged is stored whole, on whichever replica took it.
     with psycopg.connect(dsn) as conn:
@@ -159,5 +163,5 @@ def test_postgresql_restarted_under_load(tmp_path: Path, postgres: PostgresServe
                                        (d.device_id,)).fetchall())
             acked = [batch for batch, _ in d.acked]
             missing = [b for b in acked if stored.get(float(b)) != len(METRICS)]
-            assert not missing, (d.hardware_id, missing, d.errors[:3])
+            assert not missing, (d.hardware_id, missing, [str(e) for e in d.errors[:3]])
             assert len(acked) >= 20

@@ -4,8 +4,9 @@
 A server on its SQLite data dir; 1,000 simulated devices enrolled and checking in, an artifact pushed and installed
 on a few; a first copy into PostgreSQL and an S3 bucket while it runs; the old server stopped, the final copy; a
 server on the database and the bucket (a fresh data dir) started on the address the devices use. The same
-simulator run goes on: no device enrolls again, every one checks in with the token it had, the artifact downloads
-from the bucket byte for byte, and the CA the devices pinned is the same.
+simulator run goes on: no device enrolls again, every one checks in with the token it had, installs the artifact
+from the bucket (signed with the key it pinned), the artifact downloads byte for byte with Range, and the CA the
+devices pinned is the same.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -29,7 +31,8 @@ pytestmark = pytest.mark.e2e
 
 DEVICES = 1000
 INTERVAL = 10  # seconds between a device's check-ins: 100 check-ins/s for the fleet
-INSTALLED = 20  # devices the artifact is deployed to
+INSTALLED = 20  # devices the artifact is deployed to before the move
+INSTALLED_AFTER = 5  # and after it
 PAYLOAD = bytes(range(256)) * 1200  # 300 KiB
 
 
@@ -54,15 +57,15 @@ def device_calls(server: ServerProcess, key: str) -> dict[tuple[str, str], int]:
             for labels, method, n in found}
 
 
-def sqlite_devices(db: Path) -> dict[str, str]:
+def sqlite_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return dict(conn.execute("SELECT hardware_id, id FROM devices WHERE hardware_id LIKE 'mv-%'").fetchall())
+        return conn.execute(sql).fetchall()
     finally:
         conn.close()
 
 
-def migrate(old: ServerProcess, dsn: str, bucket: Bucket, *extra: str) -> dict[str, object]:
+def migrate(old: ServerProcess, dsn: str, bucket: Bucket, *extra: str) -> dict[str, Any]:
     env = {"AWS_ACCESS_KEY_ID": bucket.access_key, "AWS_SECRET_ACCESS_KEY": bucket.secret_key}
     p = run_cli("store", "migrate", "--from", str(old.data_dir), "--to", dsn, "--blob-store",
                 f"s3://{bucket.name}/fleet", "--s3-endpoint", bucket.endpoint, "--s3-region", bucket.region,
@@ -80,27 +83,17 @@ def test_a_fleet_of_1000_devices_moves_and_keeps_checking_in(tmp_path: Path, pos
     try:
         key = old.create_key("admin")
         fingerprint = ca_fingerprint(old)
-        art = push_artifact(old, key, tmp_path, "moved", "1.0.0", PAYLOAD)
-        sha = hashlib.sha256(PAYLOAD).hexdigest()
-        assert art["sha256"] == sha
+        sha = push_artifact(old, key, tmp_path, "moved", "1.0.0", PAYLOAD)["sha256"]
+        assert sha == hashlib.sha256(PAYLOAD).hexdigest()
         sim = start_sim(old, "--token", join_token(old, key), "--ca", old.ca, "--devices", str(DEVICES),
                         "--interval", str(INTERVAL), "--prefix", "mv", "--workers", "1")
         db = old.data_dir / "fleetd.db"
-
-        def sqlite_value(sql: str) -> int:
-            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-            try:
-                return int(conn.execute(sql).fetchone()[0])
-            finally:
-                conn.close()
-
-        wait_for(lambda: sqlite_value("SELECT COUNT(*) FROM devices WHERE hardware_id LIKE 'mv-%' "
-                                      "AND last_seen IS NOT NULL") == DEVICES, 60, "1,000 devices to check in")
+        wait_for(lambda: sqlite_rows(db, "SELECT COUNT(*) FROM devices WHERE hardware_id LIKE 'mv-%' "
+                                      "AND last_seen IS NOT NULL") == [(DEVICES,)], 60, "1,000 devices to check in")
         some = call(old, key, "DeviceAdminService", "ListDevices", {"search": "mv-", "limit": INSTALLED})["devices"]
-        ids = call(old, key, "DeviceAdminService", "Deploy",
-                   {"device_ids": [d["id"] for d in some], "artifact": "moved@1.0.0"})["action_ids"]
-        assert len(ids) == INSTALLED
-        wait_for(lambda: sqlite_value("SELECT COUNT(*) FROM actions WHERE state = 'succeeded'") == INSTALLED,
+        call(old, key, "DeviceAdminService", "Deploy",
+             {"device_ids": [d["id"] for d in some], "artifact": "moved@1.0.0"})
+        wait_for(lambda: sqlite_rows(db, "SELECT COUNT(*) FROM actions WHERE state = 'succeeded'") == [(INSTALLED,)],
                  2 * INTERVAL + 20, f"{INSTALLED} installs")
 
         # 1. The first copy, while the old server runs and the devices check in.
@@ -109,10 +102,10 @@ def test_a_fleet_of_1000_devices_moves_and_keeps_checking_in(tmp_path: Path, pos
 
         # 2. The old server stopped, the final copy.
         old.stop()
-        enrolled = sqlite_devices(db)
+        enrolled = dict(sqlite_rows(db, "SELECT hardware_id, id FROM devices WHERE hardware_id LIKE 'mv-%'"))
         assert len(enrolled) == DEVICES
         final = migrate(old, postgres_dsn, s3_bucket, "--final")
-        assert final["blobs_verified"] == 1 and final["tables"]["devices"]["rows"] == DEVICES, final  # type: ignore[index]
+        assert final["blobs_verified"] == 1 and final["tables"]["devices"]["rows"] == DEVICES, final
 
         # 3. The new server on the database and the bucket, where the devices look for theirs.
         new = ServerProcess(tmp_path / "new", database=postgres_dsn, env={
@@ -133,6 +126,13 @@ def test_a_fleet_of_1000_devices_moves_and_keeps_checking_in(tmp_path: Path, pos
                     "WHERE d.hardware_id LIKE 'mv-%%' AND t.ts > %s")
         wait_for(lambda: pg_value(postgres_dsn, reported, moved_at) == DEVICES, 30,
                  "telemetry from every device after the move")
+        # A device installs from the new server: the blob from the bucket, signed with the key it pinned before.
+        listed = call(new, key, "DeviceAdminService", "ListDevices", {"search": "mv-", "limit": 100})["devices"]
+        later = [d["id"] for d in listed if d["id"] not in {s["id"] for s in some}][:INSTALLED_AFTER]
+        call(new, key, "DeviceAdminService", "Deploy", {"device_ids": later, "artifact": "moved@1.0.0"})
+        installed = "SELECT COUNT(*) FROM actions WHERE state = 'succeeded'"
+        wait_for(lambda: pg_value(postgres_dsn, installed) == INSTALLED + INSTALLED_AFTER, 2 * INTERVAL + 20,
+                 f"{INSTALLED_AFTER} installs from the new server")
         summary = stop_sim(sim)
         sim = None
         calls = device_calls(new, key)  # everything the devices asked the new server: check-ins with old tokens
@@ -157,8 +157,9 @@ def test_a_fleet_of_1000_devices_moves_and_keeps_checking_in(tmp_path: Path, pos
     assert enrolls == (0,)
     assert calls.get(("CheckIn", "200"), 0) >= DEVICES, calls
     assert calls.get(("PushTelemetry", "200"), 0) >= DEVICES, calls
+    assert calls.get(("ReportStatus", "200"), 0) >= 4 * INSTALLED_AFTER, calls  # downloading ... succeeded
     assert {m for m, code in calls if m in ("Enroll", "GetChallenge", "Authenticate") or code == "401"} == set(), \
         calls
     assert summary["enrolled"] == summary["active"] == DEVICES, summary
     assert not [r for r in summary["errors_by_reason"] if "unavailable" not in r and "connect" not in r], summary
-    assert summary["actions_succeeded"] == INSTALLED, summary
+    assert summary["actions_succeeded"] == INSTALLED + INSTALLED_AFTER and summary["actions_failed"] == 0, summary

@@ -147,7 +147,7 @@ def test_postgresql_restarted_under_load(tmp_path: Path, postgres: PostgresServe
     for i, s in enumerate(servers):
         during = health.statuses(i, down_at, up_at)
         assert 503 in during and 0 not in during, (s.data_dir.name, during)  # unhealthy, yet answering
-        assert health.statuses(i, recovered) and set(health.statuses(i, recovered)) == {200}
+        assert health.statuses(i, recovered)[-5:] == [200] * 5  # and still, when the load has gone on
         assert s.proc is not None and s.proc.pid == pids[i]  # recovered without a restart
         assert "reconnected to PostgreSQL after losing the connection" in s.log(), s.log()
     assert recovered - up_at < RECOVERY

@@ -112,7 +112,6 @@ def test_postgresql_restarted_under_load(tmp_path: Path, postgres: PostgresServe
     try:
         for name in ("r1", "r2"):
             servers.append(ServerProcess(tmp_path / name, database=dsn).start())
-        pids = [s.proc.pid for s in servers if s.proc]
         key = servers[0].create_key("admin")
         token = join_token(servers[0], key)
         devices = [LoadDevice(s, f"load-{n}") for n, s in enumerate(servers, 1)]
@@ -136,6 +135,7 @@ def test_postgresql_restarted_under_load(tmp_path: Path, postgres: PostgresServe
         recovered = time.monotonic()
         wait_for(lambda: all(d.acked_since(recovered) >= 10 and d.check_ins[-1] > recovered for d in devices), 20,
                  "the load to go on after the recovery")
+        assert [s.proc.poll() if s.proc else "not started" for s in servers] == [None, None]  # never restarted
     finally:
         stop.set()
         health.stop.set()
@@ -148,7 +148,6 @@ def test_postgresql_restarted_under_load(tmp_path: Path, postgres: PostgresServe
         during = health.statuses(i, down_at, up_at)
         assert 503 in during and 0 not in during, (s.data_dir.name, during)  # unhealthy, yet answering
         assert health.statuses(i, recovered)[-5:] == [200] * 5  # and still, when the load has gone on
-        assert s.proc is not None and s.proc.pid == pids[i]  # recovered without a restart
         assert "reconnected to PostgreSQL after losing the connection" in s.log(), s.log()
     assert recovered - up_at < RECOVERY
     # What the devices heard while the database was away: "unavailable, try again" (HTTP 503), which a device
@@ -156,7 +155,7 @@ def test_postgresql_restarted_under_load(tmp_path: Path, postgres: PostgresServe
     errors = [e for d in devices for e in d.errors]
     assert errors and {(e.code, e.http_status) for e in errors} == {("unavailable", 503)}, errors
 
-    # Every batch a server acknowledged is stored whole, on whichever replica took it.
+    # Every batch a replica acknowledged is stored whole.
     with psycopg.connect(dsn) as conn:
         for d in devices:
             stored = dict(conn.execute("SELECT value, COUNT(*) FROM telemetry WHERE device_id = %s GROUP BY value",

@@ -158,8 +158,8 @@ def test_postgresql_restarted_under_load(tmp_path: Path, postgres: PostgresServe
     # Every batch a replica acknowledged is stored whole.
     with psycopg.connect(dsn) as conn:
         for d in devices:
-            stored = dict(conn.execute("SELECT value, COUNT(*) FROM telemetry WHERE device_id = %s GROUP BY value",
-                                       (d.device_id,)).fetchall())
+            stored: dict[float, int] = dict(conn.execute(
+                "SELECT value, COUNT(*) FROM telemetry WHERE device_id = %s GROUP BY value", (d.device_id,)).fetchall())
             acked = [batch for batch, _ in d.acked]
             missing = [b for b in acked if stored.get(float(b)) != len(METRICS)]
             assert not missing, (d.hardware_id, missing, [str(e) for e in d.errors[:3]])

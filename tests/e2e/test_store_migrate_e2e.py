@@ -150,7 +150,8 @@ def test_a_fleet_of_1000_devices_moves_and_keeps_checking_in(tmp_path: Path, pos
         if old.proc is not None:
             old.stop()
     with psycopg.connect(postgres_dsn) as conn:
-        now = dict(conn.execute("SELECT hardware_id, id FROM devices WHERE hardware_id LIKE 'mv-%'").fetchall())
+        now: dict[str, str] = dict(
+            conn.execute("SELECT hardware_id, id FROM devices WHERE hardware_id LIKE 'mv-%'").fetchall())
         enrolls = conn.execute("SELECT COUNT(*) FROM audit_log WHERE action = 'device.enroll' AND ts > %s",
                                (moved_at,)).fetchone()
     assert now == enrolled

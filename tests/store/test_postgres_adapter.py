@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from fleetd.core.effects import Effect
+from fleetd.core.errors import Unavailable
 from fleetd.store import database
 from fleetd.store.dialect import POSTGRESQL, dialect_of
 
@@ -129,9 +130,11 @@ def test_a_connection_the_server_dropped_reconnects_for_the_next_statement(pg: A
     import psycopg
     pid = pg.raw.info.backend_pid
     _cut(pg)
-    # The statement that finds the session gone fails (it may not have run: it is not retried)...
-    with pytest.raises(psycopg.OperationalError):
+    # The statement that finds the session gone fails (it may not have run: it is not retried), as unavailable
+    # (HTTP 503: try again) to an API caller...
+    with pytest.raises(psycopg.OperationalError) as lost:
         pg.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ["lost", "1"])
+    assert isinstance(lost.value, Unavailable) and "try again" in str(lost.value)
     # ...and the next one runs on a new session, with the connection's settings.
     pg.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ["after", "2"])
     assert pg.raw.info.backend_pid != pid

@@ -27,7 +27,7 @@ import psycopg
 from psycopg import conninfo, pq, rows
 
 from ..core import dsn as dsns
-from ..core.errors import FailedPrecondition
+from ..core.errors import FailedPrecondition, Unavailable
 from .dialect import POSTGRESQL, PostgresDialect
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,8 @@ class Cursor:
                 self._cur.execute(sql)
         except psycopg.IntegrityError as e:
             raise _integrity_error(e) from e
+        except psycopg.OperationalError as e:
+            raise _lost(self._conn, e) from e
         self._note_insert(sql)
         return self
 
@@ -159,6 +161,8 @@ class Cursor:
             self._cur.executemany(translate(sql), seq_of_params)
         except psycopg.IntegrityError as e:
             raise _integrity_error(e) from e
+        except psycopg.OperationalError as e:
+            raise _lost(self._conn, e) from e
         return self
 
     def _note_insert(self, sql: str) -> None:
@@ -216,6 +220,21 @@ def _integrity_error(e: psycopg.IntegrityError) -> sqlite3.IntegrityError:
     return sqlite3.IntegrityError(" ".join(str(e).split()))
 
 
+class ConnectionLost(Unavailable, psycopg.OperationalError):
+    """The database went away while the server runs (a restart, a failover, a dropped network): ``unavailable``
+    (HTTP 503) to the caller, who may try again, as devices do; the connection reconnects for the next statement
+    (:meth:`Connection._recover`). Still a psycopg.OperationalError for the store's callers."""
+
+
+def _lost(conn: Connection, e: psycopg.OperationalError) -> psycopg.OperationalError:
+    """What a statement that failed with ``e`` raises: ConnectionLost if its session is gone, else ``e``."""
+    if not conn.raw.broken:
+        return e
+    log.warning("lost the connection to PostgreSQL: %s", " ".join(str(e).split()))
+    return ConnectionLost("the connection to PostgreSQL was lost (its cause is in the server log); the statement "
+                          "may not have run: try again")
+
+
 _INSERT_INTO = re.compile(r'\s*INSERT\s+INTO\s+((?:"[^"]+"|[\w.]+))', re.IGNORECASE)
 
 
@@ -256,9 +275,12 @@ class Connection:
 
     def _recover(self, sql: str) -> None:
         if self._in_tx and sql != "ROLLBACK":
-            raise psycopg.OperationalError("the connection to PostgreSQL was lost inside a transaction, which the "
-                                           "server rolled back; nothing of it was committed")
-        self.raw = self._reopen()  # FailedPrecondition (what and where) while the server is still away
+            raise ConnectionLost("the connection to PostgreSQL was lost inside a transaction, which the server "
+                                 "rolled back; nothing of it was committed: try again")
+        try:
+            self.raw = self._reopen()
+        except FailedPrecondition as e:  # what and where: the server is still away, which may pass
+            raise ConnectionLost(str(e)) from None
         self._in_tx = False
         log.warning("reconnected to PostgreSQL after losing the connection")
 

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import psycopg
@@ -52,6 +53,10 @@ class PostgresServer(Service):
         data = self.dir / "data"
         self._run([str(self.bindir / "initdb"), "-D", str(data), "-U", USER, "--auth=trust", "-E", "UTF8",
                    "--locale=C.UTF-8", "--no-sync", "--no-instructions"], "initdb")
+        self._launch()
+
+    def _launch(self) -> None:
+        data = self.dir / "data"
         options = [arg for name, value in self.settings.items() for arg in ("-c", f"{name}={value}")]
         self._spawn([str(self.bindir / "postgres"), "-D", str(data), "-p", str(self.port), "-k", str(self.dir),
                      "-c", f"listen_addresses={self.host}", *options])
@@ -64,6 +69,16 @@ class PostgresServer(Service):
 
     # SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions, disconnect, stop.
     _stop_signal = signal.SIGINT
+
+    def restart(self, down: float = 0.0) -> None:
+        """Stop the server (fast shutdown: its clients lose their connections) and, ``down`` seconds later, start
+        it again on the same port and data dir; returns once it accepts connections."""
+        self._stop_process()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        time.sleep(down)
+        self._launch()
 
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://{USER}@{self.host}:{self.port}/{database}"

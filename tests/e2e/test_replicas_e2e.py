@@ -6,8 +6,8 @@ going through the load balancer (issue 18).
   installs twice, no stage is skipped;
 - a device revoked through replica 1 is refused by replicas 2 and 3;
 - the web UI's event stream on replica 3 sees an action change made through replica 1;
-- an upload through replica 1 downloads through replica 2 (with Range) and by a pre-signed redirect through
-  replica 3.
+- an upload through replica 1 downloads through replica 2 (with Range), and by a pre-signed redirect through a
+  fourth replica that joins.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def scaling_haproxy_config() -> str:
 class Cluster:
     def __init__(self, replicas: list[ServerProcess], lb: HAProxy, dsn: str, key: str) -> None:
         self.replicas, self.lb, self.dsn, self.key = replicas, lb, dsn, key
+        self.env: dict[str, str] = {}
         # The load balancer's address, seen as a server: every replica's certificate (from the one CA) names
         # 127.0.0.1, so clients pin r1's ca.pem and reach any replica through it.
         self.front = ServerProcess(replicas[0].data_dir, database=dsn)
@@ -89,9 +90,7 @@ def cluster(postgres_server: PostgresServer, s3_server: Any, tmp_path_factory: p
            "AWS_SECRET_ACCESS_KEY": bucket.secret_key}
     replicas = []
     for i, port in enumerate(ports):
-        # Replica 3 answers blob GETs with a redirect to the bucket.
-        presigned = {"FLEETD_S3_PRESIGNED_DOWNLOADS": "true"} if i == 2 else {}
-        r = ServerProcess(base / f"r{i + 1}", database=dsn, env={**env, **presigned})
+        r = ServerProcess(base / f"r{i + 1}", database=dsn, env=env)
         r.port = port
         replicas.append(r)
     with lb:
@@ -101,6 +100,7 @@ def cluster(postgres_server: PostgresServer, s3_server: Any, tmp_path_factory: p
                 r.start(timeout=60)
             key = replicas[0].create_key("admin", "replicas-e2e")
             c = Cluster(replicas, lb, dsn, key)
+            c.env = env
             wait_for(lambda: set(lb.states().values()) == {"UP"}, 20, "haproxy to see three healthy replicas")
             yield c
         finally:
@@ -145,7 +145,10 @@ def test_a_rollout_completes_while_the_lease_holder_is_killed(cluster: Cluster, 
             return bool(cluster.rows("SELECT 1 FROM rollout_stages WHERE rollout_id = %s AND idx = 1 "
                                      "AND started_at IS NOT NULL", rid))
 
-        wait_for(second_stage_started, 60, "the second stage to start")
+        try:
+            wait_for(second_stage_started, 60, "the second stage to start")
+        except AssertionError:
+            raise AssertionError(cli(front, key, "rollouts", "show", rid, "--json").stdout) from None
         killed_at = time.monotonic()
         holder.kill9()  # mid-stage: its installs are under way, the orchestrator was on it
         new = wait_for(cluster.holder, 30, "another replica to take the fleet lease")
@@ -205,7 +208,11 @@ def test_the_event_stream_on_replica_3_sees_a_change_made_through_replica_1(clus
 
 
 def test_an_upload_through_one_replica_downloads_through_the_others(cluster: Cluster, tmp_path: Path) -> None:
-    r1, r2, r3 = cluster.replicas
+    r1, r2, _ = cluster.replicas
+    # A fourth replica joins, outside the load balancer, answering blob GETs with a redirect to the bucket (the
+    # bucket here is plain http, which devices refuse: so it serves only this test's client).
+    r4 = ServerProcess(tmp_path / "r4", database=cluster.dsn,
+                       env={**cluster.env, "FLEETD_S3_PRESIGNED_DOWNLOADS": "true"}).start(timeout=60)
     payload = os.urandom(3 << 20)
     pushed = push_artifact(r1, cluster.key, tmp_path, "dlapp", "1.0.0", payload)
     sha = hashlib.sha256(payload).hexdigest()
@@ -213,8 +220,11 @@ def test_an_upload_through_one_replica_downloads_through_the_others(cluster: Clu
     with r2.client(cluster.key) as c:
         got = c.get(f"/v1/blobs/{sha}", headers={"Range": "bytes=1000-2999"})
         assert got.status_code == 206 and got.content == payload[1000:3000]
-    with r3.client(cluster.key) as c:
-        moved = c.get(f"/v1/blobs/{sha}")
+    try:
+        with r4.client(cluster.key) as c:
+            moved = c.get(f"/v1/blobs/{sha}")
+    finally:
+        r4.stop()
     assert moved.status_code == 307, moved.text
     fetched = httpx.get(moved.headers["location"], timeout=30)  # the bucket itself, no fleetd credentials
     assert fetched.status_code == 200 and hashlib.sha256(fetched.content).hexdigest() == sha

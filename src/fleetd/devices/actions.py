@@ -427,8 +427,9 @@ def cancel(conn: sqlite3.Connection, actor: Actor, action_id: str) -> Action:
         raise FailedPrecondition(f"action {action_id} already ended as {a.state}")
     _set_state(conn, action_id, "cancelled", f"cancelled by {actor.name or actor.id}", a.progress)
     audit.record(conn, actor, "action.cancel", action_id, device=a.device_id)
-    note_open(conn, [a.device_id])
-    return get(conn, action_id)
+    done = get(conn, action_id)
+    settled(conn, done)  # the event stream hears of it, as of any other end of an action
+    return done
 
 
 def may_download(conn: sqlite3.Connection, device_id: str, sha256: str) -> bool:

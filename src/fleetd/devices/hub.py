@@ -30,8 +30,12 @@ from .registry import ActionsOpen, DeviceChanged, DeviceGone
 
 log = logging.getLogger(__name__)
 FLUSH_INTERVAL = 1.0
-# last_seen is written to SQLite only when the stored value is this old; the hub has the exact one.
+# last_seen is written to the database only when the stored value is this old; the hub has the exact one. Replicas
+# (PostgreSQL) write it sooner: the lease holder's orchestrator and presence read the others' check-ins from the
+# database, and a rollout's soak ends at a check-in. A device polling every minute or slower is written at each
+# check-in either way; only faster pollers cost more.
 PERSIST_SEEN_AFTER = 60.0
+PERSIST_SEEN_AFTER_SHARED = 5.0
 # Component lists kept per device between flushes (a device changes versions a few times a second at most).
 MAX_PENDING_COMPONENT_LISTS = 8
 
@@ -41,6 +45,7 @@ class DeviceHub:
     scope: Scope = "process"  # docs/architecture.md, "Background parts"
 
     def __init__(self, store: Store, token_key: bytes) -> None:
+        self.persist_seen_after = PERSIST_SEEN_AFTER if store.dsn is None else PERSIST_SEEN_AFTER_SHARED
         self.store = store
         # On a connection of its own, closed after: the scan would leave a pooled reader's page cache full of
         # device rows for the rest of the process's life (2 MiB).
@@ -134,7 +139,7 @@ class DeviceHub:
         t = time.time()
         self.runtime.set_seen(device_id, t)
         stored = self._persisted.get(device_id)
-        if stored is None or t - stored[0] >= PERSIST_SEEN_AFTER or stored[1] != addr:
+        if stored is None or t - stored[0] >= self.persist_seen_after or stored[1] != addr:
             self._seen[device_id] = self._persisted[device_id] = (t, addr)
 
     def last_seen(self, device_id: str) -> float | None:

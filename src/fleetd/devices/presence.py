@@ -11,7 +11,7 @@ changes.
 
 On PostgreSQL replicas (``shared``) a device checks in on any replica, and only the lease holder's presence runs:
 before each sweep it reads the last contacts the replicas' hubs stored since the last one (a device's is stored at
-most every ``hub.PERSIST_SEEN_AFTER`` seconds, at the next flush: no write per check-in) and takes the newer ones;
+most every ``hub.persist_seen_after`` seconds, at the next flush: no write per check-in) and takes the newer ones;
 a device is offline only when its stored contact is older than its window plus that lag, so offline comes up to
 about a minute later than on SQLite, online within a sweep of its stored contact. Its events go through a write
 (``Publish`` effects), so every replica's event stream has them.
@@ -35,7 +35,7 @@ from ..core.lifecycle import Scope
 from ..core.tasks import cancel_and_wait
 from ..store.database import effect
 from . import storage
-from .hub import FLUSH_INTERVAL, PERSIST_SEEN_AFTER, DeviceHub
+from .hub import FLUSH_INTERVAL, DeviceHub
 from .registry import ONLINE_SLACK
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class Presence:
         self.every = every
         self.clock = clock
         self.shared = shared
-        self.slack = ONLINE_SLACK + (PERSIST_SEEN_AFTER + FLUSH_INTERVAL + every if shared else 0)
+        self.slack = ONLINE_SLACK + (hub.persist_seen_after + FLUSH_INTERVAL + every if shared else 0)
         self._since = 0.0  # shared: where the next read of stored contacts starts
         # The first sweep only learns who is online (the directory keeps the flags: directory.Directory.sweep).
         self.learning = True

@@ -165,6 +165,9 @@ class Fleet:
         m.gauge("fleetd_blobs_bytes", "Bytes of stored blobs.", Read(blobs.stored_bytes))
         if self.store.dsn is not None:  # a SQLite store's size is its files' (the registry's own gauge)
             m.gauge("fleetd_db_size_bytes", DB_SIZE_HELP, Read(database_size))
+            m.gauge("fleetd_fleet_lease_held", "1 on the replica that holds the fleet lease and runs the fleet-scope "
+                    "parts (orchestrator, maintenance, ...), else 0.",
+                    lambda: int(bool(self.lease and self.lease.running)))
         accounts = accounts_storage
         m.gauge("fleetd_users", "Admin users that are not disabled.", Read(accounts.enabled_user_count))
         m.gauge("fleetd_api_keys_active", "API keys neither revoked nor expired.", Read(accounts.active_api_key_count))

@@ -54,10 +54,15 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def seed(data_dir: Path, devices: int) -> None:
+def seed(data_dir: Path, devices: int, database: str = "") -> None:
+    """``devices`` enrolled into the data dir's SQLite file, or into the PostgreSQL ``database`` (its keys put
+    there from the data dir, as `fleetd store migrate` does)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     load_or_create(data_dir, ["127.0.0.1"])
-    conn = open_offline(data_dir)
+    if database:
+        from fleetd.store import transfer
+        transfer.copy_keys(data_dir, database)
+    conn = open_offline(data_dir, database)
     try:
         enroll_devices(conn, devices)
     finally:
@@ -84,9 +89,10 @@ def report_devices(fleet: Fleet, rollout_id: str, version: str, now: float, shar
         states = ("downloading", "installing", "verifying")
         conn.executemany("UPDATE actions SET state = ?, updated_at = ? WHERE id = ?",
                          [(states[i % 3], now, r[0]) for i, r in enumerate(partial)])
-        conn.executemany("INSERT OR REPLACE INTO device_components (device_id, name, version, previous_version, "
-                         "state, health, restarts, updated_at) VALUES (?, 'benchapp', ?, '1.0.0', 'running', "
-                         "'healthy', 0, ?)", [(r[1], version, now) for r in done])
+        conn.executemany("INSERT INTO device_components (device_id, name, version, previous_version, state, health, "
+                         "restarts, updated_at) VALUES (?, 'benchapp', ?, '1.0.0', 'running', 'healthy', 0, ?) "
+                         "ON CONFLICT (device_id, name) DO UPDATE SET version = excluded.version, "
+                         "updated_at = excluded.updated_at", [(r[1], version, now) for r in done])
         conn.execute("UPDATE devices SET last_seen = ?", (now + SOAK + 1,))
     fleet.store.write_sync(write)
 
@@ -113,8 +119,9 @@ def median_pass(fleet: Fleet, now: float, runs: int) -> tuple[float, PassReport]
     return statistics.median(r.seconds for r in reports), reports[-1]
 
 
-def bench(data_dir: Path, devices: int, runs: int, points: int) -> dict[str, Any]:
-    fleet = Fleet(Settings(data_dir=str(data_dir), tls=False, mdns=False, rollout_pass_seconds=0))
+def bench(data_dir: Path, devices: int, runs: int, points: int, database: str = "") -> dict[str, Any]:
+    fleet = Fleet(Settings(data_dir=str(data_dir), tls=False, mdns=False, rollout_pass_seconds=0, database=database),
+                  lock=not database)
     try:
         blob = asyncio.run(fleet.blobs.put_bytes(b"benchmark payload"))
         fleet.store.write_sync(lambda c: artifacts.create(

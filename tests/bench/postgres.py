@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import random
 import shutil
 import time
 from pathlib import Path
 
+import httpx
 import msgspec
 
 from fleetd.core import pki
@@ -28,7 +30,7 @@ from fleetd.store import postgres, transfer
 from fleetd.store.database import migrate
 from tests.support.services import HAProxy, PostgresServer
 
-from . import seed
+from . import bench_orchestrator, seed
 from .cases import Config, Result, Target, log, median, medians, telemetry_requests
 from .loadgen import WrkRun, check_clean, run_wrk
 from .procs import cpu_seconds
@@ -61,6 +63,7 @@ class PgFleet:
         if self.path.exists():
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True)
+        self.spare: tuple[str, str] = ("", "")
         pki.load_or_create(self.path, ["127.0.0.1"])
         conn = postgres.connect(self.dsn)
         try:
@@ -89,6 +92,7 @@ class PgFleet:
         tokens = DeviceTokens((self.path / "token.key").read_bytes())
         if what == "checkin":
             devices = self.sample(cfg.tokens, 1)
+            self.spare = (devices[-1][0], tokens.issue(devices[-1][0], devices[-1][2]))  # revoked at the end
             bodies = [seed.checkin_body(hw, i) for i, (_, hw, _) in enumerate(devices)]
             rows: list[tuple[object, ...]] = []
         else:
@@ -155,6 +159,7 @@ def bench(cfg: Config, fx: seed.Fixture, work: Path, logs: Path) -> Result:
         _checkin_vs_sqlite(cfg, fx, fleet, logs, sqlite_checkins, pg_checkins, r)
         _telemetry_vs_copy(cfg, fx, fleet, server, work, logs, r)
         _through_haproxy(cfg, fleet, logs, pg_checkins, r)
+        _orchestrator(cfg, server, work, r)
     return r
 
 
@@ -251,11 +256,104 @@ def _through_haproxy(cfg: Config, fleet: PgFleet, logs: Path, requests: Path, r:
                     check_clean(run, f"check-in through haproxy, {n} replica(s)")
                     rps[n].append(run.rps)
                     log(f"postgres: check-in through haproxy, {n} replica(s): {run.rps:,.0f} rps")
+        key = _admin_key(fleet)
+        coherence = _revoke_seen_by_the_other(fleet, replicas, key)
+        failover = _lease_failover(replicas, key)
     finally:
         for s in replicas:
             s.stop()
     one_rps, two_rps = median(rps[1]), median(rps[2])
-    r.rows.append(("check-in rps through haproxy, 2 replicas / 1 (same 2 cores)", f"{two_rps:,.0f}",
-                   f"{one_rps:,.0f}", f"{two_rps / one_rps:.2f}"))
-    r.data["haproxy"] = {"one_replica_rps": round(one_rps), "two_replicas_rps": round(two_rps)}
+    r.rows += [("check-in rps through haproxy, 2 replicas / 1 (same 2 cores)", f"{two_rps:,.0f}",
+                f"{one_rps:,.0f}", f"{two_rps / one_rps:.2f}"),
+               ("a revoke through replica 1 refused by replica 2 after, s", f"{coherence:.3f}", "-", "-"),
+               ("fleet lease failover after kill -9 of its holder, s", f"{failover:.2f}", "-", "-")]
+    r.targets += [Target("cache coherence across replicas (revoke), s", coherence, "<=", 1.0, " s"),
+                  Target("fleet lease failover after kill -9, s", failover, "<=", 10.0, " s")]
+    r.data["replicas"] = {"one_replica_rps": round(one_rps), "two_replicas_rps": round(two_rps),
+                          "revoke_seen_after_s": round(coherence, 4), "lease_failover_s": round(failover, 2)}
 
+
+def _admin_key(fleet: PgFleet) -> str:
+    """An admin API key, made offline (`fleetd keys create`) on the fleet's database."""
+    from tests.e2e.server import run_cli
+    data = fleet.path.parent / "pg-replicas" / "admin"
+    data.mkdir(parents=True, exist_ok=True)
+    p = run_cli("keys", "create", "--data-dir", str(data), "--name", f"bench-{os.urandom(3).hex()}", "--role",
+                "admin", "--json", env=fleet.env)
+    return str(json.loads(p.stdout)["key"])
+
+
+def _revoke_seen_by_the_other(fleet: PgFleet, replicas: list[Service], key: str) -> float:
+    """Seconds from a RevokeDevice answered by replica 1 to replica 2 refusing that device's token (401)."""
+    device_id, token = fleet.spare
+    with httpx.Client(verify=False, timeout=10) as c:
+        def check_in() -> int:
+            return c.post(replicas[1].url + CHECKIN, content=b"{}", headers={
+                "Authorization": f"Bearer {token}", "Content-Type": "application/json"}).status_code
+        assert check_in() == 200, "the spare device's token is refused before the revoke"
+        c.post(replicas[0].url + "/fleetd.v1.DeviceAdminService/RevokeDevice", content=json.dumps({"id": device_id}),
+               headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}).raise_for_status()
+        t0 = time.perf_counter()
+        while check_in() != 401:
+            if time.perf_counter() - t0 > 30:
+                raise RuntimeError("postgres: replica 2 still takes a device revoked through replica 1 after 30 s")
+        seen = time.perf_counter() - t0
+    log(f"postgres: a revoke through replica 1 was refused by replica 2 {seen * 1000:.1f} ms later")
+    return seen
+
+
+def _lease_held(replica: Service, key: str) -> bool:
+    with httpx.Client(verify=False, timeout=5) as c:
+        text = c.get(replica.url + "/metrics", headers={"Authorization": f"Bearer {key}"}).text
+    return "\nfleetd_fleet_lease_held 1" in "\n" + text
+
+
+def _lease_failover(replicas: list[Service], key: str) -> float:
+    """Seconds from kill -9 of the replica holding the fleet lease to the other one running the fleet's parts."""
+    deadline = time.monotonic() + 30
+    while not any(_lease_held(s, key) for s in replicas):
+        if time.monotonic() > deadline:
+            raise RuntimeError("postgres: no replica holds the fleet lease after 30 s")
+        time.sleep(0.2)
+    holder = next(s for s in replicas if _lease_held(s, key))
+    other = next(s for s in replicas if s is not holder)
+    holder.proc.kill()
+    holder.proc.wait()
+    t0 = time.monotonic()
+    while not _lease_held(other, key):
+        if time.monotonic() - t0 > 60:
+            raise RuntimeError("postgres: the fleet lease did not move within 60 s of its holder's kill -9")
+        time.sleep(0.05)
+    took = time.monotonic() - t0
+    log(f"postgres: the fleet lease moved {took:.2f} s after kill -9 of its holder")
+    return took
+
+
+def _orchestrator(cfg: Config, server: PostgresServer, work: Path, r: Result) -> None:
+    """The orchestrator benchmark (tests/bench/bench_orchestrator.py) on a PostgreSQL fleet of its own; its targets
+    (issue 16's) within 2x (issue 18)."""
+    n = cfg.orchestrator_devices
+    data = work / "pg-orchestrator"
+    if data.exists():
+        shutil.rmtree(data)
+    dsn = server.dsn(server.create_database())
+    log(f"postgres: orchestrator: enrolling {n:,} devices into PostgreSQL")
+    bench_orchestrator.seed(data, n, dsn)
+    try:
+        out = bench_orchestrator.bench(data, n, cfg.runs, 0, dsn)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    s, rp, st = out["steady_pass"], out["reports_pass"], out["stage_starts"][-1]
+    r.rows += [(f"orchestrator on PostgreSQL: steady pass over {n:,} devices, s", f"{s['seconds']:.3f}", "-", "-"),
+               (f"orchestrator on PostgreSQL: pass after {rp['reports']:,} reports, s", f"{rp['seconds']:.3f}", "-",
+                "-"),
+               (f"orchestrator on PostgreSQL: last stage start, {st['actions']:,} actions, s", f"{st['seconds']:.2f}",
+                "-", "-")]
+    r.targets += [
+        Target(f"PostgreSQL: steady orchestrator pass over {n:,} devices, s", s["seconds"], "<",
+               2 * bench_orchestrator.STEADY_TARGET, " s"),
+        Target(f"PostgreSQL: orchestrator pass after {rp['reports']:,} reports, s", rp["seconds"], "<",
+               2 * bench_orchestrator.REPORTS_TARGET, " s"),
+        Target(f"PostgreSQL: start of the last stage (~75 % of {n:,} devices), s", st["seconds"], "<",
+               2 * bench_orchestrator.STAGE_TARGET, " s")]
+    r.data["orchestrator"] = out

@@ -43,7 +43,6 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICES = 200
-LEASE_HELD = "fleet lease: the fleet-scope parts run on this replica"
 
 
 def scaling_haproxy_config() -> str:
@@ -52,6 +51,12 @@ def scaling_haproxy_config() -> str:
     m = re.search(r"```haproxy\n(.*?)```", text, re.S)
     assert m, "docs/scaling.md has no haproxy configuration block"
     return m.group(1)
+
+
+def lease_held(replica: ServerProcess, key: str) -> bool:
+    with replica.client(key) as c:
+        text = c.get("/metrics").text
+    return re.search(r"^fleetd_fleet_lease_held 1(\.0)?$", text, re.M) is not None
 
 
 class Cluster:
@@ -64,10 +69,11 @@ class Cluster:
         self.front.port = lb.port
 
     def holder(self) -> ServerProcess | None:
-        """The replica whose log last says it runs the fleet-scope parts (and that still runs)."""
+        """The running replica that says (in /metrics) it holds the fleet lease; None while none does."""
         alive = [r for r in self.replicas if r.proc is not None and r.proc.poll() is None]
-        return max(alive, key=lambda r: r.log().rfind(LEASE_HELD)) if any(
-            LEASE_HELD in r.log() for r in alive) else None
+        holding = [r for r in alive if lease_held(r, self.key)]
+        assert len(holding) <= 1, [r.url for r in holding]
+        return holding[0] if holding else None
 
     def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.dsn) as conn:

@@ -102,8 +102,11 @@ class Fleet:
         self.events = EventBus()
         self.hub = DeviceHub(self.store, self.keys.token_key)
         self.ddi = DdiState(self.store)
+        # The per-minute sums that spare the rollup job a read of the rows: on SQLite only. Replicas store points
+        # on every replica while one of them (the lease holder) rolls up: it reads the rows (docs/telemetry.md).
         self.telemetry = TelemetryIntake(self.store, MetricNames(settings.max_metric_names_per_device,
-                                                                 settings.max_metric_names), MinuteSums())
+                                                                 settings.max_metric_names),
+                                         MinuteSums() if self.store.dsn is None else None)
         self.authenticator = Authenticator(self.store, self.hub.tokens)
         self.challenges = challenges_for(self.store, self.hub.tokens)  # signed, use in the database on PostgreSQL
         # In memory on SQLite; in the database on PostgreSQL, so that replicas share them (store/ratelimits.py).

@@ -138,6 +138,9 @@ def test_rollups_equal_a_recomputation_over_every_point_stored(request: pytest.F
 
         def start() -> Fleet:
             f = data.fleet()
+            if dsn:  # replicas keep no sums: the rollup job reads the rows (docs/telemetry.md, "On PostgreSQL")
+                assert f.telemetry.sums is None and f.rollups.sums is None
+                return f
             assert f.telemetry.sums is not None and f.rollups.sums is f.telemetry.sums
             f.telemetry.sums.chunk_keys, f.telemetry.sums.max_keys = chunk_keys, max_keys
             return f
@@ -180,9 +183,8 @@ def test_rollups_equal_a_recomputation_over_every_point_stored(request: pytest.F
                         finally:
                             conn.close()
                     elif s[0] == "forget_sums":
-                        sums = fleet.telemetry.sums
-                        assert sums is not None
-                        sums.clear()
+                        if fleet.telemetry.sums is not None:
+                            fleet.telemetry.sums.clear()
                     else:  # a restart: the sums are gone, the rows past the watermark stay
                         fleet.close()
                         fleet = start()
@@ -206,7 +208,7 @@ def _with_stored_times(data: Where, kept: list[tuple[str, str, float, float]]) -
     return timed + list(received.elements())
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", ["sqlite"])  # on PostgreSQL there are no sums (replicas): the rows are read
 def test_the_pass_merges_the_sums_and_reads_the_rows_only_for_ids_they_do_not_cover(
         request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> None:
     """Proof by tampering: a raw row changed behind the server's back shows in the rollups only when the pass had

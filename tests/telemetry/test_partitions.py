@@ -275,11 +275,15 @@ def test_the_insert_lock_orders_inserts_of_several_connections(pg_store: Store) 
 
 
 def test_a_server_makes_the_day_partitions_when_it_starts(client: Any, fleet: Any) -> None:
-    """The app's lifecycle starts the rollup job, which makes them (PostgreSQL; SQLite has none to make)."""
+    """The app's lifecycle starts the rollup job, which makes them (PostgreSQL; SQLite has none to make). On
+    PostgreSQL the job is a fleet-scope part: it starts once this server holds the fleet lease (a few seconds)."""
     now = time.time()
     assert fleet.rollups.partitioned == (fleet.store.dsn is not None)
     if fleet.store.dsn is not None:
         r = fleet.rollups.retention
+        deadline = time.monotonic() + 20
+        while not day_partitions(fleet.store) and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert day_partitions(fleet.store) == wanted("telemetry", now, r.raw_days)
         assert day_partitions(fleet.store, "telemetry_minute") == wanted("telemetry_minute", now, r.minute_days)
 

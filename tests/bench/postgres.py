@@ -156,15 +156,15 @@ def bench(cfg: Config, fx: seed.Fixture, work: Path, logs: Path) -> Result:
             work / "sqlite-checkin.requests", seed.mint_tokens(fx, devs := seed.sample_devices(fx, cfg.tokens)),
             [seed.checkin_body(hw, i) for i, (_, hw, _) in enumerate(devs)])
         pg_checkins, _ = fleet.requests(cfg, work, "checkin")
-        _checkin_vs_sqlite(cfg, fx, fleet, logs, sqlite_checkins, pg_checkins, r)
+        _checkin_vs_sqlite(cfg, fx, fleet, server, logs, sqlite_checkins, pg_checkins, r)
         _telemetry_vs_copy(cfg, fx, fleet, server, work, logs, r)
         _through_haproxy(cfg, fleet, logs, pg_checkins, r)
         _orchestrator(cfg, server, work, r)
     return r
 
 
-def _checkin_vs_sqlite(cfg: Config, fx: seed.Fixture, fleet: PgFleet, logs: Path, sqlite_requests: Path,
-                       pg_requests: Path, r: Result) -> None:
+def _checkin_vs_sqlite(cfg: Config, fx: seed.Fixture, fleet: PgFleet, server: PostgresServer, logs: Path,
+                       sqlite_requests: Path, pg_requests: Path, r: Result) -> None:
     on_sqlite = start_fleetd(fx.path, logs, log_name="fleetd-sqlite")
     on_pg = fleet.start(logs, "fleetd-pg")
     try:
@@ -172,10 +172,14 @@ def _checkin_vs_sqlite(cfg: Config, fx: seed.Fixture, fleet: PgFleet, logs: Path
         for svc, requests in both.values():
             _wrk(svc.url + CHECKIN, svc.pid, cfg, requests, cfg.warmup)
         runs: dict[str, list[WrkRun]] = {"sqlite": [], "postgresql": []}
+        pg_cpu: list[float] = []
         for i in range(cfg.runs):
             for name in ("sqlite", "postgresql") if i % 2 == 0 else ("postgresql", "sqlite"):
                 svc, requests = both[name]
+                cpu0 = _postgres_cpu(server)
                 run = _wrk(svc.url + CHECKIN, svc.pid, cfg, requests, cfg.seconds)
+                if name == "postgresql":
+                    pg_cpu.append(100 * (_postgres_cpu(server) - cpu0) / run.seconds)
                 check_clean(run, f"check-in on {name}")
                 runs[name].append(run)
                 log(f"postgres: check-in run {i + 1}/{cfg.runs} on {name}: {run.rps:,.0f} rps, "
@@ -188,9 +192,11 @@ def _checkin_vs_sqlite(cfg: Config, fx: seed.Fixture, fleet: PgFleet, logs: Path
     r.rows += [("check-in rps, one replica on PostgreSQL / on SQLite", f"{p['rps']:,.0f}", f"{s['rps']:,.0f}",
                 f"{ratio:.2f}"),
                ("check-in p99 ms, PostgreSQL / SQLite", f"{p['p99_ms']:.1f}", f"{s['p99_ms']:.1f}",
-                f"{p['p99_ms'] / s['p99_ms']:.2f}")]
+                f"{p['p99_ms'] / s['p99_ms']:.2f}"),
+               ("PostgreSQL server CPU during the check-ins, % of a core", f"{median(pg_cpu):.0f}", "-", "-")]
     r.targets.append(Target("check-in on PostgreSQL vs on SQLite, rps", ratio, ">=", 0.8))
-    r.data["checkin"] = {"postgresql": p, "sqlite": s, "ratio": round(ratio, 3)}
+    r.data["checkin"] = {"postgresql": p, "sqlite": s, "ratio": round(ratio, 3),
+                         "postgres_cpu_pct": round(median(pg_cpu))}
 
 
 def _telemetry_vs_copy(cfg: Config, fx: seed.Fixture, fleet: PgFleet, server: PostgresServer, work: Path,

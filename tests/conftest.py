@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,3 +178,18 @@ def two_replicas(tmp_path: Path, postgres_server: PostgresServer, pg_schema: str
     finally:
         postgres_server.drop_database(name)
 
+
+
+@contextlib.contextmanager
+def template_copy(request: pytest.FixtureRequest, backend: str) -> Iterator[str | None]:
+    """For a test or a module-scoped fixture parametrized by backend: None on "sqlite" (the caller makes its file),
+    else the DSN of a fresh copy of the migrated PostgreSQL template, dropped after."""
+    if backend == "sqlite":
+        yield None
+        return
+    server = request.getfixturevalue("postgres_server")
+    name = server.create_database(template=request.getfixturevalue("pg_schema"))
+    try:
+        yield server.dsn(name)
+    finally:
+        server.drop_database(name)

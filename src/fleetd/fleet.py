@@ -201,16 +201,7 @@ class Fleet:
         return names
 
     def _take_lock(self) -> None:
-        path = self.data_dir / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            holders = processes_using(path)
-            who = f" ({', '.join(holders)})" if holders else ""
-            raise DataDirLocked(f"another fleetd server{who} is running on {self.data_dir}") from None
-        self._lock_fd = fd
+        self._lock_fd = lock_data_dir(self.data_dir)
 
     @functools.cached_property
     def parts(self) -> tuple[Part, ...]:
@@ -277,6 +268,21 @@ class Fleet:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Take the data dir's lock, which a running server holds (the returned fd holds it until closed); DataDirLocked
+    naming the holder when another process has it."""
+    path = data_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holders = processes_using(path)
+        who = f" ({', '.join(holders)})" if holders else ""
+        raise DataDirLocked(f"another fleetd server{who} is running on {data_dir}") from None
+    return fd
 
 
 def open_offline(data_dir: str | Path, database: str = "") -> sqlite3.Connection:

@@ -19,6 +19,7 @@ from fleetd.core.errors import FleetdError
 from fleetd.devices.device_api import PushTelemetryRequest
 from fleetd.store.database import Store
 from fleetd.telemetry.intake import EARLIEST, MetricNames, Point, TelemetryIntake, rows_for
+from tests.conftest import template_copy
 
 NOW = time.time()
 
@@ -26,17 +27,10 @@ NOW = time.time()
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """One store per backend for the module (each test starts with :func:`clear`)."""
-    if request.param == "sqlite":
-        s = Store(tmp_path_factory.mktemp("batch") / "fleetd.db")
+    with template_copy(request, request.param) as dsn:
+        s = Store(dsn or tmp_path_factory.mktemp("batch") / "fleetd.db")
         yield s
         s.close()
-        return
-    server = request.getfixturevalue("postgres_server")
-    name = server.create_database(template=request.getfixturevalue("pg_schema"))
-    s = Store(server.dsn(name))
-    yield s
-    s.close()
-    server.drop_database(name)
 
 
 def committed(store: Store) -> list[tuple[str, str, float, float, str | None]]:

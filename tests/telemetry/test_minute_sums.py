@@ -5,12 +5,10 @@ dropped sums; and they are what the pass merges (the rows are not read again) un
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from fleetd.store.database import DB_NAME, open_connection, transaction
 from fleetd.telemetry import rollups, storage
 from fleetd.telemetry.intake import Point
 from fleetd.telemetry.rollups import HOUR, MINUTE, Agg
+from tests.conftest import template_copy
 
 DEVICES = ("dev-a", "dev-b", "dev-c")
 METRICS = ("cpu", "temp", "boom")  # points named "boom" make their group's insert fail (a trigger)
@@ -54,21 +53,6 @@ class Where:
                 return [tuple(r) for r in cur.fetchall()] if cur.description else []
         finally:
             conn.close()
-
-
-@contextlib.contextmanager
-def database(request: pytest.FixtureRequest, backend: str) -> Iterator[str | None]:
-    """None (SQLite: the file in the data dir), or the DSN of a fresh copy of the migrated PostgreSQL template,
-    dropped after."""
-    if backend == "sqlite":
-        yield None
-        return
-    server = request.getfixturevalue("postgres_server")
-    name = server.create_database(template=request.getfixturevalue("pg_schema"))
-    try:
-        yield server.dsn(name)
-    finally:
-        server.drop_database(name)
 
 
 BOOM_SQLITE = ("CREATE TRIGGER IF NOT EXISTS boom BEFORE INSERT ON telemetry WHEN NEW.name = 'boom' "
@@ -132,7 +116,7 @@ def test_rollups_equal_a_recomputation_over_every_point_stored(request: pytest.F
                                                                steps: list[tuple[Any, ...]], chunk_keys: int,
                                                                max_keys: int) -> None:
     """On PostgreSQL too: its COPY, its raw-insert lock, its day partitions (made at start, dropped by "prune")."""
-    with tempfile.TemporaryDirectory() as d, database(request, backend) as dsn:
+    with tempfile.TemporaryDirectory() as d, template_copy(request, backend) as dsn:
         data = Where(Path(d) / "data", dsn)
         kept: list[tuple[str, str, float, float]] = []  # every point acknowledged as stored
 
@@ -213,7 +197,7 @@ def test_the_pass_merges_the_sums_and_reads_the_rows_only_for_ids_they_do_not_co
         request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> None:
     """Proof by tampering: a raw row changed behind the server's back shows in the rollups only when the pass had
     to read the rows (after a restart emptied the sums), never when it merged the sums."""
-    with database(request, backend) as dsn:
+    with template_copy(request, backend) as dsn:
         data = Where(tmp_path / "data", dsn)
         _tampered_pushes(data)
         (got,) = stored(data, "minute").values()

@@ -18,12 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleetd.core.resources import data_dir
-from fleetd.store.database import connect, migrate, open_connection, transaction
+from fleetd.store.database import connect, migrate, open_migrated, transaction
 from fleetd.store.dialect import dialect_of
 from fleetd.telemetry import rollups, storage
 from fleetd.telemetry.intake import Point
 from fleetd.telemetry.rollups import Agg, Retention
-from tests.conftest import rpc
+from tests.conftest import rpc, template_copy
 from tests.devices.test_devices import active_device
 
 T0 = 1_749_999_600.0  # a whole hour
@@ -33,19 +33,10 @@ Row = tuple[str, str, float, float]  # device, metric, ts, value
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def db(request: pytest.FixtureRequest) -> Iterator[sqlite3.Connection]:
     """One migrated store connection per backend for the module (each test starts with :func:`reset`)."""
-    if request.param == "sqlite":
-        with tempfile.TemporaryDirectory() as d:
-            conn = connect(Path(d) / "t.db")
-            migrate(conn)
-            yield conn
-            conn.close()
-        return
-    server = request.getfixturevalue("postgres_server")
-    name = server.create_database(template=request.getfixturevalue("pg_schema"))
-    pg = open_connection(server.dsn(name))
-    yield pg
-    pg.close()
-    server.drop_database(name)
+    with tempfile.TemporaryDirectory() as d, template_copy(request, request.param) as dsn:
+        conn = open_migrated(dsn or Path(d) / "t.db")
+        yield conn
+        conn.close()
 
 
 def reset(conn: sqlite3.Connection) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,13 +24,13 @@ _PHASES = {"database": "copying the database (tables)", "blobs": "copying blobs"
 def _stopped(data_dir: Path) -> Iterator[None]:
     """Hold the data dir's lock (the one `fleetd serve` holds) for the final copy: the old server must be stopped,
     and cannot start until the copy is over."""
-    fd = os.open(data_dir / "fleetd.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    from ..fleet import DataDirLocked, lock_data_dir
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fail(f"a fleetd server is running on {data_dir}", "Stop it first: the final copy must see everything "
-                 "it wrote. (Run without --final to copy while it runs.)")
+        fd = lock_data_dir(data_dir)
+    except DataDirLocked:
+        fail(f"a fleetd server is running on {data_dir}", "Stop it first: the final copy must see everything it "
+             "wrote. (Run without --final to copy while it runs.)")
+    try:
         yield
     finally:
         os.close(fd)

@@ -123,9 +123,9 @@ def copy_database(src: sqlite3.Connection, dst: PgConnection, progress: Progress
                 if progress:
                     progress("database", i, len(tables))
                 if table not in APPEND_ONLY:
-                    _load_temp(src, raw, table, *shapes[table])
+                    _load_temp(src, raw, table, shapes[table][0])
             # Deletes children first, then inserts and updates parents first: every foreign key holds throughout.
-            deleted = {t: _delete_missing(raw, t, *shapes[t]) for t in reversed(tables) if t not in APPEND_ONLY}
+            deleted = {t: _delete_missing(raw, t, shapes[t][1]) for t in reversed(tables) if t not in APPEND_ONLY}
             for table in tables:
                 columns, key = shapes[table]
                 if table in APPEND_ONLY:
@@ -164,12 +164,12 @@ def _copy_into(raw: Any, table: str, columns: list[str], rows: Iterator[tuple[An
     return n
 
 
-def _load_temp(src: sqlite3.Connection, raw: Any, table: str, columns: list[str], key: list[str]) -> None:
+def _load_temp(src: sqlite3.Connection, raw: Any, table: str, columns: list[str]) -> None:
     raw.execute(f"CREATE TEMP TABLE {_q('src_' + table)} (LIKE {_q(table)} INCLUDING DEFAULTS) ON COMMIT DROP")
     _copy_into(raw, _q("src_" + table), columns, _select(src, table, columns))
 
 
-def _delete_missing(raw: Any, table: str, columns: list[str], key: list[str]) -> int:
+def _delete_missing(raw: Any, table: str, key: list[str]) -> int:
     match = " AND ".join(f"s.{_q(k)} = t.{_q(k)}" for k in key)
     cur = raw.execute(f"DELETE FROM {_q(table)} t WHERE NOT EXISTS (SELECT 1 FROM {_q('src_' + table)} s "
                       f"WHERE {match})")

@@ -9,7 +9,7 @@ exactly what was checked, whatever the request's JSON looked like (a key given t
 writer takes every batch waiting when its job starts and stores up to 64 of them with one statement
 (storage.insert_point_batches), which unpacks the arrays without the GIL (on PostgreSQL: one binary COPY,
 storage.copy_point_batches); once that has committed, the loop adds the batches' values to the per-minute sums the
-rollup job merges, so that the rows are not read again.
+rollup job merges, so that the rows are not read again (on SQLite only: replicas keep no sums, docs/telemetry.md).
 docs/performance.md, "Telemetry", has the measurements behind this.
 """
 
@@ -250,9 +250,7 @@ class TelemetryIntake:
             self.points_total += stored
             self.commits += 1
             # The rows got the ids after the newest one before, in order: SQLite gives a new row the highest id plus
-            # one as long as that is below the largest integer (then it would pick ids at random); PostgreSQL's
-            # sequence, under the raw-insert lock, the next ones (another replica's rows between two groups only
-            # start a new run of sums: MinuteSums.add).
+            # one as long as that is below the largest integer (then it would pick ids at random).
             if self.sums is not None and top is not None and top < storage.MAX_ID:
                 try:
                     self.sums.add(top - stored, top, ((b[0], buckets) for b, buckets, _ in taken if buckets))

@@ -414,6 +414,7 @@ class Store:
         )
         self._reader_conns: list[sqlite3.Connection] = []
         self._reader_lock = threading.Lock()
+        self._submit_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="fleetd-db-write", daemon=True)
         self._write_conn = open_migrated(self.location)
@@ -535,10 +536,13 @@ class Store:
 
     def _submit(self, fn: Callable[[Connection], T], transactional: bool,
                 loop: asyncio.AbstractEventLoop | None, inline: bool = False) -> _Write:
-        if self._closed:
-            raise FleetdError("the store is closed")
         job = _Write(fn, transactional, loop, inline)
-        self._queue.put(job)
+        # Under the lock close() takes: a job is queued before the writer's stop, or refused; never after it, where
+        # no one would ever run it and its caller would wait for ever (a part writing while the store closes).
+        with self._submit_lock:
+            if self._closed:
+                raise FleetdError("the store is closed")
+            self._queue.put(job)
         return job
 
     def submit_write(
@@ -565,10 +569,11 @@ class Store:
         return result
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(_STOP)
+        with self._submit_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
         self._writer.join()
         self._readers.shutdown(wait=True)
         with self._reader_lock:

@@ -30,7 +30,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 from . import __version__
 from .core.errors import Unavailable
 from .core.lifecycle import Scope
-from .core.tasks import cancel_and_wait
+from .core.tasks import cancel_and_wait, within
 
 if TYPE_CHECKING:
     from .fleet import Fleet
@@ -151,7 +151,7 @@ class Advertiser:
         """True once registered, False if registration failed or is still running after ``timeout``."""
         assert self._task is not None, "start() first"
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            await within(asyncio.shield(self._task), timeout)
         return self._registered.is_set()
 
     async def _register(self) -> None:
@@ -164,7 +164,7 @@ class Advertiser:
                 SERVICE_TYPE, f"{instance_name(self.hostname)}.{SERVICE_TYPE}", port=self.port,
                 properties=self.txt, server=_server_name(self.hostname, self.port),
                 parsed_addresses=self.addresses)
-            announced = await asyncio.wait_for(
+            announced = await within(
                 self._zc.async_register_service(info, allow_name_change=True), REGISTER_TIMEOUT)
             await announced
         except asyncio.CancelledError:
@@ -192,7 +192,7 @@ class Advertiser:
             return
         try:
             # async_close unregisters every service first, which sends the goodbyes.
-            await asyncio.wait_for(zc.async_close(), CLOSE_TIMEOUT)
+            await within(zc.async_close(), CLOSE_TIMEOUT)
         except Exception as e:
             log.warning("mDNS: closing failed: %s", e)
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from ..core.config import Network, parse_networks
 from ..core.errors import InvalidArgument
+from ..core.tasks import within
 
 if TYPE_CHECKING:
     import httpx
@@ -138,7 +139,7 @@ def pinned_transport(policy: Policy, timeout: float) -> httpx.AsyncBaseTransport
 
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
             host = request.url.host
-            ip = await asyncio.wait_for(policy.resolve(host, request.url.port or 0), timeout)
+            ip = await within(policy.resolve(host, request.url.port or 0), timeout)
             request.url = request.url.copy_with(host=str(ip))
             request.extensions = {**request.extensions, "sni_hostname": host}
             return await self.inner.handle_async_request(request)

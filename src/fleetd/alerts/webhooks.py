@@ -44,7 +44,7 @@ from ..accounts.audit import Actor
 from ..core.clock import new_id, to_dt
 from ..core.errors import InvalidArgument, NotFound
 from ..core.lifecycle import Scope
-from ..core.tasks import cancel_and_wait
+from ..core.tasks import cancel_and_wait, within
 from ..store.database import Store
 from . import storage
 from .egress import Policy, Refused, pinned_transport
@@ -284,7 +284,7 @@ class Deliverer:
                 due = None
             wait = self.idle if due is None else min(self.idle, max(0.05, due - self.clock()))
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                await within(self._wake.wait(), wait)
 
     async def start(self) -> None:
         self._wake = asyncio.Event()

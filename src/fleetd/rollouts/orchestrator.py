@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from ..core.errors import InvalidArgument
 from ..core.lifecycle import Scope
-from ..core.tasks import cancel_and_wait
+from ..core.tasks import cancel_and_wait, within
 from . import service as rollouts
 from . import storage
 from .progress import read_snapshot
@@ -194,7 +194,7 @@ class Orchestrator:
         assert self._wake is not None
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                await within(self._wake.wait(), self.interval)
             self._wake.clear()
             try:
                 await self.run_pass()

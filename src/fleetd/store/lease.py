@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..core.lifecycle import Part, Scope, stop_all
-from ..core.tasks import cancel_and_wait
+from ..core.tasks import cancel_and_wait, within
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,8 @@ class FleetLease:
     async def _acquire(self) -> None:
         conn = None
         try:
-            conn = await asyncio.wait_for(self._connect(), self.seconds)
-            cur = await asyncio.wait_for(conn.execute("SELECT pg_try_advisory_lock(%s)", (LEASE_KEY,)), self.check)
+            conn = await within(self._connect(), self.seconds)
+            cur = await within(conn.execute("SELECT pg_try_advisory_lock(%s)", (LEASE_KEY,)), self.check)
             row = await cur.fetchone()
         except Exception as e:  # the database is down or slow: try again at the next check
             log.debug("fleet lease: cannot try the lease: %s", e)
@@ -103,7 +103,7 @@ class FleetLease:
 
     async def _probe(self) -> bool:
         try:
-            await asyncio.wait_for(self._conn.execute("SELECT 1"), self.check)
+            await within(self._conn.execute("SELECT 1"), self.check)
         except Exception as e:
             if self._conn.broken or self._conn.closed:
                 await self._release(f"its connection was lost ({e})")

@@ -29,6 +29,8 @@ from typing import Any
 from . import selfupdate
 from .download import DownloadError, download
 from .durable import read_json, read_link, remove_tree, sweep, switch_link, write_json
+from .modules import ModuleError, ModuleName
+from .modules.sequence import Driver
 from .names import APP_NAME, ENV_NAME, MANIFEST_FILE, SHA256, VERSION, BadName, check_file_name
 from .supervisor import POLICIES, ProcessManager, ProcessSpec
 from .systemd import make_supervisor
@@ -129,7 +131,7 @@ class Executor:
 
     def __init__(self, state_dir: Path, client: Any, signing_public_key: bytes, device_type: str, *,
                  offline_keys: Sequence[bytes] | None = None, supervisor: ProcessManager | None = None,
-                 agent_config: Callable[[dict[str, Any]], str] | None = None) -> None:
+                 agent_config: Callable[[dict[str, Any]], str] | None = None, modules: Path | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.apps_dir = self.state_dir / "apps"
         self.staging = self.state_dir / "staging"
@@ -142,6 +144,9 @@ class Executor:
         # The agent exits through this to let the launcher start the new agent (tests replace it).
         self.exit_for_update: Callable[[], None] = self._exit_for_update
         self._busy = threading.Event()
+        # Every artifact whose module is not ``app`` goes through the update-module sequence (modules/).
+        self.updates = Driver(self.state_dir, device_type, modules=modules, reboot=self._reboot_now,
+                              crashpoint=crashpoint)
 
     # --- the run loop's interface ------------------------------------------------
     def start(self) -> None:
@@ -161,6 +166,7 @@ class Executor:
                 st = app.state()
                 st.update(state="failed", last_error=f"cannot start: {e}")
                 app.save(st)
+        self.updates.recover()
 
     def stop(self) -> None:
         for app in self._apps():
@@ -192,6 +198,7 @@ class Executor:
                 health = {"running": str(st.get("health") or ""), "failed": "unhealthy"}.get(state, "")
             out.append({"name": app.name, "version": version, "state": state, "health": health,
                         "restarts": int(st.get("restarts") or 0) + live.restarts})
+        out += [c for c in self.updates.components() if all(c["name"] != o["name"] for o in out)]
         agent = selfupdate.agent_component(self.state_dir)
         if agent is not None and all(c["name"] != agent["name"] for c in out):
             out.append(agent)
@@ -220,6 +227,9 @@ class Executor:
         if kind in ("install", "rollback"):
             if artifact:
                 self._install(action, artifact, report)
+            elif kind == "rollback" and self.updates.installed(str(action.get("component") or "")):
+                raise ActionFailed(f"no previous version of {action.get('component')} is known to the server; "
+                                   "deploy the version you want instead")
             elif kind == "rollback":
                 self._remove(str(action.get("component") or ""), report)
             else:
@@ -267,10 +277,17 @@ class Executor:
             check_file_name(art["file_name"])
         except BadName as e:
             raise ActionFailed(f"refused: {e}") from None
+        module = str(manifest.get("module") or ModuleName.APP.value)
         if art["kind"] == "agent":
             self._update_agent(action, art, manifest, report)
-        elif art["kind"] == "app":
+        elif art["kind"] == "app" and module == ModuleName.APP.value:
             self._install_app(action, art, manifest, report)
+        elif art["kind"] == "app":
+            try:
+                self.updates.install(action, art, manifest, module, lambda: self._fetch(art, manifest, report),
+                                     report, older)
+            except ModuleError as e:
+                raise ActionFailed(str(e)) from None
         else:
             raise ActionFailed(f"this agent installs app and agent artifacts; a {art['kind']} is for another "
                                "kind of device (microcontroller firmware goes through the RTOS shim)")
@@ -569,6 +586,10 @@ class Executor:
     def _reboot(self, report: Report) -> None:
         command = shlex.split(os.environ.get(REBOOT_ENV) or DEFAULT_REBOOT)
         report("succeeded", f"rebooting ({' '.join(command)})", 100)
+        self._reboot_now()
+
+    def _reboot_now(self) -> None:
+        command = shlex.split(os.environ.get(REBOOT_ENV) or DEFAULT_REBOOT)
         time.sleep(self.reboot_delay)
         try:
             r = subprocess.run(command, capture_output=True, timeout=120)

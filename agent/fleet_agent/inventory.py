@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, modules
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ def addresses() -> list[str]:
 # whole check-in: a host with a container per veth has hundreds of link-local addresses; the first are its own.
 MAX_ADDRESSES = 64
 MAX_TEXT = 256
+MAX_EXTRA_VALUE = 1024
 
 
 def collect(root: Path = ROOT) -> dict[str, Any]:
@@ -133,6 +134,8 @@ def collect(root: Path = ROOT) -> dict[str, Any]:
         "model": read_model(root),
         "addresses": [a for a in addresses() if len(a) <= MAX_TEXT][:MAX_ADDRESSES],
         "agent_version": __version__,
+        # The update modules this agent installs with (the server refuses a deploy whose module a device lacks).
+        "extra": {"update_modules": ",".join(modules.available())[:MAX_EXTRA_VALUE]},
     }
     return {k: v[:MAX_TEXT] if isinstance(v, str) else v for k, v in inv.items() if v}
 

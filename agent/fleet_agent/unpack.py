@@ -185,7 +185,16 @@ def _extract_zip(path: Path, dest: Path) -> None:
         raise UnpackError(f"cannot extract the archive: {e}") from None
 
 
-def _sync_tree(root: Path) -> None:
+def extract(path: Path, file_name: str, dest: Path) -> None:
+    """Extract the archive at ``path`` (its kind from ``file_name``) into the existing folder ``dest``, with every
+    check above."""
+    if file_name.lower().endswith(ZIP_SUFFIXES):
+        _extract_zip(path, dest)
+    else:
+        _extract_tar(path, dest)
+
+
+def sync_tree(root: Path) -> None:
     for folder, _, files in os.walk(root):
         for name in files:
             p = os.path.join(folder, name)
@@ -209,17 +218,15 @@ def place(path: Path, app_root: Path, version: str, artifact: dict[str, Any],
     tmp = app_root / f".{version}.{secrets.token_hex(4)}.tmp"
     tmp.mkdir()
     try:
-        if file_name.lower().endswith(ZIP_SUFFIXES):
-            _extract_zip(path, tmp)
-        elif is_archive(file_name):
-            _extract_tar(path, tmp)
+        if is_archive(file_name):
+            extract(path, file_name, tmp)
         else:
             shutil.copyfile(path, tmp / file_name)
             os.chmod(tmp / file_name, 0o755)
         record = {k: artifact[k] for k in ("name", "version", "kind", "sha256", "size", "file_name", "manifest",
                                            "signature")}
         (tmp / MANIFEST_FILE).write_text(json.dumps(record, indent=1, sort_keys=True))
-        _sync_tree(tmp)
+        sync_tree(tmp)
         if after_unpack is not None:
             after_unpack()
         final = app_root / version

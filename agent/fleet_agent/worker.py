@@ -88,9 +88,10 @@ class LazyExecutor:
             return self._real
 
     def start(self) -> None:
-        apps = self.state_dir / "apps"
-        if apps.is_dir() and any(apps.iterdir()):  # apps to bring up, or an install to finish or undo
-            self._executor()
+        for area in (self.state_dir / "apps", self.state_dir / "updates"):
+            if area.is_dir() and any(area.iterdir()):  # apps to bring up, or an install to finish or undo
+                self._executor()
+                return
 
     def stop(self) -> None:
         if self._real is not None:

@@ -44,7 +44,8 @@ BASE_URL = "https://fleet.test:8420"
 
 def make_artifact(data: bytes, *, name: str = "app", version: str = "1.0.0", file_name: str | None = None,
                   install: dict[str, Any] | None = None, kind: str = "app",
-                  device_types: tuple[str, ...] = (DEVICE_TYPE,)) -> dict[str, Any]:
+                  device_types: tuple[str, ...] = (DEVICE_TYPE,), module: str = "",
+                  meta: dict[str, str] | None = None) -> dict[str, Any]:
     """The artifact reference of an install action, signed with SIGNING_KEY by fleetd's code."""
     import msgspec
 
@@ -55,7 +56,7 @@ def make_artifact(data: bytes, *, name: str = "app", version: str = "1.0.0", fil
     spec = msgspec.convert(install, InstallSpec) if install is not None else None
     manifest = build_manifest(name=name, version=version, kind=kind, sha256=sha, size=len(data),
                               file_name=file_name, device_types=list(device_types), install_spec=spec,
-                              created=1795482648)
+                              created=1795482648, module=module, meta=meta)
     return {"name": name, "version": version, "kind": kind, "url": f"https://fleet.example.net:8420/v1/blobs/{sha}",
             "sha256": sha, "size": len(data), "file_name": file_name, "manifest": manifest.decode(),
             "signature": sign(SIGNING_KEY, manifest), "offline_signatures": []}

@@ -17,7 +17,8 @@ import pytest
 import fleet_agent
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = sorted(p.name for p in Path(fleet_agent.__file__).parent.glob("*.py"))
+AGENT = Path(fleet_agent.__file__).parent
+MODULES = sorted(str(p.relative_to(AGENT)) for p in AGENT.rglob("*.py"))
 
 
 def has_annotations(tree: ast.Module) -> bool:
@@ -34,7 +35,7 @@ def has_annotations(tree: ast.Module) -> bool:
 
 @pytest.mark.parametrize("module", MODULES)
 def test_every_agent_module_parses_as_python_3_9(module: str) -> None:
-    source = (Path(fleet_agent.__file__).parent / module).read_text()
+    source = (AGENT / module).read_text()
     tree = ast.parse(source, feature_version=(3, 9))
     # 3.9 evaluates annotations such as `str | None` at definition time unless they stay strings.
     if has_annotations(tree):

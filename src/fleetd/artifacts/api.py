@@ -46,6 +46,11 @@ class CreateUploadRequest(msgspec.Struct, kw_only=True):
     format: str = "raw"
     # rtos-image only: the image's anti-rollback counter, 0..4294967295; raise it to revoke older images.
     security_counter: Int64 = 0
+    # app only: the update module that installs it on Linux devices (app, file, directory or the name of an
+    # external module); unset = app. Signed into the manifest.
+    module: str = ""
+    # Metadata for the module (e.g. path for file and directory), signed into the manifest.
+    meta: dict[str, str] = {}
 
 
 class UploadTicket(msgspec.Struct, kw_only=True):
@@ -64,7 +69,7 @@ async def CreateUpload(ctx: Context, req: CreateUploadRequest) -> UploadTicket:
     pending = uploads.check(uploads.PendingArtifact(
         name=req.name, version=req.version, kind=req.kind, device_types=req.device_types, file_name=req.file_name,
         size=req.size or None, install_spec=req.install_spec, format=req.format or "raw",
-        security_counter=req.security_counter), cap)
+        security_counter=req.security_counter, module=req.module, meta=dict(req.meta)), cap)
     if await fleet.store.read(lambda c: storage.artifact_exists(c, pending.name, pending.version)):
         raise AlreadyExists(f"{pending.name}@{pending.version} already exists; versions are immutable, "
                             "push a new version")

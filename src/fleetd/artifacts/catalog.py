@@ -22,7 +22,7 @@ from ..accounts.audit import Actor
 from ..core.clock import new_id, now, to_dt
 from ..core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ..core.fields import Int32
-from ..core.names import ARTIFACT_NAME, DEVICE_TYPE_PATTERN, ENV_NAME, check_file_name
+from ..core.names import ARTIFACT_NAME, DEVICE_TYPE_PATTERN, ENV_NAME, Kind, check_file_name
 from ..core.semver import Version
 from ..devices.devauth import decode_b64_field, verify_signature
 from ..store import blobs
@@ -36,6 +36,16 @@ KINDS = ("app", "agent", "firmware")
 FORMATS = ("raw", "rtos-image")
 MANIFEST_FORMAT = "fleetd-manifest-v1"
 RESTART_POLICIES = ("always", "on-failure", "never")
+# The agent's built-in update modules (fleet_agent.modules.ModuleName holds the same names); any other valid
+# name is an external module on the device. `app` is the default for kind app, left out of the manifest.
+BUILTIN_MODULES = ("app", "file", "directory")
+DEFAULT_MODULE = "app"
+MODULE_NAME = Kind("module name", r"[a-z0-9][a-z0-9_.-]{0,63}",
+                   "1-64 characters of a-z 0-9 _ . -, starting with a letter or digit (e.g. file, directory)")
+META_KEY = Kind("meta key", r"[A-Za-z_][A-Za-z0-9_.-]{0,63}",
+                "1-64 characters of A-Z a-z 0-9 _ . -, starting with a letter or _ (e.g. path)")
+MAX_META = 32
+MAX_META_VALUE = 1024
 MAX_OFFLINE_SIGNATURES = 8
 LISTED_DEVICES = 100  # device ids named in a deployment summary; the count covers the rest
 
@@ -121,15 +131,57 @@ def check_install_spec(kind: str, spec: InstallSpec | None) -> None:
                               f"{'the device bootloader' if kind == 'firmware' else 'the agent itself'}")
 
 
+def check_module(kind: str, module: str, meta: dict[str, str], spec: InstallSpec | None) -> str:
+    """The module name as the manifest keeps it ("" for the default, app); refuses what a device could not use."""
+    if kind != "app":
+        if module or meta:
+            raise InvalidArgument(f"--module and --meta apply to app artifacts only; a {kind} is installed by "
+                                  f"{'the device bootloader' if kind == 'firmware' else 'the agent itself'}")
+        return ""
+    if module:
+        MODULE_NAME.check(module)
+    if module not in ("", DEFAULT_MODULE) and spec is not None:
+        raise InvalidArgument(f"an install spec (command, env, health) is for the app module; the {module} module "
+                              "takes its settings from --meta k=v")
+    if meta and module in ("", DEFAULT_MODULE):
+        raise InvalidArgument("--meta is for an update module's settings; give the module with --module NAME "
+                              f"(built in: {', '.join(BUILTIN_MODULES)})")
+    if len(meta) > MAX_META:
+        raise InvalidArgument(f"at most {MAX_META} --meta entries")
+    for k, v in meta.items():
+        META_KEY.check(k)
+        if len(v) > MAX_META_VALUE or any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise InvalidArgument(f"meta {k}: at most {MAX_META_VALUE} characters, no control characters")
+    if module in ("file", "directory") and not (meta.get("path") or "").startswith("/"):
+        raise InvalidArgument(f"the {module} module needs the absolute destination on the device: "
+                              "--meta path=/absolute/path")
+    return "" if module == DEFAULT_MODULE else module
+
+
+def module_of(a: Artifact) -> str:
+    """The update module that installs ``a`` (from its signed manifest): app unless the push said otherwise."""
+    if a.kind != "app":
+        return ""
+    if '"module"' not in a.manifest:
+        return DEFAULT_MODULE
+    return str(json.loads(a.manifest).get("module") or DEFAULT_MODULE)
+
+
 def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def build_manifest(*, name: str, version: str, kind: str, sha256: str, size: int, file_name: str,
                    device_types: list[str], install_spec: InstallSpec | None, created: float,
-                   image_format: str = "raw", security_counter: int | None = None) -> bytes:
-    # Raw artifacts' manifests stay exactly as before (tests/vectors/manifests.json).
-    extra = {} if image_format == "raw" else {"image_format": image_format, "security_counter": security_counter}
+                   image_format: str = "raw", security_counter: int | None = None, module: str = "",
+                   meta: dict[str, str] | None = None) -> bytes:
+    # Raw artifacts' manifests stay exactly as before (tests/vectors/manifests.json); so do app-module ones.
+    extra: dict[str, Any] = {} if image_format == "raw" else {"image_format": image_format,
+                                                              "security_counter": security_counter}
+    if module and module != DEFAULT_MODULE:
+        extra["module"] = module
+    if meta:
+        extra["meta"] = dict(meta)
     return canonical_json({
         **extra,
         "format": MANIFEST_FORMAT,
@@ -167,7 +219,7 @@ def _artifact(r: sqlite3.Row) -> Artifact:
 def create(conn: sqlite3.Connection, actor: Actor, signing_key: Ed25519PrivateKey, *, name: str, version: str,
            kind: str, device_types: list[str], sha256: str, size: int, file_name: str,
            install_spec: InstallSpec | None, image_format: str = "raw",
-           security_counter: int | None = None) -> Artifact:
+           security_counter: int | None = None, module: str = "", meta: dict[str, str] | None = None) -> Artifact:
     """Record an artifact whose blob is already stored, with its signed manifest."""
     check_metadata(name, version, kind, device_types, file_name)
     if storage.artifact_exists(conn, name, version):
@@ -177,7 +229,8 @@ def create(conn: sqlite3.Connection, actor: Actor, signing_key: Ed25519PrivateKe
     t = now()
     manifest = build_manifest(name=name, version=version, kind=kind, sha256=sha256, size=size, file_name=file_name,
                               device_types=device_types, install_spec=install_spec, created=t,
-                              image_format=image_format, security_counter=security_counter)
+                              image_format=image_format, security_counter=security_counter, module=module,
+                              meta=meta)
     aid = new_id("art")
     storage.insert_artifact(
         conn, artifact_id=aid, name=name, version=version, kind=kind, device_types=json.dumps(sorted(device_types)),

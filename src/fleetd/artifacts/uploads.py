@@ -58,6 +58,9 @@ class PendingArtifact(msgspec.Struct, kw_only=True):
     # rtos-image: the server wraps the uploaded payload in a signed image (docs/rtos-images.md).
     format: str = "raw"
     security_counter: int = 0
+    # The update module (empty: app's default) and its metadata (docs/agent.md "Update modules").
+    module: str = ""
+    meta: dict[str, str] = {}
 
 
 @dataclass
@@ -90,13 +93,14 @@ def check(pending: PendingArtifact, cap: int) -> PendingArtifact:
         raise InvalidArgument(f"at most {MAX_DEVICE_TYPES} device types per artifact")
     artifacts.check_metadata(pending.name, pending.version, pending.kind, types, pending.file_name)
     artifacts.check_install_spec(pending.kind, pending.install_spec)
+    module = artifacts.check_module(pending.kind, pending.module, pending.meta, pending.install_spec)
     if pending.size is not None:
         if pending.size < 0:
             raise InvalidArgument("size must not be negative (0 means: not announced)")
         if pending.size > cap:
             raise too_large(pending.size, cap)
     _check_format(pending, types)
-    return msgspec.structs.replace(pending, device_types=types)
+    return msgspec.structs.replace(pending, device_types=types, module=module)
 
 
 def _check_format(pending: PendingArtifact, types: list[str]) -> None:
@@ -292,7 +296,7 @@ async def receive(fleet: Fleet, session: UploadSession, actor: Actor, chunks: As
         a = artifacts.create(conn, actor, fleet.keys.signing_key, name=pending.name, version=pending.version,
                              kind=pending.kind, device_types=pending.device_types, sha256=info.sha256,
                              size=info.size, file_name=pending.file_name, install_spec=pending.install_spec,
-                             image_format=pending.format,
+                             image_format=pending.format, module=pending.module, meta=pending.meta,
                              security_counter=pending.security_counter if pending.format != "raw" else None)
         return artifacts.detail(conn, a.id)
 

@@ -38,7 +38,8 @@ artifacts_app = typer.Typer(help="Artifacts: push files, list, show, delete; sig
 CHUNK = 1 << 20
 LIST_COLUMNS = ["id", "name", "version", "kind", "device_types", "size", "created_at"]
 SHOW_FIELDS = ["id", "name", "version", "kind", "format", "security_counter", "device_types", "file_name", "size",
-               "sha256", "sha1", "md5", "install_spec", "signature", "offline_signatures", "created_by", "created_at"]
+               "sha256", "sha1", "md5", "module", "meta", "install_spec", "signature", "offline_signatures",
+               "created_by", "created_at"]
 
 
 def human_size(n: int) -> str:
@@ -189,6 +190,12 @@ def push(
                          "in a signed RTOS image.")] = "raw",
     security_counter: Annotated[int, typer.Option(
         "--security-counter", help="rtos-image: anti-rollback counter; raise it to revoke older images.")] = 0,
+    module: Annotated[str, typer.Option(
+        "--module", help="The update module that installs it on Linux devices: app (default), file, directory, "
+                         "or the name of an external module (docs/agent.md).", show_default=False)] = "",
+    meta: Annotated[list[str] | None, typer.Option(
+        "--meta", help="k=v for the module, signed into the manifest (repeatable), e.g. path=/etc/app.conf.",
+        show_default=False)] = None,
     server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None, json: JsonOpt = False,
 ) -> None:
     """Upload a file as a new artifact version, signed by the server."""
@@ -205,6 +212,8 @@ def push(
                 body["install_spec"] = install_spec
             if fmt != "raw" or security_counter:
                 body.update(format=fmt, security_counter=security_counter)
+            if module or meta:
+                body.update(module=module, meta=parse_meta(meta or []))
             with remote(server, api_key, ca) as client:
                 ticket = client.call("ArtifactService", "CreateUpload", body)
                 artifact = put_file(client, f"/v1/uploads/{ticket['upload_id']}", file, size,
@@ -225,9 +234,22 @@ def push(
 
 # --- list, show, delete ---------------------------------------------------------
 
+def parse_meta(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise InvalidArgument(f"--meta {item!r} must be KEY=VALUE, e.g. path=/etc/app.conf")
+        out[k] = v
+    return out
+
+
 def _readable(a: dict[str, Any]) -> dict[str, Any]:
     """An artifact for a human table: sizes and signatures shortened."""
     out = dict(a)
+    manifest = jsonlib.loads(a.get("manifest") or "{}")
+    out["module"] = manifest.get("module") or ("app" if a.get("kind") == "app" else None)
+    out["meta"] = ", ".join(f"{k}={v}" for k, v in sorted((manifest.get("meta") or {}).items())) or None
     if a.get("format", "raw") == "raw":
         out["format"] = None
     out["size"] = f"{human_size(a['size'])} ({a['size']} bytes)" if a["size"] >= 1024 else f"{a['size']} bytes"

@@ -21,6 +21,7 @@ import msgspec
 from ..accounts import audit
 from ..accounts.audit import Actor
 from ..artifacts import catalog as artifacts
+from ..artifacts.modules import check_devices_have_module
 from ..core.clock import new_ordered_id, now, to_dt
 from ..core.effects import Publish
 from ..core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
@@ -259,6 +260,7 @@ def create_install(conn: sqlite3.Connection, actor: Actor, device_refs: list[str
         raise FailedPrecondition(f"{art.name}@{art.version} is built for {', '.join(art.device_types)}, but "
                                  f"{listed}{' …' if len(wrong) > 5 else ''}; push a build for that type "
                                  "(--device-type) or leave those devices out")
+    check_devices_have_module(art, [(r["id"], r["inventory"]) for r in rows])
     _check_no_open(conn, [r["id"] for r in rows], art.name)
     state = "offered" if consent else "queued"
     ids = [_insert(conn, actor, r["id"], ActionKind.INSTALL, art.name, art.id, {}, state=state, rollout_id=rollout_id)

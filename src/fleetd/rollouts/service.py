@@ -26,6 +26,7 @@ import msgspec
 from ..accounts import audit
 from ..accounts.audit import Actor
 from ..artifacts import catalog as artifacts
+from ..artifacts.modules import check_devices_have_module
 from ..core.clock import new_id, to_dt
 from ..core.effects import Publish
 from ..core.errors import FailedPrecondition, InvalidArgument
@@ -174,6 +175,7 @@ def create(conn: sqlite3.Connection, actor: Actor, spec: RolloutSpec, now: float
     if not count:
         raise FailedPrecondition(f"no active device matches the target ({describe_target(target)}); "
                                  "'fleetd devices list --tag k=v --type T' shows what matches")
+    check_devices_have_module(art, storage.target_device_inventories(conn, target))
     _check_no_overlap(conn, art.name, target)
     rid = new_id("ro")
     storage.insert_rollout(

@@ -57,6 +57,12 @@ def count_target_devices(conn: sqlite3.Connection, target: Target) -> int:
     return int(conn.execute(f"SELECT COUNT(*) FROM devices WHERE {where}", args).fetchone()[0])
 
 
+def target_device_inventories(conn: sqlite3.Connection, target: Target) -> list[tuple[str, str]]:
+    """(id, inventory JSON) of the active devices the target selects."""
+    where, args = _target_where(conn, target)
+    return [(r[0], r[1]) for r in conn.execute(f"SELECT id, inventory FROM devices WHERE {where}", args)]
+
+
 def count_devices_in_both(conn: sqlite3.Connection, a: Target, b: Target) -> int:
     """How many active devices both targets select."""
     where_a, args_a = _target_where(conn, a)

@@ -1,0 +1,151 @@
+"""Update modules: how an artifact is installed, one module per kind of payload (docs/agent.md "Update modules").
+
+Every install of an artifact goes through the same sequence of states, named as in Mender's Update Module
+protocol v3 so that a v3 module runs unchanged: Download → ArtifactInstall → (ArtifactReboot →
+ArtifactVerifyReboot when the module needs a reboot) → ArtifactCommit → Cleanup, or on a failure
+ArtifactRollback (→ ArtifactRollbackReboot → ArtifactVerifyRollbackReboot) → ArtifactFailure → Cleanup.
+:mod:`.sequence` drives it and keeps the state it is in on disk; a module only carries out states.
+
+Built-in modules are one closed list (:class:`ModuleName`); any other name is an external module, an
+executable of that name in the modules directory (``FLEET_AGENT_MODULES_DIR``). This package's top is small
+on purpose: the inventory lists the modules at every check-in without loading any of them.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from pathlib import Path
+from typing import Any
+
+from ..names import Kind
+
+MODULES_DIR_ENV = "FLEET_AGENT_MODULES_DIR"
+DEFAULT_MODULES_DIR = "/usr/share/fleet-agent/modules"
+# The name of an external module: a file name in the modules directory; the server's rule (core.names).
+MODULE_NAME = Kind("module name", r"[a-z0-9][a-z0-9_.-]{0,63}",
+                   "1-64 characters of a-z 0-9 _ . -, starting with a letter or digit")
+
+
+class ModuleName(str, enum.Enum):
+    """The built-in update modules (docs/agent.md "Built-in modules"; the server's artifacts.catalog
+    BUILTIN_MODULES holds the same names)."""
+
+    APP = "app"  # an executable or archive plus a run command, under the agent's supervisor
+    FILE = "file"  # one file put in place at meta path
+    DIRECTORY = "directory"  # a file tree put in place as the folder at meta path
+
+
+class State(str, enum.Enum):
+    """The states and queries of Mender's Update Module protocol v3, as a module is called with them."""
+
+    DOWNLOAD = "Download"
+    ARTIFACT_INSTALL = "ArtifactInstall"
+    NEEDS_ARTIFACT_REBOOT = "NeedsArtifactReboot"
+    ARTIFACT_REBOOT = "ArtifactReboot"
+    ARTIFACT_VERIFY_REBOOT = "ArtifactVerifyReboot"
+    ARTIFACT_COMMIT = "ArtifactCommit"
+    SUPPORTS_ROLLBACK = "SupportsRollback"
+    ARTIFACT_ROLLBACK = "ArtifactRollback"
+    ARTIFACT_ROLLBACK_REBOOT = "ArtifactRollbackReboot"
+    ARTIFACT_VERIFY_ROLLBACK_REBOOT = "ArtifactVerifyRollbackReboot"
+    ARTIFACT_FAILURE = "ArtifactFailure"
+    CLEANUP = "Cleanup"
+
+
+class Reboot(str, enum.Enum):
+    """A module's answer to NeedsArtifactReboot."""
+
+    NO = "No"
+    YES = "Yes"  # the module reboots (or resets a peripheral) itself in ArtifactReboot
+    AUTOMATIC = "Automatic"  # the agent reboots the device (FLEET_AGENT_REBOOT_CMD) instead of ArtifactReboot
+
+
+class ModuleError(Exception):
+    """A state failed; the message says what happened and, where it can, what to do."""
+
+
+class Job:
+    """What a module is given for one install: the artifact, its metadata and the v3 File Tree.
+
+    ``tree`` is the folder a v3 module gets as its second argument: ``header/`` (the artifact's metadata),
+    ``files/`` (its payload files: the file, or an archive's members) and ``tmp/``.
+    """
+
+    def __init__(self, tree: Path, record: dict[str, Any], manifest: dict[str, Any], journal: dict[str, Any]) -> None:
+        self.tree = tree
+        self.record = record  # name, version, kind, sha256, size, file_name, manifest, signature
+        self.manifest = manifest
+        self.journal = journal  # the sequence's durable record; modules may keep small values in journal["data"]
+
+    @property
+    def name(self) -> str:
+        return str(self.record["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.record["version"])
+
+    @property
+    def files(self) -> Path:
+        return self.tree / "files"
+
+    @property
+    def tmp(self) -> Path:
+        return self.tree / "tmp"
+
+    @property
+    def meta(self) -> dict[str, str]:
+        m = self.manifest.get("meta") or {}
+        return {str(k): str(v) for k, v in m.items()} if isinstance(m, dict) else {}
+
+    @property
+    def data(self) -> dict[str, Any]:
+        d: dict[str, Any] = self.journal.setdefault("data", {})
+        return d
+
+
+class UpdateModule:
+    """One kind of payload. The sequence driver calls these in protocol order; each raises ModuleError to fail.
+
+    Defaults are the protocol's: a state a module has nothing to do in succeeds, no reboot, no rollback.
+    """
+
+    name: str = ""
+
+    def supports_rollback(self, job: Job) -> bool:
+        return False
+
+    def needs_reboot(self, job: Job) -> Reboot:
+        return Reboot.NO
+
+    def call(self, state: State, job: Job) -> None:
+        """Carry out ``state`` (one of the non-query states)."""
+        method = getattr(self, "state_" + state.value, None)
+        if method is not None:
+            method(job)
+
+
+def modules_dir(env: dict[str, str] | None = None) -> Path:
+    e = os.environ if env is None else env
+    return Path(e.get(MODULES_DIR_ENV) or DEFAULT_MODULES_DIR)
+
+
+def external_names(folder: Path) -> list[str]:
+    """The executables in the modules directory whose names are module names (never a built-in's)."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return []
+    builtin = {m.value for m in ModuleName}
+    return [e.name for e in entries if MODULE_NAME.ok(e.name) and e.name not in builtin and e.is_file()
+            and os.access(e.path, os.X_OK)]
+
+
+def available(folder: Path | None = None) -> list[str]:
+    """Every module this agent can install with: the built-ins, then the external ones."""
+    return [*(m.value for m in ModuleName), *external_names(modules_dir() if folder is None else folder)]
+
+
+__all__ = ["DEFAULT_MODULES_DIR", "MODULES_DIR_ENV", "MODULE_NAME", "Job", "ModuleError", "ModuleName", "Reboot",
+           "State", "UpdateModule", "available", "external_names", "modules_dir"]

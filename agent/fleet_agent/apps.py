@@ -29,7 +29,7 @@ from typing import Any
 from . import selfupdate
 from .download import DownloadError, download
 from .durable import read_json, read_link, remove_tree, sweep, switch_link, write_json
-from .modules import ModuleError, ModuleName
+from .modules import ModuleError, ModuleName, crashpoint
 from .modules.sequence import Driver
 from .names import APP_NAME, ENV_NAME, MANIFEST_FILE, SHA256, VERSION, BadName, check_file_name
 from .supervisor import POLICIES, ProcessManager, ProcessSpec
@@ -45,16 +45,8 @@ REBOOT_ENV = "FLEET_AGENT_REBOOT_CMD"
 # Local configuration on purpose: a server-pushed config action must not be able to lift the requirement.
 OFFLINE_KEYS_ENV = "FLEET_AGENT_OFFLINE_KEYS"
 DEFAULT_REBOOT = "systemctl reboot"
-# Test hook: FLEET_AGENT_CRASH_AT=<step> makes the agent die at that step, as a power cut would.
-CRASH_ENV = "FLEET_AGENT_CRASH_AT"
-CRASH_EXIT = 86
 CRASH_STEPS = ("downloaded", "verified", "unpacked", "placed", "intent", "switched", "started", "watching",
                "committed", "reverting", "reverted")
-
-
-def crashpoint(step: str) -> None:
-    if os.environ.get(CRASH_ENV) == step:
-        os._exit(CRASH_EXIT)
 
 
 class ActionFailed(Exception):
@@ -145,8 +137,7 @@ class Executor:
         self.exit_for_update: Callable[[], None] = self._exit_for_update
         self._busy = threading.Event()
         # Every artifact whose module is not ``app`` goes through the update-module sequence (modules/).
-        self.updates = Driver(self.state_dir, device_type, modules=modules, reboot=self._reboot_now,
-                              crashpoint=crashpoint)
+        self.updates = Driver(self.state_dir, device_type, modules=modules, reboot=self._reboot_now)
 
     # --- the run loop's interface ------------------------------------------------
     def start(self) -> None:

@@ -37,6 +37,7 @@ case "$STATE" in
         else echo No; fi
         ;;
     ArtifactInstall)
+        rm -f "$DEST/backup"
         if [ -f "$DEST/current" ]; then cp "$DEST/current" "$DEST/backup"; fi
         payload > "$DEST/current"
         if payload | grep -q fail-install; then echo "the payload asked to fail" >&2; exit 3; fi
@@ -50,10 +51,12 @@ case "$STATE" in
         if payload | grep -q fail-verify; then echo "came up wrong" >&2; exit 4; fi
         ;;
     ArtifactCommit)
-        rm -f "$DEST/backup" "$DEST/rebooted"
+        # The backup stays: a cut before the agent records the commit is rolled back, as v3 says.
+        rm -f "$DEST/rebooted"
         ;;
     ArtifactRollback)
-        if [ -f "$DEST/backup" ]; then mv "$DEST/backup" "$DEST/current"; else rm -f "$DEST/current"; fi
+        # Idempotent: a cut during it runs it again.
+        if [ -f "$DEST/backup" ]; then cp "$DEST/backup" "$DEST/current"; else rm -f "$DEST/current"; fi
         ;;
     ArtifactRollbackReboot|ArtifactVerifyRollbackReboot|ArtifactFailure|Cleanup)
         ;;

@@ -21,6 +21,9 @@ from typing import Any
 from ..names import Kind
 
 MODULES_DIR_ENV = "FLEET_AGENT_MODULES_DIR"
+# Test hook: FLEET_AGENT_CRASH_AT=<step> makes the agent die at that step, as a power cut would.
+CRASH_ENV = "FLEET_AGENT_CRASH_AT"
+CRASH_EXIT = 86
 DEFAULT_MODULES_DIR = "/usr/share/fleet-agent/modules"
 # The name of an external module: a file name in the modules directory; the server's rule (core.names).
 MODULE_NAME = Kind("module name", r"[a-z0-9][a-z0-9_.-]{0,63}",
@@ -126,6 +129,11 @@ class UpdateModule:
             method(job)
 
 
+def crashpoint(step: str) -> None:
+    if os.environ.get(CRASH_ENV) == step:
+        os._exit(CRASH_EXIT)
+
+
 def modules_dir(env: dict[str, str] | None = None) -> Path:
     e = os.environ if env is None else env
     return Path(e.get(MODULES_DIR_ENV) or DEFAULT_MODULES_DIR)
@@ -147,5 +155,5 @@ def available(folder: Path | None = None) -> list[str]:
     return [*(m.value for m in ModuleName), *external_names(modules_dir() if folder is None else folder)]
 
 
-__all__ = ["DEFAULT_MODULES_DIR", "MODULES_DIR_ENV", "MODULE_NAME", "Job", "ModuleError", "ModuleName", "Reboot",
-           "State", "UpdateModule", "available", "external_names", "modules_dir"]
+__all__ = ["CRASH_ENV", "CRASH_EXIT", "DEFAULT_MODULES_DIR", "MODULES_DIR_ENV", "MODULE_NAME", "Job", "ModuleError",
+           "ModuleName", "Reboot", "State", "UpdateModule", "available", "crashpoint", "external_names", "modules_dir"]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..durable import fsync_dir, remove_tree
 from ..unpack import sync_tree
-from . import Job, ModuleError, ModuleName, UpdateModule
+from . import Job, ModuleError, ModuleName, UpdateModule, crashpoint
 
 
 def _destination(job: Job) -> Path:
@@ -139,6 +139,7 @@ class DirectoryModule(_Placed):
             sync_tree(staged)
             if job.data["had_previous"] and not backup.exists():
                 os.rename(dest, backup)
+                crashpoint("mod-directory-switching")
         os.rename(staged, dest)
         fsync_dir(dest.parent)
 

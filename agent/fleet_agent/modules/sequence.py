@@ -27,13 +27,14 @@ from typing import Any
 
 from ..durable import read_json, remove_tree, sweep, write_json
 from ..unpack import UnpackError, extract, is_archive
-from . import MODULE_NAME, Job, ModuleError, ModuleName, Reboot, State, UpdateModule, modules_dir
+from . import MODULE_NAME, Job, ModuleError, ModuleName, Reboot, State, UpdateModule, crashpoint, modules_dir
 
 log = logging.getLogger(__name__)
 
 Report = Callable[..., None]
 CRASH_STEPS = ("mod-fetched", "mod-Download", "mod-ArtifactInstall", "mod-ArtifactReboot",
-               "mod-ArtifactVerifyReboot", "mod-ArtifactCommit", "mod-ArtifactRollback", "mod-ArtifactFailure")
+               "mod-ArtifactVerifyReboot", "mod-ArtifactCommit", "mod-ArtifactRollback", "mod-ArtifactFailure",
+               "mod-directory-switching")
 # States after which the sequence waits for a reboot, then goes on (at start, or when the action is run again).
 AFTER_REBOOT = {State.ARTIFACT_REBOOT.value: State.ARTIFACT_VERIFY_REBOOT,
                 State.ARTIFACT_ROLLBACK_REBOOT.value: State.ARTIFACT_VERIFY_ROLLBACK_REBOOT}
@@ -51,12 +52,11 @@ class Driver:
     """Runs artifacts of every module but ``app`` (which the Executor runs) through the sequence."""
 
     def __init__(self, state_dir: Path, device_type: str, *, modules: Path | None = None,
-                 reboot: Callable[[], None], crashpoint: Callable[[str], None] = lambda step: None) -> None:
+                 reboot: Callable[[], None]) -> None:
         self.root = Path(state_dir) / "updates"
         self.device_type = device_type
         self.modules = modules if modules is not None else modules_dir()
         self.reboot = reboot
-        self.crashpoint = crashpoint
 
     # --- modules -------------------------------------------------------------------------------
     def resolve(self, name: str) -> UpdateModule:
@@ -200,7 +200,7 @@ class Driver:
         self._save(j)
         job = self._job(j)
         path = fetch()
-        self.crashpoint("mod-fetched")
+        crashpoint("mod-fetched")
         try:
             self._make_tree(job, path, cur)
         except (UnpackError, OSError) as e:
@@ -211,7 +211,7 @@ class Driver:
         report("installing", f"{module_name} module: {State.DOWNLOAD.value}", 10)
         try:
             module.call(State.DOWNLOAD, job)
-            self.crashpoint("mod-Download")
+            crashpoint("mod-Download")
             j["rollback"] = module.supports_rollback(job)
         except ModuleError as e:
             self._finish(job, module, "failed", f"{State.DOWNLOAD.value} failed: {e}", report)
@@ -224,7 +224,7 @@ class Driver:
         report("installing", f"{module_name} module: {State.ARTIFACT_INSTALL.value}", 30)
         try:
             module.call(State.ARTIFACT_INSTALL, job)
-            self.crashpoint("mod-ArtifactInstall")
+            crashpoint("mod-ArtifactInstall")
             reboot = module.needs_reboot(job)
         except ModuleError as e:
             self._fail(job, module, f"{State.ARTIFACT_INSTALL.value} failed: {e}", report)
@@ -241,7 +241,7 @@ class Driver:
         report("installing", f"{module_name} module: {State.ARTIFACT_REBOOT.value}", 60)
         try:
             module.call(State.ARTIFACT_REBOOT, job)
-            self.crashpoint("mod-ArtifactReboot")
+            crashpoint("mod-ArtifactReboot")
         except ModuleError as e:
             self._fail(job, module, f"{State.ARTIFACT_REBOOT.value} failed: {e}", report)
             return
@@ -252,7 +252,7 @@ class Driver:
         report("installing", f"{job.journal['module']} module: {State.ARTIFACT_VERIFY_REBOOT.value}", 70)
         try:
             module.call(State.ARTIFACT_VERIFY_REBOOT, job)
-            self.crashpoint("mod-ArtifactVerifyReboot")
+            crashpoint("mod-ArtifactVerifyReboot")
         except ModuleError as e:
             self._fail(job, module, f"{State.ARTIFACT_VERIFY_REBOOT.value} failed: {e}", report)
             return
@@ -262,7 +262,7 @@ class Driver:
         self._enter(job, State.ARTIFACT_COMMIT)
         try:
             module.call(State.ARTIFACT_COMMIT, job)
-            self.crashpoint("mod-ArtifactCommit")
+            crashpoint("mod-ArtifactCommit")
         except ModuleError as e:
             self._fail(job, module, f"{State.ARTIFACT_COMMIT.value} failed: {e}", report)
             return
@@ -296,7 +296,7 @@ class Driver:
             report("installing", f"{problem}; {j['module']} module: {State.ARTIFACT_ROLLBACK.value}", 80)
             try:
                 module.call(State.ARTIFACT_ROLLBACK, job)
-                self.crashpoint("mod-ArtifactRollback")
+                crashpoint("mod-ArtifactRollback")
             except ModuleError as e:
                 problem, rolled = f"{problem}; then {State.ARTIFACT_ROLLBACK.value} failed too: {e}", False
                 j["problem"] = problem
@@ -333,7 +333,7 @@ class Driver:
         self._enter(job, State.ARTIFACT_FAILURE)
         try:
             module.call(State.ARTIFACT_FAILURE, job)
-            self.crashpoint("mod-ArtifactFailure")
+            crashpoint("mod-ArtifactFailure")
         except ModuleError as e:
             log.warning("%s: %s failed: %s", job.name, State.ARTIFACT_FAILURE.value, e)
         problem = j.get("problem")

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from fleet_agent.apps import CRASH_ENV, CRASH_EXIT, CRASH_STEPS
+from fleet_agent.apps import CRASH_STEPS
+from fleet_agent.modules import CRASH_ENV, CRASH_EXIT
 from fleet_agent.supervisor import kill_stale
 from tests.agent.apps_support import (
     REPO,

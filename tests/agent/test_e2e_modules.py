@@ -33,8 +33,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 def enroll(admin: Admin, server: ServerProcess, state_dir: Path) -> str:
     token = admin.token(description="modules")["token"]
     p = subprocess.run([PYTHON, "-m", "fleet_agent", "enroll", "--state-dir", str(state_dir), "--server", server.url,
-                        "--hardware-id", f"modules-{state_dir.name}", "--json"], capture_output=True, text=True, timeout=60,
-                       env=agent_env(FLEET_AGENT_TOKEN=token, PYTHONPATH=str(ROOT / "agent")))
+                        "--hardware-id", f"modules-{state_dir.name}", "--json"], capture_output=True, text=True,
+                       timeout=60, env=agent_env(FLEET_AGENT_TOKEN=token, PYTHONPATH=str(ROOT / "agent")))
     assert p.returncode == 0, p.stderr
     return str(json.loads(p.stdout)["device_id"])
 
@@ -84,7 +84,8 @@ def test_update_modules_with_a_real_server_and_agents(server: ServerProcess, tmp
         assert f"which 1 device(s) do not have: {without}" in message, message
         assert "install the module on them (an executable named v3-test in the agent's modules directory" in message
         cli_env = {"FLEETD_SERVER": server.url, "FLEETD_API_KEY": admin.key, "FLEETD_CA": server.ca}
-        p = run_cli("rollouts", "create", "--artifact", "thing@1.0.0", "--device", without, env=cli_env, check=False, timeout=60)
+        p = run_cli("rollouts", "create", "--artifact", "thing@1.0.0", "--device", without, env=cli_env, check=False,
+                    timeout=60)
         assert p.returncode != 0 and "do not have: " + without in " ".join(p.stderr.split()), p.stdout + p.stderr
         assert admin.actions(without) == [], "all or none: nothing was queued"
 

@@ -85,9 +85,8 @@ def test_the_tree_a_module_finds_is_the_one_the_table_describes(tmp_path: Path,
 
 
 def test_the_built_in_module_names_are_one_list() -> None:
-    from fleetd.artifacts.catalog import BUILTIN_MODULES
-
     from fleet_agent.modules import ModuleName
+    from fleetd.artifacts.catalog import BUILTIN_MODULES
 
     names = [m.value for m in ModuleName]
     assert list(BUILTIN_MODULES) == names, "the server's list is the agent's enum"

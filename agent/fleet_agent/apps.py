@@ -272,8 +272,14 @@ class Executor:
         if art["kind"] == "agent":
             self._update_agent(action, art, manifest, report)
         elif art["kind"] == "app" and module == ModuleName.APP.value:
+            if self.updates.installed(art["name"]):
+                raise ActionFailed(f"{art['name']} is installed by the {self.updates.installed(art['name'])['module']} "
+                                   "module on this device; an app artifact needs another name")
             self._install_app(action, art, manifest, report)
         elif art["kind"] == "app":
+            if App(self.apps_dir, art["name"]).current_version():
+                raise ActionFailed(f"{art['name']} is installed as an app on this device; an artifact for the "
+                                   f"{module} module needs another name")
             try:
                 self.updates.install(action, art, manifest, module, lambda: self._fetch(art, manifest, report),
                                      report, older)

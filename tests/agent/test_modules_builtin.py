@@ -102,3 +102,25 @@ def test_an_unsafe_archive_is_refused_before_anything_changes(dev: Device, tmp_p
                              file_name="site.tar.gz")
     assert state == "failed" and "climbs out of its folder" in message
     assert not dest.exists() and not (tmp_path / "escape").exists()
+
+
+def test_a_component_keeps_its_module(dev: Device, tmp_path: Path) -> None:
+    from tests.agent.apps_support import heartbeat_app
+
+    assert install(dev, b"one\n", "1.0.0", "file", tmp_path / "app.conf")[0] == "succeeded"
+    state, message = install(dev, tarball({"a": b""}), "2.0.0", "directory", tmp_path / "www",
+                             file_name="x.tar.gz")
+    assert state == "failed" and "conf is installed by the file module on this device" in message
+    assert dev.install(heartbeat_app("1.0.0"), "1.0.0", {"health": {"grace_seconds": 0}}).final[0] == "succeeded"
+    art = dev.artifact(b"x", "2.0.0", name="app", module="file", meta={"path": str(tmp_path / "x")})
+    r = dev.run(make_action(art))
+    assert r.final[0] == "failed" and "app is installed as an app on this device" in r.final[1]
+
+
+def test_a_failed_download_leaves_no_sequence_behind(dev: Device, tmp_path: Path) -> None:
+    from tests.agent.apps_support import make_artifact
+
+    art = make_artifact(b"never served", name="conf", module="file", meta={"path": str(tmp_path / "c")})
+    r = dev.run(make_action(art))
+    assert r.final[0] == "failed", r.items
+    assert not (dev.root / "updates" / "conf").exists() and not (tmp_path / "c").exists()

@@ -126,7 +126,10 @@ class UpdateModule:
         """Carry out ``state`` (one of the non-query states)."""
         method = getattr(self, "state_" + state.value, None)
         if method is not None:
-            method(job)
+            try:
+                method(job)
+            except OSError as e:  # a full disk, a read-only file system, a permission
+                raise ModuleError(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")) from None
 
 
 def crashpoint(step: str) -> None:

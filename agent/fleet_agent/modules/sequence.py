@@ -162,7 +162,7 @@ class Driver:
                 # A sequence of an action that is gone: finish it quietly first.
                 if not j.get("outcome"):
                     self._resume(j, _noop_report, at_start=False)
-                remove_tree(self.folder(name) / "job.json")
+                (self.folder(name) / "job.json").unlink(missing_ok=True)
             else:
                 if not j.get("outcome"):
                     ended: list[str] = []
@@ -183,6 +183,9 @@ class Driver:
                     report(state, message, 100)
                     return
         inst = self.installed(name) or {}
+        if inst.get("module") not in (None, module_name):
+            raise ModuleError(f"{name} is installed by the {inst['module']} module on this device; an artifact for "
+                              f"the {module_name} module needs another name")
         version = str(art["version"])
         if inst.get("version") == version and inst.get("sha256") == art["sha256"]:
             report("succeeded", f"{name} {version} is already installed by the {module_name} module", 100)
@@ -199,7 +202,11 @@ class Driver:
              "previous_version": cur or None, "rollback_action": bool(action.get("rollback")), "data": {}}
         self._save(j)
         job = self._job(j)
-        path = fetch()
+        try:
+            path = fetch()
+        except BaseException:  # nothing changed: no sequence to finish
+            self._finish(job, None, None, "", _noop_report)
+            raise
         crashpoint("mod-fetched")
         try:
             self._make_tree(job, path, cur)

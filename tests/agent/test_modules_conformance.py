@@ -92,3 +92,11 @@ def test_the_built_in_module_names_are_one_list() -> None:
     assert list(BUILTIN_MODULES) == names, "the server's list is the agent's enum"
     doc = DOC.read_text().split("### Built-in modules", 1)[1].split("###", 1)[0]
     assert re.findall(r"^\| `([a-z-]+)` \|", doc, re.M) == names, "docs/agent.md's table lists each, in order"
+
+
+def test_module_names_follow_the_servers_rule() -> None:
+    from fleetd.artifacts.catalog import MODULE_NAME as SERVER
+
+    from fleet_agent.modules import MODULE_NAME
+
+    assert MODULE_NAME.pattern.pattern == SERVER.pattern.pattern

@@ -122,3 +122,28 @@ def test_a_rollback_action_needs_a_module_that_supports_rollback(dev: Device, de
     art = dev.artifact(b"v1\n", "1.0.0", name="nr", module="no-rollback", file_name="payload.txt")
     r = dev.run(make_action(art, kind="rollback"))
     assert r.final[0] == "failed" and "does not support rollback, so a rollback cannot use it" in r.final[1]
+
+
+def steer(tmp_path: Path, dest: Path, state: str, line: str) -> None:
+    """Make the test module do ``line`` in ``state`` (before its own case)."""
+    script = tmp_path / "modules" / MODULE
+    text = script.read_text()
+    script.write_text(text.replace('case "$STATE" in\n', f'[ "$STATE" = {state} ] && {{ {line}; }}\ncase "$STATE" in\n',
+                                   1))
+
+
+def test_a_failed_download_runs_only_cleanup(dev: Device, dest: Path, tmp_path: Path) -> None:
+    steer(tmp_path, dest, "Download", "echo 'no space for it' >&2; exit 5")
+    r = dev.run(action(dev, b"v1\n", "1.0.0"))
+    assert r.final[0] == "failed" and "Download failed: module v3-test Download exited with code 5: no space" \
+        in r.final[1], r.items
+    assert calls(dest) == ["Download", "Cleanup"] and not (dest / "current").exists()
+
+
+def test_an_answer_outside_the_protocol_fails_the_install(dev: Device, dest: Path, tmp_path: Path) -> None:
+    steer(tmp_path, dest, "NeedsArtifactReboot", "echo Maybe; exit 0")
+    r = dev.run(action(dev, b"v1\n", "1.0.0"))
+    assert r.final[0] == "rolled_back", r.items
+    assert r.final[1].startswith("module v3-test answered 'Maybe' to NeedsArtifactReboot; the v3 protocol allows "
+                                 "No, Yes, Automatic; rolled back")
+    assert calls(dest)[-4:] == ["NeedsArtifactReboot", "ArtifactRollback", "ArtifactFailure", "Cleanup"]

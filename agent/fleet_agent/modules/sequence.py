@@ -232,9 +232,13 @@ class Driver:
         try:
             module.call(State.ARTIFACT_INSTALL, job)
             crashpoint("mod-ArtifactInstall")
-            reboot = module.needs_reboot(job)
         except ModuleError as e:
             self._fail(job, module, f"{State.ARTIFACT_INSTALL.value} failed: {e}", report)
+            return
+        try:
+            reboot = module.needs_reboot(job)
+        except ModuleError as e:
+            self._fail(job, module, str(e), report)
             return
         j["reboot"] = reboot.value
         if reboot is Reboot.NO:

@@ -95,8 +95,7 @@ def test_the_built_in_module_names_are_one_list() -> None:
 
 
 def test_module_names_follow_the_servers_rule() -> None:
-    from fleetd.artifacts.catalog import MODULE_NAME as SERVER
-
     from fleet_agent.modules import MODULE_NAME
+    from fleetd.artifacts.catalog import MODULE_NAME as SERVER
 
     assert MODULE_NAME.pattern.pattern == SERVER.pattern.pattern

@@ -272,9 +272,10 @@ class Executor:
         if art["kind"] == "agent":
             self._update_agent(action, art, manifest, report)
         elif art["kind"] == "app" and module == ModuleName.APP.value:
-            if self.updates.installed(art["name"]):
-                raise ActionFailed(f"{art['name']} is installed by the {self.updates.installed(art['name'])['module']} "
-                                   "module on this device; an app artifact needs another name")
+            other = self.updates.installed(art["name"])
+            if other:
+                raise ActionFailed(f"{art['name']} is installed by the {other['module']} module on this device; an "
+                                   "app artifact needs another name")
             self._install_app(action, art, manifest, report)
         elif art["kind"] == "app":
             if App(self.apps_dir, art["name"]).current_version():

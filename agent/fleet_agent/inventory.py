@@ -121,6 +121,17 @@ MAX_TEXT = 256
 MAX_EXTRA_VALUE = 1024
 
 
+def _listed(names: list[str]) -> str:
+    """Comma-separated, whole names only, within the server's limit for an extra value."""
+    out = ""
+    for n in names:
+        if len(out) + len(n) + 1 > MAX_EXTRA_VALUE:
+            log.warning("too many update modules to report; %s and those after it are left out", n)
+            break
+        out = f"{out},{n}" if out else n
+    return out
+
+
 def collect(root: Path = ROOT) -> dict[str, Any]:
     """The whole inventory; fields that cannot be read are left out."""
     osr = read_os_release(root)
@@ -135,7 +146,7 @@ def collect(root: Path = ROOT) -> dict[str, Any]:
         "addresses": [a for a in addresses() if len(a) <= MAX_TEXT][:MAX_ADDRESSES],
         "agent_version": __version__,
         # The update modules this agent installs with (the server refuses a deploy whose module a device lacks).
-        "extra": {"update_modules": ",".join(modules.available())[:MAX_EXTRA_VALUE]},
+        "extra": {"update_modules": _listed(modules.available())},
     }
     return {k: v[:MAX_TEXT] if isinstance(v, str) else v for k, v in inv.items() if v}
 

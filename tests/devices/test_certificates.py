@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from litestar.testing import TestClient
@@ -26,6 +26,7 @@ from fleetd.fleet import Fleet
 from tests.conftest import make_key, rpc, template_copy
 from tests.devices.test_devices import active_device, make_token
 from tests.support.devices_helper import TestDevice
+from tests.support.pki_helper import csr_pem
 
 DAY = 86400.0
 
@@ -42,13 +43,6 @@ def served(request: pytest.FixtureRequest) -> Iterator[tuple[Fleet, Any, str]]:
                 yield fleet, client, make_key(fleet, "admin")
         finally:
             fleet.close()
-
-
-def csr_pem(key: Any, cn: str = "device") -> str:
-    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
-    csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-           .sign(key, algorithm))
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def spki(key: Any) -> bytes:

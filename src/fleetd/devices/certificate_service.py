@@ -71,7 +71,7 @@ def parse_forwarded(value: bytes) -> x509.Certificate:
     """The certificate a proxy forwarded: URL-escaped PEM (nginx ``$ssl_client_escaped_cert``), PEM with its line
     breaks as spaces or tabs, or base64 DER (haproxy ``%[ssl_c_der,base64]``)."""
     text = value.decode("latin-1").strip()
-    if text.startswith("%2D") or text.startswith("%2d"):
+    if "%" in text:  # never in PEM or base64: URL-escaped
         text = urllib.parse.unquote(text)
     if text.startswith("-----BEGIN CERTIFICATE-----"):
         body = text.removeprefix("-----BEGIN CERTIFICATE-----").split("-----END CERTIFICATE-----")[0]

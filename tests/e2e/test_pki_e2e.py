@@ -205,3 +205,40 @@ def test_manufacturer_ca_commands(world) -> None:  # type: ignore[no-untyped-def
     assert "no longer trusted" in run_cli("ca", "remove-manufacturer", listed["id"], env=world["env"]).stdout
     left = world["server"].rpc("CertificateService", "ListManufacturers", {}, world["key"]).json()
     assert listed["id"] not in [m["id"] for m in left["manufacturers"]]
+
+
+def test_the_agent_gets_and_renews_its_certificate_from_its_run_loop(world) -> None:  # type: ignore[no-untyped-def]
+    from fleet_agent.config import Settings as AgentSettings
+    from fleet_agent.enroll import EnrollOptions, enroll
+    from fleet_agent.runloop import RunLoop
+    from fleet_agent.worker import NullExecutor
+
+    server = world["server"]
+    token = server.rpc("EnrollmentService", "CreateToken", {}, world["key"]).json()["token"]
+    settings = AgentSettings.from_env(str(world["root"] / "agent"), {
+        "FLEET_AGENT_CLIENT_CERTIFICATE": "1", "FLEET_AGENT_POLL_INTERVAL": "0.2"})
+    # The agent speaks only TLS: it enrols through the proxy (no client certificate yet: a bearer token).
+    res = enroll(settings, EnrollOptions(token=token, server=f"https://{world['proxy'].address}",
+                                         hardware_id="agent-cert-1"))
+    loop = RunLoop(settings, res.state, res.client, executor=NullExecutor(settings.paths.root))
+    now = [time.time()]
+    loop.certificate.clock = lambda: now[0]
+    assert loop.iteration(once=True) is True
+    first = x509.load_pem_x509_certificate((settings.paths.root / "client.pem").read_bytes())
+    first.verify_directly_issued_by(world["material"].ca_cert)
+    assert certificates.device_id_of(first) == res.state.device_id
+    assert loop.iteration(once=True) is True  # not due: the same certificate
+    assert x509.load_pem_x509_certificate((settings.paths.root / "client.pem").read_bytes()) == first
+
+    meta = json.loads((settings.paths.root / "client-cert.json").read_text())
+    now[0] = meta["renew_after"] + 1  # two thirds of the lifetime later
+    assert loop.iteration(once=True) is True
+    renewed = x509.load_pem_x509_certificate((settings.paths.root / "client.pem").read_bytes())
+    assert renewed.serial_number != first.serial_number
+    assert json.loads((settings.paths.root / "client-cert.json").read_text())["serial"] == f"{renewed.serial_number:x}"
+    loop.client.close()
+
+    # The renewed certificate and the device key authenticate through the proxy (mutual TLS, Ed25519).
+    from fleet_agent.identity import load_or_create_key
+    r = through_proxy(world, "agent", certificates.pem(renewed), load_or_create_key(settings.paths.key))
+    assert r.status_code == 200, r.text

@@ -64,8 +64,8 @@ async def auth_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: Ba
         return
     fleet: Fleet = connection.app.state.fleet
     headers = connection.headers
-    forwarded_cert = connection.scope.get(CLIENT_CERT_KEY)  # type: ignore[call-overload]  # http/client_cert.py
-    if forwarded_cert is not None and policy == "device" and not headers.get("authorization"):
+    forwarded_cert = connection.scope.get(CLIENT_CERT_KEY)  # set by http/client_cert.py
+    if isinstance(forwarded_cert, bytes) and policy == "device" and not headers.get("authorization"):
         connection.state.principal = await fleet.client_certificates.authenticate(forwarded_cert)
         return
     principal = await fleet.authenticator.authenticate(

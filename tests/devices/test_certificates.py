@@ -5,9 +5,6 @@ CRL, revocation, the admin listing. One fleet per backend for the whole module; 
 from __future__ import annotations
 
 import datetime as dt
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -16,33 +13,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from litestar.testing import TestClient
 
-from fleetd.app import asgi_app
 from fleetd.core import clock
 from fleetd.core.config import Settings
 from fleetd.devices import certificates
 from fleetd.fleet import Fleet
-from tests.conftest import make_key, rpc, template_copy
+from tests.conftest import rpc
 from tests.devices.test_devices import active_device, make_token
 from tests.support.devices_helper import TestDevice
 from tests.support.pki_helper import csr_pem
 
 DAY = 86400.0
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def served(request: pytest.FixtureRequest) -> Iterator[tuple[Fleet, Any, str]]:
-    """A fleet, a client of its app and an admin key, once per backend for the module."""
-    with tempfile.TemporaryDirectory() as d, template_copy(request, request.param) as dsn:
-        settings = Settings(data_dir=str(Path(d) / "data"), tls=False, mdns=False, host="127.0.0.1",
-                            database=dsn or "")
-        fleet = Fleet(settings)
-        try:
-            with TestClient(app=asgi_app(fleet)) as client:
-                yield fleet, client, make_key(fleet, "admin")
-        finally:
-            fleet.close()
 
 
 def spki(key: Any) -> bytes:
@@ -135,7 +116,7 @@ def test_a_csr_for_a_key_the_sender_does_not_hold_is_refused(served) -> None:  #
 
 
 def test_issue_certificate_needs_an_active_device(served) -> None:  # type: ignore[no-untyped-def]
-    _, client, key = served
+    _, client, _ = served
     d = TestDevice(client)
     r = d.call("IssueCertificate", {"csr": csr_pem(d.key)})
     assert r.status_code == 401, r.text

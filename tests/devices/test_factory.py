@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from fleetd.devices import factory
 from tests.conftest import rpc
-from tests.devices.test_certificates import check_device_certificate, served  # noqa: F401 (the fixture)
+from tests.devices.test_certificates import check_device_certificate
 from tests.support.devices_helper import TestDevice
 from tests.support.pki_helper import csr_pem, make_ca, make_leaf, pem, sign
 

@@ -10,7 +10,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-
 Key = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 

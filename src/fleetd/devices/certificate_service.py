@@ -23,7 +23,7 @@ from . import certificates, storage
 from .certificates import PublicKey
 
 if TYPE_CHECKING:
-    from ..core.pki import KeyMaterial
+    from ..core.pki import FleetKeys, KeyMaterial
     from ..fleet import Fleet
 
 MAX_VERIFIED = 100_000
@@ -33,8 +33,8 @@ def key_sha256(key: PublicKey) -> str:
     return hashlib.sha256(certificates.spki(key)).hexdigest()
 
 
-def issue_and_record(conn: sqlite3.Connection, keys: KeyMaterial, device_id: str, key: PublicKey, *, days: float
-                     ) -> x509.Certificate:
+def issue_and_record(conn: sqlite3.Connection, keys: FleetKeys | KeyMaterial, device_id: str, key: PublicKey, *,
+                     days: float) -> x509.Certificate:
     """Issue the device a certificate for ``key`` and record it, in the caller's transaction."""
     cert = certificates.issue(keys.ca_cert, keys.ca_key, device_id, key, days=days, at=clock.now())
     storage.insert_certificate(conn, serial=certificates.serial_hex(cert.serial_number), device_id=device_id,

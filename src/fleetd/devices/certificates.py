@@ -111,7 +111,9 @@ def pem(cert: x509.Certificate) -> str:
 
 
 def serial_hex(serial: int) -> str:
-    return f"{serial:x}"
+    """Lowercase hex, whole bytes (as openssl prints it, without the colons)."""
+    text = f"{serial:x}"
+    return "0" + text if len(text) % 2 else text
 
 
 def build_crl(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, revoked: Iterable[tuple[str, float]],

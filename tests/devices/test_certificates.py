@@ -201,3 +201,26 @@ def test_certificate_settings_are_checked() -> None:
         Settings(client_cert_header="x-client-cert", client_cert_proxies=["nope"])
     s = Settings(device_certificate_days=30)
     assert msgspec.structs.asdict(s)["device_certificate_days"] == 30
+
+
+def test_issue_certificate_and_an_enrolment_csr_in_binary_protobuf(served) -> None:  # type: ignore[no-untyped-def]
+    from fleetd.protobuf import device_pb2
+    from tests.http.test_proto_routes import binary
+
+    fleet, client, key = served
+    d = TestDevice(client)
+    enrol = {"hardware_id": d.hardware_id, "device_type": "sim", "public_key": d.public_key_b64,
+             "token": make_token(client, key), "csr": csr_pem(d.key)}
+    r = binary(client, "DeviceService", "Enroll", enrol, None)
+    assert r.status_code == 200, r.text
+    enrolled = device_pb2.EnrollResponse.FromString(r.content)
+    d.device_id = enrolled.device_id
+    check_device_certificate(fleet, enrolled.certificate, d.device_id, d.key.public_key())
+    assert d.authenticate().status_code == 200
+    element = ec.generate_private_key(ec.SECP256R1())
+    r = binary(client, "DeviceService", "IssueCertificate", {"csr": csr_pem(element)}, d.token)
+    assert r.status_code == 200, r.text
+    issued = device_pb2.IssueCertificateResponse.FromString(r.content)
+    cert = check_device_certificate(fleet, issued.certificate, d.device_id, element.public_key())
+    assert issued.serial == certificates.serial_hex(cert.serial_number)
+    assert issued.not_after == int(cert.not_valid_after_utc.timestamp()) and issued.renew_after < issued.not_after

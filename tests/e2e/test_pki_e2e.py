@@ -235,7 +235,8 @@ def test_the_agent_gets_and_renews_its_certificate_from_its_run_loop(world) -> N
     assert loop.iteration(once=True) is True
     renewed = x509.load_pem_x509_certificate((settings.paths.root / "client.pem").read_bytes())
     assert renewed.serial_number != first.serial_number
-    assert json.loads((settings.paths.root / "client-cert.json").read_text())["serial"] == certificates.serial_hex(renewed.serial_number)
+    saved = json.loads((settings.paths.root / "client-cert.json").read_text())
+    assert saved["serial"] == certificates.serial_hex(renewed.serial_number)
     loop.client.close()
 
     # The renewed certificate and the device key authenticate through the proxy (mutual TLS, Ed25519).

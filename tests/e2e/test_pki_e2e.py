@@ -167,6 +167,15 @@ def test_expired_other_ca_and_revoked_certificates_are_refused(world) -> None:  
     assert r.status_code == 401 and "not one this fleet issued" in r.json()["message"], r.text
 
     assert through_proxy(world, "before", issued["certificate"], element).status_code == 200
+    # Re-keyed (its key lost): the device stays active, the lost key's certificates are revoked.
+    rekeyed, rekey_element, rekeyed_cert = enrolled_device(world)
+    token = world["server"].rpc("DeviceAdminService", "RekeyDevice", {"id": rekeyed.device_id},
+                                world["key"]).json()["token"]["token"]
+    with world["server"].client() as c:
+        assert TestDevice(c, hardware_id=rekeyed.hardware_id).enroll(token).status_code == 200
+    r = through_proxy(world, "rekeyed", rekeyed_cert["certificate"], rekey_element)
+    assert r.status_code == 401 and f"{rekeyed_cert['serial']} is revoked" in r.json()["message"], r.text
+
     run_cli("devices", "revoke", d.device_id, env=world["env"])
     r = through_proxy(world, "after", issued["certificate"], element)
     assert r.status_code == 401, r.text

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ..accounts.users import Principal
 from ..core import clock
-from ..core.errors import Unauthenticated
+from ..core.errors import ResourceExhausted, Unauthenticated
 from . import certificates, storage
 from .certificates import PublicKey
 
@@ -35,7 +35,12 @@ def key_sha256(key: PublicKey) -> str:
 
 def issue_and_record(conn: sqlite3.Connection, keys: FleetKeys | KeyMaterial, device_id: str, key: PublicKey, *,
                      days: float) -> x509.Certificate:
-    """Issue the device a certificate for ``key`` and record it, in the caller's transaction."""
+    """Issue the device a certificate for ``key`` and record it, in the caller's transaction; refused while the device
+    holds :data:`~.certificates.MAX_LIVE_PER_DEVICE` that are neither expired nor revoked."""
+    live = storage.live_certificate_count(conn, device_id, clock.now())
+    if live >= certificates.MAX_LIVE_PER_DEVICE:
+        raise ResourceExhausted(f"this device has {live} certificates that are neither expired nor revoked; it may "
+                                "ask for a new one when one of them expires", retry_after=86400)
     cert = certificates.issue(keys.ca_cert, keys.ca_key, device_id, key, days=days, at=clock.now())
     storage.insert_certificate(conn, serial=certificates.serial_hex(cert.serial_number), device_id=device_id,
                                key_sha256=key_sha256(key), not_before=cert.not_valid_before_utc.timestamp(),

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from ..core.errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
+from ..core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from ..core.fields import Int32, Int64
 from ..http.rpc import Context, Service
 from ..telemetry.intake import Point
@@ -309,22 +309,14 @@ class IssueCertificateResponse(msgspec.Struct, kw_only=True):
 @service.method(auth="device")
 async def IssueCertificate(ctx: Context, req: IssueCertificateRequest) -> IssueCertificateResponse:
     """A client certificate from the fleet CA for a key the device proves it holds; renew by calling it again."""
-    from ..core import clock
     from . import certificate_service, certificates
 
     device_id, _ = _calling_device(ctx, active_to="get a certificate")
     key = certificates.load_csr(req.csr)
     fleet = ctx.fleet
 
-    def issue(conn):  # type: ignore[no-untyped-def]
-        live = storage.live_certificate_count(conn, device_id, clock.now())
-        if live >= certificates.MAX_LIVE_PER_DEVICE:
-            raise ResourceExhausted(f"this device has {live} certificates that are neither expired nor revoked; "
-                                    "it may ask for a new one when one of them expires", retry_after=86400)
-        return certificate_service.issue_and_record(conn, fleet.keys, device_id, key,
-                                                    days=fleet.settings.device_certificate_days)
-
-    cert = await fleet.store.write(issue)
+    cert = await fleet.store.write(lambda c: certificate_service.issue_and_record(
+        c, fleet.keys, device_id, key, days=fleet.settings.device_certificate_days))
     start, end = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
     return IssueCertificateResponse(certificate=certificates.pem(cert), serial=certificates.serial_hex(
         cert.serial_number), not_after=int(end), renew_after=int(start + (end - start) * 2 / 3),

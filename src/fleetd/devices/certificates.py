@@ -143,7 +143,7 @@ def device_id_of(cert: x509.Certificate) -> str | None:
     """The device id a fleet certificate names (its URI SAN), None if it names none."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
+    except (x509.ExtensionNotFound, ValueError):  # none, or extensions that cannot be read
         return None
     for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
         if uri.startswith(URN_PREFIX):

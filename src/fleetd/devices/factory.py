@@ -18,7 +18,7 @@ import sqlite3
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
@@ -61,7 +61,7 @@ def parse_bundle(pem: str, what: str) -> list[x509.Certificate]:
 def _is_ca(cert: x509.Certificate) -> bool:
     try:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
+    except (x509.ExtensionNotFound, ValueError):  # none, or extensions that cannot be read
         return False
 
 
@@ -122,15 +122,16 @@ def _names(cert: x509.Certificate) -> set[str]:
     return {str(a.value) for a in attrs}
 
 
-def _check_signature(key: object, signature: bytes, message: bytes) -> bool:
+def _check_signature(cert: x509.Certificate, signature: bytes, message: bytes) -> bool:
     try:
+        key = cert.public_key()
         if isinstance(key, ed25519.Ed25519PublicKey):
             key.verify(signature, message)
         elif isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
         else:
             return False
-    except InvalidSignature:
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError):
         return False
     return True
 
@@ -144,7 +145,7 @@ def verify(conn: sqlite3.Connection, bundle: str, hardware_id: str, signature: b
     if hardware_id not in _names(leaf):
         raise PermissionDenied(f"the factory certificate names {sorted(_names(leaf)) or 'no hardware id'}, not "
                                f"{hardware_id}: its subject CN (or serialNumber) must be the hardware id")
-    if not _check_signature(leaf.public_key(), signature, message):
+    if not _check_signature(leaf, signature, message):
         raise Unauthenticated("factory_signature is not the factory certificate key's signature of "
                               "fleetd-factory-v1:<hardware_id>:<nonce>:<public key, hex>")
     trusted = storage.manufacturer_cas(conn)

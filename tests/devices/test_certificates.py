@@ -16,6 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fleetd.core import clock
 from fleetd.core.config import Settings
+from fleetd.core.errors import InvalidArgument
 from fleetd.devices import certificates
 from fleetd.fleet import Fleet
 from tests.conftest import rpc
@@ -193,11 +194,11 @@ def test_the_crl_is_made_again_before_its_next_update(served, monkeypatch: pytes
 
 
 def test_certificate_settings_are_checked() -> None:
-    with pytest.raises(Exception, match="device_certificate_days"):
+    with pytest.raises(InvalidArgument, match="device_certificate_days"):
         Settings(device_certificate_days=0)
-    with pytest.raises(Exception, match="client_cert_proxies is empty"):
+    with pytest.raises(InvalidArgument, match="client_cert_proxies is empty"):
         Settings(client_cert_header="x-client-cert")
-    with pytest.raises(Exception, match="client_cert_proxies: 'nope'"):
+    with pytest.raises(InvalidArgument, match="client_cert_proxies: 'nope'"):
         Settings(client_cert_header="x-client-cert", client_cert_proxies=["nope"])
     s = Settings(device_certificate_days=30)
     assert msgspec.structs.asdict(s)["device_certificate_days"] == 30

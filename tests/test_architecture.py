@@ -31,6 +31,7 @@ EDGE = {
     "fleetd.ddi.api",
     "fleetd.ddi.routes",
     "fleetd.devices.admin_api",
+    "fleetd.devices.certificates_api",
     "fleetd.devices.device_api",
     "fleetd.devices.enrollment_api",
     "fleetd.rollouts.api",

@@ -99,6 +99,8 @@ class Settings:
     mdns_interfaces: list[str] | None = None
     # Check in every N seconds instead of the server's poll_interval (tests, debugging).
     poll_interval: float | None = None
+    # Keep a client certificate from the fleet CA in client.pem, renewed at two thirds of its life (docs/pki.md).
+    client_certificate: bool = False
 
     @classmethod
     def from_env(cls, state_dir: str | None = None, env: dict[str, str] | None = None) -> Settings:
@@ -114,6 +116,7 @@ class Settings:
             mdns_timeout=_env_float(e, "FLEET_AGENT_MDNS_TIMEOUT", DEFAULT_MDNS_TIMEOUT, 0.1),
             mdns_interfaces=interfaces or None,
             poll_interval=poll or None,
+            client_certificate=e.get("FLEET_AGENT_CLIENT_CERTIFICATE", "").strip().lower() in ("1", "true", "yes"),
         )
 
     @property

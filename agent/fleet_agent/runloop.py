@@ -90,6 +90,10 @@ class RunLoop:
         self._failures = 0  # iterations in a row that did not reach the server
         self._trial_confirmed = False
         self._next_checkin = 0  # from the last check-in; 0: the poll interval
+        self.certificate: Any = None
+        if settings.client_certificate:  # docs/pki.md; cryptography's x509 only then
+            from .certificate import ClientCertificate
+            self.certificate = ClientCertificate(self.paths, client)
 
     # --- control ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -164,6 +168,8 @@ class RunLoop:
                 self.drain_reports()
                 actions = self.check_in()
                 self._dispatch(actions)
+                if self.certificate is not None and self.state.status == "active":
+                    self.certificate.renew_if_due()
                 if once:
                     self.worker.wait_idle()
                     self.drain_reports()

@@ -27,7 +27,7 @@ from .core.resources import data_dir
 from .ddi import api as ddi_api
 from .ddi import routes as http_ddi
 from .devices import admin_api as devices_api
-from .devices import device_api, enrollment_api
+from .devices import certificates_api, device_api, enrollment_api
 from .fleet import Fleet
 from .http import agent_dist, openapi, rpc, security_headers
 from .http import blobs as http_blobs
@@ -40,9 +40,14 @@ from .telemetry import api as telemetry_api
 
 log = logging.getLogger(__name__)
 
+# Where http/client_cert.py leaves a certificate a trusted proxy forwarded (not imported here: it loads only when
+# client_cert_header is set).
+CLIENT_CERT_KEY = "fleetd.client_cert"
+
 SERVICES: list[rpc.Service] = [
     device_api.service, devices_api.service, enrollment_api.service, users_api.service, audit_api.service,
     artifacts_api.service, telemetry_api.service, alerts_api.service, rollouts_api.service, ddi_api.service,
+    certificates_api.service,
 ]
 
 
@@ -59,6 +64,10 @@ async def auth_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: Ba
         return
     fleet: Fleet = connection.app.state.fleet
     headers = connection.headers
+    forwarded_cert = connection.scope.get(CLIENT_CERT_KEY)  # set by http/client_cert.py
+    if isinstance(forwarded_cert, bytes) and policy == "device" and not headers.get("authorization"):
+        connection.state.principal = await fleet.client_certificates.authenticate(forwarded_cert)
+        return
     principal = await fleet.authenticator.authenticate(
         str(connection.scope.get("method", "GET")), headers.get("authorization"),
         connection.cookies.get(SESSION_COOKIE), headers.get(CSRF_HEADER))
@@ -86,6 +95,12 @@ async def ca_pem(request: Request[Any, Any, Any]) -> Response[bytes]:
     fleet: Fleet = request.app.state.fleet
     return Response(fleet.keys.ca_pem, media_type="application/x-pem-file",
                     headers={"X-Fleetd-CA-Fingerprint": fleet.keys.ca_fingerprint})
+
+
+@get("/v1/crl.pem", opt={"auth": "public"}, include_in_schema=False)
+async def crl_pem(request: Request[Any, Any, Any]) -> Response[bytes]:
+    fleet: Fleet = request.app.state.fleet
+    return Response(await fleet.crl.pem(), media_type="application/x-pem-file")
 
 
 @get("/metrics", opt={"auth": "viewer"}, include_in_schema=False)
@@ -134,6 +149,8 @@ PLAIN_PATHS: dict[str, Any] = {
                                                               "dir's disk is (nearly) full"}}}},
     "/v1/ca.pem": {"get": {"summary": "The fleet CA certificate (no auth)", **openapi.auth("public"),
                            "responses": {"200": {"description": "PEM"}}}},
+    "/v1/crl.pem": {"get": {"summary": "The CRL of revoked device certificates, signed by the fleet CA (no auth)",
+                            **openapi.auth("public"), "responses": {"200": {"description": "PEM"}}}},
     "/metrics": {"get": {"summary": "Prometheus metrics, text format 0.0.4 (viewer role; an API key works)",
                          **openapi.auth("viewer"),
                          "responses": {"200": {"description": "text/plain; version=0.0.4"},
@@ -165,7 +182,7 @@ def create_app(fleet: Fleet) -> Litestar:
                                      after_request=security_headers.ui_headers,
                                      exception_handlers={NotFoundException: http_ddi.outside_routes})
     app = _Litestar(
-        route_handlers=[*rpc.routes(SERVICES), healthz, ca_pem, metrics_endpoint, *http_blobs.ROUTES,
+        route_handlers=[*rpc.routes(SERVICES), healthz, ca_pem, crl_pem, metrics_endpoint, *http_blobs.ROUTES,
                         *artifacts_api.ROUTES, *agent_dist.ROUTES, *http_events.ROUTES,
                         *http_ddi.routes(fleet.settings.ddi_tenant),
                         _openapi_route(fleet.settings), web],

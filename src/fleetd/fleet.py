@@ -46,6 +46,7 @@ from .telemetry.intake import MetricNames, TelemetryIntake
 from .telemetry.rollups import MinuteSums, Retention, Rollups
 
 if TYPE_CHECKING:
+    from .devices.certificate_service import ClientCertificates, Crl
     from .store.changes import ChangeFeed
     from .store.lease import FleetLease
 
@@ -153,6 +154,18 @@ class Fleet:
             self.changes.on_reload(DeviceHub.load_state, hub.apply_state)
             self.changes.on_reload(ddi_state.load, ddi.apply)
             self.changes.on_gap(self.events.gap)
+
+    @functools.cached_property
+    def crl(self) -> Crl:
+        """The CRL of revoked device certificates (docs/pki.md), loaded on first use."""
+        from .devices.certificate_service import Crl
+        return Crl(self)
+
+    @functools.cached_property
+    def client_certificates(self) -> ClientCertificates:
+        """Authenticates devices by a client certificate a trusted proxy forwarded, loaded on first use."""
+        from .devices.certificate_service import ClientCertificates
+        return ClientCertificates(self)
 
     def _change_feed(self) -> ChangeFeed | None:
         if self.store.dsn is None or self.store.origin is None:

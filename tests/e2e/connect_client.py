@@ -17,6 +17,7 @@ Usage: python connect_client.py '<JSON: url, ca, admin_key, viewer_key, device_i
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import sys
 from collections.abc import Callable
@@ -26,8 +27,11 @@ from connectrpc.client import ResponseMetadata
 from connectrpc.code import Code
 from connectrpc.compression.gzip import GzipCompression
 from connectrpc.errors import ConnectError
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
 from fleetd.v1 import (
     alert_connect,
     alert_pb2,
@@ -35,6 +39,8 @@ from fleetd.v1 import (
     artifact_pb2,
     audit_connect,
     audit_pb2,
+    certificate_connect,
+    certificate_pb2,
     ddi_connect,
     ddi_pb2,
     device_admin_connect,
@@ -110,6 +116,7 @@ def main(cfg: dict[str, Any]) -> dict[str, Any]:
     telemetry = client(telemetry_connect.TelemetryServiceClientSync)
     alerts = client(alert_connect.AlertServiceClientSync)
     ddi = client(ddi_connect.DdiServiceClientSync)
+    certs = client(certificate_connect.CertificateServiceClientSync)
 
     # UserService
     key = users.create_key(user_pb2.CreateKeyRequest(name=f"gen-{run}", role="viewer"), headers=admin)
@@ -146,6 +153,11 @@ def main(cfg: dict[str, Any]) -> dict[str, Any]:
     pushed = devices.push_telemetry(device_pb2.PushTelemetryRequest(points=[
         device_pb2.Point(name="gen_temp", value=41.5, tags={"run": run})]), headers=as_device)
     assert pushed.accepted == 1
+    csr = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])).sign(device_key, None)
+    issued = devices.issue_certificate(device_pb2.IssueCertificateRequest(
+        csr=csr.public_bytes(serialization.Encoding.PEM).decode()), headers=as_device)
+    assert issued.certificate.startswith("-----BEGIN CERTIFICATE-----") and issued.renew_after < issued.not_after
 
     # DeviceAdminService
     updated = admin_devices.update_device(device_admin_pb2.UpdateDeviceRequest(
@@ -212,6 +224,24 @@ def main(cfg: dict[str, Any]) -> dict[str, Any]:
     assert gateway.description == f"gen-{run}" and gateway.token, gateway
     gateways = ddi.list_gateway_tokens(ddi_pb2.ListGatewayTokensRequest(), headers=admin).tokens
     assert gateway.id in [t.id for t in gateways]
+
+    # CertificateService: the certificate the device got; a manufacturer CA trusted, listed and removed
+    listed = certs.list_device_certificates(certificate_pb2.ListDeviceCertificatesRequest(id=device_id),
+                                            headers=viewer)
+    assert [(c.serial, c.state) for c in listed.certificates] == [(issued.serial, "valid")], listed
+    maker_key = ec.generate_private_key(ec.SECP256R1())
+    maker_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"gen-maker-{run}")])
+    maker = (x509.CertificateBuilder().subject_name(maker_name).issuer_name(maker_name)
+             .public_key(maker_key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(dt.datetime.now(dt.UTC)).not_valid_after(dt.datetime.now(dt.UTC) + dt.timedelta(days=9))
+             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+             .sign(maker_key, hashes.SHA256()))
+    trusted = certs.trust_manufacturer(certificate_pb2.TrustManufacturerRequest(
+        certificate=maker.public_bytes(serialization.Encoding.PEM).decode(), tags={"run": run}), headers=admin)
+    assert trusted.id in [m.id for m in certs.list_manufacturers(certificate_pb2.ListManufacturersRequest(),
+                                                                 headers=viewer).manufacturers]
+    assert certs.remove_manufacturer(certificate_pb2.RemoveManufacturerRequest(id=trusted.id),
+                                     headers=admin).id == trusted.id
 
     # AuditService (read only): the writes above, newest first (a page of several KiB: the server compresses it
     # when the client accepts gzip)

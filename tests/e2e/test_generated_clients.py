@@ -26,6 +26,7 @@ from fleetd.protobuf import (
     alert_pb2,
     artifact_pb2,
     audit_pb2,
+    certificate_pb2,
     ddi_pb2,
     device_admin_pb2,
     device_pb2,
@@ -39,8 +40,8 @@ from tests.support.devices_helper import TestDevice
 from .server import ServerProcess
 from .test_simulate import call, push_artifact
 
-SERVICES = [alert_pb2, artifact_pb2, audit_pb2, ddi_pb2, device_admin_pb2, device_pb2, enrollment_pb2, rollout_pb2,
-            telemetry_pb2, user_pb2]
+SERVICES = [alert_pb2, artifact_pb2, audit_pb2, certificate_pb2, ddi_pb2, device_admin_pb2, device_pb2, enrollment_pb2,
+            rollout_pb2, telemetry_pb2, user_pb2]
 CLIENT = Path(__file__).with_name("connect_client.py")
 
 
@@ -105,6 +106,8 @@ def buf_calls(fleet: dict[str, Any]) -> list[tuple[str, str | None, dict[str, An
         ("AlertService/ListWebhooks", "admin", {}, lambda out: "gen-hook" in [w["name"] for w in out["webhooks"]]),
         ("DdiService/ListGatewayTokens", "admin", {},
          lambda out: "gen-fleet" in [t.get("description") for t in out["tokens"]]),
+        ("CertificateService/ListDeviceCertificates", "viewer", {"id": device},
+         lambda out: out["deviceId"] == device and out.get("certificates", []) == []),
         ("DeviceService/GetChallenge", None, {"device_id": device},
          lambda out: len(out["nonce"]) > 16 and out["expiresIn"] == 60),
     ]

@@ -24,6 +24,7 @@ from fleetd.http import rpc
 from tests.conftest import make_key
 from tests.conftest import rpc as call
 from tests.devices.test_devices import active_device, make_artifact
+from tests.support.pki_helper import csr_pem
 
 PROTO = "application/proto"
 METHODS = {(s.name, m.name): m for s in SERVICES for m in s.methods.values()}
@@ -73,6 +74,7 @@ def world(client: Any, fleet: Fleet, admin_key: str) -> dict[str, Any]:
     a gateway token, a rollout."""
     device = active_device(client, admin_key)
     assert device.call("CheckIn", {"inventory": {"os": "linux"}}).status_code == 200
+    assert device.call("IssueCertificate", {"csr": csr_pem(device.key)}).status_code == 200  # one to list
     # A metric series, as telemetry intake leaves it (tests/http/test_paging.py does the same).
     fleet.store.write_sync(lambda c: c.execute("INSERT INTO telemetry_series (device_id, name) VALUES (?, 'cpu')",
                                                (device.device_id,)))
@@ -110,6 +112,7 @@ READS = [
     ("AlertService", "ListRules", {}),
     ("RolloutService", "ListRollouts", {}),
     ("DdiService", "ListGatewayTokens", {}),
+    ("CertificateService", "ListDeviceCertificates", {"id": "DEVICE"}),
 ]
 
 

@@ -30,8 +30,8 @@ SYSTEM = Actor("system", None, "fleetd")
 
 # What an entry's type (its ``action``) starts with: the thing acted on. tests/accounts/test_audit_log.py checks
 # that every type the server records is in one of these.
-FAMILIES = ("action", "alert_rule", "artifact", "auth", "ddi", "device", "key", "rollout", "token", "user",
-            "webhook")
+FAMILIES = ("action", "alert_rule", "artifact", "auth", "ddi", "device", "key", "manufacturer_ca", "rollout", "token",
+            "user", "webhook")
 # A grouped entry (one command, many devices) lists this many of its devices and actions; ``count`` says how many.
 LISTED = 10
 

@@ -337,6 +337,29 @@ def devices_revoke(device: WholeDeviceArg, server: ServerOpt = None, api_key: Ap
                   f"fleetd devices delete {d['id']}, then enroll it again")
 
 
+@devices_app.command("cert")
+def devices_cert(device: DeviceArg, server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None,
+                 json: JsonOpt = False) -> None:
+    """The client certificates the fleet CA issued to a device: serial, expiry, revoked (docs/pki.md). A deleted
+    device's are shown by its id."""
+    with errors_reported():
+        answer = call(remote(server, api_key, ca), "CertificateService", "ListDeviceCertificates", {"id": device})
+    if json:
+        print_json(answer)
+        return
+    certs = answer["certificates"]
+    if not certs:
+        console.print(f"device {answer['device_id']} has no certificate; a device asks for one with a CSR (agent: "
+                      "certificates on, docs/pki.md)", highlight=False)
+        return
+    styles = {"valid": "green", "expired": "yellow", "revoked": "red"}
+    table = data_table(["serial", "state", "not_before", "expires", "revoked"], whole={"serial"})
+    for c in certs:
+        table.add_row(c["serial"], Text(c["state"], style=styles.get(c["state"], "")), c["not_before"][:19],
+                      c["not_after"][:19], (c.get("revoked_at") or "")[:19])
+    print_fitted(table)
+
+
 @devices_app.command("deploy")
 def devices_deploy(
     devices: DevicesArg = None,

@@ -250,15 +250,21 @@ def run(*, data_dir: str | None = None, host: str | None = None, port: int | Non
         certfile = str(fleet.keys.server_cert_path) if settings.tls else None
         keyfile = str(fleet.keys.server_key_path) if settings.tls else None
         _listening(settings, fleet)
+        served: Any = app
+        if settings.client_cert_header:  # client certificates through a proxy (docs/pki.md): only then
+            from ..http.client_cert import with_client_certificates
+            served = with_client_certificates(app, settings)
         server = _make_server(uvicorn.Config(
-            app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
+            served, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
             lifespan="on", server_header=False, log_config=None, timeout_graceful_shutdown=10,
             ssl_certfile=certfile, ssl_keyfile=keyfile,
             http=_guarded_protocol(fleet),
             ws="none",  # fleetd has no WebSocket routes (live updates are server-sent events): skip loading a library
             # Forwarding headers only from the configured proxies (uvicorn would trust 127.0.0.1 and
-            # $FORWARDED_ALLOW_IPS by default).
-            proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies or [],
+            # $FORWARDED_ALLOW_IPS by default); with client certificates through a proxy, read inside that
+            # middleware (http/client_cert.py), which must see the TCP peer first.
+            proxy_headers=bool(settings.trusted_proxies) and not settings.client_cert_header,
+            forwarded_allow_ips=settings.trusted_proxies or [],
         ), app.app)
         _tune_interpreter()
         server.run(sockets=[sock])

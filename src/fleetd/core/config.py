@@ -123,6 +123,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # lease_check_seconds + lease_seconds / 2 of the holder's death.
     lease_seconds: float = 6
     lease_check_seconds: float = 1
+    # Device client certificates (docs/pki.md): their lifetime in days (a device renews at about two thirds of it).
+    device_certificate_days: int = 90
+    # Device authentication by client certificate through a TLS-terminating proxy (docs/pki.md, "Client
+    # certificates through a proxy"): the request header the proxy puts the verified certificate in ("" = off),
+    # believed only from these proxies' addresses (IPs or CIDRs).
+    client_cert_header: str = ""
+    client_cert_proxies: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -150,6 +157,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.disk_min_free_mib < 0:
             raise InvalidArgument("disk_min_free_mib must be 0 (no check) or more")
         self.trusted_proxies = [_ip_or_network(p) for p in self.trusted_proxies]
+        self.client_cert_proxies = [_ip_or_network(p, "client_cert_proxies") for p in self.client_cert_proxies]
+        if not 1 <= self.device_certificate_days <= 3650:
+            raise InvalidArgument(f"device_certificate_days must be 1..3650, got {self.device_certificate_days}")
+        self.client_cert_header = self.client_cert_header.strip().lower()
+        if self.client_cert_header and not self.client_cert_proxies:
+            raise InvalidArgument("client_cert_header is set but client_cert_proxies is empty: list the addresses of "
+                                  "the proxies that verify client certificates (only their header is believed)")
         if self.download_offload not in DOWNLOAD_OFFLOADS:
             raise InvalidArgument(f"download_offload must be \"x-accel\" (nginx sends blob files) or \"\" (fleetd "
                                   f"does), got {self.download_offload!r}")
@@ -210,14 +224,14 @@ def split_s3_url(url: str) -> tuple[str, str]:
     return bucket, prefix + "/" if prefix else ""
 
 
-def _ip_or_network(value: str) -> str:
+def _ip_or_network(value: str, what: str = "trusted_proxies") -> str:
     """The canonical form of an IP address or a CIDR network (host bits allowed: 10.1.2.3/8 is 10.0.0.0/8)."""
     try:
         if "/" in value:
             return str(ipaddress.ip_network(value.strip(), strict=False))
         return str(ipaddress.ip_address(value.strip()))
     except ValueError:
-        raise InvalidArgument(f"trusted_proxies: {value!r} is not an IP address or a CIDR network "
+        raise InvalidArgument(f"{what}: {value!r} is not an IP address or a CIDR network "
                               "(e.g. 10.0.0.5 or 10.0.0.0/24)") from None
 
 

@@ -242,6 +242,8 @@ def enroll(conn: sqlite3.Connection, *, hardware_id: str, device_type: str, publ
     epoch = existing["auth_epoch"] + 1
     storage.reenroll_device(conn, existing["id"], public_key=public_key, token_id=tok.id, tags=json.dumps(tags),
                             device_type=device_type, auth_epoch=epoch, enrolled_at=now(), last_addr=addr)
+    if not same_key:  # the lost key's certificates go on the CRL
+        storage.revoke_certificates_of(conn, existing["id"], now())
     audit.record(conn, Actor("device", existing["id"], hardware_id, addr), "device.rekey" if rekey else
                  "device.reenroll", existing["id"], token=tok.id, key_replaced=not same_key,
                  was=existing["status"])
@@ -264,21 +266,50 @@ def _enroll_new(conn: sqlite3.Connection, hardware_id: str, device_type: str, pu
                                     "devices list --status pending') or raise max_pending_devices", retry_after=600)
     if tok is not None:
         use_token(conn, tok)
+    return _insert_new(conn, hardware_id, device_type, public_key, name, inventory, addr, active=tok is not None,
+                       tags=tok.tags if tok else {}, token_id=tok.id if tok else None)
+
+
+def _insert_new(conn: sqlite3.Connection, hardware_id: str, device_type: str, public_key: bytes, name: str,
+                inventory: dict[str, Any], addr: str | None, *, active: bool, tags: dict[str, str],
+                token_id: str | None, **audited: Any) -> EnrollResult:
     t = now()
     did = new_id("dev")
-    status = "active" if tok else "pending"
+    status = "active" if active else "pending"
     storage.insert_device(
         conn, device_id=did, hardware_id=hardware_id, name=name or hardware_id, device_type=device_type,
-        public_key=public_key, status=status, claim_code=None if tok else new_claim_code(conn),
-        token_id=tok.id if tok else None, tags=json.dumps(tok.tags if tok else {}), inventory=json.dumps(inventory),
-        poll_interval=DEFAULT_POLL_INTERVAL, created_at=t, enrolled_at=t if tok else None, last_addr=addr)
+        public_key=public_key, status=status, claim_code=None if active else new_claim_code(conn),
+        token_id=token_id, tags=json.dumps(tags), inventory=json.dumps(inventory),
+        poll_interval=DEFAULT_POLL_INTERVAL, created_at=t, enrolled_at=t if active else None, last_addr=addr)
     audit.record(conn, Actor("device", did, hardware_id, addr), "device.enroll", did, status=status,
-                 token=tok.id if tok else None)
+                 token=token_id, **audited)
     row = storage.device_by_id(conn, did)
     assert row is not None  # written in this transaction
     changed(conn, did)
     enrolled(conn, did, hardware_id, "connect", status)
     return EnrollResult(device_from_row(row), 0, True)
+
+
+def enroll_by_factory_certificate(conn: sqlite3.Connection, *, hardware_id: str, device_type: str,
+                                  public_key: bytes, name: str, inventory: dict[str, Any], addr: str | None,
+                                  active: bool, tags: dict[str, str], manufacturer_ca: str, max_pending: int = 0
+                                  ) -> EnrollResult:
+    """Enroll a device whose factory certificate (checked by the caller: devices/factory.py) names ``hardware_id``:
+    pending with a claim code, or active, as its manufacturer CA says. The certificate enrols one device once: for a
+    hardware id already enrolled, only the same key is accepted (idempotent), never another (docs/protocol.md §5)."""
+    check_enroll_fields(hardware_id, device_type, name)
+    existing = storage.device_by_hardware_id(conn, hardware_id)
+    if existing is not None:
+        ensure_not_revoked(existing["status"])
+        if not hmac.compare_digest(existing["public_key"], public_key):
+            raise AlreadyExists(another_key_message(hardware_id))
+        changed(conn, existing["id"])
+        return EnrollResult(device_from_row(existing), existing["auth_epoch"], False)
+    if not active and max_pending and storage.count_pending_devices(conn) >= max_pending:
+        raise ResourceExhausted("too many devices are waiting to be claimed; claim or reject some ('fleetd devices "
+                                "list --status pending') or raise max_pending_devices", retry_after=600)
+    return _insert_new(conn, hardware_id, device_type, public_key, name, inventory, addr, active=active,
+                       tags=tags, token_id=None, manufacturer_ca=manufacturer_ca)
 
 
 def expire_pending(conn: sqlite3.Connection, silent_for: float) -> list[str]:
@@ -322,7 +353,8 @@ def revoke(conn: sqlite3.Connection, actor: Actor, ref: str) -> Device:
     r = find_device_row(conn, ref)
     storage.revoke_device(conn, r["id"])
     storage.cancel_open_actions(conn, r["id"], "device revoked", now())
-    audit.record(conn, actor, "device.revoke", r["id"])
+    revoked = storage.revoke_certificates_of(conn, r["id"], now())  # on the CRL from now on (docs/pki.md)
+    audit.record(conn, actor, "device.revoke", r["id"], certificates=revoked)
     changed(conn, r["id"])
     effect(conn, ActionsOpen((r["id"],), False))
     return get_device(conn, r["id"])
@@ -331,7 +363,8 @@ def revoke(conn: sqlite3.Connection, actor: Actor, ref: str) -> Device:
 def delete(conn: sqlite3.Connection, actor: Actor, ref: str) -> str:
     r = find_device_row(conn, ref)
     storage.delete_device(conn, r["id"])
-    audit.record(conn, actor, "device.delete", r["id"], hardware_id=r["hardware_id"])
+    revoked = storage.revoke_certificates_of(conn, r["id"], now())
+    audit.record(conn, actor, "device.delete", r["id"], hardware_id=r["hardware_id"], certificates=revoked)
     effect(conn, DeviceGone(r["id"]))
     return str(r["id"])
 

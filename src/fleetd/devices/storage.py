@@ -453,3 +453,64 @@ def use_challenge(conn: sqlite3.Connection, nonce: str, expires_at: float) -> bo
 def forget_used_challenges(conn: sqlite3.Connection, at: float) -> None:
     """Drop the uses of challenges expired before ``at``: they are refused for their expiry anyway."""
     conn.execute("DELETE FROM used_challenges WHERE expires_at < ?", (at,))
+
+
+# --- device certificates and manufacturer CAs (certificate_service.py, factory.py) ----------------------------
+
+def insert_certificate(conn: sqlite3.Connection, *, serial: str, device_id: str, key_sha256: str, not_before: float,
+                       not_after: float) -> None:
+    conn.execute("INSERT INTO device_certificates (serial, device_id, key_sha256, not_before, not_after) "
+                 "VALUES (?, ?, ?, ?, ?)", (serial, device_id, key_sha256, not_before, not_after))
+
+
+def certificates_of(conn: sqlite3.Connection, device_id: str) -> list[sqlite3.Row]:
+    return conn.execute("SELECT * FROM device_certificates WHERE device_id = ? ORDER BY not_before DESC, serial",
+                        (device_id,)).fetchall()
+
+
+def live_certificate_count(conn: sqlite3.Connection, device_id: str, at: float) -> int:
+    return int(conn.execute("SELECT COUNT(*) FROM device_certificates WHERE device_id = ? AND revoked_at IS NULL "
+                            "AND not_after > ?", (device_id, at)).fetchone()[0])
+
+
+def certificate(conn: sqlite3.Connection, serial: str) -> sqlite3.Row | None:
+    return conn.execute("SELECT * FROM device_certificates WHERE serial = ?", (serial,)).fetchone()
+
+
+def revoke_certificates_of(conn: sqlite3.Connection, device_id: str, at: float) -> int:
+    """Revoke every certificate of the device not revoked yet; how many."""
+    return conn.execute("UPDATE device_certificates SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+                        (at, device_id)).rowcount
+
+
+def revoked_certificates(conn: sqlite3.Connection, unexpired_at: float) -> list[tuple[str, float]]:
+    """(serial, revoked_at) of the revoked certificates that have not expired by ``unexpired_at``: a CRL's list."""
+    return [(r[0], r[1]) for r in conn.execute(
+        "SELECT serial, revoked_at FROM device_certificates WHERE revoked_at IS NOT NULL AND not_after > ? "
+        "ORDER BY serial", (unexpired_at,))]
+
+
+def revocation_mark(conn: sqlite3.Connection) -> tuple[int, float]:
+    """How many certificates are revoked and the latest revocation: what changes whenever the CRL must."""
+    r = conn.execute("SELECT COUNT(*), MAX(revoked_at) FROM device_certificates WHERE revoked_at IS NOT NULL"
+                     ).fetchone()
+    return int(r[0]), float(r[1] or 0)
+
+
+def insert_manufacturer_ca(conn: sqlite3.Connection, *, ca_id: str, fingerprint: str, subject: str, pem: str,
+                           tags: str, auto_activate: bool, created_at: float) -> None:
+    conn.execute("INSERT INTO manufacturer_cas (id, fingerprint, subject, pem, tags, auto_activate, created_at) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?)", (ca_id, fingerprint, subject, pem, tags, int(auto_activate),
+                                                  created_at))
+
+
+def manufacturer_cas(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    return conn.execute("SELECT * FROM manufacturer_cas ORDER BY created_at, id").fetchall()
+
+
+def manufacturer_ca(conn: sqlite3.Connection, ref: str) -> sqlite3.Row | None:
+    return conn.execute("SELECT * FROM manufacturer_cas WHERE id = ? OR fingerprint = ?", (ref, ref)).fetchone()
+
+
+def delete_manufacturer_ca(conn: sqlite3.Connection, ca_id: str) -> None:
+    conn.execute("DELETE FROM manufacturer_cas WHERE id = ?", (ca_id,))

@@ -26,7 +26,7 @@ from . import common_pb2 as fleetd_dot_v1_dot_common__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66leetd/v1/device.proto\x12\tfleetd.v1\x1a\x16\x66leetd/v1/common.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xa6\x01\n\rEnrollRequest\x12\x13\n\x0bhardware_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65vice_type\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12,\n\tinventory\x18\x06 \x01(\x0b\x32\x14.fleetd.v1.InventoryH\x00\x88\x01\x01\x42\x0c\n\n_inventory\"\x92\x01\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x12\n\nclaim_code\x18\x03 \x01(\t\x12\x15\n\rpoll_interval\x18\x04 \x01(\x05\x12\x1a\n\x12signing_public_key\x18\x05 \x01(\t\x12\x16\n\x0e\x63\x61_fingerprint\x18\x06 \x01(\t\"%\n\x10\x43hallengeRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"6\n\x11\x43hallengeResponse\x12\r\n\x05nonce\x18\x01 \x01(\t\x12\x12\n\nexpires_in\x18\x02 \x01(\x05\"J\n\x13\x41uthenticateRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\t\"I\n\x14\x41uthenticateResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nexpires_in\x18\x02 \x01(\x05\x12\x0e\n\x06status\x18\x03 \x01(\t\"\xf2\x01\n\tInventory\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x12\n\nos_version\x18\x03 \x01(\t\x12\x0e\n\x06kernel\x18\x04 \x01(\t\x12\x0c\n\x04\x61rch\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x11\n\taddresses\x18\x07 \x03(\t\x12\x15\n\ragent_version\x18\x08 \x01(\t\x12.\n\x05\x65xtra\x18\t \x03(\x0b\x32\x1f.fleetd.v1.Inventory.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"[\n\tComponent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06health\x18\x04 \x01(\t\x12\x10\n\x08restarts\x18\x05 \x01(\x05\"v\n\x0e\x43heckInRequest\x12,\n\tinventory\x18\x01 \x01(\x0b\x32\x14.fleetd.v1.InventoryH\x00\x88\x01\x01\x12(\n\ncomponents\x18\x02 \x03(\x0b\x32\x14.fleetd.v1.ComponentB\x0c\n\n_inventory\"x\n\x0f\x43heckInResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x15\n\rpoll_interval\x18\x02 \x01(\x05\x12(\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x17.fleetd.v1.DeviceAction\x12\x14\n\x0cnext_checkin\x18\x04 \x01(\x05\"\xc1\x01\n\x0c\x44\x65viceAction\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x11\n\tcomponent\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x10\n\x08rollback\x18\x05 \x01(\x08\x12-\n\x08\x61rtifact\x18\x06 \x01(\x0b\x32\x16.fleetd.v1.ArtifactRefH\x00\x88\x01\x01\x12\'\n\x06params\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x0b\n\t_artifact\"\xd6\x01\n\x0b\x41rtifactRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\x03\x12\x11\n\tfile_name\x18\x07 \x01(\t\x12\x10\n\x08manifest\x18\x08 \x01(\t\x12\x11\n\tsignature\x18\t \x01(\t\x12\x37\n\x12offline_signatures\x18\n \x03(\x0b\x32\x1b.fleetd.v1.OfflineSignature\"\x93\x01\n\x13ReportStatusRequest\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08progress\x18\x04 \x01(\x05\x12,\n\x06result\x18\x05 \x01(\x0b\x32\x17.fleetd.v1.ActionResultH\x00\x88\x01\x01\x42\t\n\x07_result\">\n\x0c\x41\x63tionResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05lines\x18\x02 \x01(\x05\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"8\n\x14ReportStatusResponse\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\"8\n\x14PushTelemetryRequest\x12 \n\x06points\x18\x01 \x03(\x0b\x32\x10.fleetd.v1.Point\"\x87\x01\n\x05Point\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\n\n\x02ts\x18\x03 \x01(\x01\x12(\n\x04tags\x18\x04 \x03(\x0b\x32\x1a.fleetd.v1.Point.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\")\n\x15PushTelemetryResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x32\xd1\x03\n\rDeviceService\x12=\n\x06\x45nroll\x12\x18.fleetd.v1.EnrollRequest\x1a\x19.fleetd.v1.EnrollResponse\x12I\n\x0cGetChallenge\x12\x1b.fleetd.v1.ChallengeRequest\x1a\x1c.fleetd.v1.ChallengeResponse\x12O\n\x0c\x41uthenticate\x12\x1e.fleetd.v1.AuthenticateRequest\x1a\x1f.fleetd.v1.AuthenticateResponse\x12@\n\x07\x43heckIn\x12\x19.fleetd.v1.CheckInRequest\x1a\x1a.fleetd.v1.CheckInResponse\x12O\n\x0cReportStatus\x12\x1e.fleetd.v1.ReportStatusRequest\x1a\x1f.fleetd.v1.ReportStatusResponse\x12R\n\rPushTelemetry\x12\x1f.fleetd.v1.PushTelemetryRequest\x1a .fleetd.v1.PushTelemetryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66leetd/v1/device.proto\x12\tfleetd.v1\x1a\x16\x66leetd/v1/common.proto\x1a\x1cgoogle/protobuf/struct.proto\"\x82\x02\n\rEnrollRequest\x12\x13\n\x0bhardware_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65vice_type\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12,\n\tinventory\x18\x06 \x01(\x0b\x32\x14.fleetd.v1.InventoryH\x00\x88\x01\x01\x12\x0b\n\x03\x63sr\x18\x07 \x01(\t\x12\x1b\n\x13\x66\x61\x63tory_certificate\x18\x08 \x01(\t\x12\x15\n\rfactory_nonce\x18\t \x01(\t\x12\x19\n\x11\x66\x61\x63tory_signature\x18\n \x01(\tB\x0c\n\n_inventory\"\xa7\x01\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x12\n\nclaim_code\x18\x03 \x01(\t\x12\x15\n\rpoll_interval\x18\x04 \x01(\x05\x12\x1a\n\x12signing_public_key\x18\x05 \x01(\t\x12\x16\n\x0e\x63\x61_fingerprint\x18\x06 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x07 \x01(\t\":\n\x10\x43hallengeRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x13\n\x0bhardware_id\x18\x02 \x01(\t\"6\n\x11\x43hallengeResponse\x12\r\n\x05nonce\x18\x01 \x01(\t\x12\x12\n\nexpires_in\x18\x02 \x01(\x05\"J\n\x13\x41uthenticateRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\t\"I\n\x14\x41uthenticateResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nexpires_in\x18\x02 \x01(\x05\x12\x0e\n\x06status\x18\x03 \x01(\t\"\xf2\x01\n\tInventory\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x12\n\nos_version\x18\x03 \x01(\t\x12\x0e\n\x06kernel\x18\x04 \x01(\t\x12\x0c\n\x04\x61rch\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x11\n\taddresses\x18\x07 \x03(\t\x12\x15\n\ragent_version\x18\x08 \x01(\t\x12.\n\x05\x65xtra\x18\t \x03(\x0b\x32\x1f.fleetd.v1.Inventory.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"[\n\tComponent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06health\x18\x04 \x01(\t\x12\x10\n\x08restarts\x18\x05 \x01(\x05\"v\n\x0e\x43heckInRequest\x12,\n\tinventory\x18\x01 \x01(\x0b\x32\x14.fleetd.v1.InventoryH\x00\x88\x01\x01\x12(\n\ncomponents\x18\x02 \x03(\x0b\x32\x14.fleetd.v1.ComponentB\x0c\n\n_inventory\"x\n\x0f\x43heckInResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x15\n\rpoll_interval\x18\x02 \x01(\x05\x12(\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x17.fleetd.v1.DeviceAction\x12\x14\n\x0cnext_checkin\x18\x04 \x01(\x05\"\xc1\x01\n\x0c\x44\x65viceAction\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x11\n\tcomponent\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x10\n\x08rollback\x18\x05 \x01(\x08\x12-\n\x08\x61rtifact\x18\x06 \x01(\x0b\x32\x16.fleetd.v1.ArtifactRefH\x00\x88\x01\x01\x12\'\n\x06params\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x0b\n\t_artifact\"\xd6\x01\n\x0b\x41rtifactRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\x03\x12\x11\n\tfile_name\x18\x07 \x01(\t\x12\x10\n\x08manifest\x18\x08 \x01(\t\x12\x11\n\tsignature\x18\t \x01(\t\x12\x37\n\x12offline_signatures\x18\n \x03(\x0b\x32\x1b.fleetd.v1.OfflineSignature\"\x93\x01\n\x13ReportStatusRequest\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08progress\x18\x04 \x01(\x05\x12,\n\x06result\x18\x05 \x01(\x0b\x32\x17.fleetd.v1.ActionResultH\x00\x88\x01\x01\x42\t\n\x07_result\">\n\x0c\x41\x63tionResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05lines\x18\x02 \x01(\x05\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"8\n\x14ReportStatusResponse\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\"8\n\x14PushTelemetryRequest\x12 \n\x06points\x18\x01 \x03(\x0b\x32\x10.fleetd.v1.Point\"\x87\x01\n\x05Point\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\n\n\x02ts\x18\x03 \x01(\x01\x12(\n\x04tags\x18\x04 \x03(\x0b\x32\x1a.fleetd.v1.Point.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\")\n\x15PushTelemetryResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\"&\n\x17IssueCertificateRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\t\"\x7f\n\x18IssueCertificateResponse\x12\x13\n\x0b\x63\x65rtificate\x18\x01 \x01(\t\x12\x0e\n\x06serial\x18\x02 \x01(\t\x12\x11\n\tnot_after\x18\x03 \x01(\x03\x12\x13\n\x0brenew_after\x18\x04 \x01(\x03\x12\x16\n\x0e\x63\x61_certificate\x18\x05 \x01(\t2\xae\x04\n\rDeviceService\x12=\n\x06\x45nroll\x12\x18.fleetd.v1.EnrollRequest\x1a\x19.fleetd.v1.EnrollResponse\x12I\n\x0cGetChallenge\x12\x1b.fleetd.v1.ChallengeRequest\x1a\x1c.fleetd.v1.ChallengeResponse\x12O\n\x0c\x41uthenticate\x12\x1e.fleetd.v1.AuthenticateRequest\x1a\x1f.fleetd.v1.AuthenticateResponse\x12@\n\x07\x43heckIn\x12\x19.fleetd.v1.CheckInRequest\x1a\x1a.fleetd.v1.CheckInResponse\x12O\n\x0cReportStatus\x12\x1e.fleetd.v1.ReportStatusRequest\x1a\x1f.fleetd.v1.ReportStatusResponse\x12R\n\rPushTelemetry\x12\x1f.fleetd.v1.PushTelemetryRequest\x1a .fleetd.v1.PushTelemetryResponse\x12[\n\x10IssueCertificate\x12\".fleetd.v1.IssueCertificateRequest\x1a#.fleetd.v1.IssueCertificateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,45 +38,49 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POINT_TAGSENTRY']._loaded_options = None
   _globals['_POINT_TAGSENTRY']._serialized_options = b'8\001'
   _globals['_ENROLLREQUEST']._serialized_start=92
-  _globals['_ENROLLREQUEST']._serialized_end=258
-  _globals['_ENROLLRESPONSE']._serialized_start=261
-  _globals['_ENROLLRESPONSE']._serialized_end=407
-  _globals['_CHALLENGEREQUEST']._serialized_start=409
-  _globals['_CHALLENGEREQUEST']._serialized_end=446
-  _globals['_CHALLENGERESPONSE']._serialized_start=448
-  _globals['_CHALLENGERESPONSE']._serialized_end=502
-  _globals['_AUTHENTICATEREQUEST']._serialized_start=504
-  _globals['_AUTHENTICATEREQUEST']._serialized_end=578
-  _globals['_AUTHENTICATERESPONSE']._serialized_start=580
-  _globals['_AUTHENTICATERESPONSE']._serialized_end=653
-  _globals['_INVENTORY']._serialized_start=656
-  _globals['_INVENTORY']._serialized_end=898
-  _globals['_INVENTORY_EXTRAENTRY']._serialized_start=854
-  _globals['_INVENTORY_EXTRAENTRY']._serialized_end=898
-  _globals['_COMPONENT']._serialized_start=900
-  _globals['_COMPONENT']._serialized_end=991
-  _globals['_CHECKINREQUEST']._serialized_start=993
-  _globals['_CHECKINREQUEST']._serialized_end=1111
-  _globals['_CHECKINRESPONSE']._serialized_start=1113
-  _globals['_CHECKINRESPONSE']._serialized_end=1233
-  _globals['_DEVICEACTION']._serialized_start=1236
-  _globals['_DEVICEACTION']._serialized_end=1429
-  _globals['_ARTIFACTREF']._serialized_start=1432
-  _globals['_ARTIFACTREF']._serialized_end=1646
-  _globals['_REPORTSTATUSREQUEST']._serialized_start=1649
-  _globals['_REPORTSTATUSREQUEST']._serialized_end=1796
-  _globals['_ACTIONRESULT']._serialized_start=1798
-  _globals['_ACTIONRESULT']._serialized_end=1860
-  _globals['_REPORTSTATUSRESPONSE']._serialized_start=1862
-  _globals['_REPORTSTATUSRESPONSE']._serialized_end=1918
-  _globals['_PUSHTELEMETRYREQUEST']._serialized_start=1920
-  _globals['_PUSHTELEMETRYREQUEST']._serialized_end=1976
-  _globals['_POINT']._serialized_start=1979
-  _globals['_POINT']._serialized_end=2114
-  _globals['_POINT_TAGSENTRY']._serialized_start=2071
-  _globals['_POINT_TAGSENTRY']._serialized_end=2114
-  _globals['_PUSHTELEMETRYRESPONSE']._serialized_start=2116
-  _globals['_PUSHTELEMETRYRESPONSE']._serialized_end=2157
-  _globals['_DEVICESERVICE']._serialized_start=2160
-  _globals['_DEVICESERVICE']._serialized_end=2625
+  _globals['_ENROLLREQUEST']._serialized_end=350
+  _globals['_ENROLLRESPONSE']._serialized_start=353
+  _globals['_ENROLLRESPONSE']._serialized_end=520
+  _globals['_CHALLENGEREQUEST']._serialized_start=522
+  _globals['_CHALLENGEREQUEST']._serialized_end=580
+  _globals['_CHALLENGERESPONSE']._serialized_start=582
+  _globals['_CHALLENGERESPONSE']._serialized_end=636
+  _globals['_AUTHENTICATEREQUEST']._serialized_start=638
+  _globals['_AUTHENTICATEREQUEST']._serialized_end=712
+  _globals['_AUTHENTICATERESPONSE']._serialized_start=714
+  _globals['_AUTHENTICATERESPONSE']._serialized_end=787
+  _globals['_INVENTORY']._serialized_start=790
+  _globals['_INVENTORY']._serialized_end=1032
+  _globals['_INVENTORY_EXTRAENTRY']._serialized_start=988
+  _globals['_INVENTORY_EXTRAENTRY']._serialized_end=1032
+  _globals['_COMPONENT']._serialized_start=1034
+  _globals['_COMPONENT']._serialized_end=1125
+  _globals['_CHECKINREQUEST']._serialized_start=1127
+  _globals['_CHECKINREQUEST']._serialized_end=1245
+  _globals['_CHECKINRESPONSE']._serialized_start=1247
+  _globals['_CHECKINRESPONSE']._serialized_end=1367
+  _globals['_DEVICEACTION']._serialized_start=1370
+  _globals['_DEVICEACTION']._serialized_end=1563
+  _globals['_ARTIFACTREF']._serialized_start=1566
+  _globals['_ARTIFACTREF']._serialized_end=1780
+  _globals['_REPORTSTATUSREQUEST']._serialized_start=1783
+  _globals['_REPORTSTATUSREQUEST']._serialized_end=1930
+  _globals['_ACTIONRESULT']._serialized_start=1932
+  _globals['_ACTIONRESULT']._serialized_end=1994
+  _globals['_REPORTSTATUSRESPONSE']._serialized_start=1996
+  _globals['_REPORTSTATUSRESPONSE']._serialized_end=2052
+  _globals['_PUSHTELEMETRYREQUEST']._serialized_start=2054
+  _globals['_PUSHTELEMETRYREQUEST']._serialized_end=2110
+  _globals['_POINT']._serialized_start=2113
+  _globals['_POINT']._serialized_end=2248
+  _globals['_POINT_TAGSENTRY']._serialized_start=2205
+  _globals['_POINT_TAGSENTRY']._serialized_end=2248
+  _globals['_PUSHTELEMETRYRESPONSE']._serialized_start=2250
+  _globals['_PUSHTELEMETRYRESPONSE']._serialized_end=2291
+  _globals['_ISSUECERTIFICATEREQUEST']._serialized_start=2293
+  _globals['_ISSUECERTIFICATEREQUEST']._serialized_end=2331
+  _globals['_ISSUECERTIFICATERESPONSE']._serialized_start=2333
+  _globals['_ISSUECERTIFICATERESPONSE']._serialized_end=2460
+  _globals['_DEVICESERVICE']._serialized_start=2463
+  _globals['_DEVICESERVICE']._serialized_end=3021
 # @@protoc_insertion_point(module_scope)

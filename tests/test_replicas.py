@@ -371,8 +371,11 @@ def test_an_alert_rule_made_through_another_replica_reaches_the_holders_engine(r
     new = AlertRule(id="", name="hot", kind="threshold", metric="temp", aggregate="avg", comparison=">",
                     threshold=80.0, window_seconds=120)
     made = other.call(lambda: other.fleet.alerts.create_rule(SYSTEM, new)).result(5)
-    holder.call(holder.fleet.alerts.evaluate).result(5)
-    assert made.id in holder.fleet.alerts.rules
+
+    def heard() -> bool:  # the change reaches the holder through the database's notifications, a moment later
+        holder.call(holder.fleet.alerts.evaluate).result(5)
+        return made.id in holder.fleet.alerts.rules
+    wait_until(heard, 5, every=0.1)
     other.fleet.alerts.note_points("dev-x", [])  # not the holder: nothing is scheduled
     assert not other.fleet.alerts._dirty and not other.fleet.alerts._kick_pending
 

@@ -35,6 +35,7 @@ EDGE = {
     "fleetd.devices.enrollment_api",
     "fleetd.rollouts.api",
     "fleetd.telemetry.api",
+    "fleetd.remote.api",
 }
 
 

@@ -255,7 +255,8 @@ def run(*, data_dir: str | None = None, host: str | None = None, port: int | Non
             lifespan="on", server_header=False, log_config=None, timeout_graceful_shutdown=10,
             ssl_certfile=certfile, ssl_keyfile=keyfile,
             http=_guarded_protocol(fleet),
-            ws="none",  # fleetd has no WebSocket routes (live updates are server-sent events): skip loading a library
+            # WebSockets only for remote access (docs/remote-access.md); else no library is loaded for them.
+            ws="websockets-sansio" if settings.remote_access else "none",
             # Forwarding headers only from the configured proxies (uvicorn would trust 127.0.0.1 and
             # $FORWARDED_ALLOW_IPS by default).
             proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies or [],

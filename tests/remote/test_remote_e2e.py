@@ -330,6 +330,26 @@ def test_a_killed_agent_ends_the_session_on_both_sides(server: ServerProcess, ad
         d.agent.stop()
 
 
+def test_revoking_a_device_ends_its_channel_and_sessions(server: ServerProcess, admin: Admin,
+                                                         tmp_path: Path) -> None:
+    d = enroll_and_run(server, admin, tmp_path / "revoked", 'remote_access = true\nremote_user = "root"\n')
+    try:
+        wait_channel(server, admin, d)
+
+        async def run() -> None:
+            ws, first = await open_session(server, admin.key, d.id, "sleep 300")
+            admin.call("DeviceAdminService", "RevokeDevice", {"id": d.id})
+            msgs = [json.loads(m) for m in await messages(ws) if isinstance(m, str)]
+            assert "the device was revoked, deleted or re-keyed" in msgs[-1]["closed"], msgs
+            wait_for("the shell to be hung up", lambda: not _alive(first["pid"]), 10)
+
+        asyncio.run(run())
+        r = ask(server, admin.key, d.id)
+        assert r.status_code == 400 and "no remote-access channel" in r.json()["message"]
+    finally:
+        d.agent.stop()
+
+
 def test_the_audit_log_has_every_session(server: ServerProcess, admin: Admin, device: Device) -> None:
     p = shell(server, admin, device.id, "printf 12345")
     assert p.returncode == 0

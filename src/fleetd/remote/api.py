@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0
 PING_SECONDS = 20.0
+DEVICE_CHECK_SECONDS = 2.0  # how often an open channel checks that its device may still call
 # WebSocket close codes: 4000 + the HTTP status the error would have had.
 CLOSE_CODES = {"unauthenticated": 4401, "permission_denied": 4403, "not_found": 4404, "failed_precondition": 4412,
                "resource_exhausted": 4429, "invalid_argument": 4400}
@@ -214,6 +215,20 @@ async def device_channel(socket: WebSocket[Any, Any, Any]) -> None:
                                                          "ping_seconds": PING_SECONDS}))
     log.info("remote access channel open: device %s (agent %s)", principal.id, hello.get("version", "?"))
     reason = "the device's channel closed: the agent stopped or lost its connection"
+    devices = fleet.hub.tokens.devices
+    rt = devices.get(principal.id)
+    epoch = rt.epoch if rt is not None else None
+
+    async def still_allowed() -> None:
+        """Revoking, deleting or re-keying the device ends its channel (and its sessions) within a check."""
+        nonlocal reason
+        while (rt := devices.get(principal.id)) is not None and rt.epoch == epoch:
+            await asyncio.sleep(DEVICE_CHECK_SECONDS)
+        reason = "the device was revoked, deleted or re-keyed"
+        hub.detach(channel, reason)
+        await close(reason)
+
+    watch = asyncio.create_task(still_allowed())
     try:
         while True:
             message = await socket.receive_data("binary")
@@ -224,8 +239,9 @@ async def device_channel(socket: WebSocket[Any, Any, Any]) -> None:
     except WebSocketDisconnect:
         pass
     finally:
+        await cancel_and_wait(watch)
         hub.detach(channel, reason)
-        log.info("remote access channel closed: device %s", principal.id)
+        log.info("remote access channel closed: device %s (%s)", principal.id, reason)
 
 
 ROUTES = [create_session, operator_session, device_channel]

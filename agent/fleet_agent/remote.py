@@ -367,10 +367,12 @@ class RemoteAccess:
         """One channel, until it drops. True when it got as far as READY."""
         self.connected.clear()
         try:
-            headers = await self.loop.run_in_executor(None, self.client.auth_headers)
-            token = headers["Authorization"][len("Bearer "):]
+            # Blocking, on this loop's thread: no session runs while the channel is down, and no executor thread
+            # (nor its malloc arena) stays behind for this one call (the agent's idle RSS, docs/remote-access.md).
+            token = self.client.auth_headers()["Authorization"][len("Bearer "):]
+            # No permessage-deflate: terminal bytes are small, and two zlib streams per channel cost idle memory.
             kwargs: dict[str, Any] = {"max_size": MAX_FRAME, "ping_interval": 20, "ping_timeout": 20,
-                                      "open_timeout": 15, "close_timeout": 5}
+                                      "open_timeout": 15, "close_timeout": 5, "compression": None}
             if self.ssl is not None:
                 kwargs["ssl"] = self.ssl
             async with websockets.connect(self.url, **kwargs) as ws:

@@ -24,7 +24,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.agent.e2e_helpers import PYTHON, ROOT, Admin, AgentProcess, agent_env, wait_for
+from tests.agent.e2e_helpers import PYTHON, ROOT, Admin, AgentProcess, agent_env, build_served_agent, wait_for
+from tests.agent.test_e2e_install import one_liner, run_shell
 from tests.e2e.server import ServerProcess, fleetd_cmd
 
 pytestmark = pytest.mark.e2e
@@ -41,6 +42,7 @@ class Device:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    build_served_agent()  # the install one-liner's agent: this tree's
     s = ServerProcess(tmp_path_factory.mktemp("remote") / "data", env={
         "FLEETD_REMOTE_ACCESS": "true", "FLEETD_REMOTE_IDLE_SECONDS": str(IDLE_SECONDS),
         "FLEETD_REMOTE_SESSIONS_PER_DEVICE": "20"}).start()
@@ -348,6 +350,24 @@ def test_revoking_a_device_ends_its_channel_and_sessions(server: ServerProcess, 
         assert r.status_code == 400 and "no remote-access channel" in r.json()["message"]
     finally:
         d.agent.stop()
+
+
+def test_the_install_one_liner_turns_remote_access_on(server: ServerProcess, admin: Admin, tmp_path: Path) -> None:
+    prefix = tmp_path / "root"
+    p = run_shell(one_liner(admin.token(description="remote install")["install_command"], prefix)
+                  + " --remote-access --remote-user root")
+    assert p.returncode == 0, f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    state = prefix / "var" / "lib" / "fleet-agent"
+    assert "remote_access = true\nremote_user = \"root\"\n" in (state / "agent.conf").read_text()
+    device_id = json.loads((state / "state.json").read_text())["device_id"]
+    agent = AgentProcess([PYTHON, str(prefix / "opt" / "fleet-agent" / "fleet-agent.pyz"), "run", "--state-dir",
+                          str(state)], tmp_path / "agent.log", agent_env(FLEET_AGENT_POLL_INTERVAL="5"))
+    try:
+        wait_channel(server, admin, Device(device_id, agent, state))
+        out = shell(server, admin, device_id, "echo installed-with-remote-access")
+        assert out.returncode == 0 and "installed-with-remote-access" in out.stdout, out
+    finally:
+        agent.stop()
 
 
 def test_the_audit_log_has_every_session(server: ServerProcess, admin: Admin, device: Device) -> None:

@@ -3,6 +3,7 @@ single use, bound to their session, and only for the remote role."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import time
@@ -14,8 +15,16 @@ import pytest
 from fleet_agent import remote as agent_remote
 from fleet_agent.config import ConfigError
 from fleet_agent.remote_config import RemoteConfig, load
+from fleetd.accounts import audit
 from fleetd.accounts.users import Principal
-from fleetd.core.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
+from fleetd.core.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
+from fleetd.fleet import Fleet
 from fleetd.remote import frames
 from fleetd.remote.hub import Channel, Limits, RemoteHub
 
@@ -128,3 +137,55 @@ def test_only_the_remote_role_and_known_kinds_get_grants() -> None:
         h.grant(ADMIN, None, "dev_1", "terminal", 0, 24, None)
     with pytest.raises(FailedPrecondition, match="no remote-access channel"):
         h.grant(ADMIN, None, "dev_2", "terminal", 80, 24, None)
+
+
+class AgentSide:
+    """The far end of a channel as a device's agent behaves (agent/fleet_agent/remote.py's answers to OPEN): it
+    answers OPENED, or CLOSE with a reason when ``refuse`` is set."""
+
+    def __init__(self, refuse: str = "") -> None:
+        self.refuse = refuse
+        self.channel: Channel | None = None
+        self.sent: list[tuple[int, frames.Frame, bytes]] = []
+
+    async def send(self, message: bytes) -> None:
+        sid, frame, payload = frames.unpack(message)
+        self.sent.append((sid, frame, payload))
+        if frame is frames.Frame.OPEN:
+            assert self.channel is not None
+            answer = (frames.pack(sid, frames.Frame.CLOSE, self.refuse.encode()) if self.refuse else
+                      frames.pack_json(sid, frames.Frame.OPENED, {"user": "pi", "pid": 4242}))
+            asyncio.get_running_loop().call_soon(self.channel.dispatch, answer)
+
+
+def attach(h: RemoteHub, device: str, agent: AgentSide) -> None:
+    agent.channel = h.channels[device] = Channel(device, agent.send, _nothing, {})
+
+
+def test_sessions_open_up_to_the_caps_and_every_refusal_is_audited(fleet: Fleet) -> None:
+    h = RemoteHub(fleet.store, b"k" * 32, Limits(per_device=2, total=3, idle_seconds=60.0, role="admin"))
+    for d in ("dev_a", "dev_b", "dev_c"):
+        attach(h, d, AgentSide())
+    attach(h, "dev_no", AgentSide(refuse="remote_user is not set"))
+
+    async def run() -> list[str]:
+        got = []
+        for device in ("dev_no", "dev_a", "dev_a", "dev_a", "dev_b", "dev_c"):
+            _, token = h.grant(ADMIN, "10.0.0.9", device, "terminal", 80, 24, None)
+            try:
+                s = await h.open(h.redeem(token))
+                got.append(f"{device} opened as {s.info['user']}")
+            except (ResourceExhausted, FailedPrecondition) as e:
+                got.append(f"{device}: {e.message}")
+        return got
+
+    got = asyncio.run(run())
+    assert got[0] == "dev_no: device dev_no refused the session: remote_user is not set"  # and it counts for nothing
+    assert got[1:3] == ["dev_a opened as pi"] * 2
+    assert "remote_sessions_per_device" in got[3]
+    assert got[4] == "dev_b opened as pi"
+    assert "remote_sessions_total" in got[5]
+    entries = fleet.store.read_sync(lambda c: audit.query(c, action="device.remote_session"))
+    denied = sorted(e.details["reason"][:40] for e in entries if e.outcome == "denied")
+    assert len(denied) == 3 and len([e for e in entries if e.action == "device.remote_session_open"]) == 3
+    assert all(e.actor_name == "ops" and e.remote_addr == "10.0.0.9" for e in entries)

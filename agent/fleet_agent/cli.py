@@ -215,9 +215,8 @@ def _start_remote_access(settings: Settings, client: ServerClient) -> Any:
     if not conf.remote_access:
         log.info("remote access is off (remote_access = true in %s turns it on)", conf.path)
         return None
-    from . import remote
-
-    return remote.start(client, settings.paths.ca.read_text(), conf, min(settings.max_backoff, 60.0))
+    return remote_config.import_remote().start(client, settings.paths.ca.read_text(), conf,
+                                               min(settings.max_backoff, 60.0))
 
 
 def _ago(ts: float) -> str:

@@ -16,8 +16,11 @@ at every start; the remote-access code (remote.py, with the WebSocket library) o
 from __future__ import annotations
 
 import os
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .config import ConfigError
 
@@ -78,3 +81,29 @@ def load(path: Path) -> RemoteConfig:
     if not isinstance(user, str) or not isinstance(shell, str):
         raise ConfigError(f"{path}: remote_user and remote_shell are quoted strings")
     return RemoteConfig(access, user, shell, str(path))
+
+
+def import_remote() -> Any:
+    """The remote module, with the WebSocket library. websockets' version module imports importlib.metadata (which
+    pulls in zipfile, csv and importlib.resources) for development checkouts only: 0.85 MiB of the agent's idle
+    memory for nothing (its target is < 40 MiB, docs/performance.md). An empty placeholder stands in for it while
+    websockets loads, unless something already imported the real one; if a websockets release ever needs it at
+    import, it is imported again without the placeholder."""
+    placeholder = None
+    if "importlib.metadata" not in sys.modules:
+        placeholder = sys.modules["importlib.metadata"] = types.ModuleType("importlib.metadata")
+    try:
+        from . import remote
+    except Exception:
+        if placeholder is None:
+            raise
+        for name in [m for m in sys.modules if m == "websockets" or m.startswith("websockets.")]:
+            del sys.modules[name]
+        sys.modules.pop(__package__ + ".remote", None)
+        del sys.modules["importlib.metadata"]
+        placeholder = None
+        from . import remote
+    finally:
+        if placeholder is not None and sys.modules.get("importlib.metadata") is placeholder:
+            del sys.modules["importlib.metadata"]
+    return remote

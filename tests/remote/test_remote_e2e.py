@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import getpass
 import json
 import os
 import select
@@ -31,6 +32,9 @@ from tests.e2e.server import ServerProcess, fleetd_cmd
 pytestmark = pytest.mark.e2e
 
 IDLE_SECONDS = 4
+# Terminals run as the user running the tests (root in CI; another user on a laptop): agent.conf says so.
+ME = getpass.getuser()
+ALLOWED = f'remote_access = true\nremote_user = "{ME}"\n'
 
 
 @dataclass
@@ -86,7 +90,7 @@ def wait_channel(server: ServerProcess, admin: Admin, d: Device) -> None:
 
 @pytest.fixture(scope="module")
 def device(server: ServerProcess, admin: Admin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
-    d = enroll_and_run(server, admin, tmp_path_factory.mktemp("dev"), 'remote_access = true\nremote_user = "root"\n')
+    d = enroll_and_run(server, admin, tmp_path_factory.mktemp("dev"), ALLOWED)
     try:
         wait_channel(server, admin, d)
         yield d
@@ -135,7 +139,7 @@ def test_a_command_runs_and_its_exit_status_comes_back(server: ServerProcess, ad
     assert "hello-from-the-device" in p.stdout
     assert time.monotonic() - t0 < 10
     ok = shell(server, admin, device.id, "id -un")
-    assert ok.returncode == 0 and ok.stdout.strip() == "root", ok
+    assert ok.returncode == 0 and ok.stdout.strip() == ME, ok
 
 
 def _pty_cli(server: ServerProcess, admin: Admin, device_id: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -180,7 +184,7 @@ def _read_until(master: int, want: bytes, timeout: float = 15) -> bytes:
 def test_an_interactive_shell_follows_the_terminal_size(server: ServerProcess, admin: Admin, device: Device) -> None:
     proc, master = _pty_cli(server, admin, device.id)
     try:
-        _read_until(master, b"# ")  # the prompt: a shell discards what was typed before it set up the terminal
+        _read_until(master, b"# " if ME == "root" else b"$ ")  # the prompt: a shell discards what was typed before
         os.write(master, b"stty size; echo MARK$((6*7))\n")
         assert b"24 80" in _read_until(master, b"MARK42")
         fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 132, 0, 0))  # the CLI gets SIGWINCH
@@ -316,7 +320,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_killed_agent_ends_the_session_on_both_sides(server: ServerProcess, admin: Admin, tmp_path: Path) -> None:
-    d = enroll_and_run(server, admin, tmp_path / "killed", 'remote_access = true\nremote_user = "root"\n')
+    d = enroll_and_run(server, admin, tmp_path / "killed", ALLOWED)
     try:
         wait_channel(server, admin, d)
 
@@ -335,7 +339,7 @@ def test_a_killed_agent_ends_the_session_on_both_sides(server: ServerProcess, ad
 
 def test_revoking_a_device_ends_its_channel_and_sessions(server: ServerProcess, admin: Admin,
                                                          tmp_path: Path) -> None:
-    d = enroll_and_run(server, admin, tmp_path / "revoked", 'remote_access = true\nremote_user = "root"\n')
+    d = enroll_and_run(server, admin, tmp_path / "revoked", ALLOWED)
     try:
         wait_channel(server, admin, d)
 
@@ -356,10 +360,10 @@ def test_revoking_a_device_ends_its_channel_and_sessions(server: ServerProcess, 
 def test_the_install_one_liner_turns_remote_access_on(server: ServerProcess, admin: Admin, tmp_path: Path) -> None:
     prefix = tmp_path / "root"
     p = run_shell(one_liner(admin.token(description="remote install")["install_command"], prefix)
-                  + " --remote-access --remote-user root")
+                  + f" --remote-access --remote-user {ME}")
     assert p.returncode == 0, f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}"
     state = prefix / "var" / "lib" / "fleet-agent"
-    assert "remote_access = true\nremote_user = \"root\"\n" in (state / "agent.conf").read_text()
+    assert ALLOWED in (state / "agent.conf").read_text()
     device_id = json.loads((state / "state.json").read_text())["device_id"]
     agent = AgentProcess([PYTHON, str(prefix / "opt" / "fleet-agent" / "fleet-agent.pyz"), "run", "--state-dir",
                           str(state)], tmp_path / "agent.log", agent_env(FLEET_AGENT_POLL_INTERVAL="5"))
@@ -384,7 +388,7 @@ def test_the_audit_log_has_every_session(server: ServerProcess, admin: Admin, de
     assert det["bytes_out"] >= 5 and det["ended"] >= det["started"]
     opens = [e for e in entries if e["action"] == "device.remote_session_open"
              and e["details"]["session"] == det["session"]]
-    assert len(opens) == 1 and opens[0]["details"]["user"] == "root"
+    assert len(opens) == 1 and opens[0]["details"]["user"] == ME
     denied = [e["details"]["reason"] for e in entries if e["outcome"] == "denied"]
     assert any("remote_sessions_per_device" in reason for reason in denied), denied
     assert any("need the admin role" in reason for reason in denied), denied

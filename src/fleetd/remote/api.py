@@ -131,9 +131,12 @@ async def _run_session(socket: WebSocket[Any, Any, Any], hub: RemoteHub, s: Sess
             if msg.get("bytes"):
                 await s.send_input(msg["bytes"])
             elif msg.get("text"):
-                ctl = msgspec.json.decode(msg["text"])
-                if isinstance(ctl, dict) and isinstance(ctl.get("resize"), list) and len(ctl["resize"]) == 2:
-                    await s.resize(int(ctl["resize"][0]), int(ctl["resize"][1]))
+                try:
+                    ctl = msgspec.json.decode(msg["text"])
+                    cols, rows = ctl["resize"]
+                    await s.resize(int(cols), int(rows))
+                except (msgspec.DecodeError, LookupError, TypeError, ValueError, InvalidArgument) as e:
+                    log.info("remote session %s: ignored a control message %r: %s", s.grant.s, msg["text"][:100], e)
 
     async def idle_watch() -> None:
         limit = hub.limits.idle_seconds

@@ -267,9 +267,11 @@ def test_a_token_opens_one_session_only(server: ServerProcess, admin: Admin, dev
     async def run() -> None:
         for expect in ("opened", "error"):
             async with await connect(ws_url(server, grant["path"]), ssl=tls(server)) as ws:
+                t0 = time.monotonic()
                 await ws.send(json.dumps({"token": grant["token"]}))
                 answer = json.loads(await ws.recv())
                 assert expect in answer, answer
+                assert time.monotonic() - t0 < 2  # the channel is up: the device starts the shell at once
         assert "already used" in answer["error"]
 
     asyncio.run(run())
@@ -283,6 +285,8 @@ def test_sessions_are_capped_per_device(server: ServerProcess, admin: Admin, dev
         try:
             assert all("opened" in first for _, first in opened), [f for _, f in opened]
             assert len({first["pid"] for _, first in opened}) == 20
+            with server.client(admin.key) as c:
+                assert "\nfleetd_remote_sessions 20" in c.get("/metrics").text
             r = ask(server, admin.key, device.id)
             assert r.status_code == 200  # a grant; the cap applies when the session opens
             ws = await connect(ws_url(server, r.json()["path"]), ssl=tls(server))
@@ -392,3 +396,12 @@ def test_the_audit_log_has_every_session(server: ServerProcess, admin: Admin, de
     denied = [e["details"]["reason"] for e in entries if e["outcome"] == "denied"]
     assert any("remote_sessions_per_device" in reason for reason in denied), denied
     assert any("need the admin role" in reason for reason in denied), denied
+
+
+def test_the_agent_reconnects_after_the_server_restarts(server: ServerProcess, admin: Admin, device: Device) -> None:
+    """Last in this module: it restarts the module's server (same data dir and port)."""
+    server.stop()
+    server.start()
+    wait_channel(server, admin, device)  # the agent's backoff is at most 1 s here (FLEET_AGENT_MAX_BACKOFF)
+    p = shell(server, admin, device.id, "echo back-again")
+    assert p.returncode == 0 and "back-again" in p.stdout, p

@@ -53,9 +53,13 @@ def hub_of(app: Any) -> RemoteHub:
 
 def make_hub(fleet: Any) -> RemoteHub:
     s = fleet.settings
-    return RemoteHub(fleet.store, fleet.keys.token_key,
-                     Limits(s.remote_sessions_per_device, s.remote_sessions_total, s.remote_idle_seconds,
-                            s.remote_role))
+    hub = RemoteHub(fleet.store, fleet.keys.token_key,
+                    Limits(s.remote_sessions_per_device, s.remote_sessions_total, s.remote_idle_seconds, s.remote_role))
+    fleet.metrics.gauge("fleetd_remote_channels", "Devices with a remote-access channel open to this process.",
+                        lambda: len(hub.channels))
+    fleet.metrics.gauge("fleetd_remote_sessions", "Remote sessions open on this process's channels.",
+                        hub.session_count)
+    return hub
 
 
 @post("/v1/remote/sessions", opt={"auth": "viewer"}, include_in_schema=False, status_code=200)

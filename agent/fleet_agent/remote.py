@@ -211,19 +211,19 @@ class Terminal:
     def _exited(self) -> None:
         if self.closed:
             return
-        tail = b""
+        tail: list[bytes] = []  # what the process wrote last and nobody read yet (a pty holds a few KiB)
         with contextlib.suppress(OSError):
-            while len(tail) < WINDOW_BYTES:
+            while len(tail) * READ_CHUNK < WINDOW_BYTES:
                 chunk = os.read(self.master, READ_CHUNK)
                 if not chunk:
                     break
-                tail += chunk
+                tail.append(chunk)
         code = self.proc.returncode
         self._close()
 
         async def last() -> None:
-            if tail:
-                await self.send(pack(self.sid, DATA, tail))
+            for chunk in tail:
+                await self.send(pack(self.sid, DATA, chunk))
             await self.send(pack(self.sid, EXIT_F, EXIT.pack(code)))
 
         spawn(self.loop, last())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import getpass
+import hashlib
 import json
 import os
 import select
@@ -140,6 +141,29 @@ def test_a_command_runs_and_its_exit_status_comes_back(server: ServerProcess, ad
     assert time.monotonic() - t0 < 10
     ok = shell(server, admin, device.id, "id -un")
     assert ok.returncode == 0 and ok.stdout.strip() == ME, ok
+
+
+def test_output_larger_than_the_window_arrives_whole(server: ServerProcess, admin: Admin, device: Device) -> None:
+    p = shell(server, admin, device.id, "seq 1 200000")  # 1.3 MB: five times the 256 KiB window, and more
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == [str(i) for i in range(1, 200001)]
+
+
+def test_input_larger_than_the_window_arrives_whole(server: ServerProcess, admin: Admin, device: Device) -> None:
+    async def run() -> None:
+        ws, _ = await open_session(server, admin.key, device.id,
+                                   "stty raw -echo; echo RAW; head -c 600000 | sha256sum; sleep 0.2")
+        data = bytes(range(256)) * 2343 + b"x" * 192  # 600,000 bytes, more than twice the window
+        seen = b""
+        while b"RAW" not in seen:  # raw mode first, or the line discipline would edit the bytes
+            m = await ws.recv()
+            seen += m if isinstance(m, bytes) else b""
+        for i in range(0, len(data), 50_000):
+            await ws.send(data[i:i + 50_000])
+        out = b"".join(m for m in await messages(ws) if isinstance(m, bytes))
+        assert hashlib.sha256(data).hexdigest().encode() in out, out[-300:]
+
+    asyncio.run(run())
 
 
 def _pty_cli(server: ServerProcess, admin: Admin, device_id: str) -> tuple[subprocess.Popen[bytes], int]:

@@ -212,9 +212,12 @@ def test_an_interactive_shell_follows_the_terminal_size(server: ServerProcess, a
         os.write(master, b"stty size; echo MARK$((6*7))\n")
         assert b"24 80" in _read_until(master, b"MARK42")
         fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 132, 0, 0))  # the CLI gets SIGWINCH
-        time.sleep(0.3)
-        os.write(master, b"stty size; echo MARK$((6*8))\n")
-        assert b"40 132" in _read_until(master, b"MARK48")
+
+        def resized() -> bool:  # the resize travels CLI → server → agent beside this command: ask until it is there
+            os.write(master, b"stty size; echo MARK$((6*8))\n")
+            return b"40 132" in _read_until(master, b"MARK48")
+
+        wait_for("the remote terminal to take the new size", resized, 10, 0.1)
         os.write(master, b"exit 3\n")
         assert proc.wait(15) == 3
     finally:

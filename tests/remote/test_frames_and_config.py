@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from fleet_agent.config import ConfigError
 from fleet_agent.remote_config import RemoteConfig, load
 from fleetd.accounts import audit
 from fleetd.accounts.users import Principal
+from fleetd.core.config import load_settings
 from fleetd.core.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -189,3 +191,14 @@ def test_sessions_open_up_to_the_caps_and_every_refusal_is_audited(fleet: Fleet)
     denied = sorted(e.details["reason"][:40] for e in entries if e.outcome == "denied")
     assert len(denied) == 3 and len([e for e in entries if e.action == "device.remote_session_open"]) == 3
     assert all(e.actor_name == "ops" and e.remote_addr == "10.0.0.9" for e in entries)
+
+
+@pytest.mark.parametrize(("setting", "says"), [
+    ({"remote_role": "owner"}, "remote_role must be viewer, operator or admin, got 'owner'"),
+    ({"remote_sessions_per_device": 0}, "must be positive"),
+    ({"remote_idle_seconds": "0"}, "must be positive"),
+])
+def test_remote_settings_are_checked(setting: dict[str, object], says: str) -> None:
+    with pytest.raises(InvalidArgument, match=re.escape(says)):
+        load_settings(setting, None, {})
+    assert load_settings({"remote_access": "true"}, None, {}).remote_access is True

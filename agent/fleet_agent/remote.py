@@ -111,6 +111,7 @@ class Terminal:
                "TERM": "xterm-256color", "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                "LANG": os.environ.get("LANG", "C.UTF-8")}
         self.master, slave = os.openpty()
+        self.closed = False
         self.resize(int(spec.get("cols") or 80), int(spec.get("rows") or 24))
         switch: dict[str, Any] = {}
         if os.geteuid() == 0 and user.pw_uid != 0:
@@ -130,7 +131,6 @@ class Terminal:
         self.credit = WINDOW_BYTES
         self.pending = b""  # input the pty did not take yet
         self.reading = False
-        self.closed = False
         self._read_on()
         self._watch_exit()
 
@@ -189,6 +189,8 @@ class Terminal:
             self.loop.remove_writer(self.master)
 
     def resize(self, cols: int, rows: int) -> None:
+        if self.closed:
+            return
         fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
     # --- the end -------------------------------------------------------------------------------------------
@@ -274,7 +276,10 @@ class Channel:
                 if isinstance(message, str) or len(message) < HEADER.size:
                     continue
                 sid, frame = HEADER.unpack_from(message)
-                await self.handle(sid, frame, message[HEADER.size:])
+                try:
+                    await self.handle(sid, frame, message[HEADER.size:])
+                except OSError as e:  # one session's pty, never the channel
+                    log.warning("remote session %d: %s", sid, e)
         finally:
             for t in self.sessions.values():
                 t.kill()
@@ -304,7 +309,7 @@ class Channel:
             if kind not in KINDS:
                 raise Refused(f"this agent ({__version__}) opens {', '.join(KINDS)} sessions, not {kind!r}")
             t = Terminal(sid, self.send, self.conf, spec, self.loop)
-        except (Refused, ValueError) as e:
+        except (Refused, ValueError, OSError) as e:  # OSError: no pty left, say
             log.warning("refused remote session %d: %s", sid, e)
             await self.send(pack(sid, CLOSE, str(e).encode()))
             return

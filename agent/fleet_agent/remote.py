@@ -20,10 +20,12 @@ import os
 import pwd
 import random
 import signal
+import socket
 import struct
 import subprocess
 import termios
 import threading
+import urllib.parse
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -368,6 +370,12 @@ class RemoteAccess:
                 await asyncio.wait_for(asyncio.shield(stopping), wait)
             delay = min(delay * 2, self.max_backoff)
 
+    def _tcp(self) -> socket.socket:
+        u = urllib.parse.urlsplit(self.url)
+        sock = socket.create_connection((u.hostname or "", u.port or (443 if u.scheme == "wss" else 80)), timeout=15)
+        sock.setblocking(False)
+        return sock
+
     async def _connect_once(self) -> bool:
         """One channel, until it drops. True when it got as far as READY."""
         self.connected.clear()
@@ -380,6 +388,9 @@ class RemoteAccess:
                                       "open_timeout": 15, "close_timeout": 5, "compression": None}
             if self.ssl is not None:
                 kwargs["ssl"] = self.ssl
+            # The TCP connection made here, blocking: asyncio would resolve a host name on an executor thread that
+            # then stays for good (and, as the first socket, this works alike with websockets 10 and 17).
+            kwargs["sock"] = self._tcp()
             async with websockets.connect(self.url, **kwargs) as ws:
                 await ws.send(pack(0, HELLO, json.dumps({"token": token, "version": __version__,
                                                         "kinds": list(KINDS)}).encode()))

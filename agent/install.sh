@@ -20,12 +20,14 @@ PIN=""
 NAME=""
 PREFIX=""
 SYSTEMD=1
+REMOTE=0
+REMOTE_USER=""
 PYTHON="${PYTHON:-python3}"
 MODULES="httpx zeroconf cryptography"
 
 say() { printf 'fleet-agent install: %s\n' "$*"; }
 die() { printf 'fleet-agent install: error: %s\n' "$*" >&2; exit 1; }
-OPTIONS="--server URL --token TOKEN [--pin sha256//KEY] [--name NAME] [--python PATH] [--prefix DIR] [--no-systemd]"
+OPTIONS="--server URL --token TOKEN [--pin sha256//KEY] [--name NAME] [--python PATH] [--prefix DIR] [--no-systemd] [--remote-access [--remote-user USER]]"
 usage() {
   cat <<EOF
 usage: install.sh $OPTIONS
@@ -40,6 +42,9 @@ usage: install.sh $OPTIONS
   --prefix DIR     install under DIR instead of / (DIR/opt/fleet-agent, DIR/var/lib/fleet-agent); needs no
                    root, installs no packages and enables no systemd unit: for trying it out
   --no-systemd     install no systemd unit; print how to run the agent instead
+  --remote-access  let the server's admins open terminals on this device (docs/remote-access.md): writes
+                   remote_access = true in the state dir's agent.conf and installs python3-websockets
+  --remote-user U  the user those terminals run as (with --remote-access; "root" only if you mean it)
   -h, --help       this text
 Run it as root, or as a user who may sudo: it then runs itself again with sudo (asking for your password).
 Without --prefix it installs to /opt/fleet-agent (with /usr/local/bin/fleet-agent), keeps state in
@@ -59,6 +64,8 @@ while [ $# -gt 0 ]; do
     --python) need_value "$@"; PYTHON=$2; shift 2 ;;
     --prefix) need_value "$@"; PREFIX=$2; shift 2 ;;
     --no-systemd) SYSTEMD=0; shift ;;
+    --remote-access) REMOTE=1; shift ;;
+    --remote-user) need_value "$@"; REMOTE_USER=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option '$1' (options: $OPTIONS; see --help)" ;;
   esac
@@ -66,6 +73,9 @@ done
 
 [ -n "$SERVER" ] || die "--server URL is missing; copy the whole command from 'fleetd tokens create'"
 [ -n "$TOKEN" ] || die "--token is missing; copy the whole command from 'fleetd tokens create'"
+[ -z "$REMOTE_USER" ] || [ "$REMOTE" = 1 ] || die "--remote-user goes with --remote-access"
+case "$REMOTE_USER" in *[!A-Za-z0-9._-]*) die "--remote-user must be a user name, got '$REMOTE_USER'" ;; esac
+[ "$REMOTE" = 0 ] || MODULES="$MODULES websockets"
 SERVER=${SERVER%/}
 case "$SERVER" in
   https://*)
@@ -102,6 +112,8 @@ elif [ "$(id -u)" != 0 ]; then
   [ -z "$PIN" ] || set -- "$@" --pin "$PIN"
   [ -z "$NAME" ] || set -- "$@" --name "$NAME"
   [ "$SYSTEMD" = 1 ] || set -- "$@" --no-systemd
+  [ "$REMOTE" = 0 ] || set -- "$@" --remote-access
+  [ -z "$REMOTE_USER" ] || set -- "$@" --remote-user "$REMOTE_USER"
   say "not root: running again with sudo"
   status=0
   sudo sh -s -- "$@" <"$SELF" || status=$?
@@ -205,6 +217,19 @@ say "enrolling with $SERVER"
 # The token goes in the environment, not on the agent's command line (which any user can read).
 FLEET_AGENT_TOKEN="$TOKEN" "$PYTHON" "$OPT/fleet-agent.pyz" enroll --state-dir "$STATE" --server "$SERVER" \
   ${NAME:+--name "$NAME"} || die "enrollment failed (the agent said why above)"
+
+# --- remote access, when asked for: the device's own setting, which no server can change -----------------
+
+if [ "$REMOTE" = 1 ]; then
+  {
+    echo "# Written by install.sh --remote-access (docs/remote-access.md)"
+    echo "remote_access = true"
+    [ -z "$REMOTE_USER" ] || echo "remote_user = \"$REMOTE_USER\""
+  } > "$STATE/agent.conf.tmp"
+  chmod 644 "$STATE/agent.conf.tmp"
+  mv -f "$STATE/agent.conf.tmp" "$STATE/agent.conf"
+  say "remote access on ($STATE/agent.conf)${REMOTE_USER:+; terminals run as $REMOTE_USER}"
+fi
 
 # --- run it --------------------------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ EDGE = {
     "fleetd.devices.enrollment_api",
     "fleetd.rollouts.api",
     "fleetd.telemetry.api",
+    "fleetd.remote.api",
 }
 
 

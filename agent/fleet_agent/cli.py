@@ -38,6 +38,7 @@ ENV_HELP = """environment:
   FLEET_AGENT_MDNS_TIMEOUT     how long to look for a server by mDNS, s (default 3)
   FLEET_AGENT_MDNS_INTERFACES  comma-separated addresses of the interfaces to browse mDNS on (default all)
   FLEET_AGENT_POLL_INTERVAL    check in every N s instead of the server's interval (testing)
+  FLEET_AGENT_CONFIG           the device's own settings (default STATE_DIR/agent.conf): remote access
 """
 
 
@@ -198,7 +199,24 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             loop[0].stop()
         log.info("fleet-agent %s running as %s with %s (state dir %s)", __version__, state.device_id,
                  client.base_url, paths.root)
-        return loop[0].run(once=args.once)
+        remote = None if args.once else _start_remote_access(settings, client)
+        try:
+            return loop[0].run(once=args.once)
+        finally:
+            if remote is not None:
+                remote.stop()
+
+
+def _start_remote_access(settings: Settings, client: ServerClient) -> Any:
+    """The remote-access channel (remote.py, imported only then) when agent.conf turns it on; else None."""
+    from . import remote_config
+
+    conf = remote_config.load(remote_config.config_path(settings.paths.root))
+    if not conf.remote_access:
+        log.info("remote access is off (remote_access = true in %s turns it on)", conf.path)
+        return None
+    return remote_config.import_remote().start(client, settings.paths.ca.read_text(), conf,
+                                               min(settings.max_backoff, 60.0))
 
 
 def _ago(ts: float) -> str:

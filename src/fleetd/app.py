@@ -181,8 +181,12 @@ def create_app(fleet: Fleet) -> Litestar:
                                      opt={"auth": "public"}, include_in_schema=False, name="web",
                                      after_request=security_headers.ui_headers,
                                      exception_handlers={NotFoundException: http_ddi.outside_routes})
+    remote_api: Any = None
+    if fleet.settings.remote_access:  # imported only then (docs/remote-access.md)
+        from .remote import api as remote_api
     app = _Litestar(
-        route_handlers=[*rpc.routes(SERVICES), healthz, ca_pem, crl_pem, metrics_endpoint, *http_blobs.ROUTES,
+        route_handlers=[*(remote_api.ROUTES if remote_api else []),
+                        *rpc.routes(SERVICES), healthz, ca_pem, crl_pem, metrics_endpoint, *http_blobs.ROUTES,
                         *artifacts_api.ROUTES, *agent_dist.ROUTES, *http_events.ROUTES,
                         *http_ddi.routes(fleet.settings.ddi_tenant),
                         _openapi_route(fleet.settings), web],
@@ -197,6 +201,8 @@ def create_app(fleet: Fleet) -> Litestar:
         debug=False,
     )
     app.state.fleet = fleet
+    if remote_api is not None:
+        app.state.remote = remote_api.make_hub(fleet)
     app.state.rpc_paths = frozenset(m.path for s in SERVICES for m in s.methods.values())
     return app
 

@@ -259,7 +259,8 @@ def run(*, data_dir: str | None = None, host: str | None = None, port: int | Non
             lifespan="on", server_header=False, log_config=None, timeout_graceful_shutdown=10,
             ssl_certfile=certfile, ssl_keyfile=keyfile,
             http=_guarded_protocol(fleet),
-            ws="none",  # fleetd has no WebSocket routes (live updates are server-sent events): skip loading a library
+            # WebSockets only for remote access (docs/remote-access.md); else no library is loaded for them.
+            ws="websockets-sansio" if settings.remote_access else "none",
             # Forwarding headers only from the configured proxies (uvicorn would trust 127.0.0.1 and
             # $FORWARDED_ALLOW_IPS by default); with client certificates through a proxy, read inside that
             # middleware (http/client_cert.py), which must see the TCP peer first.

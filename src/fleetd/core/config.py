@@ -130,6 +130,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # believed only from these proxies' addresses (IPs or CIDRs).
     client_cert_header: str = ""
     client_cert_proxies: list[str] = msgspec.field(default_factory=list)
+    # Remote access (docs/remote-access.md): devices that enabled it keep a WebSocket channel here, and users of
+    # remote_role or above open terminal sessions on them. Off: no WebSocket routes, no WebSocket library loaded.
+    remote_access: bool = False
+    remote_role: str = "admin"
+    remote_sessions_per_device: int = 20
+    remote_sessions_total: int = 200
+    # A session with no bytes either way for this long is closed.
+    remote_idle_seconds: float = 900
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -176,6 +184,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise InvalidArgument(f"lease_check_seconds must be positive and at most a third of lease_seconds "
                                   f"({self.lease_seconds:g}), got {self.lease_check_seconds:g}")
         self._check_blob_store()
+        if self.remote_role not in ("viewer", "operator", "admin"):
+            raise InvalidArgument(f"remote_role must be viewer, operator or admin, got {self.remote_role!r}")
+        if min(self.remote_sessions_per_device, self.remote_sessions_total) < 1 or self.remote_idle_seconds <= 0:
+            raise InvalidArgument("remote_sessions_per_device, remote_sessions_total and remote_idle_seconds must be "
+                                  "positive")
         if self.database and not dsns.is_dsn(self.database):
             raise InvalidArgument("database must be \"\" (the data dir's SQLite file) or a PostgreSQL URL like "
                                   "postgresql://USER:PASSWORD@HOST:5432/DATABASE, got "

@@ -1,0 +1,169 @@
+"""fleetd devices shell: a terminal on a device through its remote-access channel (docs/remote-access.md).
+
+Asks the server for a session (POST /v1/remote/sessions), then opens its WebSocket and sends the single-use token
+first. With a terminal on stdin it goes raw and forwards window size changes (SIGWINCH); otherwise stdin is
+forwarded as it comes and its end is sent as ^D. The remote exit status becomes the command's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import ssl
+import sys
+import threading
+from typing import Annotated, Any
+
+import msgspec
+import typer
+
+from .client import Client, RemoteError, ssl_context
+from .common import ApiKeyOpt, CaOpt, ServerOpt, errors_reported, remote
+from .devices import ADMIN, DeviceArg
+from .output import fail
+
+CommandArg = Annotated[list[str] | None, typer.Argument(
+    help="A command to run instead of a login shell (after --: fleetd devices shell ID -- uptime).",
+    show_default=False)]
+# Exit status when the session ended without the remote one (channel lost, idle, refused mid-way): as ssh's 255.
+LOST = 255
+
+
+def request_session(client: Client, device_id: str, cols: int, rows: int, command: str | None) -> dict[str, Any]:
+    import httpx
+
+    body = {"device_id": device_id, "kind": "terminal", "cols": cols, "rows": rows, "command": command}
+    try:
+        r = client.http.post("/v1/remote/sessions", content=msgspec.json.encode(body),
+                             headers={"Content-Type": "application/json"})
+    except httpx.HTTPError as e:
+        raise RemoteError("unavailable", f"cannot reach {client.server}: {e}", 503) from None
+    if r.status_code in (404, 405):
+        raise RemoteError("failed_precondition", f"{client.server} has remote access off", r.status_code,
+                          "Start the server with remote_access = true in fleetd.toml (or FLEETD_REMOTE_ACCESS=true); "
+                          "see docs/remote-access.md")
+    if r.status_code != 200:
+        try:
+            err = r.json()
+        except ValueError:
+            raise RemoteError("unknown", f"HTTP {r.status_code}: {r.text[:200]}", r.status_code) from None
+        raise RemoteError(err.get("code", "unknown"), err.get("message", r.text), r.status_code)
+    return dict(r.json())
+
+
+def devices_shell(device: DeviceArg, command: CommandArg = None, server: ServerOpt = None, api_key: ApiKeyOpt = None,
+                  ca: CaOpt = None) -> None:
+    """Open a terminal on a device (its agent must have remote access on), or run one command there. Exits with
+    the remote exit status."""
+    interactive = sys.stdin.isatty()
+    cols, rows = _size()
+    with errors_reported(), remote(server, api_key, ca) as client:
+        dev = client.call(ADMIN, "GetDevice", {"id": device})
+        grant = request_session(client, dev["id"], cols, rows, " ".join(command) if command else None)
+        url = client.server.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + grant["path"]
+        tls = ssl_context(client.ca_file) if url.startswith("wss:") else None
+    status = asyncio.run(_session(url, grant["token"], tls if isinstance(tls, ssl.SSLContext) else None,
+                                  interactive))
+    raise typer.Exit(status)
+
+
+def _size() -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(sys.stdin.fileno())
+        return size.columns, size.lines
+    except OSError:
+        return 80, 24
+
+
+async def _session(url: str, token: str, tls: ssl.SSLContext | None, interactive: bool) -> int:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    try:
+        ws = await connect(url, ssl=tls, max_size=1 << 20, open_timeout=15)
+    except (OSError, InvalidStatus) as e:
+        fail(f"cannot open the session's WebSocket at {url}: {e}")
+    async with ws:
+        await ws.send(msgspec.json.encode({"token": token}).decode())
+        first = msgspec.json.decode(await ws.recv())
+        if "error" in first:
+            fail(f"{first['error']} [{first.get('code', '')}]")
+        loop = asyncio.get_running_loop()
+        stdin = sys.stdin.fileno()
+        outgoing: asyncio.Queue[str | bytes] = asyncio.Queue()  # one sender keeps keystrokes in order
+
+        async def sender() -> None:
+            while True:
+                await ws.send(await outgoing.get())
+
+        sending = asyncio.create_task(sender())
+        saved = None
+        if interactive:
+            import termios
+            import tty
+
+            saved = termios.tcgetattr(stdin)
+            tty.setraw(stdin)
+
+            def resized() -> None:
+                cols, rows = _size()
+                outgoing.put_nowait(msgspec.json.encode({"resize": [cols, rows]}).decode())
+
+            loop.add_signal_handler(signal.SIGWINCH, resized)
+
+        def chunk() -> bytes:
+            try:
+                data = os.read(stdin, 16384)
+            except OSError:
+                data = b""
+            return data or b"\x04"  # the end of stdin: ^D, the pty's end of input
+
+        def readable() -> None:
+            data = chunk()
+            if data == b"\x04":
+                loop.remove_reader(stdin)
+            outgoing.put_nowait(data)
+
+        def pump() -> None:  # a file or /dev/null, which no selector takes: a thread reads it
+            while (data := chunk()) != b"\x04":
+                loop.call_soon_threadsafe(outgoing.put_nowait, data)
+            loop.call_soon_threadsafe(outgoing.put_nowait, data)
+
+        try:
+            loop.add_reader(stdin, readable)
+        except PermissionError:
+            threading.Thread(target=pump, daemon=True).start()
+        out = sys.stdout.buffer
+        try:
+            async for message in ws:
+                if isinstance(message, bytes):
+                    out.write(message)
+                    out.flush()
+                    continue
+                ctl = msgspec.json.decode(message)
+                if "exit" in ctl:
+                    return int(ctl["exit"]) & 0xFF if ctl["exit"] >= 0 else 128 - int(ctl["exit"])
+                if "closed" in ctl:
+                    _restore(stdin, saved)
+                    print(f"\r\nfleetd: the session ended: {ctl['closed']}", file=sys.stderr)
+                    return LOST
+            return LOST
+        except ConnectionClosed as e:
+            _restore(stdin, saved)
+            print(f"\r\nfleetd: the connection to the server closed: {e}", file=sys.stderr)
+            return LOST
+        finally:
+            sending.cancel()
+            with contextlib.suppress(Exception):
+                loop.remove_reader(stdin)
+            _restore(stdin, saved)
+
+
+def _restore(fd: int, saved: Any) -> None:
+    if saved is not None:
+        import termios
+
+        with contextlib.suppress(termios.error):
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)

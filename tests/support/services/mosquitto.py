@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from ._process import Service, ServiceError, accepts, free_port
@@ -29,9 +30,14 @@ class Mosquitto(Service):
 
     name = "mosquitto"
 
-    def __init__(self, settings: str = "allow_anonymous true\n") -> None:
+    def __init__(self, settings: str = "allow_anonymous true\n",
+                 config: Callable[[Path, int], str] | None = None) -> None:
+        """``config``: the whole configuration instead, as ``config(dir, port)`` returns it (called once, at the
+        first start), e.g. ``fleetd mqtt broker-config --dir DIR --listen 127.0.0.1:PORT``'s output as printed."""
         super().__init__()
         self.settings = settings
+        self._make_config = config
+        self._config_text: str | None = None
         self.port = free_port()
         self.host = "127.0.0.1"
 
@@ -40,6 +46,10 @@ class Mosquitto(Service):
         return self.dir / "mosquitto.conf"
 
     def config(self) -> str:
+        if self._make_config is not None:
+            if self._config_text is None:
+                self._config_text = self._make_config(self.dir, self.port)
+            return self._config_text
         # As root mosquitto would switch to the `mosquitto` user, who cannot read the tests' files: stay who we are.
         return (f"user {getpass.getuser()}\n"
                 f"persistence true\npersistence_location {self.dir}/\n"

@@ -16,8 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ..core.fsutil import atomic_write
-from ..core.pki import KeyMaterial
+from ..core.pki import FleetKeys, KeyMaterial
 from .topics import SERVICE_USER
+
+CA = KeyMaterial | FleetKeys  # what holds the fleet CA's certificate and key
 
 BROKER_CERT_DAYS = 825
 SERVICE_CERT_DAYS = 825
@@ -36,7 +38,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def _issue(ca: KeyMaterial, common_name: str, usage: x509.ObjectIdentifier, days: int,
+def _issue(ca: CA, common_name: str, usage: x509.ObjectIdentifier, days: int,
            sans: list[x509.GeneralName] | None = None) -> tuple[bytes, bytes]:
     """A new P-256 key and its certificate from the fleet CA, both PEM."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -59,7 +61,7 @@ def _issue(ca: KeyMaterial, common_name: str, usage: x509.ObjectIdentifier, days
     return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
 
 
-def broker_certificate(ca: KeyMaterial, names: list[str]) -> tuple[bytes, bytes]:
+def broker_certificate(ca: CA, names: list[str]) -> tuple[bytes, bytes]:
     """The broker's TLS server certificate and key, for the host names and addresses devices and fleetd use."""
     sans: list[x509.GeneralName] = []
     for name in names:
@@ -70,12 +72,12 @@ def broker_certificate(ca: KeyMaterial, names: list[str]) -> tuple[bytes, bytes]
     return _issue(ca, names[0], ExtendedKeyUsageOID.SERVER_AUTH, BROKER_CERT_DAYS, sans)
 
 
-def service_certificate(ca: KeyMaterial) -> tuple[bytes, bytes]:
+def service_certificate(ca: CA) -> tuple[bytes, bytes]:
     """fleetd's client certificate: common name SERVICE_USER, which the broker takes as its user name."""
     return _issue(ca, SERVICE_USER, ExtendedKeyUsageOID.CLIENT_AUTH, SERVICE_CERT_DAYS)
 
 
-def empty_crl(ca: KeyMaterial) -> bytes:
+def empty_crl(ca: CA) -> bytes:
     """A CRL from the fleet CA that revokes nothing (the broker's ``crlfile`` until revocations replace it)."""
     now = _now()
     crl = (x509.CertificateRevocationListBuilder()
@@ -86,7 +88,7 @@ def empty_crl(ca: KeyMaterial) -> bytes:
     return crl.public_bytes(serialization.Encoding.PEM)
 
 
-def ensure_service_certificate(data_dir: Path, ca: KeyMaterial) -> tuple[Path, Path]:
+def ensure_service_certificate(data_dir: Path, ca: CA) -> tuple[Path, Path]:
     """fleetd's client certificate and key in ``data_dir`` (mqtt-client.pem / .key), issued again when missing,
     about to expire or from another CA. Each replica makes its own; all carry the one user name."""
     cert_path, key_path = data_dir / SERVICE_CERT_NAME, data_dir / SERVICE_KEY_NAME
@@ -97,7 +99,7 @@ def ensure_service_certificate(data_dir: Path, ca: KeyMaterial) -> tuple[Path, P
     return cert_path, key_path
 
 
-def _current(path: Path, ca: KeyMaterial) -> bool:
+def _current(path: Path, ca: CA) -> bool:
     if not path.exists():
         return False
     cert = x509.load_pem_x509_certificate(path.read_bytes())

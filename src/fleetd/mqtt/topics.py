@@ -17,7 +17,8 @@ UPLINK = (CHECKIN, STATUS, TELEMETRY)
 # fleetd -> device (the device subscribes to its own).
 ACTIONS = "actions"  # one DeviceAction per message, published the moment the action is created
 CHECKIN_ANSWER = "checkin/answer"  # the CheckInResponse to the device's last check-in
-DOWNLINK = (ACTIONS, CHECKIN_ANSWER)
+ERRORS = "errors"  # why fleetd refused one of the device's messages: {"topic", "code", "message"}
+DOWNLINK = (ACTIONS, CHECKIN_ANSWER, ERRORS)
 
 # The shared-subscription group of fleetd's replicas: the broker gives each message to one of them.
 SHARE_GROUP = "fleetd"

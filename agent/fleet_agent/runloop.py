@@ -26,6 +26,7 @@ from . import discovery, inventory
 from .client import AgentError, KeyMismatch, ServerClient, UnknownDevice
 from .config import AgentState, Runtime, Settings
 from .enroll import key_lost_message
+from .mqtt import LinkDown, batch_id
 from .queue import DiskQueue
 from .telemetry import Sampler
 from .worker import TERMINAL, ActionWorker, Report, lazy_executor
@@ -90,6 +91,7 @@ class RunLoop:
         self._failures = 0  # iterations in a row that did not reach the server
         self._trial_confirmed = False
         self._next_checkin = 0  # from the last check-in; 0: the poll interval
+        self.mqtt: Any = None  # an mqtt.MqttLink while the server names a broker and this device has a certificate
 
     # --- control ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -151,6 +153,8 @@ class RunLoop:
         self.runtime.pid = 0
         self._save_runtime()
         self.client.close()
+        if self.mqtt is not None:
+            self.mqtt.stop()
 
     # --- one iteration ----------------------------------------------------------------
     _retry_after: float | None = None
@@ -229,8 +233,42 @@ class RunLoop:
             if poll:
                 self.state.poll_interval = poll
             self.state.save(self.paths)
+        self._use_mqtt(str(resp.get("mqtt_url") or ""))
         actions = resp.get("actions") or []
         return [a for a in actions if isinstance(a, dict)]
+
+    def _use_mqtt(self, url: str) -> None:
+        """Connect to the MQTT broker the server names, if this device has a client certificate (docs/mqtt.md)."""
+        if self.mqtt is not None and self.mqtt.url == url:
+            return
+        if self.mqtt is not None:
+            self.mqtt.stop()
+            self.mqtt = None
+        if not url or self.state.status != "active":
+            return
+        from . import mqtt
+
+        cert = mqtt.certificate(self.paths.root)
+        if cert is None:
+            log.info("the server has an MQTT broker (%s), but this device has no client certificate: HTTPS only", url)
+            return
+        try:
+            self.mqtt = mqtt.MqttLink(url, self.state.device_id, self.paths.ca, *cert, on_action=self._wake.set)
+            self.mqtt.start()
+        except (ImportError, ValueError, OSError) as e:
+            self.mqtt = None
+            log.warning("not using the MQTT broker %s: %s", url, e)
+
+    def _send(self, method: str, leaf: str, body: dict[str, Any]) -> None:
+        """A report or telemetry batch over MQTT when the broker is there, else (or if it fails) over HTTPS."""
+        if self.mqtt is not None and self.mqtt.connected:
+            try:
+                self.mqtt.publish(leaf, {**body, "batch_id": batch_id(body["points"])} if leaf == "telemetry"
+                                  else body)
+                return
+            except LinkDown as e:
+                log.info("MQTT: %s; sending over HTTPS", e)
+        self.client.call(method, body)
 
     def _components(self) -> list[dict[str, Any]]:
         try:
@@ -243,6 +281,9 @@ class RunLoop:
 
     def _dispatch(self, actions: list[dict[str, Any]]) -> None:
         self.worker.drop_missing({str(a.get("id")) for a in actions})
+        self._submit(actions)
+
+    def _submit(self, actions: list[dict[str, Any]]) -> None:
         busy = self.worker.ids()
         with self._rt_lock:
             handled = set(self.runtime.handled_actions)
@@ -289,7 +330,7 @@ class RunLoop:
                 self.reports.ack([seq])
                 continue
             try:
-                self.client.call("ReportStatus", item)
+                self._send("ReportStatus", "status", item)
             except AgentError as e:
                 if e.code == "failed_precondition":
                     log.info("action %s already ended on the server (%s); report dropped", item["action_id"],
@@ -341,7 +382,7 @@ class RunLoop:
                 seqs.append(seq)
             try:
                 if batch:
-                    self.client.call("PushTelemetry", {"points": batch})
+                    self._send("PushTelemetry", "telemetry", {"points": batch})
             except AgentError as e:
                 # resource_exhausted without Retry-After is a quota (the metric-name limits), not a rate limit:
                 # the same batch would be refused again, and would hold every later point behind it.
@@ -364,6 +405,8 @@ class RunLoop:
             if not self._wake.wait(left):
                 return
             self._wake.clear()
+            while self.mqtt is not None and not self.mqtt.actions.empty():  # pushed by the server over MQTT
+                self._submit([self.mqtt.actions.get()])
             if self._stop.is_set() or not self._online:
                 continue
             try:

@@ -19,12 +19,14 @@ from fleetd.cli import app
 from tests.support.services import Mosquitto
 
 
-def broker_for(data_dir: Path) -> Mosquitto:
-    """A broker (not started: use it as a context manager) configured by broker-config for ``data_dir``'s fleet."""
+def broker_for(data_dir: Path, database: str = "") -> Mosquitto:
+    """A broker (not started: use it as a context manager) configured by broker-config for ``data_dir``'s fleet
+    (its keys in ``database`` when that is a PostgreSQL DSN). Its port is known before it starts."""
     def config(where: Path, port: int) -> str:
         out = CliRunner().invoke(app, ["mqtt", "broker-config", "--dir", str(where / "fleetd"), "--listen",
                                        f"127.0.0.1:{port}", "--name", "localhost", "--name", "127.0.0.1",
-                                       "--user", getpass.getuser(), "--data-dir", str(data_dir)])
+                                       "--user", getpass.getuser(), "--data-dir", str(data_dir)],
+                                 env={"FLEETD_DATABASE": database})
         assert out.exit_code == 0, out.output
         return out.stdout
     return Mosquitto(config=config)

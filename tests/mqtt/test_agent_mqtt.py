@@ -52,25 +52,36 @@ def admin(server: ServerProcess) -> Admin:
     return Admin(server)
 
 
-@pytest.fixture(scope="module")
-def agent(server: ServerProcess, admin: Admin, data_dir: Path,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, AgentProcess]]:
-    """An enrolled agent with an MQTT client certificate in its state dir, running with a 300 s poll."""
-    where = tmp_path_factory.mktemp("agent")
+def start_agent(server: ServerProcess, admin: Admin, data_dir: Path, where: Path, poll: int
+                ) -> tuple[str, AgentProcess, Path]:
+    """An enrolled agent with an MQTT client certificate in its state dir, running, on MQTT."""
     state_dir = where / "state"
     env = agent_env(FLEET_AGENT_TOKEN=admin.token()["token"], PYTHONPATH=str(ROOT / "agent"))
     p = subprocess.run([PYTHON, "-m", "fleet_agent", "enroll", "--state-dir", str(state_dir), "--server",
-                        server.url, "--json"], capture_output=True, text=True, timeout=60, env=env)
+                        server.url, "--hardware-id", f"mqtt-{where.name}", "--json"], capture_output=True, text=True,
+                       timeout=60, env=env)
     assert p.returncode == 0, p.stderr
     device_id = json.loads(p.stdout)["device_id"]
     cert, key = device_certificate(fleet_ca(data_dir), device_id, where / "certs")
     cert.rename(state_dir / "mqtt-client.pem")
     key.rename(state_dir / "mqtt-client.key")
     proc = AgentProcess([PYTHON, "-m", "fleet_agent", "run", "--state-dir", str(state_dir)], where / "agent.log",
-                        agent_env(PYTHONPATH=str(ROOT / "agent"), FLEET_AGENT_POLL_INTERVAL=str(POLL),
+                        agent_env(PYTHONPATH=str(ROOT / "agent"), FLEET_AGENT_POLL_INTERVAL=str(poll),
                                   FLEET_AGENT_SUPERVISOR="builtin"))
     try:
         wait_for("the agent on MQTT", lambda: "connected to the MQTT broker" in proc.log(), 30, log=proc.log)
+    except BaseException:
+        proc.stop()
+        raise
+    return device_id, proc, state_dir
+
+
+@pytest.fixture(scope="module")
+def agent(server: ServerProcess, admin: Admin, data_dir: Path,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, AgentProcess]]:
+    """An agent on MQTT with a 300 s poll."""
+    device_id, proc, state_dir = start_agent(server, admin, data_dir, tmp_path_factory.mktemp("agent"), POLL)
+    try:
         yield device_id, proc
     finally:
         proc.stop()
@@ -117,5 +128,23 @@ def test_the_broker_restarts_mid_rollout_and_both_sides_reconnect(
     started = deploy(admin, device_id, tmp_path, "1.1.0", proc)
     assert started < 45, f"{started:.1f} s from the deploy to the agent's first report; its poll is {POLL} s"
     wait_for("the agent connected again", lambda: proc.log().count("connected to the MQTT broker") > connects, 30)
-    components = {c["name"]: c["version"] for c in admin.device(device_id)["components"]}
-    assert components.get("idle") == "1.1.0", components
+    wait_for("the device to report idle 1.1.0", lambda: {c["name"]: c["version"] for c in admin.device(device_id)[
+        "components"]}.get("idle") == "1.1.0", 15, log=proc.log)
+
+
+def test_without_the_broker_the_agent_polls_and_reports_over_https(
+        server: ServerProcess, admin: Admin, broker: Mosquitto, data_dir: Path, tmp_path: Path) -> None:
+    device_id, proc, state_dir = start_agent(server, admin, data_dir, tmp_path / "polling", 2)
+    try:
+        reports = mqtt_messages(admin, "status")
+        with broker.down():
+            wait_for("the agent to see the broker gone", lambda: "HTTPS until it is back" in proc.log(), 15,
+                     log=proc.log)
+            deploy(admin, device_id, tmp_path, "2.0.0", proc)  # picked up by its 2 s poll, reported over HTTPS
+            assert mqtt_messages(admin, "status") == reports
+        connects = proc.log().count("connected to the MQTT broker")
+        wait_for("the agent back on MQTT", lambda: proc.log().count("connected to the MQTT broker") > connects,
+                 45, log=proc.log)
+    finally:
+        proc.stop()
+        kill_apps(state_dir)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ._process import Service, ServiceError, accepts, free_port
@@ -61,6 +62,16 @@ class Mosquitto(Service):
         self._spawn([str(mosquitto_binary()), "-c", str(self.config_path)])
         # Listening is the signal (not an MQTT CONNECT: with TLS settings the listener wants a handshake first).
         self._wait(lambda: accepts(self.port, self.host), 15, "listening")
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """The broker stopped for the ``with`` block (it saves its state on the way out), then started again on the
+        same port and dir: clients see it unreachable meanwhile."""
+        self._stop_process()
+        try:
+            yield
+        finally:
+            self._start()
 
     def restart(self) -> None:
         """Stop the broker (it saves its state on the way out) and start it again on the same port and dir."""

@@ -92,6 +92,7 @@ class RunLoop:
         self._trial_confirmed = False
         self._next_checkin = 0  # from the last check-in; 0: the poll interval
         self.mqtt: Any = None  # an mqtt.MqttLink while the server names a broker and this device has a certificate
+        self._mqtt_said = ""
 
     # --- control ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -248,15 +249,22 @@ class RunLoop:
             return
         from . import mqtt
 
+        said, self._mqtt_said = self._mqtt_said, url  # why not, once per broker address
         cert = mqtt.certificate(self.paths.root)
         if cert is None:
-            log.info("the server has an MQTT broker (%s), but this device has no client certificate: HTTPS only", url)
+            if said != url:
+                log.info("the server has an MQTT broker (%s), but this device has no client certificate: HTTPS "
+                         "only", url)
             return
         try:
-            self.mqtt = mqtt.MqttLink(url, self.state.device_id, self.paths.ca, *cert, on_action=self._wake.set)
-            self.mqtt.start()
-        except (ImportError, ValueError, OSError) as e:
-            self.mqtt = None
+            link = mqtt.MqttLink(url, self.state.device_id, self.paths.ca, *cert, on_action=self._wake.set)
+            link.start()
+            self.mqtt = link
+        except ImportError:
+            if said != url:
+                log.warning("the server has an MQTT broker (%s), but paho-mqtt is missing: HTTPS only (install "
+                            "python3-paho-mqtt to use it)", url)
+        except (ValueError, OSError) as e:
             log.warning("not using the MQTT broker %s: %s", url, e)
 
     def _send(self, method: str, leaf: str, body: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ import pytest
 from fleetd.core import pki
 from tests.agent.e2e_helpers import PYTHON, ROOT, Admin, AgentProcess, agent_env, wait_for
 from tests.agent.test_e2e_install import kill_apps
+from tests.bench.procs import rss_kib
 from tests.e2e.server import ServerProcess
 from tests.mqtt.broker import broker_for
 from tests.support.device_certs import device_certificate, fleet_ca
@@ -70,6 +71,9 @@ def start_agent(server: ServerProcess, admin: Admin, data_dir: Path, where: Path
                                   FLEET_AGENT_SUPERVISOR="builtin"))
     try:
         wait_for("the agent on MQTT", lambda: "connected to the MQTT broker" in proc.log(), 30, log=proc.log)
+        time.sleep(0.5)
+        rss_mib = rss_kib(proc.proc.pid) / 1024  # connected, before any action: the agent's idle state
+        assert rss_mib < 40, f"the agent takes {rss_mib:.1f} MiB with MQTT on (target: under 40)"
     except BaseException:
         proc.stop()
         raise

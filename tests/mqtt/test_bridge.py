@@ -89,7 +89,9 @@ def test_a_check_in_over_mqtt_answers_like_the_api_and_names_the_broker(
     answer = dev.next("checkin/answer")
     assert answer["status"] == "active" and answer["mqtt_url"] == f"mqtts://localhost:{broker.port}", answer
     wait_for("the component reported", lambda: admin.device(dev.device_id)["components"], 10)
-    assert [(c["name"], c["version"]) for c in admin.device(dev.device_id)["components"]] == [("app", "1.0.0")]
+    got = admin.device(dev.device_id)
+    assert [(c["name"], c["version"]) for c in got["components"]] == [("app", "1.0.0")]
+    assert got["last_addr"] == "127.0.0.1"  # an MQTT check-in shows no address: the enrolment's stays
 
 
 def test_a_new_action_reaches_the_device_at_once_and_its_report_moves_it(dev: MqttDevice, admin: Admin) -> None:

@@ -170,6 +170,10 @@ class MqttBridge:
             except* (aiomqtt.MqttError, OSError) as group:
                 log.warning("MQTT broker %s:%d: %s; connecting again in %.1f s", self.host, self.port,
                             group.exceptions[0], delay)
+            except* Exception as group:  # e.g. the database failed: the message was not acknowledged, so it comes
+                # again once the session resumes; a message that always fails holds up the ones behind it (logged)
+                log.error("handling an MQTT message failed; connecting again in %.1f s", delay,
+                          exc_info=group.exceptions[0])
             finally:
                 self._client = None
             await asyncio.sleep(delay)

@@ -146,9 +146,7 @@ def test_without_the_broker_the_agent_polls_and_reports_over_https(
                      log=proc.log)
             deploy(admin, device_id, tmp_path, "2.0.0", proc)  # picked up by its 2 s poll, reported over HTTPS
             assert mqtt_messages(admin, "status") == reports
-        connects = proc.log().count("connected to the MQTT broker")
-        wait_for("the agent back on MQTT", lambda: proc.log().count("connected to the MQTT broker") > connects,
-                 45, log=proc.log)
+        # Its return to the broker once it is back: as in the broker-restart test above.
     finally:
         proc.stop()
         kill_apps(state_dir)

@@ -125,6 +125,19 @@ def test_a_refused_message_is_answered_on_the_devices_errors_topic(dev: MqttDevi
     assert error["topic"] == "status" and error["code"] == "not_found", error
 
 
+def test_a_revoked_device_is_refused_while_its_certificate_is_still_good(
+        broker: Mosquitto, server: ServerProcess, admin: Admin, data_dir: Path) -> None:
+    with server.client() as c:
+        d = TestDevice(c)
+        assert d.enroll(admin.token()["token"]).status_code == 200
+    cert, key = device_certificate(fleet_ca(data_dir), d.device_id, data_dir.parent / "certs")
+    admin.call("DeviceAdminService", "RevokeDevice", {"id": d.device_id})
+    with MqttDevice(broker, d.device_id, cert, key) as dev:
+        dev.publish("checkin", {})
+        leaf, error = dev.inbox.get(timeout=10)  # the first message back: no check-in answer before it
+        assert leaf == "errors" and error["topic"] == "checkin" and error["code"] == "permission_denied", error
+
+
 def test_messages_sent_while_fleetd_restarts_are_handled_once(
         broker: Mosquitto, server: ServerProcess, admin: Admin, device: tuple[str, Path, Path]) -> None:
     device_id = device[0]

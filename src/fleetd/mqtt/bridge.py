@@ -32,7 +32,7 @@ from ..core.decoding import decoding
 from ..core.errors import FleetdError, InvalidArgument
 from ..core.lifecycle import Scope
 from ..core.tasks import cancel_and_wait
-from ..devices import actions, device_calls
+from ..devices import actions, device_calls, registry
 from ..devices.registry import NewActions
 from . import identity, storage, topics
 
@@ -199,6 +199,8 @@ class MqttBridge:
 
     async def _dispatch(self, client: aiomqtt.Client, device_id: str, leaf: str, payload: bytes) -> None:
         fleet = self.fleet
+        # Over HTTPS a revoked device has no token; here its certificate may still be good until the CRL says not.
+        registry.ensure_not_revoked(device_calls.calling_device(fleet, device_id)[1].status)
         with decoding(f"{leaf} message", f"{leaf} message"):
             req = _DECODERS[leaf].decode(payload or b"{}")
         if leaf == topics.CHECKIN:

@@ -29,7 +29,7 @@ from paho.mqtt.properties import Properties
 
 from ..core.config import mqtt_address
 from ..core.decoding import decoding
-from ..core.errors import FleetdError, InvalidArgument
+from ..core.errors import Aborted, FleetdError, InvalidArgument, ResourceExhausted, Unavailable
 from ..core.lifecycle import Scope
 from ..core.tasks import cancel_and_wait
 from ..devices import actions, device_calls, registry
@@ -190,6 +190,8 @@ class MqttBridge:
             try:
                 await self._dispatch(client, device_id, leaf, payload)
             except FleetdError as e:  # the device's mistake: tell it; a redelivery would be refused again
+                if _transient(e):  # not the device's: unacknowledged, it comes again after the reconnect
+                    raise
                 self.handled["refused"] += 1
                 log.info("MQTT %s from %s refused: %s", leaf, device_id, e.message)
                 await client.publish(topics.device_topic(device_id, topics.ERRORS),
@@ -258,6 +260,11 @@ class MqttBridge:
                 for device_id, ids in taken.items():  # not published: the next connection tries again
                     self._pending.setdefault(device_id, [])[:0] = ids
                 raise
+
+
+def _transient(e: FleetdError) -> bool:
+    """Errors that a later try may not meet (the server busy or its database away), unlike the device's mistakes."""
+    return isinstance(e, Unavailable | Aborted) or (isinstance(e, ResourceExhausted) and e.retry_after is not None)
 
 
 def _new_actions(conn: Any, taken: dict[str, list[str]], base: str) -> list[tuple[str, actions.DeviceAction]]:

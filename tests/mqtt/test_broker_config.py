@@ -107,3 +107,36 @@ def test_certificates_of_another_ca_and_expired_ones_are_refused(
     assert pub(broker, *certs[A], f"fleetd/v1/devices/{A}/checkin", "x").returncode == 0
     log = broker.log_path.read_text()
     assert "certificate verify failed" in log or "OpenSSL Error" in log, log[-2000:]
+
+
+def test_broker_config_says_what_to_do_without_a_fleet_ca_or_with_a_bad_listener(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fleetd.cli import app
+
+    out = CliRunner().invoke(app, ["mqtt", "broker-config", "--dir", str(tmp_path / "b"), "--data-dir",
+                                   str(tmp_path / "empty")], env={"FLEETD_DATABASE": ""})
+    assert out.exit_code == 1 and "holds no fleet CA" in out.output and "fleetd serve" in out.output, out.output
+    assert not (tmp_path / "b").exists()
+    out = CliRunner().invoke(app, ["mqtt", "broker-config", "--listen", "host:port"])
+    assert out.exit_code == 2 and "[HOST:]PORT" in out.output, out.output
+
+
+@pytest.mark.parametrize("url", ["mqtt://broker:1883", "https://broker:8883", "mqtts://", "mqtts://b:99999",
+                                 "mqtts://b:8883/path"])
+def test_a_broker_url_that_is_not_mqtts_host_port_is_refused(url: str) -> None:
+    from fleetd.core.config import Settings
+    from fleetd.core.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="mqtt_url must be mqtts://HOST:PORT"):
+        Settings(mqtt_url=url)
+
+
+def test_the_broker_url_defaults_to_port_8883_and_the_service_certificate_goes_with_its_key() -> None:
+    from fleetd.core.config import Settings, mqtt_address
+    from fleetd.core.errors import InvalidArgument
+
+    assert mqtt_address("mqtts://broker.example.com") == ("broker.example.com", 8883)
+    assert mqtt_address("mqtts://[::1]:1883") == ("::1", 1883)
+    with pytest.raises(InvalidArgument, match="go together"):
+        Settings(mqtt_cert_file="/etc/fleetd/mqtt.pem")

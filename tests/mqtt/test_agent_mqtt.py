@@ -136,10 +136,14 @@ def test_the_broker_restarts_mid_rollout_and_both_sides_reconnect(
         "components"]}.get("idle") == "1.1.0", 15, log=proc.log)
 
 
-def test_without_the_broker_the_agent_polls_and_reports_over_https(
+def test_the_agent_sends_telemetry_over_mqtt_and_polls_over_https_without_the_broker(
         server: ServerProcess, admin: Admin, broker: Mosquitto, data_dir: Path, tmp_path: Path) -> None:
     device_id, proc, state_dir = start_agent(server, admin, data_dir, tmp_path / "polling", 2)
     try:
+        batches = mqtt_messages(admin, "telemetry")
+        wait_for("telemetry over MQTT", lambda: mqtt_messages(admin, "telemetry") > batches, 20, log=proc.log)
+        metrics = admin.call("TelemetryService", "ListMetrics", {"device": device_id})["metrics"]
+        assert metrics, "the agent's points are not in queries"
         reports = mqtt_messages(admin, "status")
         with broker.down():
             wait_for("the agent to see the broker gone", lambda: "HTTPS until it is back" in proc.log(), 15,

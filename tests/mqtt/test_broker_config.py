@@ -140,3 +140,19 @@ def test_the_broker_url_defaults_to_port_8883_and_the_service_certificate_goes_w
     assert mqtt_address("mqtts://[::1]:1883") == ("::1", 1883)
     with pytest.raises(InvalidArgument, match="go together"):
         Settings(mqtt_cert_file="/etc/fleetd/mqtt.pem")
+
+
+def test_fleetds_service_certificate_is_kept_while_good_and_issued_again_for_another_ca(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    ca = pki.new_material()
+    cert, key = identity.ensure_service_certificate(tmp_path, ca)
+    first = cert.read_bytes()
+    parsed = x509.load_pem_x509_certificate(first)
+    assert parsed.subject.rfc4514_string() == "CN=fleetd-service"
+    parsed.verify_directly_issued_by(ca.ca_cert)
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert identity.ensure_service_certificate(tmp_path, ca)[0].read_bytes() == first  # kept
+    other = pki.new_material()
+    identity.ensure_service_certificate(tmp_path, other)
+    x509.load_pem_x509_certificate(cert.read_bytes()).verify_directly_issued_by(other.ca_cert)  # made again

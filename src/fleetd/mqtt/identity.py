@@ -11,6 +11,7 @@ import ipaddress
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -105,6 +106,6 @@ def _current(path: Path, ca: CA) -> bool:
     cert = x509.load_pem_x509_certificate(path.read_bytes())
     try:
         cert.verify_directly_issued_by(ca.ca_cert)
-    except Exception:  # another CA's: issued again
+    except (ValueError, TypeError, InvalidSignature):  # another CA's: issued again
         return False
     return cert.not_valid_after_utc - _now() > dt.timedelta(days=RENEW_BEFORE_DAYS)

@@ -1,10 +1,12 @@
 """Two fleetd replicas on one PostgreSQL database share the MQTT subscription ($share/fleetd/...): the broker
-gives each device message to one of them, so every telemetry batch is stored once and both take part; the
-broker's configuration comes from the fleet CA in the database (broker-config with FLEETD_DATABASE)."""
+gives each device message to one of them, so every telemetry batch is stored once and both take part; an action
+made through either replica reaches the device once (the lease holder publishes it); the broker's configuration
+comes from the fleet CA in the database (broker-config with FLEETD_DATABASE)."""
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +46,11 @@ def replicas(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathF
                 s.stop()
 
 
+def lease_held(server: ServerProcess, key: str) -> bool:
+    with server.client(key) as c:
+        return re.search(r"^fleetd_fleet_lease_held 1(\.0)?$", c.get("/metrics").text, re.M) is not None
+
+
 def handled(admin: Admin, server: ServerProcess, topic: str) -> float:
     with server.client(admin.key) as c:
         m = re.search(rf'^fleetd_mqtt_messages_total{{topic="{topic}"}} (\S+)$', c.get("/metrics").text, re.M)
@@ -61,9 +68,17 @@ def test_two_replicas_share_the_subscription_and_store_each_batch_once(
     cert, key = device_certificate(fleet_material(str(servers[0].data_dir)), d.device_id, tmp_path)
     for s in servers:
         wait_for("both replicas on the broker", lambda s=s: "connected to the MQTT broker" in s.log(), 20, log=s.log)
+    wait_for("a replica holding the fleet lease", lambda: sum(map(lease_held, servers, [admin.key] * 2)) == 1, 20)
     with MqttDevice(broker, d.device_id, cert, key) as dev:
         for i in range(BATCHES):
             dev.publish("telemetry", {"batch_id": f"s-{i}", "points": [{"name": "shared", "value": i}]})
+        for via in servers:  # each replica runs the other's effects: only the lease holder publishes
+            aid = Admin(via, admin.key).call("DeviceAdminService", "CreateAction", {
+                "device_ids": [d.device_id], "kind": "reboot"})["action_ids"][0]
+            assert dev.next("actions")["id"] == aid
+            dev.publish("status", {"action_id": aid, "state": "succeeded"})
+        time.sleep(1)
+        assert [leaf for leaf, _ in list(dev.inbox.queue)] == []  # no second copy of either
     wait_for(f"{BATCHES} points", lambda: points(admin, d.device_id, "shared") >= BATCHES, 20)
     assert points(admin, d.device_id, "shared") == BATCHES
     each = [handled(admin, s, "telemetry") for s in servers]

@@ -6,6 +6,7 @@ handled once both are back."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ from tests.mqtt.broker import MqttDevice, broker_for
 from tests.support.device_certs import device_certificate, fleet_ca
 from tests.support.devices_helper import TestDevice
 from tests.support.services import Mosquitto
+
+BATCHES_ACROSS_RESTART = 150
 
 
 @pytest.fixture(scope="module")
@@ -140,14 +143,27 @@ def test_a_revoked_device_is_refused_while_its_certificate_is_still_good(
 
 def test_messages_sent_while_fleetd_restarts_are_handled_once(
         broker: Mosquitto, server: ServerProcess, admin: Admin, device: tuple[str, Path, Path]) -> None:
+    """A device publishes all along while fleetd stops and starts: what was in flight at the stop, what the broker
+    queued for fleetd's session meanwhile and what came after are each stored once."""
     device_id = device[0]
     wait_for("fleetd connected", lambda: connected(admin), 15, log=server.log)
-    server.stop()
+    sent = 0
     with MqttDevice(broker, *device) as dev:
-        for i in range(20):
-            dev.publish("telemetry", {"batch_id": f"away-{i}", "points": [{"name": "away", "value": i}]})
-    server.start()
-    wait_points(admin, device_id, "away", 20, server)
+        def publish_all_along() -> None:
+            nonlocal sent
+            for i in range(BATCHES_ACROSS_RESTART):
+                dev.publish("telemetry", {"batch_id": f"away-{i}", "points": [{"name": "away", "value": i}]})
+                sent += 1
+                time.sleep(0.02)
+
+        publisher = threading.Thread(target=publish_all_along)
+        publisher.start()
+        wait_for("some sent", lambda: sent >= 10, 10)
+        server.stop()
+        server.start()
+        publisher.join(30)
+        assert sent == BATCHES_ACROSS_RESTART
+    wait_points(admin, device_id, "away", BATCHES_ACROSS_RESTART, server)
 
 
 def test_fleetd_and_devices_reconnect_after_the_broker_restarts(

@@ -142,8 +142,8 @@ def test_the_agent_sends_telemetry_over_mqtt_and_polls_over_https_without_the_br
     try:
         batches = mqtt_messages(admin, "telemetry")
         wait_for("telemetry over MQTT", lambda: mqtt_messages(admin, "telemetry") > batches, 20, log=proc.log)
-        metrics = admin.call("TelemetryService", "ListMetrics", {"device": device_id})["metrics"]
-        assert metrics, "the agent's points are not in queries"
+        wait_for("the agent's metrics in queries (once rolled up)", lambda: admin.call(
+            "TelemetryService", "ListMetrics", {"device": device_id})["metrics"], 20, log=proc.log)
         reports = mqtt_messages(admin, "status")
         with broker.down():
             wait_for("the agent to see the broker gone", lambda: "HTTPS until it is back" in proc.log(), 15,

@@ -12,6 +12,7 @@ actions are published on the device's ``actions`` topic as their write commits (
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import hashlib
@@ -46,6 +47,7 @@ KEEPALIVE = 30
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 15.0
 BATCH_DAYS = 1  # how long telemetry batch ids are remembered
 PUBLISH_CHUNK = 200  # actions published at once (paho queues beyond its in-flight window)
+IN_FLIGHT = 256  # device messages handled at once; the broker holds the rest (unacknowledged, so safe)
 
 
 class TelemetryMessage(device_calls.PushTelemetryRequest, kw_only=True):
@@ -145,6 +147,7 @@ class MqttBridge:
     def _new_client(self) -> aiomqtt.Client:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY
+        props.ReceiveMaximum = IN_FLIGHT  # the broker may send this many unacknowledged (its default: 20)
         client = aiomqtt.Client(self.host, self.port, identifier=self.client_id,
                                 protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=props,
                                 tls_context=self._tls(), keepalive=KEEPALIVE, timeout=10)
@@ -165,8 +168,7 @@ class MqttBridge:
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._publish_loop(client))
                         tg.create_task(self._forget_loop())
-                        async for message in client.messages:
-                            await self._handle(client, message)
+                        await self._receive(client, tg)
             except* (aiomqtt.MqttError, OSError) as group:
                 log.warning("MQTT broker %s:%d: %s; connecting again in %.1f s", self.host, self.port,
                             group.exceptions[0], delay)
@@ -180,6 +182,38 @@ class MqttBridge:
             delay = min(delay * 2, RECONNECT_MAX)
 
     # --- device -> fleetd -------------------------------------------------------------------------------------
+
+    async def _receive(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+        """Handle up to IN_FLIGHT messages at once (the telemetry intake commits what arrives together in one
+        transaction), each device's one after another in the order the broker sent them, and acknowledge them in
+        the order they arrived, as MQTT asks. A message whose handling fails is never acknowledged: the failure
+        ends the task group, the connection with it, and the broker sends it again when the session resumes."""
+        slots = asyncio.Semaphore(IN_FLIGHT)
+        arrived: collections.deque[list[Any]] = collections.deque()  # [message, handled], in order of arrival
+        last: dict[str, asyncio.Task[None]] = {}  # each device's latest message being handled
+
+        async def handle(entry: list[Any], before: asyncio.Task[None] | None) -> None:
+            try:
+                if before is not None:
+                    await asyncio.wait([before])  # its device's previous message first (a failure ends us all)
+                await self._handle(client, entry[0])
+                entry[1] = True
+                while arrived and arrived[0][1]:
+                    message = arrived.popleft()[0]
+                    if message.qos > 0:
+                        client._client.ack(message.mid, message.qos)
+            finally:
+                slots.release()
+
+        async for message in client.messages:
+            await slots.acquire()
+            entry = [message, False]
+            arrived.append(entry)
+            parsed = topics.parse_uplink(str(message.topic))
+            key = parsed[0] if parsed else ""
+            task = tg.create_task(handle(entry, last.get(key)))
+            last[key] = task
+            task.add_done_callback(functools.partial(_forget_done, last, key))
 
     async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
@@ -196,8 +230,6 @@ class MqttBridge:
                 log.info("MQTT %s from %s refused: %s", leaf, device_id, e.message)
                 await client.publish(topics.device_topic(device_id, topics.ERRORS),
                                      _encode(ErrorMessage(topic=leaf, code=e.code, message=e.message)), qos=1)
-        if message.qos > 0:
-            client._client.ack(message.mid, message.qos)
 
     async def _dispatch(self, client: aiomqtt.Client, device_id: str, leaf: str, payload: bytes) -> None:
         fleet = self.fleet
@@ -260,6 +292,11 @@ class MqttBridge:
                 for device_id, ids in taken.items():  # not published: the next connection tries again
                     self._pending.setdefault(device_id, [])[:0] = ids
                 raise
+
+
+def _forget_done(last: dict[str, asyncio.Task[None]], key: str, task: asyncio.Task[None]) -> None:
+    if last.get(key) is task:
+        del last[key]
 
 
 def _transient(e: FleetdError) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -100,17 +100,21 @@ def mqtt_messages(admin: Admin, topic: str) -> float:
     return 0.0
 
 
-def deploy(admin: Admin, device_id: str, tmp_path: Path, version: str, agent: AgentProcess) -> float:
-    """Push and deploy the idle app at ``version``; seconds from the deploy to the agent's first report."""
+def deploy(admin: Admin, device_id: str, tmp_path: Path, version: str, agent: AgentProcess, *, grace: int = 1,
+           meanwhile: Callable[[], None] = lambda: None) -> float:
+    """Push and deploy the idle app at ``version`` (healthy after ``grace`` seconds); seconds from the deploy to the
+    agent's first report. ``meanwhile`` runs once the agent works on it, before it has succeeded."""
     app = tmp_path / f"idle-{version}.sh"
     app.write_text(IDLE_APP.format(version=version))
     device_type = admin.device(device_id)["device_type"]
-    admin.push(app, "idle", version, device_type, "--health-grace", "1")
+    admin.push(app, "idle", version, device_type, "--health-grace", str(grace))
     made = time.monotonic()
     aid = admin.deploy(device_id, f"idle@{version}")
-    admin.wait_action(device_id, aid, {"downloading", "installing", "verifying", "starting", "succeeded"}, 30,
-                      log=agent.log)
+    working = admin.wait_action(device_id, aid, {"downloading", "verifying", "installing", "succeeded"}, 30,
+                                  log=agent.log)
     started = time.monotonic() - made
+    assert working["state"] != "succeeded" or grace <= 1, "the action ended before anything could happen meanwhile"
+    meanwhile()
     admin.wait_action(device_id, aid, {"succeeded"}, 60, log=agent.log)
     return started
 
@@ -132,8 +136,10 @@ def test_the_broker_restarts_mid_rollout_and_both_sides_reconnect(
     started = deploy(admin, device_id, tmp_path, "1.1.0", proc)
     assert started < 45, f"{started:.1f} s from the deploy to the agent's first report; its poll is {POLL} s"
     wait_for("the agent connected again", lambda: proc.log().count("connected to the MQTT broker") > connects, 30)
-    wait_for("the device to report idle 1.1.0", lambda: {c["name"]: c["version"] for c in admin.device(device_id)[
-        "components"]}.get("idle") == "1.1.0", 15, log=proc.log)
+    # And in the middle of one: its reports wait (or go over HTTPS) and it completes.
+    deploy(admin, device_id, tmp_path, "1.2.0", proc, grace=4, meanwhile=broker.restart)
+    wait_for("the device to report idle 1.2.0", lambda: {c["name"]: c["version"] for c in admin.device(device_id)[
+        "components"]}.get("idle") == "1.2.0", 15, log=proc.log)
 
 
 def test_the_agent_sends_telemetry_over_mqtt_and_polls_over_https_without_the_broker(

@@ -42,7 +42,9 @@ def background_classes() -> set[str]:
 @pytest.fixture
 def advertising(tmp_path: Path) -> Settings:
     # Port 0 cannot be advertised: the mDNS part fails at once in the background, on no network, as startup goes on.
-    return Settings(data_dir=str(tmp_path / "data"), tls=False, mdns=True, host="127.0.0.1", port=0)
+    # No broker listens on port 1: the MQTT part tries to connect in the background, and stops when told.
+    return Settings(data_dir=str(tmp_path / "data"), tls=False, mdns=True, host="127.0.0.1", port=0,
+                    mqtt_url="mqtts://127.0.0.1:1")
 
 
 def test_the_fleet_lists_every_background_part_once_with_a_scope(advertising: Settings) -> None:

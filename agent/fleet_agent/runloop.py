@@ -26,6 +26,7 @@ from . import discovery, inventory
 from .client import AgentError, KeyMismatch, ServerClient, UnknownDevice
 from .config import AgentState, Runtime, Settings
 from .enroll import key_lost_message
+from .mqtt import LinkDown, batch_id
 from .queue import DiskQueue
 from .telemetry import Sampler
 from .worker import TERMINAL, ActionWorker, Report, lazy_executor
@@ -94,6 +95,8 @@ class RunLoop:
         if settings.client_certificate:  # docs/pki.md; cryptography's x509 only then
             from .certificate import ClientCertificate
             self.certificate = ClientCertificate(self.paths, client)
+        self.mqtt: Any = None  # an mqtt.MqttLink while the server names a broker and this device has a certificate
+        self._mqtt_said = ""
 
     # --- control ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -155,6 +158,8 @@ class RunLoop:
         self.runtime.pid = 0
         self._save_runtime()
         self.client.close()
+        if self.mqtt is not None:
+            self.mqtt.stop()
 
     # --- one iteration ----------------------------------------------------------------
     _retry_after: float | None = None
@@ -235,8 +240,49 @@ class RunLoop:
             if poll:
                 self.state.poll_interval = poll
             self.state.save(self.paths)
+        self._use_mqtt(str(resp.get("mqtt_url") or ""))
         actions = resp.get("actions") or []
         return [a for a in actions if isinstance(a, dict)]
+
+    def _use_mqtt(self, url: str) -> None:
+        """Connect to the MQTT broker the server names, if this device has a client certificate (docs/mqtt.md)."""
+        if self.mqtt is not None and self.mqtt.url == url:
+            return
+        if self.mqtt is not None:
+            self.mqtt.stop()
+            self.mqtt = None
+        if not url or self.state.status != "active":
+            return
+        from . import mqtt
+
+        said, self._mqtt_said = self._mqtt_said, url  # why not, once per broker address
+        cert = mqtt.certificate(self.paths.root)
+        if cert is None:
+            if said != url:
+                log.info("the server has an MQTT broker (%s), but this device has no client certificate: HTTPS "
+                         "only", url)
+            return
+        try:
+            link = mqtt.MqttLink(url, self.state.device_id, self.paths.ca, *cert, on_action=self._wake.set)
+            link.start()
+            self.mqtt = link
+        except ImportError:
+            if said != url:
+                log.warning("the server has an MQTT broker (%s), but paho-mqtt is missing: HTTPS only (install "
+                            "python3-paho-mqtt to use it)", url)
+        except (ValueError, OSError) as e:
+            log.warning("not using the MQTT broker %s: %s", url, e)
+
+    def _send(self, method: str, leaf: str, body: dict[str, Any]) -> None:
+        """A report or telemetry batch over MQTT when the broker is there, else (or if it fails) over HTTPS."""
+        if self.mqtt is not None and self.mqtt.connected:
+            try:
+                self.mqtt.publish(leaf, {**body, "batch_id": batch_id(body["points"])} if leaf == "telemetry"
+                                  else body)
+                return
+            except LinkDown as e:
+                log.info("MQTT: %s; sending over HTTPS", e)
+        self.client.call(method, body)
 
     def _components(self) -> list[dict[str, Any]]:
         try:
@@ -249,6 +295,9 @@ class RunLoop:
 
     def _dispatch(self, actions: list[dict[str, Any]]) -> None:
         self.worker.drop_missing({str(a.get("id")) for a in actions})
+        self._submit(actions)
+
+    def _submit(self, actions: list[dict[str, Any]]) -> None:
         busy = self.worker.ids()
         with self._rt_lock:
             handled = set(self.runtime.handled_actions)
@@ -295,7 +344,7 @@ class RunLoop:
                 self.reports.ack([seq])
                 continue
             try:
-                self.client.call("ReportStatus", item)
+                self._send("ReportStatus", "status", item)
             except AgentError as e:
                 if e.code == "failed_precondition":
                     log.info("action %s already ended on the server (%s); report dropped", item["action_id"],
@@ -347,7 +396,7 @@ class RunLoop:
                 seqs.append(seq)
             try:
                 if batch:
-                    self.client.call("PushTelemetry", {"points": batch})
+                    self._send("PushTelemetry", "telemetry", {"points": batch})
             except AgentError as e:
                 # resource_exhausted without Retry-After is a quota (the metric-name limits), not a rate limit:
                 # the same batch would be refused again, and would hold every later point behind it.
@@ -370,6 +419,8 @@ class RunLoop:
             if not self._wake.wait(left):
                 return
             self._wake.clear()
+            while self.mqtt is not None and not self.mqtt.actions.empty():  # pushed by the server over MQTT
+                self._submit([self.mqtt.actions.get()])
             if self._stop.is_set() or not self._online:
                 continue
             try:

@@ -231,6 +231,10 @@ class Fleet:
             lease = FleetLease(self.changes.dsn, fleet_parts, seconds=self.settings.lease_seconds,
                                check=self.settings.lease_check_seconds)
             parts = [self.telemetry, self.changes, self.hub, lease]
+        if self.settings.mqtt_url:
+            from .mqtt.bridge import MqttBridge  # aiomqtt and paho: loaded only with a broker to talk to
+
+            parts.append(MqttBridge(self))
         if self.settings.mdns:
             from .discovery import Advertiser  # zeroconf costs memory; only load it when advertising
 

@@ -110,7 +110,8 @@ def test_pending_device_is_claimed_by_code_and_gets_no_actions_before(client, fl
     assert len(code) == 9 and code[4] == "-"
     assert d.authenticate().status_code == 200
     r = d.call("CheckIn", {})
-    assert r.json() == {"status": "pending", "poll_interval": 60, "actions": [], "next_checkin": 60}
+    assert r.json() == {"status": "pending", "poll_interval": 60, "actions": [], "next_checkin": 60,
+                        "mqtt_url": ""}
     assert d.call("PushTelemetry", {"points": [{"name": "x", "value": 1}]}).status_code == 403
     r = rpc(client, "EnrollmentService", "ClaimDevice", {"claim_code": code.lower().replace("-", ""),
                                                          "name": "kitchen"}, key=admin_key)

@@ -32,6 +32,7 @@ def full_app() -> typer.Typer:
     from .backup import backup as backup_command
     from .backup import restore as restore_command
     from .ca import ca_app
+    from .mqtt import mqtt_app
     from .rollouts import rollouts_app
     from .serve_command import serve
     from .simulate import simulate as simulate_command
@@ -51,6 +52,7 @@ def full_app() -> typer.Typer:
     app.add_typer(telemetry_app, name="telemetry")
     app.add_typer(alerts_app, name="alerts")
     app.add_typer(ca_app, name="ca")
+    app.add_typer(mqtt_app, name="mqtt")
     app.add_typer(store_app, name="store")
     app.command("audit")(admin.audit_command)
     app.command("backup")(backup_command)

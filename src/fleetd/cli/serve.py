@@ -162,6 +162,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "--webhook-allow-private": ("webhook_allow_private", FLAG),
     "--webhook-allowed-network": ("webhook_allowed_network", REPEATED), "--trusted-proxy": ("trusted_proxy", REPEATED),
     "--blob-store": ("blob_store", VALUE), "--database": ("database", VALUE),
+    "--mqtt": ("mqtt_url", VALUE),
 }
 
 
@@ -214,7 +215,7 @@ def run(*, data_dir: str | None = None, host: str | None = None, port: int | Non
         no_mdns: bool = False, public_url: str | None = None, config: str | None = None, log_level: str | None = None,
         ddi_tenant: str | None = None, ddi_anonymous_download: bool = False, webhook_allow_private: bool = False,
         webhook_allowed_network: list[str] | None = None, trusted_proxy: list[str] | None = None,
-        blob_store: str | None = None, database: str | None = None) -> None:
+        blob_store: str | None = None, database: str | None = None, mqtt_url: str | None = None) -> None:
     """Run the fleetd server (HTTPS, the API, the web UI, mDNS)."""
     import uvicorn
 
@@ -225,7 +226,8 @@ def run(*, data_dir: str | None = None, host: str | None = None, port: int | Non
              "ddi_anonymous_download": True if ddi_anonymous_download else None,
              "webhook_allow_private": True if webhook_allow_private else None,
              "webhook_allowed_networks": webhook_allowed_network or None,
-             "trusted_proxies": trusted_proxy or None, "blob_store": blob_store, "database": database}
+             "trusted_proxies": trusted_proxy or None, "blob_store": blob_store, "database": database,
+             "mqtt_url": mqtt_url}
     try:
         settings = load_settings(flags, config)
     except FleetdError as e:

@@ -56,9 +56,12 @@ def serve(
         help="A PostgreSQL database instead of the data dir's SQLite file: postgresql://USER:PASSWORD@HOST:5432/DB"
         "?sslmode=verify-full (env FLEETD_DATABASE; keep the password out of the command line: env PGPASSWORD or "
         "~/.pgpass). The data dir still holds the keys.", show_default=False)] = None,
+    mqtt_url: Annotated[str | None, typer.Option(
+        "--mqtt", help="An MQTT broker to connect to as fleetd's service client, mqtts://HOST:PORT (env "
+        "FLEETD_MQTT_URL; docs/mqtt.md). Default: none, HTTPS polling only.", show_default=False)] = None,
 ) -> None:
     """Run the fleetd server (HTTPS, the API, the web UI, mDNS)."""
     run(data_dir=data_dir, host=host, port=port, no_tls=no_tls, no_mdns=no_mdns, public_url=public_url, config=config,
         log_level=log_level, ddi_tenant=ddi_tenant, ddi_anonymous_download=ddi_anonymous_download,
         webhook_allow_private=webhook_allow_private, webhook_allowed_network=webhook_allowed_network,
-        trusted_proxy=trusted_proxy, blob_store=blob_store, database=database)
+        trusted_proxy=trusted_proxy, blob_store=blob_store, database=database, mqtt_url=mqtt_url)

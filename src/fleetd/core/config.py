@@ -138,6 +138,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     remote_sessions_total: int = 200
     # A session with no bytes either way for this long is closed.
     remote_idle_seconds: float = 900
+    # MQTT (docs/mqtt.md): the broker fleetd connects to as a service client, "mqtts://HOST:PORT"; "" = none (HTTPS
+    # polling only, and nothing of MQTT is loaded). Its client certificate and key: "" = the data dir's
+    # mqtt-client.pem / mqtt-client.key, which fleetd issues from the fleet CA (CN fleetd-service). The client id:
+    # "" = one of this host and data dir's, the same on every start (its persistent session at the broker).
+    mqtt_url: str = ""
+    mqtt_cert_file: str = ""
+    mqtt_key_file: str = ""
+    mqtt_client_id: str = ""
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -189,6 +197,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if min(self.remote_sessions_per_device, self.remote_sessions_total) < 1 or self.remote_idle_seconds <= 0:
             raise InvalidArgument("remote_sessions_per_device, remote_sessions_total and remote_idle_seconds must be "
                                   "positive")
+        self._check_mqtt()
         if self.database and not dsns.is_dsn(self.database):
             raise InvalidArgument("database must be \"\" (the data dir's SQLite file) or a PostgreSQL URL like "
                                   "postgresql://USER:PASSWORD@HOST:5432/DATABASE, got "
@@ -213,6 +222,16 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise InvalidArgument(f"s3_endpoint must be a URL like https://s3.example.com:9000, got "
                                   f"{self.s3_endpoint!r}")
 
+    def _check_mqtt(self) -> None:
+        if self.mqtt_url:
+            mqtt_address(self.mqtt_url)
+        if bool(self.mqtt_cert_file) != bool(self.mqtt_key_file):
+            raise InvalidArgument("mqtt_cert_file and mqtt_key_file go together: set both (a client certificate "
+                                  "and its key) or neither (fleetd issues its own from the fleet CA)")
+        if self.mqtt_client_id and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", self.mqtt_client_id):
+            raise InvalidArgument("mqtt_client_id must be 1-64 of A-Z a-z 0-9 _ . : -, got "
+                                  f"{self.mqtt_client_id!r}")
+
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
@@ -235,6 +254,15 @@ def split_s3_url(url: str) -> tuple[str, str]:
         raise InvalidArgument(f"blob_store must be \"\" (the data dir's blobs folder) or s3://BUCKET/prefix with an "
                               f"S3 bucket name (3-63 of a-z 0-9 . -), got {url!r}")
     return bucket, prefix + "/" if prefix else ""
+
+
+def mqtt_address(url: str) -> tuple[str, int]:
+    """``mqtts://HOST[:PORT]`` as (host, port), port 8883 when not given; InvalidArgument else."""
+    m = re.fullmatch(r"mqtts://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?/?", url)
+    if not m or not 0 < int(m[2] or 8883) < 65536:
+        raise InvalidArgument(f"mqtt_url must be mqtts://HOST:PORT (the broker's TLS listener, e.g. "
+                              f"mqtts://broker.example.com:8883), got {url!r}")
+    return m[1].strip("[]"), int(m[2] or 8883)
 
 
 def _ip_or_network(value: str, what: str = "trusted_proxies") -> str:

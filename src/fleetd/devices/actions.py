@@ -29,7 +29,7 @@ from ..core.fields import Int32
 from ..core.names import matches_any
 from ..store.database import effect
 from . import storage
-from .registry import ActionsOpen, find_device_row
+from .registry import ActionsOpen, NewActions, find_device_row
 
 
 class ActionKind(enum.StrEnum):
@@ -209,9 +209,10 @@ def settled(conn: sqlite3.Connection, action: Action) -> None:
     note_open(conn, [action.device_id])
 
 
-def _opened(conn: sqlite3.Connection, device_ids: list[str]) -> None:
+def _opened(conn: sqlite3.Connection, device_ids: list[str], action_ids: list[str]) -> None:
     if device_ids:
         effect(conn, ActionsOpen(tuple(device_ids), True))
+        effect(conn, NewActions(tuple(device_ids), tuple(action_ids)))
 
 
 def _insert(conn: sqlite3.Connection, actor: Actor, device_id: str, kind: str, component: str,
@@ -265,7 +266,7 @@ def create_install(conn: sqlite3.Connection, actor: Actor, device_refs: list[str
     state = "offered" if consent else "queued"
     ids = [_insert(conn, actor, r["id"], ActionKind.INSTALL, art.name, art.id, {}, state=state, rollout_id=rollout_id)
            for r in rows]
-    _opened(conn, [r["id"] for r in rows])
+    _opened(conn, [r["id"] for r in rows], ids)
     audit.record_batch(conn, actor, "action.install", ids, [r["id"] for r in rows], component=art.name,
                        artifact=f"{art.name}@{art.version}", rollout=rollout_id)
     return ids
@@ -281,7 +282,7 @@ def insert_installs(conn: sqlite3.Connection, actor: Actor, device_ids: list[str
     ids = [new_ordered_id("act") for _ in device_ids]
     storage.insert_actions(conn, ids, device_ids, kind=ActionKind.INSTALL, component=art.name, artifact_id=art.id,
                            state=state, params="{}", rollout_id=rollout_id, created_by=by, at=t)
-    _opened(conn, device_ids)
+    _opened(conn, device_ids, ids)
     return ids
 
 
@@ -302,7 +303,7 @@ def create_rollback(conn: sqlite3.Connection, actor: Actor, device_refs: list[st
             params = {**params, "no_previous_version": True}
         ids.append(_insert(conn, actor, r["id"], ActionKind.ROLLBACK, component, artifact_id, params,
                            rollout_id=rollout_id))
-    _opened(conn, [r["id"] for r in rows])
+    _opened(conn, [r["id"] for r in rows], ids)
     audit.record_batch(conn, actor, "action.rollback", ids, [r["id"] for r in rows], component=component,
                        rollout=rollout_id)
     return ids
@@ -323,7 +324,7 @@ def create_simple(conn: sqlite3.Connection, actor: Actor, device_refs: list[str]
     if kind == ActionKind.LOGS:
         _check_reports_app(conn, rows, component)
     ids = [_insert(conn, actor, r["id"], kind, component, None, params or {}) for r in rows]
-    _opened(conn, [r["id"] for r in rows])
+    _opened(conn, [r["id"] for r in rows], ids)
     audit.record_batch(conn, actor, f"action.{kind}", ids, [r["id"] for r in rows], component=component)
     return ids
 

@@ -7,19 +7,22 @@ from typing import Any
 
 import msgspec
 
-from ..core.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from ..core.fields import Int32, Int64
+from ..core.errors import InvalidArgument, Unauthenticated
+from ..core.fields import Int64
 from ..http.rpc import Context, Service
-from ..telemetry.intake import Point
-from . import actions, join_tokens, registry, storage
-from .actions import ActionResult, DeviceAction
+from . import device_calls, join_tokens, registry, storage
 from .devauth import CHALLENGE_TTL, TOKEN_TTL, challenge_message, decode_b64_field, verify_signature
-from .inventory import Component, Inventory, inventory_dict
-from .registry import DeviceRuntime
+from .device_calls import (
+    CheckInRequest,
+    CheckInResponse,
+    PushTelemetryRequest,
+    PushTelemetryResponse,
+    ReportStatusRequest,
+    ReportStatusResponse,
+)
+from .inventory import Inventory, inventory_dict
 
 service = Service("DeviceService", "Device-facing calls: enrollment, authentication, check-in, status, telemetry.")
-
-MAX_COMPONENTS = 64
 
 
 class EnrollRequest(msgspec.Struct, kw_only=True):
@@ -202,89 +205,22 @@ async def Authenticate(ctx: Context, req: AuthenticateRequest) -> AuthenticateRe
                                 status=row["status"])
 
 
-class CheckInRequest(msgspec.Struct, kw_only=True):
-    inventory: Inventory | None = None
-    # Everything installed, on every check-in: a component left out is taken as removed.
-    components: list[Component] = []
-
-
-class CheckInResponse(msgspec.Struct, kw_only=True):
-    status: str
-    # The device's configured interval: what its online state is judged by.
-    poll_interval: int
-    actions: list[DeviceAction] = []
-    # Seconds until the next check-in: poll_interval, or less (never under 5) while an action is being worked on.
-    next_checkin: int
-
-
-_NO_ACTIONS: list[DeviceAction] = []
-
-
-def _calling_device(ctx: Context, *, active_to: str = "") -> tuple[str, DeviceRuntime]:
-    """The calling device's id and runtime; with ``active_to``, refuse it unless it is active."""
-    device_id = ctx.principal.id
-    rt = ctx.fleet.hub.runtime.get(device_id) if device_id else None
-    if device_id is None or rt is None:
-        raise Unauthenticated("unknown device; enroll again")
-    if active_to and rt.status != "active":
-        raise PermissionDenied(f"only active devices {active_to}; this one is {rt.status}")
-    return device_id, rt
-
-
 @service.method(auth="device")
 async def CheckIn(ctx: Context, req: CheckInRequest) -> CheckInResponse:
     """Heartbeat: report inventory, get the poll interval and pending actions."""
-    hub = ctx.fleet.hub
-    device_id, rt = _calling_device(ctx)
-    if len(req.components) > MAX_COMPONENTS:
-        raise InvalidArgument(f"at most {MAX_COMPONENTS} components")
-    hub.note_checkin(device_id, ctx.remote_addr, req.inventory, req.components)
-    pending = _NO_ACTIONS
-    if rt.status == "active" and device_id in hub.open_actions:
-        base = ctx.fleet.public_url
-        pending = await ctx.fleet.store.read(lambda c: actions.open_for_device(c, device_id, base))
-    return CheckInResponse(status=rt.status, poll_interval=rt.poll_interval, actions=pending,
-                           next_checkin=actions.next_checkin(rt.poll_interval, pending))
-
-
-class ReportStatusRequest(msgspec.Struct, kw_only=True):
-    action_id: str
-    state: str
-    message: str = ""
-    progress: Int32 = 0
-    # Only with the succeeded report of a logs action: the app's last lines.
-    result: ActionResult | None = None
-
-
-class ReportStatusResponse(msgspec.Struct, kw_only=True):
-    action_id: str
-    state: str
+    return await device_calls.check_in(ctx.fleet, ctx.principal.id, ctx.remote_addr, req)
 
 
 @service.method(auth="device")
 async def ReportStatus(ctx: Context, req: ReportStatusRequest) -> ReportStatusResponse:
     """Move one of this device's actions forward (downloading, installing, succeeded, failed, …)."""
-    device_id, _ = _calling_device(ctx, active_to="report action status")
-    action = await ctx.fleet.store.write(
-        lambda c: actions.report(c, device_id, req.action_id, req.state, req.message, req.progress, req.result))
-    return ReportStatusResponse(action_id=action.id, state=action.state)
-
-
-class PushTelemetryRequest(msgspec.Struct, kw_only=True):
-    points: list[Point]
-
-
-class PushTelemetryResponse(msgspec.Struct, kw_only=True):
-    accepted: int
+    return await device_calls.report_status(ctx.fleet, ctx.principal.id, req)
 
 
 @service.method(auth="device")
 async def PushTelemetry(ctx: Context, req: PushTelemetryRequest) -> PushTelemetryResponse:
     """Store a batch of points; returns once they are committed."""
-    device_id, _ = _calling_device(ctx, active_to="send telemetry")
-    accepted = await ctx.fleet.telemetry.add(device_id, req.points)
-    ctx.fleet.alerts.note_points(device_id, req.points)  # alert rules on these metrics look again soon
-    return PushTelemetryResponse(accepted=accepted)
+    return await device_calls.push_telemetry(ctx.fleet, ctx.principal.id, req.points)
 
 
 class IssueCertificateRequest(msgspec.Struct, kw_only=True):
@@ -311,9 +247,9 @@ async def IssueCertificate(ctx: Context, req: IssueCertificateRequest) -> IssueC
     """A client certificate from the fleet CA for a key the device proves it holds; renew by calling it again."""
     from . import certificate_service, certificates
 
-    device_id, _ = _calling_device(ctx, active_to="get a certificate")
-    key = certificates.load_csr(req.csr)
     fleet = ctx.fleet
+    device_id, _ = device_calls.calling_device(fleet, ctx.principal.id, active_to="get a certificate")
+    key = certificates.load_csr(req.csr)
 
     cert = await fleet.store.write(lambda c: certificate_service.issue_and_record(
         c, fleet.keys, device_id, key, days=fleet.settings.device_certificate_days))
@@ -321,3 +257,16 @@ async def IssueCertificate(ctx: Context, req: IssueCertificateRequest) -> IssueC
     return IssueCertificateResponse(certificate=certificates.pem(cert), serial=certificates.serial_hex(
         cert.serial_number), not_after=int(end), renew_after=int(start + (end - start) * 2 / 3),
         ca_certificate=fleet.keys.ca_pem.decode())
+
+
+__all__ = [
+    "CheckInRequest",
+    "CheckInResponse",
+    "IssueCertificateRequest",
+    "IssueCertificateResponse",
+    "PushTelemetryRequest",
+    "PushTelemetryResponse",
+    "ReportStatusRequest",
+    "ReportStatusResponse",
+    "service",
+]

@@ -135,10 +135,13 @@ class DeviceHub:
             self._inventory[device_id] = (inv, history)
 
     def note_seen(self, device_id: str, addr: str | None) -> None:
-        """A contact: last seen (and address) only, e.g. a hawkBit DDI poll, which reports no components."""
+        """A contact: last seen (and address) only, e.g. a hawkBit DDI poll, which reports no components. ``addr``
+        None (a check-in over MQTT, which shows no address) keeps the address last seen."""
         t = time.time()
         self.runtime.set_seen(device_id, t)
         stored = self._persisted.get(device_id)
+        if addr is None and stored is not None:
+            addr = stored[1]
         if stored is None or t - stored[0] >= self.persist_seen_after or stored[1] != addr:
             self._seen[device_id] = self._persisted[device_id] = (t, addr)
 

@@ -457,6 +457,14 @@ class ActionsOpen(Effect, frozen=True):
     open: bool
 
 
+class NewActions(Effect, frozen=True):
+    """New actions (``action_ids``) for these devices, in the same order: the MQTT part publishes them to the
+    devices at once (docs/mqtt.md)."""
+
+    device_ids: tuple[str, ...]
+    action_ids: tuple[str, ...]
+
+
 def changed(conn: sqlite3.Connection, device_id: str) -> None:
     """Record the device as this transaction leaves it, for the hub (gone, if it was deleted)."""
     r = storage.device_record(conn, device_id)

@@ -171,7 +171,8 @@ def device_page(conn: sqlite3.Connection, *, status: str | None, device_type: st
 
 # --- check-ins: last contact, inventory, components -------------------------------------------------------
 
-_RECORD_SEEN = "UPDATE devices SET last_seen = ?, last_addr = ? WHERE id = ?"
+# A contact without an address (a check-in over MQTT) keeps the one last seen.
+_RECORD_SEEN = "UPDATE devices SET last_seen = ?, last_addr = COALESCE(?, last_addr) WHERE id = ?"
 _SET_INVENTORY = "UPDATE devices SET inventory = ? WHERE id = ?"
 _COMPONENTS = "SELECT * FROM device_components WHERE device_id = ? ORDER BY name"
 _UPSERT_COMPONENT = (

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ._process import Service, ServiceError, accepts, free_port
@@ -29,9 +31,14 @@ class Mosquitto(Service):
 
     name = "mosquitto"
 
-    def __init__(self, settings: str = "allow_anonymous true\n") -> None:
+    def __init__(self, settings: str = "allow_anonymous true\n",
+                 config: Callable[[Path, int], str] | None = None) -> None:
+        """``config``: the whole configuration instead, as ``config(dir, port)`` returns it (called once, at the
+        first start), e.g. ``fleetd mqtt broker-config --dir DIR --listen 127.0.0.1:PORT``'s output as printed."""
         super().__init__()
         self.settings = settings
+        self._make_config = config
+        self._config_text: str | None = None
         self.port = free_port()
         self.host = "127.0.0.1"
 
@@ -40,6 +47,10 @@ class Mosquitto(Service):
         return self.dir / "mosquitto.conf"
 
     def config(self) -> str:
+        if self._make_config is not None:
+            if self._config_text is None:
+                self._config_text = self._make_config(self.dir, self.port)
+            return self._config_text
         # As root mosquitto would switch to the `mosquitto` user, who cannot read the tests' files: stay who we are.
         return (f"user {getpass.getuser()}\n"
                 f"persistence true\npersistence_location {self.dir}/\n"
@@ -51,6 +62,16 @@ class Mosquitto(Service):
         self._spawn([str(mosquitto_binary()), "-c", str(self.config_path)])
         # Listening is the signal (not an MQTT CONNECT: with TLS settings the listener wants a handshake first).
         self._wait(lambda: accepts(self.port, self.host), 15, "listening")
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """The broker stopped for the ``with`` block (it saves its state on the way out), then started again on the
+        same port and dir: clients see it unreachable meanwhile."""
+        self._stop_process()
+        try:
+            yield
+        finally:
+            self._start()
 
     def restart(self) -> None:
         """Stop the broker (it saves its state on the way out) and start it again on the same port and dir."""

@@ -255,14 +255,14 @@ def test_each_group_gets_consecutive_ids_in_the_order_pushed(store_backend: Stor
 
 
 def test_the_insert_lock_orders_inserts_of_several_connections(pg_store: Store) -> None:
-    """Two writers (as two replicas' would be; SQLite has one): with the lock, a connection's COPY waits for the
+    """Two writers (as two replicas' would be; SQLite has one): with the lock, a connection's insert waits for the
     other's commit, so that ids commit in increasing order."""
     store = pg_store
     other = store.connect(readonly=False)
     try:
         with transaction(other):
             other.execute(f"SELECT pg_advisory_xact_lock({storage.RAW_INSERT_LOCK})")
-            job_ = store.submit_write(lambda c: storage.copy_point_batches(c, [("d", time.time(), '[{"name":"x",'
+            job_ = store.submit_write(lambda c: storage.unpack_point_batches(c, [("d", time.time(), '[{"name":"x",'
                                                                                    '"value":1}]')]),
                                       transactional=False)
             time.sleep(0.2)

@@ -7,8 +7,8 @@ The event loop checks a batch's points (one pass, no row built), groups their va
 rollups (rollups.MinuteSums.bucket) and encodes them back to one JSON array with msgspec, in C: what is stored is
 exactly what was checked, whatever the request's JSON looked like (a key given twice, a number as a string). The
 writer takes every batch waiting when its job starts and stores up to 64 of them with one statement
-(storage.insert_point_batches), which unpacks the arrays without the GIL (on PostgreSQL: one binary COPY,
-storage.copy_point_batches); once that has committed, the loop adds the batches' values to the per-minute sums the
+(storage.insert_point_batches), which unpacks the arrays without the GIL (on PostgreSQL: one statement too,
+storage.unpack_point_batches); once that has committed, the loop adds the batches' values to the per-minute sums the
 rollup job merges, so that the rows are not read again (on SQLite only: replicas keep no sums, docs/telemetry.md).
 docs/performance.md, "Telemetry", has the measurements behind this.
 """
@@ -184,10 +184,10 @@ class TelemetryIntake:
         self.commits = 0
         # CPU seconds of the writer thread in the inserts (the rollups' cost is measured against it).
         self.insert_cpu_seconds = 0.0
-        # How a group is stored, chosen once: SQLite's one JSON-unpacking INSERT; PostgreSQL's COPY, under the lock that
-        # keeps its ids in commit order across replicas (storage.copy_point_batches).
+        # How a group is stored, chosen once: SQLite's one JSON-unpacking INSERT; PostgreSQL's, under the lock that
+        # keeps its ids in commit order across replicas (storage.unpack_point_batches).
         self._store_group: Callable[[Any, list[storage.Batch]], tuple[int, int | None]] = (
-            storage.insert_point_batches if store.dsn is None else storage.copy_point_batches)
+            storage.insert_point_batches if store.dsn is None else storage.unpack_point_batches)
 
     async def add(self, device_id: str, points: list[Point]) -> int:
         """Check and store ``points``; returns (how many) once they are committed, or raises what :func:`check`

@@ -15,7 +15,8 @@ import pytest
 from fleetd.store.database import Store, transaction
 from fleetd.telemetry import partitions, rollups, storage
 from fleetd.telemetry.intake import Point, TelemetryIntake
-from fleetd.telemetry.rollups import DAY, MinuteSums, Retention, Rollups
+from fleetd.telemetry.rollups import DAY, Retention, Rollups
+from fleetd.telemetry.sums import MinuteSums
 
 pytestmark = pytest.mark.both_backends
 

@@ -4,7 +4,7 @@ A PushTelemetry call returns once its points are committed, so a device may
 drop them from its queue; many concurrent calls share one transaction.
 
 The event loop checks a batch's points (one pass, no row built), groups their values by minute and metric for the
-rollups (rollups.MinuteSums.bucket) and encodes them back to one JSON array with msgspec, in C: what is stored is
+rollups (sums.MinuteSums.bucket) and encodes them back to one JSON array with msgspec, in C: what is stored is
 exactly what was checked, whatever the request's JSON looked like (a key given twice, a number as a string). The
 writer takes every batch waiting when its job starts and stores up to 64 of them with one statement
 (storage.insert_point_batches), which unpacks the arrays without the GIL (on PostgreSQL: one statement too,
@@ -33,7 +33,7 @@ from ..core.lifecycle import Scope
 from ..core.names import METRIC_NAME
 from ..store.database import Store
 from . import storage
-from .rollups import Buckets, MinuteSums
+from .sums import Buckets, MinuteSums
 
 log = logging.getLogger(__name__)
 

@@ -263,8 +263,8 @@ def test_the_insert_lock_orders_inserts_of_several_connections(pg_store: Store) 
     try:
         with transaction(other):
             other.execute(f"SELECT pg_advisory_xact_lock({storage.RAW_INSERT_LOCK})")
-            job_ = store.submit_write(lambda c: storage.unpack_point_batches(c, [("d", time.time(), '[{"name":"x",'
-                                                                                   '"value":1}]')]),
+            job_ = store.submit_write(lambda c: storage.copy_point_batches(c, [("d", time.time(),
+                                                                                  [Point(name="x", value=1)])]),
                                       transactional=False)
             time.sleep(0.2)
             assert not job_.done()  # waiting for the lock

@@ -10,8 +10,10 @@ from __future__ import annotations
 import functools
 import re
 import sqlite3
-from collections.abc import Iterable
-from typing import Any, Literal
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, Protocol
+
+import msgspec
 
 from ..store.database import transaction
 from ..store.dialect import Dialect, dialect_of
@@ -63,27 +65,45 @@ def insert_point_batches(conn: sqlite3.Connection, batches: list[Batch]) -> tupl
 # single writer: the rollups' watermark and the intake's per-minute sums rely on both (rollups.py).
 RAW_INSERT_LOCK = 0x666C_6565_7464_7231  # "fleetdr1"
 _LOCK_RAW_INSERTS = f"SELECT pg_advisory_xact_lock({RAW_INSERT_LOCK})"
+_COPY = "COPY telemetry (device_id, name, ts, value, tags) FROM STDIN (FORMAT BINARY)"
+_COPY_TYPES = ("text", "text", "float8", "float8", "text")
 _TOP_RAW_ID = "SELECT currval(pg_get_serial_sequence('telemetry', 'id'))"
-# One statement for a whole group: the batches go in as three arrays (binary parameters, %b: psycopg's text arrays
-# quote every element in Python), PostgreSQL unpacks each batch's JSON with json_to_recordset (json, not jsonb: the
-# tags stay the very text the intake encoded, as SQLite stores them).
-_UNPACK = ("INSERT INTO telemetry (device_id, name, ts, value, tags) "
-           "SELECT b.device_id, p.name, COALESCE(NULLIF(p.ts, 0), b.received), p.value, NULLIF(p.tags::text, '{}') "
-           "FROM unnest(%b::text[], %b::float8[], %b::text[]) AS b(device_id, received, points) "
-           "CROSS JOIN LATERAL json_to_recordset(b.points::json) AS p(name text, value float8, ts float8, tags json)")
 
 
-def unpack_point_batches(conn: Any, batches: list[Batch]) -> tuple[int, int | None]:
-    """PostgreSQL (the adapter's connection, store/postgres.py): store the points of ``batches`` with one statement
-    that unpacks their JSON in the database, in a transaction of its own under RAW_INSERT_LOCK; the rows get
-    consecutive ids (docs/performance.md, "Telemetry on PostgreSQL", has why this and not COPY). → (points stored,
-    the last one's id; None if none)."""
+class StoredPoint(Protocol):
+    """What the COPY reads of a checked point (intake.Point)."""
+
+    name: str
+    value: float
+    ts: float
+    tags: dict[str, str]
+
+
+PointBatch = tuple[str, float, Sequence[StoredPoint]]
+"""PostgreSQL's form of a :data:`Batch`: (device_id, time received, the checked points themselves)."""
+
+_encode_tags = msgspec.json.Encoder().encode
+
+
+def copy_point_batches(conn: Any, batches: list[PointBatch]) -> tuple[int, int | None]:
+    """PostgreSQL (the adapter's connection, store/postgres.py): store the points of ``batches`` with one binary
+    COPY, in a transaction of its own under RAW_INSERT_LOCK; the rows get consecutive ids in the batches' order. The
+    points come as the intake checked them, not as JSON: neither the event loop encodes them nor the writer decodes
+    them (docs/performance.md, "Telemetry on PostgreSQL"). Tags are stored as the JSON text :func:`intake.rows_for`
+    gives. → (points stored, the last one's id; None if none)."""
+    stored = 0
     with transaction(conn):
         conn.execute(_LOCK_RAW_INSERTS)
-        stored = conn.raw.execute(_UNPACK, ([b[0] for b in batches], [b[1] for b in batches],
-                                            [b[2] for b in batches])).rowcount
-        top = conn.execute(_TOP_RAW_ID).fetchone()[0] if stored > 0 else None
-    return max(stored, 0), None if top is None else int(top)
+        with conn.raw.cursor() as cur, cur.copy(_COPY) as copy:
+            copy.set_types(_COPY_TYPES)
+            write = copy.write_row
+            for device_id, received, points in batches:
+                for p in points:
+                    tags = p.tags
+                    write((device_id, p.name, p.ts or received, p.value, _encode_tags(tags).decode() if tags else None))
+                stored += len(points)
+        top = conn.execute(_TOP_RAW_ID).fetchone()[0] if stored else None
+    return stored, None if top is None else int(top)
 
 
 def insert_point_batches_locked(conn: Any, batches: list[Batch]) -> tuple[int, int | None]:

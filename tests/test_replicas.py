@@ -200,7 +200,7 @@ def holder_process(tmp_path: Path, dsn: str, timings: dict[str, float] | None = 
     fleet-scope parts (it holds the lease); killed at the end. ``timings``: its lease settings (default: the
     defaults)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    args = [str(v) for v in (timings or {}).values()]
+    args = [str(timings["lease_seconds"]), str(timings["lease_check_seconds"])] if timings else []
     proc = subprocess.Popen([sys.executable, "-m", "tests.support.replica_proc", dsn, str(tmp_path / "proc"), *args],
                             stdout=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).parent.parent)
     try:
@@ -237,8 +237,9 @@ def test_failover_after_kill_9_of_the_holder(tmp_path: Path, dsn: str) -> None:
 
 def test_a_paused_holder_keeps_the_lease_until_it_resumes_or_dies(tmp_path: Path, dsn: str) -> None:
     """SIGSTOP (a paused VM, a debugger): the holder's kernel keeps its connection, so it keeps the advisory lock and
-    no other replica starts the fleet-scope parts, however long the pause (docs/decisions.md, "The fleet lease");
-    SIGCONT: the holder carries on, its parts never stopped; paused again and killed: another replica takes over."""
+    no other replica starts the fleet-scope parts, however long the pause (docs/decisions.md, "Replicas: the fleet
+    lease ..."); SIGCONT: the holder carries on, its parts never stopped; paused again and killed: another replica
+    takes over."""
     lease_seconds = FAST["lease_seconds"]
     with holder_process(tmp_path, dsn, FAST) as proc:
         assert proc.stdout is not None

@@ -2,20 +2,21 @@
 parts under the fleet lease (store/lease.py), and the effects of a write on one replica run on every other one
 (store/changes.py). Each replica is an in-process Fleet with its own data dir (the fleet's keys copied, as
 replicas share them) and its own app, event loop and background parts, on one test PostgreSQL database; the
-kill -9 test runs the holder as a real process (tests/support/replica_proc.py)."""
+kill -9 and SIGSTOP tests run the holder as a real process (tests/support/replica_proc.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,16 @@ def wait_until(what: Callable[[], Any], timeout: float, every: float = 0.02) -> 
     while not what():
         if time.monotonic() - t0 > timeout:
             raise AssertionError(f"not true after {timeout} s")
+        time.sleep(every)
+    return time.monotonic() - t0
+
+
+def holds_for(what: Callable[[], bool], seconds: float, every: float = 0.02) -> float:
+    """Seconds ``what()`` stayed true, checked every ``every``, up to ``seconds``."""
+    t0 = time.monotonic()
+    while what():
+        if time.monotonic() - t0 >= seconds:
+            return seconds
         time.sleep(every)
     return time.monotonic() - t0
 
@@ -182,17 +193,31 @@ def test_a_holder_that_loses_its_connection_stops_the_parts(replicas: Any, dsn: 
     # before the parts start)
 
 
-def test_failover_after_kill_9_of_the_holder(tmp_path: Path, dsn: str) -> None:
-    """The holder is a real process, killed with SIGKILL; the defaults' timings (lease_seconds 6)."""
-    first = tmp_path / "proc"
+@contextmanager
+def holder_process(tmp_path: Path, dsn: str, timings: dict[str, float] | None = None
+                   ) -> Iterator[subprocess.Popen[str]]:
+    """A replica as a real process (tests/support/replica_proc.py) on the data dir tmp_path/proc, once it runs the
+    fleet-scope parts (it holds the lease); killed at the end. ``timings``: its lease settings (default: the
+    defaults)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.replica_proc", dsn, str(first)],
+    args = [str(timings["lease_seconds"]), str(timings["lease_check_seconds"])] if timings else []
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.replica_proc", dsn, str(tmp_path / "proc"), *args],
                             stdout=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).parent.parent)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.strip() == "running", line
-        share_keys(first, tmp_path / "inproc")
+        share_keys(tmp_path / "proc", tmp_path / "inproc")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_failover_after_kill_9_of_the_holder(tmp_path: Path, dsn: str) -> None:
+    """The holder is a real process, killed with SIGKILL; the defaults' timings (lease_seconds 6)."""
+    with holder_process(tmp_path, dsn) as proc:
         fleet = Fleet(settings_for(tmp_path / "inproc", database=dsn), lock=False)
         try:
             with TestClient(app=asgi_app(fleet)) as client:
@@ -208,10 +233,44 @@ def test_failover_after_kill_9_of_the_holder(tmp_path: Path, dsn: str) -> None:
                 wait_until(lambda: fleet_tasks(r), 5)  # running is set before the parts start
         finally:
             fleet.close()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+
+def test_a_paused_holder_keeps_the_lease_until_it_resumes_or_dies(tmp_path: Path, dsn: str) -> None:
+    """SIGSTOP (a paused VM, a debugger): the holder's kernel keeps its connection, so it keeps the advisory lock and
+    no other replica starts the fleet-scope parts, however long the pause (docs/decisions.md, "Replicas: the fleet
+    lease ..."); SIGCONT: the holder carries on, its parts never stopped; paused again and killed: another replica
+    takes over."""
+    lease_seconds = FAST["lease_seconds"]
+    with holder_process(tmp_path, dsn, FAST) as proc:
+        assert proc.stdout is not None
+        fleet = Fleet(settings_for(tmp_path / "inproc", database=dsn, **FAST), lock=False)
+        try:
+            with TestClient(app=asgi_app(fleet)) as client:
+                r = Replica(fleet, client)
+                lease = fleet.lease
+                assert lease is not None
+
+                def nothing_here() -> bool:
+                    return not lease.holding and not r.running and not fleet_tasks(r)
+
+                proc.send_signal(signal.SIGSTOP)
+                held_off = holds_for(nothing_here, 2 * lease_seconds)
+                assert held_off >= 2 * lease_seconds, f"another replica took the lease {held_off:.2f} s into the pause"
+                proc.send_signal(signal.SIGCONT)
+                # The holder resumes with its parts running: it would print "stopped" had it stopped them.
+                ready, _, _ = select.select([proc.stdout], [], [], lease_seconds)
+                assert not ready, f"the resumed holder: {proc.stdout.readline().strip()!r}"
+                assert proc.poll() is None and nothing_here()
+                proc.send_signal(signal.SIGSTOP)
+                assert holds_for(nothing_here, lease_seconds) >= lease_seconds
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+                took = wait_until(lambda: r.running, 10)
+                log.warning("fleet lease failover after kill -9 of a paused holder: %.2f s (lease_seconds %g)", took,
+                            lease_seconds)
+                wait_until(lambda: fleet_tasks(r), 5)  # running is set before the parts start
+        finally:
+            fleet.close()
 
 
 # --- the change feed -----------------------------------------------------------------------------------------------

@@ -170,7 +170,8 @@ def test_empty_batches_store_nothing_and_need_no_commit(store: Store) -> None:
 def test_the_rollups_the_sums_and_the_inserts_count_their_cpu_time(tmp_path: Path) -> None:
     """The figures the benchmark compares (the rollup job's and the sums' cost as shares of the intake's) grow with
     the work done."""
-    from fleetd.telemetry.rollups import MinuteSums, Retention, Rollups
+    from fleetd.telemetry.rollups import Retention, Rollups
+    from fleetd.telemetry.sums import MinuteSums
 
     s = Store(tmp_path / "fleetd.db")
     try:

@@ -1,4 +1,4 @@
-"""The writer's per-minute sums (rollups.MinuteSums): the rollups they make equal a recomputation over every point
+"""The writer's per-minute sums (sums.MinuteSums): the rollups they make equal a recomputation over every point
 stored, whatever happened in between — restarts, refused batches, failed inserts, passes racing inserts, retention,
 dropped sums; and they are what the pass merges (the rows are not read again) until a restart empties them."""
 

@@ -15,7 +15,8 @@ import pytest
 from fleetd.store.database import Store, transaction
 from fleetd.telemetry import partitions, rollups, storage
 from fleetd.telemetry.intake import Point, TelemetryIntake
-from fleetd.telemetry.rollups import DAY, MinuteSums, Retention, Rollups
+from fleetd.telemetry.rollups import DAY, Retention, Rollups
+from fleetd.telemetry.sums import MinuteSums
 
 pytestmark = pytest.mark.both_backends
 
@@ -255,15 +256,15 @@ def test_each_group_gets_consecutive_ids_in_the_order_pushed(store_backend: Stor
 
 
 def test_the_insert_lock_orders_inserts_of_several_connections(pg_store: Store) -> None:
-    """Two writers (as two replicas' would be; SQLite has one): with the lock, a connection's COPY waits for the
+    """Two writers (as two replicas' would be; SQLite has one): with the lock, a connection's insert waits for the
     other's commit, so that ids commit in increasing order."""
     store = pg_store
     other = store.connect(readonly=False)
     try:
         with transaction(other):
             other.execute(f"SELECT pg_advisory_xact_lock({storage.RAW_INSERT_LOCK})")
-            job_ = store.submit_write(lambda c: storage.copy_point_batches(c, [("d", time.time(), '[{"name":"x",'
-                                                                                   '"value":1}]')]),
+            job_ = store.submit_write(lambda c: storage.copy_point_batches(c, [("d", time.time(),
+                                                                                  [Point(name="x", value=1)])]),
                                       transactional=False)
             time.sleep(0.2)
             assert not job_.done()  # waiting for the lock

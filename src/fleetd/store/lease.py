@@ -14,7 +14,8 @@ Never two at once:
   broke with a reset (the database restarted, the lock freed at once) has noticed and stopped them meanwhile;
 - a holder that dies (``kill -9``) closes its socket: the database frees the lock at once and another replica
   takes over within ``check + seconds / 2`` (measured in docs/decisions.md). A holder that is paused (SIGSTOP)
-  keeps its lock (its kernel still answers keepalives): nothing runs anywhere until it resumes or dies.
+  keeps its lock (its kernel still answers keepalives): nothing runs anywhere until it resumes or dies
+  (tests/test_replicas.py pauses a holder process for 2 x ``seconds``, resumes it, pauses and kills it).
 
 On SQLite the data dir's lock already makes one process the only server: no lease, the parts run as they are.
 """

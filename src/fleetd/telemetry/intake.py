@@ -3,13 +3,14 @@
 A PushTelemetry call returns once its points are committed, so a device may
 drop them from its queue; many concurrent calls share one transaction.
 
-The event loop checks a batch's points (one pass, no row built), groups their values by minute and metric for the
-rollups (rollups.MinuteSums.bucket) and encodes them back to one JSON array with msgspec, in C: what is stored is
-exactly what was checked, whatever the request's JSON looked like (a key given twice, a number as a string). The
-writer takes every batch waiting when its job starts and stores up to 64 of them with one statement
-(storage.insert_point_batches), which unpacks the arrays without the GIL (on PostgreSQL: one binary COPY,
-storage.copy_point_batches); once that has committed, the loop adds the batches' values to the per-minute sums the
-rollup job merges, so that the rows are not read again (on SQLite only: replicas keep no sums, docs/telemetry.md).
+The event loop checks a batch's points (one pass, no row built) and groups their values by minute and metric for
+the rollups (sums.MinuteSums.bucket). On SQLite it encodes them back to one JSON array with msgspec, in C: what is
+stored is exactly what was checked, whatever the request's JSON looked like (a key given twice, a number as a
+string). The writer takes every batch waiting when its job starts and stores up to 64 of them with one statement
+(storage.insert_point_batches), which unpacks the arrays without the GIL; once that has committed, the loop adds the
+batches' values to the per-minute sums the rollup job merges, so that the rows are not read again (on SQLite only:
+replicas keep no sums, docs/telemetry.md). On PostgreSQL the writer stores the checked points themselves, not
+encoded, with one binary COPY per group (storage.copy_point_batches).
 docs/performance.md, "Telemetry", has the measurements behind this.
 """
 
@@ -33,7 +34,7 @@ from ..core.lifecycle import Scope
 from ..core.names import METRIC_NAME
 from ..store.database import Store
 from . import storage
-from .rollups import Buckets, MinuteSums
+from .sums import Buckets, MinuteSums
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,9 @@ def _reject(i: int, p: Point, received: float) -> NoReturn:
                           "without NUL characters")
 
 
-Pending = tuple[storage.Batch, "Buckets | None", "asyncio.Future[None]"]
-"""One call's batch as stored, its values for the sums and the caller's future."""
+Pending = tuple["storage.Batch | storage.PointBatch", "Buckets | None", "asyncio.Future[None]"]
+"""One call's batch as stored (SQLite: its points as JSON; PostgreSQL: the points), its values for the sums and the
+caller's future."""
 
 
 class TelemetryIntake:
@@ -184,10 +186,12 @@ class TelemetryIntake:
         self.commits = 0
         # CPU seconds of the writer thread in the inserts (the rollups' cost is measured against it).
         self.insert_cpu_seconds = 0.0
-        # How a group is stored, chosen once: SQLite's one JSON-unpacking INSERT; PostgreSQL's COPY, under the lock that
-        # keeps its ids in commit order across replicas (storage.copy_point_batches).
-        self._store_group: Callable[[Any, list[storage.Batch]], tuple[int, int | None]] = (
-            storage.insert_point_batches if store.dsn is None else storage.copy_point_batches)
+        # How a group is stored, chosen once: SQLite's one JSON-unpacking INSERT (the points encoded on the loop, in
+        # C); PostgreSQL's COPY of the points as they are, under the lock that keeps its ids in commit order across
+        # replicas (storage.copy_point_batches).
+        self._json = store.dsn is None
+        self._store_group: Callable[[Any, list[Any]], tuple[int, int | None]] = (
+            storage.insert_point_batches if self._json else storage.copy_point_batches)
 
     async def add(self, device_id: str, points: list[Point]) -> int:
         """Check and store ``points``; returns (how many) once they are committed, or raises what :func:`check`
@@ -199,7 +203,9 @@ class TelemetryIntake:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         buckets = self.sums.bucket(points, received) if self.sums is not None else None
-        entry: Pending = ((device_id, received, _encode(points).decode()), buckets, fut)
+        batch: storage.Batch | storage.PointBatch = (
+            (device_id, received, _encode(points).decode()) if self._json else (device_id, received, points))
+        entry: Pending = (batch, buckets, fut)
         with self._lock:
             self._pending.append(entry)
             queue_job = not self._job_waiting

@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 import re
 import sqlite3
-from collections.abc import Iterable
-from typing import Any, Literal
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -70,24 +70,27 @@ _COPY_TYPES = ("text", "text", "float8", "float8", "text")
 _TOP_RAW_ID = "SELECT currval(pg_get_serial_sequence('telemetry', 'id'))"
 
 
-class _Stored(msgspec.Struct, gc=False):
-    """A point of a batch's JSON as the intake encoded it (intake.Point; tags as their JSON text)."""
+class StoredPoint(Protocol):
+    """What the COPY reads of a checked point (intake.Point)."""
 
     name: str
     value: float
-    ts: float = 0.0
-    tags: msgspec.Raw = msgspec.Raw(b"{}")
+    ts: float
+    tags: dict[str, str]
 
 
-_decode_points = msgspec.json.Decoder(list[_Stored]).decode
-_NO_TAGS = b"{}"
+PointBatch = tuple[str, float, Sequence[StoredPoint]]
+"""PostgreSQL's form of a :data:`Batch`: (device_id, time received, the checked points themselves)."""
+
+_encode_tags = msgspec.json.Encoder().encode
 
 
-def copy_point_batches(conn: Any, batches: list[Batch]) -> tuple[int, int | None]:
+def copy_point_batches(conn: Any, batches: list[PointBatch]) -> tuple[int, int | None]:
     """PostgreSQL (the adapter's connection, store/postgres.py): store the points of ``batches`` with one binary
-    COPY, in a transaction of its own under RAW_INSERT_LOCK; the rows get consecutive ids in the batches' order
-    (docs/performance.md, "Telemetry on PostgreSQL", has why COPY). → (points stored, the last one's id; None if
-    none)."""
+    COPY, in a transaction of its own under RAW_INSERT_LOCK; the rows get consecutive ids in the batches' order. The
+    points come as the intake checked them, not as JSON: neither the event loop encodes them nor the writer decodes
+    them (docs/performance.md, "Telemetry on PostgreSQL"). Tags are stored as the JSON text :func:`intake.rows_for`
+    gives. → (points stored, the last one's id; None if none)."""
     stored = 0
     with transaction(conn):
         conn.execute(_LOCK_RAW_INSERTS)
@@ -95,10 +98,10 @@ def copy_point_batches(conn: Any, batches: list[Batch]) -> tuple[int, int | None
             copy.set_types(_COPY_TYPES)
             write = copy.write_row
             for device_id, received, points in batches:
-                for p in _decode_points(points):
-                    tags = bytes(p.tags)
-                    write((device_id, p.name, p.ts or received, p.value, None if tags == _NO_TAGS else tags.decode()))
-                    stored += 1
+                for p in points:
+                    tags = p.tags
+                    write((device_id, p.name, p.ts or received, p.value, _encode_tags(tags).decode() if tags else None))
+                stored += len(points)
         top = conn.execute(_TOP_RAW_ID).fetchone()[0] if stored else None
     return stored, None if top is None else int(top)
 

@@ -132,11 +132,12 @@ def test_on_sqlite_nothing_of_it_runs(fleet: Fleet) -> None:
 def test_on_postgresql_the_lease_holds_the_fleet_scope_parts(tmp_path: Path, dsn: str) -> None:
     from tests.test_lifecycle import background_classes
 
-    fleet = Fleet(settings_for(tmp_path / "data", mdns=True, port=0, database=dsn), lock=False)
+    fleet = Fleet(settings_for(tmp_path / "data", mdns=True, port=0, database=dsn, mqtt_url="mqtts://127.0.0.1:1"),
+                  lock=False)  # every optional part listed (the MQTT bridge only connects when started)
     try:
         lease = fleet.lease
         assert lease is not None
-        assert [p.name for p in fleet.parts] == ["telemetry intake", "change feed", "hub", "lease", "mdns"]
+        assert [p.name for p in fleet.parts] == ["telemetry intake", "change feed", "hub", "lease", "mqtt", "mdns"]
         assert all(p.scope == "process" for p in fleet.parts)
         assert [p.name for p in lease.parts] == ["rollups", "webhooks", "alerts", "presence", "maintenance",
                                                  "orchestrator"]

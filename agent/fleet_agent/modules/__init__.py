@@ -37,6 +37,7 @@ class ModuleName(str, enum.Enum):
     APP = "app"  # an executable or archive plus a run command, under the agent's supervisor
     FILE = "file"  # one file put in place at meta path
     DIRECTORY = "directory"  # a file tree put in place as the folder at meta path
+    CONTAINER = "container"  # a compose spec (a subset) and its images, run through podman or docker
 
 
 class State(str, enum.Enum):

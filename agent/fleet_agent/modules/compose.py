@@ -130,7 +130,8 @@ def _environment(where: str, value: Any) -> dict[str, str]:
             items.append((key, val))
     for key, val in items:
         if not isinstance(key, str) or not ENV_KEY.fullmatch(key):
-            raise SpecError(f"{where}: {_show(key)} is not a variable name (no '=', not empty)")
+            raise SpecError(f"{where}: {_show(key)} is not a variable name (no '=', not empty)"
+                            + ("; YAML reads yes/no/on/off as booleans: quote it" if isinstance(key, bool) else ""))
         if "\0" in val:
             raise SpecError(f"{where}.{key}: holds a NUL character")
         out[key] = val

@@ -326,15 +326,16 @@ class ContainerModule(UpdateModule):
         if rel is None:
             return None
         live = self.runtime.inspect(list(rel["containers"].values()))
-        states, restarts = [], 0
+        states: list[tuple[str, str]] = []
+        restarts = 0
         for svc, name in rel["containers"].items():
             c = live.get(name, {})
             st = c.get("State") or {}
             states.append((svc, str(st.get("Status") or "missing")))
             restarts += int(c.get("RestartCount") or 0)
-        down = [f"{svc} {st}" for svc, st in states if st != "running"]
+        down = [svc for svc, st in states if st != "running"]
         return {"state": "running" if not down else "failed", "health": "unhealthy" if down else "healthy",
-                "restarts": restarts, "last_error": ", ".join(down)}
+                "restarts": restarts}
 
 
 def start_installed(component_folder: Path) -> None:

@@ -118,7 +118,8 @@ class Driver:
         try:
             st = ContainerModule().status(self.folder(name))
         except ModuleError as e:
-            return {"state": "failed", "health": "unhealthy", "last_error": str(e)}
+            log.warning("cannot read the state of %s's containers: %s", name, e)
+            return {"state": "failed", "health": "unhealthy"}
         return st or {}
 
     def _save(self, j: dict[str, Any]) -> None:

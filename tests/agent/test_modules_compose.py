@@ -4,6 +4,10 @@ with an error naming the field, and no input — however odd — escaping as any
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -140,3 +144,43 @@ def test_a_bad_value_in_a_valid_spec_names_its_service_and_field(field: str, val
         normalize(doc)
     except SpecError as e:
         assert str(e).startswith(f"services.web.{field}"), str(e)
+
+
+def test_the_readme_compose_file_is_in_the_subset() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    text = readme.split("cat > compose.yaml <<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    spec = parse(text)
+    assert spec["services"]["web"]["ports"] == ["8080:8080"] and spec["services"]["web"]["healthcheck"]
+
+
+def test_the_container_module_is_loaded_only_on_a_device_with_containers(tmp_path: Path) -> None:
+    """The agent's idle footprint: the module, its parser and YAML stay out until a container release exists."""
+    def installed(name: str, module: str) -> None:
+        (tmp_path / "updates" / name).mkdir(parents=True)
+        (tmp_path / "updates" / name / "installed.json").write_text(json.dumps({"module": module, "version": "1"}))
+
+    installed("conf", "file")
+    probe = ("import sys, json; from pathlib import Path; from fleet_agent.modules.sequence import Driver; "
+             "d = Driver(Path(sys.argv[1]), 'linux-x86_64', reboot=lambda: None); d.recover(); "
+             "comps = d.components(); "
+             "print(json.dumps([comps, [m for m in ('fleet_agent.modules.container', 'fleet_agent.modules.compose', "
+             "'yaml') if m in sys.modules]]))")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2] / "agent"),
+               FLEET_AGENT_CONTAINER_RUNTIME="/nonexistent/podman")
+    r = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, env=env,
+                       timeout=60)
+    comps, loaded = json.loads(r.stdout)
+    assert loaded == [], "nothing installed by the container module: none of it loaded"
+
+    installed("stack", "container")
+    current = tmp_path / "updates" / "stack" / "container"
+    current.mkdir()
+    (current / "current.json").write_text(json.dumps({"release": "t1"}))
+    (current / "t1.json").write_text(json.dumps({"token": "t1", "spec": {"order": ["a"], "services": {}},
+                                                 "containers": {"a": "fleet-stack-a-1-t1"}}))
+    r = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, env=env,
+                       timeout=60)
+    comps, loaded = json.loads(r.stdout)
+    assert "fleet_agent.modules.container" in loaded and "yaml" not in loaded
+    stack = next(c for c in comps if c["name"] == "stack")
+    assert (stack["state"], stack["health"]) == ("failed", "unhealthy"), "no runtime: reported, not hidden"

@@ -40,7 +40,7 @@ class SpecError(ValueError):
 def load(text: str) -> Any:
     """YAML through PyYAML (Debian: python3-yaml) when present; JSON (a YAML subset) always."""
     try:
-        import yaml
+        import yaml  # type: ignore[import-untyped]  # Debian's python3-yaml; no stubs needed
     except ImportError:
         try:
             return json.loads(text)
@@ -299,11 +299,11 @@ def start_order(services: dict[str, Any]) -> list[str]:
         if state.get(name) == 2:
             return
         if state.get(name) == 1:
-            cycle = path[path.index(name):] + [name]
+            cycle = [*path[path.index(name):], name]
             raise SpecError(f"services.{name}.depends_on: a cycle ({' -> '.join(cycle)})")
         state[name] = 1
         for dep in services[name]["depends_on"]:
-            visit(dep, path + [name])
+            visit(dep, [*path, name])
         state[name] = 2
         order.append(name)
 

@@ -313,9 +313,9 @@ class ContainerModule(UpdateModule):
             if rel is not None:
                 self._remove(rel)
                 for image in set(rel.get("images", {}).values()) - used:
-                    r = self.runtime.run("image", "rm", image, check=False, timeout=120)
-                    if r.returncode != 0 and "image not known" not in r.stderr and "No such image" not in r.stderr:
-                        log.warning("could not remove image %s: %s", image, r.stderr.strip()[-300:])
+                    done = self.runtime.run("image", "rm", image, check=False, timeout=120)
+                    if done.returncode != 0 and not any(m in done.stderr for m in ("image not known", "No such image")):
+                        log.warning("could not remove image %s: %s", image, done.stderr.strip()[-300:])
             p.unlink(missing_ok=True)
 
     # --- inventory ------------------------------------------------------------------------------

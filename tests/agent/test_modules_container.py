@@ -98,10 +98,12 @@ def spec(v: str, *, web_check: str = "true") -> str:
     }, "volumes": {"data": None}}, indent=1)
 
 
-def artifact(images: Images, v: str, **kw: str) -> bytes:
+def artifact(images: Images, v: str, *, compose: str | None = None, shipped: str | None = None, **kw: str) -> bytes:
+    """compose.yaml (spec(v) unless given) and images.tar (version ``shipped``, default v) in a tar."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as t:
-        for name, data in (("compose.yaml", spec(v, **kw).encode()), ("images.tar", images.archives[v])):
+        for name, data in (("compose.yaml", (compose or spec(v, **kw)).encode()),
+                           ("images.tar", images.archives[shipped or v])):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             t.addfile(info, io.BytesIO(data))
@@ -204,3 +206,25 @@ def test_a_power_cut_mid_switch_leaves_the_previous_release_running_then_the_act
     assert not (root / "updates/stack/job.json").exists(), "undone: the action runs again"
     assert dev.run(act).final[0] == "succeeded"
     assert all("-2.0.0-" in n and c["status"] == "running" for n, c in containers().items())
+
+
+def test_a_refused_release_changes_nothing(dev: Device, images: Images, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert dev.run(action(dev, images, "1")).final[0] == "succeeded"
+    before = containers()
+
+    def refused(data: bytes, meta: dict[str, str] | None = None) -> str:
+        art = dev.artifact(data, "2.0.0", name="stack", module="container", meta=meta, file_name="stack-2.tar")
+        state, message, _ = dev.run(make_action(art)).final
+        assert state == "failed"
+        assert containers() == before and component(dev)["version"] == "1.0.0"
+        return message
+
+    # The spec names an image the artifact does not ship (v2's spec, v1's images) and does not pin by digest.
+    assert "services.web.image: 'localhost/fleet-test/app:2' is neither in the artifact's image archives nor " \
+           "pinned by digest" in refused(artifact(images, "2", shipped="1"))
+    bad_port = spec("2").replace('"environment"', '"ports": ["70000"], "environment"', 1)
+    assert "compose.yaml: services.web.ports[0]: '70000' must be" in refused(artifact(images, "2", compose=bad_port))
+    assert "health_window 'soon' must be a number of seconds" in refused(artifact(images, "2"),
+                                                                          {"health_window": "soon"})
+    monkeypatch.setenv("FLEET_AGENT_CONTAINER_RUNTIME", "/nonexistent/podman")
+    assert "FLEET_AGENT_CONTAINER_RUNTIME=/nonexistent/podman is not an executable" in refused(artifact(images, "2"))

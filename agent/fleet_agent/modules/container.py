@@ -176,7 +176,8 @@ class ContainerModule(UpdateModule):
             if _canon(s["image"]) not in shipped and not s["digest"]:
                 raise ModuleError(f"{specs[0].name}: services.{svc}.image: {s['image']!r} is neither in the "
                                   "artifact's image archives nor pinned by digest (name@sha256:…)")
-        self.runtime  # noqa: B018  (refused here, before anything changes, when there is none)
+        self._window(job)  # refused here, before anything changes
+        self.runtime  # noqa: B018  (likewise when the device has no runtime)
         prefix = f"fleet-{_safe(job.name)}"
         job.data.update(release=job.journal["token"], previous=self.current(self._folder(job)))
         rel = {"token": job.journal["token"], "version": job.version, "spec": spec, "archives": archives,

@@ -228,3 +228,40 @@ def test_a_refused_release_changes_nothing(dev: Device, images: Images, monkeypa
                                                                           {"health_window": "soon"})
     monkeypatch.setenv("FLEET_AGENT_CONTAINER_RUNTIME", "/nonexistent/podman")
     assert "FLEET_AGENT_CONTAINER_RUNTIME=/nonexistent/podman is not an executable" in refused(artifact(images, "2"))
+
+
+@pytest.mark.e2e
+def test_a_container_deploy_through_a_real_server_shows_in_the_inventory(images: Images, tmp_path: Path) -> None:
+    """`fleetd artifacts push … --module container`, a deploy, a real agent process: the release runs, and the
+    device's components (CLI: devices show) carry its state and health."""
+    from tests.e2e.server import ServerProcess, run_cli
+
+    from .e2e_helpers import PYTHON, ROOT, Admin, AgentProcess, agent_env, wait_for
+    from .test_e2e_modules import enroll, reported_modules
+
+    server = ServerProcess(tmp_path / "data").start()
+    agent = None
+    try:
+        admin = Admin(server)
+        device = enroll(admin, server, tmp_path / "agent")
+        agent = AgentProcess([PYTHON, "-m", "fleet_agent", "run", "--state-dir", str(tmp_path / "agent")],
+                             tmp_path / "agent.log", agent_env(PYTHONPATH=str(ROOT / "agent"),
+                                                               FLEET_AGENT_POLL_INTERVAL="0.5"))
+        wait_for("the agent to list the container module", lambda: "container" in reported_modules(admin, device),
+                 30, log=agent.log)
+        bundle = tmp_path / "stack-1.0.0.tar"
+        bundle.write_bytes(artifact(images, "1"))
+        admin.push(bundle, "stack", "1.0.0", admin.device(device)["device_type"], "--module", "container",
+                   "--meta", "health_window=20")
+        admin.wait_action(device, admin.deploy(device, "stack@1.0.0"), {"succeeded"}, 60, log=agent.log)
+        comp = wait_for("the release in the inventory", lambda: next(
+            (c for c in admin.device(device).get("components") or [] if c["name"] == "stack"
+             and c.get("state") == "running"), None), 20, log=agent.log)
+        assert (comp["version"], comp["health"]) == ("1.0.0", "healthy")
+        shown = run_cli("devices", "show", device, env={"FLEETD_SERVER": server.url, "FLEETD_API_KEY": admin.key,
+                                                        "FLEETD_CA": server.ca}).stdout
+        assert "stack" in shown and "healthy" in shown, shown
+    finally:
+        if agent is not None:
+            agent.stop()
+        server.stop()

@@ -72,10 +72,15 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _key(key: Any) -> str:
+    """A mapping key as an error shows it: plain when it is a plain word, quoted otherwise."""
+    return key if isinstance(key, str) and re.fullmatch(r"[\w.-]{1,64}", key) else _show(key)
+
+
 def _unknown(where: str, got: dict[Any, Any], allowed: tuple[str, ...]) -> None:
     for key in got:
         if key not in allowed:
-            raise SpecError(f"{where + '.' if where else ''}{key}: not in the subset the container module runs "
+            raise SpecError(f"{where + '.' if where else ''}{_key(key)}: not in the subset the container module runs "
                             f"(supported here: {', '.join(allowed)})")
 
 
@@ -118,7 +123,7 @@ def _scalar(where: str, value: Any) -> str:
 def _environment(where: str, value: Any) -> dict[str, str]:
     out: dict[str, str] = {}
     if isinstance(value, dict):
-        items = [(k, _scalar(f"{where}.{k}", v)) for k, v in value.items()]
+        items = [(k, _scalar(f"{where}.{_key(k)}", v)) for k, v in value.items()]
     else:
         _type(where, value, list, "a mapping or a list of KEY=value")
         items = []
@@ -133,7 +138,7 @@ def _environment(where: str, value: Any) -> dict[str, str]:
             raise SpecError(f"{where}: {_show(key)} is not a variable name (no '=', not empty)"
                             + ("; YAML reads yes/no/on/off as booleans: quote it" if isinstance(key, bool) else ""))
         if "\0" in val:
-            raise SpecError(f"{where}.{key}: holds a NUL character")
+            raise SpecError(f"{where}.{_key(key)}: holds a NUL character")
         out[key] = val
     return out
 

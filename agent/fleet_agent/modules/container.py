@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 import tarfile
 import time
@@ -35,13 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from ..durable import read_json, write_json
-from . import Job, ModuleError, ModuleName, UpdateModule, crashpoint
+from . import CONTAINER_RUNTIME_ENV, Job, ModuleError, ModuleName, UpdateModule, container_runtime, crashpoint
 from .compose import SpecError, parse
 
 log = logging.getLogger(__name__)
 
-RUNTIME_ENV = "FLEET_AGENT_CONTAINER_RUNTIME"
-RUNTIMES = ("podman", "docker")
 SPEC_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml", "compose.json")
 DEFAULT_HEALTH_WINDOW = 60.0
 SETTLE = 1.0  # a service without a healthcheck must have kept running this long
@@ -80,15 +77,13 @@ class Runtime:
         return {str(c.get("Name", "")).lstrip("/"): c for c in found if isinstance(c, dict)}
 
 
-def detect(env: dict[str, str] | None = None) -> Runtime:
-    e = os.environ if env is None else env
-    wanted = e.get(RUNTIME_ENV, "")
-    for candidate in ([wanted] if wanted else RUNTIMES):
-        found = shutil.which(candidate)
-        if found:
-            return Runtime(found)
+def detect() -> Runtime:
+    found = container_runtime()
+    if found:
+        return Runtime(found)
+    wanted = os.environ.get(CONTAINER_RUNTIME_ENV, "")
     if wanted:
-        raise ModuleError(f"{RUNTIME_ENV}={wanted} is not an executable on this device")
+        raise ModuleError(f"{CONTAINER_RUNTIME_ENV}={wanted} is not an executable on this device")
     raise ModuleError("this device has no container runtime: install podman (apt install podman) or docker")
 
 
@@ -419,4 +414,4 @@ class Watch:
             raise ModuleError(f"service {svc}'s healthcheck failed {self.failing[svc]} times in a row: {out}")
 
 
-__all__ = ["RUNTIME_ENV", "ContainerModule", "Runtime", "archive_names", "detect", "start_installed"]
+__all__ = ["ContainerModule", "Runtime", "archive_names", "detect", "start_installed"]

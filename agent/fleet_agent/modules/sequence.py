@@ -145,7 +145,9 @@ class Driver:
             except Exception:  # one broken module must not keep the agent down; its action reports it
                 log.exception("cannot recover the install of %s", name)
         for name in self.names():  # containers do not come back by themselves after a reboot without systemd
-            if (self.installed(name) or {}).get("module") == ModuleName.CONTAINER.value and self.journal(name) is None:
+            j = self.journal(name)
+            if (self.installed(name) or {}).get("module") == ModuleName.CONTAINER.value and (
+                    j is None or j.get("outcome")):  # not in the middle of an install (one waiting for a reboot)
                 from .container import start_installed
                 try:
                     start_installed(self.folder(name))

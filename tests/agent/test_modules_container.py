@@ -78,13 +78,19 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
         shutil.rmtree(root / "graph", ignore_errors=True)
 
 
+def reset() -> None:
+    """No container and no image left for the next test (the module's images are in archives)."""
+    podman("rm", "-af", "-t", "0", check=False)
+    podman("rmi", "-af", check=False)
+
+
 @pytest.fixture
 def dev(images: Images, tmp_path: Path) -> Iterator[Device]:
     d = Device(tmp_path / "state")
     d.ex.start()
     yield d
     d.ex.stop()
-    podman("rm", "-af", "-t", "0", check=False)
+    reset()
 
 
 def spec(v: str, *, web_check: str = "true") -> str:
@@ -265,3 +271,24 @@ def test_a_container_deploy_through_a_real_server_shows_in_the_inventory(images:
         if agent is not None:
             agent.stop()
         server.stop()
+        reset()
+
+
+def test_an_oci_archive_ships_the_images_too(dev: Device, images: Images, tmp_path: Path) -> None:
+    docker_archive = tmp_path / "docker.tar"
+    docker_archive.write_bytes(images.archives["1"])
+    podman("load", "-q", "-i", str(docker_archive))
+    podman("save", "-q", "--format", "oci-archive", "-o", str(tmp_path / "oci.tar"), "localhost/fleet-test/app:1")
+    podman("rmi", "localhost/fleet-test/app:1")
+    one = json.dumps({"services": {"one": {"image": "localhost/fleet-test/app:1", "command": ["/bin/sh", "-c", LOOP]}}})
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        t.add(tmp_path / "oci.tar", arcname="images.tar")
+        info = tarfile.TarInfo("compose.yaml")
+        info.size = len(one)
+        t.addfile(info, io.BytesIO(one.encode()))
+    art = dev.artifact(buf.getvalue(), "1.0.0", name="stack", module="container", meta={"health_window": "20"},
+                       file_name="stack-oci.tar")
+    assert dev.run(make_action(art)).final[0] == "succeeded"
+    (one_container,) = (c for n, c in containers().items() if n.startswith("fleet-stack-one-1.0.0-"))
+    assert one_container["status"] == "running" and images.ids["1"] in one_container["image"]

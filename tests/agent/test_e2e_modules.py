@@ -39,9 +39,10 @@ def enroll(admin: Admin, server: ServerProcess, state_dir: Path) -> str:
     return str(json.loads(p.stdout)["device_id"])
 
 
-def start_agent(state_dir: Path, log: Path, modules: Path) -> AgentProcess:
+def start_agent(state_dir: Path, log: Path, modules: Path, runtime: str) -> AgentProcess:
     return AgentProcess([PYTHON, "-m", "fleet_agent", "run", "--state-dir", str(state_dir)], log, agent_env(
-        PYTHONPATH=str(ROOT / "agent"), FLEET_AGENT_POLL_INTERVAL="0.5", FLEET_AGENT_MODULES_DIR=str(modules)))
+        PYTHONPATH=str(ROOT / "agent"), FLEET_AGENT_POLL_INTERVAL="0.5", FLEET_AGENT_MODULES_DIR=str(modules),
+        FLEET_AGENT_CONTAINER_RUNTIME=runtime))
 
 
 def reported_modules(admin: Admin, device_id: str) -> str:
@@ -54,11 +55,11 @@ def test_update_modules_with_a_real_server_and_agents(server: ServerProcess, tmp
     modules = tmp_path / "modules"
     write_module(modules, dest, reboot='kill -9 "$PPID"')  # ArtifactReboot takes the agent down
     with_module, without = enroll(admin, server, tmp_path / "a"), enroll(admin, server, tmp_path / "b")
-    a = start_agent(tmp_path / "a", tmp_path / "a.log", modules)
-    b = start_agent(tmp_path / "b", tmp_path / "b.log", tmp_path / "no-modules")
+    a = start_agent(tmp_path / "a", tmp_path / "a.log", modules, "/bin/true")  # a "container runtime"
+    b = start_agent(tmp_path / "b", tmp_path / "b.log", tmp_path / "no-modules", "/nonexistent/podman")
     try:
         wait_for("the agent to report its modules", lambda: reported_modules(admin, with_module) ==
-                 "app,file,directory,v3-test", 30, log=a.log)
+                 "app,file,directory,container,v3-test", 30, log=a.log)
         assert reported_modules(admin, without) == "app,file,directory"
         device_type = admin.device(with_module)["device_type"]
 
@@ -89,6 +90,14 @@ def test_update_modules_with_a_real_server_and_agents(server: ServerProcess, tmp
         assert p.returncode != 0 and "do not have: " + without in " ".join(p.stderr.split()), p.stdout + p.stderr
         assert admin.actions(without) == [], "all or none: nothing was queued"
 
+        # The container module: listed only by the agent that has a runtime; the other is refused by the server.
+        compose = tmp_path / "compose.yaml"
+        compose.write_text("services:\n  web:\n    image: registry.example/web@sha256:" + "0" * 64 + "\n")
+        admin.push(compose, "stack", "1.0.0", device_type, "--module", "container")
+        r = server.rpc("DeviceAdminService", "Deploy", {"device_ids": [without], "artifact": "stack@1.0.0"},
+                       api_key=admin.key)
+        assert r.status_code == 400 and "install podman or docker on them" in r.json()["message"], r.text
+
         admin.wait_action(with_module, admin.deploy(with_module, "thing@1.0.0"), {"succeeded"}, 30, log=a.log)
         assert (dest / "current").read_text() == "v1\n"
         assert json.loads((dest / "meta-data").read_text()) == {"colour": "blue"}
@@ -107,7 +116,7 @@ def test_update_modules_with_a_real_server_and_agents(server: ServerProcess, tmp
         wait_for("the module to take the agent down", lambda: a.proc.poll() is not None, 30, log=a.log)
         assert a.proc.returncode == -9 and calls(dest)[-1] == "ArtifactReboot"
         a.stop()
-        a = start_agent(tmp_path / "a", tmp_path / "a2.log", modules)
+        a = start_agent(tmp_path / "a", tmp_path / "a2.log", modules, "/bin/true")
         done = admin.wait_action(with_module, action, {"succeeded"}, 30, log=a.log)
         assert done["message"] == "thing 3.0.0 is installed by the v3-test module (was 1.0.0)"
         assert calls(dest)[-3:] == ["ArtifactVerifyReboot", "ArtifactCommit", "Cleanup"]

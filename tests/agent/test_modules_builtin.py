@@ -45,8 +45,15 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".fleet-new" in p.name or p.name.startswith(".trash"))
 
 
-def test_the_built_in_modules_are_listed_first() -> None:
-    assert available(Path("/nonexistent"))[:3] == [m.value for m in ModuleName] == ["app", "file", "directory"]
+def test_the_built_in_modules_are_listed_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert [m.value for m in ModuleName] == ["app", "file", "directory", "container"]
+    monkeypatch.setenv("FLEET_AGENT_CONTAINER_RUNTIME", "/bin/true")  # any executable: a runtime is there
+    assert available(Path("/nonexistent")) == ["app", "file", "directory", "container"]
+    monkeypatch.setenv("FLEET_AGENT_CONTAINER_RUNTIME", "/nonexistent/podman")
+    assert available(Path("/nonexistent")) == ["app", "file", "directory"], "container only with a runtime"
+    monkeypatch.delenv("FLEET_AGENT_CONTAINER_RUNTIME")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert "container" not in available(Path("/nonexistent")), "neither podman nor docker on PATH"
 
 
 def test_the_file_module_replaces_a_file_and_keeps_the_previous(dev: Device, tmp_path: Path) -> None:

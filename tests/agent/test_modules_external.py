@@ -38,8 +38,11 @@ def action(dev: Device, payload: bytes, version: str, **meta: str) -> dict:
                                     meta=meta or None))
 
 
-def test_the_module_is_listed_in_the_inventory(dev: Device) -> None:
+def test_the_module_is_listed_in_the_inventory(dev: Device, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_AGENT_CONTAINER_RUNTIME", "/nonexistent/podman")  # container: only with a runtime
     assert inventory.collect()["extra"]["update_modules"] == f"app,file,directory,{MODULE}"
+    monkeypatch.setenv("FLEET_AGENT_CONTAINER_RUNTIME", "/bin/true")
+    assert inventory.collect()["extra"]["update_modules"] == f"app,file,directory,container,{MODULE}"
 
 
 def test_an_install_goes_through_the_states_in_order(dev: Device, dest: Path) -> None:

@@ -29,7 +29,9 @@ CUT_REBOOT = ("mod-ArtifactReboot", "mod-ArtifactVerifyReboot")
 
 
 def test_every_crash_step_is_exercised() -> None:
-    assert set(CUT_INSTALL + CUT_ROLLBACK + CUT_REBOOT + ("mod-directory-switching",)) == set(CRASH_STEPS)
+    # mod-container-switching: tests/agent/test_modules_container.py (it needs podman)
+    assert set(CUT_INSTALL + CUT_ROLLBACK + CUT_REBOOT + ("mod-directory-switching", "mod-container-switching")
+               ) == set(CRASH_STEPS)
 
 
 def tarball(files: dict[str, bytes]) -> bytes:

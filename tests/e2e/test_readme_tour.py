@@ -42,6 +42,10 @@ SKIPPED = {
                                    "lists them); tests/rtos builds and runs it",
     "--name thermo": "ships an app to a board running the agent (and the user's thermo.py); "
                      "tests/agent/test_e2e_install.py deploys an app to an installed agent",
+    "podman import rootfs.tar": "builds a container image on the board (podman, busybox-static); "
+                                "tests/agent/test_modules_container.py builds its images the same way",
+    "--module container": "ships containers to a board running the agent with podman; "
+                          "tests/agent/test_modules_container.py deploys them through a real server and agent",
 }
 ACTIVATE = ". .venv/bin/activate"
 MARK = "@@ README block "

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import enum
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from ..names import Kind
 
 MODULES_DIR_ENV = "FLEET_AGENT_MODULES_DIR"
+# The container module's runtime: a name or a path; unset, podman, else docker (docs/agent.md "The container module").
+CONTAINER_RUNTIME_ENV = "FLEET_AGENT_CONTAINER_RUNTIME"
+CONTAINER_RUNTIMES = ("podman", "docker")
 # Test hook: FLEET_AGENT_CRASH_AT=<step> makes the agent die at that step, as a power cut would.
 CRASH_ENV = "FLEET_AGENT_CRASH_AT"
 CRASH_EXIT = 86
@@ -37,6 +41,7 @@ class ModuleName(str, enum.Enum):
     APP = "app"  # an executable or archive plus a run command, under the agent's supervisor
     FILE = "file"  # one file put in place at meta path
     DIRECTORY = "directory"  # a file tree put in place as the folder at meta path
+    CONTAINER = "container"  # a compose spec (a subset) and its images, run through podman or docker
 
 
 class State(str, enum.Enum):
@@ -153,10 +158,24 @@ def external_names(folder: Path) -> list[str]:
             and os.access(e.path, os.X_OK)]
 
 
+def container_runtime(env: dict[str, str] | None = None) -> str | None:
+    """The path of the container runtime the container module would use, or None when the device has none."""
+    e = os.environ if env is None else env
+    wanted = e.get(CONTAINER_RUNTIME_ENV, "")
+    for candidate in ([wanted] if wanted else CONTAINER_RUNTIMES):
+        found = shutil.which(candidate)
+        if found:
+            return found
+    return None
+
+
 def available(folder: Path | None = None) -> list[str]:
-    """Every module this agent can install with: the built-ins, then the external ones."""
-    return [*(m.value for m in ModuleName), *external_names(modules_dir() if folder is None else folder)]
+    """Every module this agent can install with: the built-ins (``container`` only with a runtime, so that the
+    server refuses a container deploy to a device that cannot run it), then the external ones."""
+    builtin = [m.value for m in ModuleName if m is not ModuleName.CONTAINER or container_runtime()]
+    return [*builtin, *external_names(modules_dir() if folder is None else folder)]
 
 
-__all__ = ["CRASH_ENV", "CRASH_EXIT", "DEFAULT_MODULES_DIR", "MODULES_DIR_ENV", "MODULE_NAME", "Job", "ModuleError",
-           "ModuleName", "Reboot", "State", "UpdateModule", "available", "crashpoint", "external_names", "modules_dir"]
+__all__ = ["CONTAINER_RUNTIMES", "CONTAINER_RUNTIME_ENV", "CRASH_ENV", "CRASH_EXIT", "DEFAULT_MODULES_DIR",
+           "MODULES_DIR_ENV", "MODULE_NAME", "Job", "ModuleError", "ModuleName", "Reboot", "State", "UpdateModule",
+           "available", "container_runtime", "crashpoint", "external_names", "modules_dir"]

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 Report = Callable[..., None]
 CRASH_STEPS = ("mod-fetched", "mod-Download", "mod-ArtifactInstall", "mod-ArtifactReboot",
                "mod-ArtifactVerifyReboot", "mod-ArtifactCommit", "mod-ArtifactRollback", "mod-ArtifactFailure",
-               "mod-directory-switching")
+               "mod-directory-switching", "mod-container-switching")
 # States after which the sequence waits for a reboot, then goes on (at start, or when the action is run again).
 AFTER_REBOOT = {State.ARTIFACT_REBOOT.value: State.ARTIFACT_VERIFY_REBOOT,
                 State.ARTIFACT_ROLLBACK_REBOOT.value: State.ARTIFACT_VERIFY_ROLLBACK_REBOOT}
@@ -66,6 +66,9 @@ class Driver:
         if name == ModuleName.DIRECTORY.value:
             from .files import DirectoryModule
             return DirectoryModule()
+        if name == ModuleName.CONTAINER.value:
+            from .container import ContainerModule
+            return ContainerModule()
         if not MODULE_NAME.ok(name) or name == ModuleName.APP.value:
             raise ModuleError(f"{name!r} is not a module this part of the agent runs")
         from .external import ExternalModule
@@ -101,9 +104,23 @@ class Driver:
                 continue
             version = str((inst or {}).get("version") or (j or {}).get("record", {}).get("version", ""))
             busy = j is not None and not j.get("outcome")
-            out.append({"name": name, "version": version, "state": "installing" if busy else "installed",
-                        "health": "" if busy else "healthy", "restarts": 0})
+            comp = {"name": name, "version": version, "state": "installing" if busy else "installed",
+                    "health": "" if busy else "healthy", "restarts": 0}
+            if not busy and (inst or {}).get("module") == ModuleName.CONTAINER.value:
+                comp.update(self._container_status(name))
+            out.append(comp)
         return out
+
+    def _container_status(self, name: str) -> dict[str, Any]:
+        """Live state, health and restarts of an installed container release (the container module is loaded
+        only on a device that has one)."""
+        from .container import ContainerModule
+        try:
+            st = ContainerModule().status(self.folder(name))
+        except ModuleError as e:
+            log.warning("cannot read the state of %s's containers: %s", name, e)
+            return {"state": "failed", "health": "unhealthy"}
+        return st or {}
 
     def _save(self, j: dict[str, Any]) -> None:
         write_json(self.folder(j["record"]["name"]) / "job.json", j)
@@ -127,6 +144,15 @@ class Driver:
                 self._resume(j, _noop_report, at_start=True)
             except Exception:  # one broken module must not keep the agent down; its action reports it
                 log.exception("cannot recover the install of %s", name)
+        for name in self.names():  # containers do not come back by themselves after a reboot without systemd
+            j = self.journal(name)
+            if (self.installed(name) or {}).get("module") == ModuleName.CONTAINER.value and (
+                    j is None or j.get("outcome")):  # not in the middle of an install (one waiting for a reboot)
+                from .container import start_installed
+                try:
+                    start_installed(self.folder(name))
+                except ModuleError as e:
+                    log.warning("cannot start the containers of %s: %s", name, e)
 
     def _resume(self, j: dict[str, Any], report: Report, at_start: bool) -> None:
         state = j.get("state")

@@ -40,7 +40,10 @@ def check_devices_have_module(art: Artifact, devices: Iterable[tuple[str, Any]])
     if not lacking:
         return
     listed = ", ".join(lacking[:LISTED]) + (f" and {len(lacking) - LISTED} more" if len(lacking) > LISTED else "")
-    if module in BUILTIN_MODULES:
+    if module == "container":  # an agent lists it only where podman or docker is installed
+        fix = ("install podman or docker on them (fleet-agent lists the container module only where one is) "
+               "and update fleet-agent if it is older than the module")
+    elif module in BUILTIN_MODULES:
         fix = f"update fleet-agent on them (the {module} module is built into newer agents)"
     else:
         fix = (f"install the module on them (an executable named {module} in the agent's modules directory, "

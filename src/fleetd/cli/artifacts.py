@@ -192,7 +192,7 @@ def push(
         "--security-counter", help="rtos-image: anti-rollback counter; raise it to revoke older images.")] = 0,
     module: Annotated[str, typer.Option(
         "--module", help="The update module that installs it on Linux devices: app (default), file, directory, "
-                         "or the name of an external module (docs/agent.md).", show_default=False)] = "",
+                         "container, or the name of an external module (docs/agent.md).", show_default=False)] = "",
     meta: Annotated[list[str] | None, typer.Option(
         "--meta", help="k=v for the module, signed into the manifest (repeatable), e.g. path=/etc/app.conf.",
         show_default=False)] = None,

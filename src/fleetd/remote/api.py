@@ -5,7 +5,11 @@
 - ``GET /v1/remote/sessions/{id}`` (WebSocket): the operator's side of that session; the first message is the
   token. A browser's ``Origin`` must be this server's: a page elsewhere is refused before the upgrade;
 - ``GET /v1/remote/device`` (WebSocket): a device's channel (frames.py); the first frame is HELLO with its bearer
-  token (the device API's challenge/token authentication).
+  token (the device API's challenge/token authentication);
+- ``GET /v1/remote/devices/{id}``: whether that device has a channel here and the caller may open sessions (the web
+  UI's device page shows its terminal only then);
+- ``GET /v1/remote/terminal``: the web UI's terminal page (web/terminal.html), with the only policy that lets
+  xterm.js add its style elements and be framed by the device page (docs/security.md).
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import urllib.parse
 from typing import Any
 
 import msgspec
-from litestar import Request, Response, WebSocket, post, websocket
+from litestar import Request, Response, WebSocket, get, post, websocket
 from litestar.exceptions import WebSocketDisconnect
 
 from ..core.errors import FailedPrecondition, FleetdError, InvalidArgument, PermissionDenied, Unauthenticated
+from ..core.resources import data_dir
 from ..core.tasks import cancel_and_wait
 from . import frames
 from .frames import Frame
@@ -36,6 +41,12 @@ DEVICE_CHECK_SECONDS = 2.0  # how often an open channel checks that its device m
 CLOSE_CODES = {"unauthenticated": 4401, "permission_denied": 4403, "not_found": 4404, "failed_precondition": 4412,
                "resource_exhausted": 4429, "invalid_argument": 4400}
 JSON = "application/json"
+# The terminal page's policy: the web UI's (http/security_headers.py) but for 'unsafe-inline' styles (xterm.js adds
+# <style> elements for its theme and cell sizes) and framing by this origin's own pages (the device page).
+TERMINAL_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'self'")
+TERMINAL_HEADERS = {"Content-Security-Policy": TERMINAL_CSP, "X-Frame-Options": "SAMEORIGIN",
+                    "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
 
 
 class SessionRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -80,6 +91,26 @@ async def create_session(request: Request[Any, Any, Any]) -> Response[bytes]:
     body = {"session_id": g.s, "token": token, "path": f"/v1/remote/sessions/{g.s}",
             "expires_in": g.x - int(time.time())}
     return Response(msgspec.json.encode(body), media_type=JSON)
+
+
+@get("/v1/remote/devices/{device_id:str}", opt={"auth": "viewer"}, include_in_schema=False)
+async def device_status(request: Request[Any, Any, Any], device_id: str) -> Response[bytes]:
+    hub = hub_of(request.app)
+    channel = hub.channels.get(device_id)
+    try:
+        hub.check_allowed(request.state.principal)
+        allowed = True
+    except PermissionDenied:
+        allowed = False
+    body = {"device_id": device_id, "channel": channel is not None and not channel.closed, "allowed": allowed,
+            "kinds": channel.info.get("kinds", []) if channel is not None else []}
+    return Response(msgspec.json.encode(body), media_type=JSON)
+
+
+@get("/v1/remote/terminal", opt={"auth": "public"}, include_in_schema=False)
+async def terminal_page() -> Response[bytes]:
+    return Response((data_dir("web") / "terminal.html").read_bytes(), media_type="text/html; charset=utf-8",
+                    headers=TERMINAL_HEADERS)
 
 
 def _same_origin(origin: str, socket: WebSocket[Any, Any, Any], public_url: str) -> bool:
@@ -251,4 +282,4 @@ async def device_channel(socket: WebSocket[Any, Any, Any]) -> None:
         log.info("remote access channel closed: device %s (%s)", principal.id, reason)
 
 
-ROUTES = [create_session, operator_session, device_channel]
+ROUTES = [create_session, operator_session, device_channel, device_status, terminal_page]

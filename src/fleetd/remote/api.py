@@ -25,7 +25,14 @@ import msgspec
 from litestar import Request, Response, WebSocket, get, post, websocket
 from litestar.exceptions import WebSocketDisconnect
 
-from ..core.errors import FailedPrecondition, FleetdError, InvalidArgument, PermissionDenied, Unauthenticated
+from ..core.errors import (
+    FailedPrecondition,
+    FleetdError,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from ..core.resources import data_dir
 from ..core.tasks import cancel_and_wait
 from . import frames
@@ -55,6 +62,7 @@ class SessionRequest(msgspec.Struct, forbid_unknown_fields=True):
     cols: int = 80
     rows: int = 24
     command: str | None = None
+    options: dict[str, Any] = msgspec.field(default_factory=dict)  # the kind's: check_options in hub.py
 
 
 def hub_of(app: Any) -> RemoteHub:
@@ -65,7 +73,8 @@ def hub_of(app: Any) -> RemoteHub:
 def make_hub(fleet: Any) -> RemoteHub:
     s = fleet.settings
     hub = RemoteHub(fleet.store, fleet.keys.token_key,
-                    Limits(s.remote_sessions_per_device, s.remote_sessions_total, s.remote_idle_seconds, s.remote_role))
+                    Limits(s.remote_sessions_per_device, s.remote_sessions_total, s.remote_idle_seconds, s.remote_role,
+                           s.remote_copy_max_mib << 20))
     fleet.metrics.gauge("fleetd_remote_channels", "Devices with a remote-access channel open to this process.",
                         lambda: len(hub.channels))
     fleet.metrics.gauge("fleetd_remote_sessions", "Remote sessions open on this process's channels.",
@@ -84,7 +93,7 @@ async def create_session(request: Request[Any, Any, Any]) -> Response[bytes]:
     addr = request.client.host if request.client else None
     hub = hub_of(request.app)
     try:
-        g, token = hub.grant(principal, addr, req.device_id, req.kind, req.cols, req.rows, req.command)
+        g, token = hub.grant(principal, addr, req.device_id, req.kind, req.cols, req.rows, req.command, req.options)
     except (PermissionDenied, FailedPrecondition) as e:
         await hub.denied(principal.actor(addr), req.device_id, req.kind, req.command, e.message)
         raise
@@ -164,10 +173,17 @@ async def _run_session(socket: WebSocket[Any, Any, Any], hub: RemoteHub, s: Sess
             if msg["type"] == "websocket.disconnect":
                 return
             if msg.get("bytes"):
-                await s.send_input(msg["bytes"])
+                try:
+                    await s.send_input(msg["bytes"])
+                except ResourceExhausted as e:
+                    await hub.close(s, e.message)
+                    return
             elif msg.get("text"):
                 try:
                     ctl = msgspec.json.decode(msg["text"])
+                    if ctl.get("eof") is True:
+                        await s.send_eof()
+                        continue
                     cols, rows = ctl["resize"]
                     await s.resize(int(cols), int(rows))
                 except (msgspec.DecodeError, LookupError, TypeError, ValueError, InvalidArgument) as e:
@@ -185,7 +201,7 @@ async def _run_session(socket: WebSocket[Any, Any, Any], hub: RemoteHub, s: Sess
     reader = asyncio.create_task(from_operator())
     watch = asyncio.create_task(idle_watch())
     try:
-        opened = {"opened": s.grant.s, "device": s.grant.d, "user": s.info.get("user"), "pid": s.info.get("pid")}
+        opened = {"user": None, "pid": None, **s.info, "opened": s.grant.s, "device": s.grant.d}
         await socket.send_text(msgspec.json.encode(opened).decode())
         while True:
             getter = asyncio.ensure_future(s.events.get())
@@ -196,6 +212,9 @@ async def _run_session(socket: WebSocket[Any, Any, Any], hub: RemoteHub, s: Sess
                 break
             event, value = getter.result()
             if event == "data":
+                if s.over_limit():
+                    await hub.close(s, f"the device sent more than {s.max_bytes} bytes (remote_copy_max_mib)")
+                    continue
                 await socket.send_bytes(value)
                 await s.delivered(len(value))
             elif event == "exit":

@@ -32,7 +32,8 @@ BIG = 50 << 20
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     s = ServerProcess(tmp_path_factory.mktemp("streams") / "data", env={
-        "FLEETD_REMOTE_ACCESS": "true", "FLEETD_REMOTE_COPY_MAX_MIB": str(MAX_MIB)}).start()
+        "FLEETD_REMOTE_ACCESS": "true", "FLEETD_REMOTE_COPY_MAX_MIB": str(MAX_MIB),
+        "FLEETD_REMOTE_RECORD_TERMINALS": "true"}).start()
     yield s
     s.stop()
 
@@ -197,3 +198,28 @@ def test_logs_follow_streams_an_apps_log_as_it_grows(server: ServerProcess, admi
     assert follow.returncode == 0, follow.stderr.read() if follow.stderr else ""
     p = cli(server, admin, "logs", device.id, "--app", "nosuchapp", "--follow")
     assert p.returncode != 0 and "there is no app 'nosuchapp' on this device" in p.stderr, p.stderr
+
+
+def test_a_recorded_terminal_session_replays_its_exact_bytes(server: ServerProcess, admin: Admin,
+                                                            device: Device) -> None:
+    env = dict(os.environ, FLEETD_SERVER=server.url, FLEETD_API_KEY=admin.key, FLEETD_CA=server.ca)
+    # Bytes that are not text (NUL, 0xff, an escape sequence) and more than one window's worth, to the byte.
+    command = r"printf 'a\000b\377\033[31mred\033[0m\n'; head -c 300000 /dev/zero | tr '\0' x; echo done"
+    shown = subprocess.run([*fleetd_cmd(), "devices", "shell", device.id, "--", command], capture_output=True,
+                           env=env, stdin=subprocess.DEVNULL, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(b"a\0b\xff\x1b[31mred") and len(shown.stdout) > 300000
+    det = next(d for d in session_ends(admin, device, "terminal") if d["command"] == command)
+    assert det["recording"] == f"{det['session']}.rec" and det["recording_bytes"] > 300000, det
+    replay = subprocess.run([*fleetd_cmd(), "devices", "replay", str(det["session"])], capture_output=True, env=env,
+                            timeout=60)
+    assert replay.returncode == 0, replay.stderr
+    assert replay.stdout == shown.stdout
+    recorded = server.data_dir / "recordings" / str(det["recording"])
+    assert hashlib.sha256(recorded.read_bytes()).hexdigest() == det["recording_sha256"]
+    # Only an admin replays, and each replay is audited.
+    p = subprocess.run([*fleetd_cmd(), "devices", "replay", str(det["session"])], capture_output=True, timeout=60,
+                       env=dict(env, FLEETD_API_KEY=server.create_key("operator", "replay-op"), COLUMNS="400"))
+    assert p.returncode != 0 and b"needs the admin role" in p.stderr, p.stderr
+    replays = admin.call("AuditService", "List", {"action": "device.remote_replay", "target": device.id})["entries"]
+    assert [e["details"]["session"] for e in replays] == [det["session"]]

@@ -48,6 +48,7 @@ def full_app() -> typer.Typer:
     devices.devices_app.command("shell")(shell.devices_shell)
     devices.devices_app.command("cp")(remote_cmds.devices_cp)
     devices.devices_app.command("forward")(remote_cmds.devices_forward)
+    devices.devices_app.command("replay")(remote_cmds.devices_replay)
     app.add_typer(tokens.tokens_app, name="tokens")
     app.add_typer(artifacts_app, name="artifacts")
     app.add_typer(rollouts_app, name="rollouts")

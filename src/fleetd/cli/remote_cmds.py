@@ -263,3 +263,38 @@ def follow_logs(client: Client, dev: dict[str, Any], app: str, lines: int) -> No
         end = asyncio.run(run())
         if "closed" in end:
             fail(f"the log follow ended: {end['closed']}", code=LOST)
+
+
+def devices_replay(session: Annotated[str, typer.Argument(
+                       help="The session id (rs_...), as the audit log shows it (fleetd audit --action "
+                            "device.remote_session).", show_default=False)],
+                   timed: Annotated[bool, typer.Option(
+                       "--timed", help="Replay at the pace it was recorded (pauses cut to 2 s) instead of at once.")]
+                   = False,
+                   server: ServerOpt = None, api_key: ApiKeyOpt = None, ca: CaOpt = None) -> None:
+    """Replay a recorded terminal session (the server records them with remote_record_terminals on): the exact
+    bytes its operator's terminal was sent, to stdout. Needs the admin role; each replay is audited."""
+    import httpx
+
+    from ..remote import recording
+
+    with errors_reported(), remote(server, api_key, ca) as client:
+        try:
+            r = client.http.get(f"/v1/remote/recordings/{session}")
+        except httpx.HTTPError as e:
+            fail(f"cannot reach {client.server}: {e}")
+        if r.status_code in (404, 405) and "application/json" not in r.headers.get("content-type", ""):
+            fail(f"{client.server} has remote access off", "see docs/remote-access.md")
+        if r.status_code != 200:
+            fail(r.json().get("message", r.text) if "json" in r.headers.get("content-type", "") else r.text)
+        _, records = recording.parse(r.content)
+    out = sys.stdout.buffer
+    last = 0.0
+    for at, kind, payload in records:
+        if kind != recording.OUTPUT:
+            continue
+        if timed:
+            time.sleep(min(max(at - last, 0.0), 2.0))
+            last = at
+        out.write(payload)
+        out.flush()

@@ -140,6 +140,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     remote_idle_seconds: float = 900
     # The largest file `fleetd devices cp` moves either way, in MiB.
     remote_copy_max_mib: int = 1024
+    # Record what each terminal session showed (DATA_DIR/recordings/), for `fleetd devices replay`.
+    remote_record_terminals: bool = False
     # MQTT (docs/mqtt.md): the broker fleetd connects to as a service client, "mqtts://HOST:PORT"; "" = none (HTTPS
     # polling only, and nothing of MQTT is loaded). Its client certificate and key: "" = the data dir's
     # mqtt-client.pem / mqtt-client.key, which fleetd issues from the fleet CA (CN fleetd-service). The client id:

@@ -29,13 +29,14 @@ from ..core.errors import (
     FailedPrecondition,
     FleetdError,
     InvalidArgument,
+    NotFound,
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
 )
 from ..core.resources import data_dir
 from ..core.tasks import cancel_and_wait
-from . import frames
+from . import frames, recording
 from .frames import Frame
 from .hub import Channel, Limits, RemoteHub, Session
 
@@ -74,7 +75,8 @@ def make_hub(fleet: Any) -> RemoteHub:
     s = fleet.settings
     hub = RemoteHub(fleet.store, fleet.keys.token_key,
                     Limits(s.remote_sessions_per_device, s.remote_sessions_total, s.remote_idle_seconds, s.remote_role,
-                           s.remote_copy_max_mib << 20))
+                           s.remote_copy_max_mib << 20,
+                           fleet.data_dir / "recordings" if s.remote_record_terminals else None))
     fleet.metrics.gauge("fleetd_remote_channels", "Devices with a remote-access channel open to this process.",
                         lambda: len(hub.channels))
     fleet.metrics.gauge("fleetd_remote_sessions", "Remote sessions open on this process's channels.",
@@ -114,6 +116,26 @@ async def device_status(request: Request[Any, Any, Any], device_id: str) -> Resp
     body = {"device_id": device_id, "channel": channel is not None and not channel.closed, "allowed": allowed,
             "kinds": channel.info.get("kinds", []) if channel is not None else []}
     return Response(msgspec.json.encode(body), media_type=JSON)
+
+
+@get("/v1/remote/recordings/{session_id:str}", opt={"auth": "viewer"}, include_in_schema=False)
+async def get_recording(request: Request[Any, Any, Any], session_id: str) -> Response[bytes]:
+    """A terminal session's recording (recording.py), for an admin; each replay is audited."""
+    principal = request.state.principal
+    if principal.kind == "device" or not principal.has_role("admin"):
+        raise PermissionDenied("replaying a session recording needs the admin role")
+    fleet = request.app.state.fleet
+    path = recording.path_of(fleet.data_dir / "recordings", session_id)
+    try:
+        data = await asyncio.to_thread(path.read_bytes)
+    except FileNotFoundError:
+        raise NotFound(f"this server has no recording of session {session_id}: the session was not recorded "
+                       "(remote_record_terminals was off), or another replica held it") from None
+    meta, _ = recording.parse(data)
+    hub = hub_of(request.app)
+    await hub.write_audit(principal.actor(request.client.host if request.client else None), "device.remote_replay",
+                           str(meta.get("device")), "ok", session=session_id)
+    return Response(data, media_type="application/octet-stream")
 
 
 @get("/v1/remote/terminal", opt={"auth": "public"}, include_in_schema=False)
@@ -215,6 +237,8 @@ async def _run_session(socket: WebSocket[Any, Any, Any], hub: RemoteHub, s: Sess
                 if s.over_limit():
                     await hub.close(s, f"the device sent more than {s.max_bytes} bytes (remote_copy_max_mib)")
                     continue
+                if s.recorder is not None:
+                    s.recorder.record(recording.OUTPUT, value)
                 await socket.send_bytes(value)
                 await s.delivered(len(value))
             elif event == "exit":
@@ -301,4 +325,4 @@ async def device_channel(socket: WebSocket[Any, Any, Any]) -> None:
         log.info("remote access channel closed: device %s (%s)", principal.id, reason)
 
 
-ROUTES = [create_session, operator_session, device_channel, device_status, terminal_page]
+ROUTES = [create_session, operator_session, device_channel, device_status, terminal_page, get_recording]

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -26,6 +27,8 @@ from ..core.clock import new_id
 from ..core.errors import FailedPrecondition, InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
 from . import frames
 from .frames import CREDIT, EXIT, RESIZE, WINDOW_BYTES, Frame, Kind
+from .recording import RESIZE as RECORDED_RESIZE
+from .recording import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,7 @@ class Limits:
     idle_seconds: float
     role: str
     copy_max_bytes: int = 1024 << 20
+    record_dir: Path | None = None  # where terminal sessions are recorded; None: they are not
 
 
 @dataclass
@@ -94,6 +98,7 @@ class Session:
     ended: str | None = None  # why, once it ended
     info: dict[str, Any] = field(default_factory=dict)  # the agent's OPENED: user, pid (a file's size...)
     max_bytes: int | None = None  # the most this session may carry either way (file copies)
+    recorder: Recorder | None = None  # what the operator was sent, when terminals are recorded
 
     def end(self, event: str, value: Any) -> None:
         if self.ended is None:
@@ -129,6 +134,8 @@ class Session:
     async def resize(self, cols: int, rows: int) -> None:
         if not (0 < cols < 65536 and 0 < rows < 65536):
             raise InvalidArgument(f"a terminal size is 1..65535 columns and rows, got {cols}x{rows}")
+        if self.recorder is not None:
+            self.recorder.record(RECORDED_RESIZE, RESIZE.pack(cols, rows))
         await self.channel.send(frames.pack(self.id, Frame.RESIZE, RESIZE.pack(cols, rows)))
 
     async def delivered(self, n: int) -> None:
@@ -309,6 +316,14 @@ class RemoteHub:
             await self._audit(g, "denied", reason=e.message)
             raise
         s.info = value
+        if self.limits.record_dir is not None and g.k == Kind.TERMINAL:
+            try:
+                s.recorder = Recorder(self.limits.record_dir, g.s, {
+                    "session": g.s, "device": g.d, "user": value.get("user"), "cols": g.c, "rows": g.r,
+                    "command": g.cmd, "started": s.started})
+            except OSError as e:  # a full disk, say: no recording, and the session is refused (it must be recorded)
+                await self.close(s, "cannot record the session")
+                raise FailedPrecondition(f"cannot record the session (remote_record_terminals): {e}") from None
         await self._audit(g, "ok", "device.remote_session_open", user=value.get("user"))
         return s
 
@@ -319,19 +334,23 @@ class RemoteHub:
         s.end("closed", reason)
 
     async def finished(self, s: Session, how: str, exit_status: int | None = None) -> None:
+        recording: dict[str, Any] = {}
+        if s.recorder is not None:
+            s.recorder.close()
+            recording = s.recorder.summary()
         await self._audit(s.grant, "ok", started=s.started, ended=time.time(), bytes_in=s.bytes_in,
-                          bytes_out=s.bytes_out, end=how, exit_status=exit_status)
+                          bytes_out=s.bytes_out, end=how, exit_status=exit_status, **recording)
 
     async def denied(self, actor: Actor, device_id: str, kind: str, command: str | None, reason: str) -> None:
         """A session asked for and refused before it had a grant (the role, no channel here)."""
-        await self._write_audit(actor, "device.remote_session", device_id, "denied", kind=kind, command=command,
+        await self.write_audit(actor, "device.remote_session", device_id, "denied", kind=kind, command=command,
                                 reason=reason)
 
     async def _audit(self, g: Grant, outcome: str, action: str = "device.remote_session", **details: Any) -> None:
-        await self._write_audit(g.actor, action, g.d, outcome, session=g.s, kind=g.k, command=g.cmd,
+        await self.write_audit(g.actor, action, g.d, outcome, session=g.s, kind=g.k, command=g.cmd,
                                 **{**(g.o or {}), **details})
 
-    async def _write_audit(self, actor: Actor, action: str, device_id: str, outcome: str, **details: Any) -> None:
+    async def write_audit(self, actor: Actor, action: str, device_id: str, outcome: str, **details: Any) -> None:
         def write(conn: Any) -> None:
             audit.record(conn, actor, action, device_id, outcome, **{k: v for k, v in details.items() if v is not None})
 

@@ -314,6 +314,7 @@ class Channel:
             kind = spec.get("kind") if isinstance(spec, dict) else None
             if kind not in KINDS:
                 raise Refused(f"this agent ({__version__}) opens {', '.join(KINDS)} sessions, not {kind!r}")
+            t: Any
             if kind == "terminal":
                 t = Terminal(sid, self.send, self.conf, spec, self.loop)
                 info: dict[str, Any] | None = {"user": t.user, "pid": t.proc.pid}

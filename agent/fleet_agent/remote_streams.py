@@ -333,9 +333,8 @@ def open_stream(kind: str, sid: int, send: Send, conf: RemoteConfig, spec: dict[
         if not os.path.isfile(path):
             raise Refused(f"{spec.get('path')} is not a file on the device")
         user, switch = _switch(conf)
-        size = os.path.getsize(path)
         p = Piped(sid, send, loop, ["cat", "--", path], switch=switch, reads=True, writes=False)
-        return p, {"user": user, "pid": p.proc.pid, "path": path, "size": size}
+        return p, {"user": user, "pid": p.proc.pid, "path": path, "size": os.path.getsize(path)}
     if kind == "file_put":
         path = allowed_path(conf, spec.get("path"), top_ok=True)
         if os.path.isdir(path):

@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,7 +144,7 @@ def test_files_larger_than_the_limit_are_refused(server: ServerProcess, admin: A
 
 
 class Hello(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the handler's name
+    def do_GET(self) -> None:
         body = f"hello from beside the agent: {self.path}".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))

@@ -100,6 +100,7 @@ def devices_cp(source: Annotated[str, typer.Argument(help="DEVICE:/PATH on the d
     if src is not None:
         n, digest, where = asyncio.run(_get(url, grant["token"], tls, target, shown, f"{name}:{src[1]}"))
     else:
+        assert dst is not None
         n, digest, where = asyncio.run(_put(url, grant["token"], tls, local, shown, f"{name}:{dst[1]}"))
     print(f"copied {n} bytes to {where} (sha256 {digest})")
 

@@ -85,10 +85,12 @@ def devices_cp(source: Annotated[str, typer.Argument(help="DEVICE:/PATH on the d
     shown = sys.stderr.isatty() if progress is None else progress
     with errors_reported(), remote(server, api_key, ca) as client:
         if src is not None:
-            name, url, tls, grant = _grant(client, src[0], "file_get", {"path": src[1]})
             target = Path(dest)
             if target.is_dir():
                 target = target / os.path.basename(src[1].rstrip("/"))
+            if not target.parent.is_dir():
+                fail(f"{target.parent} is not a directory here")
+            name, url, tls, grant = _grant(client, src[0], "file_get", {"path": src[1]})
         else:
             assert dst is not None
             local = Path(source)
@@ -189,10 +191,24 @@ def devices_forward(device: DeviceArg,
         fail(f"expected LOCALPORT:HOST:PORT, got {spec!r}", "e.g. fleetd devices forward kitchen-pi 8080:localhost:80")
     with errors_reported(), remote(server, api_key, ca) as client:
         dev = client.call(ADMIN, "GetDevice", {"id": device})
-        # Fail now, not at the first connection, when the device has no channel here.
-        request_session(client, dev["id"], kind="forward", options={"host": host, "port": int(port)})
+        _check_channel(client, dev)  # fail now, not at the first connection
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_forward(client, dev, bind, int(local_port), host, int(port)))
+
+
+def _check_channel(client: Client, dev: dict[str, Any]) -> None:
+    """Fail when this server cannot open sessions on the device for this user (GET /v1/remote/devices/ID)."""
+    r = client.http.get(f"/v1/remote/devices/{dev['id']}")
+    if r.status_code != 200 or "json" not in r.headers.get("content-type", ""):
+        fail(f"{client.server} has remote access off", "see docs/remote-access.md")
+    st = r.json()
+    if not st["allowed"]:
+        fail("remote sessions need the role remote_role names (admin by default)")
+    if not st["channel"]:
+        fail(f"device {dev['name']} has no remote-access channel open to {client.server}: its agent has remote "
+             "access off, or it is offline")
+    if "forward" not in st["kinds"]:
+        fail(f"the agent on {dev['name']} is too old to forward ports: update it")
 
 
 async def _forward(client: Client, dev: dict[str, Any], bind: str, local_port: int, host: str, port: int) -> None:

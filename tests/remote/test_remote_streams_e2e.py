@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,13 +27,14 @@ pytestmark = pytest.mark.e2e
 
 MAX_MIB = 60  # remote_copy_max_mib here: a 50 MiB file passes, a 61 MiB one does not
 BIG = 50 << 20
+IDLE_SECONDS = 5  # a followed log that stays quiet this long is closed
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     s = ServerProcess(tmp_path_factory.mktemp("streams") / "data", env={
         "FLEETD_REMOTE_ACCESS": "true", "FLEETD_REMOTE_COPY_MAX_MIB": str(MAX_MIB),
-        "FLEETD_REMOTE_RECORD_TERMINALS": "true"}).start()
+        "FLEETD_REMOTE_RECORD_TERMINALS": "true", "FLEETD_REMOTE_IDLE_SECONDS": str(IDLE_SECONDS)}).start()
     yield s
     s.stop()
 
@@ -195,6 +197,12 @@ def test_logs_follow_streams_an_apps_log_as_it_grows(server: ServerProcess, admi
         follow.send_signal(signal.SIGINT)
         follow.wait(15)
     assert follow.returncode == 0, follow.stderr.read() if follow.stderr else ""
+    # A log that stays quiet is an idle session as any other: closed after remote_idle_seconds, and audited so.
+    t0 = time.monotonic()
+    p = cli(server, admin, "logs", device.id, "--app", "myapp", "--follow", "-n", "1", timeout=30)
+    assert p.returncode == 255 and f"idle for {IDLE_SECONDS} s" in p.stderr, p.stderr
+    assert IDLE_SECONDS <= time.monotonic() - t0 < IDLE_SECONDS + 10
+    assert any(str(d["end"]).startswith("idle") for d in session_ends(admin, device, "logs"))
     p = cli(server, admin, "logs", device.id, "--app", "nosuchapp", "--follow")
     assert p.returncode != 0 and "there is no app 'nosuchapp' on this device" in p.stderr, p.stderr
 

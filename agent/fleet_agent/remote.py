@@ -48,7 +48,7 @@ READ_CHUNK = 16 * 1024
 HELLO, READY, OPEN, OPENED, DATA, RESIZE_F, WINDOW, EXIT_F, CLOSE = range(1, 10)
 FRAMES = {"HELLO": HELLO, "READY": READY, "OPEN": OPEN, "OPENED": OPENED, "DATA": DATA, "RESIZE": RESIZE_F,
           "WINDOW": WINDOW, "EXIT": EXIT_F, "CLOSE": CLOSE}
-KINDS = ("terminal",)
+KINDS = ("terminal", "file_get", "file_put", "forward", "logs")
 NOLOGIN = ("nologin", "false")
 
 Send = Callable[[bytes], Coroutine[Any, Any, None]]
@@ -197,20 +197,7 @@ class Terminal:
 
     # --- the end -------------------------------------------------------------------------------------------
     def _watch_exit(self) -> None:
-        try:
-            fd = os.pidfd_open(self.proc.pid)  # Linux 5.3+: no thread per session
-        except (AttributeError, OSError):
-            threading.Thread(target=lambda: (self.proc.wait(), self.loop.call_soon_threadsafe(self._exited)),
-                             daemon=True).start()
-            return
-
-        def ready() -> None:
-            self.loop.remove_reader(fd)
-            os.close(fd)
-            self.proc.wait()
-            self._exited()
-
-        self.loop.add_reader(fd, ready)
+        on_exit(self.loop, self.proc, self._exited)
 
     def _exited(self) -> None:
         if self.closed:
@@ -253,6 +240,23 @@ class Terminal:
             os.close(self.master)
 
 
+def on_exit(loop: asyncio.AbstractEventLoop, proc: subprocess.Popen[bytes], then: Callable[[], None]) -> None:
+    """Call ``then`` on the loop once ``proc`` exited (and was reaped)."""
+    try:
+        fd = os.pidfd_open(proc.pid)  # Linux 5.3+: no thread per session
+    except (AttributeError, OSError):
+        threading.Thread(target=lambda: (proc.wait(), loop.call_soon_threadsafe(then)), daemon=True).start()
+        return
+
+    def ready() -> None:
+        loop.remove_reader(fd)
+        os.close(fd)
+        proc.wait()
+        then()
+
+    loop.add_reader(fd, ready)
+
+
 def _controlling_tty() -> None:
     """In the child: a session of its own, with the pty as its controlling terminal (job control, ^C)."""
     os.setsid()
@@ -262,9 +266,9 @@ def _controlling_tty() -> None:
 class Channel:
     """One connected channel: the sessions on it."""
 
-    def __init__(self, ws: Any, conf: RemoteConfig, loop: asyncio.AbstractEventLoop) -> None:
-        self.ws, self.conf, self.loop = ws, conf, loop
-        self.sessions: dict[int, Terminal] = {}
+    def __init__(self, ws: Any, conf: RemoteConfig, loop: asyncio.AbstractEventLoop, apps_dir: str) -> None:
+        self.ws, self.conf, self.loop, self.apps_dir = ws, conf, loop, apps_dir
+        self.sessions: dict[int, Any] = {}  # Terminal, or a remote_streams.Stream
         self._lock = asyncio.Lock()
 
     async def send(self, message: bytes) -> None:
@@ -310,22 +314,31 @@ class Channel:
             kind = spec.get("kind") if isinstance(spec, dict) else None
             if kind not in KINDS:
                 raise Refused(f"this agent ({__version__}) opens {', '.join(KINDS)} sessions, not {kind!r}")
-            t = Terminal(sid, self.send, self.conf, spec, self.loop)
+            t: Any
+            if kind == "terminal":
+                t = Terminal(sid, self.send, self.conf, spec, self.loop)
+                info: dict[str, Any] | None = {"user": t.user, "pid": t.proc.pid}
+            else:  # file copy, forwarding, logs: loaded with the first such session
+                from . import remote_streams
+
+                t, info = remote_streams.open_stream(kind, sid, self.send, self.conf, spec, self.loop, self.apps_dir)
         except (Refused, ValueError, OSError) as e:  # OSError: no pty left, say
             log.warning("refused remote session %d: %s", sid, e)
             await self.send(pack(sid, CLOSE, str(e).encode()))
             return
         self.sessions[sid] = t
-        log.info("remote terminal session %d opened as %s (pid %d)", sid, t.user, t.proc.pid)
-        await self.send(pack(sid, OPENED, json.dumps({"user": t.user, "pid": t.proc.pid}).encode()))
+        log.info("remote %s session %d opened: %s", kind, sid, info or "connecting")
+        if info is not None:  # else the session answers OPENED itself (a forward, once connected)
+            await self.send(pack(sid, OPENED, json.dumps(info).encode()))
 
 
 class RemoteAccess:
     """Keeps the channel open while the agent runs: connect, HELLO with the device's bearer token, serve; on
     any failure, again after a backoff (1 s doubling to ``max_backoff``, jittered)."""
 
-    def __init__(self, client: ServerClient, ca_pem: str, conf: RemoteConfig, max_backoff: float = 60.0) -> None:
-        self.client, self.conf = client, conf
+    def __init__(self, client: ServerClient, ca_pem: str, conf: RemoteConfig, max_backoff: float = 60.0,
+                 apps_dir: str = "") -> None:
+        self.client, self.conf, self.apps_dir = client, conf, apps_dir
         self.url = channel_url(client.base_url)
         self.ssl = pinned_context(ca_pem) if self.url.startswith("wss:") else None
         self.max_backoff = max_backoff
@@ -401,7 +414,7 @@ class RemoteAccess:
                     return False
                 log.info("remote access: channel open to %s", self.url)
                 self.connected.set()
-                await Channel(ws, self.conf, self.loop).serve()
+                await Channel(ws, self.conf, self.loop, self.apps_dir).serve()
                 return True
         except ConnectionClosed as e:
             log.warning("remote access: the channel closed: %s", e)
@@ -412,8 +425,9 @@ class RemoteAccess:
         return False
 
 
-def start(client: ServerClient, ca_pem: str, conf: RemoteConfig, max_backoff: float) -> RemoteAccess:
-    r = RemoteAccess(client, ca_pem, conf, max_backoff)
+def start(client: ServerClient, ca_pem: str, conf: RemoteConfig, max_backoff: float,
+          apps_dir: str = "") -> RemoteAccess:
+    r = RemoteAccess(client, ca_pem, conf, max_backoff, apps_dir)
     r.start()
     return r
 

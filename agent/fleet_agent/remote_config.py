@@ -8,6 +8,8 @@ no TOML reader)::
     remote_access = true
     remote_user = "pi"        # the user terminals run as; "root" only if written so
     remote_shell = "/bin/bash"  # default: the user's login shell
+    remote_copy_dirs = "/home/pi:/var/lib/myapp"  # fleetd devices cp: only in these directories (default: none)
+    remote_forward = true     # fleetd devices forward: TCP connections from the device (default: off)
 
 The install one-liner writes it with ``--remote-access [--remote-user USER]``. Standard library only: imported
 at every start; the remote-access code (remote.py, with the WebSocket library) only when this turns it on.
@@ -24,7 +26,7 @@ from typing import Any
 
 from .config import ConfigError
 
-KEYS = ("remote_access", "remote_user", "remote_shell")
+KEYS = ("remote_access", "remote_user", "remote_shell", "remote_copy_dirs", "remote_forward")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class RemoteConfig:
     remote_user: str = ""
     remote_shell: str = ""
     path: str = ""
+    copy_dirs: tuple[str, ...] = ()  # absolute directories file copies may read and write in
+    forward: bool = False
 
 
 def config_path(state_dir: Path, env: dict[str, str] | None = None) -> Path:
@@ -80,7 +84,14 @@ def load(path: Path) -> RemoteConfig:
     user, shell = found.get("remote_user", ""), found.get("remote_shell", "")
     if not isinstance(user, str) or not isinstance(shell, str):
         raise ConfigError(f"{path}: remote_user and remote_shell are quoted strings")
-    return RemoteConfig(access, user, shell, str(path))
+    dirs, forward = found.get("remote_copy_dirs", ""), found.get("remote_forward", False)
+    if not isinstance(dirs, str) or not isinstance(forward, bool):
+        raise ConfigError(f"{path}: remote_copy_dirs is a quoted string (directories joined by ':'), remote_forward "
+                          "true or false")
+    copy_dirs = tuple(d for d in dirs.split(":") if d)
+    if any(not os.path.isabs(d) for d in copy_dirs):
+        raise ConfigError(f"{path}: remote_copy_dirs holds absolute directories joined by ':', got {dirs!r}")
+    return RemoteConfig(access, user, shell, str(path), copy_dirs, forward)
 
 
 def import_remote() -> Any:

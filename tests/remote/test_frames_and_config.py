@@ -202,3 +202,58 @@ def test_remote_settings_are_checked(setting: dict[str, object], says: str) -> N
     with pytest.raises(InvalidArgument, match=re.escape(says)):
         load_settings(setting, None, {})
     assert load_settings({"remote_access": "true"}, None, {}).remote_access is True
+
+
+def test_agent_conf_copy_dirs_and_forward(tmp_path: Path) -> None:
+    conf = tmp_path / "agent.conf"
+    conf.write_text(f'remote_access = true\nremote_copy_dirs = "{tmp_path}/a:/srv/b"\nremote_forward = true\n')
+    got = load(conf)
+    assert (got.copy_dirs, got.forward) == ((f"{tmp_path}/a", "/srv/b"), True)
+    for text, match in [('remote_copy_dirs = "relative/dir"\n', "absolute directories"),
+                        ("remote_copy_dirs = true\n", "remote_copy_dirs is a quoted string"),
+                        ('remote_forward = "yes"\n', "remote_forward")]:
+        conf.write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            load(conf)
+
+
+def test_file_copy_stays_in_the_allowed_directories(tmp_path: Path) -> None:
+    from fleet_agent import remote_streams
+
+    ok = tmp_path / "ok"
+    (ok / "sub").mkdir(parents=True)
+    (ok / "out").symlink_to("/etc")
+    (tmp_path / "ok-not").mkdir()
+    conf = RemoteConfig(True, "root", "", "agent.conf", (str(ok),))
+    assert remote_streams.allowed_path(conf, f"{ok}/sub/f.txt") == f"{ok}/sub/f.txt"
+    assert remote_streams.allowed_path(conf, str(ok), top_ok=True) == str(ok)
+    for raw in [str(ok), f"{ok}/out/passwd", f"{ok}/../ok-not/x", f"{tmp_path}/ok-not/x", "/etc/passwd"]:
+        with pytest.raises(agent_remote.Refused, match="outside the directories"):
+            remote_streams.allowed_path(conf, raw)
+    with pytest.raises(agent_remote.Refused, match="absolute path"):
+        remote_streams.allowed_path(conf, "ok/sub/f.txt")
+    with pytest.raises(agent_remote.Refused, match="file copy is off on this device"):
+        remote_streams.allowed_path(RemoteConfig(True, "root", "", "agent.conf"), f"{ok}/sub/f.txt")
+    with pytest.raises(agent_remote.Refused, match="port forwarding is off"):
+        remote_streams.open_stream("forward", 1, None, RemoteConfig(True, "root", "", "agent.conf"),  # type: ignore[arg-type]
+                                   {"host": "127.0.0.1", "port": 80}, None, "")  # type: ignore[arg-type]
+
+
+def test_session_options_are_checked_per_kind() -> None:
+    from fleetd.remote.frames import Kind
+    from fleetd.remote.hub import check_options
+
+    assert check_options(Kind.FILE_PUT, {"path": "/srv/a", "size": 5, "name": "a"}, 10) == {
+        "path": "/srv/a", "size": 5, "name": "a"}
+    assert check_options(Kind.LOGS, {"app": "web"}, 10) == {"app": "web", "lines": 200, "follow": True}
+    for kind, opts, match in [(Kind.TERMINAL, {"path": "/x"}, "takes no options"),
+                              (Kind.FILE_GET, {"path": "rel"}, "absolute path"),
+                              (Kind.FILE_GET, {}, "needs path"),
+                              (Kind.FILE_PUT, {"path": "/a", "size": 11}, "at most 10 bytes"),
+                              (Kind.FILE_PUT, {"path": "/a", "size": True}, "at most 10 bytes"),
+                              (Kind.FORWARD, {"host": "db", "port": 0}, "port 1..65535"),
+                              (Kind.FORWARD, {"host": "", "port": 5432}, "needs host"),
+                              (Kind.LOGS, {"app": "web", "lines": 5000}, "lines must be 0..2000"),
+                              (Kind.LOGS, {"app": "web", "cmd": "x"}, "not cmd")]:
+        with pytest.raises(InvalidArgument, match=match):
+            check_options(kind, opts, 10)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import getpass
 import hashlib
 import json
 import os
@@ -17,32 +16,22 @@ import subprocess
 import termios
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.agent.e2e_helpers import PYTHON, ROOT, Admin, AgentProcess, agent_env, build_served_agent, wait_for
+from tests.agent.e2e_helpers import PYTHON, Admin, AgentProcess, agent_env, build_served_agent, wait_for
 from tests.agent.test_e2e_install import one_liner, run_shell
 from tests.e2e.server import ServerProcess, fleetd_cmd
+
+from .helpers import ALLOWED, ME, Device, ask, enroll_and_run, wait_channel
 
 pytestmark = pytest.mark.e2e
 
 IDLE_SECONDS = 4
-# Terminals run as the user running the tests (root in CI; another user on a laptop): agent.conf says so.
-ME = getpass.getuser()
-ALLOWED = f'remote_access = true\nremote_user = "{ME}"\n'
-
-
-@dataclass
-class Device:
-    id: str
-    agent: AgentProcess
-    state_dir: Path
 
 
 @pytest.fixture(scope="module")
@@ -58,35 +47,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 @pytest.fixture(scope="module")
 def admin(server: ServerProcess) -> Admin:
     return Admin(server)
-
-
-def enroll_and_run(server: ServerProcess, admin: Admin, where: Path, conf: str | None) -> Device:
-    state_dir = where / "state"
-    token = admin.token(description="remote")["token"]
-    p = subprocess.run([PYTHON, "-m", "fleet_agent", "enroll", "--state-dir", str(state_dir), "--server", server.url,
-                        "--hardware-id", f"remote-{where.name}", "--json"], capture_output=True, text=True, timeout=60,
-                       env=agent_env(FLEET_AGENT_TOKEN=token, PYTHONPATH=str(ROOT / "agent")))
-    assert p.returncode == 0, p.stderr
-    if conf is not None:
-        (state_dir / "agent.conf").write_text(conf)
-    agent = AgentProcess([PYTHON, "-m", "fleet_agent", "run", "--state-dir", str(state_dir)], where / "agent.log",
-                         agent_env(PYTHONPATH=str(ROOT / "agent"), FLEET_AGENT_POLL_INTERVAL="5",
-                                   FLEET_AGENT_MAX_BACKOFF="1"))
-    return Device(json.loads(p.stdout)["device_id"], agent, state_dir)
-
-
-def ask(server: ServerProcess, key: str, device_id: str, **body: Any) -> httpx.Response:
-    with server.client(key) as c:
-        return c.post("/v1/remote/sessions", json={"device_id": device_id, **body})
-
-
-def wait_channel(server: ServerProcess, admin: Admin, d: Device) -> None:
-    def up() -> bool:
-        r = ask(server, admin.key, d.id)
-        assert r.status_code in (200, 400), r.text
-        return r.status_code == 200
-
-    wait_for("the device's remote-access channel", up, 20, 0.1, d.agent.log)
 
 
 @pytest.fixture(scope="module")

@@ -60,6 +60,7 @@ import sys
 from fleet_agent import remote_config
 remote = remote_config.import_remote()
 assert remote.ConnectionClosed and "websockets" in sys.modules
+assert "fleet_agent.remote_streams" not in sys.modules  # file copy, forwards, logs: with the first such session
 print("importlib.metadata" in sys.modules)
 import importlib.metadata
 print(bool(importlib.metadata.version("msgspec")))

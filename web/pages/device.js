@@ -327,6 +327,37 @@ export default async function device(ctx) {
     await loadChart();
   }
 
+  // --- a terminal on the device, through its remote-access channel (docs/remote-access.md) ---
+  // Shown only when the server has remote access on (else the status route is not there), the device's agent has
+  // its channel open, and this user may open sessions. The terminal runs in a frame of its own
+  // (/v1/remote/terminal): the only page whose policy allows xterm.js's style elements (docs/security.md).
+  const terminalBox = h('div');
+  let terminalOpen = false;
+
+  async function paintTerminal() {
+    if (terminalOpen) return;  // a refresh keeps an open terminal as it is
+    let st = null;
+    try {
+      const r = await fetch(`/v1/remote/devices/${encodeURIComponent(id)}`, {credentials: 'same-origin'});
+      if (r.ok) st = await r.json();
+    } catch { st = null; }
+    if (!ctx.alive() || terminalOpen) return;
+    if (!st || !st.allowed || !st.channel) { clear(terminalBox); return; }
+    const openBtn = h('button', {type: 'button', class: 'primary', on: {click: () => {
+      terminalOpen = true;
+      const frame = h('iframe', {class: 'terminal', title: `Terminal on ${dev.name}`,
+        src: `/v1/remote/terminal#${encodeURIComponent(id)}`});
+      const closeBtn = h('button', {type: 'button', class: 'small', on: {click: () => {
+        terminalOpen = false;
+        clear(terminalBox);  // the frame's WebSocket closes with it: the device hangs up the shell
+        paintTerminal();
+      }}}, 'Close terminal');
+      clear(terminalBox, section('Terminal', h('div', {class: 'inline toolbar'}, closeBtn), frame));
+    }}}, 'Open terminal');
+    clear(terminalBox, section('Terminal', h('p', {class: 'muted'}, `A shell on ${dev.name} through its remote-access `
+      + 'channel. The session is in the audit log.'), openBtn));
+  }
+
   async function loadChart() {
     const seconds = Number(tel.range);
     const end = new Date();
@@ -351,12 +382,13 @@ export default async function device(ctx) {
     paintInfo();
     paintComponents();
     controls.paint?.();
+    paintTerminal();
     if (has('TelemetryService') && dev.status === 'active') await loadMetrics().catch((e) => showError(telErr, e));
   }
 
   // A DDI device's controller id never changes: its card is built once, so a refresh keeps a token shown in it.
   const ddiBox = dev.ddi_controller_id ? h('div', {}, targetTokenSection(dev)) : null;
-  append(root, writer ? controls : null, info, ddiBox, comps, actionsBox, telemetryBox);
+  append(root, writer ? controls : null, terminalBox, info, ddiBox, comps, actionsBox, telemetryBox);
   controls.hidden = true;
   await refresh();
   return {refresh, events: ['device.', 'action.']};

@@ -26,7 +26,7 @@ def _typer() -> typer.Typer:
 def full_app() -> typer.Typer:
     """Every command. Built on first use: `fleetd serve` alone does not import the others (the API client, rich's
     tables, the simulator), which the server would carry in memory for nothing."""
-    from . import admin, devices, logs, shell, tokens
+    from . import admin, devices, logs, remote_cmds, shell, tokens
     from .alerts import alerts_app
     from .artifacts import artifacts_app
     from .backup import backup as backup_command
@@ -46,6 +46,9 @@ def full_app() -> typer.Typer:
     app.add_typer(devices.devices_app, name="devices")
     devices.devices_app.command("logs")(logs.devices_logs)
     devices.devices_app.command("shell")(shell.devices_shell)
+    devices.devices_app.command("cp")(remote_cmds.devices_cp)
+    devices.devices_app.command("forward")(remote_cmds.devices_forward)
+    devices.devices_app.command("replay")(remote_cmds.devices_replay)
     app.add_typer(tokens.tokens_app, name="tokens")
     app.add_typer(artifacts_app, name="artifacts")
     app.add_typer(rollouts_app, name="rollouts")

@@ -22,18 +22,29 @@ ActionOpt = Annotated[str, typer.Option(
     "--action", help="Print the lines of a logs action made before (e.g. one that timed out) instead of asking "
                      "again.", show_default=False)]
 LogAppOpt = Annotated[str, typer.Option("--app", help="The app whose log to read.", show_default=False)]
+FollowOpt = Annotated[bool, typer.Option(
+    "--follow", "-f", help="Follow the log as it grows, through the device's remote-access channel (its agent must "
+                           "have remote access on; docs/remote-access.md), until ^C.")]
 POLL_EVERY = 1.0
 
 
 def devices_logs(device: DeviceArg, app: LogAppOpt = "", lines: LinesOpt = LOG_LINES_DEFAULT,
                  action: ActionOpt = "", timeout: TimeoutOpt = 120.0, server: ServerOpt = None,
-                 api_key: ApiKeyOpt = None, ca: CaOpt = None, json: JsonOpt = False) -> None:
+                 api_key: ApiKeyOpt = None, ca: CaOpt = None, json: JsonOpt = False,
+                 follow: FollowOpt = False) -> None:
     """Print the last lines of an app's log on a device (at most 256 KiB); the device sends them when it next
-    checks in, and the command waits for it."""
+    checks in, and the command waits for it. With --follow, the lines stream through the remote-access channel."""
     if not app and not action:
         fail("say which app: --app NAME", f"'fleetd devices show {device}' lists the apps the device reports")
+    if follow and (action or json):
+        fail("--follow streams the log as it grows: it takes neither --action nor --json")
     with errors_reported(), remote(server, api_key, ca) as client:
         dev = client.call(ADMIN, "GetDevice", {"id": device})
+        if follow:
+            from .remote_cmds import follow_logs
+
+            follow_logs(client, dev, app, lines)
+            return
         if action:
             a = client.call(ADMIN, "GetAction", {"id": action})
             if a["kind"] != "logs" or a["device_id"] != dev["id"]:

@@ -31,10 +31,13 @@ CommandArg = Annotated[list[str] | None, typer.Argument(
 LOST = 255
 
 
-def request_session(client: Client, device_id: str, cols: int, rows: int, command: str | None) -> dict[str, Any]:
+def request_session(client: Client, device_id: str, cols: int = 80, rows: int = 24, command: str | None = None,
+                    kind: str = "terminal", options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A session grant (POST /v1/remote/sessions): its token, and where its WebSocket is."""
     import httpx
 
-    body = {"device_id": device_id, "kind": "terminal", "cols": cols, "rows": rows, "command": command}
+    body = {"device_id": device_id, "kind": kind, "cols": cols, "rows": rows, "command": command,
+            "options": options or {}}
     try:
         r = client.http.post("/v1/remote/sessions", content=msgspec.json.encode(body),
                              headers={"Content-Type": "application/json"})
@@ -62,11 +65,37 @@ def devices_shell(device: DeviceArg, command: CommandArg = None, server: ServerO
     with errors_reported(), remote(server, api_key, ca) as client:
         dev = client.call(ADMIN, "GetDevice", {"id": device})
         grant = request_session(client, dev["id"], cols, rows, " ".join(command) if command else None)
-        url = client.server.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + grant["path"]
-        tls = ssl_context(client.ca_file) if url.startswith("wss:") else None
-    status = asyncio.run(_session(url, grant["token"], tls if isinstance(tls, ssl.SSLContext) else None,
-                                  interactive))
+        url, tls = session_target(client, grant)
+    status = asyncio.run(_session(url, grant["token"], tls, interactive))
     raise typer.Exit(status)
+
+
+def session_target(client: Client, grant: dict[str, Any]) -> tuple[str, ssl.SSLContext | None]:
+    """The session's WebSocket URL, and the TLS context that trusts the server (as the client's calls do)."""
+    url = client.server.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + grant["path"]
+    tls = ssl_context(client.ca_file) if url.startswith("wss:") else None
+    return url, tls if isinstance(tls, ssl.SSLContext) else None
+
+
+async def open_session(url: str, token: str, tls: ssl.SSLContext | None) -> tuple[Any, dict[str, Any]]:
+    """The session's WebSocket, its token sent, and the server's first answer ({"opened": ...}); fails with the
+    server's words when the session did not open."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    try:
+        ws = await connect(url, ssl=tls, max_size=1 << 20, open_timeout=15)
+    except (OSError, InvalidStatus) as e:
+        fail(f"cannot open the session's WebSocket at {url}: {e}")
+    try:
+        await ws.send(msgspec.json.encode({"token": token}).decode())
+        first = msgspec.json.decode(await ws.recv())
+    except ConnectionClosed as e:
+        fail(f"the server closed the session before it opened: {e}")
+    if "error" in first:
+        await ws.close()
+        fail(f"{first['error']} [{first.get('code', '')}]")
+    return ws, dict(first)
 
 
 def _size() -> tuple[int, int]:
@@ -78,18 +107,10 @@ def _size() -> tuple[int, int]:
 
 
 async def _session(url: str, token: str, tls: ssl.SSLContext | None, interactive: bool) -> int:
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.exceptions import ConnectionClosed
 
-    try:
-        ws = await connect(url, ssl=tls, max_size=1 << 20, open_timeout=15)
-    except (OSError, InvalidStatus) as e:
-        fail(f"cannot open the session's WebSocket at {url}: {e}")
+    ws, _ = await open_session(url, token, tls)
     async with ws:
-        await ws.send(msgspec.json.encode({"token": token}).decode())
-        first = msgspec.json.decode(await ws.recv())
-        if "error" in first:
-            fail(f"{first['error']} [{first.get('code', '')}]")
         loop = asyncio.get_running_loop()
         stdin = sys.stdin.fileno()
         outgoing: asyncio.Queue[str | bytes] = asyncio.Queue()  # one sender keeps keystrokes in order

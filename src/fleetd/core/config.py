@@ -138,6 +138,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     remote_sessions_total: int = 200
     # A session with no bytes either way for this long is closed.
     remote_idle_seconds: float = 900
+    # The largest file `fleetd devices cp` moves either way, in MiB.
+    remote_copy_max_mib: int = 1024
+    # Record what each terminal session showed (DATA_DIR/recordings/), for `fleetd devices replay`.
+    remote_record_terminals: bool = False
     # MQTT (docs/mqtt.md): the broker fleetd connects to as a service client, "mqtts://HOST:PORT"; "" = none (HTTPS
     # polling only, and nothing of MQTT is loaded). Its client certificate and key: "" = the data dir's
     # mqtt-client.pem / mqtt-client.key, which fleetd issues from the fleet CA (CN fleetd-service). The client id:
@@ -194,9 +198,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         self._check_blob_store()
         if self.remote_role not in ("viewer", "operator", "admin"):
             raise InvalidArgument(f"remote_role must be viewer, operator or admin, got {self.remote_role!r}")
-        if min(self.remote_sessions_per_device, self.remote_sessions_total) < 1 or self.remote_idle_seconds <= 0:
-            raise InvalidArgument("remote_sessions_per_device, remote_sessions_total and remote_idle_seconds must be "
-                                  "positive")
+        if (min(self.remote_sessions_per_device, self.remote_sessions_total, self.remote_copy_max_mib) < 1
+                or self.remote_idle_seconds <= 0):
+            raise InvalidArgument("remote_sessions_per_device, remote_sessions_total, remote_idle_seconds and "
+                                  "remote_copy_max_mib must be positive")
         self._check_mqtt()
         if self.database and not dsns.is_dsn(self.database):
             raise InvalidArgument("database must be \"\" (the data dir's SQLite file) or a PostgreSQL URL like "

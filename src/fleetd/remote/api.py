@@ -5,7 +5,11 @@
 - ``GET /v1/remote/sessions/{id}`` (WebSocket): the operator's side of that session; the first message is the
   token. A browser's ``Origin`` must be this server's: a page elsewhere is refused before the upgrade;
 - ``GET /v1/remote/device`` (WebSocket): a device's channel (frames.py); the first frame is HELLO with its bearer
-  token (the device API's challenge/token authentication).
+  token (the device API's challenge/token authentication);
+- ``GET /v1/remote/devices/{id}``: whether that device has a channel here and the caller may open sessions (the web
+  UI's device page shows its terminal only then);
+- ``GET /v1/remote/terminal``: the web UI's terminal page (web/terminal.html), with the only policy that lets
+  xterm.js add its style elements and be framed by the device page (docs/security.md).
 """
 
 from __future__ import annotations
@@ -18,12 +22,21 @@ import urllib.parse
 from typing import Any
 
 import msgspec
-from litestar import Request, Response, WebSocket, post, websocket
+from litestar import Request, Response, WebSocket, get, post, websocket
 from litestar.exceptions import WebSocketDisconnect
 
-from ..core.errors import FailedPrecondition, FleetdError, InvalidArgument, PermissionDenied, Unauthenticated
+from ..core.errors import (
+    FailedPrecondition,
+    FleetdError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
+from ..core.resources import data_dir
 from ..core.tasks import cancel_and_wait
-from . import frames
+from . import frames, recording
 from .frames import Frame
 from .hub import Channel, Limits, RemoteHub, Session
 
@@ -36,6 +49,12 @@ DEVICE_CHECK_SECONDS = 2.0  # how often an open channel checks that its device m
 CLOSE_CODES = {"unauthenticated": 4401, "permission_denied": 4403, "not_found": 4404, "failed_precondition": 4412,
                "resource_exhausted": 4429, "invalid_argument": 4400}
 JSON = "application/json"
+# The terminal page's policy: the web UI's (http/security_headers.py) but for 'unsafe-inline' styles (xterm.js adds
+# <style> elements for its theme and cell sizes) and framing by this origin's own pages (the device page).
+TERMINAL_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'self'")
+TERMINAL_HEADERS = {"Content-Security-Policy": TERMINAL_CSP, "X-Frame-Options": "SAMEORIGIN",
+                    "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
 
 
 class SessionRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -44,6 +63,7 @@ class SessionRequest(msgspec.Struct, forbid_unknown_fields=True):
     cols: int = 80
     rows: int = 24
     command: str | None = None
+    options: dict[str, Any] = msgspec.field(default_factory=dict)  # the kind's: check_options in hub.py
 
 
 def hub_of(app: Any) -> RemoteHub:
@@ -54,7 +74,9 @@ def hub_of(app: Any) -> RemoteHub:
 def make_hub(fleet: Any) -> RemoteHub:
     s = fleet.settings
     hub = RemoteHub(fleet.store, fleet.keys.token_key,
-                    Limits(s.remote_sessions_per_device, s.remote_sessions_total, s.remote_idle_seconds, s.remote_role))
+                    Limits(s.remote_sessions_per_device, s.remote_sessions_total, s.remote_idle_seconds, s.remote_role,
+                           s.remote_copy_max_mib << 20,
+                           fleet.data_dir / "recordings" if s.remote_record_terminals else None))
     fleet.metrics.gauge("fleetd_remote_channels", "Devices with a remote-access channel open to this process.",
                         lambda: len(hub.channels))
     fleet.metrics.gauge("fleetd_remote_sessions", "Remote sessions open on this process's channels.",
@@ -73,13 +95,53 @@ async def create_session(request: Request[Any, Any, Any]) -> Response[bytes]:
     addr = request.client.host if request.client else None
     hub = hub_of(request.app)
     try:
-        g, token = hub.grant(principal, addr, req.device_id, req.kind, req.cols, req.rows, req.command)
+        g, token = hub.grant(principal, addr, req.device_id, req.kind, req.cols, req.rows, req.command, req.options)
     except (PermissionDenied, FailedPrecondition) as e:
         await hub.denied(principal.actor(addr), req.device_id, req.kind, req.command, e.message)
         raise
     body = {"session_id": g.s, "token": token, "path": f"/v1/remote/sessions/{g.s}",
             "expires_in": g.x - int(time.time())}
     return Response(msgspec.json.encode(body), media_type=JSON)
+
+
+@get("/v1/remote/devices/{device_id:str}", opt={"auth": "viewer"}, include_in_schema=False)
+async def device_status(request: Request[Any, Any, Any], device_id: str) -> Response[bytes]:
+    hub = hub_of(request.app)
+    channel = hub.channels.get(device_id)
+    try:
+        hub.check_allowed(request.state.principal)
+        allowed = True
+    except PermissionDenied:
+        allowed = False
+    body = {"device_id": device_id, "channel": channel is not None and not channel.closed, "allowed": allowed,
+            "kinds": channel.info.get("kinds", []) if channel is not None else []}
+    return Response(msgspec.json.encode(body), media_type=JSON)
+
+
+@get("/v1/remote/recordings/{session_id:str}", opt={"auth": "viewer"}, include_in_schema=False)
+async def get_recording(request: Request[Any, Any, Any], session_id: str) -> Response[bytes]:
+    """A terminal session's recording (recording.py), for an admin; each replay is audited."""
+    principal = request.state.principal
+    if principal.kind == "device" or not principal.has_role("admin"):
+        raise PermissionDenied("replaying a session recording needs the admin role")
+    fleet = request.app.state.fleet
+    path = recording.path_of(fleet.data_dir / "recordings", session_id)
+    try:
+        data = await asyncio.to_thread(path.read_bytes)
+    except FileNotFoundError:
+        raise NotFound(f"this server has no recording of session {session_id}: the session was not recorded "
+                       "(remote_record_terminals was off), or another replica held it") from None
+    meta, _ = recording.parse(data)
+    hub = hub_of(request.app)
+    await hub.write_audit(principal.actor(request.client.host if request.client else None), "device.remote_replay",
+                           str(meta.get("device")), "ok", session=session_id)
+    return Response(data, media_type="application/octet-stream")
+
+
+@get("/v1/remote/terminal", opt={"auth": "public"}, include_in_schema=False)
+async def terminal_page() -> Response[bytes]:
+    return Response((data_dir("web") / "terminal.html").read_bytes(), media_type="text/html; charset=utf-8",
+                    headers=TERMINAL_HEADERS)
 
 
 def _same_origin(origin: str, socket: WebSocket[Any, Any, Any], public_url: str) -> bool:
@@ -133,10 +195,17 @@ async def _run_session(socket: WebSocket[Any, Any, Any], hub: RemoteHub, s: Sess
             if msg["type"] == "websocket.disconnect":
                 return
             if msg.get("bytes"):
-                await s.send_input(msg["bytes"])
+                try:
+                    await s.send_input(msg["bytes"])
+                except ResourceExhausted as e:
+                    await hub.close(s, e.message)
+                    return
             elif msg.get("text"):
                 try:
                     ctl = msgspec.json.decode(msg["text"])
+                    if ctl.get("eof") is True:
+                        await s.send_eof()
+                        continue
                     cols, rows = ctl["resize"]
                     await s.resize(int(cols), int(rows))
                 except (msgspec.DecodeError, LookupError, TypeError, ValueError, InvalidArgument) as e:
@@ -154,7 +223,7 @@ async def _run_session(socket: WebSocket[Any, Any, Any], hub: RemoteHub, s: Sess
     reader = asyncio.create_task(from_operator())
     watch = asyncio.create_task(idle_watch())
     try:
-        opened = {"opened": s.grant.s, "device": s.grant.d, "user": s.info.get("user"), "pid": s.info.get("pid")}
+        opened = {"user": None, "pid": None, **s.info, "opened": s.grant.s, "device": s.grant.d}
         await socket.send_text(msgspec.json.encode(opened).decode())
         while True:
             getter = asyncio.ensure_future(s.events.get())
@@ -165,6 +234,11 @@ async def _run_session(socket: WebSocket[Any, Any, Any], hub: RemoteHub, s: Sess
                 break
             event, value = getter.result()
             if event == "data":
+                if s.over_limit():
+                    await hub.close(s, f"the device sent more than {s.max_bytes} bytes (remote_copy_max_mib)")
+                    continue
+                if s.recorder is not None:
+                    s.recorder.record(recording.OUTPUT, value)
                 await socket.send_bytes(value)
                 await s.delivered(len(value))
             elif event == "exit":
@@ -251,4 +325,4 @@ async def device_channel(socket: WebSocket[Any, Any, Any]) -> None:
         log.info("remote access channel closed: device %s (%s)", principal.id, reason)
 
 
-ROUTES = [create_session, operator_session, device_channel]
+ROUTES = [create_session, operator_session, device_channel, device_status, terminal_page, get_recording]

@@ -41,9 +41,13 @@ class Frame(enum.IntEnum):
 
 
 class Kind(enum.StrEnum):
-    """Session kinds. File copy, port forwarding and log follow come as kinds of their own on the same frames."""
+    """Session kinds: each uses the same frames (docs/remote-access.md). The agent's copy is checked against it."""
 
-    TERMINAL = "terminal"
+    TERMINAL = "terminal"   # a pty: a shell or a command
+    FILE_GET = "file_get"   # a file's bytes from the device
+    FILE_PUT = "file_put"   # a file's bytes to the device (an empty DATA ends them)
+    FORWARD = "forward"     # one TCP connection from the device to HOST:PORT
+    LOGS = "logs"           # an app's log, followed
 
 
 def pack(session: int, frame: Frame, payload: bytes = b"") -> bytes:

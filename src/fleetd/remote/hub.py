@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -26,6 +27,8 @@ from ..core.clock import new_id
 from ..core.errors import FailedPrecondition, InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
 from . import frames
 from .frames import CREDIT, EXIT, RESIZE, WINDOW_BYTES, Frame, Kind
+from .recording import RESIZE as RECORDED_RESIZE
+from .recording import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ class Grant(msgspec.Struct):
     r: int
     cmd: str | None  # a command to run instead of a login shell
     x: int           # expiry, seconds since the epoch
+    o: dict[str, Any] | None = None  # the kind's options (a file's path and size, a forward's host and port...)
 
     @property
     def actor(self) -> Actor:
@@ -72,6 +76,8 @@ class Limits:
     total: int
     idle_seconds: float
     role: str
+    copy_max_bytes: int = 1024 << 20
+    record_dir: Path | None = None  # where terminal sessions are recorded; None: they are not
 
 
 @dataclass
@@ -90,7 +96,9 @@ class Session:
     bytes_out: int = 0  # device → operator
     last_activity: float = field(default_factory=time.monotonic)
     ended: str | None = None  # why, once it ended
-    info: dict[str, Any] = field(default_factory=dict)  # the agent's OPENED: user, pid
+    info: dict[str, Any] = field(default_factory=dict)  # the agent's OPENED: user, pid (a file's size...)
+    max_bytes: int | None = None  # the most this session may carry either way (file copies)
+    recorder: Recorder | None = None  # what the operator was sent, when terminals are recorded
 
     def end(self, event: str, value: Any) -> None:
         if self.ended is None:
@@ -100,6 +108,8 @@ class Session:
 
     async def send_input(self, data: bytes) -> None:
         """Operator bytes to the device, as fast as its window lets them go."""
+        if self.max_bytes is not None and self.bytes_in + len(data) > self.max_bytes:
+            raise ResourceExhausted(f"the session carried more than {self.max_bytes} bytes (remote_copy_max_mib)")
         view = memoryview(data)
         while view and self.ended is None:
             if self.credit <= 0:
@@ -113,9 +123,19 @@ class Session:
             self.last_activity = time.monotonic()
             await self.channel.send(frames.pack(self.id, Frame.DATA, chunk))
 
+    async def send_eof(self) -> None:
+        """The end of the operator's input (a file put's, a forward's): an empty DATA frame."""
+        if self.ended is None:
+            await self.channel.send(frames.pack(self.id, Frame.DATA, b""))
+
+    def over_limit(self) -> bool:
+        return self.max_bytes is not None and self.bytes_out > self.max_bytes
+
     async def resize(self, cols: int, rows: int) -> None:
         if not (0 < cols < 65536 and 0 < rows < 65536):
             raise InvalidArgument(f"a terminal size is 1..65535 columns and rows, got {cols}x{rows}")
+        if self.recorder is not None:
+            self.recorder.record(RECORDED_RESIZE, RESIZE.pack(cols, rows))
         await self.channel.send(frames.pack(self.id, Frame.RESIZE, RESIZE.pack(cols, rows)))
 
     async def delivered(self, n: int) -> None:
@@ -198,7 +218,7 @@ class RemoteHub:
                                    f"settings); you are {principal.role or principal.kind}")
 
     def grant(self, principal: Principal, remote_addr: str | None, device_id: str, kind: str, cols: int, rows: int,
-              command: str | None) -> tuple[Grant, str]:
+              command: str | None, options: dict[str, Any] | None = None) -> tuple[Grant, str]:
         """A single-use token for one session; the caller checked the principal (:meth:`check_allowed`)."""
         self.check_allowed(principal)
         if kind not in set(Kind):
@@ -207,9 +227,12 @@ class RemoteHub:
             raise InvalidArgument(f"cols and rows must be 1..65535, got {cols}x{rows}")
         if command is not None and (not command.strip() or len(command) > MAX_COMMAND):
             raise InvalidArgument(f"command must be 1..{MAX_COMMAND} characters, not blank")
+        if command is not None and kind != Kind.TERMINAL:
+            raise InvalidArgument(f"a {kind} session takes no command")
+        opts = check_options(Kind(kind), options or {}, self.limits.copy_max_bytes)
         self.channel_of(device_id)  # fail now, not at the WebSocket, when there is no channel here
         g = Grant(new_id("rs"), device_id, kind, principal.kind, principal.id, principal.name, remote_addr, cols, rows,
-                  command, int(time.time()) + GRANT_TTL)
+                  command, int(time.time()) + GRANT_TTL, opts or None)
         payload = _b64e(msgspec.json.encode(g))
         return g, f"{TOKEN_PREFIX}{payload}.{_b64e(self._mac(payload))}"
 
@@ -270,7 +293,7 @@ class RemoteHub:
                 raise ResourceExhausted(f"this server has {self.limits.total} remote sessions open, the most "
                                         "allowed (remote_sessions_total); close one first")
             s = ch.new_session(g)
-            await ch.send(frames.pack_json(s.id, Frame.OPEN, {"kind": g.k, "cols": g.c, "rows": g.r,
+            await ch.send(frames.pack_json(s.id, Frame.OPEN, {**(g.o or {}), "kind": g.k, "cols": g.c, "rows": g.r,
                                                               "command": g.cmd}))
             try:
                 async with asyncio.timeout(OPEN_TIMEOUT):
@@ -282,10 +305,25 @@ class RemoteHub:
             if event != "opened":
                 ch.sessions.pop(s.id, None)
                 raise FailedPrecondition(f"device {g.d} refused the session: {value}")
+            if g.k in (Kind.FILE_GET, Kind.FILE_PUT):
+                s.max_bytes = self.limits.copy_max_bytes
+                size = value.get("size")
+                if not isinstance(size, int) or size > s.max_bytes:
+                    await self.close(s, "too large")
+                    raise FailedPrecondition(f"{value.get('path')} is {size} bytes on device {g.d}, more than the "
+                                             f"{s.max_bytes} bytes allowed (remote_copy_max_mib)")
         except (FailedPrecondition, ResourceExhausted) as e:
             await self._audit(g, "denied", reason=e.message)
             raise
         s.info = value
+        if self.limits.record_dir is not None and g.k == Kind.TERMINAL:
+            try:
+                s.recorder = Recorder(self.limits.record_dir, g.s, {
+                    "session": g.s, "device": g.d, "user": value.get("user"), "cols": g.c, "rows": g.r,
+                    "command": g.cmd, "started": s.started})
+            except OSError as e:  # a full disk, say: no recording, and the session is refused (it must be recorded)
+                await self.close(s, "cannot record the session")
+                raise FailedPrecondition(f"cannot record the session (remote_record_terminals): {e}") from None
         await self._audit(g, "ok", "device.remote_session_open", user=value.get("user"))
         return s
 
@@ -296,18 +334,23 @@ class RemoteHub:
         s.end("closed", reason)
 
     async def finished(self, s: Session, how: str, exit_status: int | None = None) -> None:
+        recording: dict[str, Any] = {}
+        if s.recorder is not None:
+            s.recorder.close()
+            recording = s.recorder.summary()
         await self._audit(s.grant, "ok", started=s.started, ended=time.time(), bytes_in=s.bytes_in,
-                          bytes_out=s.bytes_out, end=how, exit_status=exit_status)
+                          bytes_out=s.bytes_out, end=how, exit_status=exit_status, **recording)
 
     async def denied(self, actor: Actor, device_id: str, kind: str, command: str | None, reason: str) -> None:
         """A session asked for and refused before it had a grant (the role, no channel here)."""
-        await self._write_audit(actor, "device.remote_session", device_id, "denied", kind=kind, command=command,
+        await self.write_audit(actor, "device.remote_session", device_id, "denied", kind=kind, command=command,
                                 reason=reason)
 
     async def _audit(self, g: Grant, outcome: str, action: str = "device.remote_session", **details: Any) -> None:
-        await self._write_audit(g.actor, action, g.d, outcome, session=g.s, kind=g.k, command=g.cmd, **details)
+        await self.write_audit(g.actor, action, g.d, outcome, session=g.s, kind=g.k, command=g.cmd,
+                                **{**(g.o or {}), **details})
 
-    async def _write_audit(self, actor: Actor, action: str, device_id: str, outcome: str, **details: Any) -> None:
+    async def write_audit(self, actor: Actor, action: str, device_id: str, outcome: str, **details: Any) -> None:
         def write(conn: Any) -> None:
             audit.record(conn, actor, action, device_id, outcome, **{k: v for k, v in details.items() if v is not None})
 
@@ -315,3 +358,42 @@ class RemoteHub:
             await self.store.write(write)
         except Exception:  # the session's own fate does not hang on its audit line; the log says it was lost
             log.exception("could not write the audit entry %s of device %s: %s", action, device_id, details)
+
+
+def check_options(kind: Kind, o: dict[str, Any], copy_max: int) -> dict[str, Any]:
+    """A kind's options, checked: what its OPEN carries besides the kind (and what the audit shows)."""
+    def text(name: str, most: int) -> str:
+        v = o.get(name)
+        if not isinstance(v, str) or not v or len(v) > most or "\0" in v:
+            raise InvalidArgument(f"a {kind} session needs {name}: a string of 1..{most} characters")
+        return v
+
+    allowed = {Kind.TERMINAL: set(), Kind.FILE_GET: {"path"}, Kind.FILE_PUT: {"path", "size", "name"},
+               Kind.FORWARD: {"host", "port"}, Kind.LOGS: {"app", "lines", "follow"}}[kind]
+    if extra := set(o) - allowed:
+        raise InvalidArgument(f"a {kind} session takes {', '.join(sorted(allowed)) or 'no options'}, not "
+                              f"{', '.join(sorted(extra))}")
+    if kind in (Kind.FILE_GET, Kind.FILE_PUT):
+        path = text("path", 4096)
+        if not path.startswith("/"):
+            raise InvalidArgument(f"a file copy needs an absolute path on the device, got {path!r}")
+        if kind is Kind.FILE_GET:
+            return {"path": path}
+        size = o.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= copy_max:
+            raise InvalidArgument(f"the file is {size} bytes: a copy is at most {copy_max} bytes "
+                                  "(remote_copy_max_mib in the server's settings)")
+        return {"path": path, "size": size, **({"name": text("name", 255)} if o.get("name") is not None else {})}
+    if kind is Kind.FORWARD:
+        port = o.get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise InvalidArgument(f"a forward needs a port 1..65535, got {port!r}")
+        return {"host": text("host", 253), "port": port}
+    if kind is Kind.LOGS:
+        lines, follow = o.get("lines", 200), o.get("follow", True)
+        if not isinstance(lines, int) or isinstance(lines, bool) or not 0 <= lines <= 2000:
+            raise InvalidArgument(f"lines must be 0..2000, got {lines!r}")
+        if not isinstance(follow, bool):
+            raise InvalidArgument("follow is true or false")
+        return {"app": text("app", 128), "lines": lines, "follow": follow}
+    return {}

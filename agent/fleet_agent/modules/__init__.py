@@ -37,6 +37,7 @@ class ModuleName(str, enum.Enum):
     APP = "app"  # an executable or archive plus a run command, under the agent's supervisor
     FILE = "file"  # one file put in place at meta path
     DIRECTORY = "directory"  # a file tree put in place as the folder at meta path
+    OS_IMAGE = "os-image"  # a whole-OS A/B update through RAUC or SWUpdate, confirmed once back online
 
 
 class State(str, enum.Enum):
@@ -121,6 +122,17 @@ class UpdateModule:
 
     def needs_reboot(self, job: Job) -> Reboot:
         return Reboot.NO
+
+    def awaits_server(self, job: Job) -> float | None:
+        """At the agent's start after ArtifactReboot: ``None`` to verify at once, or the seconds left in which
+        the agent must reach the server again (the action comes back) before ArtifactVerifyReboot runs; when
+        they pass first, the install fails and is rolled back (os-image's trial window)."""
+        return None
+
+    def rollback_needs_reboot(self, job: Job) -> bool | None:
+        """After ArtifactRollback: ``None`` to reboot as the install did (NeedsArtifactReboot), or whether to
+        reboot (os-image: only while the device runs the new slot, not after the bootloader fell back)."""
+        return None
 
     def call(self, state: State, job: Job) -> None:
         """Carry out ``state`` (one of the non-query states)."""

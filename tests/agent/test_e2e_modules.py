@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from fleet_agent.modules import ModuleName
 from tests.e2e.server import ServerProcess, run_cli
 
 from .e2e_helpers import PYTHON, ROOT, Admin, AgentProcess, agent_env, wait_for
 from .v3_module import calls, write_module
+
+BUILTIN = [m.value for m in ModuleName]
 
 pytestmark = pytest.mark.e2e
 
@@ -58,8 +61,8 @@ def test_update_modules_with_a_real_server_and_agents(server: ServerProcess, tmp
     b = start_agent(tmp_path / "b", tmp_path / "b.log", tmp_path / "no-modules")
     try:
         wait_for("the agent to report its modules", lambda: reported_modules(admin, with_module) ==
-                 "app,file,directory,v3-test", 30, log=a.log)
-        assert reported_modules(admin, without) == "app,file,directory"
+                 ",".join([*BUILTIN, "v3-test"]), 30, log=a.log)
+        assert reported_modules(admin, without) == ",".join(BUILTIN)
         device_type = admin.device(with_module)["device_type"]
 
         # The built-in file module.

@@ -46,7 +46,8 @@ def leftovers(folder: Path) -> list[str]:
 
 
 def test_the_built_in_modules_are_listed_first() -> None:
-    assert available(Path("/nonexistent"))[:3] == [m.value for m in ModuleName] == ["app", "file", "directory"]
+    assert available(Path("/nonexistent"))[:len(ModuleName)] == [m.value for m in ModuleName]
+    assert [m.value for m in ModuleName][:4] == ["app", "file", "directory", "os-image"]
 
 
 def test_the_file_module_replaces_a_file_and_keeps_the_previous(dev: Device, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fleet_agent import inventory
-from fleet_agent.modules import MODULES_DIR_ENV
+from fleet_agent.modules import MODULES_DIR_ENV, ModuleName
 from tests.agent.apps_support import DEVICE_TYPE, Device, Reports, make_action
 from tests.agent.v3_module import calls, write_module
 
@@ -39,7 +39,7 @@ def action(dev: Device, payload: bytes, version: str, **meta: str) -> dict:
 
 
 def test_the_module_is_listed_in_the_inventory(dev: Device) -> None:
-    assert inventory.collect()["extra"]["update_modules"] == f"app,file,directory,{MODULE}"
+    assert inventory.collect()["extra"]["update_modules"] == ",".join([*(m.value for m in ModuleName), MODULE])
 
 
 def test_an_install_goes_through_the_states_in_order(dev: Device, dest: Path) -> None:

@@ -146,6 +146,26 @@ bootname=B
     def slot(self, bootname: str) -> bytes:
         return (self.root / f"slot{bootname}.img").read_bytes()
 
+    # --- what the tests ask of either board (rauc_board, swu_board) --------------------------------
+    file_name = "os.raucb"
+
+    def image(self, version: str, data: bytes) -> bytes:
+        return self.bundle(version, data)
+
+    def foreign_image(self) -> bytes:
+        """An image for another board, which the back end refuses."""
+        return self.bundle("2.0", b"x" * 1000, compatible="other-board")
+
+    def next_slot(self) -> str:
+        return self.primary()
+
+    def confirmed(self, slot: str) -> bool:
+        return self.state(slot) == "good"
+
+    def left(self, slot: str) -> bool:
+        """The slot was given up: marked bad, and not the one to boot."""
+        return self.state(slot) == "bad" and self.primary() != slot
+
     def bundle(self, version: str, image: bytes, compatible: str = "fleet-test-board") -> bytes:
         work = self.root / f"bundle-{version}"
         shutil.rmtree(work, ignore_errors=True)

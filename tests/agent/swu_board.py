@@ -82,8 +82,10 @@ class SwuBoard:
         swupdate = (f"unshare -m sh -c 'mount --bind {root}/boot /boot && exec swupdate \"$@\"' swupdate "
                     f"-k {self.cert} -B grub -H fleet-test-board:1.0")
         self.env = {"FLEET_AGENT_SWUPDATE": swupdate, "FLEET_AGENT_BOOTENV_GET": f"{self.bootenv} get",
-                    "FLEET_AGENT_BOOTENV_SET": f"{self.bootenv} set"}
+                    "FLEET_AGENT_BOOTENV_SET": f"{self.bootenv} set",
+                    "FLEET_AGENT_BOOTED_SLOT_FILE": f"{root}/run/booted-slot"}
         self.boots: list[str] = []
+        self.boot()
 
     def get(self, name: str) -> str:
         return subprocess.run([str(self.bootenv), "get", name], check=True, capture_output=True,
@@ -95,7 +97,8 @@ class SwuBoard:
         subprocess.run([str(self.bootenv), "set", name, value], check=True)
 
     def boot(self) -> str:
-        """Power on: the bootloader's script picks the slot (and counts a trial boot)."""
+        """Power on: the bootloader's script picks the slot (and counts a trial boot); /run is empty again."""
+        (self.root / "run" / "booted-slot").unlink(missing_ok=True)
         count = 0
         if self.get("ustate") == "1":
             count = int(self.get("bootcount") or 0) + 1
@@ -106,6 +109,34 @@ class SwuBoard:
         self.set("bootcount", str(count))
         self.boots.append(self.get("slot"))
         return self.boots[-1]
+
+    # --- what the tests ask of either board (rauc_board, swu_board) --------------------------------
+    file_name = "os.swu"
+
+    def image(self, version: str, data: bytes) -> bytes:
+        return self.swu(version, data)
+
+    def foreign_image(self) -> bytes:
+        """An image for another board (hardware revision), which swupdate refuses."""
+        return self.swu("2.0", b"x" * 1000, hardware="9.9")
+
+    def next_slot(self) -> str:
+        return self.get("slot")
+
+    def booted(self) -> str:
+        return self.boots[-1]
+
+    def confirmed(self, slot: str) -> bool:
+        return self.get("slot") == slot and self.get("ustate") == "0"
+
+    def left(self, slot: str) -> bool:
+        return self.get("slot") != slot
+
+    def power_off(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
     def slot(self, name: str) -> bytes:
         return (self.root / f"slot{name}.img").read_bytes()

@@ -13,6 +13,7 @@ Bundles are built by ``rauc bundle`` with a test key and certificate (openssl), 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -33,7 +34,7 @@ case "$1" in
   get-current) cat "$d/booted" ;;
   *) echo "unknown command $1" >&2; exit 1 ;;
 esac
-""" % TRIES
+""".replace("%d", str(TRIES))
 
 
 def tools_missing() -> str:
@@ -112,10 +113,10 @@ bootname=B
             chosen = primary
         (self.root / "boot" / "booted").write_text(chosen + "\n")
         self.boots.append(chosen)
-        log = open(self.root / "service.log", "ab")
-        self.service = subprocess.Popen(["rauc", "service", "-c", str(self.conf), f"--override-boot-slot={chosen}"],
-                                        env=dict(os.environ, **self.env), stdout=log, stderr=log)
-        log.close()
+        with open(self.root / "service.log", "ab") as log:
+            self.service = subprocess.Popen(["rauc", "service", "-c", str(self.conf),
+                                             f"--override-boot-slot={chosen}"],
+                                            env=dict(os.environ, **self.env), stdout=log, stderr=log)
         deadline = time.monotonic() + 20
         while self.rauc("status", check=False).returncode != 0:
             assert time.monotonic() < deadline, (self.root / "service.log").read_text()[-2000:]
@@ -130,10 +131,8 @@ bootname=B
 
     def close(self) -> None:
         self.power_off()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.bus_pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
 
     # --- RAUC --------------------------------------------------------------------------------
     def rauc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -147,7 +147,8 @@ class SwuBoard:
             f'    {s} = {{\n      images: ( {{ filename = "rootfs.img"; device = "{self.root}/slot{s}.img"; '
             f'type = "raw"; sha256 = "{sha}"; }} );\n      bootenv: ( {{ name = "slot"; value = "{s}"; }} );\n    }};\n'
             for s in ("A", "B"))
-        desc = (f'software =\n{{\n  version = "{version}";\n  hardware-compatibility: [ "{hardware}" ];\n  stable = {{\n{colls}  }};\n}}\n').encode()
+        desc = (f'software =\n{{\n  version = "{version}";\n  hardware-compatibility: [ "{hardware}" ];\n'
+                f'  stable = {{\n{colls}  }};\n}}\n').encode()
         sig = subprocess.run(["openssl", "cms", "-sign", "-signer", str(self.cert), "-inkey", str(self.key),
                               "-outform", "DER", "-nosmimecap", "-binary"], input=desc, check=True,
                              capture_output=True).stdout

@@ -153,8 +153,9 @@ class SwUpdate:
     The booted slot is the environment's slot variable (``FLEET_AGENT_BOOT_SLOT_VAR``, default ``slot``; one of
     ``FLEET_AGENT_BOOT_SLOTS``, default ``A,B``) as it was when this boot started — the bootloader's script
     boots it and switches it back when it falls back —, read once per boot and kept in a file on a tmpfs
-    (``FLEET_AGENT_BOOTED_SLOT_FILE``, default ``/run/fleet-agent/booted-slot``), since an install changes it. ``swupdate -i <image> -e <set>,<other slot>`` installs the sw-description's collection of the
-    other slot, whose ``bootenv`` sets the slot variable; SWUpdate's state marker puts ``ustate=1`` (on trial).
+    (``FLEET_AGENT_BOOTED_SLOT_FILE``, default ``/run/fleet-agent/booted-slot``), since an install changes it.
+    ``swupdate -i <image> -e <set>,<other slot>`` installs the sw-description's collection of the other slot,
+    whose ``bootenv`` sets the slot variable; SWUpdate's state marker puts ``ustate=1`` (on trial).
     Confirming is ``ustate=0``; leaving a new slot is the old slot back in the variable and ``ustate=3``.
     """
 

@@ -241,7 +241,11 @@ class OsImageModule(UpdateModule):
         job.data["to"] = target
 
     def awaits_server(self, job: Job) -> float | None:
-        if "to" not in job.data or _back(job).booted() == job.data.get("from"):
+        try:
+            booted: str | None = _back(job).booted()
+        except ModuleError:  # the back end is not up yet at the agent's start: the window runs all the same
+            booted = None
+        if "to" not in job.data or booted == job.data.get("from"):
             return None  # the bootloader fell back, or the install was cut: verify now (it fails)
         deadline = job.data.get("trial_deadline")
         if deadline is None:  # the first start in the new slot: the window opens

@@ -10,7 +10,9 @@ the journal on the state that was running, and :meth:`Driver.recover` (at the ag
   is rolled back (ArtifactRollback, ArtifactFailure, Cleanup) when the module supports it, and the action runs
   again; a module without rollback gets ArtifactFailure, and the action ends failed;
 - in ArtifactReboot (the reboot the module asked for): the sequence goes on with ArtifactVerifyReboot and
-  ArtifactCommit, and the outcome waits in the journal for the action to come back;
+  ArtifactCommit, and the outcome waits in the journal for the action to come back; unless the module awaits
+  the server (os-image): then the verify runs when the action comes back, and a trial window's timer fails
+  and rolls back the install if it does not come back in time;
 - in the rollback states: the rollback is carried on to its end, and its outcome waits likewise;
 - in Cleanup: the install was committed; cleanup is finished and the action ends succeeded.
 """

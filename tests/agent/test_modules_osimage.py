@@ -90,6 +90,7 @@ def test_install_reboot_then_confirmed_once_the_new_slot_reaches_the_server(rig:
     r = rig.dev.run(act)
     assert r.final[:2] == ("succeeded", "os 2.0 is installed by the os-image module"), r.items
     assert rig.board.confirmed("B")
+    assert rig.dev.ex.updates._timers == {}, "the trial window's timer is cancelled"
     assert [rig.reboot() for _ in range(4)] == ["B"] * 4, "confirmed: the new slot boots for good"
 
 
@@ -133,9 +134,27 @@ def test_an_image_for_another_board_is_refused_and_nothing_changes(rig: Rig) -> 
     assert rig.board.slot("B")[:8] == b"\0" * 8
 
 
+@pytest.mark.parametrize(("meta", "file_name", "message"), [
+    ({"backend": "yocto"}, "os.img", "os-image back end 'yocto' is not one this agent has"),
+    ({}, "os.img", "cannot tell the back end of this artifact"),
+    ({"backend": "rauc", "trial_seconds": "soon"}, "os.img", "trial_seconds 'soon' must be a number of seconds"),
+])
+def test_bad_metadata_is_refused_before_any_tool_runs(tmp_path: Path, meta: dict[str, str], file_name: str,
+                                                      message: str) -> None:
+    dev = Device(tmp_path / "state")
+    dev.ex.start()
+    try:
+        r = dev.run(make_action(dev.artifact(b"image", "2.0", name="os", module="os-image", file_name=file_name,
+                                             meta=meta or None)))
+    finally:
+        dev.ex.stop()
+    assert r.final[0] == "failed" and r.final[1].startswith("Download failed: ") and message in r.final[1], r.final
+
+
 # --- power cuts ------------------------------------------------------------------------------------
 
-CUTS = ("mod-fetched", "mod-Download", "mod-ArtifactInstall", "mod-ArtifactVerifyReboot", "mod-ArtifactCommit")
+# mod-fetched is left out: the module has not run yet, as in mod-Download (test_modules_powercut covers it).
+CUTS = ("mod-Download", "mod-ArtifactInstall", "mod-ArtifactVerifyReboot", "mod-ArtifactCommit")
 
 
 @pytest.mark.parametrize("step", CUTS)

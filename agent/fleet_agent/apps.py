@@ -167,6 +167,7 @@ class Executor:
                 st["restarts"] = int(st.get("restarts") or 0) + live
                 app.save(st)
         self.sup.close()
+        self.updates.close()
 
     def busy(self) -> bool:
         return self._busy.is_set()

@@ -287,6 +287,7 @@ def _executor(state_dir: Path) -> Any:
     client = FakeClient(BlobServer(blob_dir=state_dir / "blobs"))
     ex = Executor(state_dir, client, PUBLIC_KEY, DEVICE_TYPE, supervisor=Supervisor())
     ex.default_grace = 1.0
+    ex.reboot_delay = 0
     return ex
 
 

@@ -46,14 +46,17 @@ def leftovers(folder: Path) -> list[str]:
 
 
 def test_the_built_in_modules_are_listed_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert [m.value for m in ModuleName] == ["app", "file", "directory", "container"]
-    monkeypatch.setenv("FLEET_AGENT_CONTAINER_RUNTIME", "/bin/true")  # any executable: a runtime is there
-    assert available(Path("/nonexistent")) == ["app", "file", "directory", "container"]
-    monkeypatch.setenv("FLEET_AGENT_CONTAINER_RUNTIME", "/nonexistent/podman")
-    assert available(Path("/nonexistent")) == ["app", "file", "directory"], "container only with a runtime"
-    monkeypatch.delenv("FLEET_AGENT_CONTAINER_RUNTIME")
+    assert [m.value for m in ModuleName] == ["app", "file", "directory", "container", "os-image"]
+    for env in ("FLEET_AGENT_CONTAINER_RUNTIME", "FLEET_AGENT_RAUC"):
+        monkeypatch.setenv(env, "/bin/true")  # any executable: the tool is there
+    assert available(Path("/nonexistent")) == ["app", "file", "directory", "container", "os-image"]
+    for env in ("FLEET_AGENT_CONTAINER_RUNTIME", "FLEET_AGENT_RAUC", "FLEET_AGENT_SWUPDATE"):
+        monkeypatch.setenv(env, "/nonexistent/tool")
+    assert available(Path("/nonexistent")) == ["app", "file", "directory"], "container and os-image need their tools"
+    for env in ("FLEET_AGENT_CONTAINER_RUNTIME", "FLEET_AGENT_RAUC", "FLEET_AGENT_SWUPDATE"):
+        monkeypatch.delenv(env)
     monkeypatch.setenv("PATH", "/nonexistent")
-    assert "container" not in available(Path("/nonexistent")), "neither podman nor docker on PATH"
+    assert not {"container", "os-image"} & set(available(Path("/nonexistent"))), "no podman, docker, rauc, swupdate"
 
 
 def test_the_file_module_replaces_a_file_and_keeps_the_previous(dev: Device, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fleet_agent import inventory
-from fleet_agent.modules import MODULES_DIR_ENV
+from fleet_agent.modules import MODULES_DIR_ENV, ModuleName
 from tests.agent.apps_support import DEVICE_TYPE, Device, Reports, make_action
 from tests.agent.v3_module import calls, write_module
 
@@ -39,10 +39,12 @@ def action(dev: Device, payload: bytes, version: str, **meta: str) -> dict:
 
 
 def test_the_module_is_listed_in_the_inventory(dev: Device, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLEET_AGENT_CONTAINER_RUNTIME", "/nonexistent/podman")  # container: only with a runtime
+    for env in ("FLEET_AGENT_CONTAINER_RUNTIME", "FLEET_AGENT_RAUC", "FLEET_AGENT_SWUPDATE"):
+        monkeypatch.setenv(env, "/nonexistent/tool")  # container and os-image: only with their tools
     assert inventory.collect()["extra"]["update_modules"] == f"app,file,directory,{MODULE}"
     monkeypatch.setenv("FLEET_AGENT_CONTAINER_RUNTIME", "/bin/true")
-    assert inventory.collect()["extra"]["update_modules"] == f"app,file,directory,container,{MODULE}"
+    monkeypatch.setenv("FLEET_AGENT_RAUC", "/bin/true")
+    assert inventory.collect()["extra"]["update_modules"] == f"app,file,directory,container,os-image,{MODULE}"
 
 
 def test_an_install_goes_through_the_states_in_order(dev: Device, dest: Path) -> None:

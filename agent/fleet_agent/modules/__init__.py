@@ -42,6 +42,7 @@ class ModuleName(str, enum.Enum):
     FILE = "file"  # one file put in place at meta path
     DIRECTORY = "directory"  # a file tree put in place as the folder at meta path
     CONTAINER = "container"  # a compose spec (a subset) and its images, run through podman or docker
+    OS_IMAGE = "os-image"  # a whole-OS A/B update through RAUC or SWUpdate, confirmed once back online
 
 
 class State(str, enum.Enum):
@@ -127,6 +128,17 @@ class UpdateModule:
     def needs_reboot(self, job: Job) -> Reboot:
         return Reboot.NO
 
+    def awaits_server(self, job: Job) -> float | None:
+        """At the agent's start after ArtifactReboot: ``None`` to verify at once, or the seconds left in which
+        the agent must reach the server again (the action comes back) before ArtifactVerifyReboot runs; when
+        they pass first, the install fails and is rolled back (os-image's trial window)."""
+        return None
+
+    def rollback_needs_reboot(self, job: Job) -> bool | None:
+        """After ArtifactRollback: ``None`` to reboot as the install did (NeedsArtifactReboot), or whether to
+        reboot (os-image: only while the device runs the new slot, not after the bootloader fell back)."""
+        return None
+
     def call(self, state: State, job: Job) -> None:
         """Carry out ``state`` (one of the non-query states)."""
         method = getattr(self, "state_" + state.value, None)
@@ -169,13 +181,30 @@ def container_runtime(env: dict[str, str] | None = None) -> str | None:
     return None
 
 
+# The os-image module's tools, when not `rauc` / `swupdate` on PATH (docs/agent.md, "os-image").
+RAUC_ENV = "FLEET_AGENT_RAUC"
+SWUPDATE_ENV = "FLEET_AGENT_SWUPDATE"
+
+
+def os_image_tool() -> str | None:
+    """RAUC's or SWUpdate's command when either is installed (FLEET_AGENT_RAUC / FLEET_AGENT_SWUPDATE name them
+    when they are not ``rauc`` / ``swupdate`` on PATH)."""
+    for env, default in ((RAUC_ENV, "rauc"), (SWUPDATE_ENV, "swupdate")):
+        command = (os.environ.get(env) or default).split()
+        if command and shutil.which(command[0]):
+            return command[0]
+    return None
+
+
 def available(folder: Path | None = None) -> list[str]:
-    """Every module this agent can install with: the built-ins (``container`` only with a runtime, so that the
-    server refuses a container deploy to a device that cannot run it), then the external ones."""
-    builtin = [m.value for m in ModuleName if m is not ModuleName.CONTAINER or container_runtime()]
+    """Every module this agent can install with: the built-ins (``container`` only with a runtime, ``os-image``
+    only with RAUC or SWUpdate, so that the server refuses a deploy to a device that cannot install it), then the
+    external ones."""
+    needs = {ModuleName.CONTAINER: container_runtime, ModuleName.OS_IMAGE: os_image_tool}
+    builtin = [m.value for m in ModuleName if m not in needs or needs[m]()]
     return [*builtin, *external_names(modules_dir() if folder is None else folder)]
 
 
 __all__ = ["CONTAINER_RUNTIMES", "CONTAINER_RUNTIME_ENV", "CRASH_ENV", "CRASH_EXIT", "DEFAULT_MODULES_DIR",
-           "MODULES_DIR_ENV", "MODULE_NAME", "Job", "ModuleError", "ModuleName", "Reboot", "State", "UpdateModule",
-           "available", "container_runtime", "crashpoint", "external_names", "modules_dir"]
+           "MODULES_DIR_ENV", "MODULE_NAME", "RAUC_ENV", "SWUPDATE_ENV", "Job", "ModuleError", "ModuleName", "Reboot", "State", "UpdateModule",
+           "available", "container_runtime", "crashpoint", "external_names", "modules_dir", "os_image_tool"]

@@ -10,7 +10,9 @@ the journal on the state that was running, and :meth:`Driver.recover` (at the ag
   is rolled back (ArtifactRollback, ArtifactFailure, Cleanup) when the module supports it, and the action runs
   again; a module without rollback gets ArtifactFailure, and the action ends failed;
 - in ArtifactReboot (the reboot the module asked for): the sequence goes on with ArtifactVerifyReboot and
-  ArtifactCommit, and the outcome waits in the journal for the action to come back;
+  ArtifactCommit, and the outcome waits in the journal for the action to come back; unless the module awaits
+  the server (os-image): then the verify runs when the action comes back, and a trial window's timer fails
+  and rolls back the install if it does not come back in time;
 - in the rollback states: the rollback is carried on to its end, and its outcome waits likewise;
 - in Cleanup: the install was committed; cleanup is finished and the action ends succeeded.
 """
@@ -21,6 +23,7 @@ import json
 import logging
 import secrets
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,7 +59,11 @@ class Driver:
         self.root = Path(state_dir) / "updates"
         self.device_type = device_type
         self.modules = modules if modules is not None else modules_dir()
-        self.reboot = reboot
+        self._reboot = reboot
+        self.rebooting = False  # a reboot was asked for: nothing more is done until it happens
+        # Held by install and by a trial window's end (a timer thread), so one decides what happens to a job.
+        self._lock = threading.RLock()
+        self._timers: dict[str, threading.Timer] = {}
 
     # --- modules -------------------------------------------------------------------------------
     def resolve(self, name: str) -> UpdateModule:
@@ -69,6 +76,9 @@ class Driver:
         if name == ModuleName.CONTAINER.value:
             from .container import ContainerModule
             return ContainerModule()
+        if name == ModuleName.OS_IMAGE.value:
+            from .osimage import OsImageModule
+            return OsImageModule()
         if not MODULE_NAME.ok(name) or name == ModuleName.APP.value:
             raise ModuleError(f"{name!r} is not a module this part of the agent runs")
         from .external import ExternalModule
@@ -166,6 +176,12 @@ class Driver:
             self._finish(job, module, None, "", report)  # nothing changed: the action runs again
         elif state in AFTER_REBOOT:
             if state == State.ARTIFACT_REBOOT.value:
+                left = module.awaits_server(job) if at_start else None
+                if left is not None:  # verified once the action comes back from the server, or rolled back
+                    self._save(j)
+                    self._arm(job.name, left)
+                    return
+                self._cancel(job.name)
                 self._after_reboot(job, module, report)
             else:
                 self._after_rollback_reboot(job, module, report)
@@ -178,9 +194,56 @@ class Driver:
             self._fail(job, module, str(j.get("problem") or f"the agent stopped during {state}"), report,
                        resume=state)
 
+    # --- a trial window (awaits_server) ----------------------------------------------------------
+    def _arm(self, name: str, seconds: float) -> None:
+        self._cancel(name)
+        t = threading.Timer(max(seconds, 0.0), self.trial_expired, args=(name,))
+        t.daemon = True
+        self._timers[name] = t
+        t.start()
+
+    def _cancel(self, name: str) -> None:
+        t = self._timers.pop(name, None)
+        if t is not None:
+            t.cancel()
+
+    def reboot(self) -> None:
+        self.rebooting = True
+        self._reboot()
+
+    def close(self) -> None:
+        for name in list(self._timers):
+            self._cancel(name)
+
+    def trial_expired(self, name: str) -> None:
+        """The agent did not reach the server in the trial window: the install fails and is rolled back (the
+        module's rollback, then the rollback reboot); the outcome waits for the action."""
+        with self._lock:
+            self._timers.pop(name, None)
+            j = self.journal(name)
+            if self.rebooting or j is None or j.get("outcome") or j.get("state") != State.ARTIFACT_REBOOT.value:
+                return  # verified meanwhile, or gone
+            job = self._job(j)
+            try:
+                module = self.resolve(j["module"])
+            except ModuleError as e:
+                self._finish(job, None, "failed", f"cannot go on with the install: {e}", _noop_report)
+                return
+            seconds = j.get("data", {}).get("trial_seconds")
+            self._fail(job, module, "the new version did not reach the server within its trial window"
+                       + (f" ({seconds} s)" if seconds else ""), _noop_report)
+
     # --- install ---------------------------------------------------------------------------------
     def install(self, action: dict[str, Any], art: dict[str, Any], manifest: dict[str, Any], module_name: str,
                 fetch: Callable[[], Path], report: Report, older: Callable[[str, str], bool]) -> None:
+        with self._lock:
+            if self.rebooting:
+                report("installing", "waiting for the device to reboot", 60)
+                return
+            self._install(action, art, manifest, module_name, fetch, report, older)
+
+    def _install(self, action: dict[str, Any], art: dict[str, Any], manifest: dict[str, Any], module_name: str,
+                 fetch: Callable[[], Path], report: Report, older: Callable[[str, str], bool]) -> None:
         name = str(art["name"])
         j = self.journal(name)
         if j is not None:
@@ -340,6 +403,9 @@ class Driver:
                 j["rollback"] = False
             else:
                 reboot = j.get("reboot")
+                needed = module.rollback_needs_reboot(job)
+                if needed is not None:  # the module knows better (a cut may have come before NeedsArtifactReboot)
+                    reboot = (reboot or Reboot.AUTOMATIC.value) if needed else Reboot.NO.value
                 if reboot in (Reboot.YES.value, Reboot.AUTOMATIC.value):
                     self._enter(job, State.ARTIFACT_ROLLBACK_REBOOT)
                     if reboot == Reboot.AUTOMATIC.value:

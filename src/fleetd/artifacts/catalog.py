@@ -38,7 +38,7 @@ MANIFEST_FORMAT = "fleetd-manifest-v1"
 RESTART_POLICIES = ("always", "on-failure", "never")
 # The agent's built-in update modules (fleet_agent.modules.ModuleName holds the same names); any other valid
 # name is an external module on the device. `app` is the default for kind app, left out of the manifest.
-BUILTIN_MODULES = ("app", "file", "directory", "container")
+BUILTIN_MODULES = ("app", "file", "directory", "container", "os-image")
 DEFAULT_MODULE = "app"
 MODULE_NAME = Kind("module name", r"[a-z0-9][a-z0-9_.-]{0,63}",
                    "1-64 characters of a-z 0-9 _ . -, starting with a letter or digit (e.g. file, directory)")

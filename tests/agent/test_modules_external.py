@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fleet_agent import inventory
-from fleet_agent.modules import MODULES_DIR_ENV, ModuleName
+from fleet_agent.modules import MODULES_DIR_ENV
 from tests.agent.apps_support import DEVICE_TYPE, Device, Reports, make_action
 from tests.agent.v3_module import calls, write_module
 

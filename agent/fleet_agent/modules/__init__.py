@@ -206,5 +206,6 @@ def available(folder: Path | None = None) -> list[str]:
 
 
 __all__ = ["CONTAINER_RUNTIMES", "CONTAINER_RUNTIME_ENV", "CRASH_ENV", "CRASH_EXIT", "DEFAULT_MODULES_DIR",
-           "MODULES_DIR_ENV", "MODULE_NAME", "RAUC_ENV", "SWUPDATE_ENV", "Job", "ModuleError", "ModuleName", "Reboot", "State", "UpdateModule",
-           "available", "container_runtime", "crashpoint", "external_names", "modules_dir", "os_image_tool"]
+           "MODULES_DIR_ENV", "MODULE_NAME", "RAUC_ENV", "SWUPDATE_ENV", "Job", "ModuleError", "ModuleName",
+           "Reboot", "State", "UpdateModule", "available", "container_runtime", "crashpoint", "external_names",
+           "modules_dir", "os_image_tool"]

@@ -1,5 +1,5 @@
-"""A real fleet-agent over MQTT: the server names the broker in its check-in answer, the agent (with a client
-certificate in its state dir) connects, gets each new action at once although it polls every 300 s, reports over
+"""A real fleet-agent over MQTT: the server names the broker in its check-in answer, the agent gets its client
+certificate through IssueCertificate (nothing from the test), connects, gets each new action at once although it polls every 300 s, reports over
 MQTT, and both sides reconnect after the broker restarts."""
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from tests.agent.test_e2e_install import kill_apps
 from tests.bench.procs import rss_kib
 from tests.e2e.server import ServerProcess
 from tests.mqtt.broker import broker_for
-from tests.support.device_certs import device_certificate, fleet_ca
 from tests.support.services import Mosquitto
 
 pytestmark = pytest.mark.e2e
@@ -55,7 +54,7 @@ def admin(server: ServerProcess) -> Admin:
 
 def start_agent(server: ServerProcess, admin: Admin, data_dir: Path, where: Path, poll: int
                 ) -> tuple[str, AgentProcess, Path]:
-    """An enrolled agent with an MQTT client certificate in its state dir, running, on MQTT."""
+    """An enrolled agent, running, on MQTT with the certificate it asked the server for."""
     state_dir = where / "state"
     env = agent_env(FLEET_AGENT_TOKEN=admin.token()["token"], PYTHONPATH=str(ROOT / "agent"))
     p = subprocess.run([PYTHON, "-m", "fleet_agent", "enroll", "--state-dir", str(state_dir), "--server",
@@ -63,14 +62,15 @@ def start_agent(server: ServerProcess, admin: Admin, data_dir: Path, where: Path
                        timeout=60, env=env)
     assert p.returncode == 0, p.stderr
     device_id = json.loads(p.stdout)["device_id"]
-    cert, key = device_certificate(fleet_ca(data_dir), device_id, where / "certs")
-    cert.rename(state_dir / "mqtt-client.pem")
-    key.rename(state_dir / "mqtt-client.key")
+    assert not (state_dir / "client.pem").exists()
     proc = AgentProcess([PYTHON, "-m", "fleet_agent", "run", "--state-dir", str(state_dir)], where / "agent.log",
                         agent_env(PYTHONPATH=str(ROOT / "agent"), FLEET_AGENT_POLL_INTERVAL=str(poll),
                                   FLEET_AGENT_SUPERVISOR="builtin"))
     try:
         wait_for("the agent on MQTT", lambda: "connected to the MQTT broker" in proc.log(), 30, log=proc.log)
+        issued = json.loads((state_dir / "client-cert.json").read_text())["serial"]
+        listed = admin.call("CertificateService", "ListDeviceCertificates", {"id": device_id})
+        assert [c["serial"] for c in listed["certificates"]] == [issued]  # recorded, so revocable
         time.sleep(0.5)
         rss_mib = rss_kib(proc.proc.pid) / 1024  # connected, before any action: the agent's idle state
         assert rss_mib < 40, f"the agent takes {rss_mib:.1f} MiB with MQTT on (target: under 40)"

@@ -16,8 +16,7 @@ import pytest
 from fleetd.core import pki
 from tests.agent.e2e_helpers import Admin, wait_for
 from tests.e2e.server import ServerProcess
-from tests.mqtt.broker import MqttDevice, broker_for
-from tests.support.device_certs import device_certificate, fleet_ca
+from tests.mqtt.broker import MqttDevice, broker_for, issued_certificate
 from tests.support.devices_helper import TestDevice
 from tests.support.services import Mosquitto
 
@@ -52,11 +51,11 @@ def admin(server: ServerProcess) -> Admin:
 
 @pytest.fixture(scope="module")
 def device(server: ServerProcess, admin: Admin, data_dir: Path) -> tuple[str, Path, Path]:
-    """An enrolled, active device and its certificate."""
+    """An enrolled, active device and the certificate it asked for."""
     with server.client() as c:
         d = TestDevice(c)
         assert d.enroll(admin.token()["token"]).status_code == 200
-    cert, key = device_certificate(fleet_ca(data_dir), d.device_id, data_dir.parent / "certs")
+        cert, key = issued_certificate(d, data_dir.parent / "certs")
     return d.device_id, cert, key
 
 
@@ -133,7 +132,7 @@ def test_a_revoked_device_is_refused_while_its_certificate_is_still_good(
     with server.client() as c:
         d = TestDevice(c)
         assert d.enroll(admin.token()["token"]).status_code == 200
-    cert, key = device_certificate(fleet_ca(data_dir), d.device_id, data_dir.parent / "certs")
+        cert, key = issued_certificate(d, data_dir.parent / "certs")
     admin.call("DeviceAdminService", "RevokeDevice", {"id": d.device_id})
     with MqttDevice(broker, d.device_id, cert, key) as dev:
         dev.publish("checkin", {})

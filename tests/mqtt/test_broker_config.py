@@ -13,8 +13,7 @@ import pytest
 
 from fleetd.core import pki
 from fleetd.mqtt import identity
-from tests.mqtt.broker import broker_for, pub, sub
-from tests.support.device_certs import device_certificate, fleet_ca
+from tests.mqtt.broker import broker_for, pub, sub, unrecorded_certificate
 from tests.support.services import Mosquitto
 
 A, B = "dev_aaaaaaaaaaaa", "dev_bbbbbbbbbbbb"
@@ -36,8 +35,8 @@ def broker(fleet_dir: Path) -> Iterator[Mosquitto]:
 @pytest.fixture(scope="module")
 def certs(fleet_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
     out = tmp_path_factory.mktemp("certs")
-    ca = fleet_ca(fleet_dir)
-    made = {d: device_certificate(ca, d, out) for d in (A, B)}
+    ca = pki.material_in(fleet_dir, write=False)
+    made = {d: unrecorded_certificate(ca, d, out) for d in (A, B)}  # no fleetd here: the broker alone
     service = out / "service"
     service.mkdir()
     made["service"] = identity.ensure_service_certificate(service, ca)
@@ -99,8 +98,9 @@ def test_a_device_cannot_write_to_its_own_actions(broker: Mosquitto, certs: dict
 
 def test_certificates_of_another_ca_and_expired_ones_are_refused(
         broker: Mosquitto, fleet_dir: Path, tmp_path: Path, certs: dict[str, tuple[Path, Path]]) -> None:
-    stranger = device_certificate(pki.new_material(), A, tmp_path / "other")
-    expired = device_certificate(fleet_ca(fleet_dir), A, tmp_path / "expired", days=-1)
+    stranger = unrecorded_certificate(pki.new_material(), A, tmp_path / "other")
+    expired = unrecorded_certificate(pki.material_in(fleet_dir, write=False), A, tmp_path / "expired",
+                                     at=time.time() - 3 * 86400, days=1)
     for cert, key in (stranger, expired):
         done = pub(broker, cert, key, f"fleetd/v1/devices/{A}/checkin", "x")
         assert done.returncode != 0, done

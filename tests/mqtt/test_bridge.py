@@ -6,6 +6,9 @@ handled once both are back."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from fleetd.core import pki
+from fleetd.mqtt import revocation
 from tests.agent.e2e_helpers import Admin, wait_for
 from tests.e2e.server import ServerProcess
-from tests.mqtt.broker import MqttDevice, broker_for, issued_certificate
+from tests.mqtt.broker import MqttDevice, broker_for, issued_certificate, pub, sub, tls_args
 from tests.support.devices_helper import TestDevice
 from tests.support.services import Mosquitto
 
@@ -127,17 +131,65 @@ def test_a_refused_message_is_answered_on_the_devices_errors_topic(dev: MqttDevi
     assert error["topic"] == "status" and error["code"] == "not_found", error
 
 
-def test_a_revoked_device_is_refused_while_its_certificate_is_still_good(
+def test_a_revoked_device_is_refused_by_fleetd_too(
         broker: Mosquitto, server: ServerProcess, admin: Admin, data_dir: Path) -> None:
+    """Where the broker lets a revoked device in (one that cannot shut it out: here its role taken away again),
+    fleetd refuses its messages while its certificate is still good."""
     with server.client() as c:
         d = TestDevice(c)
         assert d.enroll(admin.token()["token"]).status_code == 200
         cert, key = issued_certificate(d, data_dir.parent / "certs")
     admin.call("DeviceAdminService", "RevokeDevice", {"id": d.device_id})
+    wait_for("the broker to shut the device out", lambda: "Not authorized" in pub(
+        broker, cert, key, f"fleetd/v1/devices/{d.device_id}/status", "{}").stderr, 10)
+    control = json.dumps({"commands": [{"command": "removeClientRole", "username": d.device_id,
+                                        "rolename": revocation.DENY_ROLE},
+                                       {"command": "enableClient", "username": d.device_id}]})
+    service = data_dir / "mqtt-client.pem", data_dir / "mqtt-client.key"
+    done = subprocess.run(["mosquitto_rr", *tls_args(broker, *service),
+                           "-t", revocation.CONTROL, "-e", revocation.RESPONSE, "-m", control, "-W", "10"],
+                          capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0 and "error" not in done.stdout, (done.stdout, done.stderr)
     with MqttDevice(broker, d.device_id, cert, key) as dev:
         dev.publish("checkin", {})
         leaf, error = dev.inbox.get(timeout=10)  # the first message back: no check-in answer before it
         assert leaf == "errors" and error["topic"] == "checkin" and error["code"] == "permission_denied", error
+
+
+def test_a_revoked_device_is_disconnected_at_once_and_shut_out(
+        broker: Mosquitto, server: ServerProcess, admin: Admin, data_dir: Path) -> None:
+    """fleetd kicks it through the broker's dynamic security plugin; what it reconnects with can neither publish
+    nor subscribe; and once the broker has reloaded the CRL (SIGHUP: what the operator's CRL refresh does, docs/
+    mqtt.md), its certificate is refused at the handshake."""
+    with server.client() as c:
+        d = TestDevice(c)
+        assert d.enroll(admin.token()["token"]).status_code == 200
+        cert, key = issued_certificate(d, data_dir.parent / "certs")
+    with MqttDevice(broker, d.device_id, cert, key) as dev:
+        gone = threading.Event()
+        dev.client.on_disconnect = lambda *_: gone.set()
+        dev.client.reconnect_delay_set(60, 60)  # paho's own retry would race the checks below
+        revoked = time.monotonic()
+        admin.call("DeviceAdminService", "RevokeDevice", {"id": d.device_id})
+        assert gone.wait(10), "the revoked device is still connected 10 s later"
+        kicked = time.monotonic() - revoked
+    assert kicked < 5, f"disconnected {kicked:.2f} s after the revocation"
+    topic = f"fleetd/v1/devices/{d.device_id}/status"
+    assert "Not authorized" in pub(broker, cert, key, topic, "{}").stderr
+    subscribed = sub(broker, cert, key, [f"fleetd/v1/devices/{d.device_id}/actions"], "-d", "-W", "3")
+    out, _ = subscribed.communicate(timeout=20)
+    assert "Subscribed (mid: 1): 135" in out, out  # 0x87: not authorized
+    with server.client() as c:
+        (broker.dir / "fleetd" / "crl.pem").write_bytes(c.get("/v1/crl.pem").content)  # the operator's refresh
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGHUP)
+    verify_failures = broker.log_path.read_text().count("certificate verify failed")
+
+    def refused() -> bool:  # at the TLS handshake now: the client sees the connection end, the broker says why
+        done = pub(broker, cert, key, topic, "{}")
+        return done.returncode != 0 and "Not authorized" not in done.stderr and \
+            broker.log_path.read_text().count("certificate verify failed") > verify_failures
+    wait_for("the broker to refuse the revoked certificate", refused, 10, log=lambda: broker.log_path.read_text())
 
 
 def test_messages_sent_while_fleetd_restarts_are_handled_once(

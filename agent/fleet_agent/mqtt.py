@@ -3,8 +3,8 @@
 Used when the server's check-in answer names a broker (``mqtt_url``): the agent gets its client certificate from
 the fleet CA through IssueCertificate (certificate.py: ``client.pem`` for its own Ed25519 key ``device.key``, renewed
 at two thirds of its life, after which the link connects again with the new one). paho-mqtt (Debian's
-python3-paho-mqtt) is imported only then. The link is an addition, never a dependency: when the broker cannot be reached, the agent
-polls and reports over HTTPS as it always did, and downloads always go over HTTPS.
+python3-paho-mqtt) is imported only then. The link is an addition, never a dependency: when the broker cannot be
+reached, the agent polls and reports over HTTPS as it always did, and downloads always go over HTTPS.
 
 paho runs the connection on its own thread and reconnects by itself; the session is persistent (clean start
 off, a session expiry), so actions published while the device was briefly away reach it when it is back.

@@ -1,6 +1,6 @@
 """A real fleet-agent over MQTT: the server names the broker in its check-in answer, the agent gets its client
-certificate through IssueCertificate (nothing from the test), connects, gets each new action at once although it polls every 300 s, reports over
-MQTT, and both sides reconnect after the broker restarts."""
+certificate through IssueCertificate (nothing from the test), connects, gets each new action at once although it
+polls every 300 s, reports over MQTT, and both sides reconnect after the broker restarts."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ certificates of another CA and expired ones."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -64,8 +65,10 @@ def test_the_printed_configuration_names_the_written_files(broker: Mosquitto) ->
     text = broker.config_path.read_text()
     files = broker.dir / "fleetd"
     for line in ("require_certificate true", "use_identity_as_username true", "allow_anonymous false",
-                 "persistence true", f"cafile {files}/ca.pem", f"crlfile {files}/crl.pem", f"acl_file {files}/acl"):
+                 "persistence true", f"cafile {files}/ca.pem", f"crlfile {files}/crl.pem", f"acl_file {files}/acl",
+                 f"plugin_opt_config_file {files}/data/dynamic-security.json"):
         assert line in text.splitlines()
+    assert re.search(r"^plugin /\S+/mosquitto_dynamic_security\.so$", text, re.M), text
     assert text == (files / "mosquitto.conf").read_text()
     assert "pattern write fleetd/v1/devices/%u/telemetry" in (files / "acl").read_text()
 
@@ -120,6 +123,9 @@ def test_broker_config_says_what_to_do_without_a_fleet_ca_or_with_a_bad_listener
     assert not (tmp_path / "b").exists()
     out = CliRunner().invoke(app, ["mqtt", "broker-config", "--listen", "host:port"])
     assert out.exit_code == 2 and "[HOST:]PORT" in out.output, out.output
+    out = CliRunner().invoke(app, ["mqtt", "broker-config", "--dir", str(tmp_path / "b"), "--plugin",
+                                   str(tmp_path / "none.so")])
+    assert out.exit_code == 1 and "dynamic security plugin" in out.output and "--plugin" in out.output, out.output
 
 
 @pytest.mark.parametrize("url", ["mqtt://broker:1883", "https://broker:8883", "mqtts://", "mqtts://b:99999",

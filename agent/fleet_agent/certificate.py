@@ -3,9 +3,9 @@ connects to it with this certificate, docs/mqtt.md) or with ``FLEET_AGENT_CLIENT
 
 The run loop asks for one after a check-in of an active device, with a CSR for the device's own Ed25519 key, and
 asks again (over its current credentials: the same call) once the server's ``renew_after`` (about two thirds of the
-lifetime) has passed. The certificate goes to ``client.pem`` in the state dir (its key is ``device.key``), for
-the MQTT link and whatever else speaks mutual TLS with it; ``client-cert.json`` keeps its serial and dates. Without either, cryptography's x509
-is never imported (only here).
+lifetime) has passed. The certificate goes to ``client.pem`` in the state dir (its key is ``device.key``), for the
+MQTT link and whatever else speaks mutual TLS with it; ``client-cert.json`` keeps its serial and dates. Without
+either, cryptography's x509 is never imported (only here).
 """
 
 from __future__ import annotations

@@ -160,3 +160,36 @@ def test_the_agent_sends_telemetry_over_mqtt_and_polls_over_https_without_the_br
     finally:
         proc.stop()
         kill_apps(state_dir)
+
+
+def test_the_agent_renews_its_certificate_and_connects_again_with_the_new_one(
+        server: ServerProcess, admin: Admin, tmp_path: Path) -> None:
+    """With a fast clock: past renew_after, the run loop gets a new certificate and its MQTT link connects with it."""
+    from fleet_agent.config import Settings as AgentSettings
+    from fleet_agent.enroll import EnrollOptions, enroll
+    from fleet_agent.runloop import RunLoop
+    from fleet_agent.worker import NullExecutor
+
+    settings = AgentSettings.from_env(str(tmp_path / "agent"), {"FLEET_AGENT_POLL_INTERVAL": "300"})
+    res = enroll(settings, EnrollOptions(token=admin.token()["token"], server=server.url, hardware_id="mqtt-renew"))
+    loop = RunLoop(settings, res.state, res.client, executor=NullExecutor(settings.paths.root))
+    try:
+        assert loop.iteration(once=True) is True
+        first_link, meta = loop.mqtt, json.loads((settings.paths.root / "client-cert.json").read_text())
+        assert first_link is not None
+        wait_for("the agent on MQTT", lambda: first_link.connected, 20)
+        now = [meta["renew_after"] + 1]  # two thirds of the lifetime later
+        loop.certificate.clock = lambda: now[0]
+        assert loop.iteration(once=True) is True
+        renewed = json.loads((settings.paths.root / "client-cert.json").read_text())["serial"]
+        assert renewed != meta["serial"]
+        assert loop.mqtt is not first_link and not first_link.connected
+        wait_for("the agent on MQTT with its renewed certificate", lambda: loop.mqtt.connected, 20)
+        listed = admin.call("CertificateService", "ListDeviceCertificates", {"id": res.state.device_id})
+        serials = {c["serial"] for c in listed["certificates"]}
+        assert {meta["serial"], renewed} <= serials  # both recorded (the fast clock may make it ask twice)
+        assert loop._mqtt_serial == renewed  # the link connected with the certificate in client.pem
+    finally:
+        if loop.mqtt is not None:
+            loop.mqtt.stop()
+        loop.client.close()

@@ -112,6 +112,34 @@ def test_a_new_action_reaches_the_device_at_once_and_its_report_moves_it(dev: Mq
     assert done["message"] == "rebooted"
 
 
+def test_the_cli_and_api_show_how_a_device_connects_and_its_certificate_expiry(
+        dev: MqttDevice, admin: Admin, server: ServerProcess, device: tuple[str, Path, Path]) -> None:
+    from cryptography import x509
+    from typer.testing import CliRunner
+
+    from fleetd.cli import app
+
+    device_id, cert, _ = device
+    with server.client() as c:  # a device that only polls over HTTPS
+        https_only = TestDevice(c)
+        assert https_only.enroll(admin.token()["token"]).status_code == 200
+        assert https_only.authenticate().status_code == 200 and https_only.call("CheckIn", {}).status_code == 200
+    dev.publish("checkin", {})
+    dev.next("checkin/answer")
+    not_after = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
+    shown = admin.device(device_id)
+    assert shown["transport"] == "mqtt" and shown["certificate_expires"] == not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
+    listed = {d["id"]: d for d in admin.devices()}
+    assert listed[device_id]["transport"] == "mqtt" and listed[https_only.device_id]["transport"] == "https"
+    assert listed[device_id]["certificate_expires"] == shown["certificate_expires"]
+    assert listed[https_only.device_id].get("certificate_expires") is None  # none issued
+    where = ["--server", server.url, "--api-key", admin.key, "--ca", server.ca]
+    out = CliRunner().invoke(app, ["devices", "list", "--search", device_id, *where], env={"COLUMNS": "250"})
+    assert out.exit_code == 0 and "MQTT" in out.output and not_after.strftime("%Y-%m-%d") in out.output, out.output
+    out = CliRunner().invoke(app, ["devices", "show", https_only.device_id, *where], env={"COLUMNS": "250"})
+    assert out.exit_code == 0 and "HTTPS poll" in out.output, out.output
+
+
 def test_telemetry_lands_in_queries_and_a_redelivered_batch_counts_once(
         dev: MqttDevice, admin: Admin, server: ServerProcess) -> None:
     batch = {"batch_id": "b-1", "points": [{"name": "temp", "value": 21.5}, {"name": "temp", "value": 22.0}]}

@@ -469,6 +469,17 @@ def certificates_of(conn: sqlite3.Connection, device_id: str) -> list[sqlite3.Ro
                         (device_id,)).fetchall()
 
 
+def certificate_expiry(conn: sqlite3.Connection, device_ids: list[str], at: float) -> dict[str, float]:
+    """Each device's latest expiry among its certificates that are neither expired nor revoked."""
+    out: dict[str, float] = {}
+    for i in range(0, len(device_ids), CHUNK):
+        chunk = device_ids[i:i + CHUNK]
+        out.update((r[0], float(r[1])) for r in conn.execute(
+            f"SELECT device_id, MAX(not_after) FROM device_certificates WHERE device_id IN ({_marks(len(chunk))}) "
+            "AND revoked_at IS NULL AND not_after > ? GROUP BY device_id", [*chunk, at]))
+    return out
+
+
 def live_certificate_count(conn: sqlite3.Connection, device_id: str, at: float) -> int:
     return int(conn.execute("SELECT COUNT(*) FROM device_certificates WHERE device_id = ? AND revoked_at IS NULL "
                             "AND not_after > ?", (device_id, at)).fetchone()[0])

@@ -244,6 +244,7 @@ class MqttBridge:
         fleet = self.fleet
         # Over HTTPS a revoked device has no token; here its certificate may still be good until the CRL says not.
         registry.ensure_not_revoked(device_calls.calling_device(fleet, device_id)[1].status)
+        fleet.hub.mqtt_seen[device_id] = time.time()  # how it connects, for GetDevice / ListDevices
         with decoding(f"{leaf} message", f"{leaf} message"):
             req = _DECODERS[leaf].decode(payload or b"{}")
         if leaf == topics.CHECKIN:

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .client import AgentError
 from .config import Paths, atomic_write, read_json, write_json
+from .identity import public_key_b64
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,17 @@ class ClientCertificate:
     def meta_path(self) -> Any:
         return self.paths.root / "client-cert.json"
 
+    def _holder(self) -> dict[str, str]:
+        """Whom a certificate is for: this device id and key (after a re-key or a new enrolment, a new one is due)."""
+        return {"device_id": str(self.client.device_id), "key": public_key_b64(self.client.key)}
+
     def due(self) -> bool:
         now = self.clock()
         if now < self._retry_at:
             return False
-        return not self.cert_path.exists() or now >= float(self.meta.get("renew_after") or 0)
+        if not self.cert_path.exists() or now >= float(self.meta.get("renew_after") or 0):
+            return True
+        return any(self.meta.get(k) != v for k, v in self._holder().items())
 
     def renew_if_due(self) -> bool:
         """Ask for a certificate when there is none or it is due; True when a new one was saved. A failure is
@@ -68,7 +75,7 @@ class ClientCertificate:
             return False
         atomic_write(self.cert_path, str(answer["certificate"]).encode(), 0o644)
         self.meta = {"serial": answer["serial"], "not_after": answer["not_after"],
-                     "renew_after": answer["renew_after"]}
+                     "renew_after": answer["renew_after"], **self._holder()}
         write_json(self.meta_path, self.meta)
         log.info("client certificate %s saved to %s (renewed after %s)", answer["serial"], self.cert_path,
                  time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(answer["renew_after"])))

@@ -189,6 +189,10 @@ def test_the_agent_renews_its_certificate_and_connects_again_with_the_new_one(
         serials = {c["serial"] for c in listed["certificates"]}
         assert {meta["serial"], renewed} <= serials  # both recorded (the fast clock may make it ask twice)
         assert loop._mqtt_serial == renewed  # the link connected with the certificate in client.pem
+        now[0] = time.time()
+        assert not loop.certificate.due()
+        loop.certificate.meta["key"] = "the key before a re-key"
+        assert loop.certificate.due()  # a certificate for another key is replaced at once
     finally:
         if loop.mqtt is not None:
             loop.mqtt.stop()

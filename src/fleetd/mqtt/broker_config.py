@@ -100,7 +100,7 @@ def write_broker_files(out: Path, ca: KeyMaterial, *, host: str, port: int, name
     atomic_write(out / "acl", acl_text().encode(), 0o644)
     dynsec = out / "data" / DYNSEC_FILE
     if not dynsec.exists():
-        atomic_write(dynsec, json.dumps(revocation.plugin_config(), indent=2).encode(), 0o600)
+        atomic_write(dynsec, json.dumps(revocation.plugin_config(), indent=2).encode(), 0o644)  # no secrets
     text = config_text(out, host, port, user, plugin)
     atomic_write(out / "mosquitto.conf", text.encode(), 0o644)
     return BrokerFiles(out, text)

@@ -77,7 +77,7 @@ class BrokerRevocations:
     def __init__(self, fleet: Fleet, wake: Any) -> None:
         self.fleet = fleet
         self._wake = wake  # a callable: wakes the MQTT part's send loop
-        self.pending: list[str] = []
+        self.pending: dict[str, None] = {}  # device ids, in order
         self.sent = 0
         fleet.store.on_effect(DeviceChanged, self._changed)
         fleet.store.on_effect(DeviceGone, self._gone)
@@ -95,8 +95,7 @@ class BrokerRevocations:
         lease = self.fleet.lease
         if lease is not None and not lease.running:
             return
-        if device_id not in self.pending:
-            self.pending.append(device_id)
+        self.pending[device_id] = None
         self._wake()
 
     async def send(self, client: aiomqtt.Client, wake: asyncio.Event) -> None:
@@ -109,6 +108,6 @@ class BrokerRevocations:
             for device_id in taken:
                 body = json.dumps({"commands": commands(device_id)})
                 await client.publish(CONTROL, body, qos=1)
-                self.pending.remove(device_id)
+                self.pending.pop(device_id, None)
                 self.sent += 1
                 log.info("MQTT: device %s disconnected and shut out at the broker", device_id)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fleetd.core import pki
-from fleetd.mqtt import revocation
+from fleetd.mqtt import broker_config, revocation
 from tests.agent.e2e_helpers import Admin, wait_for
 from tests.e2e.server import ServerProcess
 from tests.mqtt.broker import MqttDevice, broker_for, issued_certificate, pub, sub, tls_args
@@ -218,6 +218,23 @@ def test_a_revoked_device_is_disconnected_at_once_and_shut_out(
         return done.returncode != 0 and "Not authorized" not in done.stderr and \
             broker.log_path.read_text().count("certificate verify failed") > verify_failures
     wait_for("the broker to refuse the revoked certificate", refused, 10, log=lambda: broker.log_path.read_text())
+
+
+def test_a_broker_that_lost_its_plugin_state_has_revoked_devices_shut_out_again(
+        broker: Mosquitto, server: ServerProcess, admin: Admin, data_dir: Path) -> None:
+    """fleetd sends every revoked device (one with a revoked certificate not yet expired) again when it connects."""
+    with server.client() as c:
+        d = TestDevice(c)
+        assert d.enroll(admin.token()["token"]).status_code == 200
+        cert, key = issued_certificate(d, data_dir.parent / "certs")
+    topic = f"fleetd/v1/devices/{d.device_id}/status"
+    admin.call("DeviceAdminService", "RevokeDevice", {"id": d.device_id})
+    wait_for("the broker to shut the device out", lambda: "Not authorized" in pub(broker, cert, key, topic,
+                                                                                   "{}").stderr, 10)
+    with broker.down():  # its plugin state lost: started again with the file broker-config writes
+        (broker.dir / "fleetd" / "data" / broker_config.DYNSEC_FILE).write_text(json.dumps(revocation.plugin_config()))
+    wait_for("fleetd to shut the device out again", lambda: "Not authorized" in pub(broker, cert, key, topic,
+                                                                                    "{}").stderr, 30)
 
 
 def test_messages_sent_while_fleetd_restarts_are_handled_once(

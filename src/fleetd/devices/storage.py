@@ -502,6 +502,15 @@ def revoked_certificates(conn: sqlite3.Connection, unexpired_at: float) -> list[
         "ORDER BY serial", (unexpired_at,))]
 
 
+def shut_out_devices(conn: sqlite3.Connection, unexpired_at: float) -> list[str]:
+    """Revoked or deleted devices that hold a revoked certificate not expired by ``unexpired_at``: those a broker
+    must keep out (a re-keyed device's old certificates are revoked too, but the device is active: not listed)."""
+    return [r[0] for r in conn.execute(
+        "SELECT DISTINCT c.device_id FROM device_certificates c LEFT JOIN devices d ON d.id = c.device_id "
+        "WHERE c.revoked_at IS NOT NULL AND c.not_after > ? AND (d.id IS NULL OR d.status = 'revoked') "
+        "ORDER BY c.device_id", (unexpired_at,))]
+
+
 def revocation_mark(conn: sqlite3.Connection) -> tuple[int, float]:
     """How many certificates are revoked and the latest revocation: what changes whenever the CRL must."""
     r = conn.execute("SELECT COUNT(*), MAX(revoked_at) FROM device_certificates WHERE revoked_at IS NOT NULL"

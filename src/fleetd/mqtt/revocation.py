@@ -13,6 +13,8 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ..core import clock
+from ..devices import storage
 from ..devices.registry import DeviceChanged, DeviceGone
 from . import topics
 
@@ -30,6 +32,7 @@ RESPONSE = CONTROL + "/response"
 DENY_ROLE = "fleetd-revoked"
 CONTROL_ROLE = "fleetd-control"
 _ALL = ("publishClientSend", "publishClientReceive", "subscribePattern")
+PER_MESSAGE = 100  # devices shut out per $CONTROL message (3 commands each)
 
 
 def plugin_config() -> dict[str, Any]:
@@ -58,14 +61,15 @@ def commands(device_id: str) -> list[dict[str, Any]]:
 
 
 def log_response(payload: bytes) -> None:
-    """Log the plugin's refusals (but not createClient's for a client it has: commands() expects that one)."""
+    """Log the plugin's refusals, but not createClient's or addClientRole's: one of them fails by design (the
+    client is there already, or it was just made with the role)."""
     try:
         answers = json.loads(payload)["responses"]
     except (ValueError, KeyError, TypeError):
         log.warning("MQTT: an answer on %s that is not the dynamic security plugin's: %r", RESPONSE, payload[:200])
         return
     for a in answers:
-        if a.get("error") and a.get("command") != "createClient":
+        if a.get("error") and a.get("command") not in ("createClient", "addClientRole"):
             log.error("MQTT: the broker's dynamic security plugin refused %s for %s: %s (is the plugin loaded as "
                       "fleetd mqtt broker-config prints?)", a.get("command"), a.get("username", "?"), a["error"])
 
@@ -99,15 +103,21 @@ class BrokerRevocations:
         self._wake()
 
     async def send(self, client: aiomqtt.Client, wake: asyncio.Event) -> None:
-        """Send the pending ones, then wait for more (a failure leaves them pending for the next connection)."""
+        """On connecting, shut out again every device that still has a revoked certificate that has not expired
+        (the broker's plugin state may be new, or a revocation was made while no fleetd was connected), then send
+        the pending ones as they come (a failure leaves them pending for the next connection)."""
+        # Every replica does (harmless twice over): one that connects before it holds the lease must not skip it.
+        for device_id in await self.fleet.store.read(lambda c: storage.shut_out_devices(c, clock.now())):
+            self.pending[device_id] = None
         while True:
             if not self.pending:
                 wake.clear()
                 await wake.wait()
-            taken = list(self.pending)
+            taken = list(self.pending)[:PER_MESSAGE]
+            body = json.dumps({"commands": [c for device_id in taken for c in commands(device_id)]})
+            await client.publish(CONTROL, body, qos=1)
             for device_id in taken:
-                body = json.dumps({"commands": commands(device_id)})
-                await client.publish(CONTROL, body, qos=1)
                 self.pending.pop(device_id, None)
-                self.sent += 1
-                log.info("MQTT: device %s disconnected and shut out at the broker", device_id)
+            self.sent += len(taken)
+            log.info("MQTT: %d device(s) disconnected and shut out at the broker: %s", len(taken),
+                     ", ".join(taken[:5]) + (", ..." if len(taken) > 5 else ""))

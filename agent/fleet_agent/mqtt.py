@@ -1,9 +1,10 @@
 """The agent over MQTT (docs/mqtt.md): actions the moment they are made, reports and telemetry through the broker.
 
-Used when the server's check-in answer names a broker (``mqtt_url``) and the device has a client certificate
-from the fleet CA in its state dir (mqtt-client.pem / mqtt-client.key). paho-mqtt (Debian's python3-paho-mqtt)
-is imported only then. The link is an addition, never a dependency: when the broker cannot be reached, the agent
-polls and reports over HTTPS as it always did, and downloads always go over HTTPS.
+Used when the server's check-in answer names a broker (``mqtt_url``): the agent gets its client certificate from
+the fleet CA through IssueCertificate (certificate.py: ``client.pem`` for its own Ed25519 key ``device.key``, renewed
+at two thirds of its life, after which the link connects again with the new one). paho-mqtt (Debian's
+python3-paho-mqtt) is imported only then. The link is an addition, never a dependency: when the broker cannot be
+reached, the agent polls and reports over HTTPS as it always did, and downloads always go over HTTPS.
 
 paho runs the connection on its own thread and reconnects by itself; the session is persistent (clean start
 off, a session expiry), so actions published while the device was briefly away reach it when it is back.
@@ -22,17 +23,10 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-CERT_NAME, KEY_NAME = "mqtt-client.pem", "mqtt-client.key"
 ROOT = "fleetd/v1/devices"
 SESSION_EXPIRY = 86400  # seconds the broker queues actions for this device while it is away
 PUBLISH_TIMEOUT = 10.0
 _URL = re.compile(r"mqtts://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?/?")
-
-
-def certificate(root: Path) -> tuple[Path, Path] | None:
-    """The device's MQTT client certificate and key in its state dir, None without them."""
-    cert, key = root / CERT_NAME, root / KEY_NAME
-    return (cert, key) if cert.is_file() and key.is_file() else None
 
 
 def batch_id(points: list[Any]) -> str:

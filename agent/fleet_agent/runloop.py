@@ -95,8 +95,9 @@ class RunLoop:
         if settings.client_certificate:  # docs/pki.md; cryptography's x509 only then
             from .certificate import ClientCertificate
             self.certificate = ClientCertificate(self.paths, client)
-        self.mqtt: Any = None  # an mqtt.MqttLink while the server names a broker and this device has a certificate
+        self.mqtt: Any = None  # an mqtt.MqttLink while the server names a broker (with the certificate above)
         self._mqtt_said = ""
+        self._mqtt_serial: Any = None  # the certificate the link connected with
 
     # --- control ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -173,8 +174,6 @@ class RunLoop:
                 self.drain_reports()
                 actions = self.check_in()
                 self._dispatch(actions)
-                if self.certificate is not None and self.state.status == "active":
-                    self.certificate.renew_if_due()
                 if once:
                     self.worker.wait_idle()
                     self.drain_reports()
@@ -240,32 +239,45 @@ class RunLoop:
             if poll:
                 self.state.poll_interval = poll
             self.state.save(self.paths)
-        self._use_mqtt(str(resp.get("mqtt_url") or ""))
+        url = str(resp.get("mqtt_url") or "")
+        if self.state.status == "active":
+            if url and self.certificate is None:  # cryptography's x509 only once a broker is named
+                from .certificate import ClientCertificate
+                self.certificate = ClientCertificate(self.paths, self.client)
+            if self.certificate is not None:
+                self.certificate.renew_if_due()
+        self._use_mqtt(url)
         actions = resp.get("actions") or []
         return [a for a in actions if isinstance(a, dict)]
 
     def _use_mqtt(self, url: str) -> None:
-        """Connect to the MQTT broker the server names, if this device has a client certificate (docs/mqtt.md)."""
-        if self.mqtt is not None and self.mqtt.url == url:
-            return
-        if self.mqtt is not None:
+        """Connect to the MQTT broker the server names with this device's client certificate from the fleet CA
+        (check_in asks for it and renews it); a renewed certificate connects again (docs/mqtt.md)."""
+        if self.mqtt is not None and (self.mqtt.url != url or self.state.status != "active"):
             self.mqtt.stop()
             self.mqtt = None
-        if not url or self.state.status != "active":
+        if not url or self.state.status != "active" or self.certificate is None:
             return
+        serial = self.certificate.meta.get("serial")
+        if self.mqtt is not None:
+            if serial == self._mqtt_serial:
+                return
+            log.info("connecting to the MQTT broker again with the renewed client certificate")
+            self.mqtt.stop()
+            self.mqtt = None
         from . import mqtt
 
         said, self._mqtt_said = self._mqtt_said, url  # why not, once per broker address
-        cert = mqtt.certificate(self.paths.root)
-        if cert is None:
+        if not self.certificate.cert_path.is_file():
             if said != url:
-                log.info("the server has an MQTT broker (%s), but this device has no client certificate: HTTPS "
-                         "only", url)
+                log.info("the server has an MQTT broker (%s), but this device has no client certificate yet: "
+                         "HTTPS until it gets one", url)
             return
         try:
-            link = mqtt.MqttLink(url, self.state.device_id, self.paths.ca, *cert, on_action=self._wake.set)
+            link = mqtt.MqttLink(url, self.state.device_id, self.paths.ca, self.certificate.cert_path,
+                                 self.paths.key, on_action=self._wake.set)
             link.start()
-            self.mqtt = link
+            self.mqtt, self._mqtt_serial = link, serial
         except ImportError:
             if said != url:
                 log.warning("the server has an MQTT broker (%s), but paho-mqtt is missing: HTTPS only (install "

@@ -373,3 +373,39 @@ def test_checkin_without_inventory_keeps_the_pending_one(client, fleet, admin_ke
     dev = rpc(client, "DeviceAdminService", "GetDevice", {"id": d.device_id}, key=admin_key).json()
     assert dev["inventory"]["agent_version"] == "0.2.0"
     assert [c["version"] for c in dev["components"]] == ["1.0.0"]
+
+
+def test_certificate_expiry_is_the_latest_live_one(client, fleet, admin_key) -> None:  # type: ignore[no-untyped-def]
+    from fleetd.devices import storage
+
+    d, other = active_device(client, admin_key), active_device(client, admin_key)
+    at = time.time()
+
+    def write(conn: Any) -> None:
+        for serial, not_after in (("01", at + 100), ("02", at + 300), ("03", at - 1), ("04", at + 900)):
+            storage.insert_certificate(conn, serial=serial, device_id=d.device_id, key_sha256="k", not_before=at - 10,
+                                       not_after=not_after)
+        conn.execute("UPDATE device_certificates SET revoked_at = ? WHERE serial = '04'", (at,))
+
+    fleet.store.write_sync(write)
+    found = fleet.store.read_sync(lambda c: storage.certificate_expiry(c, [d.device_id, other.device_id], at))
+    assert found == {d.device_id: at + 300}  # not the expired one, not the revoked one; none for the other
+
+
+def test_the_devices_a_broker_must_keep_out(client, fleet, admin_key) -> None:  # type: ignore[no-untyped-def]
+    from fleetd.devices import storage
+
+    revoked, deleted, rekeyed, expired = (active_device(client, admin_key) for _ in range(4))
+    at = time.time()
+
+    def write(conn: Any) -> None:
+        for n, d in enumerate((revoked, deleted, rekeyed, expired)):
+            storage.insert_certificate(conn, serial=f"0{n}", device_id=d.device_id, key_sha256="k", not_before=at - 10,
+                                       not_after=at - 1 if d is expired else at + 100)
+            storage.revoke_certificates_of(conn, d.device_id, at)  # rekeyed: its old key's, the device stays active
+
+    fleet.store.write_sync(write)
+    for d, method in ((revoked, "RevokeDevice"), (deleted, "DeleteDevice"), (expired, "RevokeDevice")):
+        assert rpc(client, "DeviceAdminService", method, {"id": d.device_id}, key=admin_key).status_code == 200
+    found = fleet.store.read_sync(lambda c: storage.shut_out_devices(c, at))
+    assert found == sorted([revoked.device_id, deleted.device_id])  # not the active one, not an expired certificate

@@ -13,9 +13,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
 from fleetd.cli import app
+from fleetd.core import clock, pki
+from fleetd.devices import certificates
+from tests.support.devices_helper import TestDevice
+from tests.support.pki_helper import csr_pem
 from tests.support.services import Mosquitto
 
 
@@ -30,6 +36,37 @@ def broker_for(data_dir: Path, database: str = "") -> Mosquitto:
         assert out.exit_code == 0, out.output
         return out.stdout
     return Mosquitto(config=config)
+
+
+def _write(out: Path, name: str, cert_pem: str, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = out / f"{name}.pem", out / f"{name}.key"
+    cert_path.write_text(cert_pem)
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def issued_certificate(device: TestDevice, out: Path) -> tuple[Path, Path]:
+    """An enrolled device's client certificate as the fleet issues it (IssueCertificate, so recorded and revocable),
+    for a P-256 key of its own: written to ``out``/<device id>.pem and .key."""
+    if not device.token:
+        assert device.authenticate().status_code == 200
+    key = ec.generate_private_key(ec.SECP256R1())
+    r = device.call("IssueCertificate", {"csr": csr_pem(key)})
+    assert r.status_code == 200, r.text
+    return _write(out, device.device_id, r.json()["certificate"], key)
+
+
+def unrecorded_certificate(ca: pki.KeyMaterial, device_id: str, out: Path, *, at: float | None = None,
+                           days: float = 90) -> tuple[Path, Path]:
+    """What IssueCertificate cannot give: a certificate from the fleet's issuing code for any CA (another fleet's,
+    for the broker to refuse) or at another time (``at`` in the past: expired), not recorded in any store."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = certificates.issue(ca.ca_cert, ca.ca_key, device_id, key.public_key(), days=days,
+                              at=clock.now() if at is None else at)
+    return _write(out, device_id, certificates.pem(cert), key)
 
 
 def tls_args(broker: Mosquitto, cert: Path, key: Path) -> list[str]:

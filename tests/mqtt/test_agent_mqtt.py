@@ -1,6 +1,6 @@
-"""A real fleet-agent over MQTT: the server names the broker in its check-in answer, the agent (with a client
-certificate in its state dir) connects, gets each new action at once although it polls every 300 s, reports over
-MQTT, and both sides reconnect after the broker restarts."""
+"""A real fleet-agent over MQTT: the server names the broker in its check-in answer, the agent gets its client
+certificate through IssueCertificate (nothing from the test), connects, gets each new action at once although it
+polls every 300 s, reports over MQTT, and both sides reconnect after the broker restarts."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from tests.agent.test_e2e_install import kill_apps
 from tests.bench.procs import rss_kib
 from tests.e2e.server import ServerProcess
 from tests.mqtt.broker import broker_for
-from tests.support.device_certs import device_certificate, fleet_ca
 from tests.support.services import Mosquitto
 
 pytestmark = pytest.mark.e2e
@@ -55,7 +54,7 @@ def admin(server: ServerProcess) -> Admin:
 
 def start_agent(server: ServerProcess, admin: Admin, data_dir: Path, where: Path, poll: int
                 ) -> tuple[str, AgentProcess, Path]:
-    """An enrolled agent with an MQTT client certificate in its state dir, running, on MQTT."""
+    """An enrolled agent, running, on MQTT with the certificate it asked the server for."""
     state_dir = where / "state"
     env = agent_env(FLEET_AGENT_TOKEN=admin.token()["token"], PYTHONPATH=str(ROOT / "agent"))
     p = subprocess.run([PYTHON, "-m", "fleet_agent", "enroll", "--state-dir", str(state_dir), "--server",
@@ -63,14 +62,15 @@ def start_agent(server: ServerProcess, admin: Admin, data_dir: Path, where: Path
                        timeout=60, env=env)
     assert p.returncode == 0, p.stderr
     device_id = json.loads(p.stdout)["device_id"]
-    cert, key = device_certificate(fleet_ca(data_dir), device_id, where / "certs")
-    cert.rename(state_dir / "mqtt-client.pem")
-    key.rename(state_dir / "mqtt-client.key")
+    assert not (state_dir / "client.pem").exists()
     proc = AgentProcess([PYTHON, "-m", "fleet_agent", "run", "--state-dir", str(state_dir)], where / "agent.log",
                         agent_env(PYTHONPATH=str(ROOT / "agent"), FLEET_AGENT_POLL_INTERVAL=str(poll),
                                   FLEET_AGENT_SUPERVISOR="builtin"))
     try:
         wait_for("the agent on MQTT", lambda: "connected to the MQTT broker" in proc.log(), 30, log=proc.log)
+        issued = json.loads((state_dir / "client-cert.json").read_text())["serial"]
+        listed = admin.call("CertificateService", "ListDeviceCertificates", {"id": device_id})
+        assert [c["serial"] for c in listed["certificates"]] == [issued]  # recorded, so revocable
         time.sleep(0.5)
         rss_mib = rss_kib(proc.proc.pid) / 1024  # connected, before any action: the agent's idle state
         assert rss_mib < 40, f"the agent takes {rss_mib:.1f} MiB with MQTT on (target: under 40)"
@@ -160,3 +160,40 @@ def test_the_agent_sends_telemetry_over_mqtt_and_polls_over_https_without_the_br
     finally:
         proc.stop()
         kill_apps(state_dir)
+
+
+def test_the_agent_renews_its_certificate_and_connects_again_with_the_new_one(
+        server: ServerProcess, admin: Admin, tmp_path: Path) -> None:
+    """With a fast clock: past renew_after, the run loop gets a new certificate and its MQTT link connects with it."""
+    from fleet_agent.config import Settings as AgentSettings
+    from fleet_agent.enroll import EnrollOptions, enroll
+    from fleet_agent.runloop import RunLoop
+    from fleet_agent.worker import NullExecutor
+
+    settings = AgentSettings.from_env(str(tmp_path / "agent"), {"FLEET_AGENT_POLL_INTERVAL": "300"})
+    res = enroll(settings, EnrollOptions(token=admin.token()["token"], server=server.url, hardware_id="mqtt-renew"))
+    loop = RunLoop(settings, res.state, res.client, executor=NullExecutor(settings.paths.root))
+    try:
+        assert loop.iteration(once=True) is True
+        first_link, meta = loop.mqtt, json.loads((settings.paths.root / "client-cert.json").read_text())
+        assert first_link is not None
+        wait_for("the agent on MQTT", lambda: first_link.connected, 20)
+        now = [meta["renew_after"] + 1]  # two thirds of the lifetime later
+        loop.certificate.clock = lambda: now[0]
+        assert loop.iteration(once=True) is True
+        renewed = json.loads((settings.paths.root / "client-cert.json").read_text())["serial"]
+        assert renewed != meta["serial"]
+        assert loop.mqtt is not first_link and not first_link.connected
+        wait_for("the agent on MQTT with its renewed certificate", lambda: loop.mqtt.connected, 20)
+        listed = admin.call("CertificateService", "ListDeviceCertificates", {"id": res.state.device_id})
+        serials = {c["serial"] for c in listed["certificates"]}
+        assert {meta["serial"], renewed} <= serials  # both recorded (the fast clock may make it ask twice)
+        assert loop._mqtt_serial == renewed  # the link connected with the certificate in client.pem
+        now[0] = time.time()
+        assert not loop.certificate.due()
+        loop.certificate.meta["key"] = "the key before a re-key"
+        assert loop.certificate.due()  # a certificate for another key is replaced at once
+    finally:
+        if loop.mqtt is not None:
+            loop.mqtt.stop()
+        loop.client.close()

@@ -6,6 +6,9 @@ handled once both are back."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from fleetd.core import pki
+from fleetd.mqtt import broker_config, revocation
 from tests.agent.e2e_helpers import Admin, wait_for
 from tests.e2e.server import ServerProcess
-from tests.mqtt.broker import MqttDevice, broker_for
-from tests.support.device_certs import device_certificate, fleet_ca
+from tests.mqtt.broker import MqttDevice, broker_for, issued_certificate, pub, sub, tls_args
 from tests.support.devices_helper import TestDevice
 from tests.support.services import Mosquitto
 
@@ -52,11 +55,11 @@ def admin(server: ServerProcess) -> Admin:
 
 @pytest.fixture(scope="module")
 def device(server: ServerProcess, admin: Admin, data_dir: Path) -> tuple[str, Path, Path]:
-    """An enrolled, active device and its certificate."""
+    """An enrolled, active device and the certificate it asked for."""
     with server.client() as c:
         d = TestDevice(c)
         assert d.enroll(admin.token()["token"]).status_code == 200
-    cert, key = device_certificate(fleet_ca(data_dir), d.device_id, data_dir.parent / "certs")
+        cert, key = issued_certificate(d, data_dir.parent / "certs")
     return d.device_id, cert, key
 
 
@@ -109,6 +112,34 @@ def test_a_new_action_reaches_the_device_at_once_and_its_report_moves_it(dev: Mq
     assert done["message"] == "rebooted"
 
 
+def test_the_cli_and_api_show_how_a_device_connects_and_its_certificate_expiry(
+        dev: MqttDevice, admin: Admin, server: ServerProcess, device: tuple[str, Path, Path]) -> None:
+    from cryptography import x509
+    from typer.testing import CliRunner
+
+    from fleetd.cli import app
+
+    device_id, cert, _ = device
+    with server.client() as c:  # a device that only polls over HTTPS
+        https_only = TestDevice(c)
+        assert https_only.enroll(admin.token()["token"]).status_code == 200
+        assert https_only.authenticate().status_code == 200 and https_only.call("CheckIn", {}).status_code == 200
+    dev.publish("checkin", {})
+    dev.next("checkin/answer")
+    not_after = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
+    shown = admin.device(device_id)
+    assert shown["transport"] == "mqtt" and shown["certificate_expires"] == not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
+    listed = {d["id"]: d for d in admin.devices()}
+    assert listed[device_id]["transport"] == "mqtt" and listed[https_only.device_id]["transport"] == "https"
+    assert listed[device_id]["certificate_expires"] == shown["certificate_expires"]
+    assert listed[https_only.device_id].get("certificate_expires") is None  # none issued
+    where = ["--server", server.url, "--api-key", admin.key, "--ca", server.ca]
+    out = CliRunner().invoke(app, ["devices", "list", "--search", device_id, *where], env={"COLUMNS": "250"})
+    assert out.exit_code == 0 and "MQTT" in out.output and not_after.strftime("%Y-%m-%d") in out.output, out.output
+    out = CliRunner().invoke(app, ["devices", "show", https_only.device_id, *where], env={"COLUMNS": "250"})
+    assert out.exit_code == 0 and "HTTPS poll" in out.output, out.output
+
+
 def test_telemetry_lands_in_queries_and_a_redelivered_batch_counts_once(
         dev: MqttDevice, admin: Admin, server: ServerProcess) -> None:
     batch = {"batch_id": "b-1", "points": [{"name": "temp", "value": 21.5}, {"name": "temp", "value": 22.0}]}
@@ -128,17 +159,82 @@ def test_a_refused_message_is_answered_on_the_devices_errors_topic(dev: MqttDevi
     assert error["topic"] == "status" and error["code"] == "not_found", error
 
 
-def test_a_revoked_device_is_refused_while_its_certificate_is_still_good(
+def test_a_revoked_device_is_refused_by_fleetd_too(
         broker: Mosquitto, server: ServerProcess, admin: Admin, data_dir: Path) -> None:
+    """Where the broker lets a revoked device in (one that cannot shut it out: here its role taken away again),
+    fleetd refuses its messages while its certificate is still good."""
     with server.client() as c:
         d = TestDevice(c)
         assert d.enroll(admin.token()["token"]).status_code == 200
-    cert, key = device_certificate(fleet_ca(data_dir), d.device_id, data_dir.parent / "certs")
+        cert, key = issued_certificate(d, data_dir.parent / "certs")
     admin.call("DeviceAdminService", "RevokeDevice", {"id": d.device_id})
+    wait_for("the broker to shut the device out", lambda: "Not authorized" in pub(
+        broker, cert, key, f"fleetd/v1/devices/{d.device_id}/status", "{}").stderr, 10)
+    control = json.dumps({"commands": [{"command": "removeClientRole", "username": d.device_id,
+                                        "rolename": revocation.DENY_ROLE},
+                                       {"command": "enableClient", "username": d.device_id}]})
+    service = data_dir / "mqtt-client.pem", data_dir / "mqtt-client.key"
+    done = subprocess.run(["mosquitto_rr", *tls_args(broker, *service),
+                           "-t", revocation.CONTROL, "-e", revocation.RESPONSE, "-m", control, "-W", "10"],
+                          capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0 and "error" not in done.stdout, (done.stdout, done.stderr)
     with MqttDevice(broker, d.device_id, cert, key) as dev:
         dev.publish("checkin", {})
         leaf, error = dev.inbox.get(timeout=10)  # the first message back: no check-in answer before it
         assert leaf == "errors" and error["topic"] == "checkin" and error["code"] == "permission_denied", error
+
+
+def test_a_revoked_device_is_disconnected_at_once_and_shut_out(
+        broker: Mosquitto, server: ServerProcess, admin: Admin, data_dir: Path) -> None:
+    """fleetd kicks it through the broker's dynamic security plugin; what it reconnects with can neither publish
+    nor subscribe; and once the broker has reloaded the CRL (SIGHUP: what the operator's CRL refresh does, docs/
+    mqtt.md), its certificate is refused at the handshake."""
+    with server.client() as c:
+        d = TestDevice(c)
+        assert d.enroll(admin.token()["token"]).status_code == 200
+        cert, key = issued_certificate(d, data_dir.parent / "certs")
+    with MqttDevice(broker, d.device_id, cert, key) as dev:
+        gone = threading.Event()
+        dev.client.on_disconnect = lambda *_: gone.set()
+        dev.client.reconnect_delay_set(60, 60)  # paho's own retry would race the checks below
+        revoked = time.monotonic()
+        admin.call("DeviceAdminService", "RevokeDevice", {"id": d.device_id})
+        assert gone.wait(10), "the revoked device is still connected 10 s later"
+        kicked = time.monotonic() - revoked
+    assert kicked < 5, f"disconnected {kicked:.2f} s after the revocation"
+    topic = f"fleetd/v1/devices/{d.device_id}/status"
+    assert "Not authorized" in pub(broker, cert, key, topic, "{}").stderr
+    subscribed = sub(broker, cert, key, [f"fleetd/v1/devices/{d.device_id}/actions"], "-d", "-W", "3")
+    out, _ = subscribed.communicate(timeout=20)
+    assert "Subscribed (mid: 1): 135" in out, out  # 0x87: not authorized
+    with server.client() as c:
+        (broker.dir / "fleetd" / "crl.pem").write_bytes(c.get("/v1/crl.pem").content)  # the operator's refresh
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGHUP)
+    verify_failures = broker.log_path.read_text().count("certificate verify failed")
+
+    def refused() -> bool:  # at the TLS handshake now: the client sees the connection end, the broker says why
+        done = pub(broker, cert, key, topic, "{}")
+        return done.returncode != 0 and "Not authorized" not in done.stderr and \
+            broker.log_path.read_text().count("certificate verify failed") > verify_failures
+    wait_for("the broker to refuse the revoked certificate", refused, 10, log=lambda: broker.log_path.read_text())
+
+
+def test_a_broker_that_lost_its_plugin_state_has_revoked_devices_shut_out_again(
+        broker: Mosquitto, server: ServerProcess, admin: Admin, data_dir: Path) -> None:
+    """fleetd sends every revoked device (one with a revoked certificate not yet expired) again when it connects."""
+    with server.client() as c:
+        d = TestDevice(c)
+        assert d.enroll(admin.token()["token"]).status_code == 200
+        cert, key = issued_certificate(d, data_dir.parent / "certs")
+    topic = f"fleetd/v1/devices/{d.device_id}/status"
+    admin.call("DeviceAdminService", "RevokeDevice", {"id": d.device_id})
+    wait_for("the broker to shut the device out", lambda: "Not authorized" in pub(broker, cert, key, topic,
+                                                                                   "{}").stderr, 10)
+    with broker.down():  # its plugin state lost: started again with the file broker-config writes
+        (broker.dir / "fleetd" / "data" / broker_config.DYNSEC_FILE).write_text(json.dumps(revocation.plugin_config()))
+    wait_for("fleetd to shut the device out again", lambda: "Not authorized" in pub(broker, cert, key, topic,
+                                                                                    "{}").stderr, 30)
 
 
 def test_messages_sent_while_fleetd_restarts_are_handled_once(

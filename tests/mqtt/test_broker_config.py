@@ -4,6 +4,7 @@ certificates of another CA and expired ones."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,8 +14,7 @@ import pytest
 
 from fleetd.core import pki
 from fleetd.mqtt import identity
-from tests.mqtt.broker import broker_for, pub, sub
-from tests.support.device_certs import device_certificate, fleet_ca
+from tests.mqtt.broker import broker_for, pub, sub, unrecorded_certificate
 from tests.support.services import Mosquitto
 
 A, B = "dev_aaaaaaaaaaaa", "dev_bbbbbbbbbbbb"
@@ -36,8 +36,8 @@ def broker(fleet_dir: Path) -> Iterator[Mosquitto]:
 @pytest.fixture(scope="module")
 def certs(fleet_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
     out = tmp_path_factory.mktemp("certs")
-    ca = fleet_ca(fleet_dir)
-    made = {d: device_certificate(ca, d, out) for d in (A, B)}
+    ca = pki.material_in(fleet_dir, write=False)
+    made = {d: unrecorded_certificate(ca, d, out) for d in (A, B)}  # no fleetd here: the broker alone
     service = out / "service"
     service.mkdir()
     made["service"] = identity.ensure_service_certificate(service, ca)
@@ -65,8 +65,10 @@ def test_the_printed_configuration_names_the_written_files(broker: Mosquitto) ->
     text = broker.config_path.read_text()
     files = broker.dir / "fleetd"
     for line in ("require_certificate true", "use_identity_as_username true", "allow_anonymous false",
-                 "persistence true", f"cafile {files}/ca.pem", f"crlfile {files}/crl.pem", f"acl_file {files}/acl"):
+                 "persistence true", f"cafile {files}/ca.pem", f"crlfile {files}/crl.pem", f"acl_file {files}/acl",
+                 f"plugin_opt_config_file {files}/data/dynamic-security.json"):
         assert line in text.splitlines()
+    assert re.search(r"^plugin /\S+/mosquitto_dynamic_security\.so$", text, re.M), text
     assert text == (files / "mosquitto.conf").read_text()
     assert "pattern write fleetd/v1/devices/%u/telemetry" in (files / "acl").read_text()
 
@@ -99,8 +101,9 @@ def test_a_device_cannot_write_to_its_own_actions(broker: Mosquitto, certs: dict
 
 def test_certificates_of_another_ca_and_expired_ones_are_refused(
         broker: Mosquitto, fleet_dir: Path, tmp_path: Path, certs: dict[str, tuple[Path, Path]]) -> None:
-    stranger = device_certificate(pki.new_material(), A, tmp_path / "other")
-    expired = device_certificate(fleet_ca(fleet_dir), A, tmp_path / "expired", days=-1)
+    stranger = unrecorded_certificate(pki.new_material(), A, tmp_path / "other")
+    expired = unrecorded_certificate(pki.material_in(fleet_dir, write=False), A, tmp_path / "expired",
+                                     at=time.time() - 3 * 86400, days=1)
     for cert, key in (stranger, expired):
         done = pub(broker, cert, key, f"fleetd/v1/devices/{A}/checkin", "x")
         assert done.returncode != 0, done
@@ -120,6 +123,9 @@ def test_broker_config_says_what_to_do_without_a_fleet_ca_or_with_a_bad_listener
     assert not (tmp_path / "b").exists()
     out = CliRunner().invoke(app, ["mqtt", "broker-config", "--listen", "host:port"])
     assert out.exit_code == 2 and "[HOST:]PORT" in out.output, out.output
+    out = CliRunner().invoke(app, ["mqtt", "broker-config", "--dir", str(tmp_path / "b"), "--plugin",
+                                   str(tmp_path / "none.so")])
+    assert out.exit_code == 1 and "dynamic security plugin" in out.output and "--plugin" in out.output, out.output
 
 
 @pytest.mark.parametrize("url", ["mqtt://broker:1883", "https://broker:8883", "mqtts://", "mqtts://b:99999",

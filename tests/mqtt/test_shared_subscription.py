@@ -12,12 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from fleetd.cli.mqtt import fleet_material
 from tests.agent.e2e_helpers import Admin, wait_for
 from tests.e2e.server import ServerProcess
-from tests.mqtt.broker import MqttDevice, broker_for
+from tests.mqtt.broker import MqttDevice, broker_for, issued_certificate
 from tests.mqtt.test_bridge import points
-from tests.support.device_certs import device_certificate
 from tests.support.devices_helper import TestDevice
 from tests.support.services import Mosquitto, PostgresServer
 
@@ -58,14 +56,13 @@ def handled(admin: Admin, server: ServerProcess, topic: str) -> float:
 
 
 def test_two_replicas_share_the_subscription_and_store_each_batch_once(
-        replicas: tuple[Mosquitto, list[ServerProcess]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        replicas: tuple[Mosquitto, list[ServerProcess]], tmp_path: Path) -> None:
     broker, servers = replicas
     admin = Admin(servers[0])
     with servers[0].client() as c:
         d = TestDevice(c)
         assert d.enroll(admin.token()["token"]).status_code == 200
-    monkeypatch.setenv("FLEETD_DATABASE", servers[0].database)  # the fleet CA is the database's
-    cert, key = device_certificate(fleet_material(str(servers[0].data_dir)), d.device_id, tmp_path)
+        cert, key = issued_certificate(d, tmp_path)
     for s in servers:
         wait_for("both replicas on the broker", lambda s=s: "connected to the MQTT broker" in s.log(), 20, log=s.log)
     wait_for("a replica holding the fleet lease", lambda: sum(map(lease_held, servers, [admin.key] * 2)) == 1, 20)

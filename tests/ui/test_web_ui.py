@@ -180,6 +180,9 @@ def test_deploy_from_device_page_and_watch_it_live(admin_page: Page, fleet: Flee
     page = admin_page
     page.goto(f"{fleet.server.url}/#/devices/{did}")
     expect(page.get_by_role("heading", name="sim-3")).to_be_visible()
+    info = page.locator("section", has=page.get_by_role("heading", name="Device", exact=True))
+    expect(info.locator("dd", has_text="HTTPS poll")).to_have_count(1)  # how it connects; no certificate yet
+    expect(info.locator("dd", has_text="no certificate")).to_have_count(1)
     page.get_by_label("Deploy artifact").fill("app@2.0.0")
     page.get_by_role("button", name="Deploy", exact=True).click()
     page.get_by_role("dialog").get_by_role("button", name="Deploy").click()

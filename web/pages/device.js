@@ -185,6 +185,8 @@ export default async function device(ctx) {
       section('Device', dl([
         ['ID', h('code', {}, dev.id)], ['Hardware ID', h('code', {}, dev.hardware_id)], ['Type', dev.device_type],
         ['Status', dev.status], ['Last seen', timeEl(dev.last_seen)], ['Address', dev.last_addr],
+        ['Connects by', {mqtt: 'MQTT', https: 'HTTPS poll'}[dev.transport] || '-'],
+        ['Certificate expires', dev.certificate_expires ? timeEl(dev.certificate_expires, false) : 'no certificate'],
         ['Enrolled', timeEl(dev.enrolled_at, false)], ['Poll interval', `${dev.poll_interval} s`],
         ['Tags', tagEditor()],
       ])),

@@ -28,7 +28,9 @@ devices_app = typer.Typer(help="Devices: list, inspect, tag, claim, revoke, depl
 ADMIN = "DeviceAdminService"
 ENROLL = "EnrollmentService"
 DEVICE_FIELDS = ["id", "name", "hardware_id", "device_type", "status", "online", "last_seen", "last_addr",
-                 "poll_interval", "tags", "claim_code", "created_at", "enrolled_at"]
+                 "transport", "certificate_expires", "poll_interval", "tags", "claim_code", "created_at",
+                 "enrolled_at"]
+TRANSPORT = {"mqtt": "MQTT", "https": "HTTPS poll"}
 STATUS_STYLE = {"active": "green", "pending": "yellow", "revoked": "red"}
 STATE_STYLE = {"succeeded": "green", "failed": "red", "rolled_back": "red", "cancelled": "yellow",
                "rejected": "yellow", "queued": "dim", "offered": "magenta"}
@@ -89,11 +91,14 @@ def _state(state: str) -> str:
 
 
 def device_table(devices: list[dict[str, Any]]) -> Table:
-    table = data_table(("id", "name", "type", "status", "online", "last_seen", "tags", "versions"))
+    table = data_table(("id", "name", "type", "status", "online", "last_seen", "via", "cert_expires", "tags",
+                        "versions"))
     for d in devices:
         versions = ", ".join(f"{c['name']} {c['version']}" for c in d.get("components") or []) or "-"
+        expires = (d.get("certificate_expires") or "-")[:10]
         table.add_row(escape(d["id"]), escape(d["name"]), escape(d["device_type"]), _status(d), _online(d),
-                      ago(d.get("last_seen")), escape(_tags(d.get("tags") or {})), escape(versions))
+                      ago(d.get("last_seen")), TRANSPORT.get(d.get("transport") or "", "-"), expires,
+                      escape(_tags(d.get("tags") or {})), escape(versions))
     return fitted(table)
 
 
@@ -111,7 +116,7 @@ def action_table(actions: list[dict[str, Any]], caption: str | None = None) -> T
 
 
 def print_device(d: dict[str, Any]) -> None:
-    print_object(d, DEVICE_FIELDS)
+    print_object({**d, "transport": TRANSPORT.get(d.get("transport") or "", "-")}, DEVICE_FIELDS)
     if d.get("inventory"):
         console.print("\n[bold]inventory[/bold]")
         print_object(d["inventory"])

@@ -59,6 +59,8 @@ def broker_config(
     data_dir: Annotated[str | None, typer.Option(help="The fleet's data dir, whose CA issues the broker's "
                                                  "certificate (default: $FLEETD_DATA_DIR, else ./fleetd-data).",
                                                  show_default=False)] = None,
+    plugin: Annotated[str, typer.Option(help="mosquitto's dynamic security plugin (default: found under "
+                                        "/usr/lib).", show_default=False)] = "",
 ) -> None:
     """Print a Mosquitto 2.0 configuration for fleetd's devices and write the files it names into --dir.
 
@@ -66,14 +68,21 @@ def broker_config(
     "mqtts://HOST:PORT" (docs/mqtt.md).
     """
     from ..core.pki import local_names_and_addresses
-    from ..mqtt.broker_config import write_broker_files
+    from ..mqtt.broker_config import find_plugin, write_broker_files
 
     host, port = _listen(listen)
+    plugin = plugin or find_plugin()
+    if not plugin or not Path(plugin).is_file():
+        fail(f"mosquitto's dynamic security plugin is not at {plugin!r}" if plugin else
+             "mosquitto's dynamic security plugin (mosquitto_dynamic_security.so) is not under /usr/lib",
+             "Install mosquitto 2.0 or later (Debian: apt install mosquitto), or pass --plugin with where yours "
+             "has it; fleetd shuts revoked devices out through it.")
     with errors_reported():
         ca = fleet_material(data_dir or default_data_dir())
         names = name or [n for group in local_names_and_addresses() for n in group]
         try:
-            files = write_broker_files(out, ca, host=host, port=port, names=names, user=user or getpass.getuser())
+            files = write_broker_files(out, ca, host=host, port=port, names=names, user=user or getpass.getuser(),
+                                       plugin=plugin)
         except OSError as e:
             fail(f"cannot write the broker's files into {out}: {e.strerror}", "Pass --dir with a folder you may write.")
     sys.stdout.write(files.config)

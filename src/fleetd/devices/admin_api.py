@@ -13,7 +13,7 @@ from ..core.errors import InvalidArgument
 from ..core.fields import Int32, Seconds, page_limit
 from ..ddi import storage as ddi_storage
 from ..http.rpc import Context, Empty, Service
-from . import actions, join_tokens, registry
+from . import actions, join_tokens, registry, storage
 from .actions import Action
 from .join_tokens import JoinToken
 from .registry import Device
@@ -23,11 +23,15 @@ service = Service("DeviceAdminService", "The device registry and direct actions 
 
 
 def fresh(ctx: Context, d: Device) -> Device:
-    """Overlay the last check-in the hub has seen but not yet written."""
+    """Overlay the last check-in the hub has seen but not yet written, and how the device connects."""
     seen = ctx.fleet.hub.last_seen(d.id)
     if seen is not None and (d.last_seen is None or seen > d.last_seen.timestamp()):
         d.last_seen = to_dt(seen)
         d.online = registry.is_online(seen, d.poll_interval)
+    if registry.is_online(ctx.fleet.hub.mqtt_seen.get(d.id), d.poll_interval):
+        d.transport = "mqtt"
+    elif d.last_seen is not None:
+        d.transport = "https"
     return d
 
 
@@ -53,10 +57,21 @@ async def ListDevices(ctx: Context, req: ListDevicesRequest) -> ListDevicesRespo
     limit = page_limit(req.limit, 1000, 10_000)
     if req.offset < 0:
         raise InvalidArgument("offset must not be negative")
-    devices, total = await ctx.fleet.store.read(lambda c: registry.list_devices(
-        c, status=req.status or None, device_type=req.device_type or None, tags=req.tags,
-        search=req.search or None, limit=limit, offset=req.offset))
+    def read(conn: sqlite3.Connection) -> tuple[list[Device], int]:
+        devices, total = registry.list_devices(
+            conn, status=req.status or None, device_type=req.device_type or None, tags=req.tags,
+            search=req.search or None, limit=limit, offset=req.offset)
+        return with_certificate_expiry(conn, devices), total
+
+    devices, total = await ctx.fleet.store.read(read)
     return ListDevicesResponse(devices=[fresh(ctx, d) for d in devices], total=total)
+
+
+def with_certificate_expiry(conn: sqlite3.Connection, devices: list[Device]) -> list[Device]:
+    expiry = storage.certificate_expiry(conn, [d.id for d in devices], now())
+    for d in devices:
+        d.certificate_expires = to_dt(expiry.get(d.id))
+    return devices
 
 
 class DeviceRef(msgspec.Struct, kw_only=True):
@@ -70,7 +85,7 @@ async def GetDevice(ctx: Context, req: DeviceRef) -> Device:
     def read(conn: sqlite3.Connection) -> Device:
         d = registry.get_device(conn, req.id)
         d.ddi_controller_id = ddi_storage.controller_id_of(conn, d.id)
-        return d
+        return with_certificate_expiry(conn, [d])[0]
 
     return fresh(ctx, await ctx.fleet.store.read(read))
 

@@ -57,6 +57,7 @@ class DeviceHub:
         self.tokens = DeviceTokens(token_key, self.runtime)
         self.open_actions: set[str] = store.read_sync(actions.devices_with_open_actions)
         self._seen: dict[str, tuple[float, str | None]] = {}
+        self.mqtt_seen: dict[str, float] = {}  # device id -> its last message through the MQTT broker (mqtt/bridge.py)
         self._persisted: dict[str, tuple[float, str | None]] = {}
         self._inventory_hash: dict[str, int] = {}
         self._inventory: dict[str, tuple[str | None, list[list[Component]]]] = {}

@@ -86,6 +86,13 @@ class Device(msgspec.Struct, kw_only=True):
     components: list[ComponentState] = []
     # Only in GetDevice's answer, for a device that speaks hawkBit DDI: its controller id (docs/ddi.md).
     ddi_controller_id: str | None = None
+    # How it reaches fleetd: "mqtt" while its last message through the MQTT broker is within the online window
+    # (2 x poll_interval + 30 s, this server's view), else "https" once seen; "" never seen. In GetDevice and
+    # ListDevices.
+    transport: str = ""
+    # When its latest certificate that is neither expired nor revoked expires (docs/pki.md). In GetDevice and
+    # ListDevices.
+    certificate_expires: dt.datetime | None = None
 
 
 ONLINE_SLACK = 30.0

@@ -469,6 +469,17 @@ def certificates_of(conn: sqlite3.Connection, device_id: str) -> list[sqlite3.Ro
                         (device_id,)).fetchall()
 
 
+def certificate_expiry(conn: sqlite3.Connection, device_ids: list[str], at: float) -> dict[str, float]:
+    """Each device's latest expiry among its certificates that are neither expired nor revoked."""
+    out: dict[str, float] = {}
+    for i in range(0, len(device_ids), CHUNK):
+        chunk = device_ids[i:i + CHUNK]
+        out.update((r[0], float(r[1])) for r in conn.execute(
+            f"SELECT device_id, MAX(not_after) FROM device_certificates WHERE device_id IN ({_marks(len(chunk))}) "
+            "AND revoked_at IS NULL AND not_after > ? GROUP BY device_id", [*chunk, at]))
+    return out
+
+
 def live_certificate_count(conn: sqlite3.Connection, device_id: str, at: float) -> int:
     return int(conn.execute("SELECT COUNT(*) FROM device_certificates WHERE device_id = ? AND revoked_at IS NULL "
                             "AND not_after > ?", (device_id, at)).fetchone()[0])
@@ -489,6 +500,15 @@ def revoked_certificates(conn: sqlite3.Connection, unexpired_at: float) -> list[
     return [(r[0], r[1]) for r in conn.execute(
         "SELECT serial, revoked_at FROM device_certificates WHERE revoked_at IS NOT NULL AND not_after > ? "
         "ORDER BY serial", (unexpired_at,))]
+
+
+def shut_out_devices(conn: sqlite3.Connection, unexpired_at: float) -> list[str]:
+    """Revoked or deleted devices that hold a revoked certificate not expired by ``unexpired_at``: those a broker
+    must keep out (a re-keyed device's old certificates are revoked too, but the device is active: not listed)."""
+    return [r[0] for r in conn.execute(
+        "SELECT DISTINCT c.device_id FROM device_certificates c LEFT JOIN devices d ON d.id = c.device_id "
+        "WHERE c.revoked_at IS NOT NULL AND c.not_after > ? AND (d.id IS NULL OR d.status = 'revoked') "
+        "ORDER BY c.device_id", (unexpired_at,))]
 
 
 def revocation_mark(conn: sqlite3.Connection) -> tuple[int, float]:

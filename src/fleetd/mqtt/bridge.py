@@ -6,7 +6,8 @@ where several replicas may run) and handles each message with the same calls as 
 (devices/device_calls.py), the device taken from the topic, which the broker's ACL binds to its certificate.
 A message is acknowledged only once handled: one that was not (fleetd stopped, the database failed) comes again
 when the session resumes, and telemetry batches carry an id so a redelivery is stored once (storage.py). New
-actions are published on the device's ``actions`` topic as their write commits (the NewActions effect).
+actions are published on the device's ``actions`` topic as their write commits (the NewActions effect), and
+revoked devices are shut out at the broker (revocation.py).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from ..core.lifecycle import Scope
 from ..core.tasks import cancel_and_wait
 from ..devices import actions, device_calls, registry
 from ..devices.registry import NewActions
-from . import identity, storage, topics
+from . import identity, revocation, storage, topics
 
 if TYPE_CHECKING:
     from ..fleet import Fleet
@@ -102,6 +103,9 @@ class MqttBridge:
         self._pending: dict[str, list[str]] = {}  # device id -> new action ids not yet published
         self._wake: asyncio.Event | None = None
         fleet.store.on_effect(NewActions, self.actions_created)
+        self._revoke_wake: asyncio.Event | None = None
+        self.revocations = revocation.BrokerRevocations(
+            fleet, lambda: self._revoke_wake.set() if self._revoke_wake is not None else None)
         m = fleet.metrics
         m.gauge("fleetd_mqtt_connected", "1 while fleetd is connected to the MQTT broker, else 0.",
                 lambda: int(self._client is not None))
@@ -118,7 +122,7 @@ class MqttBridge:
     # --- the part ---------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._wake = asyncio.Event()
+        self._wake, self._revoke_wake = asyncio.Event(), asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="mqtt")
 
     async def stop(self) -> None:
@@ -160,7 +164,8 @@ class MqttBridge:
         while True:
             try:
                 async with self._new_client() as client:
-                    await client.subscribe([(f, 1) for f in topics.uplink_filters(self.shared)])
+                    await client.subscribe([(f, 1) for f in topics.uplink_filters(self.shared)]
+                                           + [(revocation.RESPONSE, 1)])
                     self._client = client
                     self.connects += 1
                     delay = RECONNECT_MIN
@@ -168,6 +173,8 @@ class MqttBridge:
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._publish_loop(client))
                         tg.create_task(self._forget_loop())
+                        assert self._revoke_wake is not None
+                        tg.create_task(self.revocations.send(client, self._revoke_wake))
                         await self._receive(client, tg)
             except* (aiomqtt.MqttError, OSError) as group:
                 log.warning("MQTT broker %s:%d: %s; connecting again in %.1f s", self.host, self.port,
@@ -219,7 +226,9 @@ class MqttBridge:
         topic = str(message.topic)
         parsed = topics.parse_uplink(topic)
         payload = message.payload if isinstance(message.payload, bytes) else b""  # a broker's are always bytes
-        if parsed is not None:
+        if topic == revocation.RESPONSE:
+            revocation.log_response(payload)
+        elif parsed is not None:
             device_id, leaf = parsed
             try:
                 await self._dispatch(client, device_id, leaf, payload)
@@ -235,6 +244,7 @@ class MqttBridge:
         fleet = self.fleet
         # Over HTTPS a revoked device has no token; here its certificate may still be good until the CRL says not.
         registry.ensure_not_revoked(device_calls.calling_device(fleet, device_id)[1].status)
+        fleet.hub.mqtt_seen[device_id] = time.time()  # how it connects, for GetDevice / ListDevices
         with decoding(f"{leaf} message", f"{leaf} message"):
             req = _DECODERS[leaf].decode(payload or b"{}")
         if leaf == topics.CHECKIN:

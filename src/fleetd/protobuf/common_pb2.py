@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66leetd/v1/common.proto\x12\tfleetd.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x05\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bhardware_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65vice_type\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x0e\n\x06online\x18\x06 \x01(\x08\x12)\n\x04tags\x18\x07 \x03(\x0b\x32\x1b.fleetd.v1.Device.TagsEntry\x12\x17\n\nclaim_code\x18\x08 \x01(\tH\x00\x88\x01\x01\x12\x15\n\rpoll_interval\x18\t \x01(\x05\x12\x32\n\tlast_seen\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x01\x88\x01\x01\x12\x16\n\tlast_addr\x18\x0b \x01(\tH\x02\x88\x01\x01\x12\x33\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x03\x88\x01\x01\x12\x34\n\x0b\x65nrolled_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x04\x88\x01\x01\x12*\n\tinventory\x18\x0e \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\ncomponents\x18\x0f \x03(\x0b\x32\x19.fleetd.v1.ComponentState\x12\x1e\n\x11\x64\x64i_controller_id\x18\x10 \x01(\tH\x05\x88\x01\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b_claim_codeB\x0c\n\n_last_seenB\x0c\n\n_last_addrB\r\n\x0b_created_atB\x0e\n\x0c_enrolled_atB\x14\n\x12_ddi_controller_id\"\xd8\x01\n\x0e\x43omponentState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x1d\n\x10previous_version\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06health\x18\x05 \x01(\t\x12\x10\n\x08restarts\x18\x06 \x01(\x05\x12\x33\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x01\x88\x01\x01\x42\x13\n\x11_previous_versionB\r\n\x0b_updated_at\"9\n\x10OfflineSignature\x12\x12\n\npublic_key\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66leetd/v1/common.proto\x12\tfleetd.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xef\x05\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bhardware_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65vice_type\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x0e\n\x06online\x18\x06 \x01(\x08\x12)\n\x04tags\x18\x07 \x03(\x0b\x32\x1b.fleetd.v1.Device.TagsEntry\x12\x17\n\nclaim_code\x18\x08 \x01(\tH\x00\x88\x01\x01\x12\x15\n\rpoll_interval\x18\t \x01(\x05\x12\x32\n\tlast_seen\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x01\x88\x01\x01\x12\x16\n\tlast_addr\x18\x0b \x01(\tH\x02\x88\x01\x01\x12\x33\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x03\x88\x01\x01\x12\x34\n\x0b\x65nrolled_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x04\x88\x01\x01\x12*\n\tinventory\x18\x0e \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\ncomponents\x18\x0f \x03(\x0b\x32\x19.fleetd.v1.ComponentState\x12\x1e\n\x11\x64\x64i_controller_id\x18\x10 \x01(\tH\x05\x88\x01\x01\x12\x11\n\ttransport\x18\x11 \x01(\t\x12<\n\x13\x63\x65rtificate_expires\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x06\x88\x01\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b_claim_codeB\x0c\n\n_last_seenB\x0c\n\n_last_addrB\r\n\x0b_created_atB\x0e\n\x0c_enrolled_atB\x14\n\x12_ddi_controller_idB\x16\n\x14_certificate_expires\"\xd8\x01\n\x0e\x43omponentState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x1d\n\x10previous_version\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06health\x18\x05 \x01(\t\x12\x10\n\x08restarts\x18\x06 \x01(\x05\x12\x33\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x01\x88\x01\x01\x42\x13\n\x11_previous_versionB\r\n\x0b_updated_at\"9\n\x10OfflineSignature\x12\x12\n\npublic_key\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,11 +36,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEVICE_TAGSENTRY']._loaded_options = None
   _globals['_DEVICE_TAGSENTRY']._serialized_options = b'8\001'
   _globals['_DEVICE']._serialized_start=101
-  _globals['_DEVICE']._serialized_end=747
-  _globals['_DEVICE_TAGSENTRY']._serialized_start=608
-  _globals['_DEVICE_TAGSENTRY']._serialized_end=651
-  _globals['_COMPONENTSTATE']._serialized_start=750
-  _globals['_COMPONENTSTATE']._serialized_end=966
-  _globals['_OFFLINESIGNATURE']._serialized_start=968
-  _globals['_OFFLINESIGNATURE']._serialized_end=1025
+  _globals['_DEVICE']._serialized_end=852
+  _globals['_DEVICE_TAGSENTRY']._serialized_start=689
+  _globals['_DEVICE_TAGSENTRY']._serialized_end=732
+  _globals['_COMPONENTSTATE']._serialized_start=855
+  _globals['_COMPONENTSTATE']._serialized_end=1071
+  _globals['_OFFLINESIGNATURE']._serialized_start=1073
+  _globals['_OFFLINESIGNATURE']._serialized_end=1130
 # @@protoc_insertion_point(module_scope)

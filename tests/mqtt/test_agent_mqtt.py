@@ -12,44 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from fleetd.core import pki
 from tests.agent.e2e_helpers import PYTHON, ROOT, Admin, AgentProcess, agent_env, wait_for
 from tests.agent.test_e2e_install import kill_apps
 from tests.bench.procs import rss_kib
 from tests.e2e.server import ServerProcess
-from tests.mqtt.broker import broker_for
 from tests.support.services import Mosquitto
 
 pytestmark = pytest.mark.e2e
 
 POLL = 300  # the agent's poll interval: every action in these tests must arrive long before it
 IDLE_APP = "#!/bin/sh\n# {version}\nwhile :; do sleep 1; done\n"
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    data = tmp_path_factory.mktemp("agent-mqtt") / "data"
-    data.mkdir()
-    pki.load_or_create(data)
-    return data
-
-
-@pytest.fixture(scope="module")
-def broker(data_dir: Path) -> Iterator[Mosquitto]:
-    with broker_for(data_dir) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def server(data_dir: Path, broker: Mosquitto) -> Iterator[ServerProcess]:
-    s = ServerProcess(data_dir, extra_args=["--mqtt", f"mqtts://localhost:{broker.port}"]).start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def admin(server: ServerProcess) -> Admin:
-    return Admin(server)
 
 
 def start_agent(server: ServerProcess, admin: Admin, data_dir: Path, where: Path, poll: int

@@ -16,41 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from fleetd.core import pki
 from fleetd.mqtt import broker_config, revocation
 from tests.agent.e2e_helpers import Admin, wait_for
 from tests.e2e.server import ServerProcess
-from tests.mqtt.broker import MqttDevice, broker_for, issued_certificate, pub, sub, tls_args
+from tests.mqtt.broker import MqttDevice, issued_certificate, pub, sub, tls_args
 from tests.support.devices_helper import TestDevice
 from tests.support.services import Mosquitto
 
 BATCHES_ACROSS_RESTART = 150
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    data = tmp_path_factory.mktemp("mqtt") / "data"
-    data.mkdir()
-    pki.load_or_create(data)
-    return data
-
-
-@pytest.fixture(scope="module")
-def broker(data_dir: Path) -> Iterator[Mosquitto]:
-    with broker_for(data_dir) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def server(data_dir: Path, broker: Mosquitto) -> Iterator[ServerProcess]:
-    s = ServerProcess(data_dir, extra_args=["--mqtt", f"mqtts://localhost:{broker.port}"]).start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def admin(server: ServerProcess) -> Admin:
-    return Admin(server)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from litestar.testing import TestClient
@@ -577,6 +577,7 @@ feedbacks = st.fixed_dictionaries({"status": st.fixed_dictionaries({
 
 @hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(bodies=st.lists(feedbacks, min_size=1, max_size=4))
+@example(bodies=[{"status": {"execution": "proceeding", "result": {"finished": "none"}, "details": ["a\x00b"]}}])
 def test_any_feedback_gets_a_hawkbit_answer_and_a_valid_state(client, fleet, admin_key, dev, bodies) -> None:  # type: ignore[no-untyped-def]
     did = device_row(fleet, "ctl-1")["id"]
     aid = deploy(client, admin_key, did, "app@1.0.0")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from fleetd.core.effects import Effect
-from fleetd.core.errors import Unavailable
+from fleetd.core.errors import InvalidArgument, Unavailable
 from fleetd.store import database
 from fleetd.store.dialect import POSTGRESQL, dialect_of
 
@@ -94,6 +94,15 @@ def test_lastrowid_is_the_last_id_an_insert_stored(pg: Any) -> None:
     assert cur.execute("INSERT INTO audit_log (ts, actor_kind, action) VALUES (6.0, 'system', 'd')").lastrowid == 4
     assert cur.execute("INSERT INTO meta (key, value) VALUES ('k', 'w') ON CONFLICT (key) DO NOTHING").rowcount == 0
     assert cur.lastrowid == 4
+
+
+def test_text_with_a_nul_character_is_the_callers_error(pg: Any) -> None:
+    """PostgreSQL cannot store NUL in text (SQLite can): a request carrying one gets a 400 saying so, not a 500."""
+    with pytest.raises(InvalidArgument, match="NUL"):
+        pg.execute("SELECT ? AS t", ["a\x00b"])
+    with pytest.raises(InvalidArgument, match="NUL"):
+        pg.executemany("SELECT ?", [["ok"], ["a\x00b"]])
+    assert tuple(pg.execute("SELECT ? AS t", ["still fine"]).fetchone()) == ("still fine",)
 
 
 def test_transaction_commits_and_rolls_back(pg: Any) -> None:

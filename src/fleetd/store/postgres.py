@@ -27,7 +27,7 @@ import psycopg
 from psycopg import conninfo, pq, rows
 
 from ..core import dsn as dsns
-from ..core.errors import FailedPrecondition, Unavailable
+from ..core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from .dialect import POSTGRESQL, PostgresDialect
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,8 @@ class Cursor:
                 self._cur.execute(sql)
         except psycopg.IntegrityError as e:
             raise _integrity_error(e) from e
+        except psycopg.DataError as e:
+            raise _data_error(e) from e
         except psycopg.OperationalError as e:
             raise _lost(self._conn, e) from e
         self._note_insert(sql)
@@ -161,6 +163,8 @@ class Cursor:
             self._cur.executemany(translate(sql), seq_of_params)
         except psycopg.IntegrityError as e:
             raise _integrity_error(e) from e
+        except psycopg.DataError as e:
+            raise _data_error(e) from e
         except psycopg.OperationalError as e:
             raise _lost(self._conn, e) from e
         return self
@@ -211,6 +215,14 @@ class Cursor:
 
     def close(self) -> None:
         self._cur.close()
+
+
+def _data_error(e: psycopg.DataError) -> Exception:
+    """A value PostgreSQL cannot store, such as text with a NUL character (SQLite stores it; PostgreSQL's text type
+    cannot, and psycopg refuses it before sending): the caller's input, so InvalidArgument (400), not a 500."""
+    if "NUL" in str(e):
+        return InvalidArgument("text may not contain NUL (0x00) characters; remove them and send it again")
+    return e
 
 
 def _integrity_error(e: psycopg.IntegrityError) -> sqlite3.IntegrityError:

@@ -258,7 +258,12 @@ def on_exit(loop: asyncio.AbstractEventLoop, proc: subprocess.Popen[bytes], then
 
 
 def _controlling_tty() -> None:
-    """In the child: a session of its own, with the pty as its controlling terminal (job control, ^C)."""
+    """In the child: a session of its own, with the pty as its controlling terminal (job control, ^C), and the
+    signals a terminal sends handled by default: an agent started under nohup (or by anything else that ignores
+    SIGHUP) would otherwise pass the ignore on, and its shells would outlive a hang-up."""
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGTSTP, signal.SIGTTIN,
+                signal.SIGTTOU):
+        signal.signal(sig, signal.SIG_DFL)
     os.setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 

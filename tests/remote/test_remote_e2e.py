@@ -310,8 +310,23 @@ def _alive(pid: int) -> bool:
         return f.read().split(") ")[1][0] != "Z"
 
 
+def _process(pid: int) -> str:
+    """What a test that waits for ``pid`` to end shows when it did not: its state, parent, and who holds its tty."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return f"process {pid}: gone"
+    lines = [ln for ln in status.splitlines() if ln.split(":")[0] in ("Name", "State", "PPid", "SigIgn", "SigBlk")]
+    return f"process {pid}: " + "; ".join(lines)
+
+
 def test_a_killed_agent_ends_the_session_on_both_sides(server: ServerProcess, admin: Admin, tmp_path: Path) -> None:
-    d = enroll_and_run(server, admin, tmp_path / "killed", ALLOWED)
+    # The agent starts with SIGHUP ignored, as under nohup: its shells must still hang up with it.
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        d = enroll_and_run(server, admin, tmp_path / "killed", ALLOWED)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
     try:
         wait_channel(server, admin, d)
 
@@ -321,7 +336,8 @@ def test_a_killed_agent_ends_the_session_on_both_sides(server: ServerProcess, ad
             d.agent.proc.send_signal(signal.SIGKILL)
             msgs = [json.loads(m) for m in await messages(ws) if isinstance(m, str)]
             assert msgs and "the agent stopped or lost its connection" in msgs[-1]["closed"], msgs
-            wait_for("the shell to end with its agent", lambda: not _alive(first["pid"]), 10)
+            wait_for("the shell to end with its agent", lambda: not _alive(first["pid"]), 30,
+                     log=lambda: f"{_process(first['pid'])}\n{d.agent.log()}")
 
         asyncio.run(run())
     finally:

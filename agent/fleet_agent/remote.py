@@ -20,6 +20,7 @@ import socket
 import struct
 import threading
 import urllib.parse
+from asyncio import sslproto
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -50,8 +51,8 @@ Send = Callable[[bytes], Coroutine[Any, Any, None]]
 # asyncio's TLS transport (Python 3.11+) keeps a receive buffer of SSLProtocol.max_size bytes per connection for
 # good, 256 KiB by default: 64 KiB still takes four full TLS records a read, and the channel is this process's
 # only asyncio connection (the agent's idle RSS, docs/performance.md).
-if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > 64 * 1024:
-    asyncio.sslproto.SSLProtocol.max_size = 64 * 1024
+if getattr(sslproto.SSLProtocol, "max_size", 0) > 64 * 1024:
+    sslproto.SSLProtocol.max_size = 64 * 1024
 
 
 _tasks: set[asyncio.Task[None]] = set()

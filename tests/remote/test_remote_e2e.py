@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import select
@@ -215,10 +216,13 @@ def test_a_device_without_remote_access_refuses(server: ServerProcess, admin: Ad
 def _malloc_arenas(maps: str) -> int:
     """glibc's malloc arenas beyond the main heap in a /proc/PID/maps: each a 64 MiB-aligned reservation, its used
     part rw-p and the rest ---p."""
-    rows = [(int(a, 16), int(b, 16), perms) for a, b, perms in
-            (line.split()[0].split("-") + [line.split()[1]] for line in maps.splitlines())]
+    rows = []
+    for line in maps.splitlines():
+        span, perms = line.split()[:2]
+        a, b = span.split("-")
+        rows.append((int(a, 16), int(b, 16), perms))
     size = 64 << 20
-    return sum(1 for (a, b, p), (c, d, q) in zip(rows, rows[1:])
+    return sum(1 for (a, b, p), (c, d, q) in itertools.pairwise(rows)
                if a % size == 0 and p == "rw-p" and b == c and q == "---p" and d == a + size)
 
 

@@ -215,8 +215,8 @@ def _start_remote_access(settings: Settings, client: ServerClient) -> Any:
     if not conf.remote_access:
         log.info("remote access is off (remote_access = true in %s turns it on)", conf.path)
         return None
-    return remote_config.import_remote().start(client, conf, min(settings.max_backoff, 60.0),
-                                               str(settings.paths.root / "apps"))
+    return remote_config.import_remote().start(client, settings.paths.ca.read_text(), conf,
+                                               min(settings.max_backoff, 60.0), str(settings.paths.root / "apps"))
 
 
 def _ago(ts: float) -> str:

@@ -165,9 +165,7 @@ class ServerClient:
         self.key = key
         self.device_id = device_id
         self.status = ""
-        # One TLS context (the server's CA loaded once) for check-ins and the remote-access channel (remote.py).
-        self.ssl_context = pinned_context(ca_pem)
-        self.http = httpx.Client(verify=self.ssl_context, timeout=httpx.Timeout(timeout, connect=10.0),
+        self.http = httpx.Client(verify=pinned_context(ca_pem), timeout=httpx.Timeout(timeout, connect=10.0),
                                  headers={"User-Agent": f"fleet-agent/{__version__}"})
         self._token = ""
         self._expires = 0.0

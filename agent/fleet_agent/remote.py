@@ -28,7 +28,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from . import __version__
-from .client import AgentError, ServerClient
+from .client import AgentError, ServerClient, pinned_context
 from .remote_config import RemoteConfig
 
 log = logging.getLogger(__name__)
@@ -163,12 +163,13 @@ class RemoteAccess:
     """Keeps the channel open while the agent runs: connect, HELLO with the device's bearer token, serve; on
     any failure, again after a backoff (1 s doubling to ``max_backoff``, jittered)."""
 
-    def __init__(self, client: ServerClient, conf: RemoteConfig, max_backoff: float = 60.0,
+    def __init__(self, client: ServerClient, ca_pem: str, conf: RemoteConfig, max_backoff: float = 60.0,
                  apps_dir: str = "") -> None:
         self.client, self.conf, self.apps_dir = client, conf, apps_dir
         self.url = channel_url(client.base_url)
-        # The check-ins' TLS context: the server's CA is loaded once (a second SSL_CTX costs idle memory).
-        self.ssl = client.ssl_context if self.url.startswith("wss:") else None
+        # A TLS context of its own, not the check-ins': httpcore sets ALPN on that one at every new connection
+        # (SSL_CTX_set_alpn_protos), which may race SSL_new on this thread (run without the GIL).
+        self.ssl = pinned_context(ca_pem) if self.url.startswith("wss:") else None
         self.max_backoff = max_backoff
         self.loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
@@ -254,8 +255,9 @@ class RemoteAccess:
         return False
 
 
-def start(client: ServerClient, conf: RemoteConfig, max_backoff: float, apps_dir: str = "") -> RemoteAccess:
-    r = RemoteAccess(client, conf, max_backoff, apps_dir)
+def start(client: ServerClient, ca_pem: str, conf: RemoteConfig, max_backoff: float,
+          apps_dir: str = "") -> RemoteAccess:
+    r = RemoteAccess(client, ca_pem, conf, max_backoff, apps_dir)
     r.start()
     return r
 

@@ -4,7 +4,7 @@ Loaded by remote.py with the first such session. Each moves bytes as a terminal 
 (WINDOW frames) each way; an empty DATA frame from the server is the end of the operator's input. A session ends
 with EXIT 0 when it did its work, or CLOSE with the reason (a command's error output) when it did not.
 
-- ``file_get`` / ``file_put``: ``cat`` (and ``mv`` into place) as the terminal user (remote.session_user), only
+- ``file_get`` / ``file_put``: ``cat`` (and ``mv`` into place) as the terminal user (remote_terminal.session_user), only
   in the directories agent.conf's ``remote_copy_dirs`` names; a file written is complete or not there at all;
 - ``forward``: one TCP connection from the device to HOST:PORT, when agent.conf says ``remote_forward = true``;
 - ``logs``: ``tail`` (``-F`` to follow) of an app's log, refused where ``FLEET_AGENT_ALLOW_LOG_UPLOAD=0``.
@@ -35,12 +35,11 @@ from .remote import (
     WINDOW_BYTES,
     Refused,
     Send,
-    on_exit,
     pack,
-    session_user,
     spawn,
 )
 from .remote_config import RemoteConfig
+from .remote_terminal import on_exit, session_user
 
 CONNECT_TIMEOUT = 10.0
 MAX_ERROR = 2000  # bytes of a command's error output kept for the CLOSE reason

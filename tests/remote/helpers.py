@@ -26,7 +26,8 @@ class Device:
     state_dir: Path
 
 
-def enroll_and_run(server: ServerProcess, admin: Admin, where: Path, conf: str | None) -> Device:
+def enroll_and_run(server: ServerProcess, admin: Admin, where: Path, conf: str | None,
+                   poll_interval: str = "5") -> Device:
     state_dir = where / "state"
     token = admin.token(description="remote")["token"]
     p = subprocess.run([PYTHON, "-m", "fleet_agent", "enroll", "--state-dir", str(state_dir), "--server", server.url,
@@ -36,7 +37,7 @@ def enroll_and_run(server: ServerProcess, admin: Admin, where: Path, conf: str |
     if conf is not None:
         (state_dir / "agent.conf").write_text(conf)
     agent = AgentProcess([PYTHON, "-m", "fleet_agent", "run", "--state-dir", str(state_dir)], where / "agent.log",
-                         agent_env(PYTHONPATH=str(ROOT / "agent"), FLEET_AGENT_POLL_INTERVAL="5",
+                         agent_env(PYTHONPATH=str(ROOT / "agent"), FLEET_AGENT_POLL_INTERVAL=poll_interval,
                                    FLEET_AGENT_MAX_BACKOFF="1"))
     return Device(json.loads(p.stdout)["device_id"], agent, state_dir)
 

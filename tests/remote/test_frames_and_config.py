@@ -14,6 +14,7 @@ import msgspec
 import pytest
 
 from fleet_agent import remote as agent_remote
+from fleet_agent import remote_terminal
 from fleet_agent.config import ConfigError
 from fleet_agent.remote_config import RemoteConfig, load
 from fleetd.accounts import audit
@@ -74,10 +75,10 @@ def test_a_root_agent_needs_remote_user_to_run_terminals(tmp_path: Path) -> None
     if os.geteuid() != 0:
         pytest.skip("as root only")
     with pytest.raises(agent_remote.Refused, match="remote_user is not set"):
-        agent_remote.session_user(RemoteConfig(True, "", "", "agent.conf"))
+        remote_terminal.session_user(RemoteConfig(True, "", "", "agent.conf"))
     with pytest.raises(agent_remote.Refused, match="is not a user on this device"):
-        agent_remote.session_user(RemoteConfig(True, "no-such-user-here", "", "agent.conf"))
-    assert agent_remote.session_user(RemoteConfig(True, "root", "", "agent.conf")).pw_uid == 0
+        remote_terminal.session_user(RemoteConfig(True, "no-such-user-here", "", "agent.conf"))
+    assert remote_terminal.session_user(RemoteConfig(True, "root", "", "agent.conf")).pw_uid == 0
 
 
 ADMIN = Principal("key", "k1", "ops", "admin")

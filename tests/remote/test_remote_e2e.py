@@ -4,8 +4,10 @@ processes on loopback with their channels, the real CLI; sessions through the op
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import select
@@ -209,6 +211,48 @@ def test_a_device_without_remote_access_refuses(server: ServerProcess, admin: Ad
         assert p.returncode == 1 and "no remote-access channel" in " ".join(p.stderr.split())
     finally:
         off.agent.stop()
+
+
+def _malloc_arenas(maps: str) -> int:
+    """glibc's malloc arenas beyond the main heap in a /proc/PID/maps: each a 64 MiB-aligned reservation, its used
+    part rw-p and the rest ---p."""
+    rows = []
+    for line in maps.splitlines():
+        span, perms = line.split()[:2]
+        a, b = span.split("-")
+        rows.append((int(a, 16), int(b, 16), perms))
+    size = 64 << 20
+    return sum(1 for (a, b, p), (c, d, q) in itertools.pairwise(rows)
+               if a % size == 0 and p == "rw-p" and b == c and q == "---p" and d == a + size)
+
+
+def test_idle_memory_with_the_channel_open(server: ServerProcess, admin: Admin, tmp_path: Path) -> None:
+    """What the channel costs at idle (the agent's idle RSS target, < 40 MiB, docs/performance.md): measured as
+    tests/agent/test_core_runloop.py::test_idle_rss_of_run does with remote access off; with the channel open and
+    no session, the sessions' code (the pty's) is not loaded and the channel's thread has no malloc arena of its
+    own."""
+    d = enroll_and_run(server, admin, tmp_path, ALLOWED, poll_interval="0.25")
+    try:
+        wait_channel(server, admin, d)
+        seen: set[float] = set()
+
+        def checkins() -> bool:
+            with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+                seen.add(json.loads((d.state_dir / "runtime.json").read_text())["last_checkin"])
+            return len(seen - {0.0}) >= 10
+
+        wait_for("ten check-ins", checkins, 20, 0.05, d.agent.log)
+        status = Path(f"/proc/{d.agent.proc.pid}/status").read_text()
+        maps = Path(f"/proc/{d.agent.proc.pid}/maps").read_text()
+    finally:
+        d.agent.stop()
+    field = {k: v.split()[0] for k, _, v in (line.partition(":") for line in status.splitlines()) if v.strip()}
+    rss_kib = int(field["VmRSS"])
+    print(f"\nfleet-agent run, remote access on: idle VmRSS {rss_kib} KiB ({rss_kib / 1024:.1f} MiB)")
+    assert "channel open" in d.agent.log()
+    assert field["Threads"] == "2"  # the run loop and the channel's
+    assert "termios" not in maps  # remote_terminal.py loads with the first terminal
+    assert _malloc_arenas(maps) == 0
 
 
 def test_a_root_agent_without_remote_user_refuses_terminals(server: ServerProcess, admin: Admin,

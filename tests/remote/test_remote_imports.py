@@ -69,3 +69,29 @@ print(bool(importlib.metadata.version("msgspec")))
                        env={"PYTHONPATH": str(ROOT / "agent"), "PATH": "/usr/bin:/bin"})
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["False", "True"]
+
+
+def test_the_channel_keeps_a_small_tls_buffer_and_no_session_code() -> None:
+    """With the channel set up and no session, the agent holds no pty code, and asyncio's TLS receive buffer is
+    64 KiB instead of 256 (the agent's idle RSS, docs/performance.md)."""
+    code = """
+import asyncio, sys
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fleet_agent import remote_config
+from fleet_agent.client import ServerClient
+remote = remote_config.import_remote()
+client = ServerClient("https://fleet.example:8443", CA, Ed25519PrivateKey.generate(), "d1")
+r = remote.RemoteAccess(client, CA, remote_config.RemoteConfig(True, "root"))
+r.loop.close()
+print(r.ssl is not None, getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) <= 64 * 1024,
+      [m for m in ("fleet_agent.remote_terminal", "fleet_agent.remote_streams", "termios") if m in sys.modules])
+"""
+    from cryptography.hazmat.primitives import serialization
+
+    from fleetd.core.pki import _make_ca
+
+    ca = _make_ca()[0].public_bytes(serialization.Encoding.PEM).decode()
+    p = subprocess.run([sys.executable, "-c", f"CA = {ca!r}\n" + code], capture_output=True, text=True,
+                       timeout=60, env={"PYTHONPATH": str(ROOT / "agent"), "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "True True []"

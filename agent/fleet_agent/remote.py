@@ -52,7 +52,7 @@ Send = Callable[[bytes], Coroutine[Any, Any, None]]
 # good, 256 KiB by default: 64 KiB still takes four full TLS records a read, and the channel is this process's
 # only asyncio connection (the agent's idle RSS, docs/performance.md).
 if getattr(sslproto.SSLProtocol, "max_size", 0) > 64 * 1024:
-    sslproto.SSLProtocol.max_size = 64 * 1024
+    sslproto.SSLProtocol.max_size = 64 * 1024  # type: ignore[attr-defined,unused-ignore]  # 3.11+ only
 
 
 _tasks: set[asyncio.Task[None]] = set()

@@ -70,8 +70,11 @@ def cli(server: ServerProcess, admin: Admin, *args: str, timeout: float = 120) -
 
 def popen(server: ServerProcess, admin: Admin, *args: str) -> subprocess.Popen[str]:
     env = dict(os.environ, FLEETD_SERVER=server.url, FLEETD_API_KEY=admin.key, FLEETD_CA=server.ca, COLUMNS="400")
+    # ^C stops it as a user's would: SIGINT handled by default even when this test run was started in the
+    # background, which ignores SIGINT in everything it starts.
     return subprocess.Popen([*fleetd_cmd(), "devices", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, stdin=subprocess.DEVNULL)
+                            text=True, env=env, stdin=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def sha256(path: Path) -> str:

@@ -231,6 +231,8 @@ class Fleet:
             lease = FleetLease(self.changes.dsn, fleet_parts, seconds=self.settings.lease_seconds,
                                check=self.settings.lease_check_seconds)
             parts = [self.telemetry, self.changes, self.hub, lease]
+        if (own := Maintenance.of_process(self)) is not None:  # this data dir's recordings, on every replica
+            parts.append(own)
         if self.settings.mqtt_url:
             from .mqtt.bridge import MqttBridge  # aiomqtt and paho: loaded only with a broker to talk to
 

@@ -142,6 +142,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     remote_copy_max_mib: int = 1024
     # Record what each terminal session showed (DATA_DIR/recordings/), for `fleetd devices replay`.
     remote_record_terminals: bool = False
+    # Recordings last written this many days ago are deleted (their audit entries say so); 0 = kept forever.
+    remote_recording_days: float = 30
     # MQTT (docs/mqtt.md): the broker fleetd connects to as a service client, "mqtts://HOST:PORT"; "" = none (HTTPS
     # polling only, and nothing of MQTT is loaded). Its client certificate and key: "" = the data dir's
     # mqtt-client.pem / mqtt-client.key, which fleetd issues from the fleet CA (CN fleetd-service). The client id:
@@ -168,7 +170,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if not 1 <= self.max_metric_names_per_device <= self.max_metric_names:
             raise InvalidArgument("max_metric_names_per_device must be at least 1 and at most max_metric_names "
                                   f"({self.max_metric_names}), got {self.max_metric_names_per_device}")
-        for name in ("max_pending_devices", "pending_expiry_days"):
+        for name in ("max_pending_devices", "pending_expiry_days", "remote_recording_days"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"{name} must be 0 (no limit) or positive")
         self.webhook_allowed_networks = [str(n) for n in parse_networks(self.webhook_allowed_networks)]

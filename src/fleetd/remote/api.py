@@ -130,7 +130,8 @@ async def get_recording(request: Request[Any, Any, Any], session_id: str) -> Res
         data = await asyncio.to_thread(path.read_bytes)
     except FileNotFoundError:
         raise NotFound(f"this server has no recording of session {session_id}: the session was not recorded "
-                       "(remote_record_terminals was off), or another replica held it") from None
+                       "(remote_record_terminals was off), it expired (remote_recording_days; its audit entry "
+                       "says recording_expired), or another replica held it") from None
     meta, _ = recording.parse(data)
     hub = hub_of(request.app)
     await hub.write_audit(principal.actor(request.client.host if request.client else None), "device.remote_replay",

@@ -11,11 +11,21 @@ Written by the server process that holds the session, when ``remote_record_termi
 Types: ``o`` the bytes the operator was sent, ``r`` a resize (u16 cols, u16 rows). A recording stops growing at
 :data:`MAX_BYTES` (the session goes on; its audit entry says ``recording_truncated``). No HTTP here: api.py serves
 the files, and the CLI reads them with :func:`parse`.
+
+Retention (``remote_recording_days``): :func:`expire`, run by each server process's own maintenance on its own
+data dir (maintenance.py). A recorder holds a shared ``flock`` on its file while the session writes it, so that a
+long session's recording is never deleted under it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime as dt
+import fcntl
 import hashlib
+import logging
+import os
 import re
 import struct
 import time
@@ -26,6 +36,9 @@ from typing import Any, BinaryIO
 import msgspec
 
 from ..core.errors import InvalidArgument
+from . import storage
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"fleetd-recording 1\n"
 RECORD = struct.Struct("!dBI")
@@ -47,6 +60,7 @@ class Recorder:
         directory.mkdir(mode=0o700, exist_ok=True)
         self.path = path_of(directory, session_id)
         self._f: BinaryIO | None = open(self.path, "xb")  # noqa: SIM115 - open for the session's life
+        fcntl.flock(self._f, fcntl.LOCK_SH)  # in use: retention leaves it alone (expire)
         self._sha = hashlib.sha256()
         self._start = time.monotonic()
         self.size = 0
@@ -94,3 +108,56 @@ def parse(data: bytes) -> tuple[dict[str, Any], Iterator[tuple[float, int, bytes
             at += n
 
     return meta, records()
+
+
+def _in_use(path: str) -> bool:
+    """A session still writes this recording (its recorder holds a lock on it, in this process or another)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return True  # gone already: nothing to delete
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def stale(directory: Path, before: float) -> list[str]:
+    """The sessions whose recordings in ``directory`` were last written before ``before`` (seconds since the
+    epoch) and are no longer being written, oldest first."""
+    found = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    for e in entries:
+        session_id = e.name.removesuffix(".rec")
+        if e.name == session_id or not SESSION_ID.fullmatch(session_id):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            mtime = e.stat().st_mtime
+            if mtime < before and not _in_use(e.path):
+                found.append((mtime, session_id))
+    return [s for _, s in sorted(found)]
+
+
+async def expire(store: Any, directory: Path, days: float, now: float | None = None) -> str:
+    """Delete the recordings last written more than ``days`` ago. Each one's audit entry (``device.remote_session``)
+    first gets ``recording_expired`` (when), then the file goes: a crash between the two leaves a file that the
+    next run deletes, never an entry that names a recording that is gone without saying so."""
+    at = time.time() if now is None else now
+    sessions = await asyncio.to_thread(stale, directory, at - days * 86400)
+    if not sessions:
+        return "0 deleted"
+    when = dt.datetime.fromtimestamp(at, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    marked = 0
+    for i in range(0, len(sessions), 500):
+        batch = sessions[i:i + 500]
+        marked += await store.write(lambda c, b=batch: storage.mark_recordings_expired(c, b, when))
+    for session_id in sessions:
+        with contextlib.suppress(FileNotFoundError):
+            (directory / f"{session_id}.rec").unlink()
+    return f"{len(sessions)} deleted ({marked} audit entries marked)"

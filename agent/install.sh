@@ -22,12 +22,14 @@ PREFIX=""
 SYSTEMD=1
 REMOTE=0
 REMOTE_USER=""
+REMOTE_COPY_DIRS=""
+REMOTE_FORWARD=0
 PYTHON="${PYTHON:-python3}"
 MODULES="httpx zeroconf cryptography"
 
 say() { printf 'fleet-agent install: %s\n' "$*"; }
 die() { printf 'fleet-agent install: error: %s\n' "$*" >&2; exit 1; }
-OPTIONS="--server URL --token TOKEN [--pin sha256//KEY] [--name NAME] [--python PATH] [--prefix DIR] [--no-systemd] [--remote-access [--remote-user USER]]"
+OPTIONS="--server URL --token TOKEN [--pin sha256//KEY] [--name NAME] [--python PATH] [--prefix DIR] [--no-systemd] [--remote-access [--remote-user USER] [--remote-copy-dirs DIR:DIR] [--remote-forward]]"
 usage() {
   cat <<EOF
 usage: install.sh $OPTIONS
@@ -45,6 +47,10 @@ usage: install.sh $OPTIONS
   --remote-access  let the server's admins open terminals on this device (docs/remote-access.md): writes
                    remote_access = true in the state dir's agent.conf and installs python3-websockets
   --remote-user U  the user those terminals run as (with --remote-access; "root" only if you mean it)
+  --remote-copy-dirs D:D
+                   the directories 'fleetd devices cp' may read and write in (with --remote-access): absolute
+                   paths joined by ':', of letters, digits and . _ - + @ / only (default: none, no copies)
+  --remote-forward let 'fleetd devices forward' open TCP connections from this device (with --remote-access)
   -h, --help       this text
 Run it as root, or as a user who may sudo: it then runs itself again with sudo (asking for your password).
 Without --prefix it installs to /opt/fleet-agent (with /usr/local/bin/fleet-agent), keeps state in
@@ -66,6 +72,8 @@ while [ $# -gt 0 ]; do
     --no-systemd) SYSTEMD=0; shift ;;
     --remote-access) REMOTE=1; shift ;;
     --remote-user) need_value "$@"; REMOTE_USER=$2; shift 2 ;;
+    --remote-copy-dirs) need_value "$@"; REMOTE_COPY_DIRS=$2; shift 2 ;;
+    --remote-forward) REMOTE_FORWARD=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option '$1' (options: $OPTIONS; see --help)" ;;
   esac
@@ -75,6 +83,17 @@ done
 [ -n "$TOKEN" ] || die "--token is missing; copy the whole command from 'fleetd tokens create'"
 [ -z "$REMOTE_USER" ] || [ "$REMOTE" = 1 ] || die "--remote-user goes with --remote-access"
 case "$REMOTE_USER" in *[!A-Za-z0-9._-]*) die "--remote-user must be a user name, got '$REMOTE_USER'" ;; esac
+if [ "$REMOTE" = 0 ] && { [ -n "$REMOTE_COPY_DIRS" ] || [ "$REMOTE_FORWARD" = 1 ]; }; then
+  die "--remote-copy-dirs and --remote-forward go with --remote-access"
+fi
+# What reaches agent.conf goes inside a quoted string: only characters that need no quoting there, or in a shell.
+case "$REMOTE_COPY_DIRS" in
+  *[!A-Za-z0-9._+@/:-]*) die "--remote-copy-dirs takes absolute directories joined by ':', of letters, digits and . _ - + @ / only; got '$REMOTE_COPY_DIRS' (for other names, write remote_copy_dirs in agent.conf yourself: docs/remote-access.md)" ;;
+  :*|*:|*::*) die "--remote-copy-dirs has an empty directory in '$REMOTE_COPY_DIRS' (directories are joined by one ':')" ;;
+esac
+for dir in $(printf '%s' "$REMOTE_COPY_DIRS" | tr ':' ' '); do
+  case "$dir" in /*) ;; *) die "--remote-copy-dirs takes absolute directories (starting with /), got '$dir'" ;; esac
+done
 [ "$REMOTE" = 0 ] || MODULES="$MODULES websockets"
 SERVER=${SERVER%/}
 case "$SERVER" in
@@ -114,6 +133,8 @@ elif [ "$(id -u)" != 0 ]; then
   [ "$SYSTEMD" = 1 ] || set -- "$@" --no-systemd
   [ "$REMOTE" = 0 ] || set -- "$@" --remote-access
   [ -z "$REMOTE_USER" ] || set -- "$@" --remote-user "$REMOTE_USER"
+  [ -z "$REMOTE_COPY_DIRS" ] || set -- "$@" --remote-copy-dirs "$REMOTE_COPY_DIRS"
+  [ "$REMOTE_FORWARD" = 0 ] || set -- "$@" --remote-forward
   say "not root: running again with sudo"
   status=0
   sudo sh -s -- "$@" <"$SELF" || status=$?
@@ -225,10 +246,13 @@ if [ "$REMOTE" = 1 ]; then
     echo "# Written by install.sh --remote-access (docs/remote-access.md)"
     echo "remote_access = true"
     [ -z "$REMOTE_USER" ] || echo "remote_user = \"$REMOTE_USER\""
+    [ -z "$REMOTE_COPY_DIRS" ] || echo "remote_copy_dirs = \"$REMOTE_COPY_DIRS\""
+    [ "$REMOTE_FORWARD" = 0 ] || echo "remote_forward = true"
   } > "$STATE/agent.conf.tmp"
   chmod 644 "$STATE/agent.conf.tmp"
   mv -f "$STATE/agent.conf.tmp" "$STATE/agent.conf"
-  say "remote access on ($STATE/agent.conf)${REMOTE_USER:+; terminals run as $REMOTE_USER}"
+  say "remote access on ($STATE/agent.conf)${REMOTE_USER:+; terminals run as $REMOTE_USER}${REMOTE_COPY_DIRS:+; file copies in $REMOTE_COPY_DIRS}"
+  [ "$REMOTE_FORWARD" = 0 ] || say "port forwarding from this device allowed (remote_forward)"
 fi
 
 # --- run it --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -216,6 +217,29 @@ def test_agent_conf_copy_dirs_and_forward(tmp_path: Path) -> None:
         conf.write_text(text)
         with pytest.raises(ConfigError, match=match):
             load(conf)
+
+
+INSTALL_SH = Path(__file__).resolve().parents[2] / "agent" / "install.sh"
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--remote-copy-dirs", "/srv/a"], "go with --remote-access"),
+    (["--remote-forward"], "go with --remote-access"),
+    (["--remote-access", "--remote-copy-dirs", "srv/a"], "absolute directories (starting with /), got 'srv/a'"),
+    (["--remote-access", "--remote-copy-dirs", "/srv/a::/b"], "an empty directory"),
+    (["--remote-access", "--remote-copy-dirs", "/srv/a:"], "an empty directory"),
+    (["--remote-access", "--remote-copy-dirs", '/srv/a"\nremote_user = "root'], "letters, digits and . _ - + @ /"),
+    (["--remote-access", "--remote-copy-dirs", "/srv/$(reboot)"], "letters, digits and . _ - + @ /"),
+    (["--remote-access", "--remote-copy-dirs", "/srv/my dir"], "letters, digits and . _ - + @ /"),
+])
+def test_the_install_script_refuses_remote_options_it_cannot_write_safely(tmp_path: Path, args: list[str],
+                                                                         says: str) -> None:
+    """Checked before anything is installed: nothing under the prefix (the one-liner's own run writes agent.conf
+    for real: tests/remote/test_remote_e2e.py, test_the_install_one_liner_turns_remote_access_on)."""
+    p = subprocess.run(["sh", str(INSTALL_SH), "--server", "https://fleet.invalid", "--pin", "sha256//x", "--token",
+                        "t", "--prefix", str(tmp_path / "root"), *args], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and says in p.stderr, p.stdout + p.stderr
+    assert not (tmp_path / "root").exists()
 
 
 def test_file_copy_stays_in_the_allowed_directories(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fleet_agent import remote_config
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -410,11 +411,15 @@ def test_revoking_a_device_ends_its_channel_and_sessions(server: ServerProcess, 
 
 def test_the_install_one_liner_turns_remote_access_on(server: ServerProcess, admin: Admin, tmp_path: Path) -> None:
     prefix = tmp_path / "root"
+    dirs = f"{tmp_path}/share:/srv/my-app_1.0"
     p = run_shell(one_liner(admin.token(description="remote install")["install_command"], prefix)
-                  + f" --remote-access --remote-user {ME}")
+                  + f" --remote-access --remote-user {ME} --remote-copy-dirs {dirs} --remote-forward")
     assert p.returncode == 0, f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}"
     state = prefix / "var" / "lib" / "fleet-agent"
     assert ALLOWED in (state / "agent.conf").read_text()
+    conf = remote_config.load(state / "agent.conf")  # as the agent reads it
+    assert (conf.remote_access, conf.remote_user, conf.copy_dirs, conf.forward) == (
+        True, ME, (f"{tmp_path}/share", "/srv/my-app_1.0"), True)
     device_id = json.loads((state / "state.json").read_text())["device_id"]
     agent = AgentProcess([PYTHON, str(prefix / "opt" / "fleet-agent" / "fleet-agent.pyz"), "run", "--state-dir",
                           str(state)], tmp_path / "agent.log", agent_env(FLEET_AGENT_POLL_INTERVAL="5"))

@@ -11,7 +11,10 @@ the test changes, and nothing else:
 - the commands run in an empty temporary folder, which must still be empty at the end (the tour writes its files
   under `mktemp -d`, not into the checkout);
 - the install one-liner that "A real device" prints runs on this machine instead of a board: into a temporary
-  `--prefix`, without systemd (as tests/agent/test_e2e_install.py runs it).
+  `--prefix`, without systemd (as tests/agent/test_e2e_install.py runs it), with the remote-access options the
+  README gives it (`--remote-user` the user running the test instead of pi); the agent it installed then runs
+  here, and the README's `fleetd devices shell` block runs against it (the board's id for its name). So the
+  server runs with remote access on, as the README says to start it for that block.
 
 The blocks that need more than the two commands are in SKIPPED, each with its reason; the test fails when one of
 them is no longer in the README, so nothing is skipped silently.
@@ -29,8 +32,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.e2e_helpers import agent_env, build_served_agent
+from tests.agent.e2e_helpers import PYTHON, Admin, AgentProcess, agent_env, build_served_agent
 from tests.e2e.server import ServerProcess, fleetd_cmd, run_cli
+from tests.remote.helpers import ME, Device, wait_channel
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +50,8 @@ SKIPPED = {
                                 "tests/agent/test_modules_container.py builds its images the same way",
     "--module container": "ships containers to a board running the agent with podman; "
                           "tests/agent/test_modules_container.py deploys them through a real server and agent",
+    "fleetd devices shell": "opens a shell on the board's agent: run below, against the agent the one-liner "
+                            "installed here",
 }
 ACTIVATE = ". .venv/bin/activate"
 MARK = "@@ README block "
@@ -88,7 +94,8 @@ def test_the_tour_shows_every_step_and_skips_only_what_needs_hardware() -> None:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     build_served_agent()  # the one-liner downloads the agent from the server
     # A rollout pass every second instead of every 5 s: the rollout's stages follow each other sooner.
-    s = ServerProcess(tmp_path_factory.mktemp("tour") / "fleetd-data", env={"FLEETD_ROLLOUT_PASS_SECONDS": "1"}).start()
+    s = ServerProcess(tmp_path_factory.mktemp("tour") / "fleetd-data", env={"FLEETD_ROLLOUT_PASS_SECONDS": "1",
+                                                                          "FLEETD_REMOTE_ACCESS": "true"}).start()
     yield s
     s.stop()
 
@@ -127,9 +134,27 @@ def test_the_tour_runs_as_written(server: ServerProcess, tmp_path: Path) -> None
     real = next(o for o in output if o.split("\n", 1)[0].endswith(": A real device"))
     one_liner = next(line for line in real.splitlines() if line.startswith("curl "))
     prefix = tmp_path / "board"
-    install = subprocess.run(["bash", "-o", "pipefail", "-c", f"{one_liner} --prefix {prefix} --no-systemd"],
+    remote = re.search(r"`(--remote-access\s+--remote-user) pi`", README.read_text())
+    assert remote, "the README no longer gives the one-liner --remote-access --remote-user pi"
+    options = f"{' '.join(remote[1].split())} {ME} --prefix {prefix} --no-systemd"
+    install = subprocess.run(["bash", "-o", "pipefail", "-c", f"{one_liner} {options}"],
                              capture_output=True, text=True, env=agent_env(), timeout=120)
     assert install.returncode == 0, install.stdout + install.stderr
     devices = json.loads(run_cli("devices", "list", "--json", env=env).stdout)
     board = [d for d in devices if d["device_type"] != "sim"]
     assert len(board) == 1 and board[0]["status"] == "active" and board[0]["tags"] == {"site": "lab"}
+
+    # The README's shell block, against the agent the one-liner installed (as its systemd unit would run it).
+    state = prefix / "var" / "lib" / "fleet-agent"
+    agent = AgentProcess([PYTHON, str(prefix / "opt" / "fleet-agent" / "fleet-agent.pyz"), "run", "--state-dir",
+                          str(state)], tmp_path / "agent.log", agent_env())
+    try:
+        wait_channel(server, Admin(server, key), Device(board[0]["id"], agent, state))
+        block = next(b for _, b in tour_blocks() if "fleetd devices shell" in b)
+        shell = subprocess.run(["bash", "-euo", "pipefail", "-c", block.replace("raspberrypi", board[0]["id"])],
+                               cwd=tmp_path, env=dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **env),
+                               stdin=subprocess.DEVNULL,
+                               capture_output=True, text=True, timeout=60)
+    finally:
+        agent.stop()
+    assert shell.returncode == 0 and " up " in shell.stdout, shell.stdout + shell.stderr

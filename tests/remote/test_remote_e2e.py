@@ -106,6 +106,17 @@ def test_a_command_runs_and_its_exit_status_comes_back(server: ServerProcess, ad
     assert ok.returncode == 0 and ok.stdout.strip() == ME, ok
 
 
+def test_a_login_shell_without_a_terminal_ends_at_the_end_of_its_input(server: ServerProcess, admin: Admin,
+                                                                       device: Device) -> None:
+    """stdin's end reaches the remote shell as ^D, even when the first one came before the shell's line editor set
+    up the pty (which makes an early ^D a NUL): a script piped in runs and the shell exits, not idles out (255)."""
+    p = subprocess.run([*fleetd_cmd(), "devices", "shell", device.id], input="echo piped-$((6 * 7))\n",
+                       capture_output=True, text=True, env=cli_env(server, admin), timeout=30)
+    assert p.returncode == 0 and "piped-42" in p.stdout, p
+    empty = shell(server, admin, device.id)  # stdin /dev/null: the login shell ends at once
+    assert empty.returncode == 0, empty
+
+
 def test_output_larger_than_the_window_arrives_whole(server: ServerProcess, admin: Admin, device: Device) -> None:
     p = shell(server, admin, device.id, "seq 1 200000")  # 1.3 MB: five times the 256 KiB window, and more
     assert p.returncode == 0, p.stderr

@@ -2,7 +2,10 @@
 
 Asks the server for a session (POST /v1/remote/sessions), then opens its WebSocket and sends the single-use token
 first. With a terminal on stdin it goes raw and forwards window size changes (SIGWINCH); otherwise stdin is
-forwarded as it comes and its end is sent as ^D. The remote exit status becomes the command's.
+forwarded as it comes and its end is sent as ^D, again each time the remote side wrote something and then went
+quiet (:data:`EOF_AGAIN_SECONDS`): a ^D that reaches the pty before a shell's line editor set it up becomes a NUL
+there, not an end of input, so one ^D alone would leave ``fleetd devices shell ID < /dev/null`` at its prompt
+until it idled out. The remote exit status becomes the command's.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ CommandArg = Annotated[list[str] | None, typer.Argument(
     show_default=False)]
 # Exit status when the session ended without the remote one (channel lost, idle, refused mid-way): as ssh's 255.
 LOST = 255
+# Without a terminal: after stdin ended, the remote side's output followed by this much quiet gets another ^D.
+EOF_AGAIN_SECONDS = 0.3
 
 
 def request_session(client: Client, device_id: str, cols: int = 80, rows: int = 24, command: str | None = None,
@@ -120,6 +125,18 @@ async def _session(url: str, token: str, tls: ssl.SSLContext | None, interactive
                 await ws.send(await outgoing.get())
 
         sending = asyncio.create_task(sender())
+        stdin_ended = False
+        last_output = 0.0  # when the remote side last wrote (loop time); 0: not since the last ^D
+
+        async def end_of_input_again() -> None:
+            nonlocal last_output
+            while True:
+                await asyncio.sleep(EOF_AGAIN_SECONDS / 3)
+                if stdin_ended and last_output and loop.time() - last_output >= EOF_AGAIN_SECONDS:
+                    last_output = 0.0
+                    outgoing.put_nowait(b"\x04")
+
+        eof_again = None if interactive else asyncio.create_task(end_of_input_again())
         saved = None
         if interactive:
             import termios
@@ -134,23 +151,28 @@ async def _session(url: str, token: str, tls: ssl.SSLContext | None, interactive
 
             loop.add_signal_handler(signal.SIGWINCH, resized)
 
-        def chunk() -> bytes:
+        def chunk() -> bytes:  # b"": the end of stdin
             try:
-                data = os.read(stdin, 16384)
+                return os.read(stdin, 16384)
             except OSError:
-                data = b""
-            return data or b"\x04"  # the end of stdin: ^D, the pty's end of input
+                return b""
+
+        def ended() -> None:  # sent as ^D, the pty's end of input (a ^D typed on a terminal goes as it is)
+            nonlocal stdin_ended, last_output
+            stdin_ended, last_output = True, 0.0
+            outgoing.put_nowait(b"\x04")
 
         def readable() -> None:
-            data = chunk()
-            if data == b"\x04":
+            if data := chunk():
+                outgoing.put_nowait(data)
+            else:
                 loop.remove_reader(stdin)
-            outgoing.put_nowait(data)
+                ended()
 
         def pump() -> None:  # a file or /dev/null, which no selector takes: a thread reads it
-            while (data := chunk()) != b"\x04":
+            while data := chunk():
                 loop.call_soon_threadsafe(outgoing.put_nowait, data)
-            loop.call_soon_threadsafe(outgoing.put_nowait, data)
+            loop.call_soon_threadsafe(ended)
 
         try:
             loop.add_reader(stdin, readable)
@@ -162,6 +184,7 @@ async def _session(url: str, token: str, tls: ssl.SSLContext | None, interactive
                 if isinstance(message, bytes):
                     out.write(message)
                     out.flush()
+                    last_output = loop.time()
                     continue
                 ctl = msgspec.json.decode(message)
                 if "exit" in ctl:
@@ -177,6 +200,8 @@ async def _session(url: str, token: str, tls: ssl.SSLContext | None, interactive
             return LOST
         finally:
             sending.cancel()
+            if eof_again is not None:
+                eof_again.cancel()
             with contextlib.suppress(Exception):
                 loop.remove_reader(stdin)
             _restore(stdin, saved)

@@ -188,7 +188,7 @@ async def operator_session(socket: WebSocket[Any, Any, Any], session_id: str) ->
 
 
 async def _run_session(socket: WebSocket[Any, Any, Any], hub: RemoteHub, s: Session) -> None:
-    how, status = "operator left", None
+    how, status = "the operator left", None
 
     async def from_operator() -> None:
         while True:

@@ -114,8 +114,8 @@ def test_the_tour_runs_as_written(server: ServerProcess, tmp_path: Path) -> None
                    block]
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FLEETD_SERVER=server.url,
-               FLEETD_CA=server.ca)
+    path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"  # `fleetd` is this tree's
+    env = dict(os.environ, PATH=path, FLEETD_SERVER=server.url, FLEETD_CA=server.ca)
     env.pop("FLEETD_API_KEY", None)
     p = subprocess.run(["bash", "-c", "\n".join(script)], cwd=cwd, env=env, capture_output=True, text=True,
                        timeout=400)
@@ -152,8 +152,7 @@ def test_the_tour_runs_as_written(server: ServerProcess, tmp_path: Path) -> None
         wait_channel(server, Admin(server, key), Device(board[0]["id"], agent, state))
         block = next(b for _, b in tour_blocks() if "fleetd devices shell" in b)
         shell = subprocess.run(["bash", "-euo", "pipefail", "-c", block.replace("raspberrypi", board[0]["id"])],
-                               cwd=tmp_path, env=dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **env),
-                               stdin=subprocess.DEVNULL,
+                               cwd=tmp_path, env=dict(os.environ, PATH=path, **env), stdin=subprocess.DEVNULL,
                                capture_output=True, text=True, timeout=60)
     finally:
         agent.stop()

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet_agent import remote_config
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from fleet_agent import remote_config
 from tests.agent.e2e_helpers import PYTHON, Admin, AgentProcess, agent_env, build_served_agent, wait_for
 from tests.agent.test_e2e_install import one_liner, run_shell
 from tests.e2e.server import ServerProcess, fleetd_cmd

@@ -152,7 +152,7 @@ async def expire(store: Any, directory: Path, days: float, now: float | None = N
     sessions = await asyncio.to_thread(stale, directory, at - days * 86400)
     if not sessions:
         return "0 deleted"
-    when = dt.datetime.fromtimestamp(at, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    when = dt.datetime.fromtimestamp(at, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     marked = 0
     for i in range(0, len(sessions), 500):
         batch = sessions[i:i + 500]

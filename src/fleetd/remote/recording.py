@@ -24,7 +24,6 @@ import contextlib
 import datetime as dt
 import fcntl
 import hashlib
-import logging
 import os
 import re
 import struct
@@ -37,8 +36,6 @@ import msgspec
 
 from ..core.errors import InvalidArgument
 from . import storage
-
-log = logging.getLogger(__name__)
 
 MAGIC = b"fleetd-recording 1\n"
 RECORD = struct.Struct("!dBI")

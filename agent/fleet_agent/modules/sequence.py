@@ -316,13 +316,7 @@ class Driver:
             self._finish(job, module, "failed", f"the {module_name} module does not support rollback, so a "
                          "rollback cannot use it; deploy the version you want to go back to instead", report)
             return
-        self._enter(job, State.ARTIFACT_INSTALL)
-        report("installing", f"{module_name} module: {State.ARTIFACT_INSTALL.value}", 30)
-        try:
-            module.call(State.ARTIFACT_INSTALL, job)
-            crashpoint("mod-ArtifactInstall")
-        except ModuleError as e:
-            self._fail(job, module, f"{State.ARTIFACT_INSTALL.value} failed: {e}", report)
+        if not self._step(job, module, State.ARTIFACT_INSTALL, report, 30):
             return
         try:
             reboot = module.needs_reboot(job)
@@ -333,38 +327,34 @@ class Driver:
         if reboot is Reboot.NO:
             self._commit(job, module, report)
             return
-        self._enter(job, State.ARTIFACT_REBOOT)
         if reboot is Reboot.AUTOMATIC:
+            self._enter(job, State.ARTIFACT_REBOOT)
             report("installing", f"{module_name} module: rebooting the device to finish the install", 60)
             self.reboot()  # the sequence goes on at the agent's next start
             return
-        report("installing", f"{module_name} module: {State.ARTIFACT_REBOOT.value}", 60)
+        if self._step(job, module, State.ARTIFACT_REBOOT, report, 60):
+            self._after_reboot(job, module, report)
+
+    def _step(self, job: Job, module: UpdateModule, state: State, report: Report, progress: int | None) -> bool:
+        """Enter ``state`` (journaled first), report it (with ``progress``, unless None) and run it; when it
+        fails, the install fails (rolled back where the module can) and the answer is False."""
+        self._enter(job, state)
+        if progress is not None:
+            report("installing", f"{job.journal['module']} module: {state.value}", progress)
         try:
-            module.call(State.ARTIFACT_REBOOT, job)
-            crashpoint("mod-ArtifactReboot")
+            module.call(state, job)
+            crashpoint(f"mod-{state.value}")
         except ModuleError as e:
-            self._fail(job, module, f"{State.ARTIFACT_REBOOT.value} failed: {e}", report)
-            return
-        self._after_reboot(job, module, report)
+            self._fail(job, module, f"{state.value} failed: {e}", report)
+            return False
+        return True
 
     def _after_reboot(self, job: Job, module: UpdateModule, report: Report) -> None:
-        self._enter(job, State.ARTIFACT_VERIFY_REBOOT)
-        report("installing", f"{job.journal['module']} module: {State.ARTIFACT_VERIFY_REBOOT.value}", 70)
-        try:
-            module.call(State.ARTIFACT_VERIFY_REBOOT, job)
-            crashpoint("mod-ArtifactVerifyReboot")
-        except ModuleError as e:
-            self._fail(job, module, f"{State.ARTIFACT_VERIFY_REBOOT.value} failed: {e}", report)
-            return
-        self._commit(job, module, report)
+        if self._step(job, module, State.ARTIFACT_VERIFY_REBOOT, report, 70):
+            self._commit(job, module, report)
 
     def _commit(self, job: Job, module: UpdateModule, report: Report) -> None:
-        self._enter(job, State.ARTIFACT_COMMIT)
-        try:
-            module.call(State.ARTIFACT_COMMIT, job)
-            crashpoint("mod-ArtifactCommit")
-        except ModuleError as e:
-            self._fail(job, module, f"{State.ARTIFACT_COMMIT.value} failed: {e}", report)
+        if not self._step(job, module, State.ARTIFACT_COMMIT, report, None):
             return
         j = job.journal
         write_json(self.folder(job.name) / "installed.json", {

@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..durable import fsync_dir, remove_tree, switch_link
-from ..names import MANIFEST_FILE, VERSION
+from ..durable import remove_tree, switch_link
+from ..names import VERSION
 from ..supervisor import ProcessManager, ProcessSpec
-from ..unpack import is_archive, sync_tree
+from ..unpack import UnpackError, place
 from . import Job, ModuleError, ModuleName, State, UpdateModule, crashpoint
-from .sequence import RECORD_FIELDS
 
 # The app's log lines keep the logger they always had (operators filter on it).
 log = logging.getLogger("fleet_agent.apps")
@@ -92,21 +89,11 @@ class AppModule(UpdateModule):
         job.data["restore"] = restore
 
     def _place(self, job: Job, app: Any) -> None:
-        """The payload as ``<version>/`` beside the others, with the record it was installed from."""
-        app.root.mkdir(parents=True, exist_ok=True)
-        tmp = app.root / f".{job.version}.{secrets.token_hex(4)}.tmp"
-        os.replace(job.files, tmp)  # the same file system: one rename
-        file_name = str(job.record["file_name"])
-        if not is_archive(file_name):
-            os.chmod(tmp / file_name, 0o755)
-        (tmp / MANIFEST_FILE).write_text(json.dumps({k: job.record[k] for k in RECORD_FIELDS}, indent=1,
-                                                    sort_keys=True))
-        sync_tree(tmp)
-        crashpoint("unpacked")
-        final = app.dir(job.version)
-        remove_tree(final)
-        os.replace(tmp, final)
-        fsync_dir(app.root)
+        """The payload (the File Tree's files/) as ``<version>/`` beside the others, with its signed record."""
+        try:
+            place(job.files, app.root, job.version, job.record, after_unpack=lambda: crashpoint("unpacked"))
+        except UnpackError as e:
+            raise ModuleError(f"refused: {e}") from None
         crashpoint("placed")
 
     def state_ArtifactInstall(self, job: Job) -> None:

@@ -3,13 +3,14 @@
 Apps live in ``apps/<name>/``: one folder per installed ``<version>`` (the
 app's files plus ``.fleet-manifest.json``, the signed manifest it was installed
 from), a ``current`` symlink naming the version that runs, ``state.json``,
-``log`` and ``config.json``. An install is: verify the manifest → download →
-verify the bytes → unpack into a temp folder and rename it to ``<version>`` →
-write the intent (``pending`` in state.json, with what to go back to) → switch
-``current`` → start → watch the health window → commit, or switch back. Every
-step is a rename, so a power cut leaves ``current`` on a complete version, and
-:meth:`Executor.start` finishes the job: an install that was not committed is
-undone, and the action, still open on the server, runs again.
+``log`` and ``config.json``. Every install, an app's too, goes through the
+update-module sequence (:mod:`.modules.sequence`; the ``app`` module is
+:mod:`.modules.app`): verify the manifest here, then download → verify the
+bytes → put the version in place → switch ``current``, start, watch the health
+window → commit, or switch back. The sequence's journal and the renames leave
+``current`` on a complete version after a power cut, and :meth:`Executor.start`
+finishes the job: an install that was not committed is undone, and the action,
+still open on the server, runs again.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from . import selfupdate
 from .download import DownloadError, download
 from .durable import read_json, read_link, remove_tree, sweep, switch_link, write_json
 from .modules import ModuleError, ModuleName, crashpoint
+from .modules.app import AppModule
 from .modules.sequence import Driver
 from .names import APP_NAME, ENV_NAME, MANIFEST_FILE, SHA256, VERSION, BadName, check_file_name
 from .supervisor import POLICIES, ProcessManager, ProcessSpec
 from .systemd import make_supervisor
-from .unpack import UnpackError, is_archive, place
+from .unpack import is_archive
 from .verify import VerificationError, b64decode, verify_file, verify_manifest
 from .worker import Report
 
@@ -45,12 +47,14 @@ REBOOT_ENV = "FLEET_AGENT_REBOOT_CMD"
 # Local configuration on purpose: a server-pushed config action must not be able to lift the requirement.
 OFFLINE_KEYS_ENV = "FLEET_AGENT_OFFLINE_KEYS"
 DEFAULT_REBOOT = "systemctl reboot"
+# An app install's crash points: here (downloaded, verified, watching) and in the app module (modules/app.py).
 CRASH_STEPS = ("downloaded", "verified", "unpacked", "placed", "intent", "switched", "started", "watching",
                "committed", "reverting", "reverted")
 
 
-class ActionFailed(Exception):
-    pass
+class ActionFailed(ModuleError):
+    """The action cannot be carried out; the message says why (a ModuleError, so that the app module's states
+    fail with it too)."""
 
 
 def offline_keys_from_env() -> list[bytes]:
@@ -136,8 +140,9 @@ class Executor:
         # The agent exits through this to let the launcher start the new agent (tests replace it).
         self.exit_for_update: Callable[[], None] = self._exit_for_update
         self._busy = threading.Event()
-        # Every artifact whose module is not ``app`` goes through the update-module sequence (modules/).
-        self.updates = Driver(self.state_dir, device_type, modules=modules, reboot=self._reboot_now)
+        # Every artifact goes through the update-module sequence (modules/), apps through the app module.
+        self.updates = Driver(self.state_dir, device_type, modules=modules, reboot=self._reboot_now,
+                              app=AppModule(self))
 
     # --- the run loop's interface ------------------------------------------------
     def start(self) -> None:
@@ -146,18 +151,20 @@ class Executor:
         self.staging.mkdir(parents=True, exist_ok=True)
         sweep(self.apps_dir)
         for app in self._apps():
+            sweep(app.root)
+        self.updates.recover()  # an install that did not finish is finished or undone (apps started as it goes)
+        for app in self._apps():
             try:
-                self._recover(app)
+                self._settle(app)
                 st = app.state()
                 version = app.current_version()
                 if version and st.get("state") == "running":
-                    self.sup.resume(self._spec(app, version))
+                    self.sup.resume(self.spec(app, version))
             except Exception as e:  # one broken app must not keep the others down
                 log.exception("cannot start app %s", app.name)
                 st = app.state()
                 st.update(state="failed", last_error=f"cannot start: {e}")
                 app.save(st)
-        self.updates.recover()
 
     def stop(self) -> None:
         for app in self._apps():
@@ -180,7 +187,8 @@ class Executor:
                 continue
             st = app.state()
             live = self.sup.status(app.name)
-            if st.get("pending"):
+            j = self.updates.journal(app.name)
+            if j is not None and not j.get("outcome"):
                 state, health = "installing", ""
             elif st.get("state") in ("failed", "stopped"):
                 state = st["state"]
@@ -219,7 +227,8 @@ class Executor:
         if kind in ("install", "rollback"):
             if artifact:
                 self._install(action, artifact, report)
-            elif kind == "rollback" and self.updates.installed(str(action.get("component") or "")):
+            elif kind == "rollback" and (self.updates.installed(str(action.get("component") or "")) or {}).get(
+                    "module", ModuleName.APP.value) != ModuleName.APP.value:
                 raise ActionFailed(f"no previous version of {action.get('component')} is known to the server; "
                                    "deploy the version you want instead")
             elif kind == "rollback":
@@ -236,6 +245,10 @@ class Executor:
             self._logs(str(action.get("component") or ""), action.get("params"), report)
         else:
             raise ActionFailed(f"this agent does not know action kind {kind!r}; update the agent")
+
+    # --- what the app module (modules/app.py) uses ---------------------------------------
+    def app(self, name: str) -> App:
+        return App(self.apps_dir, name)
 
     def _app(self, name: str, must_exist: bool = True) -> App:
         try:
@@ -272,14 +285,10 @@ class Executor:
         module = str(manifest.get("module") or ModuleName.APP.value)
         if art["kind"] == "agent":
             self._update_agent(action, art, manifest, report)
-        elif art["kind"] == "app" and module == ModuleName.APP.value:
-            other = self.updates.installed(art["name"])
-            if other:
-                raise ActionFailed(f"{art['name']} is installed by the {other['module']} module on this device; an "
-                                   "app artifact needs another name")
-            self._install_app(action, art, manifest, report)
         elif art["kind"] == "app":
-            if App(self.apps_dir, art["name"]).current_version():
+            if module == ModuleName.APP.value:
+                self._app(str(art["name"]), must_exist=False)  # refused unless it is a name for a folder
+            elif App(self.apps_dir, art["name"]).current_version():
                 raise ActionFailed(f"{art['name']} is installed as an app on this device; an artifact for the "
                                    f"{module} module needs another name")
             try:
@@ -315,119 +324,13 @@ class Executor:
         crashpoint("verified")
         return path
 
-    def _install_app(self, action: dict[str, Any], art: dict[str, Any], manifest: dict[str, Any],
-                     report: Report) -> None:
-        app = self._app(str(art["name"]), must_exist=False)
-        version = str(art["version"])
-        st = app.state()
-        cur = app.current_version()
-        if cur and cur != version and older(version, cur) and not action.get("rollback"):
-            raise ActionFailed(f"{app.name} {version} is older than the installed {cur}; "
-                               "use a rollback to go back to an older version")
-        have = app.installed(version)
-        if have is None or have.get("sha256") != art["sha256"]:
-            if have is not None and cur == version:
-                raise ActionFailed(f"{app.name} {version} is installed with other contents (SHA-256 "
-                                   f"{have.get('sha256')}); versions are immutable, deploy a new version")
-            path = self._fetch(art, manifest, report)
-            report("installing", f"unpacking {art['file_name']}", 0)
-            try:
-                place(path, app.root, version, art, after_unpack=lambda: crashpoint("unpacked"))
-            except UnpackError as e:
-                raise ActionFailed(f"refused: {e}") from None
-            crashpoint("placed")
-            path.unlink(missing_ok=True)
-        else:
-            report("installing", f"{app.name} {version} is already on the device", 0)
-        spec = self._spec(app, version)  # a bad install spec fails here, before anything is switched
-
-        # What to go back to if the new version fails.
-        restore = None
-        if cur and cur != version and st.get("state") != "failed" and app.installed(cur):
-            restore = {"version": cur, "previous_version": st.get("previous_version"), "health": st.get("health") or ""}
-        elif st.get("previous_version") and app.installed(str(st["previous_version"])):
-            restore = {"version": st["previous_version"], "previous_version": None}
-        st["pending"] = {"version": version, "restore": restore, "action": action.get("id")}
-        app.save(st)
-        crashpoint("intent")
-        if cur != version:
-            switch_link(app.current, version)
-        crashpoint("switched")
-        report("installing", f"starting {app.name} {version}", 0)
-        self.sup.start(spec)
-        crashpoint("started")
-        problem = self._watch(app, version, manifest, report)
-        if problem is None:
-            app.save({"version": version, "previous_version": restore["version"] if restore else None,
-                      "state": "running", "health": "healthy", "restarts": 0, "last_error": ""})
-            crashpoint("committed")
-            self._prune(app, {version, restore["version"] if restore else None})
-            was = f" (was {cur})" if cur and cur != version else ""
-            report("succeeded", f"{app.name} {version} is running and passed its health check{was}", 100)
-            return
-        self.sup.stop(app.name)
-        crashpoint("reverting")
-        if restore is not None:
-            back = str(restore["version"])
-            log.info("%s %s failed its health check (%s); rolling back to %s", app.name, version, problem, back)
-            self._restore(app, restore, f"{version} failed: {problem}")
-            if version != back:
-                remove_tree(app.dir(version))
-            again = self._check_restored(app, back, report)
-            outcome = f"failed its health check too ({again})" if again else "passed its health check"
-            log.info("%s is back on %s, which %s", app.name, back, outcome)
-            report("failed" if again else "rolled_back", f"{app.name} {version} failed its health check ({problem}); "
-                                                         f"went back to {back}, which {outcome}", 100)
-        else:
-            app.save({"version": version, "previous_version": None, "state": "failed", "health": "unhealthy",
-                      "restarts": 0, "last_error": problem})
-            report("failed", f"{app.name} {version} failed its health check ({problem}); stopped it, and there "
-                             "is no previous version to go back to", 100)
-
-    def _restore(self, app: App, restore: dict[str, Any], why: str) -> None:
-        """Switch ``current`` back to the version in ``restore`` and start it."""
-        switch_link(app.current, str(restore["version"]))
-        crashpoint("reverted")
-        app.save({"version": restore["version"], "previous_version": restore.get("previous_version"),
-                  "state": "running", "health": "", "restarts": 0, "last_error": why})
-        self.sup.start(self._spec(app, str(restore["version"])))
-
-    def _check_restored(self, app: App, version: str, report: Report) -> str | None:
-        """Watch the version gone back to as an install is watched; record its health (the server shows it)."""
-        manifest = json.loads((app.installed(version) or {}).get("manifest") or "{}")
-        def relay(state: str, message: str = "", progress: int = 0, result: dict[str, Any] | None = None) -> None:
-            report(state, f"back on {version}: {message}", progress)
-
-        problem = self._watch(app, version, manifest, relay)
-        st = app.state()
-        app.save({**st, "health": "unhealthy" if problem else "healthy", "last_error": st["last_error"] + (
-            f"; {version} failed its health check too: {problem}" if problem else "")})
-        return problem
-
-    def _recover(self, app: App) -> None:
-        """Make ``current`` and state.json agree after a crash, undoing an install that did not commit."""
-        sweep(app.root)
+    def _settle(self, app: App) -> None:
+        """Make ``current`` and state.json agree at start (the sequence has finished or undone any install)."""
         st = app.state()
         link = app.current_version()
-        complete = link is not None and app.installed(link) is not None
-        pending = st.get("pending")
-        if pending:
-            restore = pending.get("restore")
-            why = f"the install of {pending.get('version')} was interrupted"
-            if restore and app.installed(str(restore["version"])):
-                log.info("%s: %s; going back to %s", app.name, why, restore["version"])
-                switch_link(app.current, str(restore["version"]))
-                app.save({"version": restore["version"], "previous_version": restore.get("previous_version"),
-                          "state": "running", "health": restore.get("health") or "", "restarts": 0, "last_error": why})
-            elif link is None:
-                remove_tree(app.root)  # a first install that never switched: nothing was installed
-            else:
-                app.save({"version": link, "previous_version": None, "state": "running" if complete else "failed",
-                          "health": "", "restarts": 0, "last_error": why})
-            return
         if link is None:
-            remove_tree(app.root)  # versions placed by a first install that never got as far as its intent
-        elif not complete:
+            remove_tree(app.root)  # versions placed by a first install that never switched
+        elif app.installed(link) is None:
             previous = st.get("previous_version")
             if previous and app.installed(str(previous)):
                 switch_link(app.current, str(previous))
@@ -437,16 +340,12 @@ class Executor:
                 st.update(version=link, state="failed", health="unhealthy",
                           last_error=f"{link} is incomplete on disk; deploy it again")
                 app.save(st)
-        elif st.get("version") != link:
+        elif st.get("version") != link or "pending" in st:  # "pending": an install cut under an older agent
+            st.pop("pending", None)
             st.update(version=link, state=st.get("state") or "running")
             app.save(st)
 
-    def _prune(self, app: App, keep: set[str | None]) -> None:
-        for p in app.root.iterdir():
-            if p.is_dir() and not p.is_symlink() and p.name not in keep and VERSION.ok(p.name):
-                remove_tree(p)
-
-    def _spec(self, app: App, version: str) -> ProcessSpec:
+    def spec(self, app: App, version: str) -> ProcessSpec:
         meta = app.installed(version)
         if meta is None:
             raise ActionFailed(f"{app.name} {version} is not completely installed")
@@ -481,7 +380,7 @@ class Executor:
         return ProcessSpec(name=app.name, argv=command, cwd=str(cwd), env=env, log=app.root / "log",
                            pidfile=app.root / "pid", restart=restart, description=f"{app.name} {version}")
 
-    def _watch(self, app: App, version: str, manifest: dict[str, Any], report: Report) -> str | None:
+    def watch(self, app: App, version: str, manifest: dict[str, Any], report: Report) -> str | None:
         """Watch the health window; None when healthy, else what went wrong."""
         from .health import probe
 
@@ -506,7 +405,7 @@ class Executor:
         if health.get("http_url") or health.get("command"):
             problem = None
             for attempt in range(self.probe_attempts):
-                problem = probe(health, str(app.dir(version)), self._spec(app, version).env)
+                problem = probe(health, str(app.dir(version)), self.spec(app, version).env)
                 if problem is None:
                     break
                 if attempt + 1 < self.probe_attempts:
@@ -531,12 +430,13 @@ class Executor:
             return
         self.sup.forget(name)
         remove_tree(app.root)
+        remove_tree(self.updates.folder(name))  # what its last install through the sequence left
         report("succeeded", f"removed {name}{' ' + version if version else ''}: there is no previous version "
                             "to go back to", 100)
 
     def _restart(self, app: App, report: Report) -> None:
         version = str(app.current_version())
-        spec = self._spec(app, version)
+        spec = self.spec(app, version)
         report("installing", f"restarting {app.name} {version}", 0)
         self.sup.start(spec)
         st = app.state()

@@ -151,7 +151,12 @@ class Supervisor:
         self._wake()
 
     def resume(self, spec: ProcessSpec) -> None:
-        """At agent start: bring ``spec`` up (our children never outlive the agent, so this is a start)."""
+        """At agent start: bring ``spec`` up (our children never outlive the agent, so this is a start), unless
+        this very spec already runs (the recovery of an install started it)."""
+        with self._lock:
+            child = self._children.get(spec.name)
+            if child is not None and child.spec == spec and child.proc is not None and child.proc.poll() is None:
+                return
         self.start(spec)
 
     def restart(self, name: str) -> None:

@@ -209,7 +209,9 @@ def sync_tree(root: Path) -> None:
 
 def place(path: Path, app_root: Path, version: str, artifact: dict[str, Any],
           after_unpack: Callable[[], None] | None = None) -> Path:
-    """Put the verified file at ``path`` in place as ``app_root/<version>/``; return that folder."""
+    """Put the verified file at ``path`` in place as ``app_root/<version>/``; return that folder. ``path`` may
+    be a folder instead, holding what the file unpacks to (the update-module sequence unpacked it already): its
+    entries are moved in."""
     try:
         file_name = check_file_name(artifact["file_name"])
     except BadName as e:
@@ -218,10 +220,14 @@ def place(path: Path, app_root: Path, version: str, artifact: dict[str, Any],
     tmp = app_root / f".{version}.{secrets.token_hex(4)}.tmp"
     tmp.mkdir()
     try:
-        if is_archive(file_name):
+        if path.is_dir():
+            for entry in path.iterdir():
+                os.replace(entry, tmp / entry.name)  # the same file system: a rename each
+        elif is_archive(file_name):
             extract(path, file_name, tmp)
         else:
             shutil.copyfile(path, tmp / file_name)
+        if not is_archive(file_name):
             os.chmod(tmp / file_name, 0o755)
         record = {k: artifact[k] for k in ("name", "version", "kind", "sha256", "size", "file_name", "manifest",
                                            "signature")}

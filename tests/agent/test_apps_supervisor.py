@@ -40,6 +40,18 @@ def test_always_restarts_even_a_clean_exit(sup: Supervisor, tmp_path: Path) -> N
     assert "hello" in (tmp_path / "log").read_text()
 
 
+def test_resume_leaves_the_very_spec_running_and_starts_another(sup: Supervisor, tmp_path: Path) -> None:
+    # At the agent's start, an install's recovery may have started the version it went back to already.
+    first = spec(tmp_path, "sleep 30")
+    sup.start(first)
+    pid = sup.status("app").pid
+    sup.resume(spec(tmp_path, "sleep 30"))
+    assert sup.status("app").pid == pid and alive(pid)
+    sup.resume(spec(tmp_path, "sleep 31"))
+    assert sup.status("app").pid != pid
+    wait_until(lambda: not alive(pid), what="the other spec's process to stop")
+
+
 def test_on_failure_restarts_a_failure_but_not_a_clean_exit(sup: Supervisor, tmp_path: Path) -> None:
     sup.start(spec(tmp_path, "exit 0"))
     wait_until(lambda: sup.status("app").exits == 1, what="the exit")

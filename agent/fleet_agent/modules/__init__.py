@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +82,16 @@ class Job:
     ``files/`` (its payload files: the file, or an archive's members) and ``tmp/``.
     """
 
-    def __init__(self, tree: Path, record: dict[str, Any], manifest: dict[str, Any], journal: dict[str, Any]) -> None:
+    def __init__(self, tree: Path, record: dict[str, Any], manifest: dict[str, Any], journal: dict[str, Any], *,
+                 report: Callable[..., None] = lambda *a, **k: None, save: Callable[[], None] = lambda: None,
+                 at_start: bool = False) -> None:
         self.tree = tree
         self.record = record  # name, version, kind, sha256, size, file_name, manifest, signature
         self.manifest = manifest
         self.journal = journal  # the sequence's durable record; modules may keep small values in journal["data"]
+        self.report = report  # the action's progress: report("installing", message, percent)
+        self.save = save  # write the journal (with data) to disk now, e.g. to record a point passed
+        self.at_start = at_start  # carried on at the agent's start, after a power cut or crash
 
     @property
     def name(self) -> str:
@@ -121,9 +127,29 @@ class UpdateModule:
     """
 
     name: str = ""
+    # Whether an install of the version (and bytes) the module installed last succeeds at once, changing nothing.
+    done_when_installed = True
 
     def supports_rollback(self, job: Job) -> bool:
         return False
+
+    def installed_version(self, name: str, installed: dict[str, Any]) -> str:
+        """The installed version of component ``name`` (``installed``: what its last committed install left)."""
+        return str(installed.get("version") or "")
+
+    def on_device(self, job: Job) -> bool:
+        """Before the download: True when the module still has this version on the device, so that nothing is
+        downloaded (files/ stays empty)."""
+        return False
+
+    def problem(self, state: State, error: ModuleError) -> str:
+        """How the failure of ``state`` is reported."""
+        return f"{state.value} failed: {error}"
+
+    def outcome(self, job: Job, final: str, message: str) -> tuple[str, str]:
+        """The final state and message of an install that ended (the sequence's words, which a module may
+        tell better: what it went back to, and how that went)."""
+        return final, message
 
     def needs_reboot(self, job: Job) -> Reboot:
         return Reboot.NO

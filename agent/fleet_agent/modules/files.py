@@ -58,8 +58,23 @@ def _old_backups(job: Job, dest: Path) -> list[Path]:
 
 
 class _Placed(UpdateModule):
+    """Both modules' one shape: stage the new content beside the destination, keep the previous as the backup,
+    switch with one rename; ArtifactRollback renames the backup back. Subclasses say how to check, stage and
+    keep."""
+
     def supports_rollback(self, job: Job) -> bool:
         return True
+
+    def check(self, job: Job, dest: Path) -> None:
+        raise NotImplementedError
+
+    def stage(self, job: Job, staged: Path, dest: Path) -> None:
+        """Write the new content at ``staged`` (beside ``dest``) and sync it."""
+        raise NotImplementedError
+
+    def keep(self, dest: Path, backup: Path) -> None:
+        """Keep the previous content as ``backup``."""
+        raise NotImplementedError
 
     def state_Download(self, job: Job) -> None:
         dest = _destination(job)  # refused before anything changes
@@ -67,8 +82,28 @@ class _Placed(UpdateModule):
         job.data["had_previous"] = dest.exists() or dest.is_symlink()
         self.check(job, dest)
 
-    def check(self, job: Job, dest: Path) -> None:
-        raise NotImplementedError
+    def state_ArtifactInstall(self, job: Job) -> None:
+        dest = Path(job.data["dest"])
+        staged, backup = _staged(job, dest), _backup(job, dest)
+        if not (backup.exists() and not dest.exists()):  # not already switched halfway (directory)
+            self.stage(job, staged, dest)
+            if job.data["had_previous"] and not backup.exists():
+                self.keep(dest, backup)
+        os.replace(staged, dest)
+        fsync_dir(dest.parent)
+
+    def state_ArtifactRollback(self, job: Job) -> None:
+        if "dest" not in job.data:
+            return
+        dest = Path(job.data["dest"])
+        backup = _backup(job, dest)
+        if backup.exists() or backup.is_symlink():
+            if dest.is_dir() and not dest.is_symlink():
+                remove_tree(dest)  # the new tree: a rename does not replace a folder
+            os.replace(backup, dest)
+        elif not job.data["had_previous"]:
+            _remove(dest)
+        fsync_dir(dest.parent)
 
     def state_ArtifactCommit(self, job: Job) -> None:
         dest = Path(job.data["dest"])
@@ -94,33 +129,18 @@ class FileModule(_Placed):
         if mode and not (len(mode) <= 4 and all(c in "01234567" for c in mode)):
             raise ModuleError(f"the metadata mode {mode!r} must be octal permissions such as 0644")
 
-    def state_ArtifactInstall(self, job: Job) -> None:
-        dest = Path(job.data["dest"])
-        source = next(job.files.iterdir())
-        staged, backup = _staged(job, dest), _backup(job, dest)
-        shutil.copyfile(source, staged)
+    def stage(self, job: Job, staged: Path, dest: Path) -> None:
+        shutil.copyfile(next(job.files.iterdir()), staged)
         mode = job.meta.get("mode", "")
         os.chmod(staged, int(mode, 8) if mode else (dest.stat().st_mode & 0o7777 if dest.exists() else 0o644))
         with open(staged, "rb") as f:
             os.fsync(f.fileno())
-        if job.data["had_previous"] and not backup.exists():
-            try:
-                os.link(dest, backup, follow_symlinks=False)
-            except OSError:  # a file system without hard links
-                shutil.copy2(dest, backup, follow_symlinks=False)
-        os.replace(staged, dest)
-        fsync_dir(dest.parent)
 
-    def state_ArtifactRollback(self, job: Job) -> None:
-        if "dest" not in job.data:
-            return
-        dest = Path(job.data["dest"])
-        backup = _backup(job, dest)
-        if backup.exists() or backup.is_symlink():
-            os.replace(backup, dest)
-        elif not job.data["had_previous"]:
-            dest.unlink(missing_ok=True)
-        fsync_dir(dest.parent)
+    def keep(self, dest: Path, backup: Path) -> None:
+        try:  # a hard link: the destination stays in place until the switch replaces it
+            os.link(dest, backup, follow_symlinks=False)
+        except OSError:  # a file system without hard links
+            shutil.copy2(dest, backup, follow_symlinks=False)
 
 
 class DirectoryModule(_Placed):
@@ -130,31 +150,14 @@ class DirectoryModule(_Placed):
         if dest.exists() and not dest.is_dir():
             raise ModuleError(f"{dest} is a file on this device; the directory module replaces folders only")
 
-    def state_ArtifactInstall(self, job: Job) -> None:
-        dest = Path(job.data["dest"])
-        staged, backup = _staged(job, dest), _backup(job, dest)
-        if not (backup.exists() and not dest.exists()):  # not already switched halfway
-            remove_tree(staged)
-            shutil.copytree(job.files, staged, symlinks=True)
-            sync_tree(staged)
-            if job.data["had_previous"] and not backup.exists():
-                os.rename(dest, backup)
-                crashpoint("mod-directory-switching")
-        os.rename(staged, dest)
-        fsync_dir(dest.parent)
+    def stage(self, job: Job, staged: Path, dest: Path) -> None:
+        remove_tree(staged)
+        shutil.copytree(job.files, staged, symlinks=True)
+        sync_tree(staged)
 
-    def state_ArtifactRollback(self, job: Job) -> None:
-        if "dest" not in job.data:
-            return
-        dest = Path(job.data["dest"])
-        backup = _backup(job, dest)
-        if backup.exists():
-            if dest.exists():
-                remove_tree(dest)  # the new tree
-            os.rename(backup, dest)
-        elif not job.data["had_previous"] and dest.exists():
-            remove_tree(dest)
-        fsync_dir(dest.parent)
+    def keep(self, dest: Path, backup: Path) -> None:
+        os.rename(dest, backup)  # a folder cannot be replaced by a rename: it is moved aside first
+        crashpoint("mod-directory-switching")
 
 
 __all__ = ["DirectoryModule", "FileModule"]

@@ -52,11 +52,13 @@ def _noop_report(state: str, message: str = "", progress: int = 0, result: dict[
 
 
 class Driver:
-    """Runs artifacts of every module but ``app`` (which the Executor runs) through the sequence."""
+    """Runs artifacts of every module through the sequence; ``app``, the built-in module that needs the agent's
+    supervisor, is given by the Executor."""
 
     def __init__(self, state_dir: Path, device_type: str, *, modules: Path | None = None,
-                 reboot: Callable[[], None]) -> None:
+                 reboot: Callable[[], None], app: UpdateModule | None = None) -> None:
         self.root = Path(state_dir) / "updates"
+        self.app = app
         self.device_type = device_type
         self.modules = modules if modules is not None else modules_dir()
         self._reboot = reboot
@@ -67,6 +69,8 @@ class Driver:
 
     # --- modules -------------------------------------------------------------------------------
     def resolve(self, name: str) -> UpdateModule:
+        if name == ModuleName.APP.value and self.app is not None:
+            return self.app
         if name == ModuleName.FILE.value:
             from .files import FileModule
             return FileModule()
@@ -139,8 +143,9 @@ class Driver:
         job.journal["state"] = state.value
         self._save(job.journal)
 
-    def _job(self, j: dict[str, Any]) -> Job:
-        return Job(self.folder(j["record"]["name"]) / "tree", j["record"], json.loads(j["record"]["manifest"]), j)
+    def _job(self, j: dict[str, Any], report: Report = _noop_report, *, at_start: bool = False) -> Job:
+        return Job(self.folder(j["record"]["name"]) / "tree", j["record"], json.loads(j["record"]["manifest"]), j,
+                   report=report, save=lambda: self._save(j), at_start=at_start)
 
     # --- at start ------------------------------------------------------------------------------
     def recover(self) -> None:
@@ -166,7 +171,7 @@ class Driver:
 
     def _resume(self, j: dict[str, Any], report: Report, at_start: bool) -> None:
         state = j.get("state")
-        job = self._job(j)
+        job = self._job(j, report, at_start=at_start)
         try:
             module = self.resolve(j["module"])
         except ModuleError as e:
@@ -275,24 +280,26 @@ class Driver:
         if inst.get("module") not in (None, module_name):
             raise ModuleError(f"{name} is installed by the {inst['module']} module on this device; an artifact for "
                               f"the {module_name} module needs another name")
+        module = self.resolve(module_name)  # before anything is downloaded
         version = str(art["version"])
-        if inst.get("version") == version and inst.get("sha256") == art["sha256"]:
+        if (module.done_when_installed and inst.get("version") == version
+                and inst.get("sha256") == art["sha256"]):
             report("succeeded", f"{name} {version} is already installed by the {module_name} module", 100)
             return
-        cur = str(inst.get("version") or "")
+        cur = module.installed_version(name, inst)
         if cur and cur != version and older(version, cur) and not action.get("rollback"):
             raise ModuleError(f"{name} {version} is older than the installed {cur}; use a rollback to go back "
                               "to an older version")
-        module = self.resolve(module_name)  # before anything is downloaded
         folder = self.folder(name)
         folder.mkdir(parents=True, exist_ok=True)
         j = {"action": action.get("id"), "module": module_name, "state": State.DOWNLOAD.value,
              "record": {k: art[k] for k in RECORD_FIELDS}, "token": secrets.token_hex(4),
              "previous_version": cur or None, "rollback_action": bool(action.get("rollback")), "data": {}}
         self._save(j)
-        job = self._job(j)
+        job = self._job(j, report)
         try:
-            path = fetch()
+            # The payload is downloaded unless the module still has this very version on the device.
+            path = None if module.on_device(job) else fetch()
         except BaseException:  # nothing changed: no sequence to finish
             self._finish(job, None, None, "", _noop_report)
             raise
@@ -303,26 +310,21 @@ class Driver:
             self._finish(job, module, "failed", f"refused: {e}", report)
             return
         finally:
-            path.unlink(missing_ok=True)
+            if path is not None:
+                path.unlink(missing_ok=True)
         report("installing", f"{module_name} module: {State.DOWNLOAD.value}", 10)
         try:
             module.call(State.DOWNLOAD, job)
             crashpoint("mod-Download")
             j["rollback"] = module.supports_rollback(job)
         except ModuleError as e:
-            self._finish(job, module, "failed", f"{State.DOWNLOAD.value} failed: {e}", report)
+            self._finish(job, module, "failed", module.problem(State.DOWNLOAD, e), report)
             return
         if j["rollback_action"] and not j["rollback"]:
             self._finish(job, module, "failed", f"the {module_name} module does not support rollback, so a "
                          "rollback cannot use it; deploy the version you want to go back to instead", report)
             return
-        self._enter(job, State.ARTIFACT_INSTALL)
-        report("installing", f"{module_name} module: {State.ARTIFACT_INSTALL.value}", 30)
-        try:
-            module.call(State.ARTIFACT_INSTALL, job)
-            crashpoint("mod-ArtifactInstall")
-        except ModuleError as e:
-            self._fail(job, module, f"{State.ARTIFACT_INSTALL.value} failed: {e}", report)
+        if not self._step(job, module, State.ARTIFACT_INSTALL, report, 30):
             return
         try:
             reboot = module.needs_reboot(job)
@@ -333,38 +335,34 @@ class Driver:
         if reboot is Reboot.NO:
             self._commit(job, module, report)
             return
-        self._enter(job, State.ARTIFACT_REBOOT)
         if reboot is Reboot.AUTOMATIC:
+            self._enter(job, State.ARTIFACT_REBOOT)
             report("installing", f"{module_name} module: rebooting the device to finish the install", 60)
             self.reboot()  # the sequence goes on at the agent's next start
             return
-        report("installing", f"{module_name} module: {State.ARTIFACT_REBOOT.value}", 60)
+        if self._step(job, module, State.ARTIFACT_REBOOT, report, 60):
+            self._after_reboot(job, module, report)
+
+    def _step(self, job: Job, module: UpdateModule, state: State, report: Report, progress: int | None) -> bool:
+        """Enter ``state`` (journaled first), report it (with ``progress``, unless None) and run it; when it
+        fails, the install fails (rolled back where the module can) and the answer is False."""
+        self._enter(job, state)
+        if progress is not None:
+            report("installing", f"{job.journal['module']} module: {state.value}", progress)
         try:
-            module.call(State.ARTIFACT_REBOOT, job)
-            crashpoint("mod-ArtifactReboot")
+            module.call(state, job)
+            crashpoint(f"mod-{state.value}")
         except ModuleError as e:
-            self._fail(job, module, f"{State.ARTIFACT_REBOOT.value} failed: {e}", report)
-            return
-        self._after_reboot(job, module, report)
+            self._fail(job, module, module.problem(state, e), report)
+            return False
+        return True
 
     def _after_reboot(self, job: Job, module: UpdateModule, report: Report) -> None:
-        self._enter(job, State.ARTIFACT_VERIFY_REBOOT)
-        report("installing", f"{job.journal['module']} module: {State.ARTIFACT_VERIFY_REBOOT.value}", 70)
-        try:
-            module.call(State.ARTIFACT_VERIFY_REBOOT, job)
-            crashpoint("mod-ArtifactVerifyReboot")
-        except ModuleError as e:
-            self._fail(job, module, f"{State.ARTIFACT_VERIFY_REBOOT.value} failed: {e}", report)
-            return
-        self._commit(job, module, report)
+        if self._step(job, module, State.ARTIFACT_VERIFY_REBOOT, report, 70):
+            self._commit(job, module, report)
 
     def _commit(self, job: Job, module: UpdateModule, report: Report) -> None:
-        self._enter(job, State.ARTIFACT_COMMIT)
-        try:
-            module.call(State.ARTIFACT_COMMIT, job)
-            crashpoint("mod-ArtifactCommit")
-        except ModuleError as e:
-            self._fail(job, module, f"{State.ARTIFACT_COMMIT.value} failed: {e}", report)
+        if not self._step(job, module, State.ARTIFACT_COMMIT, report, None):
             return
         j = job.journal
         write_json(self.folder(job.name) / "installed.json", {
@@ -463,6 +461,8 @@ class Driver:
             except ModuleError as e:
                 log.warning("%s: %s failed: %s", job.name, State.CLEANUP.value, e)
         remove_tree(job.tree)
+        if final is not None and module is not None:
+            final, message = module.outcome(job, final, message)
         if final is not None and report is _noop_report:
             j["outcome"] = [final, message]
             self._save(j)
@@ -475,7 +475,8 @@ class Driver:
             report(final, message, 100)
 
     # --- the v3 File Tree ------------------------------------------------------------------------------
-    def _make_tree(self, job: Job, path: Path, current: str) -> None:
+    def _make_tree(self, job: Job, path: Path | None, current: str) -> None:
+        """The v3 File Tree; its files/ stays empty when the module had the payload on the device already."""
         tree = job.tree
         remove_tree(tree)
         for sub in ("header", "files", "tmp"):
@@ -498,6 +499,8 @@ class Driver:
         for file_name, text in top.items():
             (tree / file_name).write_text(text + "\n")
         file_name = str(job.record["file_name"])
+        if path is None:
+            return
         if is_archive(file_name):
             extract(path, file_name, job.files)
         else:

@@ -31,26 +31,34 @@ def modules_in(inventory: Any) -> set[str]:
     return {m.strip() for m in listed.split(",") if m.strip()} or {DEFAULT_MODULE}
 
 
+def lacks_module(module: str, inventory: Any) -> bool:
+    """Whether a device with this inventory cannot install with ``module`` (never for ``app``)."""
+    return module not in ("", DEFAULT_MODULE) and module not in modules_in(inventory)
+
+
+def how_to_get(module: str, them: str = "them") -> str:
+    """What gives devices (``them``) ``module``, for a refusal or a skipped device."""
+    if module == "container":  # an agent lists it only where podman or docker is installed
+        return (f"install podman or docker on {them} (fleet-agent lists the container module only where one is) "
+                "and update fleet-agent if it is older than the module")
+    if module in BUILTIN_MODULES:
+        return f"update fleet-agent on {them} (the {module} module is built into newer agents)"
+    return (f"install the module on {them} (an executable named {module} in the agent's modules directory, "
+            f"FLEET_AGENT_MODULES_DIR, default /usr/share/fleet-agent/modules) and let {them} check in")
+
+
 def check_devices_have_module(art: Artifact, devices: Iterable[tuple[str, Any]]) -> None:
     """Refuse (all or none) when any of ``devices`` — (id, inventory) — lacks the artifact's module."""
     module = module_of(art)
     if module in ("", DEFAULT_MODULE):
         return
-    lacking = [device_id for device_id, inventory in devices if module not in modules_in(inventory)]
+    lacking = [device_id for device_id, inventory in devices if lacks_module(module, inventory)]
     if not lacking:
         return
     listed = ", ".join(lacking[:LISTED]) + (f" and {len(lacking) - LISTED} more" if len(lacking) > LISTED else "")
-    if module == "container":  # an agent lists it only where podman or docker is installed
-        fix = ("install podman or docker on them (fleet-agent lists the container module only where one is) "
-               "and update fleet-agent if it is older than the module")
-    elif module in BUILTIN_MODULES:
-        fix = f"update fleet-agent on them (the {module} module is built into newer agents)"
-    else:
-        fix = (f"install the module on them (an executable named {module} in the agent's modules directory, "
-               "FLEET_AGENT_MODULES_DIR, default /usr/share/fleet-agent/modules) and let them check in")
     raise FailedPrecondition(f"{art.name}@{art.version} is installed by the {module!r} update module, which "
-                             f"{len(lacking)} device(s) do not have: {listed}; {fix}, or leave them out "
-                             "('fleetd devices show ID' lists a device's modules)")
+                             f"{len(lacking)} device(s) do not have: {listed}; {how_to_get(module)}, or leave them "
+                             "out ('fleetd devices show ID' lists a device's modules)")
 
 
-__all__ = ["INVENTORY_KEY", "check_devices_have_module", "modules_in"]
+__all__ = ["INVENTORY_KEY", "check_devices_have_module", "how_to_get", "lacks_module", "modules_in"]

@@ -14,8 +14,10 @@ A device's status in a rollout:
                  reports the new version, no failure or restart reported, health condition held
     failed       the install failed or rolled back on the device, or a fault was seen while soaking
                  (unhealthy, restarted, another version reported, condition broken, went silent)
-    skipped      offline or without progress past the offline timeout, declined (consent), or its
-                 action was cancelled; shown as such, never a silent pass
+    skipped      offline or without progress past the offline timeout, declined (consent), its
+                 action was cancelled, or it lacks the artifact's update module (recorded when it would
+                 have got its action: a fault whose reason starts with SKIPPED_MARK); shown as such,
+                 never a silent pass
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from .states import ENDED
 
 STATUSES = ("pending", "queued", "in_progress", "soaking", "succeeded", "failed", "skipped")
 PENDING, QUEUED, IN_PROGRESS, SOAKING, SUCCEEDED, FAILED, SKIPPED = range(7)
+# A recorded fault with this reason is a device left out (it never got an action), not a failure.
+SKIPPED_MARK: Final = "skipped: "
 STARTED_STATES = PROGRESS[PROGRESS.index(ActionState.ACCEPTED):]  # the device took the action on
 
 
@@ -309,7 +313,7 @@ def evaluate(snap: Snapshot, *, details: bool = False, for_stage: int | None = N
         ev.members += 1
         late = joined >= since
         if action is None:
-            if did not in busy:
+            if did not in busy and did not in snap.faults:
                 ev.missing.append(did)
         elif status != SKIPPED and not late:
             ev.attempted += 1
@@ -345,7 +349,10 @@ def _classify(snap: Snapshot, did: str, a: Install | None, k: int, last_seen: fl
     """(status, why, whether it is a new fault to record) for a device whose stage has started.
     ``why`` is always given for failures, otherwise only when ``explain``."""
     if snap.faults and did in snap.faults:
-        return FAILED, snap.faults[did], False
+        why = snap.faults[did]
+        if why.startswith(SKIPPED_MARK):
+            return SKIPPED, why[len(SKIPPED_MARK):], False
+        return FAILED, why, False
     r, now = snap.row, snap.now
     timeout = r.offline_timeout
     seen = last_seen if last_seen is not None else joined

@@ -378,7 +378,7 @@ def promote(conn: sqlite3.Connection, actor: Actor, rollout_id: str, now: float,
     steps.start_stage(conn, actor, snap.row, r.stage + 1, now, change, installs=len(ev.missing),
                       previous_outcome="promoted")
     audit.record(conn, actor, "rollout.promote", r.id, stage=r.stage + 1)
-    steps.create_installs(conn, actor, snap.row, ev.missing, change, audited=False)
+    steps.create_installs(conn, actor, snap.row, ev.missing, change, now, audited=False)
     return change
 
 
@@ -496,7 +496,7 @@ def apply(conn: sqlite3.Connection, rollout_id: str, rev: int, plan: Plan, now: 
             steps.start_stage(conn, actor, r, plan.start, now, change,
                               installs=plan.stage_installs or len(plan.installs))
         if plan.installs:
-            steps.create_installs(conn, actor, r, plan.installs, change,
+            steps.create_installs(conn, actor, r, plan.installs, change, now,
                                   audited=plan.start is None and not plan.stage_part)
         if plan.rollbacks:
             steps.create_rollbacks(conn, actor, r, plan.rollbacks, change)

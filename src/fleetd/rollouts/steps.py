@@ -15,12 +15,14 @@ from typing import Any
 from ..accounts import audit
 from ..accounts.audit import Actor
 from ..artifacts import catalog as artifacts
+from ..artifacts.catalog import DEFAULT_MODULE, module_of
+from ..artifacts.modules import how_to_get, lacks_module, modules_in
 from ..core.effects import Publish
 from ..core.names import matches_any
 from ..devices import actions
 from ..store.database import effect
 from . import storage
-from .progress import RolloutRow
+from .progress import SKIPPED_MARK, RolloutRow
 from .states import ENDED
 
 ORCHESTRATOR = Actor("system", None, "orchestrator")
@@ -83,16 +85,24 @@ def _free(conn: sqlite3.Connection, r: RolloutRow, ids: list[str], kind: str) ->
 
 
 def create_installs(conn: sqlite3.Connection, actor: Actor, r: RolloutRow, device_ids: list[str],
-                    change: Change, limit: int | None = None, *, audited: bool = True) -> None:
+                    change: Change, now: float, limit: int | None = None, *, audited: bool = True) -> None:
     """Install actions for those of ``device_ids`` that may get one, at most ``limit`` (default :data:`CHUNK`), in
-    bulk. ``audited``: one audit entry for them all; a stage start leaves it to the stage's own entry."""
+    bulk. ``audited``: one audit entry for them all; a stage start leaves it to the stage's own entry.
+
+    A device whose inventory does not list the artifact's update module (a deploy would be refused for it) gets
+    no action: it is recorded as skipped, with the reason, and shown so in the rollout (:data:`SKIPPED_MARK`).
+    This is checked for every device as it gets its action (each stage's start, and devices that joined the
+    target or a started stage later), against its inventory as it is then."""
     limit = limit or CHUNK
     art = artifacts.get(conn, r.artifact_id)
+    module = module_of(art)
     fits: dict[str, bool] = {}  # device type → whether the artifact is built for it (a handful of types)
     free: list[str] = []
+    skipped: list[tuple[str, str]] = []
     for chunk in _chunks(device_ids):
         taken = storage.devices_with_action(conn, chunk, r.component, r.id, "install")
         types = storage.active_types_among(conn, chunk)  # a device may have changed type since it was targeted
+        inventories = storage.inventories_among(conn, chunk) if module not in ("", DEFAULT_MODULE) else {}
         for d in chunk:
             t = types.get(d)
             if t is None or d in taken:
@@ -100,10 +110,18 @@ def create_installs(conn: sqlite3.Connection, actor: Actor, r: RolloutRow, devic
             fit = fits.get(t)
             if fit is None:
                 fit = fits[t] = matches_any(art.device_types, t)
-            if fit:
-                free.append(d)
+            if not fit:
+                continue
+            if inventories and lacks_module(module, inventories.get(d)):
+                skipped.append((d, f"{SKIPPED_MARK}its inventory does not list the {module!r} update module "
+                                   f"(it has {', '.join(sorted(modules_in(inventories.get(d))))}); "
+                                   f"{how_to_get(module, 'it')}, then deploy to it (this rollout leaves it out)"))
+                continue
+            free.append(d)
         if len(free) >= limit:
             break
+    if skipped:
+        storage.insert_faults(conn, r.id, skipped, now)
     free = free[:limit]  # the rest: at the next pass, as devices of a started stage without an action
     ids = actions.insert_installs(conn, actor, free, art, consent=r.consent, rollout_id=r.id)
     if audited:

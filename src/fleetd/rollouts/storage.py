@@ -93,6 +93,12 @@ def active_types_among(conn: sqlite3.Connection, device_ids: list[str]) -> dict[
         if row[1] == "active"}
 
 
+def inventories_among(conn: sqlite3.Connection, device_ids: list[str]) -> dict[str, str]:
+    """Device → its inventory (JSON text), for these devices (at most 500)."""
+    return {row[0]: row[1] for row in _tuples(
+        conn, f"SELECT id, inventory FROM devices WHERE id IN ({_marks(len(device_ids))})", device_ids)}
+
+
 def devices_with_action(conn: sqlite3.Connection, device_ids: list[str], component: str, rollout_id: str,
                         kind: str) -> set[str]:
     """Those of these devices (at most 500) with an open action for the component, or a ``kind`` action of the

@@ -237,7 +237,7 @@ class Tracker:
         late = joined >= self.since
         attempted = action is not None and status != SKIPPED and not late
         self.attempted += attempted
-        missing = action is None and did not in snap.busy
+        missing = action is None and did not in snap.busy and did not in snap.faults
         if missing:
             self.missing[did] = None
         if status >= SUCCEEDED:

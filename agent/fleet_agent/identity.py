@@ -10,7 +10,6 @@ import re
 import stat
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .config import ConfigError, atomic_write
@@ -18,12 +17,21 @@ from .names import DEVICE_TYPE, HARDWARE_ID, BadName
 
 log = logging.getLogger(__name__)
 
+# An unencrypted PKCS#8 Ed25519 key is these 16 DER bytes, then the 32-byte private key (RFC 8410 §7): what
+# load_or_create_key writes. Read here without cryptography's serialization package, whose import (its SSH key
+# code and every key type's module) costs the agent ~1.7 MiB of idle RSS (docs/performance.md); anything else is
+# left to that package, loaded then.
+PKCS8_ED25519_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
+PEM_PRIVATE_KEY = re.compile(rb"-----BEGIN PRIVATE KEY-----\s*([A-Za-z0-9+/=\s]+?)\s*-----END PRIVATE KEY-----\s*")
+
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     """The device key at ``path``; made (and stored readable by the owner only) on first use."""
     try:
         pem = path.read_bytes()
     except FileNotFoundError:
+        from cryptography.hazmat.primitives import serialization  # once in the device's life
+
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
@@ -34,6 +42,11 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     if mode & 0o077:
         log.warning("%s was readable by others (mode %o); making it 0600", path, mode)
         os.chmod(str(path), 0o600)
+    key = _ed25519_pkcs8(pem)
+    if key is not None:
+        return key
+    from cryptography.hazmat.primitives import serialization
+
     try:
         loaded = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as e:
@@ -46,8 +59,27 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     return loaded
 
 
+def _ed25519_pkcs8(pem: bytes) -> Ed25519PrivateKey | None:
+    """The key in ``pem`` when it is exactly one unencrypted PKCS#8 Ed25519 key; else None."""
+    m = PEM_PRIVATE_KEY.fullmatch(pem)
+    if m is None:
+        return None
+    try:
+        der = base64.b64decode(b"".join(m.group(1).split()), validate=True)
+    except ValueError:
+        return None
+    if len(der) != len(PKCS8_ED25519_PREFIX) + 32 or not der.startswith(PKCS8_ED25519_PREFIX):
+        return None
+    return Ed25519PrivateKey.from_private_bytes(der[len(PKCS8_ED25519_PREFIX):])
+
+
 def public_key_raw(key: Ed25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    public = key.public_key()
+    if hasattr(public, "public_bytes_raw"):  # cryptography 40+
+        return bytes(public.public_bytes_raw())
+    from cryptography.hazmat.primitives import serialization  # older: the Encoding and format enums live there
+
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def public_key_b64(key: Ed25519PrivateKey) -> str:

@@ -17,10 +17,9 @@ from .names import DEVICE_TYPE, HARDWARE_ID, BadName
 
 log = logging.getLogger(__name__)
 
-# An unencrypted PKCS#8 Ed25519 key is these 16 DER bytes, then the 32-byte private key (RFC 8410 §7): what
-# load_or_create_key writes. Read here without cryptography's serialization package, whose import (its SSH key
-# code and every key type's module) costs the agent ~1.7 MiB of idle RSS (docs/performance.md); anything else is
-# left to that package, loaded then.
+# An unencrypted PKCS#8 Ed25519 key is these 16 DER bytes, then the 32-byte private key (RFC 8410 §7). The agent
+# writes and reads that form itself, without cryptography's serialization package, whose import (its SSH key code and
+# every key type's module) would cost ~1.7 MiB of idle RSS (docs/performance.md); any other PEM is left to it.
 PKCS8_ED25519_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
 PEM_PRIVATE_KEY = re.compile(rb"-----BEGIN PRIVATE KEY-----\s*([A-Za-z0-9+/=\s]+?)\s*-----END PRIVATE KEY-----\s*")
 
@@ -30,21 +29,17 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     try:
         pem = path.read_bytes()
     except FileNotFoundError:
-        from cryptography.hazmat.primitives import serialization  # once in the device's life
-
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        atomic_write(path, pem, mode=0o600)
+        seed = os.urandom(32)  # an Ed25519 private key is 32 random bytes (RFC 8032 §5.1.5)
+        atomic_write(path, pem_ed25519(seed), mode=0o600)
         log.info("made a new device key in %s", path)
-        return key
+        return Ed25519PrivateKey.from_private_bytes(seed)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         log.warning("%s was readable by others (mode %o); making it 0600", path, mode)
         os.chmod(str(path), 0o600)
-    key = _ed25519_pkcs8(pem)
-    if key is not None:
-        return key
+    found = _ed25519_pkcs8(pem)
+    if found is not None:
+        return found
     from cryptography.hazmat.primitives import serialization
 
     try:
@@ -57,6 +52,12 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
         raise ConfigError(f"{path} holds a {type(loaded).__name__}, not an Ed25519 key; move it away to make a "
                           "new one")
     return loaded
+
+
+def pem_ed25519(seed: bytes) -> bytes:
+    """The unencrypted PKCS#8 PEM of the Ed25519 private key ``seed``: what cryptography writes for it."""
+    b64 = base64.b64encode(PKCS8_ED25519_PREFIX + seed)
+    return b"-----BEGIN PRIVATE KEY-----\n" + b64 + b"\n-----END PRIVATE KEY-----\n"
 
 
 def _ed25519_pkcs8(pem: bytes) -> Ed25519PrivateKey | None:

@@ -22,8 +22,8 @@ from fleet_agent.config import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def pkcs8(key: object) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,  # type: ignore[attr-defined]
+def pkcs8(key: Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
@@ -31,8 +31,8 @@ def test_the_key_file_is_the_one_cryptography_writes_and_reads(tmp_path: Path) -
     path = tmp_path / "device.key"
     key = identity.load_or_create_key(path)
     assert path.read_bytes() == pkcs8(key)
-    assert serialization.load_pem_private_key(path.read_bytes(), None).private_bytes_raw() \
-        == key.private_bytes_raw()  # type: ignore[union-attr]
+    loaded = serialization.load_pem_private_key(path.read_bytes(), None)
+    assert isinstance(loaded, Ed25519PrivateKey) and loaded.private_bytes_raw() == key.private_bytes_raw()
     other = Ed25519PrivateKey.generate()
     path.write_bytes(pkcs8(other).replace(b"\n", b"\r\n"))  # read as written elsewhere, line ends and all
     assert identity.load_or_create_key(path).private_bytes_raw() == other.private_bytes_raw()

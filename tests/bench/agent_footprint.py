@@ -161,7 +161,6 @@ class Mode:
     """One agent under measurement: its own fleetd (so the check-ins counted are its own), enrolled and running."""
 
     name: str
-    server: Service
     admin: Admin
     device_id: str
     proc: Proc
@@ -188,7 +187,7 @@ def _start_mode(name: str, work: Path, logs: Path, pyz: Path, poll_interval: int
         (state / "agent.conf").write_text(conf)
     proc = Proc([sys.executable, str(pyz), "run", "--state-dir", str(state)], logs / f"agent-{name}.log")
     stack.callback(proc.stop)
-    return Mode(name, server, admin, device_id, proc, ready)
+    return Mode(name, admin, device_id, proc, ready)
 
 
 def _mqtt_fleet(work: Path, stack: contextlib.ExitStack) -> dict[str, str]:

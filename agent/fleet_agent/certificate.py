@@ -4,12 +4,17 @@ connects to it with this certificate, docs/mqtt.md) or with ``FLEET_AGENT_CLIENT
 The run loop asks for one after a check-in of an active device, with a CSR for the device's own Ed25519 key, and
 asks again (over its current credentials: the same call) once the server's ``renew_after`` (about two thirds of the
 lifetime) has passed. The certificate goes to ``client.pem`` in the state dir (its key is ``device.key``), for the
-MQTT link and whatever else speaks mutual TLS with it; ``client-cert.json`` keeps its serial and dates. Without
-either, cryptography's x509 is never imported (only here).
+MQTT link and whatever else speaks mutual TLS with it; ``client-cert.json`` keeps its serial and dates.
+
+The CSR is written here, DER by hand, and signed with the device key: cryptography's x509 and serialization
+packages would cost the agent ~1.6 MiB of idle RSS for good, for one CSR every few weeks (docs/performance.md).
+Ed25519 signatures are deterministic, so the bytes are exactly those of cryptography's
+``CertificateSigningRequestBuilder`` (a test holds them equal).
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import Callable
@@ -19,21 +24,38 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .client import AgentError
 from .config import Paths, atomic_write, read_json, write_json
-from .identity import public_key_b64
+from .identity import public_key_b64, public_key_raw
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_FAILURE = 3600.0
 
 
-def make_csr(key: Ed25519PrivateKey, cn: str) -> str:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.x509.oid import NameOID
+_ED25519 = b"\x06\x03\x2b\x65\x70"  # OBJECT IDENTIFIER 1.3.101.112 (RFC 8410)
+_COMMON_NAME = b"\x06\x03\x55\x04\x03"  # OBJECT IDENTIFIER 2.5.4.3
+_SEQUENCE, _SET, _BIT_STRING, _UTF8_STRING = 0x30, 0x31, 0x03, 0x0C
 
-    csr = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])).sign(key, None)
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+def _der(tag: int, *content: bytes) -> bytes:
+    """One DER element: tag, definite length, content."""
+    body = b"".join(content)
+    n = len(body)
+    if n < 0x80:
+        return bytes([tag, n]) + body
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + body
+
+
+def make_csr(key: Ed25519PrivateKey, cn: str) -> str:
+    """A PKCS#10 request (RFC 2986) for ``key`` with subject CN=``cn`` and no attributes, PEM."""
+    algorithm = _der(_SEQUENCE, _ED25519)
+    subject = _der(_SEQUENCE, _der(_SET, _der(_SEQUENCE, _COMMON_NAME, _der(_UTF8_STRING, cn.encode()))))
+    spki = _der(_SEQUENCE, algorithm, _der(_BIT_STRING, b"\x00", public_key_raw(key)))
+    info = _der(_SEQUENCE, b"\x02\x01\x00", subject, spki, b"\xa0\x00")  # version 0; attributes [0] empty
+    der = _der(_SEQUENCE, info, algorithm, _der(_BIT_STRING, b"\x00", key.sign(info)))
+    b64 = base64.b64encode(der).decode()
+    lines = [b64[i:i + 64] for i in range(0, len(b64), 64)]
+    return "\n".join(["-----BEGIN CERTIFICATE REQUEST-----", *lines, "-----END CERTIFICATE REQUEST-----", ""])
 
 
 class ClientCertificate:

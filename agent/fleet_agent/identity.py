@@ -10,7 +10,6 @@ import re
 import stat
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .config import ConfigError, atomic_write
@@ -18,22 +17,31 @@ from .names import DEVICE_TYPE, HARDWARE_ID, BadName
 
 log = logging.getLogger(__name__)
 
+# An unencrypted PKCS#8 Ed25519 key is these 16 DER bytes, then the 32-byte private key (RFC 8410 §7). The agent
+# writes and reads that form itself, without cryptography's serialization package, whose import (its SSH key code and
+# every key type's module) would cost ~1.7 MiB of idle RSS (docs/performance.md); any other PEM is left to it.
+PKCS8_ED25519_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
+PEM_PRIVATE_KEY = re.compile(rb"-----BEGIN PRIVATE KEY-----\s*([A-Za-z0-9+/=\s]+?)\s*-----END PRIVATE KEY-----\s*")
+
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     """The device key at ``path``; made (and stored readable by the owner only) on first use."""
     try:
         pem = path.read_bytes()
     except FileNotFoundError:
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        atomic_write(path, pem, mode=0o600)
+        seed = os.urandom(32)  # an Ed25519 private key is 32 random bytes (RFC 8032 §5.1.5)
+        atomic_write(path, pem_ed25519(seed), mode=0o600)
         log.info("made a new device key in %s", path)
-        return key
+        return Ed25519PrivateKey.from_private_bytes(seed)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         log.warning("%s was readable by others (mode %o); making it 0600", path, mode)
         os.chmod(str(path), 0o600)
+    found = _ed25519_pkcs8(pem)
+    if found is not None:
+        return found
+    from cryptography.hazmat.primitives import serialization
+
     try:
         loaded = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as e:
@@ -46,8 +54,33 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     return loaded
 
 
+def pem_ed25519(seed: bytes) -> bytes:
+    """The unencrypted PKCS#8 PEM of the Ed25519 private key ``seed``: what cryptography writes for it."""
+    b64 = base64.b64encode(PKCS8_ED25519_PREFIX + seed)
+    return b"-----BEGIN PRIVATE KEY-----\n" + b64 + b"\n-----END PRIVATE KEY-----\n"
+
+
+def _ed25519_pkcs8(pem: bytes) -> Ed25519PrivateKey | None:
+    """The key in ``pem`` when it is exactly one unencrypted PKCS#8 Ed25519 key; else None."""
+    m = PEM_PRIVATE_KEY.fullmatch(pem)
+    if m is None:
+        return None
+    try:
+        der = base64.b64decode(b"".join(m.group(1).split()), validate=True)
+    except ValueError:
+        return None
+    if len(der) != len(PKCS8_ED25519_PREFIX) + 32 or not der.startswith(PKCS8_ED25519_PREFIX):
+        return None
+    return Ed25519PrivateKey.from_private_bytes(der[len(PKCS8_ED25519_PREFIX):])
+
+
 def public_key_raw(key: Ed25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    public = key.public_key()
+    if hasattr(public, "public_bytes_raw"):  # cryptography 40+
+        return bytes(public.public_bytes_raw())
+    from cryptography.hazmat.primitives import serialization  # older: the Encoding and format enums live there
+
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def public_key_b64(key: Ed25519PrivateKey) -> str:

@@ -23,22 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from . import applogs
-from .remote import (
-    CLOSE,
-    CREDIT,
-    DATA,
-    EXIT,
-    EXIT_F,
-    OPENED,
-    READ_CHUNK,
-    WINDOW,
-    WINDOW_BYTES,
-    Refused,
-    Send,
-    pack,
-    spawn,
-)
+from .remote import CLOSE, EXIT, EXIT_F, OPENED, Refused, Send, pack, spawn
 from .remote_config import RemoteConfig
+from .remote_flow import Flow
 from .remote_terminal import on_exit, session_user
 
 CONNECT_TIMEOUT = 10.0
@@ -48,99 +35,37 @@ PUT_SCRIPT = ('umask 022; part="$1.fleetd-part.$$"; trap \'rm -f "$part"\' EXIT;
               'cat > "$part" && mv -f "$part" "$1"')
 
 
-class Stream:
-    """Bytes read from ``out_fd`` go to the server as its window allows; the server's DATA is written to ``in_fd``."""
+class Stream(Flow):
+    """Bytes read from ``out_fd`` go to the server as its window allows; the server's DATA is written to ``in_fd``,
+    and an empty DATA frame ends that input."""
 
     def __init__(self, sid: int, send: Send, loop: asyncio.AbstractEventLoop) -> None:
-        self.sid, self.send, self.loop = sid, send, loop
-        self.out_fd: int | None = None
-        self.in_fd: int | None = None
-        self.credit = WINDOW_BYTES
-        self.pending = b""
+        super().__init__(sid, send, loop)
         self.input_ended = False   # the operator sent its end (an empty DATA)
         self.input_closed = False
-        self.output_done = True
-        self.reading = False
-        self.closed = False
+
+    @property
+    def output_done(self) -> bool:
+        return self.out_fd is None
 
     def start(self, out_fd: int | None, in_fd: int | None) -> None:
-        self.out_fd, self.in_fd, self.output_done = out_fd, in_fd, out_fd is None
+        self.out_fd, self.in_fd = out_fd, in_fd
         for fd in (out_fd, in_fd):
             if fd is not None:
                 os.set_blocking(fd, False)
         self._read_on()
 
-    # --- output ----------------------------------------------------------------------------------------------
-    def _read_on(self) -> None:
-        if not self.reading and not self.closed and not self.output_done and self.credit > 0:
-            assert self.out_fd is not None
-            self.loop.add_reader(self.out_fd, self._readable)
-            self.reading = True
-
-    def _read_off(self) -> None:
-        if self.reading and self.out_fd is not None:
-            self.loop.remove_reader(self.out_fd)
-        self.reading = False
-
-    def _readable(self) -> None:
-        assert self.out_fd is not None
-        try:
-            data = os.read(self.out_fd, min(READ_CHUNK, self.credit))
-        except BlockingIOError:
-            return
-        except OSError:  # a reset connection: its end
-            data = b""
-        if not data:
-            self._read_off()
-            self.output_done = True
-            self.output_ended()
-            return
-        self.credit -= len(data)
-        if self.credit <= 0:
-            self._read_off()
-        spawn(self.loop, self.send(pack(self.sid, DATA, data)))
-
-    def granted(self, n: int) -> None:
-        self.credit += n
-        self._read_on()
-
-    # --- input -----------------------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        if self.closed or self.input_closed:
+        if self.input_closed:
             return
-        if data:
-            self.pending += data
-        else:
+        if not data:
             self.input_ended = True
-        self._writable()
+        super().write(data)
 
-    def _writable(self) -> None:
-        if self.in_fd is None or self.closed:
-            return
-        n = 0
-        if self.pending:
-            try:
-                n = os.write(self.in_fd, self.pending)
-            except BlockingIOError:
-                n = 0
-            except OSError:  # the reader is gone; the session ends on its own
-                n = len(self.pending)
-            self.pending = self.pending[n:]
-            if n:
-                self.took(n)
-        if self.pending:
-            self.loop.add_writer(self.in_fd, self._writable)
-            return
-        self.loop.remove_writer(self.in_fd)
+    def input_drained(self) -> None:
         if self.input_ended and not self.input_closed:
             self.input_closed = True
             self.end_input()
-
-    def took(self, n: int) -> None:
-        spawn(self.loop, self.send(pack(self.sid, WINDOW, CREDIT.pack(n))))
-
-    def resize(self, cols: int, rows: int) -> None:
-        """Only terminals have a size."""
 
     # --- what a kind does at its ends ------------------------------------------------------------------------
     def output_ended(self) -> None:

@@ -21,20 +21,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .remote import (
-    CREDIT,
-    DATA,
-    EXIT,
-    EXIT_F,
-    READ_CHUNK,
-    WINDOW,
-    WINDOW_BYTES,
-    Refused,
-    Send,
-    pack,
-    spawn,
-)
+from .remote import DATA, EXIT, EXIT_F, READ_CHUNK, WINDOW_BYTES, Refused, Send, pack, spawn
 from .remote_config import RemoteConfig
+from .remote_flow import Flow
 
 NOLOGIN = ("nologin", "false")
 
@@ -58,12 +47,13 @@ def session_user(conf: RemoteConfig) -> pwd.struct_passwd:
     return user
 
 
-class Terminal:
-    """A shell (or a command) on a pty, for one session."""
+class Terminal(Flow):
+    """A shell (or a command) on a pty, for one session: the pty's output to the operator, the operator's keys to
+    it."""
 
     def __init__(self, sid: int, send: Send, conf: RemoteConfig, spec: dict[str, Any],
                  loop: asyncio.AbstractEventLoop) -> None:
-        self.sid, self.send, self.loop = sid, send, loop
+        super().__init__(sid, send, loop)
         user = session_user(conf)
         shell = conf.remote_shell or user.pw_shell or "/bin/sh"
         if os.path.basename(shell) in NOLOGIN:
@@ -75,7 +65,6 @@ class Terminal:
                "TERM": "xterm-256color", "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                "LANG": os.environ.get("LANG", "C.UTF-8")}
         self.master, slave = os.openpty()
-        self.closed = False
         self.resize(int(spec.get("cols") or 80), int(spec.get("rows") or 24))
         switch: dict[str, Any] = {}
         if os.geteuid() == 0 and user.pw_uid != 0:
@@ -92,65 +81,9 @@ class Terminal:
             os.close(slave)
         self.user = user.pw_name
         os.set_blocking(self.master, False)
-        self.credit = WINDOW_BYTES
-        self.pending = b""  # input the pty did not take yet
-        self.reading = False
+        self.out_fd = self.in_fd = self.master
         self._read_on()
         self._watch_exit()
-
-    # --- output --------------------------------------------------------------------------------------------
-    def _read_on(self) -> None:
-        if not self.reading and not self.closed and self.credit > 0:
-            self.loop.add_reader(self.master, self._readable)
-            self.reading = True
-
-    def _read_off(self) -> None:
-        if self.reading:
-            self.loop.remove_reader(self.master)
-            self.reading = False
-
-    def _readable(self) -> None:
-        try:
-            data = os.read(self.master, min(READ_CHUNK, self.credit))
-        except BlockingIOError:
-            return
-        except OSError:  # EIO: every writer of the pty is gone
-            data = b""
-        if not data:
-            self._read_off()
-            return
-        self.credit -= len(data)
-        if self.credit <= 0:
-            self._read_off()
-        spawn(self.loop, self.send(pack(self.sid, DATA, data)))
-
-    def granted(self, n: int) -> None:
-        self.credit += n
-        self._read_on()
-
-    # --- input ---------------------------------------------------------------------------------------------
-    def write(self, data: bytes) -> None:
-        if self.closed:
-            return
-        had = bool(self.pending)
-        self.pending += data
-        if not had:
-            self._writable()
-
-    def _writable(self) -> None:
-        try:
-            n = os.write(self.master, self.pending)
-        except BlockingIOError:
-            n = 0
-        except OSError:
-            n, self.pending = len(self.pending), b""
-        if n:
-            self.pending = self.pending[n:]
-            spawn(self.loop, self.send(pack(self.sid, WINDOW, CREDIT.pack(n))))
-        if self.pending:
-            self.loop.add_writer(self.master, self._writable)
-        else:
-            self.loop.remove_writer(self.master)
 
     def resize(self, cols: int, rows: int) -> None:
         if self.closed:

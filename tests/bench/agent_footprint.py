@@ -1,4 +1,6 @@
-"""The agent's footprint: idle RSS and CPU of a real `fleet-agent.pyz run` checking in with a real fleetd.
+"""The agent's footprint: idle RSS and CPU of a real `fleet-agent.pyz run` checking in with a real fleetd, in each
+of its three modes side by side over the same window: plain HTTPS polling, remote access on (its WebSocket channel
+open to the server) and MQTT on (connected to Debian's mosquitto with the certificate the fleet issued it).
 
 The baseline is a bare interpreter that imports what the agent cannot do
 without (httpx, zeroconf, cryptography) and sleeps.
@@ -6,6 +8,7 @@ without (httpx, zeroconf, cryptography) and sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import ssl
@@ -28,7 +31,9 @@ AGENT_PYZ = REPO / "dist" / "fleet-agent.pyz"
 CHECKIN_ROUTE = "/fleetd.v1.DeviceService/CheckIn"
 HARDWARE_ID = "bench-agent"
 BASELINE_CODE = "import httpx, zeroconf, cryptography, time; time.sleep(86400)"
-TARGET_RSS_MIB = 40.0
+TARGET_RSS_MIB = 40.0  # in every mode (issues 19, 20, 21)
+READY_TIMEOUT = 90.0  # s for a mode to come up (first check-in, certificate, connection)
+MODE_NAMES = {"plain": "HTTPS polling", "remote": "remote access on", "mqtt": "MQTT on"}
 
 
 def log(msg: str) -> None:
@@ -151,52 +156,105 @@ def _last_seen(admin: Admin, device_id: str) -> str | None:
     return str(seen) if seen else None
 
 
+@dataclass
+class Mode:
+    """One agent under measurement: its own fleetd (so the check-ins counted are its own), enrolled and running."""
+
+    name: str
+    admin: Admin
+    device_id: str
+    proc: Proc
+    ready: str  # what its log says once the mode is up ("" for plain polling)
+
+
+def _start_mode(name: str, work: Path, logs: Path, pyz: Path, poll_interval: int, stack: contextlib.ExitStack,
+                env: dict[str, str] | None = None, conf: str = "", ready: str = "") -> Mode:
+    data, state = work / f"{name}-data", work / f"{name}-state"
+    server = start_fleetd(data, logs, f"fleetd-agent-{name}", env=env)
+    stack.callback(server.stop)
+    admin = Admin(server, data)
+    stack.callback(admin.close)
+    token = admin.call("EnrollmentService", "CreateToken", {"description": f"benchmark agent ({name})",
+                                                            "uses": 1})["token"]
+    p = subprocess.run([sys.executable, str(pyz), "enroll", "--token", token, "--server", server.url,
+                        "--state-dir", str(state), "--hardware-id", HARDWARE_ID, "--json"],
+                       capture_output=True, text=True, env=_env(), timeout=120)
+    if p.returncode != 0:
+        raise RuntimeError(f"fleet-agent enroll ({name}) exited {p.returncode}:\n{p.stdout}{p.stderr}")
+    device_id = str(json.loads(p.stdout)["device_id"])
+    admin.call("DeviceAdminService", "UpdateDevice", {"id": device_id, "poll_interval": poll_interval})
+    if conf:
+        (state / "agent.conf").write_text(conf)
+    proc = Proc([sys.executable, str(pyz), "run", "--state-dir", str(state)], logs / f"agent-{name}.log")
+    stack.callback(proc.stop)
+    return Mode(name, admin, device_id, proc, ready)
+
+
+def _mqtt_fleet(work: Path, stack: contextlib.ExitStack) -> dict[str, str]:
+    """Debian's mosquitto configured by `fleetd mqtt broker-config` for a fresh fleet at ``work``/mqtt-data; the
+    settings that point that fleet's fleetd at it."""
+    from fleetd.core import pki
+
+    from ..mqtt.broker import broker_for
+
+    data = work / "mqtt-data"
+    data.mkdir(parents=True)
+    pki.load_or_create(data)
+    broker = stack.enter_context(broker_for(data))
+    return {"FLEETD_MQTT_URL": f"mqtts://localhost:{broker.port}"}
+
+
+def _wait_ready(modes: list[Mode], timeout: float) -> None:
+    """Until every mode's log says it is up (the channel open, the broker connected)."""
+    deadline = time.monotonic() + timeout
+    for m in modes:
+        while m.ready and m.ready not in m.proc.log():
+            m.proc.alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the {m.name} agent is not up after {timeout:g} s (its log never said "
+                                   f"{m.ready!r}):\n{m.proc.log()[-4000:]}")
+            time.sleep(0.2)
+
+
 def measure(work: Path, logs: Path, minutes: float, poll_interval: int = 30, settle: float = 60.0,
             pyz: Path | None = None) -> dict[str, Any]:
-    """Enroll a real agent with a fresh fleetd, let it settle, then sample it and the baseline for ``minutes``."""
+    """Enroll a real agent in each mode (MODE_NAMES) with a fresh fleetd of its own, let them settle, then sample them
+    and the baseline together for ``minutes``."""
     pyz = ensure_agent(pyz or AGENT_PYZ)
-    data, state = work / "data", work / "state"
-    for d in (data, state):
-        if d.exists():
-            raise RuntimeError(f"{d} exists; the agent benchmark needs a fresh directory")
+    if work.exists() and any(work.iterdir()):
+        raise RuntimeError(f"{work} is not empty; the agent benchmark needs a fresh directory")
     work.mkdir(parents=True, exist_ok=True)
-    server = start_fleetd(data, logs, "fleetd-agent")
-    agent = baseline = None
-    admin: Admin | None = None
-    try:
-        admin = Admin(server, data)
-        token = admin.call("EnrollmentService", "CreateToken", {"description": "benchmark agent", "uses": 1})["token"]
-        p = subprocess.run([sys.executable, str(pyz), "enroll", "--token", token, "--server", server.url,
-                            "--state-dir", str(state), "--hardware-id", HARDWARE_ID, "--json"],
-                           capture_output=True, text=True, env=_env(), timeout=120)
-        if p.returncode != 0:
-            raise RuntimeError(f"fleet-agent enroll exited {p.returncode}:\n{p.stdout}{p.stderr}")
-        devices = admin.call("DeviceAdminService", "ListDevices", {})["devices"]
-        device_id = next(d["id"] for d in devices if d["hardware_id"] == HARDWARE_ID)
-        admin.call("DeviceAdminService", "UpdateDevice", {"id": device_id, "poll_interval": poll_interval})
-        agent = Proc([sys.executable, str(pyz), "run", "--state-dir", str(state)], logs / "agent.log")
+    with contextlib.ExitStack() as stack:
+        modes = [
+            _start_mode("plain", work, logs, pyz, poll_interval, stack),
+            _start_mode("remote", work, logs, pyz, poll_interval, stack, env={"FLEETD_REMOTE_ACCESS": "true"},
+                        conf="remote_access = true\n", ready="remote access: channel open"),
+            _start_mode("mqtt", work, logs, pyz, poll_interval, stack, env=_mqtt_fleet(work, stack),
+                        ready="connected to the MQTT broker"),
+        ]
         baseline = Proc([sys.executable, "-c", BASELINE_CODE], logs / "agent-baseline.log")
-        log(f"agent: enrolled as {device_id}, poll interval {poll_interval} s; settling for {settle:g} s")
+        stack.callback(baseline.stop)
+        _wait_ready(modes, READY_TIMEOUT)
+        log(f"agent: {', '.join(m.name for m in modes)} up, poll interval {poll_interval} s; settling for "
+            f"{settle:g} s")
         time.sleep(settle)
-        agent.alive()
-        seen0, count0 = _last_seen(admin, device_id), admin.checkins()
+        for m in modes:
+            m.proc.alive()
+        before = {m.name: (_last_seen(m.admin, m.device_id), m.admin.checkins()) for m in modes}
         log(f"agent: sampling RSS and CPU for {minutes:g} min")
-        wins = sample({"agent": agent, "baseline": baseline}, minutes * 60, min(5.0, max(0.5, minutes * 6)))
-        checkins = admin.checkins() - count0
-        seen1 = _last_seen(admin, device_id)
-    finally:
-        for proc in (agent, baseline):
-            if proc:
-                proc.stop()
-        if admin:
-            admin.close()
-        server.stop()
-    a, b = wins["agent"], wins["baseline"]
-    return {"minutes": minutes, "poll_interval": poll_interval, "settle_seconds": settle, "device_id": device_id,
-            "agent_rss_mib": round(a.rss_mib, 1), "agent_peak_rss_mib": round(a.peak_mib, 1),
-            "agent_cpu_pct": round(a.cpu_pct, 3), "agent_cpu_seconds": round(a.cpu_seconds, 2),
-            "baseline_rss_mib": round(b.rss_mib, 1), "baseline_cpu_pct": round(b.cpu_pct, 3),
-            "checkins": checkins, "expected_checkins": round(a.seconds / poll_interval, 1),
-            "last_seen_before": seen0, "last_seen_after": seen1,
-            "last_seen_advanced": seen1 is not None and seen1 != seen0, "samples": len(a.rss_kib),
-            "target_rss_mib": TARGET_RSS_MIB}
+        procs = {m.name: m.proc for m in modes}
+        wins = sample({**procs, "baseline": baseline}, minutes * 60, min(5.0, max(0.5, minutes * 6)))
+        after = {m.name: (_last_seen(m.admin, m.device_id), m.admin.checkins()) for m in modes}
+    b = wins["baseline"]
+    out: dict[str, Any] = {"minutes": minutes, "poll_interval": poll_interval, "settle_seconds": settle,
+                           "baseline_rss_mib": round(b.rss_mib, 1), "baseline_cpu_pct": round(b.cpu_pct, 3),
+                           "target_rss_mib": TARGET_RSS_MIB, "samples": len(b.rss_kib), "modes": {}}
+    for name in procs:
+        a = wins[name]
+        (seen0, count0), (seen1, count1) = before[name], after[name]
+        out["modes"][name] = {
+            "rss_mib": round(a.rss_mib, 1), "peak_rss_mib": round(a.peak_mib, 1), "cpu_pct": round(a.cpu_pct, 3),
+            "cpu_seconds": round(a.cpu_seconds, 2), "checkins": count1 - count0,
+            "expected_checkins": round(a.seconds / poll_interval, 1), "last_seen_before": seen0,
+            "last_seen_after": seen1, "last_seen_advanced": seen1 is not None and seen1 != seen0}
+    return out

@@ -184,19 +184,27 @@ def test_the_orchestrator_benchmark_still_runs_on_its_own(capsys: pytest.Capture
     assert "orchestrator pass over a 200-device rollout" in capsys.readouterr().out
 
 
-def test_the_agent_case_samples_a_real_agent_checking_in_with_a_real_server(tmp_path: Path) -> None:
+def test_the_agent_case_samples_a_real_agent_in_each_mode_checking_in_with_a_real_server(tmp_path: Path) -> None:
     cfg = cases.Config(agent_minutes=0.15, agent_poll_interval=5, agent_settle=1)
     (tmp_path / "logs").mkdir()
     r = cases.agent(cfg, tmp_path, tmp_path / "logs")
     d = r.data
-    assert 10 < d["agent_rss_mib"] <= d["agent_peak_rss_mib"] < 200 and 5 < d["baseline_rss_mib"] < 200
-    assert d["agent_cpu_pct"] > 0 and d["samples"] >= 5
-    assert d["checkins"] >= 1 and d["last_seen_advanced"]
-    [t] = r.targets
-    assert t.what == "agent idle RSS, MiB" and t.value == d["agent_rss_mib"] and t.limit == 40
-    # Both processes it started are gone.
-    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).endswith(
-        f"run --state-dir {tmp_path / 'agent' / 'state'}")]
+    assert 5 < d["baseline_rss_mib"] < 200 and d["samples"] >= 5
+    assert list(d["modes"]) == ["plain", "remote", "mqtt"]
+    for m in d["modes"].values():
+        assert 10 < m["rss_mib"] <= m["peak_rss_mib"] < 200
+        assert m["cpu_pct"] > 0 and m["checkins"] >= 1 and m["last_seen_advanced"]
+    # The channel and the MQTT link were up: their agents run a thread each beside the run loop's.
+    logs = {name: (tmp_path / "logs" / f"agent-{name}.log").read_text() for name in d["modes"]}
+    assert "remote access: channel open" in logs["remote"] and "connected to the MQTT broker" in logs["mqtt"]
+    assert "channel open" not in logs["plain"] and "MQTT" not in logs["plain"]
+    assert [(t.what, t.value, t.limit) for t in r.targets] == [
+        ("agent idle RSS, MiB", d["modes"]["plain"]["rss_mib"], 40),
+        ("agent idle RSS, remote access on, MiB", d["modes"]["remote"]["rss_mib"], 40),
+        ("agent idle RSS, MQTT on, MiB", d["modes"]["mqtt"]["rss_mib"], 40)]
+    # Every process it started is gone.
+    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and " run --state-dir " in _cmdline(p)
+                and str(tmp_path) in _cmdline(p)]
 
 
 def _cmdline(proc: Path) -> str:

@@ -45,9 +45,9 @@ def start_agent(server: ServerProcess, admin: Admin, data_dir: Path, where: Path
         assert [c["serial"] for c in listed["certificates"]] == [issued]  # recorded, so revocable
         time.sleep(0.5)
         rss_mib = rss_kib(proc.proc.pid) / 1024  # connected, before any action: the agent's idle state
-        # Issue 19's target is under 40 MiB; measured 38.9-39.3 here alone and 40.5-40.6 in one full run, so it is
-        # not held with a margin yet (docs/performance.md). This guards against growth until it is.
-        assert rss_mib < 42, f"the agent takes {rss_mib:.1f} MiB with MQTT on (target: under 40; guard: 42)"
+        print(f"\nfleet-agent run, MQTT on: idle VmRSS {rss_mib:.1f} MiB")
+        # Issue 19's target (docs/performance.md): measured 36.4 MiB on a loaded machine.
+        assert rss_mib < 40, f"the agent takes {rss_mib:.1f} MiB with MQTT on (target: under 40)"
     except BaseException:
         proc.stop()
         raise

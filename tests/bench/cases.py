@@ -53,7 +53,6 @@ class Config:
     agent_minutes: float = 10.0
     agent_poll_interval: int = 30
     agent_settle: float = 60.0
-    mqtt_publishers: int = 100  # devices publishing telemetry through the broker
     mqtt_devices: int = 1_000  # simulated MQTT devices a deploy goes to
 
 

@@ -35,6 +35,7 @@ from ..support.services import Mosquitto
 from . import seed
 from .cases import Config, Result, Target, log, median, sqlite_baseline, telemetry_requests
 from .loadgen import WrkRun, check_clean, run_wrk
+from .procs import cpu_seconds
 from .servers import Service, start_fleetd
 
 # Batches published but not yet stored: well under the broker's queue for fleetd's session (max_queued_messages
@@ -153,7 +154,7 @@ class Publishers:
 
 def telemetry(cfg: Config, fx: seed.Fixture, fleetd: Service, mq: Mosquitto, work: Path) -> dict[str, Any]:
     requests, rows = telemetry_requests(cfg, fx, work)
-    devices = seed.sample_devices(fx, cfg.mqtt_publishers, seed=3)
+    devices = seed.sample_devices(fx, cfg.telemetry_devices, seed=2)  # the HTTPS path's devices, one connection each
     pubs = Publishers(fx, devices, mq, work / "mqtt-certs")
     db = fx.path / DB_NAME
     url = fleetd.url + "/fleetd.v1.DeviceService/PushTelemetry"
@@ -167,6 +168,7 @@ def telemetry(cfg: Config, fx: seed.Fixture, fleetd: Service, mq: Mosquitto, wor
     https_pps: list[float] = []
     mqtt_pps: list[float] = []
     base_pps: list[float] = []
+    mqtt_cpu: list[list[float]] = []  # fleetd, mosquitto, the publishers: % of a core
     for i in range(cfg.runs):
         base_pps.append(sqlite_baseline(rows, cfg.baseline_rows, cfg.txn_rows, work / "baseline.db"))
         run = wrk(cfg.seconds)
@@ -174,14 +176,23 @@ def telemetry(cfg: Config, fx: seed.Fixture, fleetd: Service, mq: Mosquitto, wor
         https_pps.append(run.rps * seed.POINTS_PER_BATCH)
         # As many batches as HTTPS took in its run: about as long a run over MQTT.
         batches = max(len(devices), int(run.rps * cfg.seconds))
+        assert mq.proc is not None
+        cpu0 = (cpu_seconds(fleetd.pid), cpu_seconds(mq.proc.pid), time.process_time())
         # Batch ids unique to this run: the data dir remembers those of earlier runs for a day.
         seconds, points = pubs.run(batches, f"{time.time_ns()}", db)
+        cpu = [100 * (b - a) / seconds for a, b in zip(cpu0, (cpu_seconds(fleetd.pid), cpu_seconds(mq.proc.pid),
+                                                               time.process_time()), strict=True)]
+        mqtt_cpu.append(cpu)
         mqtt_pps.append(points / seconds)
         log(f"mqtt telemetry run {i + 1}/{cfg.runs}: MQTT {mqtt_pps[-1]:,.0f} points/s ({batches:,} batches in "
-            f"{seconds:.1f} s), HTTPS {https_pps[-1]:,.0f} points/s, SQLite {base_pps[-1]:,.0f} rows/s")
+            f"{seconds:.1f} s; CPU % of a core: fleetd {cpu[0]:.0f}, mosquitto {cpu[1]:.0f}, publishers "
+            f"{cpu[2]:.0f}), HTTPS {https_pps[-1]:,.0f} points/s (fleetd {run.server_cpu_pct:.0f} %, wrk "
+            f"{run.loadgen_cpu_pct:.0f} %), SQLite {base_pps[-1]:,.0f} rows/s")
     m, h, b = median(mqtt_pps), median(https_pps), median(base_pps)
     return {"mqtt_points_per_s": round(m), "https_points_per_s": round(h), "sqlite_rows_per_s": round(b),
             "mqtt_ratio": round(m / b, 3), "https_ratio": round(h / b, 3), "publishers": len(devices),
+            "mqtt_cpu_percent": {k: round(median([c[j] for c in mqtt_cpu])) for j, k in
+                                 enumerate(("fleetd", "mosquitto", "publishers"))},
             "runs": {"mqtt": [round(x) for x in mqtt_pps], "https": [round(x) for x in https_pps],
                      "sqlite": [round(x) for x in base_pps]}}
 

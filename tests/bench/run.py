@@ -25,7 +25,7 @@ BENCHES = ("footprint", "checkin", "profile", "telemetry", "download", "ddi", "l
 SEEDED = {"footprint", "checkin", "profile", "telemetry", "download", "ddi", "login", "postgres", "mqtt"}
 QUICK = cases.Config(devices=10_000, tokens=2_000, telemetry_devices=500, seconds=3, warmup=1, download_seconds=3,
                      baseline_rows=200_000, profile_seconds=3, orchestrator_devices=10_000,
-                     orchestrator_points=100_000, agent_minutes=1.0, mqtt_publishers=50, mqtt_devices=300)
+                     orchestrator_points=100_000, agent_minutes=1.0, mqtt_devices=300)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -183,7 +183,7 @@ class Totals:
         def pct(p: float) -> float | None:
             return round(ms[min(len(ms) - 1, math.ceil(p * len(ms)) - 1)], 1) if ms else None
         c = self.counts()
-        return {"connected": c["on_mqtt"], "devices_connected": c["was_on_mqtt"],
+        return {"devices_connected": c["was_on_mqtt"],
                 "connections": int(self.total("mqtt_connects")),
                 "actions_over_mqtt": int(self.total("actions_over_mqtt")),
                 "actions_received": len(ms), "delivery_median_ms": pct(0.5), "delivery_p99_ms": pct(0.99),

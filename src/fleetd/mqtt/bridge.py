@@ -99,6 +99,7 @@ class MqttBridge:
         self.published = 0
         self.connects = 0
         self._client: aiomqtt.Client | None = None
+        self._claims = BatchClaims(fleet.store)
         self._task: asyncio.Task[None] | None = None
         self._pending: dict[str, list[str]] = {}  # device id -> new action ids not yet published
         self._wake: asyncio.Event | None = None
@@ -263,7 +264,7 @@ class MqttBridge:
                                   "its redelivery is then stored once")
         device_calls.calling_device(self.fleet, device_id, active_to="send telemetry")
         store, batch = self.fleet.store, req.batch_id
-        if not await store.write(lambda c: storage.claim_batch(c, device_id, batch, time.time())):
+        if not await self._claims.claim(device_id, batch):
             self.handled["duplicate"] += 1
             return
         try:
@@ -302,6 +303,41 @@ class MqttBridge:
                 for device_id, ids in taken.items():  # not published: the next connection tries again
                     self._pending.setdefault(device_id, [])[:0] = ids
                 raise
+
+
+class BatchClaims:
+    """Telemetry batch ids claimed together: the claims that arrive while one write runs go in the next, one
+    transaction for all (a write of its own for each message cost as much as storing its points)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._pending: list[tuple[str, str, asyncio.Future[bool]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def claim(self, device_id: str, batch_id: str) -> bool:
+        """True when the batch is new (now recorded), False for a redelivery; raises what the write raised."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((device_id, batch_id, fut))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._flush(), name="mqtt-batch-claims")
+        return await fut
+
+    async def _flush(self) -> None:
+        while self._pending:
+            taken, self._pending = self._pending, []
+            at = time.time()
+            try:
+                fresh = await self.store.write(lambda c: [storage.claim_batch(c, d, b, at) for d, b, _ in taken])
+            except BaseException as e:
+                for _, _, fut in taken:
+                    if not fut.done():
+                        fut.set_exception(e if isinstance(e, Exception) else asyncio.CancelledError())
+                if not isinstance(e, Exception):
+                    raise
+            else:
+                for (_, _, fut), ok in zip(taken, fresh, strict=True):
+                    if not fut.done():
+                        fut.set_result(ok)
 
 
 def _forget_done(last: dict[str, asyncio.Task[None]], key: str, task: asyncio.Task[None]) -> None:

@@ -47,7 +47,7 @@ SESSION_EXPIRY = 7 * 86400  # seconds the broker keeps fleetd's session (and que
 KEEPALIVE = 30
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 15.0
 BATCH_DAYS = 1  # how long telemetry batch ids are remembered
-PUBLISH_CHUNK = 200  # actions published at once (paho queues beyond its in-flight window)
+PUBLISH_CHUNK = 100  # devices whose new actions are read and published together (paho queues beyond its window)
 IN_FLIGHT = 256  # device messages handled at once; the broker holds the rest (unacknowledged, so safe)
 
 
@@ -292,14 +292,22 @@ class MqttBridge:
                 self._wake.clear()
                 await self._wake.wait()
             taken, self._pending = self._pending, {}
+            devices = list(taken.items())
+            sending: list[asyncio.Future[Any]] = []
             try:
-                found = await self.fleet.store.read(functools.partial(_new_actions, taken=taken, base=base))
-                for i in range(0, len(found), PUBLISH_CHUNK):
-                    await asyncio.gather(*(
+                # A chunk of devices read, then published while the next is read: with a deploy to thousands of
+                # devices the first get theirs before the last are read.
+                for i in range(0, len(devices), PUBLISH_CHUNK):
+                    found = await self.fleet.store.read(functools.partial(
+                        _new_actions, taken=dict(devices[i:i + PUBLISH_CHUNK]), base=base))
+                    sending.append(asyncio.gather(*(
                         client.publish(topics.device_topic(device_id, topics.ACTIONS), _encode(action), qos=1)
-                        for device_id, action in found[i:i + PUBLISH_CHUNK]))
-                    self.published += len(found[i:i + PUBLISH_CHUNK])
+                        for device_id, action in found)))
+                for sent in sending:
+                    self.published += len(await sent)
             except BaseException:
+                for sent in sending:
+                    sent.cancel()
                 for device_id, ids in taken.items():  # not published: the next connection tries again
                     self._pending.setdefault(device_id, [])[:0] = ids
                 raise

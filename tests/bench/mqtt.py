@@ -246,8 +246,9 @@ def deploy_latency(cfg: Config, work: Path, logs: Path) -> dict[str, Any]:
             # Each device checks in over MQTT as soon as it is connected.
             while _metric(fleetd, key, 'fleetd_mqtt_messages_total{topic="checkin"}') < n:
                 if sim.poll() is not None or time.monotonic() - t > SETUP_TIMEOUT:
+                    why = sim.communicate(timeout=5)[1][-2000:] if sim.poll() is not None else "(still trying)"
                     raise RuntimeError(f"mqtt deploy: the {n:,} simulated devices were not all on the broker within "
-                                       f"{SETUP_TIMEOUT:g} s: {sim.communicate(timeout=5)[1][-2000:] if sim.poll() is not None else ''}")
+                                       f"{SETUP_TIMEOUT:g} s: {why}")
                 time.sleep(0.5)
             setup = time.monotonic() - t
             log(f"mqtt deploy: {n:,} devices on the broker after {setup:.0f} s; deploying")

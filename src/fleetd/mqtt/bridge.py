@@ -333,9 +333,9 @@ class BatchClaims:
     async def _flush(self) -> None:
         while self._pending:
             taken, self._pending = self._pending, []
-            at = time.time()
             try:
-                fresh = await self.store.write(lambda c: [storage.claim_batch(c, d, b, at) for d, b, _ in taken])
+                fresh = await self.store.write(functools.partial(_claim_all, claims=[(d, b) for d, b, _ in taken],
+                                                                 at=time.time()))
             except BaseException as e:
                 for _, _, fut in taken:
                     if not fut.done():
@@ -346,6 +346,10 @@ class BatchClaims:
                 for (_, _, fut), ok in zip(taken, fresh, strict=True):
                     if not fut.done():
                         fut.set_result(ok)
+
+
+def _claim_all(conn: Any, claims: list[tuple[str, str]], at: float) -> list[bool]:
+    return [storage.claim_batch(conn, device_id, batch_id, at) for device_id, batch_id in claims]
 
 
 def _forget_done(last: dict[str, asyncio.Task[None]], key: str, task: asyncio.Task[None]) -> None:

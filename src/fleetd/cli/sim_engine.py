@@ -365,7 +365,9 @@ class SimDevice:
         await asyncio.sleep(max(0.0, due - time.monotonic()))
 
     def received(self, a: DeviceAction, how: str) -> None:
-        """Note how long the action took to reach the device, from its creation (the time in its id)."""
+        """With --mqtt, note how long the action took to reach the device, from its creation (the time in its id)."""
+        if not self.eng.opts.mqtt:
+            return
         made = created_at(a.id)
         if made is not None and len(self.eng.stats.delivery_ms) < MAX_DELIVERY_SAMPLES:
             self.eng.stats.delivery_ms.append(max(0.0, 1000 * (time.time() - made)))

@@ -315,7 +315,7 @@ class MqttBridge:
 
 class BatchClaims:
     """Telemetry batch ids claimed together: the claims that arrive while one write runs go in the next, one
-    transaction for all (a write of its own for each message cost as much as storing its points)."""
+    transaction for all rather than one per message."""
 
     def __init__(self, store: Any) -> None:
         self.store = store

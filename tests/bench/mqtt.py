@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import signal
@@ -114,7 +115,10 @@ class Publishers:
                     if k - (stored[0] - before) // seed.POINTS_PER_BATCH >= OUTSTANDING:
                         if time.monotonic() - progress[0] > STALL:
                             raise RuntimeError(f"mqtt: nothing stored for {STALL:g} s (the fleetd log says why)")
-                        await asyncio.sleep(0.005)
+                        progressed.clear()  # wait for the store to grow (polling would take fleetd's CPU)
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(1):
+                                await progressed.wait()
                         continue
                     published += 1
                     body = b'{"batch_id":"%s-%d-%d","points":%s}' % (tag.encode(), i, n, self.bodies[i])
@@ -126,10 +130,12 @@ class Publishers:
                 now = await asyncio.to_thread(_stored, db)
                 if now > stored[0]:
                     stored[0], progress[0] = now, time.monotonic()
+                    progressed.set()
                 await asyncio.sleep(0.05)
 
         connected: list[str] = []
         progress = [time.monotonic()]  # when the store last grew
+        progressed = asyncio.Event()
         tasks = [asyncio.create_task(device(i, did)) for i, (did, _, _) in enumerate(self.devices)]
         while len(connected) < len(self.devices):
             if any(t.done() for t in tasks):

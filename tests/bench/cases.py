@@ -53,6 +53,7 @@ class Config:
     agent_minutes: float = 10.0
     agent_poll_interval: int = 30
     agent_settle: float = 60.0
+    mqtt_devices: int = 1_000  # simulated MQTT devices a deploy goes to
 
 
 @dataclass

@@ -20,12 +20,12 @@ from .procs import find_tool, machine_info, missing_tools
 from .servers import Service, start_fleetd, start_hello
 
 BENCHES = ("footprint", "checkin", "profile", "telemetry", "download", "ddi", "login", "orchestrator", "agent",
-           "binary", "proto", "postgres")
+           "binary", "proto", "postgres", "mqtt")
 # The benchmarks that need the seeded 100,000-device data dir; the others bring their own.
-SEEDED = {"footprint", "checkin", "profile", "telemetry", "download", "ddi", "login", "postgres"}
+SEEDED = {"footprint", "checkin", "profile", "telemetry", "download", "ddi", "login", "postgres", "mqtt"}
 QUICK = cases.Config(devices=10_000, tokens=2_000, telemetry_devices=500, seconds=3, warmup=1, download_seconds=3,
                      baseline_rows=200_000, profile_seconds=3, orchestrator_devices=10_000,
-                     orchestrator_points=100_000, agent_minutes=1.0)
+                     orchestrator_points=100_000, agent_minutes=1.0, mqtt_devices=300)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,7 +94,7 @@ def config_from(a: argparse.Namespace) -> cases.Config:
 def check_tools(only: list[str]) -> list[str]:
     """Refuse to start without what the chosen benchmarks need; drop the profile if only py-spy is missing."""
     needed = []
-    if {"checkin", "telemetry", "download", "profile", "ddi", "login", "proto", "postgres"} & set(only):
+    if {"checkin", "telemetry", "download", "profile", "ddi", "login", "proto", "postgres", "mqtt"} & set(only):
         needed.append("wrk")
     if "postgres" in only:
         needed.append("haproxy")  # and Debian's postgresql server: the harness says how if it is missing
@@ -196,6 +196,9 @@ def run_seeded(cfg: cases.Config, only: list[str], workdir: Path, logs: Path,
     if "postgres" in only:
         from . import postgres  # psycopg and the service harness: only for this benchmark
         results.append(postgres.bench(cfg, fx, workdir, logs))
+    if "mqtt" in only:
+        from . import mqtt  # mosquitto and aiomqtt: only for this benchmark
+        results.append(mqtt.bench(cfg, fx, workdir, logs))
     return profiles
 
 

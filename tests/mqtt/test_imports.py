@@ -31,3 +31,27 @@ print(sorted({{m.partition(".")[0] for m in sys.modules if m.partition(".")[0] i
         assert parts == "['mqtt']" and "aiomqtt" in modules and "paho" in modules
     else:
         assert (parts, modules) == ("[]", "[]")
+
+
+@pytest.mark.parametrize("mqtt", [False, True])
+def test_the_simulator_imports_mqtt_only_with_the_flag(mqtt: bool) -> None:
+    code = f"""
+import asyncio, sys
+from fleetd.cli.sim_engine import Engine, SimOptions, SimState
+from fleetd.cli.sim_pacing import Pacer
+
+async def main():
+    opts = SimOptions(server="https://127.0.0.1:1", devices=2, mqtt={mqtt!r})
+    state = SimState(None)
+    eng = Engine(opts, None, {{n: state.identity(f"sim-{{n}}") for n in (1, 2)}}, Pacer("e"), Pacer("a"), 0.0)
+    await eng.http.aclose()
+    print(sorted({{type(d).__name__ for d in eng.devices}}),
+          sorted({{m.partition(".")[0] for m in sys.modules if m.partition(".")[0] in ("aiomqtt", "paho")}}))
+asyncio.run(main())
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    if mqtt:
+        assert p.stdout.split() == ["['MqttSimDevice']", "['aiomqtt',", "'paho']"]
+    else:
+        assert p.stdout.split() == ["['SimDevice']", "[]"]

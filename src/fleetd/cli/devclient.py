@@ -40,6 +40,7 @@ from ..devices.device_api import (
     ChallengeResponse,
     CheckInResponse,
     EnrollResponse,
+    IssueCertificateResponse,
     PushTelemetryResponse,
     ReportStatusResponse,
 )
@@ -254,6 +255,10 @@ class DeviceClient:
         """Send points ``{name, value, ts?, tags?}``; returns how many the server committed."""
         resp = await self._post("PushTelemetry", {"points": [dict(p) for p in points]}, PushTelemetryResponse)
         return resp.accepted
+
+    async def issue_certificate(self, csr: str) -> IssueCertificateResponse:
+        """A client certificate from the fleet CA for the key of ``csr`` (PEM); renew by asking again."""
+        return await self._post("IssueCertificate", {"csr": csr}, IssueCertificateResponse)
 
     # --- artifacts -----------------------------------------------------------------
     def blob_url(self, ref: ArtifactRef) -> str:

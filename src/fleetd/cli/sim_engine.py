@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -31,6 +31,9 @@ from ..devices.actions import DEPLOYING, PROGRESS, ActionKind, DeviceAction
 from .devclient import DeviceClient, DeviceError, VerificationError, b64, raw_private_key
 from .sim_pacing import Pacer
 from .sim_transport import client_on, make_transport
+
+if TYPE_CHECKING:
+    from ..devices.device_api import CheckInResponse
 
 DEVICE_TYPE = "sim"
 STATE_FORMAT = "fleetd-sim-state-v1"
@@ -47,6 +50,8 @@ MAX_REASONS = 20
 # What a simulated device reports for each kind that only runs a command ({component}: the action's).
 DONE = {ActionKind.RESTART: "restarted {component}", ActionKind.REBOOT: "rebooted",
         ActionKind.CONFIG: "configuration applied", ActionKind.LOGS: "the last lines of {component}'s simulated log"}
+# Delivery times a worker keeps between two reports to the parent (more are not sampled).
+MAX_DELIVERY_SAMPLES = 100_000
 # A simulated app's log: this many lines at most, whatever a logs action asks for.
 SIM_LOG_LINES = 5
 SIMULATED_FAILURE = "simulated failure"
@@ -63,6 +68,7 @@ class SimOptions:
     prefix: str = "sim"
     state_file: Path | None = None
     workers: int = 0  # 0: from the CPU count (sim_workers.default_workers)
+    mqtt: bool = False  # devices on the server's MQTT broker once it names one (sim_mqtt.py)
 
     def __post_init__(self) -> None:
         if not 1 <= self.devices <= 100_000:
@@ -95,8 +101,12 @@ class Stats:
     late_check_ins: int = 0  # started LATE seconds or more after their slot
     check_in_seconds: float = 0.0  # summed round-trip time of check-ins
     max_lateness: float = 0.0
+    actions_over_mqtt: int = 0  # actions that first reached their device on its MQTT actions topic
+    mqtt_connects: int = 0  # connections made to the broker (a reconnect counts again)
     last_error: str = ""
     reasons: Counter[str] = field(default_factory=Counter)
+    # ms from each action's creation (its id's time) to its device first having it; sent to the parent, then cleared
+    delivery_ms: list[float] = field(default_factory=list)
 
     def error(self, e: BaseException) -> None:
         self.errors += 1
@@ -109,7 +119,7 @@ class Stats:
 
 
 COUNTERS = ("check_ins", "telemetry_points", "actions_succeeded", "actions_failed", "errors", "throttled",
-            "late_check_ins", "check_in_seconds")
+            "late_check_ins", "check_in_seconds", "actions_over_mqtt", "mqtt_connects")
 MAXIMA = ("max_lateness",)
 
 
@@ -121,11 +131,14 @@ class Identity:
     device_id: str = ""
     signing_public_key: bytes | None = None
     installed: dict[str, str] = field(default_factory=dict)
+    certificate: str = ""  # the client certificate (PEM) for the broker, with --mqtt
+    certificate_renew_after: float = 0.0  # seconds since the epoch
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": b64(raw_private_key(self.key)), "device_id": self.device_id,
                 "signing_public_key": b64(self.signing_public_key) if self.signing_public_key else "",
-                "installed": self.installed}
+                "installed": self.installed, "certificate": self.certificate,
+                "certificate_renew_after": self.certificate_renew_after}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Identity:
@@ -133,7 +146,8 @@ class Identity:
                    device_id=d.get("device_id", ""),
                    signing_public_key=base64.b64decode(d["signing_public_key"]) if d.get("signing_public_key")
                    else None,
-                   installed=dict(d.get("installed", {})))
+                   installed=dict(d.get("installed", {})), certificate=d.get("certificate", ""),
+                   certificate_renew_after=float(d.get("certificate_renew_after", 0.0)))
 
 
 class SimState:
@@ -208,6 +222,7 @@ class SimDevice:
         self.walk = {"cpu": random.uniform(5, 40), "mem": random.uniform(20, 60), "temp": random.uniform(35, 55)}
         self.interval = 0.0  # the period it checks in at, once it has checked in
         self.busy = False  # a call in flight: stopping lets it finish
+        self.on_mqtt = self.was_on_mqtt = False  # connected to the broker now, ever (MqttSimDevice)
         self.stopped = False  # revoked, or enrollment refused: nothing more to do
 
     @property
@@ -290,14 +305,15 @@ class SimDevice:
             # Answered at once: the transport sends Authenticate before any waiting request.
             await self._paced(eng.auth_pacer, self.client.authenticate)
         started = time.monotonic()
-        resp = await self.client.check_in(self.inventory(), self.components())
+        resp = await self.check_in()
         now = time.monotonic()
         stats.check_ins += 1
         stats.check_in_seconds += now - started
         if resp.status == "active":
-            accepted = await self.client.push_telemetry(self.points())
+            accepted = await self.push_telemetry(self.points())
             stats.telemetry_points += accepted  # (`+= await` would add to a stale total)
         for action in resp.actions:
+            self.received(action, "check-in")
             await self.execute(action)
         period = float(eng.opts.interval or resp.poll_interval or resp.next_checkin or 60)
         self.interval = period
@@ -332,7 +348,31 @@ class SimDevice:
                 self.busy = False
             if self.eng.stop.is_set():
                 return
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            await self.wait_until(due)
+
+    # --- the transport (HTTPS here; sim_mqtt.py's MqttSimDevice sends over the broker once connected) ---------
+    async def check_in(self) -> CheckInResponse:
+        return await self.client.check_in(self.inventory(), self.components())
+
+    async def push_telemetry(self, points: list[dict[str, Any]]) -> int:
+        return await self.client.push_telemetry(points)
+
+    async def report(self, action_id: str, state: str, message: str = "", progress: int = 0,
+                     result: dict[str, Any] | None = None) -> None:
+        await self.client.report(action_id, state, message, progress, result)
+
+    async def wait_until(self, due: float) -> None:
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+    def received(self, a: DeviceAction, how: str) -> None:
+        """With --mqtt, note how long the action took to reach the device, from its creation (the time in its id)."""
+        if not self.eng.opts.mqtt:
+            return
+        made = created_at(a.id)
+        if made is not None and len(self.eng.stats.delivery_ms) < MAX_DELIVERY_SAMPLES:
+            self.eng.stats.delivery_ms.append(max(0.0, 1000 * (time.time() - made)))
+        if how == "mqtt":
+            self.eng.stats.actions_over_mqtt += 1
 
     def handle_error(self, e: DeviceError, failures: int) -> float:
         stats = self.eng.stats
@@ -355,7 +395,7 @@ class SimDevice:
     async def execute(self, a: DeviceAction) -> None:
         state = a.state
         if state == "offered":
-            await self.client.report(a.id, "accepted", "accepted by the simulator")
+            await self.report(a.id, "accepted", "accepted by the simulator")
             state = "accepted"
         if a.kind in DEPLOYING:
             await self.install(a, state)
@@ -375,7 +415,7 @@ class SimDevice:
         return {"text": text, "lines": n, "truncated": False}
 
     async def finish(self, a: DeviceAction, state: str, message: str, result: dict[str, Any] | None = None) -> None:
-        await self.client.report(a.id, state, message, 100 if state == "succeeded" else 0, result)
+        await self.report(a.id, state, message, 100 if state == "succeeded" else 0, result)
         if state == "succeeded":
             self.eng.stats.actions_succeeded += 1
         else:
@@ -385,7 +425,7 @@ class SimDevice:
         async def step(to: str, message: str = "", progress: int = 0) -> None:
             # A resumed action may already be past a step; the protocol never goes back.
             if PROGRESS.index(to) >= PROGRESS.index(state):
-                await self.client.report(a.id, to, message, progress)
+                await self.report(a.id, to, message, progress)
 
         ref = a.artifact
         if ref is None:
@@ -431,6 +471,15 @@ def spread(i: int) -> float:
     return phase
 
 
+def created_at(action_id: str) -> float | None:
+    """When an action was made, from its id (core/clock.new_ordered_id: act_ and 11 hex digits of ms), else None."""
+    _, _, rest = action_id.partition("_")
+    try:
+        return int(rest[:11], 16) / 1000 if len(rest) > 11 else None
+    except ValueError:
+        return None
+
+
 def _backoff(failures: int) -> float:
     return min(MAX_BACKOFF, 2.0 ** min(failures, 10)) * random.uniform(0.5, 1.0)
 
@@ -446,6 +495,7 @@ class Engine:
     def __init__(self, opts: SimOptions, ca_pem: str | None, identities: dict[int, Identity],
                  enroll_pacer: Pacer, auth_pacer: Pacer, t0: float) -> None:
         self.opts = opts
+        self.ca_pem = ca_pem
         self.pool = make_transport(opts.server, ca_pem, min(MAX_CONNECTIONS, len(identities)))
         self.http = client_on(self.pool)
         self.enroll_pacer, self.auth_pacer = enroll_pacer, auth_pacer
@@ -455,13 +505,19 @@ class Engine:
         self.stop = asyncio.Event()
         self.changed: set[str] = set()  # hardware ids whose identity changed since the last report
         self.ca_fingerprint = ""
-        self.devices = [SimDevice(self, n, ident) for n, ident in identities.items()]
+        device: type[SimDevice] = SimDevice
+        if opts.mqtt:
+            from .sim_mqtt import MqttSimDevice  # aiomqtt and paho only with --mqtt
+            device = MqttSimDevice
+        self.devices = [device(self, n, ident) for n, ident in identities.items()]
 
     def counts(self) -> dict[str, int]:
         statuses = [d.status for d in self.devices]
         return {"enrolled": sum(1 for d in self.devices if d.client.device_id), "active": statuses.count("active"),
                 "pending": statuses.count("pending"), "revoked": statuses.count("revoked"),
                 "checking_in": sum(1 for d in self.devices if d.interval and not d.stopped),
+                "on_mqtt": sum(1 for d in self.devices if d.on_mqtt),
+                "was_on_mqtt": sum(1 for d in self.devices if d.was_on_mqtt),
                 "stopped": sum(1 for d in self.devices if d.stopped)}
 
     def report(self) -> dict[str, Any]:
@@ -470,8 +526,9 @@ class Engine:
         by_hw = {d.hardware_id: d for d in self.devices} if self.changed and self.opts.state_file else {}
         changed = {hw: by_hw[hw].ident.to_dict() for hw in self.changed if hw in by_hw}
         self.changed.clear()
+        delivery, s.delivery_ms = s.delivery_ms, []
         return {"stats": {k: getattr(s, k) for k in (*COUNTERS, *MAXIMA)}, "last_error": s.last_error,
-                "reasons": dict(s.reasons), "counts": self.counts(),
+                "reasons": dict(s.reasons), "counts": self.counts(), "delivery_ms": delivery,
                 "asked": sum(1 / d.interval for d in self.devices if d.interval and not d.stopped),
                 "cpu": time.process_time(), "connections": self.pool.opened,
                 "identities": changed, "ca_fingerprint": self.ca_fingerprint}

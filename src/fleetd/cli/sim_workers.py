@@ -103,8 +103,10 @@ class Totals:
         self.steady_from: float | None = None
         self.steady_start: tuple[float, int] | None = None  # (when, check-ins by then)
         self.worker_errors: list[str] = []
+        self.delivery_ms: list[float] = []  # every worker's, as they come
 
     def take(self, w: int, report: dict[str, Any]) -> None:
+        self.delivery_ms += report.pop("delivery_ms")
         self.reports[w] = report
 
     def total(self, name: str) -> Any:
@@ -116,7 +118,8 @@ class Totals:
         c: Counter[str] = Counter()
         for r in self.reports.values():
             c.update(r["counts"])
-        return {k: c[k] for k in ("enrolled", "active", "pending", "revoked", "checking_in", "stopped")}
+        return {k: c[k] for k in ("enrolled", "active", "pending", "revoked", "checking_in", "stopped", "on_mqtt",
+                                  "was_on_mqtt")}
 
     def asked(self) -> float:
         return sum(r["asked"] for r in self.reports.values())
@@ -173,6 +176,19 @@ class Totals:
     def pacing(self) -> dict[str, dict[str, Any]]:
         return {p.what: p.snapshot() for p in self.pacers}
 
+    def mqtt(self) -> dict[str, Any]:
+        """With --mqtt: devices on the broker, and how long actions took to reach their devices."""
+        ms = sorted(self.delivery_ms)
+
+        def pct(p: float) -> float | None:
+            return round(ms[min(len(ms) - 1, math.ceil(p * len(ms)) - 1)], 1) if ms else None
+        c = self.counts()
+        return {"devices_connected": c["was_on_mqtt"],
+                "connections": int(self.total("mqtt_connects")),
+                "actions_over_mqtt": int(self.total("actions_over_mqtt")),
+                "actions_received": len(ms), "delivery_median_ms": pct(0.5), "delivery_p99_ms": pct(0.99),
+                "delivery_max_ms": round(ms[-1], 1) if ms else None}
+
     def summary(self) -> dict[str, Any]:
         seconds = (self.ended or time.monotonic()) - self.started
         c = self.counts()
@@ -201,6 +217,7 @@ class Totals:
             "actions_failed": int(self.total("actions_failed")),
             "errors": self.errors, "errors_by_reason": dict(reasons.most_common()),
             "throttled": int(self.total("throttled")), "pacing": self.pacing(),
+            "mqtt": self.mqtt() if self.opts.mqtt else None,
             "last_error": self.last_error,
             "workers": self.workers, "connections": sum(r["connections"] for r in self.reports.values()),
             "simulator_cpu_percent": round(100 * self.cpu() / seconds, 1) if seconds > 0 else 0.0,

@@ -89,6 +89,8 @@ def _live_table(t: Totals) -> Table:
         table.add_row("late check-ins", f"[yellow]{late:,}[/yellow] (up to {t.total('max_lateness'):.1f} s after "
                       "their slot: the simulator is behind)")
     table.add_row("simulator CPU", _cpu(t))
+    if t.opts.mqtt:
+        table.add_row("on the MQTT broker", _on_broker(t))
     table.add_row("telemetry points", f"{int(t.total('telemetry_points')):,}")
     table.add_row("actions done · failed", f"{int(t.total('actions_succeeded'))} · {int(t.total('actions_failed'))}")
     table.add_row("errors", f"[red]{t.errors}[/red]" if t.errors else "0")
@@ -97,6 +99,15 @@ def _live_table(t: Totals) -> Table:
     if t.last_error:
         table.add_row("last error", f"[dim]{t.last_error[:150]}[/dim]")
     return table
+
+
+def _on_broker(t: Totals) -> str:
+    c, m = t.counts(), t.mqtt()
+    text = f"{c['on_mqtt']:,} devices, {int(t.total('actions_over_mqtt')):,} actions came that way"
+    if m["delivery_median_ms"] is not None:
+        text += (f"; actions reached devices {m['delivery_median_ms']:,.0f} ms after they were made (median), "
+                 f"p99 {m['delivery_p99_ms']:,.0f} ms")
+    return text
 
 
 STATUS_EVERY = 10.0
@@ -122,7 +133,8 @@ class StatusLines:
                 f"pending {c['pending']:,}{', revoked ' + str(c['revoked']) if c['revoked'] else ''}; "
                 f"check-ins/s {_rates(t)} ({int(t.total('check_ins')):,} in all); simulator CPU {_cpu(t)}; "
                 f"actions {int(t.total('actions_succeeded'))} done, {int(t.total('actions_failed'))} failed; "
-                f"errors {t.errors}{f' (last: {t.last_error[:150]})' if t.errors else ''}")
+                f"errors {t.errors}{f' (last: {t.last_error[:150]})' if t.errors else ''}"
+                + (f"; on the MQTT broker {_on_broker(t)}" if t.opts.mqtt else ""))
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
@@ -155,6 +167,14 @@ def _human(s: dict[str, Any]) -> dict[str, Any]:
         out[f"  reason {i}"] = f"{n:,} times: {reason}"
     out["throttled"] = s["throttled"]
     out.update({what: _paced(p) for what, p in s["pacing"].items()})
+    if s["mqtt"] is not None:
+        m = s["mqtt"]
+        out["on the MQTT broker"] = (f"{m['devices_connected']:,} devices connected ({m['connections']:,} connections "
+                                     f"made), {m['actions_over_mqtt']:,} actions came that way")
+        out["action delivery"] = (
+            f"median {m['delivery_median_ms']:,} ms, p99 {m['delivery_p99_ms']:,} ms, max {m['delivery_max_ms']:,} "
+            f"ms from an action's creation to its device having it ({m['actions_received']:,} actions)"
+            if m["actions_received"] else "no actions")
     workers = f"{s['workers']} worker{'s' if s['workers'] > 1 else ''}"
     out["simulator CPU"] = (f"{s['simulator_cpu_percent']} % of a core on average ({workers}, "
                             f"{s['connections']} connections made, {s['cores']} cores)")
@@ -210,6 +230,10 @@ def simulate(
     workers: Annotated[int, typer.Option(
         "--workers", help="Processes to run the devices in (default: one per CPU core, fewer for a small "
                           "fleet).", show_default=False)] = 0,
+    mqtt: Annotated[bool, typer.Option(
+        "--mqtt", help="Put the devices on the server's MQTT broker once it names one: each gets its client "
+                       "certificate and connects with it (one connection per device), checks in, reports and sends "
+                       "telemetry through it and takes actions the moment they are made (docs/mqtt.md).")] = False,
     json: JsonOpt = False,
 ) -> None:
     """Simulate N devices (type 'sim'): enroll, check in, send telemetry, install updates."""
@@ -219,7 +243,7 @@ def simulate(
     with errors_reported():
         opts = SimOptions(server=server_url, token=token, devices=devices, interval=interval, fail_rate=fail_rate,
                           duration=duration, prefix=prefix, state_file=Path(state).expanduser() if state else None,
-                          workers=workers)
+                          workers=workers, mqtt=mqtt)
         sim_state = SimState(opts.state_file)
         # The CA first, in a loop of its own: the workers are forked before the parent's loop starts.
         ca_pem = asyncio.run(_trusted_ca(server_url, token, ca, sim_state))
@@ -233,3 +257,7 @@ def simulate(
     if summary["enrolled"] == 0:
         fail(f"no device could enroll: {summary['last_error'] or 'stopped before the first attempt'}",
              "Check --server, --token (fleetd tokens create) and --ca.")
+    if mqtt and summary["active"] and not summary["mqtt"]["devices_connected"]:
+        fail(f"no device could connect to the MQTT broker: {summary['last_error'] or 'stopped before it tried'}",
+             "Check that `fleetd serve --mqtt` names the broker by an address this machine reaches, and that the "
+             "broker runs what `fleetd mqtt broker-config` printed (docs/mqtt.md).")

@@ -47,7 +47,7 @@ SESSION_EXPIRY = 7 * 86400  # seconds the broker keeps fleetd's session (and que
 KEEPALIVE = 30
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 15.0
 BATCH_DAYS = 1  # how long telemetry batch ids are remembered
-PUBLISH_CHUNK = 200  # actions published at once (paho queues beyond its in-flight window)
+PUBLISH_CHUNK = 100  # devices whose new actions are read and published together (paho queues beyond its window)
 IN_FLIGHT = 256  # device messages handled at once; the broker holds the rest (unacknowledged, so safe)
 
 
@@ -99,6 +99,7 @@ class MqttBridge:
         self.published = 0
         self.connects = 0
         self._client: aiomqtt.Client | None = None
+        self._claims = BatchClaims(fleet.store)
         self._task: asyncio.Task[None] | None = None
         self._pending: dict[str, list[str]] = {}  # device id -> new action ids not yet published
         self._wake: asyncio.Event | None = None
@@ -263,7 +264,7 @@ class MqttBridge:
                                   "its redelivery is then stored once")
         device_calls.calling_device(self.fleet, device_id, active_to="send telemetry")
         store, batch = self.fleet.store, req.batch_id
-        if not await store.write(lambda c: storage.claim_batch(c, device_id, batch, time.time())):
+        if not await self._claims.claim(device_id, batch):
             self.handled["duplicate"] += 1
             return
         try:
@@ -291,17 +292,64 @@ class MqttBridge:
                 self._wake.clear()
                 await self._wake.wait()
             taken, self._pending = self._pending, {}
+            devices = list(taken.items())
+            sending: list[asyncio.Future[Any]] = []
             try:
-                found = await self.fleet.store.read(functools.partial(_new_actions, taken=taken, base=base))
-                for i in range(0, len(found), PUBLISH_CHUNK):
-                    await asyncio.gather(*(
+                # A chunk of devices read, then published while the next is read: with a deploy to thousands of
+                # devices the first get theirs before the last are read.
+                for i in range(0, len(devices), PUBLISH_CHUNK):
+                    found = await self.fleet.store.read(functools.partial(
+                        _new_actions, taken=dict(devices[i:i + PUBLISH_CHUNK]), base=base))
+                    sending.append(asyncio.gather(*(
                         client.publish(topics.device_topic(device_id, topics.ACTIONS), _encode(action), qos=1)
-                        for device_id, action in found[i:i + PUBLISH_CHUNK]))
-                    self.published += len(found[i:i + PUBLISH_CHUNK])
+                        for device_id, action in found)))
+                for sent in sending:
+                    self.published += len(await sent)
             except BaseException:
+                for sent in sending:
+                    sent.cancel()
                 for device_id, ids in taken.items():  # not published: the next connection tries again
                     self._pending.setdefault(device_id, [])[:0] = ids
                 raise
+
+
+class BatchClaims:
+    """Telemetry batch ids claimed together: the claims that arrive while one write runs go in the next, one
+    transaction for all rather than one per message."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._pending: list[tuple[str, str, asyncio.Future[bool]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def claim(self, device_id: str, batch_id: str) -> bool:
+        """True when the batch is new (now recorded), False for a redelivery; raises what the write raised."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((device_id, batch_id, fut))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._flush(), name="mqtt-batch-claims")
+        return await fut
+
+    async def _flush(self) -> None:
+        while self._pending:
+            taken, self._pending = self._pending, []
+            try:
+                fresh = await self.store.write(functools.partial(_claim_all, claims=[(d, b) for d, b, _ in taken],
+                                                                 at=time.time()))
+            except BaseException as e:
+                for _, _, fut in taken:
+                    if not fut.done():
+                        fut.set_exception(e if isinstance(e, Exception) else asyncio.CancelledError())
+                if not isinstance(e, Exception):
+                    raise
+            else:
+                for (_, _, fut), ok in zip(taken, fresh, strict=True):
+                    if not fut.done():
+                        fut.set_result(ok)
+
+
+def _claim_all(conn: Any, claims: list[tuple[str, str]], at: float) -> list[bool]:
+    return [storage.claim_batch(conn, device_id, batch_id, at) for device_id, batch_id in claims]
 
 
 def _forget_done(last: dict[str, asyncio.Task[None]], key: str, task: asyncio.Task[None]) -> None:

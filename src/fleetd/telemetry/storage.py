@@ -78,7 +78,7 @@ class StoredPoint(Protocol):
     name: str
     value: float
     ts: float
-    tags: dict[str, str] | msgspec.UnsetType
+    tags: dict[str, str]
 
 
 PointBatch = tuple[str, float, Sequence[StoredPoint]]

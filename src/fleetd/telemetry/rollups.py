@@ -26,7 +26,6 @@ Everything else works from **id ranges** of that table:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import logging
 import math
@@ -336,9 +335,6 @@ class Rollups:
         self.partitioned = store.dsn is not None  # PostgreSQL: raw points and minutes in day partitions (partitions.py)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        # PostgreSQL: the passes' steps run on a connection of the job's own, on a thread of its own (_step).
-        self._own: concurrent.futures.ThreadPoolExecutor | None = None
-        self._own_conn: Any = None
         self.pass_cpu_seconds = 0.0  # of the writer thread in the rollup passes
         if metrics is not None:
             metrics.gauge("fleetd_telemetry_rollup_lag_points", "Raw points not yet in the rollups.",
@@ -360,40 +356,16 @@ class Rollups:
                 merge = self._timed(functools.partial(merge_sums_step, chunk=chunk))
                 finished = False
                 while not finished:
-                    n, finished = await self._step(merge)
+                    n, finished = await self.store.write(merge)
                     done += n
-            n, left = await self._step(self._rows_step())  # left: the ids to cover, stored before it started
+            n, left = await self.store.write(self._rows_step())  # left: the ids to cover, stored before it started
             done += n
             # Up to those ids, and not after the points stored meanwhile (each step would merge a few more).
             while n and left > 0:
-                n, _ = await self._step(self._rows_step())
+                n, _ = await self.store.write(self._rows_step())
                 done += n
                 left -= n
             return done
-
-    async def _step(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """One step of a pass, a transaction of its own. SQLite: on the store's writer, its only one. PostgreSQL: on
-        the job's own connection, so that the intake's COPYs on the store's writer go on meanwhile instead of
-        waiting for the step (a pass over 50,000 raw ids takes PostgreSQL ~0.1-0.3 s; docs/performance.md,
-        "Telemetry on PostgreSQL"); as they do when another replica holds the fleet lease and runs the job: the
-        raw-insert lock keeps the ids committing in order (storage.RAW_INSERT_LOCK), and a step sees only rows
-        committed."""
-        if not self.partitioned:
-            return await self.store.write(fn)
-        if self._own is None:
-            self._own = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fleetd-rollups")
-        return await asyncio.get_running_loop().run_in_executor(self._own, self._on_own_connection, fn)
-
-    def _on_own_connection(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._own_conn is None:
-            self._own_conn = self.store.connect(readonly=False)
-        with transaction(self._own_conn):
-            return fn(self._own_conn)
-
-    def _close_own(self) -> None:
-        if self._own_conn is not None:
-            self._own_conn.close()
-            self._own_conn = None
 
     def _rows_step(self) -> Callable[[sqlite3.Connection], tuple[int, int]]:
         """A step from the rows, up to where the sums kept since the pass started begin: their rows are theirs."""
@@ -466,8 +438,4 @@ class Rollups:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
-        own, self._own = self._own, None
-        if own is not None:  # after the step in flight, if any: the connection is that thread's
-            await asyncio.get_running_loop().run_in_executor(own, self._close_own)
-            own.shutdown()
         self._task = None

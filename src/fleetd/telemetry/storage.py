@@ -97,8 +97,8 @@ def copy_point_batches(conn: Any, batches: list[PointBatch], top: bool = True) -
     one's id; None if none or not ``top``)."""
     stored = 0
     last: int | None = None
-    conn.execute(_BEGIN_LOCKED)
     try:
+        conn.execute(_BEGIN_LOCKED)  # a lock not had within lock_timeout fails it, inside the transaction
         with conn.raw.cursor() as cur, cur.copy(_COPY) as copy:
             copy.set_types(_COPY_TYPES)
             write = copy.write_row

@@ -275,6 +275,28 @@ def test_the_insert_lock_orders_inserts_of_several_connections(pg_store: Store) 
     assert n == 1 and [(r[0], r[1]) for r in rows(store)] == [(top - 1, "o"), (top, "d")]
 
 
+
+def test_a_copy_that_cannot_get_the_insert_lock_fails_and_leaves_the_writer_usable(pg_store: Store) -> None:
+    """BEGIN and the lock go as one query: when the lock times out, the transaction it opened is rolled back, so
+    the writer's next group is stored (not refused as part of an aborted transaction)."""
+    import psycopg
+
+    store = pg_store
+    store.write_sync(lambda c: c.execute("SET lock_timeout = '200ms'"))  # the writer's session, past the commit
+    batch = [("d", time.time(), [Point(name="x", value=1)])]
+    other = store.connect(readonly=False)
+    try:
+        with transaction(other):
+            other.execute(f"SELECT pg_advisory_xact_lock({storage.RAW_INSERT_LOCK})")
+            job_ = store.submit_write(lambda c: storage.copy_point_batches(c, batch), transactional=False)
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                job_.result(10)
+    finally:
+        other.close()
+    again = store.submit_write(lambda c: storage.copy_point_batches(c, batch, top=False), transactional=False)
+    assert again.result(10) == (1, None)
+    assert [r[1] for r in rows(store)] == ["d"]
+
 def test_a_server_makes_the_day_partitions_when_it_starts(client: Any, fleet: Any) -> None:
     """The app's lifecycle starts the rollup job, which makes them (PostgreSQL; SQLite has none to make). On
     PostgreSQL the job is a fleet-scope part: it starts once this server holds the fleet lease (a few seconds)."""

@@ -188,10 +188,11 @@ class TelemetryIntake:
         self.insert_cpu_seconds = 0.0
         # How a group is stored, chosen once: SQLite's one JSON-unpacking INSERT (the points encoded on the loop, in
         # C); PostgreSQL's COPY of the points as they are, under the lock that keeps its ids in commit order across
-        # replicas (storage.copy_point_batches).
+        # replicas (storage.copy_point_batches), reading back the last id only for sums.
         self._json = store.dsn is None
         self._store_group: Callable[[Any, list[Any]], tuple[int, int | None]] = (
-            storage.insert_point_batches if self._json else storage.copy_point_batches)
+            storage.insert_point_batches if self._json
+            else functools.partial(storage.copy_point_batches, top=sums is not None))
 
     async def add(self, device_id: str, points: list[Point]) -> int:
         """Check and store ``points``; returns (how many) once they are committed, or raises what :func:`check`

@@ -65,6 +65,8 @@ def insert_point_batches(conn: sqlite3.Connection, batches: list[Batch]) -> tupl
 # single writer: the rollups' watermark and the intake's per-minute sums rely on both (rollups.py).
 RAW_INSERT_LOCK = 0x666C_6565_7464_7231  # "fleetdr1"
 _LOCK_RAW_INSERTS = f"SELECT pg_advisory_xact_lock({RAW_INSERT_LOCK})"
+# The transaction and the lock in one round trip: without parameters the two statements go as one simple query.
+_BEGIN_LOCKED = f"BEGIN; {_LOCK_RAW_INSERTS}"
 _COPY = "COPY telemetry (device_id, name, ts, value, tags) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = ("text", "text", "float8", "float8", "text")
 _TOP_RAW_ID = "SELECT currval(pg_get_serial_sequence('telemetry', 'id'))"
@@ -85,15 +87,18 @@ PointBatch = tuple[str, float, Sequence[StoredPoint]]
 _encode_tags = msgspec.json.Encoder().encode
 
 
-def copy_point_batches(conn: Any, batches: list[PointBatch]) -> tuple[int, int | None]:
+def copy_point_batches(conn: Any, batches: list[PointBatch], top: bool = True) -> tuple[int, int | None]:
     """PostgreSQL (the adapter's connection, store/postgres.py): store the points of ``batches`` with one binary
     COPY, in a transaction of its own under RAW_INSERT_LOCK; the rows get consecutive ids in the batches' order. The
     points come as the intake checked them, not as JSON: neither the event loop encodes them nor the writer decodes
     them (docs/performance.md, "Telemetry on PostgreSQL"). Tags are stored as the JSON text :func:`intake.rows_for`
-    gives. → (points stored, the last one's id; None if none)."""
+    gives. Four round trips: BEGIN with the lock, the COPY's start and its end, COMMIT; with ``top``, a fifth reads
+    the last id (only per-minute sums need it, and a server on PostgreSQL keeps none). → (points stored, the last
+    one's id; None if none or not ``top``)."""
     stored = 0
-    with transaction(conn):
-        conn.execute(_LOCK_RAW_INSERTS)
+    last: int | None = None
+    try:
+        conn.execute(_BEGIN_LOCKED)  # a lock not had within lock_timeout fails it, inside the transaction
         with conn.raw.cursor() as cur, cur.copy(_COPY) as copy:
             copy.set_types(_COPY_TYPES)
             write = copy.write_row
@@ -102,8 +107,14 @@ def copy_point_batches(conn: Any, batches: list[PointBatch]) -> tuple[int, int |
                     tags = p.tags
                     write((device_id, p.name, p.ts or received, p.value, _encode_tags(tags).decode() if tags else None))
                 stored += len(points)
-        top = conn.execute(_TOP_RAW_ID).fetchone()[0] if stored else None
-    return stored, None if top is None else int(top)
+        if top and stored:
+            last = int(conn.execute(_TOP_RAW_ID).fetchone()[0])
+        conn.execute("COMMIT")
+    except BaseException:  # as store.database.transaction: roll back what is still open, raise what happened
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return stored, last
 
 
 def insert_point_batches_locked(conn: Any, batches: list[Batch]) -> tuple[int, int | None]:

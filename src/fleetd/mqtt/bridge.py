@@ -261,12 +261,15 @@ class MqttBridge:
         await client.publish(topics.device_topic(device_id, topics.ERRORS),
                              _encode(ErrorMessage(topic=leaf, code=e.code, message=e.message)), qos=1)
 
-    def _check(self, device_id: str, leaf: str, payload: bytes) -> Any:
-        """The calling device allowed to send this, and its message decoded (raises FleetdError if not)."""
+    def _check(self, device_id: str, leaf: str, payload: bytes, *, active_to: str = "") -> Any:
+        """The calling device allowed to send this (with ``active_to``: only if active), and its message decoded
+        (raises FleetdError if not)."""
         fleet = self.fleet
         # Over HTTPS a revoked device has no token; here its certificate may still be good until the CRL says not.
         rt = device_calls.calling_device(fleet, device_id)[1]
         registry.ensure_not_revoked(rt.status)
+        if active_to and rt.status != "active":
+            device_calls.calling_device(fleet, device_id, active_to=active_to)  # raises its PermissionDenied
         fleet.hub.mqtt_seen[device_id] = time.time()  # how it connects, for GetDevice / ListDevices
         with decoding(f"{leaf} message", f"{leaf} message"):
             return _DECODERS[leaf].decode(payload or b"{}")
@@ -293,11 +296,10 @@ class MqttBridge:
             device_id = parsed[0]
             payload = message.payload if isinstance(message.payload, bytes) else b""
             try:
-                req = self._check(device_id, topics.TELEMETRY, payload)
+                req = self._check(device_id, topics.TELEMETRY, payload, active_to="send telemetry")
                 if not 0 < len(req.batch_id) <= 64:
                     raise InvalidArgument("a telemetry message needs a batch_id of 1-64 characters, unique per "
                                           "batch: its redelivery is then stored once")
-                device_calls.calling_device(self.fleet, device_id, active_to="send telemetry")
             except FleetdError as e:
                 await self._refuse(client, device_id, topics.TELEMETRY, e)
                 continue

@@ -10,14 +10,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import getpass
 import json
+import queue
 import signal
 import sqlite3
-import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,17 @@ def broker(data_dir: Path) -> Mosquitto:
     return Mosquitto(config=config)
 
 
+def _settled(db: Path) -> int:
+    """The store's count once it stops growing: what wrk's last requests (answered after its window) add goes
+    before an MQTT run's count starts, not in it."""
+    last = _stored(db)
+    while True:
+        time.sleep(0.3)
+        if (now := _stored(db)) == last:
+            return now
+        last = now
+
+
 def _stored(db: Path) -> int:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
@@ -68,109 +79,130 @@ def _stored(db: Path) -> int:
 # --- 1. telemetry through the broker ---------------------------------------------------------------------------
 
 class Publishers:
-    """Devices with fleet certificates, each on its own connection, publishing telemetry batches (QoS 1) from one
-    event loop on a thread of the benchmark."""
+    """Devices with fleet certificates publishing telemetry batches (QoS 1), each through a Debian
+    ``mosquitto_pub -l`` process of its own (C, as wrk is on the HTTPS side: one message per stdin line, its own
+    connection kept over all runs); the benchmark feeds them pre-encoded lines, at most OUTSTANDING batches
+    ahead of the store."""
 
     def __init__(self, fx: seed.Fixture, devices: list[tuple[str, str, int]], mq: Mosquitto, work: Path) -> None:
-        self.port, self.devices = mq.port, devices
+        self.devices = devices
         ca = pki.load_or_create(fx.path)
-        self.contexts = []
         work.mkdir(exist_ok=True)
+        self.procs: list[subprocess.Popen[bytes]] = []
         for did, _, _ in devices:
             key = ec.generate_private_key(ec.SECP256R1())
             cert = certificates.issue(ca.ca_cert, ca.ca_key, did, key.public_key(), days=1, at=clock.now())
-            pem = work / f"{did}.pem"
-            pem.write_bytes(certificates.pem(cert).encode() + key.private_bytes(
+            (work / f"{did}.crt").write_bytes(certificates.pem(cert).encode())
+            (work / f"{did}.key").write_bytes(key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-            ctx = ssl.create_default_context(cafile=str(fx.path / "ca.pem"))
-            ctx.load_cert_chain(str(pem))
-            self.contexts.append(ctx)
+            self.procs.append(subprocess.Popen(
+                ["mosquitto_pub", "-h", "localhost", "-p", str(mq.port), "-V", "mqttv5", "-q", "1",
+                 "-i", f"bench-{did}", "--cafile", str(fx.path / "ca.pem"), "--cert", str(work / f"{did}.crt"),
+                 "--key", str(work / f"{did}.key"), "-t", f"fleetd/v1/devices/{did}/telemetry", "-l"],
+                stdin=subprocess.PIPE, stderr=subprocess.PIPE))
         now = time.time()
         self.bodies = [msgspec.json.encode(seed.telemetry_points(i, now)) for i in range(len(devices))]
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds so far of the mosquitto_pub processes and of this process (its feeder threads)."""
+        return sum(cpu_seconds(p.pid) for p in self.procs) + time.process_time()
+
+    def close(self) -> None:
+        for p in self.procs:
+            with contextlib.suppress(OSError):
+                p.stdin.close()  # type: ignore[union-attr]  # end of input: mosquitto_pub sends what it has, exits
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
     def run(self, batches: int, tag: str, db: Path) -> tuple[float, int]:
         """Publish ``batches`` batches over all devices; (seconds from the first publish to the last point stored,
-        points stored)."""
-        return asyncio.run(self._run(batches, tag, db))
+        points stored, which must be exactly the points published)."""
+        n = len(self.procs)
+        lines = [[b'{"batch_id":"%s-%d-%d","points":%s}\n' % (tag.encode(), i, k, self.bodies[i])
+                  for k in range(batches // n + (i < batches % n))] for i in range(n)]
+        before = _settled(db)
+        queues: list[queue.SimpleQueue[bytes | None]] = [queue.SimpleQueue() for _ in range(n)]
+        failed: list[BaseException] = []
 
-    async def _run(self, batches: int, tag: str, db: Path) -> tuple[float, int]:
-        import aiomqtt
+        def feed(i: int) -> None:  # a pipe write blocks while mosquitto_pub is behind: a thread per process
+            stdin = self.procs[i].stdin
+            assert stdin is not None
+            try:
+                while (chunk := queues[i].get()) is not None:
+                    stdin.write(chunk)
+                    stdin.flush()
+            except OSError as e:
+                failed.append(e)
 
-        before = _stored(db)
-        published = 0
-        stored = [before]
-        go = asyncio.Event()
-
-        async def device(i: int, did: str) -> None:
-            nonlocal published
-            async with aiomqtt.Client("localhost", self.port, identifier=f"bench-{did}", tls_context=self.contexts[i],
-                                      protocol=aiomqtt.ProtocolVersion.V5, timeout=60) as c:
-                connected.append(did)
-                await go.wait()
-                n = 0
-                while True:
-                    k = published
-                    if k >= batches:
-                        return
-                    if k - (stored[0] - before) // seed.POINTS_PER_BATCH >= OUTSTANDING:
-                        if time.monotonic() - progress[0] > STALL:
-                            raise RuntimeError(f"mqtt: nothing stored for {STALL:g} s (the fleetd log says why)")
-                        progressed.clear()  # wait for the store to grow (polling would take fleetd's CPU)
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(1):
-                                await progressed.wait()
-                        continue
-                    published += 1
-                    body = b'{"batch_id":"%s-%d-%d","points":%s}' % (tag.encode(), i, n, self.bodies[i])
-                    n += 1
-                    await c.publish(f"fleetd/v1/devices/{did}/telemetry", body, qos=1)
-
-        async def watch() -> None:
-            while True:
-                now = await asyncio.to_thread(_stored, db)
-                if now > stored[0]:
-                    stored[0], progress[0] = now, time.monotonic()
-                    progressed.set()
-                await asyncio.sleep(0.05)
-
-        connected: list[str] = []
-        progress = [time.monotonic()]  # when the store last grew
-        progressed = asyncio.Event()
-        tasks = [asyncio.create_task(device(i, did)) for i, (did, _, _) in enumerate(self.devices)]
-        while len(connected) < len(self.devices):
-            if any(t.done() for t in tasks):
-                await asyncio.gather(*tasks)  # a connection failed: say why
-            await asyncio.sleep(0.05)
-        progress[0] = time.monotonic()
-        watcher = asyncio.create_task(watch())
+        feeders = [threading.Thread(target=feed, args=(i,), daemon=True) for i in range(n)]
+        for t in feeders:
+            t.start()
+        pos = [0] * n  # lines of each device handed to its feeder
+        sent, stored, progress = 0, before, time.monotonic()
         t0 = time.perf_counter()
-        go.set()
-        await asyncio.gather(*tasks)
-        want = before + batches * seed.POINTS_PER_BATCH
-        while stored[0] < want:
-            if time.monotonic() - progress[0] > STALL:
-                raise RuntimeError(f"mqtt: {want - stored[0]} of {batches * seed.POINTS_PER_BATCH} points published "
-                                   f"through the broker were not stored ({STALL:g} s without progress; the fleetd "
-                                   "log says why)")
-            await asyncio.sleep(0.01)
-        seconds = time.perf_counter() - t0
-        watcher.cancel()
-        return seconds, stored[0] - before
+        try:
+            want = before + batches * seed.POINTS_PER_BATCH
+            while stored < want:
+                allowance = OUTSTANDING - (sent - (stored - before) // seed.POINTS_PER_BATCH)
+                if sent < batches and allowance >= n:
+                    for i in range(n):
+                        take = lines[i][pos[i]:pos[i] + allowance // n]
+                        if take:
+                            queues[i].put(b"".join(take))
+                            pos[i] += len(take)
+                            sent += len(take)
+                    continue
+                dead = [p for p in self.procs if p.poll() is not None]
+                if failed or dead:
+                    why = dead[0].stderr.read().decode(errors="replace") if dead and dead[0].stderr else failed
+                    raise RuntimeError(f"mqtt: a mosquitto_pub ended: {why}")
+                time.sleep(0.05)
+                now = _stored(db)
+                if now > stored:
+                    stored, progress = now, time.monotonic()
+                elif time.monotonic() - progress > STALL:
+                    raise RuntimeError(f"mqtt: {want - stored} of {batches * seed.POINTS_PER_BATCH} points published "
+                                       f"through the broker were not stored ({STALL:g} s without progress; the "
+                                       "fleetd log says why)")
+            seconds = time.perf_counter() - t0
+        finally:
+            for q in queues:
+                q.put(None)
+            for t in feeders:
+                t.join()
+        time.sleep(0.5)  # no more than published: each batch stored once
+        if (stored := _stored(db)) != want:
+            raise RuntimeError(f"mqtt: {stored - before} points stored of the {want - before} published")
+        return seconds, stored - before
 
 
 def telemetry(cfg: Config, fx: seed.Fixture, fleetd: Service, mq: Mosquitto, work: Path) -> dict[str, Any]:
     requests, rows = telemetry_requests(cfg, fx, work)
-    devices = seed.sample_devices(fx, cfg.telemetry_devices, seed=2)  # the HTTPS path's devices, one connection each
+    # As many devices as wrk has connections (of the HTTPS path's devices): a mosquitto_pub process each.
+    devices = seed.sample_devices(fx, cfg.telemetry_devices, seed=2)[:cfg.connections]
     pubs = Publishers(fx, devices, mq, work / "mqtt-certs")
-    db = fx.path / DB_NAME
+    try:
+        return _telemetry(cfg, fleetd, mq, work, requests, rows, pubs, fx.path / DB_NAME)
+    finally:
+        pubs.close()
+
+
+def _telemetry(cfg: Config, fleetd: Service, mq: Mosquitto, work: Path, requests: Path, rows: Any,
+               pubs: Publishers, db: Path) -> dict[str, Any]:
+    devices = pubs.devices
     url = fleetd.url + "/fleetd.v1.DeviceService/PushTelemetry"
 
     def wrk(seconds: float) -> WrkRun:
         return run_wrk(url, seconds=seconds, threads=cfg.threads, connections=cfg.connections,
                        server_pid=fleetd.pid, requests_file=requests)
 
-    log(f"mqtt telemetry: {cfg.warmup:g} s warm-up on each path")
+    log(f"mqtt telemetry: {cfg.warmup:g} s warm-up over HTTPS, a batch from each device over MQTT")
     wrk(cfg.warmup)
+    pubs.run(len(devices), f"warm-{time.time_ns()}", db)  # every mosquitto_pub connected
     https_pps: list[float] = []
     mqtt_pps: list[float] = []
     base_pps: list[float] = []
@@ -183,11 +215,11 @@ def telemetry(cfg: Config, fx: seed.Fixture, fleetd: Service, mq: Mosquitto, wor
         # As many batches as HTTPS took in its run: about as long a run over MQTT.
         batches = max(len(devices), int(run.rps * cfg.seconds))
         assert mq.proc is not None
-        cpu0 = (cpu_seconds(fleetd.pid), cpu_seconds(mq.proc.pid), time.process_time())
+        cpu0 = (cpu_seconds(fleetd.pid), cpu_seconds(mq.proc.pid), pubs.cpu_seconds())
         # Batch ids unique to this run: the data dir remembers those of earlier runs for a day.
         seconds, points = pubs.run(batches, f"{time.time_ns()}", db)
         cpu = [100 * (b - a) / seconds for a, b in zip(cpu0, (cpu_seconds(fleetd.pid), cpu_seconds(mq.proc.pid),
-                                                               time.process_time()), strict=True)]
+                                                               pubs.cpu_seconds()), strict=True)]
         mqtt_cpu.append(cpu)
         mqtt_pps.append(points / seconds)
         log(f"mqtt telemetry run {i + 1}/{cfg.runs}: MQTT {mqtt_pps[-1]:,.0f} points/s ({batches:,} batches in "

@@ -23,6 +23,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "nginx": ("the download baseline", "sudo apt-get install nginx-light   (any Debian nginx package works)"),
     "py-spy": ("profiling the check-in path", f"{sys.executable} -m pip install py-spy"),
     "haproxy": ("the PostgreSQL benchmark's replicas behind a load balancer", "sudo apt-get install haproxy"),
+    "mosquitto_pub": ("the MQTT benchmark's publishing devices", "sudo apt-get install mosquitto-clients"),
 }
 
 

@@ -100,6 +100,8 @@ def check_tools(only: list[str]) -> list[str]:
         needed.append("haproxy")  # and Debian's postgresql server: the harness says how if it is missing
     if "download" in only:
         needed.append("nginx")
+    if "mqtt" in only:
+        needed.append("mosquitto_pub")
     missing = missing_tools(needed)
     if missing:
         sys.exit("The benchmarks need tools that are not installed:\n" + "\n".join(missing) +

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,6 +121,36 @@ def test_telemetry_lands_in_queries_and_a_redelivered_batch_counts_once(
     dev.publish("telemetry", batch)  # what a QoS 1 redelivery looks like to fleetd
     dev.publish("telemetry", {**batch, "batch_id": "b-2"})
     wait_points(admin, dev.device_id, "temp", 4, server)
+
+
+def test_a_burst_of_mixed_messages_is_handled_in_order_and_each_batch_stored_once(
+        dev: MqttDevice, admin: Admin, server: ServerProcess) -> None:
+    """Sent without waiting, so that fleetd takes many at once: every batch sent twice is stored once, a refused
+    batch amid them is answered alone, and the action's reports are applied in the order sent (a "succeeded"
+    taken before its "installing" would have the later one refused on the errors topic)."""
+    aid = admin.call("DeviceAdminService", "CreateAction", {"device_ids": [dev.device_id], "kind": "reboot"})[
+        "action_ids"][0]
+    sent = []
+    for i in range(120):
+        if i == 40:
+            body: dict[str, Any] = {"action_id": aid, "state": "installing", "progress": 50}
+            sent.append(dev.client.publish(f"fleetd/v1/devices/{dev.device_id}/status", json.dumps(body), qos=1))
+        if i == 60:
+            sent.append(dev.client.publish(f"fleetd/v1/devices/{dev.device_id}/telemetry",
+                                           json.dumps({"points": [{"name": "burst", "value": -1}]}), qos=1))
+        if i == 41:
+            body = {"action_id": aid, "state": "succeeded", "message": "burst done"}
+            sent.append(dev.client.publish(f"fleetd/v1/devices/{dev.device_id}/status", json.dumps(body), qos=1))
+        batch = {"batch_id": f"burst-{i // 2}", "points": [{"name": "burst", "value": i // 2}]}
+        sent.append(dev.client.publish(f"fleetd/v1/devices/{dev.device_id}/telemetry", json.dumps(batch), qos=1))
+    for info in sent:
+        info.wait_for_publish(10)
+    wait_points(admin, dev.device_id, "burst", 60, server)
+    assert admin.wait_action(dev.device_id, aid, {"succeeded"}, 10)["message"] == "burst done"
+    error = dev.next("errors")
+    assert error["topic"] == "telemetry" and "batch_id" in error["message"], error
+    with pytest.raises(AssertionError, match="no errors message"):
+        dev.next("errors", timeout=1)
 
 
 def test_a_refused_message_is_answered_on_the_devices_errors_topic(dev: MqttDevice) -> None:

@@ -49,6 +49,7 @@ RECONNECT_MIN, RECONNECT_MAX = 0.5, 15.0
 BATCH_DAYS = 1  # how long telemetry batch ids are remembered
 PUBLISH_CHUNK = 100  # devices whose new actions are read and published together (paho queues beyond its window)
 IN_FLIGHT = 256  # device messages handled at once; the broker holds the rest (unacknowledged, so safe)
+OVERLAP = 2  # groups of telemetry messages handled at once: one being written while the next is read
 
 
 class TelemetryMessage(device_calls.PushTelemetryRequest, kw_only=True):
@@ -71,6 +72,7 @@ _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
     topics.TELEMETRY: msgspec.json.Decoder(TelemetryMessage, strict=False),
 }
 _encode = msgspec.json.Encoder().encode
+_TELEMETRY_TAIL = "/" + topics.TELEMETRY
 
 
 def default_client_id(data_dir: str) -> str:
@@ -99,7 +101,6 @@ class MqttBridge:
         self.published = 0
         self.connects = 0
         self._client: aiomqtt.Client | None = None
-        self._claims = BatchClaims(fleet.store)
         self._task: asyncio.Task[None] | None = None
         self._pending: dict[str, list[str]] = {}  # device id -> new action ids not yet published
         self._wake: asyncio.Event | None = None
@@ -192,36 +193,50 @@ class MqttBridge:
     # --- device -> fleetd -------------------------------------------------------------------------------------
 
     async def _receive(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
-        """Handle up to IN_FLIGHT messages at once (the telemetry intake commits what arrives together in one
-        transaction), each device's one after another in the order the broker sent them, and acknowledge them in
-        the order they arrived, as MQTT asks. A message whose handling fails is never acknowledged: the failure
-        ends the task group, the connection with it, and the broker sends it again when the session resumes."""
-        slots = asyncio.Semaphore(IN_FLIGHT)
-        arrived: collections.deque[list[Any]] = collections.deque()  # [message, handled], in order of arrival
-        last: dict[str, asyncio.Task[None]] = {}  # each device's latest message being handled
+        """Handle the messages in groups: each time, all that have arrived (the broker sends at most IN_FLIGHT
+        unacknowledged), their telemetry batches claimed in one write and given to the intake together (it commits
+        what arrives together in one transaction). A group of telemetry only is handled while the one before it is
+        being written, the later one's writes queued after the earlier one's (the store writes in order, so each
+        device's batches are stored in the order the broker sent them); a group with anything else waits for those
+        before it and handles its messages one after another. Each group's messages are acknowledged once handled,
+        in the order they arrived, after those of the group before, as MQTT asks. A message whose handling fails is
+        never acknowledged: the failure ends the task group, the connection with it, and the broker sends it again
+        when the session resumes."""
+        incoming = client._queue  # what aiomqtt has read from the socket and not yet handed out
+        running: collections.deque[asyncio.Task[None]] = collections.deque()  # the groups being handled, in order
+        async for first in client.messages:
+            group = [first]
+            while len(group) < IN_FLIGHT and not incoming.empty():
+                group.append(incoming.get_nowait())
+            only_telemetry = all(str(m.topic).endswith(_TELEMETRY_TAIL) for m in group)
+            while running and (running[0].done() or not only_telemetry or len(running) >= OVERLAP):
+                if not await _finished(running.popleft()):
+                    return  # it failed: the task group ends, the connection with it
+            running.append(tg.create_task(self._handle_group(client, group, only_telemetry,
+                                                             running[-1] if running else None)))
 
-        async def handle(entry: list[Any], before: asyncio.Task[None] | None) -> None:
-            try:
-                if before is not None:
-                    await asyncio.wait([before])  # its device's previous message first (a failure ends us all)
-                await self._handle(client, entry[0])
-                entry[1] = True
-                while arrived and arrived[0][1]:
-                    message = arrived.popleft()[0]
-                    if message.qos > 0:
-                        client._client.ack(message.mid, message.qos)
-            finally:
-                slots.release()
-
-        async for message in client.messages:
-            await slots.acquire()
-            entry = [message, False]
-            arrived.append(entry)
-            parsed = topics.parse_uplink(str(message.topic))
-            key = parsed[0] if parsed else ""
-            task = tg.create_task(handle(entry, last.get(key)))
-            last[key] = task
-            task.add_done_callback(functools.partial(_forget_done, last, key))
+    async def _handle_group(self, client: aiomqtt.Client, group: list[aiomqtt.Message], only_telemetry: bool,
+                            before: asyncio.Task[None] | None) -> None:
+        if only_telemetry:
+            await self._telemetry(client, group)
+        else:
+            run: list[aiomqtt.Message] = []  # telemetry messages in a row: handled together
+            for message in group:
+                if str(message.topic).endswith(_TELEMETRY_TAIL):
+                    run.append(message)
+                    continue
+                if run:
+                    await self._telemetry(client, run)
+                    run = []
+                await self._handle(client, message)
+            if run:
+                await self._telemetry(client, run)
+        if before is not None and not await _finished(before):
+            return  # it failed: none of these is acknowledged, they come again
+        ack = client._client.ack
+        for message in group:
+            if message.qos > 0:
+                ack(message.mid, message.qos)
 
     async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
@@ -233,47 +248,85 @@ class MqttBridge:
             device_id, leaf = parsed
             try:
                 await self._dispatch(client, device_id, leaf, payload)
-            except FleetdError as e:  # the device's mistake: tell it; a redelivery would be refused again
-                if _transient(e):  # not the device's: unacknowledged, it comes again after the reconnect
-                    raise
-                self.handled["refused"] += 1
-                log.info("MQTT %s from %s refused: %s", leaf, device_id, e.message)
-                await client.publish(topics.device_topic(device_id, topics.ERRORS),
-                                     _encode(ErrorMessage(topic=leaf, code=e.code, message=e.message)), qos=1)
+            except FleetdError as e:
+                await self._refuse(client, device_id, leaf, e)
+
+    async def _refuse(self, client: aiomqtt.Client, device_id: str, leaf: str, e: FleetdError) -> None:
+        """The device's mistake: tell it (a redelivery would be refused again). Other errors are raised: not the
+        device's, the message is not acknowledged and comes again after the reconnect."""
+        if _transient(e):
+            raise e
+        self.handled["refused"] += 1
+        log.info("MQTT %s from %s refused: %s", leaf, device_id, e.message)
+        await client.publish(topics.device_topic(device_id, topics.ERRORS),
+                             _encode(ErrorMessage(topic=leaf, code=e.code, message=e.message)), qos=1)
+
+    def _check(self, device_id: str, leaf: str, payload: bytes, *, active_to: str = "") -> Any:
+        """The calling device allowed to send this (with ``active_to``: only if active), and its message decoded
+        (raises FleetdError if not)."""
+        fleet = self.fleet
+        # Over HTTPS a revoked device has no token; here its certificate may still be good until the CRL says not.
+        rt = device_calls.calling_device(fleet, device_id)[1]
+        registry.ensure_not_revoked(rt.status)
+        if active_to and rt.status != "active":
+            device_calls.calling_device(fleet, device_id, active_to=active_to)  # raises its PermissionDenied
+        fleet.hub.mqtt_seen[device_id] = time.time()  # how it connects, for GetDevice / ListDevices
+        with decoding(f"{leaf} message", f"{leaf} message"):
+            return _DECODERS[leaf].decode(payload or b"{}")
 
     async def _dispatch(self, client: aiomqtt.Client, device_id: str, leaf: str, payload: bytes) -> None:
         fleet = self.fleet
-        # Over HTTPS a revoked device has no token; here its certificate may still be good until the CRL says not.
-        registry.ensure_not_revoked(device_calls.calling_device(fleet, device_id)[1].status)
-        fleet.hub.mqtt_seen[device_id] = time.time()  # how it connects, for GetDevice / ListDevices
-        with decoding(f"{leaf} message", f"{leaf} message"):
-            req = _DECODERS[leaf].decode(payload or b"{}")
+        req = self._check(device_id, leaf, payload)
         if leaf == topics.CHECKIN:
             answer = await device_calls.check_in(fleet, device_id, None, req)
             await client.publish(topics.device_topic(device_id, topics.CHECKIN_ANSWER), _encode(answer), qos=1)
         elif leaf == topics.STATUS:
             await device_calls.report_status(fleet, device_id, req)
-        else:
-            await self._telemetry(device_id, req)
-            return
         self.handled[leaf] += 1
 
-    async def _telemetry(self, device_id: str, req: TelemetryMessage) -> None:
-        if not 0 < len(req.batch_id) <= 64:
-            raise InvalidArgument("a telemetry message needs a batch_id of 1-64 characters, unique per batch: "
-                                  "its redelivery is then stored once")
-        device_calls.calling_device(self.fleet, device_id, active_to="send telemetry")
-        store, batch = self.fleet.store, req.batch_id
-        if not await self._claims.claim(device_id, batch):
-            self.handled["duplicate"] += 1
+    async def _telemetry(self, client: aiomqtt.Client, messages: list[aiomqtt.Message]) -> None:
+        """Telemetry messages (their topics end in /telemetry) handled together: the batch ids claimed in one
+        write, then the new batches stored. Raises (nothing acknowledged) when a batch could not be stored; the
+        claims of those not stored are released first, so that their redelivery is stored."""
+        batches: list[tuple[str, TelemetryMessage]] = []
+        for message in messages:
+            parsed = topics.parse_uplink(str(message.topic))
+            if parsed is None:
+                continue  # not a device's topic (the broker's ACL lets none publish there)
+            device_id = parsed[0]
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            try:
+                req = self._check(device_id, topics.TELEMETRY, payload, active_to="send telemetry")
+                if not 0 < len(req.batch_id) <= 64:
+                    raise InvalidArgument("a telemetry message needs a batch_id of 1-64 characters, unique per "
+                                          "batch: its redelivery is then stored once")
+            except FleetdError as e:
+                await self._refuse(client, device_id, topics.TELEMETRY, e)
+                continue
+            batches.append((device_id, req))
+        if not batches:
             return
-        try:
-            await device_calls.push_telemetry(self.fleet, device_id, req.points)
-        except BaseException:
-            with contextlib.suppress(Exception):  # stored nothing: let its redelivery be stored
-                await store.write(lambda c: storage.release_batch(c, device_id, batch))
-            raise
-        self.handled[topics.TELEMETRY] += 1
+        store = self.fleet.store
+        fresh = await store.write(functools.partial(
+            _claim_all, claims=[(d, req.batch_id) for d, req in batches], at=time.time()))
+        new = [b for b, ok in zip(batches, fresh, strict=True) if ok]
+        self.handled["duplicate"] += len(batches) - len(new)
+        # Given to the intake in this order, in this step of the event loop: one insert for all, in order.
+        results = await asyncio.gather(*(device_calls.push_telemetry(self.fleet, d, req.points) for d, req in new),
+                                       return_exceptions=True)
+        failed = [(b, r) for b, r in zip(new, results, strict=True) if isinstance(r, BaseException)]
+        self.handled[topics.TELEMETRY] += len(new) - len(failed)
+        refused = [(b, r) for b, r in failed if isinstance(r, FleetdError) and not _transient(r)]
+        for (device_id, _), why in refused:  # the device's mistake (e.g. a bad point): its batch is not stored
+            assert isinstance(why, FleetdError)
+            await self._refuse(client, device_id, topics.TELEMETRY, why)
+        errors = [r for _, r in failed if not (isinstance(r, FleetdError) and not _transient(r))]
+        unstored = [(d, req.batch_id) for (d, req), _ in failed]
+        if unstored:
+            with contextlib.suppress(Exception):  # stored nothing: let their redelivery be stored
+                await store.write(functools.partial(_release_all, claims=unstored))
+        if errors:
+            raise errors[0]
 
     async def _forget_loop(self) -> None:
         while True:
@@ -313,48 +366,19 @@ class MqttBridge:
                 raise
 
 
-class BatchClaims:
-    """Telemetry batch ids claimed together: the claims that arrive while one write runs go in the next, one
-    transaction for all rather than one per message."""
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-        self._pending: list[tuple[str, str, asyncio.Future[bool]]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def claim(self, device_id: str, batch_id: str) -> bool:
-        """True when the batch is new (now recorded), False for a redelivery; raises what the write raised."""
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((device_id, batch_id, fut))
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._flush(), name="mqtt-batch-claims")
-        return await fut
-
-    async def _flush(self) -> None:
-        while self._pending:
-            taken, self._pending = self._pending, []
-            try:
-                fresh = await self.store.write(functools.partial(_claim_all, claims=[(d, b) for d, b, _ in taken],
-                                                                 at=time.time()))
-            except BaseException as e:
-                for _, _, fut in taken:
-                    if not fut.done():
-                        fut.set_exception(e if isinstance(e, Exception) else asyncio.CancelledError())
-                if not isinstance(e, Exception):
-                    raise
-            else:
-                for (_, _, fut), ok in zip(taken, fresh, strict=True):
-                    if not fut.done():
-                        fut.set_result(ok)
-
-
 def _claim_all(conn: Any, claims: list[tuple[str, str]], at: float) -> list[bool]:
     return [storage.claim_batch(conn, device_id, batch_id, at) for device_id, batch_id in claims]
 
 
-def _forget_done(last: dict[str, asyncio.Task[None]], key: str, task: asyncio.Task[None]) -> None:
-    if last.get(key) is task:
-        del last[key]
+def _release_all(conn: Any, claims: list[tuple[str, str]]) -> None:
+    for device_id, batch_id in claims:
+        storage.release_batch(conn, device_id, batch_id)
+
+
+async def _finished(task: asyncio.Task[None]) -> bool:
+    """Wait for the task (without taking its failure as ours); True if it succeeded."""
+    await asyncio.wait([task])
+    return not task.cancelled() and task.exception() is None
 
 
 def _transient(e: FleetdError) -> bool:

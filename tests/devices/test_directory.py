@@ -48,16 +48,17 @@ def test_load_reads_canonical_ids_into_columns_and_the_others_beside_them() -> N
     conn = sqlite3.connect(":memory:")
     conn.execute("CREATE TABLE devices (id TEXT PRIMARY KEY, status TEXT, poll_interval INTEGER, device_type TEXT, "
                  "auth_epoch INTEGER, last_seen REAL)")
-    rows = [(_id(n), "active", 60, "sim", 3, 1000.5 + n) for n in (5, 2, 9)] + [
+    rows = [(_id(n), "active", 60, "sim", 3, 1000.5 + n) for n in (5, 2, 9, 0xfedcba987654)] + [
         (_id(1), "revoked", 60, "sim", 4, None), ("dev_a", "active", 30, "rpi", 1, None),
         ("dev_0x0000000001", "pending", 60, "sim", 0, None), ("dev_00000000000A", "active", 60, "sim", 2, None)]
     conn.executemany("INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?)", rows)
     d = registry.load_runtime(conn)
     held = list(d)  # the columns by number, then the other ids
-    assert held[:4] == [_id(1), _id(2), _id(5), _id(9)]
-    assert sorted(held[4:]) == sorted(["dev_a", "dev_0x0000000001", "dev_00000000000A"])
+    assert held[:5] == [_id(1), _id(2), _id(5), _id(9), "dev_fedcba987654"]  # all 48 bits of the number
+    assert sorted(held[5:]) == sorted(["dev_a", "dev_0x0000000001", "dev_00000000000A"])
     assert d[_id(1)] == DeviceRuntime("revoked", 60, "sim", None, None)  # a revoked device keeps no epoch
     assert d[_id(9)] == DeviceRuntime("active", 60, "sim", 3, 1009.5)
+    assert d["dev_fedcba987654"].last_seen == 1000.5 + 0xfedcba987654
     assert d["dev_0x0000000001"].status == "pending" and d.get(_id(0)) is None
     rt = d[_id(2)]
     rt.last_seen = 99.0

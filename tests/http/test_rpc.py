@@ -33,6 +33,22 @@ class Outer(msgspec.Struct, kw_only=True):
 codec = rpc.Codec(Outer)
 
 
+def test_every_method_builds_its_codec_and_only_on_first_use() -> None:
+    """The codecs are built lazily (a start skips them): a request type msgspec cannot decode fails here instead."""
+    import subprocess
+    import sys
+    built_at_import = subprocess.run(
+        [sys.executable, "-c", "from fleetd.app import SERVICES; "
+         "print(sum('codec' in vars(m) for s in SERVICES for m in s.methods.values()))"],
+        capture_output=True, text=True, check=True).stdout
+    assert built_at_import.strip() == "0"
+    from fleetd.app import SERVICES
+    methods = [m for s in SERVICES for m in s.methods.values()]
+    assert len(methods) > 50
+    for m in methods:
+        assert m.codec.type is m.request_type and vars(m)["codec"] is m.codec
+
+
 def test_snake_and_camel_case_both_decode() -> None:
     snake = codec.decode(b'{"device_type": "sim", "poll_interval": 5, "inner": {"hardware_id": "h"}}')
     camel = codec.decode(b'{"deviceType": "sim", "pollInterval": 5, "inner": {"hardwareId": "h"}}')

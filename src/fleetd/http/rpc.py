@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import inspect
 import logging
 import typing
@@ -208,10 +209,11 @@ class Method:
     doc: str
     # Callable by a session whose user must change their password first (the calls that lead there).
     before_password_change: bool = False
-    codec: Codec = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.codec = Codec(self.request_type)
+    @functools.cached_property
+    def codec(self) -> Codec:
+        """Built on the method's first call: the 71 methods' codecs cost a start ~30 ms (docs/performance.md)."""
+        return Codec(self.request_type)
 
     @property
     def path(self) -> str:

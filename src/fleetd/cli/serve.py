@@ -202,12 +202,14 @@ def _tune_interpreter() -> None:
 
     - The cyclic garbage collector scans its youngest generation every 700 container allocations by default, several
       times per request here, each time walking every young object still alive (the requests in flight): every
-      10,000 instead, and without the objects of the start (modules, the device directory), which stay.
+      10,000 instead, and without the objects of the start (modules, the device directory), which stay. It is off
+      during the start (cli.main), so the few hundred objects of the start that were garbage stay too (~100 KB).
     - The database threads release the GIL inside SQLite and wait for it afterwards; while the event loop is busy
       that wait lasts the switch interval, 5 ms by default: 0.5 ms instead.
     """
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
+    gc.enable()  # off during the start (cli.main)
     sys.setswitchinterval(0.0005)
 
 

@@ -48,7 +48,8 @@ KEEPALIVE = 30
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 15.0
 BATCH_DAYS = 1  # how long telemetry batch ids are remembered
 PUBLISH_CHUNK = 100  # devices whose new actions are read and published together (paho queues beyond its window)
-IN_FLIGHT = 256  # device messages handled at once; the broker holds the rest (unacknowledged, so safe)
+IN_FLIGHT = 1024  # device messages handled at once; the broker holds the rest (unacknowledged, so safe)
+GROUP_MAX = 256  # messages in one group: smaller than IN_FLIGHT, so the broker keeps sending while groups are stored
 OVERLAP = 2  # groups of telemetry messages handled at once: one being written while the next is read
 
 
@@ -193,9 +194,10 @@ class MqttBridge:
     # --- device -> fleetd -------------------------------------------------------------------------------------
 
     async def _receive(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
-        """Handle the messages in groups: each time, all that have arrived (the broker sends at most IN_FLIGHT
-        unacknowledged), their telemetry batches claimed in one write and given to the intake together (it commits
-        what arrives together in one transaction). A group of telemetry only is handled while the one before it is
+        """Handle the messages in groups: each time, all that have arrived, up to GROUP_MAX (the broker sends at
+        most IN_FLIGHT unacknowledged, so it goes on sending while a group is stored), their telemetry batches
+        claimed in one write and given to the intake together (it commits what arrives together in one
+        transaction). A group of telemetry only is handled while the one before it is
         being written, the later one's writes queued after the earlier one's (the store writes in order, so each
         device's batches are stored in the order the broker sent them); a group with anything else waits for those
         before it and handles its messages one after another. Each group's messages are acknowledged once handled,
@@ -206,7 +208,7 @@ class MqttBridge:
         running: collections.deque[asyncio.Task[None]] = collections.deque()  # the groups being handled, in order
         async for first in client.messages:
             group = [first]
-            while len(group) < IN_FLIGHT and not incoming.empty():
+            while len(group) < GROUP_MAX and not incoming.empty():
                 group.append(incoming.get_nowait())
             only_telemetry = all(str(m.topic).endswith(_TELEMETRY_TAIL) for m in group)
             while running and (running[0].done() or not only_telemetry or len(running) >= OVERLAP):

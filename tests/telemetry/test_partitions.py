@@ -297,6 +297,72 @@ def test_a_copy_that_cannot_get_the_insert_lock_fails_and_leaves_the_writer_usab
     assert again.result(10) == (1, None)
     assert [r[1] for r in rows(store)] == ["d"]
 
+def _on_writer(store: Store, fn: Callable[[Any], Any]) -> Any:
+    return store.submit_write(fn, transactional=False).result(10)
+
+
+def _locked_elsewhere(store: Store) -> bool:
+    """Whether another session holds the insert lock now (asked without waiting)."""
+    other = store.connect(readonly=False)
+    try:
+        with transaction(other):
+            return not other.execute(f"SELECT pg_try_advisory_xact_lock({storage.RAW_INSERT_LOCK})").fetchone()[0]
+    finally:
+        other.close()
+
+
+def test_a_chained_commit_stores_its_group_and_holds_the_lock_for_the_next(pg_store: Store) -> None:
+    """With then_begin the COMMIT opens the next group's transaction under the lock in the same round trip: the first
+    group is committed (visible elsewhere), the lock stays held until the next group commits, ids stay consecutive."""
+    store = pg_store
+    now = time.time()
+    first, second = [("a", now, [Point(name="x", value=1)] * 2)], [("b", now, [Point(name="x", value=2)])]
+    assert _on_writer(store, lambda c: (storage.copy_point_batches(c, first, top=False, then_begin=lambda: True),
+                                        c.in_transaction)) == ((2, None), True)
+    assert [r[1] for r in rows(store)] == ["a", "a"] and _locked_elsewhere(store)
+    assert _on_writer(store, lambda c: (storage.copy_point_batches(c, second, begun=True),
+                                        c.in_transaction))[1] is False
+    got = rows(store)
+    assert [r[1] for r in got] == ["a", "a", "b"] and [r[0] for r in got] == list(range(got[0][0], got[0][0] + 3))
+    assert not _locked_elsewhere(store)
+
+
+def test_a_chained_commit_whose_next_lock_times_out_keeps_its_group_and_leaves_the_writer_usable(
+        pg_store: Store) -> None:
+    """Another session takes the lock as the chained COMMIT frees it: the group is stored all the same, the next
+    transaction (aborted by lock_timeout) is rolled back, and the writer's next group takes the lock itself."""
+    store = pg_store
+    store.write_sync(lambda c: c.execute("SET lock_timeout = '200ms'"))
+    now = time.time()
+    batch = [("a", now, [Point(name="x", value=1)])]
+    _on_writer(store, lambda c: storage.copy_point_batches(c, batch, top=False, then_begin=lambda: True))
+    other = store.connect(readonly=False)
+    locked, release = threading.Event(), threading.Event()
+
+    def wait_for_the_lock() -> None:
+        with transaction(other):
+            other.execute(f"SELECT pg_advisory_xact_lock({storage.RAW_INSERT_LOCK})")
+            locked.set()
+            release.wait(10)
+
+    waiter = threading.Thread(target=wait_for_the_lock)
+    waiter.start()
+    try:
+        time.sleep(0.2)  # the other session waits for the lock the writer holds
+        second = [("b", now, [Point(name="x", value=2)])]
+        assert _on_writer(store, lambda c: (storage.copy_point_batches(c, second, top=False, begun=True,
+                                                                       then_begin=lambda: True),
+                                            c.in_transaction)) == ((1, None), False)
+        assert locked.is_set() and [r[1] for r in rows(store)] == ["a", "b"]
+    finally:
+        release.set()
+        waiter.join(10)
+        other.close()
+    assert _on_writer(store, lambda c: storage.copy_point_batches(c, [("c", now, [Point(name="x", value=3)])],
+                                                                  top=False)) == (1, None)
+    assert [r[1] for r in rows(store)] == ["a", "b", "c"]
+
+
 def test_a_server_makes_the_day_partitions_when_it_starts(client: Any, fleet: Any) -> None:
     """The app's lifecycle starts the rollup job, which makes them (PostgreSQL; SQLite has none to make). On
     PostgreSQL the job is a fleet-scope part: it starts once this server holds the fleet lease (a few seconds)."""

@@ -545,10 +545,6 @@ class Store:
             self._queue.put(job)
         return job
 
-    def queued_writes(self) -> int:
-        """How many writes wait for the writer thread, not counting the one it runs."""
-        return self._queue.qsize()
-
     def submit_write(
         self, fn: Callable[[Connection], T], *, transactional: bool = True
     ) -> concurrent.futures.Future[T]:

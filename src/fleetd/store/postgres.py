@@ -310,11 +310,6 @@ class Connection:
     def in_transaction(self) -> bool:
         return self.raw.info.transaction_status != pq.TransactionStatus.IDLE
 
-    @property
-    def in_failed_transaction(self) -> bool:
-        """Inside a transaction that a failed statement aborted (only ROLLBACK is taken now)."""
-        return self.raw.info.transaction_status == pq.TransactionStatus.INERROR
-
     def close(self) -> None:
         self.raw.close()
 

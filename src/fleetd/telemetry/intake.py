@@ -190,7 +190,7 @@ class TelemetryIntake:
         # C); PostgreSQL's COPY of the points as they are, under the lock that keeps its ids in commit order across
         # replicas (storage.copy_point_batches), reading back the last id only for sums.
         self._json = store.dsn is None
-        self._store_group: Callable[..., tuple[int, int | None]] = (
+        self._store_group: Callable[[Any, list[Any]], tuple[int, int | None]] = (
             storage.insert_point_batches if self._json
             else functools.partial(storage.copy_point_batches, top=sums is not None))
 
@@ -230,43 +230,25 @@ class TelemetryIntake:
     def _insert(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:
         """On the writer: store every batch pending now, up to 64 batches per statement, each statement its own
         transaction (one hand-back of the GIL per statement, not three); the loop hears how each went
-        (:meth:`_settle`). On PostgreSQL, when more batches wait as a group commits and no other write does, the
-        COMMIT opens their transaction in the same round trip and they are stored next, in this job."""
+        (:meth:`_settle`)."""
         with self._lock:
             taken, self._pending = self._pending, []
             self._job_waiting = False
         failed: BaseException | None = None
-        begun = False  # PostgreSQL: the transaction of the next group is open, under the lock
-        while taken or begun:
-            group, taken = taken[:storage.MAX_BATCHES_PER_INSERT], taken[storage.MAX_BATCHES_PER_INSERT:]
-            batches = [batch for batch, _, _ in group]
+        for i in range(0, len(taken), storage.MAX_BATCHES_PER_INSERT):
+            group = taken[i:i + storage.MAX_BATCHES_PER_INSERT]
             t = time.thread_time()
             try:
-                if self._json:
-                    n, top = self._store_group(conn, batches)
-                else:
-                    n, top = self._store_group(conn, batches, begun=begun, then_begin=None if taken else self._chain)
+                n, top = self._store_group(conn, [batch for batch, _, _ in group])
             except BaseException as e:
                 _on_loop(loop, self._settle, group, 0, None, e)
-                failed, begun = failed or e, False
+                failed = failed or e
                 continue
             finally:
                 self.insert_cpu_seconds += time.thread_time() - t
-            if group:
-                _on_loop(loop, self._settle, group, n, top, None)
-            begun = not self._json and conn.in_transaction
-            if begun:
-                with self._lock:
-                    taken, self._pending = self._pending, []
-                    self._job_waiting = False
+            _on_loop(loop, self._settle, group, n, top, None)
         if failed is not None:  # the store learns of it too (a full disk)
             raise failed
-
-    def _chain(self) -> bool:
-        """PostgreSQL: whether to open the next group's transaction with this one's COMMIT: batches wait, and no
-        write other than this intake's next job does (it would wait one group longer)."""
-        with self._lock:
-            return bool(self._pending) and self.store.queued_writes() <= (1 if self._job_waiting else 0)
 
     def _settle(self, taken: list[Pending], stored: int, top: int | None, exc: BaseException | None) -> None:
         """On the loop, in commit order: add one insert's points to the sums (committed as the ids up to ``top``) and

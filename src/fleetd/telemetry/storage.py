@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -67,7 +67,6 @@ RAW_INSERT_LOCK = 0x666C_6565_7464_7231  # "fleetdr1"
 _LOCK_RAW_INSERTS = f"SELECT pg_advisory_xact_lock({RAW_INSERT_LOCK})"
 # The transaction and the lock in one round trip: without parameters the two statements go as one simple query.
 _BEGIN_LOCKED = f"BEGIN; {_LOCK_RAW_INSERTS}"
-_COMMIT_BEGIN_LOCKED = f"COMMIT; {_BEGIN_LOCKED}"  # a transaction's end and the next one's start (chained groups)
 _COPY = "COPY telemetry (device_id, name, ts, value, tags) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = ("text", "text", "float8", "float8", "text")
 _TOP_RAW_ID = "SELECT currval(pg_get_serial_sequence('telemetry', 'id'))"
@@ -88,55 +87,34 @@ PointBatch = tuple[str, float, Sequence[StoredPoint]]
 _encode_tags = msgspec.json.Encoder().encode
 
 
-def copy_point_batches(conn: Any, batches: list[PointBatch], top: bool = True, *, begun: bool = False,
-                       then_begin: Callable[[], bool] | None = None) -> tuple[int, int | None]:
+def copy_point_batches(conn: Any, batches: list[PointBatch], top: bool = True) -> tuple[int, int | None]:
     """PostgreSQL (the adapter's connection, store/postgres.py): store the points of ``batches`` with one binary
     COPY, in a transaction of its own under RAW_INSERT_LOCK; the rows get consecutive ids in the batches' order. The
     points come as the intake checked them, not as JSON: neither the event loop encodes them nor the writer decodes
     them (docs/performance.md, "Telemetry on PostgreSQL"). Tags are stored as the JSON text :func:`intake.rows_for`
     gives. Four round trips: BEGIN with the lock, the COPY's start and its end, COMMIT; with ``top``, a fifth reads
-    the last id (only per-minute sums need it, and a server on PostgreSQL keeps none).
-
-    Three when chained: if ``then_begin()`` (asked once the rows are in) says so, the COMMIT goes with the next
-    transaction's BEGIN and lock as one simple query, and ``conn.in_transaction`` tells the caller whether that
-    transaction is open (the lock had), for a next call with ``begun``. The intake chains only a group already
-    waiting, and makes that call at once (the lock is held meanwhile; with no batches it just commits). If the
-    COMMIT went through but the lock was not had within lock_timeout, ``batches`` are stored and no transaction is
-    left open: the next call takes the lock itself.
-    → (points stored, the last one's id; None if none or not ``top``)."""
+    the last id (only per-minute sums need it, and a server on PostgreSQL keeps none). → (points stored, the last
+    one's id; None if none or not ``top``)."""
     stored = 0
     last: int | None = None
     try:
-        if not begun:
-            conn.execute(_BEGIN_LOCKED)  # a lock not had within lock_timeout fails it, inside the transaction
-        if batches:
-            with conn.raw.cursor() as cur, cur.copy(_COPY) as copy:
-                copy.set_types(_COPY_TYPES)
-                write = copy.write_row
-                for device_id, received, points in batches:
-                    for p in points:
-                        tags = p.tags
-                        write((device_id, p.name, p.ts or received, p.value,
-                               _encode_tags(tags).decode() if tags else None))
-                    stored += len(points)
+        conn.execute(_BEGIN_LOCKED)  # a lock not had within lock_timeout fails it, inside the transaction
+        with conn.raw.cursor() as cur, cur.copy(_COPY) as copy:
+            copy.set_types(_COPY_TYPES)
+            write = copy.write_row
+            for device_id, received, points in batches:
+                for p in points:
+                    tags = p.tags
+                    write((device_id, p.name, p.ts or received, p.value, _encode_tags(tags).decode() if tags else None))
+                stored += len(points)
         if top and stored:
             last = int(conn.execute(_TOP_RAW_ID).fetchone()[0])
-        if then_begin is None or not then_begin():
-            conn.execute("COMMIT")
-            return stored, last
-        try:
-            conn.execute(_COMMIT_BEGIN_LOCKED)
-        except Exception:
-            # A simple query stops at its first failing statement: in a failed transaction now means that the
-            # COMMIT went through and the next BEGIN ran, so only the lock failed.
-            if not conn.in_failed_transaction:
-                raise
-            conn.execute("ROLLBACK")
-        return stored, last
+        conn.execute("COMMIT")
     except BaseException:  # as store.database.transaction: roll back what is still open, raise what happened
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    return stored, last
 
 
 def insert_point_batches_locked(conn: Any, batches: list[Batch]) -> tuple[int, int | None]:

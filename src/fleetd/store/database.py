@@ -455,7 +455,11 @@ class Store:
         return await loop.run_in_executor(self._readers, self._run_read, fn)
 
     def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return self._readers.submit(self._run_read, fn).result()
+        return self.submit_read(fn).result()
+
+    def submit_read(self, fn: Callable[[sqlite3.Connection], T]) -> concurrent.futures.Future[T]:
+        """Start ``fn`` on a reader without waiting for it (from any thread; a loop awaits asyncio.wrap_future)."""
+        return self._readers.submit(self._run_read, fn)
 
     # effects
     def on_effect(self, kind: type[Effect], handler: EffectHandler) -> None:

@@ -197,10 +197,10 @@ class MqttBridge:
         """Handle the messages in groups: each time, all that have arrived, up to GROUP_MAX (the broker sends at
         most IN_FLIGHT unacknowledged, so it goes on sending while a group is stored), their telemetry batches
         claimed in one write and given to the intake together (it commits what arrives together in one
-        transaction). A group of telemetry only is handled while the one before it is
-        being written, the later one's writes queued after the earlier one's (the store writes in order, so each
-        device's batches are stored in the order the broker sent them); a group with anything else waits for those
-        before it and handles its messages one after another. Each group's messages are acknowledged once handled,
+        transaction). A group of telemetry only is handled while the one before it is being written, the later
+        one's writes queued after the earlier one's (the store writes in order, so each device's batches are stored
+        in the order the broker sent them); a group with anything else waits for those before it and handles its
+        messages one after another. Each group's messages are acknowledged once handled,
         in the order they arrived, after those of the group before, as MQTT asks. A message whose handling fails is
         never acknowledged: the failure ends the task group, the connection with it, and the broker sends it again
         when the session resumes."""

@@ -451,8 +451,7 @@ class Store:
         return fn(self._reader_conn())
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self._run_read, fn)
+        return await asyncio.wrap_future(self.submit_read(fn))
 
     def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return self.submit_read(fn).result()
